@@ -1,0 +1,114 @@
+/* hsm.h - the PKCS#11 edge: token, sessions, domain key, master-key wrap/unwrap, AES-GCM, random. */
+#ifndef KMS_HSM_H
+#define KMS_HSM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kms/buf.h"
+#include "kms/error.h"
+
+/*
+ * One kms_hsm per process and token: the loaded module, the slot found by
+ * token label, the login, and a long-lived "holder" session that owns the
+ * master keys unwrapped as session objects (a session object lives as long as
+ * the session that made it and is visible to every session of the process).
+ *
+ * Crypto operations run on a kms_hsm_session, one per thread, never shared.
+ * An operation that fails because the session broke (CKR_SESSION_*,
+ * CKR_DEVICE_*, CKR_TOKEN_NOT_PRESENT) reopens it once and retries; if that
+ * fails too, KMS_ERR_UNAVAILABLE.
+ *
+ * Errors from the HSM are KMS_ERR_HSM with "C_Xxx: CKR_NAME (0x..)" in the
+ * message; no key material or PIN ever reaches a message.
+ */
+typedef struct kms_hsm kms_hsm;
+typedef struct kms_hsm_session kms_hsm_session;
+
+/* A PKCS#11 object handle (CK_OBJECT_HANDLE). 0 is never a valid key. */
+typedef unsigned long kms_hsm_key;
+
+/*
+ * Loads module_path (dlopen + C_GetFunctionList), C_Initialize with
+ * CKF_OS_LOCKING_OK (CKR_CRYPTOKI_ALREADY_INITIALIZED is success: libp11's
+ * engine may have initialized it first), finds the slot whose token label is
+ * token_label, opens the holder session and logs in as CKU_USER
+ * (CKR_USER_ALREADY_LOGGED_IN is success). Distinct messages, KMS_ERR_CONFIG:
+ * "cannot load PKCS#11 module <path>: ...", "no token labelled '<label>'",
+ * "wrong PIN for token '<label>'" (CKR_PIN_INCORRECT). The PIN is not kept.
+ * *out is freed with kms_hsm_close, which never calls C_Finalize (the TLS
+ * engine may share the module).
+ */
+int kms_hsm_open(const char *module_path, const char *token_label,
+		 const char *pin, kms_hsm **out, kms_err *err);
+void kms_hsm_close(kms_hsm *hsm);
+
+/* Opens a session for the calling thread. Close it on the same thread. */
+int kms_hsm_session_open(kms_hsm *hsm, kms_hsm_session **out, kms_err *err);
+void kms_hsm_session_close(kms_hsm_session *s);
+
+/* n bytes from C_GenerateRandom into out. */
+int kms_hsm_random(kms_hsm_session *s, uint8_t *out, size_t n, kms_err *err);
+
+/*
+ * Finds the domain key: an AES-256 token object with CKA_LABEL label. If none
+ * exists and create is true, generates one (CKA_TOKEN, CKA_PRIVATE,
+ * CKA_SENSITIVE, CKA_EXTRACTABLE=FALSE, CKA_WRAP and CKA_UNWRAP only).
+ * Absent with create false: KMS_ERR_NOT_FOUND. Two keys with that label:
+ * KMS_ERR_CONFIG.
+ */
+int kms_hsm_domain_key(kms_hsm *hsm, const char *label, int create,
+		       kms_hsm_key *out, kms_err *err);
+
+/*
+ * Makes a new master key: generates an AES-256 session key inside the HSM
+ * (sensitive; extractable only so that it can leave wrapped), wraps it under
+ * dk with CKM_AES_KEY_WRAP_PAD (RFC 5649) and destroys it. wrapped->data is
+ * kms_malloc'd and owned by the caller (kms_buf_free: it is not secret).
+ */
+int kms_hsm_master_key_create(kms_hsm_session *s, kms_hsm_key dk,
+			      kms_buf *wrapped, kms_err *err);
+
+/*
+ * Unwraps a master key under dk into the holder session as a session object
+ * (CKA_TOKEN=FALSE, CKA_SENSITIVE, CKA_EXTRACTABLE=FALSE, CKA_ENCRYPT and
+ * CKA_DECRYPT only). A blob that does not unwrap under dk (wrong domain key,
+ * tampered) gives KMS_ERR_HSM "cannot unwrap master key: ...".
+ * Thread-safe. Release with kms_hsm_key_destroy.
+ */
+int kms_hsm_master_key_unwrap(kms_hsm *hsm, kms_hsm_key dk,
+			      const uint8_t *wrapped, size_t len,
+			      kms_hsm_key *out, kms_err *err);
+
+/* Destroys a session object made by kms_hsm_master_key_unwrap. */
+void kms_hsm_key_destroy(kms_hsm *hsm, kms_hsm_key key);
+
+/*
+ * AES-256-GCM (CKM_AES_GCM, 96-bit iv, 128-bit tag, NIST SP 800-38D).
+ * encrypt writes pt_len + KMS_GCM_TAG_LEN bytes (ciphertext || tag) to out.
+ * decrypt takes ciphertext || tag (ct_len >= 16) and writes ct_len - 16
+ * bytes to out. A failed authentication (SoftHSM answers CKR_GENERAL_ERROR;
+ * others CKR_ENCRYPTED_DATA_INVALID / CKR_ENCRYPTED_DATA_LEN_RANGE) gives
+ * KMS_ERR_AUTH_FAILED, and out is cleansed.
+ */
+int kms_hsm_gcm_encrypt(kms_hsm_session *s, kms_hsm_key key,
+			const uint8_t iv[12], const uint8_t *aad, size_t aad_len,
+			const uint8_t *pt, size_t pt_len, uint8_t *out,
+			kms_err *err);
+int kms_hsm_gcm_decrypt(kms_hsm_session *s, kms_hsm_key key,
+			const uint8_t iv[12], const uint8_t *aad, size_t aad_len,
+			const uint8_t *ct, size_t ct_len, uint8_t *out,
+			kms_err *err);
+
+/*
+ * Audits every secret key this process can see (token objects and this
+ * process's session objects): each must be CKA_SENSITIVE with CKA_VALUE
+ * unreadable. *n_keys is the number checked. A readable one gives
+ * KMS_ERR_INTERNAL naming its label.
+ */
+int kms_hsm_audit_secret_keys(kms_hsm *hsm, size_t *n_keys, kms_err *err);
+
+/* "CKR_PIN_INCORRECT" etc.; "CKR_0x..." for unknown values. Never NULL. */
+const char *kms_hsm_rv_name(unsigned long rv);
+
+#endif

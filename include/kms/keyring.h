@@ -1,0 +1,128 @@
+/* keyring.h - the replicated key ring: the Raft state machine (apply, snapshot, restore) and its read-side lookups; no I/O. */
+#ifndef KMS_KEYRING_H
+#define KMS_KEYRING_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kms/buf.h"
+#include "kms/error.h"
+#include "kms/policy.h"
+#include "kms/v1/kms.pb-c.h"
+
+/*
+ * The key ring holds the key records (id, description, policy, versions with
+ * their domain-key-wrapped material). Raft's FSM callbacks call apply,
+ * snapshot and restore on the Raft thread; request threads call the lookups
+ * concurrently. The key ring locks itself (a rwlock): callers never lock.
+ *
+ * Beside each version the key ring keeps one node-local slot: the handle of
+ * the master key once unwrapped into this node's HSM (0 until then). It is
+ * not replicated and not in snapshots.
+ */
+typedef struct kms_keyring kms_keyring;
+
+/* Called for every non-zero handle the key ring drops (restore, free). */
+typedef void (*kms_keyring_release_fn)(void *arg, unsigned long handle);
+
+int kms_keyring_new(kms_keyring **out, kms_err *err);
+/* Releases every handle through the release function, then frees. */
+void kms_keyring_free(kms_keyring *kr);
+void kms_keyring_set_release(kms_keyring *kr, kms_keyring_release_fn fn,
+			     void *arg);
+
+/*
+ * Applies one serialized kms.v1.Command. Deterministic: the same commands in
+ * the same order give the same key ring on every node. A command that cannot
+ * be parsed gives KMS_ERR_INVALID; a refused command (a key id that exists:
+ * KMS_ERR_EXISTS; an invalid record: KMS_ERR_INVALID) changes nothing. The
+ * buffer stays the caller's.
+ */
+int kms_keyring_apply(kms_keyring *kr, const uint8_t *cmd, size_t len,
+		      kms_err *err);
+
+/*
+ * Serializes the whole key ring as a kms.v1.KeyRingSnapshot into memory
+ * from alloc (Raft wants raft_malloc); out->data belongs to the caller.
+ */
+int kms_keyring_snapshot(kms_keyring *kr, void *(*alloc)(size_t), kms_buf *out,
+			 kms_err *err);
+
+/*
+ * Replaces the whole key ring with a snapshot. On failure (KMS_ERR_INVALID)
+ * the key ring is unchanged. The buffer stays the caller's.
+ */
+int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len,
+			kms_err *err);
+
+/*
+ * Builds a serialized CreateKey command for the Raft log. Validates key_id
+ * (kms_key_id_check), description (at most 1024 bytes) and policy
+ * (kms_policy_check) first: KMS_ERR_INVALID. A NULL policy is an empty one.
+ * The command holds version 1 with the given wrapped material.
+ * out->data is kms_malloc'd, owned by the caller.
+ */
+int kms_keyring_cmd_create_key(const char *key_id, const char *description,
+			       const Kms__V1__KeyPolicy *policy,
+			       const char *created_by, int64_t created_at_unix,
+			       const uint8_t *wrapped, size_t wrapped_len,
+			       kms_buf *out, kms_err *err);
+
+/* True if a key with that id exists (a cheap check before a write). */
+int kms_keyring_has_key(kms_keyring *kr, const char *key_id);
+size_t kms_keyring_count(kms_keyring *kr);
+
+#define KMS_WRAPPED_MAX 64
+
+/* What the crypto path needs to use one key version, copied out. */
+typedef struct kms_key_use {
+	uint32_t version;
+	unsigned long handle; /* 0: not unwrapped on this node yet */
+	uint8_t wrapped[KMS_WRAPPED_MAX];
+	size_t wrapped_len;
+} kms_key_use;
+
+/*
+ * The one gate of every crypto call: finds key_id (KMS_ERR_NOT_FOUND
+ * "key '<id>' not found"), checks the policy for principal and op
+ * (KMS_ERR_PERMISSION naming principal, operation and key), refuses a
+ * disabled key (KMS_ERR_PRECONDITION), resolves version (0: the primary
+ * version; an unknown one: KMS_ERR_NOT_FOUND) and copies it into out.
+ */
+int kms_keyring_resolve(kms_keyring *kr, const char *key_id, uint32_t version,
+			const char *principal, enum kms_op op, kms_key_use *out,
+			kms_err *err);
+
+/*
+ * Records the node-local handle of an unwrapped version. If another thread
+ * recorded one first, keeps that one and returns it in *kept (the caller
+ * destroys its own); otherwise *kept = handle. Unknown key or version:
+ * KMS_ERR_NOT_FOUND (the caller destroys its handle).
+ */
+int kms_keyring_set_handle(kms_keyring *kr, const char *key_id,
+			   uint32_t version, unsigned long handle,
+			   unsigned long *kept, kms_err *err);
+
+/*
+ * Metadata of one key for a caller allowed to DescribeKey it (or an
+ * administrator). *out is a deep copy owned by the caller: free it with
+ * kms_keyring_metadata_free.
+ */
+int kms_keyring_describe(kms_keyring *kr, const char *key_id,
+			 const char *principal, int is_admin,
+			 Kms__V1__KeyMetadata **out, kms_err *err);
+void kms_keyring_metadata_free(Kms__V1__KeyMetadata *md);
+
+/*
+ * Up to page_size keys (1..1000) in key-id order, strictly after
+ * after_key_id ("" for the first page), that principal may DescribeKey (all
+ * of them for an administrator). *keys is an array of *n deep copies; free
+ * with kms_keyring_list_free. *more is set when further keys follow.
+ */
+int kms_keyring_list(kms_keyring *kr, const char *principal, int is_admin,
+		     const char *after_key_id, size_t page_size,
+		     Kms__V1__KeyMetadata ***keys, size_t *n, int *more,
+		     kms_err *err);
+void kms_keyring_list_free(Kms__V1__KeyMetadata **keys, size_t n);
+
+#endif

@@ -1,0 +1,236 @@
+/* node_fixture.c - builds test PKI and SoftHSM tokens with the ops/ scripts and runs real kmsd processes. */
+#include <arpa/inet.h>
+#include <check.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "grpc/health/v1/health.pb-c.h"
+#include "node_fixture.h"
+
+static const char *srcdir(void)
+{
+	const char *s = getenv("KMS_SRCDIR");
+
+	return s != NULL ? s : ".";
+}
+
+static const char *builddir(void)
+{
+	const char *s = getenv("KMS_BUILDDIR");
+
+	return s != NULL ? s : ".";
+}
+
+void kms_test_sh(const char *fmt, ...)
+{
+	char cmd[4096];
+	va_list ap;
+	int rc;
+
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	rc = system(cmd);
+	ck_assert_msg(rc == 0, "command failed (%d): %s", rc, cmd);
+}
+
+int kms_test_file_contains(const char *path, const char *text)
+{
+	char buf[65536];
+	FILE *f = fopen(path, "r");
+	size_t n;
+
+	if (f == NULL)
+		return 0;
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	return strstr(buf, text) != NULL;
+}
+
+/* A port the kernel just handed out; good enough on a quiet loopback. */
+static int free_port(void)
+{
+	struct sockaddr_in a;
+	socklen_t len = sizeof(a);
+	int fd = socket(AF_INET, SOCK_STREAM, 0), port;
+
+	ck_assert_int_ge(fd, 0);
+	memset(&a, 0, sizeof(a));
+	a.sin_family = AF_INET;
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+	port = ntohs(a.sin_port);
+	close(fd);
+	return port;
+}
+
+void kms_test_env_init(kms_test_env *env)
+{
+	const char *tmp = getenv("TMPDIR");
+
+	KMS_TEST_PATH(env->root, "%s/kmsd-it-XXXXXX", tmp != NULL ? tmp : "/tmp");
+	ck_assert_ptr_nonnull(mkdtemp(env->root));
+	KMS_TEST_PATH(env->pki, "%s/pki", env->root);
+	kms_test_sh("cd '%s' && ops/pki ca '%s' >/dev/null && "
+		    "ops/pki client '%s' admin '" KMS_TEST_ADMIN "' >/dev/null && "
+		    "ops/pki client '%s' app '" KMS_TEST_APP "' >/dev/null && "
+		    "ops/pki client '%s' other '" KMS_TEST_OTHER "' >/dev/null && "
+		    "ops/pki client '%s' expired '" KMS_TEST_APP "' --expired >/dev/null && "
+		    "ops/pki other-ca '%s' '" KMS_TEST_ADMIN "' >/dev/null",
+		    srcdir(), env->pki, env->pki, env->pki, env->pki, env->pki, env->pki);
+}
+
+void kms_test_env_destroy(kms_test_env *env)
+{
+	if (env->root[0] != '\0' && getenv("KMS_TEST_KEEP") == NULL)
+		kms_test_sh("rm -rf '%s'", env->root);
+}
+
+void kms_test_node_init(kms_test_env *env, kms_test_node *node, unsigned id)
+{
+	memset(node, 0, sizeof(*node));
+	node->env = env;
+	node->id = id;
+	node->grpc_port = free_port();
+	node->raft_port = free_port();
+	KMS_TEST_PATH(node->dir, "%s/node%u", env->root, id);
+	KMS_TEST_PATH(node->conf, "%s/kmsd.conf", node->dir);
+	KMS_TEST_PATH(node->log, "%s/kmsd.log", node->dir);
+	KMS_TEST_PATH(node->softhsm_conf, "%s/token/softhsm2.conf",
+		 node->dir);
+	KMS_TEST_PATH(node->token_label, "kmsd-it-node%u", id);
+	KMS_TEST_PATH(node->endpoint, "127.0.0.1:%d", node->grpc_port);
+	kms_test_sh("cd '%s' && ops/softhsm-token init '%s/token' %s >/dev/null && "
+		    "ops/pki node '%s' node%u '" KMS_TEST_TD "/kmsd/node/%u' --token-dir '%s/token' "
+		    "--label %s >/dev/null && "
+		    "ops/node-config --dir '%s' --id %u --grpc 127.0.0.1:%d --raft 127.0.0.1:%d "
+		    "--label %s --ca '%s/ca.pem' --cert '%s/node%u.pem' --admins '" KMS_TEST_ADMIN
+		    "' --log-level debug >/dev/null",
+		    srcdir(), node->dir, node->token_label, env->pki, id, id, node->dir,
+		    node->token_label, node->dir, id, node->grpc_port, node->raft_port,
+		    node->token_label, env->pki, env->pki, id);
+}
+
+static pid_t spawn(kms_test_node *node, const char *conf)
+{
+	char kmsd[PATH_MAX];
+	pid_t pid;
+
+	KMS_TEST_PATH(kmsd, "%s/kmsd", builddir());
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		FILE *log = freopen(node->log, "a", stderr);
+
+		if (log == NULL)
+			_exit(126);
+		setenv("SOFTHSM2_CONF", node->softhsm_conf, 1);
+		execl(kmsd, "kmsd", "--config", conf, (char *)NULL);
+		_exit(127);
+	}
+	return pid;
+}
+
+static int health_serving(kms_test_node *node)
+{
+	kms_client *c = kms_test_client(node, "admin");
+	Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+	ProtobufCMessage *resp = NULL;
+	kms_rpc_status st;
+	int serving = 0;
+
+	if (c == NULL)
+		return 0;
+	if (kms_client_call(c, "/grpc.health.v1.Health/Check", &req.base,
+			    &grpc__health__v1__health_check_response__descriptor, &resp,
+			    &st) == 0) {
+		serving = ((Grpc__Health__V1__HealthCheckResponse *)resp)->status ==
+			  GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+		protobuf_c_message_free_unpacked(resp, NULL);
+	}
+	kms_client_close(c);
+	return serving;
+}
+
+void kms_test_node_start(kms_test_node *node)
+{
+	struct timespec pause = {0, 100 * 1000 * 1000};
+	int status;
+
+	node->pid = spawn(node, node->conf);
+	for (int i = 0; i < 200; i++) {
+		ck_assert_msg(waitpid(node->pid, &status, WNOHANG) == 0,
+			      "kmsd exited during start-up; see %s", node->log);
+		if (health_serving(node))
+			return;
+		nanosleep(&pause, NULL);
+	}
+	ck_abort_msg("kmsd did not become healthy within 20 s; see %s", node->log);
+}
+
+int kms_test_node_run_expect_exit(kms_test_node *node, const char *conf)
+{
+	pid_t pid = spawn(node, conf);
+	int status = 0;
+
+	for (int i = 0; i < 300; i++) {
+		struct timespec pause = {0, 100 * 1000 * 1000};
+
+		if (waitpid(pid, &status, WNOHANG) == pid)
+			return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+		nanosleep(&pause, NULL);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, &status, 0);
+	ck_abort_msg("kmsd kept running with a configuration it should refuse");
+	return -1;
+}
+
+void kms_test_node_signal(kms_test_node *node, int sig)
+{
+	int status;
+
+	if (node->pid <= 0)
+		return;
+	kill(node->pid, sig);
+	waitpid(node->pid, &status, 0);
+	node->pid = 0;
+	if (sig == SIGTERM)
+		ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+			      "kmsd did not stop cleanly on SIGTERM (status 0x%x); see %s",
+			      status, node->log);
+}
+
+kms_client *kms_test_client(kms_test_node *node, const char *who)
+{
+	char ca[PATH_MAX], cert[PATH_MAX], key[PATH_MAX];
+	kms_client_opts o;
+	kms_client *c = NULL;
+	kms_err err = {0};
+
+	KMS_TEST_PATH(ca, "%s/ca.pem", node->env->pki);
+	KMS_TEST_PATH(cert, "%s/%s.pem", node->env->pki, who);
+	KMS_TEST_PATH(key, "%s/%s.key", node->env->pki, who);
+	memset(&o, 0, sizeof(o));
+	o.target = node->endpoint;
+	o.ca_file = ca;
+	if (strcmp(who, "none") != 0) {
+		o.cert_file = cert;
+		o.key_file = key;
+	}
+	o.timeout_ms = 10000;
+	if (kms_client_open(&o, &c, &err) != KMS_OK)
+		ck_abort_msg("client for %s: %s", who, err.msg);
+	return c;
+}

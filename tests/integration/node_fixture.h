@@ -1,0 +1,69 @@
+/* node_fixture.h - integration-test fixture: a CA, client certificates, SoftHSM tokens and real kmsd processes. */
+#ifndef KMS_NODE_FIXTURE_H
+#define KMS_NODE_FIXTURE_H
+
+#include <limits.h>
+#include <sys/types.h>
+
+#include "kms/client.h"
+
+#define KMS_TEST_TD "spiffe://kmsd.dev"
+#define KMS_TEST_ADMIN KMS_TEST_TD "/ns/ops/sa/admin"
+#define KMS_TEST_APP KMS_TEST_TD "/ns/demo/sa/app"
+#define KMS_TEST_OTHER KMS_TEST_TD "/ns/other/sa/intruder"
+
+/* One test environment: a temporary root with a CA and client identities. */
+typedef struct kms_test_env {
+	char root[PATH_MAX];
+	char pki[PATH_MAX];
+} kms_test_env;
+
+typedef struct kms_test_node {
+	kms_test_env *env;
+	unsigned id;
+	char dir[PATH_MAX];
+	char conf[PATH_MAX];
+	char log[PATH_MAX];
+	char softhsm_conf[PATH_MAX];
+	char token_label[64];
+	int grpc_port;
+	int raft_port;
+	char endpoint[64];
+	pid_t pid;
+} kms_test_node;
+
+/* Makes the root, the CA and the client certificates: "admin", "app",
+ * "other", "expired" and, from an unrelated CA, "other-client". Aborts the
+ * test on failure. */
+void kms_test_env_init(kms_test_env *env);
+/* Removes everything under root. */
+void kms_test_env_destroy(kms_test_env *env);
+
+/* Creates the node's token, certificate (key in the token) and config. */
+void kms_test_node_init(kms_test_env *env, kms_test_node *node, unsigned id);
+/* Starts kmsd and waits until Health says SERVING (20 s at most). */
+void kms_test_node_start(kms_test_node *node);
+/* Starts kmsd with the node's config and returns its exit status (for
+ * start-up failures); its log is in node->log. */
+int kms_test_node_run_expect_exit(kms_test_node *node, const char *conf);
+/* Sends sig and reaps the process. */
+void kms_test_node_signal(kms_test_node *node, int sig);
+
+/*
+ * A client for the node as identity who: "admin", "app", "other",
+ * "expired", "other-client" (another CA) or "none" (no certificate).
+ */
+kms_client *kms_test_client(kms_test_node *node, const char *who);
+
+/* snprintf into a path buffer; a path that does not fit fails the test. */
+#define KMS_TEST_PATH(buf, ...)                                                                   \
+	ck_assert_msg(snprintf((buf), sizeof(buf), __VA_ARGS__) < (int)sizeof(buf),              \
+		      "path too long")
+
+/* Runs a shell command line; aborts the test if it fails. */
+void kms_test_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* True if the file contains the text. */
+int kms_test_file_contains(const char *path, const char *text);
+
+#endif

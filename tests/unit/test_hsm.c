@@ -1,0 +1,1084 @@
+/* test_hsm.c - the PKCS#11 edge against a real SoftHSM token made at test time. */
+#include <dlfcn.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <check.h>
+#include <p11-kit/pkcs11.h>
+
+#include "kms/alloc.h"
+#include "kms/hsm.h"
+#include "softhsm_fixture.h"
+
+#define LABEL "kms-test"
+#define LABEL2 "kms-test-2"
+#define DK "dk"
+#define DK2 "dk-other"
+
+/*
+ * Each test runs in its own forked child (Check's default), and the
+ * checked fixtures below run in that child: SoftHSM reads SOFTHSM2_CONF at
+ * its first C_Initialize and is never finalized, so every test needs a
+ * fresh process for its fresh token.
+ */
+static struct kms_test_token tok;
+static kms_hsm *hsm;
+static kms_hsm_session *sess;
+static kms_err err;
+
+static void setup_token(void)
+{
+	ck_assert_int_eq(kms_test_token_create(&tok, LABEL), 0);
+	kms_err_clear(&err);
+}
+
+static void teardown_token(void)
+{
+	kms_test_token_destroy(&tok);
+}
+
+static void setup_open(void)
+{
+	setup_token();
+	ck_assert_msg(
+	    kms_hsm_open(tok.module, tok.label, tok.pin, &hsm, &err) == KMS_OK,
+	    "open: %s", err.msg);
+	ck_assert_msg(kms_hsm_session_open(hsm, &sess, &err) == KMS_OK,
+		      "session: %s", err.msg);
+}
+
+static void teardown_open(void)
+{
+	kms_hsm_session_close(sess);
+	sess = NULL;
+	kms_hsm_close(hsm);
+	hsm = NULL;
+	teardown_token();
+}
+
+static int all_zero(const uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (p[i] != 0)
+			return 0;
+	return 1;
+}
+
+/*
+ * Raw PKCS#11 access, for what the tests must check or break behind the
+ * module's back: the same function list kms_hsm uses (the module is
+ * already loaded; RTLD_NOLOAD only takes a reference).
+ */
+static CK_FUNCTION_LIST *raw_functions(void)
+{
+	CK_C_GetFunctionList get_list;
+	CK_FUNCTION_LIST *f = NULL;
+	void *dl = dlopen(tok.module, RTLD_NOW | RTLD_NOLOAD);
+
+	ck_assert_ptr_nonnull(dl);
+	get_list = (CK_C_GetFunctionList)dlsym(dl, "C_GetFunctionList");
+	ck_assert_ptr_nonnull(get_list);
+	ck_assert_int_eq(get_list(&f), CKR_OK);
+	dlclose(dl);
+	return f;
+}
+
+static CK_SLOT_ID raw_slot(CK_FUNCTION_LIST *f, const char *label)
+{
+	CK_SLOT_ID slots[16];
+	CK_ULONG n = 16;
+	CK_TOKEN_INFO info;
+	size_t len = strlen(label);
+
+	ck_assert_int_eq(f->C_GetSlotList(CK_TRUE, slots, &n), CKR_OK);
+	for (CK_ULONG i = 0; i < n; i++) {
+		ck_assert_int_eq(f->C_GetTokenInfo(slots[i], &info), CKR_OK);
+		if (memcmp(info.label, label, len) == 0 &&
+		    (len == 32 || info.label[len] == ' '))
+			return slots[i];
+	}
+	ck_abort_msg("no slot for token %s", label);
+	return 0;
+}
+
+/* A raw read-write session; logged in because kms_hsm's holder is. */
+static CK_SESSION_HANDLE raw_session(CK_FUNCTION_LIST *f)
+{
+	CK_SESSION_HANDLE h = 0;
+
+	ck_assert_int_eq(f->C_OpenSession(raw_slot(f, LABEL),
+					  CKF_SERIAL_SESSION | CKF_RW_SESSION,
+					  NULL, NULL, &h),
+			 CKR_OK);
+	return h;
+}
+
+static CK_BBOOL raw_bool(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h,
+			 CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_TYPE type)
+{
+	CK_BBOOL v = 2;
+	CK_ATTRIBUTE a = {type, &v, sizeof(v)};
+
+	ck_assert_int_eq(f->C_GetAttributeValue(h, obj, &a, 1), CKR_OK);
+	return v;
+}
+
+/* CKA_VALUE must be refused, even its length. */
+static void assert_value_refused(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h,
+				 CK_OBJECT_HANDLE obj)
+{
+	uint8_t buf[64];
+	CK_ATTRIBUTE q = {CKA_VALUE, NULL, 0};
+	CK_ATTRIBUTE a = {CKA_VALUE, buf, sizeof(buf)};
+
+	ck_assert_int_eq(f->C_GetAttributeValue(h, obj, &q, 1),
+			 CKR_ATTRIBUTE_SENSITIVE);
+	ck_assert_int_eq(f->C_GetAttributeValue(h, obj, &a, 1),
+			 CKR_ATTRIBUTE_SENSITIVE);
+}
+
+/* An AES key made behind kms_hsm's back, with the given properties. */
+static CK_OBJECT_HANDLE raw_aes_key(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h,
+				    const char *label, CK_ULONG len,
+				    CK_BBOOL token, CK_BBOOL sensitive,
+				    CK_BBOOL extractable)
+{
+	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+	CK_KEY_TYPE kt = CKK_AES;
+	CK_BBOOL yes = CK_TRUE;
+	CK_ATTRIBUTE tmpl[] = {
+	    {CKA_CLASS, &cls, sizeof(cls)},
+	    {CKA_KEY_TYPE, &kt, sizeof(kt)},
+	    {CKA_VALUE_LEN, &len, sizeof(len)},
+	    {CKA_TOKEN, &token, sizeof(token)},
+	    {CKA_PRIVATE, &yes, sizeof(yes)},
+	    {CKA_SENSITIVE, &sensitive, sizeof(sensitive)},
+	    {CKA_EXTRACTABLE, &extractable, sizeof(extractable)},
+	    {CKA_LABEL, (void *)label, strlen(label)},
+	};
+	CK_MECHANISM mech = {CKM_AES_KEY_GEN, NULL, 0};
+	CK_OBJECT_HANDLE key = 0;
+
+	ck_assert_int_eq(f->C_GenerateKey(h, &mech, tmpl, 8, &key), CKR_OK);
+	return key;
+}
+
+static kms_hsm_key make_dk(const char *label)
+{
+	kms_hsm_key dk = 0;
+
+	ck_assert_msg(kms_hsm_domain_key(hsm, label, 1, &dk, &err) == KMS_OK,
+		      "dk: %s", err.msg);
+	ck_assert_uint_ne(dk, 0);
+	return dk;
+}
+
+static kms_buf make_master(kms_hsm_key dk)
+{
+	kms_buf w = {NULL, 0};
+
+	ck_assert_msg(kms_hsm_master_key_create(sess, dk, &w, &err) == KMS_OK,
+		      "create: %s", err.msg);
+	return w;
+}
+
+static kms_hsm_key unwrap(kms_hsm_key dk, const kms_buf *w)
+{
+	kms_hsm_key k = 0;
+
+	ck_assert_msg(kms_hsm_master_key_unwrap(hsm, dk, w->data, w->len, &k,
+						&err) == KMS_OK,
+		      "unwrap: %s", err.msg);
+	ck_assert_uint_ne(k, 0);
+	return k;
+}
+
+static kms_hsm_key new_master_key(kms_hsm_key dk)
+{
+	kms_buf w = make_master(dk);
+	kms_hsm_key k = unwrap(dk, &w);
+
+	kms_buf_free(&w);
+	return k;
+}
+
+static size_t audit_count(void)
+{
+	size_t n = 0;
+
+	ck_assert_msg(kms_hsm_audit_secret_keys(hsm, &n, &err) == KMS_OK,
+		      "audit: %s", err.msg);
+	return n;
+}
+
+static void assert_err(int rc, int code, const char *needle)
+{
+	ck_assert_msg(rc == code, "status %d (%s), want %d; message: %s", rc,
+		      kms_strerror(rc), code, err.msg);
+	ck_assert_int_eq(err.code, code);
+	ck_assert_msg(strstr(err.msg, needle) != NULL,
+		      "message '%s' does not name '%s'", err.msg, needle);
+}
+
+/* --- opening the token --- */
+
+START_TEST(test_open_ok)
+{
+	kms_hsm *h = NULL, *h2 = NULL;
+	kms_hsm_session *s = NULL;
+	uint8_t r[16];
+
+	ck_assert_int_eq(kms_hsm_open(tok.module, tok.label, tok.pin, &h, &err),
+			 KMS_OK);
+	ck_assert_ptr_nonnull(h);
+	ck_assert_int_eq(kms_hsm_session_open(h, &s, &err), KMS_OK);
+	ck_assert_int_eq(kms_hsm_random(s, r, sizeof(r), &err), KMS_OK);
+	/* A second user of the module (libp11's engine, say): already
+	 * initialized and already logged in are both fine. */
+	ck_assert_msg(kms_hsm_open(tok.module, tok.label, tok.pin, &h2, &err) ==
+			  KMS_OK,
+		      "second open: %s", err.msg);
+	kms_hsm_close(h2);
+	kms_hsm_session_close(s);
+	kms_hsm_close(h);
+}
+END_TEST
+
+START_TEST(test_open_bad_module)
+{
+	kms_hsm *h = (kms_hsm *)&err;
+
+	assert_err(kms_hsm_open("/nonexistent/libnope.so", tok.label, tok.pin,
+				&h, &err),
+		   KMS_ERR_CONFIG,
+		   "cannot load PKCS#11 module /nonexistent/libnope.so");
+	ck_assert_ptr_null(h);
+}
+END_TEST
+
+START_TEST(test_open_not_pkcs11)
+{
+	kms_hsm *h = NULL;
+
+	/* A real shared object that is no PKCS#11 module. */
+	assert_err(kms_hsm_open("libc.so.6", tok.label, tok.pin, &h, &err),
+		   KMS_ERR_CONFIG, "cannot load PKCS#11 module libc.so.6");
+	ck_assert_ptr_nonnull(strstr(err.msg, "C_GetFunctionList"));
+	ck_assert_ptr_null(h);
+}
+END_TEST
+
+START_TEST(test_open_unknown_label)
+{
+	kms_hsm *h = NULL;
+
+	assert_err(kms_hsm_open(tok.module, "nope", tok.pin, &h, &err),
+		   KMS_ERR_CONFIG, "no token labelled 'nope'");
+	ck_assert_ptr_null(h);
+}
+END_TEST
+
+START_TEST(test_open_label_prefix)
+{
+	kms_hsm *h = NULL;
+
+	/* Labels are blank padded: a prefix of the label is another label. */
+	assert_err(kms_hsm_open(tok.module, "kms-tes", tok.pin, &h, &err),
+		   KMS_ERR_CONFIG, "no token labelled 'kms-tes'");
+	assert_err(
+	    kms_hsm_open(tok.module, "kms-test-longer", tok.pin, &h, &err),
+	    KMS_ERR_CONFIG, "no token labelled 'kms-test-longer'");
+	ck_assert_ptr_null(h);
+}
+END_TEST
+
+START_TEST(test_open_wrong_pin)
+{
+	kms_hsm *h = NULL;
+	char wrong[sizeof(tok.pin)];
+
+	memcpy(wrong, tok.pin, sizeof(wrong));
+	wrong[0] = wrong[0] == '0' ? '1' : '0';
+	assert_err(kms_hsm_open(tok.module, tok.label, wrong, &h, &err),
+		   KMS_ERR_CONFIG, "wrong PIN for token 'kms-test'");
+	ck_assert_ptr_null(h);
+	ck_assert_ptr_null(strstr(err.msg, wrong));
+	/* Nothing stuck: the right PIN still opens it. */
+	ck_assert_int_eq(kms_hsm_open(tok.module, tok.label, tok.pin, &h, &err),
+			 KMS_OK);
+	kms_hsm_close(h);
+}
+END_TEST
+
+START_TEST(test_open_null_args)
+{
+	kms_hsm *h = NULL;
+
+	assert_err(kms_hsm_open(NULL, tok.label, tok.pin, &h, &err),
+		   KMS_ERR_INVALID, "missing");
+	assert_err(kms_hsm_open(tok.module, tok.label, NULL, &h, &err),
+		   KMS_ERR_INVALID, "missing");
+	ck_assert_ptr_null(h);
+	kms_hsm_close(NULL);
+	kms_hsm_session_close(NULL);
+}
+END_TEST
+
+/*
+ * Two tokens of two deployments: the same domain key label on each, but a
+ * master key wrapped on one does not unwrap on the other.
+ */
+START_TEST(test_two_tokens)
+{
+	kms_hsm *a = NULL, *b = NULL;
+	kms_hsm_session *sa = NULL;
+	kms_hsm_key dka = 0, dkb = 0, k = 0;
+	kms_buf w = {NULL, 0};
+
+	ck_assert_int_eq(kms_test_token_add(&tok, LABEL2), 0);
+	ck_assert_int_eq(kms_hsm_open(tok.module, LABEL, tok.pin, &a, &err),
+			 KMS_OK);
+	ck_assert_msg(kms_hsm_open(tok.module, LABEL2, tok.pin, &b, &err) ==
+			  KMS_OK,
+		      "%s", err.msg);
+	ck_assert_int_eq(kms_hsm_session_open(a, &sa, &err), KMS_OK);
+	ck_assert_int_eq(kms_hsm_domain_key(a, DK, 1, &dka, &err), KMS_OK);
+	/* The domain key of one token is not visible on the other. */
+	assert_err(kms_hsm_domain_key(b, DK, 0, &dkb, &err), KMS_ERR_NOT_FOUND,
+		   "no domain key labelled 'dk' on token 'kms-test-2'");
+	ck_assert_int_eq(kms_hsm_domain_key(b, DK, 1, &dkb, &err), KMS_OK);
+	ck_assert_int_eq(kms_hsm_master_key_create(sa, dka, &w, &err), KMS_OK);
+	ck_assert_int_eq(
+	    kms_hsm_master_key_unwrap(a, dka, w.data, w.len, &k, &err), KMS_OK);
+	kms_hsm_key_destroy(a, k);
+	k = 0;
+	assert_err(kms_hsm_master_key_unwrap(b, dkb, w.data, w.len, &k, &err),
+		   KMS_ERR_HSM, "cannot unwrap master key");
+	ck_assert_uint_eq(k, 0);
+	kms_buf_free(&w);
+	kms_hsm_session_close(sa);
+	kms_hsm_close(b);
+	kms_hsm_close(a);
+}
+END_TEST
+
+/* --- random --- */
+
+START_TEST(test_random)
+{
+	uint8_t a[32], b[32];
+
+	memset(a, 0, sizeof(a));
+	memset(b, 0, sizeof(b));
+	ck_assert_int_eq(kms_hsm_random(sess, a, sizeof(a), &err), KMS_OK);
+	ck_assert_int_eq(kms_hsm_random(sess, b, sizeof(b), &err), KMS_OK);
+	ck_assert(memcmp(a, b, sizeof(a)) != 0);
+	ck_assert(!all_zero(a, sizeof(a)));
+	ck_assert_int_eq(kms_hsm_random(sess, a, 0, &err), KMS_OK);
+}
+END_TEST
+
+START_TEST(test_random_bad_args)
+{
+	uint8_t a[4];
+
+	assert_err(kms_hsm_random(sess, NULL, 4, &err), KMS_ERR_INVALID,
+		   "no session or buffer");
+	assert_err(kms_hsm_random(NULL, a, sizeof(a), &err), KMS_ERR_INVALID,
+		   "no session or buffer");
+}
+END_TEST
+
+/* --- domain key --- */
+
+START_TEST(test_dk_create_then_find)
+{
+	CK_FUNCTION_LIST *f = raw_functions();
+	CK_SESSION_HANDLE h = raw_session(f);
+	kms_hsm_key k1 = make_dk(DK), k2 = 0, k3 = 0;
+
+	ck_assert_int_eq(kms_hsm_domain_key(hsm, DK, 0, &k2, &err), KMS_OK);
+	ck_assert_uint_eq(k1, k2);
+	/* create=1 with the key present finds it; it makes no second key. */
+	ck_assert_int_eq(kms_hsm_domain_key(hsm, DK, 1, &k3, &err), KMS_OK);
+	ck_assert_uint_eq(k1, k3);
+
+	ck_assert_int_eq(raw_bool(f, h, k1, CKA_TOKEN), CK_TRUE);
+	ck_assert_int_eq(raw_bool(f, h, k1, CKA_PRIVATE), CK_TRUE);
+	ck_assert_int_eq(raw_bool(f, h, k1, CKA_SENSITIVE), CK_TRUE);
+	ck_assert_int_eq(raw_bool(f, h, k1, CKA_EXTRACTABLE), CK_FALSE);
+	ck_assert_int_eq(raw_bool(f, h, k1, CKA_WRAP), CK_TRUE);
+	ck_assert_int_eq(raw_bool(f, h, k1, CKA_UNWRAP), CK_TRUE);
+	ck_assert_int_eq(raw_bool(f, h, k1, CKA_ENCRYPT), CK_FALSE);
+	ck_assert_int_eq(raw_bool(f, h, k1, CKA_DECRYPT), CK_FALSE);
+	assert_value_refused(f, h, k1);
+	ck_assert_int_eq(f->C_CloseSession(h), CKR_OK);
+}
+END_TEST
+
+START_TEST(test_dk_absent)
+{
+	kms_hsm_key k = 0;
+
+	assert_err(kms_hsm_domain_key(hsm, DK, 0, &k, &err), KMS_ERR_NOT_FOUND,
+		   "no domain key labelled 'dk'");
+	ck_assert_uint_eq(k, 0);
+	/* Looking did not make one. */
+	assert_err(kms_hsm_domain_key(hsm, DK, 0, &k, &err), KMS_ERR_NOT_FOUND,
+		   "'dk'");
+	assert_err(kms_hsm_domain_key(hsm, "", 1, &k, &err), KMS_ERR_INVALID,
+		   "no HSM or label");
+}
+END_TEST
+
+START_TEST(test_dk_duplicate)
+{
+	CK_FUNCTION_LIST *f = raw_functions();
+	CK_SESSION_HANDLE h = raw_session(f);
+	kms_hsm_key k = 0;
+
+	make_dk(DK);
+	raw_aes_key(f, h, DK, 32, CK_TRUE, CK_TRUE, CK_FALSE);
+	assert_err(kms_hsm_domain_key(hsm, DK, 0, &k, &err), KMS_ERR_CONFIG,
+		   "2 domain keys labelled 'dk'");
+	assert_err(kms_hsm_domain_key(hsm, DK, 1, &k, &err), KMS_ERR_CONFIG,
+		   "2 domain keys labelled 'dk'");
+	ck_assert_uint_eq(k, 0);
+	ck_assert_int_eq(f->C_CloseSession(h), CKR_OK);
+}
+END_TEST
+
+START_TEST(test_dk_not_aes256)
+{
+	CK_FUNCTION_LIST *f = raw_functions();
+	CK_SESSION_HANDLE h = raw_session(f);
+	kms_hsm_key k = 0;
+
+	raw_aes_key(f, h, "small", 16, CK_TRUE, CK_TRUE, CK_FALSE);
+	assert_err(kms_hsm_domain_key(hsm, "small", 1, &k, &err),
+		   KMS_ERR_CONFIG, "domain key 'small' is AES-128");
+	ck_assert_uint_eq(k, 0);
+	ck_assert_int_eq(f->C_CloseSession(h), CKR_OK);
+}
+END_TEST
+
+/* --- master keys --- */
+
+START_TEST(test_master_create)
+{
+	kms_hsm_key dk = make_dk(DK);
+	size_t before = audit_count();
+	kms_buf a = make_master(dk), b = make_master(dk);
+
+	/* RFC 5649: 32 bytes of key plus the 8-byte integrity block. */
+	ck_assert_uint_eq(a.len, 40);
+	ck_assert_uint_eq(b.len, 40);
+	ck_assert(memcmp(a.data, b.data, a.len) != 0);
+	/* The transient session keys were destroyed. */
+	ck_assert_uint_eq(audit_count(), before);
+	kms_buf_free(&a);
+	kms_buf_free(&b);
+}
+END_TEST
+
+START_TEST(test_master_create_bad_dk)
+{
+	kms_hsm_key dk = make_dk(DK);
+	kms_hsm_key mk = new_master_key(dk);
+	size_t before = audit_count();
+	kms_buf w = {NULL, 0};
+
+	/* No such wrapping key; and a key that may not wrap. */
+	assert_err(kms_hsm_master_key_create(sess, 0, &w, &err), KMS_ERR_HSM,
+		   "C_WrapKey: CKR_");
+	assert_err(kms_hsm_master_key_create(sess, mk, &w, &err), KMS_ERR_HSM,
+		   "C_WrapKey: CKR_");
+	ck_assert_ptr_null(w.data);
+	ck_assert_uint_eq(w.len, 0);
+	/* The transient key was destroyed on the error path too. */
+	ck_assert_uint_eq(audit_count(), before);
+}
+END_TEST
+
+START_TEST(test_unwrap)
+{
+	CK_FUNCTION_LIST *f = raw_functions();
+	CK_SESSION_HANDLE h = raw_session(f);
+	kms_hsm_key dk = make_dk(DK);
+	kms_hsm_key k = new_master_key(dk);
+	CK_ULONG len = 0;
+	CK_ATTRIBUTE a = {CKA_VALUE_LEN, &len, sizeof(len)};
+
+	/* Visible from another session of the process (a session object). */
+	ck_assert_int_eq(f->C_GetAttributeValue(h, k, &a, 1), CKR_OK);
+	/* SoftHSM 2.6.1 does not record the length of an unwrapped key. */
+	ck_assert(len == 0 || len == 32);
+	ck_assert_int_eq(raw_bool(f, h, k, CKA_TOKEN), CK_FALSE);
+	ck_assert_int_eq(raw_bool(f, h, k, CKA_SENSITIVE), CK_TRUE);
+	ck_assert_int_eq(raw_bool(f, h, k, CKA_EXTRACTABLE), CK_FALSE);
+	ck_assert_int_eq(raw_bool(f, h, k, CKA_ENCRYPT), CK_TRUE);
+	ck_assert_int_eq(raw_bool(f, h, k, CKA_DECRYPT), CK_TRUE);
+	ck_assert_int_eq(raw_bool(f, h, k, CKA_WRAP), CK_FALSE);
+	ck_assert_int_eq(raw_bool(f, h, k, CKA_UNWRAP), CK_FALSE);
+	assert_value_refused(f, h, k);
+	ck_assert_int_eq(f->C_CloseSession(h), CKR_OK);
+}
+END_TEST
+
+START_TEST(test_unwrap_other_dk)
+{
+	kms_hsm_key dk = make_dk(DK), dk2 = make_dk(DK2), k = 0;
+	kms_buf w = make_master(dk);
+	size_t before = audit_count();
+
+	ck_assert_uint_ne(dk, dk2);
+	assert_err(kms_hsm_master_key_unwrap(hsm, dk2, w.data, w.len, &k, &err),
+		   KMS_ERR_HSM, "cannot unwrap master key: C_UnwrapKey: CKR_");
+	ck_assert_uint_eq(k, 0);
+	ck_assert_uint_eq(audit_count(), before);
+	/* The blob is intact: the right domain key still unwraps it. */
+	k = unwrap(dk, &w);
+	kms_buf_free(&w);
+}
+END_TEST
+
+START_TEST(test_unwrap_tampered)
+{
+	kms_hsm_key dk = make_dk(DK), k = 0;
+	kms_buf w = make_master(dk);
+	uint8_t bad[48];
+	size_t before = audit_count();
+
+	for (size_t bit = 0; bit < w.len * 8; bit += 37) {
+		memcpy(bad, w.data, w.len);
+		bad[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+		assert_err(
+		    kms_hsm_master_key_unwrap(hsm, dk, bad, w.len, &k, &err),
+		    KMS_ERR_HSM, "cannot unwrap master key");
+	}
+	/* Truncated, and lengthened by one semiblock. */
+	memcpy(bad, w.data, w.len);
+	assert_err(kms_hsm_master_key_unwrap(hsm, dk, bad, w.len - 1, &k, &err),
+		   KMS_ERR_HSM, "cannot unwrap master key");
+	assert_err(kms_hsm_master_key_unwrap(hsm, dk, bad, w.len - 8, &k, &err),
+		   KMS_ERR_HSM, "cannot unwrap master key");
+	memset(bad + w.len, 0xa5, 8);
+	assert_err(kms_hsm_master_key_unwrap(hsm, dk, bad, w.len + 8, &k, &err),
+		   KMS_ERR_HSM, "cannot unwrap master key");
+	assert_err(kms_hsm_master_key_unwrap(hsm, dk, bad, 0, &k, &err),
+		   KMS_ERR_INVALID, "empty blob");
+	ck_assert_uint_eq(k, 0);
+	ck_assert_uint_eq(audit_count(), before);
+	kms_buf_free(&w);
+}
+END_TEST
+
+/* A well-formed RFC 5649 blob of the domain key that holds an AES-128 key. */
+START_TEST(test_unwrap_not_aes256)
+{
+	CK_FUNCTION_LIST *f = raw_functions();
+	CK_SESSION_HANDLE h = raw_session(f);
+	CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+	kms_hsm_key dk = make_dk(DK), k = 0;
+	CK_OBJECT_HANDLE small;
+	uint8_t blob[64];
+	CK_ULONG len = sizeof(blob);
+	size_t before;
+
+	small = raw_aes_key(f, h, "small", 16, CK_FALSE, CK_TRUE, CK_TRUE);
+	ck_assert_int_eq(f->C_WrapKey(h, &kwp, dk, small, blob, &len), CKR_OK);
+	ck_assert_int_eq(f->C_DestroyObject(h, small), CKR_OK);
+	before = audit_count();
+	assert_err(kms_hsm_master_key_unwrap(hsm, dk, blob, len, &k, &err),
+		   KMS_ERR_HSM,
+		   "a wrapped AES-256 key is 40 bytes (RFC 5649), "
+		   "not 24");
+	ck_assert_uint_eq(k, 0);
+	ck_assert_uint_eq(audit_count(), before);
+	ck_assert_int_eq(f->C_CloseSession(h), CKR_OK);
+}
+END_TEST
+
+START_TEST(test_key_destroy)
+{
+	kms_hsm_key k = new_master_key(make_dk(DK));
+	uint8_t iv[12] = {0}, pt[16] = {0}, ct[32];
+	size_t before = audit_count();
+
+	ck_assert_int_eq(
+	    kms_hsm_gcm_encrypt(sess, k, iv, NULL, 0, pt, sizeof(pt), ct, &err),
+	    KMS_OK);
+	kms_hsm_key_destroy(hsm, k);
+	ck_assert_uint_eq(audit_count(), before - 1);
+	assert_err(
+	    kms_hsm_gcm_encrypt(sess, k, iv, NULL, 0, pt, sizeof(pt), ct, &err),
+	    KMS_ERR_HSM, "C_EncryptInit: CKR_");
+	kms_hsm_key_destroy(hsm, 0);
+	kms_hsm_key_destroy(NULL, k);
+}
+END_TEST
+
+/* --- AES-GCM --- */
+
+static void roundtrip(kms_hsm_key k, const uint8_t *aad, size_t aad_len,
+		      size_t pt_len)
+{
+	uint8_t iv[12], *pt, *ct, *back;
+
+	pt = kms_malloc(pt_len);
+	ct = kms_malloc(pt_len + 16);
+	back = kms_malloc(pt_len);
+	ck_assert(pt && ct && back);
+	ck_assert_int_eq(kms_hsm_random(sess, iv, sizeof(iv), &err), KMS_OK);
+	ck_assert_int_eq(kms_hsm_random(sess, pt, pt_len, &err), KMS_OK);
+	ck_assert_msg(kms_hsm_gcm_encrypt(sess, k, iv, aad, aad_len, pt, pt_len,
+					  ct, &err) == KMS_OK,
+		      "encrypt: %s", err.msg);
+	ck_assert(pt_len == 0 || memcmp(ct, pt, pt_len) != 0);
+	ck_assert_msg(kms_hsm_gcm_decrypt(sess, k, iv, aad, aad_len, ct,
+					  pt_len + 16, back, &err) == KMS_OK,
+		      "decrypt: %s", err.msg);
+	ck_assert(memcmp(back, pt, pt_len) == 0);
+	kms_free_secret(pt, pt_len);
+	kms_free_secret(back, pt_len);
+	kms_free(ct);
+}
+
+START_TEST(test_gcm_roundtrip)
+{
+	kms_hsm_key k = new_master_key(make_dk(DK));
+	static const uint8_t aad[] = "kms/v1 key=a ctx=b";
+
+	roundtrip(k, aad, sizeof(aad), 32);
+	roundtrip(k, NULL, 0, 32);
+	roundtrip(k, aad, sizeof(aad), 0);
+	roundtrip(k, aad, sizeof(aad), 4096); /* past the stack scratch */
+}
+END_TEST
+
+struct sealed {
+	uint8_t iv[12];
+	uint8_t pt[32];
+	uint8_t ct[48];
+	uint8_t out[32];
+};
+
+static void seal(kms_hsm_key k, struct sealed *m, const char *aad)
+{
+	ck_assert_int_eq(kms_hsm_random(sess, m->iv, sizeof(m->iv), &err),
+			 KMS_OK);
+	ck_assert_int_eq(kms_hsm_random(sess, m->pt, sizeof(m->pt), &err),
+			 KMS_OK);
+	ck_assert_int_eq(kms_hsm_gcm_encrypt(sess, k, m->iv,
+					     (const uint8_t *)aad, strlen(aad),
+					     m->pt, sizeof(m->pt), m->ct, &err),
+			 KMS_OK);
+}
+
+/* Decrypts ct (possibly altered) and expects an authentication failure. */
+static void open_fails(kms_hsm_key k, struct sealed *m, const uint8_t *ct,
+		       const char *aad)
+{
+	memset(m->out, 0xaa, sizeof(m->out));
+	assert_err(kms_hsm_gcm_decrypt(sess, k, m->iv, (const uint8_t *)aad,
+				       strlen(aad), ct, sizeof(m->ct), m->out,
+				       &err),
+		   KMS_ERR_AUTH_FAILED, "failed authentication");
+	ck_assert_msg(all_zero(m->out, sizeof(m->out)), "output not cleansed");
+}
+
+static void open_ok(kms_hsm_key k, struct sealed *m, const char *aad)
+{
+	ck_assert_msg(kms_hsm_gcm_decrypt(sess, k, m->iv, (const uint8_t *)aad,
+					  strlen(aad), m->ct, sizeof(m->ct),
+					  m->out, &err) == KMS_OK,
+		      "decrypt: %s", err.msg);
+	ck_assert(memcmp(m->out, m->pt, sizeof(m->pt)) == 0);
+}
+
+START_TEST(test_gcm_wrong_aad)
+{
+	kms_hsm_key k = new_master_key(make_dk(DK));
+	struct sealed m;
+
+	seal(k, &m, "tenant=a");
+	open_fails(k, &m, m.ct, "tenant=b");
+	open_fails(k, &m, m.ct, "");
+	/* The session is still usable and the blob still opens. */
+	open_ok(k, &m, "tenant=a");
+}
+END_TEST
+
+START_TEST(test_gcm_flipped_ciphertext)
+{
+	kms_hsm_key k = new_master_key(make_dk(DK));
+	struct sealed m;
+	uint8_t bad[48];
+
+	seal(k, &m, "ctx");
+	for (size_t i = 0; i < 32; i += 7) {
+		memcpy(bad, m.ct, sizeof(bad));
+		bad[i] ^= 0x01;
+		open_fails(k, &m, bad, "ctx");
+	}
+	open_ok(k, &m, "ctx");
+}
+END_TEST
+
+START_TEST(test_gcm_flipped_tag)
+{
+	kms_hsm_key k = new_master_key(make_dk(DK));
+	struct sealed m;
+	uint8_t bad[48];
+
+	seal(k, &m, "ctx");
+	for (size_t i = 32; i < 48; i += 5) {
+		memcpy(bad, m.ct, sizeof(bad));
+		bad[i] ^= 0x80;
+		open_fails(k, &m, bad, "ctx");
+	}
+	/* A flipped IV bit is a wrong IV: it fails the same way. */
+	m.iv[0] ^= 1;
+	open_fails(k, &m, m.ct, "ctx");
+	m.iv[0] ^= 1;
+	open_ok(k, &m, "ctx");
+}
+END_TEST
+
+START_TEST(test_gcm_wrong_key)
+{
+	kms_hsm_key dk = make_dk(DK);
+	kms_hsm_key k1 = new_master_key(dk), k2 = new_master_key(dk);
+	struct sealed m;
+
+	seal(k1, &m, "ctx");
+	open_fails(k2, &m, m.ct, "ctx");
+	open_ok(k1, &m, "ctx");
+}
+END_TEST
+
+START_TEST(test_gcm_bad_input)
+{
+	kms_hsm_key dk = make_dk(DK);
+	kms_hsm_key k = new_master_key(dk);
+	uint8_t iv[12] = {0}, ct[48] = {0}, out[32];
+
+	assert_err(kms_hsm_gcm_decrypt(sess, k, iv, NULL, 0, ct, 15, out, &err),
+		   KMS_ERR_INVALID, "shorter than the GCM tag");
+	assert_err(kms_hsm_gcm_decrypt(sess, k, iv, NULL, 3, ct, 48, out, &err),
+		   KMS_ERR_INVALID, "missing argument");
+	assert_err(kms_hsm_gcm_encrypt(sess, k, iv, NULL, 0, NULL, 4, ct, &err),
+		   KMS_ERR_INVALID, "missing argument");
+	/* The domain key wraps; it may not encrypt data. */
+	assert_err(kms_hsm_gcm_encrypt(sess, dk, iv, NULL, 0, out, sizeof(out),
+				       ct, &err),
+		   KMS_ERR_HSM,
+		   "C_EncryptInit: CKR_KEY_FUNCTION_NOT_PERMITTED");
+	/* A tag alone over an empty plaintext: fails, nothing to write. */
+	assert_err(
+	    kms_hsm_gcm_decrypt(sess, k, iv, NULL, 0, ct, 16, NULL, &err),
+	    KMS_ERR_AUTH_FAILED, "failed authentication");
+}
+END_TEST
+
+/* --- audit --- */
+
+START_TEST(test_audit)
+{
+	CK_FUNCTION_LIST *f = raw_functions();
+	CK_SESSION_HANDLE h = raw_session(f);
+	kms_hsm_key dk = make_dk(DK);
+	kms_hsm_key k1 = new_master_key(dk), k2 = new_master_key(dk);
+
+	ck_assert_uint_ge(audit_count(), 3);
+	assert_value_refused(f, h, dk);
+	assert_value_refused(f, h, k1);
+	assert_value_refused(f, h, k2);
+	ck_assert_int_eq(f->C_CloseSession(h), CKR_OK);
+}
+END_TEST
+
+START_TEST(test_audit_readable_key)
+{
+	CK_FUNCTION_LIST *f = raw_functions();
+	CK_SESSION_HANDLE h = raw_session(f);
+	size_t n = 12345;
+
+	new_master_key(make_dk(DK));
+	raw_aes_key(f, h, "leaky", 32, CK_FALSE, CK_FALSE, CK_TRUE);
+	assert_err(kms_hsm_audit_secret_keys(hsm, &n, &err), KMS_ERR_INTERNAL,
+		   "secret key 'leaky' is not CKA_SENSITIVE");
+	ck_assert_uint_eq(n, 12345);
+	/* The session object goes with its session; the audit passes again. */
+	ck_assert_int_eq(f->C_CloseSession(h), CKR_OK);
+	ck_assert_uint_ge(audit_count(), 2);
+}
+END_TEST
+
+/* --- broken sessions --- */
+
+#define MAX_PROBE 1024
+
+/* Session handles open now (SoftHSM numbers them from 1, densely). */
+static void open_handles(CK_FUNCTION_LIST *f, uint8_t open[MAX_PROBE])
+{
+	CK_SESSION_INFO info;
+
+	for (CK_SESSION_HANDLE h = 1; h < MAX_PROBE; h++)
+		open[h] = f->C_GetSessionInfo(h, &info) == CKR_OK;
+}
+
+/*
+ * The test cannot see a kms_hsm_session's handle (hsm.h hides it), so it
+ * finds it as the one handle that opens with kms_hsm_session_open: the
+ * difference of the module's open sessions before and after. Then it
+ * closes that handle behind kms_hsm's back, as a crashed token or an
+ * administrator would.
+ */
+START_TEST(test_session_reopens)
+{
+	CK_FUNCTION_LIST *f = raw_functions();
+	uint8_t before[MAX_PROBE], after[MAX_PROBE];
+	CK_SESSION_HANDLE victim = 0;
+	kms_hsm_session *s = NULL;
+	kms_hsm_key k = new_master_key(make_dk(DK));
+	struct sealed m;
+	int n_new = 0;
+
+	open_handles(f, before);
+	ck_assert_int_eq(kms_hsm_session_open(hsm, &s, &err), KMS_OK);
+	open_handles(f, after);
+	for (CK_SESSION_HANDLE h = 1; h < MAX_PROBE; h++)
+		if (after[h] && !before[h]) {
+			victim = h;
+			n_new++;
+		}
+	ck_assert_int_eq(n_new, 1);
+	ck_assert_int_eq(f->C_CloseSession(victim), CKR_OK);
+
+	/* The next call notices, reopens and succeeds. */
+	ck_assert_msg(kms_hsm_random(s, m.iv, sizeof(m.iv), &err) == KMS_OK,
+		      "random after close: %s", err.msg);
+	/* And again, for a key operation; the master key lives on in the
+	 * holder session. */
+	open_handles(f, before);
+	for (CK_SESSION_HANDLE h = 1; h < MAX_PROBE; h++)
+		if (before[h] && !after[h])
+			victim = h; /* the reopened handle */
+	ck_assert_int_eq(f->C_CloseSession(victim), CKR_OK);
+	ck_assert_msg(kms_hsm_gcm_encrypt(s, k, m.iv, NULL, 0, m.pt,
+					  sizeof(m.pt), m.ct, &err) == KMS_OK,
+		      "encrypt after close: %s", err.msg);
+	ck_assert_int_eq(kms_hsm_gcm_decrypt(s, k, m.iv, NULL, 0, m.ct,
+					     sizeof(m.ct), m.out, &err),
+			 KMS_OK);
+	ck_assert(memcmp(m.out, m.pt, sizeof(m.pt)) == 0);
+	kms_hsm_session_close(s);
+}
+END_TEST
+
+/*
+ * Every session of the process closed: the login is gone with them
+ * (PKCS#11 v2.40 section 5.6) and kms_hsm keeps no PIN to log in again, so
+ * the reopened session is refused: KMS_ERR_UNAVAILABLE, and it stays so.
+ */
+START_TEST(test_session_lost_login)
+{
+	CK_FUNCTION_LIST *f = raw_functions();
+	uint8_t r[8];
+	kms_hsm_key dk = 0;
+
+	ck_assert_int_eq(f->C_CloseAllSessions(raw_slot(f, LABEL)), CKR_OK);
+	assert_err(kms_hsm_random(sess, r, sizeof(r), &err),
+		   KMS_ERR_UNAVAILABLE, "no longer logged in");
+	assert_err(kms_hsm_random(sess, r, sizeof(r), &err),
+		   KMS_ERR_UNAVAILABLE, "no longer logged in");
+	assert_err(kms_hsm_domain_key(hsm, DK, 1, &dk, &err),
+		   KMS_ERR_UNAVAILABLE, "no longer logged in");
+	ck_assert_uint_eq(dk, 0);
+	/* A new open logs in again. */
+	{
+		kms_hsm *h2 = NULL;
+
+		ck_assert_int_eq(
+		    kms_hsm_open(tok.module, tok.label, tok.pin, &h2, &err),
+		    KMS_OK);
+		ck_assert_int_eq(kms_hsm_random(sess, r, sizeof(r), &err),
+				 KMS_OK);
+		kms_hsm_close(h2);
+	}
+}
+END_TEST
+
+/* --- threads --- */
+
+#define N_THREADS 4
+#define N_ROUNDS 200
+
+struct worker {
+	kms_hsm_key dk;
+	pthread_barrier_t *go;
+	int failures;
+	kms_err err;
+};
+
+static void *worker_main(void *p)
+{
+	struct worker *w = p;
+	kms_hsm_session *s = NULL;
+	kms_hsm_key k = 0;
+	kms_buf wrapped = {NULL, 0};
+	uint8_t iv[12], pt[32], ct[48], back[32], aad[8];
+
+	/* Every thread opens and unwraps at the same moment. */
+	pthread_barrier_wait(w->go);
+	if (kms_hsm_session_open(hsm, &s, &w->err) != KMS_OK ||
+	    kms_hsm_master_key_create(s, w->dk, &wrapped, &w->err) != KMS_OK ||
+	    kms_hsm_master_key_unwrap(hsm, w->dk, wrapped.data, wrapped.len, &k,
+				      &w->err) != KMS_OK) {
+		w->failures++;
+		goto out;
+	}
+	for (int i = 0; i < N_ROUNDS; i++) {
+		memcpy(aad, &i, sizeof(i));
+		memset(aad + sizeof(i), 0x5a, sizeof(aad) - sizeof(i));
+		if (kms_hsm_random(s, iv, sizeof(iv), &w->err) != KMS_OK ||
+		    kms_hsm_random(s, pt, sizeof(pt), &w->err) != KMS_OK ||
+		    kms_hsm_gcm_encrypt(s, k, iv, aad, sizeof(aad), pt,
+					sizeof(pt), ct, &w->err) != KMS_OK ||
+		    kms_hsm_gcm_decrypt(s, k, iv, aad, sizeof(aad), ct,
+					sizeof(ct), back, &w->err) != KMS_OK ||
+		    memcmp(pt, back, sizeof(pt)) != 0)
+			w->failures++;
+	}
+	kms_hsm_key_destroy(hsm, k);
+out:
+	kms_buf_free(&wrapped);
+	kms_hsm_session_close(s);
+	return NULL;
+}
+
+START_TEST(test_concurrent_sessions)
+{
+	pthread_t th[N_THREADS];
+	struct worker w[N_THREADS];
+	pthread_barrier_t go;
+	kms_hsm_key dk = make_dk(DK);
+
+	ck_assert_int_eq(pthread_barrier_init(&go, NULL, N_THREADS), 0);
+	for (int i = 0; i < N_THREADS; i++) {
+		memset(&w[i], 0, sizeof(w[i]));
+		w[i].dk = dk;
+		w[i].go = &go;
+		ck_assert_int_eq(
+		    pthread_create(&th[i], NULL, worker_main, &w[i]), 0);
+	}
+	for (int i = 0; i < N_THREADS; i++)
+		ck_assert_int_eq(pthread_join(th[i], NULL), 0);
+	pthread_barrier_destroy(&go);
+	for (int i = 0; i < N_THREADS; i++)
+		ck_assert_msg(w[i].failures == 0, "thread %d: %d failures: %s",
+			      i, w[i].failures, w[i].err.msg);
+	/* Every thread destroyed its key; only the domain key is left. */
+	ck_assert_uint_eq(audit_count(), 1);
+}
+END_TEST
+
+START_TEST(test_rv_name)
+{
+	ck_assert_str_eq(kms_hsm_rv_name(CKR_PIN_INCORRECT),
+			 "CKR_PIN_INCORRECT");
+	ck_assert_str_eq(kms_hsm_rv_name(CKR_GENERAL_ERROR),
+			 "CKR_GENERAL_ERROR");
+	ck_assert_str_eq(kms_hsm_rv_name(0x12345), "CKR_0x12345");
+	ck_assert_str_eq(kms_hsm_rv_name(CKR_VENDOR_DEFINED | 1),
+			 "CKR_0x80000001");
+}
+END_TEST
+
+static Suite *hsm_suite(void)
+{
+	Suite *s = suite_create("hsm");
+	TCase *open = tcase_create("open");
+	TCase *keys = tcase_create("keys");
+	TCase *gcm = tcase_create("gcm");
+	TCase *sessions = tcase_create("sessions");
+
+	tcase_add_checked_fixture(open, setup_token, teardown_token);
+	tcase_add_test(open, test_open_ok);
+	tcase_add_test(open, test_open_bad_module);
+	tcase_add_test(open, test_open_not_pkcs11);
+	tcase_add_test(open, test_open_unknown_label);
+	tcase_add_test(open, test_open_label_prefix);
+	tcase_add_test(open, test_open_wrong_pin);
+	tcase_add_test(open, test_open_null_args);
+	tcase_add_test(open, test_two_tokens);
+	tcase_add_test(open, test_rv_name);
+	suite_add_tcase(s, open);
+
+	tcase_add_checked_fixture(keys, setup_open, teardown_open);
+	tcase_add_test(keys, test_random);
+	tcase_add_test(keys, test_random_bad_args);
+	tcase_add_test(keys, test_dk_create_then_find);
+	tcase_add_test(keys, test_dk_absent);
+	tcase_add_test(keys, test_dk_duplicate);
+	tcase_add_test(keys, test_dk_not_aes256);
+	tcase_add_test(keys, test_master_create);
+	tcase_add_test(keys, test_master_create_bad_dk);
+	tcase_add_test(keys, test_unwrap);
+	tcase_add_test(keys, test_unwrap_other_dk);
+	tcase_add_test(keys, test_unwrap_tampered);
+	tcase_add_test(keys, test_unwrap_not_aes256);
+	tcase_add_test(keys, test_key_destroy);
+	tcase_add_test(keys, test_audit);
+	tcase_add_test(keys, test_audit_readable_key);
+	suite_add_tcase(s, keys);
+
+	tcase_add_checked_fixture(gcm, setup_open, teardown_open);
+	tcase_add_test(gcm, test_gcm_roundtrip);
+	tcase_add_test(gcm, test_gcm_wrong_aad);
+	tcase_add_test(gcm, test_gcm_flipped_ciphertext);
+	tcase_add_test(gcm, test_gcm_flipped_tag);
+	tcase_add_test(gcm, test_gcm_wrong_key);
+	tcase_add_test(gcm, test_gcm_bad_input);
+	suite_add_tcase(s, gcm);
+
+	tcase_add_checked_fixture(sessions, setup_open, teardown_open);
+	tcase_set_timeout(sessions, 60);
+	tcase_add_test(sessions, test_session_reopens);
+	tcase_add_test(sessions, test_session_lost_login);
+	tcase_add_test(sessions, test_concurrent_sessions);
+	suite_add_tcase(s, sessions);
+	return s;
+}
+
+int main(void)
+{
+	char run_dir[PATH_MAX];
+	const char *tmp = getenv("TMPDIR");
+	SRunner *sr;
+	int failed;
+
+	/*
+	 * Every token of this run lives under one directory removed at the
+	 * end, even those of failed tests (whose teardown Check skips).
+	 */
+	snprintf(run_dir, sizeof(run_dir), "%s/kms-test-hsm-XXXXXX",
+		 tmp != NULL && tmp[0] != '\0' ? tmp : "/tmp");
+	if (mkdtemp(run_dir) == NULL || setenv("TMPDIR", run_dir, 1) != 0) {
+		perror("test_hsm: run directory");
+		return EXIT_FAILURE;
+	}
+	sr = srunner_create(hsm_suite());
+	/* One process per test (see the fixtures): CK_FORK=no cannot work. */
+	srunner_set_fork_status(sr, CK_FORK);
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	kms_test_rmtree(run_dir);
+	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

@@ -1,0 +1,955 @@
+/* kms_bench.c - kms-bench: a load generator for kmsd over gRPC, and a raw
+ * PKCS#11 GCM baseline. */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <grpc/byte_buffer.h>
+#include <grpc/grpc.h>
+#include <grpc/slice.h>
+#include <grpc/support/log.h>
+#include <grpc/support/time.h>
+
+#include "kms/alloc.h"
+#include "kms/client.h"
+#include "kms/hsm.h"
+#include "kms/v1/kms.pb-c.h"
+
+#ifndef PACKAGE_VERSION
+#define PACKAGE_VERSION "0.1.0"
+#endif
+
+#define DEFAULT_ENDPOINT "127.0.0.1:7401"
+#define BENCH_DOMAIN_KEY_LABEL "kms-bench-domain-key"
+#define BENCH_CTX_KEY "purpose"
+#define BENCH_CTX_VALUE "kms-bench"
+#define BENCH_AAD "kms-bench fixed aad"
+#define DATA_KEY_BYTES 32
+#define PIN_MAX 256
+/* How often a worker wakes up to look at the clock when nothing completes. */
+#define POLL_MS 100
+/* A call still unanswered after this long when the run ends counts as an error.
+ */
+#define STUCK_NS ((int64_t)1000000000)
+
+enum exit_code { EXIT_OK = 0, EXIT_LOCAL = 1, EXIT_SERVER = 2 };
+enum bench_mode { MODE_GDK, MODE_DECRYPT, MODE_RAW };
+
+static const char usage_text[] =
+    "usage: kms-bench --mode generate-data-key|decrypt --key-id ID\n"
+    "                 [--concurrency N] [--threads T] [--duration S] [--warmup "
+    "S]\n"
+    "                 [--endpoint HOST:PORT] [--ca FILE] [--cert FILE] [--key "
+    "FILE]\n"
+    "                 [--server-name NAME] [--timeout MS] [--json]\n"
+    "       kms-bench --raw-pkcs11 --module PATH --token LABEL --pin-file "
+    "FILE\n"
+    "                 [--threads T] [--duration S] [--warmup S] [--json]\n"
+    "\n"
+    "gRPC mode: T threads (default 2), each with its own completion queue, "
+    "keep\n"
+    "N calls in flight in total (default 8) on one mTLS channel; each "
+    "completion\n"
+    "starts the next call. decrypt mode first makes one 32-byte data key blob "
+    "with\n"
+    "GenerateDataKey and decrypts it over and over with the same context.\n"
+    "--endpoint/--ca/--cert/--key default to "
+    "$KMS_ENDPOINT/$KMS_CA/$KMS_CERT/$KMS_KEY.\n"
+    "\n"
+    "Raw mode: the HSM baseline without kmsd. Ensures the token object\n"
+    "'" BENCH_DOMAIN_KEY_LABEL
+    "' (AES-256 domain key), makes a master key and\n"
+    "unwraps it as a session object (as kmsd does), encrypts one 32-byte "
+    "value, then\n"
+    "T threads, one PKCS#11 session each, AES-GCM decrypt it in a loop.\n"
+    "\n"
+    "Both run --warmup seconds (default 2, not measured), then --duration "
+    "seconds\n"
+    "(default 10), then stop. Output: mode, threads, concurrency, ops, "
+    "ops_per_sec,\n"
+    "p50_us, p99_us, p999_us, errors ('field: value' lines, or one JSON object "
+    "with\n"
+    "--json). The first error is printed to stderr. A call still unanswered 1 "
+    "s\n"
+    "before the end counts as an error. Exit status: 0 no errors, 1 usage or\n"
+    "set-up failure, 2 some calls failed or none completed.\n";
+
+struct opts {
+	enum bench_mode mode;
+	const char *key_id;
+	unsigned concurrency;
+	unsigned threads;
+	unsigned duration_s;
+	unsigned warmup_s;
+	int json;
+	kms_client_opts copts;
+	const char *module;
+	const char *token;
+	const char *pin_file;
+};
+
+/* Latencies in nanoseconds, owned by one worker. */
+struct lat {
+	uint64_t *v;
+	size_t n;
+	size_t cap;
+};
+
+struct bench;
+
+struct worker {
+	pthread_t tid;
+	struct bench *b;
+	unsigned slots; /* calls kept in flight (gRPC mode) */
+	struct lat lat;
+	uint64_t ops;
+	uint64_t errors;
+	char first_err[320];
+	int64_t first_err_at;
+};
+
+struct bench {
+	const struct opts *o;
+	int64_t t_measure; /* CLOCK_MONOTONIC ns: warm-up ends */
+	int64_t t_end;	   /* ... and the measurement */
+	/* gRPC mode */
+	grpc_channel *channel;
+	int timeout_ms;
+	const char *method;
+	const uint8_t *req;
+	size_t req_len;
+	/* raw mode */
+	kms_hsm *hsm;
+	kms_hsm_key key;
+	uint8_t iv[12];
+	uint8_t ct[DATA_KEY_BYTES + 16];
+	uint8_t pt[DATA_KEY_BYTES];
+};
+
+static void errmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void errmsg(const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("kms-bench: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+static int64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void quiet_grpc_log(gpr_log_func_args *args)
+{
+}
+
+/* Records a latency; a full array that cannot grow drops the sample (counted in
+ * ops). */
+static void lat_add(struct lat *l, uint64_t ns)
+{
+	if (l->n == l->cap) {
+		size_t cap = l->cap != 0 ? l->cap * 2 : 65536;
+		uint64_t *v = kms_realloc(l->v, cap * sizeof(*v));
+
+		if (v == NULL)
+			return;
+		l->v = v;
+		l->cap = cap;
+	}
+	l->v[l->n++] = ns;
+}
+
+static void worker_error(struct worker *w, int64_t at, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void worker_error(struct worker *w, int64_t at, const char *fmt, ...)
+{
+	va_list ap;
+
+	w->errors++;
+	if (w->first_err[0] != '\0')
+		return;
+	va_start(ap, fmt);
+	vsnprintf(w->first_err, sizeof(w->first_err), fmt, ap);
+	va_end(ap);
+	w->first_err_at = at;
+}
+
+/* ---- gRPC mode ---- */
+
+/* One call in flight: everything a unary batch needs until it completes. */
+struct slot {
+	grpc_call *call;
+	grpc_byte_buffer *send;
+	grpc_byte_buffer *recv;
+	grpc_metadata_array md_initial;
+	grpc_metadata_array md_trailing;
+	grpc_status_code status;
+	grpc_slice details;
+	int64_t t0;
+};
+
+static void slot_release(struct slot *s)
+{
+	if (s->recv != NULL)
+		grpc_byte_buffer_destroy(s->recv);
+	if (s->send != NULL)
+		grpc_byte_buffer_destroy(s->send);
+	grpc_slice_unref(s->details);
+	grpc_metadata_array_destroy(&s->md_initial);
+	grpc_metadata_array_destroy(&s->md_trailing);
+	if (s->call != NULL)
+		grpc_call_unref(s->call);
+	memset(s, 0, sizeof(*s));
+}
+
+/* Starts one call on cq with s as its tag; 0 when it is in flight. */
+static int slot_start(struct worker *w, grpc_completion_queue *cq,
+		      struct slot *s)
+{
+	struct bench *b = w->b;
+	grpc_slice req = grpc_slice_from_static_buffer(b->req, b->req_len);
+	grpc_op ops[6];
+	grpc_call_error ce;
+	gpr_timespec deadline;
+
+	memset(s, 0, sizeof(*s));
+	s->details = grpc_empty_slice();
+	grpc_metadata_array_init(&s->md_initial);
+	grpc_metadata_array_init(&s->md_trailing);
+	s->t0 = now_ns();
+	deadline =
+	    gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+			 gpr_time_from_millis(b->timeout_ms, GPR_TIMESPAN));
+	s->call = grpc_channel_create_call(
+	    b->channel, NULL, GRPC_PROPAGATE_DEFAULTS, cq,
+	    grpc_slice_from_static_string(b->method), NULL, deadline, NULL);
+	if (s->call == NULL) {
+		worker_error(w, s->t0, "cannot create a call");
+		goto fail;
+	}
+	s->send = grpc_raw_byte_buffer_create(&req, 1);
+	if (s->send == NULL) {
+		worker_error(w, s->t0, "cannot create a request buffer");
+		goto fail;
+	}
+	memset(ops, 0, sizeof(ops));
+	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+	ops[1].op = GRPC_OP_SEND_MESSAGE;
+	ops[1].data.send_message.send_message = s->send;
+	ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+	ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+	ops[3].data.recv_initial_metadata.recv_initial_metadata =
+	    &s->md_initial;
+	ops[4].op = GRPC_OP_RECV_MESSAGE;
+	ops[4].data.recv_message.recv_message = &s->recv;
+	ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+	ops[5].data.recv_status_on_client.trailing_metadata = &s->md_trailing;
+	ops[5].data.recv_status_on_client.status = &s->status;
+	ops[5].data.recv_status_on_client.status_details = &s->details;
+	ce = grpc_call_start_batch(s->call, ops, 6, s, NULL);
+	if (ce != GRPC_CALL_OK) {
+		worker_error(w, s->t0, "grpc_call_start_batch failed (%d)",
+			     (int)ce);
+		goto fail;
+	}
+	return 0;
+fail:
+	slot_release(s);
+	return -1;
+}
+
+/* Accounts for a completed call and frees it. */
+static void slot_finish(struct worker *w, struct slot *s, int success)
+{
+	struct bench *b = w->b;
+	int64_t t1 = now_ns();
+
+	/*
+	 * A call that ends after the window was cancelled by us: not a result,
+	 * unless it had already waited that long for nothing (a hung server).
+	 */
+	if (t1 > b->t_end) {
+		if (b->t_end - s->t0 > STUCK_NS)
+			worker_error(
+			    w, b->t_end,
+			    "a call got no answer within %d ms before the end",
+			    (int)(STUCK_NS / 1000000));
+		goto out;
+	}
+	if (!success) {
+		worker_error(w, t1, "the call's batch failed");
+	} else if (s->status != GRPC_STATUS_OK) {
+		worker_error(w, t1, "%s: %.*s", kms_grpc_status_name(s->status),
+			     (int)GRPC_SLICE_LENGTH(s->details),
+			     (const char *)GRPC_SLICE_START_PTR(s->details));
+	} else if (s->recv == NULL) {
+		worker_error(w, t1, "status OK without a response message");
+	} else if (s->t0 >= b->t_measure) {
+		w->ops++;
+		lat_add(&w->lat, (uint64_t)(t1 - s->t0));
+	}
+out:
+	slot_release(s);
+}
+
+static void *grpc_worker(void *arg)
+{
+	struct worker *w = arg;
+	struct bench *b = w->b;
+	grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
+	struct slot *slots = kms_calloc(w->slots, sizeof(*slots));
+	unsigned i, in_flight = 0;
+	int cancelled = 0;
+
+	if (cq == NULL || slots == NULL) {
+		worker_error(w, now_ns(), "out of memory starting a worker");
+		goto out;
+	}
+	for (i = 0; i < w->slots; i++)
+		if (slot_start(w, cq, &slots[i]) == 0)
+			in_flight++;
+	while (in_flight > 0) {
+		grpc_event ev = grpc_completion_queue_next(
+		    cq,
+		    gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+				 gpr_time_from_millis(POLL_MS, GPR_TIMESPAN)),
+		    NULL);
+		int64_t t = now_ns();
+
+		if (ev.type == GRPC_OP_COMPLETE) {
+			struct slot *s = ev.tag;
+
+			in_flight--;
+			slot_finish(w, s, ev.success);
+			if (t < b->t_end && slot_start(w, cq, s) == 0)
+				in_flight++;
+		}
+		/* Stop on time even if the server hangs: cancel the rest. */
+		if (t >= b->t_end && !cancelled) {
+			cancelled = 1;
+			for (i = 0; i < w->slots; i++)
+				if (slots[i].call != NULL)
+					grpc_call_cancel(slots[i].call, NULL);
+		}
+		if (ev.type == GRPC_QUEUE_SHUTDOWN)
+			break;
+	}
+out:
+	if (cq != NULL) {
+		grpc_completion_queue_shutdown(cq);
+		while (grpc_completion_queue_next(
+			   cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL)
+			   .type != GRPC_QUEUE_SHUTDOWN)
+			;
+		grpc_completion_queue_destroy(cq);
+	}
+	kms_free(slots);
+	return NULL;
+}
+
+/*
+ * Packs the request every call sends. decrypt mode needs a blob first: one
+ * blocking GenerateDataKey with the bench context, whose plaintext is wiped.
+ */
+static int grpc_setup(struct bench *b, kms_client *c, uint8_t **req,
+		      size_t *req_len)
+{
+	const struct opts *o = b->o;
+	char ctx_key[] = BENCH_CTX_KEY, ctx_value[] = BENCH_CTX_VALUE;
+	Kms__V1__GenerateDataKeyRequest gdk =
+	    KMS__V1__GENERATE_DATA_KEY_REQUEST__INIT;
+	Kms__V1__GenerateDataKeyRequest__EncryptionContextEntry ge =
+	    KMS__V1__GENERATE_DATA_KEY_REQUEST__ENCRYPTION_CONTEXT_ENTRY__INIT;
+	Kms__V1__GenerateDataKeyRequest__EncryptionContextEntry *gep = &ge;
+	Kms__V1__DecryptRequest dec = KMS__V1__DECRYPT_REQUEST__INIT;
+	Kms__V1__DecryptRequest__EncryptionContextEntry de =
+	    KMS__V1__DECRYPT_REQUEST__ENCRYPTION_CONTEXT_ENTRY__INIT;
+	Kms__V1__DecryptRequest__EncryptionContextEntry *dep = &de;
+	Kms__V1__GenerateDataKeyResponse *resp = NULL;
+	const ProtobufCMessage *msg = &gdk.base;
+	kms_rpc_status st;
+	int rc = EXIT_OK;
+
+	ge.key = ctx_key;
+	ge.value = ctx_value;
+	gdk.key_id = (char *)o->key_id;
+	gdk.number_of_bytes = DATA_KEY_BYTES;
+	gdk.n_encryption_context = 1;
+	gdk.encryption_context = &gep;
+	b->method = "/kms.v1.KeyManagement/GenerateDataKey";
+	if (o->mode == MODE_DECRYPT) {
+		if (kms_client_call(
+			c, b->method, &gdk.base,
+			&kms__v1__generate_data_key_response__descriptor,
+			(ProtobufCMessage **)&resp, &st) != 0) {
+			errmsg("setting up: GenerateDataKey: %s: %s",
+			       kms_grpc_status_name(st.code), st.details);
+			return EXIT_SERVER;
+		}
+		de.key = ctx_key;
+		de.value = ctx_value;
+		dec.ciphertext_blob = resp->ciphertext_blob;
+		dec.n_encryption_context = 1;
+		dec.encryption_context = &dep;
+		msg = &dec.base;
+		b->method = "/kms.v1.KeyManagement/Decrypt";
+	}
+	*req_len = protobuf_c_message_get_packed_size(msg);
+	*req = kms_malloc(*req_len);
+	if (*req == NULL) {
+		errmsg("out of memory");
+		rc = EXIT_LOCAL;
+		goto out;
+	}
+	protobuf_c_message_pack(msg, *req);
+out:
+	if (resp != NULL) {
+		kms_cleanse(resp->plaintext.data, resp->plaintext.len);
+		protobuf_c_message_free_unpacked(&resp->base, NULL);
+	}
+	return rc;
+}
+
+/* ---- raw PKCS#11 mode ---- */
+
+static void *raw_worker(void *arg)
+{
+	struct worker *w = arg;
+	struct bench *b = w->b;
+	kms_hsm_session *s = NULL;
+	uint8_t out[DATA_KEY_BYTES];
+	int checked = 0;
+	kms_err err;
+
+	if (kms_hsm_session_open(b->hsm, &s, &err) != KMS_OK) {
+		worker_error(w, now_ns(), "cannot open a session: %s", err.msg);
+		return NULL;
+	}
+	for (;;) {
+		int64_t t0 = now_ns(), t1;
+		int rc;
+
+		if (t0 >= b->t_end)
+			break;
+		rc = kms_hsm_gcm_decrypt(
+		    s, b->key, b->iv, (const uint8_t *)BENCH_AAD,
+		    sizeof(BENCH_AAD) - 1, b->ct, sizeof(b->ct), out, &err);
+		t1 = now_ns();
+		if (rc != KMS_OK) {
+			worker_error(w, t1, "kms_hsm_gcm_decrypt: %s", err.msg);
+			continue;
+		}
+		/* Check once that the HSM really gave the plaintext back. */
+		if (!checked) {
+			checked = 1;
+			if (memcmp(out, b->pt, sizeof(out)) != 0) {
+				worker_error(
+				    w, t1,
+				    "GCM decrypt returned the wrong plaintext");
+				continue;
+			}
+		}
+		if (t0 >= b->t_measure && t1 <= b->t_end) {
+			w->ops++;
+			lat_add(&w->lat, (uint64_t)(t1 - t0));
+		}
+	}
+	kms_cleanse(out, sizeof(out));
+	kms_hsm_session_close(s);
+	return NULL;
+}
+
+/* Reads the PIN: the file's first line, without its newline. */
+static int read_pin(const char *path, char *pin, size_t cap)
+{
+	FILE *f = fopen(path, "re");
+	size_t n;
+
+	if (f == NULL) {
+		errmsg("cannot read PIN file '%s': %s", path, strerror(errno));
+		return EXIT_LOCAL;
+	}
+	n = fread(pin, 1, cap - 1, f);
+	fclose(f);
+	pin[n] = '\0';
+	pin[strcspn(pin, "\r\n")] = '\0';
+	if (pin[0] == '\0') {
+		errmsg("PIN file '%s' is empty", path);
+		return EXIT_LOCAL;
+	}
+	return EXIT_OK;
+}
+
+/* Makes the object the workers decrypt: the same key kind as kmsd's. */
+static int raw_setup(struct bench *b, kms_hsm_session **s, kms_buf *wrapped)
+{
+	const struct opts *o = b->o;
+	char pin[PIN_MAX];
+	kms_hsm_key dk = 0;
+	kms_err err;
+	int rc;
+
+	rc = read_pin(o->pin_file, pin, sizeof(pin));
+	if (rc != EXIT_OK)
+		goto out;
+	rc = EXIT_LOCAL;
+	if (kms_hsm_open(o->module, o->token, pin, &b->hsm, &err) != KMS_OK)
+		goto fail;
+	if (kms_hsm_domain_key(b->hsm, BENCH_DOMAIN_KEY_LABEL, 1, &dk, &err) !=
+	    KMS_OK)
+		goto fail;
+	if (kms_hsm_session_open(b->hsm, s, &err) != KMS_OK)
+		goto fail;
+	if (kms_hsm_master_key_create(*s, dk, wrapped, &err) != KMS_OK)
+		goto fail;
+	if (kms_hsm_master_key_unwrap(b->hsm, dk, wrapped->data, wrapped->len,
+				      &b->key, &err) != KMS_OK)
+		goto fail;
+	if (kms_hsm_random(*s, b->iv, sizeof(b->iv), &err) != KMS_OK ||
+	    kms_hsm_random(*s, b->pt, sizeof(b->pt), &err) != KMS_OK)
+		goto fail;
+	if (kms_hsm_gcm_encrypt(*s, b->key, b->iv, (const uint8_t *)BENCH_AAD,
+				sizeof(BENCH_AAD) - 1, b->pt, sizeof(b->pt),
+				b->ct, &err) != KMS_OK)
+		goto fail;
+	rc = EXIT_OK;
+	goto out;
+fail:
+	errmsg("setting up the HSM: %s", err.msg);
+out:
+	kms_cleanse(pin, sizeof(pin));
+	return rc;
+}
+
+/* ---- results ---- */
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Nearest-rank percentile, in microseconds. */
+static double percentile_us(const uint64_t *v, size_t n, double q)
+{
+	size_t rank;
+
+	if (n == 0)
+		return 0.0;
+	rank = (size_t)(q * (double)n + 0.999999999);
+	if (rank < 1)
+		rank = 1;
+	if (rank > n)
+		rank = n;
+	return (double)v[rank - 1] / 1000.0;
+}
+
+static int report(const struct opts *o, struct worker *w, unsigned nw)
+{
+	const char *mode = o->mode == MODE_GDK	     ? "generate-data-key"
+			   : o->mode == MODE_DECRYPT ? "decrypt"
+						     : "raw-pkcs11";
+	uint64_t ops = 0, errors = 0, *all;
+	size_t n = 0, i, at = 0;
+	const char *first = NULL;
+	int64_t first_at = 0;
+	double p50, p99, p999, rate;
+	unsigned concurrency =
+	    o->mode == MODE_RAW ? o->threads : o->concurrency;
+
+	for (i = 0; i < nw; i++) {
+		ops += w[i].ops;
+		errors += w[i].errors;
+		n += w[i].lat.n;
+		if (w[i].first_err[0] != '\0' &&
+		    (first == NULL || w[i].first_err_at < first_at)) {
+			first = w[i].first_err;
+			first_at = w[i].first_err_at;
+		}
+	}
+	all = kms_malloc((n + 1) * sizeof(*all));
+	if (all == NULL) {
+		errmsg("out of memory sorting latencies");
+		return EXIT_LOCAL;
+	}
+	for (i = 0; i < nw; i++) {
+		if (w[i].lat.n > 0)
+			memcpy(all + at, w[i].lat.v, w[i].lat.n * sizeof(*all));
+		at += w[i].lat.n;
+	}
+	qsort(all, n, sizeof(*all), cmp_u64);
+	p50 = percentile_us(all, n, 0.50);
+	p99 = percentile_us(all, n, 0.99);
+	p999 = percentile_us(all, n, 0.999);
+	kms_free(all);
+	rate = (double)ops / (double)o->duration_s;
+
+	if (o->json)
+		printf("{\"mode\":\"%s\",\"threads\":%u,\"concurrency\":%u,"
+		       "\"ops\":%llu,"
+		       "\"ops_per_sec\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f,"
+		       "\"p999_us\":%.1f,"
+		       "\"errors\":%llu}\n",
+		       mode, o->threads, concurrency, (unsigned long long)ops,
+		       rate, p50, p99, p999, (unsigned long long)errors);
+	else
+		printf(
+		    "mode: %s\nthreads: %u\nconcurrency: %u\nops: "
+		    "%llu\nops_per_sec: %.1f\n"
+		    "p50_us: %.1f\np99_us: %.1f\np999_us: %.1f\nerrors: %llu\n",
+		    mode, o->threads, concurrency, (unsigned long long)ops,
+		    rate, p50, p99, p999, (unsigned long long)errors);
+	if (first != NULL)
+		errmsg("first error: %s", first);
+	if (ops == 0 && errors == 0)
+		errmsg("no call completed in the measured window");
+	return errors > 0 || ops == 0 ? EXIT_SERVER : EXIT_OK;
+}
+
+/* Starts nw workers running fn, waits for them all. */
+static int run_workers(struct bench *b, struct worker *w, unsigned nw,
+		       void *(*fn)(void *))
+{
+	unsigned i, started = 0;
+	int rc = EXIT_OK, e;
+
+	b->t_measure = now_ns() + (int64_t)b->o->warmup_s * 1000000000;
+	b->t_end = b->t_measure + (int64_t)b->o->duration_s * 1000000000;
+	for (i = 0; i < nw; i++) {
+		w[i].b = b;
+		e = pthread_create(&w[i].tid, NULL, fn, &w[i]);
+		if (e != 0) {
+			errmsg("cannot start a thread: %s", strerror(e));
+			rc = EXIT_LOCAL;
+			/* The started ones stop at t_end anyway; pull it in. */
+			b->t_end = now_ns();
+			break;
+		}
+		started++;
+	}
+	for (i = 0; i < started; i++)
+		pthread_join(w[i].tid, NULL);
+	return rc;
+}
+
+static int run_grpc(const struct opts *o, struct worker *w)
+{
+	struct bench b;
+	kms_client *c = NULL;
+	uint8_t *req = NULL;
+	size_t req_len = 0;
+	kms_err err;
+	unsigned i;
+	int rc;
+
+	memset(&b, 0, sizeof(b));
+	b.o = o;
+	if (kms_client_open(&o->copts, &c, &err) != KMS_OK) {
+		errmsg("%s", err.msg);
+		return EXIT_LOCAL;
+	}
+	rc = grpc_setup(&b, c, &req, &req_len);
+	if (rc != EXIT_OK)
+		goto out;
+	b.channel = kms_client_channel(c);
+	b.timeout_ms = kms_client_timeout_ms(c);
+	b.req = req;
+	b.req_len = req_len;
+	/* Split the calls over the threads; the first take the remainder. */
+	for (i = 0; i < o->threads; i++)
+		w[i].slots = o->concurrency / o->threads +
+			     (i < o->concurrency % o->threads);
+	rc = run_workers(&b, w, o->threads, grpc_worker);
+	if (rc == EXIT_OK)
+		rc = report(o, w, o->threads);
+out:
+	kms_free(req);
+	kms_client_close(c);
+	return rc;
+}
+
+static int run_raw(const struct opts *o, struct worker *w)
+{
+	struct bench b;
+	kms_hsm_session *s = NULL;
+	kms_buf wrapped = {NULL, 0};
+	int rc;
+
+	memset(&b, 0, sizeof(b));
+	b.o = o;
+	rc = raw_setup(&b, &s, &wrapped);
+	if (rc == EXIT_OK)
+		rc = run_workers(&b, w, o->threads, raw_worker);
+	if (rc == EXIT_OK)
+		rc = report(o, w, o->threads);
+	kms_cleanse(b.pt, sizeof(b.pt));
+	if (b.key != 0)
+		kms_hsm_key_destroy(b.hsm, b.key);
+	if (s != NULL)
+		kms_hsm_session_close(s);
+	if (b.hsm != NULL)
+		kms_hsm_close(b.hsm);
+	kms_buf_free(&wrapped);
+	return rc;
+}
+
+/* ---- arguments ---- */
+
+enum opt_id {
+	OPT_MODE = 256,
+	OPT_KEY_ID,
+	OPT_CONCURRENCY,
+	OPT_THREADS,
+	OPT_DURATION,
+	OPT_WARMUP,
+	OPT_ENDPOINT,
+	OPT_CA,
+	OPT_CERT,
+	OPT_KEY,
+	OPT_SERVER_NAME,
+	OPT_TIMEOUT,
+	OPT_JSON,
+	OPT_RAW,
+	OPT_MODULE,
+	OPT_TOKEN,
+	OPT_PIN_FILE,
+	OPT_VERSION,
+};
+
+static const struct option long_opts[] = {
+    {"mode", required_argument, NULL, OPT_MODE},
+    {"key-id", required_argument, NULL, OPT_KEY_ID},
+    {"concurrency", required_argument, NULL, OPT_CONCURRENCY},
+    {"threads", required_argument, NULL, OPT_THREADS},
+    {"duration", required_argument, NULL, OPT_DURATION},
+    {"warmup", required_argument, NULL, OPT_WARMUP},
+    {"endpoint", required_argument, NULL, OPT_ENDPOINT},
+    {"ca", required_argument, NULL, OPT_CA},
+    {"cert", required_argument, NULL, OPT_CERT},
+    {"key", required_argument, NULL, OPT_KEY},
+    {"server-name", required_argument, NULL, OPT_SERVER_NAME},
+    {"timeout", required_argument, NULL, OPT_TIMEOUT},
+    {"json", no_argument, NULL, OPT_JSON},
+    {"raw-pkcs11", no_argument, NULL, OPT_RAW},
+    {"module", required_argument, NULL, OPT_MODULE},
+    {"token", required_argument, NULL, OPT_TOKEN},
+    {"pin-file", required_argument, NULL, OPT_PIN_FILE},
+    {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, OPT_VERSION},
+    {NULL, 0, NULL, 0},
+};
+
+static int usage_error(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("kms-bench: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputs("\nrun 'kms-bench --help' for usage\n", stderr);
+	return EXIT_LOCAL;
+}
+
+static int parse_uint(const char *s, const char *opt, unsigned min,
+		      unsigned max, unsigned *out)
+{
+	char *end;
+	unsigned long v;
+
+	errno = 0;
+	v = strtoul(s, &end, 10);
+	if (s[0] == '\0' || s[0] == '-' || *end != '\0' || errno != 0 ||
+	    v < min || v > max)
+		return usage_error(
+		    "%s wants a whole number from %u to %u, not '%s'", opt, min,
+		    max, s);
+	*out = (unsigned)v;
+	return EXIT_OK;
+}
+
+static const char *env_or(const char *name, const char *fallback)
+{
+	const char *v = getenv(name);
+
+	return v != NULL && v[0] != '\0' ? v : fallback;
+}
+
+/* Returns -1 to go on, else the exit code (help, version, usage error). */
+static int parse_args(struct opts *o, int argc, char **argv)
+{
+	const char *mode = NULL;
+	int raw = 0, id, grpc_opt = 0;
+	unsigned timeout;
+
+	o->concurrency = 8;
+	o->threads = 2;
+	o->duration_s = 10;
+	o->warmup_s = 2;
+	o->copts.target = env_or("KMS_ENDPOINT", DEFAULT_ENDPOINT);
+	o->copts.ca_file = env_or("KMS_CA", NULL);
+	o->copts.cert_file = env_or("KMS_CERT", NULL);
+	o->copts.key_file = env_or("KMS_KEY", NULL);
+	opterr = 0;
+	while ((id = getopt_long(argc, argv, ":h", long_opts, NULL)) != -1) {
+		int rc = EXIT_OK;
+
+		switch (id) {
+		case 'h':
+			fputs(usage_text, stdout);
+			return EXIT_OK;
+		case OPT_VERSION:
+			printf("kms-bench %s\n", PACKAGE_VERSION);
+			return EXIT_OK;
+		case OPT_MODE:
+			mode = optarg;
+			break;
+		case OPT_KEY_ID:
+			o->key_id = optarg;
+			break;
+		case OPT_CONCURRENCY:
+			grpc_opt = 1;
+			rc = parse_uint(optarg, "--concurrency", 1, 10000,
+					&o->concurrency);
+			break;
+		case OPT_THREADS:
+			rc = parse_uint(optarg, "--threads", 1, 256,
+					&o->threads);
+			break;
+		case OPT_DURATION:
+			rc = parse_uint(optarg, "--duration", 1, 86400,
+					&o->duration_s);
+			break;
+		case OPT_WARMUP:
+			rc = parse_uint(optarg, "--warmup", 0, 3600,
+					&o->warmup_s);
+			break;
+		case OPT_ENDPOINT:
+			o->copts.target = optarg;
+			break;
+		case OPT_CA:
+			o->copts.ca_file = optarg;
+			break;
+		case OPT_CERT:
+			o->copts.cert_file = optarg;
+			break;
+		case OPT_KEY:
+			o->copts.key_file = optarg;
+			break;
+		case OPT_SERVER_NAME:
+			o->copts.server_name = optarg;
+			break;
+		case OPT_TIMEOUT:
+			rc = parse_uint(optarg, "--timeout", 1, 3600000,
+					&timeout);
+			o->copts.timeout_ms = (int)timeout;
+			break;
+		case OPT_JSON:
+			o->json = 1;
+			break;
+		case OPT_RAW:
+			raw = 1;
+			break;
+		case OPT_MODULE:
+			o->module = optarg;
+			break;
+		case OPT_TOKEN:
+			o->token = optarg;
+			break;
+		case OPT_PIN_FILE:
+			o->pin_file = optarg;
+			break;
+		case ':':
+			return usage_error("option '%s' needs a value",
+					   argv[optind - 1]);
+		default:
+			return usage_error("unknown option '%s'",
+					   argv[optind - 1]);
+		}
+		if (rc != EXIT_OK)
+			return rc;
+	}
+	if (optind < argc)
+		return usage_error("unexpected argument '%s'", argv[optind]);
+	if (raw) {
+		if (mode != NULL || o->key_id != NULL || grpc_opt)
+			return usage_error("--raw-pkcs11 takes no --mode, "
+					   "--key-id or --concurrency");
+		if (o->module == NULL)
+			o->module = getenv("KMS_PKCS11_MODULE");
+		if (o->module == NULL || o->token == NULL ||
+		    o->pin_file == NULL)
+			return usage_error("--raw-pkcs11 needs --module, "
+					   "--token and --pin-file");
+		o->mode = MODE_RAW;
+		return -1;
+	}
+	if (o->module != NULL || o->token != NULL || o->pin_file != NULL)
+		return usage_error(
+		    "--module, --token and --pin-file go with --raw-pkcs11");
+	if (mode == NULL)
+		return usage_error(
+		    "give --mode generate-data-key|decrypt, or --raw-pkcs11");
+	if (strcmp(mode, "generate-data-key") == 0)
+		o->mode = MODE_GDK;
+	else if (strcmp(mode, "decrypt") == 0)
+		o->mode = MODE_DECRYPT;
+	else
+		return usage_error("unknown --mode '%s'", mode);
+	if (o->key_id == NULL)
+		return usage_error("--mode %s needs --key-id", mode);
+	if (o->concurrency < o->threads)
+		return usage_error("--concurrency %u is below --threads %u",
+				   o->concurrency, o->threads);
+	return -1;
+}
+
+int main(int argc, char **argv)
+{
+	struct opts o;
+	struct worker *w = NULL;
+	unsigned i;
+	int rc;
+
+	memset(&o, 0, sizeof(o));
+	rc = parse_args(&o, argc, argv);
+	if (rc >= 0)
+		return rc;
+	w = kms_calloc(o.threads, sizeof(*w));
+	if (w == NULL) {
+		errmsg("out of memory");
+		return EXIT_LOCAL;
+	}
+	if (o.mode == MODE_RAW) {
+		rc = run_raw(&o, w);
+	} else {
+		if (getenv("GRPC_VERBOSITY") == NULL &&
+		    getenv("GRPC_TRACE") == NULL)
+			gpr_set_log_function(quiet_grpc_log);
+		rc = run_grpc(&o, w);
+	}
+	for (i = 0; i < o.threads; i++)
+		kms_free(w[i].lat.v);
+	kms_free(w);
+	return rc;
+}
