@@ -1,0 +1,63 @@
+/* config.h - the node configuration file (INI, parsed with libinih) and the PIN source. */
+#ifndef KMS_CONFIG_H
+#define KMS_CONFIG_H
+
+#include <stddef.h>
+
+#include "kms/error.h"
+
+/*
+ * Every string is owned by the config (kms_config_free). Relative paths are
+ * taken relative to the directory holding the configuration file.
+ */
+typedef struct kms_config {
+	/* [node] */
+	unsigned node_id;        /* id = N, >= 1, required */
+	char *data_dir;          /* data_dir = path, required (Raft log, snapshots) */
+	char *log_level;         /* log_level = error|warn|info|debug, default info */
+
+	/* [grpc] */
+	char *grpc_listen;       /* listen = host:port, required */
+	unsigned grpc_workers;   /* workers = N, default 2, 1..64 */
+	char *ca_file;           /* ca_file = PEM bundle clients must chain to, required */
+	char *cert_file;         /* cert_file = the node's certificate chain (PEM), required */
+	char *tls_key_uri;       /* tls_key = RFC 7512 pkcs11: URI of the node key in the HSM, required */
+
+	/* [raft] */
+	char *raft_listen;       /* listen = host:port, required */
+	unsigned snapshot_threshold; /* snapshot_threshold = N entries, default 1024 */
+	unsigned snapshot_trailing;  /* snapshot_trailing = N entries, default 128 */
+	unsigned election_timeout_ms;  /* default 1000 */
+	unsigned heartbeat_timeout_ms; /* default 100 */
+
+	/* [hsm] */
+	char *hsm_module;        /* module = path to the PKCS#11 module, required */
+	char *hsm_token_label;   /* token_label = label, required */
+	char *hsm_pin_file;      /* pin_file = path (one of pin_file, pin_env) */
+	char *hsm_pin_env;       /* pin_env = NAME of an environment variable */
+	char *domain_key_label;  /* domain_key_label = label, default "kmsd-domain-key" */
+
+	/* [authz] */
+	char **admins;           /* admins = comma-separated SPIFFE IDs allowed to create keys */
+	size_t n_admins;
+} kms_config;
+
+/*
+ * Parses path into cfg (zeroed first). Unknown sections or keys, bad numbers,
+ * missing required keys or both/neither PIN source give KMS_ERR_CONFIG with
+ * "<file>:<line>: ..." or the missing key named. On failure cfg holds nothing
+ * to free.
+ */
+int kms_config_load(const char *path, kms_config *cfg, kms_err *err);
+
+void kms_config_free(kms_config *cfg);
+
+/*
+ * Reads the PIN from the configured file (one trailing newline stripped) or
+ * environment variable. *pin is owned by the caller and must be released
+ * with kms_free_secret(*pin, strlen(*pin)). A missing file, an unset or empty
+ * variable give KMS_ERR_CONFIG naming the source, never the PIN.
+ */
+int kms_config_read_pin(const kms_config *cfg, char **pin, kms_err *err);
+
+#endif
