@@ -38,6 +38,10 @@ struct kms_keyring {
 	struct kr_entry *entries; /* sorted by key_id (strcmp), unique */
 	size_t n;
 	size_t cap;
+	kms_member members[KMS_MEMBERS_MAX]; /* sorted by id, unique */
+	size_t n_members;
+	uint8_t probe[KMS_WRAPPED_MAX]; /* the domain-key check blob */
+	size_t probe_len;
 	kms_keyring_release_fn release;
 	void *release_arg;
 };
@@ -395,6 +399,121 @@ unlock:
 	return rc;
 }
 
+
+/* --- members and the domain-key check ----------------------------------- */
+
+static int address_check(const char *what, const char *a, kms_err *err)
+{
+	const char *colon;
+
+	if (a == NULL || a[0] == '\0' || strlen(a) > KMS_ADDRESS_MAX)
+		return kms_errf(err, KMS_ERR_INVALID, "%s must be host:port of at most %d bytes",
+				what, KMS_ADDRESS_MAX);
+	colon = strrchr(a, ':');
+	if (colon == NULL || colon == a || colon[1] == '\0' ||
+	    strspn(colon + 1, "0123456789") != strlen(colon + 1))
+		return kms_errf(err, KMS_ERR_INVALID, "%s is not host:port", what);
+	for (const char *p = a; *p != '\0'; p++)
+		if (*p <= 0x20 || *p >= 0x7f)
+			return kms_errf(err, KMS_ERR_INVALID, "%s holds a space or control character",
+					what);
+	return KMS_OK;
+}
+
+static int member_check(const Kms__V1__MemberRecord *m, kms_err *err)
+{
+	if (m == NULL || m->id == 0)
+		return kms_errf(err, KMS_ERR_INVALID, "a member needs an id of 1 or more");
+	KMS_TRY(address_check("raft_address", m->raft_address, err));
+	return address_check("grpc_address", m->grpc_address, err);
+}
+
+/* Index of the first member whose id is >= id (caller holds the lock). */
+static size_t member_pos(const struct kms_keyring *kr, uint64_t id)
+{
+	size_t i = 0;
+
+	while (i < kr->n_members && kr->members[i].id < id)
+		i++;
+	return i;
+}
+
+static void member_set(kms_member *dst, const Kms__V1__MemberRecord *m)
+{
+	dst->id = m->id;
+	snprintf(dst->raft_address, sizeof(dst->raft_address), "%s", m->raft_address);
+	snprintf(dst->grpc_address, sizeof(dst->grpc_address), "%s", m->grpc_address);
+}
+
+/* Adding a member that exists updates its addresses: a re-sent join is not
+ * an error. */
+static int apply_add_member(kms_keyring *kr, const Kms__V1__AddMemberCommand *c, kms_err *err)
+{
+	size_t pos;
+	int rc = KMS_OK;
+
+	if (c == NULL)
+		return kms_errf(err, KMS_ERR_INVALID, "AddMember command holds no member");
+	KMS_TRY(member_check(c->member, err));
+	pthread_rwlock_wrlock(&kr->lock);
+	pos = member_pos(kr, c->member->id);
+	if (pos < kr->n_members && kr->members[pos].id == c->member->id) {
+		member_set(&kr->members[pos], c->member);
+	} else if (kr->n_members == KMS_MEMBERS_MAX) {
+		rc = kms_errf(err, KMS_ERR_PRECONDITION, "the cluster already has %d members",
+			      KMS_MEMBERS_MAX);
+	} else {
+		memmove(&kr->members[pos + 1], &kr->members[pos],
+			(kr->n_members - pos) * sizeof(kr->members[0]));
+		member_set(&kr->members[pos], c->member);
+		kr->n_members++;
+	}
+	pthread_rwlock_unlock(&kr->lock);
+	return rc;
+}
+
+static int apply_remove_member(kms_keyring *kr, const Kms__V1__RemoveMemberCommand *c,
+			       kms_err *err)
+{
+	size_t pos;
+	int rc = KMS_OK;
+
+	if (c == NULL || c->id == 0)
+		return kms_errf(err, KMS_ERR_INVALID, "RemoveMember command names no member");
+	pthread_rwlock_wrlock(&kr->lock);
+	pos = member_pos(kr, c->id);
+	if (pos == kr->n_members || kr->members[pos].id != c->id) {
+		rc = kms_errf(err, KMS_ERR_NOT_FOUND, "node %llu is not a member",
+			      (unsigned long long)c->id);
+	} else {
+		memmove(&kr->members[pos], &kr->members[pos + 1],
+			(kr->n_members - pos - 1) * sizeof(kr->members[0]));
+		kr->n_members--;
+	}
+	pthread_rwlock_unlock(&kr->lock);
+	return rc;
+}
+
+/* The probe is set once, when the cluster is born; it never changes. */
+static int apply_domain_key_check(kms_keyring *kr, const Kms__V1__DomainKeyCheckCommand *c,
+				  kms_err *err)
+{
+	int rc = KMS_OK;
+
+	if (c == NULL || c->wrapped_probe.len == 0 || c->wrapped_probe.len > KMS_WRAPPED_MAX)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"DomainKeyCheck command needs a probe of 1..%d bytes", KMS_WRAPPED_MAX);
+	pthread_rwlock_wrlock(&kr->lock);
+	if (kr->probe_len != 0) {
+		rc = kms_errf(err, KMS_ERR_EXISTS, "the domain-key check is already set");
+	} else {
+		memcpy(kr->probe, c->wrapped_probe.data, c->wrapped_probe.len);
+		kr->probe_len = c->wrapped_probe.len;
+	}
+	pthread_rwlock_unlock(&kr->lock);
+	return rc;
+}
+
 int kms_keyring_apply(kms_keyring *kr, const uint8_t *cmd, size_t len,
 		      kms_err *err)
 {
@@ -417,6 +536,15 @@ int kms_keyring_apply(kms_keyring *kr, const uint8_t *cmd, size_t len,
 	case KMS__V1__COMMAND__CMD_CREATE_KEY:
 		rc = apply_create_key(kr, c->create_key, err);
 		break;
+	case KMS__V1__COMMAND__CMD_ADD_MEMBER:
+		rc = apply_add_member(kr, c->add_member, err);
+		break;
+	case KMS__V1__COMMAND__CMD_REMOVE_MEMBER:
+		rc = apply_remove_member(kr, c->remove_member, err);
+		break;
+	case KMS__V1__COMMAND__CMD_DOMAIN_KEY_CHECK:
+		rc = apply_domain_key_check(kr, c->domain_key_check, err);
+		break;
 	case KMS__V1__COMMAND__CMD__NOT_SET:
 	default:
 		rc = kms_errf(err, KMS_ERR_INVALID,
@@ -432,6 +560,7 @@ int kms_keyring_snapshot(kms_keyring *kr, void *(*alloc)(size_t), kms_buf *out,
 {
 	Kms__V1__KeyRingSnapshot snap = KMS__V1__KEY_RING_SNAPSHOT__INIT;
 	Kms__V1__KeyRecord **recs = NULL;
+	Kms__V1__MemberRecord mrec[KMS_MEMBERS_MAX], *mptr[KMS_MEMBERS_MAX];
 	size_t i, len;
 	int rc = KMS_OK;
 
@@ -450,6 +579,17 @@ int kms_keyring_snapshot(kms_keyring *kr, void *(*alloc)(size_t), kms_buf *out,
 	snap.format = KEYRING_SNAPSHOT_FORMAT;
 	snap.n_keys = kr->n;
 	snap.keys = recs;
+	for (i = 0; i < kr->n_members; i++) {
+		kms__v1__member_record__init(&mrec[i]);
+		mrec[i].id = kr->members[i].id;
+		mrec[i].raft_address = kr->members[i].raft_address;
+		mrec[i].grpc_address = kr->members[i].grpc_address;
+		mptr[i] = &mrec[i];
+	}
+	snap.n_members = kr->n_members;
+	snap.members = mptr;
+	snap.domain_key_probe.data = kr->probe;
+	snap.domain_key_probe.len = kr->probe_len;
 	len = kms__v1__key_ring_snapshot__get_packed_size(&snap);
 	out->data = alloc(len);
 	if (out->data == NULL) {
@@ -513,6 +653,18 @@ int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len,
 			goto out;
 		}
 	}
+	if (s->n_members > KMS_MEMBERS_MAX || s->domain_key_probe.len > KMS_WRAPPED_MAX) {
+		rc = kms_errf(err, KMS_ERR_INVALID, "snapshot holds too many members or too long a probe");
+		goto out;
+	}
+	for (i = 0; i < s->n_members; i++) {
+		KMS_TRY_GOTO(rc, member_check(s->members[i], err), out);
+		if (i > 0 && s->members[i - 1]->id >= s->members[i]->id) {
+			rc = kms_errf(err, KMS_ERR_INVALID,
+				      "snapshot members are out of order or repeated");
+			goto out;
+		}
+	}
 	fresh = kms_calloc(s->n_keys, sizeof(*fresh));
 	if (fresh == NULL) {
 		rc = kms_errf(err, KMS_ERR_NOMEM,
@@ -528,6 +680,12 @@ int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len,
 	old_n = kr->n;
 	kr->entries = fresh;
 	kr->n = kr->cap = s->n_keys;
+	for (i = 0; i < s->n_members; i++)
+		member_set(&kr->members[i], s->members[i]);
+	kr->n_members = s->n_members;
+	if (s->domain_key_probe.len > 0)
+		memcpy(kr->probe, s->domain_key_probe.data, s->domain_key_probe.len);
+	kr->probe_len = s->domain_key_probe.len;
 	fn = kr->release;
 	arg = kr->release_arg;
 	pthread_rwlock_unlock(&kr->lock);
@@ -542,6 +700,22 @@ out:
 	return rc;
 }
 
+/* Packs a command into out->data (kms_malloc'd, the caller's). */
+static int command_pack(const Kms__V1__Command *c, kms_buf *out, kms_err *err)
+{
+	size_t len = kms__v1__command__get_packed_size(c);
+
+	out->data = kms_malloc(len);
+	if (out->data == NULL)
+		return kms_errf(err, KMS_ERR_NOMEM, "out of memory building a command");
+	if (kms__v1__command__pack(c, out->data) != len) {
+		kms_buf_free(out);
+		return kms_errf(err, KMS_ERR_INTERNAL, "command packed to a wrong size");
+	}
+	out->len = len;
+	return KMS_OK;
+}
+
 int kms_keyring_cmd_create_key(const char *key_id, const char *description,
 			       const Kms__V1__KeyPolicy *policy,
 			       const char *created_by, int64_t created_at_unix,
@@ -554,7 +728,6 @@ int kms_keyring_cmd_create_key(const char *key_id, const char *description,
 	Kms__V1__KeyRecord rec = KMS__V1__KEY_RECORD__INIT;
 	Kms__V1__CreateKeyCommand ck = KMS__V1__CREATE_KEY_COMMAND__INIT;
 	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
-	size_t len;
 
 	out->data = NULL;
 	out->len = 0;
@@ -583,19 +756,88 @@ int kms_keyring_cmd_create_key(const char *key_id, const char *description,
 	ck.key = &rec;
 	c.cmd_case = KMS__V1__COMMAND__CMD_CREATE_KEY;
 	c.create_key = &ck;
+	return command_pack(&c, out, err);
+}
 
-	len = kms__v1__command__get_packed_size(&c);
-	out->data = kms_malloc(len);
-	if (out->data == NULL)
-		return kms_errf(err, KMS_ERR_NOMEM,
-				"out of memory building a command");
-	if (kms__v1__command__pack(&c, out->data) != len) {
-		kms_buf_free(out);
-		return kms_errf(err, KMS_ERR_INTERNAL,
-				"command packed to a wrong size");
+int kms_keyring_cmd_add_member(uint64_t id, const char *raft_address, const char *grpc_address,
+			       kms_buf *out, kms_err *err)
+{
+	Kms__V1__MemberRecord m = KMS__V1__MEMBER_RECORD__INIT;
+	Kms__V1__AddMemberCommand am = KMS__V1__ADD_MEMBER_COMMAND__INIT;
+	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
+
+	m.id = id;
+	m.raft_address = (char *)raft_address;
+	m.grpc_address = (char *)grpc_address;
+	KMS_TRY(member_check(&m, err));
+	am.member = &m;
+	c.cmd_case = KMS__V1__COMMAND__CMD_ADD_MEMBER;
+	c.add_member = &am;
+	return command_pack(&c, out, err);
+}
+
+int kms_keyring_cmd_remove_member(uint64_t id, kms_buf *out, kms_err *err)
+{
+	Kms__V1__RemoveMemberCommand rm = KMS__V1__REMOVE_MEMBER_COMMAND__INIT;
+	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
+
+	KMS_ENSURE(id != 0, err, KMS_ERR_INVALID, "a member id is 1 or more");
+	rm.id = id;
+	c.cmd_case = KMS__V1__COMMAND__CMD_REMOVE_MEMBER;
+	c.remove_member = &rm;
+	return command_pack(&c, out, err);
+}
+
+int kms_keyring_cmd_domain_key_check(const uint8_t *wrapped_probe, size_t len, kms_buf *out,
+				     kms_err *err)
+{
+	Kms__V1__DomainKeyCheckCommand dk = KMS__V1__DOMAIN_KEY_CHECK_COMMAND__INIT;
+	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
+
+	KMS_ENSURE(len > 0 && len <= KMS_WRAPPED_MAX, err, KMS_ERR_INVALID,
+		   "a domain-key probe is 1..%d bytes", KMS_WRAPPED_MAX);
+	dk.wrapped_probe.data = (uint8_t *)wrapped_probe;
+	dk.wrapped_probe.len = len;
+	c.cmd_case = KMS__V1__COMMAND__CMD_DOMAIN_KEY_CHECK;
+	c.domain_key_check = &dk;
+	return command_pack(&c, out, err);
+}
+
+size_t kms_keyring_members(kms_keyring *kr, kms_member *out, size_t cap)
+{
+	size_t n;
+
+	pthread_rwlock_rdlock(&kr->lock);
+	n = kr->n_members;
+	memcpy(out, kr->members, (n < cap ? n : cap) * sizeof(*out));
+	pthread_rwlock_unlock(&kr->lock);
+	return n;
+}
+
+int kms_keyring_member(kms_keyring *kr, uint64_t id, kms_member *out)
+{
+	size_t pos;
+	int rc = KMS_ERR_NOT_FOUND;
+
+	pthread_rwlock_rdlock(&kr->lock);
+	pos = member_pos(kr, id);
+	if (pos < kr->n_members && kr->members[pos].id == id) {
+		*out = kr->members[pos];
+		rc = KMS_OK;
 	}
-	out->len = len;
-	return KMS_OK;
+	pthread_rwlock_unlock(&kr->lock);
+	return rc;
+}
+
+size_t kms_keyring_domain_key_probe(kms_keyring *kr, uint8_t out[KMS_WRAPPED_MAX])
+{
+	size_t n;
+
+	pthread_rwlock_rdlock(&kr->lock);
+	n = kr->probe_len;
+	memcpy(out, kr->probe, n);
+	pthread_rwlock_unlock(&kr->lock);
+	return n;
 }
 
 /* --- lookups ------------------------------------------------------------ */

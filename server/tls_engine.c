@@ -78,6 +78,19 @@ out:
 	return rc;
 }
 
+int kms_tls_engine_load_key(const char *pkcs11_uri, EVP_PKEY **out, kms_err *err)
+{
+	EVP_PKEY *k;
+
+	if (held_engine == NULL)
+		return kms_errf(err, KMS_ERR_INTERNAL, "the PKCS#11 TLS engine is not initialized");
+	k = ENGINE_load_private_key(held_engine, pkcs11_uri, NULL, NULL);
+	if (k == NULL)
+		return engine_fail(err, "loading the node's private key from the token");
+	*out = k;
+	return KMS_OK;
+}
+
 char *kms_tls_engine_key_string(const char *pkcs11_uri)
 {
 	static const char prefix[] = "engine:pkcs11:";

@@ -2,6 +2,8 @@
 #ifndef KMS_TLS_ENGINE_H
 #define KMS_TLS_ENGINE_H
 
+#include <openssl/types.h>
+
 #include "kms/error.h"
 
 /*
@@ -14,6 +16,13 @@
  * failed. The PIN is copied by the engine; the caller still cleanses its own.
  */
 int kms_tls_engine_init(const char *module_path, const char *pin, kms_err *err);
+
+/*
+ * Loads the private key at pkcs11_uri through the engine (after
+ * kms_tls_engine_init), for TLS contexts kmsd builds itself (Raft peer
+ * links). Signing happens in the HSM. Free *out with EVP_PKEY_free.
+ */
+int kms_tls_engine_load_key(const char *pkcs11_uri, EVP_PKEY **out, kms_err *err);
 
 /* The string gRPC takes as a private key: "engine:pkcs11:" + uri. Caller frees. */
 char *kms_tls_engine_key_string(const char *pkcs11_uri);

@@ -9,6 +9,7 @@
 #include "kms/error.h"
 #include "kms/policy.h"
 #include "kms/v1/kms.pb-c.h"
+#include "kms/v1/state.pb-c.h"
 
 /*
  * The key ring holds the key records (id, description, policy, versions with
@@ -67,6 +68,38 @@ int kms_keyring_cmd_create_key(const char *key_id, const char *description,
 			       const char *created_by, int64_t created_at_unix,
 			       const uint8_t *wrapped, size_t wrapped_len,
 			       kms_buf *out, kms_err *err);
+
+/* --- cluster members and the domain-key check (also replicated) --- */
+
+#define KMS_MEMBERS_MAX 16
+#define KMS_ADDRESS_MAX 255
+
+typedef struct kms_member {
+	uint64_t id;
+	char raft_address[KMS_ADDRESS_MAX + 1];
+	char grpc_address[KMS_ADDRESS_MAX + 1];
+} kms_member;
+
+/*
+ * Serialized AddMember / RemoveMember / DomainKeyCheck commands (the same
+ * checks as apply: ids >= 1, addresses host:port; a probe of 1..64 bytes).
+ * Applying AddMember for an existing id updates its addresses; RemoveMember
+ * of an unknown id is KMS_ERR_NOT_FOUND; a second DomainKeyCheck is
+ * KMS_ERR_EXISTS. out->data is kms_malloc'd, the caller's.
+ */
+int kms_keyring_cmd_add_member(uint64_t id, const char *raft_address,
+			       const char *grpc_address, kms_buf *out,
+			       kms_err *err);
+int kms_keyring_cmd_remove_member(uint64_t id, kms_buf *out, kms_err *err);
+int kms_keyring_cmd_domain_key_check(const uint8_t *wrapped_probe, size_t len,
+				     kms_buf *out, kms_err *err);
+
+/* Copies up to cap members (by id) into out; returns how many there are. */
+size_t kms_keyring_members(kms_keyring *kr, kms_member *out, size_t cap);
+/* KMS_OK with *out filled, or KMS_ERR_NOT_FOUND. */
+int kms_keyring_member(kms_keyring *kr, uint64_t id, kms_member *out);
+/* Copies the domain-key probe into out; returns its length (0: not set). */
+size_t kms_keyring_domain_key_probe(kms_keyring *kr, uint8_t out[64]);
 
 /* True if a key with that id exists (a cheap check before a write). */
 int kms_keyring_has_key(kms_keyring *kr, const char *key_id);

@@ -10,7 +10,8 @@ usage: tests/integration/test_python.sh
 
 Run by `make check` (KMS_SRCDIR, KMS_BUILDDIR set), or by hand from the
 repository (defaults: the script's repository and its ./build). Set
-KMS_KEEP_TMP=1 to keep the temporary directory for inspection.
+KMS_KEEP_TMP=1 to keep the temporary directory for inspection, KMS_PYTHON to
+use another interpreter than /usr/bin/python3.
 USAGE
 	exit 0
 fi
@@ -22,8 +23,8 @@ SRCDIR=${KMS_SRCDIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)}
 BUILDDIR=${KMS_BUILDDIR:-$SRCDIR/build}
 MODULE=${KMS_PKCS11_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
 # Debian's python3-grpcio is for the system interpreter; a python3 earlier
-# on PATH (pyenv, venv) may lack it.
-PY=/usr/bin/python3
+# on PATH (pyenv, venv) may lack it. KMS_PYTHON overrides (to test the skip).
+PY=${KMS_PYTHON:-/usr/bin/python3}
 OPS=$SRCDIR/ops
 
 if ! "$PY" -c 'import grpc' 2>/dev/null; then

@@ -390,7 +390,7 @@ START_TEST(test_apply_malformed)
 {
 	static const uint8_t garbage[] = {0xff, 0xff, 0xff, 0xff, 0x0f, 0x01};
 	/* Field 2, length 0: a command a newer node might send. */
-	static const uint8_t unknown_cmd[] = {0x12, 0x00};
+	static const uint8_t unknown_cmd[] = {0x7a, 0x00}; /* field 15 */
 	/* Field 1 (CreateKey) with no key record inside. */
 	static const uint8_t no_record[] = {0x0a, 0x00};
 	struct tpolicy p;
@@ -1221,6 +1221,98 @@ START_TEST(test_restore_and_describe_alloc_failure)
 }
 END_TEST
 
+/* --- members and the domain-key probe ------------------------------------ */
+
+static int apply_buf(kms_buf *b, kms_err *err)
+{
+	int rc = kms_keyring_apply(kr, b->data, b->len, err);
+
+	kms_buf_free(b);
+	return rc;
+}
+
+START_TEST(test_members_add_update_remove)
+{
+	kms_member m[KMS_MEMBERS_MAX], one;
+	kms_buf b = {0};
+	kms_err err = {0};
+
+	ck_assert_int_eq(kms_keyring_cmd_add_member(2, "127.0.0.1:7502", "127.0.0.1:7402", &b, &err), KMS_OK);
+	ck_assert_int_eq(apply_buf(&b, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_cmd_add_member(1, "127.0.0.1:7501", "127.0.0.1:7401", &b, &err), KMS_OK);
+	ck_assert_int_eq(apply_buf(&b, &err), KMS_OK);
+	ck_assert_uint_eq(kms_keyring_members(kr, m, KMS_MEMBERS_MAX), 2);
+	ck_assert_uint_eq(m[0].id, 1); /* kept in id order */
+	ck_assert_str_eq(m[1].grpc_address, "127.0.0.1:7402");
+	/* A re-sent join updates the addresses instead of failing. */
+	ck_assert_int_eq(kms_keyring_cmd_add_member(2, "10.0.0.2:7502", "10.0.0.2:7402", &b, &err), KMS_OK);
+	ck_assert_int_eq(apply_buf(&b, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_member(kr, 2, &one), KMS_OK);
+	ck_assert_str_eq(one.raft_address, "10.0.0.2:7502");
+	ck_assert_uint_eq(kms_keyring_members(kr, m, KMS_MEMBERS_MAX), 2);
+	ck_assert_int_eq(kms_keyring_cmd_remove_member(1, &b, &err), KMS_OK);
+	ck_assert_int_eq(apply_buf(&b, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_member(kr, 1, &one), KMS_ERR_NOT_FOUND);
+	ck_assert_uint_eq(kms_keyring_members(kr, m, KMS_MEMBERS_MAX), 1);
+}
+END_TEST
+
+START_TEST(test_members_refusals_change_nothing)
+{
+	kms_member m[KMS_MEMBERS_MAX];
+	kms_buf b = {0};
+	kms_err err = {0};
+
+	ck_assert_int_eq(kms_keyring_cmd_add_member(0, "h:1", "h:2", &b, &err), KMS_ERR_INVALID);
+	ck_assert_msg(strstr(err.msg, "id") != NULL, "%s", err.msg);
+	ck_assert_int_eq(kms_keyring_cmd_add_member(3, "no-port", "h:2", &b, &err), KMS_ERR_INVALID);
+	ck_assert_msg(strstr(err.msg, "raft_address") != NULL, "%s", err.msg);
+	ck_assert_int_eq(kms_keyring_cmd_add_member(3, "h:1", "h: 2", &b, &err), KMS_ERR_INVALID);
+	ck_assert_msg(strstr(err.msg, "grpc_address") != NULL, "%s", err.msg);
+	ck_assert_int_eq(kms_keyring_cmd_add_member(3, "h:1", "h:x", &b, &err), KMS_ERR_INVALID);
+	ck_assert_int_eq(kms_keyring_cmd_remove_member(0, &b, &err), KMS_ERR_INVALID);
+	ck_assert_int_eq(kms_keyring_cmd_remove_member(9, &b, &err), KMS_OK);
+	ck_assert_int_eq(apply_buf(&b, &err), KMS_ERR_NOT_FOUND);
+	ck_assert_msg(strstr(err.msg, "node 9") != NULL, "%s", err.msg);
+	for (uint64_t id = 1; id <= KMS_MEMBERS_MAX; id++) {
+		ck_assert_int_eq(kms_keyring_cmd_add_member(id, "h:1", "h:2", &b, &err), KMS_OK);
+		ck_assert_int_eq(apply_buf(&b, &err), KMS_OK);
+	}
+	ck_assert_int_eq(kms_keyring_cmd_add_member(99, "h:1", "h:2", &b, &err), KMS_OK);
+	ck_assert_int_eq(apply_buf(&b, &err), KMS_ERR_PRECONDITION);
+	ck_assert_uint_eq(kms_keyring_members(kr, m, KMS_MEMBERS_MAX), KMS_MEMBERS_MAX);
+}
+END_TEST
+
+START_TEST(test_probe_set_once_and_snapshotted)
+{
+	static const uint8_t probe[40] = {9, 8, 7};
+	uint8_t got[KMS_WRAPPED_MAX];
+	kms_keyring *copy = NULL;
+	kms_buf b = {0}, snap = {0};
+	kms_err err = {0};
+
+	ck_assert_uint_eq(kms_keyring_domain_key_probe(kr, got), 0);
+	ck_assert_int_eq(kms_keyring_cmd_domain_key_check(probe, 0, &b, &err), KMS_ERR_INVALID);
+	ck_assert_int_eq(kms_keyring_cmd_domain_key_check(probe, sizeof(probe), &b, &err), KMS_OK);
+	ck_assert_int_eq(apply_buf(&b, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_cmd_domain_key_check(probe, 8, &b, &err), KMS_OK);
+	ck_assert_int_eq(apply_buf(&b, &err), KMS_ERR_EXISTS);
+	ck_assert_uint_eq(kms_keyring_domain_key_probe(kr, got), sizeof(probe));
+	ck_assert(memcmp(got, probe, sizeof(probe)) == 0);
+	ck_assert_int_eq(kms_keyring_cmd_add_member(4, "h:1", "h:2", &b, &err), KMS_OK);
+	ck_assert_int_eq(apply_buf(&b, &err), KMS_OK);
+	/* Members and the probe travel in snapshots. */
+	ck_assert_int_eq(kms_keyring_snapshot(kr, kms_malloc, &snap, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_new(&copy, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_restore(copy, snap.data, snap.len, &err), KMS_OK);
+	ck_assert_uint_eq(kms_keyring_domain_key_probe(copy, got), sizeof(probe));
+	ck_assert_int_eq(kms_keyring_member(copy, 4, &(kms_member){0}), KMS_OK);
+	kms_buf_free(&snap);
+	kms_keyring_free(copy);
+}
+END_TEST
+
 static Suite *keyring_suite(void)
 {
 	Suite *s = suite_create("keyring");
@@ -1248,6 +1340,9 @@ static Suite *keyring_suite(void)
 	tcase_add_test(tc, test_concurrent_apply_and_resolve);
 	tcase_add_test(tc, test_apply_alloc_failure);
 	tcase_add_test(tc, test_restore_and_describe_alloc_failure);
+	tcase_add_test(tc, test_members_add_update_remove);
+	tcase_add_test(tc, test_members_refusals_change_nothing);
+	tcase_add_test(tc, test_probe_set_once_and_snapshotted);
 	suite_add_tcase(s, tc);
 	return s;
 }
