@@ -20,7 +20,7 @@ static void check(void *app, kms_call *call, const uint8_t *data, size_t len)
 	if (req->service[0] != '\0' && strcmp(req->service, "kms.v1.KeyManagement") != 0) {
 		kms_call_fail(call, KMS_ERR_NOT_FOUND, "unknown service");
 	} else {
-		resp.status = kms_raft_ready(node->raft)
+		resp.status = kms_node_ready(node)
 				      ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
 				      : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
 		kms_call_reply(call, &resp.base, 0);

@@ -6,6 +6,7 @@
 #include "api.h"
 #include "kms/alloc.h"
 #include "kms/blob.h"
+#include "kms/client.h"
 #include "kms/log.h"
 #include "kms/policy.h"
 #include "node.h"
@@ -36,6 +37,26 @@ static void fail(kms_call *call, const kms_err *err)
 {
 	kms_call_fail(call, err->code,
 		      err->code == KMS_ERR_AUTH_FAILED ? auth_failed_msg : err->msg);
+}
+
+/*
+ * Honours the kms-consistency request metadata: absent means "what this
+ * node has applied" (docs/CONSISTENCY.md); "leader-commit" waits for the
+ * leader's commit index first.
+ */
+static int consistency(kms_node *node, kms_call *call, kms_err *err)
+{
+	size_t len = 0;
+	const char *v = kms_call_metadata(call, KMS_CONSISTENCY_HEADER, &len);
+
+	if (v == NULL)
+		return KMS_OK;
+	if (len == strlen(KMS_CONSISTENCY_LEADER_COMMIT) &&
+	    memcmp(v, KMS_CONSISTENCY_LEADER_COMMIT, len) == 0)
+		return kms_node_sync_read(node, err);
+	return kms_errf(err, KMS_ERR_INVALID,
+			"unknown kms-consistency value: use \"" KMS_CONSISTENCY_LEADER_COMMIT
+			"\" or leave it out");
 }
 
 static int is_admin(const kms_node *node, const char *principal)
@@ -79,12 +100,15 @@ static int context_pairs(ProtobufCMessage **entries, size_t n, kms_ctx_pair **ou
 /* The master key version as an HSM handle, unwrapping it on first use here. */
 static int key_handle(kms_node *node, const char *key_id, kms_key_use *use, kms_err *err)
 {
-	unsigned long h = 0, kept = 0;
+	unsigned long h = 0, kept = 0, dk = atomic_load(&node->domain_key);
 	int rc;
 
 	if (use->handle != 0)
 		return KMS_OK;
-	KMS_TRY(kms_hsm_master_key_unwrap(node->hsm, node->domain_key, use->wrapped,
+	if (dk == 0 || !atomic_load(&node->probe_verified))
+		return kms_errf(err, KMS_ERR_UNAVAILABLE,
+				"this node has not received and verified the domain key yet");
+	KMS_TRY(kms_hsm_master_key_unwrap(node->hsm, dk, use->wrapped,
 					  use->wrapped_len, &h, err));
 	rc = kms_keyring_set_handle(node->kr, key_id, use->version, h, &kept, err);
 	if (rc != KMS_OK || kept != h)
@@ -151,7 +175,7 @@ struct create_wait {
 	char key_id[KMS_KEY_ID_MAX + 1];
 };
 
-static void create_key_done(void *arg, int status, const char *msg)
+static void create_key_done(void *arg, int status, const char *msg, uint64_t index)
 {
 	struct create_wait *w = arg;
 	Kms__V1__CreateKeyResponse resp = KMS__V1__CREATE_KEY_RESPONSE__INIT;
@@ -204,13 +228,15 @@ static void create_key(void *app, kms_call *call, const uint8_t *data, size_t le
 		rc = kms_errf(&err, KMS_ERR_EXISTS, "key '%s' already exists", req->key_id);
 		goto out;
 	}
-	if (!kms_raft_ready(node->raft)) {
+	if (!kms_node_ready(node)) {
 		rc = kms_errf(&err, KMS_ERR_UNAVAILABLE,
-			      "this node cannot take writes now (no Raft leadership yet)");
+			      "this node cannot take writes now: no Raft leader is known or it "
+			      "is still catching up (no quorum?)");
 		goto out;
 	}
-	KMS_TRY_GOTO(rc, kms_hsm_master_key_create(kms_call_worker(call), node->domain_key,
-						   &wrapped, &err), out);
+	KMS_TRY_GOTO(rc, kms_hsm_master_key_create(kms_call_worker(call),
+						   atomic_load(&node->domain_key), &wrapped, &err),
+		     out);
 	KMS_TRY_GOTO(rc, kms_keyring_cmd_create_key(req->key_id, req->description, req->policy,
 						    principal, (int64_t)time(NULL), wrapped.data,
 						    wrapped.len, &cmd, &err), out);
@@ -222,7 +248,7 @@ static void create_key(void *app, kms_call *call, const uint8_t *data, size_t le
 	w->node = node;
 	w->call = call;
 	snprintf(w->key_id, sizeof(w->key_id), "%s", req->key_id);
-	kms_raft_submit(node->raft, cmd.data, cmd.len, create_key_done, w);
+	kms_node_commit(node, cmd.data, cmd.len, create_key_done, w);
 	rc = KMS_OK;
 out:
 	if (rc != KMS_OK)
@@ -246,7 +272,7 @@ static void describe_key(void *app, kms_call *call, const uint8_t *data, size_t 
 		kms_call_fail(call, KMS_ERR_INVALID, "malformed DescribeKeyRequest");
 		return;
 	}
-	if (kms_key_id_check(req->key_id, &err) != KMS_OK ||
+	if (consistency(node, call, &err) != KMS_OK || kms_key_id_check(req->key_id, &err) != KMS_OK ||
 	    kms_keyring_describe(node->kr, req->key_id, principal, is_admin(node, principal),
 				 &resp.key, &err) != KMS_OK) {
 		fail(call, &err);
@@ -273,6 +299,7 @@ static void list_keys(void *app, kms_call *call, const uint8_t *data, size_t len
 		kms_call_fail(call, KMS_ERR_INVALID, "malformed ListKeysRequest");
 		return;
 	}
+	KMS_TRY_GOTO(rc, consistency(node, call, &err), out);
 	page = req->page_size == 0 ? LIST_DEFAULT_PAGE : req->page_size;
 	if (page > LIST_MAX_PAGE) {
 		rc = kms_errf(&err, KMS_ERR_INVALID, "page_size %u is over the limit of %d",
@@ -318,6 +345,7 @@ static void generate_data_key(void *app, kms_call *call, const uint8_t *data, si
 		kms_call_fail(call, KMS_ERR_INVALID, "malformed GenerateDataKeyRequest");
 		return;
 	}
+	KMS_TRY_GOTO(rc, consistency(node, call, &err), out);
 	n_bytes = req->number_of_bytes == 0 ? DATA_KEY_DEFAULT_BYTES : req->number_of_bytes;
 	if (n_bytes < 16 || n_bytes > DATA_KEY_MAX_BYTES) {
 		rc = kms_errf(&err, KMS_ERR_INVALID,
@@ -367,6 +395,7 @@ static void encrypt(void *app, kms_call *call, const uint8_t *data, size_t len)
 		kms_call_fail(call, KMS_ERR_INVALID, "malformed EncryptRequest");
 		return;
 	}
+	KMS_TRY_GOTO(rc, consistency(node, call, &err), out);
 	if (req->plaintext.len == 0 || req->plaintext.len > KMS_PLAINTEXT_MAX) {
 		rc = kms_errf(&err, KMS_ERR_INVALID,
 			      "plaintext is %zu bytes; it must be 1 to %d bytes",
@@ -414,6 +443,7 @@ static void decrypt(void *app, kms_call *call, const uint8_t *data, size_t len)
 		kms_call_fail(call, KMS_ERR_INVALID, "malformed DecryptRequest");
 		return;
 	}
+	KMS_TRY_GOTO(rc, consistency(node, call, &err), out);
 	KMS_TRY_GOTO(rc, kms_blob_decode(req->ciphertext_blob.data, req->ciphertext_blob.len, &h,
 					 &ct, &ct_len, &err), out);
 	if (ct_len - KMS_GCM_TAG_LEN > sizeof(pt)) {

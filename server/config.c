@@ -35,6 +35,7 @@ enum kind {
 	K_LABEL,       /* PKCS#11 token label */
 	K_ENV_NAME,    /* environment variable name */
 	K_ADMINS,      /* comma-separated principals; may repeat to add more */
+	K_SEEDS,       /* comma-separated host:port of cluster members */
 };
 
 struct key_spec {
@@ -72,10 +73,11 @@ static const struct key_spec keys[] = {
     {"hsm", "pin_env", K_ENV_NAME, F(hsm_pin_env), 0, 0, 0},
     {"hsm", "domain_key_label", K_STRING, F(domain_key_label), 0, 0, 0},
     {"authz", "admins", K_ADMINS, F(admins), 0, 0, 0},
+    {"cluster", "join", K_SEEDS, F(join_seeds), 0, 0, 0},
 };
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
 
-static const char *const sections[] = {"node", "grpc", "raft", "hsm", "authz"};
+static const char *const sections[] = {"node", "grpc", "raft", "hsm", "authz", "cluster"};
 #define N_SECTIONS (sizeof(sections) / sizeof(sections[0]))
 
 struct parse_state {
@@ -382,6 +384,30 @@ static int set_value(struct parse_state *st, const struct key_spec *k,
 			return fail_at(st, detail);
 		}
 		break;
+	case K_SEEDS: {
+		char item[KMS_ERRMSG_SIZE];
+		const char *p = v;
+
+		/* Every comma-separated entry must be a host:port; a comma
+		 * always has an entry after it. */
+		for (;;) {
+			size_t n = strcspn(p, ",");
+
+			snprintf(item, sizeof(item), "%.*s", (int)n, p);
+			if (n == 0 || n >= sizeof(item) || !listen_ok(item, 0)) {
+				snprintf(detail, sizeof(detail),
+					 "'join' in [cluster] must list host:port entries "
+					 "separated by commas, not '%s'",
+					 kms_quote(v, q));
+				return fail_at(st, detail);
+			}
+			p += n;
+			if (*p == '\0')
+				break;
+			p++;
+		}
+		break;
+	}
 	case K_STRING:
 	case K_PATH:
 	case K_MODULE:
@@ -593,6 +619,7 @@ void kms_config_free(kms_config *cfg)
 	kms_free(cfg->hsm_pin_file);
 	kms_free(cfg->hsm_pin_env);
 	kms_free(cfg->domain_key_label);
+	kms_free(cfg->join_seeds);
 	for (size_t i = 0; i < cfg->n_admins; i++)
 		kms_free(cfg->admins[i]);
 	kms_free(cfg->admins);

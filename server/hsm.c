@@ -641,6 +641,80 @@ static int key_value_len(kms_hsm *hsm, CK_SESSION_HANDLE h,
 	return KMS_OK;
 }
 
+/*
+ * The size of a domain key. CKA_VALUE_LEN where the module recorded it;
+ * SoftHSM 2.6.1 leaves it 0 on a key made by C_UnwrapKey (an installed
+ * domain key, kms_hsm_domain_key_install), so then the size comes from a
+ * C_WrapKey size query of the key under itself with CKM_AES_KEY_WRAP_PAD:
+ * nothing is wrapped, and RFC 5649 section 4.1 gives 8 bytes plus the key
+ * padded to 8 bytes, which tells the AES key sizes 16, 24 and 32 apart.
+ * A domain key may wrap and is extractable (hsm.h), so the query is allowed.
+ * The caller holds holder_mu.
+ */
+static int dk_value_len(kms_hsm *hsm, CK_OBJECT_HANDLE key, CK_ULONG *len,
+			kms_err *err)
+{
+	CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+	CK_ULONG wrapped_len = 0;
+	CK_RV rv;
+
+	KMS_TRY(key_value_len(hsm, hsm->holder, key, len, err));
+	if (*len != 0)
+		return KMS_OK;
+	rv = hsm->f->C_WrapKey(hsm->holder, &kwp, key, key, NULL, &wrapped_len);
+	if (rv != CKR_OK)
+		return kms_errf(
+		    err, KMS_ERR_HSM,
+		    "C_WrapKey (size of the domain key): %s (0x%lx)",
+		    kms_hsm_rv_name(rv), rv);
+	*len = wrapped_len > 8 ? wrapped_len - 8 : 0;
+	return KMS_OK;
+}
+
+#define DK_TMPL_MAX 16
+
+/*
+ * The attributes of a domain key, for C_GenerateKey (generate: with
+ * CKA_VALUE_LEN) and for C_UnwrapKey (kms_hsm_domain_key_install). It only
+ * wraps and unwraps master keys (RFC 5649); it never encrypts data.
+ * CKA_SENSITIVE keeps its value from ever being read in plaintext (PKCS#11
+ * v2.40, secret key objects); CKA_EXTRACTABLE lets C_WrapKey move it,
+ * wrapped, to a joining node's transport key (hsm.h). CKA_MODIFIABLE=FALSE
+ * comes last: a usage flag cannot be switched on later (say CKA_DECRYPT,
+ * which would open every wrapped master key). SoftHSM 2.6.1 refuses it in
+ * an unwrap template, in C_SetAttributeValue and in C_CopyObject
+ * (CKR_ATTRIBUTE_READ_ONLY), so the unwrap may drop it (the caller passes
+ * the count minus one) and an installed domain key stays modifiable there.
+ * That gives a PIN holder nothing new: the key is extractable, and a PIN
+ * holder can already wrap it out under a key of their own.
+ * Returns the count.
+ */
+static CK_ULONG dk_template(CK_ATTRIBUTE t[DK_TMPL_MAX], const char *label,
+			    int generate)
+{
+	CK_ULONG n = 0;
+
+	t[n++] = (CK_ATTRIBUTE)ATTR(CKA_CLASS, &class_secret);
+	t[n++] = (CK_ATTRIBUTE)ATTR(CKA_KEY_TYPE, &type_aes);
+	t[n++] = (CK_ATTRIBUTE)ATTR(CKA_TOKEN, &ck_true);
+	t[n++] = (CK_ATTRIBUTE)ATTR(CKA_PRIVATE, &ck_true);
+	t[n++] = (CK_ATTRIBUTE)ATTR(CKA_SENSITIVE, &ck_true);
+	t[n++] = (CK_ATTRIBUTE)ATTR(CKA_EXTRACTABLE, &ck_true);
+	t[n++] = (CK_ATTRIBUTE)ATTR(CKA_WRAP, &ck_true);
+	t[n++] = (CK_ATTRIBUTE)ATTR(CKA_UNWRAP, &ck_true);
+	t[n++] = (CK_ATTRIBUTE)ATTR(CKA_ENCRYPT, &ck_false);
+	t[n++] = (CK_ATTRIBUTE)ATTR(CKA_DECRYPT, &ck_false);
+	t[n++] = (CK_ATTRIBUTE)ATTR(CKA_SIGN, &ck_false);
+	t[n++] = (CK_ATTRIBUTE)ATTR(CKA_VERIFY, &ck_false);
+	t[n++] = (CK_ATTRIBUTE)ATTR(CKA_DERIVE, &ck_false);
+	t[n++] = (CK_ATTRIBUTE){CKA_LABEL, (void *)label, strlen(label)};
+	/* SoftHSM 2.6.1 refuses CKA_VALUE_LEN in an unwrap template. */
+	if (generate)
+		t[n++] = (CK_ATTRIBUTE)ATTR(CKA_VALUE_LEN, &aes256_len);
+	t[n++] = (CK_ATTRIBUTE)ATTR(CKA_MODIFIABLE, &ck_false);
+	return n;
+}
+
 int kms_hsm_domain_key(kms_hsm *hsm, const char *label, int create,
 		       kms_hsm_key *out, kms_err *err)
 {
@@ -650,32 +724,10 @@ int kms_hsm_domain_key(kms_hsm *hsm, const char *label, int create,
 	    ATTR(CKA_TOKEN, &ck_true),
 	    {CKA_LABEL, (void *)label, label ? strlen(label) : 0},
 	};
-	/*
-	 * The domain key only wraps and unwraps master keys (RFC 5649); it
-	 * never encrypts data, never leaves the token, and cannot be changed
-	 * to do either (CKA_MODIFIABLE=FALSE, PKCS#11 v2.40 section 4.4).
-	 */
-	CK_ATTRIBUTE gen_tmpl[] = {
-	    ATTR(CKA_CLASS, &class_secret),
-	    ATTR(CKA_KEY_TYPE, &type_aes),
-	    ATTR(CKA_VALUE_LEN, &aes256_len),
-	    ATTR(CKA_TOKEN, &ck_true),
-	    ATTR(CKA_PRIVATE, &ck_true),
-	    ATTR(CKA_SENSITIVE, &ck_true),
-	    ATTR(CKA_EXTRACTABLE, &ck_false),
-	    ATTR(CKA_MODIFIABLE, &ck_false),
-	    ATTR(CKA_WRAP, &ck_true),
-	    ATTR(CKA_UNWRAP, &ck_true),
-	    ATTR(CKA_ENCRYPT, &ck_false),
-	    ATTR(CKA_DECRYPT, &ck_false),
-	    ATTR(CKA_SIGN, &ck_false),
-	    ATTR(CKA_VERIFY, &ck_false),
-	    ATTR(CKA_DERIVE, &ck_false),
-	    {CKA_LABEL, (void *)label, label ? strlen(label) : 0},
-	};
+	CK_ATTRIBUTE gen_tmpl[DK_TMPL_MAX];
 	CK_MECHANISM gen_mech = {CKM_AES_KEY_GEN, NULL, 0};
 	struct find_arg fa = {find_tmpl, N_ATTRS(find_tmpl), NULL, 0, 0};
-	struct generate_arg ga = {&gen_mech, gen_tmpl, N_ATTRS(gen_tmpl), 0};
+	struct generate_arg ga = {&gen_mech, gen_tmpl, 0, 0};
 	CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
 	CK_ULONG len = 0;
 	CK_RV rv;
@@ -684,6 +736,7 @@ int kms_hsm_domain_key(kms_hsm *hsm, const char *label, int create,
 	if (hsm == NULL || label == NULL || label[0] == '\0' || out == NULL)
 		return kms_errf(err, KMS_ERR_INVALID,
 				"kms_hsm_domain_key: no HSM or label");
+	ga.n_tmpl = dk_template(gen_tmpl, label, 1);
 	/* Find and create under one lock, so two threads make one key. */
 	pthread_mutex_lock(&hsm->holder_mu);
 	rc = run_holder(hsm, op_find, &fa, &rv, err);
@@ -713,7 +766,7 @@ int kms_hsm_domain_key(kms_hsm *hsm, const char *label, int create,
 			      label, hsm->label);
 		goto out;
 	}
-	KMS_TRY_GOTO(rc, key_value_len(hsm, hsm->holder, key, &len, err), out);
+	KMS_TRY_GOTO(rc, dk_value_len(hsm, key, &len, err), out);
 	if (len != AES256_KEY_LEN) {
 		rc = kms_errf(err, KMS_ERR_CONFIG,
 			      "domain key '%s' is AES-%lu, not AES-256", label,
@@ -898,7 +951,7 @@ void kms_hsm_key_destroy(kms_hsm *hsm, kms_hsm_key key)
 	rv = hsm->f->C_DestroyObject(hsm->holder, key);
 	pthread_mutex_unlock(&hsm->holder_mu);
 	if (rv != CKR_OK)
-		KMS_LOG_W("C_DestroyObject(master key %lu): %s", key,
+		KMS_LOG_W("C_DestroyObject(key %lu): %s", key,
 			  kms_hsm_rv_name(rv));
 }
 
@@ -1162,6 +1215,488 @@ int kms_hsm_audit_secret_keys(kms_hsm *hsm, size_t *n_keys, kms_err *err)
 	}
 	*n_keys = checked;
 	rc = KMS_OK;
+out:
+	pthread_mutex_unlock(&hsm->holder_mu);
+	kms_free(fa.found);
+	return rc;
+}
+
+/* --- moving the domain key to a joining node --- */
+
+#define TRANSPORT_RSA_BITS 3072
+#define TRANSPORT_MODULUS_MIN_BITS 2048
+#define TRANSPORT_MODULUS_MAX_BITS 8192
+#define TRANSPORT_MODULUS_MAX (TRANSPORT_MODULUS_MAX_BITS / 8)
+#define TRANSPORT_EXPONENT_MAX 8
+/* FIPS 186-4 appendix B.3.1: e odd and 2^16 < e < 2^256. */
+#define TRANSPORT_EXPONENT_MIN 65537u
+#define TRANSPORT_KEY_LABEL "kms-transport-key"
+#define TRANSPORT_PEER_LABEL "kms-joiner-transport-key"
+
+static CK_OBJECT_CLASS class_public = CKO_PUBLIC_KEY;
+static CK_OBJECT_CLASS class_private = CKO_PRIVATE_KEY;
+static CK_KEY_TYPE type_rsa = CKK_RSA;
+
+/*
+ * RSAES-OAEP (RFC 8017 section 7.1) with an empty label, the same on both
+ * ends. hsm.h asks for SHA-256 and MGF1-SHA-256, but SoftHSM 2.6.1 refuses
+ * any OAEP hash but SHA-1 in C_WrapKey and C_UnwrapKey (CKR_ARGUMENTS_BAD,
+ * "hashAlg must be CKM_SHA_1"; measured on our machines), and the two ends
+ * must agree without a negotiation the join protocol does not carry. So
+ * every node uses SHA-1 with MGF1-SHA-1, which every PKCS#11 module that
+ * has CKM_RSA_PKCS_OAEP implements (it is the PKCS#1 default). OAEP's
+ * security does not rest on the hash's collision resistance, and NIST
+ * SP 800-131A Rev. 2 section 9 still allows SHA-1 outside signatures.
+ * Switch both constants together, and only once no node runs SoftHSM 2.6.
+ */
+#define TRANSPORT_OAEP_HASH CKM_SHA_1
+#define TRANSPORT_OAEP_MGF CKG_MGF1_SHA1
+
+static void oaep_mechanism(CK_RSA_PKCS_OAEP_PARAMS *p, CK_MECHANISM *m)
+{
+	memset(p, 0, sizeof(*p));
+	p->hashAlg = TRANSPORT_OAEP_HASH;
+	p->mgf = TRANSPORT_OAEP_MGF;
+	p->source = CKZ_DATA_SPECIFIED;
+	p->pSourceData = NULL;
+	p->ulSourceDataLen = 0;
+	m->mechanism = CKM_RSA_PKCS_OAEP;
+	m->pParameter = p;
+	m->ulParameterLen = sizeof(*p);
+}
+
+/* Destroys a session object of a failed step; it dies with h anyway. */
+static void destroy_quietly(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h,
+			    CK_OBJECT_HANDLE obj, const char *what)
+{
+	CK_RV rv;
+
+	if (obj == CK_INVALID_HANDLE)
+		return;
+	rv = f->C_DestroyObject(h, obj);
+	if (rv != CKR_OK)
+		KMS_LOG_W("C_DestroyObject(%s): %s", what, kms_hsm_rv_name(rv));
+}
+
+struct keypair_arg {
+	CK_OBJECT_HANDLE pub;
+	CK_OBJECT_HANDLE priv;
+	uint8_t modulus[TRANSPORT_MODULUS_MAX];
+	CK_ULONG modulus_len;
+	uint8_t exponent[TRANSPORT_EXPONENT_MAX];
+	CK_ULONG exponent_len;
+};
+
+static CK_RV op_keypair(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h, void *p,
+			const char **fn)
+{
+	static CK_BYTE f4[] = {0x01, 0x00, 0x01}; /* 65537 */
+	static CK_ULONG bits = TRANSPORT_RSA_BITS;
+	struct keypair_arg *a = p;
+	/*
+	 * Session objects: the pair lives only as long as the join, and a
+	 * crash takes it away. The public half only wraps, so that it cannot
+	 * be used to encrypt anything else under the joiner's name.
+	 */
+	CK_ATTRIBUTE pub_tmpl[] = {
+	    ATTR(CKA_CLASS, &class_public),
+	    ATTR(CKA_KEY_TYPE, &type_rsa),
+	    ATTR(CKA_TOKEN, &ck_false),
+	    ATTR(CKA_PRIVATE, &ck_false),
+	    ATTR(CKA_MODULUS_BITS, &bits),
+	    {CKA_PUBLIC_EXPONENT, f4, sizeof(f4)},
+	    ATTR(CKA_WRAP, &ck_true),
+	    ATTR(CKA_ENCRYPT, &ck_false),
+	    ATTR(CKA_VERIFY, &ck_false),
+	    ATTR(CKA_VERIFY_RECOVER, &ck_false),
+	    ATTR(CKA_DERIVE, &ck_false),
+	    {CKA_LABEL, (void *)TRANSPORT_KEY_LABEL,
+	     sizeof(TRANSPORT_KEY_LABEL) - 1},
+	};
+	/*
+	 * The private half never leaves the HSM, not even wrapped, and does
+	 * nothing but unwrap the domain key.
+	 */
+	CK_ATTRIBUTE priv_tmpl[] = {
+	    ATTR(CKA_CLASS, &class_private),
+	    ATTR(CKA_KEY_TYPE, &type_rsa),
+	    ATTR(CKA_TOKEN, &ck_false),
+	    ATTR(CKA_PRIVATE, &ck_true),
+	    ATTR(CKA_SENSITIVE, &ck_true),
+	    ATTR(CKA_EXTRACTABLE, &ck_false),
+	    ATTR(CKA_UNWRAP, &ck_true),
+	    ATTR(CKA_DECRYPT, &ck_false),
+	    ATTR(CKA_SIGN, &ck_false),
+	    ATTR(CKA_SIGN_RECOVER, &ck_false),
+	    ATTR(CKA_DERIVE, &ck_false),
+	    {CKA_LABEL, (void *)TRANSPORT_KEY_LABEL,
+	     sizeof(TRANSPORT_KEY_LABEL) - 1},
+	};
+	CK_MECHANISM gen = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
+	CK_ATTRIBUTE pub_attrs[] = {
+	    {CKA_MODULUS, a->modulus, sizeof(a->modulus)},
+	    {CKA_PUBLIC_EXPONENT, a->exponent, sizeof(a->exponent)},
+	};
+	CK_RV rv;
+
+	a->pub = a->priv = CK_INVALID_HANDLE;
+	*fn = "C_GenerateKeyPair";
+	rv = f->C_GenerateKeyPair(h, &gen, pub_tmpl, N_ATTRS(pub_tmpl),
+				  priv_tmpl, N_ATTRS(priv_tmpl), &a->pub,
+				  &a->priv);
+	if (rv != CKR_OK) {
+		a->pub = a->priv = CK_INVALID_HANDLE;
+		return rv;
+	}
+	*fn = "C_GetAttributeValue(CKA_MODULUS)";
+	rv = f->C_GetAttributeValue(h, a->pub, pub_attrs, N_ATTRS(pub_attrs));
+	if (rv == CKR_OK &&
+	    (pub_attrs[0].ulValueLen == 0 || pub_attrs[1].ulValueLen == 0))
+		rv = CKR_GENERAL_ERROR;
+	if (rv != CKR_OK) {
+		destroy_quietly(f, h, a->pub, "transport public key");
+		destroy_quietly(f, h, a->priv, "transport private key");
+		a->pub = a->priv = CK_INVALID_HANDLE;
+		return rv;
+	}
+	a->modulus_len = pub_attrs[0].ulValueLen;
+	a->exponent_len = pub_attrs[1].ulValueLen;
+	return CKR_OK;
+}
+
+/* Copies n bytes into a new kms_buf. */
+static int buf_dup(kms_buf *b, const uint8_t *p, size_t n)
+{
+	b->data = kms_malloc(n);
+	if (b->data == NULL)
+		return KMS_ERR_NOMEM;
+	memcpy(b->data, p, n);
+	b->len = n;
+	return KMS_OK;
+}
+
+int kms_hsm_transport_keypair(kms_hsm *hsm, kms_hsm_key *priv_out,
+			      kms_hsm_key *pub_out, kms_buf *modulus,
+			      kms_buf *exponent, kms_err *err)
+{
+	struct keypair_arg *a;
+	CK_RV rv;
+	int rc;
+
+	if (hsm == NULL || priv_out == NULL || pub_out == NULL ||
+	    modulus == NULL || exponent == NULL)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"kms_hsm_transport_keypair: missing argument");
+	a = kms_calloc(1, sizeof(*a));
+	if (a == NULL)
+		return kms_errf(err, KMS_ERR_NOMEM,
+				"no memory for a transport key pair");
+	pthread_mutex_lock(&hsm->holder_mu);
+	rc = run_holder(hsm, op_keypair, a, &rv, err);
+	if (rc != KMS_OK) {
+		kms_err_prefix(err, "cannot make a transport key pair");
+		goto out;
+	}
+	if (buf_dup(modulus, a->modulus, a->modulus_len) != KMS_OK ||
+	    buf_dup(exponent, a->exponent, a->exponent_len) != KMS_OK) {
+		kms_buf_free(modulus);
+		kms_buf_free(exponent);
+		destroy_quietly(hsm->f, hsm->holder, a->pub,
+				"transport public key");
+		destroy_quietly(hsm->f, hsm->holder, a->priv,
+				"transport private key");
+		rc = kms_errf(err, KMS_ERR_NOMEM,
+			      "no memory for a transport public key");
+		goto out;
+	}
+	*priv_out = a->priv;
+	*pub_out = a->pub;
+	KMS_LOG_I("made an RSA-%d transport key pair on token '%s'",
+		  TRANSPORT_RSA_BITS, hsm->label);
+out:
+	pthread_mutex_unlock(&hsm->holder_mu);
+	kms_free(a);
+	return rc;
+}
+
+/* Bits of a big-endian unsigned integer, leading zero bytes skipped. */
+static size_t be_bits(const uint8_t *p, size_t n)
+{
+	size_t i = 0, bits;
+	uint8_t top;
+
+	while (i < n && p[i] == 0)
+		i++;
+	if (i == n)
+		return 0;
+	top = p[i];
+	bits = (n - i - 1) * 8;
+	while (top != 0) {
+		bits++;
+		top >>= 1;
+	}
+	return bits;
+}
+
+/*
+ * The checks a member makes before it wraps the domain key under a key it
+ * did not make. The HSM checks none of them: SoftHSM 2.6.1 "encrypts"
+ * under e = 1, which leaves the OAEP encoding of the domain key in the
+ * clear (RFC 8017 section 7.1.2 undoes it without any key). An odd
+ * modulus of the right size can still be anyone's: who may receive the
+ * domain key is decided by the join's authorization, not here.
+ */
+static int check_rsa_public(const uint8_t *modulus, size_t modulus_len,
+			    const uint8_t *exponent, size_t exponent_len,
+			    kms_err *err)
+{
+	size_t bits;
+	uint64_t e = 0;
+
+	if (modulus == NULL || modulus_len == 0 || exponent == NULL ||
+	    exponent_len == 0)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"transport key: empty RSA modulus or exponent");
+	if (modulus_len > TRANSPORT_MODULUS_MAX + 1)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"transport key: RSA modulus of %zu bytes, over "
+				"%d bits",
+				modulus_len, TRANSPORT_MODULUS_MAX_BITS);
+	bits = be_bits(modulus, modulus_len);
+	if (bits < TRANSPORT_MODULUS_MIN_BITS ||
+	    bits > TRANSPORT_MODULUS_MAX_BITS)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"transport key: RSA modulus of %zu bits, not "
+				"%d to %d",
+				bits, TRANSPORT_MODULUS_MIN_BITS,
+				TRANSPORT_MODULUS_MAX_BITS);
+	/* A product of two odd primes is odd. */
+	if ((modulus[modulus_len - 1] & 1) == 0)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"transport key: RSA modulus is even");
+	if (exponent_len > TRANSPORT_EXPONENT_MAX)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"transport key: RSA public exponent of %zu "
+				"bytes, over %d",
+				exponent_len, TRANSPORT_EXPONENT_MAX);
+	for (size_t i = 0; i < exponent_len; i++)
+		e = (e << 8) | exponent[i];
+	if (e < TRANSPORT_EXPONENT_MIN || (e & 1) == 0)
+		return kms_errf(
+		    err, KMS_ERR_INVALID,
+		    "transport key: RSA public exponent must be odd "
+		    "and at least %u",
+		    TRANSPORT_EXPONENT_MIN);
+	return KMS_OK;
+}
+
+struct wrap_for_arg {
+	CK_OBJECT_HANDLE dk;
+	const uint8_t *modulus;
+	size_t modulus_len;
+	const uint8_t *exponent;
+	size_t exponent_len;
+	uint8_t out[TRANSPORT_MODULUS_MAX];
+	CK_ULONG out_len;
+};
+
+static CK_RV op_wrap_for(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h, void *p,
+			 const char **fn)
+{
+	struct wrap_for_arg *a = p;
+	/* The joiner's key: a session object that may only wrap. */
+	CK_ATTRIBUTE tmpl[] = {
+	    ATTR(CKA_CLASS, &class_public),
+	    ATTR(CKA_KEY_TYPE, &type_rsa),
+	    ATTR(CKA_TOKEN, &ck_false),
+	    ATTR(CKA_PRIVATE, &ck_false),
+	    ATTR(CKA_WRAP, &ck_true),
+	    ATTR(CKA_ENCRYPT, &ck_false),
+	    ATTR(CKA_VERIFY, &ck_false),
+	    ATTR(CKA_VERIFY_RECOVER, &ck_false),
+	    ATTR(CKA_DERIVE, &ck_false),
+	    {CKA_MODULUS, (void *)a->modulus, a->modulus_len},
+	    {CKA_PUBLIC_EXPONENT, (void *)a->exponent, a->exponent_len},
+	    {CKA_LABEL, (void *)TRANSPORT_PEER_LABEL,
+	     sizeof(TRANSPORT_PEER_LABEL) - 1},
+	};
+	CK_RSA_PKCS_OAEP_PARAMS params;
+	CK_MECHANISM oaep;
+	CK_OBJECT_HANDLE pub = CK_INVALID_HANDLE;
+	CK_RV rv, drv;
+
+	oaep_mechanism(&params, &oaep);
+	*fn = "C_CreateObject";
+	rv = f->C_CreateObject(h, tmpl, N_ATTRS(tmpl), &pub);
+	if (rv != CKR_OK)
+		return rv;
+	*fn = "C_WrapKey";
+	a->out_len = sizeof(a->out);
+	rv = f->C_WrapKey(h, &oaep, pub, a->dk, a->out, &a->out_len);
+	drv = f->C_DestroyObject(h, pub);
+	if (drv != CKR_OK)
+		/* A public key, and it dies with the holder session. */
+		KMS_LOG_W("C_DestroyObject(joiner transport key): %s",
+			  kms_hsm_rv_name(drv));
+	return rv;
+}
+
+int kms_hsm_domain_key_wrap_for(kms_hsm *hsm, kms_hsm_key dk,
+				const uint8_t *modulus, size_t modulus_len,
+				const uint8_t *exponent, size_t exponent_len,
+				kms_buf *wrapped, kms_err *err)
+{
+	struct wrap_for_arg *a;
+	size_t skip = 0, eskip = 0;
+	CK_RV rv;
+	int rc;
+
+	if (hsm == NULL || wrapped == NULL)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"kms_hsm_domain_key_wrap_for: no HSM or "
+				"output");
+	KMS_TRY(check_rsa_public(modulus, modulus_len, exponent, exponent_len,
+				 err));
+	/* A PKCS#11 "big integer" is unsigned: no sign byte, no padding. */
+	while (modulus[skip] == 0)
+		skip++;
+	while (exponent[eskip] == 0)
+		eskip++;
+	a = kms_calloc(1, sizeof(*a));
+	if (a == NULL)
+		return kms_errf(err, KMS_ERR_NOMEM,
+				"no memory to wrap the domain key");
+	a->dk = dk;
+	a->modulus = modulus + skip;
+	a->modulus_len = modulus_len - skip;
+	a->exponent = exponent + eskip;
+	a->exponent_len = exponent_len - eskip;
+	pthread_mutex_lock(&hsm->holder_mu);
+	rc = run_holder(hsm, op_wrap_for, a, &rv, err);
+	pthread_mutex_unlock(&hsm->holder_mu);
+	if (rc != KMS_OK) {
+		kms_err_prefix(err, "cannot wrap the domain key");
+		goto out;
+	}
+	rc = buf_dup(wrapped, a->out, a->out_len);
+	if (rc != KMS_OK)
+		rc = kms_errf(err, KMS_ERR_NOMEM,
+			      "no memory for the wrapped domain key");
+out:
+	kms_free(a);
+	return rc;
+}
+
+struct install_arg {
+	CK_OBJECT_HANDLE priv;
+	const uint8_t *blob;
+	size_t len;
+	CK_ATTRIBUTE *tmpl;
+	CK_ULONG n_tmpl;
+	CK_OBJECT_HANDLE key;
+};
+
+static CK_RV op_install(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h, void *p,
+			const char **fn)
+{
+	struct install_arg *a = p;
+	CK_RSA_PKCS_OAEP_PARAMS params;
+	CK_MECHANISM oaep;
+	CK_RV rv;
+
+	oaep_mechanism(&params, &oaep);
+	a->key = CK_INVALID_HANDLE;
+	*fn = "C_UnwrapKey";
+	rv = f->C_UnwrapKey(h, &oaep, a->priv, (CK_BYTE *)a->blob, a->len,
+			    a->tmpl, a->n_tmpl, &a->key);
+	if (rv == CKR_ATTRIBUTE_READ_ONLY) {
+		/* dk_template: the last attribute is CKA_MODIFIABLE. */
+		rv = f->C_UnwrapKey(h, &oaep, a->priv, (CK_BYTE *)a->blob,
+				    a->len, a->tmpl, a->n_tmpl - 1, &a->key);
+	}
+	if (rv != CKR_OK)
+		a->key = CK_INVALID_HANDLE;
+	return rv;
+}
+
+int kms_hsm_domain_key_install(kms_hsm *hsm, kms_hsm_key priv,
+			       const char *label, const uint8_t *wrapped,
+			       size_t len, kms_hsm_key *dk_out, kms_err *err)
+{
+	CK_ATTRIBUTE find_tmpl[] = {
+	    ATTR(CKA_CLASS, &class_secret),
+	    {CKA_LABEL, (void *)label, label ? strlen(label) : 0},
+	};
+	CK_ATTRIBUTE tmpl[DK_TMPL_MAX];
+	struct find_arg fa = {find_tmpl, N_ATTRS(find_tmpl), NULL, 0, 0};
+	struct install_arg a = {priv, wrapped, len, tmpl, 0, CK_INVALID_HANDLE};
+	CK_ULONG key_len = 0;
+	CK_RV rv;
+	int rc;
+
+	if (hsm == NULL || label == NULL || label[0] == '\0' || dk_out == NULL)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"kms_hsm_domain_key_install: no HSM, label or "
+				"output");
+	if (wrapped == NULL || len == 0)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"cannot install domain key: empty blob");
+	/* RSA output is exactly as long as the modulus (RFC 8017 7.1.1). */
+	if (len > TRANSPORT_MODULUS_MAX)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"cannot install domain key: a blob of %zu "
+				"bytes is longer than an RSA-%d modulus",
+				len, TRANSPORT_MODULUS_MAX_BITS);
+	a.n_tmpl = dk_template(tmpl, label, 0);
+
+	/* Look and write under one lock: one key per label. */
+	pthread_mutex_lock(&hsm->holder_mu);
+	rc = run_holder(hsm, op_find, &fa, &rv, err);
+	if (rc != KMS_OK) {
+		if (fa.nomem)
+			rc = kms_errf(err, KMS_ERR_NOMEM,
+				      "no memory to search the token");
+		goto out;
+	}
+	if (fa.n_found > 0) {
+		rc = kms_errf(err, KMS_ERR_EXISTS,
+			      "cannot install domain key: a key labelled '%s' "
+			      "already exists on token '%s'",
+			      label, hsm->label);
+		goto out;
+	}
+	rc = run_holder(hsm, op_install, &a, &rv, err);
+	if (rc != KMS_OK) {
+		/*
+		 * A tampered blob, another transport key, another OAEP
+		 * encoding: RFC 8017 section 7.1.2 makes them all one
+		 * "decryption error", and so do we.
+		 */
+		if (rc == KMS_ERR_HSM)
+			kms_err_prefix(err, "cannot install domain key");
+		goto out;
+	}
+	/*
+	 * A member could have wrapped any key: keep it only if it is the
+	 * AES-256 key a domain key is. The check needs the key in the token,
+	 * so a wrong one is destroyed again.
+	 */
+	rc = dk_value_len(hsm, a.key, &key_len, err);
+	if (rc == KMS_OK && key_len != AES256_KEY_LEN)
+		rc = kms_errf(err, KMS_ERR_HSM,
+			      "cannot install domain key: the unwrapped key "
+			      "is %lu bytes, not AES-256",
+			      key_len);
+	if (rc != KMS_OK) {
+		rv = hsm->f->C_DestroyObject(hsm->holder, a.key);
+		if (rv != CKR_OK)
+			KMS_LOG_E("C_DestroyObject of a rejected domain key "
+				  "'%s' on token '%s': %s; remove it by hand",
+				  label, hsm->label, kms_hsm_rv_name(rv));
+		goto out;
+	}
+	*dk_out = a.key;
+	KMS_LOG_I("installed domain key '%s' on token '%s'", label, hsm->label);
 out:
 	pthread_mutex_unlock(&hsm->holder_mu);
 	kms_free(fa.found);

@@ -39,7 +39,7 @@ int main(int argc, char **argv)
 	kms_node *node = NULL;
 	kms_err err = {0};
 	sigset_t stop;
-	int sig = 0, c;
+	int sig = 0, c, fatal;
 
 	while ((c = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
 		switch (c) {
@@ -74,8 +74,9 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	sigwait(&stop, &sig);
+	fatal = atomic_load(&node->fatal);
 	KMS_LOG_I("signal %d: stopping", sig);
 	kms_node_stop(node);
 	KMS_LOG_I("stopped");
-	return 0;
+	return fatal ? 1 : 0;
 }

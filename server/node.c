@@ -1,17 +1,27 @@
-/* node.c - brings one kmsd node up in dependency order and takes it down in reverse. */
+/* node.c - brings one kmsd node up in dependency order, takes it down in reverse, and routes writes to the leader. */
 #include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+#include <raft.h>
 #include <uv.h>
 
 #include "api.h"
 #include "kms/alloc.h"
 #include "kms/log.h"
+#include "kms/v1/cluster.pb-c.h"
 #include "node.h"
+#include "supervisor.h"
 #include "tls_engine.h"
 
-#define MAX_METHODS 16
+#define MAX_METHODS 24
+#define FORWARD_TIMEOUT_MS 10000
+#define READ_OWN_WRITE_TIMEOUT_MS 5000
 
 static kms_method methods[MAX_METHODS];
 static size_t n_methods;
@@ -53,23 +63,245 @@ static int open_hsm(kms_node *node, kms_err *err)
 	return rc;
 }
 
-static int find_domain_key(kms_node *node, kms_err *err)
+/*
+ * A new cluster's first node creates the domain key; a joining node gets it
+ * from a member later (the supervisor); a node with state but no domain key
+ * holds a token that is not this cluster's.
+ */
+static int find_domain_key(kms_node *node, int fresh, kms_err *err)
 {
-	int fresh = data_dir_is_new(node->cfg.data_dir);
-	int rc = kms_hsm_domain_key(node->hsm, node->cfg.domain_key_label, fresh,
-				    &node->domain_key, err);
+	int joining = node->cfg.join_seeds != NULL;
+	kms_hsm_key dk = 0;
+	int rc = kms_hsm_domain_key(node->hsm, node->cfg.domain_key_label, fresh && !joining, &dk,
+				    err);
 
+	if (rc == KMS_ERR_NOT_FOUND && joining)
+		return KMS_OK;
 	if (rc == KMS_ERR_NOT_FOUND)
 		return kms_errf(err, KMS_ERR_CONFIG,
 				"token '%s' holds no domain key '%s', but %s already holds cluster "
 				"state: this token does not belong to this node's cluster",
 				node->cfg.hsm_token_label, node->cfg.domain_key_label,
 				node->cfg.data_dir);
-	if (rc == KMS_OK && fresh)
-		KMS_LOG_I("domain key '%s' ready in token '%s'", node->cfg.domain_key_label,
-			  node->cfg.hsm_token_label);
-	return rc;
+	KMS_TRY(rc);
+	atomic_store(&node->domain_key, dk);
+	return KMS_OK;
 }
+
+/* The trust domain is the scheme and authority of our own SPIFFE ID. */
+static int read_trust_domain(kms_node *node, kms_err *err)
+{
+	FILE *f = fopen(node->cfg.cert_file, "r");
+	X509 *cert = NULL;
+	GENERAL_NAMES *sans = NULL;
+	int rc = KMS_ERR_CONFIG;
+
+	if (f == NULL)
+		return kms_errf(err, KMS_ERR_CONFIG, "cannot read %s: %m", node->cfg.cert_file);
+	cert = PEM_read_X509(f, NULL, NULL, NULL);
+	fclose(f);
+	if (cert != NULL)
+		sans = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+	for (int i = 0; sans != NULL && i < sk_GENERAL_NAME_num(sans); i++) {
+		const GENERAL_NAME *g = sk_GENERAL_NAME_value(sans, i);
+		const char *uri, *slash;
+		char want[64];
+
+		if (g->type != GEN_URI)
+			continue;
+		uri = (const char *)ASN1_STRING_get0_data(g->d.uniformResourceIdentifier);
+		if (strncmp(uri, "spiffe://", 9) != 0 || (slash = strchr(uri + 9, '/')) == NULL)
+			continue;
+		snprintf(want, sizeof(want), "/kmsd/node/%u", node->cfg.node_id);
+		if (strcmp(slash, want) != 0 || (size_t)(slash - uri) >= sizeof(node->trust_domain))
+			continue;
+		memcpy(node->trust_domain, uri, (size_t)(slash - uri));
+		node->trust_domain[slash - uri] = '\0';
+		rc = KMS_OK;
+	}
+	GENERAL_NAMES_free(sans);
+	X509_free(cert);
+	if (rc != KMS_OK)
+		return kms_errf(err, KMS_ERR_CONFIG,
+				"%s carries no URI SAN spiffe://<trust domain>/kmsd/node/%u: a node "
+				"certificate names its node id",
+				node->cfg.cert_file, node->cfg.node_id);
+	return KMS_OK;
+}
+
+uint64_t kms_node_principal_id(const kms_node *node, const char *principal)
+{
+	size_t td = strlen(node->trust_domain);
+	const char *p;
+	char *end;
+	unsigned long long id;
+
+	if (principal == NULL || strncmp(principal, node->trust_domain, td) != 0 ||
+	    strncmp(principal + td, "/kmsd/node/", 11) != 0)
+		return 0;
+	p = principal + td + 11;
+	if (*p < '1' || *p > '9')
+		return 0;
+	errno = 0;
+	id = strtoull(p, &end, 10);
+	if (errno != 0 || *end != '\0')
+		return 0;
+	return id;
+}
+
+int kms_node_ready(kms_node *node)
+{
+	kms_raft_view v;
+
+	if (atomic_load(&node->domain_key) == 0 || !atomic_load(&node->probe_verified))
+		return 0;
+	kms_raft_view_get(node->raft, &v);
+	if (v.state == RAFT_LEADER)
+		return kms_raft_ready(node->raft);
+	return v.state == RAFT_FOLLOWER && v.leader_id != 0 && v.applied_index >= v.commit_index;
+}
+
+int kms_node_sync_read(kms_node *node, kms_err *err)
+{
+	Kms__V1__NodeStatusRequest req = KMS__V1__NODE_STATUS_REQUEST__INIT;
+	Kms__V1__NodeStatusResponse *resp = NULL;
+	kms_raft_view v;
+	kms_member leader;
+	kms_rpc_status st;
+	uint64_t commit;
+
+	kms_raft_view_get(node->raft, &v);
+	if (v.state == RAFT_LEADER) {
+		commit = v.commit_index;
+	} else {
+		if (v.leader_id == 0 || kms_keyring_member(node->kr, v.leader_id, &leader) != KMS_OK)
+			return kms_errf(err, KMS_ERR_UNAVAILABLE,
+					"leader-commit consistency: no Raft leader is known (no "
+					"quorum?)");
+		if (kms_peers_call(node->peers, leader.grpc_address, "/kms.v1.Internal/NodeStatus",
+				   &req.base, &kms__v1__node_status_response__descriptor,
+				   (ProtobufCMessage **)&resp, FORWARD_TIMEOUT_MS, &st) != 0)
+			return kms_errf(err, KMS_ERR_UNAVAILABLE,
+					"leader-commit consistency: the leader did not answer: %.150s",
+					st.details);
+		commit = resp->commit_index;
+		protobuf_c_message_free_unpacked(&resp->base, NULL);
+	}
+	if (kms_raft_wait_applied(node->raft, commit, READ_OWN_WRITE_TIMEOUT_MS) != KMS_OK)
+		return kms_errf(err, KMS_ERR_UNAVAILABLE,
+				"leader-commit consistency: this node did not reach the leader's "
+				"commit index %llu in time",
+				(unsigned long long)commit);
+	return KMS_OK;
+}
+
+/* --- writes: to Raft on the leader, forwarded from a follower --- */
+
+static void forward(kms_node *node, const uint8_t *cmd, size_t len, kms_raft_done_fn done,
+		    void *arg)
+{
+	Kms__V1__ForwardRequest req = KMS__V1__FORWARD_REQUEST__INIT;
+	Kms__V1__ForwardResponse *resp = NULL;
+	kms_raft_view v;
+	kms_member leader;
+	kms_rpc_status st;
+	char msg[KMS_ERRMSG_SIZE];
+	int status;
+	uint64_t index;
+
+	kms_raft_view_get(node->raft, &v);
+	if (v.leader_id == 0) {
+		done(arg, KMS_ERR_UNAVAILABLE,
+		     "no Raft leader is known: the cluster has no quorum now", 0);
+		return;
+	}
+	if (kms_keyring_member(node->kr, v.leader_id, &leader) != KMS_OK) {
+		snprintf(msg, sizeof(msg), "the leader (node %llu) is not in the member list yet",
+			 (unsigned long long)v.leader_id);
+		done(arg, KMS_ERR_UNAVAILABLE, msg, 0);
+		return;
+	}
+	req.command.data = (uint8_t *)cmd;
+	req.command.len = len;
+	if (kms_peers_call(node->peers, leader.grpc_address, "/kms.v1.Internal/Forward", &req.base,
+			   &kms__v1__forward_response__descriptor, (ProtobufCMessage **)&resp,
+			   FORWARD_TIMEOUT_MS, &st) != 0) {
+		snprintf(msg, sizeof(msg), "forwarding the write to the leader (node %llu) failed (no quorum?): %.150s",
+			 (unsigned long long)v.leader_id, st.details);
+		done(arg, KMS_ERR_UNAVAILABLE, msg, 0);
+		return;
+	}
+	status = resp->status < KMS_STATUS_COUNT ? (int)resp->status : KMS_ERR_INTERNAL;
+	index = resp->index;
+	snprintf(msg, sizeof(msg), "%s", resp->message);
+	protobuf_c_message_free_unpacked(&resp->base, NULL);
+	/* Read-your-writes on the node that answers the caller. */
+	if (status == KMS_OK &&
+	    kms_raft_wait_applied(node->raft, index, READ_OWN_WRITE_TIMEOUT_MS) != KMS_OK) {
+		done(arg, KMS_ERR_UNAVAILABLE,
+		     "the leader applied the write, but this node has not caught up yet", index);
+		return;
+	}
+	done(arg, status, msg[0] != '\0' ? msg : NULL, index);
+}
+
+void kms_node_commit(kms_node *node, const uint8_t *cmd, size_t len, kms_raft_done_fn done,
+		     void *arg)
+{
+	kms_raft_view v;
+
+	kms_raft_view_get(node->raft, &v);
+	if (v.state == RAFT_LEADER)
+		kms_raft_submit(node->raft, cmd, len, done, arg);
+	else
+		forward(node, cmd, len, done, arg);
+}
+
+struct commit_wait {
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	int done;
+	int status;
+	uint64_t index;
+	char msg[KMS_ERRMSG_SIZE];
+};
+
+static void commit_wait_done(void *arg, int status, const char *msg, uint64_t index)
+{
+	struct commit_wait *w = arg;
+
+	pthread_mutex_lock(&w->mu);
+	w->status = status;
+	w->index = index;
+	snprintf(w->msg, sizeof(w->msg), "%s", msg != NULL ? msg : kms_strerror(status));
+	w->done = 1;
+	pthread_cond_signal(&w->cond);
+	pthread_mutex_unlock(&w->mu);
+}
+
+int kms_node_commit_wait(kms_node *node, const uint8_t *cmd, size_t len, uint64_t *index,
+			 kms_err *err)
+{
+	struct commit_wait w;
+
+	memset(&w, 0, sizeof(w));
+	pthread_mutex_init(&w.mu, NULL);
+	pthread_cond_init(&w.cond, NULL);
+	kms_node_commit(node, cmd, len, commit_wait_done, &w);
+	pthread_mutex_lock(&w.mu);
+	while (!w.done)
+		pthread_cond_wait(&w.cond, &w.mu);
+	pthread_mutex_unlock(&w.mu);
+	pthread_mutex_destroy(&w.mu);
+	pthread_cond_destroy(&w.cond);
+	if (index != NULL)
+		*index = w.index;
+	if (w.status != KMS_OK)
+		return kms_errf(err, w.status, "%s", w.msg);
+	return KMS_OK;
+}
+
+/* --- start and stop --- */
 
 static int start_rpc(kms_node *node, kms_err *err)
 {
@@ -84,6 +316,8 @@ static int start_rpc(kms_node *node, kms_err *err)
 		methods[n_methods++] = kms_api_keymgmt_methods[i];
 	for (size_t i = 0; i < kms_api_health_n_methods; i++)
 		methods[n_methods++] = kms_api_health_methods[i];
+	for (size_t i = 0; i < kms_api_cluster_n_methods; i++)
+		methods[n_methods++] = kms_api_cluster_methods[i];
 	memset(&o, 0, sizeof(o));
 	o.listen = node->cfg.grpc_listen;
 	o.ca_file = node->cfg.ca_file;
@@ -103,7 +337,8 @@ static int start_rpc(kms_node *node, kms_err *err)
 int kms_node_start(const char *config_path, kms_node **out, kms_err *err)
 {
 	kms_node *node = kms_calloc(1, sizeof(*node));
-	int rc;
+	kms_raft_opts ropts;
+	int rc, fresh;
 
 	if (node == NULL)
 		return kms_errf(err, KMS_ERR_NOMEM, "out of memory");
@@ -114,16 +349,22 @@ int kms_node_start(const char *config_path, kms_node **out, kms_err *err)
 		if (level >= 0)
 			kms_log_set_level((enum kms_log_level)level);
 	}
+	fresh = data_dir_is_new(node->cfg.data_dir);
 	if (mkdir(node->cfg.data_dir, 0700) != 0 && errno != EEXIST) {
 		rc = kms_errf(err, KMS_ERR_IO, "cannot create data_dir %s: %m", node->cfg.data_dir);
 		goto fail;
 	}
+	KMS_TRY_GOTO(rc, read_trust_domain(node, err), fail);
 	KMS_TRY_GOTO(rc, open_hsm(node, err), fail);
-	KMS_TRY_GOTO(rc, find_domain_key(node, err), fail);
+	KMS_TRY_GOTO(rc, find_domain_key(node, fresh, err), fail);
 	KMS_TRY_GOTO(rc, kms_keyring_new(&node->kr, err), fail);
 	kms_keyring_set_release(node->kr, release_handle, node->hsm);
-	KMS_TRY_GOTO(rc, kms_raft_start(&node->cfg, node->kr, &node->raft, err), fail);
+	KMS_TRY_GOTO(rc, kms_peers_new(&node->cfg, &node->peers, err), fail);
+	memset(&ropts, 0, sizeof(ropts));
+	ropts.bootstrap = fresh && node->cfg.join_seeds == NULL;
+	KMS_TRY_GOTO(rc, kms_raft_start(&node->cfg, node->kr, &ropts, &node->raft, err), fail);
 	KMS_TRY_GOTO(rc, start_rpc(node, err), fail);
+	KMS_TRY_GOTO(rc, kms_supervisor_start(node, &node->sup, err), fail);
 	KMS_LOG_I("node %u serving kms.v1 on %s (Raft on %s)", node->cfg.node_id,
 		  node->cfg.grpc_listen, node->cfg.raft_listen);
 	*out = node;
@@ -140,11 +381,14 @@ void kms_node_stop(kms_node *node)
 {
 	if (node == NULL)
 		return;
+	kms_supervisor_stop(node->sup);
 	/* Raft first: writes waiting on it are answered UNAVAILABLE, so the gRPC
 	 * server has no call left hanging when it drains. */
 	kms_raft_stop(node->raft);
 	kms_rpc_server_stop(node->rpc);
 	kms_raft_free(node->raft);
+	kms_supervisor_free(node->sup);
+	kms_peers_free(node->peers);
 	kms_keyring_free(node->kr);
 	kms_hsm_close(node->hsm);
 	kms_config_free(&node->cfg);

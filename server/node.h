@@ -1,32 +1,74 @@
-/* node.h - one kmsd node: configuration, HSM, key ring, Raft and gRPC server, started and stopped in order. */
+/* node.h - one kmsd node: configuration, HSM, key ring, Raft, peers and gRPC server, started and stopped in order. */
 #ifndef KMS_NODE_H
 #define KMS_NODE_H
+
+#include <stdatomic.h>
 
 #include "kms/config.h"
 #include "kms/error.h"
 #include "kms/hsm.h"
 #include "kms/keyring.h"
+#include "peers.h"
 #include "raft_node.h"
 #include "rpc_server.h"
+
+struct kms_supervisor;
 
 /* The one server context, passed to every handler (no request state in globals). */
 typedef struct kms_node {
 	kms_config cfg;
 	kms_hsm *hsm;
-	kms_hsm_key domain_key;
+	/* 0 until this node holds the domain key (a joining node receives it
+	 * from a member after admission). */
+	_Atomic unsigned long domain_key;
+	atomic_int probe_verified; /* the token's domain key is the cluster's */
+	atomic_int fatal;          /* a check failed: stop and exit non-zero */
+	char trust_domain[256];    /* "spiffe://kmsd.dev", from our certificate */
 	kms_keyring *kr;
 	kms_raft *raft;
+	kms_peers *peers;
+	struct kms_supervisor *sup;
 	kms_rpc_server *rpc;
 } kms_node;
 
 /*
- * Loads the configuration at path and brings the node up: PIN, TLS engine,
- * HSM, domain key (created only when the data directory is new), key ring,
- * Raft, gRPC. Every failure names the step and the cause.
+ * Loads the configuration at path and brings the node up: PIN, HSM, TLS
+ * engine, domain key (created only when this node starts a new cluster),
+ * key ring, Raft, gRPC, supervisor. Every failure names the step and cause.
  */
 int kms_node_start(const char *config_path, kms_node **out, kms_err *err);
 
 /* Stops serving, then Raft, then releases the HSM. */
 void kms_node_stop(kms_node *node);
+
+/* True when this node may serve: it holds the cluster's domain key and is
+ * the ready leader, or a follower that knows a leader and has applied what
+ * it knows to be committed. */
+int kms_node_ready(kms_node *node);
+
+/*
+ * The read barrier behind "kms-consistency: leader-commit": asks the leader
+ * for its commit index (or reads its own when leading) and waits until this
+ * node has applied it, so the read sees every write acknowledged before the
+ * call began. KMS_ERR_UNAVAILABLE with the reason when it cannot.
+ */
+int kms_node_sync_read(kms_node *node, kms_err *err);
+
+/* The node id in a node principal ("<trust domain>/kmsd/node/<id>"), or 0. */
+uint64_t kms_node_principal_id(const kms_node *node, const char *principal);
+
+/*
+ * Commits a serialized command through the cluster's leader. On the leader
+ * it goes to Raft and done runs on the Raft thread once applied; on a
+ * follower it is forwarded (Internal/Forward) and done runs on this thread
+ * after the command is applied here too, so the caller reads its own write.
+ * No leader: done(KMS_ERR_UNAVAILABLE, "no quorum ...").
+ */
+void kms_node_commit(kms_node *node, const uint8_t *cmd, size_t len, kms_raft_done_fn done,
+		     void *arg);
+
+/* The same, waiting for the outcome (worker threads only, never the Raft thread). */
+int kms_node_commit_wait(kms_node *node, const uint8_t *cmd, size_t len, uint64_t *index,
+			 kms_err *err);
 
 #endif

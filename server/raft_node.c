@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include <raft.h>
 #include <raft/uv.h>
@@ -28,6 +29,12 @@ struct submission {
 
 struct kms_raft {
 	kms_keyring *kr;
+	kms_raft_opts opts;
+	struct raft_change change; /* the one configuration change in flight */
+	int change_pending;
+	pthread_mutex_t view_mu;
+	pthread_cond_t view_cond;
+	kms_raft_view view; /* under view_mu */
 	uv_loop_t loop;
 	uv_async_t wake;
 	uv_timer_t poll;
@@ -107,6 +114,117 @@ int kms_raft_unframe(const uint8_t *buf, size_t len, const uint8_t **payload,
 	return KMS_OK;
 }
 
+/* raft_errmsg() is often empty and raft_strerror() often "unknown error":
+ * prefer whichever says something. */
+static const char *raft_message(struct raft *raft, int rv)
+{
+	const char *m = raft_errmsg(raft);
+
+	return m != NULL && m[0] != '\0' ? m : raft_strerror(rv);
+}
+
+/* --- the view other threads read --- */
+
+static void view_applied(kms_raft *r, uint64_t index)
+{
+	pthread_mutex_lock(&r->view_mu);
+	if (index > r->view.applied_index)
+		r->view.applied_index = index;
+	/* Applied implies committed; the timer refresh may not have seen it yet,
+	 * and a leader-commit read must cover every acknowledged write. */
+	if (index > r->view.commit_index)
+		r->view.commit_index = index;
+	pthread_cond_broadcast(&r->view_cond);
+	pthread_mutex_unlock(&r->view_mu);
+}
+
+/* Runs on the Raft thread: copies what other threads may ask about. */
+static void view_refresh(kms_raft *r)
+{
+	kms_raft_view v;
+	raft_id leader = 0;
+	const char *addr = NULL;
+
+	memset(&v, 0, sizeof(v));
+	v.state = raft_state(&r->raft);
+	raft_leader(&r->raft, &leader, &addr);
+	v.leader_id = leader;
+	v.term = r->raft.current_term;
+	v.commit_index = r->raft.commit_index;
+	v.applied_index = raft_last_applied(&r->raft);
+	for (unsigned i = 0; i < r->raft.configuration.n && v.n_servers < KMS_RAFT_VIEW_MAX; i++) {
+		v.servers[v.n_servers].id = r->raft.configuration.servers[i].id;
+		v.servers[v.n_servers].role = r->raft.configuration.servers[i].role;
+		v.n_servers++;
+	}
+	pthread_mutex_lock(&r->view_mu);
+	if (r->view.applied_index > v.applied_index)
+		v.applied_index = r->view.applied_index;
+	if (v.applied_index > v.commit_index)
+		v.commit_index = v.applied_index;
+	r->view = v;
+	pthread_cond_broadcast(&r->view_cond);
+	pthread_mutex_unlock(&r->view_mu);
+}
+
+void kms_raft_view_get(kms_raft *r, kms_raft_view *out)
+{
+	pthread_mutex_lock(&r->view_mu);
+	*out = r->view;
+	pthread_mutex_unlock(&r->view_mu);
+}
+
+int kms_raft_wait_applied(kms_raft *r, uint64_t index, int timeout_ms)
+{
+	struct timespec until;
+	int rc = KMS_OK;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += timeout_ms / 1000;
+	until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&r->view_mu);
+	while (r->view.applied_index < index) {
+		if (pthread_cond_timedwait(&r->view_cond, &r->view_mu, &until) != 0) {
+			rc = KMS_ERR_UNAVAILABLE;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&r->view_mu);
+	return rc;
+}
+
+const char *kms_raft_state_name(int state)
+{
+	switch (state) {
+	case RAFT_LEADER:
+		return "leader";
+	case RAFT_FOLLOWER:
+		return "follower";
+	case RAFT_CANDIDATE:
+		return "candidate";
+	default:
+		return "unavailable";
+	}
+}
+
+const char *kms_raft_role_name(int role)
+{
+	switch (role) {
+	case RAFT_VOTER:
+		return "voter";
+	case RAFT_STANDBY:
+		return "standby";
+	case RAFT_SPARE:
+		return "spare";
+	default:
+		return "unknown";
+	}
+}
+
 /* --- the state machine: apply, snapshot, restore on the Raft thread --- */
 
 static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
@@ -122,6 +240,8 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
 
 	if (rc != KMS_OK)
 		KMS_LOG_D("raft: command refused: %s", err.msg);
+	/* raft counts this entry as applied once we return. */
+	view_applied(r, raft_last_applied(&r->raft) + 1);
 	/* The verdict travels as an integer in the result pointer: nothing is
 	 * allocated, so followers (whose results nobody collects) leak nothing. */
 	*result = (void *)(uintptr_t)rc;
@@ -164,14 +284,16 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 		return RAFT_CORRUPT;
 	}
 	raft_free(buf->base); /* restore owns the buffer on success (raft.h) */
+	KMS_LOG_I("raft: installed a snapshot of the key ring (%zu keys)", kms_keyring_count(r->kr));
 	return 0;
 }
 
 /* --- submissions --- */
 
-static void submission_finish(struct submission *s, int status, const char *msg)
+static void submission_finish(struct submission *s, int status, const char *msg,
+			      uint64_t index)
 {
-	s->done(s->arg, status, msg);
+	s->done(s->arg, status, msg, index);
 	kms_free(s);
 }
 
@@ -182,12 +304,12 @@ static void on_applied(struct raft_apply *req, int status, void *result)
 	if (status != 0) {
 		char msg[160];
 
-		snprintf(msg, sizeof(msg), "the write was not committed: %s",
-			 raft_strerror(status));
-		submission_finish(s, KMS_ERR_UNAVAILABLE, msg);
+		snprintf(msg, sizeof(msg), "the write was not committed (%s): the cluster may "
+			 "have no quorum", raft_strerror(status));
+		submission_finish(s, KMS_ERR_UNAVAILABLE, msg, 0);
 		return;
 	}
-	submission_finish(s, (int)(uintptr_t)result, NULL);
+	submission_finish(s, (int)(uintptr_t)result, NULL, req->index);
 }
 
 static void propose(kms_raft *r, struct submission *s)
@@ -197,13 +319,13 @@ static void propose(kms_raft *r, struct submission *s)
 
 	if (raft_state(&r->raft) != RAFT_LEADER) {
 		submission_finish(s, KMS_ERR_UNAVAILABLE,
-				  "this node is not the Raft leader; retry shortly");
+				  "this node is not the Raft leader; retry shortly", 0);
 		return;
 	}
 	buf.len = kms_raft_frame_size(s->len);
 	buf.base = raft_malloc(buf.len);
 	if (buf.base == NULL) {
-		submission_finish(s, KMS_ERR_NOMEM, "out of memory proposing a write");
+		submission_finish(s, KMS_ERR_NOMEM, "out of memory proposing a write", 0);
 		return;
 	}
 	kms_raft_frame(s->cmd, s->len, buf.base);
@@ -215,7 +337,7 @@ static void propose(kms_raft *r, struct submission *s)
 		raft_free(buf.base); /* still ours when raft_apply fails */
 		snprintf(msg, sizeof(msg), "the write could not be proposed: %s",
 			 raft_errmsg(&r->raft));
-		submission_finish(s, KMS_ERR_UNAVAILABLE, msg);
+		submission_finish(s, KMS_ERR_UNAVAILABLE, msg, 0);
 	}
 }
 
@@ -235,7 +357,10 @@ static void on_close(struct raft *raft)
 	kms_raft *r = raft->data;
 
 	raft_uv_close(&r->io);
-	raft_uv_tcp_close(&r->transport);
+	if (r->opts.transport_close != NULL)
+		r->opts.transport_close(r->opts.transport_arg, &r->transport);
+	else
+		raft_uv_tcp_close(&r->transport);
 	uv_close((uv_handle_t *)&r->wake, NULL);
 	uv_close((uv_handle_t *)&r->poll, NULL);
 }
@@ -281,15 +406,91 @@ static void on_barrier(struct raft_barrier *req, int status)
  * appends a barrier, and once it applies, every entry of earlier terms is in
  * the key ring (Raft thesis 6.4) and the node is ready.
  */
+static void on_change(struct raft_change *req, int status)
+{
+	kms_raft *r = req->data;
+
+	r->change_pending = 0;
+	if (status != 0)
+		KMS_LOG_W("raft: configuration change failed: %s", raft_strerror(status));
+}
+
+static int config_index(const struct raft_configuration *c, raft_id id)
+{
+	for (unsigned i = 0; i < c->n; i++)
+		if (c->servers[i].id == id)
+			return (int)i;
+	return -1;
+}
+
+/*
+ * The leader moves Raft's configuration one step toward the member list of
+ * the key ring (Raft thesis 4.1: one server change at a time). The list is
+ * replicated state, so whichever node leads next carries on from it.
+ */
+static void reconcile(kms_raft *r)
+{
+	kms_member m[KMS_MEMBERS_MAX];
+	const struct raft_configuration *c = &r->raft.configuration;
+	size_t n = kms_keyring_members(r->kr, m, KMS_MEMBERS_MAX);
+	int self_listed = 0, rv = 0;
+	const char *what = NULL;
+	raft_id who = 0;
+
+	for (size_t i = 0; i < n; i++)
+		self_listed |= m[i].id == r->id;
+	/* Until this node's own record is in, the list is not the truth yet. */
+	if (r->change_pending || !self_listed)
+		return;
+	r->change.data = r;
+	for (size_t i = 0; i < n && what == NULL; i++) {
+		int at = config_index(c, m[i].id);
+
+		who = m[i].id;
+		if (at < 0) {
+			what = "add";
+			rv = raft_add(&r->raft, &r->change, m[i].id, m[i].raft_address, on_change);
+		} else if (c->servers[at].role != RAFT_VOTER) {
+			what = "promote";
+			rv = raft_assign(&r->raft, &r->change, m[i].id, RAFT_VOTER, on_change);
+		}
+	}
+	for (unsigned i = 0; i < c->n && what == NULL; i++) {
+		int listed = 0;
+
+		for (size_t j = 0; j < n; j++)
+			listed |= m[j].id == c->servers[i].id;
+		if (!listed && c->servers[i].id != r->id) {
+			who = c->servers[i].id;
+			what = "remove";
+			rv = raft_remove(&r->raft, &r->change, who, on_change);
+		}
+	}
+	if (what == NULL)
+		return;
+	if (rv == 0) {
+		r->change_pending = 1;
+		KMS_LOG_I("raft: configuration change: %s node %llu", what, (unsigned long long)who);
+	} else if (rv != RAFT_CANTCHANGE) {
+		KMS_LOG_W("raft: cannot %s node %llu: %s", what, (unsigned long long)who,
+			  raft_message(&r->raft, rv));
+	}
+}
+
 static void on_poll(uv_timer_t *t)
 {
 	kms_raft *r = t->data;
 
+	view_refresh(r);
 	if (raft_state(&r->raft) != RAFT_LEADER) {
 		atomic_store(&r->ready, 0);
 		return;
 	}
-	if (atomic_load(&r->ready) || r->barrier_pending)
+	if (atomic_load(&r->ready)) {
+		reconcile(r);
+		return;
+	}
+	if (r->barrier_pending)
 		return;
 	r->barrier.data = r;
 	r->barrier_term = r->raft.current_term;
@@ -299,14 +500,6 @@ static void on_poll(uv_timer_t *t)
 
 /* --- the Raft thread --- */
 
-/* raft_errmsg() is often empty and raft_strerror() often "unknown error":
- * prefer whichever says something. */
-static const char *raft_message(struct raft *raft, int rv)
-{
-	const char *m = raft_errmsg(raft);
-
-	return m != NULL && m[0] != '\0' ? m : raft_strerror(rv);
-}
 
 static int dir_is_empty(const char *dir)
 {
@@ -340,9 +533,14 @@ static int setup(kms_raft *r, kms_err *err)
 	if (rv != 0)
 		return kms_errf(err, KMS_ERR_INTERNAL, "uv_timer_init: %s", uv_strerror(rv));
 	r->poll.data = r;
-	rv = raft_uv_tcp_init(&r->transport, &r->loop);
-	if (rv != 0)
-		return kms_errf(err, KMS_ERR_INTERNAL, "raft_uv_tcp_init: %s", raft_strerror(rv));
+	if (r->opts.transport_init != NULL) {
+		KMS_TRY(r->opts.transport_init(r->opts.transport_arg, &r->transport, &r->loop, err));
+	} else {
+		rv = raft_uv_tcp_init(&r->transport, &r->loop);
+		if (rv != 0)
+			return kms_errf(err, KMS_ERR_INTERNAL, "raft_uv_tcp_init: %s",
+					raft_strerror(rv));
+	}
 	rv = raft_uv_init(&r->io, &r->loop, r->dir, &r->transport);
 	if (rv != 0)
 		return kms_errf(err, KMS_ERR_IO, "raft_uv_init(%s): %s", r->dir,
@@ -362,7 +560,8 @@ static int setup(kms_raft *r, kms_err *err)
 	raft_set_heartbeat_timeout(&r->raft, r->heartbeat_timeout_ms);
 
 	raft_configuration_init(&conf);
-	rv = raft_configuration_add(&conf, r->id, r->address, RAFT_VOTER);
+	rv = r->opts.bootstrap ? raft_configuration_add(&conf, r->id, r->address, RAFT_VOTER)
+			       : RAFT_CANTBOOTSTRAP;
 	if (rv == 0) {
 		rv = raft_bootstrap(&r->raft, &conf);
 		/* An existing directory already holds a configuration. */
@@ -370,6 +569,8 @@ static int setup(kms_raft *r, kms_err *err)
 			rv = 0;
 		else if (rv == 0)
 			KMS_LOG_I("raft: bootstrapped a new one-node cluster in %s", r->dir);
+	} else if (rv == RAFT_CANTBOOTSTRAP) {
+		rv = 0; /* joining: the leader sends the configuration */
 	}
 	raft_configuration_close(&conf);
 	if (rv != 0)
@@ -391,7 +592,7 @@ static void fail_pending(kms_raft *r)
 	while (s != NULL) {
 		struct submission *next = s->next;
 
-		submission_finish(s, KMS_ERR_UNAVAILABLE, "kmsd is shutting down");
+		submission_finish(s, KMS_ERR_UNAVAILABLE, "kmsd is shutting down", 0);
 		s = next;
 	}
 }
@@ -420,7 +621,8 @@ static void *raft_thread(void *arg)
 	return NULL;
 }
 
-int kms_raft_start(const kms_config *cfg, kms_keyring *kr, kms_raft **out, kms_err *err)
+int kms_raft_start(const kms_config *cfg, kms_keyring *kr, const kms_raft_opts *opts,
+		   kms_raft **out, kms_err *err)
 {
 	kms_raft *r = kms_calloc(1, sizeof(*r));
 	int rc;
@@ -428,6 +630,10 @@ int kms_raft_start(const kms_config *cfg, kms_keyring *kr, kms_raft **out, kms_e
 	if (r == NULL)
 		return kms_errf(err, KMS_ERR_NOMEM, "out of memory starting Raft");
 	r->kr = kr;
+	if (opts != NULL)
+		r->opts = *opts;
+	pthread_mutex_init(&r->view_mu, NULL);
+	pthread_cond_init(&r->view_cond, NULL);
 	r->id = cfg->node_id;
 	r->address = kms_strdup(cfg->raft_listen);
 	r->dir = kms_strdup(cfg->data_dir);
@@ -462,6 +668,8 @@ int kms_raft_start(const kms_config *cfg, kms_keyring *kr, kms_raft **out, kms_e
 		 * cleanly, and the process is about to exit on this error. */
 		kms_free(r->address);
 		kms_free(r->dir);
+		pthread_mutex_destroy(&r->view_mu);
+		pthread_cond_destroy(&r->view_cond);
 		kms_free(r);
 		return rc;
 	}
@@ -476,7 +684,7 @@ void kms_raft_submit(kms_raft *r, const uint8_t *cmd, size_t len, kms_raft_done_
 	int refused;
 
 	if (s == NULL) {
-		done(arg, KMS_ERR_NOMEM, "out of memory queueing a write");
+		done(arg, KMS_ERR_NOMEM, "out of memory queueing a write", 0);
 		return;
 	}
 	s->cmd = (uint8_t *)(s + 1);
@@ -495,7 +703,7 @@ void kms_raft_submit(kms_raft *r, const uint8_t *cmd, size_t len, kms_raft_done_
 	}
 	pthread_mutex_unlock(&r->mu);
 	if (refused) {
-		submission_finish(s, KMS_ERR_UNAVAILABLE, "kmsd is shutting down");
+		submission_finish(s, KMS_ERR_UNAVAILABLE, "kmsd is shutting down", 0);
 		return;
 	}
 	uv_async_send(&r->wake);
@@ -526,6 +734,8 @@ void kms_raft_free(kms_raft *r)
 	kms_raft_stop(r);
 	pthread_mutex_destroy(&r->mu);
 	pthread_cond_destroy(&r->cond);
+	pthread_mutex_destroy(&r->view_mu);
+	pthread_cond_destroy(&r->view_cond);
 	kms_free(r->address);
 	kms_free(r->dir);
 	kms_free(r);

@@ -17,16 +17,62 @@ typedef struct kms_raft kms_raft;
  * KMS_ERR_UNAVAILABLE when it could not be committed (not the leader, no
  * quorum, shutting down), with msg saying which.
  */
-typedef void (*kms_raft_done_fn)(void *arg, int status, const char *msg);
+typedef void (*kms_raft_done_fn)(void *arg, int status, const char *msg,
+				 uint64_t index);
+
+struct raft_uv_transport;
+struct uv_loop_s;
+
+typedef struct kms_raft_opts {
+	/* Bootstrap a one-node cluster when the data directory is new. A node
+	 * joining an existing cluster starts empty and waits for the leader. */
+	int bootstrap;
+	/* The peer transport, made on the Raft thread's loop; NULL: plain TCP
+	 * (raft_uv_tcp), for tests only. close runs after raft closed it. */
+	int (*transport_init)(void *arg, struct raft_uv_transport *t,
+			      struct uv_loop_s *loop, kms_err *err);
+	void (*transport_close)(void *arg, struct raft_uv_transport *t);
+	void *transport_arg;
+} kms_raft_opts;
 
 /*
- * Starts Raft for this node on its own thread: a new data directory is
- * bootstrapped as a one-node cluster; an existing one is replayed (snapshot
- * plus log) into kr. Returns once Raft has started, or KMS_ERR_CONFIG /
- * KMS_ERR_IO with raft's own message.
+ * Starts Raft for this node on its own thread; an existing data directory is
+ * replayed (snapshot plus log) into kr. Returns once Raft has started, or
+ * KMS_ERR_CONFIG / KMS_ERR_IO with raft's own message.
+ *
+ * While this node leads, it keeps Raft's configuration in step with the
+ * member list of the key ring: members missing from the configuration are
+ * added and promoted to voters (raft catches them up first), and voters
+ * that are no longer members are removed, one change at a time.
  */
-int kms_raft_start(const kms_config *cfg, kms_keyring *kr, kms_raft **out,
-		   kms_err *err);
+int kms_raft_start(const kms_config *cfg, kms_keyring *kr,
+		   const kms_raft_opts *opts, kms_raft **out, kms_err *err);
+
+#define KMS_RAFT_VIEW_MAX 16
+
+/* What this node knows of Raft, refreshed every 50 ms and on every apply. */
+typedef struct kms_raft_view {
+	int state;             /* RAFT_LEADER, RAFT_FOLLOWER, RAFT_CANDIDATE, 0 */
+	uint64_t leader_id;    /* 0: none known */
+	uint64_t term;
+	uint64_t commit_index;
+	uint64_t applied_index;
+	size_t n_servers;      /* the Raft configuration */
+	struct {
+		uint64_t id;
+		int role;      /* RAFT_VOTER, RAFT_STANDBY, RAFT_SPARE */
+	} servers[KMS_RAFT_VIEW_MAX];
+} kms_raft_view;
+
+void kms_raft_view_get(kms_raft *r, kms_raft_view *out);
+
+/* "leader", "follower", "candidate" or "unavailable"; role names likewise. */
+const char *kms_raft_state_name(int state);
+const char *kms_raft_role_name(int role);
+
+/* Waits until this node has applied index (KMS_OK) or timeout_ms passes
+ * (KMS_ERR_UNAVAILABLE). */
+int kms_raft_wait_applied(kms_raft *r, uint64_t index, int timeout_ms);
 
 /*
  * Queues a serialized kms.v1.Command. Thread-safe. cmd is copied. done runs

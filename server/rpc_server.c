@@ -232,6 +232,22 @@ const char *kms_call_principal(const kms_call *c)
 	return c->principal;
 }
 
+const char *kms_call_metadata(const kms_call *c, const char *key, size_t *len)
+{
+	size_t klen = strlen(key);
+
+	for (size_t i = 0; i < c->request_md.count; i++) {
+		const grpc_metadata *m = &c->request_md.metadata[i];
+
+		if (GRPC_SLICE_LENGTH(m->key) == klen &&
+		    memcmp(GRPC_SLICE_START_PTR(m->key), key, klen) == 0) {
+			*len = GRPC_SLICE_LENGTH(m->value);
+			return (const char *)GRPC_SLICE_START_PTR(m->value);
+		}
+	}
+	return NULL;
+}
+
 void *kms_call_worker(const kms_call *c)
 {
 	return c->w->wctx;

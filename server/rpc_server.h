@@ -57,6 +57,10 @@ void kms_rpc_server_stop(kms_rpc_server *s);
  * handler of a method that is not anonymous. */
 const char *kms_call_principal(const kms_call *call);
 
+/* The value of request metadata key (lowercase), or NULL; *len gets its
+ * length (not NUL-terminated). Valid during the handler. */
+const char *kms_call_metadata(const kms_call *call, const char *key, size_t *len);
+
 /* The worker context of the thread running the handler. Only valid inside
  * the handler, on its thread. */
 void *kms_call_worker(const kms_call *call);

@@ -21,6 +21,7 @@
 struct kms_client {
 	grpc_channel *channel;
 	int timeout_ms;
+	char consistency[32]; /* sent as KMS_CONSISTENCY_HEADER when set */
 };
 
 /*
@@ -131,7 +132,8 @@ int kms_client_open(const kms_client_opts *opts, kms_client **out, kms_err *err)
 		rc = kms_errf(err, KMS_ERR_CONFIG, "no CA file given");
 		goto out;
 	}
-	if ((opts->cert_file == NULL) != (opts->key_file == NULL)) {
+	if ((opts->cert_file == NULL) !=
+	    (opts->key_file == NULL && opts->key_string == NULL)) {
 		rc = kms_errf(
 		    err, KMS_ERR_CONFIG,
 		    "a client certificate and its key must be given together");
@@ -144,10 +146,11 @@ int kms_client_open(const kms_client_opts *opts, kms_client **out, kms_err *err)
 			     read_pem(opts->cert_file, "client certificate",
 				      &cert, &cert_cap, err),
 			     out);
-		KMS_TRY_GOTO(
-		    rc,
-		    read_pem(opts->key_file, "client key", &key, &key_cap, err),
-		    out);
+		if (opts->key_string == NULL)
+			KMS_TRY_GOTO(rc,
+				     read_pem(opts->key_file, "client key",
+					      &key, &key_cap, err),
+				     out);
 	}
 	c = kms_calloc(1, sizeof(*c));
 	if (c == NULL) {
@@ -157,10 +160,13 @@ int kms_client_open(const kms_client_opts *opts, kms_client **out, kms_err *err)
 	}
 	c->timeout_ms =
 	    opts->timeout_ms > 0 ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
+	if (opts->consistency != NULL)
+		snprintf(c->consistency, sizeof(c->consistency), "%s",
+			 opts->consistency);
 
 	grpc_init();
 	inited = 1;
-	pair.private_key = key;
+	pair.private_key = opts->key_string != NULL ? opts->key_string : key;
 	pair.cert_chain = cert;
 	/*
 	 * gRPC copies the PEM strings (the channel connects later, after our
@@ -237,7 +243,7 @@ static void set_status(kms_rpc_status *st, int code, const char *msg)
  * carry key material) and unref; otherwise *resp is grpc_empty_slice().
  */
 static int do_call(kms_client *c, const char *method, grpc_slice req,
-		   grpc_slice *resp, kms_rpc_status *st)
+		   grpc_slice *resp, int timeout_ms, kms_rpc_status *st)
 {
 	grpc_completion_queue *cq = NULL;
 	grpc_call *call = NULL;
@@ -245,6 +251,7 @@ static int do_call(kms_client *c, const char *method, grpc_slice req,
 	grpc_metadata_array initial_md, trailing_md;
 	grpc_status_code status = GRPC_STATUS_UNKNOWN;
 	grpc_slice details = grpc_empty_slice();
+	grpc_metadata consistency_md;
 	grpc_op ops[6];
 	grpc_call_error ce;
 	grpc_event ev;
@@ -264,7 +271,7 @@ static int do_call(kms_client *c, const char *method, grpc_slice req,
 	}
 	deadline =
 	    gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-			 gpr_time_from_millis(c->timeout_ms, GPR_TIMESPAN));
+			 gpr_time_from_millis(timeout_ms, GPR_TIMESPAN));
 	call = grpc_channel_create_call(
 	    c->channel, NULL, GRPC_PROPAGATE_DEFAULTS, cq,
 	    grpc_slice_from_static_string(method), NULL, deadline, NULL);
@@ -281,6 +288,13 @@ static int do_call(kms_client *c, const char *method, grpc_slice req,
 
 	memset(ops, 0, sizeof(ops));
 	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+	if (c->consistency[0] != '\0') {
+		/* Static slices: they outlive the batch. */
+		consistency_md.key = grpc_slice_from_static_string(KMS_CONSISTENCY_HEADER);
+		consistency_md.value = grpc_slice_from_static_string(c->consistency);
+		ops[0].data.send_initial_metadata.count = 1;
+		ops[0].data.send_initial_metadata.metadata = &consistency_md;
+	}
 	ops[1].op = GRPC_OP_SEND_MESSAGE;
 	ops[1].data.send_message.send_message = send_bb;
 	ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
@@ -373,6 +387,16 @@ int kms_client_call(kms_client *c, const char *method,
 		    const ProtobufCMessageDescriptor *resp_desc,
 		    ProtobufCMessage **resp, kms_rpc_status *st)
 {
+	return kms_client_call_timeout(c, method, req, resp_desc, resp,
+				       c->timeout_ms, st);
+}
+
+int kms_client_call_timeout(kms_client *c, const char *method,
+			    const ProtobufCMessage *req,
+			    const ProtobufCMessageDescriptor *resp_desc,
+			    ProtobufCMessage **resp, int timeout_ms,
+			    kms_rpc_status *st)
+{
 	size_t len = protobuf_c_message_get_packed_size(req);
 	/*
 	 * A refcounted slice (never inlined) so that the copy we wipe below is
@@ -383,7 +407,7 @@ int kms_client_call(kms_client *c, const char *method,
 
 	*resp = NULL;
 	protobuf_c_message_pack(req, GRPC_SLICE_START_PTR(out));
-	do_call(c, method, out, &in, st);
+	do_call(c, method, out, &in, timeout_ms, st);
 	slice_free_secret(out);
 	if (st->code != GRPC_STATUS_OK)
 		return st->code;
@@ -406,7 +430,7 @@ int kms_client_call_raw(kms_client *c, const char *method, const uint8_t *req,
 	resp->len = 0;
 	if (len > 0)
 		memcpy(GRPC_SLICE_START_PTR(out), req, len);
-	do_call(c, method, out, &in, st);
+	do_call(c, method, out, &in, c->timeout_ms, st);
 	slice_free_secret(out);
 	if (st->code != GRPC_STATUS_OK)
 		return st->code;

@@ -1,5 +1,5 @@
-/* kmsctl.c - the operator and service command line for kms.v1.KeyManagement and
- * grpc.health.v1. */
+/* kmsctl.c - the operator and service command line for kms.v1.KeyManagement,
+ * kms.v1.Operator (cluster membership) and grpc.health.v1. */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
 #endif
@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -23,6 +24,7 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "kms/alloc.h"
 #include "kms/client.h"
+#include "kms/v1/cluster.pb-c.h"
 #include "kms/v1/kms.pb-c.h"
 
 #ifndef PACKAGE_VERSION
@@ -36,8 +38,26 @@
 #define TIMEOUT_MAX_MS (3600 * 1000)
 /* A server that keeps handing out page tokens is broken; stop following it. */
 #define LIST_MAX_PAGES 100000
+/*
+ * AddMember answers once the new node is a voter or the server's wait ran
+ * out; the call deadline leaves this much beyond --wait-timeout for the
+ * answer to arrive.
+ */
+#define JOIN_SLACK_S 5
+#define WAIT_TIMEOUT_DEFAULT_S 60
+#define WAIT_TIMEOUT_MAX_S 3600
+/* Node ids are [node] id in kmsd.conf, 1 to UINT_MAX. */
+#define NODE_ID_MAX UINT32_MAX
+/* DNS names are at most 253 bytes; "[" IPv6 "]" fits too. */
+#define HOST_MAX 255
 
-enum exit_code { EXIT_OK = 0, EXIT_LOCAL = 1, EXIT_SERVER = 2 };
+/* EXIT_NO_LEADER: 'cluster status' succeeded but no member leads. */
+enum exit_code {
+	EXIT_OK = 0,
+	EXIT_LOCAL = 1,
+	EXIT_SERVER = 2,
+	EXIT_NO_LEADER = 3
+};
 
 enum cmd_id {
 	CMD_CREATE,
@@ -46,8 +66,11 @@ enum cmd_id {
 	CMD_GDK,
 	CMD_ENCRYPT,
 	CMD_DECRYPT,
-	CMD_HEALTH
+	CMD_HEALTH,
+	CMD_CLUSTER
 };
+
+enum cluster_sub_id { SUB_STATUS, SUB_JOIN, SUB_REMOVE };
 
 /* Long-only options; bit (id - OPT_BASE) marks whether a command accepts it. */
 enum opt_id {
@@ -73,9 +96,15 @@ enum opt_id {
 	OPT_IN,
 	OPT_BLOB,
 	OPT_KEY_ID,
+	OPT_ID,
+	OPT_RAFT,
+	OPT_GRPC,
+	OPT_WAIT_TIMEOUT,
 };
 
 #define BIT(o) (1u << ((o)-OPT_BASE))
+_Static_assert(OPT_WAIT_TIMEOUT - OPT_BASE < 32,
+	       "an option's BIT() must fit in an unsigned");
 #define GLOBAL_OPTS                                                            \
 	(BIT(OPT_ENDPOINT) | BIT(OPT_CA) | BIT(OPT_CERT) | BIT(OPT_KEY) |      \
 	 BIT(OPT_SERVER_NAME) | BIT(OPT_TIMEOUT) | BIT(OPT_JSON))
@@ -103,6 +132,10 @@ static const struct option long_opts[] = {
     {"in", required_argument, NULL, OPT_IN},
     {"blob", required_argument, NULL, OPT_BLOB},
     {"key-id", required_argument, NULL, OPT_KEY_ID},
+    {"id", required_argument, NULL, OPT_ID},
+    {"raft", required_argument, NULL, OPT_RAFT},
+    {"grpc", required_argument, NULL, OPT_GRPC},
+    {"wait-timeout", required_argument, NULL, OPT_WAIT_TIMEOUT},
     {NULL, 0, NULL, 0},
 };
 
@@ -161,6 +194,40 @@ static const struct command commands[] = {
      "usage: kmsctl [global options] health\n"
      "  grpc.health.v1.Health/Check for the server as a whole. Prints status;\n"
      "  exits 0 when it is SERVING, 2 otherwise.\n"},
+    /* The subcommand picks which of these options apply (cluster_subs). */
+    {"cluster", CMD_CLUSTER, 0,
+     BIT(OPT_ID) | BIT(OPT_RAFT) | BIT(OPT_GRPC) | BIT(OPT_WAIT_TIMEOUT),
+     "usage: kmsctl [global options] cluster status\n"
+     "       kmsctl [global options] cluster join --id N --raft HOST:PORT\n"
+     "                                   --grpc HOST:PORT [--wait-timeout S]\n"
+     "       kmsctl [global options] cluster remove --id N\n"
+     "  kms.v1.Operator, for operator principals.\n"
+     "  status: a line 'leader: ID' (or 'leader: none'), then one line per\n"
+     "    member: ID, gRPC ADDRESS, RAFT-ADDRESS, ROLE, RAFT-ROLE, TERM,\n"
+     "    COMMIT, APPLIED, LAG and, when a member has one, ERROR. Exits 0,\n"
+     "    or 3 when the call succeeded but the cluster reports no leader.\n"
+     "  join: admits node N (Raft address, gRPC address) and waits for the\n"
+     "    server to promote it; prints the member and its raft_role, 'voter'\n"
+     "    or 'catching-up' if the server's wait ran out first. The call may\n"
+     "    take up to --wait-timeout S + 5 seconds (default 60), or --timeout\n"
+     "    if that is longer.\n"
+     "  remove: takes node N out of the Raft configuration and the member\n"
+     "    list; prints 'removed node N'.\n"
+     "  N is a node id from 1 to 4294967295; HOST is a name, an IPv4\n"
+     "  address or a bracketed IPv6 address; PORT is 1 to 65535.\n"},
+};
+
+struct cluster_sub {
+	const char *name;
+	enum cluster_sub_id id;
+	unsigned opts; /* options of 'cluster' this subcommand accepts */
+};
+
+static const struct cluster_sub cluster_subs[] = {
+    {"status", SUB_STATUS, 0},
+    {"join", SUB_JOIN,
+     BIT(OPT_ID) | BIT(OPT_RAFT) | BIT(OPT_GRPC) | BIT(OPT_WAIT_TIMEOUT)},
+    {"remove", SUB_REMOVE, BIT(OPT_ID)},
 };
 
 static const char global_usage[] =
@@ -179,6 +246,10 @@ static const char global_usage[] =
     "  decrypt (--blob BASE64 | --in FILE) [--context K=V]... [--key-id ID]\n"
     "          [--plaintext-out FILE]\n"
     "  health\n"
+    "  cluster status\n"
+    "  cluster join --id N --raft HOST:PORT --grpc HOST:PORT [--wait-timeout "
+    "S]\n"
+    "  cluster remove --id N\n"
     "\n"
     "global options (also accepted after the command):\n"
     "  --endpoint HOST:PORT  server (env KMS_ENDPOINT, "
@@ -196,7 +267,8 @@ static const char global_usage[] =
     "\n"
     "Bytes are printed as base64. Exit status: 0 success, 1 usage or local "
     "error,\n"
-    "2 the server returned an error (printed as 'kmsctl: STATUS: details').\n";
+    "2 the server returned an error (printed as 'kmsctl: STATUS: details'),\n"
+    "3 'cluster status' found no leader.\n";
 
 struct kv {
 	char *key; /* kms_strdup'd "K=V" split in place; key owns the memory */
@@ -223,6 +295,12 @@ struct cli {
 	const char *in_file;
 	const char *blob_b64;
 	const char *key_id_opt;
+	unsigned seen;		       /* BIT() of every option given */
+	const struct cluster_sub *sub; /* for 'cluster' */
+	uint64_t node_id;	       /* --id; 0: not given */
+	const char *raft_address;      /* --raft */
+	const char *grpc_address;      /* --grpc */
+	uint32_t wait_timeout_s;       /* --wait-timeout */
 };
 
 static void cli_free(struct cli *cli)
@@ -1098,6 +1176,373 @@ out:
 	return rc;
 }
 
+/* ---- cluster (kms.v1.Operator) ---- */
+
+static int operator_call(kms_client *c, const char *rpc,
+			 const ProtobufCMessage *req,
+			 const ProtobufCMessageDescriptor *desc,
+			 ProtobufCMessage **resp, int timeout_ms)
+{
+	char method[96];
+	kms_rpc_status st;
+
+	snprintf(method, sizeof(method), "/kms.v1.Operator/%s", rpc);
+	if (kms_client_call_timeout(c, method, req, desc, resp, timeout_ms,
+				    &st) != 0)
+		return server_error(&st);
+	return EXIT_OK;
+}
+
+/*
+ * jansson integers are signed 64-bit. Ids, terms and indexes never come near
+ * 2^63; should a server send more, the exact value is kept as a decimal
+ * string rather than wrapped to a negative number.
+ */
+_Static_assert(sizeof(json_int_t) >= sizeof(int64_t),
+	       "json_int_t holds every int64_t");
+static json_t *json_u64(uint64_t v)
+{
+	char s[24];
+
+	if (v <= (uint64_t)INT64_MAX)
+		return json_integer((json_int_t)v);
+	snprintf(s, sizeof(s), "%" PRIu64, v);
+	return json_string(s);
+}
+
+/* Sets every field; 0 when all of them were set, -1 when memory ran out. */
+static int json_set_fields(json_t *o, const char *const *names,
+			   json_t *const *values, size_t n)
+{
+	size_t i;
+	int rc = 0;
+
+	/* json_object_set_new takes (and drops on failure) each reference. */
+	for (i = 0; i < n; i++)
+		if (values[i] == NULL ||
+		    json_object_set_new(o, names[i], values[i]) != 0)
+			rc = -1;
+	return rc;
+}
+
+static json_t *member_status_json(const Kms__V1__MemberStatus *m)
+{
+	static const char *const names[] = {
+	    "id",   "raft_address", "grpc_address",  "role", "raft_role",
+	    "term", "commit_index", "applied_index", "lag",  "error"};
+	json_t *values[sizeof(names) / sizeof(names[0])];
+	json_t *o = json_object();
+
+	values[0] = json_u64(m->id);
+	values[1] = json_string(m->raft_address);
+	values[2] = json_string(m->grpc_address);
+	values[3] = json_string(m->role);
+	values[4] = json_string(m->raft_role);
+	values[5] = json_u64(m->term);
+	values[6] = json_u64(m->commit_index);
+	values[7] = json_u64(m->applied_index);
+	values[8] = json_u64(m->lag);
+	values[9] = json_string(m->error);
+	if (o == NULL) {
+		size_t i;
+
+		for (i = 0; i < sizeof(values) / sizeof(values[0]); i++)
+			json_decref(values[i]);
+		return NULL;
+	}
+	if (json_set_fields(o, names, values,
+			    sizeof(values) / sizeof(values[0])) != 0) {
+		json_decref(o);
+		return NULL;
+	}
+	return o;
+}
+
+static json_t *member_json(const Kms__V1__Member *m)
+{
+	static const char *const names[] = {"id", "raft_address",
+					    "grpc_address"};
+	json_t *values[3];
+	json_t *o = json_object();
+
+	values[0] = json_u64(m->id);
+	values[1] = json_string(m->raft_address);
+	values[2] = json_string(m->grpc_address);
+	if (o == NULL) {
+		json_decref(values[0]);
+		json_decref(values[1]);
+		json_decref(values[2]);
+		return NULL;
+	}
+	if (json_set_fields(o, names, values, 3) != 0) {
+		json_decref(o);
+		return NULL;
+	}
+	return o;
+}
+
+/* ---- cluster status table ---- */
+
+enum status_col {
+	COL_ID,
+	COL_ADDRESS,
+	COL_RAFT_ADDRESS,
+	COL_ROLE,
+	COL_RAFT_ROLE,
+	COL_TERM,
+	COL_COMMIT,
+	COL_APPLIED,
+	COL_LAG,
+	COL_ERROR,
+	NCOLS
+};
+
+static const char *const col_names[NCOLS] = {
+    "ID",   "ADDRESS", "RAFT-ADDRESS", "ROLE", "RAFT-ROLE",
+    "TERM", "COMMIT",  "APPLIED",      "LAG",  "ERROR"};
+
+/* One member's cells; the strings point into the response or into num. */
+struct status_row {
+	const char *cell[NCOLS];
+	char num[5][24]; /* id, term, commit, applied, lag */
+};
+
+static const char *cell_str(const char *s)
+{
+	return s != NULL && s[0] != '\0' ? s : "-";
+}
+
+static void fill_row(struct status_row *r, const Kms__V1__MemberStatus *m)
+{
+	/* A member the leader could not ask has no Raft figures of its own. */
+	int unknown = strcmp(m->role, "unreachable") == 0 ||
+		      strcmp(m->role, "unavailable") == 0;
+	const uint64_t nums[5] = {m->id, m->term, m->commit_index,
+				  m->applied_index, m->lag};
+	static const enum status_col num_cols[5] = {
+	    COL_ID, COL_TERM, COL_COMMIT, COL_APPLIED, COL_LAG};
+	size_t i;
+
+	for (i = 0; i < 5; i++) {
+		snprintf(r->num[i], sizeof(r->num[i]), "%" PRIu64, nums[i]);
+		r->cell[num_cols[i]] = i > 0 && unknown ? "-" : r->num[i];
+	}
+	r->cell[COL_ADDRESS] = cell_str(m->grpc_address);
+	r->cell[COL_RAFT_ADDRESS] = cell_str(m->raft_address);
+	r->cell[COL_ROLE] = cell_str(m->role);
+	r->cell[COL_RAFT_ROLE] = cell_str(m->raft_role);
+	r->cell[COL_ERROR] = cell_str(m->error);
+}
+
+/*
+ * Server strings go to a terminal: control characters (an escape sequence,
+ * a newline in an error message) would break the one-line-per-member
+ * layout, so they print as '?'.
+ */
+static void put_cell(const char *s, size_t width, int last)
+{
+	size_t n = 0;
+
+	for (; *s != '\0'; s++, n++)
+		putchar((unsigned char)*s < 0x20 || *s == 0x7f ? '?' : *s);
+	if (last) {
+		putchar('\n');
+		return;
+	}
+	for (; n < width + 2; n++)
+		putchar(' ');
+}
+
+static int print_status_table(const Kms__V1__ClusterStatusResponse *resp)
+{
+	struct status_row *rows = NULL;
+	size_t width[NCOLS], i, j, ncols = COL_ERROR;
+
+	if (resp->leader_id != 0)
+		printf("leader: %" PRIu64 "\n", resp->leader_id);
+	else
+		puts("leader: none");
+	rows = kms_calloc(resp->n_members + 1, sizeof(*rows));
+	if (rows == NULL) {
+		errmsg("out of memory");
+		return EXIT_LOCAL;
+	}
+	for (j = 0; j < NCOLS; j++)
+		width[j] = strlen(col_names[j]);
+	for (i = 0; i < resp->n_members; i++) {
+		fill_row(&rows[i], resp->members[i]);
+		/* The ERROR column appears only when some member has one. */
+		if (resp->members[i]->error[0] != '\0')
+			ncols = NCOLS;
+		for (j = 0; j < NCOLS; j++) {
+			size_t len = strlen(rows[i].cell[j]);
+
+			if (len > width[j])
+				width[j] = len;
+		}
+	}
+	for (j = 0; j < ncols; j++)
+		put_cell(col_names[j], width[j], j + 1 == ncols);
+	for (i = 0; i < resp->n_members; i++)
+		for (j = 0; j < ncols; j++)
+			put_cell(rows[i].cell[j], width[j], j + 1 == ncols);
+	kms_free(rows);
+	return EXIT_OK;
+}
+
+static int cluster_status(const struct cli *cli, kms_client *c)
+{
+	Kms__V1__ClusterStatusRequest req =
+	    KMS__V1__CLUSTER_STATUS_REQUEST__INIT;
+	Kms__V1__ClusterStatusResponse *resp = NULL;
+	json_t *o = NULL, *members = NULL;
+	size_t i;
+	int rc, set;
+
+	rc =
+	    operator_call(c, "ClusterStatus", &req.base,
+			  &kms__v1__cluster_status_response__descriptor,
+			  (ProtobufCMessage **)&resp, kms_client_timeout_ms(c));
+	if (rc != EXIT_OK)
+		return rc;
+	if (!cli->json) {
+		rc = print_status_table(resp);
+		goto out;
+	}
+	rc = EXIT_LOCAL;
+	o = json_object();
+	members = json_array();
+	if (o == NULL || members == NULL)
+		goto nomem;
+	for (i = 0; i < resp->n_members; i++) {
+		json_t *m = member_status_json(resp->members[i]);
+
+		if (m == NULL || json_array_append_new(members, m) != 0)
+			goto nomem;
+	}
+	if (json_object_set_new(o, "leader_id", json_u64(resp->leader_id)) != 0)
+		goto nomem;
+	/* The reference passes to o whether or not the set succeeds. */
+	set = json_object_set_new(o, "members", members);
+	members = NULL;
+	if (set != 0)
+		goto nomem;
+	rc = emit(cli, o);
+	goto out;
+nomem:
+	errmsg("out of memory");
+out:
+	/* Scripts wait for a leader by polling until the status is 0. */
+	if (rc == EXIT_OK && resp->leader_id == 0) {
+		errmsg("the cluster reports no leader");
+		rc = EXIT_NO_LEADER;
+	}
+	json_decref(members);
+	json_decref(o);
+	protobuf_c_message_free_unpacked(&resp->base, NULL);
+	return rc;
+}
+
+static int cluster_join(const struct cli *cli, kms_client *c)
+{
+	Kms__V1__AddMemberRequest req = KMS__V1__ADD_MEMBER_REQUEST__INIT;
+	Kms__V1__Member member = KMS__V1__MEMBER__INIT;
+	Kms__V1__AddMemberResponse *resp = NULL;
+	const Kms__V1__Member *got;
+	json_t *o = NULL, *m = NULL;
+	int timeout_ms = kms_client_timeout_ms(c);
+	int wait_ms = (int)(cli->wait_timeout_s + JOIN_SLACK_S) * 1000;
+	int rc;
+
+	member.id = cli->node_id;
+	member.raft_address = (char *)cli->raft_address;
+	member.grpc_address = (char *)cli->grpc_address;
+	req.member = &member;
+	rc = operator_call(c, "AddMember", &req.base,
+			   &kms__v1__add_member_response__descriptor,
+			   (ProtobufCMessage **)&resp,
+			   wait_ms > timeout_ms ? wait_ms : timeout_ms);
+	if (rc != EXIT_OK)
+		return rc;
+	/* The node is in the cluster either way; say what was asked for. */
+	got = resp->member != NULL ? resp->member : &member;
+	rc = EXIT_LOCAL;
+	o = json_object();
+	if (o == NULL)
+		goto nomem;
+	if (cli->json) {
+		/* The response as it is: {"member": {...}, "raft_role": R}. */
+		m = member_json(got);
+		if (m == NULL || json_object_set_new(o, "member", m) != 0)
+			goto nomem;
+	} else {
+		json_t *v[3] = {json_u64(got->id),
+				json_string(got->raft_address),
+				json_string(got->grpc_address)};
+		static const char *const names[3] = {"id", "raft_address",
+						     "grpc_address"};
+
+		if (json_set_fields(o, names, v, 3) != 0)
+			goto nomem;
+	}
+	if (json_object_set_new(o, "raft_role", json_string(resp->raft_role)) !=
+	    0)
+		goto nomem;
+	rc = emit(cli, o);
+	goto out;
+nomem:
+	errmsg("out of memory");
+out:
+	json_decref(o);
+	protobuf_c_message_free_unpacked(&resp->base, NULL);
+	return rc;
+}
+
+static int cluster_remove(const struct cli *cli, kms_client *c)
+{
+	Kms__V1__RemoveMemberRequest req = KMS__V1__REMOVE_MEMBER_REQUEST__INIT;
+	Kms__V1__RemoveMemberResponse *resp = NULL;
+	json_t *o = NULL;
+	int rc;
+
+	req.id = cli->node_id;
+	rc =
+	    operator_call(c, "RemoveMember", &req.base,
+			  &kms__v1__remove_member_response__descriptor,
+			  (ProtobufCMessage **)&resp, kms_client_timeout_ms(c));
+	if (rc != EXIT_OK)
+		return rc;
+	if (!cli->json) {
+		printf("removed node %" PRIu64 "\n", cli->node_id);
+		goto out;
+	}
+	o = json_object();
+	if (o == NULL ||
+	    json_object_set_new(o, "removed_id", json_u64(cli->node_id)) != 0) {
+		errmsg("out of memory");
+		rc = EXIT_LOCAL;
+		goto out;
+	}
+	rc = emit(cli, o);
+out:
+	json_decref(o);
+	protobuf_c_message_free_unpacked(&resp->base, NULL);
+	return rc;
+}
+
+static int cmd_cluster(const struct cli *cli, kms_client *c)
+{
+	switch (cli->sub->id) {
+	case SUB_STATUS:
+		return cluster_status(cli, c);
+	case SUB_JOIN:
+		return cluster_join(cli, c);
+	case SUB_REMOVE:
+		return cluster_remove(cli, c);
+	}
+	return EXIT_LOCAL;
+}
+
 /* ---- arguments ---- */
 
 static int parse_u32(const char *s, const char *opt, uint32_t min, uint32_t max,
@@ -1114,6 +1559,74 @@ static int parse_u32(const char *s, const char *opt, uint32_t min, uint32_t max,
 		    "%s wants a whole number from %u to %u, not '%s'", opt, min,
 		    max, s);
 	*out = (uint32_t)v;
+	return EXIT_OK;
+}
+
+/* A node id: digits only, 1 to NODE_ID_MAX. */
+static int parse_node_id(const char *s, uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+
+	errno = 0;
+	v = s[0] >= '0' && s[0] <= '9' ? strtoull(s, &end, 10) : 0;
+	if (v == 0 || *end != '\0' || errno != 0 || v > NODE_ID_MAX)
+		return usage_error(
+		    "--id wants a node id from 1 to %u, not '%s'",
+		    (unsigned)NODE_ID_MAX, s);
+	*out = v;
+	return EXIT_OK;
+}
+
+/*
+ * HOST:PORT as kmsd.conf and raft's libuv transport take it: HOST a name or
+ * IPv4 address, or an IPv6 address in brackets (RFC 3986, section 3.2.2);
+ * PORT 1 to 65535.
+ */
+static int address_ok(const char *s)
+{
+	const char *colon = strrchr(s, ':'), *p;
+	size_t host_len;
+	unsigned long port;
+	char *end;
+
+	if (colon == NULL || colon == s)
+		return 0;
+	host_len = (size_t)(colon - s);
+	if (host_len > HOST_MAX)
+		return 0;
+	if (s[0] == '[') {
+		if (host_len < 3 || colon[-1] != ']')
+			return 0;
+		for (p = s + 1; p < colon - 1; p++)
+			if (!(*p == ':' || *p == '.' ||
+			      (*p >= '0' && *p <= '9') ||
+			      (*p >= 'a' && *p <= 'f') ||
+			      (*p >= 'A' && *p <= 'F')))
+				return 0;
+	} else {
+		for (p = s; p < colon; p++)
+			if (!(*p == '-' || *p == '.' || *p == '_' ||
+			      (*p >= '0' && *p <= '9') ||
+			      (*p >= 'a' && *p <= 'z') ||
+			      (*p >= 'A' && *p <= 'Z')))
+				return 0;
+	}
+	if (colon[1] < '0' || colon[1] > '9')
+		return 0;
+	errno = 0;
+	port = strtoul(colon + 1, &end, 10);
+	return *end == '\0' && errno == 0 && port >= 1 && port <= 65535;
+}
+
+static int parse_address(const char *s, const char *opt, const char **out)
+{
+	if (!address_ok(s))
+		return usage_error("%s '%s' is not HOST:PORT (a name, an IPv4 "
+				   "address or [IPv6], and a port from 1 to "
+				   "65535)",
+				   opt, s);
+	*out = s;
 	return EXIT_OK;
 }
 
@@ -1165,13 +1678,59 @@ static const char *opt_name(int id)
 	return "?";
 }
 
+static const struct cluster_sub *find_cluster_sub(const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(cluster_subs) / sizeof(cluster_subs[0]); i++)
+		if (strcmp(cluster_subs[i].name, name) == 0)
+			return &cluster_subs[i];
+	return NULL;
+}
+
+/*
+ * 'cluster' takes the options of all its subcommands while getopt runs,
+ * since the subcommand may come after them; once it is known, refuse the
+ * ones it does not take and require the ones it needs.
+ */
+static int check_cluster_args(struct cli *cli, int nargs, char **args)
+{
+	unsigned extra;
+	int bit;
+
+	if (optind >= nargs)
+		return usage_error("cluster needs a subcommand: status, join "
+				   "or remove");
+	cli->sub = find_cluster_sub(args[optind]);
+	if (cli->sub == NULL)
+		return usage_error("unknown cluster subcommand '%s' (status, "
+				   "join or remove)",
+				   args[optind]);
+	optind++;
+	extra = cli->seen & ~(GLOBAL_OPTS | cli->sub->opts);
+	for (bit = 0; extra != 0; bit++)
+		if (extra & (1u << bit))
+			return usage_error("--%s does not apply to cluster %s",
+					   opt_name(OPT_BASE + bit),
+					   cli->sub->name);
+	if ((cli->sub->opts & BIT(OPT_ID)) && cli->node_id == 0)
+		return usage_error("cluster %s needs --id N", cli->sub->name);
+	if ((cli->sub->opts & BIT(OPT_RAFT)) && cli->raft_address == NULL)
+		return usage_error("cluster %s needs --raft HOST:PORT",
+				   cli->sub->name);
+	if ((cli->sub->opts & BIT(OPT_GRPC)) && cli->grpc_address == NULL)
+		return usage_error("cluster %s needs --grpc HOST:PORT",
+				   cli->sub->name);
+	return EXIT_OK;
+}
+
 /*
  * Applies one option. *done is set when the option answered by itself
  * (--help, --version); the exit code is then in the return value.
  */
 static int apply_opt(struct cli *cli, int id, char *arg, int *done)
 {
-	uint32_t timeout;
+	uint32_t timeout = 0;
 
 	if (cli->cmd != NULL && id >= OPT_BASE &&
 	    !(BIT(id) & (GLOBAL_OPTS | cli->cmd->opts)))
@@ -1180,6 +1739,8 @@ static int apply_opt(struct cli *cli, int id, char *arg, int *done)
 	if (cli->cmd == NULL && id >= OPT_BASE && !(BIT(id) & GLOBAL_OPTS) &&
 	    id != OPT_VERSION)
 		return usage_error("--%s must follow a command", opt_name(id));
+	if (id >= OPT_BASE)
+		cli->seen |= BIT(id);
 	switch (id) {
 	case 'h':
 		*done = 1;
@@ -1250,6 +1811,15 @@ static int apply_opt(struct cli *cli, int id, char *arg, int *done)
 	case OPT_KEY_ID:
 		cli->key_id_opt = arg;
 		return EXIT_OK;
+	case OPT_ID:
+		return parse_node_id(arg, &cli->node_id);
+	case OPT_RAFT:
+		return parse_address(arg, "--raft", &cli->raft_address);
+	case OPT_GRPC:
+		return parse_address(arg, "--grpc", &cli->grpc_address);
+	case OPT_WAIT_TIMEOUT:
+		return parse_u32(arg, "--wait-timeout", 0, WAIT_TIMEOUT_MAX_S,
+				 &cli->wait_timeout_s);
 	default:
 		return usage_error("unknown option");
 	}
@@ -1325,6 +1895,11 @@ static int run(struct cli *cli, int argc, char **argv)
 			return usage_error("%s needs a KEY_ID", cli->cmd->name);
 		cli->key_id = args[optind++];
 	}
+	if (cli->cmd->id == CMD_CLUSTER) {
+		rc = check_cluster_args(cli, nargs, args);
+		if (rc != EXIT_OK)
+			return rc;
+	}
 	if (optind < nargs)
 		return usage_error("unexpected argument '%s'", args[optind]);
 	if (cli->without_plaintext && cli->plaintext_out != NULL)
@@ -1359,6 +1934,9 @@ static int run(struct cli *cli, int argc, char **argv)
 	case CMD_HEALTH:
 		rc = cmd_health(cli, c);
 		break;
+	case CMD_CLUSTER:
+		rc = cmd_cluster(cli, c);
+		break;
 	}
 	kms_client_close(c);
 	return rc;
@@ -1370,6 +1948,7 @@ int main(int argc, char **argv)
 	int rc;
 
 	memset(&cli, 0, sizeof(cli));
+	cli.wait_timeout_s = WAIT_TIMEOUT_DEFAULT_S;
 	setvbuf(stdout, stdout_buf, _IOFBF, sizeof(stdout_buf));
 	json_set_alloc_funcs(sec_malloc, sec_free);
 	rc = run(&cli, argc, argv);

@@ -16,9 +16,18 @@ typedef struct kms_client_opts {
 	const char *ca_file;     /* PEM roots the server must chain to */
 	const char *cert_file;   /* client certificate (PEM); NULL: no client certificate */
 	const char *key_file;    /* client private key (PEM) */
+	const char *key_string;  /* instead of key_file: what gRPC takes as a key,
+				    e.g. "engine:pkcs11:<uri>" for a key in an HSM */
 	const char *server_name; /* TLS name override; NULL: the target host */
 	int timeout_ms;          /* per call; 0 means 10000 */
+	/* Sent with every call as the kms-consistency metadata when set:
+	 * "leader-commit" asks the serving node to apply everything the leader
+	 * has committed before it answers (docs/CONSISTENCY.md). */
+	const char *consistency;
 } kms_client_opts;
+
+#define KMS_CONSISTENCY_HEADER "kms-consistency"
+#define KMS_CONSISTENCY_LEADER_COMMIT "leader-commit"
 
 typedef struct kms_client kms_client;
 
@@ -52,6 +61,13 @@ int kms_client_call(kms_client *c, const char *method,
 		    const ProtobufCMessage *req,
 		    const ProtobufCMessageDescriptor *resp_desc,
 		    ProtobufCMessage **resp, kms_rpc_status *st);
+
+/* The same with its own deadline instead of the client's. */
+int kms_client_call_timeout(kms_client *c, const char *method,
+			    const ProtobufCMessage *req,
+			    const ProtobufCMessageDescriptor *resp_desc,
+			    ProtobufCMessage **resp, int timeout_ms,
+			    kms_rpc_status *st);
 
 /*
  * The same with raw request bytes (for tests that send garbage). On OK,

@@ -40,6 +40,11 @@ typedef struct kms_config {
 	/* [authz] */
 	char **admins;           /* admins = comma-separated SPIFFE IDs allowed to create keys */
 	size_t n_admins;
+
+	/* [cluster] */
+	char *join_seeds;        /* join = host:port[,host:port...]: gRPC addresses of
+				    members; a node with an empty data_dir and this set
+				    joins an existing cluster instead of starting one */
 } kms_config;
 
 /*

@@ -53,7 +53,10 @@ int kms_hsm_random(kms_hsm_session *s, uint8_t *out, size_t n, kms_err *err);
 /*
  * Finds the domain key: an AES-256 token object with CKA_LABEL label. If none
  * exists and create is true, generates one (CKA_TOKEN, CKA_PRIVATE,
- * CKA_SENSITIVE, CKA_EXTRACTABLE=FALSE, CKA_WRAP and CKA_UNWRAP only).
+ * CKA_SENSITIVE, CKA_WRAP and CKA_UNWRAP only). It is CKA_EXTRACTABLE so that
+ * a member can wrap it to a joining node's transport key
+ * (kms_hsm_domain_key_wrap_for); CKA_SENSITIVE keeps it from ever leaving
+ * the HSM in plaintext.
  * Absent with create false: KMS_ERR_NOT_FOUND. Two keys with that label:
  * KMS_ERR_CONFIG.
  */
@@ -107,6 +110,45 @@ int kms_hsm_gcm_decrypt(kms_hsm_session *s, kms_hsm_key key,
  * KMS_ERR_INTERNAL naming its label.
  */
 int kms_hsm_audit_secret_keys(kms_hsm *hsm, size_t *n_keys, kms_err *err);
+
+/* --- moving the domain key to a joining node (issue #3) --- */
+
+/*
+ * The joining side: generates an RSA-3072 key pair in the holder session
+ * (session objects; the private key CKA_SENSITIVE, CKA_EXTRACTABLE=FALSE,
+ * CKA_UNWRAP only; the public key CKA_WRAP). Returns the private key handle
+ * and the public modulus and exponent (big-endian, kms_malloc'd, the
+ * caller's: kms_buf_free). Destroy both keys with kms_hsm_key_destroy
+ * (*pub_out too) once the domain key is installed.
+ */
+int kms_hsm_transport_keypair(kms_hsm *hsm, kms_hsm_key *priv_out,
+			      kms_hsm_key *pub_out, kms_buf *modulus,
+			      kms_buf *exponent, kms_err *err);
+
+/*
+ * The member side: imports the joiner's public key as a session object
+ * (CKA_WRAP, CKA_TOKEN=FALSE), wraps dk under it with CKM_RSA_PKCS_OAEP
+ * (SHA-1, MGF1-SHA-1, no label: the only OAEP parameters SoftHSM 2.6.1
+ * accepts; OAEP does not rely on the hash's collision resistance) and
+ * destroys the imported key. A modulus that is even or outside 2048..8192
+ * bits, or an exponent that is even, below 65537 or over 8 bytes, is
+ * KMS_ERR_INVALID (e = 1 would "wrap" the key in the clear). wrapped->data is kms_malloc'd, the caller's.
+ */
+int kms_hsm_domain_key_wrap_for(kms_hsm *hsm, kms_hsm_key dk,
+				const uint8_t *modulus, size_t modulus_len,
+				const uint8_t *exponent, size_t exponent_len,
+				kms_buf *wrapped, kms_err *err);
+
+/*
+ * The joining side: unwraps the domain key with priv (CKM_RSA_PKCS_OAEP,
+ * SHA-1 as above) into the token as a persistent object labelled label, with the
+ * same attributes kms_hsm_domain_key gives a new domain key. A label that
+ * already names a key: KMS_ERR_EXISTS (nothing written). A blob that does
+ * not unwrap: KMS_ERR_HSM.
+ */
+int kms_hsm_domain_key_install(kms_hsm *hsm, kms_hsm_key priv,
+			       const char *label, const uint8_t *wrapped,
+			       size_t len, kms_hsm_key *dk_out, kms_err *err);
 
 /* "CKR_PIN_INCORRECT" etc.; "CKR_0x..." for unknown values. Never NULL. */
 const char *kms_hsm_rv_name(unsigned long rv);

@@ -97,7 +97,18 @@ void kms_test_env_destroy(kms_test_env *env)
 		kms_test_sh("rm -rf '%s'", env->root);
 }
 
-void kms_test_node_init(kms_test_env *env, kms_test_node *node, unsigned id)
+static void write_config(kms_test_node *node, const char *extra_args)
+{
+	kms_test_sh("cd '%s' && ops/node-config --dir '%s' --id %u --grpc 127.0.0.1:%d "
+		    "--raft 127.0.0.1:%d --label %s --ca '%s/ca.pem' --cert '%s/node%u.pem' "
+		    "--admins '" KMS_TEST_ADMIN "' --log-level debug %s >/dev/null",
+		    srcdir(), node->dir, node->id, node->grpc_port, node->raft_port,
+		    node->token_label, node->env->pki, node->env->pki, node->id,
+		    extra_args != NULL ? extra_args : "");
+}
+
+void kms_test_node_init_args(kms_test_env *env, kms_test_node *node, unsigned id,
+			     const char *extra_args)
 {
 	memset(node, 0, sizeof(*node));
 	node->env = env;
@@ -107,19 +118,25 @@ void kms_test_node_init(kms_test_env *env, kms_test_node *node, unsigned id)
 	KMS_TEST_PATH(node->dir, "%s/node%u", env->root, id);
 	KMS_TEST_PATH(node->conf, "%s/kmsd.conf", node->dir);
 	KMS_TEST_PATH(node->log, "%s/kmsd.log", node->dir);
-	KMS_TEST_PATH(node->softhsm_conf, "%s/token/softhsm2.conf",
-		 node->dir);
+	KMS_TEST_PATH(node->softhsm_conf, "%s/token/softhsm2.conf", node->dir);
 	KMS_TEST_PATH(node->token_label, "kmsd-it-node%u", id);
 	KMS_TEST_PATH(node->endpoint, "127.0.0.1:%d", node->grpc_port);
 	kms_test_sh("cd '%s' && ops/softhsm-token init '%s/token' %s >/dev/null && "
 		    "ops/pki node '%s' node%u '" KMS_TEST_TD "/kmsd/node/%u' --token-dir '%s/token' "
-		    "--label %s >/dev/null && "
-		    "ops/node-config --dir '%s' --id %u --grpc 127.0.0.1:%d --raft 127.0.0.1:%d "
-		    "--label %s --ca '%s/ca.pem' --cert '%s/node%u.pem' --admins '" KMS_TEST_ADMIN
-		    "' --log-level debug >/dev/null",
+		    "--label %s >/dev/null",
 		    srcdir(), node->dir, node->token_label, env->pki, id, id, node->dir,
-		    node->token_label, node->dir, id, node->grpc_port, node->raft_port,
-		    node->token_label, env->pki, env->pki, id);
+		    node->token_label);
+	write_config(node, extra_args);
+}
+
+void kms_test_node_init(kms_test_env *env, kms_test_node *node, unsigned id)
+{
+	kms_test_node_init_args(env, node, id, NULL);
+}
+
+void kms_test_node_reconfigure(kms_test_node *node, const char *extra_args)
+{
+	write_config(node, extra_args);
 }
 
 static pid_t spawn(kms_test_node *node, const char *conf)
@@ -163,20 +180,46 @@ static int health_serving(kms_test_node *node)
 	return serving;
 }
 
-void kms_test_node_start(kms_test_node *node)
+void kms_test_node_spawn(kms_test_node *node)
+{
+	node->pid = spawn(node, node->conf);
+}
+
+int kms_test_node_wait_healthy(kms_test_node *node, int timeout_s)
 {
 	struct timespec pause = {0, 100 * 1000 * 1000};
 	int status;
 
-	node->pid = spawn(node, node->conf);
-	for (int i = 0; i < 200; i++) {
+	for (int i = 0; i < timeout_s * 10; i++) {
 		ck_assert_msg(waitpid(node->pid, &status, WNOHANG) == 0,
 			      "kmsd exited during start-up; see %s", node->log);
 		if (health_serving(node))
-			return;
+			return 1;
 		nanosleep(&pause, NULL);
 	}
-	ck_abort_msg("kmsd did not become healthy within 20 s; see %s", node->log);
+	return 0;
+}
+
+int kms_test_node_wait_exit(kms_test_node *node, int timeout_s)
+{
+	struct timespec pause = {0, 100 * 1000 * 1000};
+	int status;
+
+	for (int i = 0; i < timeout_s * 10; i++) {
+		if (waitpid(node->pid, &status, WNOHANG) == node->pid) {
+			node->pid = 0;
+			return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+		}
+		nanosleep(&pause, NULL);
+	}
+	return -1;
+}
+
+void kms_test_node_start(kms_test_node *node)
+{
+	kms_test_node_spawn(node);
+	ck_assert_msg(kms_test_node_wait_healthy(node, 20),
+		      "kmsd did not become healthy within 20 s; see %s", node->log);
 }
 
 int kms_test_node_run_expect_exit(kms_test_node *node, const char *conf)

@@ -41,6 +41,17 @@ void kms_test_env_destroy(kms_test_env *env);
 
 /* Creates the node's token, certificate (key in the token) and config. */
 void kms_test_node_init(kms_test_env *env, kms_test_node *node, unsigned id);
+/* The same with extra ops/node-config arguments (e.g. "--join H:P"). */
+void kms_test_node_init_args(kms_test_env *env, kms_test_node *node, unsigned id,
+			     const char *extra_args);
+/* Rewrites the node's config with extra ops/node-config arguments. */
+void kms_test_node_reconfigure(kms_test_node *node, const char *extra_args);
+/* Starts kmsd without waiting for it to be healthy. */
+void kms_test_node_spawn(kms_test_node *node);
+/* Waits until Health says SERVING (timeout_s at most); 1 if it did. */
+int kms_test_node_wait_healthy(kms_test_node *node, int timeout_s);
+/* Waits for the process to exit (timeout_s at most); its exit status, or -1. */
+int kms_test_node_wait_exit(kms_test_node *node, int timeout_s);
 /* Starts kmsd and waits until Health says SERVING (20 s at most). */
 void kms_test_node_start(kms_test_node *node);
 /* Starts kmsd with the node's config and returns its exit status (for

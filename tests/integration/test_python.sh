@@ -87,7 +87,7 @@ step "creating CA, admin and app client certificates"
 "$OPS/pki" client "$T/pki" admin "$ADMIN_ID" --hours 1 >/dev/null
 "$OPS/pki" client "$T/pki" app "$APP_ID" --hours 1 >/dev/null
 step "creating the node key in the token and its certificate"
-"$OPS/pki" node "$T/pki" node "spiffe://$TD/ns/kmsd/sa/node-1" --token-dir "$T/node/token" \
+"$OPS/pki" node "$T/pki" node "spiffe://$TD/kmsd/node/1" --token-dir "$T/node/token" \
 	--label "$LABEL" --module "$MODULE" --hours 1 >/dev/null
 cp "$T/pki/node.pem" "$T/node/node.pem"
 

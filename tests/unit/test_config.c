@@ -222,6 +222,45 @@ START_TEST(test_defaults)
 	ck_assert_str_eq(cfg.hsm_module, "libsofthsm2.so");
 	ck_assert_str_eq(cfg.hsm_pin_file, "/pin");
 	ck_assert_ptr_null(cfg.hsm_pin_env);
+	ck_assert_ptr_null(cfg.join_seeds);
+}
+END_TEST
+
+static const char *const base_conf =
+    "[node]\nid = 2\ndata_dir = /d\n"
+    "[grpc]\nlisten = h:1\nca_file = /ca\ncert_file = /c\ntls_key = pkcs11:object=k\n"
+    "[raft]\nlisten = h:2\n"
+    "[hsm]\nmodule = m.so\ntoken_label = t\npin_file = /pin\n";
+
+START_TEST(test_cluster_join)
+{
+	char text[1024];
+
+	snprintf(text, sizeof(text), "%s[cluster]\njoin = 10.0.0.1:7401,node2.example:7402\n",
+		 base_conf);
+	write_conf(text);
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
+	ck_assert_str_eq(cfg.join_seeds, "10.0.0.1:7401,node2.example:7402");
+}
+END_TEST
+
+START_TEST(test_cluster_join_bad)
+{
+	static const char *const bad[] = {"join = nowhere", "join = h:1,,h:2", "join = h:1,",
+					  "join = h:99999", "seeds = h:1"};
+	char text[1024];
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		kms_err_clear(&err);
+		snprintf(text, sizeof(text), "%s[cluster]\n%s\n", base_conf, bad[i]);
+		write_conf(text);
+		ck_assert_msg(kms_config_load(conf, &cfg, &err) == KMS_ERR_CONFIG, "accepted '%s'",
+			      bad[i]);
+		ck_assert_msg(strstr(err.msg, i == 4 ? "unknown key 'seeds'" : "'join' in [cluster]") !=
+				      NULL,
+			      "%s: %s", bad[i], err.msg);
+		ck_assert_ptr_null(cfg.join_seeds);
+	}
 }
 END_TEST
 
@@ -711,6 +750,8 @@ static Suite *config_suite(void)
 	tcase_add_test(tc, test_pin_file_world_readable_still_works);
 	tcase_add_test(tc, test_pin_env);
 	tcase_add_test(tc, test_pin_env_bad);
+	tcase_add_test(tc, test_cluster_join);
+	tcase_add_test(tc, test_cluster_join_bad);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -106,15 +106,20 @@ static CK_SLOT_ID raw_slot(CK_FUNCTION_LIST *f, const char *label)
 }
 
 /* A raw read-write session; logged in because kms_hsm's holder is. */
-static CK_SESSION_HANDLE raw_session(CK_FUNCTION_LIST *f)
+static CK_SESSION_HANDLE raw_session_on(CK_FUNCTION_LIST *f, const char *label)
 {
 	CK_SESSION_HANDLE h = 0;
 
-	ck_assert_int_eq(f->C_OpenSession(raw_slot(f, LABEL),
+	ck_assert_int_eq(f->C_OpenSession(raw_slot(f, label),
 					  CKF_SERIAL_SESSION | CKF_RW_SESSION,
 					  NULL, NULL, &h),
 			 CKR_OK);
 	return h;
+}
+
+static CK_SESSION_HANDLE raw_session(CK_FUNCTION_LIST *f)
+{
+	return raw_session_on(f, LABEL);
 }
 
 static CK_BBOOL raw_bool(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h,
@@ -410,7 +415,9 @@ START_TEST(test_dk_create_then_find)
 	ck_assert_int_eq(raw_bool(f, h, k1, CKA_TOKEN), CK_TRUE);
 	ck_assert_int_eq(raw_bool(f, h, k1, CKA_PRIVATE), CK_TRUE);
 	ck_assert_int_eq(raw_bool(f, h, k1, CKA_SENSITIVE), CK_TRUE);
-	ck_assert_int_eq(raw_bool(f, h, k1, CKA_EXTRACTABLE), CK_FALSE);
+	/* Extractable, so that it can travel wrapped to a joining node. */
+	ck_assert_int_eq(raw_bool(f, h, k1, CKA_EXTRACTABLE), CK_TRUE);
+	ck_assert_int_eq(raw_bool(f, h, k1, CKA_MODIFIABLE), CK_FALSE);
 	ck_assert_int_eq(raw_bool(f, h, k1, CKA_WRAP), CK_TRUE);
 	ck_assert_int_eq(raw_bool(f, h, k1, CKA_UNWRAP), CK_TRUE);
 	ck_assert_int_eq(raw_bool(f, h, k1, CKA_ENCRYPT), CK_FALSE);
@@ -1000,6 +1007,543 @@ START_TEST(test_rv_name)
 }
 END_TEST
 
+/* --- moving the domain key to a joining node --- */
+
+/*
+ * Two tokens in one SoftHSM directory, both opened in this process: the
+ * member (hsm, sess: the globals the helpers above use) holds the domain
+ * key; the joiner (joiner, jsess) has none until it installs one.
+ */
+static kms_hsm *joiner;
+static kms_hsm_session *jsess;
+
+static void setup_transfer(void)
+{
+	setup_token();
+	/* Before the module's first C_Initialize in this process. */
+	ck_assert_int_eq(kms_test_token_add(&tok, LABEL2), 0);
+	ck_assert_msg(kms_hsm_open(tok.module, LABEL, tok.pin, &hsm, &err) ==
+			  KMS_OK,
+		      "open member: %s", err.msg);
+	ck_assert_msg(kms_hsm_session_open(hsm, &sess, &err) == KMS_OK,
+		      "member session: %s", err.msg);
+	ck_assert_msg(
+	    kms_hsm_open(tok.module, LABEL2, tok.pin, &joiner, &err) == KMS_OK,
+	    "open joiner: %s", err.msg);
+	ck_assert_msg(kms_hsm_session_open(joiner, &jsess, &err) == KMS_OK,
+		      "joiner session: %s", err.msg);
+}
+
+static void teardown_transfer(void)
+{
+	kms_hsm_session_close(jsess);
+	jsess = NULL;
+	kms_hsm_close(joiner);
+	joiner = NULL;
+	teardown_open();
+}
+
+struct transport {
+	kms_hsm_key priv;
+	kms_hsm_key pub;
+	kms_buf modulus;
+	kms_buf exponent;
+};
+
+static void make_transport(kms_hsm *h, struct transport *t)
+{
+	memset(t, 0, sizeof(*t));
+	ck_assert_msg(kms_hsm_transport_keypair(h, &t->priv, &t->pub,
+						&t->modulus, &t->exponent,
+						&err) == KMS_OK,
+		      "transport key pair: %s", err.msg);
+	ck_assert_uint_ne(t->priv, 0);
+	ck_assert_uint_ne(t->pub, 0);
+}
+
+static void drop_transport(kms_hsm *h, struct transport *t)
+{
+	kms_hsm_key_destroy(h, t->priv);
+	kms_hsm_key_destroy(h, t->pub);
+	kms_buf_free(&t->modulus);
+	kms_buf_free(&t->exponent);
+}
+
+/* The member wraps its domain key for the joiner's transport key. */
+static kms_buf wrap_dk_for(kms_hsm_key dk, const struct transport *t)
+{
+	kms_buf w = {NULL, 0};
+
+	ck_assert_msg(
+	    kms_hsm_domain_key_wrap_for(hsm, dk, t->modulus.data,
+					t->modulus.len, t->exponent.data,
+					t->exponent.len, &w, &err) == KMS_OK,
+	    "wrap_for: %s", err.msg);
+	ck_assert_ptr_nonnull(w.data);
+	return w;
+}
+
+static kms_hsm_key install_dk(const struct transport *t, const char *label,
+			      const kms_buf *w)
+{
+	kms_hsm_key dk = 0;
+
+	ck_assert_msg(kms_hsm_domain_key_install(joiner, t->priv, label,
+						 w->data, w->len, &dk,
+						 &err) == KMS_OK,
+		      "install: %s", err.msg);
+	ck_assert_uint_ne(dk, 0);
+	return dk;
+}
+
+/* Objects of one class (or all, cls == (CK_ULONG)-1) the session sees. */
+static CK_ULONG raw_count(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h,
+			  CK_OBJECT_CLASS cls)
+{
+	CK_ATTRIBUTE t = {CKA_CLASS, &cls, sizeof(cls)};
+	CK_OBJECT_HANDLE objs[32];
+	CK_ULONG n = 0, got = 0;
+
+	ck_assert_int_eq(
+	    f->C_FindObjectsInit(h, &t, cls == (CK_ULONG)-1 ? 0 : 1), CKR_OK);
+	do {
+		ck_assert_int_eq(f->C_FindObjects(h, objs, 32, &got), CKR_OK);
+		n += got;
+	} while (got > 0);
+	ck_assert_int_eq(f->C_FindObjectsFinal(h), CKR_OK);
+	return n;
+}
+
+#define ALL_OBJECTS ((CK_OBJECT_CLASS)-1)
+
+/* ct = AES-GCM of pt under k on session s; decrypted under k2 on s2. */
+static void gcm_across(kms_hsm_session *s, kms_hsm_key k, kms_hsm_session *s2,
+		       kms_hsm_key k2)
+{
+	static const uint8_t aad[] = "kms/v1 key=a ctx=b";
+	struct sealed m;
+
+	ck_assert_int_eq(kms_hsm_random(s, m.iv, sizeof(m.iv), &err), KMS_OK);
+	ck_assert_int_eq(kms_hsm_random(s, m.pt, sizeof(m.pt), &err), KMS_OK);
+	ck_assert_msg(kms_hsm_gcm_encrypt(s, k, m.iv, aad, sizeof(aad), m.pt,
+					  sizeof(m.pt), m.ct, &err) == KMS_OK,
+		      "encrypt: %s", err.msg);
+	ck_assert_msg(kms_hsm_gcm_decrypt(s2, k2, m.iv, aad, sizeof(aad), m.ct,
+					  sizeof(m.ct), m.out, &err) == KMS_OK,
+		      "decrypt across tokens: %s", err.msg);
+	ck_assert(memcmp(m.out, m.pt, sizeof(m.pt)) == 0);
+	/* And a flipped tag bit still fails on the other token. */
+	m.ct[sizeof(m.ct) - 1] ^= 1;
+	assert_err(kms_hsm_gcm_decrypt(s2, k2, m.iv, aad, sizeof(aad), m.ct,
+				       sizeof(m.ct), m.out, &err),
+		   KMS_ERR_AUTH_FAILED, "failed authentication");
+}
+
+START_TEST(test_transfer_full)
+{
+	static const uint8_t f4[] = {0x01, 0x00, 0x01};
+	CK_FUNCTION_LIST *f = raw_functions();
+	CK_SESSION_HANDLE jh = raw_session_on(f, LABEL2);
+	kms_hsm_key mdk = make_dk(DK), jdk, found = 0, mk_m, mk_j, k;
+	struct transport t;
+	kms_buf w, w2, mkw = {NULL, 0};
+	char lbl[16];
+	CK_ATTRIBUTE la = {CKA_LABEL, lbl, sizeof(lbl)};
+	uint8_t iv[12] = {0}, ct[8 + 16];
+	size_t n = 0;
+
+	/* The joiner has no domain key yet. */
+	assert_err(kms_hsm_domain_key(joiner, DK, 0, &found, &err),
+		   KMS_ERR_NOT_FOUND, "no domain key labelled 'dk'");
+	make_transport(joiner, &t);
+	ck_assert_uint_eq(t.modulus.len, 3072 / 8);
+	ck_assert_uint_eq(t.exponent.len, sizeof(f4));
+	ck_assert(memcmp(t.exponent.data, f4, sizeof(f4)) == 0);
+
+	w = wrap_dk_for(mdk, &t);
+	ck_assert_uint_eq(w.len, 3072 / 8);
+	/* RSA-OAEP is randomized (RFC 8017 section 7.1.1): a fresh seed. */
+	w2 = wrap_dk_for(mdk, &t);
+	ck_assert(memcmp(w.data, w2.data, w.len) != 0);
+	kms_buf_free(&w2);
+
+	jdk = install_dk(&t, DK, &w);
+	kms_buf_free(&w);
+	drop_transport(joiner, &t);
+
+	/* The joiner now finds it the way a node does at start-up. */
+	ck_assert_msg(kms_hsm_domain_key(joiner, DK, 0, &found, &err) == KMS_OK,
+		      "find installed dk: %s", err.msg);
+	ck_assert_uint_eq(found, jdk);
+	ck_assert_int_eq(f->C_GetAttributeValue(jh, jdk, &la, 1), CKR_OK);
+	ck_assert_uint_eq(la.ulValueLen, strlen(DK));
+	ck_assert(memcmp(lbl, DK, strlen(DK)) == 0);
+	ck_assert_int_eq(raw_bool(f, jh, jdk, CKA_TOKEN), CK_TRUE);
+	ck_assert_int_eq(raw_bool(f, jh, jdk, CKA_PRIVATE), CK_TRUE);
+	ck_assert_int_eq(raw_bool(f, jh, jdk, CKA_SENSITIVE), CK_TRUE);
+	ck_assert_int_eq(raw_bool(f, jh, jdk, CKA_EXTRACTABLE), CK_TRUE);
+	ck_assert_int_eq(raw_bool(f, jh, jdk, CKA_WRAP), CK_TRUE);
+	ck_assert_int_eq(raw_bool(f, jh, jdk, CKA_UNWRAP), CK_TRUE);
+	ck_assert_int_eq(raw_bool(f, jh, jdk, CKA_ENCRYPT), CK_FALSE);
+	ck_assert_int_eq(raw_bool(f, jh, jdk, CKA_DECRYPT), CK_FALSE);
+	ck_assert_int_eq(raw_bool(f, jh, jdk, CKA_SIGN), CK_FALSE);
+	ck_assert_int_eq(raw_bool(f, jh, jdk, CKA_DERIVE), CK_FALSE);
+	assert_value_refused(f, jh, jdk);
+
+	/*
+	 * The same key on both tokens: a master key wrapped on the member
+	 * unwraps on the joiner, and AES-GCM crosses in both directions.
+	 */
+	mkw = make_master(mdk);
+	mk_m = unwrap(mdk, &mkw);
+	ck_assert_msg(kms_hsm_master_key_unwrap(joiner, jdk, mkw.data, mkw.len,
+						&mk_j, &err) == KMS_OK,
+		      "unwrap on the joiner: %s", err.msg);
+	kms_buf_free(&mkw);
+	gcm_across(sess, mk_m, jsess, mk_j);
+	gcm_across(jsess, mk_j, sess, mk_m);
+	/* And a master key made on the joiner opens on the member. */
+	ck_assert_int_eq(kms_hsm_master_key_create(jsess, jdk, &mkw, &err),
+			 KMS_OK);
+	k = unwrap(mdk, &mkw);
+	kms_buf_free(&mkw);
+	kms_hsm_key_destroy(hsm, k);
+
+	/* The installed key wraps; it may not encrypt data. */
+	assert_err(
+	    kms_hsm_gcm_encrypt(jsess, jdk, iv, NULL, 0, iv, 8, ct, &err),
+	    KMS_ERR_HSM, "C_EncryptInit: CKR_KEY_FUNCTION_NOT_PERMITTED");
+	/* The joiner's audit passes: the domain key and mk_j. */
+	ck_assert_msg(kms_hsm_audit_secret_keys(joiner, &n, &err) == KMS_OK,
+		      "joiner audit: %s", err.msg);
+	ck_assert_uint_eq(n, 2);
+	ck_assert_int_eq(f->C_CloseSession(jh), CKR_OK);
+}
+END_TEST
+
+START_TEST(test_transport_keypair)
+{
+	CK_FUNCTION_LIST *f = raw_functions();
+	CK_SESSION_HANDLE jh = raw_session_on(f, LABEL2);
+	CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+	struct transport t, t2;
+	uint8_t buf[1024];
+	CK_ATTRIBUTE q = {CKA_PRIVATE_EXPONENT, NULL, 0};
+	CK_ATTRIBUTE mod = {CKA_MODULUS, buf, sizeof(buf)};
+	CK_ULONG len = sizeof(buf), before = raw_count(f, jh, ALL_OBJECTS);
+	kms_hsm_key jdk = 0;
+	kms_buf m = {NULL, 0}, e = {NULL, 0};
+
+	make_transport(joiner, &t);
+	make_transport(joiner, &t2);
+	ck_assert_uint_eq(raw_count(f, jh, ALL_OBJECTS), before + 4);
+	ck_assert(memcmp(t.modulus.data, t2.modulus.data, t.modulus.len) != 0);
+	/* The private half: a sensitive session object that only unwraps. */
+	ck_assert_int_eq(raw_bool(f, jh, t.priv, CKA_TOKEN), CK_FALSE);
+	ck_assert_int_eq(raw_bool(f, jh, t.priv, CKA_PRIVATE), CK_TRUE);
+	ck_assert_int_eq(raw_bool(f, jh, t.priv, CKA_SENSITIVE), CK_TRUE);
+	ck_assert_int_eq(raw_bool(f, jh, t.priv, CKA_EXTRACTABLE), CK_FALSE);
+	ck_assert_int_eq(raw_bool(f, jh, t.priv, CKA_UNWRAP), CK_TRUE);
+	ck_assert_int_eq(raw_bool(f, jh, t.priv, CKA_DECRYPT), CK_FALSE);
+	ck_assert_int_eq(raw_bool(f, jh, t.priv, CKA_SIGN), CK_FALSE);
+	ck_assert_int_eq(f->C_GetAttributeValue(jh, t.priv, &q, 1),
+			 CKR_ATTRIBUTE_SENSITIVE);
+	/* Not even wrapped can it leave. */
+	ck_assert_int_eq(kms_hsm_domain_key(joiner, DK2, 1, &jdk, &err),
+			 KMS_OK);
+	ck_assert_int_eq(f->C_WrapKey(jh, &kwp, jdk, t.priv, buf, &len),
+			 CKR_KEY_UNEXTRACTABLE);
+	/* The public half: what the API handed out, and it only wraps. */
+	ck_assert_int_eq(raw_bool(f, jh, t.pub, CKA_TOKEN), CK_FALSE);
+	ck_assert_int_eq(raw_bool(f, jh, t.pub, CKA_WRAP), CK_TRUE);
+	ck_assert_int_eq(raw_bool(f, jh, t.pub, CKA_ENCRYPT), CK_FALSE);
+	ck_assert_int_eq(f->C_GetAttributeValue(jh, t.pub, &mod, 1), CKR_OK);
+	ck_assert_uint_eq(mod.ulValueLen, t.modulus.len);
+	ck_assert(memcmp(buf, t.modulus.data, t.modulus.len) == 0);
+	/* kms_hsm_key_destroy takes both halves away. */
+	drop_transport(joiner, &t);
+	drop_transport(joiner, &t2);
+	ck_assert_uint_eq(raw_count(f, jh, ALL_OBJECTS), before + 1);
+	ck_assert_int_eq(f->C_GetAttributeValue(jh, t.priv, &mod, 1),
+			 CKR_OBJECT_HANDLE_INVALID);
+	/* Bad arguments: nothing made. */
+	assert_err(
+	    kms_hsm_transport_keypair(joiner, NULL, &t.pub, &m, &e, &err),
+	    KMS_ERR_INVALID, "missing argument");
+	assert_err(
+	    kms_hsm_transport_keypair(NULL, &t.priv, &t.pub, &m, &e, &err),
+	    KMS_ERR_INVALID, "missing argument");
+	ck_assert_ptr_null(m.data);
+	ck_assert_uint_eq(raw_count(f, jh, ALL_OBJECTS), before + 1);
+	ck_assert_int_eq(f->C_CloseSession(jh), CKR_OK);
+}
+END_TEST
+
+START_TEST(test_install_label_exists)
+{
+	CK_FUNCTION_LIST *f = raw_functions();
+	CK_SESSION_HANDLE jh = raw_session_on(f, LABEL2);
+	kms_hsm_key own = 0, dk = 0, again = 0, k2;
+	struct transport t;
+	kms_buf w;
+	CK_ULONG before;
+
+	/* The joiner already has a domain key of its own under that label. */
+	ck_assert_int_eq(kms_hsm_domain_key(joiner, DK, 1, &own, &err), KMS_OK);
+	make_transport(joiner, &t);
+	w = wrap_dk_for(make_dk(DK), &t);
+	before = raw_count(f, jh, ALL_OBJECTS);
+	assert_err(kms_hsm_domain_key_install(joiner, t.priv, DK, w.data, w.len,
+					      &dk, &err),
+		   KMS_ERR_EXISTS,
+		   "a key labelled 'dk' already exists on token 'kms-test-2'");
+	ck_assert_uint_eq(dk, 0);
+	ck_assert_uint_eq(raw_count(f, jh, ALL_OBJECTS), before);
+	/* Still one key, the old one. */
+	ck_assert_int_eq(kms_hsm_domain_key(joiner, DK, 0, &again, &err),
+			 KMS_OK);
+	ck_assert_uint_eq(again, own);
+
+	/* The twin: the same blob installs under a free label, once. */
+	k2 = install_dk(&t, DK2, &w);
+	ck_assert_uint_eq(raw_count(f, jh, ALL_OBJECTS), before + 1);
+	assert_err(kms_hsm_domain_key_install(joiner, t.priv, DK2, w.data,
+					      w.len, &dk, &err),
+		   KMS_ERR_EXISTS, "'dk-other' already exists");
+	ck_assert_uint_eq(raw_count(f, jh, ALL_OBJECTS), before + 1);
+	ck_assert_int_eq(kms_hsm_domain_key(joiner, DK2, 0, &again, &err),
+			 KMS_OK);
+	ck_assert_uint_eq(again, k2);
+	assert_err(kms_hsm_domain_key_install(joiner, t.priv, "", w.data, w.len,
+					      &dk, &err),
+		   KMS_ERR_INVALID, "no HSM, label or output");
+	kms_buf_free(&w);
+	drop_transport(joiner, &t);
+	ck_assert_int_eq(f->C_CloseSession(jh), CKR_OK);
+}
+END_TEST
+
+START_TEST(test_install_tampered)
+{
+	CK_FUNCTION_LIST *f = raw_functions();
+	CK_SESSION_HANDLE jh = raw_session_on(f, LABEL2);
+	kms_hsm_key dk = 0, mdk = make_dk(DK);
+	struct transport t, other;
+	kms_buf w;
+	uint8_t bad[1100];
+	CK_ULONG before;
+
+	make_transport(joiner, &t);
+	make_transport(joiner, &other);
+	w = wrap_dk_for(mdk, &t);
+	before = raw_count(f, jh, ALL_OBJECTS);
+	for (size_t bit = 0; bit < w.len * 8; bit += 499) {
+		memcpy(bad, w.data, w.len);
+		bad[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+		assert_err(kms_hsm_domain_key_install(joiner, t.priv, DK, bad,
+						      w.len, &dk, &err),
+			   KMS_ERR_HSM,
+			   "cannot install domain key: C_UnwrapKey: CKR_");
+	}
+	/* Truncated, lengthened, empty, oversized. */
+	memcpy(bad, w.data, w.len);
+	bad[w.len] = 0;
+	assert_err(kms_hsm_domain_key_install(joiner, t.priv, DK, bad,
+					      w.len - 1, &dk, &err),
+		   KMS_ERR_HSM, "cannot install domain key: C_UnwrapKey: CKR_");
+	assert_err(kms_hsm_domain_key_install(joiner, t.priv, DK, bad,
+					      w.len + 1, &dk, &err),
+		   KMS_ERR_HSM, "cannot install domain key: C_UnwrapKey: CKR_");
+	assert_err(
+	    kms_hsm_domain_key_install(joiner, t.priv, DK, bad, 0, &dk, &err),
+	    KMS_ERR_INVALID, "empty blob");
+	assert_err(kms_hsm_domain_key_install(joiner, t.priv, DK, bad, 1025,
+					      &dk, &err),
+		   KMS_ERR_INVALID, "longer than an RSA-8192 modulus");
+	/* Wrapped for another transport key. */
+	assert_err(kms_hsm_domain_key_install(joiner, other.priv, DK, w.data,
+					      w.len, &dk, &err),
+		   KMS_ERR_HSM, "cannot install domain key: C_UnwrapKey: CKR_");
+	/* No key handle at all, and the public half (it cannot unwrap). */
+	assert_err(
+	    kms_hsm_domain_key_install(joiner, 0, DK, w.data, w.len, &dk, &err),
+	    KMS_ERR_HSM, "cannot install domain key: C_UnwrapKey: CKR_");
+	assert_err(kms_hsm_domain_key_install(joiner, t.pub, DK, w.data, w.len,
+					      &dk, &err),
+		   KMS_ERR_HSM, "cannot install domain key: C_UnwrapKey: CKR_");
+	ck_assert_uint_eq(dk, 0);
+	ck_assert_uint_eq(raw_count(f, jh, ALL_OBJECTS), before);
+	assert_err(kms_hsm_domain_key(joiner, DK, 0, &dk, &err),
+		   KMS_ERR_NOT_FOUND, "no domain key labelled 'dk'");
+
+	/* The intact blob still installs. */
+	dk = install_dk(&t, DK, &w);
+	ck_assert_uint_eq(raw_count(f, jh, ALL_OBJECTS), before + 1);
+	kms_buf_free(&w);
+	drop_transport(joiner, &t);
+	drop_transport(joiner, &other);
+	ck_assert_int_eq(f->C_CloseSession(jh), CKR_OK);
+}
+END_TEST
+
+/*
+ * A well-formed RSA-OAEP blob for the joiner's key that holds an AES-128
+ * key, as a faulty or hostile member could send: it unwraps, and is
+ * thrown away. Made behind kms_hsm's back with the parameters hsm.c uses
+ * (SHA-1 and MGF1-SHA-1: SoftHSM 2.6.1 has no other).
+ */
+START_TEST(test_install_not_aes256)
+{
+	CK_FUNCTION_LIST *f = raw_functions();
+	CK_SESSION_HANDLE jh = raw_session_on(f, LABEL2);
+	CK_RSA_PKCS_OAEP_PARAMS params = {CKM_SHA_1, CKG_MGF1_SHA1,
+					  CKZ_DATA_SPECIFIED, NULL, 0};
+	CK_MECHANISM oaep = {CKM_RSA_PKCS_OAEP, &params, sizeof(params)};
+	kms_hsm_key dk = 0;
+	struct transport t;
+	CK_OBJECT_HANDLE small;
+	uint8_t blob[512];
+	CK_ULONG len = sizeof(blob), before;
+
+	make_transport(joiner, &t);
+	small = raw_aes_key(f, jh, "small", 16, CK_FALSE, CK_TRUE, CK_TRUE);
+	ck_assert_int_eq(f->C_WrapKey(jh, &oaep, t.pub, small, blob, &len),
+			 CKR_OK);
+	ck_assert_int_eq(f->C_DestroyObject(jh, small), CKR_OK);
+	before = raw_count(f, jh, ALL_OBJECTS);
+	assert_err(kms_hsm_domain_key_install(joiner, t.priv, DK, blob, len,
+					      &dk, &err),
+		   KMS_ERR_HSM,
+		   "cannot install domain key: the unwrapped key is 16 "
+		   "bytes, not AES-256");
+	ck_assert_uint_eq(dk, 0);
+	ck_assert_uint_eq(raw_count(f, jh, ALL_OBJECTS), before);
+	assert_err(kms_hsm_domain_key(joiner, DK, 0, &dk, &err),
+		   KMS_ERR_NOT_FOUND, "no domain key labelled 'dk'");
+	drop_transport(joiner, &t);
+	ck_assert_int_eq(f->C_CloseSession(jh), CKR_OK);
+}
+END_TEST
+
+/* wrap_for refuses, writes nothing and leaves no imported key behind. */
+static void wrap_for_refused(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE mh,
+			     kms_hsm_key dk, const uint8_t *mod, size_t mod_len,
+			     const uint8_t *e, size_t e_len, int code,
+			     const char *needle)
+{
+	CK_ULONG before = raw_count(f, mh, ALL_OBJECTS);
+	kms_buf w = {NULL, 0};
+
+	assert_err(kms_hsm_domain_key_wrap_for(hsm, dk, mod, mod_len, e, e_len,
+					       &w, &err),
+		   code, needle);
+	ck_assert_ptr_null(w.data);
+	ck_assert_uint_eq(w.len, 0);
+	ck_assert_uint_eq(raw_count(f, mh, ALL_OBJECTS), before);
+}
+
+START_TEST(test_wrap_for_bad_input)
+{
+	static const uint8_t f4[] = {0x01, 0x00, 0x01};
+	static const uint8_t e9[] = {0, 0, 0, 0, 0, 0, 0x01, 0x00, 0x01};
+	static const uint8_t e1[] = {0x01}, e3[] = {0x03};
+	static const uint8_t e_even[] = {0x01, 0x00, 0x02};
+	CK_FUNCTION_LIST *f = raw_functions();
+	CK_SESSION_HANDLE mh = raw_session(f);
+	kms_hsm_key dk = make_dk(DK);
+	struct transport t;
+	uint8_t mod[1100];
+	kms_buf w;
+
+	make_transport(joiner, &t);
+	/* A 1024-bit modulus (the top of the real one). */
+	wrap_for_refused(f, mh, dk, t.modulus.data, 128, f4, sizeof(f4),
+			 KMS_ERR_INVALID, "RSA modulus of 1024 bits");
+	/* 2040 bits behind leading zero bytes: the bits count, not bytes. */
+	memset(mod, 0, 129);
+	memcpy(mod + 129, t.modulus.data, 255);
+	wrap_for_refused(f, mh, dk, mod, 384, f4, sizeof(f4), KMS_ERR_INVALID,
+			 "RSA modulus of 2040 bits");
+	/* Over 8192 bits. */
+	memset(mod, 0xff, 1025);
+	wrap_for_refused(f, mh, dk, mod, 1025, f4, sizeof(f4), KMS_ERR_INVALID,
+			 "RSA modulus of 8200 bits");
+	wrap_for_refused(f, mh, dk, mod, 1100, f4, sizeof(f4), KMS_ERR_INVALID,
+			 "RSA modulus of 1100 bytes");
+	/* A 9-byte exponent, even if its value would do. */
+	wrap_for_refused(f, mh, dk, t.modulus.data, t.modulus.len, e9,
+			 sizeof(e9), KMS_ERR_INVALID,
+			 "RSA public exponent of 9 bytes");
+	/*
+	 * e = 1 is no encryption at all: SoftHSM wraps under it and the blob
+	 * is the OAEP encoding of the domain key, open to anyone.
+	 */
+	wrap_for_refused(f, mh, dk, t.modulus.data, t.modulus.len, e1,
+			 sizeof(e1), KMS_ERR_INVALID,
+			 "exponent must be odd and at least 65537");
+	wrap_for_refused(f, mh, dk, t.modulus.data, t.modulus.len, e3,
+			 sizeof(e3), KMS_ERR_INVALID, "at least 65537");
+	wrap_for_refused(f, mh, dk, t.modulus.data, t.modulus.len, e_even,
+			 sizeof(e_even), KMS_ERR_INVALID, "must be odd");
+	/* Garbage of the right length: random bytes, even. */
+	ck_assert_int_eq(kms_hsm_random(sess, mod, 384, &err), KMS_OK);
+	mod[0] |= 0x80;
+	mod[383] &= 0xfe;
+	wrap_for_refused(f, mh, dk, mod, 384, f4, sizeof(f4), KMS_ERR_INVALID,
+			 "RSA modulus is even");
+	/* Missing pieces. */
+	wrap_for_refused(f, mh, dk, NULL, 384, f4, sizeof(f4), KMS_ERR_INVALID,
+			 "empty RSA modulus or exponent");
+	wrap_for_refused(f, mh, dk, t.modulus.data, t.modulus.len, f4, 0,
+			 KMS_ERR_INVALID, "empty RSA modulus or exponent");
+	assert_err(kms_hsm_domain_key_wrap_for(hsm, dk, t.modulus.data,
+					       t.modulus.len, f4, sizeof(f4),
+					       NULL, &err),
+		   KMS_ERR_INVALID, "no HSM or output");
+
+	/*
+	 * The twin: the real key, even behind a leading zero byte (a sign
+	 * byte some encoders add), wraps, and the blob installs.
+	 */
+	mod[0] = 0;
+	memcpy(mod + 1, t.modulus.data, t.modulus.len);
+	ck_assert_msg(kms_hsm_domain_key_wrap_for(
+			  hsm, dk, mod, t.modulus.len + 1, t.exponent.data,
+			  t.exponent.len, &w, &err) == KMS_OK,
+		      "wrap_for: %s", err.msg);
+	install_dk(&t, DK, &w);
+	kms_buf_free(&w);
+	drop_transport(joiner, &t);
+	ck_assert_int_eq(f->C_CloseSession(mh), CKR_OK);
+}
+END_TEST
+
+START_TEST(test_wrap_for_hsm_error)
+{
+	static const uint8_t f4[] = {0x01, 0x00, 0x01};
+	CK_FUNCTION_LIST *f = raw_functions();
+	CK_SESSION_HANDLE mh = raw_session(f);
+	kms_hsm_key dk = make_dk(DK);
+	kms_hsm_key mk = new_master_key(dk);
+	struct transport t;
+
+	make_transport(joiner, &t);
+	/*
+	 * The key is imported, C_WrapKey fails, and the imported key is gone
+	 * again: a master key never leaves, not even to a joiner.
+	 */
+	wrap_for_refused(f, mh, mk, t.modulus.data, t.modulus.len, f4,
+			 sizeof(f4), KMS_ERR_HSM,
+			 "cannot wrap the domain key: C_WrapKey: "
+			 "CKR_KEY_UNEXTRACTABLE");
+	wrap_for_refused(f, mh, 0, t.modulus.data, t.modulus.len, f4,
+			 sizeof(f4), KMS_ERR_HSM,
+			 "cannot wrap the domain key: C_WrapKey: CKR_");
+	drop_transport(joiner, &t);
+	ck_assert_int_eq(f->C_CloseSession(mh), CKR_OK);
+}
+END_TEST
+
 static Suite *hsm_suite(void)
 {
 	Suite *s = suite_create("hsm");
@@ -1007,6 +1551,7 @@ static Suite *hsm_suite(void)
 	TCase *keys = tcase_create("keys");
 	TCase *gcm = tcase_create("gcm");
 	TCase *sessions = tcase_create("sessions");
+	TCase *transfer = tcase_create("transfer");
 
 	tcase_add_checked_fixture(open, setup_token, teardown_token);
 	tcase_add_test(open, test_open_ok);
@@ -1053,6 +1598,18 @@ static Suite *hsm_suite(void)
 	tcase_add_test(sessions, test_session_lost_login);
 	tcase_add_test(sessions, test_concurrent_sessions);
 	suite_add_tcase(s, sessions);
+
+	tcase_add_checked_fixture(transfer, setup_transfer, teardown_transfer);
+	/* RSA-3072 key generation takes a second or more in SoftHSM. */
+	tcase_set_timeout(transfer, 120);
+	tcase_add_test(transfer, test_transfer_full);
+	tcase_add_test(transfer, test_transport_keypair);
+	tcase_add_test(transfer, test_install_label_exists);
+	tcase_add_test(transfer, test_install_tampered);
+	tcase_add_test(transfer, test_install_not_aes256);
+	tcase_add_test(transfer, test_wrap_for_bad_input);
+	tcase_add_test(transfer, test_wrap_for_hsm_error);
+	suite_add_tcase(s, transfer);
 	return s;
 }
 

@@ -25,17 +25,19 @@ struct verdicts {
 	pthread_cond_t cond;
 	int n;
 	int status[256];
+	uint64_t index[256];
 	char msg[256][160];
 };
 
 static struct verdicts v;
 
-static void on_done(void *arg, int status, const char *msg)
+static void on_done(void *arg, int status, const char *msg, uint64_t index)
 {
 	struct verdicts *vs = arg;
 
 	pthread_mutex_lock(&vs->mu);
 	vs->status[vs->n] = status;
+	vs->index[vs->n] = index;
 	snprintf(vs->msg[vs->n], sizeof(vs->msg[0]), "%s", msg != NULL ? msg : "");
 	vs->n++;
 	pthread_cond_broadcast(&vs->cond);
@@ -101,8 +103,10 @@ static kms_raft *start(kms_keyring **kr)
 	kms_err err = {0};
 	struct timespec pause = {0, 20 * 1000 * 1000};
 
+	kms_raft_opts o = {.bootstrap = 1};
+
 	ck_assert_int_eq(kms_keyring_new(kr, &err), KMS_OK);
-	ck_assert_msg(kms_raft_start(&cfg, *kr, &r, &err) == KMS_OK, "%s", err.msg);
+	ck_assert_msg(kms_raft_start(&cfg, *kr, &o, &r, &err) == KMS_OK, "%s", err.msg);
 	for (int i = 0; i < 250 && !kms_raft_ready(r); i++)
 		nanosleep(&pause, NULL);
 	ck_assert_msg(kms_raft_ready(r), "no leadership within 5 s");
@@ -152,6 +156,58 @@ START_TEST(commits_survive_restart)
 		key_id(id, sizeof(id), i);
 		ck_assert_msg(kms_keyring_has_key(kr, id), "%s lost", id);
 	}
+	kms_raft_free(r);
+	kms_keyring_free(kr);
+}
+END_TEST
+
+START_TEST(view_and_wait_applied)
+{
+	kms_keyring *kr;
+	kms_raft *r = start(&kr);
+	kms_raft_view view;
+
+	submit_create(r, "seen");
+	wait_verdicts(1);
+	ck_assert_int_eq(v.status[0], KMS_OK);
+	ck_assert_uint_gt(v.index[0], 0);
+	/* The applied index reaches the command's index; a later one times out. */
+	ck_assert_int_eq(kms_raft_wait_applied(r, v.index[0], 2000), KMS_OK);
+	ck_assert_int_eq(kms_raft_wait_applied(r, v.index[0] + 1000, 200), KMS_ERR_UNAVAILABLE);
+	kms_raft_view_get(r, &view);
+	ck_assert_str_eq(kms_raft_state_name(view.state), "leader");
+	ck_assert_uint_eq(view.leader_id, 1);
+	ck_assert_uint_ge(view.term, 1);
+	ck_assert_uint_ge(view.applied_index, v.index[0]);
+	ck_assert_uint_eq(view.n_servers, 1);
+	ck_assert_str_eq(kms_raft_role_name(view.servers[0].role), "voter");
+	ck_assert_str_eq(kms_raft_state_name(0), "unavailable");
+	kms_raft_free(r);
+	kms_keyring_free(kr);
+}
+END_TEST
+
+START_TEST(joining_node_starts_empty)
+{
+	kms_keyring *kr;
+	kms_raft *r = NULL;
+	kms_raft_view view;
+	kms_err err = {0};
+	kms_raft_opts o = {.bootstrap = 0};
+	struct timespec pause = {0, 300 * 1000 * 1000};
+
+	ck_assert_int_eq(kms_keyring_new(&kr, &err), KMS_OK);
+	ck_assert_msg(kms_raft_start(&cfg, kr, &o, &r, &err) == KMS_OK, "%s", err.msg);
+	nanosleep(&pause, NULL);
+	/* No configuration: it neither leads nor accepts writes until a leader
+	 * adds it. */
+	ck_assert(!kms_raft_ready(r));
+	kms_raft_view_get(r, &view);
+	ck_assert_uint_eq(view.n_servers, 0);
+	ck_assert_uint_eq(view.leader_id, 0);
+	submit_create(r, "refused");
+	wait_verdicts(1);
+	ck_assert_int_eq(v.status[0], KMS_ERR_UNAVAILABLE);
 	kms_raft_free(r);
 	kms_keyring_free(kr);
 }
@@ -233,7 +289,7 @@ START_TEST(start_refuses_unusable_directory)
 
 	ck_assert_int_eq(kms_keyring_new(&kr, &err), KMS_OK);
 	cfg.data_dir = (char *)"/proc/kms-no-such-dir/data";
-	ck_assert_int_ne(kms_raft_start(&cfg, kr, &r, &err), KMS_OK);
+	ck_assert_int_ne(kms_raft_start(&cfg, kr, NULL, &r, &err), KMS_OK);
 	ck_assert_ptr_null(r);
 	ck_assert_msg(strstr(err.msg, "/proc/kms-no-such-dir") != NULL, "%s", err.msg);
 	kms_keyring_free(kr);
@@ -287,6 +343,8 @@ int main(void)
 	tcase_add_test(tc, submit_after_stop_fails_at_once);
 	tcase_add_test(tc, start_refuses_unusable_directory);
 	tcase_add_test(tc, frame_roundtrip_and_rejects);
+	tcase_add_test(tc, view_and_wait_applied);
+	tcase_add_test(tc, joining_node_starts_empty);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);

@@ -1,0 +1,604 @@
+/* test_cluster.c - three real kmsd processes joined into one Raft cluster, through failures: forwarding, leader loss, paused and lost nodes, restarts, a foreign token, removal. */
+#include <check.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kms/hsm.h"
+#include "kms/v1/cluster.pb-c.h"
+#include "kms/v1/kms.pb-c.h"
+#include "node_fixture.h"
+
+#define N 3
+#define KM "/kms.v1.KeyManagement/"
+#define OP "/kms.v1.Operator/"
+#define FREE(m) protobuf_c_message_free_unpacked((ProtobufCMessage *)(m), NULL)
+/* Short Raft timeouts keep failover tests quick; snapshots every 64
+ * entries make a paused node catch up through a snapshot install. */
+#define RAFT_ARGS "--election-timeout 1000 --heartbeat-timeout 100 --snapshot-threshold 64 " \
+		  "--snapshot-trailing 16"
+
+static kms_test_env env;
+static kms_test_node nodes[N + 1]; /* nodes[3] is the foreign-token node */
+
+static void sleep_ms(long ms)
+{
+	struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
+
+	nanosleep(&t, NULL);
+}
+
+static char *ops_all[] = {"Encrypt", "Decrypt", "GenerateDataKey", "DescribeKey"};
+
+static int create_key(kms_test_node *n, const char *id, kms_rpc_status *st)
+{
+	kms_client *c = kms_test_client(n, "admin");
+	Kms__V1__CreateKeyRequest req = KMS__V1__CREATE_KEY_REQUEST__INIT;
+	Kms__V1__KeyPolicy policy = KMS__V1__KEY_POLICY__INIT;
+	Kms__V1__Grant grant = KMS__V1__GRANT__INIT;
+	Kms__V1__Grant *grants[] = {&grant};
+	ProtobufCMessage *resp = NULL;
+	int code;
+
+	grant.principal = (char *)KMS_TEST_APP;
+	grant.operations = ops_all;
+	grant.n_operations = 4;
+	policy.grants = grants;
+	policy.n_grants = 1;
+	req.key_id = (char *)id;
+	req.policy = &policy;
+	code = kms_client_call(c, KM "CreateKey", &req.base, &kms__v1__create_key_response__descriptor,
+			       &resp, st);
+	if (resp != NULL)
+		FREE(resp);
+	kms_client_close(c);
+	return code;
+}
+
+static int key_exists(kms_test_node *n, const char *id)
+{
+	kms_client *c = kms_test_client(n, "admin");
+	Kms__V1__DescribeKeyRequest req = KMS__V1__DESCRIBE_KEY_REQUEST__INIT;
+	ProtobufCMessage *resp = NULL;
+	kms_rpc_status st;
+
+	req.key_id = (char *)id;
+	kms_client_call(c, KM "DescribeKey", &req.base, &kms__v1__describe_key_response__descriptor,
+			&resp, &st);
+	kms_client_close(c);
+	if (resp != NULL)
+		FREE(resp);
+	return st.code == 0;
+}
+
+/* Replication to followers takes a round trip or two: poll briefly. */
+static int key_appears(kms_test_node *n, const char *id, int timeout_ms)
+{
+	for (int t = 0; t < timeout_ms; t += 100) {
+		if (key_exists(n, id))
+			return 1;
+		sleep_ms(100);
+	}
+	return 0;
+}
+
+static Kms__V1__GenerateDataKeyResponse *gen_key(kms_test_node *n, const char *id,
+						 kms_rpc_status *st)
+{
+	kms_client *c = kms_test_client(n, "app");
+	Kms__V1__GenerateDataKeyRequest req = KMS__V1__GENERATE_DATA_KEY_REQUEST__INIT;
+	ProtobufCMessage *resp = NULL;
+
+	req.key_id = (char *)id;
+	kms_client_call(c, KM "GenerateDataKey", &req.base,
+			&kms__v1__generate_data_key_response__descriptor, &resp, st);
+	kms_client_close(c);
+	return (Kms__V1__GenerateDataKeyResponse *)resp;
+}
+
+static int decrypts_to(kms_test_node *n, const Kms__V1__GenerateDataKeyResponse *g,
+		       kms_rpc_status *st)
+{
+	kms_client *c = kms_test_client(n, "app");
+	Kms__V1__DecryptRequest req = KMS__V1__DECRYPT_REQUEST__INIT;
+	ProtobufCMessage *resp = NULL;
+	int ok;
+
+	req.ciphertext_blob = g->ciphertext_blob;
+	kms_client_call(c, KM "Decrypt", &req.base, &kms__v1__decrypt_response__descriptor, &resp,
+			st);
+	kms_client_close(c);
+	ok = resp != NULL &&
+	     ((Kms__V1__DecryptResponse *)resp)->plaintext.len == g->plaintext.len &&
+	     memcmp(((Kms__V1__DecryptResponse *)resp)->plaintext.data, g->plaintext.data,
+		    g->plaintext.len) == 0;
+	if (resp != NULL)
+		FREE(resp);
+	return ok;
+}
+
+static Kms__V1__ClusterStatusResponse *cluster_status(kms_test_node *n, const char *who,
+						      kms_rpc_status *st)
+{
+	kms_client *c = kms_test_client(n, who);
+	Kms__V1__ClusterStatusRequest req = KMS__V1__CLUSTER_STATUS_REQUEST__INIT;
+	ProtobufCMessage *resp = NULL;
+
+	kms_client_call(c, OP "ClusterStatus", &req.base,
+			&kms__v1__cluster_status_response__descriptor, &resp, st);
+	kms_client_close(c);
+	return (Kms__V1__ClusterStatusResponse *)resp;
+}
+
+static int add_member(kms_test_node *via, const kms_test_node *n, kms_rpc_status *st,
+		      char *raft_role, size_t cap)
+{
+	kms_client_opts o;
+	kms_client *c;
+	kms_err err = {0};
+	char ca[PATH_MAX], cert[PATH_MAX], key[PATH_MAX], raft[64], grpc[64];
+	Kms__V1__AddMemberRequest req = KMS__V1__ADD_MEMBER_REQUEST__INIT;
+	Kms__V1__Member m = KMS__V1__MEMBER__INIT;
+	ProtobufCMessage *resp = NULL;
+
+	KMS_TEST_PATH(ca, "%s/ca.pem", env.pki);
+	KMS_TEST_PATH(cert, "%s/admin.pem", env.pki);
+	KMS_TEST_PATH(key, "%s/admin.key", env.pki);
+	memset(&o, 0, sizeof(o));
+	o.target = via->endpoint;
+	o.ca_file = ca;
+	o.cert_file = cert;
+	o.key_file = key;
+	o.timeout_ms = 60000; /* the server waits for the promotion */
+	ck_assert_int_eq(kms_client_open(&o, &c, &err), KMS_OK);
+	snprintf(raft, sizeof(raft), "127.0.0.1:%d", n->raft_port);
+	snprintf(grpc, sizeof(grpc), "127.0.0.1:%d", n->grpc_port);
+	m.id = n->id;
+	m.raft_address = raft;
+	m.grpc_address = grpc;
+	req.member = &m;
+	kms_client_call(c, OP "AddMember", &req.base, &kms__v1__add_member_response__descriptor,
+			&resp, st);
+	if (resp != NULL) {
+		snprintf(raft_role, cap, "%s", ((Kms__V1__AddMemberResponse *)resp)->raft_role);
+		FREE(resp);
+	}
+	kms_client_close(c);
+	return st->code;
+}
+
+/* The node that says it leads, or -1 (asks every running node). */
+static int leader_index(void)
+{
+	for (int i = 0; i < N; i++) {
+		kms_rpc_status st;
+		Kms__V1__ClusterStatusResponse *s;
+		int found = -1;
+
+		if (nodes[i].pid <= 0)
+			continue;
+		s = cluster_status(&nodes[i], "admin", &st);
+		if (s == NULL)
+			continue;
+		for (int j = 0; j < N; j++)
+			if (s->leader_id == nodes[j].id && nodes[j].pid > 0)
+				found = j;
+		FREE(s);
+		if (found >= 0)
+			return found;
+	}
+	return -1;
+}
+
+static int wait_leader(int timeout_ms)
+{
+	for (int t = 0; t < timeout_ms; t += 200) {
+		int l = leader_index();
+
+		if (l >= 0)
+			return l;
+		sleep_ms(200);
+	}
+	return -1;
+}
+
+static void join_node(int i)
+{
+	char extra[256], role[32] = "";
+	kms_rpc_status st;
+
+	snprintf(extra, sizeof(extra), RAFT_ARGS " --join %s", nodes[0].endpoint);
+	kms_test_node_init_args(&env, &nodes[i], (unsigned)i + 1, extra);
+	kms_test_node_spawn(&nodes[i]);
+	ck_assert_msg(add_member(&nodes[0], &nodes[i], &st, role, sizeof(role)) == 0,
+		      "AddMember node %d: %s", i + 1, st.details);
+	ck_assert_msg(kms_test_node_wait_healthy(&nodes[i], 30), "node %d never became healthy; see %s",
+		      i + 1, nodes[i].log);
+}
+
+static void cluster_up(void)
+{
+	kms_test_env_init(&env);
+	kms_test_node_init_args(&env, &nodes[0], 1, RAFT_ARGS);
+	kms_test_node_start(&nodes[0]);
+	for (int i = 1; i < N; i++)
+		join_node(i);
+}
+
+static void cluster_down(void)
+{
+	for (int i = 0; i <= N; i++)
+		if (nodes[i].pid > 0)
+			kms_test_node_signal(&nodes[i], SIGTERM);
+	kms_test_env_destroy(&env);
+}
+
+/* --- the tests, in order: each leaves a healthy three-node cluster --- */
+
+START_TEST(cluster_forms_with_three_voters)
+{
+	for (int i = 0; i < N; i++) {
+		kms_rpc_status st;
+		Kms__V1__ClusterStatusResponse *s = cluster_status(&nodes[i], "admin", &st);
+		int leaders = 0;
+
+		ck_assert_msg(s != NULL, "ClusterStatus on node %d: %s", i + 1, st.details);
+		ck_assert_uint_eq(s->n_members, N);
+		ck_assert_uint_ne(s->leader_id, 0);
+		for (size_t j = 0; j < s->n_members; j++) {
+			ck_assert_str_eq(s->members[j]->raft_role, "voter");
+			ck_assert_msg(strcmp(s->members[j]->role, "unreachable") != 0, "%s",
+				      s->members[j]->error);
+			leaders += strcmp(s->members[j]->role, "leader") == 0;
+		}
+		ck_assert_int_eq(leaders, 1);
+		FREE(s);
+	}
+}
+END_TEST
+
+START_TEST(write_on_a_follower_is_forwarded_and_readable_there)
+{
+	int l = wait_leader(5000), f = (l + 1) % N;
+	Kms__V1__GenerateDataKeyResponse *g;
+	kms_rpc_status st;
+
+	ck_assert_int_ge(l, 0);
+	ck_assert_msg(create_key(&nodes[f], "via-follower", &st) == 0, "%s", st.details);
+	/* The follower that acknowledged it serves it at once. */
+	g = gen_key(&nodes[f], "via-follower", &st);
+	ck_assert_msg(g != NULL, "GenerateDataKey on the acknowledging follower: %s", st.details);
+	for (int i = 0; i < N; i++) {
+		ck_assert_msg(key_appears(&nodes[i], "via-follower", 3000), "node %d lacks the key",
+			      i + 1);
+		ck_assert_msg(decrypts_to(&nodes[i], g, &st), "node %d: %s", i + 1, st.details);
+	}
+	FREE(g);
+}
+END_TEST
+
+static kms_client *client_with_consistency(kms_test_node *n, const char *who, const char *mode)
+{
+	kms_client_opts o;
+	kms_client *c = NULL;
+	kms_err err = {0};
+	char ca[PATH_MAX], cert[PATH_MAX], key[PATH_MAX];
+
+	KMS_TEST_PATH(ca, "%s/ca.pem", env.pki);
+	KMS_TEST_PATH(cert, "%s/%s.pem", env.pki, who);
+	KMS_TEST_PATH(key, "%s/%s.key", env.pki, who);
+	memset(&o, 0, sizeof(o));
+	o.target = n->endpoint;
+	o.ca_file = ca;
+	o.cert_file = cert;
+	o.key_file = key;
+	o.consistency = mode;
+	ck_assert_int_eq(kms_client_open(&o, &c, &err), KMS_OK);
+	return c;
+}
+
+START_TEST(leader_commit_consistency_reads_every_acknowledged_write)
+{
+	int l = wait_leader(5000), f = (l + 1) % N;
+	kms_client *strong = client_with_consistency(&nodes[f], "app", KMS_CONSISTENCY_LEADER_COMMIT);
+	kms_client *bad = client_with_consistency(&nodes[f], "app", "eventually");
+	Kms__V1__GenerateDataKeyRequest req = KMS__V1__GENERATE_DATA_KEY_REQUEST__INIT;
+	ProtobufCMessage *resp = NULL;
+	kms_rpc_status st;
+	char id[32];
+
+	ck_assert_int_ge(l, 0);
+	/* Acknowledged by the leader, used at once on a follower. */
+	for (int i = 0; i < 20; i++) {
+		snprintf(id, sizeof(id), "strong-%d", i);
+		ck_assert_msg(create_key(&nodes[l], id, &st) == 0, "%s", st.details);
+		req.key_id = id;
+		ck_assert_msg(kms_client_call(strong, KM "GenerateDataKey", &req.base,
+					      &kms__v1__generate_data_key_response__descriptor,
+					      &resp, &st) == 0,
+			      "read %d on the follower: %s", i, st.details);
+		FREE(resp);
+	}
+	kms_client_call(bad, KM "GenerateDataKey", &req.base,
+			&kms__v1__generate_data_key_response__descriptor, &resp, &st);
+	ck_assert_int_eq(st.code, 3);
+	ck_assert_msg(strstr(st.details, "kms-consistency") != NULL, "%s", st.details);
+	ck_assert_ptr_null(resp);
+	kms_client_close(strong);
+	kms_client_close(bad);
+}
+END_TEST
+
+START_TEST(operator_and_internal_refuse_other_principals)
+{
+	kms_client *app = kms_test_client(&nodes[0], "app");
+	kms_client *admin = kms_test_client(&nodes[0], "admin");
+	Kms__V1__ForwardRequest fwd = KMS__V1__FORWARD_REQUEST__INIT;
+	Kms__V1__FetchDomainKeyRequest fetch = KMS__V1__FETCH_DOMAIN_KEY_REQUEST__INIT;
+	ProtobufCMessage *resp = NULL;
+	kms_rpc_status st;
+
+	ck_assert_ptr_null(cluster_status(&nodes[0], "app", &st));
+	ck_assert_int_eq(st.code, 7);
+	ck_assert_msg(strstr(st.details, "not an administrator") != NULL, "%s", st.details);
+	kms_client_call(app, "/kms.v1.Internal/Forward", &fwd.base,
+			&kms__v1__forward_response__descriptor, &resp, &st);
+	ck_assert_int_eq(st.code, 7);
+	ck_assert_msg(strstr(st.details, "not a member node") != NULL, "%s", st.details);
+	/* Even an administrator is not a node: no domain key for it. */
+	fetch.node_id = 2;
+	kms_client_call(admin, "/kms.v1.Internal/FetchDomainKey", &fetch.base,
+			&kms__v1__fetch_domain_key_response__descriptor, &resp, &st);
+	ck_assert_int_eq(st.code, 7);
+	ck_assert_msg(strstr(st.details, "may not fetch") != NULL, "%s", st.details);
+	ck_assert_ptr_null(resp);
+	kms_client_close(app);
+	kms_client_close(admin);
+}
+END_TEST
+
+START_TEST(paused_minority_catches_up_through_a_snapshot)
+{
+	int l = wait_leader(5000), f = (l + 2) % N, via = (l + 1) % N;
+	kms_rpc_status st;
+	char id[32];
+
+	ck_assert_int_ge(l, 0);
+	kill(nodes[f].pid, SIGSTOP);
+	/* Over twice the snapshot threshold: the log it misses is compacted. */
+	for (int i = 0; i < 150; i++) {
+		snprintf(id, sizeof(id), "while-paused-%d", i);
+		ck_assert_msg(create_key(&nodes[via], id, &st) == 0, "%s: %s", id, st.details);
+	}
+	kill(nodes[f].pid, SIGCONT);
+	ck_assert_msg(key_appears(&nodes[f], "while-paused-149", 20000),
+		      "the resumed node did not catch up; see %s", nodes[f].log);
+	ck_assert(key_exists(&nodes[f], "while-paused-0"));
+	ck_assert(key_exists(&nodes[f], "via-follower"));
+}
+END_TEST
+
+struct stream {
+	kms_test_node *target;
+	atomic_int stop;
+	int acked;
+	char acked_ids[400][32];
+};
+
+static void *create_stream(void *arg)
+{
+	struct stream *s = arg;
+	kms_rpc_status st;
+	char id[32];
+
+	for (int i = 0; !atomic_load(&s->stop) && i < 400; i++) {
+		snprintf(id, sizeof(id), "stream-%d", i);
+		if (create_key(s->target, id, &st) == 0)
+			snprintf(s->acked_ids[s->acked++], sizeof(s->acked_ids[0]), "%s", id);
+		else
+			sleep_ms(50);
+	}
+	return NULL;
+}
+
+START_TEST(leader_killed_during_writes_loses_no_acknowledged_key)
+{
+	int l = wait_leader(5000), via = (l + 1) % N, other = (l + 2) % N, nl;
+	static struct stream s;
+	Kms__V1__GenerateDataKeyResponse *g;
+	kms_rpc_status st;
+	pthread_t t;
+	int before;
+
+	ck_assert_int_ge(l, 0);
+	g = gen_key(&nodes[via], "via-follower", &st);
+	ck_assert_ptr_nonnull(g);
+	memset(&s, 0, sizeof(s));
+	s.target = &nodes[via];
+	ck_assert_int_eq(pthread_create(&t, NULL, create_stream, &s), 0);
+	while (s.acked < 20)
+		sleep_ms(20);
+	kms_test_node_signal(&nodes[l], SIGKILL);
+	before = s.acked;
+	/* Writes resume under a new leader. */
+	for (int waited = 0; s.acked < before + 10 && waited < 20000; waited += 100)
+		sleep_ms(100);
+	atomic_store(&s.stop, 1);
+	pthread_join(t, NULL);
+	ck_assert_msg(s.acked >= before + 10, "writes did not resume after the leader died");
+	nl = wait_leader(5000);
+	ck_assert_msg(nl >= 0 && nl != l, "no new leader");
+	for (int i = 0; i < s.acked; i++) {
+		ck_assert_msg(key_appears(&nodes[via], s.acked_ids[i], 3000), "%s lost on node %d",
+			      s.acked_ids[i], via + 1);
+		ck_assert_msg(key_appears(&nodes[other], s.acked_ids[i], 3000),
+			      "%s lost on node %d", s.acked_ids[i], other + 1);
+	}
+	ck_assert(decrypts_to(&nodes[via], g, &st));
+	ck_assert(decrypts_to(&nodes[other], g, &st));
+	FREE(g);
+	/* The old leader comes back as a follower and catches up. */
+	kms_test_node_start(&nodes[l]);
+	ck_assert(key_appears(&nodes[l], s.acked_ids[s.acked - 1], 10000));
+}
+END_TEST
+
+START_TEST(majority_lost_refuses_writes_and_keeps_unwrapping)
+{
+	int survivor = 0;
+	kms_rpc_status st;
+	Kms__V1__GenerateDataKeyResponse *g = gen_key(&nodes[survivor], "via-follower", &st);
+
+	ck_assert_ptr_nonnull(g);
+	kms_test_node_signal(&nodes[1], SIGKILL);
+	kms_test_node_signal(&nodes[2], SIGKILL);
+	/* Once the leader notices (an election timeout), writes fail. */
+	sleep_ms(2500);
+	ck_assert_int_ne(create_key(&nodes[survivor], "no-quorum", &st), 0);
+	ck_assert_msg(st.code == 14, "want UNAVAILABLE, got %d: %s", st.code, st.details);
+	ck_assert_msg(strstr(st.details, "quorum") != NULL, "message does not say why: %s",
+		      st.details);
+	/* Unwrapping needs no quorum: the local key ring serves it. */
+	ck_assert_msg(decrypts_to(&nodes[survivor], g, &st), "%s", st.details);
+	FREE(g);
+	kms_test_node_spawn(&nodes[1]);
+	kms_test_node_spawn(&nodes[2]);
+	for (int i = 0; i < N; i++)
+		ck_assert_msg(kms_test_node_wait_healthy(&nodes[i], 30), "node %d; see %s", i + 1,
+			      nodes[i].log);
+	ck_assert(!key_exists(&nodes[0], "no-quorum"));
+}
+END_TEST
+
+START_TEST(all_nodes_restarted_keep_every_key)
+{
+	for (int i = 0; i < N; i++)
+		kms_test_node_signal(&nodes[i], SIGTERM);
+	for (int i = 0; i < N; i++)
+		kms_test_node_spawn(&nodes[i]);
+	for (int i = 0; i < N; i++)
+		ck_assert_msg(kms_test_node_wait_healthy(&nodes[i], 30), "node %d; see %s", i + 1,
+			      nodes[i].log);
+	for (int i = 0; i < N; i++) {
+		ck_assert(key_appears(&nodes[i], "via-follower", 3000));
+		ck_assert(key_appears(&nodes[i], "while-paused-149", 3000));
+		ck_assert(key_appears(&nodes[i], "stream-0", 3000));
+	}
+}
+END_TEST
+
+START_TEST(foreign_domain_key_refuses_to_join)
+{
+	char extra[256], pin[128] = {0}, path[PATH_MAX], role[32];
+	kms_test_node *n = &nodes[N];
+	kms_hsm *hsm = NULL;
+	kms_hsm_key dk;
+	kms_rpc_status st;
+	kms_err err = {0};
+	FILE *f;
+	int code;
+
+	snprintf(extra, sizeof(extra), RAFT_ARGS " --join %s", nodes[0].endpoint);
+	kms_test_node_init_args(&env, n, N + 1, extra);
+	/* Its token already holds a domain key of its own: another cluster's. */
+	KMS_TEST_PATH(path, "%s/token/pin", n->dir);
+	f = fopen(path, "r");
+	ck_assert_ptr_nonnull(f);
+	ck_assert_ptr_nonnull(fgets(pin, sizeof(pin), f));
+	fclose(f);
+	setenv("SOFTHSM2_CONF", n->softhsm_conf, 1);
+	ck_assert_msg(kms_hsm_open(getenv("KMS_PKCS11_MODULE") ? getenv("KMS_PKCS11_MODULE")
+							       : "/usr/lib/softhsm/libsofthsm2.so",
+				   n->token_label, pin, &hsm, &err) == KMS_OK,
+		      "%s", err.msg);
+	ck_assert_int_eq(kms_hsm_domain_key(hsm, "kmsd-domain-key", 1, &dk, &err), KMS_OK);
+	kms_hsm_close(hsm);
+	kms_test_node_spawn(n);
+	add_member(&nodes[0], n, &st, role, sizeof(role));
+	code = kms_test_node_wait_exit(n, 30);
+	ck_assert_msg(code == 1, "the foreign node should stop with status 1, got %d; see %s", code,
+		      n->log);
+	ck_assert(kms_test_file_contains(n->log, "is not this cluster's domain key"));
+	/* Take it out again; the cluster keeps serving. */
+	{
+		kms_client *c = kms_test_client(&nodes[0], "admin");
+		Kms__V1__RemoveMemberRequest req = KMS__V1__REMOVE_MEMBER_REQUEST__INIT;
+		ProtobufCMessage *resp = NULL;
+
+		req.id = N + 1;
+		ck_assert_msg(kms_client_call(c, OP "RemoveMember", &req.base,
+					      &kms__v1__remove_member_response__descriptor, &resp,
+					      &st) == 0,
+			      "%s", st.details);
+		FREE(resp);
+		kms_client_close(c);
+	}
+	ck_assert_msg(create_key(&nodes[1], "after-foreign", &st) == 0, "%s", st.details);
+}
+END_TEST
+
+START_TEST(remove_member_keeps_serving)
+{
+	int l = wait_leader(5000), r = (l + 1) % N, other = (l + 2) % N;
+	kms_client *c = kms_test_client(&nodes[other], "admin");
+	Kms__V1__RemoveMemberRequest req = KMS__V1__REMOVE_MEMBER_REQUEST__INIT;
+	Kms__V1__ClusterStatusResponse *s;
+	ProtobufCMessage *resp = NULL;
+	kms_rpc_status st;
+
+	/* Removing the leader is refused; removing a follower is not. */
+	req.id = nodes[l].id;
+	kms_client_call(c, OP "RemoveMember", &req.base, &kms__v1__remove_member_response__descriptor,
+			&resp, &st);
+	ck_assert_int_eq(st.code, 9);
+	req.id = 99;
+	kms_client_call(c, OP "RemoveMember", &req.base, &kms__v1__remove_member_response__descriptor,
+			&resp, &st);
+	ck_assert_int_eq(st.code, 5);
+	req.id = nodes[r].id;
+	ck_assert_msg(kms_client_call(c, OP "RemoveMember", &req.base,
+				      &kms__v1__remove_member_response__descriptor, &resp, &st) == 0,
+		      "%s", st.details);
+	FREE(resp);
+	kms_client_close(c);
+	s = cluster_status(&nodes[other], "admin", &st);
+	ck_assert_ptr_nonnull(s);
+	ck_assert_uint_eq(s->n_members, N - 1);
+	FREE(s);
+	ck_assert_msg(create_key(&nodes[other], "after-remove", &st) == 0, "%s", st.details);
+	kms_test_node_signal(&nodes[r], SIGTERM);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("kmsd cluster");
+	TCase *tc = tcase_create("three nodes");
+	SRunner *sr;
+	int failed;
+
+	tcase_add_unchecked_fixture(tc, cluster_up, cluster_down);
+	tcase_set_timeout(tc, 600);
+	tcase_add_test(tc, cluster_forms_with_three_voters);
+	tcase_add_test(tc, write_on_a_follower_is_forwarded_and_readable_there);
+	tcase_add_test(tc, leader_commit_consistency_reads_every_acknowledged_write);
+	tcase_add_test(tc, operator_and_internal_refuse_other_principals);
+	tcase_add_test(tc, paused_minority_catches_up_through_a_snapshot);
+	tcase_add_test(tc, leader_killed_during_writes_loses_no_acknowledged_key);
+	tcase_add_test(tc, majority_lost_refuses_writes_and_keeps_unwrapping);
+	tcase_add_test(tc, all_nodes_restarted_keep_every_key);
+	tcase_add_test(tc, foreign_domain_key_refuses_to_join);
+	tcase_add_test(tc, remove_member_keeps_serving);
+	suite_add_tcase(s, tc);
+	sr = srunner_create(s);
+	srunner_set_fork_status(sr, CK_NOFORK);
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed == 0 ? 0 : 1;
+}
