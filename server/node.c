@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 #include <raft.h>
@@ -16,6 +17,7 @@
 #include "kms/log.h"
 #include "kms/v1/cluster.pb-c.h"
 #include "node.h"
+#include "raft_tls.h"
 #include "supervisor.h"
 #include "tls_engine.h"
 
@@ -131,22 +133,50 @@ static int read_trust_domain(kms_node *node, kms_err *err)
 
 uint64_t kms_node_principal_id(const kms_node *node, const char *principal)
 {
-	size_t td = strlen(node->trust_domain);
-	const char *p;
-	char *end;
-	unsigned long long id;
+	unsigned long long id = 0;
 
-	if (principal == NULL || strncmp(principal, node->trust_domain, td) != 0 ||
-	    strncmp(principal + td, "/kmsd/node/", 11) != 0)
-		return 0;
-	p = principal + td + 11;
-	if (*p < '1' || *p > '9')
-		return 0;
-	errno = 0;
-	id = strtoull(p, &end, 10);
-	if (errno != 0 || *end != '\0')
+	if (principal == NULL ||
+	    kms_raft_tls_parse_node_id(principal, node->trust_domain, &id) != KMS_OK)
 		return 0;
 	return id;
+}
+
+/*
+ * Raft peer links: the certificate must name the node id the peer claims,
+ * and that id must be a member. A node that knows no members yet (joining)
+ * accepts node identities of its trust domain: the leader that adds it is
+ * not in its empty key ring yet.
+ */
+static int authorize_peer(void *arg, const char *spiffe_id, unsigned long long raft_id)
+{
+	kms_node *node = arg;
+	kms_member m[KMS_MEMBERS_MAX];
+
+	if (kms_node_principal_id(node, spiffe_id) != raft_id || raft_id == 0)
+		return 0;
+	if (kms_keyring_members(node->kr, m, KMS_MEMBERS_MAX) == 0)
+		return 1;
+	return kms_keyring_member(node->kr, raft_id, &m[0]) == KMS_OK;
+}
+
+static int transport_init(void *arg, struct raft_uv_transport *t, struct uv_loop_s *loop,
+			  kms_err *err)
+{
+	kms_node *node = arg;
+	kms_raft_tls_opts o;
+
+	memset(&o, 0, sizeof(o));
+	o.ca_file = node->cfg.ca_file;
+	o.cert_file = node->cfg.cert_file;
+	o.key = node->raft_key;
+	o.authorize = authorize_peer;
+	o.authorize_arg = node;
+	return kms_raft_tls_init(t, loop, &o, err);
+}
+
+static void transport_close(void *arg, struct raft_uv_transport *t)
+{
+	kms_raft_tls_close(t);
 }
 
 int kms_node_ready(kms_node *node)
@@ -360,8 +390,12 @@ int kms_node_start(const char *config_path, kms_node **out, kms_err *err)
 	KMS_TRY_GOTO(rc, kms_keyring_new(&node->kr, err), fail);
 	kms_keyring_set_release(node->kr, release_handle, node->hsm);
 	KMS_TRY_GOTO(rc, kms_peers_new(&node->cfg, &node->peers, err), fail);
+	KMS_TRY_GOTO(rc, kms_tls_engine_load_key(node->cfg.tls_key_uri, &node->raft_key, err), fail);
 	memset(&ropts, 0, sizeof(ropts));
 	ropts.bootstrap = fresh && node->cfg.join_seeds == NULL;
+	ropts.transport_init = transport_init;
+	ropts.transport_close = transport_close;
+	ropts.transport_arg = node;
 	KMS_TRY_GOTO(rc, kms_raft_start(&node->cfg, node->kr, &ropts, &node->raft, err), fail);
 	KMS_TRY_GOTO(rc, start_rpc(node, err), fail);
 	KMS_TRY_GOTO(rc, kms_supervisor_start(node, &node->sup, err), fail);
@@ -388,6 +422,7 @@ void kms_node_stop(kms_node *node)
 	kms_rpc_server_stop(node->rpc);
 	kms_raft_free(node->raft);
 	kms_supervisor_free(node->sup);
+	EVP_PKEY_free(node->raft_key);
 	kms_peers_free(node->peers);
 	kms_keyring_free(node->kr);
 	kms_hsm_close(node->hsm);

@@ -4,6 +4,8 @@
 
 #include <stdatomic.h>
 
+#include <openssl/types.h>
+
 #include "kms/config.h"
 #include "kms/error.h"
 #include "kms/hsm.h"
@@ -25,6 +27,7 @@ typedef struct kms_node {
 	atomic_int fatal;          /* a check failed: stop and exit non-zero */
 	char trust_domain[256];    /* "spiffe://kmsd.dev", from our certificate */
 	kms_keyring *kr;
+	EVP_PKEY *raft_key; /* the node key in the HSM, for Raft peer TLS */
 	kms_raft *raft;
 	kms_peers *peers;
 	struct kms_supervisor *sup;

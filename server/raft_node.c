@@ -648,7 +648,9 @@ int kms_raft_start(const kms_config *cfg, kms_keyring *kr, const kms_raft_opts *
 		return kms_errf(err, KMS_ERR_NOMEM, "out of memory starting Raft");
 	}
 	if (dir_is_empty(r->dir))
-		KMS_LOG_I("raft: %s is empty: this node starts a new cluster", r->dir);
+		KMS_LOG_I("raft: %s is empty: %s", r->dir,
+			  r->opts.bootstrap ? "this node starts a new cluster"
+					    : "waiting for a leader to add this node");
 	if (pthread_create(&r->thread, NULL, raft_thread, r) != 0) {
 		kms_raft_free(r);
 		return kms_errf(err, KMS_ERR_INTERNAL, "cannot start the Raft thread");

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <grpc/byte_buffer.h>
 #include <grpc/grpc.h>
@@ -34,6 +35,8 @@
 #define BENCH_CTX_KEY "purpose"
 #define BENCH_CTX_VALUE "kms-bench"
 #define BENCH_AAD "kms-bench fixed aad"
+/* Room for "bench-<pid>-<thread>-<n>": well under the 128-character limit. */
+#define BENCH_KEY_ID_MAX 64
 #define DATA_KEY_BYTES 32
 #define PIN_MAX 256
 /* How often a worker wakes up to look at the clock when nothing completes. */
@@ -43,44 +46,42 @@
 #define STUCK_NS ((int64_t)1000000000)
 
 enum exit_code { EXIT_OK = 0, EXIT_LOCAL = 1, EXIT_SERVER = 2 };
-enum bench_mode { MODE_GDK, MODE_DECRYPT, MODE_RAW };
+enum bench_mode {
+	MODE_GDK,
+	MODE_DECRYPT,
+	MODE_ENCRYPT,
+	MODE_CREATE_KEY,
+	MODE_RAW
+};
 
 static const char usage_text[] =
-    "usage: kms-bench --mode generate-data-key|decrypt --key-id ID\n"
-    "                 [--concurrency N] [--threads T] [--duration S] [--warmup "
-    "S]\n"
-    "                 [--endpoint HOST:PORT] [--ca FILE] [--cert FILE] [--key "
-    "FILE]\n"
+    "usage: kms-bench --mode generate-data-key|decrypt|encrypt --key-id ID\n"
+    "                 [--concurrency N] [--threads T] [--duration S] [--warmup S]\n"
+    "                 [--endpoint HOST:PORT] [--ca FILE] [--cert FILE] [--key FILE]\n"
     "                 [--server-name NAME] [--timeout MS] [--json]\n"
-    "       kms-bench --raw-pkcs11 --module PATH --token LABEL --pin-file "
-    "FILE\n"
+    "       kms-bench --mode create-key [the same options, without --key-id]\n"
+    "       kms-bench --raw-pkcs11 --module PATH --token LABEL --pin-file FILE\n"
     "                 [--threads T] [--duration S] [--warmup S] [--json]\n"
     "\n"
-    "gRPC mode: T threads (default 2), each with its own completion queue, "
-    "keep\n"
-    "N calls in flight in total (default 8) on one mTLS channel; each "
-    "completion\n"
-    "starts the next call. decrypt mode first makes one 32-byte data key blob "
-    "with\n"
+    "gRPC mode: T threads (default 2), each with its own completion queue, keep\n"
+    "N calls in flight in total (default 8) on one mTLS channel; each completion\n"
+    "starts the next call. decrypt mode first makes one 32-byte data key blob with\n"
     "GenerateDataKey and decrypts it over and over with the same context.\n"
-    "--endpoint/--ca/--cert/--key default to "
-    "$KMS_ENDPOINT/$KMS_CA/$KMS_CERT/$KMS_KEY.\n"
+    "encrypt mode encrypts the same 32-byte plaintext over and over.\n"
+    "create-key mode calls CreateKey with a fresh key id\n"
+    "'bench-<pid>-<thread>-<n>' and an empty policy each time (a committed Raft\n"
+    "write; it needs an administrator's certificate). The keys stay.\n"
+    "--endpoint/--ca/--cert/--key default to $KMS_ENDPOINT/$KMS_CA/$KMS_CERT/$KMS_KEY.\n"
     "\n"
     "Raw mode: the HSM baseline without kmsd. Ensures the token object\n"
-    "'" BENCH_DOMAIN_KEY_LABEL
-    "' (AES-256 domain key), makes a master key and\n"
-    "unwraps it as a session object (as kmsd does), encrypts one 32-byte "
-    "value, then\n"
+    "'" BENCH_DOMAIN_KEY_LABEL "' (AES-256 domain key), makes a master key and\n"
+    "unwraps it as a session object (as kmsd does), encrypts one 32-byte value, then\n"
     "T threads, one PKCS#11 session each, AES-GCM decrypt it in a loop.\n"
     "\n"
-    "Both run --warmup seconds (default 2, not measured), then --duration "
-    "seconds\n"
-    "(default 10), then stop. Output: mode, threads, concurrency, ops, "
-    "ops_per_sec,\n"
-    "p50_us, p99_us, p999_us, errors ('field: value' lines, or one JSON object "
-    "with\n"
-    "--json). The first error is printed to stderr. A call still unanswered 1 "
-    "s\n"
+    "Both run --warmup seconds (default 2, not measured), then --duration seconds\n"
+    "(default 10), then stop. Output: mode, threads, concurrency, ops, ops_per_sec,\n"
+    "p50_us, p99_us, p999_us, errors ('field: value' lines, or one JSON object with\n"
+    "--json). The first error is printed to stderr. A call still unanswered 1 s\n"
     "before the end counts as an error. Exit status: 0 no errors, 1 usage or\n"
     "set-up failure, 2 some calls failed or none completed.\n";
 
@@ -110,6 +111,8 @@ struct bench;
 struct worker {
 	pthread_t tid;
 	struct bench *b;
+	unsigned index; /* 0..threads-1, part of create-key ids */
+	uint64_t seq;	/* create-key ids this worker has used */
 	unsigned slots; /* calls kept in flight (gRPC mode) */
 	struct lat lat;
 	uint64_t ops;
@@ -126,8 +129,9 @@ struct bench {
 	grpc_channel *channel;
 	int timeout_ms;
 	const char *method;
-	const uint8_t *req;
+	const uint8_t *req; /* the request every call sends; NULL: per call */
 	size_t req_len;
+	long pid; /* create-key ids */
 	/* raw mode */
 	kms_hsm *hsm;
 	kms_hsm_key key;
@@ -219,12 +223,35 @@ static void slot_release(struct slot *s)
 	memset(s, 0, sizeof(*s));
 }
 
+/*
+ * A CreateKeyRequest for a key id no other call uses: the pid keeps runs
+ * apart, the worker index and its counter keep calls apart. The policy is
+ * present and empty (no grants: default deny), as kmsd requires a policy.
+ * The caller owns the returned slice (one reference).
+ */
+static grpc_slice create_key_request(struct worker *w)
+{
+	char key_id[BENCH_KEY_ID_MAX], description[] = "kms-bench";
+	Kms__V1__CreateKeyRequest req = KMS__V1__CREATE_KEY_REQUEST__INIT;
+	Kms__V1__KeyPolicy policy = KMS__V1__KEY_POLICY__INIT;
+	grpc_slice slice;
+
+	snprintf(key_id, sizeof(key_id), "bench-%ld-%u-%llu", w->b->pid,
+		 w->index, (unsigned long long)w->seq++);
+	req.key_id = key_id;
+	req.description = description;
+	req.policy = &policy;
+	slice = grpc_slice_malloc(protobuf_c_message_get_packed_size(&req.base));
+	protobuf_c_message_pack(&req.base, GRPC_SLICE_START_PTR(slice));
+	return slice;
+}
+
 /* Starts one call on cq with s as its tag; 0 when it is in flight. */
 static int slot_start(struct worker *w, grpc_completion_queue *cq,
 		      struct slot *s)
 {
 	struct bench *b = w->b;
-	grpc_slice req = grpc_slice_from_static_buffer(b->req, b->req_len);
+	grpc_slice req;
 	grpc_op ops[6];
 	grpc_call_error ce;
 	gpr_timespec deadline;
@@ -234,6 +261,10 @@ static int slot_start(struct worker *w, grpc_completion_queue *cq,
 	grpc_metadata_array_init(&s->md_initial);
 	grpc_metadata_array_init(&s->md_trailing);
 	s->t0 = now_ns();
+	if (b->req != NULL)
+		req = grpc_slice_from_static_buffer(b->req, b->req_len);
+	else
+		req = create_key_request(w);
 	deadline =
 	    gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
 			 gpr_time_from_millis(b->timeout_ms, GPR_TIMESPAN));
@@ -244,7 +275,9 @@ static int slot_start(struct worker *w, grpc_completion_queue *cq,
 		worker_error(w, s->t0, "cannot create a call");
 		goto fail;
 	}
+	/* The byte buffer holds its own reference to the slice. */
 	s->send = grpc_raw_byte_buffer_create(&req, 1);
+	grpc_slice_unref(req);
 	if (s->send == NULL) {
 		worker_error(w, s->t0, "cannot create a request buffer");
 		goto fail;
@@ -367,6 +400,7 @@ out:
 /*
  * Packs the request every call sends. decrypt mode needs a blob first: one
  * blocking GenerateDataKey with the bench context, whose plaintext is wiped.
+ * create-key mode packs a new request for each call (*req stays NULL).
  */
 static int grpc_setup(struct bench *b, kms_client *c, uint8_t **req,
 		      size_t *req_len)
@@ -382,11 +416,23 @@ static int grpc_setup(struct bench *b, kms_client *c, uint8_t **req,
 	Kms__V1__DecryptRequest__EncryptionContextEntry de =
 	    KMS__V1__DECRYPT_REQUEST__ENCRYPTION_CONTEXT_ENTRY__INIT;
 	Kms__V1__DecryptRequest__EncryptionContextEntry *dep = &de;
+	Kms__V1__EncryptRequest enc = KMS__V1__ENCRYPT_REQUEST__INIT;
+	Kms__V1__EncryptRequest__EncryptionContextEntry ee =
+	    KMS__V1__ENCRYPT_REQUEST__ENCRYPTION_CONTEXT_ENTRY__INIT;
+	Kms__V1__EncryptRequest__EncryptionContextEntry *eep = &ee;
+	/* Not a secret: a fixed pattern, the same size as a data key. */
+	uint8_t plain[DATA_KEY_BYTES];
 	Kms__V1__GenerateDataKeyResponse *resp = NULL;
 	const ProtobufCMessage *msg = &gdk.base;
 	kms_rpc_status st;
 	int rc = EXIT_OK;
 
+	*req = NULL;
+	*req_len = 0;
+	if (o->mode == MODE_CREATE_KEY) {
+		b->method = "/kms.v1.KeyManagement/CreateKey";
+		return EXIT_OK;
+	}
 	ge.key = ctx_key;
 	ge.value = ctx_value;
 	gdk.key_id = (char *)o->key_id;
@@ -410,6 +456,18 @@ static int grpc_setup(struct bench *b, kms_client *c, uint8_t **req,
 		dec.encryption_context = &dep;
 		msg = &dec.base;
 		b->method = "/kms.v1.KeyManagement/Decrypt";
+	} else if (o->mode == MODE_ENCRYPT) {
+		for (size_t i = 0; i < sizeof(plain); i++)
+			plain[i] = (uint8_t)i;
+		ee.key = ctx_key;
+		ee.value = ctx_value;
+		enc.key_id = (char *)o->key_id;
+		enc.plaintext.data = plain;
+		enc.plaintext.len = sizeof(plain);
+		enc.n_encryption_context = 1;
+		enc.encryption_context = &eep;
+		msg = &enc.base;
+		b->method = "/kms.v1.KeyManagement/Encrypt";
 	}
 	*req_len = protobuf_c_message_get_packed_size(msg);
 	*req = kms_malloc(*req_len);
@@ -562,11 +620,26 @@ static double percentile_us(const uint64_t *v, size_t n, double q)
 	return (double)v[rank - 1] / 1000.0;
 }
 
+static const char *mode_name(enum bench_mode m)
+{
+	switch (m) {
+	case MODE_GDK:
+		return "generate-data-key";
+	case MODE_DECRYPT:
+		return "decrypt";
+	case MODE_ENCRYPT:
+		return "encrypt";
+	case MODE_CREATE_KEY:
+		return "create-key";
+	case MODE_RAW:
+		break;
+	}
+	return "raw-pkcs11";
+}
+
 static int report(const struct opts *o, struct worker *w, unsigned nw)
 {
-	const char *mode = o->mode == MODE_GDK	     ? "generate-data-key"
-			   : o->mode == MODE_DECRYPT ? "decrypt"
-						     : "raw-pkcs11";
+	const char *mode = mode_name(o->mode);
 	uint64_t ops = 0, errors = 0, *all;
 	size_t n = 0, i, at = 0;
 	const char *first = NULL;
@@ -673,6 +746,9 @@ static int run_grpc(const struct opts *o, struct worker *w)
 	b.timeout_ms = kms_client_timeout_ms(c);
 	b.req = req;
 	b.req_len = req_len;
+	b.pid = (long)getpid();
+	for (i = 0; i < o->threads; i++)
+		w[i].index = i;
 	/* Split the calls over the threads; the first take the remainder. */
 	for (i = 0; i < o->threads; i++)
 		w[i].slots = o->concurrency / o->threads +
@@ -908,15 +984,23 @@ static int parse_args(struct opts *o, int argc, char **argv)
 		return usage_error(
 		    "--module, --token and --pin-file go with --raw-pkcs11");
 	if (mode == NULL)
-		return usage_error(
-		    "give --mode generate-data-key|decrypt, or --raw-pkcs11");
+		return usage_error("give --mode "
+				   "generate-data-key|decrypt|encrypt|create-key, "
+				   "or --raw-pkcs11");
 	if (strcmp(mode, "generate-data-key") == 0)
 		o->mode = MODE_GDK;
 	else if (strcmp(mode, "decrypt") == 0)
 		o->mode = MODE_DECRYPT;
+	else if (strcmp(mode, "encrypt") == 0)
+		o->mode = MODE_ENCRYPT;
+	else if (strcmp(mode, "create-key") == 0)
+		o->mode = MODE_CREATE_KEY;
 	else
 		return usage_error("unknown --mode '%s'", mode);
-	if (o->key_id == NULL)
+	if (o->mode == MODE_CREATE_KEY && o->key_id != NULL)
+		return usage_error("--mode create-key makes its own key ids "
+				   "(bench-<pid>-<thread>-<n>): no --key-id");
+	if (o->mode != MODE_CREATE_KEY && o->key_id == NULL)
 		return usage_error("--mode %s needs --key-id", mode);
 	if (o->concurrency < o->threads)
 		return usage_error("--concurrency %u is below --threads %u",

@@ -362,6 +362,31 @@ START_TEST(operator_and_internal_refuse_other_principals)
 }
 END_TEST
 
+START_TEST(raft_port_refuses_plaintext_and_service_certificates)
+{
+	kms_test_node *n = &nodes[0];
+
+	/* Plain TCP bytes: refused at the TLS handshake. */
+	kms_test_sh("bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d; printf \"KMSR hello raft\" >&3; "
+		    "timeout 8 cat <&3 >/dev/null' 2>/dev/null || true",
+		    n->raft_port);
+	/* A service's client certificate from the same CA, with a well-formed
+	 * preamble claiming to be node 2: refused, it is not that node. */
+	kms_test_sh("printf 'KMSR\\0\\0\\0\\0\\0\\0\\0\\2\\0\\01110.0.0.9:1' | "
+		    "timeout 8 openssl s_client -quiet -connect 127.0.0.1:%d -cert '%s/app.pem' "
+		    "-key '%s/app.key' -CAfile '%s/ca.pem' >/dev/null 2>&1 || true",
+		    n->raft_port, env.pki, env.pki, env.pki);
+	sleep_ms(500);
+	ck_assert_msg(kms_test_file_contains(n->log, "raft-tls: refused") &&
+			      kms_test_file_contains(n->log, "TLS handshake failed"),
+		      "no refusal of the plaintext client in %s", n->log);
+	ck_assert_msg(kms_test_file_contains(n->log, KMS_TEST_APP),
+		      "no refusal naming the service certificate in %s", n->log);
+	/* Raft itself carried on. */
+	ck_assert_int_ge(wait_leader(5000), 0);
+}
+END_TEST
+
 START_TEST(paused_minority_catches_up_through_a_snapshot)
 {
 	int l = wait_leader(5000), f = (l + 2) % N, via = (l + 1) % N;
@@ -588,6 +613,7 @@ int main(void)
 	tcase_add_test(tc, write_on_a_follower_is_forwarded_and_readable_there);
 	tcase_add_test(tc, leader_commit_consistency_reads_every_acknowledged_write);
 	tcase_add_test(tc, operator_and_internal_refuse_other_principals);
+	tcase_add_test(tc, raft_port_refuses_plaintext_and_service_certificates);
 	tcase_add_test(tc, paused_minority_catches_up_through_a_snapshot);
 	tcase_add_test(tc, leader_killed_during_writes_loses_no_acknowledged_key);
 	tcase_add_test(tc, majority_lost_refuses_writes_and_keeps_unwrapping);

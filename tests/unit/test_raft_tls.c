@@ -1,0 +1,1200 @@
+/* test_raft_tls.c - Raft peer links over mutual TLS: a real two-node
+ * canonical/raft cluster on the transport, and refusal of plaintext,
+ * foreign-CA, non-node and lying peers. Certificates are made at test time. */
+#include <arpa/inet.h>
+#include <check.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <raft.h>
+#include <raft/uv.h>
+#include <uv.h>
+
+#include "kms/error.h"
+#include "raft_tls.h"
+
+#define TD "spiffe://kmsd.dev"
+#define N_ENTRIES 50
+
+/* ---- a PKI made once per run (unchecked fixture, before the forks) ---- */
+
+struct ident {
+	EVP_PKEY *key;
+	X509 *cert;
+	char pem[320]; /* the certificate, PEM */
+};
+
+static char pki_dir[256];
+static struct ident ca, other_ca;
+static struct ident node[4]; /* node[1..3]: spiffe://kmsd.dev/kmsd/node/N */
+static struct ident app; /* a service: .../ns/demo/sa/app, clientAuth only */
+static struct ident foreign2; /* another CA's certificate for .../kmsd/node/2 */
+static struct ident two_uris; /* node/2 plus a second URI SAN */
+static long serial = 1;
+
+static EVP_PKEY *new_key(void)
+{
+	EVP_PKEY *k = EVP_EC_gen("P-256");
+
+	ck_assert_ptr_nonnull(k);
+	return k;
+}
+
+static void add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
+{
+	X509V3_CTX ctx;
+	X509_EXTENSION *ext;
+
+	X509V3_set_ctx_nodb(&ctx);
+	X509V3_set_ctx(&ctx, issuer, cert, NULL, NULL, 0);
+	ext = X509V3_EXT_nconf_nid(NULL, &ctx, nid, value);
+	ck_assert_ptr_nonnull(ext);
+	ck_assert_int_eq(X509_add_ext(cert, ext, -1), 1);
+	X509_EXTENSION_free(ext);
+}
+
+/* issuer NULL: a self-signed CA. */
+static void make_ident(struct ident *id, const char *file, const char *cn,
+		       const struct ident *issuer, const char *san,
+		       const char *eku)
+{
+	X509 *x = X509_new();
+	X509_NAME *name;
+	FILE *f;
+
+	ck_assert_ptr_nonnull(x);
+	id->key = new_key();
+	ck_assert_int_eq(X509_set_version(x, 2), 1);
+	ck_assert_int_eq(ASN1_INTEGER_set(X509_get_serialNumber(x), serial++),
+			 1);
+	ck_assert_ptr_nonnull(X509_gmtime_adj(X509_getm_notBefore(x), -300));
+	ck_assert_ptr_nonnull(X509_gmtime_adj(X509_getm_notAfter(x), 3600));
+	ck_assert_int_eq(X509_set_pubkey(x, id->key), 1);
+	name = X509_get_subject_name(x);
+	ck_assert_int_eq(X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+						    (const unsigned char *)cn,
+						    -1, -1, 0),
+			 1);
+	ck_assert_int_eq(
+	    X509_set_issuer_name(
+		x, issuer != NULL ? X509_get_subject_name(issuer->cert) : name),
+	    1);
+	if (issuer == NULL) {
+		add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE");
+		add_ext(x, x, NID_key_usage, "critical,keyCertSign,cRLSign");
+	} else {
+		add_ext(x, issuer->cert, NID_basic_constraints,
+			"critical,CA:FALSE");
+		add_ext(x, issuer->cert, NID_key_usage,
+			"critical,digitalSignature");
+		add_ext(x, issuer->cert, NID_ext_key_usage, eku);
+		add_ext(x, issuer->cert, NID_subject_alt_name, san);
+	}
+	ck_assert_int_gt(
+	    X509_sign(x, issuer != NULL ? issuer->key : id->key, EVP_sha256()),
+	    0);
+	id->cert = x;
+	snprintf(id->pem, sizeof(id->pem), "%s/%s.pem", pki_dir, file);
+	f = fopen(id->pem, "w");
+	ck_assert_ptr_nonnull(f);
+	ck_assert_int_eq(PEM_write_X509(f, x), 1);
+	ck_assert_int_eq(fclose(f), 0);
+}
+
+static void free_ident(struct ident *id)
+{
+	if (id->pem[0] != '\0')
+		unlink(id->pem);
+	X509_free(id->cert);
+	EVP_PKEY_free(id->key);
+	memset(id, 0, sizeof(*id));
+}
+
+static void pki_setup(void)
+{
+	char san[128];
+
+	snprintf(pki_dir, sizeof(pki_dir), "%s/kms-rafttls-pki.XXXXXX",
+		 getenv("TMPDIR") != NULL ? getenv("TMPDIR") : "/tmp");
+	ck_assert_ptr_nonnull(mkdtemp(pki_dir));
+	make_ident(&ca, "ca", "kmsd.dev test CA", NULL, NULL, NULL);
+	make_ident(&other_ca, "other-ca", "unrelated CA", NULL, NULL, NULL);
+	for (int i = 1; i <= 3; i++) {
+		char file[32], cn[32];
+
+		snprintf(file, sizeof(file), "node%d", i);
+		snprintf(cn, sizeof(cn), "node %d", i);
+		snprintf(san, sizeof(san),
+			 "URI:" TD "/kmsd/node/%d,IP:127.0.0.1", i);
+		make_ident(&node[i], file, cn, &ca, san,
+			   "serverAuth,clientAuth");
+	}
+	make_ident(&app, "app", "app", &ca, "URI:" TD "/ns/demo/sa/app",
+		   "clientAuth");
+	make_ident(&foreign2, "foreign2", "node 2 elsewhere", &other_ca,
+		   "URI:" TD "/kmsd/node/2", "serverAuth,clientAuth");
+	make_ident(&two_uris, "two-uris", "two uris", &ca,
+		   "URI:" TD "/kmsd/node/2,URI:" TD "/kmsd/node/1",
+		   "serverAuth,clientAuth");
+}
+
+static void pki_teardown(void)
+{
+	free_ident(&two_uris);
+	free_ident(&foreign2);
+	free_ident(&app);
+	for (int i = 1; i <= 3; i++)
+		free_ident(&node[i]);
+	free_ident(&other_ca);
+	free_ident(&ca);
+	rmdir(pki_dir);
+}
+
+/* ---- per-test state: a loop on this thread, a temp dir, captured logs ---- */
+
+static uv_loop_t loop;
+static uv_timer_t tick;
+static char dir[256];
+static char log_path[300];
+static int saved_stderr = -1;
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* who may be which node */
+struct members {
+	unsigned long long ids[4];
+	int n;
+	atomic_int calls;
+};
+
+static struct members cluster123 = {.ids = {1, 2, 3}, .n = 3};
+static struct members cluster12 = {.ids = {1, 2}, .n = 2};
+static int applied_ok;	  /* raft_apply callbacks with status 0 */
+static int n_writes_done; /* uv_write callbacks */
+
+static void on_tick(uv_timer_t *t)
+{
+	(void)t;
+}
+
+/* Runs the loop until cond holds or ms pass; the tick timer keeps each
+ * uv_run(UV_RUN_ONCE) short. */
+#define WAIT_FOR(cond, ms)                                                     \
+	do {                                                                   \
+		int64_t d_ = now_ms() + (ms);                                  \
+		while (!(cond) && now_ms() < d_)                               \
+			uv_run(&loop, UV_RUN_ONCE);                            \
+	} while (0)
+
+static int rm_entry(const char *p, const struct stat *st, int flag,
+		    struct FTW *ftw)
+{
+	(void)st;
+	(void)flag;
+	(void)ftw;
+	return remove(p);
+}
+
+static void setup(void)
+{
+	int fd;
+
+	snprintf(dir, sizeof(dir), "%s/kms-rafttls.XXXXXX",
+		 getenv("TMPDIR") != NULL ? getenv("TMPDIR") : "/tmp");
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	snprintf(log_path, sizeof(log_path), "%s/log", dir);
+	/* The transport's warnings go to stderr: keep them to check that a
+	 * refusal names its reason. KMS_TEST_VERBOSE=1 leaves stderr alone. */
+	if (getenv("KMS_TEST_VERBOSE") == NULL) {
+		fd = open(log_path,
+			  O_CREAT | O_WRONLY | O_TRUNC | O_APPEND | O_CLOEXEC,
+			  0600);
+		ck_assert_int_ge(fd, 0);
+		saved_stderr = dup(2);
+		ck_assert_int_ge(dup2(fd, 2), 0);
+		close(fd);
+	}
+	/* Counters start at zero for every test, with or without fork. */
+	atomic_store(&cluster123.calls, 0);
+	atomic_store(&cluster12.calls, 0);
+	applied_ok = 0;
+	n_writes_done = 0;
+	ck_assert_int_eq(uv_loop_init(&loop), 0);
+	ck_assert_int_eq(uv_timer_init(&loop, &tick), 0);
+	ck_assert_int_eq(uv_timer_start(&tick, on_tick, 5, 5), 0);
+}
+
+static void teardown(void)
+{
+	int64_t deadline = now_ms() + 5000;
+
+	uv_close((uv_handle_t *)&tick, NULL);
+	/* Bounded: a failed test may leave a transport open (without fork). */
+	while (uv_run(&loop, UV_RUN_NOWAIT) != 0 && now_ms() < deadline)
+		usleep(1000);
+	/* UV_EBUSY here means a handle (a stream handed to "raft") leaked. */
+	ck_assert_int_eq(uv_loop_close(&loop), 0);
+	if (saved_stderr >= 0) {
+		dup2(saved_stderr, 2);
+		close(saved_stderr);
+		saved_stderr = -1;
+	}
+	nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static int log_contains(const char *needle)
+{
+	char buf[65536];
+	FILE *f;
+	size_t n;
+
+	if (saved_stderr < 0)
+		return 1; /* KMS_TEST_VERBOSE: the log went to the terminal */
+	f = fopen(log_path, "r");
+	if (f == NULL)
+		return 0;
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	return strstr(buf, needle) != NULL;
+}
+
+static int free_port(void)
+{
+	struct sockaddr_in a;
+	socklen_t len = sizeof(a);
+	int fd = socket(AF_INET, SOCK_STREAM, 0), port;
+
+	ck_assert_int_ge(fd, 0);
+	memset(&a, 0, sizeof(a));
+	a.sin_family = AF_INET;
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+	port = ntohs(a.sin_port);
+	close(fd);
+	return port;
+}
+
+/* ---- who may be which node ---- */
+
+static int authorize_member(void *arg, const char *spiffe_id,
+			    unsigned long long raft_id)
+{
+	struct members *m = arg;
+	unsigned long long id;
+
+	atomic_fetch_add(&m->calls, 1);
+	if (kms_raft_tls_parse_node_id(spiffe_id, TD, &id) != KMS_OK ||
+	    id != raft_id)
+		return 0;
+	for (int i = 0; i < m->n; i++)
+		if (m->ids[i] == id)
+			return 1;
+	return 0;
+}
+
+/* ---- a bare transport, driven the way raft drives it ---- */
+
+struct reader {
+	char buf[512];
+	size_t n;
+	int eof;
+};
+
+struct side {
+	struct raft_uv_transport t;
+	kms_raft_tls_opts opts;
+	char addr[64];
+	int closed;
+	int n_accepted;
+	raft_id acc_id;
+	char acc_addr[64];
+	uv_stream_t *acc;
+	struct reader acc_rd;
+	/* one outgoing request */
+	struct raft_uv_connect req;
+	int connect_done;
+	int connect_status;
+	int close_seen_at_connect; /* the transport close cb had fired already
+				    */
+	uv_stream_t *out;
+	struct reader out_rd;
+};
+
+static void on_accept(struct raft_uv_transport *t, raft_id id,
+		      const char *address, uv_stream_t *s)
+{
+	struct side *sd = t->data;
+
+	sd->n_accepted++;
+	sd->acc_id = id;
+	snprintf(sd->acc_addr, sizeof(sd->acc_addr), "%s", address);
+	if (sd->acc != NULL) { /* keep one; close extras as raft would */
+		uv_close((uv_handle_t *)s, (uv_close_cb)raft_free);
+		return;
+	}
+	sd->acc = s;
+}
+
+static void on_connect(struct raft_uv_connect *req, uv_stream_t *s, int status)
+{
+	struct side *sd = req->data;
+
+	sd->connect_done++;
+	sd->connect_status = status;
+	sd->close_seen_at_connect = sd->closed;
+	sd->out = s;
+	if (status == 0)
+		ck_assert_ptr_nonnull(s);
+	else
+		ck_assert_ptr_null(s);
+}
+
+static void on_tclose(struct raft_uv_transport *t)
+{
+	struct side *sd = t->data;
+
+	sd->closed = 1;
+}
+
+static void side_init(struct side *sd, raft_id id, const struct ident *who,
+		      const char *ca_pem, struct members *m, int listen)
+{
+	kms_err err;
+
+	memset(sd, 0, sizeof(*sd));
+	snprintf(sd->addr, sizeof(sd->addr), "127.0.0.1:%d", free_port());
+	sd->opts.ca_file = ca_pem;
+	sd->opts.cert_file = who->pem;
+	sd->opts.key = who->key;
+	sd->opts.authorize = authorize_member;
+	sd->opts.authorize_arg = m;
+	sd->t.data = sd;
+	sd->req.data = sd;
+	ck_assert_int_eq(kms_raft_tls_init(&sd->t, &loop, &sd->opts, &err),
+			 KMS_OK);
+	ck_assert_ptr_eq(sd->t.data, sd);
+	ck_assert_int_eq(sd->t.init(&sd->t, id, sd->addr), 0);
+	if (listen)
+		ck_assert_msg(sd->t.listen(&sd->t, on_accept) == 0,
+			      "listen: %s", sd->t.errmsg);
+}
+
+static void side_close(struct side *sd)
+{
+	sd->t.close(&sd->t, on_tclose);
+	WAIT_FOR(sd->closed, 10000);
+	ck_assert_int_eq(sd->closed, 1);
+	kms_raft_tls_close(&sd->t);
+}
+
+static void close_stream(uv_stream_t **s)
+{
+	if (*s != NULL)
+		uv_close((uv_handle_t *)*s, (uv_close_cb)raft_free);
+	*s = NULL;
+}
+
+static void rd_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+	struct reader *r = h->data;
+
+	(void)suggested;
+	buf->base = r->buf + r->n;
+	buf->len = sizeof(r->buf) - 1 - r->n;
+}
+
+static void rd_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+	struct reader *r = s->data;
+
+	(void)buf;
+	if (n > 0) {
+		r->n += (size_t)n;
+		r->buf[r->n] = '\0';
+	} else if (n < 0) {
+		r->eof = 1;
+		uv_read_stop(s);
+	}
+}
+
+static void start_reading(uv_stream_t *s, struct reader *r)
+{
+	memset(r, 0, sizeof(*r));
+	s->data = r;
+	ck_assert_int_eq(uv_read_start(s, rd_alloc, rd_read), 0);
+}
+
+static void on_write(uv_write_t *w, int status)
+{
+	ck_assert_int_eq(status, 0);
+	n_writes_done++;
+	free(w);
+}
+
+static void write_str(uv_stream_t *s, const char *str)
+{
+	uv_write_t *w = malloc(sizeof(*w));
+	uv_buf_t b = uv_buf_init((char *)str, (unsigned)strlen(str));
+
+	ck_assert_ptr_nonnull(w);
+	ck_assert_int_eq(uv_write(w, s, &b, 1, on_write), 0);
+}
+
+/* ---- raw clients on their own thread ---- */
+
+static int tcp_dial(const char *addr)
+{
+	struct sockaddr_in a;
+	struct timeval tv = {.tv_sec = 8};
+	const char *colon = strrchr(addr, ':');
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	ck_assert_int_ge(fd, 0);
+	memset(&a, 0, sizeof(a));
+	a.sin_family = AF_INET;
+	a.sin_port = htons((uint16_t)atoi(colon + 1));
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	ck_assert_int_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	return fd;
+}
+
+struct client {
+	const char *addr;
+	const struct ident *who; /* NULL: plaintext */
+	unsigned long long claim;
+	const char *claim_addr;
+	int exchange; /* after the acknowledgement: "ping..." out, "pong" back
+		       */
+	/* results */
+	int handshake_ok;
+	int acked;
+	int exchanged;
+	int closed_by_server; /* plaintext: EOF or reset, not a timeout */
+	atomic_int done;
+	pthread_t th;
+};
+
+static int ssl_read_full(SSL *ssl, unsigned char *p, int n)
+{
+	int got = 0;
+
+	while (got < n) {
+		int r = SSL_read(ssl, p + got, n - got);
+
+		if (r <= 0)
+			return -1;
+		got += r;
+	}
+	return 0;
+}
+
+static void *client_main(void *arg)
+{
+	struct client *c = arg;
+	int fd = tcp_dial(c->addr);
+	SSL_CTX *ctx = NULL;
+	SSL *ssl = NULL;
+	unsigned char pre[4 + 8 + 2 + 256], ack[4], pong[4];
+	size_t alen, n = 0;
+
+	if (c->who == NULL) {
+		static const char req[] = "GET / HTTP/1.1\r\nHost: raft\r\n\r\n"
+					  "\x00\x00\x00\x00\x00\x00\x00\x01";
+		char buf[256];
+		ssize_t r;
+
+		if (send(fd, req, sizeof(req) - 1, MSG_NOSIGNAL) < 0)
+			goto out;
+		do
+			r = recv(fd, buf, sizeof(buf), 0);
+		while (r > 0);
+		/* 0: orderly close; ECONNRESET: closed with data unread. A
+		 * timeout (EAGAIN) means the server kept the connection. */
+		c->closed_by_server = r == 0 || errno == ECONNRESET;
+		goto out;
+	}
+	ctx = SSL_CTX_new(TLS_client_method());
+	SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+	if (SSL_CTX_load_verify_locations(ctx, ca.pem, NULL) != 1 ||
+	    SSL_CTX_use_certificate_file(ctx, c->who->pem, SSL_FILETYPE_PEM) !=
+		1 ||
+	    SSL_CTX_use_PrivateKey(ctx, c->who->key) != 1)
+		goto out;
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	ssl = SSL_new(ctx);
+	SSL_set_fd(ssl, fd);
+	if (SSL_connect(ssl) != 1)
+		goto out;
+	c->handshake_ok = 1;
+	alen = strlen(c->claim_addr);
+	memcpy(pre, "KMSR", 4);
+	n = 4;
+	for (int i = 7; i >= 0; i--)
+		pre[n++] = (unsigned char)(c->claim >> (8 * i));
+	pre[n++] = (unsigned char)(alen >> 8);
+	pre[n++] = (unsigned char)alen;
+	memcpy(pre + n, c->claim_addr, alen);
+	n += alen;
+	if (SSL_write(ssl, pre, (int)n) != (int)n)
+		goto out;
+	if (ssl_read_full(ssl, ack, 4) != 0 || memcmp(ack, "KMSA", 4) != 0)
+		goto out;
+	c->acked = 1;
+	if (c->exchange) {
+		if (SSL_write(ssl, "ping-from-peer-2", 16) != 16 ||
+		    ssl_read_full(ssl, pong, 4) != 0 ||
+		    memcmp(pong, "pong", 4) != 0)
+			goto out;
+		c->exchanged = 1;
+	}
+out:
+	SSL_free(ssl);
+	SSL_CTX_free(ctx);
+	close(fd);
+	atomic_store(&c->done, 1);
+	return NULL;
+}
+
+static void client_start(struct client *c)
+{
+	ck_assert_int_eq(pthread_create(&c->th, NULL, client_main, c), 0);
+}
+
+static void client_join(struct client *c)
+{
+	WAIT_FOR(atomic_load(&c->done), 15000);
+	ck_assert_int_eq(atomic_load(&c->done), 1);
+	pthread_join(c->th, NULL);
+}
+
+/* ---- tests on the bare transport ---- */
+
+/* The positive twin of every refusal below: a member with its own id gets
+ * through, raft sees its id and address, and bytes flow both ways. */
+START_TEST(member_peer_is_accepted_and_bytes_flow)
+{
+	struct side s;
+	struct client c = {.who = &node[2],
+			   .claim = 2,
+			   .claim_addr = "127.0.0.1:7002",
+			   .exchange = 1};
+
+	side_init(&s, 1, &node[1], ca.pem, &cluster123, 1);
+	c.addr = s.addr;
+	client_start(&c);
+	WAIT_FOR(s.acc != NULL, 10000);
+	ck_assert_ptr_nonnull(s.acc);
+	ck_assert_int_eq(s.n_accepted, 1);
+	ck_assert_uint_eq(s.acc_id, 2);
+	ck_assert_str_eq(s.acc_addr, "127.0.0.1:7002");
+	start_reading(s.acc, &s.acc_rd);
+	WAIT_FOR(s.acc_rd.n >= 16, 10000);
+	ck_assert_str_eq(s.acc_rd.buf, "ping-from-peer-2");
+	write_str(s.acc, "pong");
+	client_join(&c);
+	ck_assert_int_eq(c.exchanged, 1);
+	WAIT_FOR(s.acc_rd.eof, 10000); /* the peer left: raft's end sees it */
+	ck_assert_int_eq(s.acc_rd.eof, 1);
+	close_stream(&s.acc);
+	side_close(&s);
+}
+END_TEST
+
+START_TEST(plaintext_client_is_disconnected_and_never_reaches_raft)
+{
+	struct side s;
+	struct client c = {0};
+
+	side_init(&s, 1, &node[1], ca.pem, &cluster123, 1);
+	c.addr = s.addr;
+	client_start(&c);
+	client_join(&c);
+	ck_assert_int_eq(c.closed_by_server, 1);
+	WAIT_FOR(log_contains("TLS handshake failed"), 3000);
+	ck_assert(log_contains("raft-tls: refused 127.0.0.1:"));
+	ck_assert(log_contains("TLS handshake failed"));
+	uv_run(&loop, UV_RUN_NOWAIT);
+	ck_assert_int_eq(s.n_accepted, 0);
+	ck_assert_int_eq(atomic_load(&cluster123.calls), 0);
+	side_close(&s);
+}
+END_TEST
+
+START_TEST(service_client_certificate_is_refused)
+{
+	struct side s;
+	struct client c = {
+	    .who = &app, .claim = 2, .claim_addr = "127.0.0.1:7002"};
+
+	side_init(&s, 1, &node[1], ca.pem, &cluster123, 1);
+	c.addr = s.addr;
+	client_start(&c);
+	client_join(&c);
+	ck_assert_int_eq(c.handshake_ok,
+			 1);	      /* a valid certificate of our CA... */
+	ck_assert_int_eq(c.acked, 0); /* ...but not a node: refused */
+	WAIT_FOR(log_contains("is not authorized"), 3000);
+	ck_assert(
+	    log_contains("certificate spiffe://kmsd.dev/ns/demo/sa/app is not "
+			 "authorized as raft node 2"));
+	uv_run(&loop, UV_RUN_NOWAIT);
+	ck_assert_int_eq(s.n_accepted, 0);
+	side_close(&s);
+}
+END_TEST
+
+START_TEST(node_claiming_another_id_is_refused)
+{
+	struct side s;
+	struct client c = {
+	    .who = &node[3], .claim = 2, .claim_addr = "127.0.0.1:7002"};
+
+	side_init(&s, 1, &node[1], ca.pem, &cluster123, 1);
+	c.addr = s.addr;
+	client_start(&c);
+	client_join(&c);
+	ck_assert_int_eq(c.handshake_ok, 1);
+	ck_assert_int_eq(c.acked, 0);
+	WAIT_FOR(log_contains("is not authorized"), 3000);
+	ck_assert(log_contains(
+	    "certificate spiffe://kmsd.dev/kmsd/node/3 is not authorized "
+	    "as raft node 2"));
+	uv_run(&loop, UV_RUN_NOWAIT);
+	ck_assert_int_eq(s.n_accepted, 0);
+	side_close(&s);
+}
+END_TEST
+
+START_TEST(certificate_with_two_uris_is_refused)
+{
+	struct side s;
+	struct client c = {
+	    .who = &two_uris, .claim = 2, .claim_addr = "127.0.0.1:7002"};
+
+	side_init(&s, 1, &node[1], ca.pem, &cluster123, 1);
+	c.addr = s.addr;
+	client_start(&c);
+	client_join(&c);
+	ck_assert_int_eq(c.acked, 0);
+	WAIT_FOR(log_contains("exactly one SPIFFE ID"), 3000);
+	ck_assert(
+	    log_contains("certificate does not carry exactly one SPIFFE ID"));
+	ck_assert_int_eq(s.n_accepted, 0);
+	ck_assert_int_eq(atomic_load(&cluster123.calls), 0);
+	side_close(&s);
+}
+END_TEST
+
+START_TEST(certificate_from_another_ca_is_refused_at_the_handshake)
+{
+	struct side s;
+	struct client c = {
+	    .who = &foreign2, .claim = 2, .claim_addr = "127.0.0.1:7002"};
+
+	side_init(&s, 1, &node[1], ca.pem, &cluster123, 1);
+	c.addr = s.addr;
+	client_start(&c);
+	client_join(&c);
+	ck_assert_int_eq(c.acked, 0);
+	WAIT_FOR(log_contains("certificate verify failed"), 3000);
+	ck_assert(
+	    log_contains("TLS handshake failed: certificate verify failed"));
+	uv_run(&loop, UV_RUN_NOWAIT);
+	ck_assert_int_eq(s.n_accepted, 0);
+	/* Refused before any identity check. */
+	ck_assert_int_eq(atomic_load(&cluster123.calls), 0);
+	side_close(&s);
+}
+END_TEST
+
+/* The other direction: our node dials a server whose certificate chains
+ * to another CA. */
+START_TEST(server_from_another_ca_is_refused_by_connect)
+{
+	struct side a, b;
+	struct members m2 = {.ids = {1, 2}, .n = 2};
+
+	side_init(&b, 2, &foreign2, other_ca.pem, &m2, 1);
+	side_init(&a, 1, &node[1], ca.pem, &m2, 0);
+	ck_assert_int_eq(a.t.connect(&a.t, &a.req, 2, b.addr, on_connect), 0);
+	WAIT_FOR(a.connect_done, 10000);
+	ck_assert_int_eq(a.connect_done, 1);
+	ck_assert_int_eq(a.connect_status, RAFT_NOCONNECTION);
+	ck_assert(log_contains("TLS handshake failed"));
+	ck_assert_int_eq(b.n_accepted, 0);
+	side_close(&a);
+	side_close(&b);
+}
+END_TEST
+
+START_TEST(silent_client_is_dropped_after_five_seconds)
+{
+	struct side s;
+	int fd;
+	char b;
+	int64_t t0;
+
+	side_init(&s, 1, &node[1], ca.pem, &cluster123, 1);
+	fd = tcp_dial(s.addr);
+	t0 = now_ms();
+	WAIT_FOR(log_contains("timed out"), 8000);
+	ck_assert(log_contains("TLS handshake timed out"));
+	ck_assert_int_ge(now_ms() - t0, 4500);
+	ck_assert_int_eq(recv(fd, &b, 1, 0), 0); /* closed by the server */
+	close(fd);
+	ck_assert_int_eq(s.n_accepted, 0);
+	side_close(&s);
+}
+END_TEST
+
+START_TEST(connect_where_nothing_listens_fails)
+{
+	struct side a;
+	char addr[64];
+
+	side_init(&a, 1, &node[1], ca.pem, &cluster123, 0);
+	snprintf(addr, sizeof(addr), "127.0.0.1:%d", free_port());
+	ck_assert_int_eq(a.t.connect(&a.t, &a.req, 2, addr, on_connect), 0);
+	WAIT_FOR(a.connect_done, 10000);
+	ck_assert_int_eq(a.connect_done, 1);
+	ck_assert_int_eq(a.connect_status, RAFT_NOCONNECTION);
+	ck_assert_ptr_null(a.out);
+	/* A malformed address fails synchronously and never calls back. */
+	ck_assert_int_ne(a.t.connect(&a.t, &a.req, 2, "", on_connect), 0);
+	side_close(&a);
+	ck_assert_int_eq(a.connect_done, 1);
+}
+END_TEST
+
+/* The server is a member, but not the one raft asked for. */
+START_TEST(connect_to_the_wrong_node_fails)
+{
+	struct side a, b;
+
+	side_init(&b, 2, &node[2], ca.pem, &cluster123, 1);
+	side_init(&a, 1, &node[1], ca.pem, &cluster123, 0);
+	ck_assert_int_eq(a.t.connect(&a.t, &a.req, 3, b.addr, on_connect), 0);
+	WAIT_FOR(a.connect_done, 10000);
+	ck_assert_int_eq(a.connect_status, RAFT_NOCONNECTION);
+	ck_assert(log_contains(
+	    "server certificate spiffe://kmsd.dev/kmsd/node/2 is not "
+	    "authorized as that node"));
+	ck_assert_int_eq(b.n_accepted, 0);
+	side_close(&a);
+	side_close(&b);
+}
+END_TEST
+
+/* Links up and carrying data when both transports close: the bridges stop,
+ * raft's ends see EOF, and everything is freed (run under ASan). */
+START_TEST(close_with_links_up_is_clean)
+{
+	struct side a, b;
+
+	side_init(&b, 2, &node[2], ca.pem, &cluster123, 1);
+	side_init(&a, 1, &node[1], ca.pem, &cluster123, 0);
+	ck_assert_int_eq(a.t.connect(&a.t, &a.req, 2, b.addr, on_connect), 0);
+	WAIT_FOR(a.connect_done && b.acc != NULL, 10000);
+	ck_assert_int_eq(a.connect_status, 0);
+	ck_assert_ptr_nonnull(b.acc);
+	ck_assert_uint_eq(b.acc_id, 1);
+	ck_assert_str_eq(b.acc_addr, a.addr);
+	start_reading(b.acc, &b.acc_rd);
+	start_reading(a.out, &a.out_rd);
+	write_str(a.out, "append-entries-1");
+	WAIT_FOR(b.acc_rd.n >= 16, 10000);
+	ck_assert_str_eq(b.acc_rd.buf, "append-entries-1");
+	write_str(b.acc, "reply-1");
+	WAIT_FOR(a.out_rd.n >= 7, 10000);
+	ck_assert_str_eq(a.out_rd.buf, "reply-1");
+
+	a.t.close(&a.t, on_tclose);
+	b.t.close(&b.t, on_tclose);
+	WAIT_FOR(a.closed && b.closed && a.out_rd.eof && b.acc_rd.eof, 10000);
+	ck_assert(a.closed && b.closed);
+	ck_assert_int_eq(a.out_rd.eof, 1);
+	ck_assert_int_eq(b.acc_rd.eof, 1);
+	close_stream(&a.out);
+	close_stream(&b.acc);
+	kms_raft_tls_close(&a.t);
+	kms_raft_tls_close(&b.t);
+}
+END_TEST
+
+/* A connect stuck in its handshake is canceled at close, and its callback
+ * fires before the transport's close callback (as with raft's TCP one). */
+START_TEST(connect_in_flight_is_canceled_at_close)
+{
+	struct side a;
+	struct sockaddr_in sa;
+	socklen_t len = sizeof(sa);
+	char addr[64];
+	int lfd = socket(AF_INET, SOCK_STREAM, 0);
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sin_family = AF_INET;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	ck_assert_int_eq(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	ck_assert_int_eq(listen(lfd, 4),
+			 0); /* accepts in the kernel, never answers */
+	ck_assert_int_eq(getsockname(lfd, (struct sockaddr *)&sa, &len), 0);
+	snprintf(addr, sizeof(addr), "127.0.0.1:%d", ntohs(sa.sin_port));
+
+	side_init(&a, 1, &node[1], ca.pem, &cluster123, 0);
+	ck_assert_int_eq(a.t.connect(&a.t, &a.req, 2, addr, on_connect), 0);
+	WAIT_FOR(0, 300);
+	ck_assert_int_eq(a.connect_done, 0);
+	side_close(&a);
+	ck_assert_int_eq(a.connect_done, 1);
+	ck_assert_int_eq(a.connect_status, RAFT_CANCELED);
+	ck_assert_int_eq(a.close_seen_at_connect, 0);
+	close(lfd);
+}
+END_TEST
+
+START_TEST(init_rejects_bad_options)
+{
+	struct raft_uv_transport t;
+	kms_raft_tls_opts o = {.ca_file = ca.pem,
+			       .cert_file = node[1].pem,
+			       .key = node[1].key,
+			       .authorize = authorize_member,
+			       .authorize_arg = &cluster123};
+	kms_raft_tls_opts bad;
+	char missing[300];
+	kms_err err;
+
+	memset(&t, 0, sizeof(t));
+	bad = o;
+	bad.key = NULL;
+	ck_assert_int_eq(kms_raft_tls_init(&t, &loop, &bad, &err),
+			 KMS_ERR_INVALID);
+	ck_assert_ptr_nonnull(strstr(err.msg, "key"));
+	ck_assert_ptr_null(t.impl);
+	bad = o;
+	bad.authorize = NULL;
+	ck_assert_int_eq(kms_raft_tls_init(&t, &loop, &bad, &err),
+			 KMS_ERR_INVALID);
+
+	snprintf(missing, sizeof(missing), "%s/none.pem", dir);
+	bad = o;
+	bad.cert_file = missing;
+	ck_assert_int_eq(kms_raft_tls_init(&t, &loop, &bad, &err),
+			 KMS_ERR_CONFIG);
+	ck_assert_ptr_nonnull(strstr(err.msg, "certificate chain"));
+	ck_assert_ptr_nonnull(strstr(err.msg, "none.pem"));
+	bad = o;
+	bad.ca_file = missing;
+	ck_assert_int_eq(kms_raft_tls_init(&t, &loop, &bad, &err),
+			 KMS_ERR_CONFIG);
+	ck_assert_ptr_nonnull(strstr(err.msg, "CA file"));
+	bad = o;
+	bad.key = node[2].key; /* someone else's key */
+	ck_assert_int_eq(kms_raft_tls_init(&t, &loop, &bad, &err),
+			 KMS_ERR_CONFIG);
+	ck_assert_ptr_nonnull(strstr(err.msg, "does not match"));
+	ck_assert_ptr_null(t.impl);
+
+	/* The good options work, and a transport never used closes at once. */
+	ck_assert_int_eq(kms_raft_tls_init(&t, &loop, &o, &err), KMS_OK);
+	ck_assert_ptr_nonnull(t.impl);
+	kms_raft_tls_close(&t);
+	ck_assert_ptr_null(t.impl);
+}
+END_TEST
+
+START_TEST(node_spiffe_ids_roundtrip_and_reject)
+{
+	char out[64];
+	unsigned long long id = 77;
+
+	ck_assert_int_eq(kms_raft_tls_node_spiffe_id(out, sizeof(out), TD, 2),
+			 KMS_OK);
+	ck_assert_str_eq(out, "spiffe://kmsd.dev/kmsd/node/2");
+	ck_assert_int_eq(kms_raft_tls_node_spiffe_id(out, sizeof(out), TD "/",
+						     18446744073709551615ULL),
+			 KMS_OK);
+	ck_assert_str_eq(out,
+			 "spiffe://kmsd.dev/kmsd/node/18446744073709551615");
+	ck_assert_int_eq(kms_raft_tls_parse_node_id(out, TD, &id), KMS_OK);
+	ck_assert(id == 18446744073709551615ULL);
+	ck_assert_int_eq(kms_raft_tls_parse_node_id(
+			     "spiffe://kmsd.dev/kmsd/node/2", TD, &id),
+			 KMS_OK);
+	ck_assert_uint_eq(id, 2);
+
+	/* bad twins: *id and out untouched or emptied */
+	id = 77;
+	ck_assert_int_eq(kms_raft_tls_node_spiffe_id(out, sizeof(out), TD, 0),
+			 KMS_ERR_INVALID);
+	ck_assert_str_eq(out, "");
+	ck_assert_int_eq(kms_raft_tls_node_spiffe_id(out, 20, TD, 2),
+			 KMS_ERR_INVALID);
+	ck_assert_str_eq(out, "");
+	ck_assert_int_eq(kms_raft_tls_node_spiffe_id(out, sizeof(out),
+						     "https://kmsd.dev", 2),
+			 KMS_ERR_INVALID);
+	ck_assert_int_eq(kms_raft_tls_node_spiffe_id(out, sizeof(out),
+						     "spiffe://kmsd.dev/x", 2),
+			 KMS_ERR_INVALID);
+	{
+		static const char *const bad[] = {
+		    "spiffe://kmsd.dev/kmsd/node/0",
+		    "spiffe://kmsd.dev/kmsd/node/02",
+		    "spiffe://kmsd.dev/kmsd/node/",
+		    "spiffe://kmsd.dev/kmsd/node/-2",
+		    "spiffe://kmsd.dev/kmsd/node/2/x",
+		    "spiffe://kmsd.dev/kmsd/node/2 ",
+		    "spiffe://kmsd.dev/kmsd/node/18446744073709551616",
+		    "spiffe://other.dev/kmsd/node/2",
+		    "spiffe://kmsd.dev.evil/kmsd/node/2",
+		    "spiffe://kmsd.dev/ns/demo/sa/app",
+		    "spiffe://KMSD.dev/kmsd/node/2",
+		    "",
+		};
+		for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+			ck_assert_msg(kms_raft_tls_parse_node_id(
+					  bad[i], TD, &id) == KMS_ERR_INVALID,
+				      "accepted %s", bad[i]);
+			ck_assert_uint_eq(id, 77);
+		}
+	}
+	ck_assert_int_eq(kms_raft_tls_parse_node_id(
+			     "spiffe://kmsd.dev/kmsd/node/2", "kmsd.dev", &id),
+			 KMS_ERR_INVALID);
+}
+END_TEST
+
+/* ---- two real raft servers over the transport ---- */
+
+struct rnode {
+	struct raft raft;
+	struct raft_io io;
+	struct raft_fsm fsm;
+	struct raft_uv_transport t;
+	kms_raft_tls_opts opts;
+	char dir[300];
+	char addr[64];
+	raft_id id;
+	uint64_t applied, last;
+	int order_ok;
+	int closed;
+};
+
+static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf,
+		     void **result)
+{
+	struct rnode *n = fsm->data;
+	uint64_t v = 0;
+
+	*result = NULL;
+	if (buf->len != 8)
+		return RAFT_MALFORMED;
+	for (int i = 0; i < 8; i++)
+		v = (v << 8) | ((const uint8_t *)buf->base)[i];
+	if (v != n->last + 1)
+		n->order_ok = 0;
+	n->last = v;
+	n->applied++;
+	return 0;
+}
+
+static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[],
+			unsigned *n_bufs)
+{
+	struct rnode *n = fsm->data;
+
+	*bufs = raft_malloc(sizeof(**bufs));
+	if (*bufs == NULL)
+		return RAFT_NOMEM;
+	(*bufs)[0].base = raft_malloc(8);
+	if ((*bufs)[0].base == NULL) {
+		raft_free(*bufs);
+		return RAFT_NOMEM;
+	}
+	(*bufs)[0].len = 8;
+	memcpy((*bufs)[0].base, &n->last, 8);
+	*n_bufs = 1;
+	return 0;
+}
+
+static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
+{
+	struct rnode *n = fsm->data;
+
+	if (buf->len == 8)
+		memcpy(&n->last, buf->base, 8);
+	raft_free(buf->base);
+	return 0;
+}
+
+static void on_raft_close(struct raft *r)
+{
+	struct rnode *n = r->data;
+
+	raft_uv_close(&n->io);
+	kms_raft_tls_close(&n->t);
+	n->closed = 1;
+}
+
+static void on_apply(struct raft_apply *req, int status, void *result)
+{
+	(void)req;
+	(void)result;
+	if (status == 0)
+		applied_ok++;
+}
+
+static void rnode_start(struct rnode *n, raft_id id,
+			const struct raft_configuration *conf)
+{
+	kms_err err;
+	int rv;
+
+	n->opts.ca_file = ca.pem;
+	n->opts.cert_file = node[id].pem;
+	n->opts.key = node[id].key;
+	n->opts.authorize = authorize_member;
+	n->opts.authorize_arg = &cluster12;
+	ck_assert_int_eq(kms_raft_tls_init(&n->t, &loop, &n->opts, &err),
+			 KMS_OK);
+	ck_assert_int_eq(raft_uv_init(&n->io, &loop, n->dir, &n->t), 0);
+	n->fsm.version = 1;
+	n->fsm.data = n;
+	n->fsm.apply = fsm_apply;
+	n->fsm.snapshot = fsm_snapshot;
+	n->fsm.restore = fsm_restore;
+	rv = raft_init(&n->raft, &n->io, &n->fsm, id, n->addr);
+	ck_assert_msg(rv == 0, "raft_init: %s", raft_errmsg(&n->raft));
+	n->raft.data = n;
+	raft_set_election_timeout(&n->raft, 400);
+	raft_set_heartbeat_timeout(&n->raft, 50);
+	rv = raft_bootstrap(&n->raft, conf);
+	ck_assert_msg(rv == 0, "raft_bootstrap: %s", raft_errmsg(&n->raft));
+	rv = raft_start(&n->raft);
+	ck_assert_msg(rv == 0, "raft_start: %s", raft_errmsg(&n->raft));
+}
+
+START_TEST(two_raft_servers_commit_over_mutual_tls)
+{
+	static struct rnode n[2];
+	static struct raft_apply reqs[N_ENTRIES];
+	struct raft_configuration conf;
+	struct rnode *leader = NULL;
+
+	memset(n, 0, sizeof(n));
+	raft_configuration_init(&conf);
+	for (int i = 0; i < 2; i++) {
+		n[i].id = (raft_id)(i + 1);
+		n[i].order_ok = 1;
+		snprintf(n[i].addr, sizeof(n[i].addr), "127.0.0.1:%d",
+			 free_port());
+		snprintf(n[i].dir, sizeof(n[i].dir), "%s/node%d", dir, i + 1);
+		ck_assert_int_eq(mkdir(n[i].dir, 0700), 0);
+		ck_assert_int_eq(raft_configuration_add(&conf, n[i].id,
+							n[i].addr, RAFT_VOTER),
+				 0);
+	}
+	for (int i = 0; i < 2; i++)
+		rnode_start(&n[i], n[i].id, &conf);
+	raft_configuration_close(&conf);
+
+	WAIT_FOR(raft_state(&n[0].raft) == RAFT_LEADER ||
+		     raft_state(&n[1].raft) == RAFT_LEADER,
+		 20000);
+	leader = raft_state(&n[0].raft) == RAFT_LEADER	 ? &n[0]
+		 : raft_state(&n[1].raft) == RAFT_LEADER ? &n[1]
+							 : NULL;
+	ck_assert_msg(leader != NULL,
+		      "no leader elected over the TLS transport");
+
+	for (int i = 0; i < N_ENTRIES; i++) {
+		struct raft_buffer b = {.base = raft_malloc(8), .len = 8};
+		uint64_t v = (uint64_t)i + 1;
+
+		ck_assert_ptr_nonnull(b.base);
+		for (int k = 0; k < 8; k++)
+			((uint8_t *)b.base)[k] = (uint8_t)(v >> (56 - 8 * k));
+		ck_assert_int_eq(
+		    raft_apply(&leader->raft, &reqs[i], &b, 1, on_apply), 0);
+	}
+	WAIT_FOR(n[0].applied == N_ENTRIES && n[1].applied == N_ENTRIES, 20000);
+	ck_assert_int_eq(applied_ok, N_ENTRIES);
+	for (int i = 0; i < 2; i++) {
+		ck_assert_uint_eq(n[i].applied, N_ENTRIES);
+		ck_assert_uint_eq(n[i].last, N_ENTRIES);
+		ck_assert_int_eq(n[i].order_ok, 1);
+	}
+	/* Both peers authenticated each other: nothing was refused. */
+	ck_assert(saved_stderr < 0 || !log_contains("raft-tls: refused"));
+	ck_assert_int_gt(atomic_load(&cluster12.calls), 0);
+
+	/* Close with the links up. */
+	raft_close(&n[0].raft, on_raft_close);
+	raft_close(&n[1].raft, on_raft_close);
+	WAIT_FOR(n[0].closed && n[1].closed, 10000);
+	ck_assert(n[0].closed && n[1].closed);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("raft_tls");
+	TCase *tc = tcase_create("raft_tls");
+	SRunner *sr;
+	int failed;
+
+	/* kmsd ignores SIGPIPE; so does this test process. */
+	signal(SIGPIPE, SIG_IGN);
+	tcase_add_unchecked_fixture(tc, pki_setup, pki_teardown);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, node_spiffe_ids_roundtrip_and_reject);
+	tcase_add_test(tc, init_rejects_bad_options);
+	tcase_add_test(tc, member_peer_is_accepted_and_bytes_flow);
+	tcase_add_test(tc,
+		       plaintext_client_is_disconnected_and_never_reaches_raft);
+	tcase_add_test(tc, service_client_certificate_is_refused);
+	tcase_add_test(tc, node_claiming_another_id_is_refused);
+	tcase_add_test(tc, certificate_with_two_uris_is_refused);
+	tcase_add_test(tc,
+		       certificate_from_another_ca_is_refused_at_the_handshake);
+	tcase_add_test(tc, server_from_another_ca_is_refused_by_connect);
+	tcase_add_test(tc, silent_client_is_dropped_after_five_seconds);
+	tcase_add_test(tc, connect_where_nothing_listens_fails);
+	tcase_add_test(tc, connect_to_the_wrong_node_fails);
+	tcase_add_test(tc, close_with_links_up_is_clean);
+	tcase_add_test(tc, connect_in_flight_is_canceled_at_close);
+	tcase_add_test(tc, two_raft_servers_commit_over_mutual_tls);
+	suite_add_tcase(s, tc);
+	sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
