@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "test_net.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "node_fixture.h"
 
@@ -57,24 +58,6 @@ int kms_test_file_contains(const char *path, const char *text)
 	return strstr(buf, text) != NULL;
 }
 
-/* A port the kernel just handed out; good enough on a quiet loopback. */
-static int free_port(void)
-{
-	struct sockaddr_in a;
-	socklen_t len = sizeof(a);
-	int fd = socket(AF_INET, SOCK_STREAM, 0), port;
-
-	ck_assert_int_ge(fd, 0);
-	memset(&a, 0, sizeof(a));
-	a.sin_family = AF_INET;
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-	ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-	port = ntohs(a.sin_port);
-	close(fd);
-	return port;
-}
-
 void kms_test_env_init(kms_test_env *env)
 {
 	const char *tmp = getenv("TMPDIR");
@@ -113,8 +96,8 @@ void kms_test_node_init_args(kms_test_env *env, kms_test_node *node, unsigned id
 	memset(node, 0, sizeof(*node));
 	node->env = env;
 	node->id = id;
-	node->grpc_port = free_port();
-	node->raft_port = free_port();
+	node->grpc_port = kms_test_free_port();
+	node->raft_port = kms_test_free_port();
 	KMS_TEST_PATH(node->dir, "%s/node%u", env->root, id);
 	KMS_TEST_PATH(node->conf, "%s/kmsd.conf", node->dir);
 	KMS_TEST_PATH(node->log, "%s/kmsd.log", node->dir);

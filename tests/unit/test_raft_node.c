@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "test_net.h"
 #include "kms/alloc.h"
 #include "kms/keyring.h"
 #include "raft_node.h"
@@ -52,22 +53,6 @@ static void wait_verdicts(int n)
 	pthread_mutex_unlock(&v.mu);
 }
 
-static int free_port(void)
-{
-	struct sockaddr_in a;
-	socklen_t len = sizeof(a);
-	int fd = socket(AF_INET, SOCK_STREAM, 0), port;
-
-	memset(&a, 0, sizeof(a));
-	a.sin_family = AF_INET;
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-	ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-	port = ntohs(a.sin_port);
-	close(fd);
-	return port;
-}
-
 static void setup(void)
 {
 	const char *tmp = getenv("TMPDIR");
@@ -75,7 +60,7 @@ static void setup(void)
 	snprintf(dir, sizeof(dir), "%s/kms-raft-XXXXXX", tmp != NULL ? tmp : "/tmp");
 	ck_assert_ptr_nonnull(mkdtemp(dir));
 	snprintf(data_dir, sizeof(data_dir), "%s/data", dir);
-	snprintf(listen_addr, sizeof(listen_addr), "127.0.0.1:%d", free_port());
+	snprintf(listen_addr, sizeof(listen_addr), "127.0.0.1:%d", kms_test_free_port());
 	memset(&cfg, 0, sizeof(cfg));
 	cfg.node_id = 1;
 	cfg.data_dir = data_dir;

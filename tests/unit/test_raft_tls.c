@@ -26,6 +26,7 @@
 #include <raft/uv.h>
 #include <uv.h>
 
+#include "test_net.h"
 #include "kms/error.h"
 #include "raft_tls.h"
 
@@ -281,23 +282,6 @@ static int log_contains(const char *needle)
 	return strstr(buf, needle) != NULL;
 }
 
-static int free_port(void)
-{
-	struct sockaddr_in a;
-	socklen_t len = sizeof(a);
-	int fd = socket(AF_INET, SOCK_STREAM, 0), port;
-
-	ck_assert_int_ge(fd, 0);
-	memset(&a, 0, sizeof(a));
-	a.sin_family = AF_INET;
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-	ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-	port = ntohs(a.sin_port);
-	close(fd);
-	return port;
-}
-
 /* ---- who may be which node ---- */
 
 static int authorize_member(void *arg, const char *spiffe_id,
@@ -386,7 +370,7 @@ static void side_init(struct side *sd, raft_id id, const struct ident *who,
 	kms_err err;
 
 	memset(sd, 0, sizeof(*sd));
-	snprintf(sd->addr, sizeof(sd->addr), "127.0.0.1:%d", free_port());
+	snprintf(sd->addr, sizeof(sd->addr), "127.0.0.1:%d", kms_test_free_port());
 	sd->opts.ca_file = ca_pem;
 	sd->opts.cert_file = who->pem;
 	sd->opts.key = who->key;
@@ -778,7 +762,7 @@ START_TEST(connect_where_nothing_listens_fails)
 	char addr[64];
 
 	side_init(&a, 1, &node[1], ca.pem, &cluster123, 0);
-	snprintf(addr, sizeof(addr), "127.0.0.1:%d", free_port());
+	snprintf(addr, sizeof(addr), "127.0.0.1:%d", kms_test_free_port());
 	ck_assert_int_eq(a.t.connect(&a.t, &a.req, 2, addr, on_connect), 0);
 	WAIT_FOR(a.connect_done, 10000);
 	ck_assert_int_eq(a.connect_done, 1);
@@ -1113,7 +1097,7 @@ START_TEST(two_raft_servers_commit_over_mutual_tls)
 		n[i].id = (raft_id)(i + 1);
 		n[i].order_ok = 1;
 		snprintf(n[i].addr, sizeof(n[i].addr), "127.0.0.1:%d",
-			 free_port());
+			 kms_test_free_port());
 		snprintf(n[i].dir, sizeof(n[i].dir), "%s/node%d", dir, i + 1);
 		ck_assert_int_eq(mkdir(n[i].dir, 0700), 0);
 		ck_assert_int_eq(raft_configuration_add(&conf, n[i].id,
