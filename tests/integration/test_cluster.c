@@ -24,7 +24,7 @@
 		  "--snapshot-trailing 16"
 
 static kms_test_env env;
-static kms_test_node nodes[N + 1]; /* nodes[3] is the foreign-token node */
+static kms_test_node nodes[N + 2]; /* [3]: the foreign-token node; [4]: a late joiner */
 
 static void sleep_ms(long ms)
 {
@@ -232,7 +232,7 @@ static void cluster_up(void)
 
 static void cluster_down(void)
 {
-	for (int i = 0; i <= N; i++)
+	for (int i = 0; i <= N + 1; i++)
 		if (nodes[i].pid > 0)
 			kms_test_node_signal(&nodes[i], SIGTERM);
 	kms_test_env_destroy(&env);
@@ -600,6 +600,27 @@ START_TEST(remove_member_keeps_serving)
 }
 END_TEST
 
+START_TEST(late_joiner_starts_from_a_snapshot)
+{
+	kms_test_node *n = &nodes[N + 1];
+	char extra[256], role[32] = "";
+	kms_rpc_status st;
+	int l = wait_leader(5000);
+
+	ck_assert_int_ge(l, 0);
+	/* Hundreds of entries in, the log it would need is compacted away. */
+	snprintf(extra, sizeof(extra), RAFT_ARGS " --join %s", nodes[l].endpoint);
+	kms_test_node_init_args(&env, n, N + 2, extra);
+	kms_test_node_spawn(n);
+	ck_assert_msg(add_member(&nodes[l], n, &st, role, sizeof(role)) == 0, "%s", st.details);
+	ck_assert_msg(kms_test_node_wait_healthy(n, 30), "the late joiner never became healthy; see %s",
+		      n->log);
+	ck_assert(kms_test_file_contains(n->log, "installed a snapshot"));
+	ck_assert(key_exists(n, "while-paused-0"));
+	ck_assert(key_exists(n, "after-remove"));
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("kmsd cluster");
@@ -620,6 +641,7 @@ int main(void)
 	tcase_add_test(tc, all_nodes_restarted_keep_every_key);
 	tcase_add_test(tc, foreign_domain_key_refuses_to_join);
 	tcase_add_test(tc, remove_member_keeps_serving);
+	tcase_add_test(tc, late_joiner_starts_from_a_snapshot);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_set_fork_status(sr, CK_NOFORK);
