@@ -564,7 +564,7 @@ int kms_config_load(const char *path, kms_config *cfg, kms_err *err)
 	if (st.file == NULL)
 		return kms_errf(err, KMS_ERR_CONFIG, "%s: cannot open: %s",
 				path, strerror(errno));
-	cfg->grpc_workers = 2;
+	cfg->grpc_workers = 4;
 	cfg->snapshot_threshold = 1024;
 	cfg->snapshot_trailing = 128;
 	cfg->election_timeout_ms = 1000;

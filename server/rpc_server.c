@@ -534,11 +534,19 @@ fail:
 	if (started) {
 		drain_and_join(s);
 	} else if (s->server != NULL) {
-		/* Never started: the queues hold nothing; shut them down unused. */
-		for (unsigned i = 0; i < s->n_workers; i++)
-			if (s->workers[i].cq != NULL)
-				grpc_completion_queue_shutdown(s->workers[i].cq);
-		grpc_completion_queue_shutdown(s->shutdown_cq);
+		/* Never started: shut the queues down and drain them, as gRPC
+		 * requires before grpc_completion_queue_destroy. */
+		for (unsigned i = 0; i <= s->n_workers; i++) {
+			grpc_completion_queue *cq =
+				i < s->n_workers ? s->workers[i].cq : s->shutdown_cq;
+
+			if (cq == NULL)
+				continue;
+			grpc_completion_queue_shutdown(cq);
+			while (grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL)
+				       .type != GRPC_QUEUE_SHUTDOWN)
+				;
+		}
 	}
 	server_free(s);
 	return rc;

@@ -18,7 +18,7 @@ typedef struct kms_config {
 
 	/* [grpc] */
 	char *grpc_listen;       /* listen = host:port, required */
-	unsigned grpc_workers;   /* workers = N, default 2, 1..64 */
+	unsigned grpc_workers;   /* workers = N, default 4, 1..64 */
 	char *ca_file;           /* ca_file = PEM bundle clients must chain to, required */
 	char *cert_file;         /* cert_file = the node's certificate chain (PEM), required */
 	char *tls_key_uri;       /* tls_key = RFC 7512 pkcs11: URI of the node key in the HSM, required */

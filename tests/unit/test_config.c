@@ -209,7 +209,7 @@ START_TEST(test_defaults)
 		   "pin_file = /pin\n");
 	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
 	ck_assert_str_eq(cfg.log_level, "info");
-	ck_assert_uint_eq(cfg.grpc_workers, 2);
+	ck_assert_uint_eq(cfg.grpc_workers, 4);
 	ck_assert_uint_eq(cfg.snapshot_threshold, 1024);
 	ck_assert_uint_eq(cfg.snapshot_trailing, 128);
 	ck_assert_uint_eq(cfg.election_timeout_ms, 1000);
