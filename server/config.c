@@ -567,8 +567,8 @@ int kms_config_load(const char *path, kms_config *cfg, kms_err *err)
 	cfg->grpc_workers = 4;
 	cfg->snapshot_threshold = 1024;
 	cfg->snapshot_trailing = 128;
-	cfg->election_timeout_ms = 1000;
-	cfg->heartbeat_timeout_ms = 100;
+	cfg->election_timeout_ms = 500;
+	cfg->heartbeat_timeout_ms = 50;
 	KMS_TRY_GOTO(rc, config_dir(path, dir, err), out);
 
 	line = ini_parse_stream(read_line, &st, on_entry, &st);

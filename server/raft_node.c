@@ -20,6 +20,7 @@
 
 struct submission {
 	struct raft_apply req; /* must live until its callback (raft.h) */
+	struct kms_raft *raft;
 	uint8_t *cmd;
 	size_t len;
 	kms_raft_done_fn done;
@@ -45,6 +46,9 @@ struct kms_raft {
 	struct raft_barrier barrier;
 	int barrier_pending;
 	raft_term barrier_term;
+	struct raft_barrier nudge; /* see nudge_followers */
+	int nudge_pending;
+	int nudge_again;
 	atomic_int ready;
 	pthread_t thread;
 	int thread_started;
@@ -297,9 +301,44 @@ static void submission_finish(struct submission *s, int status, const char *msg,
 	kms_free(s);
 }
 
+static void nudge_followers(kms_raft *r);
+
+static void on_nudged(struct raft_barrier *req, int status)
+{
+	kms_raft *r = req->data;
+
+	r->nudge_pending = 0;
+	if (r->nudge_again && status == 0)
+		nudge_followers(r);
+}
+
+/*
+ * canonical/raft tells followers the new commit index only with its next
+ * AppendEntries: the next write or a heartbeat, up to two heartbeat ticks
+ * later. After commands apply on the leader it appends one barrier (at most
+ * one in flight; applies meanwhile ask for another), whose AppendEntries
+ * carries the commit index at once: followers apply a write within a round
+ * trip, and a write forwarded by a follower is readable there without
+ * waiting for a heartbeat.
+ */
+static void nudge_followers(kms_raft *r)
+{
+	if (r->nudge_pending) {
+		r->nudge_again = 1;
+		return;
+	}
+	r->nudge_again = 0;
+	if (raft_state(&r->raft) != RAFT_LEADER || r->raft.configuration.n < 2)
+		return;
+	r->nudge.data = r;
+	if (raft_barrier(&r->raft, &r->nudge, on_nudged) == 0)
+		r->nudge_pending = 1;
+}
+
 static void on_applied(struct raft_apply *req, int status, void *result)
 {
 	struct submission *s = req->data;
+	kms_raft *r = s->raft;
 
 	if (status != 0) {
 		char msg[160];
@@ -310,6 +349,7 @@ static void on_applied(struct raft_apply *req, int status, void *result)
 		return;
 	}
 	submission_finish(s, (int)(uintptr_t)result, NULL, req->index);
+	nudge_followers(r);
 }
 
 static void propose(kms_raft *r, struct submission *s)
@@ -330,6 +370,7 @@ static void propose(kms_raft *r, struct submission *s)
 	}
 	kms_raft_frame(s->cmd, s->len, buf.base);
 	s->req.data = s;
+	s->raft = r;
 	rv = raft_apply(&r->raft, &s->req, &buf, 1, on_applied);
 	if (rv != 0) {
 		char msg[200];

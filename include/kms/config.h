@@ -27,8 +27,8 @@ typedef struct kms_config {
 	char *raft_listen;       /* listen = host:port, required */
 	unsigned snapshot_threshold; /* snapshot_threshold = N entries, default 1024 */
 	unsigned snapshot_trailing;  /* snapshot_trailing = N entries, default 128 */
-	unsigned election_timeout_ms;  /* default 1000 */
-	unsigned heartbeat_timeout_ms; /* default 100 */
+	unsigned election_timeout_ms;  /* default 500 */
+	unsigned heartbeat_timeout_ms; /* default 50 */
 
 	/* [hsm] */
 	char *hsm_module;        /* module = path to the PKCS#11 module, required */

@@ -212,8 +212,8 @@ START_TEST(test_defaults)
 	ck_assert_uint_eq(cfg.grpc_workers, 4);
 	ck_assert_uint_eq(cfg.snapshot_threshold, 1024);
 	ck_assert_uint_eq(cfg.snapshot_trailing, 128);
-	ck_assert_uint_eq(cfg.election_timeout_ms, 1000);
-	ck_assert_uint_eq(cfg.heartbeat_timeout_ms, 100);
+	ck_assert_uint_eq(cfg.election_timeout_ms, 500);
+	ck_assert_uint_eq(cfg.heartbeat_timeout_ms, 50);
 	ck_assert_str_eq(cfg.domain_key_label, "kmsd-domain-key");
 	ck_assert_uint_eq(cfg.n_admins, 0);
 	ck_assert_ptr_null(cfg.admins);
