@@ -565,8 +565,8 @@ int kms_config_load(const char *path, kms_config *cfg, kms_err *err)
 		return kms_errf(err, KMS_ERR_CONFIG, "%s: cannot open: %s",
 				path, strerror(errno));
 	cfg->grpc_workers = 4;
-	cfg->snapshot_threshold = 1024;
-	cfg->snapshot_trailing = 128;
+	cfg->snapshot_threshold = 8192;
+	cfg->snapshot_trailing = 1024;
 	cfg->election_timeout_ms = 500;
 	cfg->heartbeat_timeout_ms = 50;
 	KMS_TRY_GOTO(rc, config_dir(path, dir, err), out);

@@ -25,8 +25,8 @@ typedef struct kms_config {
 
 	/* [raft] */
 	char *raft_listen;       /* listen = host:port, required */
-	unsigned snapshot_threshold; /* snapshot_threshold = N entries, default 1024 */
-	unsigned snapshot_trailing;  /* snapshot_trailing = N entries, default 128 */
+	unsigned snapshot_threshold; /* snapshot_threshold = N entries, default 8192 */
+	unsigned snapshot_trailing;  /* snapshot_trailing = N entries, default 1024 */
 	unsigned election_timeout_ms;  /* default 500 */
 	unsigned heartbeat_timeout_ms; /* default 50 */
 

@@ -210,8 +210,8 @@ START_TEST(test_defaults)
 	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
 	ck_assert_str_eq(cfg.log_level, "info");
 	ck_assert_uint_eq(cfg.grpc_workers, 4);
-	ck_assert_uint_eq(cfg.snapshot_threshold, 1024);
-	ck_assert_uint_eq(cfg.snapshot_trailing, 128);
+	ck_assert_uint_eq(cfg.snapshot_threshold, 8192);
+	ck_assert_uint_eq(cfg.snapshot_trailing, 1024);
 	ck_assert_uint_eq(cfg.election_timeout_ms, 500);
 	ck_assert_uint_eq(cfg.heartbeat_timeout_ms, 50);
 	ck_assert_str_eq(cfg.domain_key_label, "kmsd-domain-key");
