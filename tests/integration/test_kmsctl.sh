@@ -430,6 +430,11 @@ expect "cluster join --raft port 0: exit 1" 1 "--raft '127.0.0.1:0'" admin \
 expect "cluster join --id 0: exit 1" 1 "--id" admin \
 	cluster join --id 0 --raft 127.0.0.1:1 --grpc 127.0.0.1:1
 expect "unknown cluster subcommand: exit 1" 1 "frob" admin cluster frob
+expect "cluster remove of a node that is not a member: exit 2" 2 "NOT_FOUND|node 9 is not a member" \
+	admin cluster remove --id 9
+expect "cluster remove of the leader: exit 2" 2 "FAILED_PRECONDITION|is the leader" \
+	admin cluster remove --id 1
+expect "cluster remove as app: exit 2" 2 "PERMISSION_DENIED" app cluster remove --id 1
 if expect "cluster status --json after the refused joins" 0 "" admin --json cluster status; then
 	verify "refused joins left one member" json "$OUT" "len(j['members']) == 1"
 fi
