@@ -809,7 +809,8 @@ size_t kms_keyring_members(kms_keyring *kr, kms_member *out, size_t cap)
 
 	pthread_rwlock_rdlock(&kr->lock);
 	n = kr->n_members;
-	memcpy(out, kr->members, (n < cap ? n : cap) * sizeof(*out));
+	if (out != NULL && cap > 0)
+		memcpy(out, kr->members, (n < cap ? n : cap) * sizeof(*out));
 	pthread_rwlock_unlock(&kr->lock);
 	return n;
 }

@@ -94,7 +94,8 @@ int kms_keyring_cmd_remove_member(uint64_t id, kms_buf *out, kms_err *err);
 int kms_keyring_cmd_domain_key_check(const uint8_t *wrapped_probe, size_t len,
 				     kms_buf *out, kms_err *err);
 
-/* Copies up to cap members (by id) into out; returns how many there are. */
+/* Copies up to cap members (by id) into out; returns how many there are
+ * (out may be NULL with cap 0, to count). */
 size_t kms_keyring_members(kms_keyring *kr, kms_member *out, size_t cap);
 /* KMS_OK with *out filled, or KMS_ERR_NOT_FOUND. */
 int kms_keyring_member(kms_keyring *kr, uint64_t id, kms_member *out);

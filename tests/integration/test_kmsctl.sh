@@ -432,7 +432,7 @@ expect "cluster join --id 0: exit 1" 1 "--id" admin \
 expect "unknown cluster subcommand: exit 1" 1 "frob" admin cluster frob
 expect "cluster remove of a node that is not a member: exit 2" 2 "NOT_FOUND|node 9 is not a member" \
 	admin cluster remove --id 9
-expect "cluster remove of the leader: exit 2" 2 "FAILED_PRECONDITION|is the leader" \
+expect "cluster remove of the last member: exit 2" 2 "FAILED_PRECONDITION|only member" \
 	admin cluster remove --id 1
 expect "cluster remove as app: exit 2" 2 "PERMISSION_DENIED" app cluster remove --id 1
 if expect "cluster status --json after the refused joins" 0 "" admin --json cluster status; then
