@@ -135,27 +135,19 @@ static Kms__V1__ClusterStatusResponse *cluster_status(kms_test_node *n, const ch
 	return (Kms__V1__ClusterStatusResponse *)resp;
 }
 
+static kms_client *client_with(kms_test_node *n, const char *who, const char *consistency,
+			       int timeout_ms);
+
 static int add_member(kms_test_node *via, const kms_test_node *n, kms_rpc_status *st,
 		      char *raft_role, size_t cap)
 {
-	kms_client_opts o;
-	kms_client *c;
-	kms_err err = {0};
-	char ca[PATH_MAX], cert[PATH_MAX], key[PATH_MAX], raft[64], grpc[64];
+	/* The server waits for the promotion. */
+	kms_client *c = client_with(via, "admin", NULL, 60000);
+	char raft[64], grpc[64];
 	Kms__V1__AddMemberRequest req = KMS__V1__ADD_MEMBER_REQUEST__INIT;
 	Kms__V1__Member m = KMS__V1__MEMBER__INIT;
 	ProtobufCMessage *resp = NULL;
 
-	KMS_TEST_PATH(ca, "%s/ca.pem", env.pki);
-	KMS_TEST_PATH(cert, "%s/admin.pem", env.pki);
-	KMS_TEST_PATH(key, "%s/admin.key", env.pki);
-	memset(&o, 0, sizeof(o));
-	o.target = via->endpoint;
-	o.ca_file = ca;
-	o.cert_file = cert;
-	o.key_file = key;
-	o.timeout_ms = 60000; /* the server waits for the promotion */
-	ck_assert_int_eq(kms_client_open(&o, &c, &err), KMS_OK);
 	snprintf(raft, sizeof(raft), "127.0.0.1:%d", n->raft_port);
 	snprintf(grpc, sizeof(grpc), "127.0.0.1:%d", n->grpc_port);
 	m.id = n->id;
@@ -282,7 +274,9 @@ START_TEST(write_on_a_follower_is_forwarded_and_readable_there)
 }
 END_TEST
 
-static kms_client *client_with_consistency(kms_test_node *n, const char *who, const char *mode)
+/* A client as who, with request metadata and a deadline of its own. */
+static kms_client *client_with(kms_test_node *n, const char *who, const char *consistency,
+			       int timeout_ms)
 {
 	kms_client_opts o;
 	kms_client *c = NULL;
@@ -297,7 +291,8 @@ static kms_client *client_with_consistency(kms_test_node *n, const char *who, co
 	o.ca_file = ca;
 	o.cert_file = cert;
 	o.key_file = key;
-	o.consistency = mode;
+	o.consistency = consistency;
+	o.timeout_ms = timeout_ms;
 	ck_assert_int_eq(kms_client_open(&o, &c, &err), KMS_OK);
 	return c;
 }
@@ -305,8 +300,8 @@ static kms_client *client_with_consistency(kms_test_node *n, const char *who, co
 START_TEST(leader_commit_consistency_reads_every_acknowledged_write)
 {
 	int l = wait_leader(5000), f = (l + 1) % N;
-	kms_client *strong = client_with_consistency(&nodes[f], "app", KMS_CONSISTENCY_LEADER_COMMIT);
-	kms_client *bad = client_with_consistency(&nodes[f], "app", "eventually");
+	kms_client *strong = client_with(&nodes[f], "app", KMS_CONSISTENCY_LEADER_COMMIT, 0);
+	kms_client *bad = client_with(&nodes[f], "app", "eventually", 0);
 	Kms__V1__GenerateDataKeyRequest req = KMS__V1__GENERATE_DATA_KEY_REQUEST__INIT;
 	ProtobufCMessage *resp = NULL;
 	kms_rpc_status st;
@@ -567,32 +562,12 @@ START_TEST(foreign_domain_key_refuses_to_join)
 }
 END_TEST
 
-/* Removals wait for the configuration change: more than the default 10 s
- * deadline may pass on a loaded machine. */
-static kms_client *admin_client_with_timeout(kms_test_node *n, int timeout_ms)
-{
-	kms_client_opts o;
-	kms_client *c = NULL;
-	kms_err err = {0};
-	char ca[PATH_MAX], cert[PATH_MAX], key[PATH_MAX];
-
-	KMS_TEST_PATH(ca, "%s/ca.pem", env.pki);
-	KMS_TEST_PATH(cert, "%s/admin.pem", env.pki);
-	KMS_TEST_PATH(key, "%s/admin.key", env.pki);
-	memset(&o, 0, sizeof(o));
-	o.target = n->endpoint;
-	o.ca_file = ca;
-	o.cert_file = cert;
-	o.key_file = key;
-	o.timeout_ms = timeout_ms;
-	ck_assert_int_eq(kms_client_open(&o, &c, &err), KMS_OK);
-	return c;
-}
-
 START_TEST(remove_member_keeps_serving)
 {
 	int l = wait_leader(5000), r = (l + 1) % N, other = (l + 2) % N, nl = -1;
-	kms_client *c = admin_client_with_timeout(&nodes[other], 30000);
+	/* Removals wait for the configuration change: more than the default
+	 * 10 s deadline may pass on a loaded machine. */
+	kms_client *c = client_with(&nodes[other], "admin", NULL, 30000);
 	Kms__V1__RemoveMemberRequest req = KMS__V1__REMOVE_MEMBER_REQUEST__INIT;
 	Kms__V1__ClusterStatusResponse *s;
 	ProtobufCMessage *resp = NULL;

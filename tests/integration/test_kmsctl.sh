@@ -91,35 +91,9 @@ OPS_PREFIX="spiffe://$TD/ns/ops/*"
 LABEL=kmsd-ctltest
 
 step "temporary directory $T"
-step "creating SoftHSM token $LABEL"
-"$OPS/softhsm-token" init "$T/node/token" "$LABEL" --module "$MODULE" >/dev/null
-step "creating CA and the admin, app, other and foreign-CA client certificates"
-"$OPS/pki" ca "$T/pki" --trust-domain "$TD" >/dev/null
-"$OPS/pki" client "$T/pki" admin "$ADMIN_ID" --hours 1 >/dev/null
-"$OPS/pki" client "$T/pki" app "$APP_ID" --hours 1 >/dev/null
-"$OPS/pki" client "$T/pki" other "$OTHER_ID" --hours 1 >/dev/null
-"$OPS/pki" other-ca "$T/pki" "$ADMIN_ID" >/dev/null
-step "creating the node key in the token and its certificate"
-"$OPS/pki" node "$T/pki" node "spiffe://$TD/kmsd/node/1" --token-dir "$T/node/token" \
-	--label "$LABEL" --module "$MODULE" --hours 1 >/dev/null
-cp "$T/pki/node.pem" "$T/node/node.pem"
-
-# Two distinct free ports: both sockets stay bound until both are chosen.
-read -r GRPC_PORT RAFT_PORT < <("$PY" -c '
-import socket
-a, b = socket.socket(), socket.socket()
-a.bind(("127.0.0.1", 0)); b.bind(("127.0.0.1", 0))
-print(a.getsockname()[1], b.getsockname()[1])')
-ENDPOINT=127.0.0.1:$GRPC_PORT
-RAFT=127.0.0.1:$RAFT_PORT
-step "writing kmsd.conf (gRPC $ENDPOINT, Raft $RAFT)"
-"$OPS/node-config" --dir "$T/node" --id 1 --grpc "$ENDPOINT" --raft "$RAFT" \
-	--label "$LABEL" --ca "$T/pki/ca.pem" --admins "$ADMIN_ID" --module "$MODULE" >/dev/null
-
-step "starting kmsd"
-SOFTHSM2_CONF=$T/node/token/softhsm2.conf "$BUILDDIR/kmsd" --config "$T/node/kmsd.conf" \
-	</dev/null >"$T/kmsd.log" 2>&1 &
-KMSD_PID=$!
+# shellcheck source=tests/integration/node_lib.sh
+. "$SRCDIR/tests/integration/node_lib.sh"
+kms_test_node_up "other=$OTHER_ID" --other-ca
 
 # kmsctl_as WHO ARGS...: kmsctl with WHO's client certificate ("none": none).
 kmsctl_as() {
