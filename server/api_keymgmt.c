@@ -228,10 +228,10 @@ static void create_key(void *app, kms_call *call, const uint8_t *data, size_t le
 		rc = kms_errf(&err, KMS_ERR_EXISTS, "key '%s' already exists", req->key_id);
 		goto out;
 	}
-	if (!kms_node_ready(node)) {
+	if (!kms_node_can_write(node)) {
 		rc = kms_errf(&err, KMS_ERR_UNAVAILABLE,
-			      "this node cannot take writes now: no Raft leader is known or it "
-			      "is still catching up (no quorum?)");
+			      "this node cannot take writes now: no Raft leader is known (no "
+			      "quorum?) or it has no verified domain key yet");
 		goto out;
 	}
 	KMS_TRY_GOTO(rc, kms_hsm_master_key_create(kms_call_worker(call),

@@ -225,6 +225,18 @@ int kms_node_sync_read(kms_node *node, kms_err *err)
 	return KMS_OK;
 }
 
+int kms_node_can_write(kms_node *node)
+{
+	kms_raft_view v;
+
+	if (atomic_load(&node->domain_key) == 0 || !atomic_load(&node->probe_verified))
+		return 0;
+	kms_raft_view_get(node->raft, &v);
+	if (v.state == RAFT_LEADER)
+		return kms_raft_ready(node->raft);
+	return v.leader_id != 0;
+}
+
 /* --- writes: to Raft on the leader, forwarded from a follower --- */
 
 static void forward(kms_node *node, const uint8_t *cmd, size_t len, kms_raft_done_fn done,

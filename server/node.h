@@ -49,6 +49,11 @@ void kms_node_stop(kms_node *node);
  * it knows to be committed. */
 int kms_node_ready(kms_node *node);
 
+/* True when this node can take a write now: it holds the verified domain
+ * key (to wrap a new master key) and leads, or knows a leader to forward
+ * to. Being a few entries behind does not matter: the forward waits. */
+int kms_node_can_write(kms_node *node);
+
 /*
  * The read barrier behind "kms-consistency: leader-commit": asks the leader
  * for its commit index (or reads its own when leading) and waits until this
