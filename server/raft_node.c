@@ -115,6 +115,10 @@ int kms_raft_unframe(const uint8_t *buf, size_t len, const uint8_t **payload,
 	if (n > len - FRAME_HEADER || kms_raft_frame_size(n) != len)
 		return kms_errf(err, KMS_ERR_INVALID, "log entry frame length %zu does not fit %zu bytes",
 				n, len);
+	/* One encoding per command: the padding must be zero, as written. */
+	for (size_t i = FRAME_HEADER + n; i < len; i++)
+		if (buf[i] != 0)
+			return kms_errf(err, KMS_ERR_INVALID, "log entry frame padding is not zero");
 	*payload = buf + FRAME_HEADER;
 	*payload_len = n;
 	return KMS_OK;

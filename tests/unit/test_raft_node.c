@@ -307,6 +307,10 @@ START_TEST(frame_roundtrip_and_rejects)
 	ck_assert_int_eq(kms_raft_unframe(frame, 16, &p, &n, &err), KMS_ERR_INVALID);
 	ck_assert_msg(strstr(err.msg, "frame length") != NULL, "%s", err.msg);
 	kms_raft_frame(payload, 5, frame);
+	frame[15] = 0x1f; /* padding after a 5-byte payload must stay zero */
+	ck_assert_int_eq(kms_raft_unframe(frame, 16, &p, &n, &err), KMS_ERR_INVALID);
+	ck_assert_msg(strstr(err.msg, "padding") != NULL, "%s", err.msg);
+	kms_raft_frame(payload, 5, frame);
 	frame[0] = 'X';
 	ck_assert_int_eq(kms_raft_unframe(frame, 16, &p, &n, &err), KMS_ERR_INVALID);
 	ck_assert_msg(strstr(err.msg, "not a kmsd command frame") != NULL, "%s", err.msg);
