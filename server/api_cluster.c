@@ -223,11 +223,20 @@ static void remove_member(void *app, kms_call *call, const uint8_t *data, size_t
 		kms_call_fail(call, KMS_ERR_NOT_FOUND, err.msg);
 		goto out;
 	}
-	/* The leader may go: it hands leadership over once it sees itself
-	 * removed (raft_node's reconciler). The last member may not. */
 	if (kms_keyring_members(node->kr, NULL, 0) <= 1) {
 		snprintf(err.msg, sizeof(err.msg),
 			 "node %llu is the only member; a cluster cannot remove its last node",
+			 (unsigned long long)req->id);
+		kms_call_fail(call, KMS_ERR_PRECONDITION, err.msg);
+		goto out;
+	}
+	/* Handing leadership over first (raft_transfer) raced with raft 0.15's
+	 * configuration-change bookkeeping in tests; until that is understood
+	 * the operator moves leadership by stopping the leader. */
+	if (req->id == v.leader_id) {
+		snprintf(err.msg, sizeof(err.msg),
+			 "node %llu is the leader; stop it first so that another node leads, then "
+			 "remove it",
 			 (unsigned long long)req->id);
 		kms_call_fail(call, KMS_ERR_PRECONDITION, err.msg);
 		goto out;

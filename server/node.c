@@ -179,7 +179,12 @@ static void transport_close(void *arg, struct raft_uv_transport *t)
 	kms_raft_tls_close(t);
 }
 
-int kms_node_ready(kms_node *node)
+/*
+ * Holds the cluster's verified domain key, and is the ready leader or a
+ * follower of a known leader (that has applied what it knows to be
+ * committed, if caught_up).
+ */
+static int can_serve(kms_node *node, int caught_up)
 {
 	kms_raft_view v;
 
@@ -188,7 +193,19 @@ int kms_node_ready(kms_node *node)
 	kms_raft_view_get(node->raft, &v);
 	if (v.state == RAFT_LEADER)
 		return kms_raft_ready(node->raft);
-	return v.state == RAFT_FOLLOWER && v.leader_id != 0 && v.applied_index >= v.commit_index;
+	return v.state == RAFT_FOLLOWER && v.leader_id != 0 &&
+	       (!caught_up || v.applied_index >= v.commit_index);
+}
+
+int kms_node_ready(kms_node *node)
+{
+	return can_serve(node, 1);
+}
+
+/* A write does not need the follower caught up: the forward waits. */
+int kms_node_can_write(kms_node *node)
+{
+	return can_serve(node, 0);
 }
 
 int kms_node_sync_read(kms_node *node, kms_err *err)
@@ -223,18 +240,6 @@ int kms_node_sync_read(kms_node *node, kms_err *err)
 				"commit index %llu in time",
 				(unsigned long long)commit);
 	return KMS_OK;
-}
-
-int kms_node_can_write(kms_node *node)
-{
-	kms_raft_view v;
-
-	if (atomic_load(&node->domain_key) == 0 || !atomic_load(&node->probe_verified))
-		return 0;
-	kms_raft_view_get(node->raft, &v);
-	if (v.state == RAFT_LEADER)
-		return kms_raft_ready(node->raft);
-	return v.leader_id != 0;
 }
 
 /* --- writes: to Raft on the leader, forwarded from a follower --- */

@@ -33,8 +33,6 @@ struct kms_raft {
 	kms_raft_opts opts;
 	struct raft_change change; /* the one configuration change in flight */
 	int change_pending;
-	struct raft_transfer transfer; /* leadership hand-over when removed */
-	int transfer_pending;
 	pthread_mutex_t view_mu;
 	pthread_cond_t view_cond;
 	kms_raft_view view; /* under view_mu */
@@ -462,13 +460,6 @@ static void on_change(struct raft_change *req, int status)
 		KMS_LOG_W("raft: configuration change failed: %s", raft_strerror(status));
 }
 
-static void on_transfer(struct raft_transfer *req)
-{
-	kms_raft *r = req->data;
-
-	r->transfer_pending = 0;
-}
-
 static int config_index(const struct raft_configuration *c, raft_id id)
 {
 	for (unsigned i = 0; i < c->n; i++)
@@ -491,38 +482,13 @@ static void reconcile(kms_raft *r)
 	const char *what = NULL;
 	raft_id who = 0;
 
-	uint8_t probe[KMS_WRAPPED_MAX];
-
 	for (size_t i = 0; i < n; i++)
 		self_listed |= m[i].id == r->id;
-	if (r->change_pending || r->transfer_pending)
+	if (r->change_pending)
 		return;
-	if (!self_listed) {
-		/* Not yet recorded (a cluster being born, before its probe), or
-		 * removed by an operator: then hand leadership to a voter, whose
-		 * reconciler takes this node out of the configuration. */
-		raft_id to = 0;
-
-		if (kms_keyring_domain_key_probe(r->kr, probe) == 0)
-			return;
-		/* Only to a voter that is still a member: raft_transfer(0) could
-		 * pick a node that is itself on its way out (or already gone). */
-		for (size_t i = 0; i < n && to == 0; i++) {
-			int at = config_index(c, m[i].id);
-
-			if (at >= 0 && c->servers[at].role == RAFT_VOTER)
-				to = m[i].id;
-		}
-		if (to == 0)
-			return;
-		r->transfer.data = r;
-		if (raft_transfer(&r->raft, &r->transfer, to, on_transfer) == 0) {
-			r->transfer_pending = 1;
-			KMS_LOG_I("raft: this node is no longer a member; handing leadership to node %llu",
-				  (unsigned long long)to);
-		}
+	/* Until this node's own record is in, the list is not the truth yet. */
+	if (!self_listed)
 		return;
-	}
 	r->change.data = r;
 	for (size_t i = 0; i < n && what == NULL; i++) {
 		int at = config_index(c, m[i].id);
