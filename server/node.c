@@ -208,6 +208,22 @@ int kms_node_can_write(kms_node *node)
 	return can_serve(node, 0);
 }
 
+/* The leader's member record, for calls to it. */
+static int leader_member(kms_node *node, kms_member *out, kms_err *err)
+{
+	kms_raft_view v;
+
+	kms_raft_view_get(node->raft, &v);
+	if (v.leader_id == 0)
+		return kms_errf(err, KMS_ERR_UNAVAILABLE,
+				"no Raft leader is known: the cluster has no quorum now");
+	if (kms_keyring_member(node->kr, v.leader_id, out) != KMS_OK)
+		return kms_errf(err, KMS_ERR_UNAVAILABLE,
+				"the leader (node %llu) is not in the member list yet",
+				(unsigned long long)v.leader_id);
+	return KMS_OK;
+}
+
 int kms_node_sync_read(kms_node *node, kms_err *err)
 {
 	Kms__V1__NodeStatusRequest req = KMS__V1__NODE_STATUS_REQUEST__INIT;
@@ -221,10 +237,8 @@ int kms_node_sync_read(kms_node *node, kms_err *err)
 	if (v.state == RAFT_LEADER) {
 		commit = v.commit_index;
 	} else {
-		if (v.leader_id == 0 || kms_keyring_member(node->kr, v.leader_id, &leader) != KMS_OK)
-			return kms_errf(err, KMS_ERR_UNAVAILABLE,
-					"leader-commit consistency: no Raft leader is known (no "
-					"quorum?)");
+		if (leader_member(node, &leader, err) != KMS_OK)
+			return kms_err_prefix(err, "leader-commit consistency");
 		if (kms_peers_call(node->peers, leader.grpc_address, "/kms.v1.Internal/NodeStatus",
 				   &req.base, &kms__v1__node_status_response__descriptor,
 				   (ProtobufCMessage **)&resp, FORWARD_TIMEOUT_MS, &st) != 0)
@@ -249,23 +263,15 @@ static void forward(kms_node *node, const uint8_t *cmd, size_t len, kms_raft_don
 {
 	Kms__V1__ForwardRequest req = KMS__V1__FORWARD_REQUEST__INIT;
 	Kms__V1__ForwardResponse *resp = NULL;
-	kms_raft_view v;
 	kms_member leader;
+	kms_err err = {0};
 	kms_rpc_status st;
 	char msg[KMS_ERRMSG_SIZE];
 	int status;
 	uint64_t index;
 
-	kms_raft_view_get(node->raft, &v);
-	if (v.leader_id == 0) {
-		done(arg, KMS_ERR_UNAVAILABLE,
-		     "no Raft leader is known: the cluster has no quorum now", 0);
-		return;
-	}
-	if (kms_keyring_member(node->kr, v.leader_id, &leader) != KMS_OK) {
-		snprintf(msg, sizeof(msg), "the leader (node %llu) is not in the member list yet",
-			 (unsigned long long)v.leader_id);
-		done(arg, KMS_ERR_UNAVAILABLE, msg, 0);
+	if (leader_member(node, &leader, &err) != KMS_OK) {
+		done(arg, err.code, err.msg, 0);
 		return;
 	}
 	req.command.data = (uint8_t *)cmd;
@@ -274,7 +280,7 @@ static void forward(kms_node *node, const uint8_t *cmd, size_t len, kms_raft_don
 			   &kms__v1__forward_response__descriptor, (ProtobufCMessage **)&resp,
 			   FORWARD_TIMEOUT_MS, &st) != 0) {
 		snprintf(msg, sizeof(msg), "forwarding the write to the leader (node %llu) failed (no quorum?): %.150s",
-			 (unsigned long long)v.leader_id, st.details);
+			 (unsigned long long)leader.id, st.details);
 		done(arg, KMS_ERR_UNAVAILABLE, msg, 0);
 		return;
 	}
@@ -410,6 +416,10 @@ int kms_node_start(const char *config_path, kms_node **out, kms_err *err)
 	KMS_TRY_GOTO(rc, kms_tls_engine_load_key(node->cfg.tls_key_uri, &node->raft_key, err), fail);
 	memset(&ropts, 0, sizeof(ropts));
 	ropts.bootstrap = fresh && node->cfg.join_seeds == NULL;
+	if (fresh)
+		KMS_LOG_I("raft: %s is empty: %s", node->cfg.data_dir,
+			  ropts.bootstrap ? "this node starts a new cluster"
+					  : "waiting for a leader to add this node");
 	ropts.transport_init = transport_init;
 	ropts.transport_close = transport_close;
 	ropts.transport_arg = node;

@@ -548,20 +548,6 @@ static void on_poll(uv_timer_t *t)
 /* --- the Raft thread --- */
 
 
-static int dir_is_empty(const char *dir)
-{
-	uv_fs_t req;
-	uv_dirent_t ent;
-	int empty = 1;
-
-	if (uv_fs_scandir(NULL, &req, dir, 0, NULL) < 0)
-		return 1;
-	if (uv_fs_scandir_next(&req, &ent) != UV_EOF)
-		empty = 0;
-	uv_fs_req_cleanup(&req);
-	return empty;
-}
-
 static int setup(kms_raft *r, kms_err *err)
 {
 	struct raft_configuration conf;
@@ -694,10 +680,6 @@ int kms_raft_start(const kms_config *cfg, kms_keyring *kr, const kms_raft_opts *
 		kms_raft_free(r);
 		return kms_errf(err, KMS_ERR_NOMEM, "out of memory starting Raft");
 	}
-	if (dir_is_empty(r->dir))
-		KMS_LOG_I("raft: %s is empty: %s", r->dir,
-			  r->opts.bootstrap ? "this node starts a new cluster"
-					    : "waiting for a leader to add this node");
 	if (pthread_create(&r->thread, NULL, raft_thread, r) != 0) {
 		kms_raft_free(r);
 		return kms_errf(err, KMS_ERR_INTERNAL, "cannot start the Raft thread");

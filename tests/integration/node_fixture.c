@@ -15,6 +15,7 @@
 
 #include "test_net.h"
 #include "grpc/health/v1/health.pb-c.h"
+#include "kms/v1/kms.pb-c.h"
 #include "node_fixture.h"
 
 static const char *srcdir(void)
@@ -259,4 +260,29 @@ kms_client *kms_test_client(kms_test_node *node, const char *who)
 	if (kms_client_open(&o, &c, &err) != KMS_OK)
 		ck_abort_msg("client for %s: %s", who, err.msg);
 	return c;
+}
+
+int kms_test_create_key(kms_client *c, const char *id, const char *grantee, kms_rpc_status *st)
+{
+	static char *ops_all[] = {"Encrypt", "Decrypt", "GenerateDataKey", "DescribeKey"};
+	Kms__V1__CreateKeyRequest req = KMS__V1__CREATE_KEY_REQUEST__INIT;
+	Kms__V1__KeyPolicy policy = KMS__V1__KEY_POLICY__INIT;
+	Kms__V1__Grant grant = KMS__V1__GRANT__INIT;
+	Kms__V1__Grant *grants[] = {&grant};
+	ProtobufCMessage *resp = NULL;
+	int code;
+
+	grant.principal = (char *)grantee;
+	grant.operations = ops_all;
+	grant.n_operations = 4;
+	policy.grants = grants;
+	policy.n_grants = grantee != NULL ? 1 : 0;
+	req.key_id = (char *)id;
+	req.description = (char *)"integration test key";
+	req.policy = &policy;
+	code = kms_client_call(c, "/kms.v1.KeyManagement/CreateKey", &req.base,
+			       &kms__v1__create_key_response__descriptor, &resp, st);
+	if (resp != NULL)
+		protobuf_c_message_free_unpacked(resp, NULL);
+	return code;
 }

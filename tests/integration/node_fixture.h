@@ -71,6 +71,12 @@ kms_client *kms_test_client(kms_test_node *node, const char *who);
 	ck_assert_msg(snprintf((buf), sizeof(buf), __VA_ARGS__) < (int)sizeof(buf),              \
 		      "path too long")
 
+/*
+ * CreateKey of id through c, granting grantee (NULL: no grant) Encrypt,
+ * Decrypt, GenerateDataKey and DescribeKey. Returns the gRPC status code.
+ */
+int kms_test_create_key(kms_client *c, const char *id, const char *grantee, kms_rpc_status *st);
+
 /* Runs a shell command line; aborts the test if it fails. */
 void kms_test_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -1,12 +1,34 @@
 # shellcheck shell=bash
 # node_lib.sh - one-node kmsd set-up shared by the shell integration tests (sourced, not run).
 #
+# Sourced right after T is made; the caller's cleanup trap calls stop_kmsd.
+#
 # kms_test_node_up [CLIENT=SPIFFE_ID ...] [--other-ca]
 #   Makes, under $T: a SoftHSM token $LABEL, a CA for trust domain $TD, client certificates
 #   admin ($ADMIN_ID), app ($APP_ID) and each CLIENT given, optionally an unrelated CA with
 #   a client (--other-ca), the node key in the token and its certificate, picks two free ports,
 #   writes kmsd.conf and starts kmsd. Sets ENDPOINT, RAFT and KMSD_PID; the log is $T/kmsd.log.
 #   Needs: T OPS LABEL MODULE TD ADMIN_ID APP_ID BUILDDIR PY, and a step function.
+# stop_kmsd: stops $KMSD_PID (SIGTERM; SIGKILL after 15 s) and sets KMSD_STATUS to
+#   its exit status; does nothing when KMSD_PID is empty.
+# shellcheck disable=SC2034 # KMSD_STATUS is for the sourcing script
+stop_kmsd() {
+	KMSD_STATUS=0
+	[[ -n $KMSD_PID ]] || return 0
+	kill -TERM "$KMSD_PID" 2>/dev/null || true
+	local i
+	for ((i = 0; i < 150; i++)); do
+		kill -0 "$KMSD_PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	if kill -0 "$KMSD_PID" 2>/dev/null; then
+		echo "${0##*/}: kmsd did not stop within 15 s: SIGKILL" >&2
+		kill -KILL "$KMSD_PID" 2>/dev/null || true
+	fi
+	wait "$KMSD_PID" 2>/dev/null || KMSD_STATUS=$?
+	KMSD_PID=""
+}
+
 # shellcheck disable=SC2034 # ENDPOINT, RAFT and KMSD_PID are for the sourcing script
 kms_test_node_up() {
 	local other_ca=0 c name

@@ -33,29 +33,12 @@ static void sleep_ms(long ms)
 	nanosleep(&t, NULL);
 }
 
-static char *ops_all[] = {"Encrypt", "Decrypt", "GenerateDataKey", "DescribeKey"};
-
+/* CreateKey through node n as the administrator, granting the app. */
 static int create_key(kms_test_node *n, const char *id, kms_rpc_status *st)
 {
 	kms_client *c = kms_test_client(n, "admin");
-	Kms__V1__CreateKeyRequest req = KMS__V1__CREATE_KEY_REQUEST__INIT;
-	Kms__V1__KeyPolicy policy = KMS__V1__KEY_POLICY__INIT;
-	Kms__V1__Grant grant = KMS__V1__GRANT__INIT;
-	Kms__V1__Grant *grants[] = {&grant};
-	ProtobufCMessage *resp = NULL;
-	int code;
+	int code = kms_test_create_key(c, id, KMS_TEST_APP, st);
 
-	grant.principal = (char *)KMS_TEST_APP;
-	grant.operations = ops_all;
-	grant.n_operations = 4;
-	policy.grants = grants;
-	policy.n_grants = 1;
-	req.key_id = (char *)id;
-	req.policy = &policy;
-	code = kms_client_call(c, KM "CreateKey", &req.base, &kms__v1__create_key_response__descriptor,
-			       &resp, st);
-	if (resp != NULL)
-		FREE(resp);
 	kms_client_close(c);
 	return code;
 }

@@ -50,23 +50,8 @@ command -v timeout >/dev/null || die "timeout(1) (coreutils) is missing"
 
 T=$(mktemp -d "${TMPDIR:-/tmp}/kmsd-ctltest.XXXXXX")
 KMSD_PID=""
-stop_kmsd() {
-	# Sets KMSD_STATUS to kmsd's exit status (SIGKILL after 15 s).
-	KMSD_STATUS=0
-	[[ -n $KMSD_PID ]] || return 0
-	kill -TERM "$KMSD_PID" 2>/dev/null || true
-	local i
-	for ((i = 0; i < 150; i++)); do
-		kill -0 "$KMSD_PID" 2>/dev/null || break
-		sleep 0.1
-	done
-	if kill -0 "$KMSD_PID" 2>/dev/null; then
-		echo "test_kmsctl: kmsd did not stop within 15 s: SIGKILL" >&2
-		kill -KILL "$KMSD_PID" 2>/dev/null || true
-	fi
-	wait "$KMSD_PID" 2>/dev/null || KMSD_STATUS=$?
-	KMSD_PID=""
-}
+# shellcheck source=tests/integration/node_lib.sh
+. "$SRCDIR/tests/integration/node_lib.sh"
 cleanup() {
 	local rc=$?
 	stop_kmsd
@@ -91,8 +76,6 @@ OPS_PREFIX="spiffe://$TD/ns/ops/*"
 LABEL=kmsd-ctltest
 
 step "temporary directory $T"
-# shellcheck source=tests/integration/node_lib.sh
-. "$SRCDIR/tests/integration/node_lib.sh"
 kms_test_node_up "other=$OTHER_ID" --other-ca
 
 # kmsctl_as WHO ARGS...: kmsctl with WHO's client certificate ("none": none).

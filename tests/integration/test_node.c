@@ -31,32 +31,6 @@ static void node_down(void)
 
 /* --- small call helpers --- */
 
-static char *ops_all[] = {"Encrypt", "Decrypt", "GenerateDataKey", "DescribeKey"};
-
-static int create_key(kms_client *c, const char *id, const char *grantee, kms_rpc_status *st)
-{
-	Kms__V1__CreateKeyRequest req = KMS__V1__CREATE_KEY_REQUEST__INIT;
-	Kms__V1__KeyPolicy policy = KMS__V1__KEY_POLICY__INIT;
-	Kms__V1__Grant grant = KMS__V1__GRANT__INIT;
-	Kms__V1__Grant *grants[] = {&grant};
-	ProtobufCMessage *resp = NULL;
-	int code;
-
-	grant.principal = (char *)grantee;
-	grant.operations = ops_all;
-	grant.n_operations = 4;
-	policy.grants = grants;
-	policy.n_grants = grantee != NULL ? 1 : 0;
-	req.key_id = (char *)id;
-	req.description = (char *)"integration test key";
-	req.policy = &policy;
-	code = kms_client_call(c, KM "CreateKey", &req.base, &kms__v1__create_key_response__descriptor,
-			       &resp, st);
-	if (resp != NULL)
-		protobuf_c_message_free_unpacked(resp, NULL);
-	return code;
-}
-
 typedef struct ctx_kv {
 	const char *k, *v;
 } ctx_kv;
@@ -177,7 +151,7 @@ START_TEST(create_describe_list_roundtrip)
 	kms_rpc_status st;
 	Kms__V1__DescribeKeyResponse *d;
 
-	ck_assert_int_eq(create_key(admin, "orders", KMS_TEST_APP, &st), 0);
+	ck_assert_int_eq(kms_test_create_key(admin, "orders", KMS_TEST_APP, &st), 0);
 	d = describe(app, "orders", &st);
 	ck_assert_msg(d != NULL, "DescribeKey: %s", st.details);
 	ck_assert_str_eq(d->key->key_id, "orders");
@@ -208,16 +182,16 @@ START_TEST(create_key_refusals_change_nothing)
 	kms_rpc_status st;
 	size_t before;
 
-	ck_assert_int_eq(create_key(admin, "refusals", KMS_TEST_APP, &st), 0);
+	ck_assert_int_eq(kms_test_create_key(admin, "refusals", KMS_TEST_APP, &st), 0);
 	before = count_keys(admin, "admin");
 	/* A duplicate, a non-administrator, a bad id, a bad policy: each refused. */
-	create_key(admin, "refusals", KMS_TEST_APP, &st);
+	kms_test_create_key(admin, "refusals", KMS_TEST_APP, &st);
 	ASSERT_STATUS(st, 6 /* ALREADY_EXISTS */, "already exists");
-	create_key(app, "by-app", KMS_TEST_APP, &st);
+	kms_test_create_key(app, "by-app", KMS_TEST_APP, &st);
 	ASSERT_STATUS(st, 7 /* PERMISSION_DENIED */, "not an administrator");
-	create_key(admin, "bad id!", KMS_TEST_APP, &st);
+	kms_test_create_key(admin, "bad id!", KMS_TEST_APP, &st);
 	ASSERT_STATUS(st, 3 /* INVALID_ARGUMENT */, "key");
-	create_key(admin, "", KMS_TEST_APP, &st);
+	kms_test_create_key(admin, "", KMS_TEST_APP, &st);
 	ASSERT_STATUS(st, 3, "key");
 	grant.principal = (char *)KMS_TEST_APP;
 	grant.operations = bad_ops;
@@ -244,7 +218,7 @@ START_TEST(describe_unknown_and_unauthorized)
 	kms_client *other = kms_test_client(&node, "other");
 	kms_rpc_status st;
 
-	ck_assert_int_eq(create_key(admin, "private", KMS_TEST_APP, &st), 0);
+	ck_assert_int_eq(kms_test_create_key(admin, "private", KMS_TEST_APP, &st), 0);
 	ck_assert_ptr_null(describe(admin, "no-such-key", &st));
 	ASSERT_STATUS(st, 5, "no-such-key");
 	ck_assert_ptr_null(describe(other, "private", &st));
@@ -263,7 +237,7 @@ START_TEST(generate_and_decrypt_roundtrip)
 	static const uint32_t sizes[] = {0, 16, 24, 32, 64};
 	kms_rpc_status st;
 
-	ck_assert_int_eq(create_key(admin, "datakeys", KMS_TEST_APP, &st), 0);
+	ck_assert_int_eq(kms_test_create_key(admin, "datakeys", KMS_TEST_APP, &st), 0);
 	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
 		Kms__V1__GenerateDataKeyResponse *g = gen_key(app, "datakeys", sizes[i], ctx1, 2, &st);
 		Kms__V1__DecryptResponse *d;
@@ -296,7 +270,7 @@ START_TEST(generate_bad_sizes_and_without_plaintext)
 	Kms__V1__DecryptResponse *d;
 	kms_rpc_status st;
 
-	ck_assert_int_eq(create_key(admin, "sizes", KMS_TEST_APP, &st), 0);
+	ck_assert_int_eq(kms_test_create_key(admin, "sizes", KMS_TEST_APP, &st), 0);
 	ck_assert_ptr_null(gen_key(app, "sizes", 15, NULL, 0, &st));
 	ASSERT_STATUS(st, 3, "number_of_bytes");
 	ck_assert_ptr_null(gen_key(app, "sizes", 65, NULL, 0, &st));
@@ -329,7 +303,7 @@ START_TEST(encrypt_limits)
 	kms_rpc_status st;
 
 	memset(big, 0xa5, sizeof(big));
-	ck_assert_int_eq(create_key(admin, "limits", KMS_TEST_APP, &st), 0);
+	ck_assert_int_eq(kms_test_create_key(admin, "limits", KMS_TEST_APP, &st), 0);
 	e = encrypt(app, "limits", big, KMS_PLAINTEXT_MAX, ctx1, 2, &st);
 	ck_assert_msg(e != NULL, "Encrypt 4096: %s", st.details);
 	d = decrypt(app, e->ciphertext_blob.data, e->ciphertext_blob.len, ctx1, 2, NULL, &st);
@@ -357,7 +331,7 @@ START_TEST(tampered_blob_and_wrong_context_fail_alike)
 	uint8_t *copy;
 	size_t len;
 
-	ck_assert_int_eq(create_key(admin, "tamper", KMS_TEST_APP, &st_ctx), 0);
+	ck_assert_int_eq(kms_test_create_key(admin, "tamper", KMS_TEST_APP, &st_ctx), 0);
 	g = gen_key(app, "tamper", 32, ctx1, 2, &st_ctx);
 	ck_assert_ptr_nonnull(g);
 	len = g->ciphertext_blob.len;
@@ -400,7 +374,7 @@ START_TEST(unknown_key_and_version)
 	ASSERT_STATUS(st, 5, "no-such-key");
 	ck_assert_ptr_null(encrypt(app, "no-such-key", (const uint8_t *)"x", 1, NULL, 0, &st));
 	ASSERT_STATUS(st, 5, "no-such-key");
-	ck_assert_int_eq(create_key(admin, "known", KMS_TEST_APP, &st), 0);
+	ck_assert_int_eq(kms_test_create_key(admin, "known", KMS_TEST_APP, &st), 0);
 	g = gen_key(app, "known", 32, NULL, 0, &st);
 	ck_assert_ptr_nonnull(g);
 	ck_assert_int_eq(kms_blob_decode(g->ciphertext_blob.data, g->ciphertext_blob.len, &h, &ct,
@@ -436,7 +410,7 @@ START_TEST(policy_refuses_other_principals)
 	Kms__V1__GenerateDataKeyResponse *g;
 	kms_rpc_status st;
 
-	ck_assert_int_eq(create_key(admin, "guarded", KMS_TEST_APP, &st), 0);
+	ck_assert_int_eq(kms_test_create_key(admin, "guarded", KMS_TEST_APP, &st), 0);
 	ck_assert_ptr_null(gen_key(other, "guarded", 32, NULL, 0, &st));
 	ASSERT_STATUS(st, 7, "GenerateDataKey");
 	ck_assert_ptr_null(encrypt(other, "guarded", (const uint8_t *)"x", 1, NULL, 0, &st));
@@ -533,7 +507,7 @@ START_TEST(hundred_concurrent_calls)
 	pthread_t t[N];
 	kms_rpc_status st;
 
-	ck_assert_int_eq(create_key(admin, "busy", KMS_TEST_APP, &st), 0);
+	ck_assert_int_eq(kms_test_create_key(admin, "busy", KMS_TEST_APP, &st), 0);
 	for (int i = 0; i < N; i++) {
 		args[i].c = app;
 		args[i].ok = 0;
@@ -585,7 +559,7 @@ START_TEST(kill9_restart_keeps_every_key)
 
 	for (int i = 0; i < N; i++) {
 		KMS_TEST_PATH(id, "durable-%d", i);
-		ck_assert_int_eq(create_key(admin, id, KMS_TEST_APP, &st), 0);
+		ck_assert_int_eq(kms_test_create_key(admin, id, KMS_TEST_APP, &st), 0);
 		g[i] = gen_key(app, id, 32, ctx1, 2, &st);
 		ck_assert_ptr_nonnull(g[i]);
 	}
