@@ -31,14 +31,15 @@ static int require_admin(kms_node *node, kms_call *call)
 /* Internal calls come only from member nodes of this cluster. */
 static uint64_t require_member_node(kms_node *node, kms_call *call)
 {
-	const char *p = kms_call_principal(call);
-	uint64_t id = kms_node_principal_id(node, p);
+	const kms_peer *p = kms_call_peer(call);
 	kms_member m;
 	char msg[KMS_ERRMSG_SIZE];
 
-	if (id != 0 && kms_keyring_member(node->kr, id, &m) == KMS_OK)
-		return id;
-	snprintf(msg, sizeof(msg), "principal '%.200s' is not a member node of this cluster", p);
+	/* The method table lets only node identities (node CA) in. */
+	if (p->kind == KMS_PEER_NODE && kms_keyring_member(node->kr, p->node_id, &m) == KMS_OK)
+		return p->node_id;
+	snprintf(msg, sizeof(msg), "node %llu is not a member of this cluster",
+		 (unsigned long long)p->node_id);
 	kms_call_fail(call, KMS_ERR_PERMISSION, msg);
 	return 0;
 }
@@ -116,7 +117,7 @@ static void cluster_status(void *app, kms_call *call, const uint8_t *data, size_
 				kms__v1__node_status_response__init(remote[i]);
 				fill_local(node, remote[i]);
 			}
-		} else if (kms_peers_call(node->peers, m[i].grpc_address,
+		} else if (kms_peers_call(node->peers, m[i].grpc_address, m[i].id,
 					  "/kms.v1.Internal/NodeStatus", &nreq.base,
 					  &kms__v1__node_status_response__descriptor,
 					  (ProtobufCMessage **)&remote[i], STATUS_TIMEOUT_MS, &st) != 0) {
@@ -323,7 +324,7 @@ static void fetch_domain_key(void *app, kms_call *call, const uint8_t *data, siz
 		kms_call_fail(call, KMS_ERR_INVALID, "malformed FetchDomainKeyRequest");
 		return;
 	}
-	caller = kms_node_principal_id(node, kms_call_principal(call));
+	caller = kms_call_peer(call)->node_id;
 	if (caller == 0 || caller != req->node_id) {
 		snprintf(msg, sizeof(msg), "principal '%.200s' may not fetch the key of node %llu",
 			 kms_call_principal(call), (unsigned long long)req->node_id);
@@ -353,12 +354,18 @@ static void fetch_domain_key(void *app, kms_call *call, const uint8_t *data, siz
 }
 
 const kms_method kms_api_cluster_methods[] = {
-	{"/kms.v1.Operator/ClusterStatus", cluster_status, 0},
-	{"/kms.v1.Operator/AddMember", add_member, 0},
-	{"/kms.v1.Operator/RemoveMember", remove_member, 0},
-	{"/kms.v1.Internal/Forward", forward, 0},
-	{"/kms.v1.Internal/NodeStatus", node_status, 0},
-	{"/kms.v1.Internal/FetchDomainKey", fetch_domain_key, 0},
+	{"/kms.v1.Operator/ClusterStatus", cluster_status, KMS_CALLERS_SERVICES,
+	 &kms__v1__cluster_status_request__descriptor},
+	{"/kms.v1.Operator/AddMember", add_member, KMS_CALLERS_SERVICES,
+	 &kms__v1__add_member_request__descriptor},
+	{"/kms.v1.Operator/RemoveMember", remove_member, KMS_CALLERS_SERVICES,
+	 &kms__v1__remove_member_request__descriptor},
+	{"/kms.v1.Internal/Forward", forward, KMS_CALLERS_NODES,
+	 &kms__v1__forward_request__descriptor},
+	{"/kms.v1.Internal/NodeStatus", node_status, KMS_CALLERS_NODES,
+	 &kms__v1__node_status_request__descriptor},
+	{"/kms.v1.Internal/FetchDomainKey", fetch_domain_key, KMS_CALLERS_NODES,
+	 &kms__v1__fetch_domain_key_request__descriptor},
 };
 const size_t kms_api_cluster_n_methods =
 	sizeof(kms_api_cluster_methods) / sizeof(kms_api_cluster_methods[0]);

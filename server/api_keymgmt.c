@@ -223,7 +223,8 @@ static void create_key(void *app, kms_call *call, const uint8_t *data, size_t le
 	}
 	/* Validate before spending an HSM key generation on the request. */
 	KMS_TRY_GOTO(rc, kms_key_id_check(req->key_id, &err), out);
-	KMS_TRY_GOTO(rc, kms_policy_check(req->policy, &err), out);
+	KMS_TRY_GOTO(rc, kms_policy_check(req->policy, KMS_POLICY_NEW, node->cfg.trust_domain, &err),
+		     out);
 	if (kms_keyring_has_key(node->kr, req->key_id)) {
 		rc = kms_errf(&err, KMS_ERR_EXISTS, "key '%s' already exists", req->key_id);
 		goto out;
@@ -481,12 +482,18 @@ out:
 }
 
 const kms_method kms_api_keymgmt_methods[] = {
-	{"/kms.v1.KeyManagement/CreateKey", create_key, 0},
-	{"/kms.v1.KeyManagement/DescribeKey", describe_key, 0},
-	{"/kms.v1.KeyManagement/ListKeys", list_keys, 0},
-	{"/kms.v1.KeyManagement/GenerateDataKey", generate_data_key, 0},
-	{"/kms.v1.KeyManagement/Encrypt", encrypt, 0},
-	{"/kms.v1.KeyManagement/Decrypt", decrypt, 0},
+	{"/kms.v1.KeyManagement/CreateKey", create_key, KMS_CALLERS_SERVICES,
+	 &kms__v1__create_key_request__descriptor},
+	{"/kms.v1.KeyManagement/DescribeKey", describe_key, KMS_CALLERS_SERVICES,
+	 &kms__v1__describe_key_request__descriptor},
+	{"/kms.v1.KeyManagement/ListKeys", list_keys, KMS_CALLERS_SERVICES,
+	 &kms__v1__list_keys_request__descriptor},
+	{"/kms.v1.KeyManagement/GenerateDataKey", generate_data_key, KMS_CALLERS_SERVICES,
+	 &kms__v1__generate_data_key_request__descriptor},
+	{"/kms.v1.KeyManagement/Encrypt", encrypt, KMS_CALLERS_SERVICES,
+	 &kms__v1__encrypt_request__descriptor},
+	{"/kms.v1.KeyManagement/Decrypt", decrypt, KMS_CALLERS_SERVICES,
+	 &kms__v1__decrypt_request__descriptor},
 };
 const size_t kms_api_keymgmt_n_methods =
 	sizeof(kms_api_keymgmt_methods) / sizeof(kms_api_keymgmt_methods[0]);

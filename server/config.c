@@ -14,8 +14,10 @@
 #include "kms/alloc.h"
 #include "kms/config.h"
 #include "kms/error.h"
+#include "kms/hostport.h"
 #include "kms/log.h"
 #include "kms/policy.h"
+#include "kms/spiffe.h"
 
 /* A PIN longer than this is a mistake (a key file named by accident). */
 #define PIN_MAX 256
@@ -36,6 +38,7 @@ enum kind {
 	K_ENV_NAME,    /* environment variable name */
 	K_ADMINS,      /* comma-separated principals; may repeat to add more */
 	K_SEEDS,       /* comma-separated host:port of cluster members */
+	K_TRUST_DOMAIN, /* a SPIFFE trust domain name */
 };
 
 struct key_spec {
@@ -73,7 +76,9 @@ static const struct key_spec keys[] = {
     {"hsm", "pin_env", K_ENV_NAME, F(hsm_pin_env), 0, 0, 0},
     {"hsm", "domain_key_label", K_STRING, F(domain_key_label), 0, 0, 0},
     {"authz", "admins", K_ADMINS, F(admins), 0, 0, 0},
+    {"authz", "trust_domain", K_TRUST_DOMAIN, F(trust_domain), 0, 0, 0},
     {"cluster", "join", K_SEEDS, F(join_seeds), 0, 0, 0},
+    {"cluster", "node_ca_file", K_PATH, F(node_ca_file), 0, 0, 1},
 };
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -89,6 +94,7 @@ struct parse_state {
 	int err_code;  /* its status */
 	unsigned err_line; /* and its line */
 	unsigned char seen[N_KEYS];
+	int seen_trust_domain; /* [authz] trust_domain was set */
 	kms_config *cfg;
 	kms_err *err;
 };
@@ -199,22 +205,6 @@ static int parse_uint(const char *v, unsigned min, unsigned max, unsigned *out)
 		return -1;
 	*out = (unsigned)x;
 	return 0;
-}
-
-static int port_ok(const char *s)
-{
-	unsigned port;
-
-	return parse_uint(s, 1, 65535, &port) == 0;
-}
-
-static int listen_ok(const char *v, int allow_unix)
-{
-	const char *colon = strrchr(v, ':');
-
-	if (allow_unix && strncmp(v, "unix:", 5) == 0)
-		return v[5] != '\0';
-	return colon != NULL && colon != v && port_ok(colon + 1);
 }
 
 static int env_name_ok(const char *v)
@@ -346,16 +336,30 @@ static int set_value(struct parse_state *st, const struct key_spec *k,
 		}
 		break;
 	case K_LISTEN:
-	case K_LISTEN_GRPC:
-		if (!listen_ok(v, k->kind == K_LISTEN_GRPC)) {
-			snprintf(
-			    detail, sizeof(detail),
-			    "'listen' in [%s] must be host:port with a port "
-			    "from 1 to 65535, not '%s'",
-			    k->section, kms_quote(v, q));
+	case K_LISTEN_GRPC: {
+		kms_err sub;
+		char what[64];
+
+		snprintf(what, sizeof(what), "'listen' in [%s]", k->section);
+		if ((k->kind == K_LISTEN_GRPC ? kms_hostport_check_listen(v, what, &sub)
+					      : kms_hostport_check(v, what, &sub)) != KMS_OK)
+			return fail_at(st, sub.msg);
+		break;
+	}
+	case K_TRUST_DOMAIN: {
+		kms_err sub;
+		char td[KMS_TRUST_DOMAIN_MAX + 1];
+
+		if (kms_trust_domain_parse(v, td, sizeof(td), &sub) != KMS_OK) {
+			snprintf(detail, sizeof(detail), "'trust_domain' in [authz]: %.200s", sub.msg);
 			return fail_at(st, detail);
 		}
-		break;
+		copy = kms_strdup(td);
+		if (copy == NULL)
+			return fail_nomem(st);
+		*(char **)field = copy;
+		return 1;
+	}
 	case K_TLS_KEY:
 		if (strncmp(v, "pkcs11:", 7) != 0) {
 			snprintf(detail, sizeof(detail),
@@ -385,8 +389,9 @@ static int set_value(struct parse_state *st, const struct key_spec *k,
 		}
 		break;
 	case K_SEEDS: {
-		char item[KMS_ERRMSG_SIZE];
+		char item[KMS_HOSTPORT_MAX + 1];
 		const char *p = v;
+		kms_err sub;
 
 		/* Every comma-separated entry must be a host:port; a comma
 		 * always has an entry after it. */
@@ -394,11 +399,14 @@ static int set_value(struct parse_state *st, const struct key_spec *k,
 			size_t n = strcspn(p, ",");
 
 			snprintf(item, sizeof(item), "%.*s", (int)n, p);
-			if (n == 0 || n >= sizeof(item) || !listen_ok(item, 0)) {
+			if (n == 0 || n >= sizeof(item) ||
+			    kms_hostport_check(item, "an entry of 'join' in [cluster]", &sub) !=
+				    KMS_OK) {
 				snprintf(detail, sizeof(detail),
 					 "'join' in [cluster] must list host:port entries "
-					 "separated by commas, not '%s'",
-					 kms_quote(v, q));
+					 "separated by commas, not '%s'%s%.120s",
+					 kms_quote(v, q), n == 0 ? "" : ": ",
+					 n == 0 ? "" : sub.msg);
 				return fail_at(st, detail);
 			}
 			p += n;
@@ -470,11 +478,59 @@ static int on_entry(void *user, const char *section, const char *name,
 			return fail_at(st, detail);
 		}
 		st->seen[i] = 1;
+		if (keys[i].kind == K_TRUST_DOMAIN)
+			st->seen_trust_domain = 1;
 		return set_value(st, &keys[i], value);
 	}
 	snprintf(detail, sizeof(detail), "unknown key '%s' in [%s]",
 		 kms_quote(name, q1), kms_quote(section, q2));
 	return fail_at(st, detail);
+}
+
+/*
+ * The trust domain: [authz] trust_domain, or else the one the admins share.
+ * Every admin must be in it, and must not be a node identity: principals
+ * of another trust domain are never accepted, so such an entry could only
+ * be a mistake.
+ */
+static int finish_trust_domain(struct parse_state *st)
+{
+	kms_config *cfg = st->cfg;
+	kms_spiffe_id id;
+	char td[KMS_TRUST_DOMAIN_MAX + 1], q[KMS_QUOTE_MAX + 4];
+
+	for (size_t i = 0; i < cfg->n_admins; i++) {
+		/* add_admins checked every entry. */
+		if (kms_spiffe_parse_str(cfg->admins[i], 1, &id, NULL) != KMS_OK)
+			return kms_errf(st->err, KMS_ERR_CONFIG, "%s: bad 'admins' entry",
+					st->path);
+		if (kms_spiffe_is_node_path(&id))
+			return kms_errf(st->err, KMS_ERR_CONFIG,
+					"%s: 'admins' entry '%s' in [authz] is a node identity "
+					"(" KMS_NODE_PATH_PREFIX "...); an administrator is a "
+					"person or a service",
+					st->path, kms_quote(cfg->admins[i], q));
+		if (cfg->trust_domain == NULL) {
+			memcpy(td, id.id + sizeof(KMS_SPIFFE_SCHEME) - 1, id.td_len);
+			td[id.td_len] = '\0';
+			cfg->trust_domain = kms_strdup(td);
+			if (cfg->trust_domain == NULL)
+				return kms_errf(st->err, KMS_ERR_NOMEM, "out of memory");
+		} else if (!kms_spiffe_in_trust_domain(&id, cfg->trust_domain)) {
+			return kms_errf(st->err, KMS_ERR_CONFIG,
+					"%s: 'admins' entry '%s' in [authz] is not in the trust "
+					"domain '%s'%s",
+					st->path, kms_quote(cfg->admins[i], q), cfg->trust_domain,
+					st->seen_trust_domain ? " set by 'trust_domain'"
+							      : " of the entries before it");
+		}
+	}
+	if (cfg->trust_domain == NULL)
+		return kms_errf(st->err, KMS_ERR_CONFIG,
+				"%s: set 'trust_domain' in [authz] (or list 'admins', whose trust "
+				"domain it then is)",
+				st->path);
+	return KMS_OK;
 }
 
 /* After the whole file: required keys, the PIN source, defaults, cross-checks.
@@ -506,6 +562,7 @@ static int finish(struct parse_state *st)
 				"than 'election_timeout_ms' (%u) in [raft]",
 				st->path, cfg->heartbeat_timeout_ms,
 				cfg->election_timeout_ms);
+	KMS_TRY(finish_trust_domain(st));
 	if (cfg->log_level == NULL &&
 	    (cfg->log_level = kms_strdup("info")) == NULL)
 		return kms_errf(st->err, KMS_ERR_NOMEM, "out of memory");
@@ -620,6 +677,8 @@ void kms_config_free(kms_config *cfg)
 	kms_free(cfg->hsm_pin_env);
 	kms_free(cfg->domain_key_label);
 	kms_free(cfg->join_seeds);
+	kms_free(cfg->node_ca_file);
+	kms_free(cfg->trust_domain);
 	for (size_t i = 0; i < cfg->n_admins; i++)
 		kms_free(cfg->admins[i]);
 	kms_free(cfg->admins);

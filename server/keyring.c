@@ -9,6 +9,7 @@
 
 #include "kms/alloc.h"
 #include "kms/blob.h"
+#include "kms/hostport.h"
 #include "kms/keyring.h"
 #include "kms/policy.h"
 #include "kms/v1/state.pb-c.h"
@@ -152,7 +153,7 @@ static int record_check(const Kms__V1__KeyRecord *rec, kms_err *err)
 				"key '%s': created_by is longer than %d bytes",
 				rec->key_id, KMS_PRINCIPAL_MAX);
 	if (rec->policy != NULL) {
-		rc = kms_policy_check(rec->policy, err);
+		rc = kms_policy_check(rec->policy, KMS_POLICY_STORED, NULL, err);
 		if (rc != KMS_OK) {
 			char prefix[KMS_KEY_ID_MAX + 8];
 
@@ -402,30 +403,12 @@ unlock:
 
 /* --- members and the domain-key check ----------------------------------- */
 
-static int address_check(const char *what, const char *a, kms_err *err)
-{
-	const char *colon;
-
-	if (a == NULL || a[0] == '\0' || strlen(a) > KMS_ADDRESS_MAX)
-		return kms_errf(err, KMS_ERR_INVALID, "%s must be host:port of at most %d bytes",
-				what, KMS_ADDRESS_MAX);
-	colon = strrchr(a, ':');
-	if (colon == NULL || colon == a || colon[1] == '\0' ||
-	    strspn(colon + 1, "0123456789") != strlen(colon + 1))
-		return kms_errf(err, KMS_ERR_INVALID, "%s is not host:port", what);
-	for (const char *p = a; *p != '\0'; p++)
-		if (*p <= 0x20 || *p >= 0x7f)
-			return kms_errf(err, KMS_ERR_INVALID, "%s holds a space or control character",
-					what);
-	return KMS_OK;
-}
-
 static int member_check(const Kms__V1__MemberRecord *m, kms_err *err)
 {
 	if (m == NULL || m->id == 0)
 		return kms_errf(err, KMS_ERR_INVALID, "a member needs an id of 1 or more");
-	KMS_TRY(address_check("raft_address", m->raft_address, err));
-	return address_check("grpc_address", m->grpc_address, err);
+	KMS_TRY(kms_hostport_check(m->raft_address, "raft_address", err));
+	return kms_hostport_check(m->grpc_address, "grpc_address", err);
 }
 
 /* Index of the first member whose id is >= id (caller holds the lock). */

@@ -15,6 +15,7 @@
 #include "api.h"
 #include "kms/alloc.h"
 #include "kms/log.h"
+#include "kms/spiffe.h"
 #include "kms/v1/cluster.pb-c.h"
 #include "node.h"
 #include "raft_tls.h"
@@ -90,55 +91,32 @@ static int find_domain_key(kms_node *node, int fresh, kms_err *err)
 	return KMS_OK;
 }
 
-/* The trust domain is the scheme and authority of our own SPIFFE ID. */
-static int read_trust_domain(kms_node *node, kms_err *err)
+/*
+ * Our own certificate must name this node in the configured trust domain,
+ * and come from the node CA: the same rule every peer applies to us.
+ */
+static int check_own_certificate(kms_node *node, kms_err *err)
 {
 	FILE *f = fopen(node->cfg.cert_file, "r");
-	X509 *cert = NULL;
-	GENERAL_NAMES *sans = NULL;
-	int rc = KMS_ERR_CONFIG;
+	char pem[16384];
+	size_t n;
+	kms_peer self;
+	kms_err sub = {0};
 
 	if (f == NULL)
 		return kms_errf(err, KMS_ERR_CONFIG, "cannot read %s: %m", node->cfg.cert_file);
-	cert = PEM_read_X509(f, NULL, NULL, NULL);
+	n = fread(pem, 1, sizeof(pem) - 1, f);
 	fclose(f);
-	if (cert != NULL)
-		sans = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
-	for (int i = 0; sans != NULL && i < sk_GENERAL_NAME_num(sans); i++) {
-		const GENERAL_NAME *g = sk_GENERAL_NAME_value(sans, i);
-		const char *uri, *slash;
-		char want[64];
-
-		if (g->type != GEN_URI)
-			continue;
-		uri = (const char *)ASN1_STRING_get0_data(g->d.uniformResourceIdentifier);
-		if (strncmp(uri, "spiffe://", 9) != 0 || (slash = strchr(uri + 9, '/')) == NULL)
-			continue;
-		snprintf(want, sizeof(want), "/kmsd/node/%u", node->cfg.node_id);
-		if (strcmp(slash, want) != 0 || (size_t)(slash - uri) >= sizeof(node->trust_domain))
-			continue;
-		memcpy(node->trust_domain, uri, (size_t)(slash - uri));
-		node->trust_domain[slash - uri] = '\0';
-		rc = KMS_OK;
-	}
-	GENERAL_NAMES_free(sans);
-	X509_free(cert);
-	if (rc != KMS_OK)
+	pem[n] = '\0';
+	if (kms_authn_identify(node->authn, pem, n, &self, &sub) != KMS_OK)
+		return kms_errf(err, KMS_ERR_CONFIG, "%s: %s", node->cfg.cert_file, sub.msg);
+	if (self.kind != KMS_PEER_NODE || self.node_id != node->cfg.node_id)
 		return kms_errf(err, KMS_ERR_CONFIG,
-				"%s carries no URI SAN spiffe://<trust domain>/kmsd/node/%u: a node "
+				"%s names '%s', not spiffe://%s" KMS_NODE_PATH "%u: a node "
 				"certificate names its node id",
-				node->cfg.cert_file, node->cfg.node_id);
+				node->cfg.cert_file, self.id.id, node->cfg.trust_domain,
+				node->cfg.node_id);
 	return KMS_OK;
-}
-
-uint64_t kms_node_principal_id(const kms_node *node, const char *principal)
-{
-	unsigned long long id = 0;
-
-	if (principal == NULL ||
-	    kms_raft_tls_parse_node_id(principal, node->trust_domain, &id) != KMS_OK)
-		return 0;
-	return id;
 }
 
 /*
@@ -151,8 +129,13 @@ static int authorize_peer(void *arg, const char *spiffe_id, unsigned long long r
 {
 	kms_node *node = arg;
 	kms_member m[KMS_MEMBERS_MAX];
+	kms_spiffe_id id;
+	uint64_t claimed = 0;
 
-	if (kms_node_principal_id(node, spiffe_id) != raft_id || raft_id == 0)
+	/* The link's TLS context trusts the node CA only. */
+	if (kms_spiffe_parse_str(spiffe_id, 1, &id, NULL) != KMS_OK ||
+	    !kms_spiffe_in_trust_domain(&id, node->cfg.trust_domain) ||
+	    kms_spiffe_node_id(&id, &claimed) != KMS_OK || claimed != raft_id || raft_id == 0)
 		return 0;
 	if (kms_keyring_members(node->kr, m, KMS_MEMBERS_MAX) == 0)
 		return 1;
@@ -166,7 +149,7 @@ static int transport_init(void *arg, struct raft_uv_transport *t, struct uv_loop
 	kms_raft_tls_opts o;
 
 	memset(&o, 0, sizeof(o));
-	o.ca_file = node->cfg.ca_file;
+	o.ca_file = node->cfg.node_ca_file;
 	o.cert_file = node->cfg.cert_file;
 	o.key = node->raft_key;
 	o.authorize = authorize_peer;
@@ -239,7 +222,7 @@ int kms_node_sync_read(kms_node *node, kms_err *err)
 	} else {
 		if (leader_member(node, &leader, err) != KMS_OK)
 			return kms_err_prefix(err, "leader-commit consistency");
-		if (kms_peers_call(node->peers, leader.grpc_address, "/kms.v1.Internal/NodeStatus",
+		if (kms_peers_call(node->peers, leader.grpc_address, leader.id, "/kms.v1.Internal/NodeStatus",
 				   &req.base, &kms__v1__node_status_response__descriptor,
 				   (ProtobufCMessage **)&resp, FORWARD_TIMEOUT_MS, &st) != 0)
 			return kms_errf(err, KMS_ERR_UNAVAILABLE,
@@ -276,7 +259,7 @@ static void forward(kms_node *node, const uint8_t *cmd, size_t len, kms_raft_don
 	}
 	req.command.data = (uint8_t *)cmd;
 	req.command.len = len;
-	if (kms_peers_call(node->peers, leader.grpc_address, "/kms.v1.Internal/Forward", &req.base,
+	if (kms_peers_call(node->peers, leader.grpc_address, leader.id, "/kms.v1.Internal/Forward", &req.base,
 			   &kms__v1__forward_response__descriptor, (ProtobufCMessage **)&resp,
 			   FORWARD_TIMEOUT_MS, &st) != 0) {
 		snprintf(msg, sizeof(msg), "forwarding the write to the leader (node %llu) failed (no quorum?): %.150s",
@@ -374,12 +357,14 @@ static int start_rpc(kms_node *node, kms_err *err)
 	memset(&o, 0, sizeof(o));
 	o.listen = node->cfg.grpc_listen;
 	o.ca_file = node->cfg.ca_file;
+	o.node_ca_file = node->cfg.node_ca_file;
 	o.cert_file = node->cfg.cert_file;
 	o.private_key = key;
 	o.workers = node->cfg.grpc_workers;
 	o.methods = methods;
 	o.n_methods = n_methods;
 	o.app = node;
+	o.authn = node->authn;
 	o.worker_init = kms_api_worker_init;
 	o.worker_fini = kms_api_worker_fini;
 	rc = kms_rpc_server_start(&o, &node->rpc, err);
@@ -407,7 +392,9 @@ int kms_node_start(const char *config_path, kms_node **out, kms_err *err)
 		rc = kms_errf(err, KMS_ERR_IO, "cannot create data_dir %s: %m", node->cfg.data_dir);
 		goto fail;
 	}
-	KMS_TRY_GOTO(rc, read_trust_domain(node, err), fail);
+	KMS_TRY_GOTO(rc, kms_authn_new(node->cfg.trust_domain, node->cfg.node_ca_file,
+				       &node->authn, err), fail);
+	KMS_TRY_GOTO(rc, check_own_certificate(node, err), fail);
 	KMS_TRY_GOTO(rc, open_hsm(node, err), fail);
 	KMS_TRY_GOTO(rc, find_domain_key(node, fresh, err), fail);
 	KMS_TRY_GOTO(rc, kms_keyring_new(&node->kr, err), fail);
@@ -453,6 +440,7 @@ void kms_node_stop(kms_node *node)
 	kms_peers_free(node->peers);
 	kms_keyring_free(node->kr);
 	kms_hsm_close(node->hsm);
+	kms_authn_free(node->authn);
 	kms_config_free(&node->cfg);
 	kms_free(node);
 }

@@ -9,6 +9,7 @@
 #include "kms/config.h"
 #include "kms/error.h"
 #include "kms/hsm.h"
+#include "authn.h"
 #include "kms/keyring.h"
 #include "peers.h"
 #include "raft_node.h"
@@ -25,7 +26,7 @@ typedef struct kms_node {
 	_Atomic unsigned long domain_key;
 	atomic_int probe_verified; /* the token's domain key is the cluster's */
 	atomic_int fatal;          /* a check failed: stop and exit non-zero */
-	char trust_domain[256];    /* "spiffe://kmsd.dev", from our certificate */
+	kms_authn *authn;          /* who a TLS peer is (services apart from nodes) */
 	kms_keyring *kr;
 	EVP_PKEY *raft_key; /* the node key in the HSM, for Raft peer TLS */
 	kms_raft *raft;
@@ -61,9 +62,6 @@ int kms_node_can_write(kms_node *node);
  * call began. KMS_ERR_UNAVAILABLE with the reason when it cannot.
  */
 int kms_node_sync_read(kms_node *node, kms_err *err);
-
-/* The node id in a node principal ("<trust domain>/kmsd/node/<id>"), or 0. */
-uint64_t kms_node_principal_id(const kms_node *node, const char *principal);
 
 /*
  * Commits a serialized command through the cluster's leader. On the leader

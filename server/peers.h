@@ -2,6 +2,8 @@
 #ifndef KMS_PEERS_H
 #define KMS_PEERS_H
 
+#include <stdint.h>
+
 #include <protobuf-c/protobuf-c.h>
 
 #include "kms/client.h"
@@ -10,16 +12,20 @@
 
 typedef struct kms_peers kms_peers;
 
-/* Remembers the CA, the node certificate and its key URI from cfg. */
+/* Remembers the node CA, the node certificate, its key URI and the trust
+ * domain from cfg. */
 int kms_peers_new(const kms_config *cfg, kms_peers **out, kms_err *err);
 void kms_peers_free(kms_peers *p);
 
 /*
- * One unary call to the member serving gRPC at address; one channel per
- * address is kept and shared by threads. Same contract as
- * kms_client_call_timeout: returns st->code, *resp the caller's on OK.
+ * One unary call to member node_id serving gRPC at address. The server must
+ * present a node-CA certificate naming that node (node_id 0: any node of the
+ * trust domain, for a joining node that knows its seeds by address only).
+ * One channel per (address, node) is kept and shared by threads. Same
+ * contract as kms_client_call_timeout: returns st->code, *resp the caller's
+ * on OK.
  */
-int kms_peers_call(kms_peers *p, const char *address, const char *method,
+int kms_peers_call(kms_peers *p, const char *address, uint64_t node_id, const char *method,
 		   const ProtobufCMessage *req,
 		   const ProtobufCMessageDescriptor *resp_desc,
 		   ProtobufCMessage **resp, int timeout_ms, kms_rpc_status *st);

@@ -5,9 +5,6 @@
 #include "kms/error.h"
 #include "kms/policy.h"
 
-#define SPIFFE_SCHEME "spiffe://"
-#define SPIFFE_SCHEME_LEN (sizeof(SPIFFE_SCHEME) - 1)
-
 
 static const char *const op_names[] = {
     [KMS_OP_ENCRYPT] = "Encrypt",
@@ -41,83 +38,74 @@ int kms_op_parse(const char *name, enum kms_op *op, kms_err *err)
 			kms_quote(name, q));
 }
 
-/*
- * The checks shared by exact principals and wildcard prefixes. len is the
- * number of bytes to look at (a prefix stops before its '*').
- */
-static int principal_check_n(const char *p, size_t len, kms_err *err)
-{
-	size_t td_len;
-
-	KMS_ENSURE(len > 0, err, KMS_ERR_INVALID, "principal is empty");
-	KMS_ENSURE(len <= KMS_PRINCIPAL_MAX, err, KMS_ERR_INVALID,
-		   "principal is longer than %d bytes", KMS_PRINCIPAL_MAX);
-	KMS_ENSURE(len >= SPIFFE_SCHEME_LEN &&
-		       memcmp(p, SPIFFE_SCHEME, SPIFFE_SCHEME_LEN) == 0,
-		   err, KMS_ERR_INVALID,
-		   "principal must be a SPIFFE ID starting with '" SPIFFE_SCHEME
-		   "'");
-	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)p[i];
-
-		KMS_ENSURE(c > 0x20 && c != 0x7f, err, KMS_ERR_INVALID,
-			   "principal has a space or control character at "
-			   "position %zu",
-			   i + 1);
-		/* '*' is only a grant's trailing wildcard, never part of an ID.
-		 */
-		KMS_ENSURE(c != '*', err, KMS_ERR_INVALID,
-			   "principal has '*' at position %zu; a wildcard may "
-			   "only end a grant's principal",
-			   i + 1);
-	}
-	for (td_len = 0; SPIFFE_SCHEME_LEN + td_len < len &&
-			 p[SPIFFE_SCHEME_LEN + td_len] != '/';
-	     td_len++)
-		;
-	KMS_ENSURE(td_len > 0, err, KMS_ERR_INVALID,
-		   "principal has an empty SPIFFE trust domain");
-	return KMS_OK;
-}
-
 int kms_principal_check(const char *principal, kms_err *err)
 {
-	KMS_ENSURE(principal != NULL, err, KMS_ERR_INVALID,
-		   "principal is missing");
-	return principal_check_n(
-	    principal, strnlen(principal, KMS_PRINCIPAL_MAX + 1), err);
+	return kms_spiffe_parse_str(principal, 1, NULL, err);
+}
+
+/* The last two bytes of a wildcard grant: a slash and a star. */
+#define WILDCARD_TAIL "/*"
+#define WILDCARD_TAIL_LEN 2
+
+static int is_wildcard(const char *p, size_t len)
+{
+	return len > WILDCARD_TAIL_LEN && memcmp(p + len - WILDCARD_TAIL_LEN, WILDCARD_TAIL,
+						 WILDCARD_TAIL_LEN) == 0;
 }
 
 /*
- * A grant principal is "*" (everyone), an exact SPIFFE ID, or a SPIFFE ID
- * prefix ending in '*'. A prefix must reach past the trust domain
- * ("spiffe://prod/ns/" then '*', not "spiffe://prod" then '*'): otherwise
- * it would also match "spiffe://prod.attacker.example/...", a trust domain,
- * and so an issuing authority, that the policy author never meant to trust.
+ * A grant principal as a caller submits it (KMS_POLICY_NEW): "*", a SPIFFE
+ * ID, or a SPIFFE ID (or bare trust domain) and WILDCARD_TAIL. A wildcard
+ * that ends inside a segment ("spiffe://td/ns/pay*") would match
+ * "spiffe://td/ns/payroll/..." too: a principal the author never named.
  */
-static int grant_principal_check(const char *p, kms_err *err)
+static int grant_principal_check(const char *p, const char *td, kms_err *err)
 {
-	size_t len = strnlen(p, KMS_PRINCIPAL_MAX + 1);
+	size_t len = strnlen(p, KMS_PRINCIPAL_MAX + 3);
 	const char *star = memchr(p, '*', len);
+	kms_spiffe_id id;
+	char q[KMS_QUOTE_MAX + 4];
 
 	if (len == 1 && p[0] == '*')
 		return KMS_OK;
-	if (star == NULL)
-		return principal_check_n(p, len, err);
-	KMS_ENSURE(star == p + len - 1, err, KMS_ERR_INVALID,
-		   "principal has '*' at position %zu; a wildcard may only "
-		   "end the principal",
-		   (size_t)(star - p) + 1);
-	KMS_TRY(principal_check_n(p, len - 1, err));
-	KMS_ENSURE(memchr(p + SPIFFE_SCHEME_LEN, '/',
-			  len - 1 - SPIFFE_SCHEME_LEN) != NULL,
-		   err, KMS_ERR_INVALID,
-		   "a wildcard principal must include the whole trust domain "
-		   "and a '/' before the '*'");
+	if (star != NULL && !(is_wildcard(p, len) && star == p + len - 1))
+		return kms_errf(err, KMS_ERR_INVALID,
+				"principal '%s' has a '*' that is not a whole last path segment: "
+				"a wildcard is written '.../ns/pay/*' and matches on a segment "
+				"boundary ('.../ns/pay*' would also match '.../ns/payroll')",
+				kms_quote(p, q));
+	if (star != NULL)
+		KMS_TRY(kms_spiffe_parse(p, len - WILDCARD_TAIL_LEN, 0, &id, err));
+	else
+		KMS_TRY(kms_spiffe_parse(p, len, 1, &id, err));
+	if (kms_spiffe_is_node_path(&id))
+		return kms_errf(err, KMS_ERR_INVALID,
+				"principal '%s' is under " KMS_NODE_PATH_PREFIX
+				", which only kmsd nodes use; nodes never use keys",
+				kms_quote(p, q));
+	if (td != NULL && !kms_spiffe_in_trust_domain(&id, td))
+		return kms_errf(err, KMS_ERR_INVALID,
+				"principal '%s' is not in this cluster's trust domain '%s'",
+				kms_quote(p, q), td);
 	return KMS_OK;
 }
 
-static int grant_check(const Kms__V1__Grant *g, kms_err *err)
+/* What a stored grant needs to be kept (KMS_POLICY_STORED): bounded text. */
+static int grant_principal_stored(const char *p, kms_err *err)
+{
+	size_t len = strnlen(p, KMS_PRINCIPAL_MAX + 3);
+
+	KMS_ENSURE(len > 0, err, KMS_ERR_INVALID, "principal is empty");
+	KMS_ENSURE(len <= KMS_PRINCIPAL_MAX + WILDCARD_TAIL_LEN, err, KMS_ERR_INVALID,
+		   "principal is longer than %d bytes", KMS_PRINCIPAL_MAX);
+	for (size_t i = 0; i < len; i++)
+		KMS_ENSURE((unsigned char)p[i] > 0x20 && p[i] != 0x7f, err, KMS_ERR_INVALID,
+			   "principal has a space or control character at position %zu", i + 1);
+	return KMS_OK;
+}
+
+static int grant_check(const Kms__V1__Grant *g, enum kms_policy_rules rules, const char *td,
+		       kms_err *err)
 {
 	char q[KMS_QUOTE_MAX + 4];
 	enum kms_op seen[OP_COUNT];
@@ -125,7 +113,8 @@ static int grant_check(const Kms__V1__Grant *g, kms_err *err)
 	KMS_ENSURE(g != NULL, err, KMS_ERR_INVALID, "missing");
 	KMS_ENSURE(g->principal != NULL, err, KMS_ERR_INVALID,
 		   "principal is empty");
-	KMS_TRY(grant_principal_check(g->principal, err));
+	KMS_TRY(rules == KMS_POLICY_NEW ? grant_principal_check(g->principal, td, err)
+					: grant_principal_stored(g->principal, err));
 	KMS_ENSURE(g->n_operations > 0, err, KMS_ERR_INVALID,
 		   "no operations listed");
 	KMS_ENSURE(g->n_operations < OP_COUNT, err, KMS_ERR_INVALID,
@@ -141,7 +130,8 @@ static int grant_check(const Kms__V1__Grant *g, kms_err *err)
 	return KMS_OK;
 }
 
-int kms_policy_check(const Kms__V1__KeyPolicy *policy, kms_err *err)
+int kms_policy_check(const Kms__V1__KeyPolicy *policy, enum kms_policy_rules rules,
+		     const char *td, kms_err *err)
 {
 	KMS_ENSURE(policy != NULL, err, KMS_ERR_INVALID, "policy is missing");
 	KMS_ENSURE(policy->n_grants <= KMS_POLICY_MAX_GRANTS, err,
@@ -153,7 +143,7 @@ int kms_policy_check(const Kms__V1__KeyPolicy *policy, kms_err *err)
 	for (size_t i = 0; i < policy->n_grants; i++) {
 		char prefix[32];
 
-		if (grant_check(policy->grants[i], err) != KMS_OK) {
+		if (grant_check(policy->grants[i], rules, td, err) != KMS_OK) {
 			snprintf(prefix, sizeof(prefix), "grant %zu", i + 1);
 			return kms_err_prefix(err, prefix);
 		}
@@ -161,12 +151,22 @@ int kms_policy_check(const Kms__V1__KeyPolicy *policy, kms_err *err)
 	return KMS_OK;
 }
 
+/*
+ * A wildcard matches on a segment boundary only: the principal starts with
+ * everything before the '*', which ends in '/'. A stored grant with a '*'
+ * anywhere else (accepted by an earlier version) matches nobody.
+ */
 static int grant_matches(const char *gp, const char *principal)
 {
 	size_t len = strlen(gp);
 
-	if (len > 0 && gp[len - 1] == '*')
-		return strncmp(principal, gp, len - 1) == 0;
+	if (len == 1 && gp[0] == '*')
+		return 1;
+	if (is_wildcard(gp, len))
+		return strlen(principal) > len - 1 &&
+		       strncmp(principal, gp, len - 1) == 0;
+	if (memchr(gp, '*', len) != NULL)
+		return 0;
 	return strcmp(principal, gp) == 0;
 }
 
@@ -189,8 +189,7 @@ int kms_policy_allows(const Kms__V1__KeyPolicy *policy, const char *principal,
 		return 0;
 	if ((size_t)op >= OP_COUNT || op_names[op] == NULL)
 		return 0;
-	/* An identity that is not a SPIFFE ID matches no grant, not even "*".
-	 */
+	/* An identity that is not a SPIFFE ID matches no grant, not even "*". */
 	if (kms_principal_check(principal, NULL) != KMS_OK)
 		return 0;
 	name = op_names[op];

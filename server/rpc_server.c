@@ -14,6 +14,7 @@
 #include "kms/log.h"
 #include "rpc_server.h"
 #include "status_map.h"
+#include "wire_strings.h"
 
 /* Calls each worker keeps requested, so that a burst finds a call waiting. */
 #define REQUESTS_PER_WORKER 32
@@ -54,7 +55,7 @@ struct kms_call {
 	grpc_slice status_details;
 	int has_status_details;
 	int cancelled;
-	char *principal;
+	kms_peer peer;
 };
 
 static struct kms_call *call_new(struct worker *w)
@@ -80,7 +81,6 @@ static void call_free(struct kms_call *c)
 		grpc_byte_buffer_destroy(c->recv);
 	if (c->has_status_details)
 		grpc_slice_unref(c->status_details);
-	kms_free(c->principal);
 	kms_free(c);
 }
 
@@ -104,37 +104,39 @@ static int request_call(struct worker *w)
 }
 
 /*
- * The SPIFFE ID is the one URI SAN starting with spiffe:// (SPIFFE X509-SVID
- * 4.1: exactly one URI SAN). Zero or several leave the caller without an
- * identity.
+ * Identifies the caller from the leaf certificate the handshake verified
+ * (gRPC's x509_pem_cert property). gRPC's SAN property would also hand over
+ * DNS and e-mail names, which never name a principal: read the certificate.
  */
-static char *peer_spiffe_id(grpc_call *call)
+static int identify_caller(kms_call *c, const kms_method *m, kms_err *err)
 {
-	grpc_auth_context *ac = grpc_call_auth_context(call);
+	grpc_auth_context *ac = grpc_call_auth_context(c->call);
 	grpc_auth_property_iterator it;
-	const grpc_auth_property *p;
-	char *found = NULL;
-	int n = 0;
+	const grpc_auth_property *p = NULL;
+	int rc;
 
-	if (ac == NULL)
-		return NULL;
-	it = grpc_auth_context_find_properties_by_name(ac, GRPC_X509_SAN_PROPERTY_NAME);
-	while ((p = grpc_auth_property_iterator_next(&it)) != NULL) {
-		if (p->value_length < 9 || strncmp(p->value, "spiffe://", 9) != 0)
-			continue;
-		if (found != NULL && strlen(found) == p->value_length &&
-		    memcmp(found, p->value, p->value_length) == 0)
-			continue; /* the same SAN reported twice */
-		n++;
-		kms_free(found);
-		found = kms_strndup(p->value, p->value_length);
+	if (ac != NULL) {
+		it = grpc_auth_context_find_properties_by_name(ac, GRPC_X509_PEM_CERT_PROPERTY_NAME);
+		p = grpc_auth_property_iterator_next(&it);
 	}
+	if (p == NULL || c->w->srv->opts.authn == NULL)
+		rc = kms_errf(err, KMS_ERR_UNAUTHENTICATED, "the caller presented no certificate");
+	else
+		rc = kms_authn_identify(c->w->srv->opts.authn, p->value, p->value_length, &c->peer,
+					err);
 	grpc_auth_context_release(ac);
-	if (n != 1) {
-		kms_free(found);
-		return NULL;
-	}
-	return found;
+	KMS_TRY(rc);
+	if (m->callers & (1u << c->peer.kind))
+		return KMS_OK;
+	if (c->peer.kind == KMS_PEER_NODE)
+		return kms_errf(err, KMS_ERR_PERMISSION,
+				"node identities may call only kms.v1.Internal, not %.*s",
+				(int)GRPC_SLICE_LENGTH(c->details.method),
+				(const char *)GRPC_SLICE_START_PTR(c->details.method));
+	return kms_errf(err, KMS_ERR_PERMISSION,
+			"principal '%.200s' is not a kmsd node: kms.v1.Internal serves only node "
+			"identities with certificates from the node CA",
+			c->peer.id.id);
 }
 
 static const kms_method *find_method(const kms_rpc_server *s, grpc_slice path)
@@ -229,7 +231,12 @@ void kms_call_reply(kms_call *c, const ProtobufCMessage *resp, int secret)
 
 const char *kms_call_principal(const kms_call *c)
 {
-	return c->principal;
+	return c->peer.kind != KMS_PEER_NONE ? c->peer.id.id : NULL;
+}
+
+const kms_peer *kms_call_peer(const kms_call *c)
+{
+	return &c->peer;
 }
 
 const char *kms_call_metadata(const kms_call *c, const char *key, size_t *len)
@@ -291,11 +298,13 @@ static void dispatch(kms_call *c)
 		kms_call_fail(c, KMS_ERR_INVALID, "the request carries no message");
 		return;
 	}
-	c->principal = peer_spiffe_id(c->call);
-	if (c->principal == NULL && !m->anonymous) {
-		kms_call_fail(c, KMS_ERR_UNAUTHENTICATED,
-			      "the client certificate carries no single spiffe:// URI SAN");
-		return;
+	if (!(m->callers & KMS_CALLERS_ANYONE)) {
+		kms_err err = {0};
+
+		if (identify_caller(c, m, &err) != KMS_OK) {
+			kms_call_fail(c, err.code, err.msg);
+			return;
+		}
 	}
 	if (!grpc_byte_buffer_reader_init(&reader, c->recv)) {
 		kms_call_fail(c, KMS_ERR_INVALID, "the request message cannot be read");
@@ -305,7 +314,16 @@ static void dispatch(kms_call *c)
 	grpc_byte_buffer_reader_destroy(&reader);
 	grpc_byte_buffer_destroy(c->recv);
 	c->recv = NULL;
-	m->fn(c->w->srv->opts.app, c, GRPC_SLICE_START_PTR(body), GRPC_SLICE_LENGTH(body));
+	{
+		kms_err err = {0};
+
+		if (kms_wire_check_strings(m->request, GRPC_SLICE_START_PTR(body),
+					   GRPC_SLICE_LENGTH(body), &err) != KMS_OK)
+			kms_call_fail(c, err.code, err.msg);
+		else
+			m->fn(c->w->srv->opts.app, c, GRPC_SLICE_START_PTR(body),
+			      GRPC_SLICE_LENGTH(body));
+	}
 	/* Requests may carry plaintext (Encrypt): wipe our copy of the bytes. */
 	kms_cleanse(GRPC_SLICE_START_PTR(body), GRPC_SLICE_LENGTH(body));
 	grpc_slice_unref(body);
@@ -447,7 +465,8 @@ int kms_rpc_server_start(const kms_rpc_server_opts *opts, kms_rpc_server **out,
 	kms_rpc_server *s = NULL;
 	grpc_server_credentials *creds = NULL;
 	grpc_ssl_pem_key_cert_pair pair;
-	char *ca = NULL, *cert = NULL;
+	char *ca = NULL, *node_ca = NULL, *roots = NULL, *cert = NULL;
+	size_t roots_len;
 	grpc_arg arg;
 	grpc_channel_args args;
 	int rc = KMS_OK;
@@ -470,12 +489,22 @@ int kms_rpc_server_start(const kms_rpc_server_opts *opts, kms_rpc_server **out,
 		goto fail;
 	}
 	KMS_TRY_GOTO(rc, read_file(opts->ca_file, &ca, err), fail);
+	KMS_TRY_GOTO(rc, read_file(opts->node_ca_file, &node_ca, err), fail);
 	KMS_TRY_GOTO(rc, read_file(opts->cert_file, &cert, err), fail);
+	/* Both CAs verify the handshake; authn then tells which one issued the
+	 * caller's certificate, so that only the node CA can name a node. */
+	roots_len = strlen(ca) + 1 + strlen(node_ca) + 1;
+	roots = kms_malloc(roots_len);
+	if (roots == NULL) {
+		rc = kms_errf(err, KMS_ERR_NOMEM, "out of memory starting the gRPC server");
+		goto fail;
+	}
+	snprintf(roots, roots_len, "%s\n%s", ca, node_ca);
 	pair.private_key = opts->private_key;
 	pair.cert_chain = cert;
 	/* Clients must present a certificate that chains to our CA. */
 	creds = grpc_ssl_server_credentials_create_ex(
-		ca, &pair, 1, GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY, NULL);
+		roots, &pair, 1, GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY, NULL);
 	if (creds == NULL) {
 		rc = kms_errf(err, KMS_ERR_CONFIG, "gRPC refused the TLS credentials");
 		goto fail;
@@ -523,6 +552,8 @@ int kms_rpc_server_start(const kms_rpc_server_opts *opts, kms_rpc_server **out,
 	}
 	grpc_server_credentials_release(creds);
 	kms_free(ca);
+	kms_free(node_ca);
+	kms_free(roots);
 	kms_free(cert);
 	*out = s;
 	return KMS_OK;
@@ -530,6 +561,8 @@ fail:
 	if (creds != NULL)
 		grpc_server_credentials_release(creds);
 	kms_free(ca);
+	kms_free(node_ca);
+	kms_free(roots);
 	kms_free(cert);
 	if (started) {
 		drain_and_join(s);

@@ -8,6 +8,7 @@
 #include <grpc/status.h>
 #include <protobuf-c/protobuf-c.h>
 
+#include "authn.h"
 #include "kms/error.h"
 
 typedef struct kms_rpc_server kms_rpc_server;
@@ -21,21 +22,32 @@ typedef struct kms_call kms_call;
 typedef void (*kms_method_fn)(void *app, kms_call *call, const uint8_t *req,
 			      size_t len);
 
+/* Who may call a method: bits of (1 << enum kms_peer_kind). */
+#define KMS_CALLERS_ANYONE (1u << KMS_PEER_NONE) /* no identity needed (health) */
+#define KMS_CALLERS_SERVICES (1u << KMS_PEER_SERVICE)
+#define KMS_CALLERS_NODES (1u << KMS_PEER_NODE)
+
 typedef struct kms_method {
 	const char *path; /* "/kms.v1.KeyManagement/Encrypt" */
 	kms_method_fn fn;
-	int anonymous;    /* 1: no SPIFFE identity needed (health checks) */
+	unsigned callers; /* KMS_CALLERS_* */
+	/* The request message: its string fields are checked for NUL bytes
+	 * before the handler runs (server/wire_strings.h). */
+	const ProtobufCMessageDescriptor *request;
 } kms_method;
 
 typedef struct kms_rpc_server_opts {
 	const char *listen;       /* host:port */
-	const char *ca_file;      /* PEM roots that client certificates must chain to */
+	const char *ca_file;      /* PEM roots of the client CA (services, operators) */
+	const char *node_ca_file; /* PEM roots of the node CA; client certificates must
+				     chain to one of the two */
 	const char *cert_file;    /* PEM chain of this node */
 	const char *private_key;  /* what gRPC takes: PEM or "engine:pkcs11:<uri>" */
 	unsigned workers;
 	const kms_method *methods;
 	size_t n_methods;
 	void *app;
+	kms_authn *authn;         /* tells services from nodes; not owned */
 	/* Runs on each worker thread before it serves; *wctx is what
 	 * kms_call_worker returns there (the thread's HSM session). */
 	int (*worker_init)(void *app, void **wctx, kms_err *err);
@@ -53,9 +65,13 @@ int kms_rpc_server_start(const kms_rpc_server_opts *opts, kms_rpc_server **out,
 /* Stops accepting, cancels calls in flight, joins the workers, frees. */
 void kms_rpc_server_stop(kms_rpc_server *s);
 
-/* The caller's SPIFFE ID (the URI SAN of its certificate); never NULL in a
- * handler of a method that is not anonymous. */
+/* The caller's SPIFFE ID (the one URI SAN of its certificate); never NULL in
+ * a handler of a method closed to anonymous callers. */
 const char *kms_call_principal(const kms_call *call);
+
+/* The caller as authentication found it (kind KMS_PEER_NONE for an
+ * anonymous call). */
+const kms_peer *kms_call_peer(const kms_call *call);
 
 /* The value of request metadata key (lowercase), or NULL; *len gets its
  * length (not NUL-terminated). Valid during the handler. */

@@ -144,7 +144,7 @@ static void fetch_domain_key(struct kms_supervisor *s)
 	req.rsa_public_exponent.len = s->exponent.len;
 	snprintf(seeds, sizeof(seeds), "%s", node->cfg.join_seeds);
 	for (seed = strtok_r(seeds, ",", &save); seed != NULL; seed = strtok_r(NULL, ",", &save)) {
-		if (kms_peers_call(node->peers, seed, "/kms.v1.Internal/FetchDomainKey", &req.base,
+		if (kms_peers_call(node->peers, seed, 0, "/kms.v1.Internal/FetchDomainKey", &req.base,
 				   &kms__v1__fetch_domain_key_response__descriptor,
 				   (ProtobufCMessage **)&resp, FETCH_TIMEOUT_MS, &st) == 0)
 			break;

@@ -13,6 +13,8 @@
 
 #include "kms/alloc.h"
 #include "kms/client.h"
+#include "kms/log.h"
+#include "kms/spiffe.h"
 
 /* PEM files are small; anything bigger is not a certificate or a key. */
 #define PEM_MAX_BYTES (1024 * 1024)
@@ -110,8 +112,40 @@ out:
 	return rc;
 }
 
+/*
+ * gRPC's verify_peer_callback: 0 lets the handshake go on. Runs after the
+ * chain and host name were verified, on a gRPC thread.
+ */
+static int verify_server_identity(const char *target, const char *peer_pem, void *want)
+{
+	const char *expected = want;
+	size_t n = strlen(expected);
+	kms_spiffe_id id;
+	kms_err err = {0};
+	int ok;
+
+	if (peer_pem == NULL ||
+	    kms_svid_from_pem(peer_pem, strlen(peer_pem), &id, &err) != KMS_OK) {
+		KMS_LOG_W("%s: refused the server: %s", target,
+			  err.msg[0] != '\0' ? err.msg : "no certificate");
+		return 1;
+	}
+	ok = expected[n - 1] == '/' ? id.len > n && strncmp(id.id, expected, n) == 0
+				     : strcmp(id.id, expected) == 0;
+	if (!ok)
+		KMS_LOG_W("%s: refused the server: it is '%s', not %s'%s'", target, id.id,
+			  expected[n - 1] == '/' ? "below " : "", expected);
+	return ok ? 0 : 1;
+}
+
+static void free_expected(void *p)
+{
+	kms_free(p);
+}
+
 int kms_client_open(const kms_client_opts *opts, kms_client **out, kms_err *err)
 {
+	verify_peer_options verify = {0};
 	char *ca = NULL, *cert = NULL, *key = NULL;
 	size_t ca_cap = 0, cert_cap = 0, key_cap = 0;
 	grpc_ssl_pem_key_cert_pair pair;
@@ -172,9 +206,21 @@ int kms_client_open(const kms_client_opts *opts, kms_client **out, kms_err *err)
 	 * gRPC copies the PEM strings (the channel connects later, after our
 	 * key buffer is wiped), so the key lives on only inside gRPC.
 	 */
+	if (opts->server_spiffe_id != NULL && opts->server_spiffe_id[0] != '\0') {
+		verify.verify_peer_callback = verify_server_identity;
+		verify.verify_peer_callback_userdata = kms_strdup(opts->server_spiffe_id);
+		verify.verify_peer_destruct = free_expected;
+		if (verify.verify_peer_callback_userdata == NULL) {
+			rc = kms_errf(err, KMS_ERR_NOMEM, "out of memory creating the client");
+			goto out;
+		}
+	}
+	/* The credentials own the expected ID from here (verify_peer_destruct). */
 	creds = grpc_ssl_credentials_create(ca, cert != NULL ? &pair : NULL,
-					    NULL, NULL);
+					    verify.verify_peer_callback != NULL ? &verify : NULL,
+					    NULL);
 	if (creds == NULL) {
+		kms_free(verify.verify_peer_callback_userdata);
 		rc = kms_errf(err, KMS_ERR_CONFIG,
 			      "cannot create TLS credentials");
 		goto out;

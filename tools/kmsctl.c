@@ -24,6 +24,7 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "kms/alloc.h"
 #include "kms/client.h"
+#include "kms/hostport.h"
 #include "kms/v1/cluster.pb-c.h"
 #include "kms/v1/kms.pb-c.h"
 
@@ -49,7 +50,6 @@
 /* Node ids are [node] id in kmsd.conf, 1 to UINT_MAX. */
 #define NODE_ID_MAX UINT32_MAX
 /* DNS names are at most 253 bytes; "[" IPv6 "]" fits too. */
-#define HOST_MAX 255
 
 /* EXIT_NO_LEADER: 'cluster status' succeeded but no member leads. */
 enum exit_code {
@@ -1578,54 +1578,14 @@ static int parse_node_id(const char *s, uint64_t *out)
 	return EXIT_OK;
 }
 
-/*
- * HOST:PORT as kmsd.conf and raft's libuv transport take it: HOST a name or
- * IPv4 address, or an IPv6 address in brackets (RFC 3986, section 3.2.2);
- * PORT 1 to 65535.
- */
-static int address_ok(const char *s)
-{
-	const char *colon = strrchr(s, ':'), *p;
-	size_t host_len;
-	unsigned long port;
-	char *end;
-
-	if (colon == NULL || colon == s)
-		return 0;
-	host_len = (size_t)(colon - s);
-	if (host_len > HOST_MAX)
-		return 0;
-	if (s[0] == '[') {
-		if (host_len < 3 || colon[-1] != ']')
-			return 0;
-		for (p = s + 1; p < colon - 1; p++)
-			if (!(*p == ':' || *p == '.' ||
-			      (*p >= '0' && *p <= '9') ||
-			      (*p >= 'a' && *p <= 'f') ||
-			      (*p >= 'A' && *p <= 'F')))
-				return 0;
-	} else {
-		for (p = s; p < colon; p++)
-			if (!(*p == '-' || *p == '.' || *p == '_' ||
-			      (*p >= '0' && *p <= '9') ||
-			      (*p >= 'a' && *p <= 'z') ||
-			      (*p >= 'A' && *p <= 'Z')))
-				return 0;
-	}
-	if (colon[1] < '0' || colon[1] > '9')
-		return 0;
-	errno = 0;
-	port = strtoul(colon + 1, &end, 10);
-	return *end == '\0' && errno == 0 && port >= 1 && port <= 65535;
-}
-
 static int parse_address(const char *s, const char *opt, const char **out)
 {
-	if (!address_ok(s))
-		return usage_error("%s '%s' is not HOST:PORT (a name, an IPv4 "
-				   "address or [IPv6], and a port from 1 to "
-				   "65535)",
-				   opt, s);
+	kms_err err = {0};
+
+	if (kms_hostport_check(s, opt, &err) != KMS_OK)
+		return usage_error("%s (HOST:PORT: a name, an IPv4 address or [IPv6], and a "
+				   "port from 1 to 65535)",
+				   err.msg);
 	*out = s;
 	return EXIT_OK;
 }

@@ -19,6 +19,11 @@ typedef struct kms_client_opts {
 	const char *key_string;  /* instead of key_file: what gRPC takes as a key,
 				    e.g. "engine:pkcs11:<uri>" for a key in an HSM */
 	const char *server_name; /* TLS name override; NULL: the target host */
+	/* When set, the server's certificate must also carry this SPIFFE ID
+	 * (its one URI SAN), or, when it ends in '/', an ID below it
+	 * ("spiffe://td/kmsd/node/" is any node): node-to-node calls check
+	 * they reached the member they meant, not just someone the CA signed. */
+	const char *server_spiffe_id;
 	int timeout_ms;          /* per call; 0 means 10000 */
 	/* Sent with every call as the kms-consistency metadata when set:
 	 * "leader-commit" asks the serving node to apply everything the leader

@@ -38,13 +38,19 @@ typedef struct kms_config {
 	char *domain_key_label;  /* domain_key_label = label, default "kmsd-domain-key" */
 
 	/* [authz] */
-	char **admins;           /* admins = comma-separated SPIFFE IDs allowed to create keys */
+	char **admins;           /* admins = comma-separated SPIFFE IDs: the cluster's first
+				    administrators (bootstrap only; the list then lives in
+				    the replicated state) */
 	size_t n_admins;
+	char *trust_domain;      /* trust_domain = NAME: the only trust domain whose SPIFFE
+				    IDs are accepted; default: the admins' trust domain */
 
 	/* [cluster] */
 	char *join_seeds;        /* join = host:port[,host:port...]: gRPC addresses of
 				    members; a node with an empty data_dir and this set
 				    joins an existing cluster instead of starting one */
+	char *node_ca_file;      /* node_ca_file = PEM of the CA that issues node
+				    certificates (and only those), required */
 } kms_config;
 
 /*

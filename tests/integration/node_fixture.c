@@ -66,13 +66,13 @@ void kms_test_env_init(kms_test_env *env)
 	KMS_TEST_PATH(env->root, "%s/kmsd-it-XXXXXX", tmp != NULL ? tmp : "/tmp");
 	ck_assert_ptr_nonnull(mkdtemp(env->root));
 	KMS_TEST_PATH(env->pki, "%s/pki", env->root);
-	kms_test_sh("cd '%s' && ops/pki ca '%s' >/dev/null && "
+	kms_test_sh("cd '%s' && ops/pki ca '%s' >/dev/null && ops/pki node-ca '%s' >/dev/null && "
 		    "ops/pki client '%s' admin '" KMS_TEST_ADMIN "' >/dev/null && "
 		    "ops/pki client '%s' app '" KMS_TEST_APP "' >/dev/null && "
 		    "ops/pki client '%s' other '" KMS_TEST_OTHER "' >/dev/null && "
 		    "ops/pki client '%s' expired '" KMS_TEST_APP "' --expired >/dev/null && "
 		    "ops/pki other-ca '%s' '" KMS_TEST_ADMIN "' >/dev/null",
-		    srcdir(), env->pki, env->pki, env->pki, env->pki, env->pki, env->pki);
+		    srcdir(), env->pki, env->pki, env->pki, env->pki, env->pki, env->pki, env->pki);
 }
 
 void kms_test_env_destroy(kms_test_env *env)
@@ -84,10 +84,11 @@ void kms_test_env_destroy(kms_test_env *env)
 static void write_config(kms_test_node *node, const char *extra_args)
 {
 	kms_test_sh("cd '%s' && ops/node-config --dir '%s' --id %u --grpc 127.0.0.1:%d "
-		    "--raft 127.0.0.1:%d --label %s --ca '%s/ca.pem' --cert '%s/node%u.pem' "
+		    "--raft 127.0.0.1:%d --label %s --ca '%s/ca.pem' --node-ca '%s/node-ca.pem' "
+		    "--cert '%s/node%u.pem' "
 		    "--admins '" KMS_TEST_ADMIN "' --log-level debug %s >/dev/null",
 		    srcdir(), node->dir, node->id, node->grpc_port, node->raft_port,
-		    node->token_label, node->env->pki, node->env->pki, node->id,
+		    node->token_label, node->env->pki, node->env->pki, node->env->pki, node->id,
 		    extra_args != NULL ? extra_args : "");
 }
 
@@ -246,7 +247,8 @@ kms_client *kms_test_client(kms_test_node *node, const char *who)
 	kms_client *c = NULL;
 	kms_err err = {0};
 
-	KMS_TEST_PATH(ca, "%s/ca.pem", node->env->pki);
+	/* The server's certificate comes from the node CA. */
+	KMS_TEST_PATH(ca, "%s/node-ca.pem", node->env->pki);
 	KMS_TEST_PATH(cert, "%s/%s.pem", node->env->pki, who);
 	KMS_TEST_PATH(key, "%s/%s.key", node->env->pki, who);
 	memset(&o, 0, sizeof(o));

@@ -45,6 +45,7 @@ kms_test_node_up() {
 	"$OPS/softhsm-token" init "$T/node/token" "$LABEL" --module "$MODULE" >/dev/null
 	step "creating the CA and the client certificates"
 	"$OPS/pki" ca "$T/pki" --trust-domain "$TD" >/dev/null
+	"$OPS/pki" node-ca "$T/pki" --trust-domain "$TD" >/dev/null
 	"$OPS/pki" client "$T/pki" admin "$ADMIN_ID" --hours 1 >/dev/null
 	"$OPS/pki" client "$T/pki" app "$APP_ID" --hours 1 >/dev/null
 	for c in "${clients[@]}"; do
@@ -68,7 +69,8 @@ print(a.getsockname()[1], b.getsockname()[1])')
 	RAFT=127.0.0.1:$raft_port
 	step "writing kmsd.conf (gRPC $ENDPOINT, Raft $RAFT)"
 	"$OPS/node-config" --dir "$T/node" --id 1 --grpc "$ENDPOINT" --raft "$RAFT" \
-		--label "$LABEL" --ca "$T/pki/ca.pem" --admins "$ADMIN_ID" --module "$MODULE" >/dev/null
+		--label "$LABEL" --ca "$T/pki/ca.pem" --node-ca "$T/pki/node-ca.pem" --admins "$ADMIN_ID" \
+		--module "$MODULE" >/dev/null
 
 	step "starting kmsd"
 	SOFTHSM2_CONF=$T/node/token/softhsm2.conf "$BUILDDIR/kmsd" --config "$T/node/kmsd.conf" \

@@ -84,7 +84,7 @@ kmsctl_as() {
 	shift
 	local id=()
 	[[ $who == none ]] || id=(--cert "$T/pki/$who.pem" --key "$T/pki/$who.key")
-	timeout -k 5 "$CALL_LIMIT" "$KMSCTL" --endpoint "$ENDPOINT" --ca "$T/pki/ca.pem" \
+	timeout -k 5 "$CALL_LIMIT" "$KMSCTL" --endpoint "$ENDPOINT" --ca "$T/pki/node-ca.pem" \
 		"${id[@]}" "$@"
 }
 

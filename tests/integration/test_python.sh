@@ -69,7 +69,7 @@ kms_test_node_up
 
 kmsctl_as() {
 	local who=$1; shift
-	"$BUILDDIR/kmsctl" --endpoint "$ENDPOINT" --ca "$T/pki/ca.pem" \
+	"$BUILDDIR/kmsctl" --endpoint "$ENDPOINT" --ca "$T/pki/node-ca.pem" \
 		--cert "$T/pki/$who.pem" --key "$T/pki/$who.key" "$@"
 }
 
@@ -95,7 +95,7 @@ mkdir -p "$T/stubs"
 
 step "running python_client.py as $APP_ID"
 "$PY" "$SRCDIR/tests/integration/python_client.py" --endpoint "$ENDPOINT" \
-	--ca "$T/pki/ca.pem" --cert "$T/pki/app.pem" --key "$T/pki/app.key" \
+	--ca "$T/pki/node-ca.pem" --cert "$T/pki/app.pem" --key "$T/pki/app.key" \
 	--key-id "$KEY_ID" --stubs "$T/stubs" || fail "python_client.py failed"
 
 step "stopping kmsd"

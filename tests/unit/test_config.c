@@ -50,6 +50,7 @@ static const struct conf_line full[] = {
     {"authz", "admins",
      "admins = spiffe://prod.example/ops/alice "
      ",\tspiffe://prod.example/ops/bob"},
+    {"cluster", "node_ca_file", "node_ca_file = /etc/kmsd/node-ca.pem"},
 };
 #define N_FULL (sizeof(full) / sizeof(full[0]))
 
@@ -57,6 +58,7 @@ static const char *const required[][2] = {
     {"node", "id"},	 {"node", "data_dir"},	{"grpc", "listen"},
     {"grpc", "ca_file"}, {"grpc", "cert_file"}, {"grpc", "tls_key"},
     {"raft", "listen"},	 {"hsm", "module"},	{"hsm", "token_label"},
+    {"cluster", "node_ca_file"},
 };
 
 static void write_file(const char *path, const char *text, size_t len)
@@ -81,11 +83,11 @@ static void write_full(const char *skip_section, const char *skip,
 		       const char *extra_section, const char *extra)
 {
 	static const char *const sections[] = {"node", "grpc", "raft", "hsm",
-					       "authz"};
+					       "authz", "cluster"};
 	char text[4096];
 	size_t n = 0;
 
-	for (size_t s = 0; s < 5; s++) {
+	for (size_t s = 0; s < sizeof(sections) / sizeof(sections[0]); s++) {
 		n += (size_t)snprintf(text + n, sizeof(text) - n, "[%s]\n",
 				      sections[s]);
 		for (size_t i = 0; i < N_FULL; i++) {
@@ -195,6 +197,9 @@ START_TEST(test_full_config)
 	ck_assert_uint_eq(cfg.n_admins, 2);
 	ck_assert_str_eq(cfg.admins[0], "spiffe://prod.example/ops/alice");
 	ck_assert_str_eq(cfg.admins[1], "spiffe://prod.example/ops/bob");
+	/* The admins' trust domain is the cluster's when none is set. */
+	ck_assert_str_eq(cfg.trust_domain, "prod.example");
+	ck_assert_str_eq(cfg.node_ca_file, "/etc/kmsd/node-ca.pem");
 }
 END_TEST
 
@@ -206,7 +211,9 @@ START_TEST(test_defaults)
 		   "tls_key = pkcs11:object=k\n"
 		   "[raft]\nlisten = h:1\n"
 		   "[hsm]\nmodule = libsofthsm2.so\ntoken_label = t\n"
-		   "pin_file = /pin\n");
+		   "pin_file = /pin\n"
+		   "[authz]\ntrust_domain = spiffe://td.example\n"
+		   "[cluster]\nnode_ca_file = /nca\n");
 	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
 	ck_assert_str_eq(cfg.log_level, "info");
 	ck_assert_uint_eq(cfg.grpc_workers, 4);
@@ -223,6 +230,8 @@ START_TEST(test_defaults)
 	ck_assert_str_eq(cfg.hsm_pin_file, "/pin");
 	ck_assert_ptr_null(cfg.hsm_pin_env);
 	ck_assert_ptr_null(cfg.join_seeds);
+	/* "spiffe://NAME" is taken as NAME. */
+	ck_assert_str_eq(cfg.trust_domain, "td.example");
 }
 END_TEST
 
@@ -230,7 +239,8 @@ static const char *const base_conf =
     "[node]\nid = 2\ndata_dir = /d\n"
     "[grpc]\nlisten = h:1\nca_file = /ca\ncert_file = /c\ntls_key = pkcs11:object=k\n"
     "[raft]\nlisten = h:2\n"
-    "[hsm]\nmodule = m.so\ntoken_label = t\npin_file = /pin\n";
+    "[hsm]\nmodule = m.so\ntoken_label = t\npin_file = /pin\n"
+    "[authz]\ntrust_domain = t\n[cluster]\nnode_ca_file = /nca\n";
 
 START_TEST(test_cluster_join)
 {
@@ -269,7 +279,8 @@ static const char *const relative_conf =
     "[grpc]\nlisten = unix:/run/kmsd.sock\nca_file = pki/ca.pem\n"
     "cert_file = ./pki/node.pem\ntls_key = pkcs11:object=k\n"
     "[raft]\nlisten = h:1\n"
-    "[hsm]\nmodule = lib/p11.so\ntoken_label = t\npin_file = ../pin\n";
+    "[hsm]\nmodule = lib/p11.so\ntoken_label = t\npin_file = ../pin\n"
+    "[authz]\ntrust_domain = t\n[cluster]\nnode_ca_file = pki/node-ca.pem\n";
 
 static void assert_resolved(const char *base)
 {
@@ -279,6 +290,8 @@ static void assert_resolved(const char *base)
 	ck_assert_str_eq(cfg.data_dir, want);
 	snprintf(want, sizeof(want), "%s/pki/ca.pem", base);
 	ck_assert_str_eq(cfg.ca_file, want);
+	snprintf(want, sizeof(want), "%s/pki/node-ca.pem", base);
+	ck_assert_str_eq(cfg.node_ca_file, want);
 	snprintf(want, sizeof(want), "%s/./pki/node.pem", base);
 	ck_assert_str_eq(cfg.cert_file, want);
 	snprintf(want, sizeof(want), "%s/lib/p11.so", base);
@@ -458,17 +471,19 @@ START_TEST(test_bad_values)
 			     "'log_level' must be error, warn, info or debug, "
 			     "not 'verbose'");
 	write_full("grpc", "listen", "grpc", "listen = 8443");
-	assert_load_fails_at(11,
-			     "'listen' in [grpc] must be host:port with a port "
-			     "from 1 to 65535, not '8443'");
+	assert_load_fails_at(11, "'listen' in [grpc] '8443' is not HOST:PORT");
 	write_full("raft", "listen", "raft", "listen = h:70000");
-	assert_load_fails_at(18,
-			     "'listen' in [raft] must be host:port with a port "
-			     "from 1 to 65535, not 'h:70000'");
+	assert_load_fails_at(18, "'listen' in [raft] 'h:70000': the port must be a number "
+				 "from 1 to 65535");
 	write_full("raft", "listen", "raft", "listen = unix:/x");
-	assert_load_fails_at(18,
-			     "'listen' in [raft] must be host:port with a port "
-			     "from 1 to 65535, not 'unix:/x'");
+	assert_load_fails_at(18, "'listen' in [raft] 'unix:/x': the port must be a number "
+				 "from 1 to 65535");
+	write_full("raft", "listen", "raft", "listen = h:0443");
+	assert_load_fails_at(18, "'listen' in [raft] 'h:0443': the port must be a number "
+				 "from 1 to 65535");
+	write_full("raft", "listen", "raft", "listen = [fe80::x]:1");
+	assert_load_fails_at(18, "'listen' in [raft] '[fe80::x]:1': the IPv6 address has a "
+				 "character outside [0-9a-fA-F:.]");
 	write_full("grpc", "tls_key", "grpc", "tls_key = /etc/kmsd/node.key");
 	assert_load_fails_at(11, "'tls_key' in [grpc] must be a pkcs11: URI "
 				 "(RFC 7512), not '/etc/kmsd/node.key'");
@@ -488,15 +503,15 @@ START_TEST(test_admins)
 {
 	/* Entries may also continue on indented lines, or repeat the key. */
 	write_full("authz", "admins", "authz",
-		   "admins = spiffe://a/x, spiffe://b/y\n"
-		   "         spiffe://c/z\n"
-		   "admins = spiffe://d/w");
+		   "admins = spiffe://a/x, spiffe://a/y\n"
+		   "         spiffe://a/z\n"
+		   "admins = spiffe://a/w");
 	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
 	ck_assert_uint_eq(cfg.n_admins, 4);
 	ck_assert_str_eq(cfg.admins[0], "spiffe://a/x");
-	ck_assert_str_eq(cfg.admins[1], "spiffe://b/y");
-	ck_assert_str_eq(cfg.admins[2], "spiffe://c/z");
-	ck_assert_str_eq(cfg.admins[3], "spiffe://d/w");
+	ck_assert_str_eq(cfg.admins[1], "spiffe://a/y");
+	ck_assert_str_eq(cfg.admins[2], "spiffe://a/z");
+	ck_assert_str_eq(cfg.admins[3], "spiffe://a/w");
 }
 END_TEST
 
@@ -505,18 +520,48 @@ START_TEST(test_admins_invalid)
 	write_full("authz", "admins", "authz",
 		   "admins = spiffe://prod/ops/alice, https://prod/ops/bob");
 	assert_load_fails_at(
-	    27, "'admins' entry 'https://prod/ops/bob' in [authz]: "
-		"principal must be a SPIFFE ID starting with "
-		"'spiffe://'");
+	    27, "'admins' entry 'https://prod/ops/bob' in [authz]: 'https://prod/ops/bob' is not "
+		"a SPIFFE ID: it does not start with spiffe:// (in lower case)");
 	write_full("authz", "admins", "authz", "admins = spiffe://prod/ops/*");
 	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_ERR_CONFIG);
-	ASSERT_MSG("'*'");
+	ASSERT_MSG("'spiffe://prod/ops/*' is not a SPIFFE ID");
 	write_full("authz", "admins", "authz",
 		   "admins = spiffe://a/x,,spiffe://b/y");
 	assert_load_fails_at(27, "empty entry in 'admins' in [authz]");
 	write_full("authz", "admins", "authz",
 		   "admins = spiffe://a/x, spiffe://a/x");
 	assert_load_fails_at(27, "'admins' lists 'spiffe://a/x' twice");
+}
+END_TEST
+
+START_TEST(test_trust_domain)
+{
+	/* Set explicitly, every admin must be in it. */
+	write_full(NULL, NULL, "authz", "trust_domain = prod.example");
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
+	ck_assert_str_eq(cfg.trust_domain, "prod.example");
+	kms_config_free(&cfg);
+	write_full(NULL, NULL, "authz", "trust_domain = dev.example");
+	assert_load_fails_at(0, "'admins' entry 'spiffe://prod.example/ops/alice' in [authz] is "
+				"not in the trust domain 'dev.example' set by 'trust_domain'");
+	/* Derived, the admins must agree on one. */
+	write_full("authz", "admins", "authz", "admins = spiffe://a/x, spiffe://b/y");
+	assert_load_fails_at(0, "'admins' entry 'spiffe://b/y' in [authz] is not in the trust "
+				"domain 'a' of the entries before it");
+	/* Bad names, and node identities as administrators. */
+	write_full(NULL, NULL, "authz", "trust_domain = Prod.example");
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_ERR_CONFIG);
+	ASSERT_MSG("upper-case");
+	write_full(NULL, NULL, "authz", "trust_domain = prod.example:443");
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_ERR_CONFIG);
+	ASSERT_MSG("port");
+	write_full("authz", "admins", "authz", "admins = spiffe://prod.example/kmsd/node/1");
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_ERR_CONFIG);
+	ASSERT_MSG("is a node identity");
+	/* Neither admins nor a trust domain: nothing to authenticate against. */
+	write_full("authz", "admins", NULL, NULL);
+	assert_load_fails_at(0, "set 'trust_domain' in [authz] (or list 'admins', whose trust "
+				"domain it then is)");
 }
 END_TEST
 
@@ -734,6 +779,7 @@ static Suite *config_suite(void)
 	tcase_add_test(tc, test_bad_values);
 	tcase_add_test(tc, test_admins);
 	tcase_add_test(tc, test_admins_invalid);
+	tcase_add_test(tc, test_trust_domain);
 	tcase_add_test(tc, test_missing_file);
 	tcase_add_test(tc, test_load_nomem);
 	suite_add_tcase(s, tc);

@@ -1,0 +1,24 @@
+/* wire_strings.h - refuses a request whose string fields hold a NUL byte, read from the protobuf wire bytes before protobuf-c turns them into C strings. */
+#ifndef KMS_WIRE_STRINGS_H
+#define KMS_WIRE_STRINGS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <protobuf-c/protobuf-c.h>
+
+#include "kms/error.h"
+
+/*
+ * Walks buf (a serialized message of type desc) and every sub-message and
+ * map entry in it, and checks each string field's bytes. protobuf-c hands a
+ * string to C code as a NUL-terminated copy, so "acme\0evil" would reach the
+ * handler as "acme": refuse it here instead (KMS_ERR_INVALID, "field
+ * 'encryption_context.value' holds a NUL byte"). Bytes that do not parse as
+ * protobuf are left to the unpacker, which refuses them with its own
+ * message; unknown fields are skipped.
+ */
+int kms_wire_check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *buf,
+			   size_t len, kms_err *err);
+
+#endif

@@ -1,0 +1,294 @@
+/* test_security.c - a real kmsd node attacked with certificates from the deployment's own CA: each attack that once worked is a regression test that must be refused with no state change. */
+#include <check.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/rsa.h>
+
+#include "kms/v1/cluster.pb-c.h"
+#include "kms/v1/kms.pb-c.h"
+#include "node_fixture.h"
+#include "test_pki.h"
+
+#define KM "/kms.v1.KeyManagement/"
+#define FREE(m) protobuf_c_message_free_unpacked((ProtobufCMessage *)(m), NULL)
+#define ASSERT_STATUS(st, want, text)                                                             \
+	do {                                                                                      \
+		ck_assert_msg((st).code == (want), "want status %d, got %d: %s", (want),          \
+			      (st).code, (st).details);                                           \
+		ck_assert_msg(strstr((st).details, (text)) != NULL,                               \
+			      "message \"%s\" does not say \"%s\"", (st).details, (text));       \
+	} while (0)
+
+static kms_test_env env;
+static kms_test_node node;
+
+static void node_up(void)
+{
+	kms_test_env_init(&env);
+	kms_test_node_init(&env, &node, 1);
+	kms_test_node_start(&node);
+}
+
+static void node_down(void)
+{
+	kms_test_node_signal(&node, SIGTERM);
+	kms_test_env_destroy(&env);
+}
+
+/* A client certificate named who, issued by the client CA with the SANs given. */
+static void issue(const char *who, const kms_test_san *sans, size_t n)
+{
+	char ca[PATH_MAX], ca_key[PATH_MAX], pem[PATH_MAX], key[PATH_MAX];
+
+	KMS_TEST_PATH(ca, "%s/ca.pem", env.pki);
+	KMS_TEST_PATH(ca_key, "%s/ca.key", env.pki);
+	KMS_TEST_PATH(pem, "%s/%s.pem", env.pki, who);
+	KMS_TEST_PATH(key, "%s/%s.key", env.pki, who);
+	kms_test_issue_cert(ca, ca_key, pem, key, sans, n, 1);
+}
+
+static int key_exists(const char *id)
+{
+	kms_client *c = kms_test_client(&node, "admin");
+	Kms__V1__DescribeKeyRequest req = KMS__V1__DESCRIBE_KEY_REQUEST__INIT;
+	ProtobufCMessage *resp = NULL;
+	kms_rpc_status st;
+
+	req.key_id = (char *)id;
+	kms_client_call(c, KM "DescribeKey", &req.base, &kms__v1__describe_key_response__descriptor,
+			&resp, &st);
+	kms_client_close(c);
+	if (resp != NULL)
+		FREE(resp);
+	return st.code == 0;
+}
+
+/* --- attack 1: a DNS or e-mail SAN spelling an administrator's SPIFFE ID --- */
+
+START_TEST(dns_and_email_sans_name_nobody)
+{
+	static const kms_test_san dns[] = {{KMS_TEST_SAN_DNS, KMS_TEST_ADMIN, 0}};
+	static const kms_test_san email[] = {{KMS_TEST_SAN_EMAIL, KMS_TEST_ADMIN, 0}};
+	static const kms_test_san both[] = {{KMS_TEST_SAN_URI, KMS_TEST_APP, 0},
+					    {KMS_TEST_SAN_DNS, KMS_TEST_ADMIN, 0}};
+	kms_rpc_status st;
+	kms_client *c;
+
+	issue("dns-admin", dns, 1);
+	issue("email-admin", email, 1);
+	issue("app-and-dns-admin", both, 2);
+
+	c = kms_test_client(&node, "dns-admin");
+	kms_test_create_key(c, "attack-dns", NULL, &st);
+	kms_client_close(c);
+	ASSERT_STATUS(st, 16 /* UNAUTHENTICATED */, "no URI SAN");
+	ck_assert_msg(!key_exists("attack-dns"), "a DNS SAN created a key as an administrator");
+
+	c = kms_test_client(&node, "email-admin");
+	kms_test_create_key(c, "attack-email", NULL, &st);
+	kms_client_close(c);
+	ASSERT_STATUS(st, 16, "no URI SAN");
+	ck_assert_msg(!key_exists("attack-email"), "an e-mail SAN created a key as an administrator");
+
+	/* Beside a real URI SAN, the DNS name is ignored: the caller is the app. */
+	c = kms_test_client(&node, "app-and-dns-admin");
+	kms_test_create_key(c, "attack-both", NULL, &st);
+	kms_client_close(c);
+	ASSERT_STATUS(st, 7 /* PERMISSION_DENIED */, KMS_TEST_APP);
+	ck_assert(!key_exists("attack-both"));
+}
+END_TEST
+
+/* --- attack 2: a client-CA certificate naming a node fetches the domain key --- */
+
+/* A software RSA-3072 key, as an attacker would make it. */
+static EVP_PKEY *software_rsa(BIGNUM **n, BIGNUM **e)
+{
+	EVP_PKEY *k = EVP_RSA_gen(3072);
+
+	ck_assert_ptr_nonnull(k);
+	*n = *e = NULL;
+	ck_assert_int_eq(EVP_PKEY_get_bn_param(k, OSSL_PKEY_PARAM_RSA_N, n), 1);
+	ck_assert_int_eq(EVP_PKEY_get_bn_param(k, OSSL_PKEY_PARAM_RSA_E, e), 1);
+	return k;
+}
+
+/* What the attacker learns from a wrapped domain key: RSA-OAEP (SHA-1) undone. */
+static size_t oaep_open(EVP_PKEY *k, const uint8_t *in, size_t len, uint8_t *out, size_t cap)
+{
+	EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(k, NULL);
+	size_t n = cap;
+
+	ck_assert_ptr_nonnull(ctx);
+	ck_assert_int_eq(EVP_PKEY_decrypt_init(ctx), 1);
+	ck_assert_int_gt(EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING), 0);
+	if (EVP_PKEY_decrypt(ctx, out, &n, in, len) != 1)
+		n = 0;
+	EVP_PKEY_CTX_free(ctx);
+	return n;
+}
+
+START_TEST(client_ca_certificate_of_a_node_gets_no_domain_key)
+{
+	static const kms_test_san node2[] = {{KMS_TEST_SAN_URI, KMS_TEST_TD "/kmsd/node/2", 0}};
+	Kms__V1__AddMemberRequest add = KMS__V1__ADD_MEMBER_REQUEST__INIT;
+	Kms__V1__Member m = KMS__V1__MEMBER__INIT;
+	Kms__V1__FetchDomainKeyRequest req = KMS__V1__FETCH_DOMAIN_KEY_REQUEST__INIT;
+	Kms__V1__FetchDomainKeyResponse *resp = NULL;
+	uint8_t nbuf[512], ebuf[8], dk[512];
+	kms_rpc_status st;
+	BIGNUM *n, *e;
+	EVP_PKEY *k = software_rsa(&n, &e);
+	kms_client *admin = kms_test_client(&node, "admin"), *c;
+	ProtobufCMessage *out = NULL;
+
+	/* Node 2 is an admitted member, as in a live cluster. */
+	m.id = 2;
+	m.raft_address = (char *)"127.0.0.1:9";
+	m.grpc_address = (char *)"127.0.0.1:9";
+	add.member = &m;
+	kms_client_call_timeout(admin, "/kms.v1.Operator/AddMember", &add.base,
+				&kms__v1__add_member_response__descriptor, &out, 60000, &st);
+	ck_assert_msg(st.code == 0, "AddMember node 2: %s", st.details);
+	FREE(out);
+	kms_client_close(admin);
+
+	/* The attacker's certificate comes from the deployment's client CA; the
+	 * node's real key stays in its HSM. */
+	issue("fake-node2", node2, 1);
+	req.node_id = 2;
+	req.rsa_modulus.len = (size_t)BN_bn2bin(n, nbuf);
+	req.rsa_modulus.data = nbuf;
+	req.rsa_public_exponent.len = (size_t)BN_bn2bin(e, ebuf);
+	req.rsa_public_exponent.data = ebuf;
+	c = kms_test_client(&node, "fake-node2");
+	for (int attempt = 0; attempt < 2; attempt++) {
+		kms_client_call(c, "/kms.v1.Internal/FetchDomainKey", &req.base,
+				&kms__v1__fetch_domain_key_response__descriptor,
+				(ProtobufCMessage **)&resp, &st);
+		if (resp != NULL) {
+			size_t got = oaep_open(k, resp->wrapped_domain_key.data,
+					       resp->wrapped_domain_key.len, dk, sizeof(dk));
+
+			OPENSSL_cleanse(dk, sizeof(dk));
+			ck_abort_msg("a client-CA certificate for node 2 received the domain key "
+				     "(%zu bytes once its software RSA key undid the OAEP wrap)",
+				     got);
+		}
+		ASSERT_STATUS(st, 7 /* PERMISSION_DENIED */, "node CA");
+	}
+	kms_client_close(c);
+	BN_free(n);
+	BN_free(e);
+	EVP_PKEY_free(k);
+}
+END_TEST
+
+/* --- attack 3: an encryption context cut short at an embedded NUL --- */
+
+/* Appends a length-delimited protobuf field (len < 128). */
+static size_t put_field(uint8_t *p, unsigned field, const void *data, size_t len)
+{
+	ck_assert_uint_lt(len, 128);
+	p[0] = (uint8_t)(field << 3 | 2);
+	p[1] = (uint8_t)len;
+	memcpy(p + 2, data, len);
+	return len + 2;
+}
+
+/* key_id (field 1) and one encryption_context entry (field ctx_field). */
+static size_t request_with_context(uint8_t *out, unsigned id_field, const char *key_id,
+				   unsigned ctx_field, const char *k, const char *v, size_t vlen)
+{
+	uint8_t entry[64];
+	size_t n = 0, e = 0;
+
+	if (key_id != NULL)
+		n += put_field(out + n, id_field, key_id, strlen(key_id));
+	e += put_field(entry + e, 1, k, strlen(k));
+	e += put_field(entry + e, 2, v, vlen);
+	n += put_field(out + n, ctx_field, entry, e);
+	return n;
+}
+
+START_TEST(nul_in_encryption_context_is_refused)
+{
+	static const char evil[] = "acme\0evil";
+	kms_client *admin = kms_test_client(&node, "admin");
+	kms_client *app = kms_test_client(&node, "app");
+	uint8_t req[256];
+	kms_buf out = {0};
+	kms_rpc_status st;
+	size_t n;
+
+	ck_assert_int_eq(kms_test_create_key(admin, "nul-context", KMS_TEST_APP, &st), 0);
+	/* GenerateDataKeyRequest: key_id = 1, encryption_context = 3. */
+	n = request_with_context(req, 1, "nul-context", 3, "tenant", evil, sizeof(evil) - 1);
+	kms_client_call_raw(app, KM "GenerateDataKey", req, n, &out, &st);
+	if (st.code == 0) {
+		Kms__V1__GenerateDataKeyResponse *g =
+			kms__v1__generate_data_key_response__unpack(NULL, out.len, out.data);
+		Kms__V1__DecryptRequest d = KMS__V1__DECRYPT_REQUEST__INIT;
+		Kms__V1__DecryptRequest__EncryptionContextEntry ent =
+			KMS__V1__DECRYPT_REQUEST__ENCRYPTION_CONTEXT_ENTRY__INIT;
+		Kms__V1__DecryptRequest__EncryptionContextEntry *ents[] = {&ent};
+		ProtobufCMessage *dr = NULL;
+
+		ck_assert_ptr_nonnull(g);
+		ent.key = (char *)"tenant";
+		ent.value = (char *)"acme";
+		d.ciphertext_blob = g->ciphertext_blob;
+		d.encryption_context = ents;
+		d.n_encryption_context = 1;
+		kms_client_call(app, KM "Decrypt", &d.base, &kms__v1__decrypt_response__descriptor,
+				&dr, &st);
+		ck_abort_msg("GenerateDataKey accepted a context value with a NUL; Decrypt with "
+			     "{tenant: acme} then answered %d",
+			     st.code);
+	}
+	ASSERT_STATUS(st, 3 /* INVALID_ARGUMENT */, "NUL");
+	ck_assert_msg(strstr(st.details, "encryption_context") != NULL, "%s", st.details);
+	kms_buf_free(&out);
+
+	/* The same for Encrypt (encryption_context = 3) and Decrypt (= 2), in a key too. */
+	n = request_with_context(req, 1, "nul-context", 3, "tenant", evil, sizeof(evil) - 1);
+	kms_client_call_raw(app, KM "Encrypt", req, n, &out, &st);
+	ASSERT_STATUS(st, 3, "NUL");
+	n = request_with_context(req, 0, NULL, 2, "tenant", evil, sizeof(evil) - 1);
+	kms_client_call_raw(app, KM "Decrypt", req, n, &out, &st);
+	ASSERT_STATUS(st, 3, "NUL");
+	/* A key_id with a NUL is refused the same way, not read as its prefix. */
+	n = put_field(req, 1, "nul-context\0x", 13);
+	kms_client_call_raw(app, KM "GenerateDataKey", req, n, &out, &st);
+	ASSERT_STATUS(st, 3, "NUL");
+	kms_client_close(app);
+	kms_client_close(admin);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("kmsd security");
+	TCase *tc = tcase_create("attacks");
+	SRunner *sr;
+	int failed;
+
+	tcase_add_unchecked_fixture(tc, node_up, node_down);
+	tcase_set_timeout(tc, 300);
+	tcase_add_test(tc, dns_and_email_sans_name_nobody);
+	tcase_add_test(tc, client_ca_certificate_of_a_node_gets_no_domain_key);
+	tcase_add_test(tc, nul_in_encryption_context_is_refused);
+	suite_add_tcase(s, tc);
+	sr = srunner_create(s);
+	srunner_set_fork_status(sr, CK_NOFORK);
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed == 0 ? 0 : 1;
+}
