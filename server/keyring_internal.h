@@ -1,0 +1,88 @@
+/* keyring_internal.h - what the key ring's files share: the structure, the record rules, the protobuf-c allocator; never included outside server/keyring_*.c. */
+#ifndef KMS_KEYRING_INTERNAL_H
+#define KMS_KEYRING_INTERNAL_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include <protobuf-c/protobuf-c.h>
+
+#include "kms/keyring.h"
+#include "kms/v1/state.pb-c.h"
+
+#define KEYRING_SNAPSHOT_FORMAT 1
+#define KEYRING_DESCRIPTION_MAX 1024
+#define KEYRING_PAGE_MAX 1000
+
+/*
+ * Ownership: every record an entry holds is a standalone message unpacked by
+ * this file through the kms_malloc allocator below (a deep copy made by
+ * re-packing the validated record and unpacking it again), so an entry frees
+ * its record with protobuf_c_message_free_unpacked and never points into a
+ * Command or a snapshot the caller owns. The same holds for the metadata
+ * that describe and list hand out.
+ *
+ * handles[i] belongs to rec->versions[i]: the node-local HSM handle of that
+ * version once unwrapped, 0 until then. Not replicated, not in snapshots.
+ */
+struct kr_entry {
+	Kms__V1__KeyRecord *rec;
+	unsigned long *handles;
+};
+
+struct kms_keyring {
+	pthread_rwlock_t lock;
+	struct kr_entry *entries; /* sorted by key_id (strcmp), unique */
+	size_t n;
+	size_t cap;
+	kms_member members[KMS_MEMBERS_MAX]; /* sorted by id, unique */
+	size_t n_members;
+	uint8_t probe[KMS_WRAPPED_MAX]; /* the domain-key check blob */
+	size_t probe_len;
+	kms_keyring_release_fn release;
+	void *release_arg;
+};
+
+/*
+ * protobuf-c allocation through kms_malloc (keyring_state.c). protobuf-c
+ * returns NULL both for malformed input and for a failed allocation; the
+ * flag tells the two apart so that an out-of-memory node reports
+ * KMS_ERR_NOMEM instead of calling a good command invalid.
+ */
+struct pb_state {
+	int failed;
+};
+void *kr_pb_alloc(void *data, size_t size);
+void kr_pb_free(void *data, void *p);
+void kr_pb_message_free(ProtobufCMessage *m);
+void kr_record_free(Kms__V1__KeyRecord *rec);
+/* Deep copy of a message through its wire form, owned by the caller. */
+int kr_message_dup(const ProtobufCMessage *src, ProtobufCMessage **out, kms_err *err);
+
+/* The one rule set of a key record, for apply, restore and the builders. */
+int kr_record_check(const Kms__V1__KeyRecord *rec, kms_err *err);
+
+/* Entries (keyring_state.c); the caller holds the lock where it matters. */
+void kr_entry_clear(struct kr_entry *e);
+int kr_entry_make(const Kms__V1__KeyRecord *rec, struct kr_entry *e, kms_err *err);
+void kr_entries_drop(struct kr_entry *es, size_t n, kms_keyring_release_fn fn, void *arg);
+size_t kr_find_pos(const struct kms_keyring *kr, const char *key_id, int *found);
+struct kr_entry *kr_find_entry(const struct kms_keyring *kr, const char *key_id);
+long kr_version_index(const Kms__V1__KeyRecord *rec, uint32_t v);
+int kr_lookup_id_check(const char *key_id, kms_err *err);
+int kr_apply_create_key(kms_keyring *kr, const Kms__V1__CreateKeyCommand *ck, kms_err *err);
+
+/* Cluster state (keyring_cluster.c). */
+int kr_member_check(const Kms__V1__MemberRecord *m, kms_err *err);
+size_t kr_member_pos(const struct kms_keyring *kr, uint64_t id);
+void kr_member_set(kms_member *dst, const Kms__V1__MemberRecord *m);
+int kr_apply_add_member(kms_keyring *kr, const Kms__V1__AddMemberCommand *c, kms_err *err);
+int kr_apply_remove_member(kms_keyring *kr, const Kms__V1__RemoveMemberCommand *c,
+			   kms_err *err);
+int kr_apply_domain_key_check(kms_keyring *kr, const Kms__V1__DomainKeyCheckCommand *c,
+			      kms_err *err);
+
+/* Packs a command into out->data (kms_malloc'd, the caller's). keyring_cmd.c */
+int kr_command_pack(const Kms__V1__Command *c, kms_buf *out, kms_err *err);
+
+#endif
