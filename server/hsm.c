@@ -671,7 +671,25 @@ static int dk_value_len(kms_hsm *hsm, CK_OBJECT_HANDLE key, CK_ULONG *len,
 	return KMS_OK;
 }
 
-#define DK_TMPL_MAX 16
+#define DK_TMPL_MAX 20
+
+/*
+ * What every key the domain key unwraps must be: its CKA_UNWRAP_TEMPLATE
+ * (PKCS#11 v2.40, secret key objects). Master keys and the domain-key probe
+ * come out of op_unwrap, which builds its template from this very array, so
+ * the two cannot drift apart. SoftHSM 2.6.1 enforces it strictly
+ * (SoftHSM::C_UnwrapKey): the caller's template must name each of these
+ * attributes with the same value, or C_UnwrapKey fails with
+ * CKR_TEMPLATE_INCONSISTENT before anything is unwrapped; a template that
+ * leaves one out fails too, where the specification would fill it in.
+ * Beyond sensitive and non-extractable, the unwrapped key may not wrap,
+ * unwrap or derive: it is a master key, which only encrypts and decrypts.
+ */
+static CK_ATTRIBUTE unwrapped_key_rules[] = {
+    ATTR(CKA_SENSITIVE, &ck_true), ATTR(CKA_EXTRACTABLE, &ck_false),
+    ATTR(CKA_WRAP, &ck_false),	   ATTR(CKA_UNWRAP, &ck_false),
+    ATTR(CKA_DERIVE, &ck_false),
+};
 
 /*
  * The attributes of a domain key, for C_GenerateKey (generate: with
@@ -679,14 +697,36 @@ static int dk_value_len(kms_hsm *hsm, CK_OBJECT_HANDLE key, CK_ULONG *len,
  * wraps and unwraps master keys (RFC 5649); it never encrypts data.
  * CKA_SENSITIVE keeps its value from ever being read in plaintext (PKCS#11
  * v2.40, secret key objects); CKA_EXTRACTABLE lets C_WrapKey move it,
- * wrapped, to a joining node's transport key (hsm.h). CKA_MODIFIABLE=FALSE
- * comes last: a usage flag cannot be switched on later (say CKA_DECRYPT,
- * which would open every wrapped master key). SoftHSM 2.6.1 refuses it in
- * an unwrap template, in C_SetAttributeValue and in C_CopyObject
- * (CKR_ATTRIBUTE_READ_ONLY), so the unwrap may drop it (the caller passes
- * the count minus one) and an installed domain key stays modifiable there.
- * That gives a PIN holder nothing new: the key is extractable, and a PIN
- * holder can already wrap it out under a key of their own.
+ * wrapped, to a joining node's transport key (hsm.h). CKA_UNWRAP_TEMPLATE
+ * (unwrapped_key_rules) keeps whatever it unwraps inside the HSM.
+ * CKA_MODIFIABLE=FALSE: no usage flag can be switched on later (say
+ * CKA_DECRYPT, which would open every wrapped master key), and the unwrap
+ * template cannot be changed; C_SetAttributeValue then fails with
+ * CKR_ACTION_PROHIBITED.
+ *
+ * CKA_MODIFIABLE=FALSE must come last. SoftHSM 2.6.1 applies a C_UnwrapKey
+ * (and C_CopyObject) template in order and refuses every attribute after
+ * it with CKR_ATTRIBUTE_READ_ONLY (P11Attribute::update: only C_GenerateKey
+ * and C_CreateObject may go on writing a non-modifiable object). Measured
+ * on 2.6.1 for an installed domain key, with the user PIN only:
+ *  - C_UnwrapKey with CKA_MODIFIABLE=FALSE last: CKR_OK, and the key is
+ *    non-modifiable and carries the unwrap template. That is what
+ *    kms_hsm_domain_key_install does.
+ *  - CKA_MODIFIABLE=FALSE anywhere earlier: CKR_ATTRIBUTE_READ_ONLY, and
+ *    SoftHSM leaves a half-made token object behind (SoftHSM::CreateObject
+ *    does not remove it), with whatever attributes came before.
+ *  - unwrap as a session object, then C_CopyObject to the token with
+ *    {CKA_TOKEN=TRUE, CKA_MODIFIABLE=FALSE}: works too (in that order), but
+ *    takes a second copy of the key and one more step that can fail halfway.
+ *  - C_SetAttributeValue(CKA_MODIFIABLE=FALSE) afterwards:
+ *    CKR_ATTRIBUTE_READ_ONLY (it may change only in C_CopyObject).
+ * A module that refuses CKA_MODIFIABLE in an unwrap template fails the
+ * install with that CK_RV; there is no silent fallback to a modifiable key.
+ *
+ * Tokens made by an older kmsd keep their domain key as it is: no unwrap
+ * template, and (installed on a module that refused CKA_MODIFIABLE) perhaps
+ * modifiable. That is accepted and not migrated: migrating would mean
+ * wrapping the key out and back in. kms_hsm_domain_key says so in the log.
  * Returns the count.
  */
 static CK_ULONG dk_template(CK_ATTRIBUTE t[DK_TMPL_MAX], const char *label,
@@ -708,11 +748,44 @@ static CK_ULONG dk_template(CK_ATTRIBUTE t[DK_TMPL_MAX], const char *label,
 	t[n++] = (CK_ATTRIBUTE)ATTR(CKA_VERIFY, &ck_false);
 	t[n++] = (CK_ATTRIBUTE)ATTR(CKA_DERIVE, &ck_false);
 	t[n++] = (CK_ATTRIBUTE){CKA_LABEL, (void *)label, strlen(label)};
+	t[n++] = (CK_ATTRIBUTE){CKA_UNWRAP_TEMPLATE, unwrapped_key_rules,
+				sizeof(unwrapped_key_rules)};
 	/* SoftHSM 2.6.1 refuses CKA_VALUE_LEN in an unwrap template. */
 	if (generate)
 		t[n++] = (CK_ATTRIBUTE)ATTR(CKA_VALUE_LEN, &aes256_len);
 	t[n++] = (CK_ATTRIBUTE)ATTR(CKA_MODIFIABLE, &ck_false);
 	return n;
+}
+
+/*
+ * Logs a domain key that lacks what dk_template gives a new one: a key
+ * made by an older kmsd, kept as it is (dk_template). The caller holds
+ * holder_mu.
+ */
+static void dk_warn_if_old(kms_hsm *hsm, CK_OBJECT_HANDLE key,
+			   const char *label)
+{
+	CK_BBOOL modifiable = CK_TRUE;
+	CK_ATTRIBUTE a[] = {
+	    ATTR(CKA_MODIFIABLE, &modifiable),
+	    {CKA_UNWRAP_TEMPLATE, NULL, 0},
+	};
+	CK_RV rv;
+
+	rv = hsm->f->C_GetAttributeValue(hsm->holder, key, a, N_ATTRS(a));
+	if (rv != CKR_OK) {
+		KMS_LOG_W("domain key '%s' on token '%s': cannot read "
+			  "CKA_MODIFIABLE and CKA_UNWRAP_TEMPLATE: %s",
+			  label, hsm->label, kms_hsm_rv_name(rv));
+		return;
+	}
+	if (modifiable == CK_FALSE && a[1].ulValueLen != 0)
+		return;
+	KMS_LOG_W("domain key '%s' on token '%s' was made by an older kmsd "
+		  "(%s, %s unwrap template); it is used as it is",
+		  label, hsm->label,
+		  modifiable != CK_FALSE ? "modifiable" : "not modifiable",
+		  a[1].ulValueLen == 0 ? "no" : "with an");
 }
 
 int kms_hsm_domain_key(kms_hsm *hsm, const char *label, int create,
@@ -773,6 +846,8 @@ int kms_hsm_domain_key(kms_hsm *hsm, const char *label, int create,
 			      len * 8);
 		goto out;
 	}
+	if (fa.n_found == 1)
+		dk_warn_if_old(hsm, key, label);
 	*out = key;
 	rc = KMS_OK;
 out:
@@ -862,26 +937,27 @@ static CK_RV op_unwrap(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h, void *p,
 	/*
 	 * A session object (kept in memory, ~2.8x faster than a token object
 	 * in SoftHSM) that only encrypts and decrypts, and can never leave
-	 * the HSM again, not even wrapped.
+	 * the HSM again, not even wrapped: the rest of the template is the
+	 * domain key's CKA_UNWRAP_TEMPLATE (unwrapped_key_rules), which the
+	 * module checks against this one.
 	 */
-	CK_ATTRIBUTE tmpl[] = {
+	CK_ATTRIBUTE usage[] = {
 	    ATTR(CKA_CLASS, &class_secret),
 	    ATTR(CKA_KEY_TYPE, &type_aes),
 	    ATTR(CKA_TOKEN, &ck_false),
 	    ATTR(CKA_PRIVATE, &ck_true),
-	    ATTR(CKA_SENSITIVE, &ck_true),
-	    ATTR(CKA_EXTRACTABLE, &ck_false),
 	    ATTR(CKA_ENCRYPT, &ck_true),
 	    ATTR(CKA_DECRYPT, &ck_true),
-	    ATTR(CKA_WRAP, &ck_false),
-	    ATTR(CKA_UNWRAP, &ck_false),
 	    ATTR(CKA_SIGN, &ck_false),
 	    ATTR(CKA_VERIFY, &ck_false),
-	    ATTR(CKA_DERIVE, &ck_false),
 	    {CKA_LABEL, (void *)MASTER_KEY_LABEL, sizeof(MASTER_KEY_LABEL) - 1},
 	};
+	CK_ATTRIBUTE tmpl[N_ATTRS(usage) + N_ATTRS(unwrapped_key_rules)];
 	CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
 
+	memcpy(tmpl, usage, sizeof(usage));
+	memcpy(tmpl + N_ATTRS(usage), unwrapped_key_rules,
+	       sizeof(unwrapped_key_rules));
 	*fn = "C_UnwrapKey";
 	return f->C_UnwrapKey(h, &kwp, a->dk, (CK_BYTE *)a->blob, a->len, tmpl,
 			      N_ATTRS(tmpl), &a->key);
@@ -1607,13 +1683,9 @@ static CK_RV op_install(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h, void *p,
 	oaep_mechanism(&params, &oaep);
 	a->key = CK_INVALID_HANDLE;
 	*fn = "C_UnwrapKey";
+	/* dk_template: CKA_MODIFIABLE=FALSE last, and no retry without it. */
 	rv = f->C_UnwrapKey(h, &oaep, a->priv, (CK_BYTE *)a->blob, a->len,
 			    a->tmpl, a->n_tmpl, &a->key);
-	if (rv == CKR_ATTRIBUTE_READ_ONLY) {
-		/* dk_template: the last attribute is CKA_MODIFIABLE. */
-		rv = f->C_UnwrapKey(h, &oaep, a->priv, (CK_BYTE *)a->blob,
-				    a->len, a->tmpl, a->n_tmpl - 1, &a->key);
-	}
 	if (rv != CKR_OK)
 		a->key = CK_INVALID_HANDLE;
 	return rv;

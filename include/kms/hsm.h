@@ -53,10 +53,13 @@ int kms_hsm_random(kms_hsm_session *s, uint8_t *out, size_t n, kms_err *err);
 /*
  * Finds the domain key: an AES-256 token object with CKA_LABEL label. If none
  * exists and create is true, generates one (CKA_TOKEN, CKA_PRIVATE,
- * CKA_SENSITIVE, CKA_WRAP and CKA_UNWRAP only). It is CKA_EXTRACTABLE so that
- * a member can wrap it to a joining node's transport key
- * (kms_hsm_domain_key_wrap_for); CKA_SENSITIVE keeps it from ever leaving
- * the HSM in plaintext.
+ * CKA_SENSITIVE, CKA_WRAP and CKA_UNWRAP only, CKA_MODIFIABLE=FALSE, and a
+ * CKA_UNWRAP_TEMPLATE that makes every key it unwraps CKA_SENSITIVE and
+ * not CKA_EXTRACTABLE, CKA_WRAP, CKA_UNWRAP or CKA_DERIVE). It is
+ * CKA_EXTRACTABLE so that a member can wrap it to a joining node's
+ * transport key (kms_hsm_domain_key_wrap_for); CKA_SENSITIVE keeps it from
+ * ever leaving the HSM in plaintext. A key found without those
+ * protections (made by an older kmsd) is used as it is, with a warning.
  * Absent with create false: KMS_ERR_NOT_FOUND. Two keys with that label:
  * KMS_ERR_CONFIG.
  */
@@ -141,10 +144,11 @@ int kms_hsm_domain_key_wrap_for(kms_hsm *hsm, kms_hsm_key dk,
 
 /*
  * The joining side: unwraps the domain key with priv (CKM_RSA_PKCS_OAEP,
- * SHA-1 as above) into the token as a persistent object labelled label, with the
- * same attributes kms_hsm_domain_key gives a new domain key. A label that
- * already names a key: KMS_ERR_EXISTS (nothing written). A blob that does
- * not unwrap: KMS_ERR_HSM.
+ * SHA-1 as above) into the token as a persistent object labelled label, with
+ * the same attributes kms_hsm_domain_key gives a new domain key
+ * (CKA_MODIFIABLE=FALSE and the unwrap template included; a module that refuses
+ * either fails the install with KMS_ERR_HSM). A label that already names a key:
+ * KMS_ERR_EXISTS (nothing written). A blob that does not unwrap: KMS_ERR_HSM.
  */
 int kms_hsm_domain_key_install(kms_hsm *hsm, kms_hsm_key priv,
 			       const char *label, const uint8_t *wrapped,

@@ -1544,6 +1544,350 @@ START_TEST(test_wrap_for_hsm_error)
 }
 END_TEST
 
+/* --- what the user PIN can and cannot do to a domain key --- */
+
+/*
+ * The tests below act as a holder of the node's user PIN would, through raw
+ * PKCS#11 calls on the same token. Each attempt is compared with the CK_RV
+ * measured on SoftHSM 2.6.1. Where the module lets it through (CKR_OK), the
+ * test says so on stdout and still asserts CKR_OK: the gap is on record,
+ * and a module that closes it makes the test fail, so that someone looks.
+ */
+static void expect_rv(const char *what, CK_RV got, CK_RV want)
+{
+	if (want == CKR_OK && got == CKR_OK)
+		printf("test_hsm: SoftHSM 2.6.1 does not prevent %s (CKR_OK)\n",
+		       what);
+	ck_assert_msg(got == want, "%s: CK_RV 0x%lx, SoftHSM 2.6.1 gave 0x%lx",
+		      what, got, want);
+}
+
+static CK_RV raw_set_bool(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h,
+			  CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_TYPE type,
+			  CK_BBOOL value)
+{
+	CK_ATTRIBUTE a = {type, &value, sizeof(value)};
+
+	return f->C_SetAttributeValue(h, obj, &a, 1);
+}
+
+/* What server/hsm.c puts in a domain key's CKA_UNWRAP_TEMPLATE. */
+static const struct {
+	CK_ATTRIBUTE_TYPE type;
+	CK_BBOOL value;
+} unwrap_rules[] = {
+    {CKA_SENSITIVE, CK_TRUE}, {CKA_EXTRACTABLE, CK_FALSE}, {CKA_WRAP, CK_FALSE},
+    {CKA_UNWRAP, CK_FALSE},   {CKA_DERIVE, CK_FALSE},
+};
+#define N_RULES (sizeof(unwrap_rules) / sizeof(unwrap_rules[0]))
+
+/* The key carries exactly unwrap_rules as its CKA_UNWRAP_TEMPLATE. */
+static void assert_unwrap_template(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h,
+				   CK_OBJECT_HANDLE dk)
+{
+	CK_ATTRIBUTE t[N_RULES + 1];
+	CK_BBOOL v[N_RULES + 1];
+	CK_ATTRIBUTE a = {CKA_UNWRAP_TEMPLATE, NULL, 0};
+
+	ck_assert_int_eq(f->C_GetAttributeValue(h, dk, &a, 1), CKR_OK);
+	ck_assert_uint_eq(a.ulValueLen, N_RULES * sizeof(CK_ATTRIBUTE));
+	for (size_t i = 0; i < N_RULES; i++) {
+		t[i].type = unwrap_rules[i].type;
+		t[i].pValue = &v[i];
+		t[i].ulValueLen = sizeof(v[i]);
+	}
+	a.pValue = t;
+	ck_assert_int_eq(f->C_GetAttributeValue(h, dk, &a, 1), CKR_OK);
+	for (size_t i = 0; i < N_RULES; i++) {
+		ck_assert_uint_eq(t[i].ulValueLen, sizeof(CK_BBOOL));
+		ck_assert_int_eq(v[i], unwrap_rules[i].value);
+	}
+}
+
+/*
+ * C_UnwrapKey of the master-key blob w under dk (CKM_AES_KEY_WRAP_PAD), as
+ * a session object with the attributes of unwrap_rules, except that
+ * attribute bend gets the value to, and attribute leave is left out
+ * (RULE_NONE: none).
+ */
+#define RULE_NONE ((CK_ATTRIBUTE_TYPE)-1)
+
+static CK_RV raw_unwrap(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h,
+			CK_OBJECT_HANDLE dk, const kms_buf *w,
+			CK_ATTRIBUTE_TYPE bend, CK_BBOOL to,
+			CK_ATTRIBUTE_TYPE leave, CK_OBJECT_HANDLE *key)
+{
+	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+	CK_KEY_TYPE kt = CKK_AES;
+	CK_BBOOL no = CK_FALSE, yes = CK_TRUE;
+	CK_BBOOL v[N_RULES];
+	CK_ATTRIBUTE t[4 + N_RULES] = {
+	    {CKA_CLASS, &cls, sizeof(cls)},
+	    {CKA_KEY_TYPE, &kt, sizeof(kt)},
+	    {CKA_TOKEN, &no, sizeof(no)},
+	    {CKA_DECRYPT, &yes, sizeof(yes)},
+	};
+	CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+	CK_ULONG n = 4;
+
+	for (size_t i = 0; i < N_RULES; i++) {
+		if (unwrap_rules[i].type == leave)
+			continue;
+		v[i] =
+		    unwrap_rules[i].type == bend ? to : unwrap_rules[i].value;
+		t[n++] =
+		    (CK_ATTRIBUTE){unwrap_rules[i].type, &v[i], sizeof(v[i])};
+	}
+	*key = CK_INVALID_HANDLE;
+	return f->C_UnwrapKey(h, &kwp, dk, w->data, w->len, t, n, key);
+}
+
+/*
+ * A master key, as kms_hsm_master_key_create stores it in the data
+ * directory, does not come out of dk in any form that could leave the HSM.
+ * SoftHSM 2.6.1 checks the caller's template against CKA_UNWRAP_TEMPLATE
+ * before it unwraps (SoftHSM::C_UnwrapKey) and makes nothing on failure.
+ */
+static void assert_unwrap_rules(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h,
+				CK_OBJECT_HANDLE dk, const kms_buf *w)
+{
+	CK_ULONG before = raw_count(f, h, CKO_SECRET_KEY);
+	CK_OBJECT_HANDLE k;
+
+	expect_rv(
+	    "unwrap of a master key as CKA_EXTRACTABLE",
+	    raw_unwrap(f, h, dk, w, CKA_EXTRACTABLE, CK_TRUE, RULE_NONE, &k),
+	    CKR_TEMPLATE_INCONSISTENT);
+	expect_rv(
+	    "unwrap of a master key as not CKA_SENSITIVE",
+	    raw_unwrap(f, h, dk, w, CKA_SENSITIVE, CK_FALSE, RULE_NONE, &k),
+	    CKR_TEMPLATE_INCONSISTENT);
+	expect_rv("unwrap of a master key as CKA_WRAP",
+		  raw_unwrap(f, h, dk, w, CKA_WRAP, CK_TRUE, RULE_NONE, &k),
+		  CKR_TEMPLATE_INCONSISTENT);
+	/*
+	 * PKCS#11 would fill a left-out attribute in from the unwrap
+	 * template; SoftHSM 2.6.1 refuses the unwrap instead. Either way
+	 * no extractable key comes out.
+	 */
+	expect_rv("unwrap of a master key without CKA_EXTRACTABLE",
+		  raw_unwrap(f, h, dk, w, RULE_NONE, 0, CKA_EXTRACTABLE, &k),
+		  CKR_TEMPLATE_INCONSISTENT);
+	ck_assert_uint_eq(raw_count(f, h, CKO_SECRET_KEY), before);
+
+	/* The twin: the rules themselves unwrap, into a locked-in key. */
+	ck_assert_int_eq(raw_unwrap(f, h, dk, w, RULE_NONE, 0, RULE_NONE, &k),
+			 CKR_OK);
+	ck_assert_int_eq(raw_bool(f, h, k, CKA_SENSITIVE), CK_TRUE);
+	ck_assert_int_eq(raw_bool(f, h, k, CKA_EXTRACTABLE), CK_FALSE);
+	assert_value_refused(f, h, k);
+	/* And cannot be set free afterwards (PKCS#11 v2.40 table 10, 11/12). */
+	expect_rv("CKA_EXTRACTABLE=TRUE on an unwrapped master key",
+		  raw_set_bool(f, h, k, CKA_EXTRACTABLE, CK_TRUE),
+		  CKR_ATTRIBUTE_READ_ONLY);
+	expect_rv("CKA_SENSITIVE=FALSE on an unwrapped master key",
+		  raw_set_bool(f, h, k, CKA_SENSITIVE, CK_FALSE),
+		  CKR_ATTRIBUTE_READ_ONLY);
+	ck_assert_int_eq(f->C_DestroyObject(h, k), CKR_OK);
+}
+
+/*
+ * A domain key refuses every change: C_SetAttributeValue fails with
+ * CKR_ACTION_PROHIBITED (CKA_MODIFIABLE=FALSE), and so does a C_CopyObject
+ * that would change an attribute on the way (CKR_ATTRIBUTE_READ_ONLY).
+ */
+static void assert_dk_locked(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h,
+			     CK_OBJECT_HANDLE dk)
+{
+	static const struct {
+		CK_ATTRIBUTE_TYPE type;
+		CK_BBOOL is, to;
+		const char *what;
+	} tries[] = {
+	    {CKA_DECRYPT, CK_FALSE, CK_TRUE, "CKA_DECRYPT=TRUE on the DK"},
+	    {CKA_ENCRYPT, CK_FALSE, CK_TRUE, "CKA_ENCRYPT=TRUE on the DK"},
+	    {CKA_SENSITIVE, CK_TRUE, CK_FALSE, "CKA_SENSITIVE=FALSE on the DK"},
+	    {CKA_EXTRACTABLE, CK_TRUE, CK_FALSE,
+	     "CKA_EXTRACTABLE=FALSE on the DK"},
+	    {CKA_MODIFIABLE, CK_FALSE, CK_TRUE,
+	     "CKA_MODIFIABLE=TRUE on the DK"},
+	};
+	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+	CK_ATTRIBUTE loose[] = {{CKA_SENSITIVE, &no, sizeof(no)}};
+	CK_ATTRIBUTE tmpl = {CKA_UNWRAP_TEMPLATE, loose, sizeof(loose)};
+	CK_ATTRIBUTE decrypt = {CKA_DECRYPT, &yes, sizeof(yes)};
+	CK_ULONG before = raw_count(f, h, CKO_SECRET_KEY);
+	CK_OBJECT_HANDLE copy = CK_INVALID_HANDLE;
+
+	ck_assert_int_eq(raw_bool(f, h, dk, CKA_MODIFIABLE), CK_FALSE);
+	for (size_t i = 0; i < sizeof(tries) / sizeof(tries[0]); i++) {
+		expect_rv(tries[i].what,
+			  raw_set_bool(f, h, dk, tries[i].type, tries[i].to),
+			  CKR_ACTION_PROHIBITED);
+		ck_assert_int_eq(raw_bool(f, h, dk, tries[i].type),
+				 tries[i].is);
+	}
+	expect_rv("a new CKA_UNWRAP_TEMPLATE on the DK",
+		  f->C_SetAttributeValue(h, dk, &tmpl, 1),
+		  CKR_ACTION_PROHIBITED);
+	assert_unwrap_template(f, h, dk);
+	expect_rv("a copy of the DK with CKA_DECRYPT=TRUE",
+		  f->C_CopyObject(h, dk, &decrypt, 1, &copy),
+		  CKR_ATTRIBUTE_READ_ONLY);
+	ck_assert_uint_eq(copy, CK_INVALID_HANDLE);
+	ck_assert_uint_eq(raw_count(f, h, CKO_SECRET_KEY), before);
+}
+
+START_TEST(test_dk_unwrap_rules)
+{
+	CK_FUNCTION_LIST *f = raw_functions();
+	CK_SESSION_HANDLE h = raw_session(f);
+	kms_hsm_key dk = make_dk(DK);
+	kms_buf w = make_master(dk);
+
+	assert_unwrap_template(f, h, dk);
+	assert_unwrap_rules(f, h, dk, &w);
+	/* The server's own unwrap still works (and the probe's, the same). */
+	kms_hsm_key_destroy(hsm, unwrap(dk, &w));
+	kms_buf_free(&w);
+	ck_assert_int_eq(f->C_CloseSession(h), CKR_OK);
+}
+END_TEST
+
+START_TEST(test_dk_locked)
+{
+	CK_FUNCTION_LIST *f = raw_functions();
+	CK_SESSION_HANDLE h = raw_session(f);
+
+	assert_dk_locked(f, h, make_dk(DK));
+	ck_assert_int_eq(f->C_CloseSession(h), CKR_OK);
+}
+END_TEST
+
+/*
+ * The twin of the two tests above: a domain key as an older kmsd could have
+ * left it (modifiable, no unwrap template) is still used, and on it the
+ * same attempts go through, so the refusals above come from the
+ * attributes kmsd now sets, not from SoftHSM alone.
+ */
+START_TEST(test_dk_old_style)
+{
+	CK_FUNCTION_LIST *f = raw_functions();
+	CK_SESSION_HANDLE h = raw_session(f);
+	CK_OBJECT_HANDLE raw =
+	    raw_aes_key(f, h, "old", 32, CK_TRUE, CK_TRUE, CK_TRUE);
+	kms_hsm_key dk = 0, k;
+	kms_buf w;
+
+	/* An older kmsd's domain key did not encrypt or decrypt either. */
+	ck_assert_int_eq(raw_set_bool(f, h, raw, CKA_ENCRYPT, CK_FALSE),
+			 CKR_OK);
+	ck_assert_int_eq(raw_set_bool(f, h, raw, CKA_DECRYPT, CK_FALSE),
+			 CKR_OK);
+	ck_assert_msg(kms_hsm_domain_key(hsm, "old", 0, &dk, &err) == KMS_OK,
+		      "old dk: %s", err.msg);
+	ck_assert_uint_eq(dk, raw);
+	w = make_master(dk);
+	expect_rv(
+	    "unwrap of a master key as CKA_EXTRACTABLE under an old DK",
+	    raw_unwrap(f, h, dk, &w, CKA_EXTRACTABLE, CK_TRUE, RULE_NONE, &k),
+	    CKR_OK);
+	ck_assert_int_eq(raw_bool(f, h, k, CKA_EXTRACTABLE), CK_TRUE);
+	ck_assert_int_eq(f->C_DestroyObject(h, k), CKR_OK);
+	expect_rv("CKA_DECRYPT=TRUE on an old, modifiable DK",
+		  raw_set_bool(f, h, dk, CKA_DECRYPT, CK_TRUE), CKR_OK);
+	ck_assert_int_eq(raw_bool(f, h, dk, CKA_DECRYPT), CK_TRUE);
+	/* CKA_SENSITIVE stays TRUE even there (PKCS#11 v2.40 table 10, 11). */
+	expect_rv("CKA_SENSITIVE=FALSE on an old, modifiable DK",
+		  raw_set_bool(f, h, dk, CKA_SENSITIVE, CK_FALSE),
+		  CKR_ATTRIBUTE_READ_ONLY);
+	kms_buf_free(&w);
+	ck_assert_int_eq(f->C_CloseSession(h), CKR_OK);
+}
+END_TEST
+
+/*
+ * What the rules cannot stop: the DK is CKA_EXTRACTABLE so that a member
+ * can wrap it for a joiner, and the user PIN can wrap it as well, under a
+ * key of its own whose value it reads. Re-imported from there, the DK's
+ * value sits in a key with no unwrap template, and master keys come out
+ * in the clear. Recorded here (and in docs/SECURITY.md) so that it is a
+ * known, tested fact; the twin shows an unwrapped master key cannot.
+ */
+START_TEST(test_dk_extractable_by_pin)
+{
+	CK_FUNCTION_LIST *f = raw_functions();
+	CK_SESSION_HANDLE h = raw_session(f);
+	CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+	CK_KEY_TYPE kt = CKK_AES;
+	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+	CK_ATTRIBUTE open_tmpl[] = {
+	    {CKA_CLASS, &cls, sizeof(cls)},
+	    {CKA_KEY_TYPE, &kt, sizeof(kt)},
+	    {CKA_TOKEN, &no, sizeof(no)},
+	    {CKA_SENSITIVE, &no, sizeof(no)},
+	    {CKA_EXTRACTABLE, &yes, sizeof(yes)},
+	    {CKA_UNWRAP, &yes, sizeof(yes)},
+	};
+	const CK_ULONG n_open = sizeof(open_tmpl) / sizeof(open_tmpl[0]);
+	kms_hsm_key dk = make_dk(DK);
+	kms_hsm_key mk = new_master_key(dk);
+	kms_buf w = make_master(dk);
+	CK_OBJECT_HANDLE own, copy, k;
+	CK_ATTRIBUTE value = {CKA_VALUE, NULL, 0};
+	uint8_t blob[64];
+	CK_ULONG len = sizeof(blob);
+
+	/* SoftHSM's defaults make it a wrapping and unwrapping key. */
+	own = raw_aes_key(f, h, "own", 32, CK_FALSE, CK_FALSE, CK_TRUE);
+	expect_rv("C_WrapKey of the DK under a key of the PIN holder",
+		  f->C_WrapKey(h, &kwp, own, dk, blob, &len), CKR_OK);
+	expect_rv(
+	    "C_UnwrapKey of the DK's value as a readable key",
+	    f->C_UnwrapKey(h, &kwp, own, blob, len, open_tmpl, n_open, &copy),
+	    CKR_OK);
+	/* Without CKA_UNWRAP (the last): a plain, readable master key. */
+	expect_rv("unwrap of a master key under that copy, readable",
+		  f->C_UnwrapKey(h, &kwp, copy, w.data, w.len, open_tmpl,
+				 n_open - 1, &k),
+		  CKR_OK);
+	ck_assert_int_eq(f->C_GetAttributeValue(h, k, &value, 1), CKR_OK);
+	ck_assert_uint_eq(value.ulValueLen, 32);
+	/* The twin: a master key unwrapped by kmsd does not leave at all. */
+	len = sizeof(blob);
+	ck_assert_int_eq(f->C_WrapKey(h, &kwp, own, mk, blob, &len),
+			 CKR_KEY_UNEXTRACTABLE);
+	kms_buf_free(&w);
+	ck_assert_int_eq(f->C_CloseSession(h), CKR_OK);
+}
+END_TEST
+
+/* The same locks on a domain key that arrived by kms_hsm_domain_key_install. */
+START_TEST(test_install_locked)
+{
+	CK_FUNCTION_LIST *f = raw_functions();
+	CK_SESSION_HANDLE jh = raw_session_on(f, LABEL2);
+	kms_hsm_key mdk = make_dk(DK), jdk;
+	struct transport t;
+	kms_buf w, mkw;
+
+	make_transport(joiner, &t);
+	w = wrap_dk_for(mdk, &t);
+	jdk = install_dk(&t, DK, &w);
+	kms_buf_free(&w);
+	drop_transport(joiner, &t);
+
+	assert_unwrap_template(f, jh, jdk);
+	assert_dk_locked(f, jh, jdk);
+	/* A master key made on the member, under the joiner's copy. */
+	mkw = make_master(mdk);
+	assert_unwrap_rules(f, jh, jdk, &mkw);
+	kms_buf_free(&mkw);
+	ck_assert_int_eq(f->C_CloseSession(jh), CKR_OK);
+}
+END_TEST
+
 static Suite *hsm_suite(void)
 {
 	Suite *s = suite_create("hsm");
@@ -1581,6 +1925,10 @@ static Suite *hsm_suite(void)
 	tcase_add_test(keys, test_key_destroy);
 	tcase_add_test(keys, test_audit);
 	tcase_add_test(keys, test_audit_readable_key);
+	tcase_add_test(keys, test_dk_unwrap_rules);
+	tcase_add_test(keys, test_dk_locked);
+	tcase_add_test(keys, test_dk_old_style);
+	tcase_add_test(keys, test_dk_extractable_by_pin);
 	suite_add_tcase(s, keys);
 
 	tcase_add_checked_fixture(gcm, setup_open, teardown_open);
@@ -1607,6 +1955,7 @@ static Suite *hsm_suite(void)
 	tcase_add_test(transfer, test_install_label_exists);
 	tcase_add_test(transfer, test_install_tampered);
 	tcase_add_test(transfer, test_install_not_aes256);
+	tcase_add_test(transfer, test_install_locked);
 	tcase_add_test(transfer, test_wrap_for_bad_input);
 	tcase_add_test(transfer, test_wrap_for_hsm_error);
 	suite_add_tcase(s, transfer);
