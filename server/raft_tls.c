@@ -1504,6 +1504,26 @@ static unsigned count_pending(struct tls_transport *tt, const char *source)
 	return n;
 }
 
+/* Ends the oldest handshake in progress of source (NULL: of all). The
+ * link's thread closes tcp_fd only after leave_pending, under mu: shutting
+ * it down here is safe, and wakes the thread's poll(). */
+static void end_handshake(struct tls_transport *tt, const char *source)
+{
+	struct link *oldest = NULL;
+
+	pthread_mutex_lock(&tt->mu);
+	for (struct link *l = tt->links; l != NULL; l = l->next)
+		if (l->kind == LINK_IN && !l->authenticated && !l->evicted &&
+		    source_matches(l->source, source) &&
+		    (oldest == NULL || l->accepted_ms < oldest->accepted_ms))
+			oldest = l;
+	if (oldest != NULL) {
+		oldest->evicted = 1;
+		(void)shutdown(oldest->tcp_fd, SHUT_RDWR);
+	}
+	pthread_mutex_unlock(&tt->mu);
+}
+
 /*
  * Closes the oldest pending connection of source (NULL: of all), in this
  * order: one that has sent nothing, one waiting for a thread, a handshake
@@ -1511,8 +1531,6 @@ static unsigned count_pending(struct tls_transport *tt, const char *source)
  */
 static void evict_one(struct tls_transport *tt, const char *source)
 {
-	struct link *oldest = NULL;
-
 	for (unsigned i = 0; i < tt->n_waiting; i++) {
 		struct waiting *w = &tt->waiting[i];
 		int st;
@@ -1534,19 +1552,7 @@ static void evict_one(struct tls_transport *tt, const char *source)
 			return;
 		}
 	}
-	/* The link's thread closes tcp_fd only after leave_pending, under mu:
-	 * shutting it down here is safe, and wakes the thread's poll(). */
-	pthread_mutex_lock(&tt->mu);
-	for (struct link *l = tt->links; l != NULL; l = l->next)
-		if (l->kind == LINK_IN && !l->authenticated && !l->evicted &&
-		    source_matches(l->source, source) &&
-		    (oldest == NULL || l->accepted_ms < oldest->accepted_ms))
-			oldest = l;
-	if (oldest != NULL) {
-		oldest->evicted = 1;
-		(void)shutdown(oldest->tcp_fd, SHUT_RDWR);
-	}
-	pthread_mutex_unlock(&tt->mu);
+	end_handshake(tt, source);
 }
 
 /* Takes a new connection in, making room under both bounds first. */
@@ -1654,7 +1660,7 @@ static void start_handshakes(struct tls_transport *tt)
 			continue;
 		}
 		if (ending == 0)
-			evict_one(tt, NULL);
+			end_handshake(tt, NULL);
 		return;
 	}
 }

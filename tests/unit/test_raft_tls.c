@@ -917,6 +917,43 @@ START_TEST(stalled_handshake_is_closed_at_the_handshake_deadline)
 }
 END_TEST
 
+/* With one handshake thread, a client stalled in its handshake keeps it
+ * while nobody else needs it; when a peer's ClientHello arrives, the
+ * stalled handshake is ended and the peer served at once, not at the
+ * stalled one's deadline. */
+START_TEST(stalled_handshake_gives_way_to_a_peer)
+{
+	static const uint8_t partial[] = {0x16, 0x03, 0x01, 0x02, 0x00};
+	struct side s;
+	struct client c = {.who = &node[2],
+			   .claim = 2,
+			   .claim_addr = "127.0.0.1:7002"};
+	int fd;
+	int64_t t0;
+
+	limits.max_handshakes = 1;
+	limits.handshake_timeout_ms = 10000;
+	side_init(&s, 1, &node[1], ca.pem, &cluster123, 1);
+	fd = tcp_dial(s.addr);
+	ck_assert_int_eq(send(fd, partial, sizeof(partial), MSG_NOSIGNAL),
+			 (ssize_t)sizeof(partial));
+	ck_assert(!closed_within(fd, 500)); /* alone, it keeps its thread */
+	c.addr = s.addr;
+	t0 = now_ms();
+	client_start(&c);
+	WAIT_FOR(s.acc != NULL, 10000);
+	ck_assert_ptr_nonnull(s.acc);
+	ck_assert_int_lt(now_ms() - t0, 3000);
+	ck_assert(closed_within(fd, 1000));
+	client_join(&c);
+	ck_assert_int_eq(c.acked, 1);
+	ck_assert(!log_contains("TLS handshake timed out"));
+	close(fd);
+	close_stream(&s.acc);
+	side_close(&s);
+}
+END_TEST
+
 /* Three idle connections from one address fit the per-source bound of
  * three; the fourth evicts the oldest, not itself, and a peer arriving
  * last still gets in. */
@@ -1598,6 +1635,7 @@ int main(void)
 	tcase_add_test(tc, silent_connection_is_closed_at_the_hello_deadline);
 	tcase_add_test(tc,
 		       stalled_handshake_is_closed_at_the_handshake_deadline);
+	tcase_add_test(tc, stalled_handshake_gives_way_to_a_peer);
 	tcase_add_test(tc, oldest_pending_connection_of_a_source_is_evicted);
 	tcase_add_test(tc, oldest_pending_connection_overall_is_evicted);
 	tcase_add_test(tc, peer_gets_through_a_flood_of_idle_connections);
