@@ -104,15 +104,19 @@ typedef struct kms_raft_tls_opts {
  *     lock every peer out (a legitimate peer is always the newcomer); with
  *     eviction a flood of idle connections can only ever evict idle
  *     connections, and a peer is out of their reach once its ClientHello
- *     has arrived, which takes it milliseconds.
+ *     has arrived, which takes it milliseconds. (A flood larger than the
+ *     bound that re-opens what is closed churns: a peer's connection then
+ *     survives max_pending_per_source newer arrivals before its ClientHello
+ *     lands, and if evicted raft dials again after its retry delay.)
  *   - At most max_handshakes handshakes run at once; a connection whose
  *     first byte arrives when all are busy waits, and the oldest handshake
  *     is ended so that it does not wait long.
  *   - The handshake, the preamble and the acknowledgement must be done
  *     within handshake_timeout_ms of the accept (or of the dial).
- *   - Evictions and silent connections are logged as one summary line per
- *     10 s at most ("raft-tls: last 10 s: ..."), so a flood cannot flood
- *     the log.
+ *   - Evictions and silent connections are counted and logged as one
+ *     summary line per 10 s at most ("raft-tls: closed N pending
+ *     connections over the per-source bound ..."), the first one after a
+ *     quiet spell at once, so a flood cannot flood the log.
  *
  * After the acknowledgement each link carries canonical/raft's own
  * messages (libuv backend, 0.15: src/uv_encoding.c, uv_send.c, uv_recv.c)
@@ -128,8 +132,8 @@ typedef struct kms_raft_tls_opts {
  *   header (H bytes), by type:
  *     1 AppendEntries: term | prev index | prev term | commit | uint64 n |
  *                      n x (uint64 term | uint8 type | 3 unused |
- *                      uint32 length), then padding; payload: the sum of
- *                      the n lengths
+ *                      uint32 length), then 8 unused bytes; payload:
+ *                      the n entries, unpadded, the sum of their lengths
  *     5 InstallSnapshot: term | last index | last term | conf index |
  *                      uint64 C | C bytes of configuration | uint64 D;
  *                      payload: D bytes
