@@ -507,19 +507,19 @@ static void log_flush(struct tls_transport *tt, int64_t now)
 }
 
 /*
- * Whether the refusal of pending link l may be logged now: LOG_BURST lines
- * per window, the rest counted for the summary. Never for a link the
- * listener evicted (the summary counts those).
+ * Whether a refusal of a pending connection (of link l; NULL: one with no
+ * link yet) may be logged now: LOG_BURST lines per window, the rest
+ * counted for the summary. Never for a link the listener evicted (the
+ * summary counts those).
  */
-static int refusal_log_ok(struct link *l)
+static int refusal_log_ok(struct tls_transport *tt, const struct link *l)
 {
-	struct tls_transport *tt = l->tt;
 	char summary[512];
 	int ok = 0;
 
 	pthread_mutex_lock(&tt->mu);
 	window_roll_locked(tt, now_ms(), summary, sizeof(summary));
-	if (!l->evicted) {
+	if (l == NULL || !l->evicted) {
 		ok = tt->log.lines < LOG_BURST;
 		if (ok)
 			tt->log.lines++;
@@ -534,7 +534,7 @@ static int refusal_log_ok(struct link *l)
 
 #define REFUSED(l, ...)                                                        \
 	do {                                                                   \
-		if (refusal_log_ok(l))                                         \
+		if (refusal_log_ok((l)->tt, l))                                \
 			KMS_LOG_W(__VA_ARGS__);                                \
 	} while (0)
 
@@ -1628,7 +1628,7 @@ static void start_handshake(struct tls_transport *tt, unsigned i)
 	waiting_remove(tt, i);
 	return;
 refuse:
-	if (!tt->closing)
+	if (!tt->closing && refusal_log_ok(tt, NULL))
 		KMS_LOG_W("raft-tls: refused %s: %s", w->peer, why);
 	kms_free(l);
 	waiting_remove(tt, i);
