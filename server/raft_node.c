@@ -591,6 +591,13 @@ static int setup(kms_raft *r, kms_err *err)
 	raft_set_snapshot_trailing(&r->raft, r->snapshot_trailing);
 	raft_set_election_timeout(&r->raft, r->election_timeout_ms);
 	raft_set_heartbeat_timeout(&r->raft, r->heartbeat_timeout_ms);
+	/* Pre-vote (Raft thesis, section 9.6): a node that lost touch with
+	 * the leader first asks whether it could win, and raises its term only
+	 * if a majority would vote for it. Without it, a node cut off from the
+	 * others (a restart into a flooded listener, a one-way partition)
+	 * raises its term at every election timeout, and on reconnecting forces
+	 * a healthy leader to step down and the cluster to elect again. */
+	raft_set_pre_vote(&r->raft, true);
 
 	raft_configuration_init(&conf);
 	rv = r->opts.bootstrap ? raft_configuration_add(&conf, r->id, r->address, RAFT_VOTER)

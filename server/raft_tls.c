@@ -1,6 +1,7 @@
 /* raft_tls.c - canonical/raft's raft_uv_transport over mutual TLS 1.3: a TCP
- * listener, TLS handshakes and one bridge thread per link between a socketpair
- * (raft's side) and the TLS connection. */
+ * listener with bounds on pending connections, TLS handshakes, and one bridge
+ * thread per link between a socketpair (raft's side) and the TLS connection,
+ * which caps the length of raft's messages. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -36,13 +37,22 @@
 #define MAGIC_LEN 4
 #define ADDR_MAX 256
 #define PREAMBLE_FIXED (MAGIC_LEN + 8 + 2)
-/* Accept to authorized preamble, and connect to acknowledgement. */
-#define HANDSHAKE_MS 5000
-/* Unauthenticated incoming connections in handshake at once; beyond that a
- * new one is closed at once, so a flood cannot exhaust threads. */
-#define MAX_PENDING_IN 16
-/* Links of any kind; a 5-node cluster needs 8. */
+/* Links of any kind; a 5-node cluster needs 8 plus handshakes. */
 #define MAX_LINKS 64
+/* Connections accepted per wake-up of the listener, so that first bytes
+ * and deadlines are looked at between batches even under a flood. */
+#define ACCEPT_BATCH 64
+/* Refusals logged one by one per LOG_WINDOW_MS; the rest are counted, and
+ * one summary line per window says what the listener closed. */
+#define LOG_WINDOW_MS 10000
+#define LOG_BURST 10
+/* While a connection waits for a handshake thread, the listener looks
+ * again this often. */
+#define THREAD_WAIT_MS 20
+/* canonical/raft's message preamble: type and header length, uint64 LE. */
+#define RAFT_PREAMBLE 16
+/* A cap below this could not pass an AppendEntries with one small entry. */
+#define MIN_MESSAGE_CAP 1024
 #define PUMP_BUF 16384
 #define NODE_PATH "/kmsd/node/"
 #define SPIFFE_PREFIX "spiffe://"
@@ -86,6 +96,34 @@ struct link {
 	int authenticated; /* (mu) incoming: counted in n_pending_in until set
 			    */
 	int exited;	   /* (mu) the thread function has returned its work */
+
+	/* Incoming, until authenticated: for the pending bounds. */
+	int64_t accepted_ms; /* when the listener accepted it */
+	char source[INET6_ADDRSTRLEN]; /* the peer's IP address */
+	int evicted; /* (mu) the listener ended its handshake; tcp_fd shut */
+};
+
+/*
+ * An accepted connection that has no thread yet: it waits in the listener
+ * thread (which alone touches these) for its first byte, and then for a
+ * handshake thread. See "Limits" in raft_tls.h.
+ */
+struct waiting {
+	int fd;
+	int ready;	/* its first byte has arrived */
+	int64_t since; /* accepted */
+	char source[INET6_ADDRSTRLEN];
+	char peer[ADDR_MAX + 8];
+};
+
+/* What the listener closed in the current log window, and the refusals
+ * not logged one by one ((mu)). */
+struct log_window {
+	int64_t start;
+	unsigned lines;
+	unsigned suppressed;
+	unsigned evicted_source, evicted_all, silent, no_thread;
+	char last_source[INET6_ADDRSTRLEN];
 };
 
 struct tls_transport {
@@ -110,11 +148,22 @@ struct tls_transport {
 	int close_started;
 	int closed;
 
+	/* Limits, from the options with their defaults filled in. */
+	unsigned max_pending, max_per_source, max_handshakes;
+	int64_t hello_ms, handshake_ms;
+	uint64_t max_message;
+
+	/* The listener thread's own: connections without a thread yet. */
+	struct waiting *waiting; /* max_pending of them */
+	unsigned n_waiting;
+	struct pollfd *pfd; /* 2 + max_pending */
+
 	pthread_mutex_t mu;
 	struct link *links;    /* (mu) */
 	unsigned n_links;      /* (mu) */
-	unsigned n_pending_in; /* (mu) */
+	unsigned n_pending_in; /* (mu) handshake threads not authenticated */
 	int closing;	       /* (mu) */
+	struct log_window log; /* (mu) */
 };
 
 /* ---- small helpers ---- */
@@ -156,7 +205,10 @@ static const char *ssl_reason(void)
 	return r != NULL ? r : "no detail";
 }
 
-static void describe_peer(int fd, char *out, size_t cap)
+/* The peer's address as "ip:port" into out, and its IP alone into source
+ * (the key of the per-source bound). */
+static void describe_peer(int fd, char *source, size_t scap, char *out,
+			  size_t cap)
 {
 	struct sockaddr_storage ss;
 	socklen_t len = sizeof(ss);
@@ -164,21 +216,27 @@ static void describe_peer(int fd, char *out, size_t cap)
 	unsigned port = 0;
 
 	snprintf(out, cap, "unknown peer");
+	snprintf(source, scap, "unknown");
 	if (getpeername(fd, (struct sockaddr *)&ss, &len) != 0)
 		return;
 	if (ss.ss_family == AF_INET) {
 		struct sockaddr_in *in = (struct sockaddr_in *)&ss;
 
-		inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+		if (inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host)) ==
+		    NULL)
+			return;
 		port = ntohs(in->sin_port);
 	} else if (ss.ss_family == AF_INET6) {
 		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
 
-		inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+		if (inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host)) ==
+		    NULL)
+			return;
 		port = ntohs(in6->sin6_port);
 	} else {
 		return;
 	}
+	snprintf(source, scap, "%s", host);
 	snprintf(out, cap, "%s:%u", host, port);
 }
 
@@ -393,6 +451,93 @@ static int authorized(struct tls_transport *tt, const char *spiffe, raft_id id)
 	return tt->authorize(tt->authorize_arg, spiffe, id) == 1;
 }
 
+/* ---- logging that a flood cannot flood ---- */
+
+static int window_counted(const struct log_window *w)
+{
+	return w->evicted_source + w->evicted_all + w->silent + w->no_thread +
+		   w->suppressed >
+	       0;
+}
+
+/*
+ * Ends the log window once LOG_WINDOW_MS have passed since it started: the
+ * summary of what it counted goes to out ("" when nothing) and a new one
+ * starts now. (mu)
+ */
+static void window_roll_locked(struct tls_transport *tt, int64_t now,
+			       char *out, size_t cap)
+{
+	struct log_window *w = &tt->log;
+
+	out[0] = '\0';
+	if (now - w->start < LOG_WINDOW_MS)
+		return;
+	if (window_counted(w))
+		snprintf(out, cap,
+			 "raft-tls: closed %u pending connections over the "
+			 "per-source bound of %u (last from %s), %u over the "
+			 "bound of %u in all, %u silent for %lld ms, %u "
+			 "waiting too long for a handshake thread; %u refusals "
+			 "not logged (one such line per %d s at most)",
+			 w->evicted_source, tt->max_per_source,
+			 w->last_source[0] != '\0' ? w->last_source : "-",
+			 w->evicted_all, tt->max_pending, w->silent,
+			 (long long)tt->hello_ms, w->no_thread, w->suppressed,
+			 LOG_WINDOW_MS / 1000);
+	memset(w, 0, sizeof(*w));
+	w->start = now;
+}
+
+/*
+ * The listener, after each wake-up: writes the summary when something was
+ * counted and the window has passed. A quiet listener leaves the window
+ * alone, so the first event after a quiet spell is logged at once.
+ */
+static void log_flush(struct tls_transport *tt, int64_t now)
+{
+	char summary[512] = "";
+
+	pthread_mutex_lock(&tt->mu);
+	if (window_counted(&tt->log))
+		window_roll_locked(tt, now, summary, sizeof(summary));
+	pthread_mutex_unlock(&tt->mu);
+	if (summary[0] != '\0')
+		KMS_LOG_W("%s", summary);
+}
+
+/*
+ * Whether a refusal of a pending connection (of link l; NULL: one with no
+ * link yet) may be logged now: LOG_BURST lines per window, the rest
+ * counted for the summary. Never for a link the listener evicted (the
+ * summary counts those).
+ */
+static int refusal_log_ok(struct tls_transport *tt, const struct link *l)
+{
+	char summary[512];
+	int ok = 0;
+
+	pthread_mutex_lock(&tt->mu);
+	window_roll_locked(tt, now_ms(), summary, sizeof(summary));
+	if (l == NULL || !l->evicted) {
+		ok = tt->log.lines < LOG_BURST;
+		if (ok)
+			tt->log.lines++;
+		else
+			tt->log.suppressed++;
+	}
+	pthread_mutex_unlock(&tt->mu);
+	if (summary[0] != '\0')
+		KMS_LOG_W("%s", summary);
+	return ok;
+}
+
+#define REFUSED(l, ...)                                                        \
+	do {                                                                   \
+		if (refusal_log_ok((l)->tt, l))                                \
+			KMS_LOG_W(__VA_ARGS__);                                \
+	} while (0)
+
 /* ---- links and the loop thread ---- */
 
 static void wake_loop(struct tls_transport *tt)
@@ -416,7 +561,9 @@ static void post_result(struct link *l, int status, int raft_fd)
 	wake_loop(tt);
 }
 
-static void link_exit(struct link *l)
+/* An incoming link leaves the pending set: from now on the listener no
+ * longer evicts it, so its thread alone touches tcp_fd again. */
+static void leave_pending(struct link *l)
 {
 	struct tls_transport *tt = l->tt;
 
@@ -425,6 +572,15 @@ static void link_exit(struct link *l)
 		l->authenticated = 1;
 		tt->n_pending_in--;
 	}
+	pthread_mutex_unlock(&tt->mu);
+}
+
+static void link_exit(struct link *l)
+{
+	struct tls_transport *tt = l->tt;
+
+	leave_pending(l);
+	pthread_mutex_lock(&tt->mu);
 	l->exited = 1;
 	pthread_mutex_unlock(&tt->mu);
 	wake_loop(tt);
@@ -436,6 +592,266 @@ static void close_fd(int *fd)
 		close(*fd);
 		*fd = -1;
 	}
+}
+
+/* ---- canonical/raft's message stream, parsed for lengths (raft_tls.h) ---- */
+
+enum frame_part { FR_PREAMBLE, FR_HEADER, FR_PAYLOAD };
+
+/* Where the bytes raft reads from one link are in raft's messages. */
+struct frame_rd {
+	uint64_t cap;	 /* max_message_bytes */
+	int write_only;	 /* a link this node dialled: raft reads nothing */
+	enum frame_part part;
+	uint64_t off;	 /* bytes of the current part seen */
+	uint8_t pre[RAFT_PREAMBLE];
+	uint64_t type, hdr_len;
+	uint64_t n_entries, conf_len; /* AppendEntries, InstallSnapshot */
+	uint64_t field;		      /* the integer being read, LE */
+	uint64_t payload;	      /* announced so far */
+	char why[160];		      /* set when frame_feed fails */
+};
+
+static void frame_init(struct frame_rd *fr, uint64_t cap, int write_only)
+{
+	memset(fr, 0, sizeof(*fr));
+	fr->cap = cap;
+	fr->write_only = write_only;
+}
+
+static uint64_t get_le64(const uint8_t *p)
+{
+	uint64_t v = 0;
+
+	for (int i = 7; i >= 0; i--)
+		v = (v << 8) | p[i];
+	return v;
+}
+
+/* Whether raft can decode a header of h bytes of this type without reading
+ * past it; -1 for a type raft does not know. (uv_encoding.c's decoders
+ * read fixed fields without checking the length they were given.) */
+static int header_len_ok(uint64_t type, uint64_t h)
+{
+	switch (type) {
+	case RAFT_IO_APPEND_ENTRIES:
+		return h >= 40; /* + 16 per entry, checked once n is known */
+	case RAFT_IO_APPEND_ENTRIES_RESULT:
+	case RAFT_IO_TIMEOUT_NOW:
+		return h >= 24;
+	case RAFT_IO_REQUEST_VOTE: /* v1 without flags, or with them */
+		return h == 32 || h >= 40;
+	case RAFT_IO_REQUEST_VOTE_RESULT:
+		return h == 16 || h >= 24;
+	case RAFT_IO_INSTALL_SNAPSHOT:
+		return h >= 48; /* + the configuration, checked once known */
+	default:
+		return -1;
+	}
+}
+
+/* The room left under the cap for payload bytes not yet announced. */
+static uint64_t payload_room(const struct frame_rd *fr)
+{
+	return fr->cap - RAFT_PREAMBLE - fr->hdr_len - fr->payload;
+}
+
+static int frame_fail_size(struct frame_rd *fr, uint64_t more)
+{
+	uint64_t sure = RAFT_PREAMBLE + fr->hdr_len;
+
+	/* Saturate: the sum only names a size in the log. */
+	sure = sure + fr->payload < sure ? UINT64_MAX : sure + fr->payload;
+	sure = sure + more < sure ? UINT64_MAX : sure + more;
+	snprintf(fr->why, sizeof(fr->why),
+		 "a message (type %llu) of at least %llu bytes, over the cap "
+		 "of %llu",
+		 (unsigned long long)fr->type, (unsigned long long)sure,
+		 (unsigned long long)fr->cap);
+	return -1;
+}
+
+/* The preamble is complete: check type and header length. */
+static int frame_preamble_done(struct frame_rd *fr)
+{
+	int ok;
+
+	fr->type = get_le64(fr->pre);
+	fr->hdr_len = get_le64(fr->pre + 8);
+	fr->n_entries = fr->conf_len = fr->field = fr->payload = 0;
+	ok = header_len_ok(fr->type, fr->hdr_len);
+	if (ok < 0) {
+		snprintf(fr->why, sizeof(fr->why),
+			 "a message of unknown type %llu",
+			 (unsigned long long)fr->type);
+		return -1;
+	}
+	if (fr->hdr_len > fr->cap - RAFT_PREAMBLE) {
+		uint64_t h = fr->hdr_len;
+
+		fr->hdr_len = 0;
+		return frame_fail_size(fr, h);
+	}
+	if (!ok) {
+		snprintf(fr->why, sizeof(fr->why),
+			 "a message (type %llu) with a header of %llu bytes, "
+			 "too short for its fields",
+			 (unsigned long long)fr->type,
+			 (unsigned long long)fr->hdr_len);
+		return -1;
+	}
+	fr->part = FR_HEADER;
+	fr->off = 0;
+	return 0;
+}
+
+/* The next header offset, at or after off, that holds a byte of a field
+ * the parser reads; hdr_len when there is none. */
+static uint64_t next_field(const struct frame_rd *fr, uint64_t off)
+{
+	uint64_t rel;
+
+	switch (fr->type) {
+	case RAFT_IO_APPEND_ENTRIES: /* n at 32; entry i's length at
+					40 + 16 i + 12 */
+		if (off < 32)
+			return 32;
+		if (off < 40)
+			return off;
+		if (off >= 40 + 16 * fr->n_entries)
+			return fr->hdr_len;
+		rel = (off - 40) % 16;
+		return rel >= 12 ? off : off + (12 - rel);
+	case RAFT_IO_INSTALL_SNAPSHOT: /* C at 32; D at 40 + C */
+		if (off < 32)
+			return 32;
+		if (off < 40)
+			return off;
+		if (off < 40 + fr->conf_len)
+			return 40 + fr->conf_len;
+		if (off < 48 + fr->conf_len)
+			return off;
+		return fr->hdr_len;
+	default:
+		return fr->hdr_len;
+	}
+}
+
+/* One byte of a field, at header offset fr->off (a next_field offset). */
+static int frame_field_byte(struct frame_rd *fr, uint8_t b)
+{
+	uint64_t off = fr->off, first = 0, last;
+
+	if (off < 40) {
+		first = 32;
+	} else if (fr->type == RAFT_IO_APPEND_ENTRIES) {
+		first = off - (off - 40) % 16 + 12;
+	} else {
+		first = 40 + fr->conf_len;
+	}
+	fr->field |= (uint64_t)b << (8 * (off - first));
+	last = first + (off < 40 || fr->type == RAFT_IO_INSTALL_SNAPSHOT ? 7
+									 : 3);
+	if (off != last)
+		return 0;
+	if (off < 40) {
+		int ae = fr->type == RAFT_IO_APPEND_ENTRIES;
+		/* AppendEntries: the n entry headers must lie inside the
+		 * header (and raft reads n as an unsigned int).
+		 * InstallSnapshot: so must the configuration, and the
+		 * snapshot's length after it. */
+		int fits = ae ? fr->field <= (fr->hdr_len - 40) / 16 &&
+				    fr->field <= UINT32_MAX
+			      : fr->field <= fr->hdr_len - 48;
+
+		if (!fits) {
+			snprintf(fr->why, sizeof(fr->why),
+				 "an %s header of %llu bytes announcing %llu %s",
+				 ae ? "AppendEntries" : "InstallSnapshot",
+				 (unsigned long long)fr->hdr_len,
+				 (unsigned long long)fr->field,
+				 ae ? "entries" : "bytes of configuration");
+			return -1;
+		}
+		if (ae)
+			fr->n_entries = fr->field;
+		else
+			fr->conf_len = fr->field;
+	} else {
+		/* An entry's length, or the snapshot's. */
+		if (fr->field > payload_room(fr))
+			return frame_fail_size(fr, fr->field);
+		fr->payload += fr->field;
+	}
+	fr->field = 0;
+	return 0;
+}
+
+/*
+ * Follows n bytes that the peer sent for raft to read. 0, or -1 with
+ * fr->why saying what crossed the line: the caller drops the link before
+ * raft sees these bytes, so raft never allocates for such a message.
+ */
+static int frame_feed(struct frame_rd *fr, const uint8_t *p, size_t n)
+{
+	size_t i = 0;
+
+	if (fr->write_only && n > 0) {
+		snprintf(fr->why, sizeof(fr->why),
+			 "%zu bytes on a link that carries only this node's "
+			 "messages",
+			 n);
+		return -1;
+	}
+	while (i < n) {
+		uint64_t take, next;
+
+		switch (fr->part) {
+		case FR_PREAMBLE:
+			take = RAFT_PREAMBLE - fr->off;
+			if (take > n - i)
+				take = n - i;
+			memcpy(fr->pre + fr->off, p + i, (size_t)take);
+			fr->off += take;
+			i += (size_t)take;
+			if (fr->off == RAFT_PREAMBLE &&
+			    frame_preamble_done(fr) != 0)
+				return -1;
+			break;
+		case FR_HEADER:
+			next = next_field(fr, fr->off);
+			if (next > fr->off) {
+				take = next - fr->off;
+				if (take > n - i)
+					take = n - i;
+				fr->off += take;
+				i += (size_t)take;
+			} else {
+				if (frame_field_byte(fr, p[i]) != 0)
+					return -1;
+				fr->off++;
+				i++;
+			}
+			if (fr->off == fr->hdr_len) {
+				fr->part =
+				    fr->payload > 0 ? FR_PAYLOAD : FR_PREAMBLE;
+				fr->off = 0;
+			}
+			break;
+		case FR_PAYLOAD:
+			take = fr->payload - fr->off;
+			if (take > n - i)
+				take = n - i;
+			fr->off += take;
+			i += (size_t)take;
+			if (fr->off == fr->payload) {
+				fr->part = FR_PREAMBLE;
+				fr->off = 0;
+			}
+			break;
+		}
+	}
+	return 0;
 }
 
 /*
@@ -452,7 +868,9 @@ static int bridge(struct link *l, SSL *ssl, int local_fd)
 	size_t in_off = 0, in_len = 0, out_off = 0, out_len = 0;
 	int tls_eof = 0, local_eof = 0, tls_fatal = 0;
 	const char *why = NULL;
+	struct frame_rd fr;
 
+	frame_init(&fr, tt->max_message, l->kind == LINK_OUT);
 	if (in == NULL || out == NULL || set_nonblocking(local_fd) != 0) {
 		why = "out of memory";
 		goto out;
@@ -467,6 +885,15 @@ static int bridge(struct link *l, SSL *ssl, int local_fd)
 
 			ERR_clear_error();
 			n = SSL_read(ssl, in, PUMP_BUF);
+			if (n > 0 && frame_feed(&fr, in, (size_t)n) != 0) {
+				KMS_LOG_W("raft-tls: dropped the link %s raft "
+					  "node %llu (%s): %s",
+					  l->kind == LINK_IN ? "from" : "to",
+					  l->kind == LINK_IN ? l->peer_id
+							     : l->target_id,
+					  l->peer, fr.why);
+				goto out;
+			}
 			if (n > 0) {
 				in_off = 0;
 				in_len = (size_t)n;
@@ -641,7 +1068,7 @@ static void *in_main(void *arg)
 {
 	struct link *l = arg;
 	struct tls_transport *tt = l->tt;
-	int64_t deadline = now_ms() + HANDSHAKE_MS;
+	int64_t deadline = l->accepted_ms + tt->handshake_ms;
 	uint8_t fixed[PREAMBLE_FIXED];
 	uint8_t addr[ADDR_MAX];
 	char spiffe[SPIFFE_MAX];
@@ -658,7 +1085,7 @@ static void *in_main(void *arg)
 
 	ssl = new_ssl(tt, l->tcp_fd, 1);
 	if (ssl == NULL) {
-		KMS_LOG_W("raft-tls: refused %s: cannot set up TLS: %s",
+		REFUSED(l, "raft-tls: refused %s: cannot set up TLS: %s",
 			  l->peer, ssl_reason());
 		goto out;
 	}
@@ -669,22 +1096,21 @@ static void *in_main(void *arg)
 		if (rc == IO_STOP)
 			goto out;
 		if (rc == IO_TIMEOUT)
-			KMS_LOG_W(
-			    "raft-tls: refused %s: TLS handshake timed out",
+			REFUSED(l, "raft-tls: refused %s: TLS handshake timed out",
 			    l->peer);
 		else if (v != X509_V_OK)
-			KMS_LOG_W("raft-tls: refused %s: TLS handshake failed: "
+			REFUSED(l, "raft-tls: refused %s: TLS handshake failed: "
 				  "certificate "
 				  "verify failed: %s",
 				  l->peer, X509_verify_cert_error_string(v));
 		else
-			KMS_LOG_W(
+			REFUSED(l, 
 			    "raft-tls: refused %s: TLS handshake failed: %s",
 			    l->peer, ssl_reason());
 		goto out;
 	}
 	if (peer_spiffe_id(ssl, spiffe, sizeof(spiffe)) != 0) {
-		KMS_LOG_W("raft-tls: refused %s: certificate does not carry "
+		REFUSED(l, "raft-tls: refused %s: certificate does not carry "
 			  "exactly one "
 			  "SPIFFE ID",
 			  l->peer);
@@ -693,7 +1119,7 @@ static void *in_main(void *arg)
 	rc = tls_read_full(tt, ssl, l->tcp_fd, fixed, sizeof(fixed), deadline);
 	if (rc != IO_OK) {
 		if (rc != IO_STOP)
-			KMS_LOG_W("raft-tls: refused %s (%s): reading the "
+			REFUSED(l, "raft-tls: refused %s (%s): reading the "
 				  "preamble: %s%s%s",
 				  l->peer, kms_quote(spiffe, q), io_rc_name(rc),
 				  rc == IO_FAIL ? ": " : "",
@@ -707,14 +1133,14 @@ static void *in_main(void *arg)
 	    kms_reader_u32(&rd, &lo) != KMS_OK ||
 	    kms_reader_u8(&rd, &l1) != KMS_OK ||
 	    kms_reader_u8(&rd, &l2) != KMS_OK) {
-		KMS_LOG_W("raft-tls: refused %s (%s): malformed preamble",
+		REFUSED(l, "raft-tls: refused %s (%s): malformed preamble",
 			  l->peer, kms_quote(spiffe, q));
 		goto out;
 	}
 	claimed = ((raft_id)hi << 32) | lo;
 	alen = ((size_t)l1 << 8) | l2;
 	if (claimed == 0 || alen == 0 || alen > ADDR_MAX) {
-		KMS_LOG_W("raft-tls: refused %s (%s): malformed preamble (id "
+		REFUSED(l, "raft-tls: refused %s (%s): malformed preamble (id "
 			  "%llu, address "
 			  "length %zu)",
 			  l->peer, kms_quote(spiffe, q), claimed, alen);
@@ -723,7 +1149,7 @@ static void *in_main(void *arg)
 	rc = tls_read_full(tt, ssl, l->tcp_fd, addr, alen, deadline);
 	if (rc != IO_OK || !valid_address(addr, alen)) {
 		if (rc != IO_STOP)
-			KMS_LOG_W("raft-tls: refused %s (%s): bad preamble "
+			REFUSED(l, "raft-tls: refused %s (%s): bad preamble "
 				  "address: %s",
 				  l->peer, kms_quote(spiffe, q),
 				  rc == IO_OK ? "not printable"
@@ -731,7 +1157,7 @@ static void *in_main(void *arg)
 		goto out;
 	}
 	if (!authorized(tt, spiffe, claimed)) {
-		KMS_LOG_W("raft-tls: refused %s: certificate %s is not "
+		REFUSED(l, "raft-tls: refused %s: certificate %s is not "
 			  "authorized as raft "
 			  "node %llu",
 			  l->peer, kms_quote(spiffe, q), claimed);
@@ -741,24 +1167,21 @@ static void *in_main(void *arg)
 			    MAGIC_LEN, deadline);
 	if (rc != IO_OK) {
 		if (rc != IO_STOP)
-			KMS_LOG_W("raft-tls: dropped %s (raft node %llu): "
+			REFUSED(l, "raft-tls: dropped %s (raft node %llu): "
 				  "acknowledging: %s",
 				  l->peer, claimed, io_rc_name(rc));
 		goto out;
 	}
 	if (make_pair(&local_fd, &raft_fd) != 0) {
-		KMS_LOG_W(
+		REFUSED(l, 
 		    "raft-tls: dropped %s (raft node %llu): socketpair: %s",
 		    l->peer, claimed, strerror(errno));
 		goto out;
 	}
-	pthread_mutex_lock(&tt->mu);
-	l->authenticated = 1;
-	tt->n_pending_in--;
 	l->peer_id = claimed;
 	memcpy(l->peer_addr, addr, alen);
 	l->peer_addr[alen] = '\0';
-	pthread_mutex_unlock(&tt->mu);
+	leave_pending(l);
 	KMS_LOG_D("raft-tls: accepted raft node %llu from %s", claimed,
 		  l->peer);
 	post_result(l, 0, raft_fd);
@@ -766,6 +1189,7 @@ static void *in_main(void *arg)
 out:
 	ssl_end(ssl, clean);
 	close_fd(&local_fd);
+	leave_pending(l); /* before tcp_fd closes: see evict_one */
 	close_fd(&l->tcp_fd);
 	link_exit(l);
 	return NULL;
@@ -821,7 +1245,7 @@ static void *out_main(void *arg)
 {
 	struct link *l = arg;
 	struct tls_transport *tt = l->tt;
-	int64_t deadline = now_ms() + HANDSHAKE_MS;
+	int64_t deadline = now_ms() + tt->handshake_ms;
 	uint8_t pre[PREAMBLE_FIXED + ADDR_MAX];
 	uint8_t ack[MAGIC_LEN];
 	char spiffe[SPIFFE_MAX];
@@ -1036,69 +1460,343 @@ static int ensure_async(struct tls_transport *tt)
 	return 0;
 }
 
-/* ---- the listener ---- */
+/* ---- the listener: pending connections and their bounds (raft_tls.h) ---- */
 
-static void *listen_main(void *arg)
+/* 1: bytes wait on fd; 0: nothing yet; -1: the peer left or it failed. */
+static int peek_state(int fd)
 {
-	struct tls_transport *tt = arg;
+	uint8_t b;
+	ssize_t r = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
 
-	for (;;) {
-		struct link *l;
-		int fd, one = 1;
-		char peer[64];
+	if (r > 0)
+		return 1;
+	if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		return 0;
+	return -1;
+}
 
-		if (wait_fd(tt, tt->listen_fd, POLLIN, -1) != IO_OK)
-			break;
-		fd = accept4(tt->listen_fd, NULL, NULL,
-			     SOCK_CLOEXEC | SOCK_NONBLOCK);
+static void waiting_remove(struct tls_transport *tt, unsigned i)
+{
+	close_fd(&tt->waiting[i].fd);
+	memmove(&tt->waiting[i], &tt->waiting[i + 1],
+		(tt->n_waiting - i - 1) * sizeof(tt->waiting[0]));
+	tt->n_waiting--;
+}
+
+static int source_matches(const char *source, const char *want)
+{
+	return want == NULL || strcmp(source, want) == 0;
+}
+
+/* Pending connections of source (NULL: all): waiting ones and handshakes
+ * the listener has not ended. */
+static unsigned count_pending(struct tls_transport *tt, const char *source)
+{
+	unsigned n = 0;
+
+	for (unsigned i = 0; i < tt->n_waiting; i++)
+		n += source_matches(tt->waiting[i].source, source);
+	pthread_mutex_lock(&tt->mu);
+	for (struct link *l = tt->links; l != NULL; l = l->next)
+		n += l->kind == LINK_IN && !l->authenticated && !l->evicted &&
+		     source_matches(l->source, source);
+	pthread_mutex_unlock(&tt->mu);
+	return n;
+}
+
+/* Ends the oldest handshake in progress of source (NULL: of all). The
+ * link's thread closes tcp_fd only after leave_pending, under mu: shutting
+ * it down here is safe, and wakes the thread's poll(). */
+static void end_handshake(struct tls_transport *tt, const char *source)
+{
+	struct link *oldest = NULL;
+
+	pthread_mutex_lock(&tt->mu);
+	for (struct link *l = tt->links; l != NULL; l = l->next)
+		if (l->kind == LINK_IN && !l->authenticated && !l->evicted &&
+		    source_matches(l->source, source) &&
+		    (oldest == NULL || l->accepted_ms < oldest->accepted_ms))
+			oldest = l;
+	if (oldest != NULL) {
+		oldest->evicted = 1;
+		(void)shutdown(oldest->tcp_fd, SHUT_RDWR);
+	}
+	pthread_mutex_unlock(&tt->mu);
+}
+
+/*
+ * Closes the oldest pending connection of source (NULL: of all), in this
+ * order: one that has sent nothing, one waiting for a thread, a handshake
+ * in progress. The waiting array is in order of arrival.
+ */
+static void evict_one(struct tls_transport *tt, const char *source)
+{
+	for (unsigned i = 0; i < tt->n_waiting; i++) {
+		struct waiting *w = &tt->waiting[i];
+		int st;
+
+		if (w->ready || !source_matches(w->source, source))
+			continue;
+		/* Its ClientHello may have arrived since the last poll. */
+		st = peek_state(w->fd);
+		if (st > 0) {
+			w->ready = 1;
+			continue;
+		}
+		waiting_remove(tt, i);
+		return;
+	}
+	for (unsigned i = 0; i < tt->n_waiting; i++) {
+		if (source_matches(tt->waiting[i].source, source)) {
+			waiting_remove(tt, i);
+			return;
+		}
+	}
+	end_handshake(tt, source);
+}
+
+/* Takes a new connection in, making room under both bounds first. */
+static void admit(struct tls_transport *tt, int fd, int64_t now)
+{
+	struct waiting *w;
+	char source[INET6_ADDRSTRLEN], peer[ADDR_MAX + 8];
+
+	describe_peer(fd, source, sizeof(source), peer, sizeof(peer));
+	if (count_pending(tt, source) >= tt->max_per_source) {
+		evict_one(tt, source);
+		pthread_mutex_lock(&tt->mu);
+		tt->log.evicted_source++;
+		snprintf(tt->log.last_source, sizeof(tt->log.last_source), "%s",
+			 source);
+		pthread_mutex_unlock(&tt->mu);
+	}
+	if (count_pending(tt, NULL) >= tt->max_pending) {
+		evict_one(tt, NULL);
+		pthread_mutex_lock(&tt->mu);
+		tt->log.evicted_all++;
+		pthread_mutex_unlock(&tt->mu);
+	}
+	if (tt->n_waiting >= tt->max_pending) { /* not reached: see above */
+		close(fd);
+		return;
+	}
+	w = &tt->waiting[tt->n_waiting++];
+	w->fd = fd;
+	/* A peer's ClientHello has often arrived by the time it is accepted. */
+	w->ready = peek_state(fd) > 0;
+	w->since = now;
+	memcpy(w->source, source, sizeof(w->source));
+	memcpy(w->peer, peer, sizeof(w->peer));
+}
+
+/* Gives waiting connection i a handshake thread; it leaves the array. */
+static void start_handshake(struct tls_transport *tt, unsigned i)
+{
+	struct waiting *w = &tt->waiting[i];
+	struct link *l = kms_calloc(1, sizeof(*l));
+	const char *why = NULL;
+
+	if (l == NULL) {
+		why = "out of memory";
+		goto refuse;
+	}
+	l->tt = tt;
+	l->kind = LINK_IN;
+	l->tcp_fd = w->fd;
+	l->raft_fd = -1;
+	l->accepted_ms = w->since;
+	memcpy(l->source, w->source, sizeof(l->source));
+	snprintf(l->peer, sizeof(l->peer), "%s", w->peer);
+	pthread_mutex_lock(&tt->mu);
+	if (tt->closing || tt->n_links >= MAX_LINKS) {
+		pthread_mutex_unlock(&tt->mu);
+		why = "too many links";
+		goto refuse;
+	}
+	link_push(tt, l);
+	tt->n_pending_in++;
+	if (spawn(&l->thread, in_main, l) != 0) {
+		link_unlink(tt, l);
+		tt->n_pending_in--;
+		pthread_mutex_unlock(&tt->mu);
+		why = "cannot start a thread";
+		goto refuse;
+	}
+	pthread_mutex_unlock(&tt->mu);
+	/* The thread owns the descriptor now. */
+	w->fd = -1;
+	waiting_remove(tt, i);
+	return;
+refuse:
+	if (!tt->closing && refusal_log_ok(tt, NULL))
+		KMS_LOG_W("raft-tls: refused %s: %s", w->peer, why);
+	kms_free(l);
+	waiting_remove(tt, i);
+}
+
+/*
+ * Gives the connections whose first byte arrived a handshake thread, oldest
+ * first, while fewer than max_handshakes run. When all run, the oldest
+ * handshake is ended (once: not while one is still ending), so a peer does
+ * not wait long behind clients that stall their handshake.
+ */
+static void start_handshakes(struct tls_transport *tt)
+{
+	for (unsigned i = 0; i < tt->n_waiting;) {
+		unsigned running, ending = 0;
+
+		if (!tt->waiting[i].ready) {
+			i++;
+			continue;
+		}
+		pthread_mutex_lock(&tt->mu);
+		running = tt->n_pending_in;
+		for (struct link *l = tt->links; l != NULL; l = l->next)
+			ending += l->kind == LINK_IN && !l->authenticated &&
+				  l->evicted;
+		pthread_mutex_unlock(&tt->mu);
+		if (running < tt->max_handshakes) {
+			start_handshake(tt, i); /* i now names the next */
+			continue;
+		}
+		if (ending == 0)
+			end_handshake(tt, NULL);
+		return;
+	}
+}
+
+/* Closes what waited past its deadline: hello_ms without a byte, or the
+ * whole handshake deadline without a thread. */
+static void expire_waiting(struct tls_transport *tt, int64_t now)
+{
+	for (unsigned i = 0; i < tt->n_waiting;) {
+		struct waiting *w = &tt->waiting[i];
+		int64_t limit = w->ready ? tt->handshake_ms : tt->hello_ms;
+
+		if (now - w->since < limit) {
+			i++;
+			continue;
+		}
+		pthread_mutex_lock(&tt->mu);
+		if (w->ready)
+			tt->log.no_thread++;
+		else
+			tt->log.silent++;
+		pthread_mutex_unlock(&tt->mu);
+		waiting_remove(tt, i);
+	}
+}
+
+/* How long the listener may sleep: until the next deadline, the end of a
+ * log window with something to say, or a thread slot (polled). */
+static int listener_timeout(struct tls_transport *tt, int64_t now)
+{
+	int64_t next = -1, t;
+	int pending_log;
+
+	for (unsigned i = 0; i < tt->n_waiting; i++) {
+		const struct waiting *w = &tt->waiting[i];
+
+		t = w->since + (w->ready ? tt->handshake_ms : tt->hello_ms);
+		if (next < 0 || t < next)
+			next = t;
+		if (w->ready && (next < 0 || now + THREAD_WAIT_MS < next))
+			next = now + THREAD_WAIT_MS;
+	}
+	pthread_mutex_lock(&tt->mu);
+	pending_log = window_counted(&tt->log);
+	t = tt->log.start + LOG_WINDOW_MS;
+	pthread_mutex_unlock(&tt->mu);
+	if (pending_log && (next < 0 || t < next))
+		next = t;
+	if (next < 0)
+		return -1;
+	if (next <= now)
+		return 0;
+	return next - now > 60000 ? 60000 : (int)(next - now);
+}
+
+static void accept_batch(struct tls_transport *tt, int64_t now)
+{
+	for (int k = 0; k < ACCEPT_BATCH; k++) {
+		int one = 1;
+		int fd = accept4(tt->listen_fd, NULL, NULL,
+				 SOCK_CLOEXEC | SOCK_NONBLOCK);
+
 		if (fd < 0) {
 			if (errno == EMFILE || errno == ENFILE ||
-			    errno == ENOBUFS || errno == ENOMEM)
-				usleep(100000); /* let descriptors free up */
-			continue;
+			    errno == ENOBUFS || errno == ENOMEM) {
+				/* Out of descriptors: the oldest pending
+				 * connection gives its up. */
+				KMS_LOG_W("raft-tls: accept: %s",
+					  strerror(errno));
+				if (count_pending(tt, NULL) > 0)
+					evict_one(tt, NULL);
+				else
+					usleep(100000);
+			}
+			return;
 		}
 		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one,
 				 sizeof(one));
-		describe_peer(fd, peer, sizeof(peer));
-		l = kms_calloc(1, sizeof(*l));
-		if (l == NULL) {
-			KMS_LOG_W("raft-tls: refused %s: out of memory", peer);
-			close(fd);
-			continue;
-		}
-		l->tt = tt;
-		l->kind = LINK_IN;
-		l->tcp_fd = fd;
-		l->raft_fd = -1;
-		snprintf(l->peer, sizeof(l->peer), "%s", peer);
-		pthread_mutex_lock(&tt->mu);
-		if (tt->closing || tt->n_pending_in >= MAX_PENDING_IN ||
-		    tt->n_links >= MAX_LINKS) {
-			int closing = tt->closing;
-
-			pthread_mutex_unlock(&tt->mu);
-			if (!closing)
-				KMS_LOG_W("raft-tls: refused %s: too many "
-					  "connections",
-					  peer);
-			close(fd);
-			kms_free(l);
-			continue;
-		}
-		link_push(tt, l);
-		tt->n_pending_in++;
-		if (spawn(&l->thread, in_main, l) != 0) {
-			link_unlink(tt, l);
-			tt->n_pending_in--;
-			pthread_mutex_unlock(&tt->mu);
-			KMS_LOG_W("raft-tls: refused %s: cannot start a thread",
-				  peer);
-			close(fd);
-			kms_free(l);
-			continue;
-		}
-		pthread_mutex_unlock(&tt->mu);
+		admit(tt, fd, now);
 	}
+}
+
+/*
+ * The listener thread: accepts, keeps connections that have not sent a
+ * byte (no thread, no TLS state), starts handshakes, enforces the bounds
+ * and deadlines, and writes the summary lines.
+ */
+static void *listen_main(void *arg)
+{
+	struct tls_transport *tt = arg;
+	struct pollfd *p = tt->pfd;
+
+	for (;;) {
+		int64_t now = now_ms();
+		int timeout = listener_timeout(tt, now), n;
+		unsigned nw = tt->n_waiting;
+
+		p[0] = (struct pollfd){.fd = tt->stop_fd, .events = POLLIN};
+		p[1] = (struct pollfd){.fd = tt->listen_fd, .events = POLLIN};
+		/* A connection waiting for a thread is readable already: not
+		 * polled (its thread will see a hang-up). */
+		for (unsigned i = 0; i < nw; i++)
+			p[2 + i] = (struct pollfd){
+			    .fd = tt->waiting[i].ready ? -1 : tt->waiting[i].fd,
+			    .events = POLLIN};
+		n = poll(p, 2 + nw, timeout);
+		if (n < 0 && errno != EINTR) {
+			KMS_LOG_E("raft-tls: listener: poll: %s",
+				  strerror(errno));
+			usleep(100000);
+			continue;
+		}
+		if (n > 0 && p[0].revents != 0)
+			break;
+		now = now_ms();
+		/* First bytes, and peers that left; backwards, as removal
+		 * shifts the entries after i. */
+		for (unsigned i = nw; n > 0 && i-- > 0;) {
+			int st;
+
+			if (p[2 + i].revents == 0)
+				continue;
+			st = peek_state(tt->waiting[i].fd);
+			if (st > 0)
+				tt->waiting[i].ready = 1;
+			else if (st < 0)
+				waiting_remove(tt, i);
+		}
+		expire_waiting(tt, now);
+		start_handshakes(tt);
+		if (n > 0 && p[1].revents != 0)
+			accept_batch(tt, now);
+		log_flush(tt, now);
+	}
+	while (tt->n_waiting > 0)
+		waiting_remove(tt, tt->n_waiting - 1);
 	return NULL;
 }
 
@@ -1136,6 +1834,15 @@ static int tt_listen(struct raft_uv_transport *t, raft_uv_accept_cb cb)
 		set_errmsg(t, "raft-tls: uv_async_init failed");
 		return RAFT_IOERR;
 	}
+	if (tt->waiting == NULL) {
+		tt->waiting = kms_calloc(tt->max_pending, sizeof(*tt->waiting));
+		tt->pfd = kms_calloc(2 + (size_t)tt->max_pending,
+				     sizeof(*tt->pfd));
+		if (tt->waiting == NULL || tt->pfd == NULL) {
+			set_errmsg(t, "raft-tls: out of memory");
+			return RAFT_NOMEM;
+		}
+	}
 	tt->accept_cb = cb;
 	if (resolve(tt->address, 1, &ai) != 0)
 		goto fail;
@@ -1151,8 +1858,10 @@ static int tt_listen(struct raft_uv_transport *t, raft_uv_accept_cb cb)
 		}
 		(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one,
 				 sizeof(one));
+		/* A deep backlog: under a flood, a peer's SYN must not be
+		 * dropped before the listener gets to accept it. */
 		if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 &&
-		    listen(fd, 16) == 0)
+		    listen(fd, SOMAXCONN) == 0)
 			break;
 		why = strerror(errno);
 		close_fd(&fd);
@@ -1292,6 +2001,29 @@ static void tt_close(struct raft_uv_transport *t, raft_uv_transport_close_cb cb)
 
 /* ---- public ---- */
 
+static uint64_t or_default(uint64_t v, uint64_t def)
+{
+	return v != 0 ? v : def;
+}
+
+/* The options' limits, 0 taking the default (raft_tls.h). */
+static void set_limits(struct tls_transport *tt,
+		       const kms_raft_tls_opts *opts)
+{
+	tt->max_pending = (unsigned)or_default(opts->max_pending,
+					       KMS_RAFT_TLS_MAX_PENDING);
+	tt->max_per_source = (unsigned)or_default(
+	    opts->max_pending_per_source, KMS_RAFT_TLS_MAX_PENDING_PER_SOURCE);
+	tt->max_handshakes = (unsigned)or_default(opts->max_handshakes,
+						  KMS_RAFT_TLS_MAX_HANDSHAKES);
+	tt->hello_ms = (int64_t)or_default(opts->hello_timeout_ms,
+					   KMS_RAFT_TLS_HELLO_TIMEOUT_MS);
+	tt->handshake_ms = (int64_t)or_default(
+	    opts->handshake_timeout_ms, KMS_RAFT_TLS_HANDSHAKE_TIMEOUT_MS);
+	tt->max_message =
+	    or_default(opts->max_message_bytes, KMS_RAFT_TLS_MAX_MESSAGE_BYTES);
+}
+
 static int load_ctx(struct tls_transport *tt, const kms_raft_tls_opts *opts,
 		    kms_err *err)
 {
@@ -1369,6 +2101,13 @@ int kms_raft_tls_init(struct raft_uv_transport *t, struct uv_loop_s *loop,
 		    err, KMS_ERR_INVALID,
 		    "raft-tls: transport, loop, CA file, certificate, key and "
 		    "authorize callback are all required");
+	if (opts->max_message_bytes != 0 &&
+	    opts->max_message_bytes < MIN_MESSAGE_CAP)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"raft-tls: max_message_bytes %llu is below %u "
+				"(0 takes the default)",
+				(unsigned long long)opts->max_message_bytes,
+				MIN_MESSAGE_CAP);
 	tt = kms_calloc(1, sizeof(*tt));
 	if (tt == NULL)
 		return kms_errf(err, KMS_ERR_NOMEM, "raft-tls: out of memory");
@@ -1376,6 +2115,7 @@ int kms_raft_tls_init(struct raft_uv_transport *t, struct uv_loop_s *loop,
 	tt->loop = loop;
 	tt->authorize = opts->authorize;
 	tt->authorize_arg = opts->authorize_arg;
+	set_limits(tt, opts);
 	tt->listen_fd = -1;
 	tt->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (tt->stop_fd < 0) {
@@ -1423,6 +2163,8 @@ void kms_raft_tls_close(struct raft_uv_transport *t)
 		return;
 	}
 	close_fd(&tt->listen_fd);
+	kms_free(tt->waiting);
+	kms_free(tt->pfd);
 	SSL_CTX_free(tt->ctx);
 	close(tt->stop_fd);
 	pthread_mutex_destroy(&tt->mu);

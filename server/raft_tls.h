@@ -5,6 +5,7 @@
 #define KMS_RAFT_TLS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <openssl/types.h>
 
@@ -24,6 +25,28 @@ struct uv_loop_s;
 typedef int (*kms_raft_tls_authorize_fn)(void *arg, const char *spiffe_id,
 					 unsigned long long raft_id);
 
+/*
+ * Defaults of the limits below (an option left 0 takes its default).
+ *
+ * Why these: a legitimate peer sends its ClientHello at once and finishes
+ * the handshake and preamble in milliseconds (one signature in each HSM),
+ * so the deadlines are long only for a loaded host. A connection that has
+ * sent nothing costs the listener one descriptor and no thread, so many may
+ * wait; a per-source share keeps one address from taking them all, and the
+ * global bound keeps the listener well inside the default limit of 1024
+ * descriptors, which gRPC shares. Handshakes each hold a thread: a 5-node
+ * cluster needs at most 4 at once, re-dialling peers a few more. A message
+ * carries at most one snapshot of the key ring (InstallSnapshot sends it
+ * whole, and raft allocates it whole on arrival) or one batch of entries:
+ * 256 MiB holds a ring of about a million wrapped key versions.
+ */
+#define KMS_RAFT_TLS_MAX_PENDING 256
+#define KMS_RAFT_TLS_MAX_PENDING_PER_SOURCE 64
+#define KMS_RAFT_TLS_MAX_HANDSHAKES 16
+#define KMS_RAFT_TLS_HELLO_TIMEOUT_MS 1000
+#define KMS_RAFT_TLS_HANDSHAKE_TIMEOUT_MS 3000
+#define KMS_RAFT_TLS_MAX_MESSAGE_BYTES (256ULL << 20)
+
 typedef struct kms_raft_tls_opts {
 	const char *ca_file;   /* PEM: peers must chain to it */
 	const char *cert_file; /* PEM chain of this node */
@@ -33,6 +56,15 @@ typedef struct kms_raft_tls_opts {
 	kms_raft_tls_authorize_fn
 	    authorize; /* called on bridge threads; 1 = allowed */
 	void *authorize_arg;
+
+	/* Limits of the listener and the links (see "Limits" below); 0 takes
+	 * the KMS_RAFT_TLS_* default. */
+	unsigned max_pending;		 /* accepted, not yet authenticated */
+	unsigned max_pending_per_source; /* the same, per source IP address */
+	unsigned max_handshakes;	 /* handshake threads at once */
+	unsigned hello_timeout_ms;	 /* accept to the first byte */
+	unsigned handshake_timeout_ms;	 /* accept (or dial) to "KMSA" */
+	uint64_t max_message_bytes;	 /* one Raft message, all parts */
 } kms_raft_tls_opts;
 
 /*
@@ -51,7 +83,71 @@ typedef struct kms_raft_tls_opts {
  *                    over.
  * A plaintext client, a certificate from another CA, a certificate whose
  * SPIFFE ID is not the claimed member, or a preamble not complete within
- * 5 seconds is refused, with a warning that names the reason.
+ * the handshake deadline is refused, with a warning that names the reason
+ * (at most 10 such lines per 10 s; the rest are counted in a summary).
+ *
+ * Limits (each an option above). On loopback, or behind NAT, every peer,
+ * legitimate or not, has the same source address, so a bound per source
+ * cannot tell an attacker from a peer by address; it tells them apart by
+ * behaviour instead: a peer sends its ClientHello at once, an idle
+ * connection sends nothing.
+ *   - An accepted connection waits in the listener thread, with no thread
+ *     and no TLS state of its own, until its first byte arrives; then it
+ *     gets a handshake thread. One that sends nothing for hello_timeout_ms
+ *     is closed.
+ *   - At most max_pending_per_source connections from one IP address, and
+ *     max_pending in all, are pending (waiting or in their handshake). A
+ *     new connection over either bound is accepted and the oldest pending
+ *     one of that source (or of all) is closed instead: first one that has
+ *     sent nothing, then one waiting for a thread, last a handshake in
+ *     progress. Refusing the newcomer instead would let any idle flood
+ *     lock every peer out (a legitimate peer is always the newcomer); with
+ *     eviction a flood of idle connections can only ever evict idle
+ *     connections, and a peer is out of their reach once its ClientHello
+ *     has arrived, which takes it milliseconds. (A flood larger than the
+ *     bound that re-opens what is closed churns: a peer's connection then
+ *     survives max_pending_per_source newer arrivals before its ClientHello
+ *     lands, and if evicted raft dials again after its retry delay.)
+ *   - At most max_handshakes handshakes run at once; a connection whose
+ *     first byte arrives when all are busy waits, and the oldest handshake
+ *     is ended so that it does not wait long.
+ *   - The handshake, the preamble and the acknowledgement must be done
+ *     within handshake_timeout_ms of the accept (or of the dial).
+ *   - Evictions and silent connections are counted and logged as one
+ *     summary line per 10 s at most ("raft-tls: closed N pending
+ *     connections over the per-source bound ..."), the first one after a
+ *     quiet spell at once, so a flood cannot flood the log.
+ *
+ * After the acknowledgement each link carries canonical/raft's own
+ * messages (libuv backend, 0.15: src/uv_encoding.c, uv_send.c, uv_recv.c)
+ * from the connecting side to the accepting side only: raft's uvClient
+ * writes and never reads, its uvServer reads and never writes. (raft's TCP
+ * handshake, protocol | id | address, is part of its TCP transport and
+ * replaced here by the preamble above: it is not on this wire.) So that an
+ * authenticated peer cannot make raft allocate what it likes (raft
+ * allocates each header and each payload whole, at the length the peer
+ * announces), the bridge parses the stream raft reads just far enough to
+ * know each message's length, all integers little-endian:
+ *   preamble: uint64 type | uint64 header length H
+ *   header (H bytes), by type:
+ *     1 AppendEntries: term | prev index | prev term | commit | uint64 n |
+ *                      n x (uint64 term | uint8 type | 3 unused |
+ *                      uint32 length), then 8 unused bytes; payload:
+ *                      the n entries, unpadded, the sum of their lengths
+ *     5 InstallSnapshot: term | last index | last term | conf index |
+ *                      uint64 C | C bytes of configuration | uint64 D;
+ *                      payload: D bytes
+ *     2 AppendEntriesResult (24 bytes read), 3 RequestVote (32, or 40 and
+ *     more with the flags word), 4 RequestVoteResult (16, or 24 and more),
+ *     6 TimeoutNow (24): no payload
+ *   payload: as above.
+ * The link is dropped, with a warning naming the peer and the size, when
+ * 16 + H + payload exceeds max_message_bytes, when the type is none of the
+ * six (raft asserts on type 0 and drops others only after allocating the
+ * header), or when H is shorter than the fields raft reads for that type
+ * (raft reads them without checking H). Any byte arriving on a link this
+ * node dialled drops that link too. The other direction, raft's own bytes,
+ * is not parsed.
  *
  * Each established link is a socketpair: raft reads and writes one end as a
  * uv_pipe_t on loop, and a thread per link moves the bytes between the other

@@ -6,4 +6,28 @@
  * on a quiet loopback. Fails the test if no port can be had. */
 int kms_test_free_port(void);
 
+/*
+ * A flood of idle TCP connections: per_port connections to each of the n
+ * loopback ports, held open on a thread of the flood's own and sending
+ * nothing. One that a server closes is re-opened at once; one that cannot
+ * connect (a port that is down) is retried every 20 ms. Only the loopback
+ * address is ever dialled.
+ */
+typedef struct kms_test_flood kms_test_flood;
+
+typedef struct kms_test_flood_stats {
+	unsigned long opened;		/* connections established */
+	unsigned long closed_by_server; /* ...and then closed by a server */
+	unsigned long refused;		/* connects that failed */
+} kms_test_flood_stats;
+
+/* Starts the flood; fails the test if it cannot. */
+kms_test_flood *kms_test_flood_start(const int *ports, int n, int per_port);
+/* 1 once every connection has been established at least once (a server
+ * may have closed some since), within timeout_ms; else 0. */
+int kms_test_flood_established(kms_test_flood *f, int timeout_ms);
+/* Stops the flood, closes its connections, fills out (may be NULL) and
+ * frees f. */
+void kms_test_flood_stop(kms_test_flood *f, kms_test_flood_stats *out);
+
 #endif

@@ -15,6 +15,7 @@
 
 #include "test_net.h"
 #include "grpc/health/v1/health.pb-c.h"
+#include "kms/v1/cluster.pb-c.h"
 #include "kms/v1/kms.pb-c.h"
 #include "node_fixture.h"
 
@@ -240,7 +241,8 @@ void kms_test_node_signal(kms_test_node *node, int sig)
 			      status, node->log);
 }
 
-kms_client *kms_test_client(kms_test_node *node, const char *who)
+kms_client *kms_test_client_with(kms_test_node *node, const char *who,
+				 const char *consistency, int timeout_ms)
 {
 	char ca[PATH_MAX], cert[PATH_MAX], key[PATH_MAX];
 	kms_client_opts o;
@@ -258,10 +260,114 @@ kms_client *kms_test_client(kms_test_node *node, const char *who)
 		o.cert_file = cert;
 		o.key_file = key;
 	}
-	o.timeout_ms = 10000;
+	o.consistency = consistency;
+	o.timeout_ms = timeout_ms;
 	if (kms_client_open(&o, &c, &err) != KMS_OK)
 		ck_abort_msg("client for %s: %s", who, err.msg);
 	return c;
+}
+
+kms_client *kms_test_client(kms_test_node *node, const char *who)
+{
+	return kms_test_client_with(node, who, NULL, 10000);
+}
+
+Kms__V1__ClusterStatusResponse *kms_test_cluster_status(kms_test_node *node, const char *who,
+							kms_rpc_status *st)
+{
+	kms_client *c = kms_test_client(node, who);
+	Kms__V1__ClusterStatusRequest req = KMS__V1__CLUSTER_STATUS_REQUEST__INIT;
+	ProtobufCMessage *resp = NULL;
+
+	kms_client_call(c, "/kms.v1.Operator/ClusterStatus", &req.base,
+			&kms__v1__cluster_status_response__descriptor, &resp, st);
+	kms_client_close(c);
+	return (Kms__V1__ClusterStatusResponse *)resp;
+}
+
+int kms_test_add_member(kms_test_node *via, const kms_test_node *n, kms_rpc_status *st,
+			char *raft_role, size_t cap)
+{
+	/* The server waits for the promotion. */
+	kms_client *c = kms_test_client_with(via, "admin", NULL, 60000);
+	char raft[64], grpc[64];
+	Kms__V1__AddMemberRequest req = KMS__V1__ADD_MEMBER_REQUEST__INIT;
+	Kms__V1__Member m = KMS__V1__MEMBER__INIT;
+	ProtobufCMessage *resp = NULL;
+
+	snprintf(raft, sizeof(raft), "127.0.0.1:%d", n->raft_port);
+	snprintf(grpc, sizeof(grpc), "127.0.0.1:%d", n->grpc_port);
+	m.id = n->id;
+	m.raft_address = raft;
+	m.grpc_address = grpc;
+	req.member = &m;
+	kms_client_call(c, "/kms.v1.Operator/AddMember", &req.base,
+			&kms__v1__add_member_response__descriptor, &resp, st);
+	if (resp != NULL) {
+		snprintf(raft_role, cap, "%s", ((Kms__V1__AddMemberResponse *)resp)->raft_role);
+		protobuf_c_message_free_unpacked(resp, NULL);
+	}
+	kms_client_close(c);
+	return st->code;
+}
+
+int kms_test_leader_index(kms_test_node *nodes, int n)
+{
+	for (int i = 0; i < n; i++) {
+		kms_rpc_status st;
+		Kms__V1__ClusterStatusResponse *s;
+		int found = -1;
+
+		if (nodes[i].pid <= 0)
+			continue;
+		s = kms_test_cluster_status(&nodes[i], "admin", &st);
+		if (s == NULL)
+			continue;
+		for (int j = 0; j < n; j++)
+			if (s->leader_id == nodes[j].id && nodes[j].pid > 0)
+				found = j;
+		protobuf_c_message_free_unpacked(&s->base, NULL);
+		if (found >= 0)
+			return found;
+	}
+	return -1;
+}
+
+int kms_test_wait_leader(kms_test_node *nodes, int n, int timeout_ms)
+{
+	struct timespec pause = {0, 200 * 1000 * 1000};
+
+	for (int t = 0; t < timeout_ms; t += 200) {
+		int l = kms_test_leader_index(nodes, n);
+
+		if (l >= 0)
+			return l;
+		nanosleep(&pause, NULL);
+	}
+	return -1;
+}
+
+void kms_test_join_node(kms_test_env *env, kms_test_node *nodes, int i, const char *raft_args)
+{
+	char extra[256], role[32] = "";
+	kms_rpc_status st;
+
+	KMS_TEST_PATH(extra, "%s --join %s", raft_args, nodes[0].endpoint);
+	kms_test_node_init_args(env, &nodes[i], (unsigned)i + 1, extra);
+	kms_test_node_spawn(&nodes[i]);
+	ck_assert_msg(kms_test_add_member(&nodes[0], &nodes[i], &st, role, sizeof(role)) == 0,
+		      "AddMember node %d: %s", i + 1, st.details);
+	ck_assert_msg(kms_test_node_wait_healthy(&nodes[i], 30), "node %d never became healthy; see %s",
+		      i + 1, nodes[i].log);
+}
+
+void kms_test_cluster_up(kms_test_env *env, kms_test_node *nodes, int n, const char *raft_args)
+{
+	kms_test_env_init(env);
+	kms_test_node_init_args(env, &nodes[0], 1, raft_args);
+	kms_test_node_start(&nodes[0]);
+	for (int i = 1; i < n; i++)
+		kms_test_join_node(env, nodes, i, raft_args);
 }
 
 int kms_test_create_key(kms_client *c, const char *id, const char *grantee, kms_rpc_status *st)

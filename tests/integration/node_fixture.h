@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include "kms/client.h"
+#include "kms/v1/cluster.pb-c.h"
 
 #define KMS_TEST_TD "spiffe://kmsd.dev"
 #define KMS_TEST_ADMIN KMS_TEST_TD "/ns/ops/sa/admin"
@@ -62,9 +63,39 @@ void kms_test_node_signal(kms_test_node *node, int sig);
 
 /*
  * A client for the node as identity who: "admin", "app", "other",
- * "expired", "other-client" (another CA) or "none" (no certificate).
+ * "expired", "other-client" (another CA) or "none" (no certificate), with a
+ * 10 s deadline per call.
  */
 kms_client *kms_test_client(kms_test_node *node, const char *who);
+/* The same with request metadata (consistency, NULL: none) and a deadline
+ * of its own (timeout_ms, 0: the client library's default). */
+kms_client *kms_test_client_with(kms_test_node *node, const char *who,
+				 const char *consistency, int timeout_ms);
+
+/* ClusterStatus through node as who; NULL with *st on failure. The caller
+ * frees the answer with protobuf_c_message_free_unpacked. */
+Kms__V1__ClusterStatusResponse *kms_test_cluster_status(kms_test_node *node, const char *who,
+							kms_rpc_status *st);
+
+/* AddMember of n through via as the administrator; the server waits for the
+ * promotion (60 s deadline). Returns the gRPC status code; raft_role gets
+ * the role the answer names. */
+int kms_test_add_member(kms_test_node *via, const kms_test_node *n, kms_rpc_status *st,
+			char *raft_role, size_t cap);
+
+/* The index in nodes[0..n) of the node that the running nodes say leads, or
+ * -1; kms_test_wait_leader polls it for up to timeout_ms. */
+int kms_test_leader_index(kms_test_node *nodes, int n);
+int kms_test_wait_leader(kms_test_node *nodes, int n, int timeout_ms);
+
+/*
+ * A cluster of n nodes with ids 1..n and extra ops/node-config arguments
+ * raft_args: node 1 bootstraps, the others join through it (AddMember) and
+ * are healthy when this returns. Makes env. kms_test_join_node is one such
+ * join, of nodes[i] with id i + 1.
+ */
+void kms_test_cluster_up(kms_test_env *env, kms_test_node *nodes, int n, const char *raft_args);
+void kms_test_join_node(kms_test_env *env, kms_test_node *nodes, int i, const char *raft_args);
 
 /* snprintf into a path buffer; a path that does not fit fails the test. */
 #define KMS_TEST_PATH(buf, ...)                                                                   \

@@ -105,104 +105,9 @@ static int decrypts_to(kms_test_node *n, const Kms__V1__GenerateDataKeyResponse 
 	return ok;
 }
 
-static Kms__V1__ClusterStatusResponse *cluster_status(kms_test_node *n, const char *who,
-						      kms_rpc_status *st)
-{
-	kms_client *c = kms_test_client(n, who);
-	Kms__V1__ClusterStatusRequest req = KMS__V1__CLUSTER_STATUS_REQUEST__INIT;
-	ProtobufCMessage *resp = NULL;
-
-	kms_client_call(c, OP "ClusterStatus", &req.base,
-			&kms__v1__cluster_status_response__descriptor, &resp, st);
-	kms_client_close(c);
-	return (Kms__V1__ClusterStatusResponse *)resp;
-}
-
-static kms_client *client_with(kms_test_node *n, const char *who, const char *consistency,
-			       int timeout_ms);
-
-static int add_member(kms_test_node *via, const kms_test_node *n, kms_rpc_status *st,
-		      char *raft_role, size_t cap)
-{
-	/* The server waits for the promotion. */
-	kms_client *c = client_with(via, "admin", NULL, 60000);
-	char raft[64], grpc[64];
-	Kms__V1__AddMemberRequest req = KMS__V1__ADD_MEMBER_REQUEST__INIT;
-	Kms__V1__Member m = KMS__V1__MEMBER__INIT;
-	ProtobufCMessage *resp = NULL;
-
-	snprintf(raft, sizeof(raft), "127.0.0.1:%d", n->raft_port);
-	snprintf(grpc, sizeof(grpc), "127.0.0.1:%d", n->grpc_port);
-	m.id = n->id;
-	m.raft_address = raft;
-	m.grpc_address = grpc;
-	req.member = &m;
-	kms_client_call(c, OP "AddMember", &req.base, &kms__v1__add_member_response__descriptor,
-			&resp, st);
-	if (resp != NULL) {
-		snprintf(raft_role, cap, "%s", ((Kms__V1__AddMemberResponse *)resp)->raft_role);
-		FREE(resp);
-	}
-	kms_client_close(c);
-	return st->code;
-}
-
-/* The node that says it leads, or -1 (asks every running node). */
-static int leader_index(void)
-{
-	for (int i = 0; i < N; i++) {
-		kms_rpc_status st;
-		Kms__V1__ClusterStatusResponse *s;
-		int found = -1;
-
-		if (nodes[i].pid <= 0)
-			continue;
-		s = cluster_status(&nodes[i], "admin", &st);
-		if (s == NULL)
-			continue;
-		for (int j = 0; j < N; j++)
-			if (s->leader_id == nodes[j].id && nodes[j].pid > 0)
-				found = j;
-		FREE(s);
-		if (found >= 0)
-			return found;
-	}
-	return -1;
-}
-
-static int wait_leader(int timeout_ms)
-{
-	for (int t = 0; t < timeout_ms; t += 200) {
-		int l = leader_index();
-
-		if (l >= 0)
-			return l;
-		sleep_ms(200);
-	}
-	return -1;
-}
-
-static void join_node(int i)
-{
-	char extra[256], role[32] = "";
-	kms_rpc_status st;
-
-	snprintf(extra, sizeof(extra), RAFT_ARGS " --join %s", nodes[0].endpoint);
-	kms_test_node_init_args(&env, &nodes[i], (unsigned)i + 1, extra);
-	kms_test_node_spawn(&nodes[i]);
-	ck_assert_msg(add_member(&nodes[0], &nodes[i], &st, role, sizeof(role)) == 0,
-		      "AddMember node %d: %s", i + 1, st.details);
-	ck_assert_msg(kms_test_node_wait_healthy(&nodes[i], 30), "node %d never became healthy; see %s",
-		      i + 1, nodes[i].log);
-}
-
 static void cluster_up(void)
 {
-	kms_test_env_init(&env);
-	kms_test_node_init_args(&env, &nodes[0], 1, RAFT_ARGS);
-	kms_test_node_start(&nodes[0]);
-	for (int i = 1; i < N; i++)
-		join_node(i);
+	kms_test_cluster_up(&env, nodes, N, RAFT_ARGS);
 }
 
 static void cluster_down(void)
@@ -219,7 +124,7 @@ START_TEST(cluster_forms_with_three_voters)
 {
 	for (int i = 0; i < N; i++) {
 		kms_rpc_status st;
-		Kms__V1__ClusterStatusResponse *s = cluster_status(&nodes[i], "admin", &st);
+		Kms__V1__ClusterStatusResponse *s = kms_test_cluster_status(&nodes[i], "admin", &st);
 		int leaders = 0;
 
 		ck_assert_msg(s != NULL, "ClusterStatus on node %d: %s", i + 1, st.details);
@@ -239,7 +144,7 @@ END_TEST
 
 START_TEST(write_on_a_follower_is_forwarded_and_readable_there)
 {
-	int l = wait_leader(5000), f = (l + 1) % N;
+	int l = kms_test_wait_leader(nodes, N, 5000), f = (l + 1) % N;
 	Kms__V1__GenerateDataKeyResponse *g;
 	kms_rpc_status st;
 
@@ -257,34 +162,11 @@ START_TEST(write_on_a_follower_is_forwarded_and_readable_there)
 }
 END_TEST
 
-/* A client as who, with request metadata and a deadline of its own. */
-static kms_client *client_with(kms_test_node *n, const char *who, const char *consistency,
-			       int timeout_ms)
-{
-	kms_client_opts o;
-	kms_client *c = NULL;
-	kms_err err = {0};
-	char ca[PATH_MAX], cert[PATH_MAX], key[PATH_MAX];
-
-	KMS_TEST_PATH(ca, "%s/node-ca.pem", env.pki);
-	KMS_TEST_PATH(cert, "%s/%s.pem", env.pki, who);
-	KMS_TEST_PATH(key, "%s/%s.key", env.pki, who);
-	memset(&o, 0, sizeof(o));
-	o.target = n->endpoint;
-	o.ca_file = ca;
-	o.cert_file = cert;
-	o.key_file = key;
-	o.consistency = consistency;
-	o.timeout_ms = timeout_ms;
-	ck_assert_int_eq(kms_client_open(&o, &c, &err), KMS_OK);
-	return c;
-}
-
 START_TEST(leader_commit_consistency_reads_every_acknowledged_write)
 {
-	int l = wait_leader(5000), f = (l + 1) % N;
-	kms_client *strong = client_with(&nodes[f], "app", KMS_CONSISTENCY_LEADER_COMMIT, 0);
-	kms_client *bad = client_with(&nodes[f], "app", "eventually", 0);
+	int l = kms_test_wait_leader(nodes, N, 5000), f = (l + 1) % N;
+	kms_client *strong = kms_test_client_with(&nodes[f], "app", KMS_CONSISTENCY_LEADER_COMMIT, 0);
+	kms_client *bad = kms_test_client_with(&nodes[f], "app", "eventually", 0);
 	Kms__V1__GenerateDataKeyRequest req = KMS__V1__GENERATE_DATA_KEY_REQUEST__INIT;
 	ProtobufCMessage *resp = NULL;
 	kms_rpc_status st;
@@ -321,7 +203,7 @@ START_TEST(operator_and_internal_refuse_other_principals)
 	ProtobufCMessage *resp = NULL;
 	kms_rpc_status st;
 
-	ck_assert_ptr_null(cluster_status(&nodes[0], "app", &st));
+	ck_assert_ptr_null(kms_test_cluster_status(&nodes[0], "app", &st));
 	ck_assert_int_eq(st.code, 7);
 	ck_assert_msg(strstr(st.details, "not an administrator") != NULL, "%s", st.details);
 	kms_client_call(app, "/kms.v1.Internal/Forward", &fwd.base,
@@ -362,13 +244,13 @@ START_TEST(raft_port_refuses_plaintext_and_service_certificates)
 	ck_assert_msg(kms_test_file_contains(n->log, "certificate verify failed"),
 		      "no refusal of the service certificate in %s", n->log);
 	/* Raft itself carried on. */
-	ck_assert_int_ge(wait_leader(5000), 0);
+	ck_assert_int_ge(kms_test_wait_leader(nodes, N, 5000), 0);
 }
 END_TEST
 
 START_TEST(paused_minority_catches_up_through_a_snapshot)
 {
-	int l = wait_leader(5000), f = (l + 2) % N, via = (l + 1) % N;
+	int l = kms_test_wait_leader(nodes, N, 5000), f = (l + 2) % N, via = (l + 1) % N;
 	kms_rpc_status st;
 	char id[32];
 
@@ -412,7 +294,7 @@ static void *create_stream(void *arg)
 
 START_TEST(leader_killed_during_writes_loses_no_acknowledged_key)
 {
-	int l = wait_leader(5000), via = (l + 1) % N, other = (l + 2) % N, nl;
+	int l = kms_test_wait_leader(nodes, N, 5000), via = (l + 1) % N, other = (l + 2) % N, nl;
 	static struct stream s;
 	Kms__V1__GenerateDataKeyResponse *g;
 	kms_rpc_status st;
@@ -435,7 +317,7 @@ START_TEST(leader_killed_during_writes_loses_no_acknowledged_key)
 	atomic_store(&s.stop, 1);
 	pthread_join(t, NULL);
 	ck_assert_msg(s.acked >= before + 10, "writes did not resume after the leader died");
-	nl = wait_leader(5000);
+	nl = kms_test_wait_leader(nodes, N, 5000);
 	ck_assert_msg(nl >= 0 && nl != l, "no new leader");
 	for (int i = 0; i < s.acked; i++) {
 		ck_assert_msg(key_appears(&nodes[via], s.acked_ids[i], 3000), "%s lost on node %d",
@@ -523,7 +405,7 @@ START_TEST(foreign_domain_key_refuses_to_join)
 	ck_assert_int_eq(kms_hsm_domain_key(hsm, "kmsd-domain-key", 1, &dk, &err), KMS_OK);
 	kms_hsm_close(hsm);
 	kms_test_node_spawn(n);
-	add_member(&nodes[0], n, &st, role, sizeof(role));
+	kms_test_add_member(&nodes[0], n, &st, role, sizeof(role));
 	code = kms_test_node_wait_exit(n, 30);
 	ck_assert_msg(code == 1, "the foreign node should stop with status 1, got %d; see %s", code,
 		      n->log);
@@ -548,10 +430,10 @@ END_TEST
 
 START_TEST(remove_member_keeps_serving)
 {
-	int l = wait_leader(5000), r = (l + 1) % N, other = (l + 2) % N;
+	int l = kms_test_wait_leader(nodes, N, 5000), r = (l + 1) % N, other = (l + 2) % N;
 	/* Removals wait for the configuration change: more than the default
 	 * 10 s deadline may pass on a loaded machine. */
-	kms_client *c = client_with(&nodes[other], "admin", NULL, 30000);
+	kms_client *c = kms_test_client_with(&nodes[other], "admin", NULL, 30000);
 	Kms__V1__RemoveMemberRequest req = KMS__V1__REMOVE_MEMBER_REQUEST__INIT;
 	Kms__V1__ClusterStatusResponse *s;
 	ProtobufCMessage *resp = NULL;
@@ -577,7 +459,7 @@ START_TEST(remove_member_keeps_serving)
 			&resp, &st);
 	ck_assert_int_eq(st.code, 9);
 	ck_assert_msg(strstr(st.details, "is the leader") != NULL, "%s", st.details);
-	s = cluster_status(&nodes[other], "admin", &st);
+	s = kms_test_cluster_status(&nodes[other], "admin", &st);
 	ck_assert_ptr_nonnull(s);
 	ck_assert_uint_eq(s->n_members, N - 1);
 	FREE(s);
@@ -590,14 +472,14 @@ START_TEST(late_joiner_starts_from_a_snapshot)
 	kms_test_node *n = &nodes[N + 1];
 	char extra[256], role[32] = "";
 	kms_rpc_status st;
-	int l = wait_leader(5000);
+	int l = kms_test_wait_leader(nodes, N, 5000);
 
 	ck_assert_int_ge(l, 0);
 	/* Hundreds of entries in, the log it would need is compacted away. */
 	snprintf(extra, sizeof(extra), RAFT_ARGS " --join %s", nodes[l].endpoint);
 	kms_test_node_init_args(&env, n, N + 2, extra);
 	kms_test_node_spawn(n);
-	ck_assert_msg(add_member(&nodes[l], n, &st, role, sizeof(role)) == 0, "%s", st.details);
+	ck_assert_msg(kms_test_add_member(&nodes[l], n, &st, role, sizeof(role)) == 0, "%s", st.details);
 	ck_assert_msg(kms_test_node_wait_healthy(n, 30), "the late joiner never became healthy; see %s",
 		      n->log);
 	ck_assert(kms_test_file_contains(n->log, "installed a snapshot"));

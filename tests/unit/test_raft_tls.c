@@ -1,9 +1,12 @@
 /* test_raft_tls.c - Raft peer links over mutual TLS: a real two-node
- * canonical/raft cluster on the transport, and refusal of plaintext,
- * foreign-CA, non-node and lying peers. Certificates are made at test time. */
+ * canonical/raft cluster on the transport; refusal of plaintext,
+ * foreign-CA, non-node and lying peers; the listener's bounds and deadlines
+ * under floods of idle connections; the message length cap. Certificates
+ * are made at test time. */
 #include <arpa/inet.h>
 #include <check.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <ftw.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -192,6 +195,8 @@ struct members {
 
 static struct members cluster123 = {.ids = {1, 2, 3}, .n = 3};
 static struct members cluster12 = {.ids = {1, 2}, .n = 2};
+/* Limits side_init gives its transport (zero: the defaults). */
+static kms_raft_tls_opts limits;
 static int applied_ok;	  /* raft_apply callbacks with status 0 */
 static int n_writes_done; /* uv_write callbacks */
 
@@ -242,6 +247,7 @@ static void setup(void)
 	atomic_store(&cluster12.calls, 0);
 	applied_ok = 0;
 	n_writes_done = 0;
+	memset(&limits, 0, sizeof(limits));
 	ck_assert_int_eq(uv_loop_init(&loop), 0);
 	ck_assert_int_eq(uv_timer_init(&loop, &tick), 0);
 	ck_assert_int_eq(uv_timer_start(&tick, on_tick, 5, 5), 0);
@@ -282,6 +288,70 @@ static int log_contains(const char *needle)
 	return strstr(buf, needle) != NULL;
 }
 
+static int log_count(const char *needle)
+{
+	char buf[65536];
+	FILE *f = fopen(log_path, "r");
+	size_t n;
+	int count = 0;
+
+	if (f == NULL)
+		return 0;
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	for (const char *p = buf; (p = strstr(p, needle)) != NULL; p++)
+		count++;
+	return count;
+}
+
+/* ---- canonical/raft messages as raft's uvClient writes them ---- */
+
+static size_t put_le64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+	return 8;
+}
+
+/* A preamble and a header of hdr_len zero bytes: 16 + hdr_len bytes. */
+static size_t msg_start(uint8_t *out, uint64_t type, uint64_t hdr_len)
+{
+	put_le64(out, type);
+	put_le64(out + 8, hdr_len);
+	memset(out + 16, 0, (size_t)hdr_len);
+	return 16 + (size_t)hdr_len;
+}
+
+/* RequestVote (type 3) with the flags word: 56 bytes, no payload. */
+static size_t request_vote(uint8_t *out)
+{
+	size_t n = msg_start(out, RAFT_IO_REQUEST_VOTE, 40);
+
+	put_le64(out + 16, 7);	/* term */
+	put_le64(out + 24, 2);	/* candidate */
+	return n;
+}
+
+/* An AppendEntries header announcing n entries of entry_len bytes each
+ * (the payload is not included): 16 + 48 + 16 n bytes. */
+static size_t append_entries_header(uint8_t *out, uint64_t n,
+				    uint32_t entry_len)
+{
+	size_t len = msg_start(out, RAFT_IO_APPEND_ENTRIES, 48 + 16 * n);
+
+	put_le64(out + 16 + 32, n);
+	for (uint64_t i = 0; i < n; i++) {
+		uint8_t *e = out + 16 + 40 + 16 * i;
+
+		put_le64(e, 7); /* term */
+		e[8] = RAFT_COMMAND;
+		for (int k = 0; k < 4; k++)
+			e[12 + k] = (uint8_t)(entry_len >> (8 * k));
+	}
+	return len;
+}
+
 /* ---- who may be which node ---- */
 
 static int authorize_member(void *arg, const char *spiffe_id,
@@ -303,7 +373,7 @@ static int authorize_member(void *arg, const char *spiffe_id,
 /* ---- a bare transport, driven the way raft drives it ---- */
 
 struct reader {
-	char buf[512];
+	char buf[8192];
 	size_t n;
 	int eof;
 };
@@ -318,6 +388,9 @@ struct side {
 	char acc_addr[64];
 	uv_stream_t *acc;
 	struct reader acc_rd;
+	struct reader acc_rd2; /* for more[0] */
+	uv_stream_t *more[4]; /* later accepted streams */
+	int n_more;
 	/* one outgoing request */
 	struct raft_uv_connect req;
 	int connect_done;
@@ -336,7 +409,11 @@ static void on_accept(struct raft_uv_transport *t, raft_id id,
 	sd->n_accepted++;
 	sd->acc_id = id;
 	snprintf(sd->acc_addr, sizeof(sd->acc_addr), "%s", address);
-	if (sd->acc != NULL) { /* keep one; close extras as raft would */
+	if (sd->acc != NULL && sd->n_more < 4) {
+		sd->more[sd->n_more++] = s;
+		return;
+	}
+	if (sd->acc != NULL) { /* close extras as raft would */
 		uv_close((uv_handle_t *)s, (uv_close_cb)raft_free);
 		return;
 	}
@@ -376,6 +453,12 @@ static void side_init(struct side *sd, raft_id id, const struct ident *who,
 	sd->opts.key = who->key;
 	sd->opts.authorize = authorize_member;
 	sd->opts.authorize_arg = m;
+	sd->opts.max_pending = limits.max_pending;
+	sd->opts.max_pending_per_source = limits.max_pending_per_source;
+	sd->opts.max_handshakes = limits.max_handshakes;
+	sd->opts.hello_timeout_ms = limits.hello_timeout_ms;
+	sd->opts.handshake_timeout_ms = limits.handshake_timeout_ms;
+	sd->opts.max_message_bytes = limits.max_message_bytes;
 	sd->t.data = sd;
 	sd->req.data = sd;
 	ck_assert_int_eq(kms_raft_tls_init(&sd->t, &loop, &sd->opts, &err),
@@ -387,8 +470,12 @@ static void side_init(struct side *sd, raft_id id, const struct ident *who,
 			      "listen: %s", sd->t.errmsg);
 }
 
+static void close_stream(uv_stream_t **s);
+
 static void side_close(struct side *sd)
 {
+	for (int i = 0; i < sd->n_more; i++)
+		close_stream(&sd->more[i]);
 	sd->t.close(&sd->t, on_tclose);
 	WAIT_FOR(sd->closed, 10000);
 	ck_assert_int_eq(sd->closed, 1);
@@ -439,13 +526,19 @@ static void on_write(uv_write_t *w, int status)
 	free(w);
 }
 
-static void write_str(uv_stream_t *s, const char *str)
+/* p must stay valid until the write callback has run. */
+static void write_bytes(uv_stream_t *s, const void *p, size_t n)
 {
 	uv_write_t *w = malloc(sizeof(*w));
-	uv_buf_t b = uv_buf_init((char *)str, (unsigned)strlen(str));
+	uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
 
 	ck_assert_ptr_nonnull(w);
 	ck_assert_int_eq(uv_write(w, s, &b, 1, on_write), 0);
+}
+
+static void write_str(uv_stream_t *s, const char *str)
+{
+	write_bytes(s, str, strlen(str));
 }
 
 /* ---- raw clients on their own thread ---- */
@@ -472,12 +565,15 @@ struct client {
 	const struct ident *who; /* NULL: plaintext */
 	unsigned long long claim;
 	const char *claim_addr;
-	int exchange; /* after the acknowledgement: "ping..." out, "pong" back
-		       */
+	int exchange; /* after the acknowledgement: a RequestVote out, "pong"
+		       back */
+	const uint8_t *msg; /* or: after the acknowledgement, these bytes */
+	size_t msg_len;
 	/* results */
 	int handshake_ok;
 	int acked;
 	int exchanged;
+	int cut; /* the server ended the link after msg */
 	int closed_by_server; /* plaintext: EOF or reset, not a timeout */
 	atomic_int done;
 	pthread_t th;
@@ -500,13 +596,14 @@ static int ssl_read_full(SSL *ssl, unsigned char *p, int n)
 static void *client_main(void *arg)
 {
 	struct client *c = arg;
-	int fd = tcp_dial(c->addr);
+	int fd = -1;
 	SSL_CTX *ctx = NULL;
 	SSL *ssl = NULL;
 	unsigned char pre[4 + 8 + 2 + 256], ack[4], pong[4];
 	size_t alen, n = 0;
 
 	if (c->who == NULL) {
+		fd = tcp_dial(c->addr);
 		static const char req[] = "GET / HTTP/1.1\r\nHost: raft\r\n\r\n"
 					  "\x00\x00\x00\x00\x00\x00\x00\x01";
 		char buf[256];
@@ -522,6 +619,8 @@ static void *client_main(void *arg)
 		c->closed_by_server = r == 0 || errno == ECONNRESET;
 		goto out;
 	}
+	/* Everything ready before the dial, as raft_tls's own client: its
+	 * ClientHello follows the TCP connect at once. */
 	ctx = SSL_CTX_new(TLS_client_method());
 	SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
 	if (SSL_CTX_load_verify_locations(ctx, ca.pem, NULL) != 1 ||
@@ -530,6 +629,7 @@ static void *client_main(void *arg)
 	    SSL_CTX_use_PrivateKey(ctx, c->who->key) != 1)
 		goto out;
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	fd = tcp_dial(c->addr);
 	ssl = SSL_new(ctx);
 	SSL_set_fd(ssl, fd);
 	if (SSL_connect(ssl) != 1)
@@ -550,16 +650,28 @@ static void *client_main(void *arg)
 		goto out;
 	c->acked = 1;
 	if (c->exchange) {
-		if (SSL_write(ssl, "ping-from-peer-2", 16) != 16 ||
+		uint8_t rv[64];
+		int n_rv = (int)request_vote(rv);
+
+		if (SSL_write(ssl, rv, n_rv) != n_rv ||
 		    ssl_read_full(ssl, pong, 4) != 0 ||
 		    memcmp(pong, "pong", 4) != 0)
 			goto out;
 		c->exchanged = 1;
 	}
+	if (c->msg != NULL) {
+		if (SSL_write(ssl, c->msg, (int)c->msg_len) != (int)c->msg_len)
+			goto out;
+		/* Nothing comes back on this link: a read ends only when the
+		 * server closes it (or after SO_RCVTIMEO). */
+		c->cut = SSL_read(ssl, pong, 1) <= 0 &&
+			 SSL_get_error(ssl, 0) != SSL_ERROR_WANT_READ;
+	}
 out:
 	SSL_free(ssl);
 	SSL_CTX_free(ctx);
-	close(fd);
+	if (fd >= 0)
+		close(fd);
 	atomic_store(&c->done, 1);
 	return NULL;
 }
@@ -597,8 +709,13 @@ START_TEST(member_peer_is_accepted_and_bytes_flow)
 	ck_assert_uint_eq(s.acc_id, 2);
 	ck_assert_str_eq(s.acc_addr, "127.0.0.1:7002");
 	start_reading(s.acc, &s.acc_rd);
-	WAIT_FOR(s.acc_rd.n >= 16, 10000);
-	ck_assert_str_eq(s.acc_rd.buf, "ping-from-peer-2");
+	WAIT_FOR(s.acc_rd.n >= 56, 10000);
+	{
+		uint8_t rv[64];
+
+		ck_assert_uint_eq(s.acc_rd.n, request_vote(rv));
+		ck_assert(memcmp(s.acc_rd.buf, rv, 56) == 0);
+	}
 	write_str(s.acc, "pong");
 	client_join(&c);
 	ck_assert_int_eq(c.exchanged, 1);
@@ -736,23 +853,379 @@ START_TEST(server_from_another_ca_is_refused_by_connect)
 }
 END_TEST
 
-START_TEST(silent_client_is_dropped_after_five_seconds)
+/* Whether the server closed fd within ms (EOF or reset); 0 if it is
+ * still open then. */
+static int closed_within(int fd, int ms)
+{
+	struct pollfd p = {.fd = fd, .events = POLLIN};
+	char b;
+
+	if (poll(&p, 1, ms) != 1)
+		return 0;
+	return recv(fd, &b, 1, MSG_DONTWAIT) <= 0;
+}
+
+/* A connection that sends nothing is closed at the hello deadline, and
+ * the summary line counts it. */
+START_TEST(silent_connection_is_closed_at_the_hello_deadline)
 {
 	struct side s;
 	int fd;
-	char b;
 	int64_t t0;
 
+	limits.hello_timeout_ms = 300;
 	side_init(&s, 1, &node[1], ca.pem, &cluster123, 1);
 	fd = tcp_dial(s.addr);
 	t0 = now_ms();
-	WAIT_FOR(log_contains("timed out"), 8000);
-	ck_assert(log_contains("TLS handshake timed out"));
-	ck_assert_int_ge(now_ms() - t0, 4500);
-	ck_assert_int_eq(recv(fd, &b, 1, 0), 0); /* closed by the server */
+	ck_assert(closed_within(fd, 5000));
+	ck_assert_int_ge(now_ms() - t0, 250);
+	ck_assert_int_lt(now_ms() - t0, 2000);
 	close(fd);
+	WAIT_FOR(log_contains("1 silent for 300 ms"), 3000);
+	ck_assert(log_contains("1 silent for 300 ms"));
 	ck_assert_int_eq(s.n_accepted, 0);
 	side_close(&s);
+}
+END_TEST
+
+/* The twin: a client that starts its handshake (its first bytes arrive in
+ * time) and then stalls is closed at the handshake deadline instead. */
+START_TEST(stalled_handshake_is_closed_at_the_handshake_deadline)
+{
+	struct side s;
+	/* A TLS record header announcing a ClientHello that never comes. */
+	static const uint8_t partial[] = {0x16, 0x03, 0x01, 0x02, 0x00};
+	int fd;
+	int64_t t0;
+
+	limits.hello_timeout_ms = 300;
+	limits.handshake_timeout_ms = 1500;
+	side_init(&s, 1, &node[1], ca.pem, &cluster123, 1);
+	fd = tcp_dial(s.addr);
+	t0 = now_ms();
+	ck_assert_int_eq(send(fd, partial, sizeof(partial), MSG_NOSIGNAL),
+			 (ssize_t)sizeof(partial));
+	ck_assert(closed_within(fd, 5000));
+	ck_assert_int_ge(now_ms() - t0, 1300);
+	close(fd);
+	WAIT_FOR(log_contains("TLS handshake timed out"), 3000);
+	ck_assert(log_contains("raft-tls: refused 127.0.0.1:"));
+	ck_assert(log_contains("TLS handshake timed out"));
+	ck_assert(!log_contains("silent for"));
+	ck_assert_int_eq(s.n_accepted, 0);
+	side_close(&s);
+}
+END_TEST
+
+/* With one handshake thread, a client stalled in its handshake keeps it
+ * while nobody else needs it; when a peer's ClientHello arrives, the
+ * stalled handshake is ended and the peer served at once, not at the
+ * stalled one's deadline. */
+START_TEST(stalled_handshake_gives_way_to_a_peer)
+{
+	static const uint8_t partial[] = {0x16, 0x03, 0x01, 0x02, 0x00};
+	struct side s;
+	struct client c = {.who = &node[2],
+			   .claim = 2,
+			   .claim_addr = "127.0.0.1:7002"};
+	int fd;
+	int64_t t0;
+
+	limits.max_handshakes = 1;
+	limits.handshake_timeout_ms = 10000;
+	side_init(&s, 1, &node[1], ca.pem, &cluster123, 1);
+	fd = tcp_dial(s.addr);
+	ck_assert_int_eq(send(fd, partial, sizeof(partial), MSG_NOSIGNAL),
+			 (ssize_t)sizeof(partial));
+	ck_assert(!closed_within(fd, 500)); /* alone, it keeps its thread */
+	c.addr = s.addr;
+	t0 = now_ms();
+	client_start(&c);
+	WAIT_FOR(s.acc != NULL, 10000);
+	ck_assert_ptr_nonnull(s.acc);
+	ck_assert_int_lt(now_ms() - t0, 3000);
+	ck_assert(closed_within(fd, 1000));
+	client_join(&c);
+	ck_assert_int_eq(c.acked, 1);
+	ck_assert(!log_contains("TLS handshake timed out"));
+	close(fd);
+	close_stream(&s.acc);
+	side_close(&s);
+}
+END_TEST
+
+/* Three idle connections from one address fit the per-source bound of
+ * three; the fourth evicts the oldest, not itself, and a peer arriving
+ * last still gets in. */
+START_TEST(oldest_pending_connection_of_a_source_is_evicted)
+{
+	struct side s;
+	struct client c = {.who = &node[2],
+			   .claim = 2,
+			   .claim_addr = "127.0.0.1:7002",
+			   .exchange = 1};
+	int fd[4];
+
+	limits.max_pending_per_source = 3;
+	limits.hello_timeout_ms = 20000; /* only the bound closes them */
+	side_init(&s, 1, &node[1], ca.pem, &cluster123, 1);
+	for (int i = 0; i < 3; i++)
+		fd[i] = tcp_dial(s.addr);
+	/* At the bound: nothing is closed. */
+	for (int i = 0; i < 3; i++)
+		ck_assert_msg(!closed_within(fd[i], i == 0 ? 300 : 0),
+			      "connection %d closed under the bound", i);
+	fd[3] = tcp_dial(s.addr);
+	ck_assert(closed_within(fd[0], 3000));
+	for (int i = 1; i < 4; i++)
+		ck_assert_msg(!closed_within(fd[i], 100),
+			      "connection %d closed instead of the oldest", i);
+	WAIT_FOR(log_contains("over the per-source bound of 3"), 3000);
+	ck_assert(log_contains("closed 1 pending connections over the "
+			       "per-source bound of 3 (last from 127.0.0.1)"));
+	/* A peer arriving now evicts the next oldest and is served. */
+	c.addr = s.addr;
+	client_start(&c);
+	WAIT_FOR(s.acc != NULL, 10000);
+	ck_assert_ptr_nonnull(s.acc);
+	write_str(s.acc, "pong");
+	client_join(&c);
+	ck_assert_int_eq(c.exchanged, 1);
+	ck_assert(closed_within(fd[1], 3000));
+	for (int i = 0; i < 4; i++)
+		close(fd[i]);
+	close_stream(&s.acc);
+	side_close(&s);
+}
+END_TEST
+
+/* The bound in all counts every source: here a single one, under a
+ * per-source bound it never reaches. */
+START_TEST(oldest_pending_connection_overall_is_evicted)
+{
+	struct side s;
+	int fd[3];
+
+	limits.max_pending = 2;
+	limits.max_pending_per_source = 10;
+	limits.hello_timeout_ms = 20000;
+	side_init(&s, 1, &node[1], ca.pem, &cluster123, 1);
+	fd[0] = tcp_dial(s.addr);
+	fd[1] = tcp_dial(s.addr);
+	ck_assert(!closed_within(fd[0], 300));
+	ck_assert(!closed_within(fd[1], 0));
+	fd[2] = tcp_dial(s.addr);
+	ck_assert(closed_within(fd[0], 3000));
+	ck_assert(!closed_within(fd[1], 100));
+	ck_assert(!closed_within(fd[2], 0));
+	WAIT_FOR(log_contains("1 over the bound of 2 in all"), 3000);
+	ck_assert(log_contains("1 over the bound of 2 in all"));
+	for (int i = 0; i < 3; i++)
+		close(fd[i]);
+	side_close(&s);
+}
+END_TEST
+
+/*
+ * 32 idle connections from the peer's own address, re-opened whenever the
+ * listener closes one, against a per-source bound of 4: the flood churns
+ * (each eviction brings a new connection, which evicts the next oldest),
+ * yet a member gets its link, again and again, within a second each time.
+ * Its connection is out of the flood's reach once its ClientHello has
+ * arrived; before that it survives 4 newer arrivals, so now and then an
+ * attempt is evicted and, as raft does, the peer dials again. None of the
+ * flood reaches raft or the authorize callback, and the log holds a few
+ * summary lines, not a line per connection.
+ */
+START_TEST(peer_gets_through_a_flood_of_idle_connections)
+{
+	struct side s;
+	kms_test_flood *flood;
+	kms_test_flood_stats fs;
+	int port, worst = 0, attempts = 0;
+	int64_t t_flood;
+
+	limits.max_pending_per_source = 4;
+	limits.max_pending = 16;
+	side_init(&s, 1, &node[1], ca.pem, &cluster123, 1);
+	port = atoi(strrchr(s.addr, ':') + 1);
+	flood = kms_test_flood_start(&port, 1, 32);
+	ck_assert(kms_test_flood_established(flood, 10000));
+	t_flood = now_ms();
+	for (int round = 0; round < 5; round++) {
+		int64_t t0 = now_ms();
+		int n0 = s.n_accepted;
+
+		while (s.n_accepted == n0 && now_ms() - t0 < 10000) {
+			struct client c = {.who = &node[2],
+					   .claim = 2,
+					   .claim_addr = "127.0.0.1:7002"};
+
+			c.addr = s.addr;
+			attempts++;
+			client_start(&c);
+			client_join(&c);
+			WAIT_FOR(s.n_accepted > n0, c.acked ? 5000 : 0);
+		}
+		ck_assert_msg(s.n_accepted > n0, "round %d: the peer never got in",
+			      round);
+		if (now_ms() - t0 > worst)
+			worst = (int)(now_ms() - t0);
+	}
+	kms_test_flood_stop(flood, &fs);
+	printf("raft-tls flood: 5 links through 32 idle connections in %d "
+	       "attempts, slowest %d ms; flood: %lu opened, %lu closed by the "
+	       "server in %lld ms\n",
+	       attempts, worst, fs.opened, fs.closed_by_server,
+	       (long long)(now_ms() - t_flood));
+	ck_assert_int_lt(worst, 1000);
+	ck_assert_uint_gt(fs.closed_by_server, 0); /* the bound was hit */
+	ck_assert_int_eq(s.n_accepted, 5);
+	ck_assert_int_eq(atomic_load(&cluster123.calls), 5);
+	ck_assert_int_le(log_count("raft-tls: closed "), 3);
+	close_stream(&s.acc);
+	side_close(&s);
+}
+END_TEST
+
+/* ---- the message length cap ---- */
+
+/*
+ * A member (node 2) announces an AppendEntries of 16 + 64 + 8192 bytes
+ * under a cap of 4096: its link is cut before raft reads a byte of it,
+ * with a line naming the peer and the size. The twin: node 3's link, up
+ * before and after, carries a message of exactly 4096 bytes intact.
+ */
+START_TEST(oversized_message_drops_only_that_link)
+{
+	static uint8_t big[128], exact[4096], rv[64];
+	struct side s, g;
+	struct client c = {.who = &node[2],
+			   .claim = 2,
+			   .claim_addr = "127.0.0.1:7002"};
+	size_t hdr;
+
+	limits.max_message_bytes = 4096;
+	side_init(&s, 1, &node[1], ca.pem, &cluster123, 1);
+	memset(&limits, 0, sizeof(limits));
+	side_init(&g, 3, &node[3], ca.pem, &cluster123, 0);
+	ck_assert_int_eq(g.t.connect(&g.t, &g.req, 1, s.addr, on_connect), 0);
+	WAIT_FOR(g.connect_done && s.acc != NULL, 10000);
+	ck_assert_int_eq(g.connect_status, 0);
+	ck_assert_uint_eq(s.acc_id, 3);
+	start_reading(s.acc, &s.acc_rd);
+	/* One entry whose message totals the cap exactly. */
+	hdr = append_entries_header(exact, 1, 4096 - 16 - 64);
+	ck_assert_uint_eq(hdr, 16 + 64);
+	memset(exact + hdr, 0xab, sizeof(exact) - hdr);
+	write_bytes(g.out, exact, sizeof(exact));
+	WAIT_FOR(s.acc_rd.n >= sizeof(exact), 10000);
+	ck_assert_uint_eq(s.acc_rd.n, sizeof(exact));
+	ck_assert(memcmp(s.acc_rd.buf, exact, sizeof(exact)) == 0);
+
+	c.addr = s.addr;
+	c.msg = big;
+	c.msg_len = append_entries_header(big, 1, 8192);
+	client_start(&c);
+	WAIT_FOR(s.n_more == 1, 10000);
+	ck_assert_int_eq(s.n_more, 1);
+	start_reading(s.more[0], &s.acc_rd2);
+	client_join(&c);
+	ck_assert_int_eq(c.acked, 1);
+	ck_assert_int_eq(c.cut, 1);
+	WAIT_FOR(s.acc_rd2.eof, 5000);
+	ck_assert_int_eq(s.acc_rd2.eof, 1);
+	ck_assert_uint_eq(s.acc_rd2.n, 0); /* raft read nothing of it */
+	ck_assert(log_contains("raft-tls: dropped the link from raft node 2 "
+			       "(127.0.0.1:"));
+	ck_assert(log_contains("a message (type 1) of at least 8272 bytes, "
+			       "over the cap of 4096"));
+
+	/* The other link carries on. */
+	s.acc_rd.n = 0;
+	write_bytes(g.out, rv, request_vote(rv));
+	WAIT_FOR(s.acc_rd.n >= 56, 10000);
+	ck_assert_uint_eq(s.acc_rd.n, 56);
+	ck_assert(!s.acc_rd.eof);
+	close_stream(&g.out);
+	close_stream(&s.acc);
+	side_close(&g);
+	side_close(&s);
+}
+END_TEST
+
+/* Headers raft would read past, and types it does not know, cut the link
+ * too (each its own connection), with the reason in the log. */
+START_TEST(malformed_message_headers_drop_the_link)
+{
+	static uint8_t m[3][128];
+	static const char *const why[3] = {
+	    "a message of unknown type 0",
+	    "a message (type 3) with a header of 8 bytes, too short",
+	    "an AppendEntries header of 48 bytes announcing 2 entries"};
+	size_t len[3];
+	struct side s;
+
+	len[0] = msg_start(m[0], 0, 40);
+	len[1] = msg_start(m[1], RAFT_IO_REQUEST_VOTE, 8);
+	len[2] = msg_start(m[2], RAFT_IO_APPEND_ENTRIES, 48);
+	put_le64(m[2] + 16 + 32, 2);
+	side_init(&s, 1, &node[1], ca.pem, &cluster123, 1);
+	for (int i = 0; i < 3; i++) {
+		struct client c = {.who = &node[2],
+				   .claim = 2,
+				   .claim_addr = "127.0.0.1:7002",
+				   .msg = m[i],
+				   .msg_len = len[i]};
+
+		c.addr = s.addr;
+		client_start(&c);
+		client_join(&c);
+		ck_assert_int_eq(c.acked, 1);
+		ck_assert_msg(c.cut == 1, "message %d was not cut", i);
+		WAIT_FOR(log_contains(why[i]), 3000);
+		ck_assert_msg(log_contains(why[i]), "no line: %s", why[i]);
+	}
+	WAIT_FOR(s.acc != NULL && s.n_more == 2, 3000);
+	close_stream(&s.acc);
+	side_close(&s);
+}
+END_TEST
+
+/* Node 1 (a) dials node 2 (b): both ends of the link up and read. */
+static void link_up(struct side *a, struct side *b)
+{
+	side_init(b, 2, &node[2], ca.pem, &cluster123, 1);
+	side_init(a, 1, &node[1], ca.pem, &cluster123, 0);
+	ck_assert_int_eq(a->t.connect(&a->t, &a->req, 2, b->addr, on_connect),
+			 0);
+	WAIT_FOR(a->connect_done && b->acc != NULL, 10000);
+	ck_assert_int_eq(a->connect_status, 0);
+	ck_assert_ptr_nonnull(b->acc);
+	ck_assert_uint_eq(b->acc_id, 1);
+	ck_assert_str_eq(b->acc_addr, a->addr);
+	start_reading(b->acc, &b->acc_rd);
+	start_reading(a->out, &a->out_rd);
+}
+
+/* raft's client never reads what it dialled: a server writing on such a
+ * link gets it cut. */
+START_TEST(bytes_on_a_dialled_link_drop_it)
+{
+	struct side a, b;
+
+	link_up(&a, &b);
+	write_str(b.acc, "reply-1");
+	WAIT_FOR(a.out_rd.eof && b.acc_rd.eof, 10000);
+	ck_assert_int_eq(a.out_rd.eof, 1);
+	ck_assert_uint_eq(a.out_rd.n, 0);
+	ck_assert(log_contains("raft-tls: dropped the link to raft node 2"));
+	ck_assert(log_contains(
+	    "7 bytes on a link that carries only this node's messages"));
+	close_stream(&a.out);
+	close_stream(&b.acc);
+	side_close(&a);
+	side_close(&b);
 }
 END_TEST
 
@@ -798,24 +1271,14 @@ END_TEST
  * raft's ends see EOF, and everything is freed (run under ASan). */
 START_TEST(close_with_links_up_is_clean)
 {
+	static uint8_t rv[64];
 	struct side a, b;
 
-	side_init(&b, 2, &node[2], ca.pem, &cluster123, 1);
-	side_init(&a, 1, &node[1], ca.pem, &cluster123, 0);
-	ck_assert_int_eq(a.t.connect(&a.t, &a.req, 2, b.addr, on_connect), 0);
-	WAIT_FOR(a.connect_done && b.acc != NULL, 10000);
-	ck_assert_int_eq(a.connect_status, 0);
-	ck_assert_ptr_nonnull(b.acc);
-	ck_assert_uint_eq(b.acc_id, 1);
-	ck_assert_str_eq(b.acc_addr, a.addr);
-	start_reading(b.acc, &b.acc_rd);
-	start_reading(a.out, &a.out_rd);
-	write_str(a.out, "append-entries-1");
-	WAIT_FOR(b.acc_rd.n >= 16, 10000);
-	ck_assert_str_eq(b.acc_rd.buf, "append-entries-1");
-	write_str(b.acc, "reply-1");
-	WAIT_FOR(a.out_rd.n >= 7, 10000);
-	ck_assert_str_eq(a.out_rd.buf, "reply-1");
+	link_up(&a, &b);
+	write_bytes(a.out, rv, request_vote(rv));
+	WAIT_FOR(b.acc_rd.n >= 56, 10000);
+	ck_assert_uint_eq(b.acc_rd.n, 56);
+	ck_assert(memcmp(b.acc_rd.buf, rv, 56) == 0);
 
 	a.t.close(&a.t, on_tclose);
 	b.t.close(&b.t, on_tclose);
@@ -1169,7 +1632,16 @@ int main(void)
 	tcase_add_test(tc,
 		       certificate_from_another_ca_is_refused_at_the_handshake);
 	tcase_add_test(tc, server_from_another_ca_is_refused_by_connect);
-	tcase_add_test(tc, silent_client_is_dropped_after_five_seconds);
+	tcase_add_test(tc, silent_connection_is_closed_at_the_hello_deadline);
+	tcase_add_test(tc,
+		       stalled_handshake_is_closed_at_the_handshake_deadline);
+	tcase_add_test(tc, stalled_handshake_gives_way_to_a_peer);
+	tcase_add_test(tc, oldest_pending_connection_of_a_source_is_evicted);
+	tcase_add_test(tc, oldest_pending_connection_overall_is_evicted);
+	tcase_add_test(tc, peer_gets_through_a_flood_of_idle_connections);
+	tcase_add_test(tc, oversized_message_drops_only_that_link);
+	tcase_add_test(tc, malformed_message_headers_drop_the_link);
+	tcase_add_test(tc, bytes_on_a_dialled_link_drop_it);
 	tcase_add_test(tc, connect_where_nothing_listens_fails);
 	tcase_add_test(tc, connect_to_the_wrong_node_fails);
 	tcase_add_test(tc, close_with_links_up_is_clean);
