@@ -59,9 +59,9 @@ static int consistency(kms_node *node, kms_call *call, kms_err *err)
 			"\" or leave it out");
 }
 
-static int is_admin(const kms_node *node, const char *principal)
+static int is_admin(kms_node *node, const char *principal)
 {
-	return kms_is_admin(node->cfg.admins, node->cfg.n_admins, principal);
+	return kms_keyring_is_admin(node->kr, principal);
 }
 
 /*
@@ -249,7 +249,7 @@ static void create_key(void *app, kms_call *call, const uint8_t *data, size_t le
 	w->node = node;
 	w->call = call;
 	snprintf(w->key_id, sizeof(w->key_id), "%s", req->key_id);
-	kms_node_commit(node, cmd.data, cmd.len, create_key_done, w);
+	kms_node_commit(node, principal, cmd.data, cmd.len, create_key_done, w);
 	rc = KMS_OK;
 out:
 	if (rc != KMS_OK)

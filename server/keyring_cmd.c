@@ -71,8 +71,9 @@ int kms_keyring_cmd_create_key(const char *key_id, const char *description,
 }
 
 int kms_keyring_cmd_add_member(uint64_t id, const char *raft_address, const char *grpc_address,
-			       kms_buf *out, kms_err *err)
+			       const kms_join_grant *grant, kms_buf *out, kms_err *err)
 {
+	Kms__V1__JoinGrant g = KMS__V1__JOIN_GRANT__INIT;
 	Kms__V1__MemberRecord m = KMS__V1__MEMBER_RECORD__INIT;
 	Kms__V1__AddMemberCommand am = KMS__V1__ADD_MEMBER_COMMAND__INIT;
 	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
@@ -80,6 +81,12 @@ int kms_keyring_cmd_add_member(uint64_t id, const char *raft_address, const char
 	m.id = id;
 	m.raft_address = (char *)raft_address;
 	m.grpc_address = (char *)grpc_address;
+	if (grant != NULL) {
+		g.transport_key_sha256.data = (uint8_t *)grant->transport_key_sha256;
+		g.transport_key_sha256.len = KMS_FINGERPRINT_LEN;
+		g.expires_at_unix = grant->expires_at_unix;
+		m.join_grant = &g;
+	}
 	KMS_TRY(kr_member_check(&m, err));
 	am.member = &m;
 	c.cmd_case = KMS__V1__COMMAND__CMD_ADD_MEMBER;
@@ -114,3 +121,34 @@ int kms_keyring_cmd_domain_key_check(const uint8_t *wrapped_probe, size_t len, k
 	return kr_command_pack(&c, out, err);
 }
 
+
+int kms_keyring_cmd_consume_join_grant(uint64_t id, const uint8_t fp[KMS_FINGERPRINT_LEN],
+				       int64_t now_unix, kms_buf *out, kms_err *err)
+{
+	Kms__V1__ConsumeJoinGrantCommand cg = KMS__V1__CONSUME_JOIN_GRANT_COMMAND__INIT;
+	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
+
+	KMS_ENSURE(id != 0 && fp != NULL, err, KMS_ERR_INVALID,
+		   "a join grant is used by a node id with a transport key fingerprint");
+	cg.node_id = id;
+	cg.transport_key_sha256.data = (uint8_t *)fp;
+	cg.transport_key_sha256.len = KMS_FINGERPRINT_LEN;
+	cg.now_unix = now_unix;
+	c.cmd_case = KMS__V1__COMMAND__CMD_CONSUME_JOIN_GRANT;
+	c.consume_join_grant = &cg;
+	return kr_command_pack(&c, out, err);
+}
+
+int kms_keyring_cmd_set_administrators(char *const *admins, size_t n, kms_buf *out,
+				       kms_err *err)
+{
+	Kms__V1__SetAdministratorsCommand sa = KMS__V1__SET_ADMINISTRATORS_COMMAND__INIT;
+	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
+
+	KMS_TRY(kr_admins_check(admins, n, err));
+	sa.administrators = (char **)admins;
+	sa.n_administrators = n;
+	c.cmd_case = KMS__V1__COMMAND__CMD_SET_ADMINISTRATORS;
+	c.set_administrators = &sa;
+	return kr_command_pack(&c, out, err);
+}

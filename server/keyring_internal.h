@@ -39,6 +39,8 @@ struct kms_keyring {
 	size_t n_members;
 	uint8_t probe[KMS_WRAPPED_MAX]; /* the domain-key check blob */
 	size_t probe_len;
+	char **admins; /* kms_malloc'd strings, n_admins of them */
+	size_t n_admins;
 	kms_keyring_release_fn release;
 	void *release_arg;
 };
@@ -81,6 +83,14 @@ int kr_apply_remove_member(kms_keyring *kr, const Kms__V1__RemoveMemberCommand *
 			   kms_err *err);
 int kr_apply_domain_key_check(kms_keyring *kr, const Kms__V1__DomainKeyCheckCommand *c,
 			      kms_err *err);
+int kr_apply_consume_join_grant(kms_keyring *kr, const Kms__V1__ConsumeJoinGrantCommand *c,
+				kms_err *err);
+int kr_apply_set_administrators(kms_keyring *kr, const Kms__V1__SetAdministratorsCommand *c,
+				kms_err *err);
+/* The rules of an administrators list (apply, restore, the builder). */
+int kr_admins_check(char *const *admins, size_t n, kms_err *err);
+/* A deep copy of a list, or NULL (kms_keyring_admins_free). */
+char **kr_admins_dup(char *const *admins, size_t n);
 
 /* Packs a command into out->data (kms_malloc'd, the caller's). keyring_cmd.c */
 int kr_command_pack(const Kms__V1__Command *c, kms_buf *out, kms_err *err);

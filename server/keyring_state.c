@@ -291,6 +291,7 @@ void kms_keyring_free(kms_keyring *kr)
 		return;
 	/* The owner guarantees no other thread uses kr any more. */
 	kr_entries_drop(kr->entries, kr->n, kr->release, kr->release_arg);
+	kms_keyring_admins_free(kr->admins, kr->n_admins);
 	pthread_rwlock_destroy(&kr->lock);
 	kms_free(kr);
 }
@@ -388,6 +389,12 @@ int kms_keyring_apply(kms_keyring *kr, const uint8_t *cmd, size_t len,
 	case KMS__V1__COMMAND__CMD_DOMAIN_KEY_CHECK:
 		rc = kr_apply_domain_key_check(kr, c->domain_key_check, err);
 		break;
+	case KMS__V1__COMMAND__CMD_CONSUME_JOIN_GRANT:
+		rc = kr_apply_consume_join_grant(kr, c->consume_join_grant, err);
+		break;
+	case KMS__V1__COMMAND__CMD_SET_ADMINISTRATORS:
+		rc = kr_apply_set_administrators(kr, c->set_administrators, err);
+		break;
 	case KMS__V1__COMMAND__CMD__NOT_SET:
 	default:
 		rc = kms_errf(err, KMS_ERR_INVALID,
@@ -404,6 +411,7 @@ int kms_keyring_snapshot(kms_keyring *kr, void *(*alloc)(size_t), kms_buf *out,
 	Kms__V1__KeyRingSnapshot snap = KMS__V1__KEY_RING_SNAPSHOT__INIT;
 	Kms__V1__KeyRecord **recs = NULL;
 	Kms__V1__MemberRecord mrec[KMS_MEMBERS_MAX], *mptr[KMS_MEMBERS_MAX];
+	Kms__V1__JoinGrant grants[KMS_MEMBERS_MAX];
 	size_t i, len;
 	int rc = KMS_OK;
 
@@ -427,12 +435,24 @@ int kms_keyring_snapshot(kms_keyring *kr, void *(*alloc)(size_t), kms_buf *out,
 		mrec[i].id = kr->members[i].id;
 		mrec[i].raft_address = kr->members[i].raft_address;
 		mrec[i].grpc_address = kr->members[i].grpc_address;
+		if (kr->members[i].grant.present) {
+			const kms_join_grant *g = &kr->members[i].grant;
+
+			kms__v1__join_grant__init(&grants[i]);
+			grants[i].transport_key_sha256.data = (uint8_t *)g->transport_key_sha256;
+			grants[i].transport_key_sha256.len = KMS_FINGERPRINT_LEN;
+			grants[i].expires_at_unix = g->expires_at_unix;
+			grants[i].used = g->used;
+			mrec[i].join_grant = &grants[i];
+		}
 		mptr[i] = &mrec[i];
 	}
 	snap.n_members = kr->n_members;
 	snap.members = mptr;
 	snap.domain_key_probe.data = kr->probe;
 	snap.domain_key_probe.len = kr->probe_len;
+	snap.administrators = kr->admins;
+	snap.n_administrators = kr->n_admins;
 	len = kms__v1__key_ring_snapshot__get_packed_size(&snap);
 	out->data = alloc(len);
 	if (out->data == NULL) {
@@ -462,7 +482,8 @@ int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len,
 	    .alloc = kr_pb_alloc, .free = kr_pb_free, .allocator_data = &st};
 	Kms__V1__KeyRingSnapshot *s = NULL;
 	struct kr_entry *fresh = NULL, *old;
-	size_t i, built = 0, old_n;
+	char **admins = NULL, **old_admins;
+	size_t i, built = 0, old_n, old_n_admins;
 	kms_keyring_release_fn fn;
 	void *arg;
 	int rc = KMS_OK;
@@ -508,6 +529,16 @@ int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len,
 			goto out;
 		}
 	}
+	/* A snapshot from before the list was replicated holds none. */
+	if (s->n_administrators > 0) {
+		KMS_TRY_GOTO(rc, kr_admins_check(s->administrators, s->n_administrators, err),
+			     out);
+		admins = kr_admins_dup(s->administrators, s->n_administrators);
+		if (admins == NULL) {
+			rc = kms_errf(err, KMS_ERR_NOMEM, "out of memory restoring a snapshot");
+			goto out;
+		}
+	}
 	fresh = kms_calloc(s->n_keys, sizeof(*fresh));
 	if (fresh == NULL) {
 		rc = kms_errf(err, KMS_ERR_NOMEM,
@@ -529,6 +560,11 @@ int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len,
 	if (s->domain_key_probe.len > 0)
 		memcpy(kr->probe, s->domain_key_probe.data, s->domain_key_probe.len);
 	kr->probe_len = s->domain_key_probe.len;
+	old_admins = kr->admins;
+	old_n_admins = kr->n_admins;
+	kr->admins = admins;
+	kr->n_admins = s->n_administrators;
+	admins = NULL;
 	fn = kr->release;
 	arg = kr->release_arg;
 	pthread_rwlock_unlock(&kr->lock);
@@ -536,9 +572,11 @@ int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len,
 	built = 0;
 	/* Old handles are unreachable now; release them outside the lock. */
 	kr_entries_drop(old, old_n, fn, arg);
+	kms_keyring_admins_free(old_admins, old_n_admins);
 out:
 	if (fresh != NULL)
 		kr_entries_drop(fresh, built, NULL, NULL);
+	kms_keyring_admins_free(admins, s->n_administrators);
 	kr_pb_message_free(&s->base);
 	return rc;
 }

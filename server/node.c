@@ -87,6 +87,15 @@ static int find_domain_key(kms_node *node, int fresh, kms_err *err)
 				node->cfg.hsm_token_label, node->cfg.domain_key_label,
 				node->cfg.data_dir);
 	KMS_TRY(rc);
+	/* A joining node receives the cluster's domain key; one already in the
+	 * token is another cluster's (or an earlier life's): refuse to mix them. */
+	if (fresh && joining)
+		return kms_errf(err, KMS_ERR_CONFIG,
+				"token '%s' already holds a domain key '%s', but this node joins a "
+				"cluster (%s is empty and [cluster] join is set): a joining node "
+				"receives the cluster's domain key; give it a fresh token",
+				node->cfg.hsm_token_label, node->cfg.domain_key_label,
+				node->cfg.data_dir);
 	atomic_store(&node->domain_key, dk);
 	return KMS_OK;
 }
@@ -125,21 +134,53 @@ static int check_own_certificate(kms_node *node, kms_err *err)
  * accepts node identities of its trust domain: the leader that adds it is
  * not in its empty key ring yet.
  */
+void kms_node_set_join_members(kms_node *node, const kms_member *m, size_t n)
+{
+	pthread_mutex_lock(&node->join_mu);
+	node->n_join_members = n < KMS_MEMBERS_MAX ? n : KMS_MEMBERS_MAX;
+	memcpy(node->join_members, m, node->n_join_members * sizeof(*m));
+	pthread_mutex_unlock(&node->join_mu);
+}
+
+static int join_member(kms_node *node, uint64_t id)
+{
+	int found = 0;
+
+	pthread_mutex_lock(&node->join_mu);
+	for (size_t i = 0; i < node->n_join_members && !found; i++)
+		found = node->join_members[i].id == id;
+	pthread_mutex_unlock(&node->join_mu);
+	return found;
+}
+
+/*
+ * Raft peer links: the certificate (from the node CA: the link's TLS
+ * context trusts nothing else) must name the node id the peer claims, and
+ * that node must be a member. The check is never off:
+ *  - the key ring's member list, once it has one;
+ *  - else the Raft configuration, which a restarted node has read from its
+ *    log and snapshot before it listens (raft_start);
+ *  - else, on a joining node, the members named in the answer that gave it
+ *    the domain key; until then it accepts no link at all.
+ */
 static int authorize_peer(void *arg, const char *spiffe_id, unsigned long long raft_id)
 {
 	kms_node *node = arg;
-	kms_member m[KMS_MEMBERS_MAX];
+	kms_member m;
 	kms_spiffe_id id;
 	uint64_t claimed = 0;
 
-	/* The link's TLS context trusts the node CA only. */
 	if (kms_spiffe_parse_str(spiffe_id, 1, &id, NULL) != KMS_OK ||
 	    !kms_spiffe_in_trust_domain(&id, node->cfg.trust_domain) ||
 	    kms_spiffe_node_id(&id, &claimed) != KMS_OK || claimed != raft_id || raft_id == 0)
 		return 0;
-	if (kms_keyring_members(node->kr, m, KMS_MEMBERS_MAX) == 0)
+	if (kms_keyring_member(node->kr, raft_id, &m) == KMS_OK)
 		return 1;
-	return kms_keyring_member(node->kr, raft_id, &m[0]) == KMS_OK;
+	if (kms_keyring_members(node->kr, NULL, 0) > 0)
+		return 0;
+	if (node->raft != NULL && kms_raft_configured(node->raft) > 0)
+		return kms_raft_has_server(node->raft, raft_id);
+	return join_member(node, raft_id);
 }
 
 static int transport_init(void *arg, struct raft_uv_transport *t, struct uv_loop_s *loop,
@@ -191,8 +232,30 @@ int kms_node_can_write(kms_node *node)
 	return can_serve(node, 0);
 }
 
+void kms_node_local_status(kms_node *node, Kms__V1__NodeStatusResponse *r)
+{
+	kms_raft_view v;
+
+	kms_raft_view_get(node->raft, &v);
+	r->id = node->cfg.node_id;
+	r->role = (char *)kms_raft_state_name(v.state);
+	r->term = v.term;
+	r->commit_index = v.commit_index;
+	r->applied_index = v.applied_index;
+	r->leader_id = v.leader_id;
+	r->has_domain_key = atomic_load(&node->domain_key) != 0;
+}
+
+int kms_node_is_leader(kms_node *node)
+{
+	kms_raft_view v;
+
+	kms_raft_view_get(node->raft, &v);
+	return v.state == RAFT_LEADER;
+}
+
 /* The leader's member record, for calls to it. */
-static int leader_member(kms_node *node, kms_member *out, kms_err *err)
+int kms_node_leader(kms_node *node, kms_member *out, kms_err *err)
 {
 	kms_raft_view v;
 
@@ -220,7 +283,7 @@ int kms_node_sync_read(kms_node *node, kms_err *err)
 	if (v.state == RAFT_LEADER) {
 		commit = v.commit_index;
 	} else {
-		if (leader_member(node, &leader, err) != KMS_OK)
+		if (kms_node_leader(node, &leader, err) != KMS_OK)
 			return kms_err_prefix(err, "leader-commit consistency");
 		if (kms_peers_call(node->peers, leader.grpc_address, leader.id, "/kms.v1.Internal/NodeStatus",
 				   &req.base, &kms__v1__node_status_response__descriptor,
@@ -241,8 +304,8 @@ int kms_node_sync_read(kms_node *node, kms_err *err)
 
 /* --- writes: to Raft on the leader, forwarded from a follower --- */
 
-static void forward(kms_node *node, const uint8_t *cmd, size_t len, kms_raft_done_fn done,
-		    void *arg)
+static void forward(kms_node *node, const char *principal, const uint8_t *cmd, size_t len,
+		    kms_raft_done_fn done, void *arg)
 {
 	Kms__V1__ForwardRequest req = KMS__V1__FORWARD_REQUEST__INIT;
 	Kms__V1__ForwardResponse *resp = NULL;
@@ -253,12 +316,13 @@ static void forward(kms_node *node, const uint8_t *cmd, size_t len, kms_raft_don
 	int status;
 	uint64_t index;
 
-	if (leader_member(node, &leader, &err) != KMS_OK) {
+	if (kms_node_leader(node, &leader, &err) != KMS_OK) {
 		done(arg, err.code, err.msg, 0);
 		return;
 	}
 	req.command.data = (uint8_t *)cmd;
 	req.command.len = len;
+	req.principal = (char *)(principal != NULL ? principal : "");
 	if (kms_peers_call(node->peers, leader.grpc_address, leader.id, "/kms.v1.Internal/Forward", &req.base,
 			   &kms__v1__forward_response__descriptor, (ProtobufCMessage **)&resp,
 			   FORWARD_TIMEOUT_MS, &st) != 0) {
@@ -281,16 +345,13 @@ static void forward(kms_node *node, const uint8_t *cmd, size_t len, kms_raft_don
 	done(arg, status, msg[0] != '\0' ? msg : NULL, index);
 }
 
-void kms_node_commit(kms_node *node, const uint8_t *cmd, size_t len, kms_raft_done_fn done,
-		     void *arg)
+void kms_node_commit(kms_node *node, const char *principal, const uint8_t *cmd, size_t len,
+		     kms_raft_done_fn done, void *arg)
 {
-	kms_raft_view v;
-
-	kms_raft_view_get(node->raft, &v);
-	if (v.state == RAFT_LEADER)
+	if (kms_node_is_leader(node))
 		kms_raft_submit(node->raft, cmd, len, done, arg);
 	else
-		forward(node, cmd, len, done, arg);
+		forward(node, principal, cmd, len, done, arg);
 }
 
 struct commit_wait {
@@ -315,15 +376,15 @@ static void commit_wait_done(void *arg, int status, const char *msg, uint64_t in
 	pthread_mutex_unlock(&w->mu);
 }
 
-int kms_node_commit_wait(kms_node *node, const uint8_t *cmd, size_t len, uint64_t *index,
-			 kms_err *err)
+int kms_node_commit_wait(kms_node *node, const char *principal, const uint8_t *cmd, size_t len,
+			 uint64_t *index, kms_err *err)
 {
 	struct commit_wait w;
 
 	memset(&w, 0, sizeof(w));
 	pthread_mutex_init(&w.mu, NULL);
 	pthread_cond_init(&w.cond, NULL);
-	kms_node_commit(node, cmd, len, commit_wait_done, &w);
+	kms_node_commit(node, principal, cmd, len, commit_wait_done, &w);
 	pthread_mutex_lock(&w.mu);
 	while (!w.done)
 		pthread_cond_wait(&w.cond, &w.mu);
@@ -352,8 +413,10 @@ static int start_rpc(kms_node *node, kms_err *err)
 		methods[n_methods++] = kms_api_keymgmt_methods[i];
 	for (size_t i = 0; i < kms_api_health_n_methods; i++)
 		methods[n_methods++] = kms_api_health_methods[i];
-	for (size_t i = 0; i < kms_api_cluster_n_methods; i++)
-		methods[n_methods++] = kms_api_cluster_methods[i];
+	for (size_t i = 0; i < kms_api_operator_n_methods; i++)
+		methods[n_methods++] = kms_api_operator_methods[i];
+	for (size_t i = 0; i < kms_api_internal_n_methods; i++)
+		methods[n_methods++] = kms_api_internal_methods[i];
 	memset(&o, 0, sizeof(o));
 	o.listen = node->cfg.grpc_listen;
 	o.ca_file = node->cfg.ca_file;
@@ -380,6 +443,7 @@ int kms_node_start(const char *config_path, kms_node **out, kms_err *err)
 
 	if (node == NULL)
 		return kms_errf(err, KMS_ERR_NOMEM, "out of memory");
+	pthread_mutex_init(&node->join_mu, NULL);
 	KMS_TRY_GOTO(rc, kms_config_load(config_path, &node->cfg, err), fail_free);
 	{
 		int level = kms_log_level_parse(node->cfg.log_level);
@@ -403,6 +467,14 @@ int kms_node_start(const char *config_path, kms_node **out, kms_err *err)
 	KMS_TRY_GOTO(rc, kms_tls_engine_load_key(node->cfg.tls_key_uri, &node->raft_key, err), fail);
 	memset(&ropts, 0, sizeof(ropts));
 	ropts.bootstrap = fresh && node->cfg.join_seeds == NULL;
+	/* The first administrators of a new cluster come from this file; later
+	 * the list lives in the replicated state. */
+	if (ropts.bootstrap && node->cfg.n_admins == 0) {
+		rc = kms_errf(err, KMS_ERR_CONFIG,
+			      "%s: a node that starts a new cluster needs 'admins' in [authz]",
+			      config_path);
+		goto fail;
+	}
 	if (fresh)
 		KMS_LOG_I("raft: %s is empty: %s", node->cfg.data_dir,
 			  ropts.bootstrap ? "this node starts a new cluster"
@@ -421,6 +493,7 @@ fail:
 	kms_node_stop(node);
 	return rc;
 fail_free:
+	pthread_mutex_destroy(&node->join_mu);
 	kms_free(node);
 	return rc;
 }
@@ -442,5 +515,6 @@ void kms_node_stop(kms_node *node)
 	kms_hsm_close(node->hsm);
 	kms_authn_free(node->authn);
 	kms_config_free(&node->cfg);
+	pthread_mutex_destroy(&node->join_mu);
 	kms_free(node);
 }

@@ -2,6 +2,7 @@
 #ifndef KMS_NODE_H
 #define KMS_NODE_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 
 #include <openssl/types.h>
@@ -11,6 +12,7 @@
 #include "kms/hsm.h"
 #include "authn.h"
 #include "kms/keyring.h"
+#include "kms/v1/cluster.pb-c.h"
 #include "peers.h"
 #include "raft_node.h"
 #include "rpc_server.h"
@@ -33,6 +35,11 @@ typedef struct kms_node {
 	kms_peers *peers;
 	struct kms_supervisor *sup;
 	kms_rpc_server *rpc;
+	/* A joining node's only allowed Raft peers until its key ring lists
+	 * the members: the members the FetchDomainKey answer named. */
+	pthread_mutex_t join_mu;
+	kms_member join_members[KMS_MEMBERS_MAX];
+	size_t n_join_members;
 } kms_node;
 
 /*
@@ -64,17 +71,32 @@ int kms_node_can_write(kms_node *node);
 int kms_node_sync_read(kms_node *node, kms_err *err);
 
 /*
- * Commits a serialized command through the cluster's leader. On the leader
- * it goes to Raft and done runs on the Raft thread once applied; on a
- * follower it is forwarded (Internal/Forward) and done runs on this thread
- * after the command is applied here too, so the caller reads its own write.
- * No leader: done(KMS_ERR_UNAVAILABLE, "no quorum ...").
+ * Commits a serialized command through the cluster's leader on behalf of
+ * principal (the caller this node served). On the leader it goes to Raft
+ * and done runs on the Raft thread once applied; on a follower it is
+ * forwarded (Internal/Forward, with the principal, which the leader
+ * authorizes again) and done runs on this thread after the command is
+ * applied here too, so the caller reads its own write. No leader:
+ * done(KMS_ERR_UNAVAILABLE, "no quorum ...").
  */
-void kms_node_commit(kms_node *node, const uint8_t *cmd, size_t len, kms_raft_done_fn done,
-		     void *arg);
+void kms_node_commit(kms_node *node, const char *principal, const uint8_t *cmd, size_t len,
+		     kms_raft_done_fn done, void *arg);
 
 /* The same, waiting for the outcome (worker threads only, never the Raft thread). */
-int kms_node_commit_wait(kms_node *node, const uint8_t *cmd, size_t len, uint64_t *index,
-			 kms_err *err);
+int kms_node_commit_wait(kms_node *node, const char *principal, const uint8_t *cmd, size_t len,
+			 uint64_t *index, kms_err *err);
+
+/* This node's Raft view and domain-key state, for NodeStatus and
+ * ClusterStatus; the strings are static. */
+void kms_node_local_status(kms_node *node, Kms__V1__NodeStatusResponse *r);
+
+/* True when this node is the Raft leader now (it may lose that any time). */
+int kms_node_is_leader(kms_node *node);
+
+/* The leader's member record; KMS_ERR_UNAVAILABLE naming why there is none. */
+int kms_node_leader(kms_node *node, kms_member *out, kms_err *err);
+
+/* Records the members a joining node may accept Raft links from. */
+void kms_node_set_join_members(kms_node *node, const kms_member *m, size_t n);
 
 #endif

@@ -182,6 +182,27 @@ void kms_raft_view_get(kms_raft *r, kms_raft_view *out)
 	pthread_mutex_unlock(&r->view_mu);
 }
 
+size_t kms_raft_configured(kms_raft *r)
+{
+	size_t n;
+
+	pthread_mutex_lock(&r->view_mu);
+	n = r->view.n_servers;
+	pthread_mutex_unlock(&r->view_mu);
+	return n;
+}
+
+int kms_raft_has_server(kms_raft *r, uint64_t id)
+{
+	int found = 0;
+
+	pthread_mutex_lock(&r->view_mu);
+	for (size_t i = 0; i < r->view.n_servers && !found; i++)
+		found = r->view.servers[i].id == id;
+	pthread_mutex_unlock(&r->view_mu);
+	return found;
+}
+
 int kms_raft_wait_applied(kms_raft *r, uint64_t index, int timeout_ms)
 {
 	struct timespec until;
@@ -619,6 +640,9 @@ static int setup(kms_raft *r, kms_err *err)
 	if (rv != 0)
 		return kms_errf(err, KMS_ERR_IO, "raft_start on %s: %s", r->address,
 				raft_message(&r->raft, rv));
+	/* raft_start loaded the configuration: peers are authorized against it
+	 * at once, not after the first timer tick. */
+	view_refresh(r);
 	rv = uv_timer_start(&r->poll, on_poll, 0, LEADER_POLL_MS);
 	if (rv != 0)
 		return kms_errf(err, KMS_ERR_INTERNAL, "uv_timer_start: %s", uv_strerror(rv));
@@ -687,7 +711,9 @@ int kms_raft_start(const kms_config *cfg, kms_keyring *kr, const kms_raft_opts *
 		kms_raft_free(r);
 		return kms_errf(err, KMS_ERR_NOMEM, "out of memory starting Raft");
 	}
+	*out = r;
 	if (pthread_create(&r->thread, NULL, raft_thread, r) != 0) {
+		*out = NULL;
 		kms_raft_free(r);
 		return kms_errf(err, KMS_ERR_INTERNAL, "cannot start the Raft thread");
 	}
@@ -698,6 +724,7 @@ int kms_raft_start(const kms_config *cfg, kms_keyring *kr, const kms_raft_opts *
 	rc = r->start_rc;
 	pthread_mutex_unlock(&r->mu);
 	if (rc != KMS_OK) {
+		*out = NULL;
 		if (err != NULL)
 			*err = r->start_err;
 		pthread_join(r->thread, NULL);
@@ -711,7 +738,6 @@ int kms_raft_start(const kms_config *cfg, kms_keyring *kr, const kms_raft_opts *
 		kms_free(r);
 		return rc;
 	}
-	*out = r;
 	return KMS_OK;
 }
 

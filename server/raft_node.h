@@ -38,7 +38,9 @@ typedef struct kms_raft_opts {
 /*
  * Starts Raft for this node on its own thread; an existing data directory is
  * replayed (snapshot plus log) into kr. Returns once Raft has started, or
- * KMS_ERR_CONFIG / KMS_ERR_IO with raft's own message.
+ * KMS_ERR_CONFIG / KMS_ERR_IO with raft's own message. *out is set before
+ * the Raft thread starts, so the transport's callbacks (on threads it
+ * creates) may use it; on failure it is set back to NULL.
  *
  * While this node leads, it keeps Raft's configuration in step with the
  * member list of the key ring: members missing from the configuration are
@@ -65,6 +67,15 @@ typedef struct kms_raft_view {
 } kms_raft_view;
 
 void kms_raft_view_get(kms_raft *r, kms_raft_view *out);
+
+/*
+ * How many servers the Raft configuration holds, and whether id is one of
+ * them. A restarted node knows its configuration from its log and snapshot
+ * before its transport accepts a link: the view is refreshed right after
+ * raft_start, which loads them. Thread-safe.
+ */
+size_t kms_raft_configured(kms_raft *r);
+int kms_raft_has_server(kms_raft *r, uint64_t id);
 
 /* "leader", "follower", "candidate" or "unavailable"; role names likewise. */
 const char *kms_raft_state_name(int state);

@@ -209,6 +209,15 @@ static void destroy_plain_slice(void *p)
 	kms_free(p);
 }
 
+void kms_call_reply_bytes(kms_call *c, const uint8_t *resp, size_t len)
+{
+	grpc_slice slice = grpc_slice_from_copied_buffer((const char *)resp, len);
+	grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&slice, 1);
+
+	grpc_slice_unref(slice);
+	send_final(c, bb, GRPC_STATUS_OK, NULL);
+}
+
 void kms_call_reply(kms_call *c, const ProtobufCMessage *resp, int secret)
 {
 	size_t len = protobuf_c_message_get_packed_size(resp);

@@ -87,6 +87,9 @@ void *kms_call_worker(const kms_call *call);
  */
 void kms_call_reply(kms_call *call, const ProtobufCMessage *resp, int secret);
 
+/* Finishes the call with OK and len bytes of an already packed response. */
+void kms_call_reply_bytes(kms_call *call, const uint8_t *resp, size_t len);
+
 /* Finishes the call with the gRPC status for kms_status and msg (any thread). */
 void kms_call_fail(kms_call *call, int kms_status, const char *msg);
 

@@ -9,6 +9,7 @@
 #include <raft.h>
 
 #include "kms/alloc.h"
+#include "kms/fingerprint.h"
 #include "kms/log.h"
 #include "kms/v1/cluster.pb-c.h"
 #include "node.h"
@@ -16,7 +17,8 @@
 
 #define TICK_MS 200
 #define FETCH_EVERY_TICKS 5
-#define FETCH_TIMEOUT_MS 3000
+/* The member commits the grant's use through Raft before it answers. */
+#define FETCH_TIMEOUT_MS 10000
 
 struct kms_supervisor {
 	kms_node *node;
@@ -26,9 +28,10 @@ struct kms_supervisor {
 	int stop;
 	atomic_int write_in_flight;
 	unsigned ticks;
-	/* joining: the transport key pair made in our HSM */
+	/* joining: the transport key pair made in our HSM, and its fingerprint */
 	kms_hsm_key transport_priv, transport_pub;
 	kms_buf modulus, exponent;
+	char fingerprint[KMS_SHA256_HEX_LEN + 1];
 	unsigned fetch_attempts;
 };
 
@@ -42,7 +45,13 @@ static void write_done(void *arg, int status, const char *msg, uint64_t index)
 	atomic_store(&s->write_in_flight, 0);
 }
 
-/* The leader makes sure the cluster records this node and its probe. */
+/*
+ * The leader makes sure the cluster records, in this order, this node, the
+ * first administrators (from its configuration, when the replicated list is
+ * still empty) and the domain-key probe. The probe comes last: a node
+ * serves only once it verified the probe, and so only once the
+ * administrators list it decides with is in.
+ */
 static void leader_bookkeeping(struct kms_supervisor *s)
 {
 	kms_node *node = s->node;
@@ -59,10 +68,20 @@ static void leader_bookkeeping(struct kms_supervisor *s)
 	    strcmp(self.grpc_address, node->cfg.grpc_listen) != 0 ||
 	    strcmp(self.raft_address, node->cfg.raft_listen) != 0) {
 		if (kms_keyring_cmd_add_member(node->cfg.node_id, node->cfg.raft_listen,
-					       node->cfg.grpc_listen, &cmd, &err) != KMS_OK) {
+					       node->cfg.grpc_listen, NULL, &cmd, &err) != KMS_OK) {
 			KMS_LOG_E("supervisor: %s", err.msg);
 			return;
 		}
+	} else if (kms_keyring_admin_count(node->kr) == 0 && node->cfg.n_admins > 0) {
+		if (kms_keyring_cmd_set_administrators(node->cfg.admins, node->cfg.n_admins, &cmd,
+						       &err) != KMS_OK) {
+			KMS_LOG_E("supervisor: the administrators in the configuration: %s",
+				  err.msg);
+			return;
+		}
+		KMS_LOG_I("supervisor: recording the %zu administrator(s) of the configuration in "
+			  "the cluster's state",
+			  node->cfg.n_admins);
 	} else if (kms_keyring_domain_key_probe(node->kr, probe) == 0) {
 		/* The probe is a random key wrapped under the domain key: only
 		 * the same domain key unwraps it (RFC 5649 integrity check). */
@@ -120,6 +139,45 @@ static void verify_probe(struct kms_supervisor *s)
 	KMS_LOG_I("domain key verified against the cluster's check blob");
 }
 
+/*
+ * The transport key pair a joining node receives the domain key with, made
+ * once per process in its HSM; the operator admits exactly this key by its
+ * fingerprint.
+ */
+static int make_transport_key(struct kms_supervisor *s, kms_err *err)
+{
+	kms_node *node = s->node;
+	uint8_t fp[KMS_SHA256_LEN];
+
+	KMS_TRY(kms_hsm_transport_keypair(node->hsm, &s->transport_priv, &s->transport_pub,
+					  &s->modulus, &s->exponent, err));
+	KMS_TRY(kms_rsa_public_sha256(s->modulus.data, s->modulus.len, s->exponent.data,
+				      s->exponent.len, fp, err));
+	kms_hex_encode(fp, sizeof(fp), s->fingerprint);
+	KMS_LOG_I("joining: transport key sha256 %s", s->fingerprint);
+	return KMS_OK;
+}
+
+/* Keeps the members the answer named: the joining node's Raft peers. */
+static void keep_join_members(kms_node *node, const Kms__V1__FetchDomainKeyResponse *resp)
+{
+	kms_member m[KMS_MEMBERS_MAX];
+	size_t n = 0;
+
+	memset(m, 0, sizeof(m));
+	for (size_t i = 0; i < resp->n_members && n < KMS_MEMBERS_MAX; i++) {
+		const Kms__V1__Member *r = resp->members[i];
+
+		if (r == NULL || r->id == 0 || r->raft_address == NULL || r->grpc_address == NULL)
+			continue;
+		m[n].id = r->id;
+		snprintf(m[n].raft_address, sizeof(m[n].raft_address), "%s", r->raft_address);
+		snprintf(m[n].grpc_address, sizeof(m[n].grpc_address), "%s", r->grpc_address);
+		n++;
+	}
+	kms_node_set_join_members(node, m, n);
+}
+
 /* A joining node asks the seeds for the domain key until it is admitted. */
 static void fetch_domain_key(struct kms_supervisor *s)
 {
@@ -131,9 +189,7 @@ static void fetch_domain_key(struct kms_supervisor *s)
 	kms_hsm_key dk = 0;
 	kms_err err = {0};
 
-	if (s->transport_priv == 0 &&
-	    kms_hsm_transport_keypair(node->hsm, &s->transport_priv, &s->transport_pub,
-				      &s->modulus, &s->exponent, &err) != KMS_OK) {
+	if (s->transport_priv == 0 && make_transport_key(s, &err) != KMS_OK) {
 		fatal(node, err.msg);
 		return;
 	}
@@ -152,11 +208,12 @@ static void fetch_domain_key(struct kms_supervisor *s)
 	if (resp == NULL) {
 		if (s->fetch_attempts++ % 15 == 0)
 			KMS_LOG_I("joining: waiting to be admitted (kmsctl cluster join --id %u "
-				  "--raft %s --grpc %s); last answer: %s",
+				  "--raft %s --grpc %s --transport-key-sha256 %s); last answer: %s",
 				  node->cfg.node_id, node->cfg.raft_listen, node->cfg.grpc_listen,
-				  st.details);
+				  s->fingerprint, st.details);
 		return;
 	}
+	keep_join_members(node, resp);
 	if (kms_hsm_domain_key_install(node->hsm, s->transport_priv, node->cfg.domain_key_label,
 				       resp->wrapped_domain_key.data, resp->wrapped_domain_key.len,
 				       &dk, &err) != KMS_OK) {

@@ -24,6 +24,7 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "kms/alloc.h"
 #include "kms/client.h"
+#include "kms/fingerprint.h"
 #include "kms/hostport.h"
 #include "kms/v1/cluster.pb-c.h"
 #include "kms/v1/kms.pb-c.h"
@@ -45,8 +46,9 @@
  * answer to arrive.
  */
 #define JOIN_SLACK_S 5
-#define WAIT_TIMEOUT_DEFAULT_S 60
-#define WAIT_TIMEOUT_MAX_S 3600
+#define WAIT_TIMEOUT_DEFAULT_S 30
+#define WAIT_TIMEOUT_MAX_S 300
+#define GRANT_TTL_MAX_S 86400
 /* Node ids are [node] id in kmsd.conf, 1 to UINT_MAX. */
 #define NODE_ID_MAX UINT32_MAX
 /* DNS names are at most 253 bytes; "[" IPv6 "]" fits too. */
@@ -100,10 +102,12 @@ enum opt_id {
 	OPT_RAFT,
 	OPT_GRPC,
 	OPT_WAIT_TIMEOUT,
+	OPT_TRANSPORT_KEY,
+	OPT_GRANT_TTL,
 };
 
 #define BIT(o) (1u << ((o)-OPT_BASE))
-_Static_assert(OPT_WAIT_TIMEOUT - OPT_BASE < 32,
+_Static_assert(OPT_GRANT_TTL - OPT_BASE < 32,
 	       "an option's BIT() must fit in an unsigned");
 #define GLOBAL_OPTS                                                            \
 	(BIT(OPT_ENDPOINT) | BIT(OPT_CA) | BIT(OPT_CERT) | BIT(OPT_KEY) |      \
@@ -136,6 +140,8 @@ static const struct option long_opts[] = {
     {"raft", required_argument, NULL, OPT_RAFT},
     {"grpc", required_argument, NULL, OPT_GRPC},
     {"wait-timeout", required_argument, NULL, OPT_WAIT_TIMEOUT},
+    {"transport-key-sha256", required_argument, NULL, OPT_TRANSPORT_KEY},
+    {"grant-ttl", required_argument, NULL, OPT_GRANT_TTL},
     {NULL, 0, NULL, 0},
 };
 
@@ -196,21 +202,26 @@ static const struct command commands[] = {
      "  exits 0 when it is SERVING, 2 otherwise.\n"},
     /* The subcommand picks which of these options apply (cluster_subs). */
     {"cluster", CMD_CLUSTER, 0,
-     BIT(OPT_ID) | BIT(OPT_RAFT) | BIT(OPT_GRPC) | BIT(OPT_WAIT_TIMEOUT),
+     BIT(OPT_ID) | BIT(OPT_RAFT) | BIT(OPT_GRPC) | BIT(OPT_WAIT_TIMEOUT) |
+	 BIT(OPT_TRANSPORT_KEY) | BIT(OPT_GRANT_TTL),
      "usage: kmsctl [global options] cluster status\n"
      "       kmsctl [global options] cluster join --id N --raft HOST:PORT\n"
-     "                                   --grpc HOST:PORT [--wait-timeout S]\n"
+     "                                   --grpc HOST:PORT --transport-key-sha256 HEX\n"
+     "                                   [--grant-ttl S] [--wait-timeout S]\n"
      "       kmsctl [global options] cluster remove --id N\n"
      "  kms.v1.Operator, for operator principals.\n"
      "  status: a line 'leader: ID' (or 'leader: none'), then one line per\n"
      "    member: ID, gRPC ADDRESS, RAFT-ADDRESS, ROLE, RAFT-ROLE, TERM,\n"
      "    COMMIT, APPLIED, LAG and, when a member has one, ERROR. Exits 0,\n"
      "    or 3 when the call succeeded but the cluster reports no leader.\n"
-     "  join: admits node N (Raft address, gRPC address) and waits for the\n"
-     "    server to promote it; prints the member and its raft_role, 'voter'\n"
-     "    or 'catching-up' if the server's wait ran out first. The call may\n"
-     "    take up to --wait-timeout S + 5 seconds (default 60), or --timeout\n"
-     "    if that is longer.\n"
+     "  join: admits node N (Raft address, gRPC address) with a one-time grant\n"
+     "    of the domain key to the transport key whose SHA-256 the joining\n"
+     "    node printed ('joining: transport key sha256 HEX' in its log), valid\n"
+     "    for --grant-ttl S seconds (default 600, at most 86400), and waits up\n"
+     "    to --wait-timeout S seconds (default 30, at most 300) for the leader\n"
+     "    to promote it; prints the member and its raft_role, 'voter', or\n"
+     "    'catching-up' if the wait ran out first. The call may take that\n"
+     "    long plus 5 seconds, or --timeout if that is longer.\n"
      "  remove: takes node N out of the Raft configuration and the member\n"
      "    list; prints 'removed node N'.\n"
      "  N is a node id from 1 to 4294967295; HOST is a name, an IPv4\n"
@@ -226,7 +237,8 @@ struct cluster_sub {
 static const struct cluster_sub cluster_subs[] = {
     {"status", SUB_STATUS, 0},
     {"join", SUB_JOIN,
-     BIT(OPT_ID) | BIT(OPT_RAFT) | BIT(OPT_GRPC) | BIT(OPT_WAIT_TIMEOUT)},
+     BIT(OPT_ID) | BIT(OPT_RAFT) | BIT(OPT_GRPC) | BIT(OPT_WAIT_TIMEOUT) |
+	 BIT(OPT_TRANSPORT_KEY) | BIT(OPT_GRANT_TTL)},
     {"remove", SUB_REMOVE, BIT(OPT_ID)},
 };
 
@@ -247,8 +259,8 @@ static const char global_usage[] =
     "          [--plaintext-out FILE]\n"
     "  health\n"
     "  cluster status\n"
-    "  cluster join --id N --raft HOST:PORT --grpc HOST:PORT [--wait-timeout "
-    "S]\n"
+    "  cluster join --id N --raft HOST:PORT --grpc HOST:PORT\n"
+    "               --transport-key-sha256 HEX [--grant-ttl S] [--wait-timeout S]\n"
     "  cluster remove --id N\n"
     "\n"
     "global options (also accepted after the command):\n"
@@ -301,6 +313,8 @@ struct cli {
 	const char *raft_address;      /* --raft */
 	const char *grpc_address;      /* --grpc */
 	uint32_t wait_timeout_s;       /* --wait-timeout */
+	const char *transport_key;     /* --transport-key-sha256 */
+	uint32_t grant_ttl_s;          /* --grant-ttl; 0: the server's default */
 };
 
 static void cli_free(struct cli *cli)
@@ -1458,6 +1472,9 @@ static int cluster_join(const struct cli *cli, kms_client *c)
 	member.raft_address = (char *)cli->raft_address;
 	member.grpc_address = (char *)cli->grpc_address;
 	req.member = &member;
+	req.transport_key_sha256 = (char *)cli->transport_key;
+	req.grant_ttl_seconds = cli->grant_ttl_s;
+	req.promotion_wait_seconds = cli->wait_timeout_s;
 	rc = operator_call(c, "AddMember", &req.base,
 			   &kms__v1__add_member_response__descriptor,
 			   (ProtobufCMessage **)&resp,
@@ -1681,6 +1698,10 @@ static int check_cluster_args(struct cli *cli, int nargs, char **args)
 	if ((cli->sub->opts & BIT(OPT_GRPC)) && cli->grpc_address == NULL)
 		return usage_error("cluster %s needs --grpc HOST:PORT",
 				   cli->sub->name);
+	if ((cli->sub->opts & BIT(OPT_TRANSPORT_KEY)) && cli->transport_key == NULL)
+		return usage_error("cluster %s needs --transport-key-sha256 HEX (the joining "
+				   "node prints it)",
+				   cli->sub->name);
 	return EXIT_OK;
 }
 
@@ -1778,8 +1799,19 @@ static int apply_opt(struct cli *cli, int id, char *arg, int *done)
 	case OPT_GRPC:
 		return parse_address(arg, "--grpc", &cli->grpc_address);
 	case OPT_WAIT_TIMEOUT:
-		return parse_u32(arg, "--wait-timeout", 0, WAIT_TIMEOUT_MAX_S,
+		return parse_u32(arg, "--wait-timeout", 1, WAIT_TIMEOUT_MAX_S,
 				 &cli->wait_timeout_s);
+	case OPT_TRANSPORT_KEY: {
+		uint8_t fp[KMS_SHA256_LEN];
+		kms_err err = {0};
+
+		if (kms_hex_decode(arg, fp, sizeof(fp), "--transport-key-sha256", &err) != KMS_OK)
+			return usage_error("%s", err.msg);
+		cli->transport_key = arg;
+		return EXIT_OK;
+	}
+	case OPT_GRANT_TTL:
+		return parse_u32(arg, "--grant-ttl", 1, GRANT_TTL_MAX_S, &cli->grant_ttl_s);
 	default:
 		return usage_error("unknown option");
 	}

@@ -69,30 +69,97 @@ int kms_keyring_cmd_create_key(const char *key_id, const char *description,
 			       const uint8_t *wrapped, size_t wrapped_len,
 			       kms_buf *out, kms_err *err);
 
-/* --- cluster members and the domain-key check (also replicated) --- */
+/* --- cluster members, join grants, the domain-key check, administrators
+ * (all replicated) --- */
 
 #define KMS_MEMBERS_MAX 16
 #define KMS_ADDRESS_MAX 255
+#define KMS_FINGERPRINT_LEN 32 /* SHA-256 */
+#define KMS_ADMINS_MAX 256
+
+/*
+ * The one-time permission of a node to receive the domain key: wrapped to
+ * the transport key whose DER SubjectPublicKeyInfo has this SHA-256, before
+ * expires_at_unix, once (used).
+ */
+typedef struct kms_join_grant {
+	int present;
+	uint8_t transport_key_sha256[KMS_FINGERPRINT_LEN];
+	int64_t expires_at_unix;
+	int used;
+} kms_join_grant;
 
 typedef struct kms_member {
 	uint64_t id;
 	char raft_address[KMS_ADDRESS_MAX + 1];
 	char grpc_address[KMS_ADDRESS_MAX + 1];
+	kms_join_grant grant; /* absent for the node that created the cluster */
 } kms_member;
+
+/*
+ * True for a member that holds the domain key: it used its grant, or it
+ * created the cluster (no grant). Such a member never gets a new grant.
+ */
+static inline int kms_member_joined(const kms_member *m)
+{
+	return !m->grant.present || m->grant.used;
+}
 
 /*
  * Serialized AddMember / RemoveMember / DomainKeyCheck commands (the same
  * checks as apply: ids >= 1, addresses host:port; a probe of 1..64 bytes).
- * Applying AddMember for an existing id updates its addresses; RemoveMember
- * of an unknown id is KMS_ERR_NOT_FOUND; a second DomainKeyCheck is
- * KMS_ERR_EXISTS. out->data is kms_malloc'd, the caller's.
+ * AddMember with a grant admits a node (an operator's AddMember); without
+ * one it only records or updates the addresses of a node (the leader's own
+ * record). Applying AddMember with a grant for a node that is already a
+ * member (its grant used, or the node that created the cluster) is
+ * KMS_ERR_PRECONDITION: remove it first; for a node admitted but not yet
+ * joined it replaces the grant. RemoveMember of an unknown id is
+ * KMS_ERR_NOT_FOUND; a second DomainKeyCheck is KMS_ERR_EXISTS. out->data
+ * is kms_malloc'd, the caller's.
  */
 int kms_keyring_cmd_add_member(uint64_t id, const char *raft_address,
-			       const char *grpc_address, kms_buf *out,
-			       kms_err *err);
+			       const char *grpc_address, const kms_join_grant *grant,
+			       kms_buf *out, kms_err *err);
 int kms_keyring_cmd_remove_member(uint64_t id, kms_buf *out, kms_err *err);
 int kms_keyring_cmd_domain_key_check(const uint8_t *wrapped_probe, size_t len,
 				     kms_buf *out, kms_err *err);
+
+/*
+ * ConsumeJoinGrant: marks node id's grant used, if it is for fp, unused and
+ * unexpired at now_unix (the proposer's clock, carried in the command so
+ * that every node decides alike); otherwise apply refuses it with
+ * KMS_ERR_PERMISSION saying which. At most one consume of a grant ever
+ * succeeds.
+ */
+int kms_keyring_cmd_consume_join_grant(uint64_t id, const uint8_t fp[KMS_FINGERPRINT_LEN],
+				       int64_t now_unix, kms_buf *out, kms_err *err);
+
+/*
+ * SetAdministrators: replaces the list with 1..KMS_ADMINS_MAX distinct
+ * principals (kms_principal_check), none a node identity. KMS_ERR_INVALID
+ * otherwise, both here and at apply.
+ */
+int kms_keyring_cmd_set_administrators(char *const *admins, size_t n, kms_buf *out,
+				       kms_err *err);
+
+/*
+ * The check FetchDomainKey makes before it commits the consume: KMS_OK when
+ * node id holds an unused grant for fp that is unexpired at now_unix;
+ * KMS_ERR_PERMISSION with the reason otherwise (for the log: the caller
+ * gets one message for every reason).
+ */
+int kms_keyring_join_grant_check(kms_keyring *kr, uint64_t id,
+				 const uint8_t fp[KMS_FINGERPRINT_LEN], int64_t now_unix,
+				 kms_err *err);
+
+/* True if principal is exactly one of the replicated administrators. */
+int kms_keyring_is_admin(kms_keyring *kr, const char *principal);
+/* How many administrators the replicated list holds (0 before bootstrap). */
+size_t kms_keyring_admin_count(kms_keyring *kr);
+/* A copy of the list: *out is an array of *n kms_strdup'd strings, the
+ * caller's (kms_keyring_admins_free). */
+int kms_keyring_admins(kms_keyring *kr, char ***out, size_t *n, kms_err *err);
+void kms_keyring_admins_free(char **admins, size_t n);
 
 /* Copies up to cap members (by id) into out; returns how many there are
  * (out may be NULL with cap 0, to count). */

@@ -50,7 +50,7 @@ static void keyring_preload(kms_keyring *kr)
 	    kms_keyring_apply(kr, cmd.data, cmd.len, &err) != KMS_OK)
 		abort();
 	kms_buf_free(&cmd);
-	if (kms_keyring_cmd_add_member(1, "127.0.0.1:7501", "127.0.0.1:7401",
+	if (kms_keyring_cmd_add_member(1, "127.0.0.1:7501", "127.0.0.1:7401", NULL,
 				       &cmd, &err) != KMS_OK ||
 	    kms_keyring_apply(kr, cmd.data, cmd.len, &err) != KMS_OK)
 		abort();

@@ -285,12 +285,38 @@ Kms__V1__ClusterStatusResponse *kms_test_cluster_status(kms_test_node *node, con
 	return (Kms__V1__ClusterStatusResponse *)resp;
 }
 
-int kms_test_add_member(kms_test_node *via, const kms_test_node *n, kms_rpc_status *st,
-			char *raft_role, size_t cap)
+void kms_test_node_fingerprint(const kms_test_node *n, char out[65], int timeout_s)
+{
+	static const char tag[] = "joining: transport key sha256 ";
+
+	for (int i = 0; i < timeout_s * 10; i++) {
+		char line[1024];
+		FILE *f = fopen(n->log, "r");
+
+		while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
+			const char *p = strstr(line, tag);
+
+			if (p != NULL && strspn(p + sizeof(tag) - 1, "0123456789abcdef") == 64) {
+				memcpy(out, p + sizeof(tag) - 1, 64);
+				out[64] = '\0';
+				fclose(f);
+				return;
+			}
+		}
+		if (f != NULL)
+			fclose(f);
+		usleep(100000);
+	}
+	ck_abort_msg("node %u printed no transport key fingerprint in %d s; see %s", n->id,
+		     timeout_s, n->log);
+}
+
+int kms_test_add_member(kms_test_node *via, const kms_test_node *n, const char *fp_hex,
+			kms_rpc_status *st, char *raft_role, size_t cap)
 {
 	/* The server waits for the promotion. */
 	kms_client *c = kms_test_client_with(via, "admin", NULL, 60000);
-	char raft[64], grpc[64];
+	char raft[64], grpc[64], fp[65];
 	Kms__V1__AddMemberRequest req = KMS__V1__ADD_MEMBER_REQUEST__INIT;
 	Kms__V1__Member m = KMS__V1__MEMBER__INIT;
 	ProtobufCMessage *resp = NULL;
@@ -301,6 +327,11 @@ int kms_test_add_member(kms_test_node *via, const kms_test_node *n, kms_rpc_stat
 	m.raft_address = raft;
 	m.grpc_address = grpc;
 	req.member = &m;
+	if (fp_hex == NULL) {
+		kms_test_node_fingerprint(n, fp, 20);
+		fp_hex = fp;
+	}
+	req.transport_key_sha256 = (char *)fp_hex;
 	kms_client_call(c, "/kms.v1.Operator/AddMember", &req.base,
 			&kms__v1__add_member_response__descriptor, &resp, st);
 	if (resp != NULL) {
@@ -355,7 +386,7 @@ void kms_test_join_node(kms_test_env *env, kms_test_node *nodes, int i, const ch
 	KMS_TEST_PATH(extra, "%s --join %s", raft_args, nodes[0].endpoint);
 	kms_test_node_init_args(env, &nodes[i], (unsigned)i + 1, extra);
 	kms_test_node_spawn(&nodes[i]);
-	ck_assert_msg(kms_test_add_member(&nodes[0], &nodes[i], &st, role, sizeof(role)) == 0,
+	ck_assert_msg(kms_test_add_member(&nodes[0], &nodes[i], NULL, &st, role, sizeof(role)) == 0,
 		      "AddMember node %d: %s", i + 1, st.details);
 	ck_assert_msg(kms_test_node_wait_healthy(&nodes[i], 30), "node %d never became healthy; see %s",
 		      i + 1, nodes[i].log);

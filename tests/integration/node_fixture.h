@@ -77,11 +77,18 @@ kms_client *kms_test_client_with(kms_test_node *node, const char *who,
 Kms__V1__ClusterStatusResponse *kms_test_cluster_status(kms_test_node *node, const char *who,
 							kms_rpc_status *st);
 
-/* AddMember of n through via as the administrator; the server waits for the
- * promotion (60 s deadline). Returns the gRPC status code; raft_role gets
- * the role the answer names. */
-int kms_test_add_member(kms_test_node *via, const kms_test_node *n, kms_rpc_status *st,
-			char *raft_role, size_t cap);
+/* AddMember of n through via as the administrator, with a join grant for
+ * the transport key fingerprint fp_hex (NULL: the one n printed in its
+ * log, waited for up to 20 s); the server waits for the promotion (60 s
+ * deadline). Returns the gRPC status code; raft_role gets the role the
+ * answer names. */
+int kms_test_add_member(kms_test_node *via, const kms_test_node *n, const char *fp_hex,
+			kms_rpc_status *st, char *raft_role, size_t cap);
+
+/* The transport key fingerprint a joining node printed in its log
+ * ("joining: transport key sha256 HEX"), waiting up to timeout_s; fails the
+ * test if it never appears. out holds 65 bytes. */
+void kms_test_node_fingerprint(const kms_test_node *n, char out[65], int timeout_s);
 
 /* The index in nodes[0..n) of the node that the running nodes say leads, or
  * -1; kms_test_wait_leader polls it for up to timeout_ms. */

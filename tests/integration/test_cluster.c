@@ -222,6 +222,74 @@ START_TEST(operator_and_internal_refuse_other_principals)
 }
 END_TEST
 
+static size_t admins_on(kms_test_node *n, kms_rpc_status *st)
+{
+	Kms__V1__ListAdministratorsRequest req = KMS__V1__LIST_ADMINISTRATORS_REQUEST__INIT;
+	Kms__V1__ListAdministratorsResponse *resp = NULL;
+	kms_client *c = kms_test_client(n, "admin");
+	size_t count = 0;
+
+	kms_client_call(c, OP "ListAdministrators", &req.base,
+			&kms__v1__list_administrators_response__descriptor,
+			(ProtobufCMessage **)&resp, st);
+	if (resp != NULL) {
+		count = resp->n_administrators;
+		FREE(resp);
+	}
+	kms_client_close(c);
+	return count;
+}
+
+static int set_admins_via(kms_test_node *n, char **list, size_t count, kms_rpc_status *st)
+{
+	Kms__V1__SetAdministratorsRequest req = KMS__V1__SET_ADMINISTRATORS_REQUEST__INIT;
+	kms_client *c = kms_test_client(n, "admin");
+	ProtobufCMessage *resp = NULL;
+
+	req.administrators = list;
+	req.n_administrators = count;
+	kms_client_call(c, OP "SetAdministrators", &req.base,
+			&kms__v1__set_administrators_response__descriptor, &resp, st);
+	if (resp != NULL)
+		FREE(resp);
+	kms_client_close(c);
+	return st->code;
+}
+
+/* The list is replicated state: set through a follower (relayed to the
+ * leader), every node then decides alike, a forwarded write included. */
+START_TEST(administrators_are_replicated_and_changed_through_a_follower)
+{
+	int l = kms_test_wait_leader(nodes, N, 5000), f = (l + 1) % N, g = (l + 2) % N;
+	char *both[] = {(char *)KMS_TEST_ADMIN, (char *)KMS_TEST_APP};
+	char *admin_only[] = {(char *)KMS_TEST_ADMIN};
+	kms_rpc_status st;
+	kms_client *app;
+	int seen;
+
+	ck_assert_int_ge(l, 0);
+	ck_assert_msg(set_admins_via(&nodes[f], both, 2, &st) == 0, "%s", st.details);
+	for (int i = 0; i < N; i++) {
+		seen = 0;
+		for (int t = 0; t < 30 && !seen; t++) {
+			seen = admins_on(&nodes[i], &st) == 2;
+			if (!seen)
+				sleep_ms(100);
+		}
+		ck_assert_msg(seen, "node %d does not list both administrators", i + 1);
+	}
+	/* The app creates a key through the other follower: forwarded with its
+	 * principal, which the leader now counts as an administrator. */
+	app = kms_test_client(&nodes[g], "app");
+	ck_assert_msg(kms_test_create_key(app, "by-app-admin", NULL, &st) == 0, "%s", st.details);
+	ck_assert_msg(set_admins_via(&nodes[g], admin_only, 1, &st) == 0, "%s", st.details);
+	kms_test_create_key(app, "by-app-not-admin", NULL, &st);
+	ck_assert_msg(st.code == 7, "want PERMISSION_DENIED, got %d: %s", st.code, st.details);
+	kms_client_close(app);
+	ck_assert(!key_exists(&nodes[l], "by-app-not-admin"));
+}
+END_TEST
+
 START_TEST(raft_port_refuses_plaintext_and_service_certificates)
 {
 	kms_test_node *n = &nodes[0];
@@ -378,34 +446,77 @@ START_TEST(all_nodes_restarted_keep_every_key)
 }
 END_TEST
 
-START_TEST(foreign_domain_key_refuses_to_join)
+/* Opens node n's token in this process (the node must not run). */
+static kms_hsm *open_token(kms_test_node *n)
 {
-	char extra[256], pin[128] = {0}, path[PATH_MAX], role[32];
-	kms_test_node *n = &nodes[N];
+	char pin[128] = {0}, path[PATH_MAX];
+	const char *module = getenv("KMS_PKCS11_MODULE");
 	kms_hsm *hsm = NULL;
-	kms_hsm_key dk;
-	kms_rpc_status st;
 	kms_err err = {0};
 	FILE *f;
-	int code;
 
-	snprintf(extra, sizeof(extra), RAFT_ARGS " --join %s", nodes[0].endpoint);
-	kms_test_node_init_args(&env, n, N + 1, extra);
-	/* Its token already holds a domain key of its own: another cluster's. */
 	KMS_TEST_PATH(path, "%s/token/pin", n->dir);
 	f = fopen(path, "r");
 	ck_assert_ptr_nonnull(f);
 	ck_assert_ptr_nonnull(fgets(pin, sizeof(pin), f));
 	fclose(f);
+	/* SoftHSM reads SOFTHSM2_CONF at its first C_Initialize in this process:
+	 * this is the only token the test process opens. */
 	setenv("SOFTHSM2_CONF", n->softhsm_conf, 1);
-	ck_assert_msg(kms_hsm_open(getenv("KMS_PKCS11_MODULE") ? getenv("KMS_PKCS11_MODULE")
-							       : "/usr/lib/softhsm/libsofthsm2.so",
+	ck_assert_msg(kms_hsm_open(module != NULL ? module : "/usr/lib/softhsm/libsofthsm2.so",
 				   n->token_label, pin, &hsm, &err) == KMS_OK,
 		      "%s", err.msg);
+	return hsm;
+}
+
+/* Puts a domain key of another cluster into n's token (destroying the
+ * cluster's one, if any). */
+static void plant_foreign_domain_key(kms_test_node *n)
+{
+	kms_hsm *hsm = open_token(n);
+	kms_hsm_key dk;
+	kms_err err = {0};
+
+	if (kms_hsm_domain_key(hsm, "kmsd-domain-key", 0, &dk, &err) == KMS_OK)
+		kms_hsm_key_destroy(hsm, dk);
 	ck_assert_int_eq(kms_hsm_domain_key(hsm, "kmsd-domain-key", 1, &dk, &err), KMS_OK);
 	kms_hsm_close(hsm);
+}
+
+START_TEST(foreign_domain_key_refuses_to_join)
+{
+	char extra[256], role[32];
+	kms_test_node *n = &nodes[N];
+	kms_rpc_status st;
+	kms_hsm *hsm;
+	kms_hsm_key dk;
+	kms_err err = {0};
+	int code;
+
+	snprintf(extra, sizeof(extra), RAFT_ARGS " --join %s", nodes[0].endpoint);
+	kms_test_node_init_args(&env, n, N + 1, extra);
+	/* A joining node whose token already holds a domain key: refused at
+	 * once, before it could mix two clusters' keys. */
+	plant_foreign_domain_key(n);
 	kms_test_node_spawn(n);
-	kms_test_add_member(&nodes[0], n, &st, role, sizeof(role));
+	code = kms_test_node_wait_exit(n, 30);
+	ck_assert_msg(code == 1, "the node should stop with status 1, got %d; see %s", code, n->log);
+	ck_assert(kms_test_file_contains(n->log, "already holds a domain key"));
+	/* With that key gone it joins as usual... */
+	hsm = open_token(n);
+	ck_assert_int_eq(kms_hsm_domain_key(hsm, "kmsd-domain-key", 0, &dk, &err), KMS_OK);
+	kms_hsm_key_destroy(hsm, dk);
+	kms_hsm_close(hsm);
+	kms_test_node_spawn(n);
+	ck_assert_msg(kms_test_add_member(&nodes[0], n, NULL, &st, role, sizeof(role)) == 0, "%s",
+		      st.details);
+	ck_assert_msg(kms_test_node_wait_healthy(n, 30), "node %u never became healthy; see %s",
+		      n->id, n->log);
+	/* ...and a member whose token is swapped for another cluster's stops
+	 * at the domain-key check. */
+	kms_test_node_signal(n, SIGTERM);
+	plant_foreign_domain_key(n);
+	kms_test_node_spawn(n);
 	code = kms_test_node_wait_exit(n, 30);
 	ck_assert_msg(code == 1, "the foreign node should stop with status 1, got %d; see %s", code,
 		      n->log);
@@ -479,7 +590,7 @@ START_TEST(late_joiner_starts_from_a_snapshot)
 	snprintf(extra, sizeof(extra), RAFT_ARGS " --join %s", nodes[l].endpoint);
 	kms_test_node_init_args(&env, n, N + 2, extra);
 	kms_test_node_spawn(n);
-	ck_assert_msg(kms_test_add_member(&nodes[l], n, &st, role, sizeof(role)) == 0, "%s", st.details);
+	ck_assert_msg(kms_test_add_member(&nodes[l], n, NULL, &st, role, sizeof(role)) == 0, "%s", st.details);
 	ck_assert_msg(kms_test_node_wait_healthy(n, 30), "the late joiner never became healthy; see %s",
 		      n->log);
 	ck_assert(kms_test_file_contains(n->log, "installed a snapshot"));
@@ -501,6 +612,7 @@ int main(void)
 	tcase_add_test(tc, write_on_a_follower_is_forwarded_and_readable_there);
 	tcase_add_test(tc, leader_commit_consistency_reads_every_acknowledged_write);
 	tcase_add_test(tc, operator_and_internal_refuse_other_principals);
+	tcase_add_test(tc, administrators_are_replicated_and_changed_through_a_follower);
 	tcase_add_test(tc, raft_port_refuses_plaintext_and_service_certificates);
 	tcase_add_test(tc, paused_minority_catches_up_through_a_snapshot);
 	tcase_add_test(tc, leader_killed_during_writes_loses_no_acknowledged_key);

@@ -4,12 +4,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/rsa.h>
 
+#include "kms/fingerprint.h"
+#include "kms/keyring.h"
 #include "kms/v1/cluster.pb-c.h"
 #include "kms/v1/kms.pb-c.h"
 #include "node_fixture.h"
@@ -153,6 +156,9 @@ START_TEST(client_ca_certificate_of_a_node_gets_no_domain_key)
 	m.raft_address = (char *)"127.0.0.1:9";
 	m.grpc_address = (char *)"127.0.0.1:9";
 	add.member = &m;
+	/* The fingerprint of the real node 2's transport key, not the attacker's. */
+	add.transport_key_sha256 =
+		(char *)"5f3c1a0e9b8d7c6f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7";
 	kms_client_call_timeout(admin, "/kms.v1.Operator/AddMember", &add.base,
 				&kms__v1__add_member_response__descriptor, &out, 60000, &st);
 	ck_assert_msg(st.code == 0, "AddMember node 2: %s", st.details);
@@ -187,6 +193,342 @@ START_TEST(client_ca_certificate_of_a_node_gets_no_domain_key)
 	BN_free(n);
 	BN_free(e);
 	EVP_PKEY_free(k);
+}
+END_TEST
+
+/* --- the domain key goes only to the key a join grant names --- */
+
+/* A node-CA certificate for node id with a software key: the test plays a
+ * joining node (the real one would keep its key in its HSM). */
+static void issue_node_cert(uint64_t id, const char *who)
+{
+	char uri[128], ca[PATH_MAX], ca_key[PATH_MAX], pem[PATH_MAX], key[PATH_MAX];
+	kms_test_san san = {KMS_TEST_SAN_URI, uri, 0};
+
+	snprintf(uri, sizeof(uri), KMS_TEST_TD "/kmsd/node/%llu", (unsigned long long)id);
+	KMS_TEST_PATH(ca, "%s/node-ca.pem", env.pki);
+	KMS_TEST_PATH(ca_key, "%s/node-ca.key", env.pki);
+	KMS_TEST_PATH(pem, "%s/%s.pem", env.pki, who);
+	KMS_TEST_PATH(key, "%s/%s.key", env.pki, who);
+	kms_test_issue_cert(ca, ca_key, pem, key, &san, 1, 1);
+}
+
+struct transport {
+	EVP_PKEY *k;
+	uint8_t n[512], e[8];
+	size_t n_len, e_len;
+	char fp[KMS_SHA256_HEX_LEN + 1];
+};
+
+static void transport_new(struct transport *t)
+{
+	BIGNUM *n, *e;
+	uint8_t fp[KMS_SHA256_LEN];
+	kms_err err = {0};
+
+	t->k = software_rsa(&n, &e);
+	t->n_len = (size_t)BN_bn2bin(n, t->n);
+	t->e_len = (size_t)BN_bn2bin(e, t->e);
+	ck_assert_int_eq(kms_rsa_public_sha256(t->n, t->n_len, t->e, t->e_len, fp, &err), KMS_OK);
+	kms_hex_encode(fp, sizeof(fp), t->fp);
+	BN_free(n);
+	BN_free(e);
+}
+
+/* AddMember as the administrator, waiting 1 s at most for a promotion that
+ * a node which never runs will not get. */
+static int admit(uint64_t id, const char *fp, uint32_t ttl, kms_rpc_status *st)
+{
+	kms_client *c = kms_test_client_with(&node, "admin", NULL, 30000);
+	Kms__V1__AddMemberRequest req = KMS__V1__ADD_MEMBER_REQUEST__INIT;
+	Kms__V1__Member m = KMS__V1__MEMBER__INIT;
+	ProtobufCMessage *resp = NULL;
+
+	m.id = id;
+	m.raft_address = (char *)"127.0.0.1:9";
+	m.grpc_address = (char *)"127.0.0.1:9";
+	req.member = &m;
+	req.transport_key_sha256 = (char *)fp;
+	req.grant_ttl_seconds = ttl;
+	req.promotion_wait_seconds = 1;
+	kms_client_call(c, "/kms.v1.Operator/AddMember", &req.base,
+			&kms__v1__add_member_response__descriptor, &resp, st);
+	if (resp != NULL)
+		FREE(resp);
+	kms_client_close(c);
+	return st->code;
+}
+
+static int remove_member(uint64_t id, kms_rpc_status *st)
+{
+	kms_client *c = kms_test_client_with(&node, "admin", NULL, 30000);
+	Kms__V1__RemoveMemberRequest req = KMS__V1__REMOVE_MEMBER_REQUEST__INIT;
+	ProtobufCMessage *resp = NULL;
+
+	req.id = id;
+	kms_client_call(c, "/kms.v1.Operator/RemoveMember", &req.base,
+			&kms__v1__remove_member_response__descriptor, &resp, st);
+	if (resp != NULL)
+		FREE(resp);
+	kms_client_close(c);
+	return st->code;
+}
+
+/* FetchDomainKey as who for node id with transport key t: the status. */
+static int fetch(const char *who, uint64_t id, const struct transport *t, kms_rpc_status *st)
+{
+	Kms__V1__FetchDomainKeyRequest req = KMS__V1__FETCH_DOMAIN_KEY_REQUEST__INIT;
+	Kms__V1__FetchDomainKeyResponse *resp = NULL;
+	kms_client *c = kms_test_client(&node, who);
+	uint8_t dk[512];
+
+	req.node_id = id;
+	req.rsa_modulus.data = (uint8_t *)t->n;
+	req.rsa_modulus.len = t->n_len;
+	req.rsa_public_exponent.data = (uint8_t *)t->e;
+	req.rsa_public_exponent.len = t->e_len;
+	kms_client_call(c, "/kms.v1.Internal/FetchDomainKey", &req.base,
+			&kms__v1__fetch_domain_key_response__descriptor, (ProtobufCMessage **)&resp,
+			st);
+	kms_client_close(c);
+	if (resp != NULL) {
+		/* The answer is the domain key for t's private key only. */
+		ck_assert_uint_eq(oaep_open(t->k, resp->wrapped_domain_key.data,
+					    resp->wrapped_domain_key.len, dk, sizeof(dk)),
+				  32);
+		OPENSSL_cleanse(dk, sizeof(dk));
+		ck_assert_uint_ge(resp->n_members, 1);
+		FREE(resp);
+	}
+	return st->code;
+}
+
+START_TEST(domain_key_only_to_an_unexpired_unused_grant)
+{
+	struct transport k1, k2;
+	kms_rpc_status st;
+
+	transport_new(&k1);
+	transport_new(&k2);
+	issue_node_cert(5, "node5");
+	issue_node_cert(6, "node6");
+	issue_node_cert(1, "node1-copy");
+
+	/* Not admitted yet: no grant. */
+	ck_assert_int_eq(fetch("node5", 5, &k1, &st), 7);
+	ASSERT_STATUS(st, 7, "no unexpired, unused join grant");
+	/* Admitted for k1: another key gets nothing, k1 gets it once. */
+	ck_assert_msg(admit(5, k1.fp, 600, &st) == 0, "%s", st.details);
+	ck_assert_int_eq(fetch("node5", 5, &k2, &st), 7);
+	ASSERT_STATUS(st, 7, "no unexpired, unused join grant");
+	/* The certificate must name the node it asks for. */
+	ck_assert_int_eq(fetch("node6", 5, &k1, &st), 7);
+	ASSERT_STATUS(st, 7, "may not fetch the domain key for node 5");
+	ck_assert_msg(fetch("node5", 5, &k1, &st) == 0, "%s", st.details);
+	ck_assert_int_eq(fetch("node5", 5, &k1, &st), 7);
+	ASSERT_STATUS(st, 7, "no unexpired, unused join grant");
+	/* A member is admitted for good: no second grant while it is one. */
+	ck_assert_int_eq(admit(5, k2.fp, 600, &st), 9 /* FAILED_PRECONDITION */);
+	ASSERT_STATUS(st, 9, "already a member");
+	ck_assert_int_eq(fetch("node5", 5, &k2, &st), 7);
+	/* The node that created the cluster holds no grant. */
+	ck_assert_int_eq(fetch("node1-copy", 1, &k1, &st), 7);
+	ASSERT_STATUS(st, 7, "no unexpired, unused join grant");
+	/* An expired grant. */
+	ck_assert_msg(admit(6, k1.fp, 1, &st) == 0, "%s", st.details);
+	sleep(2);
+	ck_assert_int_eq(fetch("node6", 6, &k1, &st), 7);
+	ASSERT_STATUS(st, 7, "no unexpired, unused join grant");
+	/* A removed node's grant goes with it. */
+	ck_assert_msg(admit(6, k1.fp, 600, &st) == 0, "%s", st.details);
+	ck_assert_msg(remove_member(6, &st) == 0, "%s", st.details);
+	ck_assert_int_eq(fetch("node6", 6, &k1, &st), 7);
+	ASSERT_STATUS(st, 7, "no unexpired, unused join grant");
+	/* Malformed grants are refused at AddMember, with nothing recorded. */
+	ck_assert_int_eq(admit(6, "", 600, &st), 3);
+	ASSERT_STATUS(st, 3, "transport_key_sha256 is required");
+	ck_assert_int_eq(admit(6, "abc", 600, &st), 3);
+	ASSERT_STATUS(st, 3, "64 hex digits");
+	ck_assert_int_eq(admit(6, k1.fp, 86401, &st), 3);
+	ASSERT_STATUS(st, 3, "grant_ttl_seconds");
+	ck_assert_int_eq(fetch("node6", 6, &k1, &st), 7);
+	ck_assert_msg(remove_member(5, &st) == 0, "%s", st.details);
+	EVP_PKEY_free(k1.k);
+	EVP_PKEY_free(k2.k);
+}
+END_TEST
+
+/* --- Forward: the leader authorizes the original caller --- */
+
+/* Internal/Forward of cmd as member node "node7" for principal: the
+ * ForwardResponse status (a kmsd status). */
+static int forward_as(const char *principal, const kms_buf *cmd, char *msg, size_t cap)
+{
+	Kms__V1__ForwardRequest req = KMS__V1__FORWARD_REQUEST__INIT;
+	Kms__V1__ForwardResponse *resp = NULL;
+	kms_client *c = kms_test_client(&node, "node7");
+	kms_rpc_status st;
+	int status;
+
+	req.command.data = cmd->data;
+	req.command.len = cmd->len;
+	req.principal = (char *)principal;
+	kms_client_call(c, "/kms.v1.Internal/Forward", &req.base,
+			&kms__v1__forward_response__descriptor, (ProtobufCMessage **)&resp, &st);
+	kms_client_close(c);
+	ck_assert_msg(resp != NULL, "Forward: %s", st.details);
+	status = (int)resp->status;
+	snprintf(msg, cap, "%s", resp->message);
+	FREE(resp);
+	return status;
+}
+
+START_TEST(forwarded_writes_are_authorized_for_the_original_caller)
+{
+	static const uint8_t wrapped[40] = {1};
+	struct transport k;
+	kms_buf cmd = {0};
+	kms_rpc_status st;
+	kms_err err = {0};
+	char msg[512];
+	char *admins[] = {(char *)KMS_TEST_APP};
+
+	/* Node 7 is a member (its certificate from the node CA). */
+	transport_new(&k);
+	issue_node_cert(7, "node7");
+	ck_assert_msg(admit(7, k.fp, 600, &st) == 0, "%s", st.details);
+
+	/* A service that is not an administrator, however a member reports it. */
+	ck_assert_int_eq(kms_keyring_cmd_create_key("fwd-app", "", NULL, KMS_TEST_APP, 1, wrapped,
+						    sizeof(wrapped), &cmd, &err),
+			 KMS_OK);
+	ck_assert_int_eq(forward_as(KMS_TEST_APP, &cmd, msg, sizeof(msg)), KMS_ERR_PERMISSION);
+	ck_assert_msg(strstr(msg, "is not an administrator") != NULL, "%s", msg);
+	/* A command made for someone else than the principal named. */
+	ck_assert_int_eq(forward_as(KMS_TEST_ADMIN, &cmd, msg, sizeof(msg)), KMS_ERR_PERMISSION);
+	ck_assert_msg(strstr(msg, "was not made for") != NULL, "%s", msg);
+	ck_assert(!key_exists("fwd-app"));
+	kms_buf_free(&cmd);
+	/* The administrator's own write passes. */
+	ck_assert_int_eq(kms_keyring_cmd_create_key("fwd-admin", "", NULL, KMS_TEST_ADMIN, 1,
+						    wrapped, sizeof(wrapped), &cmd, &err),
+			 KMS_OK);
+	ck_assert_int_eq(forward_as(KMS_TEST_ADMIN, &cmd, msg, sizeof(msg)), KMS_OK);
+	ck_assert(key_exists("fwd-admin"));
+	kms_buf_free(&cmd);
+	/* Membership and the administrators never travel through Forward. */
+	ck_assert_int_eq(kms_keyring_cmd_remove_member(1, &cmd, &err), KMS_OK);
+	ck_assert_int_eq(forward_as(KMS_TEST_ADMIN, &cmd, msg, sizeof(msg)), KMS_ERR_PERMISSION);
+	ck_assert_msg(strstr(msg, "not accepted through Forward") != NULL, "%s", msg);
+	kms_buf_free(&cmd);
+	ck_assert_int_eq(kms_keyring_cmd_set_administrators(admins, 1, &cmd, &err), KMS_OK);
+	ck_assert_int_eq(forward_as(KMS_TEST_ADMIN, &cmd, msg, sizeof(msg)), KMS_ERR_PERMISSION);
+	kms_buf_free(&cmd);
+	/* Nor another node's join grant. */
+	{
+		uint8_t fp[KMS_SHA256_LEN] = {0};
+
+		ck_assert_int_eq(kms_keyring_cmd_consume_join_grant(7, fp, 1, &cmd, &err), KMS_OK);
+		ck_assert_int_eq(forward_as(KMS_TEST_ADMIN, &cmd, msg, sizeof(msg)),
+				 KMS_ERR_PERMISSION);
+		kms_buf_free(&cmd);
+	}
+	ck_assert_msg(remove_member(7, &st) == 0, "%s", st.details);
+	/* No longer a member: refused before any gate. */
+	ck_assert_int_eq(kms_keyring_cmd_create_key("fwd-gone", "", NULL, KMS_TEST_ADMIN, 1,
+						    wrapped, sizeof(wrapped), &cmd, &err),
+			 KMS_OK);
+	{
+		Kms__V1__ForwardRequest req = KMS__V1__FORWARD_REQUEST__INIT;
+		kms_client *c = kms_test_client(&node, "node7");
+		ProtobufCMessage *resp = NULL;
+
+		req.command.data = cmd.data;
+		req.command.len = cmd.len;
+		req.principal = (char *)KMS_TEST_ADMIN;
+		kms_client_call(c, "/kms.v1.Internal/Forward", &req.base,
+				&kms__v1__forward_response__descriptor, &resp, &st);
+		kms_client_close(c);
+		ck_assert_ptr_null(resp);
+		ASSERT_STATUS(st, 7, "node 7 is not a member");
+	}
+	kms_buf_free(&cmd);
+	ck_assert(!key_exists("fwd-gone"));
+	EVP_PKEY_free(k.k);
+}
+END_TEST
+
+/* --- the administrators list lives in the replicated state --- */
+
+static int set_admins(const char *who, char **list, size_t n, kms_rpc_status *st)
+{
+	Kms__V1__SetAdministratorsRequest req = KMS__V1__SET_ADMINISTRATORS_REQUEST__INIT;
+	kms_client *c = kms_test_client(&node, who);
+	ProtobufCMessage *resp = NULL;
+
+	req.administrators = list;
+	req.n_administrators = n;
+	kms_client_call(c, "/kms.v1.Operator/SetAdministrators", &req.base,
+			&kms__v1__set_administrators_response__descriptor, &resp, st);
+	if (resp != NULL)
+		FREE(resp);
+	kms_client_close(c);
+	return st->code;
+}
+
+static size_t count_admins(const char *who, kms_rpc_status *st)
+{
+	Kms__V1__ListAdministratorsRequest req = KMS__V1__LIST_ADMINISTRATORS_REQUEST__INIT;
+	Kms__V1__ListAdministratorsResponse *resp = NULL;
+	kms_client *c = kms_test_client(&node, who);
+	size_t n = 0;
+
+	kms_client_call(c, "/kms.v1.Operator/ListAdministrators", &req.base,
+			&kms__v1__list_administrators_response__descriptor,
+			(ProtobufCMessage **)&resp, st);
+	if (resp != NULL) {
+		n = resp->n_administrators;
+		FREE(resp);
+	}
+	kms_client_close(c);
+	return n;
+}
+
+START_TEST(administrators_change_through_the_operator_api)
+{
+	char *both[] = {(char *)KMS_TEST_ADMIN, (char *)KMS_TEST_APP};
+	char *admin_only[] = {(char *)KMS_TEST_ADMIN};
+	char *node_path[] = {(char *)KMS_TEST_TD "/kmsd/node/1"};
+	char *other_td[] = {(char *)"spiffe://evil.dev/ns/ops/sa/admin"};
+	char *twice[] = {(char *)KMS_TEST_ADMIN, (char *)KMS_TEST_ADMIN};
+	kms_rpc_status st;
+	kms_client *app;
+
+	/* The configuration's administrators were recorded at bootstrap. */
+	ck_assert_uint_eq(count_admins("admin", &st), 1);
+	count_admins("app", &st);
+	ASSERT_STATUS(st, 7, "is not an administrator");
+	/* Only an administrator changes the list, and only to a valid one. */
+	ck_assert_int_eq(set_admins("app", both, 2, &st), 7);
+	ck_assert_int_eq(set_admins("admin", both, 0, &st), 3);
+	ASSERT_STATUS(st, 3, "may not be empty");
+	ck_assert_int_eq(set_admins("admin", node_path, 1, &st), 3);
+	ASSERT_STATUS(st, 3, "node identity");
+	ck_assert_int_eq(set_admins("admin", other_td, 1, &st), 3);
+	ASSERT_STATUS(st, 3, "not in this cluster's trust domain");
+	ck_assert_int_eq(set_admins("admin", twice, 2, &st), 3);
+	ASSERT_STATUS(st, 3, "listed twice");
+	ck_assert_uint_eq(count_admins("admin", &st), 1);
+	/* Granted, the app creates keys; taken away, it no longer does. */
+	ck_assert_msg(set_admins("admin", both, 2, &st) == 0, "%s", st.details);
+	ck_assert_uint_eq(count_admins("app", &st), 2);
+	app = kms_test_client(&node, "app");
+	ck_assert_msg(kms_test_create_key(app, "made-by-app", NULL, &st) == 0, "%s", st.details);
+	ck_assert_msg(set_admins("app", admin_only, 1, &st) == 0, "%s", st.details);
+	kms_test_create_key(app, "made-by-app-2", NULL, &st);
+	ASSERT_STATUS(st, 7, "not an administrator");
+	ck_assert(!key_exists("made-by-app-2"));
+	kms_client_close(app);
 }
 END_TEST
 
@@ -284,6 +626,9 @@ int main(void)
 	tcase_add_test(tc, dns_and_email_sans_name_nobody);
 	tcase_add_test(tc, client_ca_certificate_of_a_node_gets_no_domain_key);
 	tcase_add_test(tc, nul_in_encryption_context_is_refused);
+	tcase_add_test(tc, domain_key_only_to_an_unexpired_unused_grant);
+	tcase_add_test(tc, forwarded_writes_are_authorized_for_the_original_caller);
+	tcase_add_test(tc, administrators_change_through_the_operator_api);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_set_fork_status(sr, CK_NOFORK);

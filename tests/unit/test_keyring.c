@@ -1243,15 +1243,15 @@ START_TEST(test_members_add_update_remove)
 	kms_buf b = {0};
 	kms_err err = {0};
 
-	ck_assert_int_eq(kms_keyring_cmd_add_member(2, "127.0.0.1:7502", "127.0.0.1:7402", &b, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_cmd_add_member(2, "127.0.0.1:7502", "127.0.0.1:7402", NULL, &b, &err), KMS_OK);
 	ck_assert_int_eq(apply_buf(&b, &err), KMS_OK);
-	ck_assert_int_eq(kms_keyring_cmd_add_member(1, "127.0.0.1:7501", "127.0.0.1:7401", &b, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_cmd_add_member(1, "127.0.0.1:7501", "127.0.0.1:7401", NULL, &b, &err), KMS_OK);
 	ck_assert_int_eq(apply_buf(&b, &err), KMS_OK);
 	ck_assert_uint_eq(kms_keyring_members(kr, m, KMS_MEMBERS_MAX), 2);
 	ck_assert_uint_eq(m[0].id, 1); /* kept in id order */
 	ck_assert_str_eq(m[1].grpc_address, "127.0.0.1:7402");
 	/* A re-sent join updates the addresses instead of failing. */
-	ck_assert_int_eq(kms_keyring_cmd_add_member(2, "10.0.0.2:7502", "10.0.0.2:7402", &b, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_cmd_add_member(2, "10.0.0.2:7502", "10.0.0.2:7402", NULL, &b, &err), KMS_OK);
 	ck_assert_int_eq(apply_buf(&b, &err), KMS_OK);
 	ck_assert_int_eq(kms_keyring_member(kr, 2, &one), KMS_OK);
 	ck_assert_str_eq(one.raft_address, "10.0.0.2:7502");
@@ -1269,22 +1269,22 @@ START_TEST(test_members_refusals_change_nothing)
 	kms_buf b = {0};
 	kms_err err = {0};
 
-	ck_assert_int_eq(kms_keyring_cmd_add_member(0, "h:1", "h:2", &b, &err), KMS_ERR_INVALID);
+	ck_assert_int_eq(kms_keyring_cmd_add_member(0, "h:1", "h:2", NULL, &b, &err), KMS_ERR_INVALID);
 	ck_assert_msg(strstr(err.msg, "id") != NULL, "%s", err.msg);
-	ck_assert_int_eq(kms_keyring_cmd_add_member(3, "no-port", "h:2", &b, &err), KMS_ERR_INVALID);
+	ck_assert_int_eq(kms_keyring_cmd_add_member(3, "no-port", "h:2", NULL, &b, &err), KMS_ERR_INVALID);
 	ck_assert_msg(strstr(err.msg, "raft_address") != NULL, "%s", err.msg);
-	ck_assert_int_eq(kms_keyring_cmd_add_member(3, "h:1", "h: 2", &b, &err), KMS_ERR_INVALID);
+	ck_assert_int_eq(kms_keyring_cmd_add_member(3, "h:1", "h: 2", NULL, &b, &err), KMS_ERR_INVALID);
 	ck_assert_msg(strstr(err.msg, "grpc_address") != NULL, "%s", err.msg);
-	ck_assert_int_eq(kms_keyring_cmd_add_member(3, "h:1", "h:x", &b, &err), KMS_ERR_INVALID);
+	ck_assert_int_eq(kms_keyring_cmd_add_member(3, "h:1", "h:x", NULL, &b, &err), KMS_ERR_INVALID);
 	ck_assert_int_eq(kms_keyring_cmd_remove_member(0, &b, &err), KMS_ERR_INVALID);
 	ck_assert_int_eq(kms_keyring_cmd_remove_member(9, &b, &err), KMS_OK);
 	ck_assert_int_eq(apply_buf(&b, &err), KMS_ERR_NOT_FOUND);
 	ck_assert_msg(strstr(err.msg, "node 9") != NULL, "%s", err.msg);
 	for (uint64_t id = 1; id <= KMS_MEMBERS_MAX; id++) {
-		ck_assert_int_eq(kms_keyring_cmd_add_member(id, "h:1", "h:2", &b, &err), KMS_OK);
+		ck_assert_int_eq(kms_keyring_cmd_add_member(id, "h:1", "h:2", NULL, &b, &err), KMS_OK);
 		ck_assert_int_eq(apply_buf(&b, &err), KMS_OK);
 	}
-	ck_assert_int_eq(kms_keyring_cmd_add_member(99, "h:1", "h:2", &b, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_cmd_add_member(99, "h:1", "h:2", NULL, &b, &err), KMS_OK);
 	ck_assert_int_eq(apply_buf(&b, &err), KMS_ERR_PRECONDITION);
 	ck_assert_uint_eq(kms_keyring_members(kr, m, KMS_MEMBERS_MAX), KMS_MEMBERS_MAX);
 }
@@ -1306,7 +1306,7 @@ START_TEST(test_probe_set_once_and_snapshotted)
 	ck_assert_int_eq(apply_buf(&b, &err), KMS_ERR_EXISTS);
 	ck_assert_uint_eq(kms_keyring_domain_key_probe(kr, got), sizeof(probe));
 	ck_assert(memcmp(got, probe, sizeof(probe)) == 0);
-	ck_assert_int_eq(kms_keyring_cmd_add_member(4, "h:1", "h:2", &b, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_cmd_add_member(4, "h:1", "h:2", NULL, &b, &err), KMS_OK);
 	ck_assert_int_eq(apply_buf(&b, &err), KMS_OK);
 	/* Members and the probe travel in snapshots. */
 	ck_assert_int_eq(kms_keyring_snapshot(kr, kms_malloc, &snap, &err), KMS_OK);
@@ -1314,6 +1314,155 @@ START_TEST(test_probe_set_once_and_snapshotted)
 	ck_assert_int_eq(kms_keyring_restore(copy, snap.data, snap.len, &err), KMS_OK);
 	ck_assert_uint_eq(kms_keyring_domain_key_probe(copy, got), sizeof(probe));
 	ck_assert_int_eq(kms_keyring_member(copy, 4, &(kms_member){0}), KMS_OK);
+	kms_buf_free(&snap);
+	kms_keyring_free(copy);
+}
+END_TEST
+
+/* --- join grants and the administrators --------------------------------- */
+
+static kms_join_grant grant_for(uint8_t fill, int64_t expires)
+{
+	kms_join_grant g;
+
+	memset(&g, 0, sizeof(g));
+	g.present = 1;
+	memset(g.transport_key_sha256, fill, sizeof(g.transport_key_sha256));
+	g.expires_at_unix = expires;
+	return g;
+}
+
+static int consume(uint64_t id, uint8_t fill, int64_t now, kms_err *err)
+{
+	uint8_t fp[KMS_FINGERPRINT_LEN];
+	kms_buf b = {0};
+
+	memset(fp, fill, sizeof(fp));
+	ck_assert_int_eq(kms_keyring_cmd_consume_join_grant(id, fp, now, &b, err), KMS_OK);
+	return apply_buf(&b, err);
+}
+
+START_TEST(test_join_grant_used_once)
+{
+	kms_join_grant g = grant_for(0xaa, 1000);
+	uint8_t fp[KMS_FINGERPRINT_LEN];
+	kms_member m;
+	kms_buf b = {0};
+	kms_err err = {0};
+
+	/* The founder: no grant, nothing to use. */
+	ck_assert_int_eq(kms_keyring_cmd_add_member(1, "h:1", "h:2", NULL, &b, &err), KMS_OK);
+	ck_assert_int_eq(apply_buf(&b, &err), KMS_OK);
+	ck_assert_int_eq(consume(1, 0xaa, 10, &err), KMS_ERR_PERMISSION);
+	ck_assert_msg(strstr(err.msg, "holds no join grant") != NULL, "%s", err.msg);
+	/* Not admitted. */
+	ck_assert_int_eq(consume(2, 0xaa, 10, &err), KMS_ERR_PERMISSION);
+	ck_assert_msg(strstr(err.msg, "has not been admitted") != NULL, "%s", err.msg);
+	ck_assert_int_eq(kms_keyring_cmd_add_member(2, "h:3", "h:4", &g, &b, &err), KMS_OK);
+	ck_assert_int_eq(apply_buf(&b, &err), KMS_OK);
+	memset(fp, 0xaa, sizeof(fp));
+	ck_assert_int_eq(kms_keyring_join_grant_check(kr, 2, fp, 10, &err), KMS_OK);
+	/* Another key, and the end of its life (the proposer's clock decides). */
+	ck_assert_int_eq(consume(2, 0xbb, 10, &err), KMS_ERR_PERMISSION);
+	ck_assert_msg(strstr(err.msg, "another transport key") != NULL, "%s", err.msg);
+	ck_assert_int_eq(consume(2, 0xaa, 1000, &err), KMS_ERR_PERMISSION);
+	ck_assert_msg(strstr(err.msg, "expired") != NULL, "%s", err.msg);
+	/* Re-admitted before it joined: the new grant replaces the old one. */
+	g = grant_for(0xcc, 2000);
+	ck_assert_int_eq(kms_keyring_cmd_add_member(2, "h:3", "h:4", &g, &b, &err), KMS_OK);
+	ck_assert_int_eq(apply_buf(&b, &err), KMS_OK);
+	ck_assert_int_eq(consume(2, 0xaa, 10, &err), KMS_ERR_PERMISSION);
+	ck_assert_int_eq(consume(2, 0xcc, 10, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_member(kr, 2, &m), KMS_OK);
+	ck_assert(kms_member_joined(&m));
+	/* Once. */
+	ck_assert_int_eq(consume(2, 0xcc, 11, &err), KMS_ERR_PERMISSION);
+	ck_assert_msg(strstr(err.msg, "used already") != NULL, "%s", err.msg);
+	memset(fp, 0xcc, sizeof(fp));
+	ck_assert_int_eq(kms_keyring_join_grant_check(kr, 2, fp, 10, &err), KMS_ERR_PERMISSION);
+	/* A joined member, or the founder, gets no new grant. */
+	g = grant_for(0xdd, 3000);
+	ck_assert_int_eq(kms_keyring_cmd_add_member(2, "h:3", "h:4", &g, &b, &err), KMS_OK);
+	ck_assert_int_eq(apply_buf(&b, &err), KMS_ERR_PRECONDITION);
+	ck_assert_int_eq(kms_keyring_cmd_add_member(1, "h:1", "h:2", &g, &b, &err), KMS_OK);
+	ck_assert_int_eq(apply_buf(&b, &err), KMS_ERR_PRECONDITION);
+	/* An address update (no grant) keeps the grant's state. */
+	ck_assert_int_eq(kms_keyring_cmd_add_member(2, "h:5", "h:6", NULL, &b, &err), KMS_OK);
+	ck_assert_int_eq(apply_buf(&b, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_member(kr, 2, &m), KMS_OK);
+	ck_assert(m.grant.present && m.grant.used);
+	ck_assert_str_eq(m.raft_address, "h:5");
+	/* Removed, the grant is gone with the member. */
+	ck_assert_int_eq(kms_keyring_cmd_remove_member(2, &b, &err), KMS_OK);
+	ck_assert_int_eq(apply_buf(&b, &err), KMS_OK);
+	ck_assert_int_eq(consume(2, 0xcc, 10, &err), KMS_ERR_PERMISSION);
+}
+END_TEST
+
+START_TEST(test_join_grant_malformed)
+{
+	kms_join_grant g = grant_for(0xaa, 0);
+	kms_buf b = {0};
+	kms_err err = {0};
+	static const uint8_t short_consume[] = {0x2a, 0x04, 0x08, 0x02, 0x12, 0x00};
+
+	ck_assert_int_eq(kms_keyring_cmd_add_member(3, "h:1", "h:2", &g, &b, &err), KMS_ERR_INVALID);
+	ck_assert_msg(strstr(err.msg, "expiry") != NULL, "%s", err.msg);
+	ck_assert_int_eq(kms_keyring_cmd_consume_join_grant(0, g.transport_key_sha256, 1, &b, &err),
+			 KMS_ERR_INVALID);
+	/* ConsumeJoinGrant{node_id 2, fingerprint of 0 bytes}, as raw bytes. */
+	ck_assert_int_eq(kms_keyring_apply(kr, short_consume, sizeof(short_consume), &err),
+			 KMS_ERR_INVALID);
+	ck_assert_uint_eq(kms_keyring_members(kr, NULL, 0), 0);
+}
+END_TEST
+
+START_TEST(test_administrators)
+{
+	char *two[] = {(char *)ADMIN, (char *)WEB};
+	char *bad_id[] = {(char *)"spiffe://td/a/../b"};
+	char *node_id[] = {(char *)"spiffe://td/kmsd/node/1"};
+	char *dup[] = {(char *)ADMIN, (char *)ADMIN};
+	char **got = NULL;
+	size_t n = 0;
+	kms_keyring *copy = NULL;
+	kms_buf b = {0}, snap = {0};
+	kms_err err = {0};
+
+	ck_assert_uint_eq(kms_keyring_admin_count(kr), 0);
+	ck_assert(!kms_keyring_is_admin(kr, ADMIN));
+	ck_assert_int_eq(kms_keyring_cmd_set_administrators(two, 0, &b, &err), KMS_ERR_INVALID);
+	ck_assert_int_eq(kms_keyring_cmd_set_administrators(bad_id, 1, &b, &err), KMS_ERR_INVALID);
+	ck_assert_int_eq(kms_keyring_cmd_set_administrators(node_id, 1, &b, &err), KMS_ERR_INVALID);
+	ck_assert_int_eq(kms_keyring_cmd_set_administrators(dup, 2, &b, &err), KMS_ERR_INVALID);
+	ck_assert_int_eq(kms_keyring_cmd_set_administrators(two, 2, &b, &err), KMS_OK);
+	ck_assert_int_eq(apply_buf(&b, &err), KMS_OK);
+	ck_assert(kms_keyring_is_admin(kr, ADMIN));
+	ck_assert(kms_keyring_is_admin(kr, WEB));
+	ck_assert(!kms_keyring_is_admin(kr, "spiffe://td/other"));
+	ck_assert_int_eq(kms_keyring_admins(kr, &got, &n, &err), KMS_OK);
+	ck_assert_uint_eq(n, 2);
+	ck_assert_str_eq(got[1], WEB);
+	kms_keyring_admins_free(got, n);
+	/* In snapshots, grants and all. */
+	{
+		kms_join_grant g = grant_for(0x11, 99);
+
+		ck_assert_int_eq(kms_keyring_cmd_add_member(4, "h:1", "h:2", &g, &b, &err), KMS_OK);
+		ck_assert_int_eq(apply_buf(&b, &err), KMS_OK);
+	}
+	ck_assert_int_eq(kms_keyring_snapshot(kr, kms_malloc, &snap, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_new(&copy, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_restore(copy, snap.data, snap.len, &err), KMS_OK);
+	ck_assert(kms_keyring_is_admin(copy, WEB));
+	{
+		uint8_t fp[KMS_FINGERPRINT_LEN];
+
+		memset(fp, 0x11, sizeof(fp));
+		ck_assert_int_eq(kms_keyring_join_grant_check(copy, 4, fp, 98, &err), KMS_OK);
+		ck_assert_int_eq(kms_keyring_join_grant_check(copy, 4, fp, 99, &err),
+				 KMS_ERR_PERMISSION);
+	}
 	kms_buf_free(&snap);
 	kms_keyring_free(copy);
 }
@@ -1348,6 +1497,9 @@ static Suite *keyring_suite(void)
 	tcase_add_test(tc, test_restore_and_describe_alloc_failure);
 	tcase_add_test(tc, test_members_add_update_remove);
 	tcase_add_test(tc, test_members_refusals_change_nothing);
+	tcase_add_test(tc, test_join_grant_used_once);
+	tcase_add_test(tc, test_join_grant_malformed);
+	tcase_add_test(tc, test_administrators);
 	tcase_add_test(tc, test_probe_set_once_and_snapshotted);
 	suite_add_tcase(s, tc);
 	return s;
