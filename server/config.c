@@ -39,6 +39,7 @@ enum kind {
 	K_ADMINS,      /* comma-separated principals; may repeat to add more */
 	K_SEEDS,       /* comma-separated host:port of cluster members */
 	K_TRUST_DOMAIN, /* a SPIFFE trust domain name */
+	K_BOOL,        /* true|false, into an int */
 };
 
 struct key_spec {
@@ -56,6 +57,7 @@ static const struct key_spec keys[] = {
     {"node", "id", K_UINT, F(node_id), 1, UINT_MAX, 1},
     {"node", "data_dir", K_PATH, F(data_dir), 0, 0, 1},
     {"node", "log_level", K_LOGLEVEL, F(log_level), 0, 0, 0},
+    {"node", "allow_core_dumps", K_BOOL, F(allow_core_dumps), 0, 0, 0},
     {"grpc", "listen", K_LISTEN_GRPC, F(grpc_listen), 0, 0, 1},
     {"grpc", "workers", K_UINT, F(grpc_workers), 1, 64, 0},
     {"grpc", "ca_file", K_PATH, F(ca_file), 0, 0, 1},
@@ -325,6 +327,17 @@ static int set_value(struct parse_state *st, const struct key_spec *k,
 				 kms_quote(v, q));
 			return fail_at(st, detail);
 		}
+		return 1;
+	case K_BOOL:
+		/* Only the two words: a setting that weakens the node is spelled
+		 * out, never guessed from "yes", "1" or "on". */
+		if (strcmp(v, "true") != 0 && strcmp(v, "false") != 0) {
+			snprintf(detail, sizeof(detail),
+				 "'%s' in [%s] must be true or false, not '%s'", k->name,
+				 k->section, kms_quote(v, q));
+			return fail_at(st, detail);
+		}
+		*(int *)field = strcmp(v, "true") == 0;
 		return 1;
 	case K_LOGLEVEL:
 		if (kms_log_level_parse(v) < 0) {

@@ -15,6 +15,8 @@ typedef struct kms_config {
 	unsigned node_id;        /* id = N, >= 1, required */
 	char *data_dir;          /* data_dir = path, required (Raft log, snapshots) */
 	char *log_level;         /* log_level = error|warn|info|debug, default info */
+	int allow_core_dumps;    /* allow_core_dumps = true|false, default false: when
+				    false kmsd sets RLIMIT_CORE to 0 and is not dumpable */
 
 	/* [grpc] */
 	char *grpc_listen;       /* listen = host:port, required */

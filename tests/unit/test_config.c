@@ -178,6 +178,7 @@ START_TEST(test_full_config)
 	ck_assert_uint_eq(cfg.node_id, 3);
 	ck_assert_str_eq(cfg.data_dir, "/var/lib/kmsd");
 	ck_assert_str_eq(cfg.log_level, "debug");
+	ck_assert_int_eq(cfg.allow_core_dumps, 0);
 	ck_assert_str_eq(cfg.grpc_listen, "0.0.0.0:8443");
 	ck_assert_uint_eq(cfg.grpc_workers, 8);
 	ck_assert_str_eq(cfg.ca_file, "/etc/kmsd/ca.pem");
@@ -216,6 +217,8 @@ START_TEST(test_defaults)
 		   "[cluster]\nnode_ca_file = /nca\n");
 	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
 	ck_assert_str_eq(cfg.log_level, "info");
+	/* Core dumps stay off unless the file asks for them. */
+	ck_assert_int_eq(cfg.allow_core_dumps, 0);
 	ck_assert_uint_eq(cfg.grpc_workers, 4);
 	ck_assert_uint_eq(cfg.snapshot_threshold, 8192);
 	ck_assert_uint_eq(cfg.snapshot_trailing, 1024);
@@ -499,6 +502,38 @@ START_TEST(test_bad_values)
 }
 END_TEST
 
+START_TEST(test_allow_core_dumps)
+{
+	write_full(NULL, NULL, "node", "allow_core_dumps = true");
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
+	ck_assert_int_eq(cfg.allow_core_dumps, 1);
+	kms_config_free(&cfg);
+	write_full(NULL, NULL, "node", "allow_core_dumps = false");
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
+	ck_assert_int_eq(cfg.allow_core_dumps, 0);
+}
+END_TEST
+
+START_TEST(test_allow_core_dumps_bad)
+{
+	static const char *const bad[] = {"yes", "1", "True", "FALSE", "on", "true-ish"};
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char line[64], detail[128];
+
+		snprintf(line, sizeof(line), "allow_core_dumps = %s", bad[i]);
+		write_full(NULL, NULL, "node", line);
+		snprintf(detail, sizeof(detail),
+			 "'allow_core_dumps' in [node] must be true or false, not '%s'", bad[i]);
+		assert_load_fails_at(5, detail);
+	}
+	write_full(NULL, NULL, "node", "allow_core_dumps =");
+	assert_load_fails_at(5, "empty value for 'allow_core_dumps' in [node]");
+	write_full(NULL, NULL, "node", "allow_core_dumps = false\nallow_core_dumps = true");
+	assert_load_fails_at(6, "duplicate key 'allow_core_dumps' in [node]");
+}
+END_TEST
+
 START_TEST(test_admins)
 {
 	/* Entries may also continue on indented lines, or repeat the key. */
@@ -777,6 +812,8 @@ static Suite *config_suite(void)
 	tcase_add_test(tc, test_heartbeat_vs_election);
 	tcase_add_test(tc, test_pin_source_both_or_neither);
 	tcase_add_test(tc, test_bad_values);
+	tcase_add_test(tc, test_allow_core_dumps);
+	tcase_add_test(tc, test_allow_core_dumps_bad);
 	tcase_add_test(tc, test_admins);
 	tcase_add_test(tc, test_admins_invalid);
 	tcase_add_test(tc, test_trust_domain);
