@@ -780,10 +780,48 @@ out:
 	return rc;
 }
 
+static int copy_env_pin(const char *name, const char *v, char **pin, kms_err *err)
+{
+	size_t n = strnlen(v, PIN_MAX + 1);
+
+	KMS_ENSURE(n > 0, err, KMS_ERR_CONFIG,
+		   "environment variable %s (the HSM PIN) is empty", name);
+	KMS_ENSURE(n <= PIN_MAX, err, KMS_ERR_CONFIG,
+		   "environment variable %s (the HSM PIN) is longer than %d "
+		   "bytes",
+		   name, PIN_MAX);
+	*pin = kms_strndup(v, n);
+	KMS_ENSURE(*pin != NULL, err, KMS_ERR_NOMEM,
+		   "out of memory reading the PIN");
+	return KMS_OK;
+}
+
+/*
+ * Wipes the value, then removes the variable. unsetenv alone only drops
+ * the pointer from environ: the bytes would stay where they are, and for a
+ * variable execve passed in that is the environment block on the stack,
+ * which /proc/PID/environ shows and a core dump holds. The string getenv
+ * returned is that block, or the copy setenv made: writable memory either
+ * way (kmsd never putenv()s a literal). Like every change to the
+ * environment this is not thread-safe: kmsd reads the PIN before it starts
+ * a thread.
+ */
+static int scrub_env(const char *name, char *value, kms_err *err)
+{
+	kms_cleanse(value, strlen(value));
+	if (unsetenv(name) != 0)
+		return kms_errf(err, KMS_ERR_CONFIG,
+				"cannot remove environment variable %s (the HSM "
+				"PIN) from the environment: %s",
+				name, strerror(errno));
+	return KMS_OK;
+}
+
 int kms_config_read_pin(const kms_config *cfg, char **pin, kms_err *err)
 {
-	const char *v;
-	size_t n;
+	kms_err scrub_err = {0};
+	char *v;
+	int rc, scrub;
 
 	KMS_ENSURE(cfg != NULL && pin != NULL, err, KMS_ERR_INVALID,
 		   "no configuration to read the PIN from");
@@ -796,16 +834,13 @@ int kms_config_read_pin(const kms_config *cfg, char **pin, kms_err *err)
 	KMS_ENSURE(v != NULL, err, KMS_ERR_CONFIG,
 		   "environment variable %s (the HSM PIN) is not set",
 		   cfg->hsm_pin_env);
-	n = strnlen(v, PIN_MAX + 1);
-	KMS_ENSURE(n > 0, err, KMS_ERR_CONFIG,
-		   "environment variable %s (the HSM PIN) is empty",
-		   cfg->hsm_pin_env);
-	KMS_ENSURE(n <= PIN_MAX, err, KMS_ERR_CONFIG,
-		   "environment variable %s (the HSM PIN) is longer than %d "
-		   "bytes",
-		   cfg->hsm_pin_env, PIN_MAX);
-	*pin = kms_strndup(v, n);
-	KMS_ENSURE(*pin != NULL, err, KMS_ERR_NOMEM,
-		   "out of memory reading the PIN");
-	return KMS_OK;
+	rc = copy_env_pin(cfg->hsm_pin_env, v, pin, err);
+	/* A refused value may be a secret all the same: it goes too. */
+	scrub = scrub_env(cfg->hsm_pin_env, v, &scrub_err);
+	if (rc != KMS_OK || scrub == KMS_OK)
+		return rc;
+	/* Read, but still in the environment: refuse rather than leave it. */
+	kms_free_secret(*pin, strlen(*pin));
+	*pin = NULL;
+	return kms_errf(err, scrub_err.code, "%s", scrub_err.msg);
 }

@@ -70,6 +70,9 @@ void kms_config_free(kms_config *cfg);
  * environment variable. *pin is owned by the caller and must be released
  * with kms_free_secret(*pin, strlen(*pin)). A missing file, an unset or empty
  * variable give KMS_ERR_CONFIG naming the source, never the PIN.
+ * A variable that was set leaves the environment (unsetenv), its value
+ * wiped in place first, whether the PIN was accepted or not: call this
+ * before any thread starts, and only once.
  */
 int kms_config_read_pin(const kms_config *cfg, char **pin, kms_err *err);
 

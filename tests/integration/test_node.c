@@ -527,19 +527,28 @@ START_TEST(hundred_concurrent_calls)
 }
 END_TEST
 
-START_TEST(token_holds_no_readable_secret)
+/* The node's user PIN, as ops/softhsm-token wrote it (no newline). */
+static void read_token_pin(char pin[128])
 {
-	char pin[128] = {0}, path[PATH_MAX];
-	kms_hsm *hsm = NULL;
-	kms_err err = {0};
-	size_t n = 0;
+	char path[PATH_MAX];
 	FILE *f;
 
+	memset(pin, 0, 128);
 	KMS_TEST_PATH(path, "%s/token/pin", node.dir);
 	f = fopen(path, "r");
 	ck_assert_ptr_nonnull(f);
-	ck_assert_ptr_nonnull(fgets(pin, sizeof(pin), f));
+	ck_assert_ptr_nonnull(fgets(pin, 128, f));
 	fclose(f);
+}
+
+START_TEST(token_holds_no_readable_secret)
+{
+	char pin[128];
+	kms_hsm *hsm = NULL;
+	kms_err err = {0};
+	size_t n = 0;
+
+	read_token_pin(pin);
 	setenv("SOFTHSM2_CONF", node.softhsm_conf, 1);
 	ck_assert_msg(kms_hsm_open(getenv("KMS_PKCS11_MODULE") ? getenv("KMS_PKCS11_MODULE")
 							       : "/usr/lib/softhsm/libsofthsm2.so",
@@ -763,6 +772,28 @@ START_TEST(core_dumps_allowed_by_the_configuration)
 }
 END_TEST
 
+START_TEST(pin_env_leaves_no_trace_in_environ)
+{
+	static char environ_bytes[65536];
+	char pin[128];
+	size_t n;
+
+	read_token_pin(pin);
+	/* kmsd inherits the variable; core dumps allowed, so that a process of
+	 * the same user may read its environment: that is what is looked at. */
+	ck_assert_int_eq(setenv("KMSD_IT_PIN", pin, 1), 0);
+	start_unprivileged("-e 's#^pin_file.*#pin_env = KMSD_IT_PIN#' " SED_ALLOW_CORE_DUMPS);
+	ck_assert_int_eq(unsetenv("KMSD_IT_PIN"), 0);
+	ck_assert_int_eq(read_proc_unprivileged(node.pid, "environ", environ_bytes,
+						sizeof(environ_bytes), &n), 0);
+	/* The block was read whole (the variable the fixture sets is there)... */
+	ck_assert_ptr_nonnull(memmem(environ_bytes, n, "SOFTHSM2_CONF=", 14));
+	/* ...and the PIN that logged in to the token is not in it. */
+	ck_assert_msg(memmem(environ_bytes, n, pin, strlen(pin)) == NULL,
+		      "kmsd's /proc/PID/environ still holds the PIN");
+}
+END_TEST
+
 static Suite *node_suite(void)
 {
 	Suite *s = suite_create("kmsd node");
@@ -802,6 +833,7 @@ static Suite *node_suite(void)
 	tcase_set_timeout(process, 120);
 	tcase_add_test(process, core_dumps_off_by_default);
 	tcase_add_test(process, core_dumps_allowed_by_the_configuration);
+	tcase_add_test(process, pin_env_leaves_no_trace_in_environ);
 	suite_add_tcase(s, process);
 	return s;
 }

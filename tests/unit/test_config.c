@@ -761,18 +761,47 @@ START_TEST(test_pin_file_world_readable_still_works)
 }
 END_TEST
 
+/*
+ * The variable is gone and the bytes of its old value are zero. glibc never
+ * frees the "NAME=value" string setenv made (another setenv may hand it out
+ * again), so the pointer getenv gave stays readable after unsetenv.
+ */
+static void assert_env_scrubbed(const char *old_value, size_t len)
+{
+	ck_assert_ptr_null(getenv(PIN_ENV));
+	for (size_t i = 0; i < len; i++)
+		ck_assert_msg(old_value[i] == '\0', "byte %zu of the old value is 0x%02x", i,
+			      (unsigned char)old_value[i]);
+}
+
 START_TEST(test_pin_env)
 {
+	const char *old;
+
 	write_full(NULL, NULL, NULL, NULL);
 	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
 	ck_assert_int_eq(setenv(PIN_ENV, "env-PIN-9876", 1), 0);
+	old = getenv(PIN_ENV);
 	assert_pin("env-PIN-9876");
+	assert_env_scrubbed(old, strlen("env-PIN-9876"));
+}
+END_TEST
+
+START_TEST(test_pin_env_other_sources_untouched)
+{
+	/* With the PIN in a file, a variable of that name is not kmsd's. */
+	ck_assert_int_eq(setenv(PIN_ENV, "not-read", 1), 0);
+	load_with_pin_file("1234", 4);
+	assert_pin("1234");
+	ck_assert_ptr_nonnull(getenv(PIN_ENV));
+	ck_assert_str_eq(getenv(PIN_ENV), "not-read");
 }
 END_TEST
 
 START_TEST(test_pin_env_bad)
 {
 	char big[300];
+	const char *old;
 
 	write_full(NULL, NULL, NULL, NULL);
 	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
@@ -781,10 +810,14 @@ START_TEST(test_pin_env_bad)
 	ck_assert_int_eq(setenv(PIN_ENV, "", 1), 0);
 	assert_pin_fails(
 	    "environment variable " PIN_ENV " (the HSM PIN) is empty", NULL);
+	ck_assert_ptr_null(getenv(PIN_ENV));
 	memset(big, 'q', 257);
 	big[257] = '\0';
 	ck_assert_int_eq(setenv(PIN_ENV, big, 1), 0);
+	old = getenv(PIN_ENV);
 	assert_pin_fails("is longer than 256 bytes", big);
+	/* Refused, and removed all the same: it may still be a secret. */
+	assert_env_scrubbed(old, 257);
 	ck_assert_int_eq(kms_config_read_pin(NULL, &(char *){NULL}, &err),
 			 KMS_ERR_INVALID);
 }
@@ -832,6 +865,7 @@ static Suite *config_suite(void)
 	tcase_add_test(tc, test_pin_file_is_directory);
 	tcase_add_test(tc, test_pin_file_world_readable_still_works);
 	tcase_add_test(tc, test_pin_env);
+	tcase_add_test(tc, test_pin_env_other_sources_untouched);
 	tcase_add_test(tc, test_pin_env_bad);
 	tcase_add_test(tc, test_cluster_join);
 	tcase_add_test(tc, test_cluster_join_bad);
