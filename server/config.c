@@ -728,10 +728,24 @@ static int read_pin_file(const char *path, char **pin, kms_err *err)
 			      PIN_MAX);
 		goto out;
 	}
-	if (sb.st_mode & (S_IRGRP | S_IROTH))
-		KMS_LOG_W("PIN file %s is readable by group or others "
-			  "(mode %03o); chmod 600 it",
-			  path, (unsigned)(sb.st_mode & 0777));
+	/*
+	 * The PIN logs in to the HSM: only the user kmsd runs as may read it,
+	 * or replace it. Checked on the descriptor read below, not on the path.
+	 */
+	if (sb.st_uid != geteuid()) {
+		rc = kms_errf(err, KMS_ERR_CONFIG,
+			      "PIN file %s belongs to uid %u, not to the user "
+			      "kmsd runs as (uid %u): chown it to that user",
+			      path, (unsigned)sb.st_uid, (unsigned)geteuid());
+		goto out;
+	}
+	if (sb.st_mode & (S_IRWXG | S_IRWXO)) {
+		rc = kms_errf(err, KMS_ERR_CONFIG,
+			      "PIN file %s is open to group or others (mode "
+			      "%04o): chmod 600 it",
+			      path, (unsigned)(sb.st_mode & 07777));
+		goto out;
+	}
 	while (n < sizeof(buf)) {
 		ssize_t got = read(fd, buf + n, sizeof(buf) - n);
 

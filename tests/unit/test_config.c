@@ -127,8 +127,7 @@ static void setup(void)
 	ck_assert_ptr_nonnull(realpath(tmpl, dir));
 	snprintf(conf, sizeof(conf), "%s/kmsd.conf", dir);
 	unsetenv(PIN_ENV);
-	/* The PIN-permission warning is expected in some tests; keep output
-	 * quiet. */
+	/* Keep the output of the tests that provoke warnings quiet. */
 	kms_log_set_level(KMS_LOG_ERROR);
 }
 
@@ -749,15 +748,48 @@ START_TEST(test_pin_file_is_directory)
 }
 END_TEST
 
-START_TEST(test_pin_file_world_readable_still_works)
+START_TEST(test_pin_file_open_to_others_refused)
 {
-	char pin_path[PATH_MAX + 16];
+	/* Any access for group or others: to read the PIN, or to replace it. */
+	static const mode_t bad[] = {0644, 0640, 0604, 0660, 0620, 0602, 0610, 0601, 0666};
+	char pin_path[PATH_MAX + 16], want[PATH_MAX + 96];
 
-	load_with_pin_file("1234", 4);
+	load_with_pin_file("s3cret-PIN", 10);
 	snprintf(pin_path, sizeof(pin_path), "%s/pin.txt", dir);
-	ck_assert_int_eq(chmod(pin_path, 0644), 0);
-	/* Only a warning (in the log); the PIN is still read. */
-	assert_pin("1234");
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		kms_err_clear(&err);
+		ck_assert_int_eq(chmod(pin_path, bad[i]), 0);
+		snprintf(want, sizeof(want),
+			 "PIN file %s is open to group or others (mode %04o): chmod 600 it", pin_path,
+			 (unsigned)bad[i]);
+		assert_pin_fails(want, "s3cret-PIN");
+	}
+	/* Only its owner may read it: fine. */
+	ck_assert_int_eq(chmod(pin_path, 0600), 0);
+	assert_pin("s3cret-PIN");
+	ck_assert_int_eq(chmod(pin_path, 0400), 0);
+	assert_pin("s3cret-PIN");
+}
+END_TEST
+
+START_TEST(test_pin_file_of_another_user_refused)
+{
+	char pin_path[PATH_MAX + 16], want[PATH_MAX + 128];
+
+	/* Only root can give a file away to make the case. */
+	if (geteuid() != 0)
+		return;
+	load_with_pin_file("s3cret-PIN", 10);
+	snprintf(pin_path, sizeof(pin_path), "%s/pin.txt", dir);
+	ck_assert_int_eq(chown(pin_path, 65534, (gid_t)-1), 0);
+	snprintf(want, sizeof(want),
+		 "PIN file %s belongs to uid 65534, not to the user kmsd runs as (uid 0): chown it "
+		 "to that user",
+		 pin_path);
+	assert_pin_fails(want, "s3cret-PIN");
+	/* Given back, it is read again. */
+	ck_assert_int_eq(chown(pin_path, 0, (gid_t)-1), 0);
+	assert_pin("s3cret-PIN");
 }
 END_TEST
 
@@ -863,7 +895,8 @@ static Suite *config_suite(void)
 	tcase_add_test(tc, test_pin_file_bad);
 	tcase_add_test(tc, test_pin_file_missing);
 	tcase_add_test(tc, test_pin_file_is_directory);
-	tcase_add_test(tc, test_pin_file_world_readable_still_works);
+	tcase_add_test(tc, test_pin_file_open_to_others_refused);
+	tcase_add_test(tc, test_pin_file_of_another_user_refused);
 	tcase_add_test(tc, test_pin_env);
 	tcase_add_test(tc, test_pin_env_other_sources_untouched);
 	tcase_add_test(tc, test_pin_env_bad);
