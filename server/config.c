@@ -614,9 +614,32 @@ static int config_dir(const char *path, char out[PATH_MAX], kms_err *err)
 	return KMS_OK;
 }
 
+/*
+ * Whoever may write the configuration picks the PKCS#11 module kmsd loads,
+ * the PIN source and the administrators. Others must not; a group that may
+ * is usually a deliberate operators' group, so it is only warned about.
+ * sb is the open file's, so the file checked is the file parsed.
+ */
+static int check_config_mode(const char *path, const struct stat *sb, kms_err *err)
+{
+	unsigned mode = (unsigned)(sb->st_mode & 07777);
+
+	if (sb->st_mode & S_IWOTH)
+		return kms_errf(err, KMS_ERR_CONFIG,
+				"%s: writable by others (mode %04o): chmod o-w it",
+				path, mode);
+	if (sb->st_mode & S_IWGRP)
+		KMS_LOG_W("%s: writable by its group (mode %04o): chmod g-w it "
+			  "unless every member of the group may administer "
+			  "this node",
+			  path, mode);
+	return KMS_OK;
+}
+
 int kms_config_load(const char *path, kms_config *cfg, kms_err *err)
 {
 	struct parse_state st;
+	struct stat sb;
 	char dir[PATH_MAX];
 	int rc, line;
 
@@ -634,6 +657,12 @@ int kms_config_load(const char *path, kms_config *cfg, kms_err *err)
 	if (st.file == NULL)
 		return kms_errf(err, KMS_ERR_CONFIG, "%s: cannot open: %s",
 				path, strerror(errno));
+	if (fstat(fileno(st.file), &sb) != 0) {
+		rc = kms_errf(err, KMS_ERR_CONFIG, "%s: cannot stat: %s", path,
+			      strerror(errno));
+		goto out;
+	}
+	KMS_TRY_GOTO(rc, check_config_mode(path, &sb, err), out);
 	cfg->grpc_workers = 4;
 	cfg->snapshot_threshold = 8192;
 	cfg->snapshot_trailing = 1024;

@@ -58,8 +58,9 @@ typedef struct kms_config {
 /*
  * Parses path into cfg (zeroed first). Unknown sections or keys, bad numbers,
  * missing required keys or both/neither PIN source give KMS_ERR_CONFIG with
- * "<file>:<line>: ..." or the missing key named. On failure cfg holds nothing
- * to free.
+ * "<file>:<line>: ..." or the missing key named. A file others may write is
+ * refused the same way (one its group may write is logged as a warning).
+ * On failure cfg holds nothing to free.
  */
 int kms_config_load(const char *path, kms_config *cfg, kms_err *err);
 

@@ -606,7 +606,7 @@ static void expect_refusal(const char *sed, const char *message)
 	int code;
 
 	KMS_TEST_PATH(conf, "%s/bad.conf", node.dir);
-	kms_test_sh("sed %s '%s' > '%s'", sed, node.conf, conf);
+	kms_test_sh("sed %s '%s' > '%s' && chmod 644 '%s'", sed, node.conf, conf, conf);
 	kms_test_sh(": > '%s'", node.log);
 	code = kms_test_node_run_expect_exit(&node, conf);
 	ck_assert_int_eq(code, 1);

@@ -126,6 +126,9 @@ static void setup(void)
 	ck_assert_ptr_nonnull(mkdtemp(tmpl));
 	ck_assert_ptr_nonnull(realpath(tmpl, dir));
 	snprintf(conf, sizeof(conf), "%s/kmsd.conf", dir);
+	/* Files written here are 0644 whatever umask the tests inherit: a
+	 * looser one would make the configuration writable by others. */
+	umask(022);
 	unsetenv(PIN_ENV);
 	/* Keep the output of the tests that provoke warnings quiet. */
 	kms_log_set_level(KMS_LOG_ERROR);
@@ -612,6 +615,70 @@ START_TEST(test_missing_file)
 }
 END_TEST
 
+/* kms_config_load(conf) with the log (stderr) sent to a file, copied into
+ * log; its status. */
+static int load_capturing_log(char *log, size_t cap)
+{
+	char path[PATH_MAX + 16];
+	int fd, saved, rc;
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "%s/log.txt", dir);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	ck_assert_int_ge(fd, 0);
+	fflush(stderr);
+	saved = dup(2);
+	ck_assert_int_ge(saved, 0);
+	ck_assert_int_eq(dup2(fd, 2), 2);
+	kms_log_set_level(KMS_LOG_WARN);
+	rc = kms_config_load(conf, &cfg, &err);
+	kms_log_set_level(KMS_LOG_ERROR);
+	fflush(stderr);
+	ck_assert_int_eq(dup2(saved, 2), 2);
+	close(saved);
+	n = pread(fd, log, cap - 1, 0);
+	ck_assert_int_ge(n, 0);
+	log[n] = '\0';
+	close(fd);
+	return rc;
+}
+
+START_TEST(test_config_writable_by_others_refused)
+{
+	static const mode_t bad[] = {0646, 0666, 0602, 0777};
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char detail[96];
+
+		write_full(NULL, NULL, NULL, NULL);
+		ck_assert_int_eq(chmod(conf, bad[i]), 0);
+		snprintf(detail, sizeof(detail), "writable by others (mode %04o): chmod o-w it",
+			 (unsigned)bad[i]);
+		assert_load_fails_at(0, detail);
+	}
+	/* Readable by all is fine: the file holds no secret. */
+	ck_assert_int_eq(chmod(conf, 0644), 0);
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
+}
+END_TEST
+
+START_TEST(test_config_writable_by_group_warns)
+{
+	char log[2048], want[sizeof(conf) + 64];
+
+	write_full(NULL, NULL, NULL, NULL);
+	ck_assert_int_eq(chmod(conf, 0664), 0);
+	ck_assert_int_eq(load_capturing_log(log, sizeof(log)), KMS_OK);
+	snprintf(want, sizeof(want), "%s: writable by its group (mode 0664): chmod g-w it", conf);
+	ck_assert_msg(strstr(log, want) != NULL, "log '%s' lacks '%s'", log, want);
+	kms_config_free(&cfg);
+	/* Not writable by the group: no warning. */
+	ck_assert_int_eq(chmod(conf, 0644), 0);
+	ck_assert_int_eq(load_capturing_log(log, sizeof(log)), KMS_OK);
+	ck_assert_str_eq(log, "");
+}
+END_TEST
+
 START_TEST(test_load_nomem)
 {
 	/* Every allocation point fails cleanly: no leak, nothing left in cfg.
@@ -884,6 +951,8 @@ static Suite *config_suite(void)
 	tcase_add_test(tc, test_trust_domain);
 	tcase_add_test(tc, test_missing_file);
 	tcase_add_test(tc, test_load_nomem);
+	tcase_add_test(tc, test_config_writable_by_others_refused);
+	tcase_add_test(tc, test_config_writable_by_group_warns);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("pin");
