@@ -39,6 +39,7 @@ enum kind {
 	K_ADMINS,      /* comma-separated principals; may repeat to add more */
 	K_SEEDS,       /* comma-separated host:port of cluster members */
 	K_TRUST_DOMAIN, /* a SPIFFE trust domain name */
+	K_BOOL,        /* true|false, into an int */
 };
 
 struct key_spec {
@@ -56,6 +57,7 @@ static const struct key_spec keys[] = {
     {"node", "id", K_UINT, F(node_id), 1, UINT_MAX, 1},
     {"node", "data_dir", K_PATH, F(data_dir), 0, 0, 1},
     {"node", "log_level", K_LOGLEVEL, F(log_level), 0, 0, 0},
+    {"node", "allow_core_dumps", K_BOOL, F(allow_core_dumps), 0, 0, 0},
     {"grpc", "listen", K_LISTEN_GRPC, F(grpc_listen), 0, 0, 1},
     {"grpc", "workers", K_UINT, F(grpc_workers), 1, 64, 0},
     {"grpc", "ca_file", K_PATH, F(ca_file), 0, 0, 1},
@@ -325,6 +327,17 @@ static int set_value(struct parse_state *st, const struct key_spec *k,
 				 kms_quote(v, q));
 			return fail_at(st, detail);
 		}
+		return 1;
+	case K_BOOL:
+		/* Only the two words: a setting that weakens the node is spelled
+		 * out, never guessed from "yes", "1" or "on". */
+		if (strcmp(v, "true") != 0 && strcmp(v, "false") != 0) {
+			snprintf(detail, sizeof(detail),
+				 "'%s' in [%s] must be true or false, not '%s'", k->name,
+				 k->section, kms_quote(v, q));
+			return fail_at(st, detail);
+		}
+		*(int *)field = strcmp(v, "true") == 0;
 		return 1;
 	case K_LOGLEVEL:
 		if (kms_log_level_parse(v) < 0) {
@@ -601,9 +614,32 @@ static int config_dir(const char *path, char out[PATH_MAX], kms_err *err)
 	return KMS_OK;
 }
 
+/*
+ * Whoever may write the configuration picks the PKCS#11 module kmsd loads,
+ * the PIN source and the administrators. Others must not; a group that may
+ * is usually a deliberate operators' group, so it is only warned about.
+ * sb is the open file's, so the file checked is the file parsed.
+ */
+static int check_config_mode(const char *path, const struct stat *sb, kms_err *err)
+{
+	unsigned mode = (unsigned)(sb->st_mode & 07777);
+
+	if (sb->st_mode & S_IWOTH)
+		return kms_errf(err, KMS_ERR_CONFIG,
+				"%s: writable by others (mode %04o): chmod o-w it",
+				path, mode);
+	if (sb->st_mode & S_IWGRP)
+		KMS_LOG_W("%s: writable by its group (mode %04o): chmod g-w it "
+			  "unless every member of the group may administer "
+			  "this node",
+			  path, mode);
+	return KMS_OK;
+}
+
 int kms_config_load(const char *path, kms_config *cfg, kms_err *err)
 {
 	struct parse_state st;
+	struct stat sb;
 	char dir[PATH_MAX];
 	int rc, line;
 
@@ -621,6 +657,12 @@ int kms_config_load(const char *path, kms_config *cfg, kms_err *err)
 	if (st.file == NULL)
 		return kms_errf(err, KMS_ERR_CONFIG, "%s: cannot open: %s",
 				path, strerror(errno));
+	if (fstat(fileno(st.file), &sb) != 0) {
+		rc = kms_errf(err, KMS_ERR_CONFIG, "%s: cannot stat: %s", path,
+			      strerror(errno));
+		goto out;
+	}
+	KMS_TRY_GOTO(rc, check_config_mode(path, &sb, err), out);
 	cfg->grpc_workers = 4;
 	cfg->snapshot_threshold = 8192;
 	cfg->snapshot_trailing = 1024;
@@ -715,10 +757,24 @@ static int read_pin_file(const char *path, char **pin, kms_err *err)
 			      PIN_MAX);
 		goto out;
 	}
-	if (sb.st_mode & (S_IRGRP | S_IROTH))
-		KMS_LOG_W("PIN file %s is readable by group or others "
-			  "(mode %03o); chmod 600 it",
-			  path, (unsigned)(sb.st_mode & 0777));
+	/*
+	 * The PIN logs in to the HSM: only the user kmsd runs as may read it,
+	 * or replace it. Checked on the descriptor read below, not on the path.
+	 */
+	if (sb.st_uid != geteuid()) {
+		rc = kms_errf(err, KMS_ERR_CONFIG,
+			      "PIN file %s belongs to uid %u, not to the user "
+			      "kmsd runs as (uid %u): chown it to that user",
+			      path, (unsigned)sb.st_uid, (unsigned)geteuid());
+		goto out;
+	}
+	if (sb.st_mode & (S_IRWXG | S_IRWXO)) {
+		rc = kms_errf(err, KMS_ERR_CONFIG,
+			      "PIN file %s is open to group or others (mode "
+			      "%04o): chmod 600 it",
+			      path, (unsigned)(sb.st_mode & 07777));
+		goto out;
+	}
 	while (n < sizeof(buf)) {
 		ssize_t got = read(fd, buf + n, sizeof(buf) - n);
 
@@ -767,10 +823,48 @@ out:
 	return rc;
 }
 
+static int copy_env_pin(const char *name, const char *v, char **pin, kms_err *err)
+{
+	size_t n = strnlen(v, PIN_MAX + 1);
+
+	KMS_ENSURE(n > 0, err, KMS_ERR_CONFIG,
+		   "environment variable %s (the HSM PIN) is empty", name);
+	KMS_ENSURE(n <= PIN_MAX, err, KMS_ERR_CONFIG,
+		   "environment variable %s (the HSM PIN) is longer than %d "
+		   "bytes",
+		   name, PIN_MAX);
+	*pin = kms_strndup(v, n);
+	KMS_ENSURE(*pin != NULL, err, KMS_ERR_NOMEM,
+		   "out of memory reading the PIN");
+	return KMS_OK;
+}
+
+/*
+ * Wipes the value, then removes the variable. unsetenv alone only drops
+ * the pointer from environ: the bytes would stay where they are, and for a
+ * variable execve passed in that is the environment block on the stack,
+ * which /proc/PID/environ shows and a core dump holds. The string getenv
+ * returned is that block, or the copy setenv made: writable memory either
+ * way (kmsd never putenv()s a literal). Like every change to the
+ * environment this is not thread-safe: kmsd reads the PIN before it starts
+ * a thread.
+ */
+static int scrub_env(const char *name, char *value, kms_err *err)
+{
+	kms_cleanse(value, strlen(value));
+	if (unsetenv(name) != 0)
+		return kms_errf(err, KMS_ERR_CONFIG,
+				"cannot remove environment variable %s (the HSM "
+				"PIN) from the environment: %s",
+				name, strerror(errno));
+	return KMS_OK;
+}
+
 int kms_config_read_pin(const kms_config *cfg, char **pin, kms_err *err)
 {
-	const char *v;
-	size_t n;
+	kms_err scrub_err = {0};
+	char *v;
+	int rc, scrub;
 
 	KMS_ENSURE(cfg != NULL && pin != NULL, err, KMS_ERR_INVALID,
 		   "no configuration to read the PIN from");
@@ -783,16 +877,13 @@ int kms_config_read_pin(const kms_config *cfg, char **pin, kms_err *err)
 	KMS_ENSURE(v != NULL, err, KMS_ERR_CONFIG,
 		   "environment variable %s (the HSM PIN) is not set",
 		   cfg->hsm_pin_env);
-	n = strnlen(v, PIN_MAX + 1);
-	KMS_ENSURE(n > 0, err, KMS_ERR_CONFIG,
-		   "environment variable %s (the HSM PIN) is empty",
-		   cfg->hsm_pin_env);
-	KMS_ENSURE(n <= PIN_MAX, err, KMS_ERR_CONFIG,
-		   "environment variable %s (the HSM PIN) is longer than %d "
-		   "bytes",
-		   cfg->hsm_pin_env, PIN_MAX);
-	*pin = kms_strndup(v, n);
-	KMS_ENSURE(*pin != NULL, err, KMS_ERR_NOMEM,
-		   "out of memory reading the PIN");
-	return KMS_OK;
+	rc = copy_env_pin(cfg->hsm_pin_env, v, pin, err);
+	/* A refused value may be a secret all the same: it goes too. */
+	scrub = scrub_env(cfg->hsm_pin_env, v, &scrub_err);
+	if (rc != KMS_OK || scrub == KMS_OK)
+		return rc;
+	/* Read, but still in the environment: refuse rather than leave it. */
+	kms_free_secret(*pin, strlen(*pin));
+	*pin = NULL;
+	return kms_errf(err, scrub_err.code, "%s", scrub_err.msg);
 }

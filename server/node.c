@@ -13,6 +13,7 @@
 #include <uv.h>
 
 #include "api.h"
+#include "coredump.h"
 #include "kms/alloc.h"
 #include "kms/log.h"
 #include "kms/spiffe.h"
@@ -451,6 +452,8 @@ int kms_node_start(const char *config_path, kms_node **out, kms_err *err)
 		if (level >= 0)
 			kms_log_set_level((enum kms_log_level)level);
 	}
+	/* First thing after the configuration: before the PIN is read. */
+	KMS_TRY_GOTO(rc, kms_coredump_policy(node->cfg.allow_core_dumps, err), fail);
 	fresh = data_dir_is_new(node->cfg.data_dir);
 	if (mkdir(node->cfg.data_dir, 0700) != 0 && errno != EEXIST) {
 		rc = kms_errf(err, KMS_ERR_IO, "cannot create data_dir %s: %m", node->cfg.data_dir);

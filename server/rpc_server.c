@@ -71,14 +71,37 @@ static struct kms_call *call_new(struct worker *w)
 	return c;
 }
 
+/*
+ * Wipes and destroys the request as gRPC delivered it: for Encrypt it holds
+ * plaintext. Writing into its slices is safe: once RECV_MESSAGE completes
+ * the buffer is ours and gRPC never reads it again; each slice is either
+ * inlined (its bytes sit in the slice array of this buffer) or a reference
+ * to heap memory gRPC allocated for reading from the socket, never static
+ * data; and a slice that shares that memory with other references (the
+ * HTTP/2 frames around the message) covers only this message's bytes,
+ * which the transport has consumed. sb->slices[i] is used in place, so an
+ * inlined slice is wiped where it lives, not in a copy.
+ */
+static void drop_request(struct kms_call *c)
+{
+	grpc_slice_buffer *sb;
+
+	if (c->recv == NULL)
+		return;
+	sb = &c->recv->data.raw.slice_buffer;
+	for (size_t i = 0; i < sb->count; i++)
+		kms_cleanse(GRPC_SLICE_START_PTR(sb->slices[i]), GRPC_SLICE_LENGTH(sb->slices[i]));
+	grpc_byte_buffer_destroy(c->recv);
+	c->recv = NULL;
+}
+
 static void call_free(struct kms_call *c)
 {
 	if (c->call != NULL)
 		grpc_call_unref(c->call);
 	grpc_call_details_destroy(&c->details);
 	grpc_metadata_array_destroy(&c->request_md);
-	if (c->recv != NULL)
-		grpc_byte_buffer_destroy(c->recv);
+	drop_request(c);
 	if (c->has_status_details)
 		grpc_slice_unref(c->status_details);
 	kms_free(c);
@@ -321,8 +344,7 @@ static void dispatch(kms_call *c)
 	}
 	body = grpc_byte_buffer_reader_readall(&reader);
 	grpc_byte_buffer_reader_destroy(&reader);
-	grpc_byte_buffer_destroy(c->recv);
-	c->recv = NULL;
+	drop_request(c); /* body is the copy the handler reads */
 	{
 		kms_err err = {0};
 

@@ -15,6 +15,8 @@ typedef struct kms_config {
 	unsigned node_id;        /* id = N, >= 1, required */
 	char *data_dir;          /* data_dir = path, required (Raft log, snapshots) */
 	char *log_level;         /* log_level = error|warn|info|debug, default info */
+	int allow_core_dumps;    /* allow_core_dumps = true|false, default false: when
+				    false kmsd sets RLIMIT_CORE to 0 and is not dumpable */
 
 	/* [grpc] */
 	char *grpc_listen;       /* listen = host:port, required */
@@ -56,8 +58,9 @@ typedef struct kms_config {
 /*
  * Parses path into cfg (zeroed first). Unknown sections or keys, bad numbers,
  * missing required keys or both/neither PIN source give KMS_ERR_CONFIG with
- * "<file>:<line>: ..." or the missing key named. On failure cfg holds nothing
- * to free.
+ * "<file>:<line>: ..." or the missing key named. A file others may write is
+ * refused the same way (one its group may write is logged as a warning).
+ * On failure cfg holds nothing to free.
  */
 int kms_config_load(const char *path, kms_config *cfg, kms_err *err);
 
@@ -68,6 +71,9 @@ void kms_config_free(kms_config *cfg);
  * environment variable. *pin is owned by the caller and must be released
  * with kms_free_secret(*pin, strlen(*pin)). A missing file, an unset or empty
  * variable give KMS_ERR_CONFIG naming the source, never the PIN.
+ * A variable that was set leaves the environment (unsetenv), its value
+ * wiped in place first, whether the PIN was accepted or not: call this
+ * before any thread starts, and only once.
  */
 int kms_config_read_pin(const kms_config *cfg, char **pin, kms_err *err);
 

@@ -2,13 +2,16 @@
 #include <arpa/inet.h>
 #include <check.h>
 #include <errno.h>
+#include <linux/capability.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -125,6 +128,22 @@ void kms_test_node_reconfigure(kms_test_node *node, const char *extra_args)
 	write_config(node, extra_args);
 }
 
+int kms_test_drop_caps(void)
+{
+	struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+	struct __user_cap_data_struct none[_LINUX_CAPABILITY_U32S_3];
+
+	/* Without this, root regains every capability at its next execve. */
+	if (geteuid() == 0)
+		for (int cap = 0; prctl(PR_CAPBSET_READ, cap, 0, 0, 0) >= 0; cap++)
+			if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0)
+				return -1;
+	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0)
+		return -1;
+	memset(none, 0, sizeof(none));
+	return (int)syscall(SYS_capset, &hdr, none);
+}
+
 static pid_t spawn(kms_test_node *node, const char *conf)
 {
 	char kmsd[PATH_MAX];
@@ -139,6 +158,8 @@ static pid_t spawn(kms_test_node *node, const char *conf)
 		if (log == NULL)
 			_exit(126);
 		setenv("SOFTHSM2_CONF", node->softhsm_conf, 1);
+		if (node->drop_caps && kms_test_drop_caps() != 0)
+			_exit(125);
 		execl(kmsd, "kmsd", "--config", conf, (char *)NULL);
 		_exit(127);
 	}

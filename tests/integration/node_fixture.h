@@ -31,6 +31,9 @@ typedef struct kms_test_node {
 	int raft_port;
 	char endpoint[64];
 	pid_t pid;
+	/* Set before a start: kmsd runs without capabilities (kms_test_drop_caps),
+	 * as an unprivileged user's process would even when the tests run as root. */
+	int drop_caps;
 } kms_test_node;
 
 /* Makes the root, the CA and the client certificates: "admin", "app",
@@ -114,6 +117,16 @@ void kms_test_join_node(kms_test_env *env, kms_test_node *nodes, int i, const ch
  * Decrypt, GenerateDataKey and DescribeKey. Returns the gRPC status code.
  */
 int kms_test_create_key(kms_client *c, const char *id, const char *grantee, kms_rpc_status *st);
+
+/*
+ * Drops every capability of the calling process, and when it runs as root
+ * the bounding set too, so that a program it execs has none either. For a
+ * child that must see kmsd as another process of the same user does: root
+ * passes the ptrace access checks of /proc with CAP_SYS_PTRACE, and only
+ * reads another root process with all the capabilities that one holds.
+ * 0, or -1 with errno.
+ */
+int kms_test_drop_caps(void);
 
 /* Runs a shell command line; aborts the test if it fails. */
 void kms_test_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -1,10 +1,15 @@
 /* test_node.c - one real kmsd process on a SoftHSM token, called through the C client over mutual TLS. */
 #include <check.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "kms/blob.h"
 #include "kms/hsm.h"
@@ -522,19 +527,28 @@ START_TEST(hundred_concurrent_calls)
 }
 END_TEST
 
-START_TEST(token_holds_no_readable_secret)
+/* The node's user PIN, as ops/softhsm-token wrote it (no newline). */
+static void read_token_pin(char pin[128])
 {
-	char pin[128] = {0}, path[PATH_MAX];
-	kms_hsm *hsm = NULL;
-	kms_err err = {0};
-	size_t n = 0;
+	char path[PATH_MAX];
 	FILE *f;
 
+	memset(pin, 0, 128);
 	KMS_TEST_PATH(path, "%s/token/pin", node.dir);
 	f = fopen(path, "r");
 	ck_assert_ptr_nonnull(f);
-	ck_assert_ptr_nonnull(fgets(pin, sizeof(pin), f));
+	ck_assert_ptr_nonnull(fgets(pin, 128, f));
 	fclose(f);
+}
+
+START_TEST(token_holds_no_readable_secret)
+{
+	char pin[128];
+	kms_hsm *hsm = NULL;
+	kms_err err = {0};
+	size_t n = 0;
+
+	read_token_pin(pin);
 	setenv("SOFTHSM2_CONF", node.softhsm_conf, 1);
 	ck_assert_msg(kms_hsm_open(getenv("KMS_PKCS11_MODULE") ? getenv("KMS_PKCS11_MODULE")
 							       : "/usr/lib/softhsm/libsofthsm2.so",
@@ -592,7 +606,7 @@ static void expect_refusal(const char *sed, const char *message)
 	int code;
 
 	KMS_TEST_PATH(conf, "%s/bad.conf", node.dir);
-	kms_test_sh("sed %s '%s' > '%s'", sed, node.conf, conf);
+	kms_test_sh("sed %s '%s' > '%s' && chmod 644 '%s'", sed, node.conf, conf, conf);
 	kms_test_sh(": > '%s'", node.log);
 	code = kms_test_node_run_expect_exit(&node, conf);
 	ck_assert_int_eq(code, 1);
@@ -613,12 +627,180 @@ START_TEST(startup_names_what_is_wrong)
 }
 END_TEST
 
+/* --- the process: core dumps, /proc, the environment --- */
+
+/* The sed script that turns core dumps on in a node's configuration. */
+#define SED_ALLOW_CORE_DUMPS "-e 's/^\\[node\\]$/[node]\\nallow_core_dumps = true/'"
+
+static void node_env_up(void)
+{
+	kms_test_env_init(&env);
+	kms_test_node_init(&env, &node, 1);
+}
+
+/* (Re)starts the node, as a process without capabilities, with the
+ * configuration ops/node-config writes edited by sed (NULL: as written). */
+static void start_unprivileged(const char *sed)
+{
+	kms_test_node_signal(&node, SIGTERM);
+	kms_test_node_reconfigure(&node, NULL);
+	if (sed != NULL)
+		kms_test_sh("sed -i %s '%s'", sed, node.conf);
+	node.drop_caps = 1;
+	kms_test_node_start(&node);
+}
+
+/* The "Max core file size" soft and hard limits of pid, as /proc/PID/limits
+ * spells them ("0", "unlimited"). */
+static void core_limits(pid_t pid, char soft[32], char hard[32])
+{
+	static const char field[] = "Max core file size";
+	char path[64], line[256];
+	FILE *f;
+	int found = 0;
+
+	KMS_TEST_PATH(path, "/proc/%d/limits", (int)pid);
+	f = fopen(path, "r");
+	ck_assert_msg(f != NULL, "%s: %s", path, strerror(errno));
+	while (!found && fgets(line, sizeof(line), f) != NULL)
+		found = strncmp(line, field, sizeof(field) - 1) == 0 &&
+			sscanf(line + sizeof(field) - 1, "%31s %31s", soft, hard) == 2;
+	fclose(f);
+	ck_assert_msg(found, "%s has no '%s' line", path, field);
+}
+
+/*
+ * Reads /proc/PID/name from a child with the test's user and no
+ * capabilities: what any other process of kmsd's user could read. Returns
+ * 0 with the content in buf (*len bytes, at most cap), or the errno of the
+ * open.
+ */
+static int read_proc_unprivileged(pid_t pid, const char *name, char *buf, size_t cap, size_t *len)
+{
+	char path[64];
+	int fds[2], status;
+	pid_t child;
+	ssize_t got;
+
+	KMS_TEST_PATH(path, "/proc/%d/%s", (int)pid, name);
+	ck_assert_int_eq(pipe(fds), 0);
+	child = fork();
+	ck_assert_int_ge(child, 0);
+	if (child == 0) {
+		char chunk[4096];
+		ssize_t n;
+		int fd;
+
+		close(fds[0]);
+		if (kms_test_drop_caps() != 0)
+			_exit(255);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			_exit(errno > 0 && errno < 255 ? errno : 254);
+		while ((n = read(fd, chunk, sizeof(chunk))) > 0)
+			if (write(fds[1], chunk, (size_t)n) != n)
+				_exit(253);
+		_exit(n == 0 ? 0 : 252);
+	}
+	close(fds[1]);
+	*len = 0;
+	while ((got = read(fds[0], buf + *len, cap - *len)) > 0)
+		*len += (size_t)got;
+	close(fds[0]);
+	ck_assert_int_eq(waitpid(child, &status, 0), child);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) < 252,
+		      "reading %s without capabilities: status 0x%x", path, status);
+	return WEXITSTATUS(status);
+}
+
+START_TEST(core_dumps_off_by_default)
+{
+	char soft[32], hard[32], buf[64];
+	size_t n;
+
+	start_unprivileged(NULL);
+	core_limits(node.pid, soft, hard);
+	ck_assert_str_eq(soft, "0");
+	ck_assert_str_eq(hard, "0");
+	/* Not dumpable: another process of the same user cannot read its
+	 * memory or its environment. */
+	ck_assert_int_eq(read_proc_unprivileged(node.pid, "environ", buf, sizeof(buf), &n), EACCES);
+	ck_assert_int_eq(read_proc_unprivileged(node.pid, "mem", buf, sizeof(buf), &n), EACCES);
+}
+END_TEST
+
+START_TEST(core_dumps_allowed_by_the_configuration)
+{
+	const char *asan = getenv("ASAN_OPTIONS");
+	char soft[32], hard[32], want_soft[32], want_hard[32], *saved_asan = NULL;
+	char opts[1024], buf[64];
+	struct rlimit saved, mine;
+	size_t n;
+
+	/* A soft limit of our own that kmsd inherits and must keep. */
+	ck_assert_int_eq(getrlimit(RLIMIT_CORE, &saved), 0);
+	mine = saved;
+	mine.rlim_cur = saved.rlim_max < (64u << 20) ? saved.rlim_max : (64u << 20);
+	ck_assert_msg(mine.rlim_cur > 0, "the test's hard RLIMIT_CORE is 0: nothing to keep");
+	ck_assert_int_eq(setrlimit(RLIMIT_CORE, &mine), 0);
+	snprintf(want_soft, sizeof(want_soft), "%llu", (unsigned long long)mine.rlim_cur);
+	if (mine.rlim_max == RLIM_INFINITY)
+		snprintf(want_hard, sizeof(want_hard), "unlimited");
+	else
+		snprintf(want_hard, sizeof(want_hard), "%llu", (unsigned long long)mine.rlim_max);
+	/* ASan sets the soft limit to 0 in every process it starts unless told
+	 * not to; kmsd's own choice is what this test looks at. */
+	if (asan != NULL)
+		saved_asan = strdup(asan);
+	snprintf(opts, sizeof(opts), "%s%sdisable_coredump=0", asan != NULL ? asan : "",
+		 asan != NULL ? ":" : "");
+	ck_assert_int_eq(setenv("ASAN_OPTIONS", opts, 1), 0);
+
+	start_unprivileged(SED_ALLOW_CORE_DUMPS);
+
+	if (saved_asan != NULL)
+		ck_assert_int_eq(setenv("ASAN_OPTIONS", saved_asan, 1), 0);
+	else
+		ck_assert_int_eq(unsetenv("ASAN_OPTIONS"), 0);
+	free(saved_asan);
+	ck_assert_int_eq(setrlimit(RLIMIT_CORE, &saved), 0);
+	core_limits(node.pid, soft, hard);
+	ck_assert_str_eq(soft, want_soft);
+	ck_assert_str_eq(hard, want_hard);
+	/* Dumpable: the same user may read it. */
+	ck_assert_int_eq(read_proc_unprivileged(node.pid, "environ", buf, sizeof(buf), &n), 0);
+}
+END_TEST
+
+START_TEST(pin_env_leaves_no_trace_in_environ)
+{
+	static char environ_bytes[65536];
+	char pin[128];
+	size_t n;
+
+	read_token_pin(pin);
+	/* kmsd inherits the variable; core dumps allowed, so that a process of
+	 * the same user may read its environment: that is what is looked at. */
+	ck_assert_int_eq(setenv("KMSD_IT_PIN", pin, 1), 0);
+	start_unprivileged("-e 's#^pin_file.*#pin_env = KMSD_IT_PIN#' " SED_ALLOW_CORE_DUMPS);
+	ck_assert_int_eq(unsetenv("KMSD_IT_PIN"), 0);
+	ck_assert_int_eq(read_proc_unprivileged(node.pid, "environ", environ_bytes,
+						sizeof(environ_bytes), &n), 0);
+	/* The block was read whole (the variable the fixture sets is there)... */
+	ck_assert_ptr_nonnull(memmem(environ_bytes, n, "SOFTHSM2_CONF=", 14));
+	/* ...and the PIN that logged in to the token is not in it. */
+	ck_assert_msg(memmem(environ_bytes, n, pin, strlen(pin)) == NULL,
+		      "kmsd's /proc/PID/environ still holds the PIN");
+}
+END_TEST
+
 static Suite *node_suite(void)
 {
 	Suite *s = suite_create("kmsd node");
 	TCase *api = tcase_create("api");
 	TCase *restart = tcase_create("restart");
 	TCase *startup = tcase_create("startup");
+	TCase *process = tcase_create("process");
 
 	tcase_add_unchecked_fixture(api, node_up, node_down);
 	tcase_set_timeout(api, 120);
@@ -646,6 +828,13 @@ static Suite *node_suite(void)
 	tcase_set_timeout(startup, 120);
 	tcase_add_test(startup, startup_names_what_is_wrong);
 	suite_add_tcase(s, startup);
+
+	tcase_add_unchecked_fixture(process, node_env_up, node_down);
+	tcase_set_timeout(process, 120);
+	tcase_add_test(process, core_dumps_off_by_default);
+	tcase_add_test(process, core_dumps_allowed_by_the_configuration);
+	tcase_add_test(process, pin_env_leaves_no_trace_in_environ);
+	suite_add_tcase(s, process);
 	return s;
 }
 

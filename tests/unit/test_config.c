@@ -126,9 +126,11 @@ static void setup(void)
 	ck_assert_ptr_nonnull(mkdtemp(tmpl));
 	ck_assert_ptr_nonnull(realpath(tmpl, dir));
 	snprintf(conf, sizeof(conf), "%s/kmsd.conf", dir);
+	/* Files written here are 0644 whatever umask the tests inherit: a
+	 * looser one would make the configuration writable by others. */
+	umask(022);
 	unsetenv(PIN_ENV);
-	/* The PIN-permission warning is expected in some tests; keep output
-	 * quiet. */
+	/* Keep the output of the tests that provoke warnings quiet. */
 	kms_log_set_level(KMS_LOG_ERROR);
 }
 
@@ -178,6 +180,7 @@ START_TEST(test_full_config)
 	ck_assert_uint_eq(cfg.node_id, 3);
 	ck_assert_str_eq(cfg.data_dir, "/var/lib/kmsd");
 	ck_assert_str_eq(cfg.log_level, "debug");
+	ck_assert_int_eq(cfg.allow_core_dumps, 0);
 	ck_assert_str_eq(cfg.grpc_listen, "0.0.0.0:8443");
 	ck_assert_uint_eq(cfg.grpc_workers, 8);
 	ck_assert_str_eq(cfg.ca_file, "/etc/kmsd/ca.pem");
@@ -216,6 +219,8 @@ START_TEST(test_defaults)
 		   "[cluster]\nnode_ca_file = /nca\n");
 	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
 	ck_assert_str_eq(cfg.log_level, "info");
+	/* Core dumps stay off unless the file asks for them. */
+	ck_assert_int_eq(cfg.allow_core_dumps, 0);
 	ck_assert_uint_eq(cfg.grpc_workers, 4);
 	ck_assert_uint_eq(cfg.snapshot_threshold, 8192);
 	ck_assert_uint_eq(cfg.snapshot_trailing, 1024);
@@ -499,6 +504,38 @@ START_TEST(test_bad_values)
 }
 END_TEST
 
+START_TEST(test_allow_core_dumps)
+{
+	write_full(NULL, NULL, "node", "allow_core_dumps = true");
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
+	ck_assert_int_eq(cfg.allow_core_dumps, 1);
+	kms_config_free(&cfg);
+	write_full(NULL, NULL, "node", "allow_core_dumps = false");
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
+	ck_assert_int_eq(cfg.allow_core_dumps, 0);
+}
+END_TEST
+
+START_TEST(test_allow_core_dumps_bad)
+{
+	static const char *const bad[] = {"yes", "1", "True", "FALSE", "on", "true-ish"};
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char line[64], detail[128];
+
+		snprintf(line, sizeof(line), "allow_core_dumps = %s", bad[i]);
+		write_full(NULL, NULL, "node", line);
+		snprintf(detail, sizeof(detail),
+			 "'allow_core_dumps' in [node] must be true or false, not '%s'", bad[i]);
+		assert_load_fails_at(5, detail);
+	}
+	write_full(NULL, NULL, "node", "allow_core_dumps =");
+	assert_load_fails_at(5, "empty value for 'allow_core_dumps' in [node]");
+	write_full(NULL, NULL, "node", "allow_core_dumps = false\nallow_core_dumps = true");
+	assert_load_fails_at(6, "duplicate key 'allow_core_dumps' in [node]");
+}
+END_TEST
+
 START_TEST(test_admins)
 {
 	/* Entries may also continue on indented lines, or repeat the key. */
@@ -575,6 +612,70 @@ START_TEST(test_missing_file)
 	assert_load_fails(want);
 	ck_assert_int_eq(kms_config_load(NULL, &cfg, &err), KMS_ERR_CONFIG);
 	ck_assert_int_eq(kms_config_load(conf, NULL, &err), KMS_ERR_INVALID);
+}
+END_TEST
+
+/* kms_config_load(conf) with the log (stderr) sent to a file, copied into
+ * log; its status. */
+static int load_capturing_log(char *log, size_t cap)
+{
+	char path[PATH_MAX + 16];
+	int fd, saved, rc;
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "%s/log.txt", dir);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	ck_assert_int_ge(fd, 0);
+	fflush(stderr);
+	saved = dup(2);
+	ck_assert_int_ge(saved, 0);
+	ck_assert_int_eq(dup2(fd, 2), 2);
+	kms_log_set_level(KMS_LOG_WARN);
+	rc = kms_config_load(conf, &cfg, &err);
+	kms_log_set_level(KMS_LOG_ERROR);
+	fflush(stderr);
+	ck_assert_int_eq(dup2(saved, 2), 2);
+	close(saved);
+	n = pread(fd, log, cap - 1, 0);
+	ck_assert_int_ge(n, 0);
+	log[n] = '\0';
+	close(fd);
+	return rc;
+}
+
+START_TEST(test_config_writable_by_others_refused)
+{
+	static const mode_t bad[] = {0646, 0666, 0602, 0777};
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char detail[96];
+
+		write_full(NULL, NULL, NULL, NULL);
+		ck_assert_int_eq(chmod(conf, bad[i]), 0);
+		snprintf(detail, sizeof(detail), "writable by others (mode %04o): chmod o-w it",
+			 (unsigned)bad[i]);
+		assert_load_fails_at(0, detail);
+	}
+	/* Readable by all is fine: the file holds no secret. */
+	ck_assert_int_eq(chmod(conf, 0644), 0);
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
+}
+END_TEST
+
+START_TEST(test_config_writable_by_group_warns)
+{
+	char log[2048], want[sizeof(conf) + 64];
+
+	write_full(NULL, NULL, NULL, NULL);
+	ck_assert_int_eq(chmod(conf, 0664), 0);
+	ck_assert_int_eq(load_capturing_log(log, sizeof(log)), KMS_OK);
+	snprintf(want, sizeof(want), "%s: writable by its group (mode 0664): chmod g-w it", conf);
+	ck_assert_msg(strstr(log, want) != NULL, "log '%s' lacks '%s'", log, want);
+	kms_config_free(&cfg);
+	/* Not writable by the group: no warning. */
+	ck_assert_int_eq(chmod(conf, 0644), 0);
+	ck_assert_int_eq(load_capturing_log(log, sizeof(log)), KMS_OK);
+	ck_assert_str_eq(log, "");
 }
 END_TEST
 
@@ -714,30 +815,92 @@ START_TEST(test_pin_file_is_directory)
 }
 END_TEST
 
-START_TEST(test_pin_file_world_readable_still_works)
+START_TEST(test_pin_file_open_to_others_refused)
 {
-	char pin_path[PATH_MAX + 16];
+	/* Any access for group or others: to read the PIN, or to replace it. */
+	static const mode_t bad[] = {0644, 0640, 0604, 0660, 0620, 0602, 0610, 0601, 0666};
+	char pin_path[PATH_MAX + 16], want[PATH_MAX + 96];
 
-	load_with_pin_file("1234", 4);
+	load_with_pin_file("s3cret-PIN", 10);
 	snprintf(pin_path, sizeof(pin_path), "%s/pin.txt", dir);
-	ck_assert_int_eq(chmod(pin_path, 0644), 0);
-	/* Only a warning (in the log); the PIN is still read. */
-	assert_pin("1234");
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		kms_err_clear(&err);
+		ck_assert_int_eq(chmod(pin_path, bad[i]), 0);
+		snprintf(want, sizeof(want),
+			 "PIN file %s is open to group or others (mode %04o): chmod 600 it", pin_path,
+			 (unsigned)bad[i]);
+		assert_pin_fails(want, "s3cret-PIN");
+	}
+	/* Only its owner may read it: fine. */
+	ck_assert_int_eq(chmod(pin_path, 0600), 0);
+	assert_pin("s3cret-PIN");
+	ck_assert_int_eq(chmod(pin_path, 0400), 0);
+	assert_pin("s3cret-PIN");
 }
 END_TEST
 
+START_TEST(test_pin_file_of_another_user_refused)
+{
+	char pin_path[PATH_MAX + 16], want[PATH_MAX + 128];
+
+	/* Only root can give a file away to make the case. */
+	if (geteuid() != 0)
+		return;
+	load_with_pin_file("s3cret-PIN", 10);
+	snprintf(pin_path, sizeof(pin_path), "%s/pin.txt", dir);
+	ck_assert_int_eq(chown(pin_path, 65534, (gid_t)-1), 0);
+	snprintf(want, sizeof(want),
+		 "PIN file %s belongs to uid 65534, not to the user kmsd runs as (uid 0): chown it "
+		 "to that user",
+		 pin_path);
+	assert_pin_fails(want, "s3cret-PIN");
+	/* Given back, it is read again. */
+	ck_assert_int_eq(chown(pin_path, 0, (gid_t)-1), 0);
+	assert_pin("s3cret-PIN");
+}
+END_TEST
+
+/*
+ * The variable is gone and the bytes of its old value are zero. glibc never
+ * frees the "NAME=value" string setenv made (another setenv may hand it out
+ * again), so the pointer getenv gave stays readable after unsetenv.
+ */
+static void assert_env_scrubbed(const char *old_value, size_t len)
+{
+	ck_assert_ptr_null(getenv(PIN_ENV));
+	for (size_t i = 0; i < len; i++)
+		ck_assert_msg(old_value[i] == '\0', "byte %zu of the old value is 0x%02x", i,
+			      (unsigned char)old_value[i]);
+}
+
 START_TEST(test_pin_env)
 {
+	const char *old;
+
 	write_full(NULL, NULL, NULL, NULL);
 	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
 	ck_assert_int_eq(setenv(PIN_ENV, "env-PIN-9876", 1), 0);
+	old = getenv(PIN_ENV);
 	assert_pin("env-PIN-9876");
+	assert_env_scrubbed(old, strlen("env-PIN-9876"));
+}
+END_TEST
+
+START_TEST(test_pin_env_other_sources_untouched)
+{
+	/* With the PIN in a file, a variable of that name is not kmsd's. */
+	ck_assert_int_eq(setenv(PIN_ENV, "not-read", 1), 0);
+	load_with_pin_file("1234", 4);
+	assert_pin("1234");
+	ck_assert_ptr_nonnull(getenv(PIN_ENV));
+	ck_assert_str_eq(getenv(PIN_ENV), "not-read");
 }
 END_TEST
 
 START_TEST(test_pin_env_bad)
 {
 	char big[300];
+	const char *old;
 
 	write_full(NULL, NULL, NULL, NULL);
 	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
@@ -746,10 +909,14 @@ START_TEST(test_pin_env_bad)
 	ck_assert_int_eq(setenv(PIN_ENV, "", 1), 0);
 	assert_pin_fails(
 	    "environment variable " PIN_ENV " (the HSM PIN) is empty", NULL);
+	ck_assert_ptr_null(getenv(PIN_ENV));
 	memset(big, 'q', 257);
 	big[257] = '\0';
 	ck_assert_int_eq(setenv(PIN_ENV, big, 1), 0);
+	old = getenv(PIN_ENV);
 	assert_pin_fails("is longer than 256 bytes", big);
+	/* Refused, and removed all the same: it may still be a secret. */
+	assert_env_scrubbed(old, 257);
 	ck_assert_int_eq(kms_config_read_pin(NULL, &(char *){NULL}, &err),
 			 KMS_ERR_INVALID);
 }
@@ -777,11 +944,15 @@ static Suite *config_suite(void)
 	tcase_add_test(tc, test_heartbeat_vs_election);
 	tcase_add_test(tc, test_pin_source_both_or_neither);
 	tcase_add_test(tc, test_bad_values);
+	tcase_add_test(tc, test_allow_core_dumps);
+	tcase_add_test(tc, test_allow_core_dumps_bad);
 	tcase_add_test(tc, test_admins);
 	tcase_add_test(tc, test_admins_invalid);
 	tcase_add_test(tc, test_trust_domain);
 	tcase_add_test(tc, test_missing_file);
 	tcase_add_test(tc, test_load_nomem);
+	tcase_add_test(tc, test_config_writable_by_others_refused);
+	tcase_add_test(tc, test_config_writable_by_group_warns);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("pin");
@@ -793,8 +964,10 @@ static Suite *config_suite(void)
 	tcase_add_test(tc, test_pin_file_bad);
 	tcase_add_test(tc, test_pin_file_missing);
 	tcase_add_test(tc, test_pin_file_is_directory);
-	tcase_add_test(tc, test_pin_file_world_readable_still_works);
+	tcase_add_test(tc, test_pin_file_open_to_others_refused);
+	tcase_add_test(tc, test_pin_file_of_another_user_refused);
 	tcase_add_test(tc, test_pin_env);
+	tcase_add_test(tc, test_pin_env_other_sources_untouched);
 	tcase_add_test(tc, test_pin_env_bad);
 	tcase_add_test(tc, test_cluster_join);
 	tcase_add_test(tc, test_cluster_join_bad);
