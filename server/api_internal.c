@@ -3,10 +3,13 @@
 #include <string.h>
 #include <time.h>
 
+#include <raft.h>
+
 #include "api.h"
 #include "kms/alloc.h"
 #include "kms/fingerprint.h"
 #include "kms/log.h"
+#include "kms/policy.h"
 #include "kms/spiffe.h"
 #include "kms/v1/cluster.pb-c.h"
 #include "kms/v1/state.pb-c.h"
@@ -138,6 +141,53 @@ static void node_status(void *app, kms_call *call, const uint8_t *data, size_t l
 		return;
 	kms_node_local_status(node, &resp);
 	kms_call_reply(call, &resp.base, 0);
+}
+
+/* --- ReadIndex --- */
+
+static void read_index_reply(kms_call *call, int status, const char *msg, uint64_t commit)
+{
+	Kms__V1__ReadIndexResponse resp = KMS__V1__READ_INDEX_RESPONSE__INIT;
+
+	resp.status = (uint32_t)status;
+	resp.message = (char *)(msg != NULL ? msg : "");
+	resp.commit_index = commit;
+	kms_call_reply(call, &resp.base, 0);
+}
+
+/*
+ * A follower's "leader-commit" read: the commit index, but only for a call
+ * this, the leader's, state authorizes; the follower then waits for it.
+ */
+static void read_index(void *app, kms_call *call, const uint8_t *data, size_t len)
+{
+	kms_node *node = app;
+	Kms__V1__ReadIndexRequest *req = kms__v1__read_index_request__unpack(NULL, len, data);
+	kms_raft_view v;
+	enum kms_op op;
+	kms_err err = {0};
+
+	if (req == NULL) {
+		kms_call_fail(call, KMS_ERR_INVALID, "malformed ReadIndexRequest");
+		return;
+	}
+	if (require_member_node(node, call) == 0)
+		goto out;
+	kms_raft_view_get(node->raft, &v);
+	if (v.state != RAFT_LEADER) {
+		read_index_reply(call, KMS_ERR_UNAVAILABLE,
+				 "leader-commit consistency: the node asked is no longer the leader",
+				 0);
+		goto out;
+	}
+	if (kms_op_parse(req->operation, &op, &err) != KMS_OK ||
+	    kms_keyring_authorize(node->kr, req->key_id, req->principal, op, &err) != KMS_OK) {
+		read_index_reply(call, err.code, err.msg, 0);
+		goto out;
+	}
+	read_index_reply(call, KMS_OK, NULL, v.commit_index);
+out:
+	kms__v1__read_index_request__free_unpacked(req, NULL);
 }
 
 /* --- FetchDomainKey --- */
@@ -306,6 +356,8 @@ const kms_method kms_api_internal_methods[] = {
 	{"/kms.v1.Internal/FetchDomainKey", fetch_domain_key, KMS_CALLERS_NODES,
 	 &kms__v1__fetch_domain_key_request__descriptor},
 	{"/kms.v1.Internal/Relay", relay, KMS_CALLERS_NODES, &kms__v1__relay_request__descriptor},
+	{"/kms.v1.Internal/ReadIndex", read_index, KMS_CALLERS_NODES,
+	 &kms__v1__read_index_request__descriptor},
 };
 const size_t kms_api_internal_n_methods =
 	sizeof(kms_api_internal_methods) / sizeof(kms_api_internal_methods[0]);

@@ -40,23 +40,78 @@ static void fail(kms_call *call, const kms_err *err)
 }
 
 /*
- * Honours the kms-consistency request metadata: absent means "what this
- * node has applied" (docs/CONSISTENCY.md); "leader-commit" waits for the
- * leader's commit index first.
+ * The kms-consistency request metadata (docs/CONSISTENCY.md): *want is set
+ * for "leader-commit", left 0 when it is absent; any other value is
+ * KMS_ERR_INVALID.
  */
-static int consistency(kms_node *node, kms_call *call, kms_err *err)
+static int wants_leader_commit(kms_call *call, int *want, kms_err *err)
 {
 	size_t len = 0;
 	const char *v = kms_call_metadata(call, KMS_CONSISTENCY_HEADER, &len);
 
+	*want = 0;
 	if (v == NULL)
 		return KMS_OK;
 	if (len == strlen(KMS_CONSISTENCY_LEADER_COMMIT) &&
-	    memcmp(v, KMS_CONSISTENCY_LEADER_COMMIT, len) == 0)
-		return kms_node_sync_read(node, err);
+	    memcmp(v, KMS_CONSISTENCY_LEADER_COMMIT, len) == 0) {
+		*want = 1;
+		return KMS_OK;
+	}
 	return kms_errf(err, KMS_ERR_INVALID,
 			"unknown kms-consistency value: use \"" KMS_CONSISTENCY_LEADER_COMMIT
 			"\" or leave it out");
+}
+
+/*
+ * Whether a call whose local decision was rc must be decided again on
+ * newer state: the caller asked for leader-commit and the local refusal
+ * (if any) is one newer state could change. The metadata is read only
+ * here, after the local decision; kms_node_sync_read then waits only if
+ * the leader authorizes the call on its own state, and never past the
+ * call's deadline. KMS_OK with *again set, or the error that ends the call.
+ */
+static int fresh_read(kms_node *node, kms_call *call, int rc, const char *key_id,
+		      enum kms_op op, int *again, kms_err *err)
+{
+	int want = 0;
+
+	kms_err bad = {0};
+
+	*again = 0;
+	if (rc != KMS_OK && rc != KMS_ERR_PERMISSION && rc != KMS_ERR_NOT_FOUND &&
+	    rc != KMS_ERR_PRECONDITION)
+		return rc;
+	/* A bad value is reported only to a caller the local state allows. */
+	if (wants_leader_commit(call, &want, &bad) != KMS_OK) {
+		if (rc != KMS_OK)
+			return rc;
+		*err = bad;
+		return bad.code;
+	}
+	if (!want)
+		return rc;
+	KMS_TRY(kms_node_sync_read(node, kms_call_principal(call), key_id, op,
+				   kms_call_deadline_ms(call), err));
+	*again = 1;
+	return KMS_OK;
+}
+
+/*
+ * The gate of a crypto call: the key ring's decision on this node's state,
+ * and, for a leader-commit read, again on state that holds every write
+ * acknowledged before the call.
+ */
+static int gate(kms_node *node, kms_call *call, const char *key_id, uint32_t version,
+		enum kms_op op, kms_key_use *use, kms_err *err)
+{
+	const char *principal = kms_call_principal(call);
+	int rc = kms_keyring_resolve(node->kr, key_id, version, principal, op, use, err);
+	int again = 0;
+
+	KMS_TRY(fresh_read(node, call, rc, key_id, op, &again, err));
+	if (!again)
+		return rc;
+	return kms_keyring_resolve(node->kr, key_id, version, principal, op, use, err);
 }
 
 static int is_admin(kms_node *node, const char *principal)
@@ -268,14 +323,19 @@ static void describe_key(void *app, kms_call *call, const uint8_t *data, size_t 
 	Kms__V1__DescribeKeyRequest *req = kms__v1__describe_key_request__unpack(NULL, len, data);
 	Kms__V1__DescribeKeyResponse resp = KMS__V1__DESCRIBE_KEY_RESPONSE__INIT;
 	kms_err err = {0};
+	int rc, again = 0;
 
 	if (req == NULL) {
 		kms_call_fail(call, KMS_ERR_INVALID, "malformed DescribeKeyRequest");
 		return;
 	}
-	if (consistency(node, call, &err) != KMS_OK || kms_key_id_check(req->key_id, &err) != KMS_OK ||
-	    kms_keyring_describe(node->kr, req->key_id, principal, is_admin(node, principal),
-				 &resp.key, &err) != KMS_OK) {
+	rc = kms_key_id_check(req->key_id, &err);
+	if (rc == KMS_OK)
+		rc = kms_keyring_describe(node->kr, req->key_id, principal,
+					  is_admin(node, principal), &resp.key, &err);
+	if (fresh_read(node, call, rc, req->key_id, KMS_OP_DESCRIBE_KEY, &again, &err) != KMS_OK ||
+	    (again && kms_keyring_describe(node->kr, req->key_id, principal,
+					   is_admin(node, principal), &resp.key, &err) != KMS_OK)) {
 		fail(call, &err);
 	} else {
 		kms_call_reply(call, &resp.base, 0);
@@ -292,7 +352,7 @@ static void list_keys(void *app, kms_call *call, const uint8_t *data, size_t len
 	Kms__V1__ListKeysResponse resp = KMS__V1__LIST_KEYS_RESPONSE__INIT;
 	Kms__V1__KeyMetadata **keys = NULL;
 	size_t n = 0, page;
-	int more = 0;
+	int more = 0, again = 0;
 	kms_err err = {0};
 	int rc;
 
@@ -300,7 +360,9 @@ static void list_keys(void *app, kms_call *call, const uint8_t *data, size_t len
 		kms_call_fail(call, KMS_ERR_INVALID, "malformed ListKeysRequest");
 		return;
 	}
-	KMS_TRY_GOTO(rc, consistency(node, call, &err), out);
+	/* Every authenticated service may list (what it may describe). */
+	KMS_TRY_GOTO(rc, fresh_read(node, call, KMS_OK, "", KMS_OP_DESCRIBE_KEY, &again, &err),
+		     out);
 	page = req->page_size == 0 ? LIST_DEFAULT_PAGE : req->page_size;
 	if (page > LIST_MAX_PAGE) {
 		rc = kms_errf(&err, KMS_ERR_INVALID, "page_size %u is over the limit of %d",
@@ -346,7 +408,6 @@ static void generate_data_key(void *app, kms_call *call, const uint8_t *data, si
 		kms_call_fail(call, KMS_ERR_INVALID, "malformed GenerateDataKeyRequest");
 		return;
 	}
-	KMS_TRY_GOTO(rc, consistency(node, call, &err), out);
 	n_bytes = req->number_of_bytes == 0 ? DATA_KEY_DEFAULT_BYTES : req->number_of_bytes;
 	if (n_bytes < 16 || n_bytes > DATA_KEY_MAX_BYTES) {
 		rc = kms_errf(&err, KMS_ERR_INVALID,
@@ -357,8 +418,7 @@ static void generate_data_key(void *app, kms_call *call, const uint8_t *data, si
 	KMS_TRY_GOTO(rc, kms_key_id_check(req->key_id, &err), out);
 	KMS_TRY_GOTO(rc, context_pairs((ProtobufCMessage **)req->encryption_context,
 				       req->n_encryption_context, &pairs, &err), out);
-	KMS_TRY_GOTO(rc, kms_keyring_resolve(node->kr, req->key_id, 0, kms_call_principal(call),
-					     KMS_OP_GENERATE_DATA_KEY, &use, &err), out);
+	KMS_TRY_GOTO(rc, gate(node, call, req->key_id, 0, KMS_OP_GENERATE_DATA_KEY, &use, &err), out);
 	KMS_TRY_GOTO(rc, kms_hsm_random(s, dek, n_bytes, &err), out);
 	KMS_TRY_GOTO(rc, seal(node, s, req->key_id, &use, pairs, req->n_encryption_context, dek,
 			      n_bytes, &blob, &err), out);
@@ -396,7 +456,6 @@ static void encrypt(void *app, kms_call *call, const uint8_t *data, size_t len)
 		kms_call_fail(call, KMS_ERR_INVALID, "malformed EncryptRequest");
 		return;
 	}
-	KMS_TRY_GOTO(rc, consistency(node, call, &err), out);
 	if (req->plaintext.len == 0 || req->plaintext.len > KMS_PLAINTEXT_MAX) {
 		rc = kms_errf(&err, KMS_ERR_INVALID,
 			      "plaintext is %zu bytes; it must be 1 to %d bytes",
@@ -406,8 +465,7 @@ static void encrypt(void *app, kms_call *call, const uint8_t *data, size_t len)
 	KMS_TRY_GOTO(rc, kms_key_id_check(req->key_id, &err), out);
 	KMS_TRY_GOTO(rc, context_pairs((ProtobufCMessage **)req->encryption_context,
 				       req->n_encryption_context, &pairs, &err), out);
-	KMS_TRY_GOTO(rc, kms_keyring_resolve(node->kr, req->key_id, 0, kms_call_principal(call),
-					     KMS_OP_ENCRYPT, &use, &err), out);
+	KMS_TRY_GOTO(rc, gate(node, call, req->key_id, 0, KMS_OP_ENCRYPT, &use, &err), out);
 	KMS_TRY_GOTO(rc, seal(node, s, req->key_id, &use, pairs, req->n_encryption_context,
 			      req->plaintext.data, req->plaintext.len, &blob, &err), out);
 	resp.key_id = req->key_id;
@@ -444,7 +502,6 @@ static void decrypt(void *app, kms_call *call, const uint8_t *data, size_t len)
 		kms_call_fail(call, KMS_ERR_INVALID, "malformed DecryptRequest");
 		return;
 	}
-	KMS_TRY_GOTO(rc, consistency(node, call, &err), out);
 	KMS_TRY_GOTO(rc, kms_blob_decode(req->ciphertext_blob.data, req->ciphertext_blob.len, &h,
 					 &ct, &ct_len, &err), out);
 	if (ct_len - KMS_GCM_TAG_LEN > sizeof(pt)) {
@@ -460,9 +517,7 @@ static void decrypt(void *app, kms_call *call, const uint8_t *data, size_t len)
 	}
 	KMS_TRY_GOTO(rc, context_pairs((ProtobufCMessage **)req->encryption_context,
 				       req->n_encryption_context, &pairs, &err), out);
-	KMS_TRY_GOTO(rc, kms_keyring_resolve(node->kr, h.key_id, h.key_version,
-					     kms_call_principal(call), KMS_OP_DECRYPT, &use, &err),
-		     out);
+	KMS_TRY_GOTO(rc, gate(node, call, h.key_id, h.key_version, KMS_OP_DECRYPT, &use, &err), out);
 	KMS_TRY_GOTO(rc, key_handle(node, h.key_id, &use, &err), out);
 	KMS_TRY_GOTO(rc, kms_blob_aad(&h, pairs, req->n_encryption_context, &aad, &err), out);
 	KMS_TRY_GOTO(rc, kms_hsm_gcm_decrypt(s, use.handle, h.iv, aad.data, aad.len, ct, ct_len,

@@ -37,9 +37,25 @@ size_t kms_keyring_count(kms_keyring *kr)
 }
 
 /*
- * The order of the checks is the contract: existence, then policy, then
- * state, then version, so a caller without a grant learns nothing about a
- * key's state or versions.
+ * The refusal of a key the caller may not use. Only an administrator (who
+ * may list every key anyway) learns that a key does not exist: anyone else
+ * gets the same status and the same sentence for an unknown key as for a
+ * key it has no grant on, so key ids cannot be probed. Lock held.
+ */
+static int refuse(const struct kms_keyring *kr, const char *principal, int is_admin,
+		  enum kms_op op, const char *key_id, int exists, kms_err *err)
+{
+	if (!exists && (is_admin || kms_is_admin(kr->admins, kr->n_admins, principal)))
+		return kms_errf(err, KMS_ERR_NOT_FOUND, "key '%s' not found", key_id);
+	return kms_errf(err, KMS_ERR_PERMISSION, "principal '%.200s' may not %s with key '%s'",
+			principal != NULL ? principal : "(none)", kms_op_name(op), key_id);
+}
+
+/*
+ * The order of the checks is the contract: existence and policy (one
+ * answer for both, see refuse), then state, then version, so a caller
+ * without a grant learns nothing about a key's existence, state or
+ * versions.
  */
 int kms_keyring_resolve(kms_keyring *kr, const char *key_id, uint32_t version,
 			const char *principal, enum kms_op op, kms_key_use *out,
@@ -54,16 +70,8 @@ int kms_keyring_resolve(kms_keyring *kr, const char *key_id, uint32_t version,
 	KMS_TRY(kr_lookup_id_check(key_id, err));
 	pthread_rwlock_rdlock(&kr->lock);
 	e = kr_find_entry(kr, key_id);
-	if (e == NULL) {
-		rc = kms_errf(err, KMS_ERR_NOT_FOUND, "key '%s' not found",
-			      key_id);
-		goto out;
-	}
-	if (!kms_policy_allows(e->rec->policy, principal, op)) {
-		rc = kms_errf(err, KMS_ERR_PERMISSION,
-			      "principal '%s' may not %s with key '%s'",
-			      principal != NULL ? principal : "(none)",
-			      kms_op_name(op), key_id);
+	if (e == NULL || !kms_policy_allows(e->rec->policy, principal, op)) {
+		rc = refuse(kr, principal, 0, op, key_id, e != NULL, err);
 		goto out;
 	}
 	if (!e->rec->enabled) {
@@ -85,6 +93,24 @@ int kms_keyring_resolve(kms_keyring *kr, const char *key_id, uint32_t version,
 	memcpy(out->wrapped, v->wrapped_material.data, v->wrapped_material.len);
 	out->wrapped_len = v->wrapped_material.len;
 out:
+	pthread_rwlock_unlock(&kr->lock);
+	return rc;
+}
+
+int kms_keyring_authorize(kms_keyring *kr, const char *key_id, const char *principal,
+			  enum kms_op op, kms_err *err)
+{
+	const struct kr_entry *e;
+	int admin, rc = KMS_OK;
+
+	if (key_id != NULL && key_id[0] == '\0')
+		return KMS_OK;
+	KMS_TRY(kr_lookup_id_check(key_id, err));
+	pthread_rwlock_rdlock(&kr->lock);
+	e = kr_find_entry(kr, key_id);
+	admin = op == KMS_OP_DESCRIBE_KEY && kms_is_admin(kr->admins, kr->n_admins, principal);
+	if (e == NULL || !(admin || kms_policy_allows(e->rec->policy, principal, op)))
+		rc = refuse(kr, principal, admin, op, key_id, e != NULL, err);
 	pthread_rwlock_unlock(&kr->lock);
 	return rc;
 }
@@ -179,16 +205,8 @@ int kms_keyring_describe(kms_keyring *kr, const char *key_id,
 	KMS_TRY(kr_lookup_id_check(key_id, err));
 	pthread_rwlock_rdlock(&kr->lock);
 	e = kr_find_entry(kr, key_id);
-	if (e == NULL) {
-		rc = kms_errf(err, KMS_ERR_NOT_FOUND, "key '%s' not found",
-			      key_id);
-		goto out;
-	}
-	if (!may_describe(e->rec, principal, is_admin)) {
-		rc = kms_errf(err, KMS_ERR_PERMISSION,
-			      "principal '%s' may not %s with key '%s'",
-			      principal != NULL ? principal : "(none)",
-			      kms_op_name(KMS_OP_DESCRIBE_KEY), key_id);
+	if (e == NULL || !may_describe(e->rec, principal, is_admin)) {
+		rc = refuse(kr, principal, is_admin, KMS_OP_DESCRIBE_KEY, key_id, e != NULL, err);
 		goto out;
 	}
 	rc = metadata_build(e->rec, out, err);

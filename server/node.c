@@ -271,31 +271,47 @@ int kms_node_leader(kms_node *node, kms_member *out, kms_err *err)
 	return KMS_OK;
 }
 
-int kms_node_sync_read(kms_node *node, kms_err *err)
+int kms_node_sync_read(kms_node *node, const char *principal, const char *key_id,
+		       enum kms_op op, long deadline_ms, kms_err *err)
 {
-	Kms__V1__NodeStatusRequest req = KMS__V1__NODE_STATUS_REQUEST__INIT;
-	Kms__V1__NodeStatusResponse *resp = NULL;
+	Kms__V1__ReadIndexRequest req = KMS__V1__READ_INDEX_REQUEST__INIT;
+	Kms__V1__ReadIndexResponse *resp = NULL;
+	int wait_ms = deadline_ms < READ_OWN_WRITE_TIMEOUT_MS ? (int)deadline_ms
+							      : READ_OWN_WRITE_TIMEOUT_MS;
 	kms_raft_view v;
 	kms_member leader;
 	kms_rpc_status st;
 	uint64_t commit;
+	int rc;
 
+	if (wait_ms <= 0)
+		return kms_errf(err, KMS_ERR_UNAVAILABLE,
+				"leader-commit consistency: the call's deadline has passed");
 	kms_raft_view_get(node->raft, &v);
 	if (v.state == RAFT_LEADER) {
+		/* The caller's own check ran on this, the leader's, state. */
 		commit = v.commit_index;
 	} else {
 		if (kms_node_leader(node, &leader, err) != KMS_OK)
 			return kms_err_prefix(err, "leader-commit consistency");
-		if (kms_peers_call(node->peers, leader.grpc_address, leader.id, "/kms.v1.Internal/NodeStatus",
-				   &req.base, &kms__v1__node_status_response__descriptor,
-				   (ProtobufCMessage **)&resp, FORWARD_TIMEOUT_MS, &st) != 0)
+		req.principal = (char *)principal;
+		req.key_id = (char *)(key_id != NULL ? key_id : "");
+		req.operation = (char *)kms_op_name(op);
+		if (kms_peers_call(node->peers, leader.grpc_address, leader.id,
+				   "/kms.v1.Internal/ReadIndex", &req.base,
+				   &kms__v1__read_index_response__descriptor,
+				   (ProtobufCMessage **)&resp, wait_ms, &st) != 0)
 			return kms_errf(err, KMS_ERR_UNAVAILABLE,
 					"leader-commit consistency: the leader did not answer: %.150s",
 					st.details);
+		rc = resp->status < KMS_STATUS_COUNT ? (int)resp->status : KMS_ERR_INTERNAL;
+		if (rc != KMS_OK)
+			kms_errf(err, rc, "%s", resp->message);
 		commit = resp->commit_index;
 		protobuf_c_message_free_unpacked(&resp->base, NULL);
+		KMS_TRY(rc);
 	}
-	if (kms_raft_wait_applied(node->raft, commit, READ_OWN_WRITE_TIMEOUT_MS) != KMS_OK)
+	if (kms_raft_wait_applied(node->raft, commit, wait_ms) != KMS_OK)
 		return kms_errf(err, KMS_ERR_UNAVAILABLE,
 				"leader-commit consistency: this node did not reach the leader's "
 				"commit index %llu in time",

@@ -66,9 +66,15 @@ int kms_node_can_write(kms_node *node);
  * The read barrier behind "kms-consistency: leader-commit": asks the leader
  * for its commit index (or reads its own when leading) and waits until this
  * node has applied it, so the read sees every write acknowledged before the
- * call began. KMS_ERR_UNAVAILABLE with the reason when it cannot.
+ * call began. The leader answers only if its own state lets principal do op
+ * with key_id (kms_keyring_authorize; "" for ListKeys), so a node waits only
+ * for a call the leader authorizes; a refusal comes back as the leader's.
+ * Both the call to the leader and the wait end by deadline_ms (the caller's
+ * deadline, milliseconds from now). KMS_ERR_UNAVAILABLE with the reason when
+ * it cannot.
  */
-int kms_node_sync_read(kms_node *node, kms_err *err);
+int kms_node_sync_read(kms_node *node, const char *principal, const char *key_id,
+		       enum kms_op op, long deadline_ms, kms_err *err);
 
 /*
  * Commits a serialized command through the cluster's leader on behalf of

@@ -1,4 +1,5 @@
 /* rpc_server.c - unary gRPC calls over mutual TLS on the gRPC core API: one completion queue and HSM session per worker thread. */
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -285,6 +286,18 @@ const char *kms_call_metadata(const kms_call *c, const char *key, size_t *len)
 		}
 	}
 	return NULL;
+}
+
+long kms_call_deadline_ms(const kms_call *c)
+{
+	gpr_timespec now = gpr_now(GPR_CLOCK_MONOTONIC);
+	gpr_timespec end = gpr_convert_clock_type(c->details.deadline, GPR_CLOCK_MONOTONIC);
+	gpr_timespec left;
+
+	if (gpr_time_cmp(c->details.deadline, gpr_inf_future(c->details.deadline.clock_type)) == 0)
+		return LONG_MAX;
+	left = gpr_time_sub(end, now);
+	return (long)gpr_time_to_millis(left);
 }
 
 void *kms_call_worker(const kms_call *c)

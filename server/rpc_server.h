@@ -77,6 +77,10 @@ const kms_peer *kms_call_peer(const kms_call *call);
  * length (not NUL-terminated). Valid during the handler. */
 const char *kms_call_metadata(const kms_call *call, const char *key, size_t *len);
 
+/* Milliseconds left until the call's deadline (LONG_MAX when it has none;
+ * 0 or less once it has passed). */
+long kms_call_deadline_ms(const kms_call *call);
+
 /* The worker context of the thread running the handler. Only valid inside
  * the handler, on its thread. */
 void *kms_call_worker(const kms_call *call);

@@ -184,15 +184,26 @@ typedef struct kms_key_use {
 } kms_key_use;
 
 /*
- * The one gate of every crypto call: finds key_id (KMS_ERR_NOT_FOUND
- * "key '<id>' not found"), checks the policy for principal and op
- * (KMS_ERR_PERMISSION naming principal, operation and key), refuses a
- * disabled key (KMS_ERR_PRECONDITION), resolves version (0: the primary
- * version; an unknown one: KMS_ERR_NOT_FOUND) and copies it into out.
+ * The one gate of every crypto call: finds key_id and checks the policy for
+ * principal and op: KMS_ERR_PERMISSION "principal '<p>' may not <op> with
+ * key '<id>'" for a key it may not use and, alike, for one that does not
+ * exist (only an administrator gets KMS_ERR_NOT_FOUND "key '<id>' not
+ * found"); then refuses a disabled key (KMS_ERR_PRECONDITION), resolves
+ * version (0: the primary version; an unknown one: KMS_ERR_NOT_FOUND) and
+ * copies it into out.
  */
 int kms_keyring_resolve(kms_keyring *kr, const char *key_id, uint32_t version,
 			const char *principal, enum kms_op op, kms_key_use *out,
 			kms_err *err);
+
+/*
+ * The authorization part of kms_keyring_resolve alone, with its refusals:
+ * may principal do op with key_id (DescribeKey: also any administrator)?
+ * An empty key_id asks only whether principal may list keys, which every
+ * authenticated service principal may.
+ */
+int kms_keyring_authorize(kms_keyring *kr, const char *key_id, const char *principal,
+			  enum kms_op op, kms_err *err);
 
 /*
  * Records the node-local handle of an unwrapped version. If another thread
@@ -206,7 +217,7 @@ int kms_keyring_set_handle(kms_keyring *kr, const char *key_id,
 
 /*
  * Metadata of one key for a caller allowed to DescribeKey it (or an
- * administrator). *out is a deep copy owned by the caller: free it with
+ * administrator); refusals as kms_keyring_resolve's. *out is a deep copy owned by the caller: free it with
  * kms_keyring_metadata_free.
  */
 int kms_keyring_describe(kms_keyring *kr, const char *key_id,

@@ -194,6 +194,100 @@ START_TEST(leader_commit_consistency_reads_every_acknowledged_write)
 }
 END_TEST
 
+struct lc_call {
+	kms_test_node *n;
+	int code;
+	long ms;
+};
+
+static long now_ms(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec * 1000L + t.tv_nsec / 1000000L;
+}
+
+/* One leader-commit GenerateDataKey as the app with a 1 s deadline. */
+static void *lc_call(void *arg)
+{
+	struct lc_call *c = arg;
+	kms_client *cl = kms_test_client_with(c->n, "app", KMS_CONSISTENCY_LEADER_COMMIT, 1000);
+	Kms__V1__GenerateDataKeyRequest req = KMS__V1__GENERATE_DATA_KEY_REQUEST__INIT;
+	ProtobufCMessage *resp = NULL;
+	kms_rpc_status st;
+	long t0 = now_ms();
+
+	req.key_id = (char *)"strong-0";
+	c->code = kms_client_call(cl, KM "GenerateDataKey", &req.base,
+				  &kms__v1__generate_data_key_response__descriptor, &resp, &st);
+	c->ms = now_ms() - t0;
+	if (resp != NULL)
+		FREE(resp);
+	kms_client_close(cl);
+	return NULL;
+}
+
+/*
+ * The metadata is read after the local decision, the leader authorizes
+ * before anyone waits, and no wait outlives the call's deadline: callers
+ * stuck on an unreachable leader do not hold the node's workers.
+ */
+START_TEST(leader_commit_waits_only_for_authorized_calls_within_their_deadline)
+{
+	int l = kms_test_wait_leader(nodes, N, 5000), f = (l + 1) % N;
+	kms_client *other = kms_test_client_with(&nodes[f], "other", KMS_CONSISTENCY_LEADER_COMMIT, 0);
+	kms_client *other_bad = kms_test_client_with(&nodes[f], "other", "eventually", 0);
+	Kms__V1__GenerateDataKeyRequest req = KMS__V1__GENERATE_DATA_KEY_REQUEST__INIT;
+	ProtobufCMessage *resp = NULL;
+	struct lc_call calls[6];
+	pthread_t th[6];
+	kms_rpc_status st;
+	kms_client *plain;
+
+	ck_assert_int_ge(l, 0);
+	/* A caller without a grant: refused, and the bad value is not even read. */
+	req.key_id = (char *)"strong-0";
+	kms_client_call(other, KM "GenerateDataKey", &req.base,
+			&kms__v1__generate_data_key_response__descriptor, &resp, &st);
+	ck_assert_msg(st.code == 7, "want PERMISSION_DENIED, got %d: %s", st.code, st.details);
+	req.key_id = (char *)"no-such-key";
+	kms_client_call(other, KM "GenerateDataKey", &req.base,
+			&kms__v1__generate_data_key_response__descriptor, &resp, &st);
+	ck_assert_msg(st.code == 7, "want PERMISSION_DENIED, got %d: %s", st.code, st.details);
+	kms_client_call(other_bad, KM "GenerateDataKey", &req.base,
+			&kms__v1__generate_data_key_response__descriptor, &resp, &st);
+	ck_assert_msg(st.code == 7, "want PERMISSION_DENIED, got %d: %s", st.code, st.details);
+	kms_client_close(other);
+	kms_client_close(other_bad);
+
+	/* The leader stops answering: more leader-commit calls than workers. */
+	kill(nodes[l].pid, SIGSTOP);
+	for (int i = 0; i < 6; i++) {
+		calls[i].n = &nodes[f];
+		ck_assert_int_eq(pthread_create(&th[i], NULL, lc_call, &calls[i]), 0);
+	}
+	for (int i = 0; i < 6; i++)
+		pthread_join(th[i], NULL);
+	/* Each ended by its 1 s deadline (failing), or succeeded once another
+	 * node took over; none waited the old 10 s for the leader. */
+	for (int i = 0; i < 6; i++)
+		ck_assert_msg(calls[i].ms < 4000, "call %d took %ld ms (status %d)", i, calls[i].ms,
+			      calls[i].code);
+	/* The workers are free again: a plain call is served at once. */
+	plain = kms_test_client_with(&nodes[f], "app", NULL, 3000);
+	req.key_id = (char *)"strong-0";
+	ck_assert_msg(kms_client_call(plain, KM "GenerateDataKey", &req.base,
+				      &kms__v1__generate_data_key_response__descriptor, &resp,
+				      &st) == 0,
+		      "%s", st.details);
+	FREE(resp);
+	kms_client_close(plain);
+	kill(nodes[l].pid, SIGCONT);
+	ck_assert_int_ge(kms_test_wait_leader(nodes, N, 10000), 0);
+}
+END_TEST
+
 START_TEST(operator_and_internal_refuse_other_principals)
 {
 	kms_client *app = kms_test_client(&nodes[0], "app");
@@ -611,6 +705,7 @@ int main(void)
 	tcase_add_test(tc, cluster_forms_with_three_voters);
 	tcase_add_test(tc, write_on_a_follower_is_forwarded_and_readable_there);
 	tcase_add_test(tc, leader_commit_consistency_reads_every_acknowledged_write);
+	tcase_add_test(tc, leader_commit_waits_only_for_authorized_calls_within_their_deadline);
 	tcase_add_test(tc, operator_and_internal_refuse_other_principals);
 	tcase_add_test(tc, administrators_are_replicated_and_changed_through_a_follower);
 	tcase_add_test(tc, raft_port_refuses_plaintext_and_service_certificates);

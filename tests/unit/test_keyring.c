@@ -550,10 +550,27 @@ START_TEST(test_resolve_refusals)
 	tpolicy_app(&p);
 	create_ok("k1", &p.p, 1);
 
+	/* An unknown key reads like a key the caller may not use... */
 	ck_assert_int_eq(
 	    kms_keyring_resolve(kr, "nope", 0, WEB, KMS_OP_ENCRYPT, &use, &err),
+	    KMS_ERR_PERMISSION);
+	ck_assert_str_eq(err.msg, "principal '" WEB "' may not Encrypt with key 'nope'");
+	/* ...except to an administrator, who may list every key anyway. */
+	{
+		char *admins[] = {(char *)ADMIN};
+		kms_buf b = {0};
+
+		ck_assert_int_eq(kms_keyring_cmd_set_administrators(admins, 1, &b, &err), KMS_OK);
+		ck_assert_int_eq(kms_keyring_apply(kr, b.data, b.len, &err), KMS_OK);
+		kms_buf_free(&b);
+	}
+	ck_assert_int_eq(
+	    kms_keyring_resolve(kr, "nope", 0, ADMIN, KMS_OP_ENCRYPT, &use, &err),
 	    KMS_ERR_NOT_FOUND);
 	ck_assert_str_eq(err.msg, "key 'nope' not found");
+	ck_assert_int_eq(
+	    kms_keyring_resolve(kr, "k1", 0, ADMIN, KMS_OP_ENCRYPT, &use, &err),
+	    KMS_ERR_PERMISSION);
 	ck_assert_int_eq(
 	    kms_keyring_resolve(kr, "k1", 2, WEB, KMS_OP_DECRYPT, &use, &err),
 	    KMS_ERR_NOT_FOUND);
@@ -1076,7 +1093,8 @@ static void *conc_reader(void *arg)
 				    kept != (unsigned long)i + 1)
 					atomic_fetch_add(&conc_bad, 1);
 			}
-		} else if (rc != KMS_ERR_NOT_FOUND) {
+		} else if (rc != KMS_ERR_PERMISSION) {
+			/* Not created yet: refused like a key without a grant. */
 			atomic_fetch_add(&conc_bad, 1);
 		}
 		if (iter % 64 == 0) {
