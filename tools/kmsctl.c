@@ -72,7 +72,8 @@ enum cmd_id {
 	CMD_CLUSTER
 };
 
-enum cluster_sub_id { SUB_STATUS, SUB_JOIN, SUB_REMOVE };
+/* Subcommands of the commands that have them ('cluster'). */
+enum sub_id { SUB_STATUS, SUB_JOIN, SUB_REMOVE };
 
 /* Long-only options; bit (id - OPT_BASE) marks whether a command accepts it. */
 enum opt_id {
@@ -145,12 +146,33 @@ static const struct option long_opts[] = {
     {NULL, 0, NULL, 0},
 };
 
+struct subcommand {
+	const char *name;
+	enum sub_id id;
+	unsigned opts; /* options of its command this subcommand accepts */
+};
+
+static const struct subcommand cluster_subs[] = {
+    {"status", SUB_STATUS, 0},
+    {"join", SUB_JOIN,
+     BIT(OPT_ID) | BIT(OPT_RAFT) | BIT(OPT_GRPC) | BIT(OPT_WAIT_TIMEOUT) |
+	 BIT(OPT_TRANSPORT_KEY) | BIT(OPT_GRANT_TTL)},
+    {"remove", SUB_REMOVE, BIT(OPT_ID)},
+};
+
+#define SUBS(t) (t), sizeof(t) / sizeof((t)[0])
+#define NO_SUBS NULL, 0, NULL
+
 struct command {
 	const char *name;
 	enum cmd_id id;
 	int needs_key_id; /* takes KEY_ID as its one positional argument */
 	unsigned opts;	  /* accepted command options besides the global ones */
 	const char *usage;
+	/* A command with subcommands: the first operand names one of them. */
+	const struct subcommand *subs;
+	size_t n_subs;
+	const char *sub_names; /* "a, b or c", for messages */
 };
 
 static const struct command commands[] = {
@@ -161,16 +183,19 @@ static const struct command commands[] = {
      "  --grant may repeat; OP is Encrypt, Decrypt, GenerateDataKey or "
      "DescribeKey;\n"
      "  a PRINCIPAL ending in '*' matches a prefix of SPIFFE IDs.\n"
-     "  Prints the key's metadata.\n"},
+     "  Prints the key's metadata.\n",
+     NO_SUBS},
     {"describe-key", CMD_DESCRIBE, 1, 0,
      "usage: kmsctl [global options] describe-key KEY_ID\n"
-     "  Prints the key's metadata.\n"},
+     "  Prints the key's metadata.\n",
+     NO_SUBS},
     {"list-keys", CMD_LIST, 0, BIT(OPT_PAGE_SIZE) | BIT(OPT_PAGE_TOKEN),
      "usage: kmsctl [global options] list-keys [--page-size N] [--page-token "
      "T]\n"
      "  Without --page-token, follows every page and prints all keys.\n"
      "  With --page-token (\"\" for the first page), prints that one page and\n"
-     "  its next_page_token (empty on the last page).\n"},
+     "  its next_page_token (empty on the last page).\n",
+     NO_SUBS},
     {"generate-data-key", CMD_GDK, 1,
      BIT(OPT_BYTES) | BIT(OPT_CONTEXT) | BIT(OPT_WITHOUT_PLAINTEXT) |
 	 BIT(OPT_PLAINTEXT_OUT) | BIT(OPT_BLOB_OUT),
@@ -179,7 +204,8 @@ static const struct command commands[] = {
      "           [--plaintext-out FILE] [--blob-out FILE]\n"
      "  Prints key_id, key_version, plaintext and ciphertext_blob (base64).\n"
      "  --plaintext-out / --blob-out write the raw bytes to FILE (mode 0600)\n"
-     "  instead of printing that field.\n"},
+     "  instead of printing that field.\n",
+     NO_SUBS},
     {"encrypt", CMD_ENCRYPT, 1,
      BIT(OPT_PLAINTEXT) | BIT(OPT_IN) | BIT(OPT_CONTEXT) | BIT(OPT_BLOB_OUT),
      "usage: kmsctl [global options] encrypt KEY_ID (--plaintext BASE64 | --in "
@@ -187,7 +213,8 @@ static const struct command commands[] = {
      "           [--context K=V]... [--blob-out FILE]\n"
      "  Encrypts up to 4096 bytes (FILE holds raw bytes). Prints key_id,\n"
      "  key_version and ciphertext_blob (base64), or writes the raw blob to\n"
-     "  FILE (mode 0600) with --blob-out.\n"},
+     "  FILE (mode 0600) with --blob-out.\n",
+     NO_SUBS},
     {"decrypt", CMD_DECRYPT, 0,
      BIT(OPT_BLOB) | BIT(OPT_IN) | BIT(OPT_CONTEXT) | BIT(OPT_KEY_ID) |
 	 BIT(OPT_PLAINTEXT_OUT),
@@ -195,11 +222,13 @@ static const struct command commands[] = {
      "           [--context K=V]... [--key-id ID] [--plaintext-out FILE]\n"
      "  Decrypts a blob (FILE holds the raw blob) made with the same context.\n"
      "  Prints key_id, key_version and plaintext (base64), or writes the raw\n"
-     "  plaintext to FILE (mode 0600) with --plaintext-out.\n"},
+     "  plaintext to FILE (mode 0600) with --plaintext-out.\n",
+     NO_SUBS},
     {"health", CMD_HEALTH, 0, 0,
      "usage: kmsctl [global options] health\n"
      "  grpc.health.v1.Health/Check for the server as a whole. Prints status;\n"
-     "  exits 0 when it is SERVING, 2 otherwise.\n"},
+     "  exits 0 when it is SERVING, 2 otherwise.\n",
+     NO_SUBS},
     /* The subcommand picks which of these options apply (cluster_subs). */
     {"cluster", CMD_CLUSTER, 0,
      BIT(OPT_ID) | BIT(OPT_RAFT) | BIT(OPT_GRPC) | BIT(OPT_WAIT_TIMEOUT) |
@@ -225,21 +254,8 @@ static const struct command commands[] = {
      "  remove: takes node N out of the Raft configuration and the member\n"
      "    list; prints 'removed node N'.\n"
      "  N is a node id from 1 to 4294967295; HOST is a name, an IPv4\n"
-     "  address or a bracketed IPv6 address; PORT is 1 to 65535.\n"},
-};
-
-struct cluster_sub {
-	const char *name;
-	enum cluster_sub_id id;
-	unsigned opts; /* options of 'cluster' this subcommand accepts */
-};
-
-static const struct cluster_sub cluster_subs[] = {
-    {"status", SUB_STATUS, 0},
-    {"join", SUB_JOIN,
-     BIT(OPT_ID) | BIT(OPT_RAFT) | BIT(OPT_GRPC) | BIT(OPT_WAIT_TIMEOUT) |
-	 BIT(OPT_TRANSPORT_KEY) | BIT(OPT_GRANT_TTL)},
-    {"remove", SUB_REMOVE, BIT(OPT_ID)},
+     "  address or a bracketed IPv6 address; PORT is 1 to 65535.\n",
+     SUBS(cluster_subs), "status, join or remove"},
 };
 
 static const char global_usage[] =
@@ -308,7 +324,7 @@ struct cli {
 	const char *blob_b64;
 	const char *key_id_opt;
 	unsigned seen;		       /* BIT() of every option given */
-	const struct cluster_sub *sub; /* for 'cluster' */
+	const struct subcommand *sub;  /* of a command that has them */
 	uint64_t node_id;	       /* --id; 0: not given */
 	const char *raft_address;      /* --raft */
 	const char *grpc_address;      /* --grpc */
@@ -1655,53 +1671,53 @@ static const char *opt_name(int id)
 	return "?";
 }
 
-static const struct cluster_sub *find_cluster_sub(const char *name)
+static const struct subcommand *find_sub(const struct command *cmd,
+					 const char *name)
 {
 	size_t i;
 
-	for (i = 0; i < sizeof(cluster_subs) / sizeof(cluster_subs[0]); i++)
-		if (strcmp(cluster_subs[i].name, name) == 0)
-			return &cluster_subs[i];
+	for (i = 0; i < cmd->n_subs; i++)
+		if (strcmp(cmd->subs[i].name, name) == 0)
+			return &cmd->subs[i];
 	return NULL;
 }
 
 /*
- * 'cluster' takes the options of all its subcommands while getopt runs,
- * since the subcommand may come after them; once it is known, refuse the
- * ones it does not take and require the ones it needs.
+ * A command with subcommands takes the options of all of them while getopt
+ * runs, since the subcommand may come after them; once it is known, refuse
+ * the ones it does not take and require the ones it needs.
  */
-static int check_cluster_args(struct cli *cli, int nargs, char **args)
+static int check_sub_args(struct cli *cli, int nargs, char **args)
 {
+	const char *cmd = cli->cmd->name, *sub;
 	unsigned extra;
 	int bit;
 
 	if (optind >= nargs)
-		return usage_error("cluster needs a subcommand: status, join "
-				   "or remove");
-	cli->sub = find_cluster_sub(args[optind]);
+		return usage_error("%s needs a subcommand: %s", cmd,
+				   cli->cmd->sub_names);
+	cli->sub = find_sub(cli->cmd, args[optind]);
 	if (cli->sub == NULL)
-		return usage_error("unknown cluster subcommand '%s' (status, "
-				   "join or remove)",
-				   args[optind]);
+		return usage_error("unknown %s subcommand '%s' (%s)", cmd,
+				   args[optind], cli->cmd->sub_names);
 	optind++;
+	sub = cli->sub->name;
 	extra = cli->seen & ~(GLOBAL_OPTS | cli->sub->opts);
 	for (bit = 0; extra != 0; bit++)
 		if (extra & (1u << bit))
-			return usage_error("--%s does not apply to cluster %s",
-					   opt_name(OPT_BASE + bit),
-					   cli->sub->name);
+			return usage_error("--%s does not apply to %s %s",
+					   opt_name(OPT_BASE + bit), cmd, sub);
 	if ((cli->sub->opts & BIT(OPT_ID)) && cli->node_id == 0)
-		return usage_error("cluster %s needs --id N", cli->sub->name);
+		return usage_error("%s %s needs --id N", cmd, sub);
 	if ((cli->sub->opts & BIT(OPT_RAFT)) && cli->raft_address == NULL)
-		return usage_error("cluster %s needs --raft HOST:PORT",
-				   cli->sub->name);
+		return usage_error("%s %s needs --raft HOST:PORT", cmd, sub);
 	if ((cli->sub->opts & BIT(OPT_GRPC)) && cli->grpc_address == NULL)
-		return usage_error("cluster %s needs --grpc HOST:PORT",
-				   cli->sub->name);
-	if ((cli->sub->opts & BIT(OPT_TRANSPORT_KEY)) && cli->transport_key == NULL)
-		return usage_error("cluster %s needs --transport-key-sha256 HEX (the joining "
-				   "node prints it)",
-				   cli->sub->name);
+		return usage_error("%s %s needs --grpc HOST:PORT", cmd, sub);
+	if ((cli->sub->opts & BIT(OPT_TRANSPORT_KEY)) &&
+	    cli->transport_key == NULL)
+		return usage_error("%s %s needs --transport-key-sha256 HEX "
+				   "(the joining node prints it)",
+				   cmd, sub);
 	return EXIT_OK;
 }
 
@@ -1887,8 +1903,8 @@ static int run(struct cli *cli, int argc, char **argv)
 			return usage_error("%s needs a KEY_ID", cli->cmd->name);
 		cli->key_id = args[optind++];
 	}
-	if (cli->cmd->id == CMD_CLUSTER) {
-		rc = check_cluster_args(cli, nargs, args);
+	if (cli->cmd->subs != NULL) {
+		rc = check_sub_args(cli, nargs, args);
 		if (rc != EXIT_OK)
 			return rc;
 	}
