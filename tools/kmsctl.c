@@ -1,5 +1,5 @@
 /* kmsctl.c - the operator and service command line for kms.v1.KeyManagement,
- * kms.v1.Operator (cluster membership) and grpc.health.v1. */
+ * kms.v1.Operator (cluster membership, administrators) and grpc.health.v1. */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
 #endif
@@ -26,6 +26,7 @@
 #include "kms/client.h"
 #include "kms/fingerprint.h"
 #include "kms/hostport.h"
+#include "kms/spiffe.h"
 #include "kms/v1/cluster.pb-c.h"
 #include "kms/v1/kms.pb-c.h"
 
@@ -69,10 +70,12 @@ enum cmd_id {
 	CMD_ENCRYPT,
 	CMD_DECRYPT,
 	CMD_HEALTH,
-	CMD_CLUSTER
+	CMD_CLUSTER,
+	CMD_ADMINS
 };
 
-enum cluster_sub_id { SUB_STATUS, SUB_JOIN, SUB_REMOVE };
+/* Subcommands of the commands that have them ('cluster', 'admins'). */
+enum sub_id { SUB_STATUS, SUB_JOIN, SUB_REMOVE, SUB_LIST, SUB_SET };
 
 /* Long-only options; bit (id - OPT_BASE) marks whether a command accepts it. */
 enum opt_id {
@@ -145,12 +148,40 @@ static const struct option long_opts[] = {
     {NULL, 0, NULL, 0},
 };
 
+struct subcommand {
+	const char *name;
+	enum sub_id id;
+	unsigned opts; /* options of its command this subcommand accepts */
+	const char *operands; /* what it takes after its name; NULL: nothing */
+};
+
+static const struct subcommand cluster_subs[] = {
+    {"status", SUB_STATUS, 0, NULL},
+    {"join", SUB_JOIN,
+     BIT(OPT_ID) | BIT(OPT_RAFT) | BIT(OPT_GRPC) | BIT(OPT_WAIT_TIMEOUT) |
+	 BIT(OPT_TRANSPORT_KEY) | BIT(OPT_GRANT_TTL),
+     NULL},
+    {"remove", SUB_REMOVE, BIT(OPT_ID), NULL},
+};
+
+static const struct subcommand admins_subs[] = {
+    {"list", SUB_LIST, 0, NULL},
+    {"set", SUB_SET, 0, "ID[,ID...]"},
+};
+
+#define SUBS(t) (t), sizeof(t) / sizeof((t)[0])
+#define NO_SUBS NULL, 0, NULL
+
 struct command {
 	const char *name;
 	enum cmd_id id;
 	int needs_key_id; /* takes KEY_ID as its one positional argument */
 	unsigned opts;	  /* accepted command options besides the global ones */
 	const char *usage;
+	/* A command with subcommands: the first operand names one of them. */
+	const struct subcommand *subs;
+	size_t n_subs;
+	const char *sub_names; /* "a, b or c", for messages */
 };
 
 static const struct command commands[] = {
@@ -161,16 +192,19 @@ static const struct command commands[] = {
      "  --grant may repeat; OP is Encrypt, Decrypt, GenerateDataKey or "
      "DescribeKey;\n"
      "  a PRINCIPAL ending in '*' matches a prefix of SPIFFE IDs.\n"
-     "  Prints the key's metadata.\n"},
+     "  Prints the key's metadata.\n",
+     NO_SUBS},
     {"describe-key", CMD_DESCRIBE, 1, 0,
      "usage: kmsctl [global options] describe-key KEY_ID\n"
-     "  Prints the key's metadata.\n"},
+     "  Prints the key's metadata.\n",
+     NO_SUBS},
     {"list-keys", CMD_LIST, 0, BIT(OPT_PAGE_SIZE) | BIT(OPT_PAGE_TOKEN),
      "usage: kmsctl [global options] list-keys [--page-size N] [--page-token "
      "T]\n"
      "  Without --page-token, follows every page and prints all keys.\n"
      "  With --page-token (\"\" for the first page), prints that one page and\n"
-     "  its next_page_token (empty on the last page).\n"},
+     "  its next_page_token (empty on the last page).\n",
+     NO_SUBS},
     {"generate-data-key", CMD_GDK, 1,
      BIT(OPT_BYTES) | BIT(OPT_CONTEXT) | BIT(OPT_WITHOUT_PLAINTEXT) |
 	 BIT(OPT_PLAINTEXT_OUT) | BIT(OPT_BLOB_OUT),
@@ -179,7 +213,8 @@ static const struct command commands[] = {
      "           [--plaintext-out FILE] [--blob-out FILE]\n"
      "  Prints key_id, key_version, plaintext and ciphertext_blob (base64).\n"
      "  --plaintext-out / --blob-out write the raw bytes to FILE (mode 0600)\n"
-     "  instead of printing that field.\n"},
+     "  instead of printing that field.\n",
+     NO_SUBS},
     {"encrypt", CMD_ENCRYPT, 1,
      BIT(OPT_PLAINTEXT) | BIT(OPT_IN) | BIT(OPT_CONTEXT) | BIT(OPT_BLOB_OUT),
      "usage: kmsctl [global options] encrypt KEY_ID (--plaintext BASE64 | --in "
@@ -187,7 +222,8 @@ static const struct command commands[] = {
      "           [--context K=V]... [--blob-out FILE]\n"
      "  Encrypts up to 4096 bytes (FILE holds raw bytes). Prints key_id,\n"
      "  key_version and ciphertext_blob (base64), or writes the raw blob to\n"
-     "  FILE (mode 0600) with --blob-out.\n"},
+     "  FILE (mode 0600) with --blob-out.\n",
+     NO_SUBS},
     {"decrypt", CMD_DECRYPT, 0,
      BIT(OPT_BLOB) | BIT(OPT_IN) | BIT(OPT_CONTEXT) | BIT(OPT_KEY_ID) |
 	 BIT(OPT_PLAINTEXT_OUT),
@@ -195,11 +231,13 @@ static const struct command commands[] = {
      "           [--context K=V]... [--key-id ID] [--plaintext-out FILE]\n"
      "  Decrypts a blob (FILE holds the raw blob) made with the same context.\n"
      "  Prints key_id, key_version and plaintext (base64), or writes the raw\n"
-     "  plaintext to FILE (mode 0600) with --plaintext-out.\n"},
+     "  plaintext to FILE (mode 0600) with --plaintext-out.\n",
+     NO_SUBS},
     {"health", CMD_HEALTH, 0, 0,
      "usage: kmsctl [global options] health\n"
      "  grpc.health.v1.Health/Check for the server as a whole. Prints status;\n"
-     "  exits 0 when it is SERVING, 2 otherwise.\n"},
+     "  exits 0 when it is SERVING, 2 otherwise.\n",
+     NO_SUBS},
     /* The subcommand picks which of these options apply (cluster_subs). */
     {"cluster", CMD_CLUSTER, 0,
      BIT(OPT_ID) | BIT(OPT_RAFT) | BIT(OPT_GRPC) | BIT(OPT_WAIT_TIMEOUT) |
@@ -225,21 +263,26 @@ static const struct command commands[] = {
      "  remove: takes node N out of the Raft configuration and the member\n"
      "    list; prints 'removed node N'.\n"
      "  N is a node id from 1 to 4294967295; HOST is a name, an IPv4\n"
-     "  address or a bracketed IPv6 address; PORT is 1 to 65535.\n"},
-};
-
-struct cluster_sub {
-	const char *name;
-	enum cluster_sub_id id;
-	unsigned opts; /* options of 'cluster' this subcommand accepts */
-};
-
-static const struct cluster_sub cluster_subs[] = {
-    {"status", SUB_STATUS, 0},
-    {"join", SUB_JOIN,
-     BIT(OPT_ID) | BIT(OPT_RAFT) | BIT(OPT_GRPC) | BIT(OPT_WAIT_TIMEOUT) |
-	 BIT(OPT_TRANSPORT_KEY) | BIT(OPT_GRANT_TTL)},
-    {"remove", SUB_REMOVE, BIT(OPT_ID)},
+     "  address or a bracketed IPv6 address; PORT is 1 to 65535.\n",
+     SUBS(cluster_subs), "status, join or remove"},
+    {"admins", CMD_ADMINS, 0, 0,
+     "usage: kmsctl [global options] admins list\n"
+     "       kmsctl [global options] admins set ID[,ID...] [ID...]\n"
+     "  kms.v1.Operator, for administrators: the SPIFFE IDs that may create\n"
+     "  keys and run the cluster and admins commands. The list lives in the\n"
+     "  cluster's replicated state; [authz] admins in a node's configuration\n"
+     "  only seeds the list of a new cluster.\n"
+     "  list: prints one ID per line; with --json,\n"
+     "    {\"administrators\": [ID, ...]}.\n"
+     "  set: replaces the whole list with the IDs given, in that order, and\n"
+     "    prints the new list the same way. An administrator left out loses\n"
+     "    the rights at once, the caller included.\n"
+     "  kmsctl refuses, without calling the server (exit 1), no ID, an empty\n"
+     "  entry, a string that is not a SPIFFE ID with a path and an ID given\n"
+     "  twice. The server refuses (exit 2, INVALID_ARGUMENT) an ID outside\n"
+     "  the cluster's trust domain, a node identity (spiffe://TD/kmsd/...)\n"
+     "  and a list over its size limit.\n",
+     SUBS(admins_subs), "list or set"},
 };
 
 static const char global_usage[] =
@@ -262,6 +305,8 @@ static const char global_usage[] =
     "  cluster join --id N --raft HOST:PORT --grpc HOST:PORT\n"
     "               --transport-key-sha256 HEX [--grant-ttl S] [--wait-timeout S]\n"
     "  cluster remove --id N\n"
+    "  admins list\n"
+    "  admins set ID[,ID...] [ID...]\n"
     "\n"
     "global options (also accepted after the command):\n"
     "  --endpoint HOST:PORT  server (env KMS_ENDPOINT, "
@@ -308,13 +353,17 @@ struct cli {
 	const char *blob_b64;
 	const char *key_id_opt;
 	unsigned seen;		       /* BIT() of every option given */
-	const struct cluster_sub *sub; /* for 'cluster' */
+	const struct subcommand *sub;  /* of a command that has them */
 	uint64_t node_id;	       /* --id; 0: not given */
 	const char *raft_address;      /* --raft */
 	const char *grpc_address;      /* --grpc */
 	uint32_t wait_timeout_s;       /* --wait-timeout */
 	const char *transport_key;     /* --transport-key-sha256 */
 	uint32_t grant_ttl_s;          /* --grant-ttl; 0: the server's default */
+	char **admins;		       /* admins set: IDs, into admin_args */
+	size_t n_admins;
+	char **admin_args; /* admins set: kms_strdup'd operands, split */
+	size_t n_admin_args;
 };
 
 static void cli_free(struct cli *cli)
@@ -325,6 +374,10 @@ static void cli_free(struct cli *cli)
 		kms_free(cli->ctx[i].key);
 	kms_free(cli->ctx);
 	kms_free(cli->grants);
+	for (i = 0; i < cli->n_admin_args; i++)
+		kms_free(cli->admin_args[i]);
+	kms_free(cli->admin_args);
+	kms_free(cli->admins);
 }
 
 /* ---- diagnostics ---- */
@@ -1350,15 +1403,22 @@ static void fill_row(struct status_row *r, const Kms__V1__MemberStatus *m)
 
 /*
  * Server strings go to a terminal: control characters (an escape sequence,
- * a newline in an error message) would break the one-line-per-member
- * layout, so they print as '?'.
+ * a newline in an error message) would break a one-line-per-item layout,
+ * so they print as '?'. Returns the number of characters printed.
  */
-static void put_cell(const char *s, size_t width, int last)
+static size_t put_printable(const char *s)
 {
 	size_t n = 0;
 
 	for (; *s != '\0'; s++, n++)
 		putchar((unsigned char)*s < 0x20 || *s == 0x7f ? '?' : *s);
+	return n;
+}
+
+static void put_cell(const char *s, size_t width, int last)
+{
+	size_t n = put_printable(s);
+
 	if (last) {
 		putchar('\n');
 		return;
@@ -1556,8 +1616,87 @@ static int cmd_cluster(const struct cli *cli, kms_client *c)
 		return cluster_join(cli, c);
 	case SUB_REMOVE:
 		return cluster_remove(cli, c);
+	default: /* another command's subcommand: find_sub never gives it */
+		return EXIT_LOCAL;
 	}
-	return EXIT_LOCAL;
+}
+
+/* ---- admins (kms.v1.Operator) ---- */
+
+/* One ID per line, or {"administrators": [...]} with --json. */
+static int print_admins(const struct cli *cli, char *const *ids, size_t n)
+{
+	json_t *o = NULL, *list = NULL;
+	size_t i;
+	int rc = EXIT_LOCAL;
+
+	if (!cli->json) {
+		for (i = 0; i < n; i++) {
+			put_printable(ids[i]);
+			putchar('\n');
+		}
+		return EXIT_OK;
+	}
+	o = json_object();
+	list = json_array();
+	if (o == NULL || list == NULL)
+		goto fail;
+	/* json_string is NULL for a string that is not UTF-8. */
+	for (i = 0; i < n; i++)
+		if (json_array_append_new(list, json_string(ids[i])) != 0)
+			goto fail;
+	rc = json_object_set_new(o, "administrators", list);
+	list = NULL;
+	if (rc != 0)
+		goto fail;
+	rc = emit(cli, o);
+	goto out;
+fail:
+	errmsg("cannot build the JSON output");
+	rc = EXIT_LOCAL;
+out:
+	json_decref(list);
+	json_decref(o);
+	return rc;
+}
+
+/*
+ * ListAdministrators and SetAdministrators answer with the same message
+ * shape (repeated string administrators = 1), printed the same way.
+ */
+static int cmd_admins(const struct cli *cli, kms_client *c)
+{
+	Kms__V1__ListAdministratorsRequest list =
+	    KMS__V1__LIST_ADMINISTRATORS_REQUEST__INIT;
+	Kms__V1__SetAdministratorsRequest set =
+	    KMS__V1__SET_ADMINISTRATORS_REQUEST__INIT;
+	Kms__V1__ListAdministratorsResponse *listed = NULL;
+	Kms__V1__SetAdministratorsResponse *done = NULL;
+	int rc;
+
+	if (cli->sub->id == SUB_LIST) {
+		rc = operator_call(
+		    c, "ListAdministrators", &list.base,
+		    &kms__v1__list_administrators_response__descriptor,
+		    (ProtobufCMessage **)&listed, kms_client_timeout_ms(c));
+		if (rc != EXIT_OK)
+			return rc;
+		rc = print_admins(cli, listed->administrators,
+				  listed->n_administrators);
+		protobuf_c_message_free_unpacked(&listed->base, NULL);
+		return rc;
+	}
+	set.administrators = cli->admins;
+	set.n_administrators = cli->n_admins;
+	rc =
+	    operator_call(c, "SetAdministrators", &set.base,
+			  &kms__v1__set_administrators_response__descriptor,
+			  (ProtobufCMessage **)&done, kms_client_timeout_ms(c));
+	if (rc != EXIT_OK)
+		return rc;
+	rc = print_admins(cli, done->administrators, done->n_administrators);
+	protobuf_c_message_free_unpacked(&done->base, NULL);
+	return rc;
 }
 
 /* ---- arguments ---- */
@@ -1635,6 +1774,72 @@ static int add_context(struct cli *cli, const char *arg)
 	return EXIT_OK;
 }
 
+/*
+ * What kmsctl checks of an ID of 'admins set' before any call: the
+ * command line alone decides it. An empty entry, a string that is not a
+ * SPIFFE ID with a path (the one parser the server uses too) or an ID
+ * given twice is a typing mistake. What depends on the cluster (its trust
+ * domain, its rules on node identities and the list's size) the server
+ * decides.
+ */
+static int check_admin_id(const struct cli *cli, const char *id,
+			  const char *arg)
+{
+	kms_err err = {0};
+	size_t i;
+
+	if (id[0] == '\0')
+		return usage_error("admins set: an empty ID (in '%s')", arg);
+	if (kms_spiffe_parse_str(id, 1, NULL, &err) != KMS_OK)
+		return usage_error("admins set: %s", err.msg);
+	for (i = 0; i < cli->n_admins; i++)
+		if (strcmp(cli->admins[i], id) == 0)
+			return usage_error("admins set: '%s' is given twice",
+					   id);
+	return EXIT_OK;
+}
+
+/*
+ * The IDs of 'admins set': every operand, split at its commas (a SPIFFE ID
+ * holds none: SPIFFE ID standard, section 2.2). The copies and the list
+ * of pointers into them belong to cli (cli_free).
+ */
+static int parse_admin_ids(struct cli *cli, int n, char **args)
+{
+	size_t cap = 0;
+	char *p;
+	int a, rc;
+
+	for (a = 0; a < n; a++)
+		for (cap++, p = args[a]; *p != '\0'; p++)
+			cap += *p == ',';
+	cli->admins = kms_calloc(cap + 1, sizeof(*cli->admins));
+	cli->admin_args = kms_calloc((size_t)n + 1, sizeof(*cli->admin_args));
+	if (cli->admins == NULL || cli->admin_args == NULL)
+		goto nomem;
+	for (a = 0; a < n; a++) {
+		char *entry, *next;
+
+		p = kms_strdup(args[a]);
+		if (p == NULL)
+			goto nomem;
+		cli->admin_args[cli->n_admin_args++] = p;
+		for (entry = p; entry != NULL; entry = next) {
+			next = strchr(entry, ',');
+			if (next != NULL)
+				*next++ = '\0';
+			rc = check_admin_id(cli, entry, args[a]);
+			if (rc != EXIT_OK)
+				return rc;
+			cli->admins[cli->n_admins++] = entry;
+		}
+	}
+	return EXIT_OK;
+nomem:
+	errmsg("out of memory");
+	return EXIT_LOCAL;
+}
+
 static const struct command *find_command(const char *name)
 {
 	size_t i;
@@ -1655,53 +1860,56 @@ static const char *opt_name(int id)
 	return "?";
 }
 
-static const struct cluster_sub *find_cluster_sub(const char *name)
+static const struct subcommand *find_sub(const struct command *cmd,
+					 const char *name)
 {
 	size_t i;
 
-	for (i = 0; i < sizeof(cluster_subs) / sizeof(cluster_subs[0]); i++)
-		if (strcmp(cluster_subs[i].name, name) == 0)
-			return &cluster_subs[i];
+	for (i = 0; i < cmd->n_subs; i++)
+		if (strcmp(cmd->subs[i].name, name) == 0)
+			return &cmd->subs[i];
 	return NULL;
 }
 
 /*
- * 'cluster' takes the options of all its subcommands while getopt runs,
- * since the subcommand may come after them; once it is known, refuse the
- * ones it does not take and require the ones it needs.
+ * A command with subcommands takes the options of all of them while getopt
+ * runs, since the subcommand may come after them; once it is known, refuse
+ * the ones it does not take and require the ones it needs.
  */
-static int check_cluster_args(struct cli *cli, int nargs, char **args)
+static int check_sub_args(struct cli *cli, int nargs, char **args)
 {
+	const char *cmd = cli->cmd->name, *sub;
 	unsigned extra;
 	int bit;
 
 	if (optind >= nargs)
-		return usage_error("cluster needs a subcommand: status, join "
-				   "or remove");
-	cli->sub = find_cluster_sub(args[optind]);
+		return usage_error("%s needs a subcommand: %s", cmd,
+				   cli->cmd->sub_names);
+	cli->sub = find_sub(cli->cmd, args[optind]);
 	if (cli->sub == NULL)
-		return usage_error("unknown cluster subcommand '%s' (status, "
-				   "join or remove)",
-				   args[optind]);
+		return usage_error("unknown %s subcommand '%s' (%s)", cmd,
+				   args[optind], cli->cmd->sub_names);
 	optind++;
+	sub = cli->sub->name;
 	extra = cli->seen & ~(GLOBAL_OPTS | cli->sub->opts);
 	for (bit = 0; extra != 0; bit++)
 		if (extra & (1u << bit))
-			return usage_error("--%s does not apply to cluster %s",
-					   opt_name(OPT_BASE + bit),
-					   cli->sub->name);
+			return usage_error("--%s does not apply to %s %s",
+					   opt_name(OPT_BASE + bit), cmd, sub);
 	if ((cli->sub->opts & BIT(OPT_ID)) && cli->node_id == 0)
-		return usage_error("cluster %s needs --id N", cli->sub->name);
+		return usage_error("%s %s needs --id N", cmd, sub);
 	if ((cli->sub->opts & BIT(OPT_RAFT)) && cli->raft_address == NULL)
-		return usage_error("cluster %s needs --raft HOST:PORT",
-				   cli->sub->name);
+		return usage_error("%s %s needs --raft HOST:PORT", cmd, sub);
 	if ((cli->sub->opts & BIT(OPT_GRPC)) && cli->grpc_address == NULL)
-		return usage_error("cluster %s needs --grpc HOST:PORT",
-				   cli->sub->name);
-	if ((cli->sub->opts & BIT(OPT_TRANSPORT_KEY)) && cli->transport_key == NULL)
-		return usage_error("cluster %s needs --transport-key-sha256 HEX (the joining "
-				   "node prints it)",
-				   cli->sub->name);
+		return usage_error("%s %s needs --grpc HOST:PORT", cmd, sub);
+	if ((cli->sub->opts & BIT(OPT_TRANSPORT_KEY)) &&
+	    cli->transport_key == NULL)
+		return usage_error("%s %s needs --transport-key-sha256 HEX "
+				   "(the joining node prints it)",
+				   cmd, sub);
+	if (cli->sub->operands != NULL && optind >= nargs)
+		return usage_error("%s %s needs %s", cmd, sub,
+				   cli->sub->operands);
 	return EXIT_OK;
 }
 
@@ -1887,10 +2095,16 @@ static int run(struct cli *cli, int argc, char **argv)
 			return usage_error("%s needs a KEY_ID", cli->cmd->name);
 		cli->key_id = args[optind++];
 	}
-	if (cli->cmd->id == CMD_CLUSTER) {
-		rc = check_cluster_args(cli, nargs, args);
+	if (cli->cmd->subs != NULL) {
+		rc = check_sub_args(cli, nargs, args);
 		if (rc != EXIT_OK)
 			return rc;
+	}
+	if (cli->sub != NULL && cli->sub->id == SUB_SET) {
+		rc = parse_admin_ids(cli, nargs - optind, args + optind);
+		if (rc != EXIT_OK)
+			return rc;
+		optind = nargs;
 	}
 	if (optind < nargs)
 		return usage_error("unexpected argument '%s'", args[optind]);
@@ -1928,6 +2142,9 @@ static int run(struct cli *cli, int argc, char **argv)
 		break;
 	case CMD_CLUSTER:
 		rc = cmd_cluster(cli, c);
+		break;
+	case CMD_ADMINS:
+		rc = cmd_admins(cli, c);
 		break;
 	}
 	kms_client_close(c);

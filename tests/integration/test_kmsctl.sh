@@ -52,6 +52,7 @@ T=$(mktemp -d "${TMPDIR:-/tmp}/kmsd-ctltest.XXXXXX")
 KMSD_PID=""
 # shellcheck source=tests/integration/node_lib.sh
 . "$SRCDIR/tests/integration/node_lib.sh"
+# shellcheck disable=SC2317 # run by the EXIT trap, which shellcheck does not follow
 cleanup() {
 	local rc=$?
 	stop_kmsd
@@ -392,9 +393,148 @@ expect "cluster remove of a node that is not a member: exit 2" 2 "NOT_FOUND|node
 expect "cluster remove of the last member: exit 2" 2 "FAILED_PRECONDITION|only member" \
 	admin cluster remove --id 1
 expect "cluster remove as app: exit 2" 2 "PERMISSION_DENIED" app cluster remove --id 1
+# cluster join: kmsctl checks the fingerprint's form and the ranges of --grant-ttl and
+# --wait-timeout (exit 1, naming the option). The twin of each refusal passes kmsctl and the
+# same checks on the server, which then refuses only because node 1 holds the domain key
+# already: no member is recorded either way.
+FP=$(printf 'kmsctl test transport key' | sha256sum | cut -d' ' -f1)
+JOIN=(cluster join --id 2 --raft 127.0.0.1:1 --grpc 127.0.0.1:2)
+JOIN_SELF=(cluster join --id 1 --raft "$RAFT" --grpc "$ENDPOINT")
+expect "cluster join without --transport-key-sha256: exit 1" 1 "needs --transport-key-sha256" admin \
+	"${JOIN[@]}"
+expect "cluster join --transport-key-sha256 of 63 digits: exit 1" 1 "--transport-key-sha256 must be 64 hex digits" \
+	admin "${JOIN[@]}" --transport-key-sha256 "${FP:1}"
+expect "cluster join --transport-key-sha256 of 65 digits: exit 1" 1 "--transport-key-sha256 must be 64 hex digits" \
+	admin "${JOIN[@]}" --transport-key-sha256 "${FP}0"
+expect "cluster join --transport-key-sha256 not hex: exit 1" 1 "--transport-key-sha256 has a character that is not a hex digit" \
+	admin "${JOIN[@]}" --transport-key-sha256 "${FP:0:63}g"
+expect "cluster join --transport-key-sha256 empty: exit 1" 1 "--transport-key-sha256 must be 64 hex digits" \
+	admin "${JOIN[@]}" --transport-key-sha256 ""
+expect "cluster join a well-formed fingerprint passes kmsctl: exit 2 FAILED_PRECONDITION" 2 \
+	"FAILED_PRECONDITION|node 1 is already a member" admin "${JOIN_SELF[@]}" --transport-key-sha256 "$FP"
+expect "cluster join an upper-case fingerprint passes kmsctl too" 2 "FAILED_PRECONDITION|node 1 is already a member" \
+	admin "${JOIN_SELF[@]}" --transport-key-sha256 "${FP^^}"
+for bad_ttl in 0 86401 -1 10s; do
+	expect "cluster join --grant-ttl $bad_ttl: exit 1" 1 "--grant-ttl wants a whole number from 1 to 86400" \
+		admin "${JOIN[@]}" --transport-key-sha256 "$FP" --grant-ttl "$bad_ttl"
+done
+for bad_wait in 0 301 -1 1m; do
+	expect "cluster join --wait-timeout $bad_wait: exit 1" 1 "--wait-timeout wants a whole number from 1 to 300" \
+		admin "${JOIN[@]}" --transport-key-sha256 "$FP" --wait-timeout "$bad_wait"
+done
+expect "cluster join --grant-ttl 1 --wait-timeout 1 pass kmsctl and the server's checks" 2 \
+	"FAILED_PRECONDITION|node 1 is already a member" admin "${JOIN_SELF[@]}" --transport-key-sha256 "$FP" \
+	--grant-ttl 1 --wait-timeout 1
+expect "cluster join --grant-ttl 86400 --wait-timeout 300 pass kmsctl and the server's checks" 2 \
+	"FAILED_PRECONDITION|node 1 is already a member" admin "${JOIN_SELF[@]}" --transport-key-sha256 "$FP" \
+	--grant-ttl 86400 --wait-timeout 300
+expect "cluster join as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED|not an administrator" app \
+	"${JOIN[@]}" --transport-key-sha256 "$FP"
+expect "cluster status --grant-ttl: exit 1" 1 "--grant-ttl does not apply to cluster status" admin \
+	cluster status --grant-ttl 60
+expect "cluster remove --transport-key-sha256: exit 1" 1 "--transport-key-sha256 does not apply to cluster remove" \
+	admin cluster remove --id 2 --transport-key-sha256 "$FP"
 if expect "cluster status --json after the refused joins" 0 "" admin --json cluster status; then
 	verify "refused joins left one member" json "$OUT" "len(j['members']) == 1"
 fi
+
+# --- admins -------------------------------------------------------------------------------
+# kmsctl refuses locally (exit 1) what the command line alone decides: no ID, an empty entry,
+# a string that is not a SPIFFE ID with a path, an ID given twice. The server refuses (exit 2
+# INVALID_ARGUMENT) what its rules decide: another trust domain, a node identity, over 256.
+# After every refusal the list is still the configuration's one administrator.
+admins_unchanged() {
+	local name="$1: the list is unchanged"
+	run admin --json admins list
+	if ((RC == 0)) && json "$OUT" "j == {'administrators': ['$ADMIN_ID']}"; then
+		ok "$name"
+	else
+		bad "$name" "admins list: exit status $RC"
+	fi
+}
+if expect "admins list as admin" 0 "$ADMIN_ID" admin admins list; then
+	verify "admins list: the configuration's administrator, alone" test "$(cat "$OUT")" = "$ADMIN_ID"
+fi
+if expect "admins list --json as admin" 0 "" admin --json admins list; then
+	verify "admins list --json: {\"administrators\": [admin]}" \
+		json "$OUT" "j == {'administrators': ['$ADMIN_ID']}"
+fi
+expect "admins list as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED|not an administrator" app admins list
+expect "admins set as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED|not an administrator" app \
+	admins set "$ADMIN_ID,$APP_ID"
+admins_unchanged "admins set as app"
+expect "admins list with an operand: exit 1" 1 "unexpected argument 'extra'" admin admins list extra
+expect "admins without a subcommand: exit 1" 1 "admins needs a subcommand: list or set" admin admins
+expect "admins unknown subcommand: exit 1" 1 "unknown admins subcommand 'add'" admin admins add "$APP_ID"
+expect "admins set --id: exit 1" 1 "--id does not apply to admins" admin admins set "$ADMIN_ID" --id 1
+
+# Adding the app lets it create a key; putting the list back takes that away.
+if expect "admins set ADMIN,APP" 0 "$APP_ID" admin admins set "$ADMIN_ID,$APP_ID"; then
+	verify "admins set prints the new list, one per line, in order" \
+		test "$(cat "$OUT")" = "$ADMIN_ID"$'\n'"$APP_ID"
+fi
+if expect "admins list as app, now an administrator" 0 "$APP_ID" app --json admins list; then
+	verify "admins list --json: [admin, app]" json "$OUT" "j['administrators'] == ['$ADMIN_ID', '$APP_ID']"
+fi
+expect "create-key as app, now an administrator" 0 "created_by: $APP_ID" app create-key app-admin-key
+if expect "admins set ADMIN alone, from the app" 0 "$ADMIN_ID" app --json admins set "$ADMIN_ID"; then
+	verify "admins set --json prints the new list" json "$OUT" "j == {'administrators': ['$ADMIN_ID']}"
+fi
+expect "create-key as app, no longer an administrator: exit 2 PERMISSION_DENIED" 2 \
+	"PERMISSION_DENIED|not an administrator" app create-key app-admin-key-2
+expect "the refused key does not exist: exit 2 NOT_FOUND" 2 "NOT_FOUND|'app-admin-key-2'" admin \
+	describe-key app-admin-key-2
+expect "admins list as app, no longer an administrator: exit 2" 2 "PERMISSION_DENIED" app admins list
+admins_unchanged "after putting the list back"
+# The IDs as several operands; an administrator left out (the caller too) loses the rights.
+if expect "admins set APP ADMIN as several operands" 0 "" admin --json admins set "$APP_ID" "$ADMIN_ID"; then
+	verify "admins set keeps the order given" json "$OUT" "j['administrators'] == ['$APP_ID', '$ADMIN_ID']"
+fi
+expect "admins set APP alone, by the admin" 0 "$APP_ID" admin admins set "$APP_ID"
+expect "the admin left itself out: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED|not an administrator" \
+	admin admins list
+expect "the app puts the admin back" 0 "$ADMIN_ID" app admins set "$ADMIN_ID"
+admins_unchanged "after the hand-over and back"
+
+# Refused by kmsctl: exit 1, nothing sent.
+expect "admins set without an ID: exit 1" 1 "admins set needs ID[,ID...]" admin admins set
+admins_unchanged "no ID"
+expect "admins set '': exit 1" 1 "admins set: an empty ID" admin admins set ""
+admins_unchanged "an empty argument"
+expect "admins set with a trailing comma: exit 1" 1 "admins set: an empty ID (in '$ADMIN_ID,')" admin \
+	admins set "$ADMIN_ID,"
+admins_unchanged "a trailing comma"
+expect "admins set a non-SPIFFE string: exit 1" 1 "'ops-admin' is not a SPIFFE ID" admin \
+	admins set "$ADMIN_ID,ops-admin"
+admins_unchanged "a non-SPIFFE string"
+expect "admins set a trust domain without a path: exit 1" 1 "'spiffe://$TD' is not a SPIFFE ID|no workload" admin \
+	admins set "$ADMIN_ID" "spiffe://$TD"
+admins_unchanged "a trust domain without a path"
+expect "admins set a duplicate in one operand: exit 1" 1 "'$APP_ID' is given twice" admin \
+	admins set "$ADMIN_ID,$APP_ID,$APP_ID"
+admins_unchanged "a duplicate in one operand"
+expect "admins set a duplicate across operands: exit 1" 1 "'$ADMIN_ID' is given twice" admin \
+	admins set "$ADMIN_ID,$APP_ID" "$ADMIN_ID"
+admins_unchanged "a duplicate across operands"
+
+# Refused by the server: exit 2 INVALID_ARGUMENT.
+expect "admins set a node identity: exit 2 INVALID_ARGUMENT" 2 "INVALID_ARGUMENT|is a node identity" admin \
+	admins set "$ADMIN_ID,spiffe://$TD/kmsd/node/1"
+admins_unchanged "a node identity"
+expect "admins set an ID of another trust domain: exit 2 INVALID_ARGUMENT" 2 \
+	"INVALID_ARGUMENT|not in this cluster's trust domain '$TD'" admin \
+	admins set "$ADMIN_ID,spiffe://other.example/ns/ops/sa/admin"
+admins_unchanged "another trust domain"
+MANY=("$ADMIN_ID")
+for ((i = 1; i <= 256; i++)); do MANY+=("spiffe://$TD/ns/ops/sa/admin-$i"); done
+expect "admins set 257 IDs: exit 2 INVALID_ARGUMENT" 2 "INVALID_ARGUMENT|257 administrators, more than 256" admin \
+	admins set "${MANY[@]}"
+admins_unchanged "257 IDs"
+if expect "admins set 256 IDs, the limit" 0 "" admin --json admins set "${MANY[@]:0:256}"; then
+	verify "admins set 256 IDs: all of them listed" json "$OUT" "len(j['administrators']) == 256"
+fi
+expect "admins set ADMIN alone again" 0 "$ADMIN_ID" admin admins set "$ADMIN_ID"
+admins_unchanged "after the 256"
 
 # --- kmsd shutdown ----------------------------------------------------------------------
 step "stopping kmsd"
@@ -403,6 +543,7 @@ stop_kmsd
 : >"$ERR"
 # Under the sanitizers a leak or UB report at exit makes this non-zero.
 verify "kmsd exits 0 on SIGTERM (status $KMSD_STATUS)" test "$KMSD_STATUS" -eq 0
+# shellcheck disable=SC2016 # eval expands it, when verify runs it
 verify "no sanitizer report in the kmsd log" eval '! sanitizer_report "$T/kmsd.log"'
 
 echo "test_kmsctl: $PASSED passed, $FAILED failed"
