@@ -84,7 +84,11 @@ int kms_authn_new(const char *trust_domain, const char *node_ca_file, kms_authn 
 		kms_free(a);
 		return rc;
 	}
-	pthread_rwlock_init(&a->lock, NULL);
+	if (pthread_rwlock_init(&a->lock, NULL) != 0) {
+		sk_X509_pop_free(a->node_cas, X509_free);
+		kms_free(a);
+		return kms_errf(err, KMS_ERR_INTERNAL, "cannot create the node CA lock");
+	}
 	a->id = atomic_fetch_add(&next_authn_id, 1);
 	*out = a;
 	return KMS_OK;
