@@ -225,11 +225,13 @@ static void summarize(kms_tls_files *f, X509 *leaf)
 	n = snprintf(f->summary, sizeof(f->summary), "node certificate serial %s (not after %s)",
 		     serial, until);
 	if (f->crl != NULL && n > 0 && (size_t)n < sizeof(f->summary)) {
+		STACK_OF(X509_REVOKED) *revoked = X509_CRL_get_REVOKED(f->crl);
+
 		if (X509_CRL_get0_nextUpdate(f->crl) != NULL)
 			asn1_time_text(X509_CRL_get0_nextUpdate(f->crl), next, sizeof(next));
 		snprintf(f->summary + n, sizeof(f->summary) - (size_t)n,
 			 "; client CRL of %d revoked certificate(s) (next update %s)",
-			 sk_X509_REVOKED_num(X509_CRL_get_REVOKED(f->crl)), next);
+			 revoked != NULL ? sk_X509_REVOKED_num(revoked) : 0, next);
 	}
 }
 

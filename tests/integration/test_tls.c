@@ -30,7 +30,7 @@ static char out[OUT_MAX];
 #define RELOAD_ARGS "--grpc-option tls_reload_interval_s=1"
 #define LIMIT_ARGS                                                                                \
 	"--grpc-option request_timeout_s=2 --grpc-option handshake_timeout_s=2 "                  \
-	"--grpc-option tls_reload_interval_s=1"
+	"--grpc-option max_concurrent_streams=2 --grpc-option tls_reload_interval_s=1"
 
 static void node_up_with(const char *args)
 {
@@ -330,6 +330,7 @@ END_TEST
 
 /* A call whose request message never comes: its status and how long it took. */
 struct silent_call {
+	kms_client *c; /* the connection to use; NULL: one of its own */
 	int code;
 	char details[256];
 	double seconds;
@@ -337,7 +338,7 @@ struct silent_call {
 
 static void silent_call(struct silent_call *r)
 {
-	kms_client *c = kms_test_client(&node, "app");
+	kms_client *c = r->c != NULL ? r->c : kms_test_client(&node, "app");
 	grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
 	grpc_metadata_array md, trailing;
 	grpc_status_code status = GRPC_STATUS_OK;
@@ -383,7 +384,8 @@ static void silent_call(struct silent_call *r)
 	       GRPC_QUEUE_SHUTDOWN)
 		;
 	grpc_completion_queue_destroy(cq);
-	kms_client_close(c);
+	if (r->c == NULL)
+		kms_client_close(c);
 }
 
 static void *silent_call_thread(void *p)
@@ -400,6 +402,7 @@ START_TEST(a_request_that_never_arrives_is_cancelled)
 	kms_rpc_status st;
 
 	/* More silent calls than the node has workers (4), all at once. */
+	memset(r, 0, sizeof(r));
 	for (int i = 0; i < N; i++)
 		ck_assert_int_eq(pthread_create(&t[i], NULL, silent_call_thread, &r[i]), 0);
 	/* Meanwhile others are served at once. */
@@ -414,6 +417,32 @@ START_TEST(a_request_that_never_arrives_is_cancelled)
 		ck_assert_msg(r[i].seconds >= 1.9 && r[i].seconds < 6, "call %d took %.1f s", i,
 			      r[i].seconds);
 	}
+}
+END_TEST
+
+START_TEST(streams_per_connection_are_capped)
+{
+	enum { N = 3 };
+	struct silent_call r[N];
+	pthread_t t[N];
+	kms_client *c = kms_test_client(&node, "app");
+	int late = 0;
+
+	/* max_concurrent_streams = 2: the third call on one connection waits
+	 * for a stream, i.e. until the first two are cancelled (2 s). */
+	memset(r, 0, sizeof(r));
+	for (int i = 0; i < N; i++) {
+		r[i].c = c;
+		ck_assert_int_eq(pthread_create(&t[i], NULL, silent_call_thread, &r[i]), 0);
+	}
+	for (int i = 0; i < N; i++) {
+		pthread_join(t[i], NULL);
+		ck_assert_msg(r[i].code == 4, "call %d: %d %s", i, r[i].code, r[i].details);
+		late += r[i].seconds >= 3.5;
+	}
+	ck_assert_msg(late == 1, "%d of 3 calls waited for a stream (%.1f, %.1f, %.1f s)", late,
+		      r[0].seconds, r[1].seconds, r[2].seconds);
+	kms_client_close(c);
 }
 END_TEST
 
@@ -478,6 +507,7 @@ static Suite *tls_suite(void)
 	tcase_add_unchecked_fixture(limits, node_up_limits, node_down);
 	tcase_set_timeout(limits, 180);
 	tcase_add_test(limits, a_request_that_never_arrives_is_cancelled);
+	tcase_add_test(limits, streams_per_connection_are_capped);
 	tcase_add_test(limits, a_silent_tcp_connection_is_closed_after_the_handshake_timeout);
 	suite_add_tcase(s, limits);
 	return s;
