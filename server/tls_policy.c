@@ -127,7 +127,8 @@ static void probe_msg(int write_p, int version, int content_type, const void *bu
 		pr->suite = (unsigned)p[39 + p[38]] << 8 | p[40 + p[38]];
 }
 
-static int probe_connect(const char *listen, kms_err *err)
+/* A connected socket to listen in *out, with bounded reads and writes. */
+static int probe_connect(const char *listen, int *out, kms_err *err)
 {
 	struct timeval tv = {PROBE_TIMEOUT_S, 0};
 	char host[300], *port;
@@ -178,9 +179,17 @@ static int probe_connect(const char *listen, kms_err *err)
 	if (fd < 0)
 		return kms_errf(err, KMS_ERR_CONFIG, "TLS policy probe: cannot connect to %s: %s",
 				listen, strerror(errno));
-	(void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	(void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	return fd;
+	/* Bounded: a server that never answers must not hang the start-up. */
+	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) != 0) {
+		int e = errno;
+
+		close(fd);
+		return kms_errf(err, KMS_ERR_CONFIG, "TLS policy probe: setsockopt: %s",
+				strerror(e));
+	}
+	*out = fd;
+	return KMS_OK;
 }
 
 /* One ClientHello of version max_version offering ciphers; fills *pr. */
@@ -207,11 +216,7 @@ static int probe_once(const char *listen, int max_version, const char *ciphers, 
 	}
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
 	SSL_CTX_set_msg_callback(ctx, probe_msg);
-	fd = probe_connect(listen, err);
-	if (fd < 0) {
-		rc = err != NULL ? err->code : KMS_ERR_CONFIG;
-		goto out;
-	}
+	KMS_TRY_GOTO(rc, probe_connect(listen, &fd, err), out);
 	ssl = SSL_new(ctx);
 	if (ssl == NULL || SSL_set_fd(ssl, fd) != 1 || SSL_set_app_data(ssl, pr) != 1) {
 		rc = ssl_fail(err, "setting up the probe connection");
