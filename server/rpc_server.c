@@ -1,12 +1,15 @@
 /* rpc_server.c - unary gRPC calls over mutual TLS on the gRPC core API: one completion queue and HSM session per worker thread. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <grpc/byte_buffer.h>
@@ -644,19 +647,61 @@ int kms_rpc_server_set_tls(kms_rpc_server *s, const kms_tls_files *tls, kms_err 
 	return KMS_OK;
 }
 
-static void tls_dir_remove(kms_rpc_server *s)
+/* Removes a TLS directory and the files we put there (nothing else: a
+ * directory holding anything more stays). */
+static void tls_dir_remove_path(const char *dir)
 {
-	static const char *const names[] = {"key", "chain.pem", "roots.pem", ".key.tmp",
-					    ".chain.pem.tmp", ".roots.pem.tmp"};
+	static const char *const names[] = {"key",	     "chain.pem",      "roots.pem", "pid",
+					    ".key.tmp", ".chain.pem.tmp", ".roots.pem.tmp"};
 	char path[PATH_MAX];
 
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (snprintf(path, sizeof(path), "%s/%s", dir, names[i]) < (int)sizeof(path))
+			unlink(path);
+	rmdir(dir);
+}
+
+static void tls_dir_remove(kms_rpc_server *s)
+{
 	if (s->tls_dir[0] == '\0')
 		return;
-	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-		if (snprintf(path, sizeof(path), "%s/%s", s->tls_dir, names[i]) < (int)sizeof(path))
-			unlink(path);
-	rmdir(s->tls_dir);
+	tls_dir_remove_path(s->tls_dir);
 	s->tls_dir[0] = '\0';
+}
+
+/*
+ * A node killed with SIGKILL leaves its TLS directory behind (public
+ * certificates and the key's URI only). At start-up, remove those of our
+ * user whose "pid" names no live process.
+ */
+static void tls_dirs_sweep_stale(const char *parent)
+{
+	DIR *d = opendir(parent);
+	struct dirent *e;
+
+	if (d == NULL)
+		return;
+	while ((e = readdir(d)) != NULL) {
+		char dir[PATH_MAX], pidfile[PATH_MAX], buf[32] = "";
+		struct stat sb;
+		FILE *f;
+		long pid = 0;
+
+		if (strncmp(e->d_name, "kmsd-tls-", 9) != 0 ||
+		    snprintf(dir, sizeof(dir), "%s/%s", parent, e->d_name) >= (int)sizeof(dir) ||
+		    snprintf(pidfile, sizeof(pidfile), "%s/pid", dir) >= (int)sizeof(pidfile) ||
+		    lstat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode) || sb.st_uid != geteuid())
+			continue;
+		f = fopen(pidfile, "re");
+		if (f == NULL)
+			continue; /* being made right now, or not ours */
+		if (fgets(buf, sizeof(buf), f) != NULL)
+			pid = strtol(buf, NULL, 10);
+		fclose(f);
+		if (pid > 0 && pid != (long)getpid() && kill((pid_t)pid, 0) != 0 && errno == ESRCH)
+			tls_dir_remove_path(dir);
+	}
+	closedir(d);
 }
 
 /*
@@ -834,9 +879,13 @@ static int limits_ok(const kms_rpc_limits *l)
 static int make_tls_dir(kms_rpc_server *s, kms_err *err)
 {
 	const char *tmp = getenv("TMPDIR");
+	char pid[32];
+	const char *pid_parts[] = {pid};
 
-	if (snprintf(s->tls_dir, sizeof(s->tls_dir), "%s/kmsd-tls-XXXXXX",
-		     tmp != NULL && tmp[0] == '/' ? tmp : "/tmp") >= (int)sizeof(s->tls_dir)) {
+	tmp = tmp != NULL && tmp[0] == '/' ? tmp : "/tmp";
+	tls_dirs_sweep_stale(tmp);
+	if (snprintf(s->tls_dir, sizeof(s->tls_dir), "%s/kmsd-tls-XXXXXX", tmp) >=
+	    (int)sizeof(s->tls_dir)) {
 		s->tls_dir[0] = '\0';
 		return kms_errf(err, KMS_ERR_CONFIG, "rpc: TMPDIR is too long");
 	}
@@ -848,7 +897,9 @@ static int make_tls_dir(kms_rpc_server *s, kms_err *err)
 		return kms_errf(err, KMS_ERR_IO, "rpc: cannot create a directory for the TLS "
 				"files: %s", strerror(e));
 	}
-	return KMS_OK;
+	snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
+	KMS_TRY(tls_write_tmp(s->tls_dir, "pid", pid_parts, 1, err));
+	return tls_commit(s->tls_dir, "pid", err);
 }
 
 int kms_rpc_server_start(const kms_rpc_server_opts *opts, kms_rpc_server **out,
