@@ -231,6 +231,16 @@ for ((t = 0; t < 25; t++)); do
 done
 [[ $served == "$new_serial" ]] || die "node 2 serves $served, not the renewed $new_serial"
 
+step "ops/dev-cluster renew: every certificate now, no restart"
+dev 120 renew bash "$SRCDIR/ops/dev-cluster" renew
+((RC == 0)) || die "renew failed (status $RC)"
+for ((i = 1; i <= NODES; i++)); do
+	grep -Fq "dev-cluster: node $i reloaded its TLS files" "$T/renew.out" || die "renew did not reload node $i"
+	[[ $(<"$STATE/node$i/kmsd.pid") == "${pids[i - 1]}" ]] || die "renew restarted node $i"
+done
+dev 60 status-renewed bash "$SRCDIR/ops/dev-cluster" status
+((RC == 0)) || die "status after renew exited $RC, want 0"
+
 step "ops/dev-cluster down"
 dev 60 down bash "$SRCDIR/ops/dev-cluster" down
 ((RC == 0)) || die "down exited $RC"
