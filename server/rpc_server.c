@@ -735,6 +735,7 @@ static grpc_server_credentials *make_credentials(kms_rpc_server *s, kms_err *err
 	grpc_tls_credentials_options *o;
 	grpc_tls_certificate_provider *provider;
 	grpc_tls_certificate_verifier *verifier;
+	grpc_server_credentials *creds;
 	struct crl_slot *slot = s->crl;
 
 	if (snprintf(key, sizeof(key), "%s/key", s->tls_dir) >= (int)sizeof(key) ||
@@ -781,7 +782,10 @@ static grpc_server_credentials *make_credentials(kms_rpc_server *s, kms_err *err
 		o, GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
 	grpc_tls_credentials_options_set_certificate_verifier(o, verifier);
 	grpc_tls_certificate_verifier_release(verifier);
-	return grpc_tls_server_credentials_create(o); /* takes o */
+	creds = grpc_tls_server_credentials_create(o); /* takes o */
+	if (creds == NULL)
+		kms_errf(err, KMS_ERR_CONFIG, "rpc: gRPC refused the TLS credentials");
+	return creds;
 }
 
 static void server_free(kms_rpc_server *s)
@@ -941,6 +945,9 @@ int kms_rpc_server_start(const kms_rpc_server_opts *opts, kms_rpc_server **out,
 	}
 	KMS_TRY_GOTO(rc, make_tls_dir(s, err), fail);
 	creds = make_credentials(s, err);
+	/* Both belong to the caller, who may free them once we return. */
+	s->opts.tls = NULL;
+	s->opts.private_key = NULL;
 	if (creds == NULL) {
 		rc = err != NULL && err->code != KMS_OK ? err->code : KMS_ERR_CONFIG;
 		goto fail;

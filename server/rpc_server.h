@@ -50,9 +50,10 @@ typedef struct kms_rpc_limits {
 
 typedef struct kms_rpc_server_opts {
 	const char *listen;       /* host:port */
-	/* The first TLS set: the node's chain, and the roots client
-	 * certificates must chain to (client CA and node CA together), and the
-	 * client CRL. Copied; kms_rpc_server_set_tls replaces it later. */
+	/* The first TLS set: the node's chain, the roots client certificates
+	 * must chain to (client CA and node CA together), and the client CRL.
+	 * Read during kms_rpc_server_start only (kms_rpc_server_set_tls
+	 * replaces it later), like private_key. */
 	const kms_tls_files *tls;
 	const char *private_key;  /* what gRPC takes: PEM or "engine:pkcs11:<uri>" */
 	kms_rpc_limits limits;    /* 0 fields are refused */
