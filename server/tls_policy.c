@@ -238,6 +238,8 @@ int kms_tls_policy_probe(const char *listen, unsigned min_tls_version, kms_err *
 {
 	struct probe pr;
 
+	KMS_LOG_I("tls: probing the TLS policy on %s (gRPC logs the handshakes it refuses)",
+		  listen);
 	if (min_tls_version == 13) {
 		KMS_TRY(probe_once(listen, TLS1_3_VERSION, NULL, &pr, err));
 		KMS_ENSURE(pr.server_hello, err, KMS_ERR_CONFIG,
