@@ -24,6 +24,8 @@
 /* PKCS#11 CK_TOKEN_INFO.label is 32 bytes, blank padded. */
 #define TOKEN_LABEL_MAX 32
 #define ADMINS_MAX 256
+/* gRPC takes durations as int milliseconds: 24 days of seconds fit. */
+#define KMS_GRPC_MAX_SECONDS 2073600
 
 enum kind {
 	K_UINT,	  /* unsigned number within [min, max] */
@@ -40,6 +42,7 @@ enum kind {
 	K_SEEDS,       /* comma-separated host:port of cluster members */
 	K_TRUST_DOMAIN, /* a SPIFFE trust domain name */
 	K_BOOL,        /* true|false, into an int */
+	K_TLS_VERSION, /* 1.2 or 1.3, stored as 12 or 13 */
 };
 
 struct key_spec {
@@ -63,6 +66,21 @@ static const struct key_spec keys[] = {
     {"grpc", "ca_file", K_PATH, F(ca_file), 0, 0, 1},
     {"grpc", "cert_file", K_PATH, F(cert_file), 0, 0, 1},
     {"grpc", "tls_key", K_TLS_KEY, F(tls_key_uri), 0, 0, 1},
+    {"grpc", "crl_file", K_PATH, F(crl_file), 0, 0, 0},
+    {"grpc", "min_tls_version", K_TLS_VERSION, F(min_tls_version), 0, 0, 0},
+    {"grpc", "tls_reload_interval_s", K_UINT, F(tls_reload_interval_s), 1, 3600, 0},
+    {"grpc", "max_concurrent_streams", K_UINT, F(max_concurrent_streams), 1, 10000, 0},
+    {"grpc", "handshake_timeout_s", K_UINT, F(handshake_timeout_s), 1, 300, 0},
+    {"grpc", "keepalive_time_s", K_UINT, F(keepalive_time_s), 1, KMS_GRPC_MAX_SECONDS, 0},
+    {"grpc", "keepalive_timeout_s", K_UINT, F(keepalive_timeout_s), 1, 3600, 0},
+    {"grpc", "min_ping_interval_s", K_UINT, F(min_ping_interval_s), 1, KMS_GRPC_MAX_SECONDS, 0},
+    {"grpc", "max_connection_idle_s", K_UINT, F(max_connection_idle_s), 1, KMS_GRPC_MAX_SECONDS,
+     0},
+    {"grpc", "max_connection_age_s", K_UINT, F(max_connection_age_s), 1, KMS_GRPC_MAX_SECONDS,
+     0},
+    {"grpc", "max_connection_age_grace_s", K_UINT, F(max_connection_age_grace_s), 1,
+     KMS_GRPC_MAX_SECONDS, 0},
+    {"grpc", "request_timeout_s", K_UINT, F(request_timeout_s), 1, 3600, 0},
     {"raft", "listen", K_LISTEN, F(raft_listen), 0, 0, 1},
     {"raft", "snapshot_threshold", K_UINT, F(snapshot_threshold), 1, 1000000000,
      0},
@@ -429,6 +447,15 @@ static int set_value(struct parse_state *st, const struct key_spec *k,
 		}
 		break;
 	}
+	case K_TLS_VERSION:
+		if (strcmp(v, "1.2") != 0 && strcmp(v, "1.3") != 0) {
+			snprintf(detail, sizeof(detail),
+				 "'%s' in [%s] must be 1.2 or 1.3, not '%s'", k->name,
+				 k->section, kms_quote(v, q));
+			return fail_at(st, detail);
+		}
+		*(unsigned *)field = strcmp(v, "1.2") == 0 ? 12 : 13;
+		return 1;
 	case K_STRING:
 	case K_PATH:
 	case K_MODULE:
@@ -668,6 +695,17 @@ int kms_config_load(const char *path, kms_config *cfg, kms_err *err)
 	cfg->snapshot_trailing = 1024;
 	cfg->election_timeout_ms = 500;
 	cfg->heartbeat_timeout_ms = 50;
+	cfg->min_tls_version = 12;
+	cfg->tls_reload_interval_s = 5;
+	cfg->max_concurrent_streams = 100;
+	cfg->handshake_timeout_s = 10;
+	cfg->keepalive_time_s = 60;
+	cfg->keepalive_timeout_s = 20;
+	cfg->min_ping_interval_s = 30;
+	cfg->max_connection_idle_s = 300;
+	cfg->max_connection_age_s = 3600;
+	cfg->max_connection_age_grace_s = 30;
+	cfg->request_timeout_s = 10;
 	KMS_TRY_GOTO(rc, config_dir(path, dir, err), out);
 
 	line = ini_parse_stream(read_line, &st, on_entry, &st);
@@ -712,6 +750,7 @@ void kms_config_free(kms_config *cfg)
 	kms_free(cfg->ca_file);
 	kms_free(cfg->cert_file);
 	kms_free(cfg->tls_key_uri);
+	kms_free(cfg->crl_file);
 	kms_free(cfg->raft_listen);
 	kms_free(cfg->hsm_module);
 	kms_free(cfg->hsm_token_label);

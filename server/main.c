@@ -24,7 +24,8 @@ static void usage(FILE *f)
 		"  -V, --version       show the version\n"
 		"\n"
 		"The HSM PIN comes from the file or environment variable named in [hsm];\n"
-		"never from the command line. SIGTERM or SIGINT stops the node cleanly.\n");
+		"never from the command line. SIGTERM or SIGINT stops the node cleanly;\n"
+		"SIGHUP reloads the certificate, CA and CRL files.\n");
 }
 
 int main(int argc, char **argv)
@@ -67,13 +68,15 @@ int main(int argc, char **argv)
 	sigemptyset(&stop);
 	sigaddset(&stop, SIGTERM);
 	sigaddset(&stop, SIGINT);
+	sigaddset(&stop, SIGHUP); /* not a stop: reloads the TLS files */
 	pthread_sigmask(SIG_BLOCK, &stop, NULL);
 
 	if (kms_node_start(config, &node, &err) != KMS_OK) {
 		KMS_LOG_E("kmsd cannot start: %s", err.msg);
 		return 1;
 	}
-	sigwait(&stop, &sig);
+	while (sigwait(&stop, &sig) == 0 && sig == SIGHUP)
+		kms_node_reload_tls(node, "SIGHUP");
 	fatal = atomic_load(&node->fatal);
 	KMS_LOG_I("signal %d: stopping", sig);
 	kms_node_stop(node);

@@ -22,6 +22,8 @@
 #include "raft_tls.h"
 #include "supervisor.h"
 #include "tls_engine.h"
+#include "tls_policy.h"
+#include "tls_watch.h"
 
 #define MAX_METHODS 24
 #define FORWARD_TIMEOUT_MS 10000
@@ -184,24 +186,83 @@ static int authorize_peer(void *arg, const char *spiffe_id, unsigned long long r
 	return join_member(node, raft_id);
 }
 
+static void raft_tls_opts(kms_node *node, kms_raft_tls_opts *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->ca_file = node->cfg.node_ca_file;
+	o->cert_file = node->cfg.cert_file;
+	o->key = node->raft_key;
+	o->authorize = authorize_peer;
+	o->authorize_arg = node;
+}
+
 static int transport_init(void *arg, struct raft_uv_transport *t, struct uv_loop_s *loop,
 			  kms_err *err)
 {
 	kms_node *node = arg;
 	kms_raft_tls_opts o;
 
-	memset(&o, 0, sizeof(o));
-	o.ca_file = node->cfg.node_ca_file;
-	o.cert_file = node->cfg.cert_file;
-	o.key = node->raft_key;
-	o.authorize = authorize_peer;
-	o.authorize_arg = node;
-	return kms_raft_tls_init(t, loop, &o, err);
+	raft_tls_opts(node, &o);
+	KMS_TRY(kms_raft_tls_init(t, loop, &o, err));
+	pthread_mutex_lock(&node->reload_mu);
+	node->raft_transport = t;
+	pthread_mutex_unlock(&node->reload_mu);
+	return KMS_OK;
 }
 
 static void transport_close(void *arg, struct raft_uv_transport *t)
 {
+	kms_node *node = arg;
+
+	/* Not while a reload swaps its TLS context. */
+	pthread_mutex_lock(&node->reload_mu);
+	node->raft_transport = NULL;
+	pthread_mutex_unlock(&node->reload_mu);
 	kms_raft_tls_close(t);
+}
+
+/* --- certificate reload --- */
+
+void kms_node_reload_tls(kms_node *node, const char *trigger)
+{
+	kms_tls_files next, old;
+	kms_raft_tls_opts o;
+	kms_err err = {0};
+
+	pthread_mutex_lock(&node->reload_mu);
+	if (kms_tls_files_load(&node->cfg, node->raft_key, &next, &err) != KMS_OK) {
+		KMS_LOG_W("tls: reload (%s) refused, the previous certificates stay in force: %s",
+			  trigger, err.msg);
+		goto out;
+	}
+	/* Raft first: building its context is the step most likely to fail,
+	 * and nothing has changed yet if it does. */
+	raft_tls_opts(node, &o);
+	if (node->raft_transport != NULL &&
+	    kms_raft_tls_reload(node->raft_transport, &o, &err) != KMS_OK) {
+		KMS_LOG_W("tls: reload (%s) refused, the previous certificates stay in force: %s",
+			  trigger, err.msg);
+		kms_tls_files_free(&next);
+		goto out;
+	}
+	if (node->rpc != NULL && kms_rpc_server_set_tls(node->rpc, &next, &err) != KMS_OK)
+		KMS_LOG_E("tls: reload (%s): the gRPC server keeps its previous certificates: %s",
+			  trigger, err.msg);
+	if (kms_authn_reload(node->authn, node->cfg.node_ca_file, &err) != KMS_OK)
+		KMS_LOG_E("tls: reload (%s): the node CA that tells nodes apart stays the "
+			  "previous one: %s", trigger, err.msg);
+	kms_peers_reset(node->peers);
+	old = node->tls;
+	node->tls = next;
+	kms_tls_files_free(&old);
+	KMS_LOG_I("tls: reloaded (%s): %s", trigger, node->tls.summary);
+out:
+	pthread_mutex_unlock(&node->reload_mu);
+}
+
+static void tls_files_changed(void *arg)
+{
+	kms_node_reload_tls(arg, "a file changed");
 }
 
 /*
@@ -436,10 +497,17 @@ static int start_rpc(kms_node *node, kms_err *err)
 		methods[n_methods++] = kms_api_internal_methods[i];
 	memset(&o, 0, sizeof(o));
 	o.listen = node->cfg.grpc_listen;
-	o.ca_file = node->cfg.ca_file;
-	o.node_ca_file = node->cfg.node_ca_file;
-	o.cert_file = node->cfg.cert_file;
+	o.tls = &node->tls;
 	o.private_key = key;
+	o.limits.max_concurrent_streams = node->cfg.max_concurrent_streams;
+	o.limits.handshake_timeout_s = node->cfg.handshake_timeout_s;
+	o.limits.keepalive_time_s = node->cfg.keepalive_time_s;
+	o.limits.keepalive_timeout_s = node->cfg.keepalive_timeout_s;
+	o.limits.min_ping_interval_s = node->cfg.min_ping_interval_s;
+	o.limits.max_connection_idle_s = node->cfg.max_connection_idle_s;
+	o.limits.max_connection_age_s = node->cfg.max_connection_age_s;
+	o.limits.max_connection_age_grace_s = node->cfg.max_connection_age_grace_s;
+	o.limits.request_timeout_s = node->cfg.request_timeout_s;
 	o.workers = node->cfg.grpc_workers;
 	o.methods = methods;
 	o.n_methods = n_methods;
@@ -456,11 +524,13 @@ int kms_node_start(const char *config_path, kms_node **out, kms_err *err)
 {
 	kms_node *node = kms_calloc(1, sizeof(*node));
 	kms_raft_opts ropts;
+	kms_tls_stamp stamp;
 	int rc, fresh;
 
 	if (node == NULL)
 		return kms_errf(err, KMS_ERR_NOMEM, "out of memory");
 	pthread_mutex_init(&node->join_mu, NULL);
+	pthread_mutex_init(&node->reload_mu, NULL);
 	KMS_TRY_GOTO(rc, kms_config_load(config_path, &node->cfg, err), fail_free);
 	{
 		int level = kms_log_level_parse(node->cfg.log_level);
@@ -470,6 +540,8 @@ int kms_node_start(const char *config_path, kms_node **out, kms_err *err)
 	}
 	/* First thing after the configuration: before the PIN is read. */
 	KMS_TRY_GOTO(rc, kms_coredump_policy(node->cfg.allow_core_dumps, err), fail);
+	/* Before anything builds a TLS context. */
+	KMS_TRY_GOTO(rc, kms_tls_policy_apply(node->cfg.min_tls_version, err), fail);
 	fresh = data_dir_is_new(node->cfg.data_dir);
 	if (mkdir(node->cfg.data_dir, 0700) != 0 && errno != EEXIST) {
 		rc = kms_errf(err, KMS_ERR_IO, "cannot create data_dir %s: %m", node->cfg.data_dir);
@@ -484,6 +556,8 @@ int kms_node_start(const char *config_path, kms_node **out, kms_err *err)
 	kms_keyring_set_release(node->kr, release_handle, node->hsm);
 	KMS_TRY_GOTO(rc, kms_peers_new(&node->cfg, &node->peers, err), fail);
 	KMS_TRY_GOTO(rc, kms_tls_engine_load_key(node->cfg.tls_key_uri, &node->raft_key, err), fail);
+	kms_tls_files_stamp(&node->cfg, &stamp);
+	KMS_TRY_GOTO(rc, kms_tls_files_load(&node->cfg, node->raft_key, &node->tls, err), fail);
 	memset(&ropts, 0, sizeof(ropts));
 	ropts.bootstrap = fresh && node->cfg.join_seeds == NULL;
 	/* The first administrators of a new cluster come from this file; later
@@ -503,7 +577,14 @@ int kms_node_start(const char *config_path, kms_node **out, kms_err *err)
 	ropts.transport_arg = node;
 	KMS_TRY_GOTO(rc, kms_raft_start(&node->cfg, node->kr, &ropts, &node->raft, err), fail);
 	KMS_TRY_GOTO(rc, start_rpc(node, err), fail);
+	KMS_TRY_GOTO(rc, kms_tls_policy_probe(node->cfg.grpc_listen, node->cfg.min_tls_version, err),
+		     fail);
 	KMS_TRY_GOTO(rc, kms_supervisor_start(node, &node->sup, err), fail);
+	KMS_TRY_GOTO(rc, kms_tls_watch_start(&node->cfg, node->cfg.tls_reload_interval_s, &stamp,
+					     tls_files_changed, node, &node->tls_watch, err),
+		     fail);
+	KMS_LOG_I("tls: %s; the files are looked at every %u s and on SIGHUP", node->tls.summary,
+		  node->cfg.tls_reload_interval_s);
 	KMS_LOG_I("node %u serving kms.v1 on %s (Raft on %s)", node->cfg.node_id,
 		  node->cfg.grpc_listen, node->cfg.raft_listen);
 	*out = node;
@@ -513,6 +594,7 @@ fail:
 	return rc;
 fail_free:
 	pthread_mutex_destroy(&node->join_mu);
+	pthread_mutex_destroy(&node->reload_mu);
 	kms_free(node);
 	return rc;
 }
@@ -521,6 +603,7 @@ void kms_node_stop(kms_node *node)
 {
 	if (node == NULL)
 		return;
+	kms_tls_watch_stop(node->tls_watch);
 	kms_supervisor_stop(node->sup);
 	/* Raft first: writes waiting on it are answered UNAVAILABLE, so the gRPC
 	 * server has no call left hanging when it drains. */
@@ -529,11 +612,13 @@ void kms_node_stop(kms_node *node)
 	kms_raft_free(node->raft);
 	kms_supervisor_free(node->sup);
 	EVP_PKEY_free(node->raft_key);
+	kms_tls_files_free(&node->tls);
 	kms_peers_free(node->peers);
 	kms_keyring_free(node->kr);
 	kms_hsm_close(node->hsm);
 	kms_authn_free(node->authn);
 	kms_config_free(&node->cfg);
 	pthread_mutex_destroy(&node->join_mu);
+	pthread_mutex_destroy(&node->reload_mu);
 	kms_free(node);
 }

@@ -16,8 +16,11 @@
 #include "peers.h"
 #include "raft_node.h"
 #include "rpc_server.h"
+#include "tls_files.h"
 
 struct kms_supervisor;
+struct kms_tls_watch;
+struct raft_uv_transport;
 
 /* The one server context, passed to every handler (no request state in globals). */
 typedef struct kms_node {
@@ -31,7 +34,12 @@ typedef struct kms_node {
 	kms_authn *authn;          /* who a TLS peer is (services apart from nodes) */
 	kms_keyring *kr;
 	EVP_PKEY *raft_key; /* the node key in the HSM, for Raft peer TLS */
-	kms_raft *raft;
+	/* The TLS files in force, replaced as a whole by kms_node_reload_tls
+	 * (under reload_mu, which also guards raft_transport). */
+	kms_tls_files tls;
+	pthread_mutex_t reload_mu;
+	struct raft_uv_transport *raft_transport; /* (reload_mu) NULL once closed */
+	struct kms_tls_watch *tls_watch;	kms_raft *raft;
 	kms_peers *peers;
 	struct kms_supervisor *sup;
 	kms_rpc_server *rpc;
@@ -48,6 +56,17 @@ typedef struct kms_node {
  * key ring, Raft, gRPC, supervisor. Every failure names the step and cause.
  */
 int kms_node_start(const char *config_path, kms_node **out, kms_err *err);
+
+/*
+ * Reads the certificate, CA and CRL files again and, if the set passes
+ * kms_tls_files_load, puts it in force for new handshakes everywhere: the
+ * gRPC server, the Raft links, the node-to-node channels and the node CA
+ * that tells nodes from services. Calls and links in flight go on with
+ * what they were made with. A set that fails keeps the old one in force;
+ * either way one log line says what happened and why (trigger names what
+ * asked: "SIGHUP", "a file changed"). Any thread; reloads are serialized.
+ */
+void kms_node_reload_tls(kms_node *node, const char *trigger);
 
 /* Stops serving, then Raft, then releases the HSM. */
 void kms_node_stop(kms_node *node);

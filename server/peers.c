@@ -11,10 +11,18 @@
 
 #define PEERS_MAX KMS_MEMBERS_MAX
 
+/* A channel, shared by the cache and the calls using it (refs under mu):
+ * the last one to let go closes it, so that kms_peers_reset never closes a
+ * channel under a call in flight. */
+struct peer_client {
+	kms_client *client;
+	unsigned refs;
+};
+
 struct peer {
 	char address[KMS_ADDRESS_MAX + 1];
 	uint64_t node_id; /* 0: any node */
-	kms_client *client;
+	struct peer_client *pc;
 };
 
 struct kms_peers {
@@ -47,12 +55,39 @@ int kms_peers_new(const kms_config *cfg, kms_peers **out, kms_err *err)
 	return KMS_OK;
 }
 
+/* Drops one reference (caller holds mu); the channel to close, if any. */
+static struct peer_client *pc_unref(struct peer_client *pc)
+{
+	return --pc->refs == 0 ? pc : NULL;
+}
+
+static void pc_close(struct peer_client *pc)
+{
+	if (pc == NULL)
+		return;
+	kms_client_close(pc->client);
+	kms_free(pc);
+}
+
+void kms_peers_reset(kms_peers *p)
+{
+	struct peer_client *closing[PEERS_MAX];
+	size_t n = 0;
+
+	pthread_mutex_lock(&p->mu);
+	for (size_t i = 0; i < p->n; i++)
+		closing[n++] = pc_unref(p->peers[i].pc);
+	p->n = 0;
+	pthread_mutex_unlock(&p->mu);
+	for (size_t i = 0; i < n; i++)
+		pc_close(closing[i]);
+}
+
 void kms_peers_free(kms_peers *p)
 {
 	if (p == NULL)
 		return;
-	for (size_t i = 0; i < p->n; i++)
-		kms_client_close(p->peers[i].client);
+	kms_peers_reset(p);
 	pthread_mutex_destroy(&p->mu);
 	kms_free(p->trust_domain);
 	kms_free(p->ca_file);
@@ -61,18 +96,26 @@ void kms_peers_free(kms_peers *p)
 	kms_free(p);
 }
 
-/* The cached client for (address, node), opened on first use (caller holds mu). */
-static kms_client *client_for(kms_peers *p, const char *address, uint64_t node_id,
-			      kms_rpc_status *st)
+/*
+ * The cached channel for (address, node), opened on first use, with a
+ * reference for the caller (caller holds mu). *evicted gets a channel the
+ * cache let go of, for the caller to pc_close outside mu.
+ */
+static struct peer_client *client_for(kms_peers *p, const char *address, uint64_t node_id,
+				      kms_rpc_status *st, struct peer_client **evicted)
 {
 	kms_client_opts o;
 	kms_client *c = NULL;
+	struct peer_client *pc;
 	kms_err err = {0};
 	char want[KMS_SPIFFE_ID_MAX + 1];
 
+	*evicted = NULL;
 	for (size_t i = 0; i < p->n; i++)
-		if (strcmp(p->peers[i].address, address) == 0 && p->peers[i].node_id == node_id)
-			return p->peers[i].client;
+		if (strcmp(p->peers[i].address, address) == 0 && p->peers[i].node_id == node_id) {
+			p->peers[i].pc->refs++;
+			return p->peers[i].pc;
+		}
 	if (node_id != 0)
 		snprintf(want, sizeof(want), KMS_SPIFFE_SCHEME "%s" KMS_NODE_PATH "%llu",
 			 p->trust_domain, (unsigned long long)node_id);
@@ -91,31 +134,48 @@ static kms_client *client_for(kms_peers *p, const char *address, uint64_t node_i
 			 err.msg);
 		return NULL;
 	}
+	pc = kms_calloc(1, sizeof(*pc));
+	if (pc == NULL) {
+		kms_client_close(c);
+		st->code = 14; /* UNAVAILABLE */
+		snprintf(st->details, sizeof(st->details), "out of memory reaching member %s",
+			 address);
+		return NULL;
+	}
+	pc->client = c;
+	pc->refs = 2; /* the cache's and the caller's */
 	if (p->n == PEERS_MAX) {
 		/* Members come and go rarely: drop the oldest channel. */
-		kms_client_close(p->peers[0].client);
+		*evicted = pc_unref(p->peers[0].pc);
 		memmove(&p->peers[0], &p->peers[1], (PEERS_MAX - 1) * sizeof(p->peers[0]));
 		p->n--;
 	}
 	snprintf(p->peers[p->n].address, sizeof(p->peers[0].address), "%s", address);
 	p->peers[p->n].node_id = node_id;
-	p->peers[p->n].client = c;
+	p->peers[p->n].pc = pc;
 	p->n++;
-	return c;
+	return pc;
 }
 
 int kms_peers_call(kms_peers *p, const char *address, uint64_t node_id, const char *method,
 		   const ProtobufCMessage *req, const ProtobufCMessageDescriptor *resp_desc,
 		   ProtobufCMessage **resp, int timeout_ms, kms_rpc_status *st)
 {
-	kms_client *c;
+	struct peer_client *pc, *evicted, *done;
+	int rc;
 
 	*resp = NULL;
 	pthread_mutex_lock(&p->mu);
-	c = client_for(p, address, node_id, st);
+	pc = client_for(p, address, node_id, st, &evicted);
 	pthread_mutex_unlock(&p->mu);
-	if (c == NULL)
+	pc_close(evicted);
+	if (pc == NULL)
 		return st->code;
-	/* Channels are thread-safe and live until kms_peers_free. */
-	return kms_client_call_timeout(c, method, req, resp_desc, resp, timeout_ms, st);
+	/* Channels are thread-safe; our reference keeps this one open. */
+	rc = kms_client_call_timeout(pc->client, method, req, resp_desc, resp, timeout_ms, st);
+	pthread_mutex_lock(&p->mu);
+	done = pc_unref(pc);
+	pthread_mutex_unlock(&p->mu);
+	pc_close(done);
+	return rc;
 }

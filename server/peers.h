@@ -18,6 +18,13 @@ int kms_peers_new(const kms_config *cfg, kms_peers **out, kms_err *err);
 void kms_peers_free(kms_peers *p);
 
 /*
+ * Forgets every cached channel (certificate reload): calls made from now on
+ * open new channels, which read the node CA and the node certificate
+ * again. A channel stays open until the calls using it return.
+ */
+void kms_peers_reset(kms_peers *p);
+
+/*
  * One unary call to member node_id serving gRPC at address. The server must
  * present a node-CA certificate naming that node (node_id 0: any node of the
  * trust domain, for a joining node that knows its seeds by address only).

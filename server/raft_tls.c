@@ -129,7 +129,7 @@ struct log_window {
 struct tls_transport {
 	struct raft_uv_transport *t;
 	uv_loop_t *loop;
-	SSL_CTX *ctx;
+	SSL_CTX *ctx; /* (mu) new links take it; kms_raft_tls_reload swaps it */
 	kms_raft_tls_authorize_fn authorize;
 	void *authorize_arg;
 
@@ -1024,8 +1024,13 @@ static int make_pair(int *ours, int *raft_end)
 
 static SSL *new_ssl(struct tls_transport *tt, int fd, int server)
 {
-	SSL *ssl = SSL_new(tt->ctx);
+	SSL *ssl;
 
+	/* The SSL holds its own reference to the context: a reload that
+	 * swaps tt->ctx meanwhile frees nothing this link uses. */
+	pthread_mutex_lock(&tt->mu);
+	ssl = SSL_new(tt->ctx);
+	pthread_mutex_unlock(&tt->mu);
 	if (ssl == NULL)
 		return NULL;
 	if (SSL_set_fd(ssl, fd) != 1) {
@@ -2024,7 +2029,7 @@ static void set_limits(struct tls_transport *tt,
 	    or_default(opts->max_message_bytes, KMS_RAFT_TLS_MAX_MESSAGE_BYTES);
 }
 
-static int load_ctx(struct tls_transport *tt, const kms_raft_tls_opts *opts,
+static int load_ctx(SSL_CTX **out, const kms_raft_tls_opts *opts,
 		    kms_err *err)
 {
 	char q[KMS_QUOTE_MAX + 4];
@@ -2078,7 +2083,7 @@ static int load_ctx(struct tls_transport *tt, const kms_raft_tls_opts *opts,
 	}
 	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
 				  SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-	tt->ctx = ctx;
+	*out = ctx;
 	ERR_clear_error();
 	return KMS_OK;
 fail:
@@ -2128,7 +2133,7 @@ int kms_raft_tls_init(struct raft_uv_transport *t, struct uv_loop_s *loop,
 			      "raft-tls: pthread_mutex_init failed");
 		goto fail_fd;
 	}
-	KMS_TRY_GOTO(rc, load_ctx(tt, opts, err), fail_mu);
+	KMS_TRY_GOTO(rc, load_ctx(&tt->ctx, opts, err), fail_mu);
 
 	data = t->data;
 	memset(t, 0, sizeof(*t));
@@ -2146,6 +2151,28 @@ fail_fd:
 fail:
 	kms_free(tt);
 	return rc;
+}
+
+int kms_raft_tls_reload(struct raft_uv_transport *t,
+			const kms_raft_tls_opts *opts, kms_err *err)
+{
+	struct tls_transport *tt;
+	SSL_CTX *ctx = NULL, *old;
+
+	if (t == NULL || t->impl == NULL || opts == NULL ||
+	    opts->ca_file == NULL || opts->cert_file == NULL ||
+	    opts->key == NULL)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"raft-tls: reload needs the transport, CA file, "
+				"certificate and key");
+	tt = t->impl;
+	KMS_TRY(load_ctx(&ctx, opts, err));
+	pthread_mutex_lock(&tt->mu);
+	old = tt->ctx;
+	tt->ctx = ctx;
+	pthread_mutex_unlock(&tt->mu);
+	SSL_CTX_free(old); /* links up keep theirs through their SSL */
+	return KMS_OK;
 }
 
 void kms_raft_tls_close(struct raft_uv_transport *t)

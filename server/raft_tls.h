@@ -167,6 +167,16 @@ int kms_raft_tls_init(struct raft_uv_transport *t, struct uv_loop_s *loop,
 		      const kms_raft_tls_opts *opts, kms_err *err);
 
 /*
+ * Reads opts->ca_file, opts->cert_file and opts->key again into a new TLS
+ * context, for links made from now on (any thread, between init and
+ * close). Links already up keep the context they were made with (OpenSSL
+ * counts its references), so a reload never cuts Raft traffic. On failure
+ * the old context stays in force: KMS_ERR_CONFIG naming the file.
+ */
+int kms_raft_tls_reload(struct raft_uv_transport *t,
+			const kms_raft_tls_opts *opts, kms_err *err);
+
+/*
  * Releases what kms_raft_tls_init allocated. After raft has closed the
  * transport (like raft_uv_tcp_close): the close callback passed to
  * t->close must have fired, unless the transport never listened nor

@@ -1,15 +1,25 @@
 /* rpc_server.c - unary gRPC calls over mutual TLS on the gRPC core API: one completion queue and HSM session per worker thread. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
+#include <grpc/support/string_util.h>
 #include <grpc/support/time.h>
+#include <openssl/x509.h>
 
 #include "kms/alloc.h"
 #include "kms/log.h"
@@ -22,6 +32,14 @@
 /* Larger than any valid request (4 KiB plaintext, 8 KiB context, a blob):
  * gRPC refuses bigger ones with RESOURCE_EXHAUSTED before we parse them. */
 #define MAX_REQUEST_BYTES (64 * 1024)
+/* How often gRPC's certificate provider looks at the files that
+ * kms_rpc_server_set_tls writes (its smallest interval). */
+#define TLS_REFRESH_S 1
+/* A worker wakes at least this often to cancel calls whose request message
+ * is late. */
+#define SWEEP_MS 500
+
+struct kms_call;
 
 struct worker {
 	kms_rpc_server *srv;
@@ -29,6 +47,21 @@ struct worker {
 	pthread_t thread;
 	int started;
 	void *wctx;
+	/* Calls waiting for their request message, oldest first; only this
+	 * worker's thread touches the list (their events come to its cq). */
+	struct kms_call *recv_head, *recv_tail;
+};
+
+/*
+ * The client CRL in force, shared by the server and gRPC's certificate
+ * verifier, which may outlive the server's own struct (a handshake in
+ * flight holds it): whoever drops the last reference frees it.
+ */
+struct crl_slot {
+	grpc_tls_certificate_verifier_external ext; /* first: ext.user_data is the slot */
+	pthread_mutex_t mu;
+	X509_CRL *crl; /* (mu) NULL: no CRL configured */
+	atomic_int refs;
 };
 
 struct kms_rpc_server {
@@ -42,6 +75,12 @@ struct kms_rpc_server {
 	unsigned n_ready;  /* workers that ran worker_init */
 	int init_failed;
 	kms_err init_err;
+	/* The files gRPC's certificate provider watches (0700, ours only):
+	 * "key" (the engine key string), "chain.pem", "roots.pem". */
+	char tls_dir[PATH_MAX];
+	pthread_mutex_t tls_mu; /* one writer of those files at a time */
+	struct crl_slot *crl;
+	char request_timeout_msg[96];
 };
 
 enum call_state { CALL_REQUESTED, CALL_RECEIVING, CALL_HANDLING, CALL_SENDING };
@@ -57,7 +96,53 @@ struct kms_call {
 	int has_status_details;
 	int cancelled;
 	kms_peer peer;
+	/* CALL_RECEIVING: on w's list since recv_since (monotonic ms); swept:
+	 * cancelled for a late request message. */
+	struct kms_call *recv_prev, *recv_next;
+	int64_t recv_since;
+	int on_recv_list, swept;
 };
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void recv_list_remove(struct kms_call *c)
+{
+	struct worker *w = c->w;
+
+	if (!c->on_recv_list)
+		return;
+	if (c->recv_prev != NULL)
+		c->recv_prev->recv_next = c->recv_next;
+	else
+		w->recv_head = c->recv_next;
+	if (c->recv_next != NULL)
+		c->recv_next->recv_prev = c->recv_prev;
+	else
+		w->recv_tail = c->recv_prev;
+	c->recv_prev = c->recv_next = NULL;
+	c->on_recv_list = 0;
+}
+
+static void recv_list_append(struct kms_call *c)
+{
+	struct worker *w = c->w;
+
+	c->recv_since = now_ms();
+	c->recv_prev = w->recv_tail;
+	c->recv_next = NULL;
+	if (w->recv_tail != NULL)
+		w->recv_tail->recv_next = c;
+	else
+		w->recv_head = c;
+	w->recv_tail = c;
+	c->on_recv_list = 1;
+}
 
 static struct kms_call *call_new(struct worker *w)
 {
@@ -98,6 +183,7 @@ static void drop_request(struct kms_call *c)
 
 static void call_free(struct kms_call *c)
 {
+	recv_list_remove(c);
 	if (c->call != NULL)
 		grpc_call_unref(c->call);
 	grpc_call_details_destroy(&c->details);
@@ -320,6 +406,34 @@ static void start_receive(kms_call *c)
 	if (e != GRPC_CALL_OK) {
 		KMS_LOG_E("rpc: receiving a request failed (%d)", (int)e);
 		call_free(c);
+		return;
+	}
+	recv_list_append(c);
+}
+
+/*
+ * Cancels the calls whose request message has not arrived within
+ * request_timeout_s. Their slot in the server is what a slow or silent
+ * client would otherwise hold for ever: the worker itself never waits.
+ * The cancelled call's batch then completes and on_event frees it.
+ */
+static void sweep_late_requests(struct worker *w)
+{
+	const kms_rpc_server *s = w->srv;
+	int64_t limit = now_ms() - (int64_t)s->opts.limits.request_timeout_s * 1000;
+
+	while (w->recv_head != NULL && w->recv_head->recv_since <= limit) {
+		struct kms_call *c = w->recv_head;
+		grpc_call_error e;
+
+		recv_list_remove(c);
+		c->swept = 1;
+		e = grpc_call_cancel_with_status(c->call, GRPC_STATUS_DEADLINE_EXCEEDED,
+						 s->request_timeout_msg, NULL);
+		if (e != GRPC_CALL_OK)
+			KMS_LOG_E("rpc: cancelling a call with a late request failed (%d)", (int)e);
+		else
+			KMS_LOG_D("rpc: %s", s->request_timeout_msg);
 	}
 }
 
@@ -385,7 +499,8 @@ static void on_event(struct worker *w, kms_call *c, int success)
 		start_receive(c);
 		return;
 	case CALL_RECEIVING:
-		if (!success) { /* the client went away */
+		recv_list_remove(c);
+		if (!success || c->swept) { /* the client went away, or was too slow */
 			call_free(c);
 			return;
 		}
@@ -423,45 +538,297 @@ static void *worker_main(void *arg)
 				break;
 	for (;;) {
 		grpc_event ev = grpc_completion_queue_next(
-			w->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+			w->cq,
+			gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+				     gpr_time_from_millis(SWEEP_MS, GPR_TIMESPAN)),
+			NULL);
 
 		if (ev.type == GRPC_QUEUE_SHUTDOWN)
 			break;
 		if (ev.type == GRPC_OP_COMPLETE)
 			on_event(w, ev.tag, ev.success);
+		sweep_late_requests(w);
 	}
 	if (s->opts.worker_fini != NULL && rc == KMS_OK)
 		s->opts.worker_fini(s->opts.app, w->wctx);
 	return NULL;
 }
 
-static int read_file(const char *path, char **out, kms_err *err)
-{
-	FILE *f = fopen(path, "rb");
-	char *buf = NULL;
-	long n;
+/* --- TLS: the files gRPC's certificate provider watches, and the CRL --- */
 
-	if (f == NULL)
-		return kms_errf(err, KMS_ERR_CONFIG, "cannot read %s: %m", path);
-	if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 || n > 1024 * 1024 ||
-	    fseek(f, 0, SEEK_SET) != 0) {
-		fclose(f);
-		return kms_errf(err, KMS_ERR_CONFIG, "cannot read %s: bad size", path);
+static void crl_slot_unref(struct crl_slot *slot)
+{
+	if (slot == NULL || atomic_fetch_sub(&slot->refs, 1) != 1)
+		return;
+	X509_CRL_free(slot->crl);
+	pthread_mutex_destroy(&slot->mu);
+	kms_free(slot);
+}
+
+/*
+ * gRPC's custom verification step of the handshake (after OpenSSL has
+ * verified the client's chain against the roots): refuses a certificate the
+ * client CA has revoked. A refusal fails the handshake, so the client sees
+ * UNAVAILABLE and no call of it ever reaches a worker.
+ */
+static int verify_not_revoked(void *user_data, grpc_tls_custom_verification_check_request *req,
+			      grpc_tls_on_custom_verification_check_done_cb cb, void *cb_arg,
+			      grpc_status_code *sync_status, char **sync_error_details)
+{
+	struct crl_slot *slot = user_data;
+	const char *pem = req->peer_info.peer_cert;
+	kms_err err = {0};
+	X509_CRL *crl;
+
+	(void)cb;
+	(void)cb_arg;
+	pthread_mutex_lock(&slot->mu);
+	crl = slot->crl;
+	if (crl != NULL && X509_CRL_up_ref(crl) != 1)
+		crl = NULL; /* cannot happen short of memory corruption */
+	pthread_mutex_unlock(&slot->mu);
+	if (kms_tls_crl_check(crl, pem, pem != NULL ? strlen(pem) : 0, &err) != KMS_OK) {
+		KMS_LOG_W("rpc: refused a client at the TLS handshake: %s", err.msg);
+		*sync_status = GRPC_STATUS_UNAUTHENTICATED;
+		*sync_error_details = gpr_strdup(err.msg);
+	} else {
+		*sync_status = GRPC_STATUS_OK;
 	}
-	buf = kms_malloc((size_t)n + 1);
-	if (buf == NULL) {
-		fclose(f);
-		return kms_errf(err, KMS_ERR_NOMEM, "out of memory reading %s", path);
+	X509_CRL_free(crl);
+	return 1; /* answered synchronously */
+}
+
+/* verify_not_revoked answers at once: nothing to cancel. */
+static void verify_cancel(void *user_data, grpc_tls_custom_verification_check_request *req)
+{
+	(void)user_data;
+	(void)req;
+}
+
+static void verifier_destruct(void *user_data)
+{
+	crl_slot_unref(user_data);
+}
+
+/* Writes the parts to dir/.name.tmp, for tls_commit to rename over dir/name:
+ * the provider never reads a half-written file. */
+static int tls_write_tmp(const char *dir, const char *name, const char *const *parts, size_t n,
+			 kms_err *err)
+{
+	char tmp[PATH_MAX];
+	int fd, rc = KMS_OK;
+
+	if (snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", dir, name) >= (int)sizeof(tmp))
+		return kms_errf(err, KMS_ERR_IO, "rpc: TLS directory path too long");
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		return kms_errf(err, KMS_ERR_IO, "rpc: cannot write %s: %s", tmp, strerror(errno));
+	for (size_t i = 0; i < n && rc == KMS_OK; i++) {
+		size_t len = strlen(parts[i]), off = 0;
+
+		while (off < len) {
+			ssize_t w = write(fd, parts[i] + off, len - off);
+
+			if (w < 0 && errno == EINTR)
+				continue;
+			if (w <= 0) {
+				rc = kms_errf(err, KMS_ERR_IO, "rpc: cannot write %s: %s", tmp,
+					      strerror(errno));
+				break;
+			}
+			off += (size_t)w;
+		}
 	}
-	if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
-		fclose(f);
-		kms_free(buf);
-		return kms_errf(err, KMS_ERR_CONFIG, "cannot read %s", path);
-	}
-	fclose(f);
-	buf[n] = '\0';
-	*out = buf;
+	if (close(fd) != 0 && rc == KMS_OK)
+		rc = kms_errf(err, KMS_ERR_IO, "rpc: cannot write %s: %s", tmp, strerror(errno));
+	if (rc != KMS_OK)
+		unlink(tmp);
+	return rc;
+}
+
+static int tls_commit(const char *dir, const char *name, kms_err *err)
+{
+	char path[PATH_MAX], tmp[PATH_MAX];
+
+	if (snprintf(path, sizeof(path), "%s/%s", dir, name) >= (int)sizeof(path) ||
+	    snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", dir, name) >= (int)sizeof(tmp))
+		return kms_errf(err, KMS_ERR_IO, "rpc: TLS directory path too long");
+	if (rename(tmp, path) != 0)
+		return kms_errf(err, KMS_ERR_IO, "rpc: cannot rename %s: %s", tmp, strerror(errno));
 	return KMS_OK;
+}
+
+int kms_rpc_server_set_tls(kms_rpc_server *s, const kms_tls_files *tls, kms_err *err)
+{
+	/* Both CAs verify the handshake; authn then tells which one issued the
+	 * caller's certificate, so that only the node CA can name a node. */
+	const char *roots[] = {tls->client_ca, "\n", tls->node_ca};
+	const char *chain[] = {tls->cert_chain};
+	X509_CRL *old = NULL, *crl = tls->crl;
+	int rc;
+
+	if (crl != NULL && X509_CRL_up_ref(crl) != 1)
+		return kms_errf(err, KMS_ERR_INTERNAL, "rpc: cannot take a reference to the CRL");
+	pthread_mutex_lock(&s->tls_mu);
+	rc = tls_write_tmp(s->tls_dir, "chain.pem", chain, 1, err);
+	if (rc == KMS_OK)
+		rc = tls_write_tmp(s->tls_dir, "roots.pem", roots, 3, err);
+	if (rc == KMS_OK)
+		rc = tls_commit(s->tls_dir, "chain.pem", err);
+	if (rc == KMS_OK)
+		rc = tls_commit(s->tls_dir, "roots.pem", err);
+	pthread_mutex_unlock(&s->tls_mu);
+	if (rc != KMS_OK) {
+		X509_CRL_free(crl);
+		return rc;
+	}
+	pthread_mutex_lock(&s->crl->mu);
+	old = s->crl->crl;
+	s->crl->crl = crl;
+	pthread_mutex_unlock(&s->crl->mu);
+	X509_CRL_free(old);
+	return KMS_OK;
+}
+
+/* Removes a TLS directory and the files we put there (nothing else: a
+ * directory holding anything more stays). */
+static void tls_dir_remove_path(const char *dir)
+{
+	static const char *const names[] = {"key",	     "chain.pem",      "roots.pem", "pid",
+					    ".key.tmp", ".chain.pem.tmp", ".roots.pem.tmp"};
+	char path[PATH_MAX];
+
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (snprintf(path, sizeof(path), "%s/%s", dir, names[i]) < (int)sizeof(path))
+			unlink(path);
+	rmdir(dir);
+}
+
+static void tls_dir_remove(kms_rpc_server *s)
+{
+	if (s->tls_dir[0] == '\0')
+		return;
+	tls_dir_remove_path(s->tls_dir);
+	s->tls_dir[0] = '\0';
+}
+
+/*
+ * A node killed with SIGKILL leaves its TLS directory behind (public
+ * certificates and the key's URI only). At start-up, remove those of our
+ * user whose "pid" names no live process.
+ */
+static void tls_dirs_sweep_stale(const char *parent)
+{
+	DIR *d = opendir(parent);
+	struct dirent *e;
+
+	if (d == NULL)
+		return;
+	while ((e = readdir(d)) != NULL) {
+		char dir[PATH_MAX], pidfile[PATH_MAX], buf[32] = "";
+		struct stat sb;
+		FILE *f;
+		long pid = 0;
+
+		if (strncmp(e->d_name, "kmsd-tls-", 9) != 0 ||
+		    snprintf(dir, sizeof(dir), "%s/%s", parent, e->d_name) >= (int)sizeof(dir) ||
+		    snprintf(pidfile, sizeof(pidfile), "%s/pid", dir) >= (int)sizeof(pidfile) ||
+		    lstat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode) || sb.st_uid != geteuid())
+			continue;
+		f = fopen(pidfile, "re");
+		if (f == NULL)
+			continue; /* being made right now, or not ours */
+		if (fgets(buf, sizeof(buf), f) != NULL)
+			pid = strtol(buf, NULL, 10);
+		fclose(f);
+		if (pid > 0 && pid != (long)getpid() && kill((pid_t)pid, 0) != 0 && errno == ESRCH)
+			tls_dir_remove_path(dir);
+	}
+	closedir(d);
+}
+
+/*
+ * The server credentials. Why gRPC's TLS credentials API (experimental in
+ * 1.51) and not the older SSL one with a certificate config fetcher, which
+ * also swaps the chain and roots per handshake:
+ *  - a revoked client must be refused at the handshake. The SSL API has no
+ *    hook for that in 1.51 (its handshaker factory never sets a CRL), and
+ *    its per-call auth metadata processor would let the TLS session up and
+ *    refuse only the calls. The TLS API runs a custom verifier after
+ *    OpenSSL has verified the chain, and a refusal there fails the
+ *    handshake. (Its own crl_directory option fails open: an unreadable
+ *    directory or a missing CRL only logs, per tsi's verify_cb; so we check
+ *    the CRL ourselves, in verify_not_revoked, and fail closed.)
+ *  - the chain and roots come from a file-watching certificate provider
+ *    (the only reloadable provider 1.51 offers from C). We write its files
+ *    ourselves, only with a set kms_tls_files_load has checked, because the
+ *    TLS API drops its handshaker factory before building the new one: a bad
+ *    file would stop every handshake. Its "private key" file holds the
+ *    engine key string, so the key stays in the HSM as before.
+ *  - the fetcher path of the SSL API also reads its handshaker factory
+ *    outside its lock (ssl_security_connector.cc, add_handshakers), a race
+ *    with a concurrent reload that the TLS API does not have.
+ * The TLS version and cipher policy are process-wide (tls_policy.h): both
+ * APIs build their SSL_CTX the same way.
+ */
+static grpc_server_credentials *make_credentials(kms_rpc_server *s, kms_err *err)
+{
+	char key[PATH_MAX], chain[PATH_MAX], roots[PATH_MAX];
+	const char *key_parts[] = {s->opts.private_key};
+	grpc_tls_credentials_options *o;
+	grpc_tls_certificate_provider *provider;
+	grpc_tls_certificate_verifier *verifier;
+	grpc_server_credentials *creds;
+	struct crl_slot *slot = s->crl;
+
+	if (snprintf(key, sizeof(key), "%s/key", s->tls_dir) >= (int)sizeof(key) ||
+	    snprintf(chain, sizeof(chain), "%s/chain.pem", s->tls_dir) >= (int)sizeof(chain) ||
+	    snprintf(roots, sizeof(roots), "%s/roots.pem", s->tls_dir) >= (int)sizeof(roots)) {
+		kms_errf(err, KMS_ERR_IO, "rpc: TLS directory path too long");
+		return NULL;
+	}
+	if (tls_write_tmp(s->tls_dir, "key", key_parts, 1, err) != KMS_OK ||
+	    tls_commit(s->tls_dir, "key", err) != KMS_OK ||
+	    kms_rpc_server_set_tls(s, s->opts.tls, err) != KMS_OK)
+		return NULL;
+	provider = grpc_tls_certificate_provider_file_watcher_create(key, chain, roots,
+								     TLS_REFRESH_S);
+	if (provider == NULL) {
+		kms_errf(err, KMS_ERR_CONFIG, "rpc: cannot create the TLS certificate provider");
+		return NULL;
+	}
+	slot->ext.user_data = slot;
+	slot->ext.verify = verify_not_revoked;
+	slot->ext.cancel = verify_cancel;
+	slot->ext.destruct = verifier_destruct;
+	atomic_fetch_add(&slot->refs, 1); /* the verifier's, dropped by verifier_destruct */
+	verifier = grpc_tls_certificate_verifier_external_create(&slot->ext);
+	o = grpc_tls_credentials_options_create();
+	if (verifier == NULL || o == NULL) {
+		/* 1.51 has no destroy for options: they cannot be NULL here short
+		 * of an allocation failure, which gRPC aborts on anyway. */
+		if (verifier != NULL)
+			grpc_tls_certificate_verifier_release(verifier);
+		else
+			crl_slot_unref(slot);
+		grpc_tls_certificate_provider_release(provider);
+		kms_errf(err, KMS_ERR_NOMEM, "rpc: cannot create the TLS credential options");
+		return NULL;
+	}
+	/* The options take their own references to the provider and verifier. */
+	grpc_tls_credentials_options_set_certificate_provider(o, provider);
+	grpc_tls_certificate_provider_release(provider);
+	grpc_tls_credentials_options_watch_root_certs(o);
+	grpc_tls_credentials_options_watch_identity_key_cert_pairs(o);
+	/* Clients must present a certificate that chains to one of our CAs. */
+	grpc_tls_credentials_options_set_cert_request_type(
+		o, GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+	grpc_tls_credentials_options_set_certificate_verifier(o, verifier);
+	grpc_tls_certificate_verifier_release(verifier);
+	creds = grpc_tls_server_credentials_create(o); /* takes o */
+	if (creds == NULL)
+		kms_errf(err, KMS_ERR_CONFIG, "rpc: gRPC refused the TLS credentials");
+	return creds;
 }
 
 static void server_free(kms_rpc_server *s)
@@ -476,8 +843,11 @@ static void server_free(kms_rpc_server *s)
 	kms_free(s->workers);
 	pthread_mutex_destroy(&s->mu);
 	pthread_cond_destroy(&s->cond);
-	kms_free(s);
+	pthread_mutex_destroy(&s->tls_mu);
+	crl_slot_unref(s->crl); /* the verifier may hold the last reference */
 	grpc_shutdown();
+	tls_dir_remove(s);
+	kms_free(s);
 }
 
 static void drain_and_join(kms_rpc_server *s)
@@ -503,20 +873,96 @@ static void drain_and_join(kms_rpc_server *s)
 		;
 }
 
+/* A seconds limit as gRPC's int milliseconds (config.c bounds it). */
+static grpc_arg int_arg(const char *key, long long value)
+{
+	grpc_arg a;
+
+	a.type = GRPC_ARG_INTEGER;
+	a.key = (char *)key;
+	a.value.integer = value > INT_MAX ? INT_MAX : (int)value;
+	return a;
+}
+
+/*
+ * The server's channel arguments: the message size, and the limits that keep
+ * a slow or hostile client from degrading others. An unauthenticated peer
+ * can hold only a TCP connection in its handshake, for handshake_timeout_s;
+ * an authenticated one a bounded number of streams, each for at most
+ * request_timeout_s before its request arrives (sweep_late_requests), and a
+ * connection for at most max_connection_age_s (which also bounds how long a
+ * connection outlives a certificate reload).
+ */
+static void make_args(const kms_rpc_limits *l, grpc_arg *a, size_t *n)
+{
+	size_t i = 0;
+
+	a[i++] = int_arg(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, MAX_REQUEST_BYTES);
+	a[i++] = int_arg(GRPC_ARG_MAX_CONCURRENT_STREAMS, l->max_concurrent_streams);
+	a[i++] = int_arg(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, l->handshake_timeout_s * 1000LL);
+	a[i++] = int_arg(GRPC_ARG_KEEPALIVE_TIME_MS, l->keepalive_time_s * 1000LL);
+	a[i++] = int_arg(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, l->keepalive_timeout_s * 1000LL);
+	/* A client pinging more often than this without data gets GOAWAY after
+	 * two strikes (gRPC's default count, set here so it is visible). */
+	a[i++] = int_arg(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+			 l->min_ping_interval_s * 1000LL);
+	a[i++] = int_arg(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2);
+	a[i++] = int_arg(GRPC_ARG_MAX_CONNECTION_IDLE_MS, l->max_connection_idle_s * 1000LL);
+	a[i++] = int_arg(GRPC_ARG_MAX_CONNECTION_AGE_MS, l->max_connection_age_s * 1000LL);
+	a[i++] = int_arg(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+			 l->max_connection_age_grace_s * 1000LL);
+	*n = i;
+}
+
+static int limits_ok(const kms_rpc_limits *l)
+{
+	return l->max_concurrent_streams > 0 && l->handshake_timeout_s > 0 &&
+	       l->keepalive_time_s > 0 && l->keepalive_timeout_s > 0 &&
+	       l->min_ping_interval_s > 0 && l->max_connection_idle_s > 0 &&
+	       l->max_connection_age_s > 0 && l->max_connection_age_grace_s > 0 &&
+	       l->request_timeout_s > 0;
+}
+
+static int make_tls_dir(kms_rpc_server *s, kms_err *err)
+{
+	const char *tmp = getenv("TMPDIR");
+	char pid[32];
+	const char *pid_parts[] = {pid};
+
+	tmp = tmp != NULL && tmp[0] == '/' ? tmp : "/tmp";
+	tls_dirs_sweep_stale(tmp);
+	if (snprintf(s->tls_dir, sizeof(s->tls_dir), "%s/kmsd-tls-XXXXXX", tmp) >=
+	    (int)sizeof(s->tls_dir)) {
+		s->tls_dir[0] = '\0';
+		return kms_errf(err, KMS_ERR_CONFIG, "rpc: TMPDIR is too long");
+	}
+	/* mkdtemp makes it 0700: only this user reads the (public) files. */
+	if (mkdtemp(s->tls_dir) == NULL) {
+		int e = errno;
+
+		s->tls_dir[0] = '\0';
+		return kms_errf(err, KMS_ERR_IO, "rpc: cannot create a directory for the TLS "
+				"files: %s", strerror(e));
+	}
+	snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
+	KMS_TRY(tls_write_tmp(s->tls_dir, "pid", pid_parts, 1, err));
+	return tls_commit(s->tls_dir, "pid", err);
+}
+
 int kms_rpc_server_start(const kms_rpc_server_opts *opts, kms_rpc_server **out,
 			 kms_err *err)
 {
 	kms_rpc_server *s = NULL;
 	grpc_server_credentials *creds = NULL;
-	grpc_ssl_pem_key_cert_pair pair;
-	char *ca = NULL, *node_ca = NULL, *roots = NULL, *cert = NULL;
-	size_t roots_len;
-	grpc_arg arg;
+	grpc_arg arg[16];
 	grpc_channel_args args;
+	size_t n_args;
 	int rc = KMS_OK;
 	int started = 0;
 
 	KMS_ENSURE(opts->workers >= 1, err, KMS_ERR_CONFIG, "at least one worker is needed");
+	KMS_ENSURE(opts->tls != NULL && limits_ok(&opts->limits), err, KMS_ERR_CONFIG,
+		   "the gRPC server needs its TLS files and non-zero limits");
 	grpc_init();
 	s = kms_calloc(1, sizeof(*s));
 	if (s == NULL) {
@@ -526,38 +972,32 @@ int kms_rpc_server_start(const kms_rpc_server_opts *opts, kms_rpc_server **out,
 	s->opts = *opts;
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_cond_init(&s->cond, NULL);
+	pthread_mutex_init(&s->tls_mu, NULL);
+	snprintf(s->request_timeout_msg, sizeof(s->request_timeout_msg),
+		 "the request message did not arrive within %u s", opts->limits.request_timeout_s);
 	s->n_workers = opts->workers;
 	s->workers = kms_calloc(s->n_workers, sizeof(*s->workers));
-	if (s->workers == NULL) {
+	s->crl = kms_calloc(1, sizeof(*s->crl));
+	if (s->crl != NULL) {
+		pthread_mutex_init(&s->crl->mu, NULL);
+		atomic_init(&s->crl->refs, 1);
+	}
+	if (s->workers == NULL || s->crl == NULL) {
 		rc = kms_errf(err, KMS_ERR_NOMEM, "out of memory starting the gRPC server");
 		goto fail;
 	}
-	KMS_TRY_GOTO(rc, read_file(opts->ca_file, &ca, err), fail);
-	KMS_TRY_GOTO(rc, read_file(opts->node_ca_file, &node_ca, err), fail);
-	KMS_TRY_GOTO(rc, read_file(opts->cert_file, &cert, err), fail);
-	/* Both CAs verify the handshake; authn then tells which one issued the
-	 * caller's certificate, so that only the node CA can name a node. */
-	roots_len = strlen(ca) + 1 + strlen(node_ca) + 1;
-	roots = kms_malloc(roots_len);
-	if (roots == NULL) {
-		rc = kms_errf(err, KMS_ERR_NOMEM, "out of memory starting the gRPC server");
-		goto fail;
-	}
-	snprintf(roots, roots_len, "%s\n%s", ca, node_ca);
-	pair.private_key = opts->private_key;
-	pair.cert_chain = cert;
-	/* Clients must present a certificate that chains to our CA. */
-	creds = grpc_ssl_server_credentials_create_ex(
-		roots, &pair, 1, GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY, NULL);
+	KMS_TRY_GOTO(rc, make_tls_dir(s, err), fail);
+	creds = make_credentials(s, err);
+	/* Both belong to the caller, who may free them once we return. */
+	s->opts.tls = NULL;
+	s->opts.private_key = NULL;
 	if (creds == NULL) {
-		rc = kms_errf(err, KMS_ERR_CONFIG, "gRPC refused the TLS credentials");
+		rc = err != NULL && err->code != KMS_OK ? err->code : KMS_ERR_CONFIG;
 		goto fail;
 	}
-	arg.type = GRPC_ARG_INTEGER;
-	arg.key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
-	arg.value.integer = MAX_REQUEST_BYTES;
-	args.num_args = 1;
-	args.args = &arg;
+	make_args(&opts->limits, arg, &n_args);
+	args.num_args = n_args;
+	args.args = arg;
 	s->server = grpc_server_create(&args, NULL);
 	for (unsigned i = 0; i < s->n_workers; i++) {
 		s->workers[i].srv = s;
@@ -566,13 +1006,12 @@ int kms_rpc_server_start(const kms_rpc_server_opts *opts, kms_rpc_server **out,
 	}
 	s->shutdown_cq = grpc_completion_queue_create_for_next(NULL);
 	grpc_server_register_completion_queue(s->server, s->shutdown_cq, NULL);
-	/* 0 here means gRPC could not use the key (wrong PIN, object missing
-	 * from the token), the certificate, or the address. */
+	/* 0 here means gRPC could not bind the address. (The key, the chain and
+	 * the CAs were checked together by kms_tls_files_load before.) */
 	if (grpc_server_add_http2_port(s->server, opts->listen, creds) == 0) {
 		rc = kms_errf(err, KMS_ERR_CONFIG,
-			      "cannot serve gRPC on %s: the address is in use or invalid, or the TLS "
-			      "certificate %s and key %s cannot be used (check the token, key label and PIN)",
-			      opts->listen, opts->cert_file, opts->private_key);
+			      "cannot serve gRPC on %s: the address is in use or invalid",
+			      opts->listen);
 		goto fail;
 	}
 	grpc_server_start(s->server);
@@ -595,19 +1034,11 @@ int kms_rpc_server_start(const kms_rpc_server_opts *opts, kms_rpc_server **out,
 		goto fail;
 	}
 	grpc_server_credentials_release(creds);
-	kms_free(ca);
-	kms_free(node_ca);
-	kms_free(roots);
-	kms_free(cert);
 	*out = s;
 	return KMS_OK;
 fail:
 	if (creds != NULL)
 		grpc_server_credentials_release(creds);
-	kms_free(ca);
-	kms_free(node_ca);
-	kms_free(roots);
-	kms_free(cert);
 	if (started) {
 		drain_and_join(s);
 	} else if (s->server != NULL) {

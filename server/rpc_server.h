@@ -10,6 +10,7 @@
 
 #include "authn.h"
 #include "kms/error.h"
+#include "tls_files.h"
 
 typedef struct kms_rpc_server kms_rpc_server;
 typedef struct kms_call kms_call;
@@ -36,13 +37,26 @@ typedef struct kms_method {
 	const ProtobufCMessageDescriptor *request;
 } kms_method;
 
+/* The limits of the server, in seconds ([grpc] in docs/OPERATIONS.md). */
+typedef struct kms_rpc_limits {
+	unsigned max_concurrent_streams; /* per connection */
+	unsigned handshake_timeout_s;
+	unsigned keepalive_time_s, keepalive_timeout_s;
+	unsigned min_ping_interval_s;	 /* clients pinging more often are cut off */
+	unsigned max_connection_idle_s;
+	unsigned max_connection_age_s, max_connection_age_grace_s;
+	unsigned request_timeout_s;	 /* the request message must arrive within */
+} kms_rpc_limits;
+
 typedef struct kms_rpc_server_opts {
 	const char *listen;       /* host:port */
-	const char *ca_file;      /* PEM roots of the client CA (services, operators) */
-	const char *node_ca_file; /* PEM roots of the node CA; client certificates must
-				     chain to one of the two */
-	const char *cert_file;    /* PEM chain of this node */
+	/* The first TLS set: the node's chain, the roots client certificates
+	 * must chain to (client CA and node CA together), and the client CRL.
+	 * Read during kms_rpc_server_start only (kms_rpc_server_set_tls
+	 * replaces it later), like private_key. */
+	const kms_tls_files *tls;
 	const char *private_key;  /* what gRPC takes: PEM or "engine:pkcs11:<uri>" */
+	kms_rpc_limits limits;    /* 0 fields are refused */
 	unsigned workers;
 	const kms_method *methods;
 	size_t n_methods;
@@ -61,6 +75,15 @@ typedef struct kms_rpc_server_opts {
  */
 int kms_rpc_server_start(const kms_rpc_server_opts *opts, kms_rpc_server **out,
 			 kms_err *err);
+
+/*
+ * Puts a new TLS set in force for new handshakes (any thread): the chain
+ * and roots go to the files gRPC's certificate provider watches, which it
+ * reads within a second; the CRL applies to the next handshake at once.
+ * Connections already up keep the set they were made with. KMS_ERR_IO when
+ * the files cannot be written (the old set stays in force).
+ */
+int kms_rpc_server_set_tls(kms_rpc_server *s, const kms_tls_files *tls, kms_err *err);
 
 /* Stops accepting, cancels calls in flight, joins the workers, frees. */
 void kms_rpc_server_stop(kms_rpc_server *s);

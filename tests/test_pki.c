@@ -15,7 +15,7 @@
 #include "kms/alloc.h"
 #include "test_pki.h"
 
-static EVP_PKEY *read_key(const char *path)
+EVP_PKEY *kms_test_read_key(const char *path)
 {
 	FILE *f = fopen(path, "r");
 	EVP_PKEY *k;
@@ -27,7 +27,7 @@ static EVP_PKEY *read_key(const char *path)
 	return k;
 }
 
-static X509 *read_cert(const char *path)
+X509 *kms_test_read_cert(const char *path)
 {
 	FILE *f = fopen(path, "r");
 	X509 *c;
@@ -102,8 +102,8 @@ static void write_pem(const char *path, int is_key, void *obj)
 void kms_test_issue_cert(const char *ca_pem, const char *ca_key, const char *out_pem,
 			 const char *out_key, const kms_test_san *sans, size_t n, int hours)
 {
-	EVP_PKEY *ca_pkey = read_key(ca_key), *key = EVP_EC_gen("P-256");
-	X509 *ca = read_cert(ca_pem), *cert = X509_new();
+	EVP_PKEY *ca_pkey = kms_test_read_key(ca_key), *key = EVP_EC_gen("P-256");
+	X509 *ca = kms_test_read_cert(ca_pem), *cert = X509_new();
 	X509_NAME *subject = X509_NAME_new();
 	unsigned char serial[16];
 	BIGNUM *bn;

@@ -4,6 +4,8 @@
 
 #include <stddef.h>
 
+#include <openssl/types.h>
+
 enum kms_test_san_type {
 	KMS_TEST_SAN_URI,
 	KMS_TEST_SAN_DNS,
@@ -31,6 +33,11 @@ void kms_test_issue_cert(const char *ca_pem, const char *ca_key, const char *out
 
 /* A self-signed EC P-256 CA (pathlen 0) in out_pem/out_key, named cn. */
 void kms_test_make_ca(const char *out_pem, const char *out_key, const char *cn);
+
+/* A PEM private key or certificate from a file; fails the running test
+ * when it cannot be read. The caller frees it. */
+EVP_PKEY *kms_test_read_key(const char *path);
+X509 *kms_test_read_cert(const char *path);
 
 /* Reads a whole (small) file into a kms_malloc'd, NUL-terminated string;
  * *len gets its length. Fails the running test on error. */

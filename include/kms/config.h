@@ -24,6 +24,21 @@ typedef struct kms_config {
 	char *ca_file;           /* ca_file = PEM bundle clients must chain to, required */
 	char *cert_file;         /* cert_file = the node's certificate chain (PEM), required */
 	char *tls_key_uri;       /* tls_key = RFC 7512 pkcs11: URI of the node key in the HSM, required */
+	char *crl_file;          /* crl_file = PEM CRL of the client CA; optional */
+	unsigned min_tls_version; /* min_tls_version = 1.2|1.3, stored as 12 or 13; default 12 */
+	/* Seconds between looks at the TLS files (certificate, CAs, CRL) for a
+	 * change; SIGHUP reloads at once too. Default 5. */
+	unsigned tls_reload_interval_s;
+	/* Limits of the gRPC server (docs/OPERATIONS.md says why each default). */
+	unsigned max_concurrent_streams;  /* per connection, default 100 */
+	unsigned handshake_timeout_s;     /* accept to the end of the TLS handshake, default 10 */
+	unsigned keepalive_time_s;        /* ping an idle connection after, default 60 */
+	unsigned keepalive_timeout_s;     /* ...and close it without an answer within, default 20 */
+	unsigned min_ping_interval_s;     /* a client may ping no more often, default 30 */
+	unsigned max_connection_idle_s;   /* close a connection without calls after, default 300 */
+	unsigned max_connection_age_s;    /* close any connection after, default 3600 */
+	unsigned max_connection_age_grace_s; /* ...giving its calls this long, default 30 */
+	unsigned request_timeout_s;       /* a call's request message must arrive within, default 10 */
 
 	/* [raft] */
 	char *raft_listen;       /* listen = host:port, required */

@@ -49,18 +49,77 @@ void kms_test_sh(const char *fmt, ...)
 	ck_assert_msg(rc == 0, "command failed (%d): %s", rc, cmd);
 }
 
+/* The whole file: a debug-level kmsd log outgrows any fixed buffer. */
 int kms_test_file_contains(const char *path, const char *text)
 {
-	char buf[65536];
 	FILE *f = fopen(path, "r");
+	char *buf;
+	long size;
 	size_t n;
+	int found;
 
 	if (f == NULL)
 		return 0;
-	n = fread(buf, 1, sizeof(buf) - 1, f);
+	if (fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+		fclose(f);
+		return 0;
+	}
+	buf = malloc((size_t)size + 1);
+	ck_assert_ptr_nonnull(buf);
+	n = fread(buf, 1, (size_t)size, f);
 	fclose(f);
 	buf[n] = '\0';
-	return strstr(buf, text) != NULL;
+	found = strstr(buf, text) != NULL;
+	free(buf);
+	return found;
+}
+
+int kms_test_sh_output(char *out, size_t cap, const char *fmt, ...)
+{
+	char cmd[4096];
+	va_list ap;
+	FILE *p;
+	size_t n = 0;
+	int status;
+
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	p = popen(cmd, "r");
+	ck_assert_msg(p != NULL, "cannot run: %s", cmd);
+	for (;;) {
+		char buf[1024];
+		size_t got = fread(buf, 1, sizeof(buf), p);
+
+		if (got == 0)
+			break;
+		if (n + 1 < cap) {
+			size_t take = got < cap - 1 - n ? got : cap - 1 - n;
+
+			memcpy(out + n, buf, take);
+			n += take;
+		}
+	}
+	out[n] = '\0';
+	status = pclose(p);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
+
+int kms_test_wait_log(kms_test_node *node, const char *text, int timeout_s)
+{
+	struct timespec pause = {0, 100 * 1000 * 1000};
+
+	for (int i = 0; i < timeout_s * 10; i++) {
+		if (kms_test_file_contains(node->log, text))
+			return 1;
+		nanosleep(&pause, NULL);
+	}
+	return 0;
+}
+
+const char *kms_test_srcdir(void)
+{
+	return srcdir();
 }
 
 void kms_test_env_init(kms_test_env *env)

@@ -134,4 +134,15 @@ void kms_test_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* True if the file contains the text. */
 int kms_test_file_contains(const char *path, const char *text);
 
+/* Runs a shell command line with stdout and stderr in out (cut at cap - 1
+ * bytes, NUL-terminated); returns its exit status. */
+int kms_test_sh_output(char *out, size_t cap, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* Waits until the node's log holds text (timeout_s at most); 1 if it did. */
+int kms_test_wait_log(kms_test_node *node, const char *text, int timeout_s);
+
+/* The source tree (KMS_SRCDIR), where ops/ lives. */
+const char *kms_test_srcdir(void);
+
 #endif

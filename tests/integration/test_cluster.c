@@ -162,6 +162,44 @@ START_TEST(write_on_a_follower_is_forwarded_and_readable_there)
 }
 END_TEST
 
+/*
+ * A new node CA (a new key: certificates of the old one no longer verify)
+ * and new node certificates, loaded by SIGHUP with no restart. Then node 3
+ * restarts: its Raft links to nodes 1 and 2 are new, and come up only if
+ * those two reloaded their Raft TLS context (new CA, new certificate).
+ */
+START_TEST(node_ca_rotated_under_a_running_cluster)
+{
+	kms_rpc_status st;
+	int f;
+
+	kms_test_sh("rm -rf '%s/node-ca.pem' '%s/node-ca.key' '%s/node-ca.db' && cd '%s' && "
+		    "ops/pki node-ca '%s' >/dev/null",
+		    env.pki, env.pki, env.pki, kms_test_srcdir(), env.pki);
+	for (int i = 0; i < N; i++) {
+		kms_test_sh("cd '%s' && ops/pki node '%s' node%d '" KMS_TEST_TD "/kmsd/node/%d' "
+			    "--token-dir '%s/token' --label %s >/dev/null",
+			    kms_test_srcdir(), env.pki, i + 1, i + 1, nodes[i].dir,
+			    nodes[i].token_label);
+		kms_test_sh(": > '%s'", nodes[i].log);
+	}
+	for (int i = 0; i < N; i++)
+		kill(nodes[i].pid, SIGHUP);
+	for (int i = 0; i < N; i++)
+		ck_assert_msg(kms_test_wait_log(&nodes[i], "tls: reloaded (SIGHUP)", 10),
+			      "node %d did not reload; see %s", i + 1, nodes[i].log);
+	kms_test_node_signal(&nodes[2], SIGTERM);
+	kms_test_node_start(&nodes[2]);
+	ck_assert_int_ge(kms_test_wait_leader(nodes, N, 10000), 0);
+	/* A write through a follower (new node-to-node channels) reaches all three. */
+	f = (kms_test_wait_leader(nodes, N, 5000) + 1) % N;
+	ck_assert_msg(create_key(&nodes[f], "after-ca-rotation", &st) == 0, "%s", st.details);
+	for (int i = 0; i < N; i++)
+		ck_assert_msg(key_appears(&nodes[i], "after-ca-rotation", 10000),
+			      "node %d lacks the key written after the rotation", i + 1);
+}
+END_TEST
+
 START_TEST(leader_commit_consistency_reads_every_acknowledged_write)
 {
 	int l = kms_test_wait_leader(nodes, N, 5000), f = (l + 1) % N;
@@ -704,6 +742,7 @@ int main(void)
 	tcase_set_timeout(tc, 600);
 	tcase_add_test(tc, cluster_forms_with_three_voters);
 	tcase_add_test(tc, write_on_a_follower_is_forwarded_and_readable_there);
+	tcase_add_test(tc, node_ca_rotated_under_a_running_cluster);
 	tcase_add_test(tc, leader_commit_consistency_reads_every_acknowledged_write);
 	tcase_add_test(tc, leader_commit_waits_only_for_authorized_calls_within_their_deadline);
 	tcase_add_test(tc, operator_and_internal_refuse_other_principals);

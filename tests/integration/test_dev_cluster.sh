@@ -205,6 +205,42 @@ for ((i = 1; i <= NODES; i++)); do
 	pids+=("$(<"$STATE/node$i/kmsd.pid")")
 done
 
+# A certificate about to expire is renewed by `up` and reloaded by the
+# running node on SIGHUP: same pid, new certificate on new handshakes.
+step "renewal: node 2's certificate expires within the hour; ops/dev-cluster up again"
+"$SRCDIR/ops/pki" node "$STATE/pki" node2 spiffe://kmsd.dev/kmsd/node/2 \
+	--token-dir "$STATE/node2/token" --label kmsd-node2 --module "$MODULE" --hours 1 >/dev/null
+install -m 644 "$STATE/pki/node2.pem" "$STATE/node2/node.pem"
+old_serial=$(openssl x509 -noout -serial -in "$STATE/node2/node.pem")
+dev 300 up-renew bash "$SRCDIR/ops/dev-cluster" up
+((RC == 0)) || die "the second up failed (status $RC)"
+grep -Fq "dev-cluster: node 2 reloaded its TLS files" "$T/up-renew.out" || die "up did not reload node 2"
+if grep -q "stopping node" "$T/up-renew.out"; then die "up stopped a node to renew its certificate"; fi
+for ((i = 1; i <= NODES; i++)); do
+	[[ $(<"$STATE/node$i/kmsd.pid") == "${pids[i - 1]}" ]] || die "node $i was restarted"
+done
+new_serial=$(openssl x509 -noout -serial -in "$STATE/node2/node.pem")
+[[ $new_serial != "$old_serial" ]] || die "node 2's certificate was not renewed"
+served=""
+for ((t = 0; t < 25; t++)); do
+	served=$(openssl s_client -connect "127.0.0.1:$((PORT_BASE + 2))" -CAfile "$STATE/pki/node-ca.pem" \
+		-cert "$STATE/pki/app.pem" -key "$STATE/pki/app.key" </dev/null 2>/dev/null |
+		openssl x509 -noout -serial) || true
+	[[ $served == "$new_serial" ]] && break
+	sleep 0.2
+done
+[[ $served == "$new_serial" ]] || die "node 2 serves $served, not the renewed $new_serial"
+
+step "ops/dev-cluster renew: every certificate now, no restart"
+dev 120 renew bash "$SRCDIR/ops/dev-cluster" renew
+((RC == 0)) || die "renew failed (status $RC)"
+for ((i = 1; i <= NODES; i++)); do
+	grep -Fq "dev-cluster: node $i reloaded its TLS files" "$T/renew.out" || die "renew did not reload node $i"
+	[[ $(<"$STATE/node$i/kmsd.pid") == "${pids[i - 1]}" ]] || die "renew restarted node $i"
+done
+dev 60 status-renewed bash "$SRCDIR/ops/dev-cluster" status
+((RC == 0)) || die "status after renew exited $RC, want 0"
+
 step "ops/dev-cluster down"
 dev 60 down bash "$SRCDIR/ops/dev-cluster" down
 ((RC == 0)) || die "down exited $RC"

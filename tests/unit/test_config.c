@@ -237,6 +237,77 @@ START_TEST(test_defaults)
 	ck_assert_ptr_null(cfg.join_seeds);
 	/* "spiffe://NAME" is taken as NAME. */
 	ck_assert_str_eq(cfg.trust_domain, "td.example");
+	/* TLS and the gRPC limits (docs/OPERATIONS.md). */
+	ck_assert_ptr_null(cfg.crl_file);
+	ck_assert_uint_eq(cfg.min_tls_version, 12);
+	ck_assert_uint_eq(cfg.tls_reload_interval_s, 5);
+	ck_assert_uint_eq(cfg.max_concurrent_streams, 100);
+	ck_assert_uint_eq(cfg.handshake_timeout_s, 10);
+	ck_assert_uint_eq(cfg.keepalive_time_s, 60);
+	ck_assert_uint_eq(cfg.keepalive_timeout_s, 20);
+	ck_assert_uint_eq(cfg.min_ping_interval_s, 30);
+	ck_assert_uint_eq(cfg.max_connection_idle_s, 300);
+	ck_assert_uint_eq(cfg.max_connection_age_s, 3600);
+	ck_assert_uint_eq(cfg.max_connection_age_grace_s, 30);
+	ck_assert_uint_eq(cfg.request_timeout_s, 10);
+}
+END_TEST
+
+/* The TLS keys and the limits of [grpc]: set, and refused out of range. */
+START_TEST(test_grpc_tls_and_limits)
+{
+	static const char *const good =
+	    "crl_file = crl.pem\nmin_tls_version = 1.3\ntls_reload_interval_s = 2\n"
+	    "max_concurrent_streams = 8\nhandshake_timeout_s = 3\nkeepalive_time_s = 40\n"
+	    "keepalive_timeout_s = 4\nmin_ping_interval_s = 5\nmax_connection_idle_s = 6\n"
+	    "max_connection_age_s = 7\nmax_connection_age_grace_s = 8\nrequest_timeout_s = 9";
+	static const char *const bad[][2] = {
+	    {"min_tls_version = 1.1", "'min_tls_version' in [grpc] must be 1.2 or 1.3, not '1.1'"},
+	    {"min_tls_version = 1.30", "'min_tls_version' in [grpc] must be 1.2 or 1.3, not '1.30'"},
+	    {"max_concurrent_streams = 0",
+	     "'max_concurrent_streams' in [grpc] must be a whole number from 1 to 10000, not '0'"},
+	    {"handshake_timeout_s = 301",
+	     "'handshake_timeout_s' in [grpc] must be a whole number from 1 to 300, not '301'"},
+	    {"request_timeout_s = 0",
+	     "'request_timeout_s' in [grpc] must be a whole number from 1 to 3600, not '0'"},
+	    {"max_connection_age_s = 2073601",
+	     "'max_connection_age_s' in [grpc] must be a whole number from 1 to 2073600, not "
+	     "'2073601'"},
+	    {"tls_reload_interval_s = 0",
+	     "'tls_reload_interval_s' in [grpc] must be a whole number from 1 to 3600, not '0'"},
+	    {"crl_file =", "empty value for 'crl_file' in [grpc]"},
+	};
+
+	write_full(NULL, NULL, "grpc", good);
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
+	{
+		char want[PATH_MAX + 16];
+
+		/* Relative to the configuration file, like every path. */
+		snprintf(want, sizeof(want), "%s/crl.pem", dir);
+		ck_assert_str_eq(cfg.crl_file, want);
+	}
+	ck_assert_uint_eq(cfg.min_tls_version, 13);
+	ck_assert_uint_eq(cfg.tls_reload_interval_s, 2);
+	ck_assert_uint_eq(cfg.max_concurrent_streams, 8);
+	ck_assert_uint_eq(cfg.handshake_timeout_s, 3);
+	ck_assert_uint_eq(cfg.keepalive_time_s, 40);
+	ck_assert_uint_eq(cfg.keepalive_timeout_s, 4);
+	ck_assert_uint_eq(cfg.min_ping_interval_s, 5);
+	ck_assert_uint_eq(cfg.max_connection_idle_s, 6);
+	ck_assert_uint_eq(cfg.max_connection_age_s, 7);
+	ck_assert_uint_eq(cfg.max_connection_age_grace_s, 8);
+	ck_assert_uint_eq(cfg.request_timeout_s, 9);
+	kms_config_free(&cfg);
+	write_full(NULL, NULL, "grpc", "min_tls_version = 1.2");
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
+	ck_assert_uint_eq(cfg.min_tls_version, 12);
+	kms_config_free(&cfg);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		write_full(NULL, NULL, "grpc", bad[i][0]);
+		ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_ERR_CONFIG);
+		ASSERT_MSG(bad[i][1]);
+	}
 }
 END_TEST
 
@@ -931,6 +1002,7 @@ static Suite *config_suite(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_full_config);
 	tcase_add_test(tc, test_defaults);
+	tcase_add_test(tc, test_grpc_tls_and_limits);
 	tcase_add_test(tc, test_relative_paths);
 	tcase_add_test(tc, test_missing_required);
 	tcase_add_test(tc, test_missing_section);

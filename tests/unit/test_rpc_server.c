@@ -130,6 +130,7 @@ static void setup(void)
 {
 	Kms__V1__EncryptRequest req = KMS__V1__ENCRYPT_REQUEST__INIT;
 	kms_rpc_server_opts o;
+	kms_tls_files tls;
 	kms_client_opts co;
 	kms_err err = {0};
 	size_t len;
@@ -150,16 +151,28 @@ static void setup(void)
 
 	snprintf(endpoint, sizeof(endpoint), "127.0.0.1:%d", kms_test_free_port());
 	server_key = kms_test_read_file(srv_key, &len);
+	memset(&tls, 0, sizeof(tls));
+	tls.cert_chain = kms_test_read_file(srv_pem, &len);
+	tls.client_ca = kms_test_read_file(ca_pem, &len);
+	tls.node_ca = kms_test_read_file(ca_pem, &len);
 	memset(&o, 0, sizeof(o));
 	o.listen = endpoint;
-	o.ca_file = ca_pem;
-	o.node_ca_file = ca_pem;
-	o.cert_file = srv_pem;
+	o.tls = &tls;
 	o.private_key = server_key;
+	o.limits.max_concurrent_streams = 100;
+	o.limits.handshake_timeout_s = 10;
+	o.limits.keepalive_time_s = 60;
+	o.limits.keepalive_timeout_s = 20;
+	o.limits.min_ping_interval_s = 30;
+	o.limits.max_connection_idle_s = 300;
+	o.limits.max_connection_age_s = 3600;
+	o.limits.max_connection_age_grace_s = 30;
+	o.limits.request_timeout_s = 30;
 	o.workers = 1;
 	o.methods = methods;
 	o.n_methods = sizeof(methods) / sizeof(methods[0]);
 	ck_assert_msg(kms_rpc_server_start(&o, &server, &err) == KMS_OK, "%s", err.msg);
+	kms_tls_files_free(&tls);
 
 	memset(&co, 0, sizeof(co));
 	co.target = endpoint;
