@@ -30,6 +30,7 @@
 #include "kms/alloc.h"
 #include "kms/buf.h"
 #include "kms/log.h"
+#include "kms/spiffe.h"
 #include "raft_tls.h"
 
 #define PREAMBLE_MAGIC "KMSR"
@@ -54,9 +55,6 @@
 /* A cap below this could not pass an AppendEntries with one small entry. */
 #define MIN_MESSAGE_CAP 1024
 #define PUMP_BUF 16384
-#define NODE_PATH "/kmsd/node/"
-#define SPIFFE_PREFIX "spiffe://"
-#define SPIFFE_MAX 2048
 
 enum link_kind { LINK_IN, LINK_OUT };
 
@@ -409,41 +407,20 @@ static const char *io_rc_name(enum io_rc rc)
 }
 
 /*
- * The peer's SPIFFE ID: the certificate's only spiffe:// URI SAN (the
- * X509-SVID rule: exactly one URI SAN). Returns 0 and fills out, or -1.
+ * The peer's SPIFFE ID by the X509-SVID rules (server/spiffe.c, the one
+ * parser): its one URI SAN. Returns 0 and fills out (KMS_SPIFFE_ID_MAX + 1
+ * bytes), or -1.
  */
-static int peer_spiffe_id(SSL *ssl, char *out, size_t cap)
+static int peer_spiffe_id(SSL *ssl, char *out)
 {
 	X509 *cert = SSL_get0_peer_certificate(ssl);
-	GENERAL_NAMES *names;
-	int n_uri = 0, found = 0;
+	kms_spiffe_id id;
 
-	if (cert == NULL || SSL_get_verify_result(ssl) != X509_V_OK)
+	if (cert == NULL || SSL_get_verify_result(ssl) != X509_V_OK ||
+	    kms_svid_from_x509(cert, &id, NULL) != KMS_OK)
 		return -1;
-	names = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
-	if (names == NULL)
-		return -1;
-	for (int i = 0; i < sk_GENERAL_NAME_num(names); i++) {
-		const GENERAL_NAME *gn = sk_GENERAL_NAME_value(names, i);
-		const unsigned char *s;
-		int len;
-
-		if (gn->type != GEN_URI)
-			continue;
-		n_uri++;
-		s = ASN1_STRING_get0_data(gn->d.uniformResourceIdentifier);
-		len = ASN1_STRING_length(gn->d.uniformResourceIdentifier);
-		if (len <= (int)strlen(SPIFFE_PREFIX) || (size_t)len >= cap ||
-		    memchr(s, '\0', (size_t)len) != NULL ||
-		    strncmp((const char *)s, SPIFFE_PREFIX,
-			    strlen(SPIFFE_PREFIX)) != 0)
-			continue;
-		memcpy(out, s, (size_t)len);
-		out[len] = '\0';
-		found = 1;
-	}
-	GENERAL_NAMES_free(names);
-	return (found && n_uri == 1) ? 0 : -1;
+	memcpy(out, id.id, id.len + 1);
+	return 0;
 }
 
 static int authorized(struct tls_transport *tt, const char *spiffe, raft_id id)
@@ -1076,7 +1053,7 @@ static void *in_main(void *arg)
 	int64_t deadline = l->accepted_ms + tt->handshake_ms;
 	uint8_t fixed[PREAMBLE_FIXED];
 	uint8_t addr[ADDR_MAX];
-	char spiffe[SPIFFE_MAX];
+	char spiffe[KMS_SPIFFE_ID_MAX + 1];
 	char q[KMS_QUOTE_MAX + 4];
 	kms_reader rd;
 	const uint8_t *magic;
@@ -1114,7 +1091,7 @@ static void *in_main(void *arg)
 			    l->peer, ssl_reason());
 		goto out;
 	}
-	if (peer_spiffe_id(ssl, spiffe, sizeof(spiffe)) != 0) {
+	if (peer_spiffe_id(ssl, spiffe) != 0) {
 		REFUSED(l, "raft-tls: refused %s: certificate does not carry "
 			  "exactly one "
 			  "SPIFFE ID",
@@ -1253,7 +1230,7 @@ static void *out_main(void *arg)
 	int64_t deadline = now_ms() + tt->handshake_ms;
 	uint8_t pre[PREAMBLE_FIXED + ADDR_MAX];
 	uint8_t ack[MAGIC_LEN];
-	char spiffe[SPIFFE_MAX];
+	char spiffe[KMS_SPIFFE_ID_MAX + 1];
 	char q[KMS_QUOTE_MAX + 4];
 	size_t alen = strlen(tt->address);
 	kms_writer w;
@@ -1284,7 +1261,7 @@ static void *out_main(void *arg)
 				  l->target_id, l->target_addr, why);
 		goto fail;
 	}
-	if (peer_spiffe_id(ssl, spiffe, sizeof(spiffe)) != 0) {
+	if (peer_spiffe_id(ssl, spiffe) != 0) {
 		why = "no single SPIFFE ID";
 		KMS_LOG_W("raft-tls: connect to raft node %llu at %s: server "
 			  "certificate "
@@ -2198,75 +2175,4 @@ void kms_raft_tls_close(struct raft_uv_transport *t)
 	kms_free(tt->address);
 	kms_free(tt);
 	t->impl = NULL;
-}
-
-static int trust_domain_ok(const char *td, size_t *len)
-{
-	size_t n;
-
-	if (td == NULL ||
-	    strncmp(td, SPIFFE_PREFIX, strlen(SPIFFE_PREFIX)) != 0)
-		return 0;
-	n = strlen(td);
-	/* A trailing slash is tolerated: "spiffe://kmsd.dev/". */
-	if (n > 0 && td[n - 1] == '/')
-		n--;
-	if (n <= strlen(SPIFFE_PREFIX) ||
-	    memchr(td + strlen(SPIFFE_PREFIX), '/',
-		   n - strlen(SPIFFE_PREFIX)) != NULL)
-		return 0;
-	*len = n;
-	return 1;
-}
-
-int kms_raft_tls_node_spiffe_id(char *out, size_t cap,
-				const char *trust_domain_uri,
-				unsigned long long id)
-{
-	size_t tdlen;
-	int n;
-
-	if (out == NULL || cap == 0)
-		return KMS_ERR_INVALID;
-	out[0] = '\0';
-	if (id == 0 || !trust_domain_ok(trust_domain_uri, &tdlen))
-		return KMS_ERR_INVALID;
-	n = snprintf(out, cap, "%.*s%s%llu", (int)tdlen, trust_domain_uri,
-		     NODE_PATH, id);
-	if (n < 0 || (size_t)n >= cap) {
-		out[0] = '\0';
-		return KMS_ERR_INVALID;
-	}
-	return KMS_OK;
-}
-
-int kms_raft_tls_parse_node_id(const char *spiffe_id,
-			       const char *trust_domain_uri,
-			       unsigned long long *id)
-{
-	size_t tdlen, plen = strlen(NODE_PATH);
-	unsigned long long v = 0;
-	const char *p;
-
-	if (spiffe_id == NULL || id == NULL ||
-	    !trust_domain_ok(trust_domain_uri, &tdlen))
-		return KMS_ERR_INVALID;
-	if (strncmp(spiffe_id, trust_domain_uri, tdlen) != 0 ||
-	    strncmp(spiffe_id + tdlen, NODE_PATH, plen) != 0)
-		return KMS_ERR_INVALID;
-	p = spiffe_id + tdlen + plen;
-	if (*p < '1' || *p > '9')
-		return KMS_ERR_INVALID;
-	for (; *p != '\0'; p++) {
-		unsigned d;
-
-		if (*p < '0' || *p > '9')
-			return KMS_ERR_INVALID;
-		d = (unsigned)(*p - '0');
-		if (v > (UINT64_MAX - d) / 10)
-			return KMS_ERR_INVALID;
-		v = v * 10 + d;
-	}
-	*id = v;
-	return KMS_OK;
 }

@@ -185,24 +185,4 @@ int kms_raft_tls_reload(struct raft_uv_transport *t,
  */
 void kms_raft_tls_close(struct raft_uv_transport *t);
 
-/*
- * Writes the SPIFFE ID a node certificate carries for Raft server id:
- * "<trust_domain_uri>/kmsd/node/<id>", e.g. "spiffe://kmsd.dev/kmsd/node/2"
- * for trust_domain_uri "spiffe://kmsd.dev". KMS_ERR_INVALID (out set to "")
- * when id is 0, trust_domain_uri is not spiffe://<domain> or the result
- * does not fit in cap bytes.
- */
-int kms_raft_tls_node_spiffe_id(char *out, size_t cap,
-				const char *trust_domain_uri,
-				unsigned long long id);
-
-/*
- * The inverse: KMS_OK with *id when spiffe_id is exactly
- * "<trust_domain_uri>/kmsd/node/<decimal id>" (no sign, no leading zero,
- * non-zero, fits 64 bits); KMS_ERR_INVALID otherwise, *id untouched.
- */
-int kms_raft_tls_parse_node_id(const char *spiffe_id,
-			       const char *trust_domain_uri,
-			       unsigned long long *id);
-
 #endif

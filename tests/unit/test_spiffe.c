@@ -138,7 +138,8 @@ START_TEST(test_node_ids)
 	static const char *const bad[] = {
 	    "spiffe://td/kmsd/node/0", "spiffe://td/kmsd/node/01", "spiffe://td/kmsd/node/x",
 	    "spiffe://td/kmsd/node/1/x", "spiffe://td/kmsd/nodes/1",
-	    "spiffe://td/kmsd/node/18446744073709551616", "spiffe://td/ns/kmsd/node/1"};
+	    "spiffe://td/kmsd/node/18446744073709551616", "spiffe://td/ns/kmsd/node/1",
+	    "spiffe://td/kmsd/node/-2"};
 	kms_spiffe_id id;
 	kms_err err = {0};
 	uint64_t n = 0;
