@@ -205,6 +205,8 @@ int kms_keyring_resolve(kms_keyring *kr, const char *key_id, uint32_t version,
 int kms_keyring_authorize(kms_keyring *kr, const char *key_id, const char *principal,
 			  enum kms_op op, kms_err *err);
 
+/* --- node-local handles (keyring_handles.c) --- */
+
 /*
  * Records the node-local handle of an unwrapped version. If another thread
  * recorded one first, keeps that one and returns it in *kept (the caller
