@@ -67,6 +67,8 @@ int kms_keyring_resolve(kms_keyring *kr, const char *key_id, uint32_t version,
 	long idx;
 	int rc = KMS_OK;
 
+	out->handle = 0;
+	out->ref = NULL;
 	KMS_TRY(kr_lookup_id_check(key_id, err));
 	pthread_rwlock_rdlock(&kr->lock);
 	e = kr_find_entry(kr, key_id);
@@ -88,7 +90,8 @@ int kms_keyring_resolve(kms_keyring *kr, const char *key_id, uint32_t version,
 	}
 	v = e->rec->versions[idx];
 	out->version = v->version;
-	out->handle = e->handles[idx];
+	/* The caller's reference, taken while the slot's holds it. */
+	kr_handle_lend(e->handles[idx], out);
 	/* kr_record_check bounded the length to KMS_WRAPPED_MAX. */
 	memcpy(out->wrapped, v->wrapped_material.data, v->wrapped_material.len);
 	out->wrapped_len = v->wrapped_material.len;
