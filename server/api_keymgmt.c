@@ -99,7 +99,9 @@ static int fresh_read(kms_node *node, kms_call *call, int rc, const char *key_id
 /*
  * The gate of a crypto call: the key ring's decision on this node's state,
  * and, for a leader-commit read, again on state that holds every write
- * acknowledged before the call.
+ * acknowledged before the call. Like kms_keyring_resolve, use holds a
+ * reference to the version's handle on success (the caller releases it)
+ * and none on failure.
  */
 static int gate(kms_node *node, kms_call *call, const char *key_id, uint32_t version,
 		enum kms_op op, kms_key_use *use, kms_err *err)
@@ -108,8 +110,10 @@ static int gate(kms_node *node, kms_call *call, const char *key_id, uint32_t ver
 	int rc = kms_keyring_resolve(node->kr, key_id, version, principal, op, use, err);
 	int again = 0;
 
-	KMS_TRY(fresh_read(node, call, rc, key_id, op, &again, err));
-	if (!again)
+	rc = fresh_read(node, call, rc, key_id, op, &again, err);
+	if (rc != KMS_OK || again)
+		kms_keyring_use_release(use);
+	if (rc != KMS_OK || !again)
 		return rc;
 	return kms_keyring_resolve(node->kr, key_id, version, principal, op, use, err);
 }
@@ -152,11 +156,14 @@ static int context_pairs(ProtobufCMessage **entries, size_t n, kms_ctx_pair **ou
 	return KMS_OK;
 }
 
-/* The master key version as an HSM handle, unwrapping it on first use here. */
+/*
+ * The master key version as an HSM handle, unwrapping it on first use here.
+ * On success use holds a reference to the handle (the caller releases it
+ * with kms_keyring_use_release when its HSM operation is done).
+ */
 static int key_handle(kms_node *node, const char *key_id, kms_key_use *use, kms_err *err)
 {
-	unsigned long h = 0, kept = 0, dk = atomic_load(&node->domain_key);
-	int rc;
+	unsigned long h = 0, dk = atomic_load(&node->domain_key);
 
 	if (use->handle != 0)
 		return KMS_OK;
@@ -165,18 +172,15 @@ static int key_handle(kms_node *node, const char *key_id, kms_key_use *use, kms_
 				"this node has not received and verified the domain key yet");
 	KMS_TRY(kms_hsm_master_key_unwrap(node->hsm, dk, use->wrapped,
 					  use->wrapped_len, &h, err));
-	rc = kms_keyring_set_handle(node->kr, key_id, use->version, h, &kept, err);
-	if (rc != KMS_OK || kept != h)
-		kms_hsm_key_destroy(node->hsm, h);
-	KMS_TRY(rc);
-	use->handle = kept;
-	return KMS_OK;
+	/* The key ring owns h from here on, whatever it answers. */
+	return kms_keyring_set_handle(node->kr, key_id, h, use, err);
 }
 
 /*
  * Encrypts pt under the key's primary version into a new blob (AES-256-GCM
  * with a random 96-bit IV from the HSM, NIST SP 800-38D 8.2.2). *blob is
- * kms_malloc'd, owned by the caller.
+ * kms_malloc'd, owned by the caller. use keeps its handle reference, if
+ * any, on every path: the caller releases it.
  */
 static int seal(kms_node *node, kms_hsm_session *s, const char *key_id, kms_key_use *use,
 		const kms_ctx_pair *pairs, size_t n_pairs, const uint8_t *pt, size_t pt_len,
@@ -397,7 +401,7 @@ static void generate_data_key(void *app, kms_call *call, const uint8_t *data, si
 		kms__v1__generate_data_key_request__unpack(NULL, len, data);
 	Kms__V1__GenerateDataKeyResponse resp = KMS__V1__GENERATE_DATA_KEY_RESPONSE__INIT;
 	kms_ctx_pair *pairs = NULL;
-	kms_key_use use;
+	kms_key_use use = {0};
 	kms_buf blob = {0};
 	uint8_t dek[DATA_KEY_MAX_BYTES];
 	size_t n_bytes = 0;
@@ -432,6 +436,7 @@ static void generate_data_key(void *app, kms_call *call, const uint8_t *data, si
 	}
 	kms_call_reply(call, &resp.base, !req->without_plaintext);
 out:
+	kms_keyring_use_release(&use);
 	if (rc != KMS_OK)
 		fail(call, &err);
 	kms_cleanse(dek, sizeof(dek));
@@ -447,7 +452,7 @@ static void encrypt(void *app, kms_call *call, const uint8_t *data, size_t len)
 	Kms__V1__EncryptRequest *req = kms__v1__encrypt_request__unpack(NULL, len, data);
 	Kms__V1__EncryptResponse resp = KMS__V1__ENCRYPT_RESPONSE__INIT;
 	kms_ctx_pair *pairs = NULL;
-	kms_key_use use;
+	kms_key_use use = {0};
 	kms_buf blob = {0};
 	kms_err err = {0};
 	int rc;
@@ -474,6 +479,7 @@ static void encrypt(void *app, kms_call *call, const uint8_t *data, size_t len)
 	resp.ciphertext_blob.len = blob.len;
 	kms_call_reply(call, &resp.base, 0);
 out:
+	kms_keyring_use_release(&use);
 	if (rc != KMS_OK)
 		fail(call, &err);
 	kms_buf_free(&blob);
@@ -490,7 +496,7 @@ static void decrypt(void *app, kms_call *call, const uint8_t *data, size_t len)
 	Kms__V1__DecryptResponse resp = KMS__V1__DECRYPT_RESPONSE__INIT;
 	kms_ctx_pair *pairs = NULL;
 	kms_blob_header h;
-	kms_key_use use;
+	kms_key_use use = {0};
 	kms_buf aad = {0};
 	const uint8_t *ct = NULL;
 	size_t ct_len = 0;
@@ -528,6 +534,7 @@ static void decrypt(void *app, kms_call *call, const uint8_t *data, size_t len)
 	resp.plaintext.len = ct_len - KMS_GCM_TAG_LEN;
 	kms_call_reply(call, &resp.base, 1);
 out:
+	kms_keyring_use_release(&use);
 	if (rc != KMS_OK)
 		fail(call, &err);
 	kms_cleanse(pt, sizeof(pt));

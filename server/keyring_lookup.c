@@ -67,6 +67,8 @@ int kms_keyring_resolve(kms_keyring *kr, const char *key_id, uint32_t version,
 	long idx;
 	int rc = KMS_OK;
 
+	out->handle = 0;
+	out->ref = NULL;
 	KMS_TRY(kr_lookup_id_check(key_id, err));
 	pthread_rwlock_rdlock(&kr->lock);
 	e = kr_find_entry(kr, key_id);
@@ -88,7 +90,8 @@ int kms_keyring_resolve(kms_keyring *kr, const char *key_id, uint32_t version,
 	}
 	v = e->rec->versions[idx];
 	out->version = v->version;
-	out->handle = e->handles[idx];
+	/* The caller's reference, taken while the slot's holds it. */
+	kr_handle_lend(e->handles[idx], out);
 	/* kr_record_check bounded the length to KMS_WRAPPED_MAX. */
 	memcpy(out->wrapped, v->wrapped_material.data, v->wrapped_material.len);
 	out->wrapped_len = v->wrapped_material.len;
@@ -111,40 +114,6 @@ int kms_keyring_authorize(kms_keyring *kr, const char *key_id, const char *princ
 	admin = op == KMS_OP_DESCRIBE_KEY && kms_is_admin(kr->admins, kr->n_admins, principal);
 	if (e == NULL || !(admin || kms_policy_allows(e->rec->policy, principal, op)))
 		rc = refuse(kr, principal, admin, op, key_id, e != NULL, err);
-	pthread_rwlock_unlock(&kr->lock);
-	return rc;
-}
-
-int kms_keyring_set_handle(kms_keyring *kr, const char *key_id,
-			   uint32_t version, unsigned long handle,
-			   unsigned long *kept, kms_err *err)
-{
-	struct kr_entry *e;
-	long idx;
-	int rc = KMS_OK;
-
-	if (handle == 0)
-		return kms_errf(err, KMS_ERR_INVALID,
-				"handle 0 names no object");
-	KMS_TRY(kr_lookup_id_check(key_id, err));
-	pthread_rwlock_wrlock(&kr->lock);
-	e = kr_find_entry(kr, key_id);
-	if (e == NULL) {
-		rc = kms_errf(err, KMS_ERR_NOT_FOUND, "key '%s' not found",
-			      key_id);
-		goto out;
-	}
-	idx = kr_version_index(e->rec, version);
-	if (idx < 0) {
-		rc = kms_errf(err, KMS_ERR_NOT_FOUND,
-			      "key '%s' has no version %u", key_id, version);
-		goto out;
-	}
-	/* First writer wins; the loser destroys its own object. */
-	if (e->handles[idx] == 0)
-		e->handles[idx] = handle;
-	*kept = e->handles[idx];
-out:
 	pthread_rwlock_unlock(&kr->lock);
 	return rc;
 }

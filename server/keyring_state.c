@@ -176,17 +176,17 @@ int kr_entry_make(const Kms__V1__KeyRecord *rec, struct kr_entry *e,
 	return KMS_OK;
 }
 
-/* Hands every non-zero handle of the entries to fn, then frees them. */
-void kr_entries_drop(struct kr_entry *es, size_t n,
-			 kms_keyring_release_fn fn, void *arg)
+/*
+ * Drops the entries' references to their handles: a handle no call uses
+ * any more is released here, one still in use when its last user is done.
+ */
+void kr_entries_drop(struct kr_entry *es, size_t n)
 {
 	size_t i, j;
 
 	for (i = 0; i < n; i++) {
-		for (j = 0; fn != NULL && j < es[i].rec->n_versions; j++) {
-			if (es[i].handles[j] != 0)
-				fn(arg, es[i].handles[j]);
-		}
+		for (j = 0; j < es[i].rec->n_versions; j++)
+			kr_handle_drop(es[i].handles[j]);
 		kr_entry_clear(&es[i]);
 	}
 	kms_free(es);
@@ -248,6 +248,54 @@ int kr_lookup_id_check(const char *key_id, kms_err *err)
 	return KMS_OK;
 }
 
+/* --- what a restore keeps of this node's handles ------------------------ */
+
+int kr_same_material(const Kms__V1__KeyVersionRecord *v, const uint8_t *wrapped, size_t len)
+{
+	return v->wrapped_material.len == len &&
+	       memcmp(v->wrapped_material.data, wrapped, len) == 0;
+}
+
+/* Moves from's handles of versions that to holds unchanged into to. */
+static void carry_entry(struct kr_entry *to, struct kr_entry *from)
+{
+	for (size_t v = 0; v < from->rec->n_versions; v++) {
+		const Kms__V1__KeyVersionRecord *fv = from->rec->versions[v];
+		long k;
+
+		if (from->handles[v] == NULL)
+			continue;
+		k = kr_version_index(to->rec, fv->version);
+		if (k < 0 || to->handles[k] != NULL ||
+		    !kr_same_material(to->rec->versions[k], fv->wrapped_material.data,
+				      fv->wrapped_material.len))
+			continue;
+		to->handles[k] = from->handles[v];
+		from->handles[v] = NULL;
+	}
+}
+
+/*
+ * Both arrays are sorted by key id (apply keeps the entries so; restore
+ * checked the snapshot's order): one merge walk pairs the same ids.
+ */
+void kr_handles_carry(struct kr_entry *fresh, size_t n_fresh, struct kr_entry *old,
+		      size_t n_old)
+{
+	size_t i = 0, j = 0;
+
+	while (i < n_fresh && j < n_old) {
+		int c = strcmp(fresh[i].rec->key_id, old[j].rec->key_id);
+
+		if (c == 0)
+			carry_entry(&fresh[i], &old[j]);
+		if (c <= 0)
+			i++;
+		if (c >= 0)
+			j++;
+	}
+}
+
 /* --- lifetime ----------------------------------------------------------- */
 
 int kms_keyring_new(kms_keyring **out, kms_err *err)
@@ -290,7 +338,7 @@ void kms_keyring_free(kms_keyring *kr)
 	if (kr == NULL)
 		return;
 	/* The owner guarantees no other thread uses kr any more. */
-	kr_entries_drop(kr->entries, kr->n, kr->release, kr->release_arg);
+	kr_entries_drop(kr->entries, kr->n);
 	kms_keyring_admins_free(kr->admins, kr->n_admins);
 	pthread_rwlock_destroy(&kr->lock);
 	kms_free(kr);
@@ -484,8 +532,6 @@ int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len,
 	struct kr_entry *fresh = NULL, *old;
 	char **admins = NULL, **old_admins;
 	size_t i, built = 0, old_n, old_n_admins;
-	kms_keyring_release_fn fn;
-	void *arg;
 	int rc = KMS_OK;
 
 	if (snap == NULL && len > 0)
@@ -552,6 +598,8 @@ int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len,
 	pthread_rwlock_wrlock(&kr->lock);
 	old = kr->entries;
 	old_n = kr->n;
+	/* Unchanged versions keep this node's unwrapped keys. */
+	kr_handles_carry(fresh, s->n_keys, old, old_n);
 	kr->entries = fresh;
 	kr->n = kr->cap = s->n_keys;
 	for (i = 0; i < s->n_members; i++)
@@ -565,17 +613,18 @@ int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len,
 	kr->admins = admins;
 	kr->n_admins = s->n_administrators;
 	admins = NULL;
-	fn = kr->release;
-	arg = kr->release_arg;
 	pthread_rwlock_unlock(&kr->lock);
 	fresh = NULL;
 	built = 0;
-	/* Old handles are unreachable now; release them outside the lock. */
-	kr_entries_drop(old, old_n, fn, arg);
+	/*
+	 * The old entries are unreachable now: drop their references outside
+	 * the lock. A handle a call still uses is released when it is done.
+	 */
+	kr_entries_drop(old, old_n);
 	kms_keyring_admins_free(old_admins, old_n_admins);
 out:
 	if (fresh != NULL)
-		kr_entries_drop(fresh, built, NULL, NULL);
+		kr_entries_drop(fresh, built);
 	kms_keyring_admins_free(admins, s->n_administrators);
 	kr_pb_message_free(&s->base);
 	return rc;

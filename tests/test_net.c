@@ -189,3 +189,179 @@ void kms_test_flood_stop(kms_test_flood *f, kms_test_flood_stats *out)
 	free(f->ports);
 	free(f);
 }
+
+/* ---- a TCP proxy whose connections can be cut ---- */
+
+#define PROXY_PAIRS 32
+#define PROXY_CHUNK 16384
+
+struct kms_test_proxy {
+	int listen_fd, port, target_port;
+	int pair[PROXY_PAIRS][2]; /* accepted side, target side; -1: free */
+	atomic_int want_cut;	  /* set by the test's thread */
+	atomic_int is_cut;	  /* what the proxy thread has done */
+	atomic_int stop;
+	pthread_t th;
+};
+
+static int loopback_connect(int port)
+{
+	struct sockaddr_in a;
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (fd < 0)
+		return -1;
+	memset(&a, 0, sizeof(a));
+	a.sin_family = AF_INET;
+	a.sin_port = htons((uint16_t)port);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+static void proxy_close(kms_test_proxy *p, int i)
+{
+	for (int side = 0; side < 2; side++) {
+		if (p->pair[i][side] >= 0)
+			close(p->pair[i][side]);
+		p->pair[i][side] = -1;
+	}
+}
+
+/* Moves what from has to to; -1 when either end is done. */
+static int proxy_pump(int from, int to)
+{
+	char buf[PROXY_CHUNK];
+	ssize_t n = recv(from, buf, sizeof(buf), MSG_DONTWAIT), off = 0;
+
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		return 0;
+	if (n <= 0)
+		return -1;
+	while (off < n) {
+		ssize_t w = send(to, buf + off, (size_t)(n - off), MSG_NOSIGNAL);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return -1;
+		off += w;
+	}
+	return 0;
+}
+
+static void proxy_accept(kms_test_proxy *p, int cut)
+{
+	int fd = accept4(p->listen_fd, NULL, NULL, SOCK_CLOEXEC), up, i;
+
+	if (fd < 0)
+		return;
+	for (i = 0; i < PROXY_PAIRS && p->pair[i][0] >= 0; i++)
+		;
+	/* Cut: the target looks unreachable, connected and closed at once. */
+	up = cut || i == PROXY_PAIRS ? -1 : loopback_connect(p->target_port);
+	if (up < 0) {
+		close(fd);
+		return;
+	}
+	p->pair[i][0] = fd;
+	p->pair[i][1] = up;
+}
+
+static void *proxy_main(void *arg)
+{
+	kms_test_proxy *p = arg;
+	struct pollfd pf[1 + 2 * PROXY_PAIRS];
+
+	while (!atomic_load(&p->stop)) {
+		int cut = atomic_load(&p->want_cut);
+
+		if (cut && !atomic_load(&p->is_cut))
+			for (int i = 0; i < PROXY_PAIRS; i++)
+				proxy_close(p, i);
+		atomic_store(&p->is_cut, cut);
+		pf[0].fd = p->listen_fd;
+		pf[0].events = POLLIN;
+		for (int i = 0; i < 2 * PROXY_PAIRS; i++) {
+			pf[1 + i].fd = p->pair[i / 2][i % 2];
+			pf[1 + i].events = POLLIN;
+			pf[1 + i].revents = 0;
+		}
+		if (poll(pf, 1 + 2 * PROXY_PAIRS, 20) < 0 && errno != EINTR)
+			break;
+		if (pf[0].revents & POLLIN)
+			proxy_accept(p, cut);
+		for (int i = 0; i < 2 * PROXY_PAIRS; i++) {
+			int pi = i / 2, side = i % 2;
+
+			if (pf[1 + i].fd < 0 || pf[1 + i].revents == 0 || p->pair[pi][side] < 0)
+				continue;
+			if (proxy_pump(p->pair[pi][side], p->pair[pi][1 - side]) != 0)
+				proxy_close(p, pi);
+		}
+	}
+	for (int i = 0; i < PROXY_PAIRS; i++)
+		proxy_close(p, i);
+	close(p->listen_fd);
+	return NULL;
+}
+
+kms_test_proxy *kms_test_proxy_start(int target_port)
+{
+	kms_test_proxy *p = calloc(1, sizeof(*p));
+	struct sockaddr_in a;
+	socklen_t len = sizeof(a);
+
+	ck_assert_ptr_nonnull(p);
+	p->target_port = target_port;
+	for (int i = 0; i < PROXY_PAIRS; i++)
+		p->pair[i][0] = p->pair[i][1] = -1;
+	p->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ck_assert_int_ge(p->listen_fd, 0);
+	memset(&a, 0, sizeof(a));
+	a.sin_family = AF_INET;
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	ck_assert_int_eq(bind(p->listen_fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	ck_assert_int_eq(getsockname(p->listen_fd, (struct sockaddr *)&a, &len), 0);
+	ck_assert_int_eq(listen(p->listen_fd, 64), 0);
+	p->port = ntohs(a.sin_port);
+	ck_assert_int_eq(pthread_create(&p->th, NULL, proxy_main, p), 0);
+	return p;
+}
+
+int kms_test_proxy_port(const kms_test_proxy *p)
+{
+	return p->port;
+}
+
+/* Waits until the proxy thread has done what was asked. */
+static void proxy_set_cut(kms_test_proxy *p, int cut)
+{
+	struct timespec pause = {0, 5 * 1000 * 1000};
+
+	atomic_store(&p->want_cut, cut);
+	while (atomic_load(&p->is_cut) != cut)
+		nanosleep(&pause, NULL);
+}
+
+void kms_test_proxy_cut(kms_test_proxy *p)
+{
+	proxy_set_cut(p, 1);
+}
+
+void kms_test_proxy_resume(kms_test_proxy *p)
+{
+	proxy_set_cut(p, 0);
+}
+
+void kms_test_proxy_stop(kms_test_proxy *p)
+{
+	if (p == NULL)
+		return;
+	atomic_store(&p->stop, 1);
+	pthread_join(p->th, NULL);
+	free(p);
+}

@@ -30,4 +30,23 @@ int kms_test_flood_established(kms_test_flood *f, int timeout_ms);
  * frees f. */
 void kms_test_flood_stop(kms_test_flood *f, kms_test_flood_stats *out);
 
+/*
+ * A loopback TCP proxy: connections to its port (an ephemeral one) are
+ * forwarded to target_port, byte for byte in both directions, on a thread
+ * of the proxy's own. kms_test_proxy_cut closes every forwarded connection
+ * and, until kms_test_proxy_resume, closes each new one as soon as it is
+ * accepted: the target looks unreachable from the dialling side while it
+ * runs on. Both return once the proxy thread has done it. For a node that
+ * must fall behind its cluster and keep serving (a Raft peer dials the
+ * address the cluster recorded for the node: put the proxy there).
+ */
+typedef struct kms_test_proxy kms_test_proxy;
+
+kms_test_proxy *kms_test_proxy_start(int target_port);
+int kms_test_proxy_port(const kms_test_proxy *p);
+void kms_test_proxy_cut(kms_test_proxy *p);
+void kms_test_proxy_resume(kms_test_proxy *p);
+/* Closes everything and frees p (NULL: nothing). */
+void kms_test_proxy_stop(kms_test_proxy *p);
+
 #endif

@@ -18,17 +18,34 @@
  * concurrently. The key ring locks itself (a rwlock): callers never lock.
  *
  * Beside each version the key ring keeps one node-local slot: the handle of
- * the master key once unwrapped into this node's HSM (0 until then). It is
+ * the master key once unwrapped into this node's HSM (none until then), a
+ * reference-counted kms_key_handle (see "node-local handles" below). It is
  * not replicated and not in snapshots.
  */
 typedef struct kms_keyring kms_keyring;
 
-/* Called for every non-zero handle the key ring drops (restore, free). */
+/*
+ * Called once for every handle when its last reference goes: the key ring
+ * dropped it (restore, free) and no caller holds it any more. It runs on
+ * the thread that dropped the last reference (the Raft thread, a request
+ * thread, or the owner at free), never under the key ring's lock, so it
+ * must be thread-safe (kms_hsm_key_destroy is). It is the key ring's only
+ * way out to the HSM: the key ring itself does no I/O.
+ */
 typedef void (*kms_keyring_release_fn)(void *arg, unsigned long handle);
 
 int kms_keyring_new(kms_keyring **out, kms_err *err);
-/* Releases every handle through the release function, then frees. */
+/*
+ * Drops the key ring's reference to every handle, then frees. The owner
+ * guarantees that no other thread uses kr any more and that every
+ * kms_key_use has been released (the node stops its workers first); a
+ * handle still held by a use would be released with that use.
+ */
 void kms_keyring_free(kms_keyring *kr);
+/*
+ * Set once, before any handle is recorded: a handle is released through
+ * the function that was set when it was recorded.
+ */
 void kms_keyring_set_release(kms_keyring *kr, kms_keyring_release_fn fn,
 			     void *arg);
 
@@ -52,6 +69,13 @@ int kms_keyring_snapshot(kms_keyring *kr, void *(*alloc)(size_t), kms_buf *out,
 /*
  * Replaces the whole key ring with a snapshot. On failure (KMS_ERR_INVALID)
  * the key ring is unchanged. The buffer stays the caller's.
+ *
+ * The node-local handle of a version that did not change (same key id,
+ * version and wrapped material) stays with it, so a snapshot install does
+ * not throw this node's unwrapped keys away. The key ring drops its
+ * reference to the handle of every version that is gone or changed; the
+ * handle is released when its last user is done (kms_keyring_use_release),
+ * never while a call still uses it.
  */
 int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len,
 			kms_err *err);
@@ -175,10 +199,24 @@ size_t kms_keyring_count(kms_keyring *kr);
 
 #define KMS_WRAPPED_MAX 64
 
-/* What the crypto path needs to use one key version, copied out. */
+/*
+ * One unwrapped master-key version in this node's HSM, reference-counted
+ * (keyring_handles.c): the key ring holds one reference while the version
+ * is in it, and every kms_key_use that names it holds another. Opaque.
+ */
+typedef struct kms_key_handle kms_key_handle;
+
+/*
+ * What the crypto path needs to use one key version, copied out. A use
+ * with a handle holds a reference to it, so the HSM object outlives every
+ * operation that uses it, whatever restore does meanwhile: use handle only
+ * between resolve (or set_handle) and kms_keyring_use_release. A zeroed
+ * use holds nothing.
+ */
 typedef struct kms_key_use {
 	uint32_t version;
 	unsigned long handle; /* 0: not unwrapped on this node yet */
+	kms_key_handle *ref;  /* what keeps handle alive; NULL with handle 0 */
 	uint8_t wrapped[KMS_WRAPPED_MAX];
 	size_t wrapped_len;
 } kms_key_use;
@@ -191,6 +229,11 @@ typedef struct kms_key_use {
  * found"); then refuses a disabled key (KMS_ERR_PRECONDITION), resolves
  * version (0: the primary version; an unknown one: KMS_ERR_NOT_FOUND) and
  * copies it into out.
+ *
+ * out must hold no reference (it is overwritten). On success, if the
+ * version is unwrapped here, out->handle is set and out holds a reference
+ * to it: the caller calls kms_keyring_use_release once its HSM operation is
+ * done, on every path. On failure out holds no reference. Any thread.
  */
 int kms_keyring_resolve(kms_keyring *kr, const char *key_id, uint32_t version,
 			const char *principal, enum kms_op op, kms_key_use *out,
@@ -205,15 +248,35 @@ int kms_keyring_resolve(kms_keyring *kr, const char *key_id, uint32_t version,
 int kms_keyring_authorize(kms_keyring *kr, const char *key_id, const char *principal,
 			  enum kms_op op, kms_err *err);
 
+/* --- node-local handles (keyring_handles.c) --- */
+
 /*
- * Records the node-local handle of an unwrapped version. If another thread
- * recorded one first, keeps that one and returns it in *kept (the caller
- * destroys its own); otherwise *kept = handle. Unknown key or version:
- * KMS_ERR_NOT_FOUND (the caller destroys its handle).
+ * Hands the key ring handle, the object the caller unwrapped from
+ * use->wrapped for key_id's use->version after a resolve that found none.
+ * The key ring owns handle from the call on, in every case, and use then
+ * holds a reference (use->handle, use->ref):
+ *  - the version still has that wrapped material: handle is recorded, or,
+ *    if another thread recorded one first, handle is released and use gets
+ *    the recorded one;
+ *  - the version is gone or its material changed (a snapshot install since
+ *    the resolve): handle is not recorded; it serves this use alone and is
+ *    released with it, so the call the resolve admitted still completes.
+ * Errors: KMS_ERR_INVALID (handle 0, or use already holds a handle),
+ * KMS_ERR_NOMEM; handle is released then and use holds nothing.
+ * The release function runs outside the lock, on this thread. Any thread.
  */
 int kms_keyring_set_handle(kms_keyring *kr, const char *key_id,
-			   uint32_t version, unsigned long handle,
-			   unsigned long *kept, kms_err *err);
+			   unsigned long handle, kms_key_use *use,
+			   kms_err *err);
+
+/*
+ * Drops the reference use holds, if any, and clears use->handle and
+ * use->ref; a no-op on a use that holds none (zeroed, or left by a failed
+ * resolve), and on a second call. When that was the last reference to a
+ * handle the key ring no longer holds, the release function runs here, on
+ * the calling thread. Any thread; the key ring may be busy restoring.
+ */
+void kms_keyring_use_release(kms_key_use *use);
 
 /*
  * Metadata of one key for a caller allowed to DescribeKey it (or an

@@ -458,18 +458,32 @@ int kms_test_wait_leader(kms_test_node *nodes, int n, int timeout_ms)
 	return -1;
 }
 
-void kms_test_join_node(kms_test_env *env, kms_test_node *nodes, int i, const char *raft_args)
+void kms_test_join_spawn(kms_test_env *env, kms_test_node *nodes, int i, const char *raft_args)
 {
-	char extra[256], role[32] = "";
-	kms_rpc_status st;
+	char extra[256];
 
 	KMS_TEST_PATH(extra, "%s --join %s", raft_args, nodes[0].endpoint);
 	kms_test_node_init_args(env, &nodes[i], (unsigned)i + 1, extra);
 	kms_test_node_spawn(&nodes[i]);
-	ck_assert_msg(kms_test_add_member(&nodes[0], &nodes[i], NULL, &st, role, sizeof(role)) == 0,
+}
+
+void kms_test_join_admit(kms_test_node *nodes, int i, int raft_port)
+{
+	kms_test_node recorded = nodes[i];
+	char role[32] = "";
+	kms_rpc_status st;
+
+	recorded.raft_port = raft_port;
+	ck_assert_msg(kms_test_add_member(&nodes[0], &recorded, NULL, &st, role, sizeof(role)) == 0,
 		      "AddMember node %d: %s", i + 1, st.details);
 	ck_assert_msg(kms_test_node_wait_healthy(&nodes[i], 30), "node %d never became healthy; see %s",
 		      i + 1, nodes[i].log);
+}
+
+void kms_test_join_node(kms_test_env *env, kms_test_node *nodes, int i, const char *raft_args)
+{
+	kms_test_join_spawn(env, nodes, i, raft_args);
+	kms_test_join_admit(nodes, i, nodes[i].raft_port);
 }
 
 void kms_test_cluster_up(kms_test_env *env, kms_test_node *nodes, int n, const char *raft_args)

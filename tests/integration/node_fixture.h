@@ -106,6 +106,14 @@ int kms_test_wait_leader(kms_test_node *nodes, int n, int timeout_ms);
  */
 void kms_test_cluster_up(kms_test_env *env, kms_test_node *nodes, int n, const char *raft_args);
 void kms_test_join_node(kms_test_env *env, kms_test_node *nodes, int i, const char *raft_args);
+/*
+ * The two halves of kms_test_join_node: spawn creates and starts nodes[i]
+ * with --join; admit adds it through nodes[0] with 127.0.0.1:raft_port as
+ * its recorded Raft address (its own port, or a proxy's in front of it:
+ * the cluster dials that) and waits until it is healthy.
+ */
+void kms_test_join_spawn(kms_test_env *env, kms_test_node *nodes, int i, const char *raft_args);
+void kms_test_join_admit(kms_test_node *nodes, int i, int raft_port);
 
 /* snprintf into a path buffer; a path that does not fit fails the test. */
 #define KMS_TEST_PATH(buf, ...)                                                                   \
