@@ -15,11 +15,7 @@
 #include "node.h"
 
 #define STATUS_TIMEOUT_MS 1000
-#define PROMOTION_WAIT_DEFAULT_S 30
-#define PROMOTION_WAIT_MAX_S 300
-#define REMOVAL_WAIT_MS 5000
-/* The leader may wait up to PROMOTION_WAIT_MAX_S for a new voter. */
-#define RELAY_TIMEOUT_MS ((PROMOTION_WAIT_MAX_S + 10) * 1000)
+#define RELAY_TIMEOUT_MS 10000
 #define GRANT_TTL_DEFAULT_S 600
 #define GRANT_TTL_MAX_S 86400
 
@@ -42,13 +38,6 @@ static int require_admin(kms_node *node, kms_call *call)
 		return 1;
 	kms_call_fail(call, err.code, err.msg);
 	return 0;
-}
-
-static int sleep_ms(long ms)
-{
-	struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
-
-	return nanosleep(&t, NULL);
 }
 
 static int config_role(const kms_raft_view *v, uint64_t id)
@@ -155,9 +144,13 @@ static void cluster_status(void *app, kms_call *call, const uint8_t *data, size_
 
 /*
  * AddMember: records the node with a one-time join grant for the transport
- * key the node printed, then waits a while for the leader to add it to Raft
- * and promote it (the node must fetch the domain key first, which the grant
- * allows once).
+ * key the node printed, and answers once that is committed. The leader then
+ * adds the node to Raft and promotes it once it has fetched the domain key
+ * (which the grant allows once) and caught up; the answer says the role it
+ * has so far, and a caller that wants to wait for "voter" polls
+ * ClusterStatus (kmsctl cluster join does). Nothing here waits for the
+ * node: a worker blocked here would also hold the calls that gRPC queued
+ * on its completion queue.
  */
 static int op_add_member(kms_node *node, const char *principal, const uint8_t *data,
 			 size_t len, kms_buf *out, kms_err *err)
@@ -168,8 +161,8 @@ static int op_add_member(kms_node *node, const char *principal, const uint8_t *d
 	kms_member existing;
 	kms_buf cmd = {0};
 	kms_raft_view v;
-	uint32_t ttl, wait_s;
-	int rc, voter = 0;
+	uint32_t ttl;
+	int rc, role;
 
 	if (req == NULL)
 		return kms_errf(err, KMS_ERR_INVALID, "malformed AddMemberRequest");
@@ -196,14 +189,6 @@ static int op_add_member(kms_node *node, const char *principal, const uint8_t *d
 			      GRANT_TTL_MAX_S);
 		goto out;
 	}
-	wait_s = req->promotion_wait_seconds == 0 ? PROMOTION_WAIT_DEFAULT_S
-						  : req->promotion_wait_seconds;
-	if (wait_s > PROMOTION_WAIT_MAX_S) {
-		rc = kms_errf(err, KMS_ERR_INVALID,
-			      "promotion_wait_seconds %u is over the limit of %d", wait_s,
-			      PROMOTION_WAIT_MAX_S);
-		goto out;
-	}
 	grant.expires_at_unix = (int64_t)time(NULL) + ttl;
 	/* Apply refuses it too, but says only its status: say why here. */
 	if (kms_keyring_member(node->kr, req->member->id, &existing) == KMS_OK &&
@@ -222,14 +207,10 @@ static int op_add_member(kms_node *node, const char *principal, const uint8_t *d
 		  "promoting it once it has the domain key and has caught up",
 		  (unsigned long long)req->member->id, req->member->raft_address,
 		  req->member->grpc_address, ttl, req->transport_key_sha256);
-	for (unsigned waited = 0; waited < wait_s * 1000 && !voter; waited += 100) {
-		kms_raft_view_get(node->raft, &v);
-		voter = config_role(&v, req->member->id) == RAFT_VOTER;
-		if (!voter)
-			sleep_ms(100);
-	}
+	kms_raft_view_get(node->raft, &v);
+	role = config_role(&v, req->member->id);
 	resp.member = req->member;
-	resp.raft_role = (char *)(voter ? "voter" : "catching-up");
+	resp.raft_role = (char *)(role < 0 ? "pending" : kms_raft_role_name(role));
 	rc = pack(&resp.base, out, err);
 out:
 	kms_buf_free(&cmd);
@@ -244,7 +225,6 @@ static int op_remove_member(kms_node *node, const char *principal, const uint8_t
 	Kms__V1__RemoveMemberRequest *req = kms__v1__remove_member_request__unpack(NULL, len, data);
 	Kms__V1__RemoveMemberResponse resp = KMS__V1__REMOVE_MEMBER_RESPONSE__INIT;
 	kms_buf cmd = {0};
-	kms_raft_view v;
 	kms_member m;
 	int rc;
 
@@ -273,13 +253,8 @@ static int op_remove_member(kms_node *node, const char *principal, const uint8_t
 		goto out;
 	}
 	KMS_TRY_GOTO(rc, kms_keyring_cmd_remove_member(req->id, &cmd, err), out);
+	/* The leader takes it out of the Raft configuration right after. */
 	KMS_TRY_GOTO(rc, kms_node_commit_wait(node, principal, cmd.data, cmd.len, NULL, err), out);
-	for (int waited = 0; waited < REMOVAL_WAIT_MS; waited += 100) {
-		kms_raft_view_get(node->raft, &v);
-		if (config_role(&v, req->id) < 0)
-			break;
-		sleep_ms(100);
-	}
 	KMS_LOG_I("removed node %llu", (unsigned long long)req->id);
 	rc = pack(&resp.base, out, err);
 out:

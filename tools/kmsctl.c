@@ -41,12 +41,8 @@
 #define TIMEOUT_MAX_MS (3600 * 1000)
 /* A server that keeps handing out page tokens is broken; stop following it. */
 #define LIST_MAX_PAGES 100000
-/*
- * AddMember answers once the new node is a voter or the server's wait ran
- * out; the call deadline leaves this much beyond --wait-timeout for the
- * answer to arrive.
- */
-#define JOIN_SLACK_S 5
+/* How long `cluster join` polls ClusterStatus for the new node to become a
+ * voter; a slow catch-up is not a failure, so the bound stays modest. */
 #define WAIT_TIMEOUT_DEFAULT_S 30
 #define WAIT_TIMEOUT_MAX_S 300
 #define GRANT_TTL_MAX_S 86400
@@ -257,9 +253,9 @@ static const struct command commands[] = {
      "    node printed ('joining: transport key sha256 HEX' in its log), valid\n"
      "    for --grant-ttl S seconds (default 600, at most 86400), and waits up\n"
      "    to --wait-timeout S seconds (default 30, at most 300) for the leader\n"
-     "    to promote it; prints the member and its raft_role, 'voter', or\n"
-     "    'catching-up' if the wait ran out first. The call may take that\n"
-     "    long plus 5 seconds, or --timeout if that is longer.\n"
+     "    to promote it, asking ClusterStatus every 0.2 s (the server answers\n"
+     "    as soon as the grant is committed); prints the member and its\n"
+     "    raft_role, 'voter', or 'catching-up' if the wait ran out first.\n"
      "  remove: takes node N out of the Raft configuration and the member\n"
      "    list; prints 'removed node N'.\n"
      "  N is a node id from 1 to 4294967295; HOST is a name, an IPv4\n"
@@ -1517,6 +1513,33 @@ out:
 	return rc;
 }
 
+/*
+ * The member's Raft role as ClusterStatus through the same node reports it,
+ * polled until it is "voter" or wait_s seconds have passed: the server
+ * answers AddMember once the grant is committed, and never waits itself.
+ * Returns the last role seen, into out.
+ */
+static void wait_for_voter(kms_client *c, uint64_t id, uint32_t wait_s, char *out, size_t cap)
+{
+	Kms__V1__ClusterStatusRequest req = KMS__V1__CLUSTER_STATUS_REQUEST__INIT;
+	struct timespec pause = {0, 200 * 1000 * 1000};
+
+	for (uint32_t t = 0; t < wait_s * 5 && strcmp(out, "voter") != 0; t++) {
+		Kms__V1__ClusterStatusResponse *s = NULL;
+		kms_rpc_status st;
+
+		nanosleep(&pause, NULL);
+		if (kms_client_call(c, "/kms.v1.Operator/ClusterStatus", &req.base,
+				    &kms__v1__cluster_status_response__descriptor,
+				    (ProtobufCMessage **)&s, &st) != 0)
+			continue;
+		for (size_t i = 0; i < s->n_members; i++)
+			if (s->members[i]->id == id)
+				snprintf(out, cap, "%s", s->members[i]->raft_role);
+		protobuf_c_message_free_unpacked(&s->base, NULL);
+	}
+}
+
 static int cluster_join(const struct cli *cli, kms_client *c)
 {
 	Kms__V1__AddMemberRequest req = KMS__V1__ADD_MEMBER_REQUEST__INIT;
@@ -1524,8 +1547,7 @@ static int cluster_join(const struct cli *cli, kms_client *c)
 	Kms__V1__AddMemberResponse *resp = NULL;
 	const Kms__V1__Member *got;
 	json_t *o = NULL, *m = NULL;
-	int timeout_ms = kms_client_timeout_ms(c);
-	int wait_ms = (int)(cli->wait_timeout_s + JOIN_SLACK_S) * 1000;
+	char role[32];
 	int rc;
 
 	member.id = cli->node_id;
@@ -1534,13 +1556,15 @@ static int cluster_join(const struct cli *cli, kms_client *c)
 	req.member = &member;
 	req.transport_key_sha256 = (char *)cli->transport_key;
 	req.grant_ttl_seconds = cli->grant_ttl_s;
-	req.promotion_wait_seconds = cli->wait_timeout_s;
 	rc = operator_call(c, "AddMember", &req.base,
 			   &kms__v1__add_member_response__descriptor,
-			   (ProtobufCMessage **)&resp,
-			   wait_ms > timeout_ms ? wait_ms : timeout_ms);
+			   (ProtobufCMessage **)&resp, kms_client_timeout_ms(c));
 	if (rc != EXIT_OK)
 		return rc;
+	snprintf(role, sizeof(role), "%s", resp->raft_role);
+	wait_for_voter(c, cli->node_id, cli->wait_timeout_s, role, sizeof(role));
+	if (strcmp(role, "voter") != 0)
+		snprintf(role, sizeof(role), "catching-up");
 	/* The node is in the cluster either way; say what was asked for. */
 	got = resp->member != NULL ? resp->member : &member;
 	rc = EXIT_LOCAL;
@@ -1562,7 +1586,7 @@ static int cluster_join(const struct cli *cli, kms_client *c)
 		if (json_set_fields(o, names, v, 3) != 0)
 			goto nomem;
 	}
-	if (json_object_set_new(o, "raft_role", json_string(resp->raft_role)) !=
+	if (json_object_set_new(o, "raft_role", json_string(role)) !=
 	    0)
 		goto nomem;
 	rc = emit(cli, o);

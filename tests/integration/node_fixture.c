@@ -394,7 +394,6 @@ void kms_test_node_fingerprint(const kms_test_node *n, char out[65], int timeout
 int kms_test_add_member(kms_test_node *via, const kms_test_node *n, const char *fp_hex,
 			kms_rpc_status *st, char *raft_role, size_t cap)
 {
-	/* The server waits for the promotion. */
 	kms_client *c = kms_test_client_with(via, "admin", NULL, 60000);
 	char raft[64], grpc[64], fp[65];
 	Kms__V1__AddMemberRequest req = KMS__V1__ADD_MEMBER_REQUEST__INIT;
@@ -467,6 +466,26 @@ void kms_test_join_spawn(kms_test_env *env, kms_test_node *nodes, int i, const c
 	kms_test_node_spawn(&nodes[i]);
 }
 
+/* Polls the leader's view (through via) until member id is a voter. */
+static int wait_voter(kms_test_node *via, uint64_t id, int timeout_s)
+{
+	for (int t = 0; t < timeout_s * 5; t++) {
+		kms_rpc_status st;
+		Kms__V1__ClusterStatusResponse *s = kms_test_cluster_status(via, "admin", &st);
+		int voter = 0;
+
+		for (size_t j = 0; s != NULL && j < s->n_members; j++)
+			if (s->members[j]->id == id && strcmp(s->members[j]->raft_role, "voter") == 0)
+				voter = 1;
+		if (s != NULL)
+			protobuf_c_message_free_unpacked(&s->base, NULL);
+		if (voter)
+			return 1;
+		usleep(200000);
+	}
+	return 0;
+}
+
 void kms_test_join_admit(kms_test_node *nodes, int i, int raft_port)
 {
 	kms_test_node recorded = nodes[i];
@@ -477,6 +496,8 @@ void kms_test_join_admit(kms_test_node *nodes, int i, int raft_port)
 	ck_assert_msg(kms_test_add_member(&nodes[0], &recorded, NULL, &st, role, sizeof(role)) == 0,
 		      "AddMember node %d: %s", i + 1, st.details);
 	ck_assert_msg(kms_test_node_wait_healthy(&nodes[i], 30), "node %d never became healthy; see %s",
+		      i + 1, nodes[i].log);
+	ck_assert_msg(wait_voter(&nodes[0], nodes[i].id, 30), "node %d never became a voter; see %s",
 		      i + 1, nodes[i].log);
 }
 

@@ -82,9 +82,9 @@ Kms__V1__ClusterStatusResponse *kms_test_cluster_status(kms_test_node *node, con
 
 /* AddMember of n through via as the administrator, with a join grant for
  * the transport key fingerprint fp_hex (NULL: the one n printed in its
- * log, waited for up to 20 s); the server waits for the promotion (60 s
- * deadline). Returns the gRPC status code; raft_role gets the role the
- * answer names. */
+ * log, waited for up to 20 s). The server answers once the grant is
+ * committed (the promotion follows). Returns the gRPC status code;
+ * raft_role gets the role the answer names. */
 int kms_test_add_member(kms_test_node *via, const kms_test_node *n, const char *fp_hex,
 			kms_rpc_status *st, char *raft_role, size_t cap);
 
@@ -110,7 +110,7 @@ void kms_test_join_node(kms_test_env *env, kms_test_node *nodes, int i, const ch
  * The two halves of kms_test_join_node: spawn creates and starts nodes[i]
  * with --join; admit adds it through nodes[0] with 127.0.0.1:raft_port as
  * its recorded Raft address (its own port, or a proxy's in front of it:
- * the cluster dials that) and waits until it is healthy.
+ * the cluster dials that) and waits until it is healthy and a voter.
  */
 void kms_test_join_spawn(kms_test_env *env, kms_test_node *nodes, int i, const char *raft_args);
 void kms_test_join_admit(kms_test_node *nodes, int i, int raft_port);

@@ -235,8 +235,7 @@ static void transport_new(struct transport *t)
 	BN_free(e);
 }
 
-/* AddMember as the administrator, waiting 1 s at most for a promotion that
- * a node which never runs will not get. */
+/* AddMember as the administrator of a node that never runs. */
 static int admit(uint64_t id, const char *fp, uint32_t ttl, kms_rpc_status *st)
 {
 	kms_client *c = kms_test_client_with(&node, "admin", NULL, 30000);
@@ -250,7 +249,6 @@ static int admit(uint64_t id, const char *fp, uint32_t ttl, kms_rpc_status *st)
 	req.member = &m;
 	req.transport_key_sha256 = (char *)fp;
 	req.grant_ttl_seconds = ttl;
-	req.promotion_wait_seconds = 1;
 	kms_client_call(c, "/kms.v1.Operator/AddMember", &req.base,
 			&kms__v1__add_member_response__descriptor, &resp, st);
 	if (resp != NULL)
