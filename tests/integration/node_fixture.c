@@ -216,6 +216,10 @@ static pid_t spawn(kms_test_node *node, const char *conf)
 
 		if (log == NULL)
 			_exit(126);
+		/* A test killed by its timeout must not leave nodes behind to hold
+		 * ports and CPU for the rest of the suite. */
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 || getppid() == 1)
+			_exit(124);
 		setenv("SOFTHSM2_CONF", node->softhsm_conf, 1);
 		if (node->drop_caps && kms_test_drop_caps() != 0)
 			_exit(125);
