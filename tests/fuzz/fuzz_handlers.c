@@ -43,7 +43,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
  * NUL checks as a call from the network, then the handler, against a real
  * node.
  *
- * The node, once per process (LLVMFuzzerInitialize, about 5 s): a SoftHSM
+ * The node, once per process (LLVMFuzzerInitialize: 2 to 3 s on idle
+ * cores, several times that on a loaded machine; the line "node 1 ready"
+ * says how long each step took): a SoftHSM
  * token, the PKI (client CA, node CA, node certificate whose key is in the
  * token) and kmsd.conf made by ops/softhsm-token, ops/pki and
  * ops/node-config as tests/integration/node_fixture.c makes them (found
