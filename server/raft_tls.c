@@ -36,8 +36,8 @@
 #define PREAMBLE_MAGIC "KMSR"
 #define ACK_MAGIC "KMSA"
 #define MAGIC_LEN 4
-#define ADDR_MAX 256
-#define PREAMBLE_FIXED (MAGIC_LEN + 8 + 2)
+#define ADDR_MAX KMS_RAFT_TLS_ADDRESS_MAX
+#define PREAMBLE_FIXED KMS_RAFT_TLS_PREAMBLE_FIXED
 /* Links of any kind; a 5-node cluster needs 8 plus handshakes. */
 #define MAX_LINKS 64
 /* Connections accepted per wake-up of the listener, so that first bytes
@@ -165,6 +165,11 @@ struct tls_transport {
 };
 
 /* ---- small helpers ---- */
+
+static uint64_t or_default(uint64_t v, uint64_t def)
+{
+	return v != 0 ? v : def;
+}
 
 static int64_t now_ms(void)
 {
@@ -831,6 +836,51 @@ static int frame_feed(struct frame_rd *fr, const uint8_t *p, size_t n)
 	return 0;
 }
 
+/* ---- the same parser, for tests and the fuzz target (raft_tls.h) ---- */
+
+struct kms_raft_tls_stream {
+	struct frame_rd fr;
+	int failed; /* frame_feed refused: so is everything after */
+};
+
+int kms_raft_tls_stream_new(uint64_t max_message_bytes, int dialled,
+			    kms_raft_tls_stream **out, kms_err *err)
+{
+	kms_raft_tls_stream *s;
+
+	*out = NULL;
+	/* The bound kms_raft_tls_init puts on the option. */
+	if (max_message_bytes != 0 && max_message_bytes < MIN_MESSAGE_CAP)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"raft-tls: max_message_bytes %llu is below %u",
+				(unsigned long long)max_message_bytes,
+				MIN_MESSAGE_CAP);
+	s = kms_calloc(1, sizeof(*s));
+	if (s == NULL)
+		return kms_errf(err, KMS_ERR_NOMEM, "raft-tls: out of memory");
+	frame_init(&s->fr,
+		   or_default(max_message_bytes, KMS_RAFT_TLS_MAX_MESSAGE_BYTES),
+		   dialled);
+	*out = s;
+	return KMS_OK;
+}
+
+int kms_raft_tls_stream_feed(kms_raft_tls_stream *s, const uint8_t *p,
+			     size_t n, const char **why)
+{
+	*why = NULL;
+	if (!s->failed && frame_feed(&s->fr, p, n) != 0)
+		s->failed = 1;
+	if (s->failed)
+		*why = s->fr.why;
+	return s->failed ? -1 : 0;
+}
+
+void kms_raft_tls_stream_free(kms_raft_tls_stream *s)
+{
+	kms_free(s);
+}
+
 /*
  * Moves bytes both ways between the TLS connection and our end of the
  * socketpair until either side closes or fails, or the transport stops;
@@ -1035,14 +1085,105 @@ static void ssl_end(SSL *ssl, int clean)
 	ERR_clear_error();
 }
 
+static int printable(uint8_t c)
+{
+	return c >= 0x21 && c <= 0x7e;
+}
+
 static int valid_address(const uint8_t *p, size_t n)
 {
 	if (n == 0 || n > ADDR_MAX)
 		return 0;
 	for (size_t i = 0; i < n; i++)
-		if (p[i] < 0x21 || p[i] > 0x7e)
+		if (!printable(p[i]))
 			return 0;
 	return 1;
+}
+
+/* ---- the preamble (raft_tls.h): pure, for in_main, out_main and tests ---- */
+
+int kms_raft_tls_preamble_parse(const uint8_t *p, size_t n,
+				kms_raft_tls_preamble *out, size_t *more,
+				kms_err *err)
+{
+	kms_reader rd;
+	const uint8_t *magic;
+	uint32_t hi, lo;
+	uint8_t l1, l2;
+	unsigned long long id;
+	size_t alen, whole;
+
+	*more = 0;
+	/* The magic as far as it has come: a plaintext client is told apart
+	 * by its first byte. */
+	if (n > 0 &&
+	    memcmp(p, PREAMBLE_MAGIC, n < MAGIC_LEN ? n : MAGIC_LEN) != 0)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"it does not start with \"" PREAMBLE_MAGIC "\"");
+	if (n < PREAMBLE_FIXED) {
+		*more = PREAMBLE_FIXED - n;
+		return KMS_OK;
+	}
+	kms_reader_init(&rd, p, n);
+	if (kms_reader_bytes(&rd, MAGIC_LEN, &magic) != KMS_OK ||
+	    kms_reader_u32(&rd, &hi) != KMS_OK ||
+	    kms_reader_u32(&rd, &lo) != KMS_OK ||
+	    kms_reader_u8(&rd, &l1) != KMS_OK ||
+	    kms_reader_u8(&rd, &l2) != KMS_OK)
+		return kms_errf(err, KMS_ERR_INTERNAL,
+				"the fixed part cannot be read"); /* n >= 14 */
+	id = ((unsigned long long)hi << 32) | lo;
+	alen = ((size_t)l1 << 8) | l2;
+	if (id == 0)
+		return kms_errf(err, KMS_ERR_INVALID, "raft id 0");
+	if (alen == 0 || alen > ADDR_MAX)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"raft id %llu, address length %zu (1 to %d)", id,
+				alen, ADDR_MAX);
+	whole = PREAMBLE_FIXED + alen;
+	if (n > whole)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"%zu bytes past its end", n - whole);
+	for (size_t i = PREAMBLE_FIXED; i < n; i++)
+		if (!printable(p[i]))
+			return kms_errf(err, KMS_ERR_INVALID,
+					"raft id %llu, address byte %zu is "
+					"0x%02x, not printable ASCII",
+					id, i - PREAMBLE_FIXED, p[i]);
+	if (n < whole) {
+		*more = whole - n;
+		return KMS_OK;
+	}
+	out->id = id;
+	memcpy(out->address, p + PREAMBLE_FIXED, alen);
+	out->address[alen] = '\0';
+	return KMS_OK;
+}
+
+int kms_raft_tls_preamble_write(unsigned long long id, const char *address,
+				uint8_t *buf, size_t cap, size_t *len,
+				kms_err *err)
+{
+	size_t alen = address != NULL ? strlen(address) : 0;
+	kms_writer w;
+
+	*len = 0;
+	if (id == 0 || !valid_address((const uint8_t *)address, alen))
+		return kms_errf(err, KMS_ERR_INVALID,
+				"a preamble needs a raft id and an address of "
+				"1 to %d printable bytes",
+				ADDR_MAX);
+	kms_writer_init(&w, buf, cap);
+	if (kms_writer_bytes(&w, PREAMBLE_MAGIC, MAGIC_LEN) != KMS_OK ||
+	    kms_writer_u32(&w, (uint32_t)(id >> 32)) != KMS_OK ||
+	    kms_writer_u32(&w, (uint32_t)id) != KMS_OK ||
+	    kms_writer_u8(&w, (uint8_t)(alen >> 8)) != KMS_OK ||
+	    kms_writer_u8(&w, (uint8_t)alen) != KMS_OK ||
+	    kms_writer_bytes(&w, address, alen) != KMS_OK)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"the preamble does not fit in %zu bytes", cap);
+	*len = w.len;
+	return KMS_OK;
 }
 
 /* The accepting side: handshake, identity, preamble, then the bridge. */
@@ -1051,15 +1192,12 @@ static void *in_main(void *arg)
 	struct link *l = arg;
 	struct tls_transport *tt = l->tt;
 	int64_t deadline = l->accepted_ms + tt->handshake_ms;
-	uint8_t fixed[PREAMBLE_FIXED];
-	uint8_t addr[ADDR_MAX];
+	uint8_t pre[KMS_RAFT_TLS_PREAMBLE_MAX];
+	kms_raft_tls_preamble preamble;
+	kms_err perr = {0};
+	size_t alen = 0;
 	char spiffe[KMS_SPIFFE_ID_MAX + 1];
 	char q[KMS_QUOTE_MAX + 4];
-	kms_reader rd;
-	const uint8_t *magic;
-	uint32_t hi, lo;
-	uint8_t l1, l2;
-	size_t alen;
 	raft_id claimed;
 	int local_fd = -1, raft_fd = -1, clean = 0;
 	enum io_rc rc;
@@ -1098,7 +1236,9 @@ static void *in_main(void *arg)
 			  l->peer);
 		goto out;
 	}
-	rc = tls_read_full(tt, ssl, l->tcp_fd, fixed, sizeof(fixed), deadline);
+	/* The fixed part first: an address whose length is not checked yet is
+	 * never read. */
+	rc = tls_read_full(tt, ssl, l->tcp_fd, pre, PREAMBLE_FIXED, deadline);
 	if (rc != IO_OK) {
 		if (rc != IO_STOP)
 			REFUSED(l, "raft-tls: refused %s (%s): reading the "
@@ -1108,36 +1248,30 @@ static void *in_main(void *arg)
 				  rc == IO_FAIL ? ssl_reason() : "");
 		goto out;
 	}
-	kms_reader_init(&rd, fixed, sizeof(fixed));
-	if (kms_reader_bytes(&rd, MAGIC_LEN, &magic) != KMS_OK ||
-	    memcmp(magic, PREAMBLE_MAGIC, MAGIC_LEN) != 0 ||
-	    kms_reader_u32(&rd, &hi) != KMS_OK ||
-	    kms_reader_u32(&rd, &lo) != KMS_OK ||
-	    kms_reader_u8(&rd, &l1) != KMS_OK ||
-	    kms_reader_u8(&rd, &l2) != KMS_OK) {
-		REFUSED(l, "raft-tls: refused %s (%s): malformed preamble",
-			  l->peer, kms_quote(spiffe, q));
+	if (kms_raft_tls_preamble_parse(pre, PREAMBLE_FIXED, &preamble, &alen,
+					&perr) != KMS_OK) {
+		REFUSED(l, "raft-tls: refused %s (%s): malformed preamble: %s",
+			l->peer, kms_quote(spiffe, q), perr.msg);
 		goto out;
 	}
-	claimed = ((raft_id)hi << 32) | lo;
-	alen = ((size_t)l1 << 8) | l2;
-	if (claimed == 0 || alen == 0 || alen > ADDR_MAX) {
-		REFUSED(l, "raft-tls: refused %s (%s): malformed preamble (id "
-			  "%llu, address "
-			  "length %zu)",
-			  l->peer, kms_quote(spiffe, q), claimed, alen);
-		goto out;
-	}
-	rc = tls_read_full(tt, ssl, l->tcp_fd, addr, alen, deadline);
-	if (rc != IO_OK || !valid_address(addr, alen)) {
+	rc = tls_read_full(tt, ssl, l->tcp_fd, pre + PREAMBLE_FIXED, alen,
+			   deadline);
+	if (rc != IO_OK) {
 		if (rc != IO_STOP)
 			REFUSED(l, "raft-tls: refused %s (%s): bad preamble "
 				  "address: %s",
-				  l->peer, kms_quote(spiffe, q),
-				  rc == IO_OK ? "not printable"
-					      : io_rc_name(rc));
+				  l->peer, kms_quote(spiffe, q), io_rc_name(rc));
 		goto out;
 	}
+	if (kms_raft_tls_preamble_parse(pre, PREAMBLE_FIXED + alen, &preamble,
+					&alen, &perr) != KMS_OK ||
+	    alen != 0) {
+		REFUSED(l, "raft-tls: refused %s (%s): malformed preamble: %s",
+			l->peer, kms_quote(spiffe, q),
+			alen != 0 ? "cut short" : perr.msg);
+		goto out;
+	}
+	claimed = preamble.id;
 	if (!authorized(tt, spiffe, claimed)) {
 		REFUSED(l, "raft-tls: refused %s: certificate %s is not "
 			  "authorized as raft "
@@ -1161,8 +1295,7 @@ static void *in_main(void *arg)
 		goto out;
 	}
 	l->peer_id = claimed;
-	memcpy(l->peer_addr, addr, alen);
-	l->peer_addr[alen] = '\0';
+	snprintf(l->peer_addr, sizeof(l->peer_addr), "%s", preamble.address);
 	leave_pending(l);
 	KMS_LOG_D("raft-tls: accepted raft node %llu from %s", claimed,
 		  l->peer);
@@ -1228,12 +1361,12 @@ static void *out_main(void *arg)
 	struct link *l = arg;
 	struct tls_transport *tt = l->tt;
 	int64_t deadline = now_ms() + tt->handshake_ms;
-	uint8_t pre[PREAMBLE_FIXED + ADDR_MAX];
+	uint8_t pre[KMS_RAFT_TLS_PREAMBLE_MAX];
 	uint8_t ack[MAGIC_LEN];
 	char spiffe[KMS_SPIFFE_ID_MAX + 1];
 	char q[KMS_QUOTE_MAX + 4];
-	size_t alen = strlen(tt->address);
-	kms_writer w;
+	size_t pre_len = 0;
+	kms_err perr = {0};
 	int local_fd = -1, raft_fd = -1, clean = 0;
 	const char *why = NULL;
 	enum io_rc rc;
@@ -1277,17 +1410,12 @@ static void *out_main(void *arg)
 			  l->target_id, l->target_addr, kms_quote(spiffe, q));
 		goto fail;
 	}
-	kms_writer_init(&w, pre, sizeof(pre));
-	if (kms_writer_bytes(&w, PREAMBLE_MAGIC, MAGIC_LEN) != KMS_OK ||
-	    kms_writer_u32(&w, (uint32_t)(tt->id >> 32)) != KMS_OK ||
-	    kms_writer_u32(&w, (uint32_t)tt->id) != KMS_OK ||
-	    kms_writer_u8(&w, (uint8_t)(alen >> 8)) != KMS_OK ||
-	    kms_writer_u8(&w, (uint8_t)alen) != KMS_OK ||
-	    kms_writer_bytes(&w, tt->address, alen) != KMS_OK) {
-		why = "preamble does not fit";
+	if (kms_raft_tls_preamble_write(tt->id, tt->address, pre, sizeof(pre),
+					&pre_len, &perr) != KMS_OK) {
+		why = perr.msg;
 		goto fail;
 	}
-	rc = tls_write_full(tt, ssl, l->tcp_fd, pre, w.len, deadline);
+	rc = tls_write_full(tt, ssl, l->tcp_fd, pre, pre_len, deadline);
 	if (rc == IO_OK)
 		rc = tls_read_full(tt, ssl, l->tcp_fd, ack, sizeof(ack),
 				   deadline);
@@ -1982,11 +2110,6 @@ static void tt_close(struct raft_uv_transport *t, raft_uv_transport_close_cb cb)
 }
 
 /* ---- public ---- */
-
-static uint64_t or_default(uint64_t v, uint64_t def)
-{
-	return v != 0 ? v : def;
-}
 
 /* The options' limits, 0 taking the default (raft_tls.h). */
 static void set_limits(struct tls_transport *tt,

@@ -185,4 +185,72 @@ int kms_raft_tls_reload(struct raft_uv_transport *t,
  */
 void kms_raft_tls_close(struct raft_uv_transport *t);
 
+/* ---- the preamble, as pure functions (in_main and out_main use them) ---- */
+
+#define KMS_RAFT_TLS_PREAMBLE_FIXED 14 /* "KMSR", raft id, address length */
+#define KMS_RAFT_TLS_ADDRESS_MAX 256
+#define KMS_RAFT_TLS_PREAMBLE_MAX                                              \
+	(KMS_RAFT_TLS_PREAMBLE_FIXED + KMS_RAFT_TLS_ADDRESS_MAX)
+
+typedef struct kms_raft_tls_preamble {
+	unsigned long long id;			    /* 1 or more */
+	char address[KMS_RAFT_TLS_ADDRESS_MAX + 1]; /* printable, NUL-ended */
+} kms_raft_tls_preamble;
+
+/*
+ * Reads the preamble of the wire protocol above from the first n bytes a
+ * connecting peer sent; no I/O, p is only read.
+ *  - KMS_OK and *more == 0: p holds exactly one whole preamble, now in *out
+ *    (whose id and address still have to be authorized).
+ *  - KMS_OK and *more > 0: p is a good start; read *more bytes more and
+ *    call again with all of them. Once the fixed part is in, *more is
+ *    exact: the accepting side reads the 14 fixed bytes, then exactly the
+ *    address length they announce, and so never reads an address whose
+ *    length it has not checked. *out is not touched.
+ *  - KMS_ERR_INVALID saying why: no bytes that follow can make it a
+ *    preamble (not "KMSR", raft id 0, an address length outside 1..256, an
+ *    address byte outside printable ASCII 0x21..0x7e), or n runs past the
+ *    end of one.
+ * A refusal of p[0..n) is a refusal of every longer input that starts
+ * with it, and an acceptance is an acceptance of every shorter one.
+ */
+int kms_raft_tls_preamble_parse(const uint8_t *p, size_t n,
+				kms_raft_tls_preamble *out, size_t *more,
+				kms_err *err);
+
+/*
+ * Writes the preamble for id and address into buf (cap bytes; at most
+ * KMS_RAFT_TLS_PREAMBLE_MAX), *len bytes, which parse reads back as id and
+ * address. KMS_ERR_INVALID when id is 0, the address is not 1 to 256
+ * printable bytes, or cap is too small.
+ */
+int kms_raft_tls_preamble_write(unsigned long long id, const char *address,
+				uint8_t *buf, size_t cap, size_t *len,
+				kms_err *err);
+
+/* ---- test-visible: the bridge's parser of raft's message stream ---- */
+
+/*
+ * For unit tests and tests/fuzz/fuzz_raft_preamble.c only; nothing else
+ * calls these. The parser each link's bridge runs over the bytes a peer
+ * sends for raft to read ("the bridge parses the stream raft reads" above),
+ * unchanged: the same code, behind an allocation of its own.
+ *
+ * new: the parser at the start of a link's stream, with the cap of
+ * kms_raft_tls_opts.max_message_bytes (0: the default; below 1024:
+ * KMS_ERR_INVALID, as kms_raft_tls_init); dialled set for a link this node
+ * dialled, on which any byte is refused. Free with _free.
+ * feed: follows n more bytes of the stream, in any pieces; 0 when they are
+ * fine so far, -1 when the bridge would drop the link before raft sees
+ * them, with *why saying what crossed the line (valid until the next call).
+ * Once refused, every later feed is refused too.
+ */
+typedef struct kms_raft_tls_stream kms_raft_tls_stream;
+
+int kms_raft_tls_stream_new(uint64_t max_message_bytes, int dialled,
+			    kms_raft_tls_stream **out, kms_err *err);
+int kms_raft_tls_stream_feed(kms_raft_tls_stream *s, const uint8_t *p,
+			     size_t n, const char **why);
+void kms_raft_tls_stream_free(kms_raft_tls_stream *s);
+
 #endif

@@ -1,4 +1,4 @@
-/* rpc_server.c - unary gRPC calls over mutual TLS on the gRPC core API: one completion queue and HSM session per worker thread. */
+/* rpc_server.c - unary gRPC calls over mutual TLS on the gRPC core API: one completion queue and HSM session per worker thread; local calls that run a handler without the network. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -38,6 +38,8 @@
 /* A worker wakes at least this often to cancel calls whose request message
  * is late. */
 #define SWEEP_MS 500
+/* Request metadata entries a local call carries (kms_call_local_metadata). */
+#define LOCAL_MD_MAX 4
 
 struct kms_call;
 
@@ -85,8 +87,23 @@ struct kms_rpc_server {
 
 enum call_state { CALL_REQUESTED, CALL_RECEIVING, CALL_HANDLING, CALL_SENDING };
 
+/* What a local call (kms_call_local_new) has instead of a gRPC call. */
+struct local_call {
+	kms_call_done_fn done; /* never NULL for a local call */
+	void *arg;
+	void *wctx;
+	int64_t deadline; /* monotonic ms; INT64_MAX: none */
+	size_t n_md;
+	struct {
+		char *key;   /* NUL-terminated, kms_malloc'd */
+		char *value; /* len bytes (and a NUL), kms_malloc'd */
+		size_t len;
+	} md[LOCAL_MD_MAX];
+};
+
 struct kms_call {
-	struct worker *w;
+	struct worker *w; /* NULL for a local call */
+	struct local_call local;
 	enum call_state state;
 	grpc_call *call;
 	grpc_call_details details;
@@ -183,6 +200,14 @@ static void drop_request(struct kms_call *c)
 
 static void call_free(struct kms_call *c)
 {
+	if (c->local.done != NULL) {
+		for (size_t i = 0; i < c->local.n_md; i++) {
+			kms_free(c->local.md[i].key);
+			kms_free(c->local.md[i].value);
+		}
+		kms_free(c);
+		return;
+	}
 	recv_list_remove(c);
 	if (c->call != NULL)
 		grpc_call_unref(c->call);
@@ -214,9 +239,31 @@ static int request_call(struct worker *w)
 }
 
 /*
+ * Whether peer may call m, whose callers are not KMS_CALLERS_ANYONE: the
+ * same rule for a call from the network (after identify_caller) and a
+ * local one. A node identity may call only what nodes may (kms.v1.Internal),
+ * a service only what services may.
+ */
+static int may_call(const kms_method *m, const kms_peer *peer, kms_err *err)
+{
+	if (peer->kind == KMS_PEER_NONE)
+		return kms_errf(err, KMS_ERR_UNAUTHENTICATED, "the caller presented no certificate");
+	if (m->callers & (1u << peer->kind))
+		return KMS_OK;
+	if (peer->kind == KMS_PEER_NODE)
+		return kms_errf(err, KMS_ERR_PERMISSION,
+				"node identities may call only kms.v1.Internal, not %s", m->path);
+	return kms_errf(err, KMS_ERR_PERMISSION,
+			"principal '%.200s' is not a kmsd node: kms.v1.Internal serves only node "
+			"identities with certificates from the node CA",
+			peer->id.id);
+}
+
+/*
  * Identifies the caller from the leaf certificate the handshake verified
- * (gRPC's x509_pem_cert property). gRPC's SAN property would also hand over
- * DNS and e-mail names, which never name a principal: read the certificate.
+ * (gRPC's x509_pem_cert property), then checks it may call m. gRPC's SAN
+ * property would also hand over DNS and e-mail names, which never name a
+ * principal: read the certificate.
  */
 static int identify_caller(kms_call *c, const kms_method *m, kms_err *err)
 {
@@ -236,17 +283,7 @@ static int identify_caller(kms_call *c, const kms_method *m, kms_err *err)
 					err);
 	grpc_auth_context_release(ac);
 	KMS_TRY(rc);
-	if (m->callers & (1u << c->peer.kind))
-		return KMS_OK;
-	if (c->peer.kind == KMS_PEER_NODE)
-		return kms_errf(err, KMS_ERR_PERMISSION,
-				"node identities may call only kms.v1.Internal, not %.*s",
-				(int)GRPC_SLICE_LENGTH(c->details.method),
-				(const char *)GRPC_SLICE_START_PTR(c->details.method));
-	return kms_errf(err, KMS_ERR_PERMISSION,
-			"principal '%.200s' is not a kmsd node: kms.v1.Internal serves only node "
-			"identities with certificates from the node CA",
-			c->peer.id.id);
+	return may_call(m, &c->peer, err);
 }
 
 static const kms_method *find_method(const kms_rpc_server *s, grpc_slice path)
@@ -299,14 +336,26 @@ static void send_final(kms_call *c, grpc_byte_buffer *resp, grpc_status_code cod
 	}
 }
 
+/* A local call's outcome goes to its done function, and the call ends. */
+static void local_finish(kms_call *c, grpc_status_code code, const char *msg,
+			 const uint8_t *resp, size_t len)
+{
+	c->local.done(c->local.arg, code, msg != NULL ? msg : "", resp, len);
+	call_free(c);
+}
+
 void kms_call_fail_grpc(kms_call *c, grpc_status_code code, const char *msg)
 {
+	if (c->local.done != NULL) {
+		local_finish(c, code, msg, NULL, 0);
+		return;
+	}
 	send_final(c, NULL, code, msg);
 }
 
 void kms_call_fail(kms_call *c, int kms_status, const char *msg)
 {
-	send_final(c, NULL, kms_status_to_grpc(kms_status), msg);
+	kms_call_fail_grpc(c, kms_status_to_grpc(kms_status), msg);
 }
 
 static void destroy_secret_slice(void *p, size_t len)
@@ -321,9 +370,15 @@ static void destroy_plain_slice(void *p)
 
 void kms_call_reply_bytes(kms_call *c, const uint8_t *resp, size_t len)
 {
-	grpc_slice slice = grpc_slice_from_copied_buffer((const char *)resp, len);
-	grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&slice, 1);
+	grpc_slice slice;
+	grpc_byte_buffer *bb;
 
+	if (c->local.done != NULL) {
+		local_finish(c, GRPC_STATUS_OK, NULL, resp, len);
+		return;
+	}
+	slice = grpc_slice_from_copied_buffer((const char *)resp, len);
+	bb = grpc_raw_byte_buffer_create(&slice, 1);
 	grpc_slice_unref(slice);
 	send_final(c, bb, GRPC_STATUS_OK, NULL);
 }
@@ -340,6 +395,14 @@ void kms_call_reply(kms_call *c, const ProtobufCMessage *resp, int secret)
 		return;
 	}
 	protobuf_c_message_pack(resp, buf);
+	if (c->local.done != NULL) {
+		local_finish(c, GRPC_STATUS_OK, NULL, buf, len);
+		if (secret)
+			kms_free_secret(buf, len);
+		else
+			kms_free(buf);
+		return;
+	}
 	/* The slice takes the buffer; a secret one is cleansed when gRPC lets go. */
 	slice = secret ? grpc_slice_new_with_len(buf, len, destroy_secret_slice)
 		       : grpc_slice_new(buf, len, destroy_plain_slice);
@@ -362,6 +425,12 @@ const char *kms_call_metadata(const kms_call *c, const char *key, size_t *len)
 {
 	size_t klen = strlen(key);
 
+	for (size_t i = 0; i < c->local.n_md; i++) {
+		if (strcmp(c->local.md[i].key, key) == 0) {
+			*len = c->local.md[i].len;
+			return c->local.md[i].value;
+		}
+	}
 	for (size_t i = 0; i < c->request_md.count; i++) {
 		const grpc_metadata *m = &c->request_md.metadata[i];
 
@@ -376,10 +445,12 @@ const char *kms_call_metadata(const kms_call *c, const char *key, size_t *len)
 
 long kms_call_deadline_ms(const kms_call *c)
 {
-	gpr_timespec now = gpr_now(GPR_CLOCK_MONOTONIC);
-	gpr_timespec end = gpr_convert_clock_type(c->details.deadline, GPR_CLOCK_MONOTONIC);
-	gpr_timespec left;
+	gpr_timespec now, end, left;
 
+	if (c->local.done != NULL)
+		return c->local.deadline == INT64_MAX ? LONG_MAX : (long)(c->local.deadline - now_ms());
+	now = gpr_now(GPR_CLOCK_MONOTONIC);
+	end = gpr_convert_clock_type(c->details.deadline, GPR_CLOCK_MONOTONIC);
 	if (gpr_time_cmp(c->details.deadline, gpr_inf_future(c->details.deadline.clock_type)) == 0)
 		return LONG_MAX;
 	left = gpr_time_sub(end, now);
@@ -388,7 +459,7 @@ long kms_call_deadline_ms(const kms_call *c)
 
 void *kms_call_worker(const kms_call *c)
 {
-	return c->w->wctx;
+	return c->w != NULL ? c->w->wctx : c->local.wctx;
 }
 
 static void start_receive(kms_call *c)
@@ -437,6 +508,22 @@ static void sweep_late_requests(struct worker *w)
 	}
 }
 
+/*
+ * The last check before a handler, the same for every call: no string
+ * field of the request holds a NUL byte (wire_strings.h). Then the handler,
+ * which finishes the call (c may be gone when this returns).
+ */
+static void run_handler(const kms_method *m, void *app, kms_call *c, const uint8_t *req,
+			size_t len)
+{
+	kms_err err = {0};
+
+	if (kms_wire_check_strings(m->request, req, len, &err) != KMS_OK)
+		kms_call_fail(c, err.code, err.msg);
+	else
+		m->fn(app, c, req, len);
+}
+
 static void dispatch(kms_call *c)
 {
 	const kms_method *m = find_method(c->w->srv, c->details.method);
@@ -472,19 +559,91 @@ static void dispatch(kms_call *c)
 	body = grpc_byte_buffer_reader_readall(&reader);
 	grpc_byte_buffer_reader_destroy(&reader);
 	drop_request(c); /* body is the copy the handler reads */
-	{
-		kms_err err = {0};
-
-		if (kms_wire_check_strings(m->request, GRPC_SLICE_START_PTR(body),
-					   GRPC_SLICE_LENGTH(body), &err) != KMS_OK)
-			kms_call_fail(c, err.code, err.msg);
-		else
-			m->fn(c->w->srv->opts.app, c, GRPC_SLICE_START_PTR(body),
-			      GRPC_SLICE_LENGTH(body));
-	}
+	run_handler(m, c->w->srv->opts.app, c, GRPC_SLICE_START_PTR(body), GRPC_SLICE_LENGTH(body));
 	/* Requests may carry plaintext (Encrypt): wipe our copy of the bytes. */
 	kms_cleanse(GRPC_SLICE_START_PTR(body), GRPC_SLICE_LENGTH(body));
 	grpc_slice_unref(body);
+}
+
+/* --- local calls: a handler run without the network (rpc_server.h) --- */
+
+kms_call *kms_call_local_new(const kms_peer *peer, void *worker_ctx, long deadline_ms,
+			     kms_call_done_fn done, void *arg)
+{
+	kms_call *c;
+	int64_t now = now_ms();
+
+	if (done == NULL)
+		return NULL;
+	c = kms_calloc(1, sizeof(*c));
+	if (c == NULL)
+		return NULL;
+	if (peer != NULL)
+		c->peer = *peer;
+	c->local.done = done;
+	c->local.arg = arg;
+	c->local.wctx = worker_ctx;
+	if (deadline_ms == LONG_MAX)
+		c->local.deadline = INT64_MAX;
+	else if (deadline_ms > INT64_MAX - now)
+		c->local.deadline = INT64_MAX - 1;
+	else
+		c->local.deadline = now + deadline_ms;
+	return c;
+}
+
+int kms_call_local_metadata(kms_call *c, const char *key, const char *value, size_t len,
+			    kms_err *err)
+{
+	size_t i = c->local.n_md;
+
+	KMS_ENSURE(c->local.done != NULL, err, KMS_ERR_INVALID,
+		   "metadata can be added to a local call only");
+	KMS_ENSURE(i < LOCAL_MD_MAX, err, KMS_ERR_INVALID,
+		   "a local call carries at most %d metadata entries", LOCAL_MD_MAX);
+	c->local.md[i].key = kms_malloc(strlen(key) + 1);
+	c->local.md[i].value = kms_malloc(len + 1);
+	if (c->local.md[i].key == NULL || c->local.md[i].value == NULL) {
+		kms_free(c->local.md[i].key);
+		kms_free(c->local.md[i].value);
+		return kms_errf(err, KMS_ERR_NOMEM, "out of memory for call metadata");
+	}
+	memcpy(c->local.md[i].key, key, strlen(key) + 1);
+	if (len > 0)
+		memcpy(c->local.md[i].value, value, len);
+	c->local.md[i].value[len] = '\0';
+	c->local.md[i].len = len;
+	c->local.n_md++;
+	return KMS_OK;
+}
+
+void kms_call_local_run(const kms_method *m, void *app, kms_call *c, const uint8_t *req,
+			size_t len)
+{
+	kms_err err = {0};
+	uint8_t *body;
+
+	/* As dispatch: the identity of a caller of an open method is never
+	 * read, and anyone else must be one the method serves. */
+	if (m->callers & KMS_CALLERS_ANYONE) {
+		memset(&c->peer, 0, sizeof(c->peer));
+	} else if (may_call(m, &c->peer, &err) != KMS_OK) {
+		kms_call_fail(c, err.code, err.msg);
+		return;
+	}
+	/* The handler reads a copy of exactly len bytes, freed when it
+	 * returns, as it reads gRPC's: a handler that keeps the pointer past
+	 * its return, or reads past the end, is caught by ASan here too. */
+	body = kms_malloc(len > 0 ? len : 1);
+	if (body == NULL) {
+		kms_call_fail(c, KMS_ERR_NOMEM, "out of memory copying the request");
+		return;
+	}
+	if (len > 0)
+		memcpy(body, req, len);
+	run_handler(m, app, c, body, len);
+	kms_cleanse(body, len);
+	kms_free(body);
 }
 
 static void on_event(struct worker *w, kms_call *c, int success)

@@ -1,4 +1,4 @@
-/* rpc_server.h - the mutual-TLS gRPC core server: worker threads, unary call lifecycle, caller identity. */
+/* rpc_server.h - the mutual-TLS gRPC core server: worker threads, unary call lifecycle, caller identity; local calls for tests and fuzzing. */
 #ifndef KMS_RPC_SERVER_H
 #define KMS_RPC_SERVER_H
 
@@ -16,9 +16,10 @@ typedef struct kms_rpc_server kms_rpc_server;
 typedef struct kms_call kms_call;
 
 /*
- * A unary method handler. It runs on a worker thread with the request bytes
- * (valid only during the call) and must finish the call exactly once, now or
- * later from any thread, with kms_call_reply or kms_call_fail.
+ * A unary method handler. It runs on a worker thread (or the thread of
+ * kms_call_local_run) with the request bytes (valid only during the call)
+ * and must finish the call exactly once, now or later from any thread, with
+ * kms_call_reply, kms_call_reply_bytes or kms_call_fail*.
  */
 typedef void (*kms_method_fn)(void *app, kms_call *call, const uint8_t *req,
 			      size_t len);
@@ -122,5 +123,60 @@ void kms_call_fail(kms_call *call, int kms_status, const char *msg);
 
 /* Finishes the call with an explicit gRPC status (any thread). */
 void kms_call_fail_grpc(kms_call *call, grpc_status_code code, const char *msg);
+
+/*
+ * Local calls: a method's handler run in this process without gRPC or a
+ * socket (the handler fuzz target, tests), with the checks a call from the
+ * network passes before its handler, in the same order:
+ *  - who may call: a method not open to anyone (KMS_CALLERS_ANYONE) refuses
+ *    an anonymous peer (UNAUTHENTICATED) and a peer whose kind is not in
+ *    m->callers (PERMISSION_DENIED). A method open to anyone sees an
+ *    anonymous caller whatever peer was given, as it does over the
+ *    network, where that caller's certificate is never read;
+ *  - no string field of the request holds a NUL byte (INVALID_ARGUMENT).
+ * Every kms_call_* accessor and finisher above works on a local call.
+ *
+ * The outcome reaches done exactly once: on the thread that finishes the
+ * call (the caller of kms_call_local_run for most handlers; the Raft thread
+ * for a write answered once applied; any thread a handler hands the call
+ * to), after kms_call_local_run has returned or before. code is the gRPC
+ * status, msg its details ("" for OK, never NULL), resp and len the packed
+ * response (NULL and 0 unless OK). All three are valid only during done;
+ * the call frees itself when done returns, so done must not use it.
+ */
+typedef void (*kms_call_done_fn)(void *arg, grpc_status_code code, const char *msg,
+				 const uint8_t *resp, size_t len);
+
+/*
+ * A local call from peer (copied; NULL: anonymous) whose handler finds
+ * worker_ctx with kms_call_worker (an HSM session from kms_api_worker_init,
+ * owned by the caller and used on the handler's thread only) and
+ * deadline_ms milliseconds left from now with kms_call_deadline_ms
+ * (LONG_MAX: no deadline; 0 or less: already passed). NULL when done is
+ * NULL or memory runs out. The call belongs to the caller until it passes
+ * it to kms_call_local_run, which always ends it through done; a call never
+ * run leaks.
+ */
+kms_call *kms_call_local_new(const kms_peer *peer, void *worker_ctx, long deadline_ms,
+			     kms_call_done_fn done, void *arg);
+
+/*
+ * Adds request metadata that kms_call_metadata finds (key lowercase, as
+ * gRPC delivers it; value len bytes, copied with key). Before
+ * kms_call_local_run only. KMS_ERR_INVALID on a call from the network or
+ * past four entries, KMS_ERR_NOMEM.
+ */
+int kms_call_local_metadata(kms_call *call, const char *key, const char *value, size_t len,
+			    kms_err *err);
+
+/*
+ * Runs method m of app (what the server passes its handlers) on call with
+ * the len request bytes at req, which the caller keeps (the handler reads a
+ * copy that is wiped and freed when it returns). Returns when the handler
+ * does; the outcome may reach done later. Call it once per call, on the
+ * thread that may use the call's worker_ctx.
+ */
+void kms_call_local_run(const kms_method *m, void *app, kms_call *call, const uint8_t *req,
+			size_t len);
 
 #endif

@@ -1,8 +1,9 @@
 /* test_raft_tls.c - Raft peer links over mutual TLS: a real two-node
  * canonical/raft cluster on the transport; refusal of plaintext,
  * foreign-CA, non-node and lying peers; the listener's bounds and deadlines
- * under floods of idle connections; the message length cap. Certificates
- * are made at test time. */
+ * under floods of idle connections; the message length cap; the preamble
+ * and the stream parser as pure functions. Certificates are made at test
+ * time. */
 #include <arpa/inet.h>
 #include <check.h>
 #include <fcntl.h>
@@ -1550,10 +1551,243 @@ START_TEST(two_raft_servers_commit_over_mutual_tls)
 }
 END_TEST
 
+/* ---- the preamble and the stream parser, without sockets ---- */
+
+/* A valid preamble for raft node 3 at address, in out: its length. */
+static size_t good_preamble(uint8_t *out, const char *address)
+{
+	size_t len = 0;
+	kms_err err = {0};
+
+	ck_assert_msg(kms_raft_tls_preamble_write(3, address, out,
+						  KMS_RAFT_TLS_PREAMBLE_MAX,
+						  &len, &err) == KMS_OK,
+		      "%s", err.msg);
+	return len;
+}
+
+/* parse's verdict on n bytes; *more as parse says. */
+static int parse(const uint8_t *p, size_t n, kms_raft_tls_preamble *out,
+		 size_t *more, kms_err *err)
+{
+	memset(out, 0, sizeof(*out));
+	memset(err, 0, sizeof(*err));
+	return kms_raft_tls_preamble_parse(p, n, out, more, err);
+}
+
+START_TEST(preamble_round_trips_and_arrives_in_two_reads)
+{
+	uint8_t p[KMS_RAFT_TLS_PREAMBLE_MAX];
+	size_t len = good_preamble(p, "127.0.0.1:7003"), more = 99;
+	kms_raft_tls_preamble pre;
+	kms_err err;
+
+	ck_assert_uint_eq(len, 14 + 14);
+	ck_assert(memcmp(p, "KMSR\0\0\0\0\0\0\0\3\0\x0e", 14) == 0);
+	/* As in_main reads it: the fixed part says how much follows. */
+	ck_assert_int_eq(parse(p, KMS_RAFT_TLS_PREAMBLE_FIXED, &pre, &more, &err),
+			 KMS_OK);
+	ck_assert_uint_eq(more, 14);
+	ck_assert_int_eq(parse(p, len, &pre, &more, &err), KMS_OK);
+	ck_assert_uint_eq(more, 0);
+	ck_assert_uint_eq(pre.id, 3);
+	ck_assert_str_eq(pre.address, "127.0.0.1:7003");
+	/* Every shorter input is a good start that asks for the rest. */
+	for (size_t n = 0; n < len; n++) {
+		ck_assert_int_eq(parse(p, n, &pre, &more, &err), KMS_OK);
+		ck_assert_uint_ge(more, 1);
+		if (n >= KMS_RAFT_TLS_PREAMBLE_FIXED)
+			ck_assert_uint_eq(more, len - n);
+	}
+}
+END_TEST
+
+START_TEST(preamble_with_the_longest_address_is_read)
+{
+	uint8_t p[KMS_RAFT_TLS_PREAMBLE_MAX];
+	char addr[KMS_RAFT_TLS_ADDRESS_MAX + 1];
+	kms_raft_tls_preamble pre;
+	size_t more, len;
+	kms_err err;
+
+	memset(addr, 'a', KMS_RAFT_TLS_ADDRESS_MAX);
+	addr[KMS_RAFT_TLS_ADDRESS_MAX] = '\0';
+	len = good_preamble(p, addr);
+	ck_assert_uint_eq(len, KMS_RAFT_TLS_PREAMBLE_MAX);
+	ck_assert_int_eq(parse(p, len, &pre, &more, &err), KMS_OK);
+	ck_assert_uint_eq(more, 0);
+	ck_assert_str_eq(pre.address, addr);
+}
+END_TEST
+
+/* Each bad preamble is refused, with the reason, as soon as the byte that
+ * spoils it is in. */
+START_TEST(bad_preambles_are_refused_saying_why)
+{
+	static const struct {
+		const char *name;
+		size_t at;   /* the byte that spoils it */
+		uint8_t to;  /* its new value */
+		size_t keep; /* bytes given (0: all) */
+		const char *why;
+	} bad[] = {
+	    {"plaintext", 0, 'G', 1, "does not start with \"KMSR\""},
+	    {"magic", 3, 'A', 0, "does not start with \"KMSR\""},
+	    {"id 0", 11, 0, 14, "raft id 0"},
+	    {"no address", 13, 0, 14, "address length 0 (1 to 256)"},
+	    {"long address", 12, 1, 14, "address length 270 (1 to 256)"},
+	    {"space", 16, ' ', 17, "address byte 2 is 0x20"},
+	    {"DEL", 27, 0x7f, 0, "address byte 13 is 0x7f"},
+	};
+	uint8_t p[KMS_RAFT_TLS_PREAMBLE_MAX + 1];
+	kms_raft_tls_preamble pre;
+	size_t len, more;
+	kms_err err;
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		len = good_preamble(p, "127.0.0.1:7003");
+		p[bad[i].at] = bad[i].to;
+		if (bad[i].keep != 0)
+			len = bad[i].keep;
+		ck_assert_msg(parse(p, len, &pre, &more, &err) ==
+				  KMS_ERR_INVALID,
+			      "%s was not refused", bad[i].name);
+		ck_assert_msg(strstr(err.msg, bad[i].why) != NULL,
+			      "%s: '%s'", bad[i].name, err.msg);
+		ck_assert_uint_eq(more, 0);
+		ck_assert_uint_eq(pre.id, 0);
+	}
+	/* A byte past the end is not taken as the start of the next. */
+	len = good_preamble(p, "127.0.0.1:7003");
+	p[len] = 'x';
+	ck_assert_int_eq(parse(p, len + 1, &pre, &more, &err),
+			 KMS_ERR_INVALID);
+	ck_assert_str_eq(err.msg, "1 bytes past its end");
+}
+END_TEST
+
+START_TEST(preamble_write_refuses_what_parse_would)
+{
+	uint8_t p[KMS_RAFT_TLS_PREAMBLE_MAX];
+	char addr[KMS_RAFT_TLS_ADDRESS_MAX + 2];
+	size_t len = 1;
+	kms_err err = {0};
+
+	memset(addr, 'a', sizeof(addr) - 1);
+	addr[sizeof(addr) - 1] = '\0';
+	ck_assert_int_eq(kms_raft_tls_preamble_write(0, "h:1", p, sizeof(p),
+						     &len, &err),
+			 KMS_ERR_INVALID);
+	ck_assert_uint_eq(len, 0);
+	ck_assert_int_eq(kms_raft_tls_preamble_write(1, "", p, sizeof(p), &len,
+						     &err),
+			 KMS_ERR_INVALID);
+	ck_assert_int_eq(kms_raft_tls_preamble_write(1, "h 1:2", p, sizeof(p),
+						     &len, &err),
+			 KMS_ERR_INVALID);
+	ck_assert_int_eq(kms_raft_tls_preamble_write(1, addr, p, sizeof(p),
+						     &len, &err),
+			 KMS_ERR_INVALID);
+	ck_assert_int_eq(kms_raft_tls_preamble_write(1, "h:1", p, 16, &len,
+						     &err),
+			 KMS_ERR_INVALID);
+	ck_assert_int_eq(kms_raft_tls_preamble_write(1, "h:1", p, 17, &len,
+						     &err),
+			 KMS_OK);
+	ck_assert_uint_eq(len, 17);
+}
+END_TEST
+
+/* Feeds n bytes whole, then byte by byte to a second parser: both must
+ * give the same verdict, and the same reason (but on a dialled link,
+ * whose reason counts the bytes of the piece that arrived). Returns the
+ * verdict; why gets the reason of the whole feed. */
+static int feed_both(uint64_t cap, int dialled, const uint8_t *p, size_t n,
+		     char *why, size_t why_cap)
+{
+	kms_raft_tls_stream *whole = NULL, *bytes = NULL;
+	const char *w1 = NULL, *w2 = NULL;
+	kms_err err = {0};
+	int r1, r2 = 0;
+
+	ck_assert_int_eq(kms_raft_tls_stream_new(cap, dialled, &whole, &err),
+			 KMS_OK);
+	ck_assert_int_eq(kms_raft_tls_stream_new(cap, dialled, &bytes, &err),
+			 KMS_OK);
+	r1 = kms_raft_tls_stream_feed(whole, p, n, &w1);
+	for (size_t i = 0; i < n && r2 == 0; i++)
+		r2 = kms_raft_tls_stream_feed(bytes, p + i, 1, &w2);
+	ck_assert_int_eq(r1, r2);
+	ck_assert_int_eq(w1 == NULL, r1 == 0);
+	if (r1 != 0) {
+		if (!dialled)
+			ck_assert_str_eq(w1, w2);
+		snprintf(why, why_cap, "%s", w1);
+		/* Refused once, refused from then on. */
+		ck_assert_int_eq(kms_raft_tls_stream_feed(whole, p, 0, &w1), -1);
+	}
+	kms_raft_tls_stream_free(whole);
+	kms_raft_tls_stream_free(bytes);
+	return r1;
+}
+
+START_TEST(stream_parser_follows_messages_in_any_pieces)
+{
+	static uint8_t m[2048];
+	char why[160] = "";
+	size_t n = request_vote(m);
+
+	/* RequestVote, then AppendEntries with two entries of 5 bytes and
+	 * their 10 bytes of payload, then another RequestVote. */
+	n += append_entries_header(m + n, 2, 5);
+	memset(m + n, 0xee, 10);
+	n += 10;
+	n += request_vote(m + n);
+	ck_assert_int_eq(feed_both(0, 0, m, n, why, sizeof(why)), 0);
+	ck_assert_int_eq(feed_both(1024, 0, m, n, why, sizeof(why)), 0);
+}
+END_TEST
+
+START_TEST(stream_parser_refuses_what_the_bridge_drops)
+{
+	static uint8_t m[2048];
+	char why[160] = "";
+	kms_raft_tls_stream *s = NULL;
+	kms_err err = {0};
+	size_t n;
+
+	n = msg_start(m, 0, 40);
+	ck_assert_int_eq(feed_both(0, 0, m, n, why, sizeof(why)), -1);
+	ck_assert_str_eq(why, "a message of unknown type 0");
+	n = msg_start(m, RAFT_IO_REQUEST_VOTE, 8);
+	ck_assert_int_eq(feed_both(0, 0, m, n, why, sizeof(why)), -1);
+	ck_assert_msg(strstr(why, "too short for its fields") != NULL, "%s", why);
+	n = msg_start(m, RAFT_IO_APPEND_ENTRIES, 48);
+	put_le64(m + 16 + 32, 2);
+	ck_assert_int_eq(feed_both(0, 0, m, n, why, sizeof(why)), -1);
+	ck_assert_msg(strstr(why, "announcing 2 entries") != NULL, "%s", why);
+	/* One entry of 2000 bytes under a cap of 1024. */
+	n = append_entries_header(m, 1, 2000);
+	ck_assert_int_eq(feed_both(0, 0, m, n, why, sizeof(why)), 0);
+	ck_assert_int_eq(feed_both(1024, 0, m, n, why, sizeof(why)), -1);
+	ck_assert_msg(strstr(why, "over the cap of 1024") != NULL, "%s", why);
+	/* Any byte on a link this node dialled. */
+	n = request_vote(m);
+	ck_assert_int_eq(feed_both(0, 1, m, n, why, sizeof(why)), -1);
+	ck_assert_msg(strstr(why, "carries only this node's messages") != NULL,
+		      "%s", why);
+	/* The cap has the floor kms_raft_tls_init puts on it. */
+	ck_assert_int_eq(kms_raft_tls_stream_new(1023, 0, &s, &err),
+			 KMS_ERR_INVALID);
+	ck_assert_ptr_null(s);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("raft_tls");
 	TCase *tc = tcase_create("raft_tls");
+	TCase *pure = tcase_create("preamble and stream");
 	SRunner *sr;
 	int failed;
 
@@ -1588,6 +1822,13 @@ int main(void)
 	tcase_add_test(tc, connect_in_flight_is_canceled_at_close);
 	tcase_add_test(tc, two_raft_servers_commit_over_mutual_tls);
 	suite_add_tcase(s, tc);
+	tcase_add_test(pure, preamble_round_trips_and_arrives_in_two_reads);
+	tcase_add_test(pure, preamble_with_the_longest_address_is_read);
+	tcase_add_test(pure, bad_preambles_are_refused_saying_why);
+	tcase_add_test(pure, preamble_write_refuses_what_parse_would);
+	tcase_add_test(pure, stream_parser_follows_messages_in_any_pieces);
+	tcase_add_test(pure, stream_parser_refuses_what_the_bridge_drops);
+	suite_add_tcase(s, pure);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
 	failed = srunner_ntests_failed(sr);

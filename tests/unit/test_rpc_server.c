@@ -1,4 +1,4 @@
-/* test_rpc_server.c - Check suite for the gRPC server's handling of request bytes (rpc_server.c), with an in-process server and client over mutual TLS. */
+/* test_rpc_server.c - Check suite for the gRPC server's handling of request bytes (rpc_server.c), with an in-process server and client over mutual TLS, and for local calls (no network). */
 #include <check.h>
 #include <dlfcn.h>
 #include <limits.h>
@@ -16,6 +16,7 @@
 
 #include "kms/alloc.h"
 #include "kms/client.h"
+#include "kms/spiffe.h"
 #include "kms/v1/kms.pb-c.h"
 #include "rpc_server.h"
 #include "softhsm_fixture.h"
@@ -249,10 +250,313 @@ START_TEST(test_unknown_method_request_wiped)
 }
 END_TEST
 
+/* --- local calls (kms_call_local_*) --- */
+
+#define WORKER_CTX ((void *)0x5eed)
+
+/* What the local handler saw, and what reached done. */
+static struct {
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	int handler_runs;
+	char principal[KMS_SPIFFE_ID_MAX + 1]; /* "" when NULL */
+	enum kms_peer_kind kind;
+	void *worker;
+	long deadline_ms;
+	char consistency[64]; /* the kms-consistency metadata, "" when none */
+	int done_calls;
+	pthread_t done_thread;
+	int code;
+	char msg[256];
+	char key_id[64]; /* from the unpacked EncryptResponse */
+	int resp_null;
+} seen;
+
+/* How the handler finishes: reply now, fail now, or reply from a thread. */
+static enum { FINISH_REPLY, FINISH_FAIL, FINISH_THREAD } finish;
+
+static void local_reset(void)
+{
+	memset(&seen, 0, sizeof(seen));
+	pthread_mutex_init(&seen.mu, NULL);
+	pthread_cond_init(&seen.cond, NULL);
+	finish = FINISH_REPLY;
+}
+
+static void reply_echo(kms_call *call, const char *key_id)
+{
+	Kms__V1__EncryptResponse resp = KMS__V1__ENCRYPT_RESPONSE__INIT;
+
+	resp.key_id = (char *)key_id;
+	resp.key_version = 7;
+	kms_call_reply(call, &resp.base, 1);
+}
+
+static void *reply_later(void *arg)
+{
+	struct timespec pause = {0, 50 * 1000 * 1000};
+
+	nanosleep(&pause, NULL);
+	reply_echo(arg, "later");
+	return NULL;
+}
+
+static void local_handler(void *app, kms_call *call, const uint8_t *req, size_t len)
+{
+	Kms__V1__EncryptRequest *r = kms__v1__encrypt_request__unpack(NULL, len, req);
+	const char *p = kms_call_principal(call);
+	const char *md;
+	size_t md_len = 0;
+	pthread_t th;
+
+	ck_assert_ptr_nonnull(r);
+	ck_assert_ptr_eq(app, &seen);
+	seen.handler_runs++;
+	snprintf(seen.principal, sizeof(seen.principal), "%s", p != NULL ? p : "");
+	seen.kind = kms_call_peer(call)->kind;
+	seen.worker = kms_call_worker(call);
+	seen.deadline_ms = kms_call_deadline_ms(call);
+	md = kms_call_metadata(call, KMS_CONSISTENCY_HEADER, &md_len);
+	if (md != NULL)
+		snprintf(seen.consistency, sizeof(seen.consistency), "%.*s", (int)md_len, md);
+	switch (finish) {
+	case FINISH_REPLY:
+		reply_echo(call, r->key_id);
+		break;
+	case FINISH_FAIL:
+		kms_call_fail(call, KMS_ERR_NOT_FOUND, "no such key");
+		break;
+	case FINISH_THREAD:
+		ck_assert_int_eq(pthread_create(&th, NULL, reply_later, call), 0);
+		pthread_detach(th);
+		break;
+	}
+	kms__v1__encrypt_request__free_unpacked(r, NULL);
+}
+
+static void local_done(void *arg, grpc_status_code code, const char *msg, const uint8_t *resp,
+		       size_t len)
+{
+	Kms__V1__EncryptResponse *r;
+
+	ck_assert_ptr_eq(arg, &seen);
+	ck_assert_ptr_nonnull(msg);
+	pthread_mutex_lock(&seen.mu);
+	seen.done_calls++;
+	seen.done_thread = pthread_self();
+	seen.code = (int)code;
+	snprintf(seen.msg, sizeof(seen.msg), "%s", msg);
+	seen.resp_null = resp == NULL;
+	if (code == GRPC_STATUS_OK) {
+		r = kms__v1__encrypt_response__unpack(NULL, len, resp);
+		ck_assert_ptr_nonnull(r);
+		snprintf(seen.key_id, sizeof(seen.key_id), "%s", r->key_id);
+		kms__v1__encrypt_response__free_unpacked(r, NULL);
+	} else {
+		ck_assert_uint_eq(len, 0);
+	}
+	pthread_cond_broadcast(&seen.cond);
+	pthread_mutex_unlock(&seen.mu);
+}
+
+static const kms_method local_methods[] = {
+	{M_OPEN, local_handler, KMS_CALLERS_ANYONE, &kms__v1__encrypt_request__descriptor},
+	{M_CLOSED, local_handler, KMS_CALLERS_SERVICES, &kms__v1__encrypt_request__descriptor},
+	{"/test.Wipe/Nodes", local_handler, KMS_CALLERS_NODES,
+	 &kms__v1__encrypt_request__descriptor},
+};
+
+static kms_peer make_peer(enum kms_peer_kind kind, const char *id, uint64_t node_id)
+{
+	kms_peer p;
+	kms_err err = {0};
+
+	memset(&p, 0, sizeof(p));
+	p.kind = kind;
+	p.node_id = node_id;
+	ck_assert_msg(kms_spiffe_parse_str(id, 1, &p.id, &err) == KMS_OK, "%s", err.msg);
+	return p;
+}
+
+/* An EncryptRequest for key_id (key_len bytes: it may hold a NUL). */
+static size_t pack_request(uint8_t *out, size_t cap, const char *key_id, size_t key_len)
+{
+	static uint8_t pt[] = "plaintext";
+	size_t n = 0;
+
+	/* Packed by hand: protobuf-c would stop a string at its NUL. */
+	out[n++] = 0x0a; /* field 1, length-delimited */
+	out[n++] = (uint8_t)key_len;
+	memcpy(out + n, key_id, key_len);
+	n += key_len;
+	out[n++] = 0x12; /* field 2 */
+	out[n++] = (uint8_t)(sizeof(pt) - 1);
+	memcpy(out + n, pt, sizeof(pt) - 1);
+	n += sizeof(pt) - 1;
+	ck_assert_uint_le(n, cap);
+	return n;
+}
+
+/* Runs method i of local_methods for peer; returns once done has run. */
+static void run_local(size_t i, const kms_peer *peer, const char *key_id, size_t key_len,
+		      long deadline_ms, const char *consistency)
+{
+	uint8_t req[128];
+	size_t len = pack_request(req, sizeof(req), key_id, key_len);
+	kms_call *c = kms_call_local_new(peer, WORKER_CTX, deadline_ms, local_done, &seen);
+	kms_err err = {0};
+	struct timespec until;
+
+	ck_assert_ptr_nonnull(c);
+	if (consistency != NULL)
+		ck_assert_msg(kms_call_local_metadata(c, KMS_CONSISTENCY_HEADER, consistency,
+						      strlen(consistency), &err) == KMS_OK,
+			      "%s", err.msg);
+	kms_call_local_run(&local_methods[i], &seen, c, req, len);
+	/* The request is the caller's: the handler read a copy. */
+	ck_assert_int_eq(req[0], 0x0a);
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 5;
+	pthread_mutex_lock(&seen.mu);
+	while (seen.done_calls == 0 &&
+	       pthread_cond_timedwait(&seen.cond, &seen.mu, &until) == 0)
+		;
+	pthread_mutex_unlock(&seen.mu);
+	ck_assert_msg(seen.done_calls == 1, "done ran %d times", seen.done_calls);
+}
+
+START_TEST(test_local_call_runs_the_handler_and_reports_once)
+{
+	kms_peer app = make_peer(KMS_PEER_SERVICE, "spiffe://kmsd.dev/ns/t/sa/c", 0);
+
+	run_local(1, &app, "k1", 2, 5000, "leader-commit");
+	ck_assert_int_eq(seen.handler_runs, 1);
+	ck_assert_int_eq(seen.code, GRPC_STATUS_OK);
+	ck_assert_str_eq(seen.msg, "");
+	ck_assert_str_eq(seen.key_id, "k1");
+	/* What the handler could read of the call. */
+	ck_assert_str_eq(seen.principal, "spiffe://kmsd.dev/ns/t/sa/c");
+	ck_assert_int_eq(seen.kind, KMS_PEER_SERVICE);
+	ck_assert_ptr_eq(seen.worker, WORKER_CTX);
+	ck_assert_msg(seen.deadline_ms > 0 && seen.deadline_ms <= 5000, "deadline %ld",
+		      seen.deadline_ms);
+	ck_assert_str_eq(seen.consistency, "leader-commit");
+	/* A synchronous reply comes on the caller's thread. */
+	ck_assert(pthread_equal(seen.done_thread, pthread_self()));
+}
+END_TEST
+
+START_TEST(test_local_call_failure_reaches_done)
+{
+	kms_peer app = make_peer(KMS_PEER_SERVICE, "spiffe://kmsd.dev/ns/t/sa/c", 0);
+
+	finish = FINISH_FAIL;
+	run_local(1, &app, "k1", 2, LONG_MAX, NULL);
+	ck_assert_int_eq(seen.handler_runs, 1);
+	ck_assert_int_eq(seen.code, GRPC_STATUS_NOT_FOUND);
+	ck_assert_str_eq(seen.msg, "no such key");
+	ck_assert(seen.resp_null);
+	ck_assert_int_eq(seen.deadline_ms, LONG_MAX);
+	ck_assert_str_eq(seen.consistency, "");
+}
+END_TEST
+
+START_TEST(test_local_call_reply_from_another_thread_reaches_done_once)
+{
+	kms_peer node = make_peer(KMS_PEER_NODE, "spiffe://kmsd.dev/kmsd/node/2", 2);
+	struct timespec pause = {0, 200 * 1000 * 1000};
+
+	finish = FINISH_THREAD;
+	run_local(2, &node, "k1", 2, 0, NULL);
+	ck_assert_int_eq(seen.code, GRPC_STATUS_OK);
+	ck_assert_str_eq(seen.key_id, "later");
+	ck_assert(!pthread_equal(seen.done_thread, pthread_self()));
+	ck_assert_int_eq(seen.kind, KMS_PEER_NODE);
+	/* The deadline had passed before the handler ran. */
+	ck_assert_int_le(seen.deadline_ms, 0);
+	nanosleep(&pause, NULL);
+	ck_assert_int_eq(seen.done_calls, 1);
+}
+END_TEST
+
+START_TEST(test_local_call_node_peer_is_refused_a_service_method)
+{
+	kms_peer node = make_peer(KMS_PEER_NODE, "spiffe://kmsd.dev/kmsd/node/2", 2);
+
+	run_local(1, &node, "k1", 2, 5000, NULL);
+	ck_assert_int_eq(seen.handler_runs, 0);
+	ck_assert_int_eq(seen.code, GRPC_STATUS_PERMISSION_DENIED);
+	ck_assert_msg(strstr(seen.msg, "node identities may call only kms.v1.Internal") != NULL,
+		      "%s", seen.msg);
+	ck_assert(seen.resp_null);
+}
+END_TEST
+
+START_TEST(test_local_call_service_is_refused_a_node_method)
+{
+	kms_peer app = make_peer(KMS_PEER_SERVICE, "spiffe://kmsd.dev/ns/t/sa/c", 0);
+
+	run_local(2, &app, "k1", 2, 5000, NULL);
+	ck_assert_int_eq(seen.handler_runs, 0);
+	ck_assert_int_eq(seen.code, GRPC_STATUS_PERMISSION_DENIED);
+	ck_assert_msg(strstr(seen.msg, "is not a kmsd node") != NULL, "%s", seen.msg);
+}
+END_TEST
+
+START_TEST(test_local_call_anonymous_peer_is_refused_a_closed_method)
+{
+	run_local(1, NULL, "k1", 2, 5000, NULL);
+	ck_assert_int_eq(seen.handler_runs, 0);
+	ck_assert_int_eq(seen.code, GRPC_STATUS_UNAUTHENTICATED);
+}
+END_TEST
+
+START_TEST(test_local_call_open_method_sees_an_anonymous_caller)
+{
+	kms_peer app = make_peer(KMS_PEER_SERVICE, "spiffe://kmsd.dev/ns/t/sa/c", 0);
+
+	run_local(0, &app, "k1", 2, 5000, NULL);
+	ck_assert_int_eq(seen.handler_runs, 1);
+	ck_assert_int_eq(seen.code, GRPC_STATUS_OK);
+	ck_assert_str_eq(seen.principal, "");
+	ck_assert_int_eq(seen.kind, KMS_PEER_NONE);
+}
+END_TEST
+
+START_TEST(test_local_call_nul_in_a_string_is_refused_before_the_handler)
+{
+	kms_peer app = make_peer(KMS_PEER_SERVICE, "spiffe://kmsd.dev/ns/t/sa/c", 0);
+
+	run_local(1, &app, "k1\0evil", 7, 5000, NULL);
+	ck_assert_int_eq(seen.handler_runs, 0);
+	ck_assert_int_eq(seen.code, GRPC_STATUS_INVALID_ARGUMENT);
+	ck_assert_msg(strstr(seen.msg, "key_id") != NULL, "%s", seen.msg);
+}
+END_TEST
+
+START_TEST(test_local_call_metadata_is_bounded)
+{
+	kms_call *c = kms_call_local_new(NULL, NULL, 1000, local_done, &seen);
+	kms_err err = {0};
+	uint8_t req[1] = {0};
+
+	ck_assert_ptr_nonnull(c);
+	for (int i = 0; i < 4; i++)
+		ck_assert_int_eq(kms_call_local_metadata(c, "k", "v", 1, &err), KMS_OK);
+	ck_assert_int_eq(kms_call_local_metadata(c, "k", "v", 1, &err), KMS_ERR_INVALID);
+	ck_assert_ptr_null(kms_call_local_new(NULL, NULL, 1000, NULL, NULL));
+	/* Run it (an empty request) so that it ends and frees its metadata. */
+	kms_call_local_run(&local_methods[0], &seen, c, req, 0);
+	ck_assert_int_eq(seen.done_calls, 1);
+	ck_assert_int_eq(seen.code, GRPC_STATUS_OK);
+}
+END_TEST
+
 static Suite *rpc_server_suite(void)
 {
 	Suite *s = suite_create("rpc_server");
 	TCase *tc = tcase_create("request bytes");
+	TCase *local = tcase_create("local calls");
 
 	tcase_add_unchecked_fixture(tc, make_pki, remove_pki);
 	tcase_add_checked_fixture(tc, setup, teardown);
@@ -261,6 +565,17 @@ static Suite *rpc_server_suite(void)
 	tcase_add_test(tc, test_refused_request_wiped);
 	tcase_add_test(tc, test_unknown_method_request_wiped);
 	suite_add_tcase(s, tc);
+	tcase_add_checked_fixture(local, local_reset, NULL);
+	tcase_add_test(local, test_local_call_runs_the_handler_and_reports_once);
+	tcase_add_test(local, test_local_call_failure_reaches_done);
+	tcase_add_test(local, test_local_call_reply_from_another_thread_reaches_done_once);
+	tcase_add_test(local, test_local_call_node_peer_is_refused_a_service_method);
+	tcase_add_test(local, test_local_call_service_is_refused_a_node_method);
+	tcase_add_test(local, test_local_call_anonymous_peer_is_refused_a_closed_method);
+	tcase_add_test(local, test_local_call_open_method_sees_an_anonymous_caller);
+	tcase_add_test(local, test_local_call_nul_in_a_string_is_refused_before_the_handler);
+	tcase_add_test(local, test_local_call_metadata_is_bounded);
+	suite_add_tcase(s, local);
 	return s;
 }
 
