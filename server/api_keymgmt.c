@@ -337,14 +337,18 @@ static void describe_key(void *app, kms_call *call, const uint8_t *data, size_t 
 	if (rc == KMS_OK)
 		rc = kms_keyring_describe(node->kr, req->key_id, principal,
 					  is_admin(node, principal), &resp.key, &err);
-	if (fresh_read(node, call, rc, req->key_id, KMS_OP_DESCRIBE_KEY, &again, &err) != KMS_OK ||
-	    (again && kms_keyring_describe(node->kr, req->key_id, principal,
-					   is_admin(node, principal), &resp.key, &err) != KMS_OK)) {
-		fail(call, &err);
-	} else {
-		kms_call_reply(call, &resp.base, 0);
+	rc = fresh_read(node, call, rc, req->key_id, KMS_OP_DESCRIBE_KEY, &again, &err);
+	if (rc == KMS_OK && again) {
+		/* The answer is what the leader's state says: describe again. */
 		kms_keyring_metadata_free(resp.key);
+		rc = kms_keyring_describe(node->kr, req->key_id, principal,
+					  is_admin(node, principal), &resp.key, &err);
 	}
+	if (rc != KMS_OK)
+		fail(call, &err);
+	else
+		kms_call_reply(call, &resp.base, 0);
+	kms_keyring_metadata_free(resp.key);
 	kms__v1__describe_key_request__free_unpacked(req, NULL);
 }
 

@@ -81,20 +81,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
  * a flipped tag byte and without its context (which must fail); one with
  * without_plaintext must return no plaintext.
  *
- * Rewritten requests (so that inputs stay fast): AddMember waits up to
- * promotion_wait_seconds for the new member to become a voter, which a
- * member that never runs never does. In every request that passes the NUL
- * check and parses as an AddMemberRequest, directly or inside a Relay that
- * carries one, a wait of 0 (the 30 s default) or 2..300 s is set to 1 s;
- * larger values are kept so that the limit's refusal is still reached. Such
- * a request is packed again by protobuf-c.
- *
  * State between inputs: what an input did to the administrators list or
  * the member list (SetAdministrators, AddMember, directly or relayed) is
  * undone after it, by committing the original list through Raft, so that
- * every input meets the same administrators and members and a RemoveMember
- * never waits for a member that never runs. Keys an input creates stay (no
- * call removes keys).
+ * every input meets the same administrators and members and the leader
+ * does not keep retrying the promotion of a member that never runs. Keys
+ * an input creates stay (no call removes keys).
  *
  * The network: a member an input admits is dialled by Raft and by
  * ClusterStatus at whatever host:port the input named. This program
@@ -126,8 +118,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define DONE_TIMEOUT_S 8
 #define READY_TIMEOUT_S 60
 #define DEADLINE_MS 5000
-/* api_operator.c's PROMOTION_WAIT_MAX_S. */
-#define PROMOTION_WAIT_MAX_S 300
 #define ADD_MEMBER "/kms.v1.Operator/AddMember"
 #define RELAY "/kms.v1.Internal/Relay"
 
@@ -441,62 +431,6 @@ static uint8_t *pack(const ProtobufCMessage *m, size_t *len)
 		abort();
 	protobuf_c_message_pack(m, buf);
 	return buf;
-}
-
-/* ---- rewriting AddMember's wait ---- */
-
-/* Whether an AddMember would wait long for its member: 0 (30 s) or 2..300. */
-static int waits_long(uint32_t s)
-{
-	return s == 0 || (s >= 2 && s <= PROMOTION_WAIT_MAX_S);
-}
-
-/* An AddMemberRequest that would wait long, packed again waiting 1 s into
- * *out (malloc'd); NULL when it is left as it is. */
-static uint8_t *add_member_rewrite(const uint8_t *req, size_t len, size_t *out_len)
-{
-	Kms__V1__AddMemberRequest *r;
-	uint8_t *out = NULL;
-
-	if (kms_wire_check_strings(&kms__v1__add_member_request__descriptor, req, len, NULL) !=
-	    KMS_OK)
-		return NULL;
-	r = kms__v1__add_member_request__unpack(NULL, len, req);
-	if (r == NULL)
-		return NULL;
-	if (waits_long(r->promotion_wait_seconds)) {
-		r->promotion_wait_seconds = 1;
-		out = pack(&r->base, out_len);
-	}
-	kms__v1__add_member_request__free_unpacked(r, NULL);
-	return out;
-}
-
-/* The same for an AddMember inside a RelayRequest. */
-static uint8_t *relay_rewrite(const uint8_t *req, size_t len, size_t *out_len)
-{
-	Kms__V1__RelayRequest *r;
-	uint8_t *inner, *out = NULL;
-	size_t inner_len = 0;
-
-	if (kms_wire_check_strings(&kms__v1__relay_request__descriptor, req, len, NULL) != KMS_OK)
-		return NULL;
-	r = kms__v1__relay_request__unpack(NULL, len, req);
-	if (r == NULL)
-		return NULL;
-	if (strcmp(r->method, ADD_MEMBER) == 0 &&
-	    (inner = add_member_rewrite(r->request.data, r->request.len, &inner_len)) != NULL) {
-		/* The unpacked message owns its bytes: swap ours in, and back. */
-		ProtobufCBinaryData was = r->request;
-
-		r->request.data = inner;
-		r->request.len = inner_len;
-		out = pack(&r->base, out_len);
-		r->request = was;
-		free(inner);
-	}
-	kms__v1__relay_request__free_unpacked(r, NULL);
-	return out;
 }
 
 /* ---- the checks on an outcome ---- */
@@ -827,8 +761,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	const struct fuzz_method *fm;
 	const uint8_t *req;
-	uint8_t *rewritten = NULL;
-	size_t len, new_len = 0;
+	size_t len;
 	int caller, md;
 	struct outcome o;
 
@@ -839,14 +772,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	md = (data[1] >> MD_SHIFT) & 3;
 	req = data + 2;
 	len = size - 2;
-	if (strcmp(fm->m->path, ADD_MEMBER) == 0)
-		rewritten = add_member_rewrite(req, len, &new_len);
-	else if (strcmp(fm->m->path, RELAY) == 0)
-		rewritten = relay_rewrite(req, len, &new_len);
-	if (rewritten != NULL) {
-		req = rewritten;
-		len = new_len;
-	}
 	run_call(fm, caller, md, (data[1] & DEADLINE_PASSED) ? 0 : DEADLINE_MS, req, len, &o);
 	if (verbose)
 		fprintf(stderr, "fuzz_handlers: %s as %s%s%s: %d %s\n", fm->m->path,
@@ -859,7 +784,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	    strcmp(fm->m->path, "/kms.v1.KeyManagement/GenerateDataKey") == 0)
 		check_data_key(fm, caller, req, len, &o);
 	outcome_free(&o);
-	free(rewritten);
 	restore_baseline();
 	return 0;
 }
@@ -1196,7 +1120,7 @@ static void write_keymgmt_seeds(const char *dir)
 	     de);
 }
 
-/* An AddMember of node 5 at ports where nothing listens, waiting 1 s. */
+/* An AddMember of node 5 at ports where nothing listens. */
 static void add_member_seed(Kms__V1__AddMemberRequest *am, Kms__V1__Member *member)
 {
 	member->id = 5;
@@ -1205,7 +1129,6 @@ static void add_member_seed(Kms__V1__AddMemberRequest *am, Kms__V1__Member *memb
 	am->member = member;
 	am->transport_key_sha256 =
 		(char *)"5e0ccf2a6a3e1e3e2fa7c4b7a7f8f6d1c0b1a2938475665748392a1b0c9d8e7f";
-	am->promotion_wait_seconds = 1;
 }
 
 static void write_operator_seeds(const char *dir)
@@ -1305,9 +1228,7 @@ static void write_internal_seeds(const char *dir)
 	SEED("FetchDomainKey-member-other-node", "/kms.v1.Internal/FetchDomainKey", C_MEMBER, 0,
 	     fd);
 
-	/* Relayed with the default wait of 30 s, which this program makes 1 s. */
 	add_member_seed(&am, &member);
-	am.promotion_wait_seconds = 0;
 	inner = pack(&am.base, &inner_len);
 	rl.principal = (char *)ADMIN;
 	rl.method = (char *)ADD_MEMBER;
