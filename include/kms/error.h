@@ -8,7 +8,7 @@
  * Every fallible function returns one of these and, when it fails, writes a
  * human sentence into a kms_err the caller owns. The sentence names the
  * problem; it never holds key material, a PIN or a plaintext.
- * The mapping to gRPC status codes lives in one table (server/status_map.c).
+ * The mapping to gRPC status codes lives in one table (server/api/status_map.c).
  */
 enum kms_status {
 	KMS_OK = 0,

@@ -1,11 +1,11 @@
-/* fuzz_frame.c - libFuzzer target for the Raft log-entry frame (server/raft_node.c) and the command it carries. */
+/* fuzz_frame.c - libFuzzer target for the Raft log-entry frame (server/raft/raft_node.c) and the command it carries. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kms/error.h"
 #include "kms/keyring.h"
-#include "raft_node.h"
+#include "raft/raft_node.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

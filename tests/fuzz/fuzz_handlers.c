@@ -18,7 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "api.h"
+#include "api/api.h"
 #include "config.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "kms/alloc.h"
@@ -28,10 +28,10 @@
 #include "kms/policy.h"
 #include "kms/v1/cluster.pb-c.h"
 #include "kms/v1/kms.pb-c.h"
-#include "node.h"
-#include "rpc_server.h"
+#include "node/node.h"
+#include "rpc/rpc_server.h"
 #include "softhsm_fixture.h"
-#include "wire_strings.h"
+#include "rpc/wire_strings.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -1,4 +1,4 @@
-/* fuzz_raft_preamble.c - libFuzzer target for what an authenticated Raft peer sends first: the link preamble, then raft's message stream as the bridge parses it (server/raft_tls.h). */
+/* fuzz_raft_preamble.c - libFuzzer target for what an authenticated Raft peer sends first: the link preamble, then raft's message stream as the bridge parses it (server/raft/raft_tls.h). */
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -7,7 +7,7 @@
 #include <sys/stat.h>
 
 #include "kms/error.h"
-#include "raft_tls.h"
+#include "raft/raft_tls.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

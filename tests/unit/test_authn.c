@@ -6,7 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "authn.h"
+#include "identity/authn.h"
 #include "kms/alloc.h"
 #include "softhsm_fixture.h"
 #include "test_pki.h"

@@ -1571,7 +1571,7 @@ static CK_RV raw_set_bool(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h,
 	return f->C_SetAttributeValue(h, obj, &a, 1);
 }
 
-/* What server/hsm.c puts in a domain key's CKA_UNWRAP_TEMPLATE. */
+/* What server/crypto/hsm.c puts in a domain key's CKA_UNWRAP_TEMPLATE. */
 static const struct {
 	CK_ATTRIBUTE_TYPE type;
 	CK_BBOOL value;

@@ -13,7 +13,7 @@
 #include "test_net.h"
 #include "kms/alloc.h"
 #include "kms/keyring.h"
-#include "raft_node.h"
+#include "raft/raft_node.h"
 
 static char dir[256];
 static char data_dir[300];

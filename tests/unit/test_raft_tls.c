@@ -33,7 +33,7 @@
 #include "test_net.h"
 #include "kms/error.h"
 #include "kms/spiffe.h"
-#include "raft_tls.h"
+#include "raft/raft_tls.h"
 
 #define TD "spiffe://kmsd.dev"
 #define N_ENTRIES 50

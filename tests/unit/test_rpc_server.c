@@ -18,7 +18,7 @@
 #include "kms/client.h"
 #include "kms/spiffe.h"
 #include "kms/v1/kms.pb-c.h"
-#include "rpc_server.h"
+#include "rpc/rpc_server.h"
 #include "softhsm_fixture.h"
 #include "test_net.h"
 #include "test_pki.h"

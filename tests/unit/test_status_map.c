@@ -5,7 +5,7 @@
 
 #include "kms/client.h"
 #include "kms/error.h"
-#include "status_map.h"
+#include "api/status_map.h"
 
 START_TEST(api_contract_codes)
 {

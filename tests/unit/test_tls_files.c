@@ -12,7 +12,7 @@
 #include "kms/alloc.h"
 #include "softhsm_fixture.h"
 #include "test_pki.h"
-#include "tls_files.h"
+#include "tls/tls_files.h"
 
 #define ASSERT_MSG(err, needle)                                                                   \
 	ck_assert_msg(strstr((err).msg, needle) != NULL, "message '%s' lacks '%s'", (err).msg,    \

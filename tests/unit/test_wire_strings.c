@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "kms/v1/kms.pb-c.h"
-#include "wire_strings.h"
+#include "rpc/wire_strings.h"
 
 #define ASSERT_MSG(err, needle)                                                                   \
 	ck_assert_msg(strstr((err).msg, needle) != NULL, "message '%s' lacks '%s'", (err).msg,    \

@@ -1,0 +1,42 @@
+/* api.h - the gRPC method tables of kmsd (KeyManagement, Operator, Internal, Health) and what handlers share. */
+#ifndef KMS_API_H
+#define KMS_API_H
+
+#include <stddef.h>
+
+#include "kms/buf.h"
+#include "rpc/rpc_server.h"
+
+struct kms_node;
+
+extern const kms_method kms_api_keymgmt_methods[];
+extern const size_t kms_api_keymgmt_n_methods;
+extern const kms_method kms_api_health_methods[];
+extern const size_t kms_api_health_n_methods;
+extern const kms_method kms_api_operator_methods[];
+extern const size_t kms_api_operator_n_methods;
+extern const kms_method kms_api_internal_methods[];
+extern const size_t kms_api_internal_n_methods;
+
+/* Worker-thread set-up for the gRPC server: each worker's HSM session. */
+int kms_api_worker_init(void *app, void **wctx, kms_err *err);
+void kms_api_worker_fini(void *app, void *wctx);
+
+/*
+ * An Operator call that runs on the leader only (membership, the
+ * administrators list): request bytes in, packed response (kms_malloc'd,
+ * the caller's) or a status with err out, for principal, which fn checks
+ * itself. A follower relays the call (Internal/Relay) and the leader runs
+ * the same fn.
+ */
+typedef struct kms_leader_op {
+	const char *method;
+	int (*fn)(struct kms_node *node, const char *principal, const uint8_t *req, size_t len,
+		  kms_buf *out, kms_err *err);
+	const ProtobufCMessageDescriptor *request;
+} kms_leader_op;
+
+/* The leader operation for method ("/kms.v1.Operator/AddMember"), or NULL. */
+const kms_leader_op *kms_api_leader_op(const char *method);
+
+#endif

@@ -1,0 +1,442 @@
+/* api_operator.c - kms.v1.Operator: cluster status, membership and the administrators list, for administrators; the calls that change them run on the leader. */
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <raft.h>
+
+#include "api/api.h"
+#include "kms/alloc.h"
+#include "kms/fingerprint.h"
+#include "kms/log.h"
+#include "kms/policy.h"
+#include "kms/spiffe.h"
+#include "kms/v1/cluster.pb-c.h"
+#include "node/node.h"
+
+#define STATUS_TIMEOUT_MS 1000
+#define RELAY_TIMEOUT_MS 10000
+#define GRANT_TTL_DEFAULT_S 600
+#define GRANT_TTL_MAX_S 86400
+
+/* KMS_OK for an administrator of the replicated list, else KMS_ERR_PERMISSION. */
+static int admin_check(kms_node *node, const char *principal, kms_err *err)
+{
+	char q[KMS_QUOTE_MAX + 4];
+
+	if (principal != NULL && kms_keyring_is_admin(node->kr, principal))
+		return KMS_OK;
+	return kms_errf(err, KMS_ERR_PERMISSION, "principal '%s' is not an administrator",
+			kms_quote(principal != NULL ? principal : "", q));
+}
+
+static int require_admin(kms_node *node, kms_call *call)
+{
+	kms_err err = {0};
+
+	if (admin_check(node, kms_call_principal(call), &err) == KMS_OK)
+		return 1;
+	kms_call_fail(call, err.code, err.msg);
+	return 0;
+}
+
+static int config_role(const kms_raft_view *v, uint64_t id)
+{
+	for (size_t i = 0; i < v->n_servers; i++)
+		if (v->servers[i].id == id)
+			return v->servers[i].role;
+	return -1;
+}
+
+/* Packs a response message into resp (kms_malloc'd, the caller's). */
+static int pack(const ProtobufCMessage *m, kms_buf *resp, kms_err *err)
+{
+	resp->len = protobuf_c_message_get_packed_size(m);
+	resp->data = kms_malloc(resp->len > 0 ? resp->len : 1);
+	if (resp->data == NULL)
+		return kms_errf(err, KMS_ERR_NOMEM, "out of memory building the reply");
+	protobuf_c_message_pack(m, resp->data);
+	return KMS_OK;
+}
+
+/* --- ClusterStatus --- */
+
+static void cluster_status(void *app, kms_call *call, const uint8_t *data, size_t len)
+{
+	kms_node *node = app;
+	Kms__V1__ClusterStatusRequest *req = kms__v1__cluster_status_request__unpack(NULL, len, data);
+	Kms__V1__ClusterStatusResponse resp = KMS__V1__CLUSTER_STATUS_RESPONSE__INIT;
+	Kms__V1__MemberStatus ms[KMS_MEMBERS_MAX], *msp[KMS_MEMBERS_MAX];
+	Kms__V1__NodeStatusResponse *remote[KMS_MEMBERS_MAX] = {0};
+	char errors[KMS_MEMBERS_MAX][160];
+	kms_member m[KMS_MEMBERS_MAX];
+	kms_raft_view v;
+	size_t n;
+	uint64_t leader_commit = 0;
+
+	if (req == NULL) {
+		kms_call_fail(call, KMS_ERR_INVALID, "malformed ClusterStatusRequest");
+		return;
+	}
+	kms__v1__cluster_status_request__free_unpacked(req, NULL);
+	if (!require_admin(node, call))
+		return;
+	kms_raft_view_get(node->raft, &v);
+	n = kms_keyring_members(node->kr, m, KMS_MEMBERS_MAX);
+	if (n > KMS_MEMBERS_MAX)
+		n = KMS_MEMBERS_MAX;
+	for (size_t i = 0; i < n; i++) {
+		Kms__V1__NodeStatusRequest nreq = KMS__V1__NODE_STATUS_REQUEST__INIT;
+		kms_rpc_status st = {0};
+		int role = config_role(&v, m[i].id);
+
+		kms__v1__member_status__init(&ms[i]);
+		msp[i] = &ms[i];
+		errors[i][0] = '\0';
+		ms[i].id = m[i].id;
+		ms[i].raft_address = m[i].raft_address;
+		ms[i].grpc_address = m[i].grpc_address;
+		ms[i].raft_role = (char *)(role < 0 ? "pending" : kms_raft_role_name(role));
+		if (m[i].id == node->cfg.node_id) {
+			remote[i] = kms_calloc(1, sizeof(*remote[i]));
+			if (remote[i] != NULL) {
+				kms__v1__node_status_response__init(remote[i]);
+				kms_node_local_status(node, remote[i]);
+			}
+		} else if (kms_peers_call(node->peers, m[i].grpc_address, m[i].id,
+					  "/kms.v1.Internal/NodeStatus", &nreq.base,
+					  &kms__v1__node_status_response__descriptor,
+					  (ProtobufCMessage **)&remote[i], STATUS_TIMEOUT_MS, &st) != 0) {
+			snprintf(errors[i], sizeof(errors[i]), "%.150s", st.details);
+		}
+		if (remote[i] != NULL && strcmp(remote[i]->role, "leader") == 0)
+			leader_commit = remote[i]->commit_index;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (remote[i] == NULL) {
+			ms[i].role = (char *)"unreachable";
+			ms[i].error = errors[i];
+			continue;
+		}
+		ms[i].role = remote[i]->role;
+		ms[i].term = remote[i]->term;
+		ms[i].commit_index = remote[i]->commit_index;
+		ms[i].applied_index = remote[i]->applied_index;
+		ms[i].lag = leader_commit > remote[i]->applied_index
+				    ? leader_commit - remote[i]->applied_index
+				    : 0;
+	}
+	resp.leader_id = v.leader_id;
+	resp.n_members = n;
+	resp.members = msp;
+	kms_call_reply(call, &resp.base, 0);
+	for (size_t i = 0; i < n; i++) {
+		if (remote[i] == NULL)
+			continue;
+		if (m[i].id == node->cfg.node_id)
+			kms_free(remote[i]); /* local: its strings are static */
+		else
+			protobuf_c_message_free_unpacked(&remote[i]->base, NULL);
+	}
+}
+
+/* --- the calls that run on the leader --- */
+
+/*
+ * AddMember: records the node with a one-time join grant for the transport
+ * key the node printed, and answers once that is committed. The leader then
+ * adds the node to Raft and promotes it once it has fetched the domain key
+ * (which the grant allows once) and caught up; the answer says the role it
+ * has so far, and a caller that wants to wait for "voter" polls
+ * ClusterStatus (kmsctl cluster join does). Nothing here waits for the
+ * node: a worker blocked here would also hold the calls that gRPC queued
+ * on its completion queue.
+ */
+static int op_add_member(kms_node *node, const char *principal, const uint8_t *data,
+			 size_t len, kms_buf *out, kms_err *err)
+{
+	Kms__V1__AddMemberRequest *req = kms__v1__add_member_request__unpack(NULL, len, data);
+	Kms__V1__AddMemberResponse resp = KMS__V1__ADD_MEMBER_RESPONSE__INIT;
+	kms_join_grant grant;
+	kms_member existing;
+	kms_buf cmd = {0};
+	kms_raft_view v;
+	uint32_t ttl;
+	int rc, role;
+
+	if (req == NULL)
+		return kms_errf(err, KMS_ERR_INVALID, "malformed AddMemberRequest");
+	KMS_TRY_GOTO(rc, admin_check(node, principal, err), out);
+	if (req->member == NULL) {
+		rc = kms_errf(err, KMS_ERR_INVALID, "AddMemberRequest names no member");
+		goto out;
+	}
+	if (req->transport_key_sha256[0] == '\0') {
+		rc = kms_errf(err, KMS_ERR_INVALID,
+			      "transport_key_sha256 is required: the joining node prints it "
+			      "(\"joining: transport key sha256 ...\")");
+		goto out;
+	}
+	memset(&grant, 0, sizeof(grant));
+	grant.present = 1;
+	KMS_TRY_GOTO(rc, kms_hex_decode(req->transport_key_sha256, grant.transport_key_sha256,
+					KMS_FINGERPRINT_LEN, "transport_key_sha256", err),
+		     out);
+	ttl = req->grant_ttl_seconds == 0 ? GRANT_TTL_DEFAULT_S : req->grant_ttl_seconds;
+	if (ttl > GRANT_TTL_MAX_S) {
+		rc = kms_errf(err, KMS_ERR_INVALID,
+			      "grant_ttl_seconds %u is over the limit of %d (24 hours)", ttl,
+			      GRANT_TTL_MAX_S);
+		goto out;
+	}
+	grant.expires_at_unix = (int64_t)time(NULL) + ttl;
+	/* Apply refuses it too, but says only its status: say why here. */
+	if (kms_keyring_member(node->kr, req->member->id, &existing) == KMS_OK &&
+	    kms_member_joined(&existing)) {
+		rc = kms_errf(err, KMS_ERR_PRECONDITION,
+			      "node %llu is already a member and holds the domain key; remove it "
+			      "first to admit it again",
+			      (unsigned long long)req->member->id);
+		goto out;
+	}
+	KMS_TRY_GOTO(rc, kms_keyring_cmd_add_member(req->member->id, req->member->raft_address,
+						    req->member->grpc_address, &grant, &cmd, err),
+		     out);
+	KMS_TRY_GOTO(rc, kms_node_commit_wait(node, principal, cmd.data, cmd.len, NULL, err), out);
+	KMS_LOG_I("admitted node %llu (Raft %s, gRPC %s) for %u s, transport key sha256 %s; "
+		  "promoting it once it has the domain key and has caught up",
+		  (unsigned long long)req->member->id, req->member->raft_address,
+		  req->member->grpc_address, ttl, req->transport_key_sha256);
+	kms_raft_view_get(node->raft, &v);
+	role = config_role(&v, req->member->id);
+	resp.member = req->member;
+	resp.raft_role = (char *)(role < 0 ? "pending" : kms_raft_role_name(role));
+	rc = pack(&resp.base, out, err);
+out:
+	kms_buf_free(&cmd);
+	kms__v1__add_member_request__free_unpacked(req, NULL);
+	return rc;
+}
+
+/* The guards hold because this runs on the leader, never through Forward. */
+static int op_remove_member(kms_node *node, const char *principal, const uint8_t *data,
+			    size_t len, kms_buf *out, kms_err *err)
+{
+	Kms__V1__RemoveMemberRequest *req = kms__v1__remove_member_request__unpack(NULL, len, data);
+	Kms__V1__RemoveMemberResponse resp = KMS__V1__REMOVE_MEMBER_RESPONSE__INIT;
+	kms_buf cmd = {0};
+	kms_member m;
+	int rc;
+
+	if (req == NULL)
+		return kms_errf(err, KMS_ERR_INVALID, "malformed RemoveMemberRequest");
+	KMS_TRY_GOTO(rc, admin_check(node, principal, err), out);
+	if (kms_keyring_member(node->kr, req->id, &m) != KMS_OK) {
+		rc = kms_errf(err, KMS_ERR_NOT_FOUND, "node %llu is not a member",
+			      (unsigned long long)req->id);
+		goto out;
+	}
+	if (kms_keyring_members(node->kr, NULL, 0) <= 1) {
+		rc = kms_errf(err, KMS_ERR_PRECONDITION,
+			      "node %llu is the only member; a cluster cannot remove its last node",
+			      (unsigned long long)req->id);
+		goto out;
+	}
+	/* Handing leadership over first (raft_transfer) raced with raft 0.15's
+	 * configuration-change bookkeeping in tests; until that is understood
+	 * the operator moves leadership by stopping the leader. */
+	if (req->id == node->cfg.node_id) {
+		rc = kms_errf(err, KMS_ERR_PRECONDITION,
+			      "node %llu is the leader; stop it first so that another node leads, "
+			      "then remove it",
+			      (unsigned long long)req->id);
+		goto out;
+	}
+	KMS_TRY_GOTO(rc, kms_keyring_cmd_remove_member(req->id, &cmd, err), out);
+	/* The leader takes it out of the Raft configuration right after. */
+	KMS_TRY_GOTO(rc, kms_node_commit_wait(node, principal, cmd.data, cmd.len, NULL, err), out);
+	KMS_LOG_I("removed node %llu", (unsigned long long)req->id);
+	rc = pack(&resp.base, out, err);
+out:
+	kms_buf_free(&cmd);
+	kms__v1__remove_member_request__free_unpacked(req, NULL);
+	return rc;
+}
+
+static int op_set_administrators(kms_node *node, const char *principal, const uint8_t *data,
+				 size_t len, kms_buf *out, kms_err *err)
+{
+	Kms__V1__SetAdministratorsRequest *req =
+		kms__v1__set_administrators_request__unpack(NULL, len, data);
+	Kms__V1__SetAdministratorsResponse resp = KMS__V1__SET_ADMINISTRATORS_RESPONSE__INIT;
+	kms_buf cmd = {0};
+	char q[KMS_QUOTE_MAX + 4];
+	int rc;
+
+	if (req == NULL)
+		return kms_errf(err, KMS_ERR_INVALID, "malformed SetAdministratorsRequest");
+	KMS_TRY_GOTO(rc, admin_check(node, principal, err), out);
+	KMS_TRY_GOTO(rc, kms_keyring_cmd_set_administrators(req->administrators,
+							    req->n_administrators, &cmd, err),
+		     out);
+	for (size_t i = 0; i < req->n_administrators; i++) {
+		kms_spiffe_id id;
+
+		/* The builder checked each; only the trust domain is left. */
+		if (kms_spiffe_parse_str(req->administrators[i], 1, &id, err) != KMS_OK ||
+		    !kms_spiffe_in_trust_domain(&id, node->cfg.trust_domain)) {
+			rc = kms_errf(err, KMS_ERR_INVALID,
+				      "administrator '%s' is not in this cluster's trust domain "
+				      "'%s'",
+				      kms_quote(req->administrators[i], q), node->cfg.trust_domain);
+			goto out;
+		}
+	}
+	KMS_TRY_GOTO(rc, kms_node_commit_wait(node, principal, cmd.data, cmd.len, NULL, err), out);
+	KMS_LOG_I("administrators set by '%s': %zu of them", principal, req->n_administrators);
+	resp.administrators = req->administrators;
+	resp.n_administrators = req->n_administrators;
+	rc = pack(&resp.base, out, err);
+out:
+	kms_buf_free(&cmd);
+	kms__v1__set_administrators_request__free_unpacked(req, NULL);
+	return rc;
+}
+
+static const kms_leader_op leader_ops[] = {
+	{"/kms.v1.Operator/AddMember", op_add_member, &kms__v1__add_member_request__descriptor},
+	{"/kms.v1.Operator/RemoveMember", op_remove_member,
+	 &kms__v1__remove_member_request__descriptor},
+	{"/kms.v1.Operator/SetAdministrators", op_set_administrators,
+	 &kms__v1__set_administrators_request__descriptor},
+};
+
+const kms_leader_op *kms_api_leader_op(const char *method)
+{
+	for (size_t i = 0; i < sizeof(leader_ops) / sizeof(leader_ops[0]); i++)
+		if (method != NULL && strcmp(leader_ops[i].method, method) == 0)
+			return &leader_ops[i];
+	return NULL;
+}
+
+/* Carries the call to the leader (Internal/Relay) with the caller's principal. */
+static int relay(kms_node *node, const char *principal, const kms_leader_op *op,
+		 const uint8_t *data, size_t len, kms_buf *out, kms_err *err)
+{
+	Kms__V1__RelayRequest req = KMS__V1__RELAY_REQUEST__INIT;
+	Kms__V1__RelayResponse *resp = NULL;
+	kms_member leader;
+	kms_rpc_status st = {0};
+	int rc;
+
+	KMS_TRY(kms_node_leader(node, &leader, err));
+	req.principal = (char *)principal;
+	req.method = (char *)op->method;
+	req.request.data = (uint8_t *)data;
+	req.request.len = len;
+	if (kms_peers_call(node->peers, leader.grpc_address, leader.id, "/kms.v1.Internal/Relay",
+			   &req.base, &kms__v1__relay_response__descriptor,
+			   (ProtobufCMessage **)&resp, RELAY_TIMEOUT_MS, &st) != 0)
+		return kms_errf(err, KMS_ERR_UNAVAILABLE,
+				"this call runs on the leader (node %llu), which did not answer: "
+				"%.150s",
+				(unsigned long long)leader.id, st.details);
+	rc = resp->status < KMS_STATUS_COUNT ? (int)resp->status : KMS_ERR_INTERNAL;
+	if (rc != KMS_OK) {
+		kms_errf(err, rc, "%s", resp->message);
+	} else {
+		out->data = kms_malloc(resp->response.len > 0 ? resp->response.len : 1);
+		out->len = resp->response.len;
+		if (out->data == NULL)
+			rc = kms_errf(err, KMS_ERR_NOMEM, "out of memory relaying the reply");
+		else if (resp->response.len > 0)
+			memcpy(out->data, resp->response.data, resp->response.len);
+	}
+	protobuf_c_message_free_unpacked(&resp->base, NULL);
+	return rc;
+}
+
+/*
+ * Membership and the administrators list change only on the leader, so that
+ * its guards (never remove itself or the last member) see the state they
+ * guard. A follower checks the caller is an administrator (a stranger gets
+ * no relay), then carries the request there.
+ */
+static void run_on_leader(kms_node *node, kms_call *call, const char *method,
+			  const uint8_t *data, size_t len)
+{
+	const kms_leader_op *op = kms_api_leader_op(method);
+	const char *principal = kms_call_principal(call);
+	kms_buf out = {0};
+	kms_err err = {0};
+	int rc;
+
+	if (!require_admin(node, call))
+		return;
+	if (kms_node_is_leader(node))
+		rc = op->fn(node, principal, data, len, &out, &err);
+	else
+		rc = relay(node, principal, op, data, len, &out, &err);
+	if (rc == KMS_OK)
+		kms_call_reply_bytes(call, out.data, out.len);
+	else
+		kms_call_fail(call, rc, err.msg);
+	kms_buf_free(&out);
+}
+
+static void add_member(void *app, kms_call *call, const uint8_t *data, size_t len)
+{
+	run_on_leader(app, call, "/kms.v1.Operator/AddMember", data, len);
+}
+
+static void remove_member(void *app, kms_call *call, const uint8_t *data, size_t len)
+{
+	run_on_leader(app, call, "/kms.v1.Operator/RemoveMember", data, len);
+}
+
+static void set_administrators(void *app, kms_call *call, const uint8_t *data, size_t len)
+{
+	run_on_leader(app, call, "/kms.v1.Operator/SetAdministrators", data, len);
+}
+
+static void list_administrators(void *app, kms_call *call, const uint8_t *data, size_t len)
+{
+	kms_node *node = app;
+	Kms__V1__ListAdministratorsRequest *req =
+		kms__v1__list_administrators_request__unpack(NULL, len, data);
+	Kms__V1__ListAdministratorsResponse resp = KMS__V1__LIST_ADMINISTRATORS_RESPONSE__INIT;
+	kms_err err = {0};
+	char **admins = NULL;
+	size_t n = 0;
+
+	if (req == NULL) {
+		kms_call_fail(call, KMS_ERR_INVALID, "malformed ListAdministratorsRequest");
+		return;
+	}
+	kms__v1__list_administrators_request__free_unpacked(req, NULL);
+	if (!require_admin(node, call))
+		return;
+	if (kms_keyring_admins(node->kr, &admins, &n, &err) != KMS_OK) {
+		kms_call_fail(call, err.code, err.msg);
+		return;
+	}
+	resp.administrators = admins;
+	resp.n_administrators = n;
+	kms_call_reply(call, &resp.base, 0);
+	kms_keyring_admins_free(admins, n);
+}
+
+const kms_method kms_api_operator_methods[] = {
+	{"/kms.v1.Operator/ClusterStatus", cluster_status, KMS_CALLERS_SERVICES,
+	 &kms__v1__cluster_status_request__descriptor},
+	{"/kms.v1.Operator/AddMember", add_member, KMS_CALLERS_SERVICES,
+	 &kms__v1__add_member_request__descriptor},
+	{"/kms.v1.Operator/RemoveMember", remove_member, KMS_CALLERS_SERVICES,
+	 &kms__v1__remove_member_request__descriptor},
+	{"/kms.v1.Operator/ListAdministrators", list_administrators, KMS_CALLERS_SERVICES,
+	 &kms__v1__list_administrators_request__descriptor},
+	{"/kms.v1.Operator/SetAdministrators", set_administrators, KMS_CALLERS_SERVICES,
+	 &kms__v1__set_administrators_request__descriptor},
+};
+const size_t kms_api_operator_n_methods =
+	sizeof(kms_api_operator_methods) / sizeof(kms_api_operator_methods[0]);

@@ -1,0 +1,624 @@
+/* node.c - brings one kmsd node up in dependency order, takes it down in reverse, and routes writes to the leader. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+#include <raft.h>
+#include <uv.h>
+
+#include "api/api.h"
+#include "node/coredump.h"
+#include "kms/alloc.h"
+#include "kms/log.h"
+#include "kms/spiffe.h"
+#include "kms/v1/cluster.pb-c.h"
+#include "node/node.h"
+#include "raft/raft_tls.h"
+#include "node/supervisor.h"
+#include "tls/tls_engine.h"
+#include "tls/tls_policy.h"
+#include "tls/tls_watch.h"
+
+#define MAX_METHODS 24
+#define FORWARD_TIMEOUT_MS 10000
+#define READ_OWN_WRITE_TIMEOUT_MS 5000
+
+static kms_method methods[MAX_METHODS];
+static size_t n_methods;
+
+static void release_handle(void *arg, unsigned long handle)
+{
+	kms_hsm_key_destroy(arg, handle);
+}
+
+/* A data directory with anything in it belongs to an existing cluster. */
+static int data_dir_is_new(const char *dir)
+{
+	uv_fs_t req;
+	uv_dirent_t ent;
+	int fresh = 1;
+
+	if (uv_fs_scandir(NULL, &req, dir, 0, NULL) < 0) {
+		uv_fs_req_cleanup(&req);
+		return 1;
+	}
+	if (uv_fs_scandir_next(&req, &ent) != UV_EOF)
+		fresh = 0;
+	uv_fs_req_cleanup(&req);
+	return fresh;
+}
+
+static int open_hsm(kms_node *node, kms_err *err)
+{
+	char *pin = NULL;
+	int rc;
+
+	KMS_TRY(kms_config_read_pin(&node->cfg, &pin, err));
+	/* Our own open first: it tells a wrong module, a missing token and a
+	 * wrong PIN apart. Then the engine gRPC signs TLS handshakes with. */
+	rc = kms_hsm_open(node->cfg.hsm_module, node->cfg.hsm_token_label, pin, &node->hsm, err);
+	if (rc == KMS_OK)
+		rc = kms_tls_engine_init(node->cfg.hsm_module, pin, err);
+	kms_free_secret(pin, strlen(pin));
+	return rc;
+}
+
+/*
+ * A new cluster's first node creates the domain key; a joining node gets it
+ * from a member later (the supervisor); a node with state but no domain key
+ * holds a token that is not this cluster's.
+ */
+static int find_domain_key(kms_node *node, int fresh, kms_err *err)
+{
+	int joining = node->cfg.join_seeds != NULL;
+	kms_hsm_key dk = 0;
+	int rc = kms_hsm_domain_key(node->hsm, node->cfg.domain_key_label, fresh && !joining, &dk,
+				    err);
+
+	if (rc == KMS_ERR_NOT_FOUND && joining)
+		return KMS_OK;
+	if (rc == KMS_ERR_NOT_FOUND)
+		return kms_errf(err, KMS_ERR_CONFIG,
+				"token '%s' holds no domain key '%s', but %s already holds cluster "
+				"state: this token does not belong to this node's cluster",
+				node->cfg.hsm_token_label, node->cfg.domain_key_label,
+				node->cfg.data_dir);
+	KMS_TRY(rc);
+	/* A joining node receives the cluster's domain key; one already in the
+	 * token is another cluster's (or an earlier life's): refuse to mix them. */
+	if (fresh && joining)
+		return kms_errf(err, KMS_ERR_CONFIG,
+				"token '%s' already holds a domain key '%s', but this node joins a "
+				"cluster (%s is empty and [cluster] join is set): a joining node "
+				"receives the cluster's domain key; give it a fresh token",
+				node->cfg.hsm_token_label, node->cfg.domain_key_label,
+				node->cfg.data_dir);
+	atomic_store(&node->domain_key, dk);
+	return KMS_OK;
+}
+
+/*
+ * Our own certificate must name this node in the configured trust domain,
+ * and come from the node CA: the same rule every peer applies to us.
+ */
+static int check_own_certificate(kms_node *node, kms_err *err)
+{
+	FILE *f = fopen(node->cfg.cert_file, "r");
+	char pem[16384];
+	size_t n;
+	kms_peer self;
+	kms_err sub = {0};
+
+	if (f == NULL)
+		return kms_errf(err, KMS_ERR_CONFIG, "cannot read %s: %m", node->cfg.cert_file);
+	n = fread(pem, 1, sizeof(pem) - 1, f);
+	fclose(f);
+	pem[n] = '\0';
+	if (kms_authn_identify(node->authn, pem, n, &self, &sub) != KMS_OK)
+		return kms_errf(err, KMS_ERR_CONFIG, "%s: %s", node->cfg.cert_file, sub.msg);
+	if (self.kind != KMS_PEER_NODE || self.node_id != node->cfg.node_id)
+		return kms_errf(err, KMS_ERR_CONFIG,
+				"%s names '%s', not spiffe://%s" KMS_NODE_PATH "%u: a node "
+				"certificate names its node id",
+				node->cfg.cert_file, self.id.id, node->cfg.trust_domain,
+				node->cfg.node_id);
+	return KMS_OK;
+}
+
+/*
+ * Raft peer links: the certificate must name the node id the peer claims,
+ * and that id must be a member. A node that knows no members yet (joining)
+ * accepts node identities of its trust domain: the leader that adds it is
+ * not in its empty key ring yet.
+ */
+void kms_node_set_join_members(kms_node *node, const kms_member *m, size_t n)
+{
+	pthread_mutex_lock(&node->join_mu);
+	node->n_join_members = n < KMS_MEMBERS_MAX ? n : KMS_MEMBERS_MAX;
+	memcpy(node->join_members, m, node->n_join_members * sizeof(*m));
+	pthread_mutex_unlock(&node->join_mu);
+}
+
+static int join_member(kms_node *node, uint64_t id)
+{
+	int found = 0;
+
+	pthread_mutex_lock(&node->join_mu);
+	for (size_t i = 0; i < node->n_join_members && !found; i++)
+		found = node->join_members[i].id == id;
+	pthread_mutex_unlock(&node->join_mu);
+	return found;
+}
+
+/*
+ * Raft peer links: the certificate (from the node CA: the link's TLS
+ * context trusts nothing else) must name the node id the peer claims, and
+ * that node must be a member. The check is never off:
+ *  - the key ring's member list, once it has one;
+ *  - else the Raft configuration, which a restarted node has read from its
+ *    log and snapshot before it listens (raft_start);
+ *  - else, on a joining node, the members named in the answer that gave it
+ *    the domain key; until then it accepts no link at all.
+ */
+static int authorize_peer(void *arg, const char *spiffe_id, unsigned long long raft_id)
+{
+	kms_node *node = arg;
+	kms_member m;
+	kms_spiffe_id id;
+	uint64_t claimed = 0;
+
+	if (kms_spiffe_parse_str(spiffe_id, 1, &id, NULL) != KMS_OK ||
+	    !kms_spiffe_in_trust_domain(&id, node->cfg.trust_domain) ||
+	    kms_spiffe_node_id(&id, &claimed) != KMS_OK || claimed != raft_id || raft_id == 0)
+		return 0;
+	if (kms_keyring_member(node->kr, raft_id, &m) == KMS_OK)
+		return 1;
+	if (kms_keyring_members(node->kr, NULL, 0) > 0)
+		return 0;
+	if (node->raft != NULL && kms_raft_configured(node->raft) > 0)
+		return kms_raft_has_server(node->raft, raft_id);
+	return join_member(node, raft_id);
+}
+
+static void raft_tls_opts(kms_node *node, kms_raft_tls_opts *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->ca_file = node->cfg.node_ca_file;
+	o->cert_file = node->cfg.cert_file;
+	o->key = node->raft_key;
+	o->authorize = authorize_peer;
+	o->authorize_arg = node;
+}
+
+static int transport_init(void *arg, struct raft_uv_transport *t, struct uv_loop_s *loop,
+			  kms_err *err)
+{
+	kms_node *node = arg;
+	kms_raft_tls_opts o;
+
+	raft_tls_opts(node, &o);
+	KMS_TRY(kms_raft_tls_init(t, loop, &o, err));
+	pthread_mutex_lock(&node->reload_mu);
+	node->raft_transport = t;
+	pthread_mutex_unlock(&node->reload_mu);
+	return KMS_OK;
+}
+
+static void transport_close(void *arg, struct raft_uv_transport *t)
+{
+	kms_node *node = arg;
+
+	/* Not while a reload swaps its TLS context. */
+	pthread_mutex_lock(&node->reload_mu);
+	node->raft_transport = NULL;
+	pthread_mutex_unlock(&node->reload_mu);
+	kms_raft_tls_close(t);
+}
+
+/* --- certificate reload --- */
+
+void kms_node_reload_tls(kms_node *node, const char *trigger)
+{
+	kms_tls_files next, old;
+	kms_raft_tls_opts o;
+	kms_err err = {0};
+
+	pthread_mutex_lock(&node->reload_mu);
+	if (kms_tls_files_load(&node->cfg, node->raft_key, &next, &err) != KMS_OK) {
+		KMS_LOG_W("tls: reload (%s) refused, the previous certificates stay in force: %s",
+			  trigger, err.msg);
+		goto out;
+	}
+	/* Raft first: building its context is the step most likely to fail,
+	 * and nothing has changed yet if it does. */
+	raft_tls_opts(node, &o);
+	if (node->raft_transport != NULL &&
+	    kms_raft_tls_reload(node->raft_transport, &o, &err) != KMS_OK) {
+		KMS_LOG_W("tls: reload (%s) refused, the previous certificates stay in force: %s",
+			  trigger, err.msg);
+		kms_tls_files_free(&next);
+		goto out;
+	}
+	if (node->rpc != NULL && kms_rpc_server_set_tls(node->rpc, &next, &err) != KMS_OK)
+		KMS_LOG_E("tls: reload (%s): the gRPC server keeps its previous certificates: %s",
+			  trigger, err.msg);
+	if (kms_authn_reload(node->authn, node->cfg.node_ca_file, &err) != KMS_OK)
+		KMS_LOG_E("tls: reload (%s): the node CA that tells nodes apart stays the "
+			  "previous one: %s", trigger, err.msg);
+	kms_peers_reset(node->peers);
+	old = node->tls;
+	node->tls = next;
+	kms_tls_files_free(&old);
+	KMS_LOG_I("tls: reloaded (%s): %s", trigger, node->tls.summary);
+out:
+	pthread_mutex_unlock(&node->reload_mu);
+}
+
+static void tls_files_changed(void *arg)
+{
+	kms_node_reload_tls(arg, "a file changed");
+}
+
+/*
+ * Holds the cluster's verified domain key, and is the ready leader or a
+ * follower of a known leader (that has applied what it knows to be
+ * committed, if caught_up).
+ */
+static int can_serve(kms_node *node, int caught_up)
+{
+	kms_raft_view v;
+
+	if (atomic_load(&node->domain_key) == 0 || !atomic_load(&node->probe_verified))
+		return 0;
+	kms_raft_view_get(node->raft, &v);
+	if (v.state == RAFT_LEADER)
+		return kms_raft_ready(node->raft);
+	return v.state == RAFT_FOLLOWER && v.leader_id != 0 &&
+	       (!caught_up || v.applied_index >= v.commit_index);
+}
+
+int kms_node_ready(kms_node *node)
+{
+	return can_serve(node, 1);
+}
+
+/* A write does not need the follower caught up: the forward waits. */
+int kms_node_can_write(kms_node *node)
+{
+	return can_serve(node, 0);
+}
+
+void kms_node_local_status(kms_node *node, Kms__V1__NodeStatusResponse *r)
+{
+	kms_raft_view v;
+
+	kms_raft_view_get(node->raft, &v);
+	r->id = node->cfg.node_id;
+	r->role = (char *)kms_raft_state_name(v.state);
+	r->term = v.term;
+	r->commit_index = v.commit_index;
+	r->applied_index = v.applied_index;
+	r->leader_id = v.leader_id;
+	r->has_domain_key = atomic_load(&node->domain_key) != 0;
+}
+
+int kms_node_is_leader(kms_node *node)
+{
+	kms_raft_view v;
+
+	kms_raft_view_get(node->raft, &v);
+	return v.state == RAFT_LEADER;
+}
+
+/* The leader's member record, for calls to it. */
+int kms_node_leader(kms_node *node, kms_member *out, kms_err *err)
+{
+	kms_raft_view v;
+
+	kms_raft_view_get(node->raft, &v);
+	if (v.leader_id == 0)
+		return kms_errf(err, KMS_ERR_UNAVAILABLE,
+				"no Raft leader is known: the cluster has no quorum now");
+	if (kms_keyring_member(node->kr, v.leader_id, out) != KMS_OK)
+		return kms_errf(err, KMS_ERR_UNAVAILABLE,
+				"the leader (node %llu) is not in the member list yet",
+				(unsigned long long)v.leader_id);
+	return KMS_OK;
+}
+
+int kms_node_sync_read(kms_node *node, const char *principal, const char *key_id,
+		       enum kms_op op, long deadline_ms, kms_err *err)
+{
+	Kms__V1__ReadIndexRequest req = KMS__V1__READ_INDEX_REQUEST__INIT;
+	Kms__V1__ReadIndexResponse *resp = NULL;
+	int wait_ms = deadline_ms < READ_OWN_WRITE_TIMEOUT_MS ? (int)deadline_ms
+							      : READ_OWN_WRITE_TIMEOUT_MS;
+	kms_raft_view v;
+	kms_member leader;
+	kms_rpc_status st;
+	uint64_t commit;
+	int rc;
+
+	if (wait_ms <= 0)
+		return kms_errf(err, KMS_ERR_UNAVAILABLE,
+				"leader-commit consistency: the call's deadline has passed");
+	kms_raft_view_get(node->raft, &v);
+	if (v.state == RAFT_LEADER) {
+		/* The caller's own check ran on this, the leader's, state. */
+		commit = v.commit_index;
+	} else {
+		if (kms_node_leader(node, &leader, err) != KMS_OK)
+			return kms_err_prefix(err, "leader-commit consistency");
+		req.principal = (char *)principal;
+		req.key_id = (char *)(key_id != NULL ? key_id : "");
+		req.operation = (char *)kms_op_name(op);
+		if (kms_peers_call(node->peers, leader.grpc_address, leader.id,
+				   "/kms.v1.Internal/ReadIndex", &req.base,
+				   &kms__v1__read_index_response__descriptor,
+				   (ProtobufCMessage **)&resp, wait_ms, &st) != 0)
+			return kms_errf(err, KMS_ERR_UNAVAILABLE,
+					"leader-commit consistency: the leader did not answer: %.150s",
+					st.details);
+		rc = resp->status < KMS_STATUS_COUNT ? (int)resp->status : KMS_ERR_INTERNAL;
+		if (rc != KMS_OK)
+			kms_errf(err, rc, "%s", resp->message);
+		commit = resp->commit_index;
+		protobuf_c_message_free_unpacked(&resp->base, NULL);
+		KMS_TRY(rc);
+	}
+	if (kms_raft_wait_applied(node->raft, commit, wait_ms) != KMS_OK)
+		return kms_errf(err, KMS_ERR_UNAVAILABLE,
+				"leader-commit consistency: this node did not reach the leader's "
+				"commit index %llu in time",
+				(unsigned long long)commit);
+	return KMS_OK;
+}
+
+/* --- writes: to Raft on the leader, forwarded from a follower --- */
+
+static void forward(kms_node *node, const char *principal, const uint8_t *cmd, size_t len,
+		    kms_raft_done_fn done, void *arg)
+{
+	Kms__V1__ForwardRequest req = KMS__V1__FORWARD_REQUEST__INIT;
+	Kms__V1__ForwardResponse *resp = NULL;
+	kms_member leader;
+	kms_err err = {0};
+	kms_rpc_status st;
+	char msg[KMS_ERRMSG_SIZE];
+	int status;
+	uint64_t index;
+
+	if (kms_node_leader(node, &leader, &err) != KMS_OK) {
+		done(arg, err.code, err.msg, 0);
+		return;
+	}
+	req.command.data = (uint8_t *)cmd;
+	req.command.len = len;
+	req.principal = (char *)(principal != NULL ? principal : "");
+	if (kms_peers_call(node->peers, leader.grpc_address, leader.id, "/kms.v1.Internal/Forward", &req.base,
+			   &kms__v1__forward_response__descriptor, (ProtobufCMessage **)&resp,
+			   FORWARD_TIMEOUT_MS, &st) != 0) {
+		snprintf(msg, sizeof(msg), "forwarding the write to the leader (node %llu) failed (no quorum?): %.150s",
+			 (unsigned long long)leader.id, st.details);
+		done(arg, KMS_ERR_UNAVAILABLE, msg, 0);
+		return;
+	}
+	status = resp->status < KMS_STATUS_COUNT ? (int)resp->status : KMS_ERR_INTERNAL;
+	index = resp->index;
+	snprintf(msg, sizeof(msg), "%s", resp->message);
+	protobuf_c_message_free_unpacked(&resp->base, NULL);
+	/* Read-your-writes on the node that answers the caller. */
+	if (status == KMS_OK &&
+	    kms_raft_wait_applied(node->raft, index, READ_OWN_WRITE_TIMEOUT_MS) != KMS_OK) {
+		done(arg, KMS_ERR_UNAVAILABLE,
+		     "the leader applied the write, but this node has not caught up yet", index);
+		return;
+	}
+	done(arg, status, msg[0] != '\0' ? msg : NULL, index);
+}
+
+void kms_node_commit(kms_node *node, const char *principal, const uint8_t *cmd, size_t len,
+		     kms_raft_done_fn done, void *arg)
+{
+	if (kms_node_is_leader(node))
+		kms_raft_submit(node->raft, cmd, len, done, arg);
+	else
+		forward(node, principal, cmd, len, done, arg);
+}
+
+struct commit_wait {
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	int done;
+	int status;
+	uint64_t index;
+	char msg[KMS_ERRMSG_SIZE];
+};
+
+static void commit_wait_done(void *arg, int status, const char *msg, uint64_t index)
+{
+	struct commit_wait *w = arg;
+
+	pthread_mutex_lock(&w->mu);
+	w->status = status;
+	w->index = index;
+	snprintf(w->msg, sizeof(w->msg), "%s", msg != NULL ? msg : kms_strerror(status));
+	w->done = 1;
+	pthread_cond_signal(&w->cond);
+	pthread_mutex_unlock(&w->mu);
+}
+
+int kms_node_commit_wait(kms_node *node, const char *principal, const uint8_t *cmd, size_t len,
+			 uint64_t *index, kms_err *err)
+{
+	struct commit_wait w;
+
+	memset(&w, 0, sizeof(w));
+	pthread_mutex_init(&w.mu, NULL);
+	pthread_cond_init(&w.cond, NULL);
+	kms_node_commit(node, principal, cmd, len, commit_wait_done, &w);
+	pthread_mutex_lock(&w.mu);
+	while (!w.done)
+		pthread_cond_wait(&w.cond, &w.mu);
+	pthread_mutex_unlock(&w.mu);
+	pthread_mutex_destroy(&w.mu);
+	pthread_cond_destroy(&w.cond);
+	if (index != NULL)
+		*index = w.index;
+	if (w.status != KMS_OK)
+		return kms_errf(err, w.status, "%s", w.msg);
+	return KMS_OK;
+}
+
+/* --- start and stop --- */
+
+static int start_rpc(kms_node *node, kms_err *err)
+{
+	kms_rpc_server_opts o;
+	char *key = kms_tls_engine_key_string(node->cfg.tls_key_uri);
+	int rc;
+
+	if (key == NULL)
+		return kms_errf(err, KMS_ERR_NOMEM, "out of memory");
+	n_methods = 0;
+	for (size_t i = 0; i < kms_api_keymgmt_n_methods; i++)
+		methods[n_methods++] = kms_api_keymgmt_methods[i];
+	for (size_t i = 0; i < kms_api_health_n_methods; i++)
+		methods[n_methods++] = kms_api_health_methods[i];
+	for (size_t i = 0; i < kms_api_operator_n_methods; i++)
+		methods[n_methods++] = kms_api_operator_methods[i];
+	for (size_t i = 0; i < kms_api_internal_n_methods; i++)
+		methods[n_methods++] = kms_api_internal_methods[i];
+	memset(&o, 0, sizeof(o));
+	o.listen = node->cfg.grpc_listen;
+	o.tls = &node->tls;
+	o.private_key = key;
+	o.limits.max_concurrent_streams = node->cfg.max_concurrent_streams;
+	o.limits.handshake_timeout_s = node->cfg.handshake_timeout_s;
+	o.limits.keepalive_time_s = node->cfg.keepalive_time_s;
+	o.limits.keepalive_timeout_s = node->cfg.keepalive_timeout_s;
+	o.limits.min_ping_interval_s = node->cfg.min_ping_interval_s;
+	o.limits.max_connection_idle_s = node->cfg.max_connection_idle_s;
+	o.limits.max_connection_age_s = node->cfg.max_connection_age_s;
+	o.limits.max_connection_age_grace_s = node->cfg.max_connection_age_grace_s;
+	o.limits.request_timeout_s = node->cfg.request_timeout_s;
+	o.workers = node->cfg.grpc_workers;
+	o.methods = methods;
+	o.n_methods = n_methods;
+	o.app = node;
+	o.authn = node->authn;
+	o.worker_init = kms_api_worker_init;
+	o.worker_fini = kms_api_worker_fini;
+	rc = kms_rpc_server_start(&o, &node->rpc, err);
+	kms_free(key);
+	return rc;
+}
+
+int kms_node_start(const char *config_path, kms_node **out, kms_err *err)
+{
+	kms_node *node = kms_calloc(1, sizeof(*node));
+	kms_raft_opts ropts;
+	kms_tls_stamp stamp;
+	int rc, fresh;
+
+	if (node == NULL)
+		return kms_errf(err, KMS_ERR_NOMEM, "out of memory");
+	pthread_mutex_init(&node->join_mu, NULL);
+	pthread_mutex_init(&node->reload_mu, NULL);
+	KMS_TRY_GOTO(rc, kms_config_load(config_path, &node->cfg, err), fail_free);
+	{
+		int level = kms_log_level_parse(node->cfg.log_level);
+
+		if (level >= 0)
+			kms_log_set_level((enum kms_log_level)level);
+	}
+	/* First thing after the configuration: before the PIN is read. */
+	KMS_TRY_GOTO(rc, kms_coredump_policy(node->cfg.allow_core_dumps, err), fail);
+	/* Before anything builds a TLS context. */
+	KMS_TRY_GOTO(rc, kms_tls_policy_apply(node->cfg.min_tls_version, err), fail);
+	fresh = data_dir_is_new(node->cfg.data_dir);
+	if (mkdir(node->cfg.data_dir, 0700) != 0 && errno != EEXIST) {
+		rc = kms_errf(err, KMS_ERR_IO, "cannot create data_dir %s: %m", node->cfg.data_dir);
+		goto fail;
+	}
+	KMS_TRY_GOTO(rc, kms_authn_new(node->cfg.trust_domain, node->cfg.node_ca_file,
+				       &node->authn, err), fail);
+	KMS_TRY_GOTO(rc, check_own_certificate(node, err), fail);
+	KMS_TRY_GOTO(rc, open_hsm(node, err), fail);
+	KMS_TRY_GOTO(rc, find_domain_key(node, fresh, err), fail);
+	KMS_TRY_GOTO(rc, kms_keyring_new(&node->kr, err), fail);
+	kms_keyring_set_release(node->kr, release_handle, node->hsm);
+	KMS_TRY_GOTO(rc, kms_peers_new(&node->cfg, &node->peers, err), fail);
+	KMS_TRY_GOTO(rc, kms_tls_engine_load_key(node->cfg.tls_key_uri, &node->raft_key, err), fail);
+	kms_tls_files_stamp(&node->cfg, &stamp);
+	KMS_TRY_GOTO(rc, kms_tls_files_load(&node->cfg, node->raft_key, &node->tls, err), fail);
+	memset(&ropts, 0, sizeof(ropts));
+	ropts.bootstrap = fresh && node->cfg.join_seeds == NULL;
+	/* The first administrators of a new cluster come from this file; later
+	 * the list lives in the replicated state. */
+	if (ropts.bootstrap && node->cfg.n_admins == 0) {
+		rc = kms_errf(err, KMS_ERR_CONFIG,
+			      "%s: a node that starts a new cluster needs 'admins' in [authz]",
+			      config_path);
+		goto fail;
+	}
+	if (fresh)
+		KMS_LOG_I("raft: %s is empty: %s", node->cfg.data_dir,
+			  ropts.bootstrap ? "this node starts a new cluster"
+					  : "waiting for a leader to add this node");
+	ropts.transport_init = transport_init;
+	ropts.transport_close = transport_close;
+	ropts.transport_arg = node;
+	KMS_TRY_GOTO(rc, kms_raft_start(&node->cfg, node->kr, &ropts, &node->raft, err), fail);
+	KMS_TRY_GOTO(rc, start_rpc(node, err), fail);
+	KMS_TRY_GOTO(rc, kms_tls_policy_probe(node->cfg.grpc_listen, node->cfg.min_tls_version, err),
+		     fail);
+	KMS_TRY_GOTO(rc, kms_supervisor_start(node, &node->sup, err), fail);
+	KMS_TRY_GOTO(rc, kms_tls_watch_start(&node->cfg, node->cfg.tls_reload_interval_s, &stamp,
+					     tls_files_changed, node, &node->tls_watch, err),
+		     fail);
+	KMS_LOG_I("tls: %s; the files are looked at every %u s and on SIGHUP", node->tls.summary,
+		  node->cfg.tls_reload_interval_s);
+	KMS_LOG_I("node %u serving kms.v1 on %s (Raft on %s)", node->cfg.node_id,
+		  node->cfg.grpc_listen, node->cfg.raft_listen);
+	*out = node;
+	return KMS_OK;
+fail:
+	kms_node_stop(node);
+	return rc;
+fail_free:
+	pthread_mutex_destroy(&node->join_mu);
+	pthread_mutex_destroy(&node->reload_mu);
+	kms_free(node);
+	return rc;
+}
+
+void kms_node_stop(kms_node *node)
+{
+	if (node == NULL)
+		return;
+	kms_tls_watch_stop(node->tls_watch);
+	kms_supervisor_stop(node->sup);
+	/* Raft first: writes waiting on it are answered UNAVAILABLE, so the gRPC
+	 * server has no call left hanging when it drains. */
+	kms_raft_stop(node->raft);
+	kms_rpc_server_stop(node->rpc);
+	kms_raft_free(node->raft);
+	kms_supervisor_free(node->sup);
+	EVP_PKEY_free(node->raft_key);
+	kms_tls_files_free(&node->tls);
+	kms_peers_free(node->peers);
+	kms_keyring_free(node->kr);
+	kms_hsm_close(node->hsm);
+	kms_authn_free(node->authn);
+	kms_config_free(&node->cfg);
+	pthread_mutex_destroy(&node->join_mu);
+	pthread_mutex_destroy(&node->reload_mu);
+	kms_free(node);
+}

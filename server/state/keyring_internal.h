@@ -1,0 +1,162 @@
+/* keyring_internal.h - what the key ring's files share: the structure, the record rules, the protobuf-c allocator; never included outside server/state/keyring_*.c. */
+#ifndef KMS_KEYRING_INTERNAL_H
+#define KMS_KEYRING_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include <protobuf-c/protobuf-c.h>
+
+#include "kms/alloc.h"
+#include "kms/keyring.h"
+#include "kms/v1/state.pb-c.h"
+
+#define KEYRING_SNAPSHOT_FORMAT 1
+#define KEYRING_DESCRIPTION_MAX 1024
+#define KEYRING_PAGE_MAX 1000
+
+/*
+ * Ownership: every record an entry holds is a standalone message unpacked by
+ * this file through the kms_malloc allocator below (a deep copy made by
+ * re-packing the validated record and unpacking it again), so an entry frees
+ * its record with protobuf_c_message_free_unpacked and never points into a
+ * Command or a snapshot the caller owns. The same holds for the metadata
+ * that describe and list hand out.
+ *
+ * handles[i] belongs to rec->versions[i]: the node-local HSM handle of that
+ * version once unwrapped, NULL until then; the entry owns one reference to
+ * it (keyring_handles.c). Not replicated, not in snapshots. A slot changes
+ * only under the write lock (set_handle, restore).
+ */
+struct kr_entry {
+	Kms__V1__KeyRecord *rec;
+	kms_key_handle **handles;
+};
+
+struct kms_keyring {
+	pthread_rwlock_t lock;
+	struct kr_entry *entries; /* sorted by key_id (strcmp), unique */
+	size_t n;
+	size_t cap;
+	kms_member members[KMS_MEMBERS_MAX]; /* sorted by id, unique */
+	size_t n_members;
+	uint8_t probe[KMS_WRAPPED_MAX]; /* the domain-key check blob */
+	size_t probe_len;
+	char **admins; /* kms_malloc'd strings, n_admins of them */
+	size_t n_admins;
+	kms_keyring_release_fn release;
+	void *release_arg;
+};
+
+/*
+ * protobuf-c allocation through kms_malloc (keyring_state.c). protobuf-c
+ * returns NULL both for malformed input and for a failed allocation; the
+ * flag tells the two apart so that an out-of-memory node reports
+ * KMS_ERR_NOMEM instead of calling a good command invalid.
+ */
+struct pb_state {
+	int failed;
+};
+void *kr_pb_alloc(void *data, size_t size);
+void kr_pb_free(void *data, void *p);
+void kr_pb_message_free(ProtobufCMessage *m);
+void kr_record_free(Kms__V1__KeyRecord *rec);
+/* Deep copy of a message through its wire form, owned by the caller. */
+int kr_message_dup(const ProtobufCMessage *src, ProtobufCMessage **out, kms_err *err);
+
+/* The one rule set of a key record, for apply, restore and the builders. */
+int kr_record_check(const Kms__V1__KeyRecord *rec, kms_err *err);
+
+/* Entries (keyring_state.c); the caller holds the lock where it matters. */
+void kr_entry_clear(struct kr_entry *e);
+int kr_entry_make(const Kms__V1__KeyRecord *rec, struct kr_entry *e, kms_err *err);
+/* Drops the entries' references to their handles (never under the lock:
+ * the last one runs the release function), then frees them. */
+void kr_entries_drop(struct kr_entry *es, size_t n);
+size_t kr_find_pos(const struct kms_keyring *kr, const char *key_id, int *found);
+struct kr_entry *kr_find_entry(const struct kms_keyring *kr, const char *key_id);
+long kr_version_index(const Kms__V1__KeyRecord *rec, uint32_t v);
+int kr_lookup_id_check(const char *key_id, kms_err *err);
+int kr_apply_create_key(kms_keyring *kr, const Kms__V1__CreateKeyCommand *ck, kms_err *err);
+
+/*
+ * Node-local handles: the reference-counted handle of one unwrapped
+ * version. Who owns what, and which thread may do what, is written in
+ * keyring_handles.c, which holds the cache's operations (set_handle,
+ * kms_keyring_use_release). The handle and its two primitives are here,
+ * inline: every resolve takes a reference, and the fuzz targets (ops/fuzz)
+ * link the key ring's other files without keyring_handles.c.
+ */
+struct kms_key_handle {
+	atomic_ulong refs;
+	unsigned long handle;
+	kms_keyring_release_fn release; /* as set when it was recorded */
+	void *release_arg;
+};
+
+/*
+ * A new reference to kh (NULL: none) for out. The caller holds the key
+ * ring's lock (read or write), so the slot's reference keeps kh alive.
+ */
+static inline void kr_handle_lend(kms_key_handle *kh, kms_key_use *out)
+{
+	out->handle = 0;
+	out->ref = NULL;
+	if (kh == NULL)
+		return;
+	/* Taken from a reference that is held: no ordering needed. */
+	atomic_fetch_add_explicit(&kh->refs, 1, memory_order_relaxed);
+	out->handle = kh->handle;
+	out->ref = kh;
+}
+
+/*
+ * Drops one reference to kh (NULL: nothing); the last one runs the release
+ * function and frees kh, so the caller must not hold the key ring's lock.
+ */
+static inline void kr_handle_drop(kms_key_handle *kh)
+{
+	if (kh == NULL)
+		return;
+	/* Every use of the object happens before its release (acq_rel). */
+	if (atomic_fetch_sub_explicit(&kh->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	if (kh->release != NULL)
+		kh->release(kh->release_arg, kh->handle);
+	kms_free(kh);
+}
+
+/*
+ * What a restore keeps (keyring_state.c). kr_same_material: whether version
+ * record v holds exactly these wrapped bytes. kr_handles_carry moves every
+ * handle of old whose version is unchanged in fresh (same key id, version
+ * and wrapped material) into fresh's slot, leaving NULL behind; restore
+ * calls it with the write lock held.
+ */
+int kr_same_material(const Kms__V1__KeyVersionRecord *v, const uint8_t *wrapped, size_t len);
+void kr_handles_carry(struct kr_entry *fresh, size_t n_fresh, struct kr_entry *old,
+		      size_t n_old);
+
+/* Cluster state (keyring_cluster.c). */
+int kr_member_check(const Kms__V1__MemberRecord *m, kms_err *err);
+size_t kr_member_pos(const struct kms_keyring *kr, uint64_t id);
+void kr_member_set(kms_member *dst, const Kms__V1__MemberRecord *m);
+int kr_apply_add_member(kms_keyring *kr, const Kms__V1__AddMemberCommand *c, kms_err *err);
+int kr_apply_remove_member(kms_keyring *kr, const Kms__V1__RemoveMemberCommand *c,
+			   kms_err *err);
+int kr_apply_domain_key_check(kms_keyring *kr, const Kms__V1__DomainKeyCheckCommand *c,
+			      kms_err *err);
+int kr_apply_consume_join_grant(kms_keyring *kr, const Kms__V1__ConsumeJoinGrantCommand *c,
+				kms_err *err);
+int kr_apply_set_administrators(kms_keyring *kr, const Kms__V1__SetAdministratorsCommand *c,
+				kms_err *err);
+/* The rules of an administrators list (apply, restore, the builder). */
+int kr_admins_check(char *const *admins, size_t n, kms_err *err);
+/* A deep copy of a list, or NULL (kms_keyring_admins_free). */
+char **kr_admins_dup(char *const *admins, size_t n);
+
+/* Packs a command into out->data (kms_malloc'd, the caller's). keyring_cmd.c */
+int kr_command_pack(const Kms__V1__Command *c, kms_buf *out, kms_err *err);
+
+#endif

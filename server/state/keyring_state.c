@@ -1,0 +1,633 @@
+/* keyring_state.c - the replicated key ring as a Raft state machine: key records, apply, snapshot and restore. */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <protobuf-c/protobuf-c.h>
+
+#include "state/keyring_internal.h"
+#include "kms/alloc.h"
+#include "kms/blob.h"
+#include "kms/hostport.h"
+#include "kms/policy.h"
+
+/* --- protobuf-c allocation through kms_malloc --------------------------- */
+
+void *kr_pb_alloc(void *data, size_t size)
+{
+	struct pb_state *st = data;
+	void *p = kms_malloc(size);
+
+	if (p == NULL && st != NULL)
+		st->failed = 1;
+	return p;
+}
+
+void kr_pb_free(void *data, void *p)
+{
+	(void)data;
+	kms_free(p);
+}
+
+void kr_pb_message_free(ProtobufCMessage *m)
+{
+	ProtobufCAllocator a = {.alloc = kr_pb_alloc, .free = kr_pb_free};
+
+	if (m != NULL)
+		protobuf_c_message_free_unpacked(m, &a);
+}
+
+void kr_record_free(Kms__V1__KeyRecord *rec)
+{
+	if (rec != NULL)
+		kr_pb_message_free(&rec->base);
+}
+
+/*
+ * Deep copy of any message through its wire form: the copy is one unpacked
+ * message tree owned by the caller, allocated through kms_malloc.
+ */
+int kr_message_dup(const ProtobufCMessage *src, ProtobufCMessage **out,
+		       kms_err *err)
+{
+	struct pb_state st = {0};
+	ProtobufCAllocator a = {
+	    .alloc = kr_pb_alloc, .free = kr_pb_free, .allocator_data = &st};
+	size_t len = protobuf_c_message_get_packed_size(src);
+	uint8_t *buf = kms_malloc(len);
+	int rc = KMS_OK;
+
+	*out = NULL;
+	if (buf == NULL)
+		return kms_errf(err, KMS_ERR_NOMEM,
+				"out of memory copying a %s",
+				src->descriptor->name);
+	if (protobuf_c_message_pack(src, buf) != len) {
+		rc = kms_errf(err, KMS_ERR_INTERNAL,
+			      "packing a %s gave a wrong size",
+			      src->descriptor->name);
+		goto out;
+	}
+	*out = protobuf_c_message_unpack(src->descriptor, &a, len, buf);
+	if (*out == NULL)
+		rc = kms_errf(err, st.failed ? KMS_ERR_NOMEM : KMS_ERR_INTERNAL,
+			      "%s copying a %s",
+			      st.failed ? "out of memory" : "cannot re-read",
+			      src->descriptor->name);
+out:
+	kms_free(buf);
+	return rc;
+}
+
+/* --- record validation (the one rule set of apply, restore and build) --- */
+
+/*
+ * Every node runs the same checks on the same bytes, so a record is
+ * accepted or refused everywhere alike (the FSM must stay deterministic,
+ * Raft thesis 3.1). Today a record holds exactly version 1; rotation will
+ * relax the version rules here and nowhere else.
+ */
+int kr_record_check(const Kms__V1__KeyRecord *rec, kms_err *err)
+{
+	const Kms__V1__KeyVersionRecord *v;
+	int rc;
+
+	if (rec == NULL || rec->key_id == NULL)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"key record has no key id");
+	KMS_TRY(kms_key_id_check(rec->key_id, err));
+	if (rec->description != NULL &&
+	    strnlen(rec->description, KEYRING_DESCRIPTION_MAX + 1) >
+		KEYRING_DESCRIPTION_MAX)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"key '%s': description is longer than %d bytes",
+				rec->key_id, KEYRING_DESCRIPTION_MAX);
+	if (rec->created_by != NULL &&
+	    strnlen(rec->created_by, KMS_PRINCIPAL_MAX + 1) > KMS_PRINCIPAL_MAX)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"key '%s': created_by is longer than %d bytes",
+				rec->key_id, KMS_PRINCIPAL_MAX);
+	if (rec->policy != NULL) {
+		rc = kms_policy_check(rec->policy, KMS_POLICY_STORED, NULL, err);
+		if (rc != KMS_OK) {
+			char prefix[KMS_KEY_ID_MAX + 8];
+
+			snprintf(prefix, sizeof(prefix), "key '%s'",
+				 rec->key_id);
+			if (err != NULL)
+				kms_err_prefix(err, prefix);
+			return rc;
+		}
+	}
+	if (rec->n_versions != 1 || rec->versions == NULL ||
+	    rec->versions[0] == NULL)
+		return kms_errf(
+		    err, KMS_ERR_INVALID,
+		    "key '%s' must hold exactly one version, not %zu",
+		    rec->key_id, rec->n_versions);
+	v = rec->versions[0];
+	if (v->version != 1)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"key '%s': its first version must be 1, not %u",
+				rec->key_id, v->version);
+	if (v->wrapped_material.len == 0 ||
+	    v->wrapped_material.len > KMS_WRAPPED_MAX ||
+	    v->wrapped_material.data == NULL)
+		return kms_errf(
+		    err, KMS_ERR_INVALID,
+		    "key '%s' version %u: wrapped material of %zu bytes "
+		    "is outside 1..%d",
+		    rec->key_id, v->version, v->wrapped_material.len,
+		    KMS_WRAPPED_MAX);
+	if (rec->primary_version != 1)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"key '%s': primary version must be 1, not %u",
+				rec->key_id, rec->primary_version);
+	return KMS_OK;
+}
+
+/* --- entries ------------------------------------------------------------ */
+
+void kr_entry_clear(struct kr_entry *e)
+{
+	kr_record_free(e->rec);
+	kms_free(e->handles);
+	e->rec = NULL;
+	e->handles = NULL;
+}
+
+/* A validated record copied into a fresh entry with no handles yet. */
+int kr_entry_make(const Kms__V1__KeyRecord *rec, struct kr_entry *e,
+		      kms_err *err)
+{
+	ProtobufCMessage *copy = NULL;
+
+	e->rec = NULL;
+	e->handles = NULL;
+	KMS_TRY(kr_message_dup(&rec->base, &copy, err));
+	e->rec = (Kms__V1__KeyRecord *)copy;
+	e->handles = kms_calloc(e->rec->n_versions, sizeof(*e->handles));
+	if (e->handles == NULL) {
+		kr_entry_clear(e);
+		return kms_errf(err, KMS_ERR_NOMEM,
+				"out of memory adding key '%s'", rec->key_id);
+	}
+	return KMS_OK;
+}
+
+/*
+ * Drops the entries' references to their handles: a handle no call uses
+ * any more is released here, one still in use when its last user is done.
+ */
+void kr_entries_drop(struct kr_entry *es, size_t n)
+{
+	size_t i, j;
+
+	for (i = 0; i < n; i++) {
+		for (j = 0; j < es[i].rec->n_versions; j++)
+			kr_handle_drop(es[i].handles[j]);
+		kr_entry_clear(&es[i]);
+	}
+	kms_free(es);
+}
+
+/*
+ * Binary search (caller holds the lock): the index of the first entry whose
+ * id is >= key_id, and whether it is equal.
+ */
+size_t kr_find_pos(const struct kms_keyring *kr, const char *key_id,
+		       int *found)
+{
+	size_t lo = 0, hi = kr->n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (strcmp(kr->entries[mid].rec->key_id, key_id) < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	*found = lo < kr->n && strcmp(kr->entries[lo].rec->key_id, key_id) == 0;
+	return lo;
+}
+
+struct kr_entry *kr_find_entry(const struct kms_keyring *kr,
+				   const char *key_id)
+{
+	int found;
+	size_t pos = kr_find_pos(kr, key_id, &found);
+
+	return found ? &kr->entries[pos] : NULL;
+}
+
+/* Index of version v in the record, or -1. */
+long kr_version_index(const Kms__V1__KeyRecord *rec, uint32_t v)
+{
+	size_t i;
+
+	for (i = 0; i < rec->n_versions; i++)
+		if (rec->versions[i]->version == v)
+			return (long)i;
+	return -1;
+}
+
+/*
+ * A caller's key id that is not even well formed names no key; say so
+ * without echoing the bytes (they may be anything) into the message.
+ */
+int kr_lookup_id_check(const char *key_id, kms_err *err)
+{
+	if (key_id == NULL)
+		return kms_errf(err, KMS_ERR_NOT_FOUND,
+				"key not found: no key id");
+	if (kms_key_id_check(key_id, NULL) != KMS_OK)
+		return kms_errf(err, KMS_ERR_NOT_FOUND,
+				"key not found: the key id is malformed");
+	return KMS_OK;
+}
+
+/* --- what a restore keeps of this node's handles ------------------------ */
+
+int kr_same_material(const Kms__V1__KeyVersionRecord *v, const uint8_t *wrapped, size_t len)
+{
+	return v->wrapped_material.len == len &&
+	       memcmp(v->wrapped_material.data, wrapped, len) == 0;
+}
+
+/* Moves from's handles of versions that to holds unchanged into to. */
+static void carry_entry(struct kr_entry *to, struct kr_entry *from)
+{
+	for (size_t v = 0; v < from->rec->n_versions; v++) {
+		const Kms__V1__KeyVersionRecord *fv = from->rec->versions[v];
+		long k;
+
+		if (from->handles[v] == NULL)
+			continue;
+		k = kr_version_index(to->rec, fv->version);
+		if (k < 0 || to->handles[k] != NULL ||
+		    !kr_same_material(to->rec->versions[k], fv->wrapped_material.data,
+				      fv->wrapped_material.len))
+			continue;
+		to->handles[k] = from->handles[v];
+		from->handles[v] = NULL;
+	}
+}
+
+/*
+ * Both arrays are sorted by key id (apply keeps the entries so; restore
+ * checked the snapshot's order): one merge walk pairs the same ids.
+ */
+void kr_handles_carry(struct kr_entry *fresh, size_t n_fresh, struct kr_entry *old,
+		      size_t n_old)
+{
+	size_t i = 0, j = 0;
+
+	while (i < n_fresh && j < n_old) {
+		int c = strcmp(fresh[i].rec->key_id, old[j].rec->key_id);
+
+		if (c == 0)
+			carry_entry(&fresh[i], &old[j]);
+		if (c <= 0)
+			i++;
+		if (c >= 0)
+			j++;
+	}
+}
+
+/* --- lifetime ----------------------------------------------------------- */
+
+int kms_keyring_new(kms_keyring **out, kms_err *err)
+{
+	pthread_rwlockattr_t attr;
+	kms_keyring *kr;
+	int rc;
+
+	*out = NULL;
+	kr = kms_calloc(1, sizeof(*kr));
+	if (kr == NULL)
+		return kms_errf(err, KMS_ERR_NOMEM,
+				"out of memory creating the key ring");
+	if (pthread_rwlockattr_init(&attr) != 0) {
+		kms_free(kr);
+		return kms_errf(err, KMS_ERR_INTERNAL,
+				"pthread_rwlockattr_init failed");
+	}
+	/*
+	 * glibc's default rwlock prefers readers: a steady stream of crypto
+	 * calls would starve the Raft thread's apply. Prefer the writer.
+	 */
+	rc = pthread_rwlockattr_setkind_np(
+	    &attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	if (rc == 0)
+		rc = pthread_rwlock_init(&kr->lock, &attr);
+	pthread_rwlockattr_destroy(&attr);
+	if (rc != 0) {
+		kms_free(kr);
+		return kms_errf(err, KMS_ERR_INTERNAL,
+				"cannot create the key ring lock (error %d)",
+				rc);
+	}
+	*out = kr;
+	return KMS_OK;
+}
+
+void kms_keyring_free(kms_keyring *kr)
+{
+	if (kr == NULL)
+		return;
+	/* The owner guarantees no other thread uses kr any more. */
+	kr_entries_drop(kr->entries, kr->n);
+	kms_keyring_admins_free(kr->admins, kr->n_admins);
+	pthread_rwlock_destroy(&kr->lock);
+	kms_free(kr);
+}
+
+void kms_keyring_set_release(kms_keyring *kr, kms_keyring_release_fn fn,
+			     void *arg)
+{
+	pthread_rwlock_wrlock(&kr->lock);
+	kr->release = fn;
+	kr->release_arg = arg;
+	pthread_rwlock_unlock(&kr->lock);
+}
+
+/* --- the state machine -------------------------------------------------- */
+
+/*
+ * Validation and the copy happen before the lock, so readers wait only for
+ * the insertion itself. Only the Raft thread writes, so the existence check
+ * under the lock sees every earlier command.
+ */
+int kr_apply_create_key(kms_keyring *kr,
+			    const Kms__V1__CreateKeyCommand *ck, kms_err *err)
+{
+	struct kr_entry e;
+	size_t pos;
+	int found, rc = KMS_OK;
+
+	if (ck == NULL || ck->key == NULL)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"CreateKey command holds no key record");
+	KMS_TRY(kr_record_check(ck->key, err));
+	KMS_TRY(kr_entry_make(ck->key, &e, err));
+
+	pthread_rwlock_wrlock(&kr->lock);
+	pos = kr_find_pos(kr, e.rec->key_id, &found);
+	if (found) {
+		rc = kms_errf(err, KMS_ERR_EXISTS, "key '%s' already exists",
+			      e.rec->key_id);
+		goto unlock;
+	}
+	if (kr->n == kr->cap) {
+		size_t cap = kr->cap ? kr->cap * 2 : 16;
+		struct kr_entry *grown =
+		    kms_realloc(kr->entries, cap * sizeof(*grown));
+
+		if (grown == NULL) {
+			rc = kms_errf(err, KMS_ERR_NOMEM,
+				      "out of memory adding key '%s'",
+				      e.rec->key_id);
+			goto unlock;
+		}
+		kr->entries = grown;
+		kr->cap = cap;
+	}
+	memmove(&kr->entries[pos + 1], &kr->entries[pos],
+		(kr->n - pos) * sizeof(*kr->entries));
+	kr->entries[pos] = e;
+	kr->n++;
+unlock:
+	pthread_rwlock_unlock(&kr->lock);
+	if (rc != KMS_OK)
+		kr_entry_clear(&e);
+	return rc;
+}
+
+
+int kms_keyring_apply(kms_keyring *kr, const uint8_t *cmd, size_t len,
+		      kms_err *err)
+{
+	static const uint8_t none[1];
+	struct pb_state st = {0};
+	ProtobufCAllocator a = {
+	    .alloc = kr_pb_alloc, .free = kr_pb_free, .allocator_data = &st};
+	Kms__V1__Command *c;
+	int rc;
+
+	if (cmd == NULL && len > 0)
+		return kms_errf(err, KMS_ERR_INVALID, "command bytes missing");
+	c = kms__v1__command__unpack(&a, len, cmd != NULL ? cmd : none);
+	if (c == NULL)
+		return kms_errf(
+		    err, st.failed ? KMS_ERR_NOMEM : KMS_ERR_INVALID,
+		    st.failed ? "out of memory parsing a command"
+			      : "command is not a valid kms.v1.Command");
+	switch (c->cmd_case) {
+	case KMS__V1__COMMAND__CMD_CREATE_KEY:
+		rc = kr_apply_create_key(kr, c->create_key, err);
+		break;
+	case KMS__V1__COMMAND__CMD_ADD_MEMBER:
+		rc = kr_apply_add_member(kr, c->add_member, err);
+		break;
+	case KMS__V1__COMMAND__CMD_REMOVE_MEMBER:
+		rc = kr_apply_remove_member(kr, c->remove_member, err);
+		break;
+	case KMS__V1__COMMAND__CMD_DOMAIN_KEY_CHECK:
+		rc = kr_apply_domain_key_check(kr, c->domain_key_check, err);
+		break;
+	case KMS__V1__COMMAND__CMD_CONSUME_JOIN_GRANT:
+		rc = kr_apply_consume_join_grant(kr, c->consume_join_grant, err);
+		break;
+	case KMS__V1__COMMAND__CMD_SET_ADMINISTRATORS:
+		rc = kr_apply_set_administrators(kr, c->set_administrators, err);
+		break;
+	case KMS__V1__COMMAND__CMD__NOT_SET:
+	default:
+		rc = kms_errf(err, KMS_ERR_INVALID,
+			      "command names no operation this node knows");
+		break;
+	}
+	kr_pb_message_free(&c->base);
+	return rc;
+}
+
+int kms_keyring_snapshot(kms_keyring *kr, void *(*alloc)(size_t), kms_buf *out,
+			 kms_err *err)
+{
+	Kms__V1__KeyRingSnapshot snap = KMS__V1__KEY_RING_SNAPSHOT__INIT;
+	Kms__V1__KeyRecord **recs = NULL;
+	Kms__V1__MemberRecord mrec[KMS_MEMBERS_MAX], *mptr[KMS_MEMBERS_MAX];
+	Kms__V1__JoinGrant grants[KMS_MEMBERS_MAX];
+	size_t i, len;
+	int rc = KMS_OK;
+
+	out->data = NULL;
+	out->len = 0;
+	pthread_rwlock_rdlock(&kr->lock);
+	recs = kms_calloc(kr->n, sizeof(*recs));
+	if (recs == NULL) {
+		rc = kms_errf(err, KMS_ERR_NOMEM,
+			      "out of memory taking a snapshot");
+		goto out;
+	}
+	/* The snapshot borrows the records only while it is packed. */
+	for (i = 0; i < kr->n; i++)
+		recs[i] = kr->entries[i].rec;
+	snap.format = KEYRING_SNAPSHOT_FORMAT;
+	snap.n_keys = kr->n;
+	snap.keys = recs;
+	for (i = 0; i < kr->n_members; i++) {
+		kms__v1__member_record__init(&mrec[i]);
+		mrec[i].id = kr->members[i].id;
+		mrec[i].raft_address = kr->members[i].raft_address;
+		mrec[i].grpc_address = kr->members[i].grpc_address;
+		if (kr->members[i].grant.present) {
+			const kms_join_grant *g = &kr->members[i].grant;
+
+			kms__v1__join_grant__init(&grants[i]);
+			grants[i].transport_key_sha256.data = (uint8_t *)g->transport_key_sha256;
+			grants[i].transport_key_sha256.len = KMS_FINGERPRINT_LEN;
+			grants[i].expires_at_unix = g->expires_at_unix;
+			grants[i].used = g->used;
+			mrec[i].join_grant = &grants[i];
+		}
+		mptr[i] = &mrec[i];
+	}
+	snap.n_members = kr->n_members;
+	snap.members = mptr;
+	snap.domain_key_probe.data = kr->probe;
+	snap.domain_key_probe.len = kr->probe_len;
+	snap.administrators = kr->admins;
+	snap.n_administrators = kr->n_admins;
+	len = kms__v1__key_ring_snapshot__get_packed_size(&snap);
+	out->data = alloc(len);
+	if (out->data == NULL) {
+		rc = kms_errf(err, KMS_ERR_NOMEM,
+			      "out of memory for a snapshot of %zu bytes", len);
+		goto out;
+	}
+	if (kms__v1__key_ring_snapshot__pack(&snap, out->data) != len) {
+		/* out->data came from alloc, whose free we do not know. */
+		rc = kms_errf(err, KMS_ERR_INTERNAL,
+			      "snapshot packed to a wrong size");
+		goto out;
+	}
+	out->len = len;
+out:
+	pthread_rwlock_unlock(&kr->lock);
+	kms_free(recs);
+	return rc;
+}
+
+int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len,
+			kms_err *err)
+{
+	static const uint8_t none[1];
+	struct pb_state st = {0};
+	ProtobufCAllocator a = {
+	    .alloc = kr_pb_alloc, .free = kr_pb_free, .allocator_data = &st};
+	Kms__V1__KeyRingSnapshot *s = NULL;
+	struct kr_entry *fresh = NULL, *old;
+	char **admins = NULL, **old_admins;
+	size_t i, built = 0, old_n, old_n_admins;
+	int rc = KMS_OK;
+
+	if (snap == NULL && len > 0)
+		return kms_errf(err, KMS_ERR_INVALID, "snapshot bytes missing");
+	s = kms__v1__key_ring_snapshot__unpack(&a, len,
+					       snap != NULL ? snap : none);
+	if (s == NULL)
+		return kms_errf(
+		    err, st.failed ? KMS_ERR_NOMEM : KMS_ERR_INVALID,
+		    st.failed
+			? "out of memory parsing a snapshot"
+			: "snapshot is not a valid kms.v1.KeyRingSnapshot");
+	if (s->format != KEYRING_SNAPSHOT_FORMAT) {
+		rc = kms_errf(err, KMS_ERR_INVALID,
+			      "snapshot format %u is not supported (want %d)",
+			      s->format, KEYRING_SNAPSHOT_FORMAT);
+		goto out;
+	}
+	/* Check everything before building anything: all or nothing. */
+	for (i = 0; i < s->n_keys; i++) {
+		KMS_TRY_GOTO(rc, kr_record_check(s->keys[i], err), out);
+		if (i > 0 &&
+		    strcmp(s->keys[i - 1]->key_id, s->keys[i]->key_id) >= 0) {
+			rc = kms_errf(
+			    err, KMS_ERR_INVALID,
+			    "snapshot keys are out of order or repeated "
+			    "at key '%s'",
+			    s->keys[i]->key_id);
+			goto out;
+		}
+	}
+	if (s->n_members > KMS_MEMBERS_MAX || s->domain_key_probe.len > KMS_WRAPPED_MAX) {
+		rc = kms_errf(err, KMS_ERR_INVALID, "snapshot holds too many members or too long a probe");
+		goto out;
+	}
+	for (i = 0; i < s->n_members; i++) {
+		KMS_TRY_GOTO(rc, kr_member_check(s->members[i], err), out);
+		if (i > 0 && s->members[i - 1]->id >= s->members[i]->id) {
+			rc = kms_errf(err, KMS_ERR_INVALID,
+				      "snapshot members are out of order or repeated");
+			goto out;
+		}
+	}
+	/* A snapshot from before the list was replicated holds none. */
+	if (s->n_administrators > 0) {
+		KMS_TRY_GOTO(rc, kr_admins_check(s->administrators, s->n_administrators, err),
+			     out);
+		admins = kr_admins_dup(s->administrators, s->n_administrators);
+		if (admins == NULL) {
+			rc = kms_errf(err, KMS_ERR_NOMEM, "out of memory restoring a snapshot");
+			goto out;
+		}
+	}
+	fresh = kms_calloc(s->n_keys, sizeof(*fresh));
+	if (fresh == NULL) {
+		rc = kms_errf(err, KMS_ERR_NOMEM,
+			      "out of memory restoring a snapshot");
+		goto out;
+	}
+	for (built = 0; built < s->n_keys; built++)
+		KMS_TRY_GOTO(rc, kr_entry_make(s->keys[built], &fresh[built], err),
+			     out);
+
+	pthread_rwlock_wrlock(&kr->lock);
+	old = kr->entries;
+	old_n = kr->n;
+	/* Unchanged versions keep this node's unwrapped keys. */
+	kr_handles_carry(fresh, s->n_keys, old, old_n);
+	kr->entries = fresh;
+	kr->n = kr->cap = s->n_keys;
+	for (i = 0; i < s->n_members; i++)
+		kr_member_set(&kr->members[i], s->members[i]);
+	kr->n_members = s->n_members;
+	if (s->domain_key_probe.len > 0)
+		memcpy(kr->probe, s->domain_key_probe.data, s->domain_key_probe.len);
+	kr->probe_len = s->domain_key_probe.len;
+	old_admins = kr->admins;
+	old_n_admins = kr->n_admins;
+	kr->admins = admins;
+	kr->n_admins = s->n_administrators;
+	admins = NULL;
+	pthread_rwlock_unlock(&kr->lock);
+	fresh = NULL;
+	built = 0;
+	/*
+	 * The old entries are unreachable now: drop their references outside
+	 * the lock. A handle a call still uses is released when it is done.
+	 */
+	kr_entries_drop(old, old_n);
+	kms_keyring_admins_free(old_admins, old_n_admins);
+out:
+	if (fresh != NULL)
+		kr_entries_drop(fresh, built);
+	kms_keyring_admins_free(admins, s->n_administrators);
+	kr_pb_message_free(&s->base);
+	return rc;
+}
+
+/* Packs a command into out->data (kms_malloc'd, the caller's). */
