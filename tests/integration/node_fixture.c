@@ -470,8 +470,7 @@ void kms_test_join_spawn(kms_test_env *env, kms_test_node *nodes, int i, const c
 	kms_test_node_spawn(&nodes[i]);
 }
 
-/* Polls the leader's view (through via) until member id is a voter. */
-static int wait_voter(kms_test_node *via, uint64_t id, int timeout_s)
+int kms_test_wait_voter(kms_test_node *via, uint64_t id, int timeout_s)
 {
 	for (int t = 0; t < timeout_s * 5; t++) {
 		kms_rpc_status st;
@@ -501,7 +500,7 @@ void kms_test_join_admit(kms_test_node *nodes, int i, int raft_port)
 		      "AddMember node %d: %s", i + 1, st.details);
 	ck_assert_msg(kms_test_node_wait_healthy(&nodes[i], 30), "node %d never became healthy; see %s",
 		      i + 1, nodes[i].log);
-	ck_assert_msg(wait_voter(&nodes[0], nodes[i].id, 30), "node %d never became a voter; see %s",
+	ck_assert_msg(kms_test_wait_voter(&nodes[0], nodes[i].id, 30), "node %d never became a voter; see %s",
 		      i + 1, nodes[i].log);
 }
 

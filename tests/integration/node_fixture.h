@@ -106,6 +106,9 @@ int kms_test_wait_leader(kms_test_node *nodes, int n, int timeout_ms);
  */
 void kms_test_cluster_up(kms_test_env *env, kms_test_node *nodes, int n, const char *raft_args);
 void kms_test_join_node(kms_test_env *env, kms_test_node *nodes, int i, const char *raft_args);
+/* Polls ClusterStatus through via until member id is a voter (which the
+ * leader makes it once it has caught up); 1 if it became one in time. */
+int kms_test_wait_voter(kms_test_node *via, uint64_t id, int timeout_s);
 /*
  * The two halves of kms_test_join_node: spawn creates and starts nodes[i]
  * with --join; admit adds it through nodes[0] with 127.0.0.1:raft_port as

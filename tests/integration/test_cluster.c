@@ -725,6 +725,9 @@ START_TEST(late_joiner_starts_from_a_snapshot)
 	ck_assert_msg(kms_test_add_member(&nodes[l], n, NULL, &st, role, sizeof(role)) == 0, "%s", st.details);
 	ck_assert_msg(kms_test_node_wait_healthy(n, 30), "the late joiner never became healthy; see %s",
 		      n->log);
+	/* Healthy is as soon as it holds the domain key; caught up is later. */
+	ck_assert_msg(kms_test_wait_voter(&nodes[l], n->id, 30),
+		      "the late joiner never became a voter; see %s", n->log);
 	ck_assert(kms_test_file_contains(n->log, "installed a snapshot"));
 	ck_assert(key_exists(n, "while-paused-0"));
 	ck_assert(key_exists(n, "after-remove"));
