@@ -13,6 +13,7 @@
 #include "kms/v1/cluster.pb-c.h"
 #include "kms/v1/kms.pb-c.h"
 #include "node_fixture.h"
+#include "check_run.h"
 
 #define N 3
 #define KM "/kms.v1.KeyManagement/"
@@ -739,7 +740,6 @@ int main(void)
 	Suite *s = suite_create("kmsd cluster");
 	TCase *tc = tcase_create("three nodes");
 	SRunner *sr;
-	int failed;
 
 	tcase_add_unchecked_fixture(tc, cluster_up, cluster_down);
 	tcase_set_timeout(tc, 600);
@@ -761,8 +761,5 @@ int main(void)
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_set_fork_status(sr, CK_NOFORK);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? 0 : 1;
+	return kms_check_run(sr);
 }

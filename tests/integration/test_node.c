@@ -15,6 +15,7 @@
 #include "kms/hsm.h"
 #include "kms/v1/kms.pb-c.h"
 #include "node_fixture.h"
+#include "check_run.h"
 
 #define KM "/kms.v1.KeyManagement/"
 
@@ -847,13 +848,9 @@ static Suite *node_suite(void)
 int main(void)
 {
 	SRunner *sr = srunner_create(node_suite());
-	int failed;
 
 	/* One kmsd serves a whole test case, and gRPC does not survive fork():
 	 * run the tests in this process. */
 	srunner_set_fork_status(sr, CK_NOFORK);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? 0 : 1;
+	return kms_check_run(sr);
 }

@@ -11,6 +11,7 @@
 
 #include "node_fixture.h"
 #include "test_net.h"
+#include "check_run.h"
 
 #define N 3
 /* The measurement in the issue: 120 idle connections, 40 per Raft port. */
@@ -199,7 +200,6 @@ int main(void)
 	Suite *s = suite_create("kmsd raft flood");
 	TCase *tc = tcase_create("three nodes under an idle-connection flood");
 	SRunner *sr;
-	int failed;
 
 	tcase_add_unchecked_fixture(tc, cluster_up, cluster_down);
 	tcase_set_timeout(tc, 300);
@@ -207,8 +207,5 @@ int main(void)
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_set_fork_status(sr, CK_NOFORK);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? 0 : 1;
+	return kms_check_run(sr);
 }

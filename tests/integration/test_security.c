@@ -17,6 +17,7 @@
 #include "kms/v1/kms.pb-c.h"
 #include "node_fixture.h"
 #include "test_pki.h"
+#include "check_run.h"
 
 #define KM "/kms.v1.KeyManagement/"
 #define FREE(m) protobuf_c_message_free_unpacked((ProtobufCMessage *)(m), NULL)
@@ -617,7 +618,6 @@ int main(void)
 	Suite *s = suite_create("kmsd security");
 	TCase *tc = tcase_create("attacks");
 	SRunner *sr;
-	int failed;
 
 	tcase_add_unchecked_fixture(tc, node_up, node_down);
 	tcase_set_timeout(tc, 300);
@@ -630,8 +630,5 @@ int main(void)
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_set_fork_status(sr, CK_NOFORK);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? 0 : 1;
+	return kms_check_run(sr);
 }

@@ -19,6 +19,7 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "kms/v1/kms.pb-c.h"
 #include "node_fixture.h"
+#include "check_run.h"
 
 #define OUT_MAX 65536
 
@@ -516,12 +517,8 @@ static Suite *tls_suite(void)
 int main(void)
 {
 	SRunner *sr = srunner_create(tls_suite());
-	int failed;
 
 	/* One kmsd serves a whole test case, and gRPC does not survive fork(). */
 	srunner_set_fork_status(sr, CK_NOFORK);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? 0 : 1;
+	return kms_check_run(sr);
 }

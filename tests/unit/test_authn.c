@@ -10,6 +10,7 @@
 #include "kms/alloc.h"
 #include "softhsm_fixture.h"
 #include "test_pki.h"
+#include "check_run.h"
 
 #define ASSERT_MSG(err, needle)                                                                   \
 	ck_assert_msg(strstr((err).msg, needle) != NULL, "message '%s' lacks '%s'", (err).msg,    \
@@ -161,7 +162,6 @@ int main(void)
 	Suite *s = suite_create("authn");
 	TCase *tc = tcase_create("identify");
 	SRunner *sr;
-	int failed;
 
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_service_and_node);
@@ -170,8 +170,5 @@ int main(void)
 	tcase_add_test(tc, test_new_refusals);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return kms_check_run(sr);
 }

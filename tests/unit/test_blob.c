@@ -9,6 +9,7 @@
 #include "kms/blob.h"
 #include "kms/buf.h"
 #include "kms/error.h"
+#include "check_run.h"
 
 static kms_err err;
 static kms_blob_header hdr;
@@ -711,10 +712,6 @@ static Suite *blob_suite(void)
 int main(void)
 {
 	SRunner *sr = srunner_create(blob_suite());
-	int failed;
 
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return kms_check_run(sr);
 }

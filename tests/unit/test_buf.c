@@ -7,6 +7,7 @@
 #include "kms/alloc.h"
 #include "kms/buf.h"
 #include "kms/error.h"
+#include "check_run.h"
 
 static kms_err err;
 
@@ -446,10 +447,6 @@ static Suite *buf_suite(void)
 int main(void)
 {
 	SRunner *sr = srunner_create(buf_suite());
-	int failed;
 
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return kms_check_run(sr);
 }

@@ -13,6 +13,7 @@
 #include "kms/config.h"
 #include "kms/error.h"
 #include "kms/log.h"
+#include "check_run.h"
 
 #define PIN_ENV "KMS_TEST_PIN"
 
@@ -1050,10 +1051,6 @@ static Suite *config_suite(void)
 int main(void)
 {
 	SRunner *sr = srunner_create(config_suite());
-	int failed;
 
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return kms_check_run(sr);
 }

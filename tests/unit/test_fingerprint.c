@@ -9,6 +9,7 @@
 #include <openssl/x509.h>
 
 #include "kms/fingerprint.h"
+#include "check_run.h"
 
 /* SHA-256 of OpenSSL's DER SubjectPublicKeyInfo of k: what `openssl pkey
  * -pubin -outform DER | sha256sum` prints. */
@@ -98,7 +99,6 @@ int main(void)
 	Suite *s = suite_create("fingerprint");
 	TCase *tc = tcase_create("fingerprint");
 	SRunner *sr;
-	int failed;
 
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, test_matches_openssl);
@@ -106,8 +106,5 @@ int main(void)
 	tcase_add_test(tc, test_hex);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return kms_check_run(sr);
 }

@@ -13,6 +13,7 @@
 #include "kms/alloc.h"
 #include "kms/hsm.h"
 #include "softhsm_fixture.h"
+#include "check_run.h"
 
 #define LABEL "kms-test"
 #define LABEL2 "kms-test-2"
@@ -1967,7 +1968,7 @@ int main(void)
 	char run_dir[PATH_MAX];
 	const char *tmp = getenv("TMPDIR");
 	SRunner *sr;
-	int failed;
+	int status;
 
 	/*
 	 * Every token of this run lives under one directory removed at the
@@ -1982,9 +1983,7 @@ int main(void)
 	sr = srunner_create(hsm_suite());
 	/* One process per test (see the fixtures): CK_FORK=no cannot work. */
 	srunner_set_fork_status(sr, CK_FORK);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
+	status = kms_check_run(sr);
 	kms_test_rmtree(run_dir);
-	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return status;
 }

@@ -15,6 +15,7 @@
 #include "kms/keyring.h"
 #include "kms/policy.h"
 #include "kms/v1/state.pb-c.h"
+#include "check_run.h"
 
 #define WEB "spiffe://example.org/ns/app/sa/web"
 #define BATCH_PREFIX "spiffe://example.org/ns/batch/*"
@@ -1764,10 +1765,6 @@ static Suite *keyring_suite(void)
 int main(void)
 {
 	SRunner *sr = srunner_create(keyring_suite());
-	int failed;
 
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return kms_check_run(sr);
 }

@@ -17,6 +17,7 @@
 #include "kms/keyring.h"
 #include "kms/policy.h"
 #include "softhsm_fixture.h"
+#include "check_run.h"
 
 #define LABEL "kms-handles"
 #define DK "dk"
@@ -359,15 +360,11 @@ int main(void)
 	Suite *s = suite_create("keyring handles");
 	TCase *tc = tcase_create("restore under load");
 	SRunner *sr;
-	int failed;
 
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, test_restore_under_load_loses_no_call);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? 0 : 1;
+	return kms_check_run(sr);
 }

@@ -6,6 +6,7 @@
 
 #include "kms/error.h"
 #include "kms/policy.h"
+#include "check_run.h"
 
 #define MAX_TEST_GRANTS (KMS_POLICY_MAX_GRANTS + 2)
 
@@ -492,10 +493,6 @@ static Suite *policy_suite(void)
 int main(void)
 {
 	SRunner *sr = srunner_create(policy_suite());
-	int failed;
 
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return kms_check_run(sr);
 }

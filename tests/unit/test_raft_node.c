@@ -14,6 +14,7 @@
 #include "kms/alloc.h"
 #include "kms/keyring.h"
 #include "raft/raft_node.h"
+#include "check_run.h"
 
 static char dir[256];
 static char data_dir[300];
@@ -322,7 +323,6 @@ int main(void)
 	Suite *s = suite_create("raft_node");
 	TCase *tc = tcase_create("raft");
 	SRunner *sr;
-	int failed;
 
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 60);
@@ -336,8 +336,5 @@ int main(void)
 	tcase_add_test(tc, joining_node_starts_empty);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return kms_check_run(sr);
 }

@@ -34,6 +34,7 @@
 #include "kms/error.h"
 #include "kms/spiffe.h"
 #include "raft/raft_tls.h"
+#include "check_run.h"
 
 #define TD "spiffe://kmsd.dev"
 #define N_ENTRIES 50
@@ -1789,7 +1790,6 @@ int main(void)
 	TCase *tc = tcase_create("raft_tls");
 	TCase *pure = tcase_create("preamble and stream");
 	SRunner *sr;
-	int failed;
 
 	/* kmsd ignores SIGPIPE; so does this test process. */
 	signal(SIGPIPE, SIG_IGN);
@@ -1830,8 +1830,5 @@ int main(void)
 	tcase_add_test(pure, stream_parser_refuses_what_the_bridge_drops);
 	suite_add_tcase(s, pure);
 	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return kms_check_run(sr);
 }

@@ -22,6 +22,7 @@
 #include "softhsm_fixture.h"
 #include "test_net.h"
 #include "test_pki.h"
+#include "check_run.h"
 
 #define M_OPEN "/test.Wipe/Open"       /* anyone may call it */
 #define M_CLOSED "/test.Wipe/Closed"   /* services only: refused without authn */
@@ -582,10 +583,6 @@ static Suite *rpc_server_suite(void)
 int main(void)
 {
 	SRunner *sr = srunner_create(rpc_server_suite());
-	int failed;
 
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return kms_check_run(sr);
 }

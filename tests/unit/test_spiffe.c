@@ -11,6 +11,7 @@
 #include "kms/spiffe.h"
 #include "softhsm_fixture.h"
 #include "test_pki.h"
+#include "check_run.h"
 
 #define ASSERT_MSG(err, needle)                                                                   \
 	ck_assert_msg(strstr((err).msg, needle) != NULL, "message '%s' lacks '%s'", (err).msg,    \
@@ -319,7 +320,6 @@ int main(void)
 	Suite *s = suite_create("spiffe");
 	TCase *tc = tcase_create("parse");
 	SRunner *sr;
-	int failed;
 
 	tcase_add_test(tc, test_parse_valid);
 	tcase_add_test(tc, test_parse_invalid);
@@ -334,8 +334,5 @@ int main(void)
 	tcase_add_test(tc, test_svid_refusals);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return kms_check_run(sr);
 }

@@ -6,6 +6,7 @@
 #include "kms/client.h"
 #include "kms/error.h"
 #include "api/status_map.h"
+#include "check_run.h"
 
 START_TEST(api_contract_codes)
 {
@@ -48,15 +49,11 @@ int main(void)
 	Suite *s = suite_create("status_map");
 	TCase *tc = tcase_create("map");
 	SRunner *sr;
-	int failed;
 
 	tcase_add_test(tc, api_contract_codes);
 	tcase_add_test(tc, every_status_is_mapped_and_named);
 	tcase_add_test(tc, out_of_range_is_internal);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return kms_check_run(sr);
 }

@@ -13,6 +13,7 @@
 #include "softhsm_fixture.h"
 #include "test_pki.h"
 #include "tls/tls_files.h"
+#include "check_run.h"
 
 #define ASSERT_MSG(err, needle)                                                                   \
 	ck_assert_msg(strstr((err).msg, needle) != NULL, "message '%s' lacks '%s'", (err).msg,    \
@@ -272,7 +273,6 @@ int main(void)
 	Suite *s = suite_create("tls_files");
 	TCase *tc = tcase_create("core");
 	SRunner *sr;
-	int failed;
 
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 60);
@@ -283,8 +283,5 @@ int main(void)
 	tcase_add_test(tc, stamps_see_every_kind_of_change);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? 0 : 1;
+	return kms_check_run(sr);
 }

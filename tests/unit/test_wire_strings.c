@@ -5,6 +5,7 @@
 
 #include "kms/v1/kms.pb-c.h"
 #include "rpc/wire_strings.h"
+#include "check_run.h"
 
 #define ASSERT_MSG(err, needle)                                                                   \
 	ck_assert_msg(strstr((err).msg, needle) != NULL, "message '%s' lacks '%s'", (err).msg,    \
@@ -131,7 +132,6 @@ int main(void)
 	Suite *s = suite_create("wire_strings");
 	TCase *tc = tcase_create("check");
 	SRunner *sr;
-	int failed;
 
 	tcase_add_test(tc, test_clean_request);
 	tcase_add_test(tc, test_nul_in_map_value_key_and_nested);
@@ -139,8 +139,5 @@ int main(void)
 	tcase_add_test(tc, test_malformed_is_left_to_the_unpacker);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return kms_check_run(sr);
 }
