@@ -19,8 +19,11 @@
 
 #include <grpc/support/log.h>
 #include <jansson.h>
-#include <openssl/evp.h>
 
+#include "b64.h"
+#include "kmsctl.h"
+#include "proto_ctx.h"
+#include "rewrap.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "kms/alloc.h"
 #include "kms/client.h"
@@ -50,14 +53,6 @@
 #define NODE_ID_MAX UINT32_MAX
 /* DNS names are at most 253 bytes; "[" IPv6 "]" fits too. */
 
-/* EXIT_NO_LEADER: 'cluster status' succeeded but no member leads. */
-enum exit_code {
-	EXIT_OK = 0,
-	EXIT_LOCAL = 1,
-	EXIT_SERVER = 2,
-	EXIT_NO_LEADER = 3
-};
-
 enum cmd_id {
 	CMD_CREATE,
 	CMD_DESCRIBE,
@@ -79,7 +74,8 @@ enum cmd_id {
 	CMD_UPDATE_ALIAS,
 	CMD_DELETE_ALIAS,
 	CMD_LIST_ALIASES,
-	CMD_REENCRYPT
+	CMD_REENCRYPT,
+	CMD_REWRAP
 };
 
 /* Subcommands of the commands that have them ('cluster', 'admins'). */
@@ -121,6 +117,12 @@ enum opt_id {
 	OPT_DAYS,
 	OPT_TO,
 	OPT_TO_CONTEXT,
+	OPT_OUT,
+	OPT_STATE,
+	OPT_ERRORS,
+	OPT_BATCH,
+	OPT_PARALLEL,
+	OPT_STOP_ON_ERROR,
 	OPT_LAST /* not an option: the count */
 };
 
@@ -166,6 +168,12 @@ static const struct option long_opts[] = {
     {"days", required_argument, NULL, OPT_DAYS},
     {"to", required_argument, NULL, OPT_TO},
     {"to-context", required_argument, NULL, OPT_TO_CONTEXT},
+    {"out", required_argument, NULL, OPT_OUT},
+    {"state", required_argument, NULL, OPT_STATE},
+    {"errors", required_argument, NULL, OPT_ERRORS},
+    {"batch", required_argument, NULL, OPT_BATCH},
+    {"parallel", required_argument, NULL, OPT_PARALLEL},
+    {"stop-on-error", no_argument, NULL, OPT_STOP_ON_ERROR},
     {NULL, 0, NULL, 0},
 };
 
@@ -285,6 +293,46 @@ static const struct command commands[] = {
      "  ciphertext_blob (base64; the raw blob to FILE, mode 0600, with\n"
      "  --blob-out), key_id, key_version, source_key_id and\n"
      "  source_key_version. 'rewrap' does the same for many blobs.\n",
+     NO_SUBS},
+    {"rewrap", CMD_REWRAP, OPERANDS_NONE,
+     BIT(OPT_IN) | BIT(OPT_OUT) | BIT(OPT_TO) | BIT(OPT_STATE) |
+	 BIT(OPT_ERRORS) | BIT(OPT_BATCH) | BIT(OPT_PARALLEL) |
+	 BIT(OPT_STOP_ON_ERROR),
+     "usage: kmsctl [global options] rewrap [--in FILE] --out FILE --to KEY_ID\n"
+     "           [--batch N] [--parallel N] [--state FILE] [--errors FILE]\n"
+     "           [--stop-on-error]\n"
+     "  Re-encrypts many blobs under the primary version of --to (a key id or\n"
+     "  an alias) with BatchReEncrypt: the plaintexts never leave the server.\n"
+     "  The input (--in FILE, or standard input) holds one JSON object per\n"
+     "  line, {\"blob\": BASE64, \"context\": {\"K\": \"V\", ...}}; the output\n"
+     "  gets the same line with the new blob (other fields kept), in the same\n"
+     "  order, one line for each input line. Needs ReEncryptFrom on the blobs'\n"
+     "  keys and ReEncryptTo on --to.\n"
+     "  --batch N: items per call (default 256, at most 1024);\n"
+     "  --parallel N: calls in flight (default 4, at most 32).\n"
+     "  A line that fails (not JSON, bad base64, wrong context, no permission)\n"
+     "  goes to the output unchanged and to --errors FILE (default\n"
+     "  OUT.rewrap-errors) as {\"line\": N, \"code\": STATUS, \"message\": M,\n"
+     "  \"source\": \"input\"|\"server\"}; with --stop-on-error the job stops\n"
+     "  before that line instead. A call that fails as a whole (UNAVAILABLE\n"
+     "  after 5 retries, PERMISSION_DENIED for the call) stops the job.\n"
+     "  Resuming: --state FILE (default OUT.rewrap-state) records, about every\n"
+     "  second, how many input lines are durably written (the output is\n"
+     "  fsync'd first). Run the same command again after Ctrl-C, a crash or a\n"
+     "  stop and it truncates OUT to that point and goes on: no line is\n"
+     "  written twice or lost. It refuses an input whose first lines differ\n"
+     "  from the state's, and an OUT that has data but no state. Ctrl-C\n"
+     "  (SIGINT or SIGTERM) finishes the calls in flight and commits them; a\n"
+     "  second one abandons them. A finished job's state says so, and running\n"
+     "  it again does nothing.\n"
+     "  On a terminal, stderr shows a progress bar (done/total, rate, time\n"
+     "  left; the total is counted first when --in is a file); with --json,\n"
+     "  stderr gets a {\"progress\": {...}} line every second instead. At the\n"
+     "  end it prints input, output, to, state, errors, lines_done,\n"
+     "  lines_total, resumed_at, rewrapped, failed, failed_total,\n"
+     "  elapsed_seconds, items_per_second, complete and stopped. Exit status:\n"
+     "  0 every line rewrapped; 2 some lines failed or the server stopped the\n"
+     "  job; 1 a local error; 128+N when signal N stopped it (130 for Ctrl-C).\n",
      NO_SUBS},
     {"health", CMD_HEALTH, OPERANDS_NONE, 0,
      "usage: kmsctl [global options] health\n"
@@ -432,6 +480,8 @@ static const char global_usage[] =
     "          [--plaintext-out FILE]\n"
     "  re-encrypt (--blob BASE64 | --in FILE) [--context K=V]... [--key-id ID]\n"
     "             --to KEY_ID [--to-context K=V]... [--blob-out FILE]\n"
+    "  rewrap [--in FILE] --out FILE --to KEY_ID [--batch N] [--parallel N]\n"
+    "         [--state FILE] [--errors FILE] [--stop-on-error]\n"
     "  health\n"
     "  cluster status\n"
     "  cluster join --id N --raft HOST:PORT --grpc HOST:PORT\n"
@@ -468,12 +518,7 @@ static const char global_usage[] =
     "Bytes are printed as base64. Exit status: 0 success, 1 usage or local "
     "error,\n"
     "2 the server returned an error (printed as 'kmsctl: STATUS: details'),\n"
-    "3 'cluster status' found no leader.\n";
-
-struct kv {
-	char *key; /* kms_strdup'd "K=V" split in place; key owns the memory */
-	char *value;
-};
+    "3 'cluster status' found no leader, 128+N 'rewrap' stopped by signal N.\n";
 
 struct cli {
 	const struct command *cmd;
@@ -513,6 +558,7 @@ struct cli {
 	uint64_t max_encryptions;
 	uint32_t days; /* --days; 0: the server's default */
 	const char *to_key; /* --to */
+	struct rewrap_opts rewrap; /* --out, --state, --errors, --batch, ... */
 	struct kv *to_ctx;  /* --to-context */
 	size_t n_to_ctx;
 };
@@ -536,8 +582,7 @@ static void cli_free(struct cli *cli)
 
 /* ---- diagnostics ---- */
 
-static void errmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void errmsg(const char *fmt, ...)
+void errmsg(const char *fmt, ...)
 {
 	va_list ap;
 
@@ -615,59 +660,24 @@ static char stdout_buf[1 << 16];
 
 /* ---- bytes ---- */
 
-/* Base64 (RFC 4648) of data as a kms_malloc'd string; the caller wipes and
- * frees it. */
-static char *b64_encode(const uint8_t *data, size_t len, size_t *cap)
-{
-	char *out;
-
-	if (len > (size_t)INT_MAX / 2)
-		return NULL;
-	*cap = 4 * ((len + 2) / 3) + 1;
-	out = kms_malloc(*cap);
-	if (out == NULL)
-		return NULL;
-	EVP_EncodeBlock((unsigned char *)out, data, (int)len);
-	return out;
-}
-
 /*
- * Strict base64 decoding: standard alphabet, padded, no whitespace but a
- * trailing newline. out->data is kms_malloc'd; the caller frees it.
+ * A base64 option's value; a trailing newline (from $(cat file)) is
+ * allowed. out->data is kms_malloc'd; the caller frees it.
  */
-static int b64_decode(const char *in, const char *what, kms_buf *out)
+static int decode_opt(const char *in, const char *what, kms_buf *out)
 {
-	static const char alphabet[] =
-	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-	size_t len = strlen(in), pad = 0;
-	int n;
+	size_t len = strlen(in);
+	enum b64_status st;
 
-	out->data = NULL;
-	out->len = 0;
 	while (len > 0 && (in[len - 1] == '\n' || in[len - 1] == '\r'))
 		len--;
-	if (len > INPUT_MAX_BYTES * 2)
-		return usage_error("%s is too long", what);
-	if (len % 4 != 0)
-		return usage_error("%s is not valid base64 (length)", what);
-	if (len > 0 && in[len - 1] == '=')
-		pad++;
-	if (len > 1 && in[len - 2] == '=')
-		pad++;
-	if (strspn(in, alphabet) != len - pad)
-		return usage_error("%s is not valid base64", what);
-	out->data = kms_malloc(len / 4 * 3 + 1);
-	if (out->data == NULL) {
+	st = b64_decode(in, len, INPUT_MAX_BYTES * 2, out);
+	if (st == B64_NOMEM) {
 		errmsg("out of memory");
 		return EXIT_LOCAL;
 	}
-	n = EVP_DecodeBlock(out->data, (const unsigned char *)in, (int)len);
-	if (n < 0 || (size_t)n < pad) {
-		kms_buf_free_secret(out);
-		return usage_error("%s is not valid base64", what);
-	}
-	/* EVP_DecodeBlock counts the padding as zero bytes. */
-	out->len = (size_t)n - pad;
+	if (st != B64_OK)
+		return usage_error("%s %s", what, b64_status_text(st));
 	return EXIT_OK;
 }
 
@@ -993,51 +1003,6 @@ fail:
 
 /* ---- requests ---- */
 
-/*
- * The three *EncryptionContextEntry types are distinct generated structs
- * with the same fields; build them through their descriptor. The entries
- * borrow the strings of ctx. Slot n of the array holds the entries' memory;
- * free with ctx_entries_free(ptrs, n).
- */
-static void **ctx_entries(const struct kv *ctx, size_t n,
-			  const ProtobufCMessageDescriptor *desc)
-{
-	const ProtobufCFieldDescriptor *fk =
-	    protobuf_c_message_descriptor_get_field_by_name(desc, "key");
-	const ProtobufCFieldDescriptor *fv =
-	    protobuf_c_message_descriptor_get_field_by_name(desc, "value");
-	void **ptrs;
-	unsigned char *block;
-	size_t i;
-
-	if (fk == NULL || fv == NULL)
-		return NULL;
-	ptrs = kms_calloc(n + 1, sizeof(*ptrs));
-	block = kms_calloc(n + 1, desc->sizeof_message);
-	if (ptrs == NULL || block == NULL) {
-		kms_free(ptrs);
-		kms_free(block);
-		return NULL;
-	}
-	for (i = 0; i < n; i++) {
-		unsigned char *m = block + i * desc->sizeof_message;
-
-		protobuf_c_message_init(desc, m);
-		memcpy(m + fk->offset, &ctx[i].key, sizeof(char *));
-		memcpy(m + fv->offset, &ctx[i].value, sizeof(char *));
-		ptrs[i] = m;
-	}
-	ptrs[n] = block;
-	return ptrs;
-}
-
-static void ctx_entries_free(void **ptrs, size_t n)
-{
-	if (ptrs == NULL)
-		return;
-	kms_free(ptrs[n]);
-	kms_free(ptrs);
-}
 
 static int call(kms_client *c, const char *rpc, const ProtobufCMessage *req,
 		const ProtobufCMessageDescriptor *desc, ProtobufCMessage **resp)
@@ -1698,7 +1663,7 @@ static int load_input(const char *b64, const char *opt_name, const char *file,
 		return usage_error("give exactly one of %s and --in", opt_name);
 	if (file != NULL)
 		return read_file(file, out);
-	return b64_decode(b64, opt_name, out);
+	return decode_opt(b64, opt_name, out);
 }
 
 static int cmd_encrypt(struct cli *cli, kms_client *c)
@@ -1889,6 +1854,46 @@ out:
 	ctx_entries_free(dst, cli->n_to_ctx);
 	kms_buf_free(&blob);
 	return rc;
+}
+
+/* The summary of a rewrap run, as 'field: value' lines or one object. */
+static void rewrap_report(const struct rewrap_summary *s, void *arg)
+{
+	const struct cli *cli = arg;
+	json_t *o = json_object();
+
+	if (o == NULL ||
+	    json_object_set_new(o, "input", json_string(s->input)) ||
+	    json_object_set_new(o, "output", json_string(s->output)) ||
+	    json_object_set_new(o, "to", json_string(s->to)) ||
+	    json_object_set_new(o, "state", json_string(s->state)) ||
+	    json_object_set_new(o, "errors", json_string(s->errors)) ||
+	    json_object_set_new(o, "lines_done", json_u64(s->lines_done)) ||
+	    json_object_set_new(o, "lines_total", json_u64(s->lines_total)) ||
+	    json_object_set_new(o, "resumed_at", json_u64(s->resumed_at)) ||
+	    json_object_set_new(o, "rewrapped", json_u64(s->rewrapped)) ||
+	    json_object_set_new(o, "failed", json_u64(s->failed)) ||
+	    json_object_set_new(o, "failed_total", json_u64(s->failed_total)) ||
+	    json_object_set_new(o, "elapsed_seconds",
+				json_real(s->elapsed_seconds)) ||
+	    json_object_set_new(o, "items_per_second",
+				json_real(s->items_per_second)) ||
+	    json_object_set_new(o, "complete", json_boolean(s->complete)) ||
+	    json_object_set_new(o, "stopped", json_string(s->stopped))) {
+		errmsg("out of memory for the summary");
+	} else {
+		emit(cli, o);
+	}
+	json_decref(o);
+	fflush(stdout);
+}
+
+static int cmd_rewrap(struct cli *cli, kms_client *c)
+{
+	cli->rewrap.in_path = cli->in_file;
+	cli->rewrap.to = cli->to_key;
+	cli->rewrap.json = cli->json;
+	return rewrap_run(c, &cli->rewrap, rewrap_report, cli);
 }
 
 static int cmd_health(const struct cli *cli, kms_client *c)
@@ -2737,6 +2742,24 @@ static int apply_opt(struct cli *cli, int id, char *arg, int *done)
 	case OPT_TO:
 		cli->to_key = arg;
 		return EXIT_OK;
+	case OPT_OUT:
+		cli->rewrap.out_path = arg;
+		return EXIT_OK;
+	case OPT_STATE:
+		cli->rewrap.state_path = arg;
+		return EXIT_OK;
+	case OPT_ERRORS:
+		cli->rewrap.errors_path = arg;
+		return EXIT_OK;
+	case OPT_BATCH:
+		return parse_u32(arg, "--batch", 1, REWRAP_BATCH_MAX,
+				 &cli->rewrap.batch);
+	case OPT_PARALLEL:
+		return parse_u32(arg, "--parallel", 1, REWRAP_PARALLEL_MAX,
+				 &cli->rewrap.parallel);
+	case OPT_STOP_ON_ERROR:
+		cli->rewrap.stop_on_error = 1;
+		return EXIT_OK;
 	case OPT_WITHOUT_PLAINTEXT:
 		cli->without_plaintext = 1;
 		return EXIT_OK;
@@ -2826,6 +2849,13 @@ static int check_required(const struct cli *cli)
 	case CMD_REENCRYPT:
 		if (cli->to_key == NULL)
 			return usage_error("re-encrypt needs --to KEY_ID");
+		return EXIT_OK;
+	case CMD_REWRAP:
+		if (cli->to_key == NULL)
+			return usage_error("rewrap needs --to KEY_ID");
+		if (cli->rewrap.out_path == NULL)
+			return usage_error("rewrap needs --out FILE (where the state "
+					   "of a resumable job lives too)");
 		return EXIT_OK;
 	case CMD_SET_ROTATION:
 		if (!(cli->seen & (BIT(OPT_PERIOD) | BIT(OPT_MAX_ENCRYPTIONS))))
@@ -2919,6 +2949,9 @@ static int run(struct cli *cli, int argc, char **argv)
 
 	if (getenv("GRPC_VERBOSITY") == NULL && getenv("GRPC_TRACE") == NULL)
 		gpr_set_log_function(quiet_grpc_log);
+	/* Before gRPC starts its threads: they must leave Ctrl-C to rewrap. */
+	if (cli->cmd->id == CMD_REWRAP)
+		rewrap_block_signals();
 	if (kms_client_open(&cli->copts, &c, &err) != KMS_OK) {
 		errmsg("%s", err.msg);
 		return EXIT_LOCAL;
@@ -2977,6 +3010,9 @@ static int run(struct cli *cli, int argc, char **argv)
 	case CMD_REENCRYPT:
 		rc = cmd_reencrypt(cli, c);
 		break;
+	case CMD_REWRAP:
+		rc = cmd_rewrap(cli, c);
+		break;
 	}
 	kms_client_close(c);
 	return rc;
@@ -2989,6 +3025,8 @@ int main(int argc, char **argv)
 
 	memset(&cli, 0, sizeof(cli));
 	cli.wait_timeout_s = WAIT_TIMEOUT_DEFAULT_S;
+	cli.rewrap.batch = REWRAP_BATCH_DEFAULT;
+	cli.rewrap.parallel = REWRAP_PARALLEL_DEFAULT;
 	setvbuf(stdout, stdout_buf, _IOFBF, sizeof(stdout_buf));
 	json_set_alloc_funcs(sec_malloc, sec_free);
 	rc = run(&cli, argc, argv);

@@ -101,71 +101,10 @@ step "kmsd is SERVING"
 # --- check helpers --------------------------------------------------------
 # From here a failed check is counted, not fatal: every check runs.
 set +e
-PASSED=0 FAILED=0
 OUT=$T/out ERR=$T/err
-ok() {
-	PASSED=$((PASSED + 1))
-	echo "test_kmsctl: ok   $1"
-	if [[ -n ${KMS_TEST_VERBOSE:-} && -s $ERR ]]; then sed 's/^/    stderr: /' "$ERR"; fi
-}
-bad() {
-	FAILED=$((FAILED + 1))
-	echo "test_kmsctl: FAIL $1: $2"
-	if [[ -s $ERR ]]; then sed 's/^/    stderr: /' "$ERR" | head -n 20; fi
-	if [[ -s $OUT ]]; then sed 's/^/    stdout: /' "$OUT" | head -n 20; fi
-}
-# A sanitizer report in a client's stderr fails the check whatever the status.
-sanitizer_report() {
-	grep -Eq 'AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer|runtime error:' "$1"
-}
-# run WHO ARGS...: runs kmsctl, stdout to $OUT, stderr to $ERR, status to RC.
-run() {
-	RC=0
-	kmsctl_as "$@" >"$OUT" 2>"$ERR" || RC=$?
-}
-# expect NAME RC SUBSTRINGS WHO ARGS...: the call exits RC and prints each
-# '|'-separated substring of SUBSTRINGS (none when empty) on stderr, or on
-# stdout when RC is 0.
-# Returns 0 when the check passed, so callers can chain content checks.
-expect() {
-	local name=$1 want=$2 sub=$3
-	shift 3
-	run "$@"
-	if sanitizer_report "$ERR"; then
-		bad "$name" "sanitizer report from kmsctl"
-		return 1
-	fi
-	if ((RC != want)); then
-		bad "$name" "exit status $RC, want $want"
-		return 1
-	fi
-	local where=$ERR
-	((want == 0)) && where=$OUT
-	local subs=() one
-	[[ -z $sub ]] || IFS='|' read -r -a subs <<<"$sub"
-	for one in "${subs[@]}"; do
-		if ! grep -Fq -- "$one" "$where"; then
-			bad "$name" "'$one' not in $([[ $where == "$OUT" ]] && echo stdout || echo stderr)"
-			return 1
-		fi
-	done
-	ok "$name"
-}
-# verify NAME COMMAND...: a check on output already captured.
-verify() {
-	local name=$1
-	shift
-	if "$@"; then ok "$name"; else bad "$name" "condition failed: $*"; fi
-}
-# json FILE EXPR: evaluates the Python expression EXPR with j = the parsed
-# JSON in FILE; succeeds when it is true. json.tool also validates it.
-json() {
-	"$PY" -m json.tool "$1" >/dev/null 2>&1 || return 1
-	"$PY" -c '
-import base64, json, sys
-j = json.load(open(sys.argv[1]))
-sys.exit(0 if eval("(" + sys.argv[2] + ")") else 1)' "$1" "$2"
-}
+CHECK_NAME=test_kmsctl
+# shellcheck source=tests/integration/check_lib.sh
+. "$SRCDIR/tests/integration/check_lib.sh"
 # field NAME FILE: the value of the first "NAME: value" line of FILE.
 field() { sed -n "s/^$1: //p" "$2" | head -n 1; }
 mode() { stat -c %a "$1"; }
@@ -540,8 +479,6 @@ admins_unchanged "after the 256"
 # Every refusal is followed by a look at the key: nothing changed.
 LC=ctl-life
 ALL_OPS=Encrypt,Decrypt,GenerateDataKey,DescribeKey,ReEncryptFrom,ReEncryptTo
-# jget FILE EXPR: prints the Python expression EXPR over the JSON in FILE (j).
-jget() { "$PY" -c 'import json, sys; j = json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"; }
 # key_is NAME KEY EXPR: describe-key --json KEY as admin satisfies EXPR.
 key_is() {
 	local name=$1 key=$2 expr=$3
