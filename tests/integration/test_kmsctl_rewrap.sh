@@ -132,60 +132,101 @@ CHECK_NAME=test_kmsctl_rewrap
 . "$SRCDIR/tests/integration/check_lib.sh"
 lines() { wc -l <"$1"; }
 
-# --- 100,000 blobs, interrupted, resumed --------------------------------------------------
+# --- 100,000 blobs, stopped three ways, resumed -------------------------------------------
 REWRAP=(rewrap --in "$IN" --out "$OUTF" --to "$KEY")
-step "rewrap of $N blobs, SIGINT once the output passes 1/5 of them"
-t0=$(date +%s.%N)
-# Not through timeout(1), which does not pass SIGINT on; and with SIGINT back to its default,
+IN_BYTES=$(stat -c %s "$IN")
+# start_rewrap RUN: the job in the background, its stdout and stderr in $T/RUN.out and .err.
+# Not through timeout(1), which does not pass SIGINT on, and with SIGINT back to its default,
 # which a script's background jobs are started without.
-env --default-signal=INT "$KMSCTL" --endpoint "$ENDPOINT" --ca "$T/pki/node-ca.pem" \
-	--cert "$T/pki/app.pem" --key "$T/pki/app.key" --json "${REWRAP[@]}" >"$T/run1.out" 2>"$T/run1.err" &
-REWRAP_PID=$!
-want_bytes=$(($(stat -c %s "$IN") / 5))
-while kill -0 "$REWRAP_PID" 2>/dev/null; do
-	size=$(stat -c %s "$OUTF" 2>/dev/null || echo 0)
-	((size < want_bytes)) || break
-	sleep 0.02
-done
-kill -INT "$REWRAP_PID" 2>/dev/null
-RC=0
-wait "$REWRAP_PID" || RC=$?
-REWRAP_PID=""
+start_rewrap() {
+	env --default-signal=INT "$KMSCTL" --endpoint "$ENDPOINT" --ca "$T/pki/node-ca.pem" \
+		--cert "$T/pki/app.pem" --key "$T/pki/app.key" --json "${REWRAP[@]}" \
+		>"$T/$1.out" 2>"$T/$1.err" &
+	REWRAP_PID=$!
+}
+# stop_rewrap FIFTHS SIGNAL...: once the output holds FIFTHS/5 of the input's bytes, sends each
+# SIGNAL (10 ms apart) and waits; RC gets the exit status.
+stop_rewrap() {
+	local want=$(($1 * IN_BYTES / 5)) size sig
+	shift
+	while kill -0 "$REWRAP_PID" 2>/dev/null; do
+		size=$(stat -c %s "$OUTF" 2>/dev/null || echo 0)
+		((size < want)) || break
+		sleep 0.02
+	done
+	for sig in "$@"; do
+		kill "-$sig" "$REWRAP_PID" 2>/dev/null
+		sleep 0.01
+	done
+	RC=0
+	# (bash reports a job killed by a signal on stderr: not news here)
+	{ wait "$REWRAP_PID" || RC=$?; } 2>/dev/null
+	REWRAP_PID=""
+}
+# committed NAME: the state's lines, and a copy of the output's committed bytes as $T/NAME.
+committed() {
+	jget "$STATE" "j['lines']"
+	head -c "$(jget "$STATE" "j['output_bytes']")" "$OUTF" >"$T/$1"
+}
+
+step "rewrap of $N blobs; SIGINT once the output holds 1/5 of them"
+start_rewrap run1
+stop_rewrap 1 INT
 OUT=$T/run1.out ERR=$T/run1.err
 verify "the interrupted run exits 130 (status $RC)" test "$RC" -eq 130
-verify "the interrupted run says it finishes the batches in flight" grep -q "Interrupt: finishing the" "$T/run1.err"
-verify "the interrupted run printed progress lines" grep -q "^{\"progress\":{\"done\":[0-9]*,\"total\":$N," "$T/run1.err"
-verify "its summary: stopped interrupted, not complete" json "$T/run1.out" \
+verify "... says it finishes the batches in flight" grep -q "Interrupt: finishing the" "$ERR"
+verify "... printed progress lines" grep -q "^{\"progress\":{\"done\":[0-9]*,\"total\":$N," "$ERR"
+verify "... and a summary: stopped interrupted, not complete" json "$OUT" \
 	"j['stopped'] == 'interrupted' and j['complete'] is False and 0 < j['lines_done'] < $N and
 j['rewrapped'] == j['lines_done'] and j['failed'] == 0 and j['lines_total'] == $N"
-DONE1=$(jget "$T/run1.out" "j['lines_done']")
-REWRAPPED1=$(jget "$T/run1.out" "j['rewrapped']")
+DONE1=$(jget "$OUT" "j['lines_done']")
+REWRAPPED1=$(jget "$OUT" "j['rewrapped']")
 OUT=$T/stdout ERR=$T/stderr
-verify "the state holds the summary's lines, all of the output" json "$STATE" \
+verify "after a SIGINT the state holds the summary's lines and all of the output" json "$STATE" \
 	"j['lines'] == $DONE1 and j['output_bytes'] == $(stat -c %s "$OUTF") and j['complete'] == 0"
-verify "the output holds exactly the committed lines" test "$(lines "$OUTF")" -eq "$DONE1"
-cp "$OUTF" "$T/committed-before"
+verify "... which is exactly those lines" test "$(lines "$OUTF")" -eq "$DONE1"
+committed committed1 >/dev/null
 # A crash after a write and before its commit leaves a tail the state does not count.
 printf '{"id": -1, "blob": "partial' >>"$OUTF"
 printf '{"line": 0, "code": "partial' >>"$ERRS"
 
-step "resuming"
-expect "the resumed run exits 0" 0 "" app --json "${REWRAP[@]}"
-t1=$(date +%s.%N)
-verify "its summary: resumed at the committed line, complete" json "$OUT" \
-	"j['resumed_at'] == $DONE1 and j['rewrapped'] == $N - $DONE1 and j['lines_done'] == $N and
+step "resumed; two SIGINTs once the output holds 2/5 (the second abandons the calls in flight)"
+start_rewrap run2
+stop_rewrap 2 INT INT
+OUT=$T/run2.out ERR=$T/run2.err
+verify "the run stopped twice exits 130 (status $RC)" test "$RC" -eq 130
+verify "... resumed at the first run's end" json "$OUT" \
+	"j['resumed_at'] == $DONE1 and j['stopped'] in ('abandoned', 'interrupted') and
+j['lines_done'] == $DONE1 + j['rewrapped']"
+REWRAPPED2=$(jget "$OUT" "j['rewrapped']")
+OUT=$T/stdout ERR=$T/stderr
+verify "... and committed all it wrote" json "$STATE" \
+	"j['lines'] == $((DONE1 + REWRAPPED2)) and j['output_bytes'] == $(stat -c %s "$OUTF")"
+DONE2=$(committed committed2)
+
+step "resumed; SIGKILL once the output holds 3/5"
+start_rewrap run3
+stop_rewrap 3 KILL
+verify "the killed run died of SIGKILL (status $RC)" test "$RC" -eq 137
+DONE3=$(committed committed3)
+
+step "resumed to the end"
+expect "the last run exits 0" 0 "" app --json "${REWRAP[@]}"
+verify "... resumed at the killed run's last commit, and completed" json "$OUT" \
+	"j['resumed_at'] == $DONE3 and j['rewrapped'] == $N - $DONE3 and j['lines_done'] == $N and
 j['complete'] is True and j['stopped'] == '' and j['failed_total'] == 0"
-verify "the two runs rewrapped $N lines between them" \
-	test "$((REWRAPPED1 + $(jget "$OUT" "j['rewrapped']")))" -eq "$N"
+verify "the four runs rewrapped $N lines between them" test \
+	"$((REWRAPPED1 + REWRAPPED2 + DONE3 - DONE2 + $(jget "$OUT" "j['rewrapped']")))" -eq "$N"
 verify "the output has one line per input line" test "$(lines "$OUTF")" -eq "$N"
-verify "the lines committed before the interruption are unchanged, byte for byte" \
-	cmp -s "$T/committed-before" <(head -c "$(stat -c %s "$T/committed-before")" "$OUTF")
+for c in 1 2 3; do
+	verify "the lines committed by run $c are unchanged, byte for byte" \
+		cmp -s "$T/committed$c" <(head -c "$(stat -c %s "$T/committed$c")" "$OUTF")
+done
 verify "the partial tail is gone, the errors file is empty" test ! -s "$ERRS"
 verify "every output line is its input line's, with a new blob that decrypts to its data key under version 2" \
 	data_as app verify "$IN" "$OUTF" "$PTS" 2
 verify "no blob appears twice" test "$(cut -d'"' -f6 "$OUTF" | sort -u | wc -l)" -eq "$N"
-RATE=$(jget "$OUT" "round(j['items_per_second'])")
-step "rewrap rate: $RATE items/s on the resumed run ($(awk "BEGIN { printf \"%.1f\", $t1 - $t0 }") s for both runs)"
+step "rate of the last run: $(jget "$OUT" "round(j['items_per_second'])") items/s"
 sum_before=$(sha256sum <"$OUTF")
 expect "a finished job run again does nothing" 0 "complete: true" app "${REWRAP[@]}"
 verify "... and says it resumed at the end" grep -Fxq "resumed_at: $N" "$OUT"
@@ -265,6 +306,12 @@ expect "without --stop-on-error the same job goes on to the end: exit 2" 2 "9 li
 verify "the resumed job's output equals the one-run output but for its new blobs" \
 	test "$(lines "$S")" -eq 13 -a "$(sed -n 2,10p "$S" | sha256sum)" = "$(sed -n 2,10p "$M" | sha256sum)"
 
+expect "rewrap with the server unreachable stops after its retries: exit 2" 2 \
+	"BatchReEncrypt (lines 1 to 3): UNAVAILABLE" app --endpoint 127.0.0.1:1 \
+	rewrap --in "$T/good3" --out "$T/down.out" --to "$KEY"
+verify "... with nothing committed" json "$T/down.out.rewrap-state" "j['lines'] == 0"
+expect "the same job resumes once the server answers: exit 0" 0 "lines_done: 3" app \
+	rewrap --in "$T/good3" --out "$T/down.out" --to "$KEY"
 expect "rewrap as a principal without grants: every line fails, exit 2" 2 "3 lines failed" other \
 	rewrap --in "$T/good3" --out "$T/other.out" --to "$KEY"
 verify "... PERMISSION_DENIED for each, lines unchanged" test \
