@@ -1160,10 +1160,7 @@ int rewrap_run(kms_client *c, const struct rewrap_opts *o, rewrap_report_fn repo
 	}
 	if (done_already) {
 		j.base_lines = j.cur.lines;
-		summarize(&j, &sum);
-		report(&sum, arg);
-		rc = exit_status(&j);
-		goto out;
+		goto report;
 	}
 	if (start_workers(&j, &err) != KMS_OK) {
 		errmsg("%s", err.msg);
@@ -1202,6 +1199,7 @@ int rewrap_run(kms_client *c, const struct rewrap_opts *o, rewrap_report_fn repo
 		_exit(128 + (int)signal_last);
 	}
 	stop_workers(&j);
+report:
 	summarize(&j, &sum);
 	report(&sum, arg);
 	rc = exit_status(&j);

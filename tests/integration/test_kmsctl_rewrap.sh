@@ -174,6 +174,8 @@ start_rewrap run1
 stop_rewrap 1 INT
 OUT=$T/run1.out ERR=$T/run1.err
 verify "the interrupted run exits 130 (status $RC)" test "$RC" -eq 130
+# shellcheck disable=SC2016 # eval expands it, when verify runs it
+verify "... without a sanitizer report" eval '! sanitizer_report "$ERR"'
 verify "... says it finishes the batches in flight" grep -q "Interrupt: finishing the" "$ERR"
 verify "... printed progress lines" grep -q "^{\"progress\":{\"done\":[0-9]*,\"total\":$N," "$ERR"
 verify "... and a summary: stopped interrupted, not complete" json "$OUT" \
@@ -195,6 +197,8 @@ start_rewrap run2
 stop_rewrap 2 INT INT
 OUT=$T/run2.out ERR=$T/run2.err
 verify "the run stopped twice exits 130 (status $RC)" test "$RC" -eq 130
+# shellcheck disable=SC2016 # eval expands it, when verify runs it
+verify "... without a sanitizer report" eval '! sanitizer_report "$ERR"'
 verify "... resumed at the first run's end" json "$OUT" \
 	"j['resumed_at'] == $DONE1 and j['stopped'] in ('abandoned', 'interrupted') and
 j['lines_done'] == $DONE1 + j['rewrapped']"
