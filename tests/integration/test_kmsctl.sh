@@ -502,7 +502,7 @@ if expect "rotate-key --json $LC" 0 "" admin --json rotate-key "$LC"; then
 [v['version'] for v in j['version_details']] == [1, 2, 3] and
 all(v['state'] == 'Enabled' for v in j['version_details'])"
 fi
-expect "rotate-key as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED" app rotate-key "$LC"
+expect "rotate-key as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED|not an administrator" app rotate-key "$LC"
 key_is "the refused rotation left primary 3" "$LC" "j['primary_version'] == 3"
 expect "rotate-key unknown key: exit 2 NOT_FOUND" 2 "NOT_FOUND|no-such-key" admin rotate-key no-such-key
 expect "rotate-key without KEY_ID: exit 1" 1 "rotate-key needs a KEY_ID" admin rotate-key
@@ -536,13 +536,15 @@ expect "set-rotation-policy --max-encryptions abc: exit 1" 1 "--max-encryptions 
 	set-rotation-policy "$LC" --max-encryptions abc
 expect "set-rotation-policy without an option: exit 1" 1 "needs --period or --max-encryptions" admin \
 	set-rotation-policy "$LC"
-expect "set-rotation-policy --max-encryptions 2^32+1: exit 2 INVALID_ARGUMENT" 2 "INVALID_ARGUMENT" admin \
+expect "set-rotation-policy --max-encryptions 2^32+1: exit 2 INVALID_ARGUMENT" 2 \
+	"INVALID_ARGUMENT|max_encryptions_per_version 4294967297" admin \
 	set-rotation-policy "$LC" --max-encryptions 4294967297
-expect "set-rotation-policy --period 10 (under a minute): exit 2 INVALID_ARGUMENT" 2 "INVALID_ARGUMENT" admin \
+expect "set-rotation-policy --period 10 (under a minute): exit 2 INVALID_ARGUMENT" 2 \
+	"INVALID_ARGUMENT|rotation_period_seconds 10" admin \
 	set-rotation-policy "$LC" --period 10
-expect "set-rotation-policy as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED" app \
+expect "set-rotation-policy as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED|not an administrator" app \
 	set-rotation-policy "$LC" --period 1d
-expect "set-rotation-policy unknown key: exit 2 NOT_FOUND" 2 "NOT_FOUND" admin \
+expect "set-rotation-policy unknown key: exit 2 NOT_FOUND" 2 "NOT_FOUND|'no-such-key'" admin \
 	set-rotation-policy no-such-key --period 1d
 key_is "refused rotation policies left 3600 s and 2^30" "$LC" \
 	"j['rotation_period_seconds'] == 3600 and j['max_encryptions_per_version'] in (0, 1073741824)"
@@ -552,22 +554,22 @@ expect "set-rotation-policy --period 0 turns rotation by age off" 0 "rotation_pe
 if expect "disable-key $LC" 0 "enabled: false" admin disable-key "$LC"; then
 	verify "disable-key: key_state Disabled" grep -Fxq "key_state: Disabled" "$OUT"
 fi
-expect "encrypt with a disabled key: exit 2 FAILED_PRECONDITION" 2 "FAILED_PRECONDITION|disabled" app \
+expect "encrypt with a disabled key: exit 2 FAILED_PRECONDITION" 2 "FAILED_PRECONDITION|is disabled" app \
 	encrypt "$LC" --plaintext "$LC_PT"
 if [[ -n $LC_V1_BLOB ]]; then
 	expect "decrypt with a disabled key: exit 2 FAILED_PRECONDITION" 2 "FAILED_PRECONDITION|disabled" app \
 		decrypt --blob "$LC_V1_BLOB" "${CTX[@]}"
 fi
-expect "enable-key as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED" app enable-key "$LC"
+expect "enable-key as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED|not an administrator" app enable-key "$LC"
 key_is "the refused enable-key left the key disabled" "$LC" "j['enabled'] is False and j['key_state'] == 'Disabled'"
 if expect "enable-key $LC --json" 0 "" admin --json enable-key "$LC"; then
 	verify "enable-key --json: enabled, key_state Enabled" json "$OUT" "j['enabled'] is True and j['key_state'] == 'Enabled'"
 fi
 expect "encrypt after enable-key" 0 "key_version: 3" app encrypt "$LC" --plaintext "$LC_PT"
-expect "disable-key as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED" app disable-key "$LC"
+expect "disable-key as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED|not an administrator" app disable-key "$LC"
 key_is "the refused disable-key left the key enabled" "$LC" "j['enabled'] is True"
-expect "disable-key unknown key: exit 2 NOT_FOUND" 2 "NOT_FOUND" admin disable-key no-such-key
-expect "enable-key unknown key: exit 2 NOT_FOUND" 2 "NOT_FOUND" admin enable-key no-such-key
+expect "disable-key unknown key: exit 2 NOT_FOUND" 2 "NOT_FOUND|'no-such-key'" admin disable-key no-such-key
+expect "enable-key unknown key: exit 2 NOT_FOUND" 2 "NOT_FOUND|'no-such-key'" admin enable-key no-such-key
 
 DEL=ctl-delete-me
 expect "create-key $DEL" 0 "key_id: $DEL" admin create-key "$DEL" --grant "$APP_ID=Encrypt,Decrypt"
@@ -577,24 +579,25 @@ if expect "schedule-key-deletion --days 7" 0 "" admin --json schedule-key-deleti
 		"j['key_state'] == 'PendingDeletion' and j['enabled'] is False and
 abs(j['deletion_date_unix'] - ($NOW + 7 * 86400)) < 3600"
 fi
-expect "encrypt with a key pending deletion: exit 2 FAILED_PRECONDITION" 2 "FAILED_PRECONDITION" app \
+expect "encrypt with a key pending deletion: exit 2 FAILED_PRECONDITION" 2 "FAILED_PRECONDITION|pending deletion" app \
 	encrypt "$DEL" --plaintext "$LC_PT"
 for bad_days in 0 x -3 ''; do
 	expect "schedule-key-deletion --days '$bad_days': exit 1" 1 "--days wants a whole number" admin \
 		schedule-key-deletion "$DEL" --days "$bad_days"
 done
 for bad_days in 6 31; do
-	expect "schedule-key-deletion --days $bad_days: exit 2 INVALID_ARGUMENT" 2 "INVALID_ARGUMENT" admin \
+	expect "schedule-key-deletion --days $bad_days: exit 2 INVALID_ARGUMENT" 2 \
+		"INVALID_ARGUMENT|pending_window_days" admin \
 		schedule-key-deletion "$LC" --days "$bad_days"
 done
 key_is "refused windows left $LC enabled" "$LC" "j['key_state'] == 'Enabled' and j['deletion_date_unix'] == 0"
-expect "schedule-key-deletion as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED" app \
+expect "schedule-key-deletion as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED|not an administrator" app \
 	schedule-key-deletion "$LC" --days 7
-expect "schedule-key-deletion unknown key: exit 2 NOT_FOUND" 2 "NOT_FOUND" admin \
+expect "schedule-key-deletion unknown key: exit 2 NOT_FOUND" 2 "NOT_FOUND|'no-such-key'" admin \
 	schedule-key-deletion no-such-key --days 7
-expect "cancel-key-deletion as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED" app cancel-key-deletion "$DEL"
+expect "cancel-key-deletion as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED|not an administrator" app cancel-key-deletion "$DEL"
 key_is "the refused cancel left the deletion pending" "$DEL" "j['key_state'] == 'PendingDeletion'"
-expect "cancel-key-deletion unknown key: exit 2 NOT_FOUND" 2 "NOT_FOUND" admin cancel-key-deletion no-such-key
+expect "cancel-key-deletion unknown key: exit 2 NOT_FOUND" 2 "NOT_FOUND|'no-such-key'" admin cancel-key-deletion no-such-key
 if expect "cancel-key-deletion" 0 "" admin --json cancel-key-deletion "$DEL"; then
 	verify "cancel-key-deletion: Disabled, no deletion date" json "$OUT" \
 		"j['key_state'] == 'Disabled' and j['deletion_date_unix'] == 0"
@@ -649,9 +652,9 @@ expect "put-key-policy --policy-file operation not a string: exit 1" 1 "not a st
 	put-key-policy "$KEY2" --policy-file "$T/policy-badop.json"
 expect "put-key-policy unknown operation: exit 2 INVALID_ARGUMENT" 2 "INVALID_ARGUMENT|Frobnicate" admin \
 	put-key-policy "$KEY2" --grant "$APP_ID=Frobnicate"
-expect "put-key-policy as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED" app \
+expect "put-key-policy as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED|not an administrator" app \
 	put-key-policy "$KEY2" --grant "$APP_ID=Encrypt"
-expect "put-key-policy unknown key: exit 2 NOT_FOUND" 2 "NOT_FOUND" admin \
+expect "put-key-policy unknown key: exit 2 NOT_FOUND" 2 "NOT_FOUND|'no-such-key'" admin \
 	put-key-policy no-such-key --grant "$APP_ID=Encrypt"
 key_is "refused policies left the narrowed one" "$KEY2" "$POLICY_NOW"
 printf '{"grants": []}' >"$T/policy-empty.json"
@@ -693,19 +696,19 @@ if expect "update-alias $AL $KEY" 0 "key_id: $KEY" admin update-alias "$AL" "$KE
 	verify "update-alias names the alias" grep -Fxq "alias_name: $AL" "$OUT"
 fi
 expect "describe-key through the updated alias" 0 "key_id: $KEY" admin describe-key "$AL"
-expect "create-alias with a bad name: exit 2 INVALID_ARGUMENT" 2 "INVALID_ARGUMENT" admin \
+expect "create-alias with a bad name: exit 2 INVALID_ARGUMENT" 2 "INVALID_ARGUMENT|alias name" admin \
 	create-alias 'alias/bad name!' "$LC"
-expect "create-alias without the alias/ prefix: exit 2 INVALID_ARGUMENT" 2 "INVALID_ARGUMENT" admin \
+expect "create-alias without the alias/ prefix: exit 2 INVALID_ARGUMENT" 2 "INVALID_ARGUMENT|alias/" admin \
 	create-alias ctl-noprefix "$LC"
-expect "create-alias 'alias/' alone: exit 2 INVALID_ARGUMENT" 2 "INVALID_ARGUMENT" admin create-alias alias/ "$LC"
-expect "create-alias to an unknown key: exit 2 NOT_FOUND" 2 "NOT_FOUND" admin create-alias alias/ctl-x no-such-key
-expect "create-alias to another alias: exit 2" 2 "alias" admin create-alias alias/ctl-y "$AL"
-expect "create-alias of an existing alias: exit 2 ALREADY_EXISTS" 2 "ALREADY_EXISTS" admin create-alias "$AL" "$LC"
-expect "create-alias as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED" app create-alias alias/ctl-app "$LC"
-expect "update-alias as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED" app update-alias "$AL" "$LC"
-expect "delete-alias as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED" app delete-alias "$AL"
-expect "update-alias of a missing alias: exit 2 NOT_FOUND" 2 "NOT_FOUND" admin update-alias alias/ctl-none "$LC"
-expect "delete-alias of a missing alias: exit 2 NOT_FOUND" 2 "NOT_FOUND" admin delete-alias alias/ctl-none
+expect "create-alias 'alias/' alone: exit 2 INVALID_ARGUMENT" 2 "INVALID_ARGUMENT|alias name" admin create-alias alias/ "$LC"
+expect "create-alias to an unknown key: exit 2 NOT_FOUND" 2 "NOT_FOUND|'no-such-key'" admin create-alias alias/ctl-x no-such-key
+expect "create-alias to another alias: exit 2 INVALID_ARGUMENT" 2 "INVALID_ARGUMENT|another alias" admin create-alias alias/ctl-y "$AL"
+expect "create-alias of an existing alias: exit 2 ALREADY_EXISTS" 2 "ALREADY_EXISTS|already exists" admin create-alias "$AL" "$LC"
+expect "create-alias as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED|not an administrator" app create-alias alias/ctl-app "$LC"
+expect "update-alias as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED|not an administrator" app update-alias "$AL" "$LC"
+expect "delete-alias as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED|not an administrator" app delete-alias "$AL"
+expect "update-alias of a missing alias: exit 2 NOT_FOUND" 2 "NOT_FOUND|'alias/ctl-none'" admin update-alias alias/ctl-none "$LC"
+expect "delete-alias of a missing alias: exit 2 NOT_FOUND" 2 "NOT_FOUND|'alias/ctl-none'" admin delete-alias alias/ctl-none
 expect "create-alias without KEY_ID: exit 1" 1 "create-alias needs a KEY_ID" admin create-alias alias/ctl-z
 expect "create-alias without operands: exit 1" 1 "create-alias needs an ALIAS" admin create-alias
 expect "delete-alias with two operands: exit 1" 1 "unexpected argument" admin delete-alias "$AL" "$LC"
@@ -717,7 +720,7 @@ expect "delete-alias" 0 "deleted $AL" admin delete-alias "$AL"
 if expect "delete-alias --json" 0 "" admin --json delete-alias alias/ctl-second; then
 	verify "delete-alias --json" json "$OUT" "j == {'deleted_alias': 'alias/ctl-second'}"
 fi
-expect "describe-key through a deleted alias: exit 2 NOT_FOUND" 2 "NOT_FOUND" admin describe-key "$AL"
+expect "describe-key through a deleted alias: exit 2 NOT_FOUND" 2 "NOT_FOUND|'$AL'" admin describe-key "$AL"
 key_is "the key outlives its aliases" "$LC" "j['aliases'] == []"
 
 # --- re-encrypt -------------------------------------------------------------------------------
@@ -750,7 +753,7 @@ if expect "re-encrypt --in FILE --blob-out FILE" 0 "key_id: $LC" app \
 fi
 expect "re-encrypt --key-id naming the blob's key" 0 "key_id: $LC" app \
 	re-encrypt --blob "$RE_BLOB" "${CTX[@]}" --key-id "$LC" --to "$LC"
-expect "re-encrypt --key-id naming another key: exit 2" 2 "" app \
+expect "re-encrypt --key-id naming another key: exit 2 INVALID_ARGUMENT" 2 "INVALID_ARGUMENT|does not match" app \
 	re-encrypt --blob "$RE_BLOB" "${CTX[@]}" --key-id "$KEY" --to "$LC"
 expect "re-encrypt without --to: exit 1" 1 "re-encrypt needs --to KEY_ID" app re-encrypt --blob "$RE_BLOB"
 expect "re-encrypt with --blob and --in: exit 1" 1 "exactly one of --blob and --in" app \
