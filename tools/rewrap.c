@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -712,15 +713,57 @@ out:
 	return rc;
 }
 
-/* The line with its blob replaced by the new one; every other field stays. */
+/*
+ * Where the line's blob value is written, quotes excluded, when its text is
+ * the value itself (no escapes) and appears quoted exactly once: then the
+ * rest of the line can stay byte for byte as it was. -1 otherwise.
+ */
+static ptrdiff_t blob_text_at(const struct item *it, const char *old, size_t old_len)
+{
+	const char *p = it->raw, *end = it->raw + it->raw_len, *found = NULL;
+
+	while ((p = memmem(p, (size_t)(end - p), old, old_len)) != NULL) {
+		if (p > it->raw && p[-1] == '"' && p + old_len < end && p[old_len] == '"') {
+			if (found != NULL)
+				return -1;
+			found = p;
+		}
+		p++;
+	}
+	return found != NULL ? found - it->raw : -1;
+}
+
+/*
+ * The line with its blob replaced by the new one. The rest of the line is
+ * kept as it was written when the old blob's text can be found in it;
+ * otherwise (an escaped '/' in the blob, say) the line is written again
+ * from its parsed fields, all of them kept.
+ */
 static int write_rewrapped(struct job *j, struct item *it, kms_err *err)
 {
 	const ProtobufCBinaryData *nb = &it->resp->ciphertext_blob;
-	size_t cap = 0;
+	json_t *old = json_object_get(it->obj, "blob");
+	size_t cap = 0, tail;
 	char *enc = b64_encode(nb->data, nb->len, &cap), *text = NULL;
+	ptrdiff_t at;
 	int rc = KMS_OK;
 
-	if (enc == NULL || json_object_set_new(it->obj, "blob", json_string(enc)) != 0 ||
+	if (enc == NULL) {
+		rc = kms_errf(err, KMS_ERR_NOMEM, "out of memory writing line %llu",
+			      (unsigned long long)it->line);
+		goto out;
+	}
+	at = blob_text_at(it, json_string_value(old), json_string_length(old));
+	if (at >= 0) {
+		tail = (size_t)at + json_string_length(old);
+		if (out_put(&j->out, it->raw, (size_t)at, err) != KMS_OK ||
+		    out_put(&j->out, enc, strlen(enc), err) != KMS_OK ||
+		    out_put(&j->out, it->raw + tail, it->raw_len - tail, err) != KMS_OK ||
+		    (it->raw[it->raw_len - 1] != '\n' && out_put(&j->out, "\n", 1, err) != KMS_OK))
+			rc = err->code;
+		goto out;
+	}
+	if (json_object_set_new(it->obj, "blob", json_string(enc)) != 0 ||
 	    (text = json_dumps(it->obj, JSON_COMPACT)) == NULL) {
 		rc = kms_errf(err, KMS_ERR_NOMEM, "out of memory writing line %llu",
 			      (unsigned long long)it->line);

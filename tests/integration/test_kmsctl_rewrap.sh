@@ -249,6 +249,15 @@ blob_line() {
 }
 NOCTX=$(blob_line "$KEY")
 OTHERKEY=$(blob_line "$KEY2")
+# Written another way (spaces, key order, an escaped character): kept as it is but the blob.
+SPACED=$("$PY" -c 'import json,sys; j=json.loads(sys.argv[1]); j["note"]="caf\u00e9"
+print(json.dumps({"note": j["note"], "blob": j["blob"], "context": j["context"], "id": j["id"]},
+                 separators=(" , ", " : ")))' "$(sed -n 4p "$IN")")
+# A blob with an escaped '/' (JSON allows it, PHP writes it): the line is written anew.
+ESCAPED=$("$PY" -c 'import json,sys
+for l in open(sys.argv[1]):
+    if "/" in json.loads(l)["blob"]:
+        print(l.strip().replace("/", "\\/")); break' "$IN")
 cat >"$T/mixed.jsonl" <<EOF
 $GOOD1
 not json at all
@@ -262,12 +271,14 @@ $OTHERKEY
 [1, 2]
 $NOCTX
 $GOOD3
+$SPACED
+$ESCAPED
 EOF
 printf '%s' "$GOOD1" >>"$T/mixed.jsonl" # a last line without a newline
 M=$T/mixed.out
 expect "rewrap of a mix of good and bad lines: exit 2" 2 "9 lines failed|$M.rewrap-errors" app \
 	rewrap --in "$T/mixed.jsonl" --out "$M" --to "$KEY" --batch 4 --parallel 2
-verify "mixed: one output line per input line" test "$(lines "$M")" -eq 13
+verify "mixed: one output line per input line" test "$(lines "$M")" -eq 15
 if verify "mixed: nine entries in the errors file" test "$(lines "$M.rewrap-errors")" -eq 9; then
 	verify "mixed: each error names its line, status and source" "$PY" -c '
 import json, sys
@@ -290,11 +301,19 @@ verify "mixed: the good lines, one without a context and the last without a newl
 import json, sys
 a = open(sys.argv[1]).read().split("\n")
 b = open(sys.argv[2]).read().split("\n")
-sys.exit(0 if all(a[i] != b[i] and json.loads(a[i]).keys() == json.loads(b[i]).keys()
-                  for i in (0, 10, 11, 12)) and len(b) == 14 and b[13] == "" else 1)' \
+sys.exit(0 if all(json.loads(a[i])["blob"] != json.loads(b[i])["blob"] and
+                  {k: v for k, v in json.loads(a[i]).items() if k != "blob"} ==
+                  {k: v for k, v in json.loads(b[i]).items() if k != "blob"}
+                  for i in (0, 10, 11, 12, 13, 14)) and len(b) == 16 and b[15] == "" else 1)' \
 	"$T/mixed.jsonl" "$M"
-verify "mixed: its state counts 4 rewrapped and 9 failed" json "$M.rewrap-state" \
-	"j['rewrapped'] == 4 and j['failed'] == 9 and j['complete'] == 1"
+verify "mixed: a line written another way is kept byte for byte but its blob" "$PY" -c '
+import json, sys
+a = open(sys.argv[1]).read().split("\n")[12]
+b = open(sys.argv[2]).read().split("\n")[12]
+sys.exit(0 if b == a.replace(json.loads(a)["blob"], json.loads(b)["blob"]) and "\\u00e9" in b else 1)' \
+	"$T/mixed.jsonl" "$M"
+verify "mixed: its state counts 6 rewrapped and 9 failed" json "$M.rewrap-state" \
+	"j['rewrapped'] == 6 and j['failed'] == 9 and j['complete'] == 1"
 
 S=$T/stop.out
 expect "--stop-on-error stops before the first bad line: exit 2" 2 "line 2: INVALID_ARGUMENT" app \
@@ -308,7 +327,7 @@ verify "--stop-on-error resumed: still one line" test "$(lines "$S")" -eq 1
 expect "without --stop-on-error the same job goes on to the end: exit 2" 2 "9 lines failed" app \
 	rewrap --in "$T/mixed.jsonl" --out "$S" --to "$KEY"
 verify "the resumed job's output equals the one-run output but for its new blobs" \
-	test "$(lines "$S")" -eq 13 -a "$(sed -n 2,10p "$S" | sha256sum)" = "$(sed -n 2,10p "$M" | sha256sum)"
+	test "$(lines "$S")" -eq 15 -a "$(sed -n 2,10p "$S" | sha256sum)" = "$(sed -n 2,10p "$M" | sha256sum)"
 
 expect "rewrap with the server unreachable stops after its retries: exit 2" 2 \
 	"BatchReEncrypt (lines 1 to 3): UNAVAILABLE" app --endpoint 127.0.0.1:1 \
