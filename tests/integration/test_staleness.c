@@ -17,9 +17,12 @@
 #define KM "/kms.v1.KeyManagement/"
 #define FREE(m) protobuf_c_message_free_unpacked((ProtobufCMessage *)(m), NULL)
 #define MAX_STALENESS_S 2
+#define STR_(x) #x
+#define STR(x) STR_(x)
 /* The test's timeouts are as test_cluster.c's; max_staleness must be
  * longer than the election timeout. */
-#define RAFT_ARGS "--election-timeout 1000 --heartbeat-timeout 100 --max-staleness 2"
+#define RAFT_ARGS                                                                                \
+	"--election-timeout 1000 --heartbeat-timeout 100 --max-staleness " STR(MAX_STALENESS_S)
 /* Deadlines of the polls: generous, for a loaded two-core machine. The
  * refusal comes max_staleness after the last contact whatever the load
  * (the clock of the call decides it); the slack covers the calls. */
@@ -150,7 +153,8 @@ static int is_stale_refusal(const kms_rpc_status *st, unsigned node_id)
 
 	snprintf(want, sizeof(want), "node %u has not heard from a Raft leader for ", node_id);
 	return st->code == UNAVAILABLE && strstr(st->details, want) != NULL &&
-	       strstr(st->details, "(max_staleness 2 s): refusing crypto calls") != NULL;
+	       strstr(st->details, "(max_staleness " STR(MAX_STALENESS_S) " s): refusing crypto "
+				   "calls") != NULL;
 }
 
 /*
