@@ -97,7 +97,7 @@ static void create_key(void *app, kms_call *call, const uint8_t *data, size_t le
 		goto out;
 	}
 	/* Validate before spending an HSM key generation on the request. */
-	KMS_TRY_GOTO(rc, kms_key_id_check(req->key_id, &err), out);
+	KMS_TRY_GOTO(rc, kms_keyring_new_key_id_check(req->key_id, &err), out);
 	KMS_TRY_GOTO(rc, kms_policy_check(req->policy, KMS_POLICY_NEW, node->cfg.trust_domain, &err),
 		     out);
 	if (kms_keyring_has_key(node->kr, req->key_id)) {
@@ -149,7 +149,7 @@ static void describe_key(void *app, kms_call *call, const uint8_t *data, size_t 
 		kms_call_fail(call, KMS_ERR_INVALID, "malformed DescribeKeyRequest");
 		return;
 	}
-	rc = kms_key_id_check(req->key_id, &err);
+	rc = kms_key_name_check(req->key_id, &err);
 	if (rc == KMS_OK)
 		rc = kms_keyring_describe(node->kr, req->key_id, principal,
 					  is_admin(node, principal), &resp.key, &err);
