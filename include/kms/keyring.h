@@ -13,8 +13,10 @@
 #include "kms/v1/state.pb-c.h"
 
 /*
- * The key ring holds the key records (id, description, policy, versions with
- * their domain-key-wrapped material). Raft's FSM callbacks call apply,
+ * The key ring holds the key records (id, description, policy, state,
+ * rotation policy, versions with their domain-key-wrapped material and
+ * their counts of reserved encryptions), the aliases, and the cluster's
+ * members and administrators. Raft's FSM callbacks call apply,
  * snapshot and restore on the Raft thread; request threads call the lookups
  * concurrently. The key ring locks itself (a rwlock): callers never lock.
  *

@@ -21,6 +21,10 @@ extern const size_t kms_api_operator_n_methods;
 extern const kms_method kms_api_internal_methods[];
 extern const size_t kms_api_internal_n_methods;
 
+/* KMS_OK when this node can take a write now (kms_node_can_write), else
+ * KMS_ERR_UNAVAILABLE saying why not. */
+int kms_api_can_write(struct kms_node *node, kms_err *err);
+
 /* Worker-thread set-up for the gRPC server: each worker's HSM session. */
 int kms_api_worker_init(void *app, void **wctx, kms_err *err);
 void kms_api_worker_fini(void *app, void *wctx);

@@ -78,18 +78,6 @@ static int forward_gate(kms_node *node, const char *principal, const uint8_t *cm
 		else
 			rc = kms_keyring_new_key_id_check(c->create_key->key->key_id, err);
 		break;
-	case KMS__V1__COMMAND__CMD_ROTATE_KEY:
-	case KMS__V1__COMMAND__CMD_SET_KEY_ENABLED:
-	case KMS__V1__COMMAND__CMD_SCHEDULE_KEY_DELETION:
-	case KMS__V1__COMMAND__CMD_CANCEL_KEY_DELETION:
-	case KMS__V1__COMMAND__CMD_PUT_KEY_POLICY:
-	case KMS__V1__COMMAND__CMD_SET_ROTATION_POLICY:
-	case KMS__V1__COMMAND__CMD_CREATE_ALIAS:
-	case KMS__V1__COMMAND__CMD_UPDATE_ALIAS:
-	case KMS__V1__COMMAND__CMD_DELETE_ALIAS:
-		/* Key administration: for administrators, by the handler's rules. */
-		rc = kms_api_keyadmin_gate(node, principal, c, cmd, len, err);
-		break;
 	case KMS__V1__COMMAND__CMD_CONSUME_JOIN_GRANT:
 		/* Only the joining node itself uses its grant. */
 		if (kms_spiffe_parse_str(principal, 1, &id, NULL) != KMS_OK ||
@@ -102,7 +90,12 @@ static int forward_gate(kms_node *node, const char *principal, const uint8_t *cm
 				      (unsigned long long)c->consume_join_grant->node_id);
 		break;
 	default:
-		/* DestroyKey among them: only the leader's supervisor proposes it. */
+		/* Key administration: for administrators, by the handler's rules. */
+		if (kms_api_keyadmin_command(c)) {
+			rc = kms_api_keyadmin_gate(node, principal, c, cmd, len, err);
+			break;
+		}
+		/* DestroyKey among the rest: only the leader's supervisor proposes it. */
 		rc = kms_errf(err, KMS_ERR_PERMISSION,
 			      "this command is not accepted through Forward: membership, the "
 			      "administrators, the domain-key check and key destruction change "

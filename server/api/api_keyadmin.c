@@ -202,12 +202,7 @@ static int submit(kms_node *node, kms_call *call, enum admin_reply reply, const 
 	int rc;
 
 	KMS_TRY_GOTO(rc, kms_keyring_check(node->kr, cmd->data, cmd->len, err), out);
-	if (!kms_node_can_write(node)) {
-		rc = kms_errf(err, KMS_ERR_UNAVAILABLE,
-			      "this node cannot take writes now: no Raft leader is known (no "
-			      "quorum?) or it has no verified domain key yet");
-		goto out;
-	}
+	KMS_TRY_GOTO(rc, kms_api_can_write(node, err), out);
 	w = kms_calloc(1, sizeof(*w));
 	if (w == NULL) {
 		rc = kms_errf(err, KMS_ERR_NOMEM, "out of memory committing a key change");
@@ -269,12 +264,7 @@ static void rotate_key(void *app, kms_call *call, const uint8_t *data, size_t le
 						    sizeof(probe), now, &cmd, &err), out);
 	KMS_TRY_GOTO(rc, kms_keyring_check(node->kr, cmd.data, cmd.len, &err), out);
 	kms_buf_free(&cmd);
-	if (!kms_node_can_write(node)) {
-		rc = kms_errf(&err, KMS_ERR_UNAVAILABLE,
-			      "this node cannot take writes now: no Raft leader is known (no "
-			      "quorum?) or it has no verified domain key yet");
-		goto out;
-	}
+	KMS_TRY_GOTO(rc, kms_api_can_write(node, &err), out);
 	KMS_TRY_GOTO(rc, kms_hsm_master_key_create(kms_call_worker(call),
 						   atomic_load(&node->domain_key), &wrapped, &err),
 		     out);

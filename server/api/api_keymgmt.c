@@ -42,6 +42,15 @@ static Kms__V1__KeyMetadata *describe_as_admin(kms_node *node, const char *key_i
 	return md;
 }
 
+int kms_api_can_write(kms_node *node, kms_err *err)
+{
+	if (kms_node_can_write(node))
+		return KMS_OK;
+	return kms_errf(err, KMS_ERR_UNAVAILABLE,
+			"this node cannot take writes now: no Raft leader is known (no quorum?) or "
+			"it has no verified domain key yet");
+}
+
 /* --- CreateKey: a Raft write, answered when the command is applied --- */
 
 struct create_wait {
@@ -104,12 +113,7 @@ static void create_key(void *app, kms_call *call, const uint8_t *data, size_t le
 		rc = kms_errf(&err, KMS_ERR_EXISTS, "key '%s' already exists", req->key_id);
 		goto out;
 	}
-	if (!kms_node_can_write(node)) {
-		rc = kms_errf(&err, KMS_ERR_UNAVAILABLE,
-			      "this node cannot take writes now: no Raft leader is known (no "
-			      "quorum?) or it has no verified domain key yet");
-		goto out;
-	}
+	KMS_TRY_GOTO(rc, kms_api_can_write(node, &err), out);
 	KMS_TRY_GOTO(rc, kms_hsm_master_key_create(kms_call_worker(call),
 						   atomic_load(&node->domain_key), &wrapped, &err),
 		     out);
