@@ -305,19 +305,19 @@ static void reencrypt(void *app, kms_call *call, const uint8_t *data, size_t len
 
 const kms_method kms_api_keymgmt_methods[] = {
 	{"/kms.v1.KeyManagement/CreateKey", create_key, KMS_CALLERS_SERVICES,
-	 &kms__v1__create_key_request__descriptor},
+	 &kms__v1__create_key_request__descriptor, 0},
 	{"/kms.v1.KeyManagement/DescribeKey", describe_key, KMS_CALLERS_SERVICES,
-	 &kms__v1__describe_key_request__descriptor},
+	 &kms__v1__describe_key_request__descriptor, 0},
 	{"/kms.v1.KeyManagement/ListKeys", list_keys, KMS_CALLERS_SERVICES,
-	 &kms__v1__list_keys_request__descriptor},
+	 &kms__v1__list_keys_request__descriptor, 0},
 	{"/kms.v1.KeyManagement/GenerateDataKey", generate_data_key, KMS_CALLERS_SERVICES,
-	 &kms__v1__generate_data_key_request__descriptor},
+	 &kms__v1__generate_data_key_request__descriptor, 0},
 	{"/kms.v1.KeyManagement/Encrypt", encrypt, KMS_CALLERS_SERVICES,
-	 &kms__v1__encrypt_request__descriptor},
+	 &kms__v1__encrypt_request__descriptor, 0},
 	{"/kms.v1.KeyManagement/Decrypt", decrypt, KMS_CALLERS_SERVICES,
-	 &kms__v1__decrypt_request__descriptor},
+	 &kms__v1__decrypt_request__descriptor, 0},
 	{"/kms.v1.KeyManagement/ReEncrypt", reencrypt, KMS_CALLERS_SERVICES,
-	 &kms__v1__re_encrypt_request__descriptor},
+	 &kms__v1__re_encrypt_request__descriptor, 0},
 };
 const size_t kms_api_keymgmt_n_methods =
 	sizeof(kms_api_keymgmt_methods) / sizeof(kms_api_keymgmt_methods[0]);

@@ -25,7 +25,7 @@
 #include "tls/tls_policy.h"
 #include "tls/tls_watch.h"
 
-#define MAX_METHODS 24
+#define MAX_METHODS 48
 #define FORWARD_TIMEOUT_MS 10000
 #define READ_OWN_WRITE_TIMEOUT_MS 5000
 
@@ -489,6 +489,8 @@ static int start_rpc(kms_node *node, kms_err *err)
 	n_methods = 0;
 	for (size_t i = 0; i < kms_api_keymgmt_n_methods; i++)
 		methods[n_methods++] = kms_api_keymgmt_methods[i];
+	for (size_t i = 0; i < kms_api_batch_n_methods; i++)
+		methods[n_methods++] = kms_api_batch_methods[i];
 	for (size_t i = 0; i < kms_api_health_n_methods; i++)
 		methods[n_methods++] = kms_api_health_methods[i];
 	for (size_t i = 0; i < kms_api_operator_n_methods; i++)
