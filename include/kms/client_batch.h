@@ -28,6 +28,16 @@ int kms_client_batch_generate_data_key(kms_client *c,
 int kms_client_batch_reencrypt(kms_client *c, const Kms__V1__BatchReEncryptRequest *req,
 			       Kms__V1__BatchReEncryptResponse **resp, kms_rpc_status *st);
 
+/*
+ * Any batch answer, read by descriptor (the three share one shape): *ok
+ * results hold a response, *failed an error; *first_error is the message of
+ * the first that failed (inside answer), or NULL.
+ */
+void kms_client_batch_tally(const ProtobufCMessage *answer, size_t *ok, size_t *failed,
+			    const char **first_error);
+/* Frees any batch answer, wiping the plaintext of every response first. */
+void kms_client_batch_free(ProtobufCMessage *answer);
+
 /* Free an answer; the first two wipe the plaintexts of every item. NULL is ignored. */
 void kms_client_batch_decrypt_free(Kms__V1__BatchDecryptResponse *resp);
 void kms_client_batch_generate_data_key_free(Kms__V1__BatchGenerateDataKeyResponse *resp);

@@ -22,29 +22,58 @@ static size_t repeated_count(const ProtobufCMessage *m, const char *name, void *
 	return *(const size_t *)(const void *)((const char *)m + f->quantifier_offset);
 }
 
-/* The response of a result, or NULL for an error (or nothing). */
-static ProtobufCMessage *result_response(const ProtobufCMessage *result)
+/* Which field of a result's oneof is set: 1 (response), 2 (error), 0 (neither). */
+static uint32_t result_which(const ProtobufCMessage *result)
 {
 	const ProtobufCFieldDescriptor *f =
 		protobuf_c_message_descriptor_get_field(result->descriptor, 1);
-	uint32_t which = *(const uint32_t *)(const void *)((const char *)result +
-							    f->quantifier_offset);
 
-	return which == f->id ? *(ProtobufCMessage **)(void *)((char *)result + f->offset) : NULL;
+	return *(const uint32_t *)(const void *)((const char *)result + f->quantifier_offset);
+}
+
+/* The message of field id (1 or 2) of a result; both share the oneof's storage. */
+static ProtobufCMessage *result_field(const ProtobufCMessage *result, unsigned id)
+{
+	const ProtobufCFieldDescriptor *f =
+		protobuf_c_message_descriptor_get_field(result->descriptor, id);
+
+	return *(ProtobufCMessage **)(void *)((char *)result + f->offset);
+}
+
+/* The response of a result, or NULL for an error (or nothing). */
+static ProtobufCMessage *result_response(const ProtobufCMessage *result)
+{
+	return result_which(result) == 1 ? result_field(result, 1) : NULL;
 }
 
 static int result_is_set(const ProtobufCMessage *result)
 {
-	const ProtobufCFieldDescriptor *f =
-		protobuf_c_message_descriptor_get_field(result->descriptor, 1);
-	uint32_t which = *(const uint32_t *)(const void *)((const char *)result +
-							    f->quantifier_offset);
+	uint32_t which = result_which(result);
 
 	return which == 1 || which == 2;
 }
 
-/* Wipes the plaintext field of every response in a batch answer, then frees it. */
-static void batch_free(ProtobufCMessage *resp)
+void kms_client_batch_tally(const ProtobufCMessage *answer, size_t *ok, size_t *failed,
+			    const char **first_error)
+{
+	void **results;
+	size_t n = repeated_count(answer, "results", &results);
+
+	*ok = *failed = 0;
+	*first_error = NULL;
+	for (size_t i = 0; i < n; i++) {
+		if (result_which(results[i]) == 1) {
+			(*ok)++;
+			continue;
+		}
+		(*failed)++;
+		if (*first_error == NULL && result_which(results[i]) == 2)
+			*first_error = ((const Kms__V1__ItemError *)result_field(results[i], 2))
+					       ->message;
+	}
+}
+
+void kms_client_batch_free(ProtobufCMessage *resp)
 {
 	void **results;
 	size_t n;
@@ -95,7 +124,7 @@ static int batch_call(kms_client *c, const char *method, const ProtobufCMessage 
 	return st->code;
 bad:
 	st->code = GRPC_STATUS_INTERNAL;
-	batch_free(*resp);
+	kms_client_batch_free(*resp);
 	*resp = NULL;
 	return st->code;
 }
@@ -136,17 +165,17 @@ int kms_client_batch_reencrypt(kms_client *c, const Kms__V1__BatchReEncryptReque
 
 void kms_client_batch_decrypt_free(Kms__V1__BatchDecryptResponse *resp)
 {
-	batch_free(resp != NULL ? &resp->base : NULL);
+	kms_client_batch_free(resp != NULL ? &resp->base : NULL);
 }
 
 void kms_client_batch_generate_data_key_free(Kms__V1__BatchGenerateDataKeyResponse *resp)
 {
-	batch_free(resp != NULL ? &resp->base : NULL);
+	kms_client_batch_free(resp != NULL ? &resp->base : NULL);
 }
 
 void kms_client_batch_reencrypt_free(Kms__V1__BatchReEncryptResponse *resp)
 {
-	batch_free(resp != NULL ? &resp->base : NULL);
+	kms_client_batch_free(resp != NULL ? &resp->base : NULL);
 }
 
 void kms_client_reencrypt_free(Kms__V1__ReEncryptResponse *resp)
