@@ -520,6 +520,7 @@ START_TEST(batch_decrypt_answers_each_item_in_place)
 			 0);
 	resp = kms__v1__batch_decrypt_response__unpack(NULL, out.len, out.data);
 	ck_assert_ptr_nonnull(resp);
+	kms_buf_free(&out);
 	ck_assert_uint_eq(resp->n_results, 9);
 	ck_assert_int_eq(resp->results[7]->result_case,
 			 KMS__V1__BATCH_DECRYPT_RESULT__RESULT_RESPONSE);
@@ -638,6 +639,7 @@ START_TEST(batch_generate_data_key_answers_each_item_in_place)
 			 0);
 	resp = kms__v1__batch_generate_data_key_response__unpack(NULL, out.len, out.data);
 	ck_assert_ptr_nonnull(resp);
+	kms_buf_free(&out);
 	ck_assert_uint_eq(resp->n_results, 9);
 	kms_client_call_raw(app, KM "GenerateDataKey", nul_gdk_item + 2, sizeof(nul_gdk_item) - 2,
 			    &out, &single[0]);
