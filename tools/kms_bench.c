@@ -16,13 +16,16 @@
 #include <unistd.h>
 
 #include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
 #include <grpc/slice.h>
 #include <grpc/support/log.h>
 #include <grpc/support/time.h>
 
 #include "kms/alloc.h"
+#include "kms/batch.h"
 #include "kms/client.h"
+#include "kms/client_batch.h"
 #include "kms/hsm.h"
 #include "kms/v1/kms.pb-c.h"
 
@@ -38,6 +41,7 @@
 /* Room for "bench-<pid>-<thread>-<n>": well under the 128-character limit. */
 #define BENCH_KEY_ID_MAX 64
 #define DATA_KEY_BYTES 32
+#define DEFAULT_BATCH 64
 #define PIN_MAX 256
 /* How often a worker wakes up to look at the clock when nothing completes. */
 #define POLL_MS 100
@@ -51,6 +55,9 @@ enum bench_mode {
 	MODE_DECRYPT,
 	MODE_ENCRYPT,
 	MODE_CREATE_KEY,
+	MODE_BATCH_DECRYPT,
+	MODE_BATCH_GDK,
+	MODE_BATCH_REENCRYPT,
 	MODE_RAW
 };
 
@@ -59,6 +66,8 @@ static const char usage_text[] =
     "                 [--concurrency N] [--threads T] [--duration S] [--warmup S]\n"
     "                 [--endpoint HOST:PORT] [--ca FILE] [--cert FILE] [--key FILE]\n"
     "                 [--server-name NAME] [--timeout MS] [--json]\n"
+    "       kms-bench --mode batch-decrypt|batch-generate-data-key|batch-reencrypt\n"
+    "                 --key-id ID [--batch B] [the same options]\n"
     "       kms-bench --mode create-key [the same options, without --key-id]\n"
     "       kms-bench --raw-pkcs11 --module PATH --token LABEL --pin-file FILE\n"
     "                 [--threads T] [--duration S] [--warmup S] [--json]\n"
@@ -71,6 +80,13 @@ static const char usage_text[] =
     "create-key mode calls CreateKey with a fresh key id\n"
     "'bench-<pid>-<thread>-<n>' and an empty policy each time (a committed Raft\n"
     "write; it needs an administrator's certificate). The keys stay.\n"
+    "The batch modes send B items per call (--batch, default 64, at most 1024):\n"
+    "batch-decrypt first makes B data-key blobs with one BatchGenerateDataKey and\n"
+    "decrypts them all in every call; batch-generate-data-key asks for B 32-byte\n"
+    "data keys; batch-reencrypt re-encrypts the B blobs to the same key (it needs\n"
+    "ReEncryptFrom and ReEncryptTo on it). Every answer is unpacked: ops and\n"
+    "ops_per_sec count items, an item that failed counts as an error, and the\n"
+    "latencies are those of whole calls.\n"
     "--endpoint/--ca/--cert/--key default to $KMS_ENDPOINT/$KMS_CA/$KMS_CERT/$KMS_KEY.\n"
     "\n"
     "Raw mode: the HSM baseline without kmsd. Ensures the token object\n"
@@ -79,11 +95,16 @@ static const char usage_text[] =
     "T threads, one PKCS#11 session each, AES-GCM decrypt it in a loop.\n"
     "\n"
     "Both run --warmup seconds (default 2, not measured), then --duration seconds\n"
-    "(default 10), then stop. Output: mode, threads, concurrency, ops, ops_per_sec,\n"
-    "p50_us, p99_us, p999_us, errors ('field: value' lines, or one JSON object with\n"
-    "--json). The first error is printed to stderr. A call still unanswered 1 s\n"
+    "(default 10), then stop. Output: mode, threads, concurrency, batch, calls, ops,\n"
+    "ops_per_sec, p50_us, p99_us, p999_us, errors ('field: value' lines, or one JSON\n"
+    "object with --json). The first error is printed to stderr. A call still unanswered 1 s\n"
     "before the end counts as an error. Exit status: 0 no errors, 1 usage or\n"
     "set-up failure, 2 some calls failed or none completed.\n";
+
+static int is_batch_mode(enum bench_mode m)
+{
+	return m == MODE_BATCH_DECRYPT || m == MODE_BATCH_GDK || m == MODE_BATCH_REENCRYPT;
+}
 
 struct opts {
 	enum bench_mode mode;
@@ -92,6 +113,7 @@ struct opts {
 	unsigned threads;
 	unsigned duration_s;
 	unsigned warmup_s;
+	unsigned batch; /* items per call of a batch mode; 1 otherwise */
 	int json;
 	kms_client_opts copts;
 	const char *module;
@@ -115,7 +137,8 @@ struct worker {
 	uint64_t seq;	/* create-key ids this worker has used */
 	unsigned slots; /* calls kept in flight (gRPC mode) */
 	struct lat lat;
-	uint64_t ops;
+	uint64_t calls;
+	uint64_t ops; /* items: calls times the batch size, less the items that failed */
 	uint64_t errors;
 	char first_err[320];
 	int64_t first_err_at;
@@ -131,6 +154,8 @@ struct bench {
 	const char *method;
 	const uint8_t *req; /* the request every call sends; NULL: per call */
 	size_t req_len;
+	/* a batch mode's answer, unpacked to count its items; NULL: single calls */
+	const ProtobufCMessageDescriptor *answer;
 	long pid; /* create-key ids */
 	/* raw mode */
 	kms_hsm *hsm;
@@ -308,6 +333,45 @@ fail:
 	return -1;
 }
 
+/*
+ * The items of a batch answer that succeeded; each that failed is an error.
+ * The answer is unpacked whole (as a client would) and wiped.
+ */
+static uint64_t batch_items(struct worker *w, struct slot *s, int64_t t1)
+{
+	const struct bench *b = w->b;
+	grpc_byte_buffer_reader r;
+	grpc_slice flat;
+	ProtobufCMessage *answer;
+	size_t ok = 0, failed = 0;
+	const char *first = NULL;
+
+	if (!grpc_byte_buffer_reader_init(&r, s->recv)) {
+		worker_error(w, t1, "cannot read a batch answer");
+		return 0;
+	}
+	flat = grpc_byte_buffer_reader_readall(&r);
+	grpc_byte_buffer_reader_destroy(&r);
+	answer = protobuf_c_message_unpack(b->answer, NULL, GRPC_SLICE_LENGTH(flat),
+					   GRPC_SLICE_START_PTR(flat));
+	if (answer == NULL) {
+		worker_error(w, t1, "a batch answer does not parse");
+	} else {
+		kms_client_batch_tally(answer, &ok, &failed, &first);
+		if (ok + failed != b->o->batch)
+			worker_error(w, t1, "%zu results for %u items", ok + failed, b->o->batch);
+		if (failed > 0) {
+			w->errors += failed - 1;
+			worker_error(w, t1, "%zu of %u items failed, the first: %s", failed,
+				     b->o->batch, first != NULL ? first : "(no message)");
+		}
+		kms_client_batch_free(answer);
+	}
+	kms_cleanse(GRPC_SLICE_START_PTR(flat), GRPC_SLICE_LENGTH(flat));
+	grpc_slice_unref(flat);
+	return ok;
+}
+
 /* Accounts for a completed call and frees it. */
 static void slot_finish(struct worker *w, struct slot *s, int success)
 {
@@ -335,7 +399,8 @@ static void slot_finish(struct worker *w, struct slot *s, int success)
 	} else if (s->recv == NULL) {
 		worker_error(w, t1, "status OK without a response message");
 	} else if (s->t0 >= b->t_measure) {
-		w->ops++;
+		w->calls++;
+		w->ops += b->answer != NULL ? batch_items(w, s, t1) : 1;
 		lat_add(&w->lat, (uint64_t)(t1 - s->t0));
 	}
 out:
@@ -397,6 +462,130 @@ out:
 	return NULL;
 }
 
+/* msg packed into a new *req of *req_len bytes (the caller frees it). */
+static int pack_request(const ProtobufCMessage *msg, uint8_t **req, size_t *req_len)
+{
+	*req_len = protobuf_c_message_get_packed_size(msg);
+	*req = kms_malloc(*req_len);
+	if (*req == NULL) {
+		errmsg("out of memory");
+		return EXIT_LOCAL;
+	}
+	protobuf_c_message_pack(msg, *req);
+	return EXIT_OK;
+}
+
+/* The items of a batch mode, borrowed by the packed request. */
+struct batch_items {
+	Kms__V1__GenerateDataKeyRequest gdk[KMS_BATCH_MAX_ITEMS], *gdk_p[KMS_BATCH_MAX_ITEMS];
+	Kms__V1__DecryptRequest dec[KMS_BATCH_MAX_ITEMS], *dec_p[KMS_BATCH_MAX_ITEMS];
+	Kms__V1__ReEncryptRequest re[KMS_BATCH_MAX_ITEMS], *re_p[KMS_BATCH_MAX_ITEMS];
+	Kms__V1__GenerateDataKeyRequest__EncryptionContextEntry ge, *gep;
+	Kms__V1__DecryptRequest__EncryptionContextEntry de, *dep;
+	Kms__V1__ReEncryptRequest__SourceEncryptionContextEntry se, *sep;
+	Kms__V1__ReEncryptRequest__DestinationEncryptionContextEntry te, *tep;
+};
+
+/*
+ * The request of a batch mode, packed into *req. The decrypt and re-encrypt
+ * modes first make their blobs with one blocking BatchGenerateDataKey
+ * without plaintext.
+ */
+static int batch_setup(struct bench *b, kms_client *c, uint8_t **req, size_t *req_len)
+{
+	const struct opts *o = b->o;
+	char ctx_key[] = BENCH_CTX_KEY, ctx_value[] = BENCH_CTX_VALUE;
+	struct batch_items *it = kms_calloc(1, sizeof(*it));
+	Kms__V1__BatchGenerateDataKeyRequest bg = KMS__V1__BATCH_GENERATE_DATA_KEY_REQUEST__INIT;
+	Kms__V1__BatchDecryptRequest bd = KMS__V1__BATCH_DECRYPT_REQUEST__INIT;
+	Kms__V1__BatchReEncryptRequest br = KMS__V1__BATCH_RE_ENCRYPT_REQUEST__INIT;
+	Kms__V1__BatchGenerateDataKeyResponse *blobs = NULL;
+	const ProtobufCMessage *msg = &bg.base;
+	kms_rpc_status st;
+	int rc = EXIT_OK;
+
+	if (it == NULL) {
+		errmsg("out of memory");
+		return EXIT_LOCAL;
+	}
+	kms__v1__generate_data_key_request__encryption_context_entry__init(&it->ge);
+	kms__v1__decrypt_request__encryption_context_entry__init(&it->de);
+	kms__v1__re_encrypt_request__source_encryption_context_entry__init(&it->se);
+	kms__v1__re_encrypt_request__destination_encryption_context_entry__init(&it->te);
+	it->ge.key = it->de.key = it->se.key = it->te.key = ctx_key;
+	it->ge.value = it->de.value = it->se.value = it->te.value = ctx_value;
+	it->gep = &it->ge;
+	it->dep = &it->de;
+	it->sep = &it->se;
+	it->tep = &it->te;
+	for (unsigned i = 0; i < o->batch; i++) {
+		kms__v1__generate_data_key_request__init(&it->gdk[i]);
+		it->gdk[i].key_id = (char *)o->key_id;
+		it->gdk[i].number_of_bytes = DATA_KEY_BYTES;
+		it->gdk[i].n_encryption_context = 1;
+		it->gdk[i].encryption_context = &it->gep;
+		it->gdk[i].without_plaintext = o->mode != MODE_BATCH_GDK;
+		it->gdk_p[i] = &it->gdk[i];
+	}
+	bg.requests = it->gdk_p;
+	bg.n_requests = o->batch;
+	b->method = "/kms.v1.KeyManagement/BatchGenerateDataKey";
+	b->answer = &kms__v1__batch_generate_data_key_response__descriptor;
+	if (o->mode != MODE_BATCH_GDK) {
+		size_t ok, failed;
+		const char *first;
+
+		if (kms_client_batch_generate_data_key(c, &bg, &blobs, &st) != 0) {
+			errmsg("setting up: BatchGenerateDataKey: %s: %s",
+			       kms_grpc_status_name(st.code), st.details);
+			rc = EXIT_SERVER;
+			goto out;
+		}
+		kms_client_batch_tally(&blobs->base, &ok, &failed, &first);
+		if (failed > 0) {
+			errmsg("setting up: BatchGenerateDataKey: %zu items failed: %s", failed,
+			       first);
+			rc = EXIT_SERVER;
+			goto out;
+		}
+	}
+	for (unsigned i = 0; i < o->batch && blobs != NULL; i++) {
+		const ProtobufCBinaryData *blob = &blobs->results[i]->response->ciphertext_blob;
+
+		kms__v1__decrypt_request__init(&it->dec[i]);
+		it->dec[i].ciphertext_blob = *blob;
+		it->dec[i].n_encryption_context = 1;
+		it->dec[i].encryption_context = &it->dep;
+		it->dec_p[i] = &it->dec[i];
+		kms__v1__re_encrypt_request__init(&it->re[i]);
+		it->re[i].ciphertext_blob = *blob;
+		it->re[i].n_source_encryption_context = 1;
+		it->re[i].source_encryption_context = &it->sep;
+		it->re[i].destination_key_id = (char *)o->key_id;
+		it->re[i].n_destination_encryption_context = 1;
+		it->re[i].destination_encryption_context = &it->tep;
+		it->re_p[i] = &it->re[i];
+	}
+	if (o->mode == MODE_BATCH_DECRYPT) {
+		bd.requests = it->dec_p;
+		bd.n_requests = o->batch;
+		msg = &bd.base;
+		b->method = "/kms.v1.KeyManagement/BatchDecrypt";
+		b->answer = &kms__v1__batch_decrypt_response__descriptor;
+	} else if (o->mode == MODE_BATCH_REENCRYPT) {
+		br.requests = it->re_p;
+		br.n_requests = o->batch;
+		msg = &br.base;
+		b->method = "/kms.v1.KeyManagement/BatchReEncrypt";
+		b->answer = &kms__v1__batch_re_encrypt_response__descriptor;
+	}
+	rc = pack_request(msg, req, req_len);
+out:
+	kms_client_batch_generate_data_key_free(blobs);
+	kms_free(it);
+	return rc;
+}
+
 /*
  * Packs the request every call sends. decrypt mode needs a blob first: one
  * blocking GenerateDataKey with the bench context, whose plaintext is wiped.
@@ -433,6 +622,8 @@ static int grpc_setup(struct bench *b, kms_client *c, uint8_t **req,
 		b->method = "/kms.v1.KeyManagement/CreateKey";
 		return EXIT_OK;
 	}
+	if (is_batch_mode(o->mode))
+		return batch_setup(b, c, req, req_len);
 	ge.key = ctx_key;
 	ge.value = ctx_value;
 	gdk.key_id = (char *)o->key_id;
@@ -469,15 +660,7 @@ static int grpc_setup(struct bench *b, kms_client *c, uint8_t **req,
 		msg = &enc.base;
 		b->method = "/kms.v1.KeyManagement/Encrypt";
 	}
-	*req_len = protobuf_c_message_get_packed_size(msg);
-	*req = kms_malloc(*req_len);
-	if (*req == NULL) {
-		errmsg("out of memory");
-		rc = EXIT_LOCAL;
-		goto out;
-	}
-	protobuf_c_message_pack(msg, *req);
-out:
+	rc = pack_request(msg, req, req_len);
 	if (resp != NULL) {
 		kms_cleanse(resp->plaintext.data, resp->plaintext.len);
 		protobuf_c_message_free_unpacked(&resp->base, NULL);
@@ -631,6 +814,12 @@ static const char *mode_name(enum bench_mode m)
 		return "encrypt";
 	case MODE_CREATE_KEY:
 		return "create-key";
+	case MODE_BATCH_DECRYPT:
+		return "batch-decrypt";
+	case MODE_BATCH_GDK:
+		return "batch-generate-data-key";
+	case MODE_BATCH_REENCRYPT:
+		return "batch-reencrypt";
 	case MODE_RAW:
 		break;
 	}
@@ -640,7 +829,7 @@ static const char *mode_name(enum bench_mode m)
 static int report(const struct opts *o, struct worker *w, unsigned nw)
 {
 	const char *mode = mode_name(o->mode);
-	uint64_t ops = 0, errors = 0, *all;
+	uint64_t ops = 0, calls = 0, errors = 0, *all;
 	size_t n = 0, i, at = 0;
 	const char *first = NULL;
 	int64_t first_at = 0;
@@ -650,6 +839,7 @@ static int report(const struct opts *o, struct worker *w, unsigned nw)
 
 	for (i = 0; i < nw; i++) {
 		ops += w[i].ops;
+		calls += w[i].calls;
 		errors += w[i].errors;
 		n += w[i].lat.n;
 		if (w[i].first_err[0] != '\0' &&
@@ -675,21 +865,23 @@ static int report(const struct opts *o, struct worker *w, unsigned nw)
 	kms_free(all);
 	rate = (double)ops / (double)o->duration_s;
 
+	if (o->mode == MODE_RAW)
+		calls = ops;
 	if (o->json)
 		printf("{\"mode\":\"%s\",\"threads\":%u,\"concurrency\":%u,"
-		       "\"ops\":%llu,"
+		       "\"batch\":%u,\"calls\":%llu,\"ops\":%llu,"
 		       "\"ops_per_sec\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f,"
 		       "\"p999_us\":%.1f,"
 		       "\"errors\":%llu}\n",
-		       mode, o->threads, concurrency, (unsigned long long)ops,
-		       rate, p50, p99, p999, (unsigned long long)errors);
+		       mode, o->threads, concurrency, o->batch, (unsigned long long)calls,
+		       (unsigned long long)ops, rate, p50, p99, p999, (unsigned long long)errors);
 	else
 		printf(
-		    "mode: %s\nthreads: %u\nconcurrency: %u\nops: "
+		    "mode: %s\nthreads: %u\nconcurrency: %u\nbatch: %u\ncalls: %llu\nops: "
 		    "%llu\nops_per_sec: %.1f\n"
 		    "p50_us: %.1f\np99_us: %.1f\np999_us: %.1f\nerrors: %llu\n",
-		    mode, o->threads, concurrency, (unsigned long long)ops,
-		    rate, p50, p99, p999, (unsigned long long)errors);
+		    mode, o->threads, concurrency, o->batch, (unsigned long long)calls,
+		    (unsigned long long)ops, rate, p50, p99, p999, (unsigned long long)errors);
 	if (first != NULL)
 		errmsg("first error: %s", first);
 	if (ops == 0 && errors == 0)
@@ -807,6 +999,7 @@ enum opt_id {
 	OPT_MODULE,
 	OPT_TOKEN,
 	OPT_PIN_FILE,
+	OPT_BATCH,
 	OPT_VERSION,
 };
 
@@ -828,6 +1021,7 @@ static const struct option long_opts[] = {
     {"module", required_argument, NULL, OPT_MODULE},
     {"token", required_argument, NULL, OPT_TOKEN},
     {"pin-file", required_argument, NULL, OPT_PIN_FILE},
+    {"batch", required_argument, NULL, OPT_BATCH},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, OPT_VERSION},
     {NULL, 0, NULL, 0},
@@ -875,13 +1069,14 @@ static const char *env_or(const char *name, const char *fallback)
 static int parse_args(struct opts *o, int argc, char **argv)
 {
 	const char *mode = NULL;
-	int raw = 0, id, grpc_opt = 0;
+	int raw = 0, id, grpc_opt = 0, batch_opt = 0;
 	unsigned timeout;
 
 	o->concurrency = 8;
 	o->threads = 2;
 	o->duration_s = 10;
 	o->warmup_s = 2;
+	o->batch = DEFAULT_BATCH;
 	o->copts.target = env_or("KMS_ENDPOINT", DEFAULT_ENDPOINT);
 	o->copts.ca_file = env_or("KMS_CA", NULL);
 	o->copts.cert_file = env_or("KMS_CERT", NULL);
@@ -955,6 +1150,10 @@ static int parse_args(struct opts *o, int argc, char **argv)
 		case OPT_PIN_FILE:
 			o->pin_file = optarg;
 			break;
+		case OPT_BATCH:
+			batch_opt = 1;
+			rc = parse_uint(optarg, "--batch", 1, KMS_BATCH_MAX_ITEMS, &o->batch);
+			break;
 		case ':':
 			return usage_error("option '%s' needs a value",
 					   argv[optind - 1]);
@@ -968,9 +1167,10 @@ static int parse_args(struct opts *o, int argc, char **argv)
 	if (optind < argc)
 		return usage_error("unexpected argument '%s'", argv[optind]);
 	if (raw) {
-		if (mode != NULL || o->key_id != NULL || grpc_opt)
+		if (mode != NULL || o->key_id != NULL || grpc_opt || batch_opt)
 			return usage_error("--raw-pkcs11 takes no --mode, "
-					   "--key-id or --concurrency");
+					   "--key-id, --concurrency or --batch");
+		o->batch = 1;
 		if (o->module == NULL)
 			o->module = getenv("KMS_PKCS11_MODULE");
 		if (o->module == NULL || o->token == NULL ||
@@ -985,8 +1185,8 @@ static int parse_args(struct opts *o, int argc, char **argv)
 		    "--module, --token and --pin-file go with --raw-pkcs11");
 	if (mode == NULL)
 		return usage_error("give --mode "
-				   "generate-data-key|decrypt|encrypt|create-key, "
-				   "or --raw-pkcs11");
+				   "generate-data-key|decrypt|encrypt|create-key|batch-decrypt|"
+				   "batch-generate-data-key|batch-reencrypt, or --raw-pkcs11");
 	if (strcmp(mode, "generate-data-key") == 0)
 		o->mode = MODE_GDK;
 	else if (strcmp(mode, "decrypt") == 0)
@@ -995,8 +1195,19 @@ static int parse_args(struct opts *o, int argc, char **argv)
 		o->mode = MODE_ENCRYPT;
 	else if (strcmp(mode, "create-key") == 0)
 		o->mode = MODE_CREATE_KEY;
+	else if (strcmp(mode, "batch-decrypt") == 0)
+		o->mode = MODE_BATCH_DECRYPT;
+	else if (strcmp(mode, "batch-generate-data-key") == 0)
+		o->mode = MODE_BATCH_GDK;
+	else if (strcmp(mode, "batch-reencrypt") == 0)
+		o->mode = MODE_BATCH_REENCRYPT;
 	else
 		return usage_error("unknown --mode '%s'", mode);
+	if (!is_batch_mode(o->mode)) {
+		if (batch_opt)
+			return usage_error("--batch goes with the batch-* modes");
+		o->batch = 1;
+	}
 	if (o->mode == MODE_CREATE_KEY && o->key_id != NULL)
 		return usage_error("--mode create-key makes its own key ids "
 				   "(bench-<pid>-<thread>-<n>): no --key-id");

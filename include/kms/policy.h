@@ -13,13 +13,17 @@ enum kms_op {
 	KMS_OP_DECRYPT,
 	KMS_OP_GENERATE_DATA_KEY,
 	KMS_OP_DESCRIBE_KEY,
+	/* ReEncrypt needs both: From on the key of the blob it opens, To on
+	 * the key it seals under (which may be the same key). */
+	KMS_OP_REENCRYPT_FROM,
+	KMS_OP_REENCRYPT_TO,
 };
 
 #define KMS_POLICY_MAX_GRANTS 64
 /* A principal is a SPIFFE ID: at most KMS_SPIFFE_ID_MAX bytes. */
 #define KMS_PRINCIPAL_MAX KMS_SPIFFE_ID_MAX
 
-/* "Encrypt", "Decrypt", "GenerateDataKey", "DescribeKey". */
+/* "Encrypt", "Decrypt", "GenerateDataKey", "DescribeKey", "ReEncryptFrom", "ReEncryptTo". */
 const char *kms_op_name(enum kms_op op);
 /* KMS_OK and *op set, or KMS_ERR_INVALID naming the unknown operation. */
 int kms_op_parse(const char *name, enum kms_op *op, kms_err *err);
@@ -41,7 +45,7 @@ int kms_principal_check(const char *principal, kms_err *err);
 enum kms_policy_rules { KMS_POLICY_NEW, KMS_POLICY_STORED };
 
 /*
- * Checks a policy: at most KMS_POLICY_MAX_GRANTS grants, each with 1 to 4
+ * Checks a policy: at most KMS_POLICY_MAX_GRANTS grants, each with 1 to 6
  * distinct operations of the names above. Under KMS_POLICY_NEW each grant's
  * principal is "*" (every authenticated principal of the trust domain), a
  * SPIFFE ID, or a wildcard: a SPIFFE ID (or bare trust domain), then '/'

@@ -1,4 +1,4 @@
-/* api.h - the gRPC method tables of kmsd (KeyManagement, Operator, Internal, Health) and what handlers share. */
+/* api.h - the gRPC method tables of kmsd (KeyManagement and its batch calls, Operator, Internal, Health) and what handlers share. */
 #ifndef KMS_API_H
 #define KMS_API_H
 
@@ -14,6 +14,9 @@ extern const kms_method kms_api_keymgmt_methods[];
 extern const size_t kms_api_keymgmt_n_methods;
 extern const kms_method kms_api_keyadmin_methods[];
 extern const size_t kms_api_keyadmin_n_methods;
+/* BatchDecrypt, BatchGenerateDataKey, BatchReEncrypt (kms.v1.KeyManagement). */
+extern const kms_method kms_api_batch_methods[];
+extern const size_t kms_api_batch_n_methods;
 extern const kms_method kms_api_health_methods[];
 extern const size_t kms_api_health_n_methods;
 extern const kms_method kms_api_operator_methods[];

@@ -30,7 +30,7 @@ static void check(void *app, kms_call *call, const uint8_t *data, size_t len)
 
 const kms_method kms_api_health_methods[] = {
 	{"/grpc.health.v1.Health/Check", check, KMS_CALLERS_ANYONE,
-	 &grpc__health__v1__health_check_request__descriptor},
+	 &grpc__health__v1__health_check_request__descriptor, 0},
 };
 const size_t kms_api_health_n_methods =
 	sizeof(kms_api_health_methods) / sizeof(kms_api_health_methods[0]);

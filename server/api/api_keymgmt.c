@@ -284,19 +284,44 @@ static void decrypt(void *app, kms_call *call, const uint8_t *data, size_t len)
 	kms__v1__decrypt_request__free_unpacked(req, NULL);
 }
 
+/* Decrypt then Encrypt inside the server: the reply carries no plaintext. */
+static void reencrypt(void *app, kms_call *call, const uint8_t *data, size_t len)
+{
+	Kms__V1__ReEncryptRequest *req = kms__v1__re_encrypt_request__unpack(NULL, len, data);
+	Kms__V1__ReEncryptResponse resp = KMS__V1__RE_ENCRYPT_RESPONSE__INIT;
+	kms_blob_header h;
+	char real_id[KMS_KEY_ID_MAX + 1];
+	kms_buf blob = {0};
+	kms_err err = {0};
+
+	if (req == NULL) {
+		kms_call_fail(call, KMS_ERR_INVALID, "malformed ReEncryptRequest");
+		return;
+	}
+	if (kms_key_op_reencrypt(app, call, kms_call_worker(call), req, &h, &resp, real_id, &blob,
+				 &err) == KMS_OK)
+		kms_call_reply(call, &resp.base, 0);
+	else
+		kms_key_ops_fail(call, &err);
+	kms_buf_free(&blob);
+	kms__v1__re_encrypt_request__free_unpacked(req, NULL);
+}
+
 const kms_method kms_api_keymgmt_methods[] = {
 	{"/kms.v1.KeyManagement/CreateKey", create_key, KMS_CALLERS_SERVICES,
-	 &kms__v1__create_key_request__descriptor},
+	 &kms__v1__create_key_request__descriptor, 0},
 	{"/kms.v1.KeyManagement/DescribeKey", describe_key, KMS_CALLERS_SERVICES,
-	 &kms__v1__describe_key_request__descriptor},
+	 &kms__v1__describe_key_request__descriptor, 0},
 	{"/kms.v1.KeyManagement/ListKeys", list_keys, KMS_CALLERS_SERVICES,
-	 &kms__v1__list_keys_request__descriptor},
+	 &kms__v1__list_keys_request__descriptor, 0},
 	{"/kms.v1.KeyManagement/GenerateDataKey", generate_data_key, KMS_CALLERS_SERVICES,
-	 &kms__v1__generate_data_key_request__descriptor},
+	 &kms__v1__generate_data_key_request__descriptor, 0},
 	{"/kms.v1.KeyManagement/Encrypt", encrypt, KMS_CALLERS_SERVICES,
-	 &kms__v1__encrypt_request__descriptor},
+	 &kms__v1__encrypt_request__descriptor, 0},
 	{"/kms.v1.KeyManagement/Decrypt", decrypt, KMS_CALLERS_SERVICES,
-	 &kms__v1__decrypt_request__descriptor},
+	 &kms__v1__decrypt_request__descriptor, 0},
+	{"/kms.v1.KeyManagement/ReEncrypt", reencrypt, KMS_CALLERS_SERVICES,
+	 &kms__v1__re_encrypt_request__descriptor, 0},
 };
 const size_t kms_api_keymgmt_n_methods =
 	sizeof(kms_api_keymgmt_methods) / sizeof(kms_api_keymgmt_methods[0]);

@@ -428,15 +428,15 @@ static void list_administrators(void *app, kms_call *call, const uint8_t *data, 
 
 const kms_method kms_api_operator_methods[] = {
 	{"/kms.v1.Operator/ClusterStatus", cluster_status, KMS_CALLERS_SERVICES,
-	 &kms__v1__cluster_status_request__descriptor},
+	 &kms__v1__cluster_status_request__descriptor, 0},
 	{"/kms.v1.Operator/AddMember", add_member, KMS_CALLERS_SERVICES,
-	 &kms__v1__add_member_request__descriptor},
+	 &kms__v1__add_member_request__descriptor, 0},
 	{"/kms.v1.Operator/RemoveMember", remove_member, KMS_CALLERS_SERVICES,
-	 &kms__v1__remove_member_request__descriptor},
+	 &kms__v1__remove_member_request__descriptor, 0},
 	{"/kms.v1.Operator/ListAdministrators", list_administrators, KMS_CALLERS_SERVICES,
-	 &kms__v1__list_administrators_request__descriptor},
+	 &kms__v1__list_administrators_request__descriptor, 0},
 	{"/kms.v1.Operator/SetAdministrators", set_administrators, KMS_CALLERS_SERVICES,
-	 &kms__v1__set_administrators_request__descriptor},
+	 &kms__v1__set_administrators_request__descriptor, 0},
 };
 const size_t kms_api_operator_n_methods =
 	sizeof(kms_api_operator_methods) / sizeof(kms_api_operator_methods[0]);

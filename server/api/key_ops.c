@@ -312,3 +312,59 @@ int kms_key_op_encrypt(kms_node *node, kms_call *call, kms_hsm_session *s,
 	resp->ciphertext_blob.len = blob->len;
 	return KMS_OK;
 }
+
+/*
+ * A context of a ReEncrypt request, checked before any HSM work, with the
+ * name of the field in the message: a request has two contexts.
+ */
+static int reencrypt_context_check(ProtobufCMessage **ctx, size_t n, const char *field,
+				   kms_err *err)
+{
+	kms_ctx_pair *pairs = NULL;
+
+	if (context_pairs(ctx, n, &pairs, err) != KMS_OK)
+		return kms_err_prefix(err, field);
+	kms_free(pairs);
+	return KMS_OK;
+}
+
+int kms_key_op_reencrypt(kms_node *node, kms_call *call, kms_hsm_session *s,
+			 const Kms__V1__ReEncryptRequest *req, kms_blob_header *h,
+			 Kms__V1__ReEncryptResponse *resp, char *real_id, kms_buf *blob,
+			 kms_err *err)
+{
+	/* The plaintext never leaves this frame: opened here, sealed here, wiped here. */
+	uint8_t pt[KMS_PLAINTEXT_MAX];
+	size_t pt_len = 0;
+	uint32_t version = 0;
+	int rc;
+
+	/* What can be refused without the HSM is refused before the decrypt. */
+	if (kms_key_id_check(req->destination_key_id, err) != KMS_OK)
+		return kms_err_prefix(err, "destination_key_id");
+	KMS_TRY(reencrypt_context_check((ProtobufCMessage **)req->source_encryption_context,
+					req->n_source_encryption_context,
+					"source_encryption_context", err));
+	KMS_TRY(reencrypt_context_check((ProtobufCMessage **)req->destination_encryption_context,
+					req->n_destination_encryption_context,
+					"destination_encryption_context", err));
+	KMS_TRY_GOTO(rc, kms_key_ops_open(node, call, s, req->ciphertext_blob.data,
+					  req->ciphertext_blob.len,
+					  (ProtobufCMessage **)req->source_encryption_context,
+					  req->n_source_encryption_context, req->source_key_id,
+					  KMS_OP_REENCRYPT_FROM, h, pt, &pt_len, err), out);
+	KMS_TRY_GOTO(rc, kms_key_ops_seal(node, call, s, req->destination_key_id,
+					  KMS_OP_REENCRYPT_TO,
+					  (ProtobufCMessage **)req->destination_encryption_context,
+					  req->n_destination_encryption_context, pt, pt_len, real_id,
+					  &version, blob, err), out);
+	resp->ciphertext_blob.data = blob->data;
+	resp->ciphertext_blob.len = blob->len;
+	resp->key_id = real_id;
+	resp->key_version = version;
+	resp->source_key_id = h->key_id;
+	resp->source_key_version = h->key_version;
+out:
+	kms_cleanse(pt, sizeof(pt));
+	return rc;
+}

@@ -87,4 +87,18 @@ int kms_key_op_encrypt(struct kms_node *node, kms_call *call, kms_hsm_session *s
 		       const Kms__V1__EncryptRequest *req, Kms__V1__EncryptResponse *resp,
 		       char *real_id, kms_buf *blob, kms_err *err);
 
+/*
+ * reencrypt: opens req's blob as ReEncryptFrom on its key (source_key_id,
+ * when set, must name that key) with the source context, and seals the
+ * plaintext under destination_key_id's primary version as ReEncryptTo with
+ * the destination context. The plaintext stays in this function's frame
+ * and is cleansed before it returns. *blob and real_id as encrypt's;
+ * resp->source_key_id points into *h (the caller's). The destination key
+ * id and both contexts are checked before the HSM is used.
+ */
+int kms_key_op_reencrypt(struct kms_node *node, kms_call *call, kms_hsm_session *s,
+			 const Kms__V1__ReEncryptRequest *req, kms_blob_header *h,
+			 Kms__V1__ReEncryptResponse *resp, char *real_id, kms_buf *blob,
+			 kms_err *err);
+
 #endif

@@ -23,6 +23,8 @@ static const grpc_status_code to_grpc[KMS_STATUS_COUNT] = {
 	[KMS_ERR_IO] = GRPC_STATUS_UNAVAILABLE,
 	[KMS_ERR_NOMEM] = GRPC_STATUS_RESOURCE_EXHAUSTED,
 	[KMS_ERR_INTERNAL] = GRPC_STATUS_INTERNAL,
+	/* A request larger, or a batch longer, than the API allows. */
+	[KMS_ERR_LIMIT] = GRPC_STATUS_RESOURCE_EXHAUSTED,
 };
 
 grpc_status_code kms_status_to_grpc(int kms_status)

@@ -11,6 +11,8 @@ static const char *const op_names[] = {
     [KMS_OP_DECRYPT] = "Decrypt",
     [KMS_OP_GENERATE_DATA_KEY] = "GenerateDataKey",
     [KMS_OP_DESCRIBE_KEY] = "DescribeKey",
+    [KMS_OP_REENCRYPT_FROM] = "ReEncryptFrom",
+    [KMS_OP_REENCRYPT_TO] = "ReEncryptTo",
 };
 #define OP_COUNT (sizeof(op_names) / sizeof(op_names[0]))
 

@@ -504,6 +504,8 @@ static int start_rpc(kms_node *node, kms_err *err)
 		methods[n_methods++] = kms_api_keymgmt_methods[i];
 	for (size_t i = 0; i < kms_api_keyadmin_n_methods; i++)
 		methods[n_methods++] = kms_api_keyadmin_methods[i];
+	for (size_t i = 0; i < kms_api_batch_n_methods; i++)
+		methods[n_methods++] = kms_api_batch_methods[i];
 	for (size_t i = 0; i < kms_api_health_n_methods; i++)
 		methods[n_methods++] = kms_api_health_methods[i];
 	for (size_t i = 0; i < kms_api_operator_n_methods; i++)

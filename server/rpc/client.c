@@ -12,6 +12,7 @@
 #include <grpc/support/time.h>
 
 #include "kms/alloc.h"
+#include "kms/batch.h"
 #include "kms/client.h"
 #include "kms/log.h"
 #include "kms/spiffe.h"
@@ -150,8 +151,8 @@ int kms_client_open(const kms_client_opts *opts, kms_client **out, kms_err *err)
 	size_t ca_cap = 0, cert_cap = 0, key_cap = 0;
 	grpc_ssl_pem_key_cert_pair pair;
 	grpc_channel_credentials *creds = NULL;
-	grpc_arg arg;
-	grpc_channel_args args = {0, NULL};
+	grpc_arg arg[2];
+	grpc_channel_args args = {0, arg};
 	kms_client *c = NULL;
 	int inited = 0;
 	int rc = KMS_OK;
@@ -225,12 +226,16 @@ int kms_client_open(const kms_client_opts *opts, kms_client **out, kms_err *err)
 			      "cannot create TLS credentials");
 		goto out;
 	}
+	/* gRPC's default (4 MiB) is below the largest batch answer. */
+	arg[0].type = GRPC_ARG_INTEGER;
+	arg[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
+	arg[0].value.integer = (int)KMS_RESPONSE_MAX;
+	args.num_args = 1;
 	if (opts->server_name != NULL && opts->server_name[0] != '\0') {
-		arg.type = GRPC_ARG_STRING;
-		arg.key = (char *)GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
-		arg.value.string = (char *)opts->server_name;
-		args.num_args = 1;
-		args.args = &arg;
+		arg[1].type = GRPC_ARG_STRING;
+		arg[1].key = (char *)GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
+		arg[1].value.string = (char *)opts->server_name;
+		args.num_args = 2;
 	}
 	c->channel = grpc_channel_create(opts->target, creds, &args);
 	if (c->channel == NULL) {

@@ -29,9 +29,6 @@
 
 /* Calls each worker keeps requested, so that a burst finds a call waiting. */
 #define REQUESTS_PER_WORKER 32
-/* Larger than any valid request (4 KiB plaintext, 8 KiB context, a blob):
- * gRPC refuses bigger ones with RESOURCE_EXHAUSTED before we parse them. */
-#define MAX_REQUEST_BYTES (64 * 1024)
 /* How often gRPC's certificate provider looks at the files that
  * kms_rpc_server_set_tls writes (its smallest interval). */
 #define TLS_REFRESH_S 1
@@ -508,20 +505,34 @@ static void sweep_late_requests(struct worker *w)
 	}
 }
 
+size_t kms_method_max_request(const kms_method *m)
+{
+	return m->max_request != 0 ? m->max_request : KMS_RPC_MAX_REQUEST_DEFAULT;
+}
+
 /*
- * The last check before a handler, the same for every call: no string
- * field of the request holds a NUL byte (wire_strings.h). Then the handler,
- * which finishes the call (c may be gone when this returns).
+ * The last checks before a handler, the same for every call: the request
+ * is within the method's own limit (gRPC's receive limit is the largest
+ * of all methods, which only the batch calls need), and no string field of
+ * it holds a NUL byte (wire_strings.h). Then the handler, which finishes
+ * the call (c may be gone when this returns).
  */
 static void run_handler(const kms_method *m, void *app, kms_call *c, const uint8_t *req,
 			size_t len)
 {
 	kms_err err = {0};
+	const char *name = strrchr(m->path, '/');
 
-	if (kms_wire_check_strings(m->request, req, len, &err) != KMS_OK)
+	if (len > kms_method_max_request(m)) {
+		kms_errf(&err, KMS_ERR_LIMIT,
+			 "the request is %zu bytes, over the limit of %zu bytes for %s", len,
+			 kms_method_max_request(m), name != NULL ? name + 1 : m->path);
 		kms_call_fail(c, err.code, err.msg);
-	else
+	} else if (kms_wire_check_strings(m->request, req, len, &err) != KMS_OK) {
+		kms_call_fail(c, err.code, err.msg);
+	} else {
 		m->fn(app, c, req, len);
+	}
 }
 
 static void dispatch(kms_call *c)
@@ -1052,11 +1063,17 @@ static grpc_arg int_arg(const char *key, long long value)
  * connection for at most max_connection_age_s (which also bounds how long a
  * connection outlives a certificate reload).
  */
-static void make_args(const kms_rpc_limits *l, grpc_arg *a, size_t *n)
+static void make_args(const kms_rpc_server_opts *o, grpc_arg *a, size_t *n)
 {
-	size_t i = 0;
+	const kms_rpc_limits *l = &o->limits;
+	size_t i = 0, max_request = KMS_RPC_MAX_REQUEST_DEFAULT;
 
-	a[i++] = int_arg(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, MAX_REQUEST_BYTES);
+	/* gRPC has one receive limit per server: the largest of the methods';
+	 * run_handler holds each method to its own. */
+	for (size_t m = 0; m < o->n_methods; m++)
+		if (kms_method_max_request(&o->methods[m]) > max_request)
+			max_request = kms_method_max_request(&o->methods[m]);
+	a[i++] = int_arg(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, (long long)max_request);
 	a[i++] = int_arg(GRPC_ARG_MAX_CONCURRENT_STREAMS, l->max_concurrent_streams);
 	a[i++] = int_arg(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, l->handshake_timeout_s * 1000LL);
 	a[i++] = int_arg(GRPC_ARG_KEEPALIVE_TIME_MS, l->keepalive_time_s * 1000LL);
@@ -1154,7 +1171,7 @@ int kms_rpc_server_start(const kms_rpc_server_opts *opts, kms_rpc_server **out,
 		rc = err != NULL && err->code != KMS_OK ? err->code : KMS_ERR_CONFIG;
 		goto fail;
 	}
-	make_args(&opts->limits, arg, &n_args);
+	make_args(opts, arg, &n_args);
 	args.num_args = n_args;
 	args.args = arg;
 	s->server = grpc_server_create(&args, NULL);

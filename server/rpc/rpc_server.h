@@ -29,14 +29,28 @@ typedef void (*kms_method_fn)(void *app, kms_call *call, const uint8_t *req,
 #define KMS_CALLERS_SERVICES (1u << KMS_PEER_SERVICE)
 #define KMS_CALLERS_NODES (1u << KMS_PEER_NODE)
 
+/*
+ * The largest request a method takes unless it says otherwise: more than
+ * any single call needs (4 KiB of plaintext, 8 KiB of context, a blob).
+ */
+#define KMS_RPC_MAX_REQUEST_DEFAULT (64 * 1024)
+
 typedef struct kms_method {
 	const char *path; /* "/kms.v1.KeyManagement/Encrypt" */
 	kms_method_fn fn;
 	unsigned callers; /* KMS_CALLERS_* */
 	/* The request message: its string fields are checked for NUL bytes
-	 * before the handler runs (server/rpc/wire_strings.h). */
+	 * before the handler runs (server/rpc/wire_strings.h). NULL: the
+	 * handler checks them itself (a batch, item by item). */
 	const ProtobufCMessageDescriptor *request;
+	/* The largest request in bytes; 0: KMS_RPC_MAX_REQUEST_DEFAULT. A
+	 * larger one is refused with RESOURCE_EXHAUSTED before the handler.
+	 * gRPC itself refuses anything over the largest limit of the table. */
+	size_t max_request;
 } kms_method;
+
+/* m's request limit in bytes. */
+size_t kms_method_max_request(const kms_method *m);
 
 /* The limits of the server, in seconds ([grpc] in docs/OPERATIONS.md). */
 typedef struct kms_rpc_limits {
@@ -133,6 +147,8 @@ void kms_call_fail_grpc(kms_call *call, grpc_status_code code, const char *msg);
  *    m->callers (PERMISSION_DENIED). A method open to anyone sees an
  *    anonymous caller whatever peer was given, as it does over the
  *    network, where that caller's certificate is never read;
+ *  - the request is no larger than kms_method_max_request(m)
+ *    (RESOURCE_EXHAUSTED);
  *  - no string field of the request holds a NUL byte (INVALID_ARGUMENT).
  * Every kms_call_* accessor and finisher above works on a local call.
  *

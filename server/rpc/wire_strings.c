@@ -27,45 +27,51 @@ static int read_varint(const uint8_t *buf, size_t len, size_t *pos, uint64_t *v)
 	return 0;
 }
 
+/*
+ * Steps over the field at *pos: 1 with its tag and, for a length-delimited
+ * field, its bytes at *start (*n of them); 0 at the end, and on bytes that
+ * do not parse (groups, cut fields), which are left to the unpacker.
+ */
+static int next_field(const uint8_t *buf, size_t len, size_t *pos, uint64_t *tag, size_t *start,
+		      uint64_t *n)
+{
+	if (*pos >= len || !read_varint(buf, len, pos, tag))
+		return 0;
+	switch (*tag & 7) {
+	case WT_VARINT:
+		return read_varint(buf, len, pos, n);
+	case WT_64BIT:
+	case WT_32BIT:
+		*n = (*tag & 7) == WT_64BIT ? 8 : 4;
+		if (len - *pos < *n)
+			return 0;
+		*pos += (size_t)*n;
+		return 1;
+	case WT_LEN:
+		if (!read_varint(buf, len, pos, n) || *n > len - *pos)
+			return 0;
+		*start = *pos;
+		*pos += (size_t)*n;
+		return 1;
+	default:
+		return 0;
+	}
+}
+
 static int walk(const ProtobufCMessageDescriptor *desc, const uint8_t *buf, size_t len,
 		char *path, size_t path_len, unsigned depth, kms_err *err)
 {
-	size_t pos = 0;
+	size_t pos = 0, start = 0;
+	uint64_t tag, n;
 
 	if (depth > MAX_DEPTH)
 		return KMS_OK;
-	while (pos < len) {
-		uint64_t tag, n;
+	while (next_field(buf, len, &pos, &tag, &start, &n)) {
 		const ProtobufCFieldDescriptor *f;
-		size_t start;
 		int here;
 
-		if (!read_varint(buf, len, &pos, &tag))
-			return KMS_OK; /* malformed: the unpacker says so */
-		switch (tag & 7) {
-		case WT_VARINT:
-			if (!read_varint(buf, len, &pos, &n))
-				return KMS_OK;
+		if ((tag & 7) != WT_LEN)
 			continue;
-		case WT_64BIT:
-			if (len - pos < 8)
-				return KMS_OK;
-			pos += 8;
-			continue;
-		case WT_32BIT:
-			if (len - pos < 4)
-				return KMS_OK;
-			pos += 4;
-			continue;
-		case WT_LEN:
-			break;
-		default:
-			return KMS_OK;
-		}
-		if (!read_varint(buf, len, &pos, &n) || n > len - pos)
-			return KMS_OK;
-		start = pos;
-		pos += (size_t)n;
 		f = tag >> 3 <= UINT32_MAX
 			    ? protobuf_c_message_descriptor_get_field(desc, (unsigned)(tag >> 3))
 			    : NULL;
@@ -100,4 +106,25 @@ int kms_wire_check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t
 	if (desc == NULL || buf == NULL)
 		return KMS_OK;
 	return walk(desc, buf, len, path, 0, 0, err);
+}
+
+size_t kms_wire_check_items(const ProtobufCMessageDescriptor *item, uint32_t field,
+			    const uint8_t *buf, size_t len, kms_wire_bad_item_fn bad, void *arg)
+{
+	size_t pos = 0, start = 0, index = 0;
+	uint64_t tag, n;
+
+	if (item == NULL || buf == NULL)
+		return 0;
+	while (next_field(buf, len, &pos, &tag, &start, &n)) {
+		kms_err err = {0};
+
+		if ((tag & 7) != WT_LEN || tag >> 3 != field)
+			continue;
+		if (bad != NULL &&
+		    kms_wire_check_strings(item, buf + start, (size_t)n, &err) != KMS_OK)
+			bad(arg, index, &err);
+		index++;
+	}
+	return index;
 }

@@ -21,4 +21,18 @@
 int kms_wire_check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *buf,
 			   size_t len, kms_err *err);
 
+/*
+ * The same for a batch, item by item, so that a NUL fails one item and not
+ * its neighbours: for each occurrence of field (a repeated message of type
+ * item) at the top level of buf, in wire order, which is the order
+ * protobuf-c unpacks them in, checks its strings, and calls bad with the
+ * occurrence's index (from 0) and the error when one holds a NUL. The
+ * field's path in the message starts at the item. Returns how many
+ * occurrences there are, up to bytes that do not parse; with bad NULL it
+ * only counts them (to bound a batch before protobuf-c unpacks it).
+ */
+typedef void (*kms_wire_bad_item_fn)(void *arg, size_t index, const kms_err *err);
+size_t kms_wire_check_items(const ProtobufCMessageDescriptor *item, uint32_t field,
+			    const uint8_t *buf, size_t len, kms_wire_bad_item_fn bad, void *arg);
+
 #endif

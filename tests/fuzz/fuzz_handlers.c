@@ -22,6 +22,7 @@
 #include "config.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "kms/alloc.h"
+#include "kms/batch.h"
 #include "kms/blob.h"
 #include "kms/client.h"
 #include "kms/keyring.h"
@@ -37,9 +38,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /*
- * Request bytes in, status out, for every method of the four tables the
+ * Request bytes in, status out, for every method of the five tables the
  * server serves (kms.v1.KeyManagement, kms.v1.Operator, kms.v1.Internal,
- * grpc.health.v1.Health), through kms_call_local_run: the same caller and
+ * grpc.health.v1.Health, and KeyManagement's batch calls), through
+ * kms_call_local_run: the same caller and
  * NUL checks as a call from the network, then the handler, against a real
  * node.
  *
@@ -54,15 +56,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
  * kms_node_start: a one-node cluster that bootstraps and leads, with its
  * Raft thread, gRPC server and supervisor. This thread holds an HSM session
  * as a gRPC worker does (kms_api_worker_init). Three keys are created
- * through the CreateKey handler: "fuzz-app" (the service may Encrypt,
- * Decrypt, GenerateDataKey and DescribeKey), "fuzz-enc" (Encrypt only) and
- * "fuzz-admin" (no grants). At exit the node is stopped and the directory
+ * through the CreateKey handler: "fuzz-app" (the service may do everything),
+ * "fuzz-enc" (Encrypt and ReEncryptTo only) and "fuzz-admin" (no grants). At exit the node is stopped and the directory
  * removed.
  *
  * An input:
- *   byte 0   the method: an index into the five tables in that order
+ *   byte 0   the method: an index into the six tables in that order
  *            (KeyManagement's crypto and key calls, its key administration,
- *            Operator, Internal, Health; modulo their size);
+ *            Operator, Internal, Health, the batch calls; modulo their size);
  *   byte 1   bits 0-2 the caller (modulo 6): the administrator, a service
  *            with grants on the seeded keys, a stranger (all three client-CA
  *            identities), a member node (node 1), a node that is no member
@@ -81,7 +82,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
  * GenerateDataKey that succeeds is decrypted again as the same caller (the
  * plaintext must come back where the policy allows it) and decrypted with
  * a flipped tag byte and without its context (which must fail); one with
- * without_plaintext must return no plaintext.
+ * without_plaintext must return no plaintext. A batch answers one result
+ * per item, each checked as the single call's answer would be (and each
+ * data key of BatchGenerateDataKey decrypted as above); ReEncrypt's answers
+ * name keys the caller may ReEncryptFrom and ReEncryptTo.
  *
  * State between inputs: what an input did to the administrators list or
  * the member list (SetAdministrators, AddMember, directly or relayed), and
@@ -161,8 +165,9 @@ static const struct {
 	unsigned app_ops; /* what APP may do; nobody else is granted anything */
 } seeded[] = {
 	{"fuzz-app", OP(KMS_OP_ENCRYPT) | OP(KMS_OP_DECRYPT) | OP(KMS_OP_GENERATE_DATA_KEY) |
-			     OP(KMS_OP_DESCRIBE_KEY)},
-	{"fuzz-enc", OP(KMS_OP_ENCRYPT)},
+			     OP(KMS_OP_DESCRIBE_KEY) | OP(KMS_OP_REENCRYPT_FROM) |
+			     OP(KMS_OP_REENCRYPT_TO)},
+	{"fuzz-enc", OP(KMS_OP_ENCRYPT) | OP(KMS_OP_REENCRYPT_TO)},
 	{"fuzz-admin", 0},
 };
 #define N_SEEDED (sizeof(seeded) / sizeof(seeded[0]))
@@ -194,7 +199,7 @@ struct seeded_policy {
 	Kms__V1__KeyPolicy policy;
 	Kms__V1__Grant grant;
 	Kms__V1__Grant *grants[1];
-	char *ops[4];
+	char *ops[6];
 };
 
 static void seeded_policy(size_t i, struct seeded_policy *sp)
@@ -203,7 +208,7 @@ static void seeded_policy(size_t i, struct seeded_policy *sp)
 
 	kms__v1__key_policy__init(&sp->policy);
 	kms__v1__grant__init(&sp->grant);
-	for (int op = KMS_OP_ENCRYPT; op <= KMS_OP_DESCRIBE_KEY; op++)
+	for (int op = KMS_OP_ENCRYPT; op <= KMS_OP_REENCRYPT_TO; op++)
 		if (seeded[i].app_ops & OP(op))
 			sp->ops[n_ops++] = (char *)kms_op_name((enum kms_op)op);
 	sp->grant.principal = (char *)APP;
@@ -262,6 +267,8 @@ static void methods_init(void)
 		{kms_api_operator_methods, kms_api_operator_n_methods},
 		{kms_api_internal_methods, kms_api_internal_n_methods},
 		{kms_api_health_methods, kms_api_health_n_methods},
+		/* Last: the seeds of the tables above keep their indices. */
+		{kms_api_batch_methods, kms_api_batch_n_methods},
 	};
 
 	for (size_t i = 0; i < sizeof(tables) / sizeof(tables[0]); i++) {
@@ -533,6 +540,64 @@ static void check_key(const struct fuzz_method *fm, int caller, const struct out
 		      key_id != NULL ? key_id : "(none)");
 }
 
+static void check_decrypted(const struct fuzz_method *fm, int caller, const struct outcome *o,
+			    const Kms__V1__DecryptResponse *r)
+{
+	check_key(fm, caller, o, r->key_id, KMS_OP_DECRYPT);
+	if (r->plaintext.len > KMS_PLAINTEXT_MAX)
+		failf(fm, caller, o, "%zu bytes of plaintext", r->plaintext.len);
+}
+
+static void check_reencrypt(const struct fuzz_method *fm, int caller, const struct outcome *o,
+			    const Kms__V1__ReEncryptResponse *r)
+{
+	check_key(fm, caller, o, r->source_key_id, KMS_OP_REENCRYPT_FROM);
+	check_key(fm, caller, o, r->key_id, KMS_OP_REENCRYPT_TO);
+	if (r->ciphertext_blob.len == 0)
+		failf(fm, caller, o, "ReEncrypt answered no blob");
+}
+
+/*
+ * A batch answer: one result per item of the request (counted on the
+ * wire), each a response or an error; each response as the single call's.
+ * Results are read by descriptor: the three answers share one shape.
+ */
+static void check_batch(const struct fuzz_method *fm, int caller, const struct outcome *o,
+			const uint8_t *req, size_t len, const ProtobufCMessage *resp)
+{
+	const ProtobufCFieldDescriptor *rf =
+		protobuf_c_message_descriptor_get_field(resp->descriptor, 1);
+	size_t n = *(const size_t *)(const void *)((const char *)resp + rf->quantifier_offset);
+	ProtobufCMessage *const *results =
+		*(ProtobufCMessage *const *const *)(const void *)((const char *)resp + rf->offset);
+	const ProtobufCFieldDescriptor *item_f =
+		protobuf_c_message_descriptor_get_field(rf->descriptor, 1);
+	/* Counting only: the descriptor is not read. */
+	size_t want = kms_wire_check_items(item_f->descriptor, 1, req, len, NULL, NULL);
+
+	if (n != want || n == 0 || n > KMS_BATCH_MAX_ITEMS)
+		failf(fm, caller, o, "%zu results for %zu requests", n, want);
+	for (size_t i = 0; i < n; i++) {
+		uint32_t which = *(const uint32_t *)(const void *)((const char *)results[i] +
+								    item_f->quantifier_offset);
+		const ProtobufCMessage *r = *(ProtobufCMessage *const *)(const void *)(
+			(const char *)results[i] + item_f->offset);
+
+		if (which == 2)
+			continue;
+		if (which != 1 || r == NULL)
+			failf(fm, caller, o, "result %zu holds neither a response nor an error", i);
+		if (r->descriptor == &kms__v1__decrypt_response__descriptor)
+			check_decrypted(fm, caller, o, (const Kms__V1__DecryptResponse *)r);
+		else if (r->descriptor == &kms__v1__re_encrypt_response__descriptor)
+			check_reencrypt(fm, caller, o, (const Kms__V1__ReEncryptResponse *)r);
+		else
+			check_key(fm, caller, o,
+				  ((const Kms__V1__GenerateDataKeyResponse *)r)->key_id,
+				  KMS_OP_GENERATE_DATA_KEY);
+	}
+}
+
 /* What an OK answer says, by method. */
 static void check_answer(const struct fuzz_method *fm, int caller, const struct outcome *o,
 			 const uint8_t *req, size_t len, const ProtobufCMessage *resp)
@@ -565,11 +630,11 @@ static void check_answer(const struct fuzz_method *fm, int caller, const struct 
 		check_key(fm, caller, o, ((const Kms__V1__GenerateDataKeyResponse *)resp)->key_id,
 			  KMS_OP_GENERATE_DATA_KEY);
 	} else if (strcmp(path, "/kms.v1.KeyManagement/Decrypt") == 0) {
-		const Kms__V1__DecryptResponse *r = (const void *)resp;
-
-		check_key(fm, caller, o, r->key_id, KMS_OP_DECRYPT);
-		if (r->plaintext.len > KMS_PLAINTEXT_MAX)
-			failf(fm, caller, o, "%zu bytes of plaintext", r->plaintext.len);
+		check_decrypted(fm, caller, o, (const Kms__V1__DecryptResponse *)resp);
+	} else if (strcmp(path, "/kms.v1.KeyManagement/ReEncrypt") == 0) {
+		check_reencrypt(fm, caller, o, (const Kms__V1__ReEncryptResponse *)resp);
+	} else if (has_prefix(path, "/kms.v1.KeyManagement/Batch")) {
+		check_batch(fm, caller, o, req, len, resp);
 	} else if (strcmp(path, "/kms.v1.Internal/Forward") == 0) {
 		check_inner_status(fm, caller, o, ((const Kms__V1__ForwardResponse *)resp)->status);
 	} else if (strcmp(path, "/kms.v1.Internal/ReadIndex") == 0) {
@@ -732,13 +797,11 @@ static void check_encrypt(const struct fuzz_method *fm, int caller, const uint8_
 	kms__v1__encrypt_request__free_unpacked(q, NULL);
 }
 
-static void check_data_key(const struct fuzz_method *fm, int caller, const uint8_t *req,
-			   size_t len, const struct outcome *o)
+/* One data key q asked for and r answered (alone or in a batch). */
+static void check_data_key_item(const struct fuzz_method *fm, int caller, const struct outcome *o,
+				const Kms__V1__GenerateDataKeyRequest *q,
+				const Kms__V1__GenerateDataKeyResponse *r)
 {
-	Kms__V1__GenerateDataKeyRequest *q =
-		kms__v1__generate_data_key_request__unpack(NULL, len, req);
-	Kms__V1__GenerateDataKeyResponse *r =
-		kms__v1__generate_data_key_response__unpack(NULL, o->len, o->resp);
 	struct ctx_pairs ctx;
 	size_t want;
 
@@ -754,8 +817,38 @@ static void check_data_key(const struct fuzz_method *fm, int caller, const uint8
 		round_trip(fm, caller, r->key_id, &r->ciphertext_blob, &ctx, r->plaintext.data,
 			   r->plaintext.len);
 	ctx_free(&ctx);
+}
+
+static void check_data_key(const struct fuzz_method *fm, int caller, const uint8_t *req,
+			   size_t len, const struct outcome *o)
+{
+	Kms__V1__GenerateDataKeyRequest *q =
+		kms__v1__generate_data_key_request__unpack(NULL, len, req);
+	Kms__V1__GenerateDataKeyResponse *r =
+		kms__v1__generate_data_key_response__unpack(NULL, o->len, o->resp);
+
+	check_data_key_item(fm, caller, o, q, r);
 	kms__v1__generate_data_key_response__free_unpacked(r, NULL);
 	kms__v1__generate_data_key_request__free_unpacked(q, NULL);
+}
+
+/* Every data key of a batch, as check_data_key checks one. */
+static void check_data_key_batch(const struct fuzz_method *fm, int caller, const uint8_t *req,
+				 size_t len, const struct outcome *o)
+{
+	Kms__V1__BatchGenerateDataKeyRequest *q =
+		kms__v1__batch_generate_data_key_request__unpack(NULL, len, req);
+	Kms__V1__BatchGenerateDataKeyResponse *r =
+		kms__v1__batch_generate_data_key_response__unpack(NULL, o->len, o->resp);
+
+	if (q == NULL || r == NULL || q->n_requests != r->n_results)
+		failf(fm, caller, o, "an OK BatchGenerateDataKey without its request");
+	for (size_t i = 0; i < r->n_results; i++)
+		if (r->results[i]->result_case ==
+		    KMS__V1__BATCH_GENERATE_DATA_KEY_RESULT__RESULT_RESPONSE)
+			check_data_key_item(fm, caller, o, q->requests[i], r->results[i]->response);
+	kms__v1__batch_generate_data_key_response__free_unpacked(r, NULL);
+	kms__v1__batch_generate_data_key_request__free_unpacked(q, NULL);
 }
 
 /* ---- every input meets the same administrators and members ---- */
@@ -870,6 +963,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (o.code == GRPC_STATUS_OK &&
 	    strcmp(fm->m->path, "/kms.v1.KeyManagement/GenerateDataKey") == 0)
 		check_data_key(fm, caller, req, len, &o);
+	if (o.code == GRPC_STATUS_OK &&
+	    strcmp(fm->m->path, "/kms.v1.KeyManagement/BatchGenerateDataKey") == 0)
+		check_data_key_batch(fm, caller, req, len, &o);
 	outcome_free(&o);
 	restore_baseline();
 	return 0;
@@ -1441,6 +1537,88 @@ static void write_internal_seeds(const char *dir)
 	SEED("ReadIndex-member-bad-operation", "/kms.v1.Internal/ReadIndex", C_MEMBER, 0, ri);
 }
 
+/* ReEncrypt and the batch calls, each with good and bad items side by side. */
+static void write_batch_seeds(const char *dir)
+{
+	Kms__V1__ReEncryptRequest re = KMS__V1__RE_ENCRYPT_REQUEST__INIT, *rep[2];
+	Kms__V1__ReEncryptRequest re_bad = KMS__V1__RE_ENCRYPT_REQUEST__INIT;
+	Kms__V1__BatchReEncryptRequest br = KMS__V1__BATCH_RE_ENCRYPT_REQUEST__INIT;
+	Kms__V1__DecryptRequest de[3], *dep[3];
+	Kms__V1__BatchDecryptRequest bd = KMS__V1__BATCH_DECRYPT_REQUEST__INIT;
+	Kms__V1__GenerateDataKeyRequest gd[4], *gdp[4];
+	Kms__V1__BatchGenerateDataKeyRequest bg = KMS__V1__BATCH_GENERATE_DATA_KEY_REQUEST__INIT;
+	Kms__V1__GenerateDataKeyRequest__EncryptionContextEntry ge =
+		KMS__V1__GENERATE_DATA_KEY_REQUEST__ENCRYPTION_CONTEXT_ENTRY__INIT;
+	Kms__V1__GenerateDataKeyRequest__EncryptionContextEntry *gep[] = {&ge};
+	uint8_t blob[KMS_BLOB_MAX], ct[32 + KMS_GCM_TAG_LEN];
+	kms_blob_header h;
+	size_t blob_len = 0;
+	kms_err err = {0};
+	/* A BatchDecrypt of one item whose key_id holds a NUL: "fuzz\0app". */
+	static const uint8_t nul_item[] = {0x0a, 0x0a, 0x1a, 0x08, 'f', 'u', 'z', 'z',
+					   0,	 'a',  'p',  'p'};
+
+	memset(&h, 0, sizeof(h));
+	snprintf(h.key_id, sizeof(h.key_id), "fuzz-app");
+	h.key_version = 1;
+	memset(ct, 0x3c, sizeof(ct));
+	if (kms_blob_encode(&h, ct, sizeof(ct), blob, sizeof(blob), &blob_len, &err) != KMS_OK)
+		abort();
+	re.ciphertext_blob.data = blob;
+	re.ciphertext_blob.len = blob_len;
+	re.destination_key_id = (char *)"fuzz-enc";
+	SEED("ReEncrypt-service", "/kms.v1.KeyManagement/ReEncrypt", C_APP, 0, re);
+	SEED("ReEncrypt-stranger", "/kms.v1.KeyManagement/ReEncrypt", C_STRANGER, 0, re);
+	re_bad = re;
+	re_bad.source_key_id = (char *)"fuzz-enc";
+	re_bad.destination_key_id = (char *)"fuzz-admin";
+	SEED("ReEncrypt-service-mismatch-no-grant", "/kms.v1.KeyManagement/ReEncrypt", C_APP, 0,
+	     re_bad);
+	rep[0] = &re;
+	rep[1] = &re_bad;
+	br.requests = rep;
+	br.n_requests = 2;
+	SEED("BatchReEncrypt-service", "/kms.v1.KeyManagement/BatchReEncrypt", C_APP, 1, br);
+
+	for (size_t i = 0; i < 3; i++) {
+		kms__v1__decrypt_request__init(&de[i]);
+		de[i].ciphertext_blob.data = blob;
+		de[i].ciphertext_blob.len = blob_len;
+		dep[i] = &de[i];
+	}
+	de[1].key_id = (char *)"fuzz-enc";
+	de[2].ciphertext_blob.len = 7;
+	bd.requests = dep;
+	bd.n_requests = 3;
+	SEED("BatchDecrypt-service", "/kms.v1.KeyManagement/BatchDecrypt", C_APP, 0, bd);
+	SEED("BatchDecrypt-anonymous-refused", "/kms.v1.KeyManagement/BatchDecrypt", C_NONE, 0,
+	     bd);
+	bd.n_requests = 0;
+	SEED("BatchDecrypt-service-empty", "/kms.v1.KeyManagement/BatchDecrypt", C_APP, 0, bd);
+	SEED_RAW("BatchDecrypt-service-nul-item", "/kms.v1.KeyManagement/BatchDecrypt", C_APP,
+		 nul_item, sizeof(nul_item));
+
+	ge.key = (char *)"tenant";
+	ge.value = (char *)"7";
+	for (size_t i = 0; i < 4; i++) {
+		kms__v1__generate_data_key_request__init(&gd[i]);
+		gd[i].key_id = (char *)"fuzz-app";
+		gd[i].encryption_context = gep;
+		gd[i].n_encryption_context = 1;
+		gdp[i] = &gd[i];
+	}
+	gd[1].number_of_bytes = 8;
+	gd[2].key_id = (char *)"fuzz-enc";
+	gd[3].without_plaintext = 1;
+	gd[3].number_of_bytes = 64;
+	bg.requests = gdp;
+	bg.n_requests = 4;
+	SEED("BatchGenerateDataKey-service", "/kms.v1.KeyManagement/BatchGenerateDataKey", C_APP,
+	     0, bg);
+	SEED("BatchGenerateDataKey-stranger", "/kms.v1.KeyManagement/BatchGenerateDataKey",
+	     C_STRANGER, 0, bg);
+}
+
 static void write_corpus(const char *dir)
 {
 	Grpc__Health__V1__HealthCheckRequest hc = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
@@ -1453,6 +1631,7 @@ static void write_corpus(const char *dir)
 	write_keyadmin_seeds(dir);
 	write_operator_seeds(dir);
 	write_internal_seeds(dir);
+	write_batch_seeds(dir);
 	SEED("Check-anonymous", "/grpc.health.v1.Health/Check", C_NONE, 0, hc);
 	hc.service = (char *)"kms.v1.KeyManagement";
 	SEED("Check-service-named", "/grpc.health.v1.Health/Check", C_APP, 0, hc);

@@ -4,7 +4,8 @@
 It proves that a client written from proto/kms/v1/kms.proto alone, with the
 stock Python gRPC stack and mutual TLS, interoperates with kmsd:
 GenerateDataKey then Decrypt gives back the same data key, and Decrypt under
-a different encryption context is refused with INVALID_ARGUMENT.
+a different encryption context is refused with INVALID_ARGUMENT; a
+BatchDecrypt answers each of its items in place.
 The stubs (kms/v1/kms_pb2*.py) are generated at test time into --stubs.
 """
 
@@ -97,6 +98,26 @@ def main():
             if bad.plaintext == gen.plaintext:
                 fail("Decrypt under a wrong context returned the data key")
             fail("Decrypt under a wrong context succeeded")
+
+        step("BatchDecrypt of the blob with the right and the wrong context")
+        batch = stub.BatchDecrypt(
+            kms_pb2.BatchDecryptRequest(requests=[
+                kms_pb2.DecryptRequest(ciphertext_blob=gen.ciphertext_blob,
+                                       encryption_context=ctx),
+                kms_pb2.DecryptRequest(ciphertext_blob=gen.ciphertext_blob,
+                                       encryption_context=wrong),
+            ]),
+            timeout=10,
+        )
+        if len(batch.results) != 2:
+            fail("BatchDecrypt answered %d results for 2 requests" % len(batch.results))
+        good, bad = batch.results
+        if good.WhichOneof("result") != "response" or good.response.plaintext != gen.plaintext:
+            fail("the good item did not give the data key back")
+        if bad.WhichOneof("result") != "error" or \
+                bad.error.code != grpc.StatusCode.INVALID_ARGUMENT.value[0]:
+            fail("the item with a wrong context was not refused with INVALID_ARGUMENT")
+        step("  item 1 decrypted; item 2 refused in place: %s" % bad.error.message)
 
     step("all checks passed")
 

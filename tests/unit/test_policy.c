@@ -66,9 +66,12 @@ START_TEST(test_op_names)
 	ck_assert_str_eq(kms_op_name(KMS_OP_GENERATE_DATA_KEY),
 			 "GenerateDataKey");
 	ck_assert_str_eq(kms_op_name(KMS_OP_DESCRIBE_KEY), "DescribeKey");
+	ck_assert_str_eq(kms_op_name(KMS_OP_REENCRYPT_FROM), "ReEncryptFrom");
+	ck_assert_str_eq(kms_op_name(KMS_OP_REENCRYPT_TO), "ReEncryptTo");
 	ck_assert_str_eq(kms_op_name((enum kms_op)0), "unknown");
+	ck_assert_str_eq(kms_op_name((enum kms_op)(KMS_OP_REENCRYPT_TO + 1)), "unknown");
 	ck_assert_str_eq(kms_op_name((enum kms_op)99), "unknown");
-	for (int i = KMS_OP_ENCRYPT; i <= KMS_OP_DESCRIBE_KEY; i++) {
+	for (int i = KMS_OP_ENCRYPT; i <= KMS_OP_REENCRYPT_TO; i++) {
 		ck_assert_int_eq(
 		    kms_op_parse(kms_op_name((enum kms_op)i), &op, &err),
 		    KMS_OK);
@@ -89,6 +92,10 @@ START_TEST(test_op_parse_unknown)
 	ck_assert_int_eq(kms_op_parse("Encrypt ", &op, &err), KMS_ERR_INVALID);
 	ck_assert_int_eq(kms_op_parse("", &op, &err), KMS_ERR_INVALID);
 	ck_assert_int_eq(kms_op_parse(NULL, &op, &err), KMS_ERR_INVALID);
+	/* ReEncrypt is two grants, never one name for both. */
+	ck_assert_int_eq(kms_op_parse("ReEncrypt", &op, &err), KMS_ERR_INVALID);
+	ck_assert_str_eq(err.msg, "unknown operation 'ReEncrypt'");
+	ck_assert_int_eq(kms_op_parse("reencryptfrom", &op, &err), KMS_ERR_INVALID);
 	/* Control characters from a request never reach the message. */
 	ck_assert_int_eq(kms_op_parse("X\n\x1b[31m", &op, &err),
 			 KMS_ERR_INVALID);
@@ -272,13 +279,46 @@ END_TEST
 
 START_TEST(test_check_too_many_operations)
 {
-	char *five[] = {"Encrypt", "Decrypt", "GenerateDataKey", "DescribeKey",
-			"Encrypt"};
+	char *seven[] = {"Encrypt",	"Decrypt",     "GenerateDataKey", "DescribeKey",
+			 "ReEncryptFrom", "ReEncryptTo", "Encrypt"};
 
-	add_grant(app, five, 5);
+	add_grant(app, seven, 6);
+	ck_assert_int_eq(kms_policy_check(&policy, KMS_POLICY_NEW, NULL, &err), KMS_OK);
+	policy.n_grants = 0;
+	add_grant(app, seven, 7);
 	ck_assert_int_eq(kms_policy_check(&policy, KMS_POLICY_NEW, NULL, &err), KMS_ERR_INVALID);
 	ck_assert_str_eq(err.msg,
-			 "grant 1: 5 operations listed; there are only 4");
+			 "grant 1: 7 operations listed; there are only 6");
+}
+END_TEST
+
+/*
+ * The ReEncrypt grants stand alone: From opens blobs of the key for
+ * re-encryption only, To seals under it only, and neither is implied by
+ * Decrypt, Encrypt or the other.
+ */
+START_TEST(test_allows_reencrypt_grants)
+{
+	char *from[] = {"ReEncryptFrom"};
+	char *to[] = {"ReEncryptTo"};
+	const char *other = "spiffe://prod.example/ns/batch/sa/rewrap";
+
+	add_grant(app, ops_all, 4);
+	add_grant("spiffe://prod.example/ns/batch/*", from, 1);
+	add_grant(other, to, 1);
+	ck_assert_int_eq(kms_policy_check(&policy, KMS_POLICY_NEW, NULL, &err), KMS_OK);
+	/* Every other operation does not stand in for either. */
+	ck_assert(!kms_policy_allows(&policy, app, KMS_OP_REENCRYPT_FROM));
+	ck_assert(!kms_policy_allows(&policy, app, KMS_OP_REENCRYPT_TO));
+	ck_assert(kms_policy_allows(&policy, other, KMS_OP_REENCRYPT_FROM));
+	ck_assert(kms_policy_allows(&policy, other, KMS_OP_REENCRYPT_TO));
+	ck_assert(kms_policy_allows(&policy, "spiffe://prod.example/ns/batch/sa/x",
+				    KMS_OP_REENCRYPT_FROM));
+	ck_assert(!kms_policy_allows(&policy, "spiffe://prod.example/ns/batch/sa/x",
+				     KMS_OP_REENCRYPT_TO));
+	/* ... and neither stands in for Decrypt or Encrypt. */
+	ck_assert(!kms_policy_allows(&policy, other, KMS_OP_DECRYPT));
+	ck_assert(!kms_policy_allows(&policy, other, KMS_OP_ENCRYPT));
 }
 END_TEST
 
@@ -466,6 +506,7 @@ static Suite *policy_suite(void)
 	tcase_add_test(tc, test_allows_star_alone);
 	tcase_add_test(tc, test_allows_several_grants);
 	tcase_add_test(tc, test_deny_by_default);
+	tcase_add_test(tc, test_allows_reencrypt_grants);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("check");

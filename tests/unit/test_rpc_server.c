@@ -100,8 +100,8 @@ static void handler(void *app, kms_call *call, const uint8_t *req, size_t len)
 }
 
 static const kms_method methods[] = {
-	{M_OPEN, handler, KMS_CALLERS_ANYONE, &kms__v1__encrypt_request__descriptor},
-	{M_CLOSED, handler, KMS_CALLERS_SERVICES, &kms__v1__encrypt_request__descriptor},
+	{M_OPEN, handler, KMS_CALLERS_ANYONE, &kms__v1__encrypt_request__descriptor, 0},
+	{M_CLOSED, handler, KMS_CALLERS_SERVICES, &kms__v1__encrypt_request__descriptor, 0},
 };
 
 static void make_pki(void)
@@ -361,10 +361,12 @@ static void local_done(void *arg, grpc_status_code code, const char *msg, const 
 }
 
 static const kms_method local_methods[] = {
-	{M_OPEN, local_handler, KMS_CALLERS_ANYONE, &kms__v1__encrypt_request__descriptor},
-	{M_CLOSED, local_handler, KMS_CALLERS_SERVICES, &kms__v1__encrypt_request__descriptor},
+	{M_OPEN, local_handler, KMS_CALLERS_ANYONE, &kms__v1__encrypt_request__descriptor, 0},
+	{M_CLOSED, local_handler, KMS_CALLERS_SERVICES, &kms__v1__encrypt_request__descriptor, 0},
 	{"/test.Wipe/Nodes", local_handler, KMS_CALLERS_NODES,
-	 &kms__v1__encrypt_request__descriptor},
+	 &kms__v1__encrypt_request__descriptor, 0},
+	{"/test.Small/Limited", local_handler, KMS_CALLERS_SERVICES,
+	 &kms__v1__encrypt_request__descriptor, 20},
 };
 
 static kms_peer make_peer(enum kms_peer_kind kind, const char *id, uint64_t node_id)
@@ -504,6 +506,26 @@ START_TEST(test_local_call_service_is_refused_a_node_method)
 }
 END_TEST
 
+/* A method's own request limit, checked before the handler; 0 is the default. */
+START_TEST(test_local_call_over_the_method_limit_is_refused)
+{
+	kms_peer app = make_peer(KMS_PEER_SERVICE, "spiffe://kmsd.dev/ns/t/sa/c", 0);
+
+	ck_assert_uint_eq(kms_method_max_request(&local_methods[1]), KMS_RPC_MAX_REQUEST_DEFAULT);
+	ck_assert_uint_eq(kms_method_max_request(&local_methods[3]), 20);
+	run_local(3, &app, "k1", 2, 5000, NULL); /* 15 bytes */
+	ck_assert_int_eq(seen.handler_runs, 1);
+	ck_assert_int_eq(seen.code, GRPC_STATUS_OK);
+	local_reset();
+	run_local(3, &app, "k1234567", 8, 5000, NULL); /* 21 bytes */
+	ck_assert_int_eq(seen.handler_runs, 0);
+	ck_assert_int_eq(seen.code, GRPC_STATUS_RESOURCE_EXHAUSTED);
+	ck_assert_str_eq(seen.msg,
+			 "the request is 21 bytes, over the limit of 20 bytes for Limited");
+	ck_assert(seen.resp_null);
+}
+END_TEST
+
 START_TEST(test_local_call_anonymous_peer_is_refused_a_closed_method)
 {
 	run_local(1, NULL, "k1", 2, 5000, NULL);
@@ -576,6 +598,7 @@ static Suite *rpc_server_suite(void)
 	tcase_add_test(local, test_local_call_open_method_sees_an_anonymous_caller);
 	tcase_add_test(local, test_local_call_nul_in_a_string_is_refused_before_the_handler);
 	tcase_add_test(local, test_local_call_metadata_is_bounded);
+	tcase_add_test(local, test_local_call_over_the_method_limit_is_refused);
 	suite_add_tcase(s, local);
 	return s;
 }

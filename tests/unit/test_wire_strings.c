@@ -1,5 +1,6 @@
 /* test_wire_strings.c - Check suite for the NUL check of request strings on the protobuf wire (wire_strings.c). */
 #include <check.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -127,6 +128,79 @@ START_TEST(test_malformed_is_left_to_the_unpacker)
 }
 END_TEST
 
+struct bad_items {
+	size_t n;
+	size_t index[4];
+	char msg[4][KMS_ERRMSG_SIZE];
+};
+
+static void record_bad(void *arg, size_t index, const kms_err *err)
+{
+	struct bad_items *b = arg;
+
+	ck_assert_uint_lt(b->n, 4);
+	b->index[b->n] = index;
+	snprintf(b->msg[b->n], sizeof(b->msg[0]), "%s", err->msg);
+	b->n++;
+}
+
+/* A batch: each item is checked alone and named by its place among the items. */
+START_TEST(test_items_one_by_one)
+{
+	uint8_t buf[256], item[64];
+	size_t n = 0, i;
+	struct bad_items b;
+
+	memset(&b, 0, sizeof(b));
+	i = put(item, 1, "good", 4); /* GenerateDataKeyRequest.key_id */
+	n += put(buf + n, 1, item, i);
+	i = put(item, 1, "ba\0d", 5);
+	n += put(buf + n, 1, item, i);
+	/* An unknown field and a varint in between count as no item. */
+	n += put(buf + n, 9, "x\0", 2);
+	buf[n++] = 2 << 3; /* field 2, varint 1 */
+	buf[n++] = 1;
+	i = put(item, 1, "fine", 4);
+	n += put(buf + n, 1, item, i);
+	i = put(item, 1, "\0", 1);
+	n += put(buf + n, 1, item, i);
+	ck_assert_uint_eq(kms_wire_check_items(&kms__v1__generate_data_key_request__descriptor, 1,
+					       buf, n, record_bad, &b),
+			  4);
+	ck_assert_uint_eq(b.n, 2);
+	ck_assert_uint_eq(b.index[0], 1);
+	ck_assert_uint_eq(b.index[1], 3);
+	ck_assert_str_eq(b.msg[0], "field 'key_id' holds a NUL byte at position 3: strings must "
+				   "not contain NUL");
+	/* The whole batch as one message would have been refused whole. */
+	{
+		kms_err err = {0};
+
+		ck_assert_int_eq(kms_wire_check_strings(
+					 &kms__v1__batch_generate_data_key_request__descriptor, buf,
+					 n, &err),
+				 KMS_ERR_INVALID);
+	}
+	/* Counting only: no string is looked at. */
+	ck_assert_uint_eq(kms_wire_check_items(&kms__v1__generate_data_key_request__descriptor, 1,
+					       buf, n, NULL, NULL),
+			  4);
+	/* Cut bytes end the walk: what came before is reported. */
+	memset(&b, 0, sizeof(b));
+	buf[n++] = 0x0a;
+	buf[n++] = 0x7f;
+	ck_assert_uint_eq(kms_wire_check_items(&kms__v1__generate_data_key_request__descriptor, 1,
+					       buf, n, record_bad, &b),
+			  4);
+	ck_assert_uint_eq(b.n, 2);
+	memset(&b, 0, sizeof(b));
+	kms_wire_check_items(NULL, 1, buf, n, record_bad, &b);
+	kms_wire_check_items(&kms__v1__generate_data_key_request__descriptor, 1, NULL, 0,
+			     record_bad, &b);
+	ck_assert_uint_eq(b.n, 0);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("wire_strings");
@@ -137,6 +211,7 @@ int main(void)
 	tcase_add_test(tc, test_nul_in_map_value_key_and_nested);
 	tcase_add_test(tc, test_bytes_and_unknown_fields_may_hold_nul);
 	tcase_add_test(tc, test_malformed_is_left_to_the_unpacker);
+	tcase_add_test(tc, test_items_one_by_one);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	return kms_check_run(sr);
