@@ -19,8 +19,11 @@
 
 #include <grpc/support/log.h>
 #include <jansson.h>
-#include <openssl/evp.h>
 
+#include "b64.h"
+#include "kmsctl.h"
+#include "proto_ctx.h"
+#include "rewrap.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "kms/alloc.h"
 #include "kms/client.h"
@@ -50,14 +53,6 @@
 #define NODE_ID_MAX UINT32_MAX
 /* DNS names are at most 253 bytes; "[" IPv6 "]" fits too. */
 
-/* EXIT_NO_LEADER: 'cluster status' succeeded but no member leads. */
-enum exit_code {
-	EXIT_OK = 0,
-	EXIT_LOCAL = 1,
-	EXIT_SERVER = 2,
-	EXIT_NO_LEADER = 3
-};
-
 enum cmd_id {
 	CMD_CREATE,
 	CMD_DESCRIBE,
@@ -67,7 +62,20 @@ enum cmd_id {
 	CMD_DECRYPT,
 	CMD_HEALTH,
 	CMD_CLUSTER,
-	CMD_ADMINS
+	CMD_ADMINS,
+	CMD_ROTATE,
+	CMD_SET_ROTATION,
+	CMD_ENABLE,
+	CMD_DISABLE,
+	CMD_SCHEDULE_DELETION,
+	CMD_CANCEL_DELETION,
+	CMD_PUT_POLICY,
+	CMD_CREATE_ALIAS,
+	CMD_UPDATE_ALIAS,
+	CMD_DELETE_ALIAS,
+	CMD_LIST_ALIASES,
+	CMD_REENCRYPT,
+	CMD_REWRAP
 };
 
 /* Subcommands of the commands that have them ('cluster', 'admins'). */
@@ -103,11 +111,24 @@ enum opt_id {
 	OPT_WAIT_TIMEOUT,
 	OPT_TRANSPORT_KEY,
 	OPT_GRANT_TTL,
+	OPT_POLICY_FILE,
+	OPT_PERIOD,
+	OPT_MAX_ENCRYPTIONS,
+	OPT_DAYS,
+	OPT_TO,
+	OPT_TO_CONTEXT,
+	OPT_OUT,
+	OPT_STATE,
+	OPT_ERRORS,
+	OPT_BATCH,
+	OPT_PARALLEL,
+	OPT_STOP_ON_ERROR,
+	OPT_LAST /* not an option: the count */
 };
 
-#define BIT(o) (1u << ((o)-OPT_BASE))
-_Static_assert(OPT_GRANT_TTL - OPT_BASE < 32,
-	       "an option's BIT() must fit in an unsigned");
+#define BIT(o) (UINT64_C(1) << ((o)-OPT_BASE))
+_Static_assert(OPT_LAST - OPT_BASE <= 64,
+	       "an option's BIT() must fit in a uint64_t");
 #define GLOBAL_OPTS                                                            \
 	(BIT(OPT_ENDPOINT) | BIT(OPT_CA) | BIT(OPT_CERT) | BIT(OPT_KEY) |      \
 	 BIT(OPT_SERVER_NAME) | BIT(OPT_TIMEOUT) | BIT(OPT_JSON))
@@ -141,13 +162,25 @@ static const struct option long_opts[] = {
     {"wait-timeout", required_argument, NULL, OPT_WAIT_TIMEOUT},
     {"transport-key-sha256", required_argument, NULL, OPT_TRANSPORT_KEY},
     {"grant-ttl", required_argument, NULL, OPT_GRANT_TTL},
+    {"policy-file", required_argument, NULL, OPT_POLICY_FILE},
+    {"period", required_argument, NULL, OPT_PERIOD},
+    {"max-encryptions", required_argument, NULL, OPT_MAX_ENCRYPTIONS},
+    {"days", required_argument, NULL, OPT_DAYS},
+    {"to", required_argument, NULL, OPT_TO},
+    {"to-context", required_argument, NULL, OPT_TO_CONTEXT},
+    {"out", required_argument, NULL, OPT_OUT},
+    {"state", required_argument, NULL, OPT_STATE},
+    {"errors", required_argument, NULL, OPT_ERRORS},
+    {"batch", required_argument, NULL, OPT_BATCH},
+    {"parallel", required_argument, NULL, OPT_PARALLEL},
+    {"stop-on-error", no_argument, NULL, OPT_STOP_ON_ERROR},
     {NULL, 0, NULL, 0},
 };
 
 struct subcommand {
 	const char *name;
 	enum sub_id id;
-	unsigned opts; /* options of its command this subcommand accepts */
+	uint64_t opts; /* options of its command this subcommand accepts */
 	const char *operands; /* what it takes after its name; NULL: nothing */
 };
 
@@ -168,11 +201,19 @@ static const struct subcommand admins_subs[] = {
 #define SUBS(t) (t), sizeof(t) / sizeof((t)[0])
 #define NO_SUBS NULL, 0, NULL
 
+/* What a command takes before its options' operands, in this order. */
+enum operands {
+	OPERANDS_NONE,
+	OPERANDS_KEY,	    /* KEY_ID */
+	OPERANDS_ALIAS,	    /* ALIAS */
+	OPERANDS_ALIAS_KEY, /* ALIAS KEY_ID */
+};
+
 struct command {
 	const char *name;
 	enum cmd_id id;
-	int needs_key_id; /* takes KEY_ID as its one positional argument */
-	unsigned opts;	  /* accepted command options besides the global ones */
+	enum operands operands;
+	uint64_t opts; /* accepted command options besides the global ones */
 	const char *usage;
 	/* A command with subcommands: the first operand names one of them. */
 	const struct subcommand *subs;
@@ -180,28 +221,36 @@ struct command {
 	const char *sub_names; /* "a, b or c", for messages */
 };
 
+/* How create-key and put-key-policy take a policy (policy_build). */
+#define POLICY_HELP                                                            \
+	"  --grant may repeat; OP is Encrypt, Decrypt, GenerateDataKey,\n"       \
+	"  DescribeKey, ReEncryptFrom or ReEncryptTo; a PRINCIPAL ending in\n"   \
+	"  '/*' matches the SPIFFE IDs below it. --policy-file FILE instead\n"   \
+	"  holds JSON {\"grants\": [{\"principal\": P, \"operations\": [OP, ...]}]};\n" \
+	"  the output of 'kmsctl --json describe-key' is such a file (its\n"    \
+	"  other fields are ignored).\n"
+
 static const struct command commands[] = {
-    {"create-key", CMD_CREATE, 1, BIT(OPT_DESCRIPTION) | BIT(OPT_GRANT),
+    {"create-key", CMD_CREATE, OPERANDS_KEY,
+     BIT(OPT_DESCRIPTION) | BIT(OPT_GRANT) | BIT(OPT_POLICY_FILE),
      "usage: kmsctl [global options] create-key KEY_ID [--description TEXT]\n"
-     "                                 [--grant PRINCIPAL=OP[,OP...]]...\n"
+     "           [--grant PRINCIPAL=OP[,OP...]]... | [--policy-file FILE]\n"
      "  Creates a master key inside the HSM (administrators only).\n"
-     "  --grant may repeat; OP is Encrypt, Decrypt, GenerateDataKey or "
-     "DescribeKey;\n"
-     "  a PRINCIPAL ending in '*' matches a prefix of SPIFFE IDs.\n"
+     POLICY_HELP
      "  Prints the key's metadata.\n",
      NO_SUBS},
-    {"describe-key", CMD_DESCRIBE, 1, 0,
+    {"describe-key", CMD_DESCRIBE, OPERANDS_KEY, 0,
      "usage: kmsctl [global options] describe-key KEY_ID\n"
      "  Prints the key's metadata.\n",
      NO_SUBS},
-    {"list-keys", CMD_LIST, 0, BIT(OPT_PAGE_SIZE) | BIT(OPT_PAGE_TOKEN),
+    {"list-keys", CMD_LIST, OPERANDS_NONE, BIT(OPT_PAGE_SIZE) | BIT(OPT_PAGE_TOKEN),
      "usage: kmsctl [global options] list-keys [--page-size N] [--page-token "
      "T]\n"
      "  Without --page-token, follows every page and prints all keys.\n"
      "  With --page-token (\"\" for the first page), prints that one page and\n"
      "  its next_page_token (empty on the last page).\n",
      NO_SUBS},
-    {"generate-data-key", CMD_GDK, 1,
+    {"generate-data-key", CMD_GDK, OPERANDS_KEY,
      BIT(OPT_BYTES) | BIT(OPT_CONTEXT) | BIT(OPT_WITHOUT_PLAINTEXT) |
 	 BIT(OPT_PLAINTEXT_OUT) | BIT(OPT_BLOB_OUT),
      "usage: kmsctl [global options] generate-data-key KEY_ID [--bytes N]\n"
@@ -211,7 +260,7 @@ static const struct command commands[] = {
      "  --plaintext-out / --blob-out write the raw bytes to FILE (mode 0600)\n"
      "  instead of printing that field.\n",
      NO_SUBS},
-    {"encrypt", CMD_ENCRYPT, 1,
+    {"encrypt", CMD_ENCRYPT, OPERANDS_KEY,
      BIT(OPT_PLAINTEXT) | BIT(OPT_IN) | BIT(OPT_CONTEXT) | BIT(OPT_BLOB_OUT),
      "usage: kmsctl [global options] encrypt KEY_ID (--plaintext BASE64 | --in "
      "FILE)\n"
@@ -220,7 +269,7 @@ static const struct command commands[] = {
      "  key_version and ciphertext_blob (base64), or writes the raw blob to\n"
      "  FILE (mode 0600) with --blob-out.\n",
      NO_SUBS},
-    {"decrypt", CMD_DECRYPT, 0,
+    {"decrypt", CMD_DECRYPT, OPERANDS_NONE,
      BIT(OPT_BLOB) | BIT(OPT_IN) | BIT(OPT_CONTEXT) | BIT(OPT_KEY_ID) |
 	 BIT(OPT_PLAINTEXT_OUT),
      "usage: kmsctl [global options] decrypt (--blob BASE64 | --in FILE)\n"
@@ -229,13 +278,69 @@ static const struct command commands[] = {
      "  Prints key_id, key_version and plaintext (base64), or writes the raw\n"
      "  plaintext to FILE (mode 0600) with --plaintext-out.\n",
      NO_SUBS},
-    {"health", CMD_HEALTH, 0, 0,
+    {"re-encrypt", CMD_REENCRYPT, OPERANDS_NONE,
+     BIT(OPT_BLOB) | BIT(OPT_IN) | BIT(OPT_CONTEXT) | BIT(OPT_KEY_ID) |
+	 BIT(OPT_TO) | BIT(OPT_TO_CONTEXT) | BIT(OPT_BLOB_OUT),
+     "usage: kmsctl [global options] re-encrypt (--blob BASE64 | --in FILE)\n"
+     "           [--context K=V]... [--key-id ID] --to KEY_ID\n"
+     "           [--to-context K=V]... [--blob-out FILE]\n"
+     "  Decrypts a blob (FILE holds the raw blob) made with --context and\n"
+     "  encrypts its plaintext under the primary version of --to (a key id\n"
+     "  or an alias; the blob's own key to move it to that key's primary\n"
+     "  version) with --to-context, inside the server: the plaintext never\n"
+     "  leaves it. Needs ReEncryptFrom on the blob's key and ReEncryptTo on\n"
+     "  --to. --key-id, when given, must name the blob's key. Prints\n"
+     "  ciphertext_blob (base64; the raw blob to FILE, mode 0600, with\n"
+     "  --blob-out), key_id, key_version, source_key_id and\n"
+     "  source_key_version. 'rewrap' does the same for many blobs.\n",
+     NO_SUBS},
+    {"rewrap", CMD_REWRAP, OPERANDS_NONE,
+     BIT(OPT_IN) | BIT(OPT_OUT) | BIT(OPT_TO) | BIT(OPT_STATE) |
+	 BIT(OPT_ERRORS) | BIT(OPT_BATCH) | BIT(OPT_PARALLEL) |
+	 BIT(OPT_STOP_ON_ERROR),
+     "usage: kmsctl [global options] rewrap [--in FILE] --out FILE --to KEY_ID\n"
+     "           [--batch N] [--parallel N] [--state FILE] [--errors FILE]\n"
+     "           [--stop-on-error]\n"
+     "  Re-encrypts many blobs under the primary version of --to (a key id or\n"
+     "  an alias) with BatchReEncrypt: the plaintexts never leave the server.\n"
+     "  The input (--in FILE, or standard input) holds one JSON object per\n"
+     "  line, {\"blob\": BASE64, \"context\": {\"K\": \"V\", ...}}; the output\n"
+     "  gets the same line with the new blob (the rest of the line as it was),\n"
+     "  in the same order, one line for each input line. Needs ReEncryptFrom\n"
+     "  on the blobs' keys and ReEncryptTo on --to.\n"
+     "  --batch N: items per call (default 256, at most 1024);\n"
+     "  --parallel N: calls in flight (default 4, at most 32).\n"
+     "  A line that fails (not JSON, bad base64, wrong context, no permission)\n"
+     "  goes to the output unchanged and to --errors FILE (default\n"
+     "  OUT.rewrap-errors) as {\"line\": N, \"code\": STATUS, \"message\": M,\n"
+     "  \"source\": \"input\"|\"server\"}; with --stop-on-error the job stops\n"
+     "  before that line instead. A call that fails as a whole (UNAVAILABLE\n"
+     "  after 5 retries, PERMISSION_DENIED for the call) stops the job.\n"
+     "  Resuming: --state FILE (default OUT.rewrap-state) records, about every\n"
+     "  second, how many input lines are durably written (the output is\n"
+     "  fsync'd first). Run the same command again after Ctrl-C, a crash or a\n"
+     "  stop and it truncates OUT to that point and goes on: no line is\n"
+     "  written twice or lost. It refuses an input whose first lines differ\n"
+     "  from the state's, and an OUT that has data but no state. Ctrl-C\n"
+     "  (SIGINT or SIGTERM) finishes the calls in flight and commits them; a\n"
+     "  second one abandons them. A finished job's state says so, and running\n"
+     "  it again does nothing.\n"
+     "  On a terminal, stderr shows a progress bar (done/total, rate, time\n"
+     "  left; the total is counted first when --in is a file); with --json,\n"
+     "  stderr gets a {\"progress\": {...}} line every second instead. At the\n"
+     "  end it prints input, output, to, state, errors, lines_done,\n"
+     "  lines_total, resumed_at, rewrapped, failed, failed_total,\n"
+     "  elapsed_seconds, items_per_second, complete and stopped. Exit status:\n"
+     "  0 every line rewrapped; 2 some lines failed or the server stopped the\n"
+     "  job; 1 a local error; 128+N when signal N stopped it (130 for Ctrl-C).\n",
+     NO_SUBS},
+    {"health", CMD_HEALTH, OPERANDS_NONE, 0,
      "usage: kmsctl [global options] health\n"
      "  grpc.health.v1.Health/Check for the server as a whole. Prints status;\n"
      "  exits 0 when it is SERVING, 2 otherwise.\n",
      NO_SUBS},
     /* The subcommand picks which of these options apply (cluster_subs). */
-    {"cluster", CMD_CLUSTER, 0,
+    {"cluster", CMD_CLUSTER, OPERANDS_NONE,
      BIT(OPT_ID) | BIT(OPT_RAFT) | BIT(OPT_GRPC) | BIT(OPT_WAIT_TIMEOUT) |
 	 BIT(OPT_TRANSPORT_KEY) | BIT(OPT_GRANT_TTL),
      "usage: kmsctl [global options] cluster status\n"
@@ -261,7 +366,7 @@ static const struct command commands[] = {
      "  N is a node id from 1 to 4294967295; HOST is a name, an IPv4\n"
      "  address or a bracketed IPv6 address; PORT is 1 to 65535.\n",
      SUBS(cluster_subs), "status, join or remove"},
-    {"admins", CMD_ADMINS, 0, 0,
+    {"admins", CMD_ADMINS, OPERANDS_NONE, 0,
      "usage: kmsctl [global options] admins list\n"
      "       kmsctl [global options] admins set ID[,ID...] [ID...]\n"
      "  kms.v1.Operator, for administrators: the SPIFFE IDs that may create\n"
@@ -279,6 +384,83 @@ static const struct command commands[] = {
      "  the cluster's trust domain, a node identity (spiffe://TD/kmsd/...)\n"
      "  and a list over its size limit.\n",
      SUBS(admins_subs), "list or set"},
+    {"rotate-key", CMD_ROTATE, OPERANDS_KEY, 0,
+     "usage: kmsctl [global options] rotate-key KEY_ID\n"
+     "  Makes a new version of the key in the HSM and makes it the primary:\n"
+     "  new encryptions use it, every older version still decrypts\n"
+     "  (administrators only). Prints the key's metadata.\n",
+     NO_SUBS},
+    {"set-rotation-policy", CMD_SET_ROTATION, OPERANDS_KEY,
+     BIT(OPT_PERIOD) | BIT(OPT_MAX_ENCRYPTIONS),
+     "usage: kmsctl [global options] set-rotation-policy KEY_ID [--period P]\n"
+     "           [--max-encryptions N]\n"
+     "  Replaces the key's rotation policy (administrators only); give at\n"
+     "  least one option, the other takes its default.\n"
+     "  --period P: rotate when the primary version is P old. P is seconds, or\n"
+     "    a whole number with a unit: 90s, 30m, 24h, 90d. 0 (the default)\n"
+     "    turns rotation by age off; the server refuses less than 60 s.\n"
+     "  --max-encryptions N: rotate before a version has made N encryptions;\n"
+     "    0 (the default) means 2^30, at most 2^32 (4294967296).\n"
+     "  Prints the key's metadata.\n",
+     NO_SUBS},
+    {"enable-key", CMD_ENABLE, OPERANDS_KEY, 0,
+     "usage: kmsctl [global options] enable-key KEY_ID\n"
+     "  Lets a disabled key serve crypto calls again (administrators only).\n"
+     "  Prints the key's metadata.\n",
+     NO_SUBS},
+    {"disable-key", CMD_DISABLE, OPERANDS_KEY, 0,
+     "usage: kmsctl [global options] disable-key KEY_ID\n"
+     "  Makes the key refuse every crypto call (FAILED_PRECONDITION) while\n"
+     "  keeping its material (administrators only). Prints the key's\n"
+     "  metadata.\n",
+     NO_SUBS},
+    {"schedule-key-deletion", CMD_SCHEDULE_DELETION, OPERANDS_KEY,
+     BIT(OPT_DAYS),
+     "usage: kmsctl [global options] schedule-key-deletion KEY_ID [--days N]\n"
+     "  Schedules the key's destruction in N days (7 to 30, default 30;\n"
+     "  administrators only). Until then the key refuses crypto calls like a\n"
+     "  disabled key and cancel-key-deletion takes it back; afterwards its\n"
+     "  versions are destroyed on every node and its blobs never decrypt\n"
+     "  again. Prints the key's metadata, deletion_date_unix included.\n",
+     NO_SUBS},
+    {"cancel-key-deletion", CMD_CANCEL_DELETION, OPERANDS_KEY, 0,
+     "usage: kmsctl [global options] cancel-key-deletion KEY_ID\n"
+     "  Cancels a scheduled deletion (administrators only). The key stays\n"
+     "  disabled: enable-key turns it on. Prints the key's metadata.\n",
+     NO_SUBS},
+    {"put-key-policy", CMD_PUT_POLICY, OPERANDS_KEY,
+     BIT(OPT_GRANT) | BIT(OPT_POLICY_FILE),
+     "usage: kmsctl [global options] put-key-policy KEY_ID\n"
+     "           (--grant PRINCIPAL=OP[,OP...]... | --policy-file FILE)\n"
+     "  Replaces the key's whole policy (administrators only).\n"
+     POLICY_HELP
+     "  An empty policy (no one may use the key) takes a FILE with\n"
+     "  {\"grants\": []}. Prints the key's metadata.\n",
+     NO_SUBS},
+    {"create-alias", CMD_CREATE_ALIAS, OPERANDS_ALIAS_KEY, 0,
+     "usage: kmsctl [global options] create-alias ALIAS KEY_ID\n"
+     "  Names KEY_ID (a key id, not another alias) by ALIAS, 'alias/' and\n"
+     "  1 to 250 characters of [A-Za-z0-9._/-] (administrators only). Every\n"
+     "  command that takes a KEY_ID takes an alias too. Prints alias_name,\n"
+     "  key_id, created_at_unix and updated_at_unix.\n",
+     NO_SUBS},
+    {"update-alias", CMD_UPDATE_ALIAS, OPERANDS_ALIAS_KEY, 0,
+     "usage: kmsctl [global options] update-alias ALIAS KEY_ID\n"
+     "  Points an existing alias at another key (administrators only).\n"
+     "  Prints the alias as create-alias does.\n",
+     NO_SUBS},
+    {"delete-alias", CMD_DELETE_ALIAS, OPERANDS_ALIAS, 0,
+     "usage: kmsctl [global options] delete-alias ALIAS\n"
+     "  Deletes the alias; its key stays (administrators only). Prints\n"
+     "  'deleted ALIAS', or {\"deleted_alias\": ALIAS} with --json.\n",
+     NO_SUBS},
+    {"list-aliases", CMD_LIST_ALIASES, OPERANDS_NONE,
+     BIT(OPT_KEY_ID) | BIT(OPT_PAGE_SIZE) | BIT(OPT_PAGE_TOKEN),
+     "usage: kmsctl [global options] list-aliases [--key-id KEY_ID]\n"
+     "           [--page-size N] [--page-token T]\n"
+     "  Lists aliases (only those of KEY_ID with --key-id): alias_name,\n"
+     "  key_id, created_at_unix, updated_at_unix. Pages as list-keys does.\n",
+     NO_SUBS},
 };
 
 static const char global_usage[] =
@@ -286,7 +468,7 @@ static const char global_usage[] =
     "\n"
     "commands:\n"
     "  create-key KEY_ID [--description TEXT] [--grant "
-    "PRINCIPAL=OP[,OP...]]...\n"
+    "PRINCIPAL=OP[,OP...]]... | [--policy-file FILE]\n"
     "  describe-key KEY_ID\n"
     "  list-keys [--page-size N] [--page-token T]\n"
     "  generate-data-key KEY_ID [--bytes N] [--context K=V]... "
@@ -296,6 +478,10 @@ static const char global_usage[] =
     "[--blob-out FILE]\n"
     "  decrypt (--blob BASE64 | --in FILE) [--context K=V]... [--key-id ID]\n"
     "          [--plaintext-out FILE]\n"
+    "  re-encrypt (--blob BASE64 | --in FILE) [--context K=V]... [--key-id ID]\n"
+    "             --to KEY_ID [--to-context K=V]... [--blob-out FILE]\n"
+    "  rewrap [--in FILE] --out FILE --to KEY_ID [--batch N] [--parallel N]\n"
+    "         [--state FILE] [--errors FILE] [--stop-on-error]\n"
     "  health\n"
     "  cluster status\n"
     "  cluster join --id N --raft HOST:PORT --grpc HOST:PORT\n"
@@ -303,6 +489,17 @@ static const char global_usage[] =
     "  cluster remove --id N\n"
     "  admins list\n"
     "  admins set ID[,ID...] [ID...]\n"
+    "  rotate-key KEY_ID\n"
+    "  set-rotation-policy KEY_ID [--period P] [--max-encryptions N]\n"
+    "  enable-key KEY_ID\n"
+    "  disable-key KEY_ID\n"
+    "  schedule-key-deletion KEY_ID [--days N]\n"
+    "  cancel-key-deletion KEY_ID\n"
+    "  put-key-policy KEY_ID (--grant PRINCIPAL=OP[,OP...]... | --policy-file FILE)\n"
+    "  create-alias ALIAS KEY_ID\n"
+    "  update-alias ALIAS KEY_ID\n"
+    "  delete-alias ALIAS\n"
+    "  list-aliases [--key-id KEY_ID] [--page-size N] [--page-token T]\n"
     "\n"
     "global options (also accepted after the command):\n"
     "  --endpoint HOST:PORT  server (env KMS_ENDPOINT, "
@@ -321,12 +518,7 @@ static const char global_usage[] =
     "Bytes are printed as base64. Exit status: 0 success, 1 usage or local "
     "error,\n"
     "2 the server returned an error (printed as 'kmsctl: STATUS: details'),\n"
-    "3 'cluster status' found no leader.\n";
-
-struct kv {
-	char *key; /* kms_strdup'd "K=V" split in place; key owns the memory */
-	char *value;
-};
+    "3 'cluster status' found no leader, 128+N 'rewrap' stopped by signal N.\n";
 
 struct cli {
 	const struct command *cmd;
@@ -348,7 +540,7 @@ struct cli {
 	const char *in_file;
 	const char *blob_b64;
 	const char *key_id_opt;
-	unsigned seen;		       /* BIT() of every option given */
+	uint64_t seen;		       /* BIT() of every option given */
 	const struct subcommand *sub;  /* of a command that has them */
 	uint64_t node_id;	       /* --id; 0: not given */
 	const char *raft_address;      /* --raft */
@@ -360,6 +552,15 @@ struct cli {
 	size_t n_admins;
 	char **admin_args; /* admins set: kms_strdup'd operands, split */
 	size_t n_admin_args;
+	const char *alias_name;	 /* ALIAS of the alias commands */
+	const char *policy_file; /* --policy-file */
+	uint64_t period_s;	 /* --period, in seconds */
+	uint64_t max_encryptions;
+	uint32_t days; /* --days; 0: the server's default */
+	const char *to_key; /* --to */
+	struct rewrap_opts rewrap; /* --out, --state, --errors, --batch, ... */
+	struct kv *to_ctx;  /* --to-context */
+	size_t n_to_ctx;
 };
 
 static void cli_free(struct cli *cli)
@@ -369,6 +570,9 @@ static void cli_free(struct cli *cli)
 	for (i = 0; i < cli->n_ctx; i++)
 		kms_free(cli->ctx[i].key);
 	kms_free(cli->ctx);
+	for (i = 0; i < cli->n_to_ctx; i++)
+		kms_free(cli->to_ctx[i].key);
+	kms_free(cli->to_ctx);
 	kms_free(cli->grants);
 	for (i = 0; i < cli->n_admin_args; i++)
 		kms_free(cli->admin_args[i]);
@@ -378,8 +582,7 @@ static void cli_free(struct cli *cli)
 
 /* ---- diagnostics ---- */
 
-static void errmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void errmsg(const char *fmt, ...)
+void errmsg(const char *fmt, ...)
 {
 	va_list ap;
 
@@ -457,59 +660,24 @@ static char stdout_buf[1 << 16];
 
 /* ---- bytes ---- */
 
-/* Base64 (RFC 4648) of data as a kms_malloc'd string; the caller wipes and
- * frees it. */
-static char *b64_encode(const uint8_t *data, size_t len, size_t *cap)
-{
-	char *out;
-
-	if (len > (size_t)INT_MAX / 2)
-		return NULL;
-	*cap = 4 * ((len + 2) / 3) + 1;
-	out = kms_malloc(*cap);
-	if (out == NULL)
-		return NULL;
-	EVP_EncodeBlock((unsigned char *)out, data, (int)len);
-	return out;
-}
-
 /*
- * Strict base64 decoding: standard alphabet, padded, no whitespace but a
- * trailing newline. out->data is kms_malloc'd; the caller frees it.
+ * A base64 option's value; a trailing newline (from $(cat file)) is
+ * allowed. out->data is kms_malloc'd; the caller frees it.
  */
-static int b64_decode(const char *in, const char *what, kms_buf *out)
+static int decode_opt(const char *in, const char *what, kms_buf *out)
 {
-	static const char alphabet[] =
-	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-	size_t len = strlen(in), pad = 0;
-	int n;
+	size_t len = strlen(in);
+	enum b64_status st;
 
-	out->data = NULL;
-	out->len = 0;
 	while (len > 0 && (in[len - 1] == '\n' || in[len - 1] == '\r'))
 		len--;
-	if (len > INPUT_MAX_BYTES * 2)
-		return usage_error("%s is too long", what);
-	if (len % 4 != 0)
-		return usage_error("%s is not valid base64 (length)", what);
-	if (len > 0 && in[len - 1] == '=')
-		pad++;
-	if (len > 1 && in[len - 2] == '=')
-		pad++;
-	if (strspn(in, alphabet) != len - pad)
-		return usage_error("%s is not valid base64", what);
-	out->data = kms_malloc(len / 4 * 3 + 1);
-	if (out->data == NULL) {
+	st = b64_decode(in, len, INPUT_MAX_BYTES * 2, out);
+	if (st == B64_NOMEM) {
 		errmsg("out of memory");
 		return EXIT_LOCAL;
 	}
-	n = EVP_DecodeBlock(out->data, (const unsigned char *)in, (int)len);
-	if (n < 0 || (size_t)n < pad) {
-		kms_buf_free_secret(out);
-		return usage_error("%s is not valid base64", what);
-	}
-	/* EVP_DecodeBlock counts the padding as zero bytes. */
-	out->len = (size_t)n - pad;
+	if (st != B64_OK)
+		return usage_error("%s %s", what, b64_status_text(st));
 	return EXIT_OK;
 }
 
@@ -607,6 +775,8 @@ static int json_set_bytes(json_t *obj, const char *field,
 	return rc;
 }
 
+static size_t put_printable(const char *s);
+
 static void print_scalar(const json_t *v)
 {
 	switch (json_typeof(v)) {
@@ -649,6 +819,26 @@ static void print_human(const json_t *obj)
 			printf("%s: ", field);
 			print_scalar(v);
 			putchar('\n');
+			continue;
+		}
+		/* One line per version: 'version: V state=S ...'. */
+		if (strcmp(field, "version_details") == 0) {
+			json_array_foreach(v, i, e)
+			{
+				const char *f2;
+				json_t *v2;
+
+				fputs("version:", stdout);
+				json_object_foreach(e, f2, v2)
+				{
+					if (strcmp(f2, "version") == 0)
+						putchar(' ');
+					else
+						printf(" %s=", f2);
+					print_scalar(v2);
+				}
+				putchar('\n');
+			}
 			continue;
 		}
 		if (strcmp(field, "grants") == 0) {
@@ -705,6 +895,64 @@ static int emit(const struct cli *cli, json_t *obj)
 	return EXIT_OK;
 }
 
+/*
+ * jansson integers are signed 64-bit. Ids, terms and indexes never come near
+ * 2^63; should a server send more, the exact value is kept as a decimal
+ * string rather than wrapped to a negative number.
+ */
+_Static_assert(sizeof(json_int_t) >= sizeof(int64_t),
+	       "json_int_t holds every int64_t");
+static json_t *json_u64(uint64_t v)
+{
+	char s[24];
+
+	if (v <= (uint64_t)INT64_MAX)
+		return json_integer((json_int_t)v);
+	snprintf(s, sizeof(s), "%" PRIu64, v);
+	return json_string(s);
+}
+
+/*
+ * The state, rotation policy, versions and aliases of a key (the fields of
+ * key rotation and deletion); 0 when all were set, -1 when memory ran out.
+ */
+static int key_lifecycle_json(json_t *o, const Kms__V1__KeyMetadata *k)
+{
+	json_t *details = json_array(), *aliases = json_array();
+	size_t i;
+	int rc = 0;
+
+	for (i = 0; details != NULL && i < k->n_version_details; i++) {
+		const Kms__V1__KeyVersionMetadata *v = k->version_details[i];
+		json_t *d = json_object();
+
+		if (d == NULL || json_array_append_new(details, d) != 0 ||
+		    json_object_set_new(d, "version", json_integer(v->version)) ||
+		    json_object_set_new(d, "state", json_string(v->state)) ||
+		    json_object_set_new(d, "created_at_unix",
+					json_integer(v->created_at_unix)) ||
+		    json_object_set_new(d, "encryptions",
+					json_u64(v->encryptions)))
+			rc = -1;
+	}
+	for (i = 0; aliases != NULL && i < k->n_aliases; i++)
+		if (json_array_append_new(aliases, json_string(k->aliases[i])))
+			rc = -1;
+	if (json_object_set_new(o, "key_state", json_string(k->key_state)) ||
+	    json_object_set_new(o, "deletion_date_unix",
+				json_integer(k->deletion_date_unix)) ||
+	    json_object_set_new(o, "rotation_period_seconds",
+				json_u64(k->rotation_period_seconds)) ||
+	    json_object_set_new(o, "max_encryptions_per_version",
+				json_u64(k->max_encryptions_per_version)) ||
+	    json_object_set_new(o, "next_rotation_unix",
+				json_integer(k->next_rotation_unix)) ||
+	    json_object_set_new(o, "version_details", details) ||
+	    json_object_set_new(o, "aliases", aliases))
+		rc = -1;
+	return rc;
+}
+
 static json_t *key_json(const Kms__V1__KeyMetadata *k)
 {
 	json_t *o = json_object(), *versions = json_array(),
@@ -737,10 +985,14 @@ static json_t *key_json(const Kms__V1__KeyMetadata *k)
 	json_object_set_new(o, "primary_version",
 			    json_integer(k->primary_version));
 	json_object_set_new(o, "versions", versions);
+	versions = NULL;
 	json_object_set_new(o, "created_at_unix",
 			    json_integer(k->created_at_unix));
 	json_object_set_new(o, "created_by", json_string(k->created_by));
 	json_object_set_new(o, "grants", grants);
+	grants = NULL;
+	if (key_lifecycle_json(o, k) != 0)
+		goto fail;
 	return o;
 fail:
 	json_decref(o);
@@ -751,51 +1003,6 @@ fail:
 
 /* ---- requests ---- */
 
-/*
- * The three *EncryptionContextEntry types are distinct generated structs
- * with the same fields; build them through their descriptor. The entries
- * borrow the strings of ctx. Slot n of the array holds the entries' memory;
- * free with ctx_entries_free(ptrs, n).
- */
-static void **ctx_entries(const struct kv *ctx, size_t n,
-			  const ProtobufCMessageDescriptor *desc)
-{
-	const ProtobufCFieldDescriptor *fk =
-	    protobuf_c_message_descriptor_get_field_by_name(desc, "key");
-	const ProtobufCFieldDescriptor *fv =
-	    protobuf_c_message_descriptor_get_field_by_name(desc, "value");
-	void **ptrs;
-	unsigned char *block;
-	size_t i;
-
-	if (fk == NULL || fv == NULL)
-		return NULL;
-	ptrs = kms_calloc(n + 1, sizeof(*ptrs));
-	block = kms_calloc(n + 1, desc->sizeof_message);
-	if (ptrs == NULL || block == NULL) {
-		kms_free(ptrs);
-		kms_free(block);
-		return NULL;
-	}
-	for (i = 0; i < n; i++) {
-		unsigned char *m = block + i * desc->sizeof_message;
-
-		protobuf_c_message_init(desc, m);
-		memcpy(m + fk->offset, &ctx[i].key, sizeof(char *));
-		memcpy(m + fv->offset, &ctx[i].value, sizeof(char *));
-		ptrs[i] = m;
-	}
-	ptrs[n] = block;
-	return ptrs;
-}
-
-static void ctx_entries_free(void **ptrs, size_t n)
-{
-	if (ptrs == NULL)
-		return;
-	kms_free(ptrs[n]);
-	kms_free(ptrs);
-}
 
 static int call(kms_client *c, const char *rpc, const ProtobufCMessage *req,
 		const ProtobufCMessageDescriptor *desc, ProtobufCMessage **resp)
@@ -809,189 +1016,570 @@ static int call(kms_client *c, const char *rpc, const ProtobufCMessage *req,
 	return EXIT_OK;
 }
 
-static int cmd_create(const struct cli *cli, kms_client *c)
-{
-	Kms__V1__CreateKeyRequest req = KMS__V1__CREATE_KEY_REQUEST__INIT;
-	Kms__V1__KeyPolicy policy = KMS__V1__KEY_POLICY__INIT;
-	Kms__V1__Grant *grants = NULL, **gptrs = NULL;
-	char **copies = NULL;
-	Kms__V1__CreateKeyResponse *resp = NULL;
-	json_t *o = NULL;
-	size_t i;
-	int rc = EXIT_LOCAL;
+/*
+ * A KeyPolicy built from the --grant options or from --policy-file. It owns
+ * everything it points to: the copies of the --grant strings, or the parsed
+ * file whose strings the grants borrow. Free with policy_build_free.
+ */
+struct policy_build {
+	Kms__V1__KeyPolicy policy;
+	Kms__V1__Grant *grants;
+	Kms__V1__Grant **gptrs;
+	char **copies; /* one per --grant */
+	size_t n;      /* grants, and copies when from --grant */
+	json_t *doc;   /* the --policy-file document */
+};
 
-	grants = kms_calloc(cli->n_grants + 1, sizeof(*grants));
-	gptrs = kms_calloc(cli->n_grants + 1, sizeof(*gptrs));
-	copies = kms_calloc(cli->n_grants + 1, sizeof(*copies));
-	if (grants == NULL || gptrs == NULL || copies == NULL) {
+static void policy_build_free(struct policy_build *pb)
+{
+	size_t i;
+
+	for (i = 0; pb->grants != NULL && i < pb->n; i++)
+		kms_free(pb->grants[i].operations);
+	for (i = 0; pb->copies != NULL && i < pb->n; i++)
+		kms_free(pb->copies[i]);
+	kms_free(pb->copies);
+	kms_free(pb->gptrs);
+	kms_free(pb->grants);
+	json_decref(pb->doc);
+	memset(pb, 0, sizeof(*pb));
+}
+
+static int policy_alloc(struct policy_build *pb, size_t n)
+{
+	size_t i;
+
+	pb->grants = kms_calloc(n + 1, sizeof(*pb->grants));
+	pb->gptrs = kms_calloc(n + 1, sizeof(*pb->gptrs));
+	if (pb->grants == NULL || pb->gptrs == NULL) {
 		errmsg("out of memory");
-		goto out;
+		return EXIT_LOCAL;
 	}
-	for (i = 0; i < cli->n_grants; i++) {
+	for (i = 0; i < n; i++) {
 		Kms__V1__Grant init = KMS__V1__GRANT__INIT;
+
+		pb->grants[i] = init;
+		pb->gptrs[i] = &pb->grants[i];
+	}
+	pb->policy.grants = pb->gptrs;
+	return EXIT_OK;
+}
+
+/* PRINCIPAL=OP[,OP...]: operation names hold no '=', the last one splits. */
+static int policy_from_grants(const struct cli *cli, struct policy_build *pb)
+{
+	size_t i;
+
+	pb->copies = kms_calloc(cli->n_grants + 1, sizeof(*pb->copies));
+	if (pb->copies == NULL) {
+		errmsg("out of memory");
+		return EXIT_LOCAL;
+	}
+	if (policy_alloc(pb, cli->n_grants) != EXIT_OK)
+		return EXIT_LOCAL;
+	pb->n = cli->n_grants;
+	for (i = 0; i < cli->n_grants; i++) {
+		Kms__V1__Grant *g = &pb->grants[i];
 		char *eq, *p, *tok, *save = NULL;
 		size_t nops = 1;
 
-		grants[i] = init;
-		gptrs[i] = &grants[i];
-		copies[i] = kms_strdup(cli->grants[i]);
-		if (copies[i] == NULL) {
+		pb->copies[i] = kms_strdup(cli->grants[i]);
+		if (pb->copies[i] == NULL) {
 			errmsg("out of memory");
-			goto out;
+			return EXIT_LOCAL;
 		}
-		/* Operation names hold no '=': the last one separates. */
-		eq = strrchr(copies[i], '=');
-		if (eq == NULL || eq == copies[i] || eq[1] == '\0') {
-			rc = usage_error(
+		eq = strrchr(pb->copies[i], '=');
+		if (eq == NULL || eq == pb->copies[i] || eq[1] == '\0')
+			return usage_error(
 			    "--grant '%s' is not PRINCIPAL=OP[,OP...]",
 			    cli->grants[i]);
-			goto out;
-		}
 		*eq = '\0';
-		grants[i].principal = copies[i];
+		g->principal = pb->copies[i];
 		for (p = eq + 1; *p != '\0'; p++)
 			nops += *p == ',';
-		grants[i].operations = kms_calloc(nops, sizeof(char *));
-		if (grants[i].operations == NULL) {
+		g->operations = kms_calloc(nops, sizeof(char *));
+		if (g->operations == NULL) {
 			errmsg("out of memory");
-			goto out;
+			return EXIT_LOCAL;
 		}
 		for (tok = strtok_r(eq + 1, ",", &save); tok != NULL;
 		     tok = strtok_r(NULL, ",", &save))
-			grants[i].operations[grants[i].n_operations++] = tok;
-		if (grants[i].n_operations != nops) {
-			rc = usage_error("--grant '%s' has an empty operation",
-					 cli->grants[i]);
-			goto out;
-		}
+			g->operations[g->n_operations++] = tok;
+		if (g->n_operations != nops)
+			return usage_error("--grant '%s' has an empty operation",
+					   cli->grants[i]);
 	}
-	policy.n_grants = cli->n_grants;
-	policy.grants = gptrs;
-	req.key_id = (char *)cli->key_id;
-	if (cli->description != NULL)
-		req.description = (char *)cli->description;
-	req.policy = &policy;
-
-	rc = call(c, "CreateKey", &req.base,
-		  &kms__v1__create_key_response__descriptor,
-		  (ProtobufCMessage **)&resp);
-	if (rc != EXIT_OK)
-		goto out;
-	if (resp->key == NULL) {
-		errmsg("the server's CreateKey response has no key");
-		rc = EXIT_SERVER;
-		goto out;
-	}
-	o = key_json(resp->key);
-	rc = o != NULL ? emit(cli, o) : EXIT_LOCAL;
-out:
-	json_decref(o);
-	if (resp != NULL)
-		protobuf_c_message_free_unpacked(&resp->base, NULL);
-	for (i = 0; grants != NULL && i < cli->n_grants; i++)
-		kms_free(grants[i].operations);
-	for (i = 0; copies != NULL && i < cli->n_grants; i++)
-		kms_free(copies[i]);
-	kms_free(copies);
-	kms_free(gptrs);
-	kms_free(grants);
-	return rc;
+	pb->policy.n_grants = pb->n;
+	return EXIT_OK;
 }
 
-static int cmd_describe(const struct cli *cli, kms_client *c)
+/*
+ * {"grants": [{"principal": P, "operations": [OP, ...]}, ...]}; other
+ * fields are ignored so that 'describe-key --json' output can be edited
+ * and given back. The names are the server's to judge, as with --grant.
+ */
+static int policy_from_file(const char *path, struct policy_build *pb)
 {
-	Kms__V1__DescribeKeyRequest req = KMS__V1__DESCRIBE_KEY_REQUEST__INIT;
-	Kms__V1__DescribeKeyResponse *resp = NULL;
+	kms_buf data = {NULL, 0};
+	json_error_t jerr;
+	json_t *grants, *g;
+	size_t i;
+	int rc;
+
+	rc = read_file(path, &data);
+	if (rc != EXIT_OK)
+		return rc;
+	pb->doc = json_loadb((const char *)data.data, data.len, 0, &jerr);
+	kms_buf_free(&data);
+	if (pb->doc == NULL)
+		return usage_error("--policy-file '%s' is not JSON: line %d: %s",
+				   path, jerr.line, jerr.text);
+	grants = json_object_get(pb->doc, "grants");
+	if (!json_is_array(grants))
+		return usage_error("--policy-file '%s' has no \"grants\" array",
+				   path);
+	if (policy_alloc(pb, json_array_size(grants)) != EXIT_OK)
+		return EXIT_LOCAL;
+	pb->n = json_array_size(grants);
+	json_array_foreach(grants, i, g)
+	{
+		json_t *principal = json_object_get(g, "principal");
+		json_t *ops = json_object_get(g, "operations"), *op;
+		size_t j;
+
+		if (!json_is_string(principal) || !json_is_array(ops))
+			return usage_error(
+			    "--policy-file '%s': grant %zu needs a \"principal\" "
+			    "string and an \"operations\" array",
+			    path, i + 1);
+		pb->grants[i].principal = (char *)json_string_value(principal);
+		pb->grants[i].operations =
+		    kms_calloc(json_array_size(ops) + 1, sizeof(char *));
+		if (pb->grants[i].operations == NULL) {
+			errmsg("out of memory");
+			return EXIT_LOCAL;
+		}
+		json_array_foreach(ops, j, op)
+		{
+			if (!json_is_string(op))
+				return usage_error(
+				    "--policy-file '%s': grant %zu has an "
+				    "operation that is not a string",
+				    path, i + 1);
+			pb->grants[i].operations[j] =
+			    (char *)json_string_value(op);
+		}
+		pb->grants[i].n_operations = json_array_size(ops);
+	}
+	pb->policy.n_grants = pb->n;
+	return EXIT_OK;
+}
+
+/* The policy of create-key and put-key-policy: --grant or --policy-file. */
+static int policy_build(const struct cli *cli, struct policy_build *pb)
+{
+	memset(pb, 0, sizeof(*pb));
+	kms__v1__key_policy__init(&pb->policy);
+	if (cli->policy_file != NULL)
+		return policy_from_file(cli->policy_file, pb);
+	return policy_from_grants(cli, pb);
+}
+
+/*
+ * Calls rpc and prints the KeyMetadata its answer carries in the field
+ * named "key" (every key administration call answers with one).
+ */
+static int key_call(const struct cli *cli, kms_client *c, const char *rpc,
+		    const ProtobufCMessage *req,
+		    const ProtobufCMessageDescriptor *resp_desc)
+{
+	const ProtobufCFieldDescriptor *f =
+	    protobuf_c_message_descriptor_get_field_by_name(resp_desc, "key");
+	ProtobufCMessage *resp = NULL;
+	Kms__V1__KeyMetadata *k = NULL;
 	json_t *o = NULL;
 	int rc;
 
-	req.key_id = (char *)cli->key_id;
-	rc = call(c, "DescribeKey", &req.base,
-		  &kms__v1__describe_key_response__descriptor,
-		  (ProtobufCMessage **)&resp);
+	rc = call(c, rpc, req, resp_desc, &resp);
 	if (rc != EXIT_OK)
 		return rc;
-	if (resp->key == NULL) {
-		errmsg("the server's DescribeKey response has no key");
+	if (f != NULL)
+		memcpy(&k, (const unsigned char *)resp + f->offset, sizeof(k));
+	if (k == NULL) {
+		errmsg("the server's %s response has no key", rpc);
 		rc = EXIT_SERVER;
 		goto out;
 	}
-	o = key_json(resp->key);
+	o = key_json(k);
 	rc = o != NULL ? emit(cli, o) : EXIT_LOCAL;
 out:
 	json_decref(o);
-	protobuf_c_message_free_unpacked(&resp->base, NULL);
+	protobuf_c_message_free_unpacked(resp, NULL);
 	return rc;
 }
 
-static int cmd_list(const struct cli *cli, kms_client *c)
+static int cmd_create(const struct cli *cli, kms_client *c)
 {
-	Kms__V1__ListKeysRequest req = KMS__V1__LIST_KEYS_REQUEST__INIT;
-	Kms__V1__ListKeysResponse *resp = NULL;
-	json_t *o = json_object(), *keys = json_array();
-	char *token = NULL;
-	size_t pages = 0, i;
+	Kms__V1__CreateKeyRequest req = KMS__V1__CREATE_KEY_REQUEST__INIT;
+	struct policy_build pb;
+	int rc;
+
+	rc = policy_build(cli, &pb);
+	if (rc == EXIT_OK) {
+		req.key_id = (char *)cli->key_id;
+		if (cli->description != NULL)
+			req.description = (char *)cli->description;
+		req.policy = &pb.policy;
+		rc = key_call(cli, c, "CreateKey", &req.base,
+			      &kms__v1__create_key_response__descriptor);
+	}
+	policy_build_free(&pb);
+	return rc;
+}
+
+static int cmd_put_policy(const struct cli *cli, kms_client *c)
+{
+	Kms__V1__PutKeyPolicyRequest req = KMS__V1__PUT_KEY_POLICY_REQUEST__INIT;
+	struct policy_build pb;
+	int rc;
+
+	rc = policy_build(cli, &pb);
+	if (rc == EXIT_OK) {
+		req.key_id = (char *)cli->key_id;
+		req.policy = &pb.policy;
+		rc = key_call(cli, c, "PutKeyPolicy", &req.base,
+			      &kms__v1__put_key_policy_response__descriptor);
+	}
+	policy_build_free(&pb);
+	return rc;
+}
+
+/* The calls whose request is just {key_id} and whose answer is {key}. */
+static const struct key_only_rpc {
+	enum cmd_id cmd;
+	const char *rpc;
+	const ProtobufCMessageDescriptor *req, *resp;
+} key_only_rpcs[] = {
+    {CMD_DESCRIBE, "DescribeKey", &kms__v1__describe_key_request__descriptor,
+     &kms__v1__describe_key_response__descriptor},
+    {CMD_ROTATE, "RotateKey", &kms__v1__rotate_key_request__descriptor,
+     &kms__v1__rotate_key_response__descriptor},
+    {CMD_ENABLE, "EnableKey", &kms__v1__enable_key_request__descriptor,
+     &kms__v1__enable_key_response__descriptor},
+    {CMD_DISABLE, "DisableKey", &kms__v1__disable_key_request__descriptor,
+     &kms__v1__disable_key_response__descriptor},
+    {CMD_CANCEL_DELETION, "CancelKeyDeletion",
+     &kms__v1__cancel_key_deletion_request__descriptor,
+     &kms__v1__cancel_key_deletion_response__descriptor},
+};
+
+static int cmd_key_only(const struct cli *cli, kms_client *c)
+{
+	const struct key_only_rpc *r = NULL;
+	const ProtobufCFieldDescriptor *f;
+	ProtobufCMessage *req;
+	size_t i;
+	int rc;
+
+	for (i = 0; i < sizeof(key_only_rpcs) / sizeof(key_only_rpcs[0]); i++)
+		if (key_only_rpcs[i].cmd == cli->cmd->id)
+			r = &key_only_rpcs[i];
+	f = r != NULL ? protobuf_c_message_descriptor_get_field_by_name(
+			    r->req, "key_id")
+		      : NULL;
+	if (f == NULL) {
+		errmsg("%s: no request for this command", cli->cmd->name);
+		return EXIT_LOCAL;
+	}
+	req = kms_calloc(1, r->req->sizeof_message);
+	if (req == NULL) {
+		errmsg("out of memory");
+		return EXIT_LOCAL;
+	}
+	protobuf_c_message_init(r->req, req);
+	memcpy((unsigned char *)req + f->offset, &cli->key_id, sizeof(char *));
+	rc = key_call(cli, c, r->rpc, req, r->resp);
+	kms_free(req);
+	return rc;
+}
+
+static int cmd_set_rotation(const struct cli *cli, kms_client *c)
+{
+	Kms__V1__SetRotationPolicyRequest req =
+	    KMS__V1__SET_ROTATION_POLICY_REQUEST__INIT;
+
+	req.key_id = (char *)cli->key_id;
+	req.rotation_period_seconds = cli->period_s;
+	req.max_encryptions_per_version = cli->max_encryptions;
+	return key_call(cli, c, "SetRotationPolicy", &req.base,
+			&kms__v1__set_rotation_policy_response__descriptor);
+}
+
+static int cmd_schedule_deletion(const struct cli *cli, kms_client *c)
+{
+	Kms__V1__ScheduleKeyDeletionRequest req =
+	    KMS__V1__SCHEDULE_KEY_DELETION_REQUEST__INIT;
+
+	req.key_id = (char *)cli->key_id;
+	req.pending_window_days = cli->days;
+	return key_call(cli, c, "ScheduleKeyDeletion", &req.base,
+			&kms__v1__schedule_key_deletion_response__descriptor);
+}
+
+/* A List call: its answer carries the items in a repeated field. */
+struct list_rpc {
+	const char *rpc;
+	const ProtobufCMessageDescriptor *resp;
+	const char *field; /* of the answer, and of the printed object */
+	json_t *(*to_json)(const ProtobufCMessage *item);
+};
+
+/* A string field of msg, by name (NULL when the message has none). */
+static char **str_field(const ProtobufCMessage *msg, const char *name)
+{
+	const ProtobufCFieldDescriptor *f =
+	    protobuf_c_message_descriptor_get_field_by_name(msg->descriptor,
+							    name);
+
+	return f != NULL && f->type == PROTOBUF_C_TYPE_STRING
+		   ? (char **)((uintptr_t)msg + f->offset)
+		   : NULL;
+}
+
+/*
+ * One page of l from req (whose page_token is set): appends its items to
+ * items and sets *next to a kms_strdup'd next_page_token.
+ */
+static int list_page(kms_client *c, const struct list_rpc *l,
+		     const ProtobufCMessage *req, json_t *items, char **next)
+{
+	const ProtobufCFieldDescriptor *f =
+	    protobuf_c_message_descriptor_get_field_by_name(l->resp, l->field);
+	ProtobufCMessage *resp = NULL, **list;
+	char **token;
+	size_t i, n;
+	int rc;
+
+	rc = call(c, l->rpc, req, l->resp, &resp);
+	if (rc != EXIT_OK)
+		return rc;
+	token = str_field(resp, "next_page_token");
+	if (f == NULL || f->label != PROTOBUF_C_LABEL_REPEATED ||
+	    token == NULL) {
+		errmsg("%s: the answer has no %s list", l->rpc, l->field);
+		rc = EXIT_LOCAL;
+		goto out;
+	}
+	memcpy(&n, (const unsigned char *)resp + f->quantifier_offset,
+	       sizeof(n));
+	memcpy(&list, (const unsigned char *)resp + f->offset, sizeof(list));
+	for (i = 0; i < n; i++) {
+		json_t *item = l->to_json(list[i]);
+
+		if (item == NULL || json_array_append_new(items, item) != 0) {
+			errmsg("out of memory");
+			rc = EXIT_LOCAL;
+			goto out;
+		}
+	}
+	*next = kms_strdup(*token);
+out:
+	protobuf_c_message_free_unpacked(resp, NULL);
+	return rc;
+}
+
+/*
+ * Without --page-token, follows every page and prints {field: [...]};
+ * with it, prints that one page and its next_page_token. req has
+ * page_size, page_token and whatever filter the call takes set; its
+ * page_token is the caller's again on return.
+ */
+static int list_pages(const struct cli *cli, kms_client *c,
+		      const struct list_rpc *l, ProtobufCMessage *req)
+{
+	json_t *o = json_object(), *items = json_array();
+	char **req_token = str_field(req, "page_token");
+	char *token = NULL, *next = NULL, *saved;
+	size_t pages = 0;
 	int rc = EXIT_LOCAL;
 
-	if (o == NULL || keys == NULL)
+	if (req_token == NULL) {
+		errmsg("%s: the request has no page_token", l->rpc);
 		goto out;
+	}
+	saved = *req_token;
+	if (o == NULL || items == NULL)
+		goto nomem;
 	token = kms_strdup(cli->page_token != NULL ? cli->page_token : "");
 	if (token == NULL)
-		goto out;
-	req.page_size = cli->page_size;
+		goto nomem;
 	for (;;) {
-		req.page_token = token;
-		rc = call(c, "ListKeys", &req.base,
-			  &kms__v1__list_keys_response__descriptor,
-			  (ProtobufCMessage **)&resp);
+		*req_token = token;
+		rc = list_page(c, l, req, items, &next);
+		*req_token = saved;
 		if (rc != EXIT_OK)
 			goto out;
-		for (i = 0; i < resp->n_keys; i++) {
-			json_t *k = key_json(resp->keys[i]);
-
-			if (k == NULL || json_array_append_new(keys, k) != 0) {
-				rc = EXIT_LOCAL;
-				goto out;
-			}
-		}
-		/* One page asked for: report where the next one starts. */
-		if (cli->page_token != NULL) {
-			json_object_set_new(o, "keys", keys);
-			keys = NULL;
-			json_object_set_new(o, "next_page_token",
-					    json_string(resp->next_page_token));
+		if (next == NULL)
+			goto nomem;
+		if (cli->page_token != NULL || next[0] == '\0')
 			break;
-		}
-		if (resp->next_page_token[0] == '\0')
-			break;
-		if (strcmp(resp->next_page_token, token) == 0 ||
-		    ++pages >= LIST_MAX_PAGES) {
+		if (strcmp(next, token) == 0 || ++pages >= LIST_MAX_PAGES) {
 			errmsg("the server keeps returning page tokens; "
 			       "stopped following them");
 			rc = EXIT_SERVER;
 			goto out;
 		}
 		kms_free(token);
-		token = kms_strdup(resp->next_page_token);
-		protobuf_c_message_free_unpacked(&resp->base, NULL);
-		resp = NULL;
-		if (token == NULL) {
-			rc = EXIT_LOCAL;
-			goto out;
-		}
+		token = next;
+		next = NULL;
 	}
-	if (keys != NULL) {
-		json_object_set_new(o, "keys", keys);
-		keys = NULL;
+	rc = json_object_set_new(o, l->field, items);
+	items = NULL;
+	/* One page asked for: report where the next one starts. */
+	if (rc == 0 && cli->page_token != NULL)
+		rc = json_object_set_new(o, "next_page_token",
+					 json_string(next));
+	if (rc != 0)
+		goto nomem;
+	rc = emit(cli, o);
+	goto out;
+nomem:
+	errmsg("out of memory");
+	rc = EXIT_LOCAL;
+out:
+	kms_free(next);
+	kms_free(token);
+	json_decref(items);
+	json_decref(o);
+	return rc;
+}
+
+static json_t *key_item_json(const ProtobufCMessage *m)
+{
+	return key_json((const Kms__V1__KeyMetadata *)m);
+}
+
+static int cmd_list(const struct cli *cli, kms_client *c)
+{
+	static const struct list_rpc l = {
+	    "ListKeys", &kms__v1__list_keys_response__descriptor, "keys",
+	    key_item_json};
+	Kms__V1__ListKeysRequest req = KMS__V1__LIST_KEYS_REQUEST__INIT;
+
+	req.page_size = cli->page_size;
+	return list_pages(cli, c, &l, &req.base);
+}
+
+static json_t *alias_json(const Kms__V1__AliasEntry *a)
+{
+	json_t *o = json_object();
+
+	if (o == NULL ||
+	    json_object_set_new(o, "alias_name", json_string(a->alias_name)) ||
+	    json_object_set_new(o, "key_id", json_string(a->key_id)) ||
+	    json_object_set_new(o, "created_at_unix",
+				json_integer(a->created_at_unix)) ||
+	    json_object_set_new(o, "updated_at_unix",
+				json_integer(a->updated_at_unix))) {
+		json_decref(o);
+		return NULL;
+	}
+	return o;
+}
+
+static json_t *alias_item_json(const ProtobufCMessage *m)
+{
+	return alias_json((const Kms__V1__AliasEntry *)m);
+}
+
+static int cmd_list_aliases(const struct cli *cli, kms_client *c)
+{
+	static const struct list_rpc l = {
+	    "ListAliases", &kms__v1__list_aliases_response__descriptor,
+	    "aliases", alias_item_json};
+	Kms__V1__ListAliasesRequest req = KMS__V1__LIST_ALIASES_REQUEST__INIT;
+
+	if (cli->key_id_opt != NULL)
+		req.key_id = (char *)cli->key_id_opt;
+	req.page_size = cli->page_size;
+	return list_pages(cli, c, &l, &req.base);
+}
+
+/*
+ * CreateAlias and UpdateAlias: the same request fields, and answers
+ * that both carry the alias as field 1.
+ */
+static int cmd_put_alias(const struct cli *cli, kms_client *c)
+{
+	Kms__V1__CreateAliasRequest create = KMS__V1__CREATE_ALIAS_REQUEST__INIT;
+	Kms__V1__UpdateAliasRequest update = KMS__V1__UPDATE_ALIAS_REQUEST__INIT;
+	Kms__V1__CreateAliasResponse *created = NULL;
+	Kms__V1__UpdateAliasResponse *updated = NULL;
+	const Kms__V1__AliasEntry *a;
+	json_t *o = NULL;
+	int rc;
+
+	if (cli->cmd->id == CMD_CREATE_ALIAS) {
+		create.alias_name = (char *)cli->alias_name;
+		create.key_id = (char *)cli->key_id;
+		rc = call(c, "CreateAlias", &create.base,
+			  &kms__v1__create_alias_response__descriptor,
+			  (ProtobufCMessage **)&created);
+		a = rc == EXIT_OK ? created->alias : NULL;
+	} else {
+		update.alias_name = (char *)cli->alias_name;
+		update.key_id = (char *)cli->key_id;
+		rc = call(c, "UpdateAlias", &update.base,
+			  &kms__v1__update_alias_response__descriptor,
+			  (ProtobufCMessage **)&updated);
+		a = rc == EXIT_OK ? updated->alias : NULL;
+	}
+	if (rc != EXIT_OK)
+		return rc;
+	if (a == NULL) {
+		errmsg("the server's answer has no alias");
+		rc = EXIT_SERVER;
+		goto out;
+	}
+	o = alias_json(a);
+	rc = o != NULL ? emit(cli, o) : EXIT_LOCAL;
+out:
+	json_decref(o);
+	if (created != NULL)
+		protobuf_c_message_free_unpacked(&created->base, NULL);
+	if (updated != NULL)
+		protobuf_c_message_free_unpacked(&updated->base, NULL);
+	return rc;
+}
+
+static int cmd_delete_alias(const struct cli *cli, kms_client *c)
+{
+	Kms__V1__DeleteAliasRequest req = KMS__V1__DELETE_ALIAS_REQUEST__INIT;
+	Kms__V1__DeleteAliasResponse *resp = NULL;
+	json_t *o = NULL;
+	int rc;
+
+	req.alias_name = (char *)cli->alias_name;
+	rc = call(c, "DeleteAlias", &req.base,
+		  &kms__v1__delete_alias_response__descriptor,
+		  (ProtobufCMessage **)&resp);
+	if (rc != EXIT_OK)
+		return rc;
+	protobuf_c_message_free_unpacked(&resp->base, NULL);
+	if (!cli->json) {
+		printf("deleted ");
+		put_printable(cli->alias_name);
+		putchar('\n');
+		return EXIT_OK;
+	}
+	o = json_object();
+	if (o == NULL || json_object_set_new(o, "deleted_alias",
+					     json_string(cli->alias_name)) != 0) {
+		json_decref(o);
+		errmsg("out of memory");
+		return EXIT_LOCAL;
 	}
 	rc = emit(cli, o);
-out:
-	if (rc == EXIT_LOCAL && (o == NULL || token == NULL))
-		errmsg("out of memory");
-	if (resp != NULL)
-		protobuf_c_message_free_unpacked(&resp->base, NULL);
-	kms_free(token);
-	json_decref(keys);
 	json_decref(o);
 	return rc;
 }
@@ -1075,7 +1663,7 @@ static int load_input(const char *b64, const char *opt_name, const char *file,
 		return usage_error("give exactly one of %s and --in", opt_name);
 	if (file != NULL)
 		return read_file(file, out);
-	return b64_decode(b64, opt_name, out);
+	return decode_opt(b64, opt_name, out);
 }
 
 static int cmd_encrypt(struct cli *cli, kms_client *c)
@@ -1196,6 +1784,118 @@ out:
 	return rc;
 }
 
+static int cmd_reencrypt(const struct cli *cli, kms_client *c)
+{
+	Kms__V1__ReEncryptRequest req = KMS__V1__RE_ENCRYPT_REQUEST__INIT;
+	Kms__V1__ReEncryptResponse *resp = NULL;
+	void **src = NULL, **dst = NULL;
+	kms_buf blob = {NULL, 0};
+	json_t *o = NULL;
+	int rc;
+
+	rc = load_input(cli->blob_b64, "--blob", cli->in_file, &blob);
+	if (rc != EXIT_OK)
+		return rc;
+	rc = EXIT_LOCAL;
+	src = ctx_entries(
+	    cli->ctx, cli->n_ctx,
+	    &kms__v1__re_encrypt_request__source_encryption_context_entry__descriptor);
+	dst = ctx_entries(
+	    cli->to_ctx, cli->n_to_ctx,
+	    &kms__v1__re_encrypt_request__destination_encryption_context_entry__descriptor);
+	if (src == NULL || dst == NULL) {
+		errmsg("out of memory");
+		goto out;
+	}
+	req.ciphertext_blob.data = blob.data;
+	req.ciphertext_blob.len = blob.len;
+	req.n_source_encryption_context = cli->n_ctx;
+	req.source_encryption_context =
+	    (Kms__V1__ReEncryptRequest__SourceEncryptionContextEntry **)src;
+	if (cli->key_id_opt != NULL)
+		req.source_key_id = (char *)cli->key_id_opt;
+	req.destination_key_id = (char *)cli->to_key;
+	req.n_destination_encryption_context = cli->n_to_ctx;
+	req.destination_encryption_context =
+	    (Kms__V1__ReEncryptRequest__DestinationEncryptionContextEntry **)
+		dst;
+	rc = call(c, "ReEncrypt", &req.base,
+		  &kms__v1__re_encrypt_response__descriptor,
+		  (ProtobufCMessage **)&resp);
+	if (rc != EXIT_OK)
+		goto out;
+	if (cli->blob_out != NULL) {
+		rc = write_file(cli->blob_out, resp->ciphertext_blob.data,
+				resp->ciphertext_blob.len);
+		if (rc != EXIT_OK)
+			goto out;
+	}
+	rc = EXIT_LOCAL;
+	o = json_object();
+	if (o == NULL ||
+	    (cli->blob_out == NULL &&
+	     json_set_bytes(o, "ciphertext_blob", &resp->ciphertext_blob)) ||
+	    json_object_set_new(o, "key_id", json_string(resp->key_id)) ||
+	    json_object_set_new(o, "key_version",
+				json_integer(resp->key_version)) ||
+	    json_object_set_new(o, "source_key_id",
+				json_string(resp->source_key_id)) ||
+	    json_object_set_new(o, "source_key_version",
+				json_integer(resp->source_key_version))) {
+		errmsg("out of memory");
+		goto out;
+	}
+	rc = emit(cli, o);
+out:
+	json_decref(o);
+	if (resp != NULL)
+		protobuf_c_message_free_unpacked(&resp->base, NULL);
+	ctx_entries_free(src, cli->n_ctx);
+	ctx_entries_free(dst, cli->n_to_ctx);
+	kms_buf_free(&blob);
+	return rc;
+}
+
+/* The summary of a rewrap run, as 'field: value' lines or one object. */
+static void rewrap_report(const struct rewrap_summary *s, void *arg)
+{
+	const struct cli *cli = arg;
+	json_t *o = json_object();
+
+	if (o == NULL ||
+	    json_object_set_new(o, "input", json_string(s->input)) ||
+	    json_object_set_new(o, "output", json_string(s->output)) ||
+	    json_object_set_new(o, "to", json_string(s->to)) ||
+	    json_object_set_new(o, "state", json_string(s->state)) ||
+	    json_object_set_new(o, "errors", json_string(s->errors)) ||
+	    json_object_set_new(o, "lines_done", json_u64(s->lines_done)) ||
+	    json_object_set_new(o, "lines_total", json_u64(s->lines_total)) ||
+	    json_object_set_new(o, "resumed_at", json_u64(s->resumed_at)) ||
+	    json_object_set_new(o, "rewrapped", json_u64(s->rewrapped)) ||
+	    json_object_set_new(o, "failed", json_u64(s->failed)) ||
+	    json_object_set_new(o, "failed_total", json_u64(s->failed_total)) ||
+	    json_object_set_new(o, "elapsed_seconds",
+				json_real(s->elapsed_seconds)) ||
+	    json_object_set_new(o, "items_per_second",
+				json_real(s->items_per_second)) ||
+	    json_object_set_new(o, "complete", json_boolean(s->complete)) ||
+	    json_object_set_new(o, "stopped", json_string(s->stopped))) {
+		errmsg("out of memory for the summary");
+	} else {
+		emit(cli, o);
+	}
+	json_decref(o);
+	fflush(stdout);
+}
+
+static int cmd_rewrap(struct cli *cli, kms_client *c)
+{
+	cli->rewrap.in_path = cli->in_file;
+	cli->rewrap.to = cli->to_key;
+	cli->rewrap.json = cli->json;
+	return rewrap_run(c, &cli->rewrap, rewrap_report, cli);
+}
+
 static int cmd_health(const struct cli *cli, kms_client *c)
 {
 	Grpc__Health__V1__HealthCheckRequest req =
@@ -1254,23 +1954,6 @@ static int operator_call(kms_client *c, const char *rpc,
 				    &st) != 0)
 		return server_error(&st);
 	return EXIT_OK;
-}
-
-/*
- * jansson integers are signed 64-bit. Ids, terms and indexes never come near
- * 2^63; should a server send more, the exact value is kept as a decimal
- * string rather than wrapped to a negative number.
- */
-_Static_assert(sizeof(json_int_t) >= sizeof(int64_t),
-	       "json_int_t holds every int64_t");
-static json_t *json_u64(uint64_t v)
-{
-	char s[24];
-
-	if (v <= (uint64_t)INT64_MAX)
-		return json_integer((json_int_t)v);
-	snprintf(s, sizeof(s), "%" PRIu64, v);
-	return json_string(s);
 }
 
 /* Sets every field; 0 when all of them were set, -1 when memory ran out. */
@@ -1742,6 +2425,54 @@ static int parse_u32(const char *s, const char *opt, uint32_t min, uint32_t max,
 	return EXIT_OK;
 }
 
+/* Digits only, no sign or space, within a uint64_t. */
+static int parse_digits_u64(const char *s, const char **end, uint64_t *out)
+{
+	uint64_t v = 0;
+	const char *p = s;
+
+	for (; *p >= '0' && *p <= '9'; p++) {
+		if (v > (UINT64_MAX - (uint64_t)(*p - '0')) / 10)
+			return -1;
+		v = v * 10 + (uint64_t)(*p - '0');
+	}
+	*end = p;
+	*out = v;
+	return p == s ? -1 : 0;
+}
+
+static int parse_u64(const char *s, const char *opt, uint64_t *out)
+{
+	const char *end;
+
+	if (parse_digits_u64(s, &end, out) != 0 || *end != '\0')
+		return usage_error("%s wants a whole number, not '%s'", opt, s);
+	return EXIT_OK;
+}
+
+/* Seconds, or a whole number with one unit: s, m, h or d. */
+static int parse_period(const char *s, uint64_t *out)
+{
+	static const char units[] = "smhd";
+	static const uint64_t seconds[] = {1, 60, 3600, 86400};
+	const char *end = s, *unit;
+	uint64_t v = 0, mult = 0;
+
+	if (parse_digits_u64(s, &end, &v) == 0) {
+		unit = end[0] != '\0' ? strchr(units, end[0]) : NULL;
+		if (end[0] == '\0')
+			mult = 1;
+		else if (unit != NULL && end[1] == '\0')
+			mult = seconds[unit - units];
+	}
+	if (mult == 0 || v > UINT64_MAX / mult)
+		return usage_error("--period wants seconds or a whole number "
+				   "with s, m, h or d (90d), not '%s'",
+				   s);
+	*out = v * mult;
+	return EXIT_OK;
+}
+
 /* A node id: digits only, 1 to NODE_ID_MAX. */
 static int parse_node_id(const char *s, uint64_t *out)
 {
@@ -1770,14 +2501,16 @@ static int parse_address(const char *s, const char *opt, const char **out)
 	return EXIT_OK;
 }
 
-static int add_context(struct cli *cli, const char *arg)
+/* One K=V of --context or --to-context (opt) into list, n entries so far. */
+static int add_context(struct kv *list, size_t *n, const char *opt,
+		       const char *arg)
 {
 	char *copy, *eq;
 	size_t i;
 
 	eq = strchr(arg, '=');
 	if (eq == NULL || eq == arg)
-		return usage_error("--context '%s' is not K=V", arg);
+		return usage_error("%s '%s' is not K=V", opt, arg);
 	copy = kms_strdup(arg);
 	if (copy == NULL) {
 		errmsg("out of memory");
@@ -1785,16 +2518,16 @@ static int add_context(struct cli *cli, const char *arg)
 	}
 	eq = copy + (eq - arg);
 	*eq = '\0';
-	for (i = 0; i < cli->n_ctx; i++) {
-		if (strcmp(cli->ctx[i].key, copy) == 0) {
+	for (i = 0; i < *n; i++) {
+		if (strcmp(list[i].key, copy) == 0) {
 			kms_free(copy);
-			return usage_error("--context key '%s' given twice",
-					   cli->ctx[i].key);
+			return usage_error("%s key '%s' given twice", opt,
+					   list[i].key);
 		}
 	}
-	cli->ctx[cli->n_ctx].key = copy;
-	cli->ctx[cli->n_ctx].value = eq + 1;
-	cli->n_ctx++;
+	list[*n].key = copy;
+	list[*n].value = eq + 1;
+	(*n)++;
 	return EXIT_OK;
 }
 
@@ -1903,7 +2636,7 @@ static const struct subcommand *find_sub(const struct command *cmd,
 static int check_sub_args(struct cli *cli, int nargs, char **args)
 {
 	const char *cmd = cli->cmd->name, *sub;
-	unsigned extra;
+	uint64_t extra;
 	int bit;
 
 	if (optind >= nargs)
@@ -1917,7 +2650,7 @@ static int check_sub_args(struct cli *cli, int nargs, char **args)
 	sub = cli->sub->name;
 	extra = cli->seen & ~(GLOBAL_OPTS | cli->sub->opts);
 	for (bit = 0; extra != 0; bit++)
-		if (extra & (1u << bit))
+		if (extra & (UINT64_C(1) << bit))
 			return usage_error("--%s does not apply to %s %s",
 					   opt_name(OPT_BASE + bit), cmd, sub);
 	if ((cli->sub->opts & BIT(OPT_ID)) && cli->node_id == 0)
@@ -2002,7 +2735,31 @@ static int apply_opt(struct cli *cli, int id, char *arg, int *done)
 	case OPT_BYTES:
 		return parse_u32(arg, "--bytes", 1, 1024, &cli->bytes);
 	case OPT_CONTEXT:
-		return add_context(cli, arg);
+		return add_context(cli->ctx, &cli->n_ctx, "--context", arg);
+	case OPT_TO_CONTEXT:
+		return add_context(cli->to_ctx, &cli->n_to_ctx, "--to-context",
+				   arg);
+	case OPT_TO:
+		cli->to_key = arg;
+		return EXIT_OK;
+	case OPT_OUT:
+		cli->rewrap.out_path = arg;
+		return EXIT_OK;
+	case OPT_STATE:
+		cli->rewrap.state_path = arg;
+		return EXIT_OK;
+	case OPT_ERRORS:
+		cli->rewrap.errors_path = arg;
+		return EXIT_OK;
+	case OPT_BATCH:
+		return parse_u32(arg, "--batch", 1, REWRAP_BATCH_MAX,
+				 &cli->rewrap.batch);
+	case OPT_PARALLEL:
+		return parse_u32(arg, "--parallel", 1, REWRAP_PARALLEL_MAX,
+				 &cli->rewrap.parallel);
+	case OPT_STOP_ON_ERROR:
+		cli->rewrap.stop_on_error = 1;
+		return EXIT_OK;
 	case OPT_WITHOUT_PLAINTEXT:
 		cli->without_plaintext = 1;
 		return EXIT_OK;
@@ -2044,6 +2801,15 @@ static int apply_opt(struct cli *cli, int id, char *arg, int *done)
 	}
 	case OPT_GRANT_TTL:
 		return parse_u32(arg, "--grant-ttl", 1, GRANT_TTL_MAX_S, &cli->grant_ttl_s);
+	case OPT_POLICY_FILE:
+		cli->policy_file = arg;
+		return EXIT_OK;
+	case OPT_PERIOD:
+		return parse_period(arg, &cli->period_s);
+	case OPT_MAX_ENCRYPTIONS:
+		return parse_u64(arg, "--max-encryptions", &cli->max_encryptions);
+	case OPT_DAYS:
+		return parse_u32(arg, "--days", 1, UINT32_MAX, &cli->days);
 	default:
 		return usage_error("unknown option");
 	}
@@ -2074,6 +2840,40 @@ static int parse_opts(struct cli *cli, int argc, char **argv,
 	return EXIT_OK;
 }
 
+/* What a command needs of its options, checked before any connection. */
+static int check_required(const struct cli *cli)
+{
+	if (cli->policy_file != NULL && cli->n_grants > 0)
+		return usage_error("--grant and --policy-file exclude each other");
+	switch (cli->cmd->id) {
+	case CMD_REENCRYPT:
+		if (cli->to_key == NULL)
+			return usage_error("re-encrypt needs --to KEY_ID");
+		return EXIT_OK;
+	case CMD_REWRAP:
+		if (cli->to_key == NULL)
+			return usage_error("rewrap needs --to KEY_ID");
+		if (cli->rewrap.out_path == NULL)
+			return usage_error("rewrap needs --out FILE (where the state "
+					   "of a resumable job lives too)");
+		return EXIT_OK;
+	case CMD_SET_ROTATION:
+		if (!(cli->seen & (BIT(OPT_PERIOD) | BIT(OPT_MAX_ENCRYPTIONS))))
+			return usage_error("set-rotation-policy needs --period "
+					   "or --max-encryptions (or both)");
+		return EXIT_OK;
+	case CMD_PUT_POLICY:
+		/* Forgetting --grant must not silently lock everyone out. */
+		if (cli->policy_file == NULL && cli->n_grants == 0)
+			return usage_error(
+			    "put-key-policy needs --grant or --policy-file (an "
+			    "empty policy: a file with {\"grants\": []})");
+		return EXIT_OK;
+	default:
+		return EXIT_OK;
+	}
+}
+
 static const char *env_or(const char *name, const char *fallback)
 {
 	const char *v = getenv(name);
@@ -2094,7 +2894,8 @@ static int run(struct cli *cli, int argc, char **argv)
 	cli->copts.key_file = env_or("KMS_KEY", NULL);
 	cli->grants = kms_calloc((size_t)argc + 1, sizeof(*cli->grants));
 	cli->ctx = kms_calloc((size_t)argc + 1, sizeof(*cli->ctx));
-	if (cli->grants == NULL || cli->ctx == NULL) {
+	cli->to_ctx = kms_calloc((size_t)argc + 1, sizeof(*cli->to_ctx));
+	if (cli->grants == NULL || cli->ctx == NULL || cli->to_ctx == NULL) {
 		errmsg("out of memory");
 		return EXIT_LOCAL;
 	}
@@ -2114,7 +2915,14 @@ static int run(struct cli *cli, int argc, char **argv)
 	rc = parse_opts(cli, nargs, args, 0, &done);
 	if (rc != EXIT_OK || done)
 		return rc;
-	if (cli->cmd->needs_key_id) {
+	if (cli->cmd->operands == OPERANDS_ALIAS ||
+	    cli->cmd->operands == OPERANDS_ALIAS_KEY) {
+		if (optind >= nargs)
+			return usage_error("%s needs an ALIAS", cli->cmd->name);
+		cli->alias_name = args[optind++];
+	}
+	if (cli->cmd->operands == OPERANDS_KEY ||
+	    cli->cmd->operands == OPERANDS_ALIAS_KEY) {
 		if (optind >= nargs)
 			return usage_error("%s needs a KEY_ID", cli->cmd->name);
 		cli->key_id = args[optind++];
@@ -2135,9 +2943,15 @@ static int run(struct cli *cli, int argc, char **argv)
 	if (cli->without_plaintext && cli->plaintext_out != NULL)
 		return usage_error("--plaintext-out and --without-plaintext "
 				   "exclude each other");
+	rc = check_required(cli);
+	if (rc != EXIT_OK)
+		return rc;
 
 	if (getenv("GRPC_VERBOSITY") == NULL && getenv("GRPC_TRACE") == NULL)
 		gpr_set_log_function(quiet_grpc_log);
+	/* Before gRPC starts its threads: they must leave Ctrl-C to rewrap. */
+	if (cli->cmd->id == CMD_REWRAP)
+		rewrap_block_signals();
 	if (kms_client_open(&cli->copts, &c, &err) != KMS_OK) {
 		errmsg("%s", err.msg);
 		return EXIT_LOCAL;
@@ -2145,9 +2959,6 @@ static int run(struct cli *cli, int argc, char **argv)
 	switch (cli->cmd->id) {
 	case CMD_CREATE:
 		rc = cmd_create(cli, c);
-		break;
-	case CMD_DESCRIBE:
-		rc = cmd_describe(cli, c);
 		break;
 	case CMD_LIST:
 		rc = cmd_list(cli, c);
@@ -2170,6 +2981,38 @@ static int run(struct cli *cli, int argc, char **argv)
 	case CMD_ADMINS:
 		rc = cmd_admins(cli, c);
 		break;
+	case CMD_DESCRIBE:
+	case CMD_ROTATE:
+	case CMD_ENABLE:
+	case CMD_DISABLE:
+	case CMD_CANCEL_DELETION:
+		rc = cmd_key_only(cli, c);
+		break;
+	case CMD_SET_ROTATION:
+		rc = cmd_set_rotation(cli, c);
+		break;
+	case CMD_SCHEDULE_DELETION:
+		rc = cmd_schedule_deletion(cli, c);
+		break;
+	case CMD_PUT_POLICY:
+		rc = cmd_put_policy(cli, c);
+		break;
+	case CMD_CREATE_ALIAS:
+	case CMD_UPDATE_ALIAS:
+		rc = cmd_put_alias(cli, c);
+		break;
+	case CMD_DELETE_ALIAS:
+		rc = cmd_delete_alias(cli, c);
+		break;
+	case CMD_LIST_ALIASES:
+		rc = cmd_list_aliases(cli, c);
+		break;
+	case CMD_REENCRYPT:
+		rc = cmd_reencrypt(cli, c);
+		break;
+	case CMD_REWRAP:
+		rc = cmd_rewrap(cli, c);
+		break;
 	}
 	kms_client_close(c);
 	return rc;
@@ -2182,6 +3025,8 @@ int main(int argc, char **argv)
 
 	memset(&cli, 0, sizeof(cli));
 	cli.wait_timeout_s = WAIT_TIMEOUT_DEFAULT_S;
+	cli.rewrap.batch = REWRAP_BATCH_DEFAULT;
+	cli.rewrap.parallel = REWRAP_PARALLEL_DEFAULT;
 	setvbuf(stdout, stdout_buf, _IOFBF, sizeof(stdout_buf));
 	json_set_alloc_funcs(sec_malloc, sec_free);
 	rc = run(&cli, argc, argv);

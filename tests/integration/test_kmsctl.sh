@@ -101,71 +101,10 @@ step "kmsd is SERVING"
 # --- check helpers --------------------------------------------------------
 # From here a failed check is counted, not fatal: every check runs.
 set +e
-PASSED=0 FAILED=0
 OUT=$T/out ERR=$T/err
-ok() {
-	PASSED=$((PASSED + 1))
-	echo "test_kmsctl: ok   $1"
-	if [[ -n ${KMS_TEST_VERBOSE:-} && -s $ERR ]]; then sed 's/^/    stderr: /' "$ERR"; fi
-}
-bad() {
-	FAILED=$((FAILED + 1))
-	echo "test_kmsctl: FAIL $1: $2"
-	if [[ -s $ERR ]]; then sed 's/^/    stderr: /' "$ERR" | head -n 20; fi
-	if [[ -s $OUT ]]; then sed 's/^/    stdout: /' "$OUT" | head -n 20; fi
-}
-# A sanitizer report in a client's stderr fails the check whatever the status.
-sanitizer_report() {
-	grep -Eq 'AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer|runtime error:' "$1"
-}
-# run WHO ARGS...: runs kmsctl, stdout to $OUT, stderr to $ERR, status to RC.
-run() {
-	RC=0
-	kmsctl_as "$@" >"$OUT" 2>"$ERR" || RC=$?
-}
-# expect NAME RC SUBSTRINGS WHO ARGS...: the call exits RC and prints each
-# '|'-separated substring of SUBSTRINGS (none when empty) on stderr, or on
-# stdout when RC is 0.
-# Returns 0 when the check passed, so callers can chain content checks.
-expect() {
-	local name=$1 want=$2 sub=$3
-	shift 3
-	run "$@"
-	if sanitizer_report "$ERR"; then
-		bad "$name" "sanitizer report from kmsctl"
-		return 1
-	fi
-	if ((RC != want)); then
-		bad "$name" "exit status $RC, want $want"
-		return 1
-	fi
-	local where=$ERR
-	((want == 0)) && where=$OUT
-	local subs=() one
-	[[ -z $sub ]] || IFS='|' read -r -a subs <<<"$sub"
-	for one in "${subs[@]}"; do
-		if ! grep -Fq -- "$one" "$where"; then
-			bad "$name" "'$one' not in $([[ $where == "$OUT" ]] && echo stdout || echo stderr)"
-			return 1
-		fi
-	done
-	ok "$name"
-}
-# verify NAME COMMAND...: a check on output already captured.
-verify() {
-	local name=$1
-	shift
-	if "$@"; then ok "$name"; else bad "$name" "condition failed: $*"; fi
-}
-# json FILE EXPR: evaluates the Python expression EXPR with j = the parsed
-# JSON in FILE; succeeds when it is true. json.tool also validates it.
-json() {
-	"$PY" -m json.tool "$1" >/dev/null 2>&1 || return 1
-	"$PY" -c '
-import base64, json, sys
-j = json.load(open(sys.argv[1]))
-sys.exit(0 if eval("(" + sys.argv[2] + ")") else 1)' "$1" "$2"
-}
+CHECK_NAME=test_kmsctl
+# shellcheck source=tests/integration/check_lib.sh
+. "$SRCDIR/tests/integration/check_lib.sh"
 # field NAME FILE: the value of the first "NAME: value" line of FILE.
 field() { sed -n "s/^$1: //p" "$2" | head -n 1; }
 mode() { stat -c %a "$1"; }
@@ -535,6 +474,313 @@ if expect "admins set 256 IDs, the limit" 0 "" admin --json admins set "${MANY[@
 fi
 expect "admins set ADMIN alone again" 0 "$ADMIN_ID" admin admins set "$ADMIN_ID"
 admins_unchanged "after the 256"
+
+# --- key administration: rotate, rotation policy, enable/disable, deletion, policy -------------
+# Every refusal is followed by a look at the key: nothing changed.
+LC=ctl-life
+ALL_OPS=Encrypt,Decrypt,GenerateDataKey,DescribeKey,ReEncryptFrom,ReEncryptTo
+# key_is NAME KEY EXPR: describe-key --json KEY as admin satisfies EXPR.
+key_is() {
+	local name=$1 key=$2 expr=$3
+	run admin --json describe-key "$key"
+	if ((RC == 0)) && json "$OUT" "$expr"; then ok "$name"; else bad "$name" "describe-key: exit $RC"; fi
+}
+expect "create-key $LC with every operation for app" 0 "key_id: $LC" admin \
+	create-key "$LC" --grant "$APP_ID=$ALL_OPS"
+LC_PT=$(printf 'before the rotation' | base64 -w0)
+LC_V1_BLOB=""
+if expect "encrypt under $LC version 1" 0 "key_version: 1" app encrypt "$LC" --plaintext "$LC_PT" "${CTX[@]}"; then
+	LC_V1_BLOB=$(field ciphertext_blob "$OUT")
+fi
+if expect "rotate-key $LC" 0 "primary_version: 2" admin rotate-key "$LC"; then
+	verify "rotate-key prints versions 1,2" grep -Fxq "versions: 1,2" "$OUT"
+	verify "rotate-key prints one line per version" test "$(grep -c '^version: ' "$OUT")" -eq 2
+fi
+if expect "rotate-key --json $LC" 0 "" admin --json rotate-key "$LC"; then
+	verify "rotate-key --json: primary 3, versions [1,2,3], version_details with states" \
+		json "$OUT" "j['key_id'] == '$LC' and j['primary_version'] == 3 and j['versions'] == [1, 2, 3] and
+[v['version'] for v in j['version_details']] == [1, 2, 3] and
+all(v['state'] == 'Enabled' for v in j['version_details'])"
+fi
+expect "rotate-key as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED|not an administrator" app rotate-key "$LC"
+key_is "the refused rotation left primary 3" "$LC" "j['primary_version'] == 3"
+expect "rotate-key unknown key: exit 2 NOT_FOUND" 2 "NOT_FOUND|no-such-key" admin rotate-key no-such-key
+expect "rotate-key without KEY_ID: exit 1" 1 "rotate-key needs a KEY_ID" admin rotate-key
+expect "rotate-key with two operands: exit 1" 1 "unexpected argument 'extra'" admin rotate-key "$LC" extra
+expect "rotate-key --days: exit 1" 1 "--days does not apply to rotate-key" admin rotate-key "$LC" --days 7
+if [[ -n $LC_V1_BLOB ]]; then
+	expect "a version-1 blob still decrypts after two rotations" 0 "plaintext: $LC_PT" app \
+		decrypt --blob "$LC_V1_BLOB" "${CTX[@]}"
+fi
+expect "encrypt after the rotations uses version 3" 0 "key_version: 3" app \
+	encrypt "$LC" --plaintext "$LC_PT"
+
+if expect "set-rotation-policy --period 90d --max-encryptions 1000000" 0 "" admin --json \
+	set-rotation-policy "$LC" --period 90d --max-encryptions 1000000; then
+	verify "rotation policy: 7776000 s, 1000000 encryptions" json "$OUT" \
+		"j['rotation_period_seconds'] == 7776000 and j['max_encryptions_per_version'] == 1000000 and
+j['next_rotation_unix'] > 0"
+fi
+if expect "set-rotation-policy --period 24h alone" 0 "rotation_period_seconds: 86400" admin \
+	set-rotation-policy "$LC" --period 24h; then
+	verify "--period alone puts max_encryptions back to its default (2^30)" \
+		grep -Fxq "max_encryptions_per_version: 1073741824" "$OUT"
+fi
+expect "set-rotation-policy --period 3600 (seconds)" 0 "rotation_period_seconds: 3600" admin \
+	set-rotation-policy "$LC" --period 3600
+for bad_period in 5x 1.5d -1 d '' 99999999999999999999; do
+	expect "set-rotation-policy --period '$bad_period': exit 1" 1 "--period wants seconds" admin \
+		set-rotation-policy "$LC" --period "$bad_period"
+done
+expect "set-rotation-policy --max-encryptions abc: exit 1" 1 "--max-encryptions wants a whole number" admin \
+	set-rotation-policy "$LC" --max-encryptions abc
+expect "set-rotation-policy without an option: exit 1" 1 "needs --period or --max-encryptions" admin \
+	set-rotation-policy "$LC"
+expect "set-rotation-policy --max-encryptions 2^32+1: exit 2 INVALID_ARGUMENT" 2 \
+	"INVALID_ARGUMENT|max_encryptions_per_version 4294967297" admin \
+	set-rotation-policy "$LC" --max-encryptions 4294967297
+expect "set-rotation-policy --period 10 (under a minute): exit 2 INVALID_ARGUMENT" 2 \
+	"INVALID_ARGUMENT|rotation_period_seconds 10" admin \
+	set-rotation-policy "$LC" --period 10
+expect "set-rotation-policy as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED|not an administrator" app \
+	set-rotation-policy "$LC" --period 1d
+expect "set-rotation-policy unknown key: exit 2 NOT_FOUND" 2 "NOT_FOUND|'no-such-key'" admin \
+	set-rotation-policy no-such-key --period 1d
+key_is "refused rotation policies left 3600 s and 2^30" "$LC" \
+	"j['rotation_period_seconds'] == 3600 and j['max_encryptions_per_version'] in (0, 1073741824)"
+expect "set-rotation-policy --period 0 turns rotation by age off" 0 "rotation_period_seconds: 0" admin \
+	set-rotation-policy "$LC" --period 0
+
+if expect "disable-key $LC" 0 "enabled: false" admin disable-key "$LC"; then
+	verify "disable-key: key_state Disabled" grep -Fxq "key_state: Disabled" "$OUT"
+fi
+expect "encrypt with a disabled key: exit 2 FAILED_PRECONDITION" 2 "FAILED_PRECONDITION|is disabled" app \
+	encrypt "$LC" --plaintext "$LC_PT"
+if [[ -n $LC_V1_BLOB ]]; then
+	expect "decrypt with a disabled key: exit 2 FAILED_PRECONDITION" 2 "FAILED_PRECONDITION|disabled" app \
+		decrypt --blob "$LC_V1_BLOB" "${CTX[@]}"
+fi
+expect "enable-key as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED|not an administrator" app enable-key "$LC"
+key_is "the refused enable-key left the key disabled" "$LC" "j['enabled'] is False and j['key_state'] == 'Disabled'"
+if expect "enable-key $LC --json" 0 "" admin --json enable-key "$LC"; then
+	verify "enable-key --json: enabled, key_state Enabled" json "$OUT" "j['enabled'] is True and j['key_state'] == 'Enabled'"
+fi
+expect "encrypt after enable-key" 0 "key_version: 3" app encrypt "$LC" --plaintext "$LC_PT"
+expect "disable-key as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED|not an administrator" app disable-key "$LC"
+key_is "the refused disable-key left the key enabled" "$LC" "j['enabled'] is True"
+expect "disable-key unknown key: exit 2 NOT_FOUND" 2 "NOT_FOUND|'no-such-key'" admin disable-key no-such-key
+expect "enable-key unknown key: exit 2 NOT_FOUND" 2 "NOT_FOUND|'no-such-key'" admin enable-key no-such-key
+
+DEL=ctl-delete-me
+expect "create-key $DEL" 0 "key_id: $DEL" admin create-key "$DEL" --grant "$APP_ID=Encrypt,Decrypt"
+NOW=$(date +%s)
+if expect "schedule-key-deletion --days 7" 0 "" admin --json schedule-key-deletion "$DEL" --days 7; then
+	verify "schedule-key-deletion: PendingDeletion, deletion date about 7 days away" json "$OUT" \
+		"j['key_state'] == 'PendingDeletion' and j['enabled'] is False and
+abs(j['deletion_date_unix'] - ($NOW + 7 * 86400)) < 3600"
+fi
+expect "encrypt with a key pending deletion: exit 2 FAILED_PRECONDITION" 2 "FAILED_PRECONDITION|pending deletion" app \
+	encrypt "$DEL" --plaintext "$LC_PT"
+for bad_days in 0 x -3 ''; do
+	expect "schedule-key-deletion --days '$bad_days': exit 1" 1 "--days wants a whole number" admin \
+		schedule-key-deletion "$DEL" --days "$bad_days"
+done
+for bad_days in 6 31; do
+	expect "schedule-key-deletion --days $bad_days: exit 2 INVALID_ARGUMENT" 2 \
+		"INVALID_ARGUMENT|pending_window_days" admin \
+		schedule-key-deletion "$LC" --days "$bad_days"
+done
+key_is "refused windows left $LC enabled" "$LC" "j['key_state'] == 'Enabled' and j['deletion_date_unix'] == 0"
+expect "schedule-key-deletion as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED|not an administrator" app \
+	schedule-key-deletion "$LC" --days 7
+expect "schedule-key-deletion unknown key: exit 2 NOT_FOUND" 2 "NOT_FOUND|'no-such-key'" admin \
+	schedule-key-deletion no-such-key --days 7
+expect "cancel-key-deletion as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED|not an administrator" app cancel-key-deletion "$DEL"
+key_is "the refused cancel left the deletion pending" "$DEL" "j['key_state'] == 'PendingDeletion'"
+expect "cancel-key-deletion unknown key: exit 2 NOT_FOUND" 2 "NOT_FOUND|'no-such-key'" admin cancel-key-deletion no-such-key
+if expect "cancel-key-deletion" 0 "" admin --json cancel-key-deletion "$DEL"; then
+	verify "cancel-key-deletion: Disabled, no deletion date" json "$OUT" \
+		"j['key_state'] == 'Disabled' and j['deletion_date_unix'] == 0"
+fi
+expect "enable-key after the cancel" 0 "key_state: Enabled" admin enable-key "$DEL"
+expect "encrypt with the key taken back" 0 "key_id: $DEL" app encrypt "$DEL" --plaintext "$LC_PT"
+NOW=$(date +%s)
+if expect "schedule-key-deletion without --days (30)" 0 "" admin --json schedule-key-deletion "$DEL"; then
+	verify "the default window is 30 days" json "$OUT" "abs(j['deletion_date_unix'] - ($NOW + 30 * 86400)) < 3600"
+fi
+
+# put-key-policy: KEY2 lets app only describe it (from create-key above).
+if expect "put-key-policy --grant" 0 "grant: $APP_ID=DescribeKey,Encrypt" admin \
+	put-key-policy "$KEY2" --grant "$APP_ID=DescribeKey,Encrypt"; then
+	verify "put-key-policy: one grant" test "$(grep -c '^grant: ' "$OUT")" -eq 1
+fi
+expect "encrypt allowed by the new policy" 0 "key_id: $KEY2" app encrypt "$KEY2" --plaintext "$PT_B64"
+expect "describe-key --json as the policy file to edit" 0 "" admin --json describe-key "$KEY2"
+cp "$OUT" "$T/policy-described.json"
+if expect "put-key-policy --policy-file FILE (describe-key --json output)" 0 "" admin --json \
+	put-key-policy "$KEY2" --policy-file "$T/policy-described.json"; then
+	verify "the described policy went back unchanged" json "$OUT" \
+		"j['grants'] == [{'principal': '$APP_ID', 'operations': ['DescribeKey', 'Encrypt']}]"
+fi
+printf '{"grants": [{"principal": "%s", "operations": ["DescribeKey"]}]}\n' "$APP_ID" >"$T/policy-narrow.json"
+expect "put-key-policy --policy-file narrows the policy" 0 "grant: $APP_ID=DescribeKey" admin \
+	put-key-policy "$KEY2" --policy-file "$T/policy-narrow.json"
+expect "encrypt refused by the narrowed policy: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED" app \
+	encrypt "$KEY2" --plaintext "$PT_B64"
+POLICY_NOW="j['grants'] == [{'principal': '$APP_ID', 'operations': ['DescribeKey']}]"
+expect "put-key-policy without --grant or --policy-file: exit 1" 1 "needs --grant or --policy-file" admin \
+	put-key-policy "$KEY2"
+expect "put-key-policy with both --grant and --policy-file: exit 1" 1 "exclude each other" admin \
+	put-key-policy "$KEY2" --grant "$APP_ID=Encrypt" --policy-file "$T/policy-narrow.json"
+expect "put-key-policy malformed --grant: exit 1" 1 "--grant 'nothing' is not PRINCIPAL=OP" admin \
+	put-key-policy "$KEY2" --grant nothing
+expect "put-key-policy --grant with an empty operation: exit 1" 1 "has an empty operation" admin \
+	put-key-policy "$KEY2" --grant "$APP_ID=Encrypt,,Decrypt"
+expect "put-key-policy --policy-file missing: exit 1" 1 "$T/no-policy.json" admin \
+	put-key-policy "$KEY2" --policy-file "$T/no-policy.json"
+printf '{"grants": [' >"$T/policy-broken.json"
+expect "put-key-policy --policy-file not JSON: exit 1" 1 "is not JSON" admin \
+	put-key-policy "$KEY2" --policy-file "$T/policy-broken.json"
+printf '{"grant": []}' >"$T/policy-nogrants.json"
+expect "put-key-policy --policy-file without grants: exit 1" 1 'has no "grants" array' admin \
+	put-key-policy "$KEY2" --policy-file "$T/policy-nogrants.json"
+printf '{"grants": [{"operations": ["Encrypt"]}]}' >"$T/policy-noprincipal.json"
+expect "put-key-policy --policy-file grant without principal: exit 1" 1 "grant 1 needs a \"principal\"" admin \
+	put-key-policy "$KEY2" --policy-file "$T/policy-noprincipal.json"
+printf '{"grants": [{"principal": "%s", "operations": [7]}]}' "$APP_ID" >"$T/policy-badop.json"
+expect "put-key-policy --policy-file operation not a string: exit 1" 1 "not a string" admin \
+	put-key-policy "$KEY2" --policy-file "$T/policy-badop.json"
+expect "put-key-policy unknown operation: exit 2 INVALID_ARGUMENT" 2 "INVALID_ARGUMENT|Frobnicate" admin \
+	put-key-policy "$KEY2" --grant "$APP_ID=Frobnicate"
+expect "put-key-policy as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED|not an administrator" app \
+	put-key-policy "$KEY2" --grant "$APP_ID=Encrypt"
+expect "put-key-policy unknown key: exit 2 NOT_FOUND" 2 "NOT_FOUND|'no-such-key'" admin \
+	put-key-policy no-such-key --grant "$APP_ID=Encrypt"
+key_is "refused policies left the narrowed one" "$KEY2" "$POLICY_NOW"
+printf '{"grants": []}' >"$T/policy-empty.json"
+if expect "put-key-policy an empty policy from a file" 0 "" admin --json \
+	put-key-policy "$KEY2" --policy-file "$T/policy-empty.json"; then
+	verify "the empty policy has no grants" json "$OUT" "j['grants'] == []"
+fi
+expect "describe-key as app under the empty policy: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED" app \
+	describe-key "$KEY2"
+expect "put-key-policy back to describe-only" 0 "" admin put-key-policy "$KEY2" --grant "$APP_ID=DescribeKey"
+
+# --- aliases ----------------------------------------------------------------------------------
+AL=alias/ctl-orders
+if expect "create-alias $AL $LC" 0 "alias_name: $AL" admin create-alias "$AL" "$LC"; then
+	verify "create-alias names the key" grep -Fxq "key_id: $LC" "$OUT"
+fi
+if expect "create-alias --json" 0 "" admin --json create-alias alias/ctl-second "$LC"; then
+	verify "create-alias --json: alias_name, key_id, times" json "$OUT" \
+		"j['alias_name'] == 'alias/ctl-second' and j['key_id'] == '$LC' and j['created_at_unix'] > 0"
+fi
+key_is "describe-key lists the key's aliases" "$LC" "sorted(j['aliases']) == ['alias/ctl-orders', 'alias/ctl-second']"
+expect "describe-key through the alias names the real key" 0 "key_id: $LC" admin describe-key "$AL"
+expect "encrypt through the alias names the real key" 0 "key_id: $LC" app encrypt "$AL" --plaintext "$LC_PT"
+if expect "list-aliases --json" 0 "" admin --json list-aliases; then
+	verify "list-aliases: both aliases, to $LC" json "$OUT" \
+		"sorted((a['alias_name'], a['key_id']) for a in j['aliases']) == [('$AL', '$LC'), ('alias/ctl-second', '$LC')]"
+fi
+if expect "list-aliases (human)" 0 "alias_name: $AL" admin list-aliases; then
+	verify "list-aliases (human): two blocks" test "$(grep -c '^alias_name: ' "$OUT")" -eq 2
+fi
+if expect "list-aliases --key-id $KEY (none)" 0 "" admin --json list-aliases --key-id "$KEY"; then
+	verify "list-aliases --key-id of a key without aliases: []" json "$OUT" "j['aliases'] == []"
+fi
+if expect "list-aliases --page-size 1 --page-token ''" 0 "" admin --json list-aliases --page-size 1 --page-token ''; then
+	verify "one page of one alias and a next token" json "$OUT" \
+		"len(j['aliases']) == 1 and j['next_page_token'] != ''"
+fi
+if expect "update-alias $AL $KEY" 0 "key_id: $KEY" admin update-alias "$AL" "$KEY"; then
+	verify "update-alias names the alias" grep -Fxq "alias_name: $AL" "$OUT"
+fi
+expect "describe-key through the updated alias" 0 "key_id: $KEY" admin describe-key "$AL"
+expect "create-alias with a bad name: exit 2 INVALID_ARGUMENT" 2 "INVALID_ARGUMENT|alias name" admin \
+	create-alias 'alias/bad name!' "$LC"
+expect "create-alias without the alias/ prefix: exit 2 INVALID_ARGUMENT" 2 "INVALID_ARGUMENT|alias/" admin \
+	create-alias ctl-noprefix "$LC"
+expect "create-alias 'alias/' alone: exit 2 INVALID_ARGUMENT" 2 "INVALID_ARGUMENT|alias name" admin create-alias alias/ "$LC"
+expect "create-alias to an unknown key: exit 2 NOT_FOUND" 2 "NOT_FOUND|'no-such-key'" admin create-alias alias/ctl-x no-such-key
+expect "create-alias to another alias: exit 2 INVALID_ARGUMENT" 2 "INVALID_ARGUMENT|another alias" admin create-alias alias/ctl-y "$AL"
+expect "create-alias of an existing alias: exit 2 ALREADY_EXISTS" 2 "ALREADY_EXISTS|already exists" admin create-alias "$AL" "$LC"
+expect "create-alias as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED|not an administrator" app create-alias alias/ctl-app "$LC"
+expect "update-alias as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED|not an administrator" app update-alias "$AL" "$LC"
+expect "delete-alias as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED|not an administrator" app delete-alias "$AL"
+expect "update-alias of a missing alias: exit 2 NOT_FOUND" 2 "NOT_FOUND|'alias/ctl-none'" admin update-alias alias/ctl-none "$LC"
+expect "delete-alias of a missing alias: exit 2 NOT_FOUND" 2 "NOT_FOUND|'alias/ctl-none'" admin delete-alias alias/ctl-none
+expect "create-alias without KEY_ID: exit 1" 1 "create-alias needs a KEY_ID" admin create-alias alias/ctl-z
+expect "create-alias without operands: exit 1" 1 "create-alias needs an ALIAS" admin create-alias
+expect "delete-alias with two operands: exit 1" 1 "unexpected argument" admin delete-alias "$AL" "$LC"
+if expect "list-aliases after the refusals" 0 "" admin --json list-aliases; then
+	verify "the refusals made no alias and changed none" json "$OUT" \
+		"sorted((a['alias_name'], a['key_id']) for a in j['aliases']) == [('$AL', '$KEY'), ('alias/ctl-second', '$LC')]"
+fi
+expect "delete-alias" 0 "deleted $AL" admin delete-alias "$AL"
+if expect "delete-alias --json" 0 "" admin --json delete-alias alias/ctl-second; then
+	verify "delete-alias --json" json "$OUT" "j == {'deleted_alias': 'alias/ctl-second'}"
+fi
+expect "describe-key through a deleted alias: exit 2 NOT_FOUND" 2 "NOT_FOUND|'$AL'" admin describe-key "$AL"
+key_is "the key outlives its aliases" "$LC" "j['aliases'] == []"
+
+# --- re-encrypt -------------------------------------------------------------------------------
+# KEY: app may Encrypt/Decrypt but not ReEncryptFrom/To; LC: app may do everything.
+RE_PT=$(printf 're-encrypt me \x00\xff' | base64 -w0)
+RE_BLOB=""
+if expect "encrypt under $LC for re-encrypt" 0 "" app --json encrypt "$LC" --plaintext "$RE_PT" "${CTX[@]}"; then
+	RE_BLOB=$(jget "$OUT" "j['ciphertext_blob']")
+	RE_VER=$(jget "$OUT" "j['key_version']")
+fi
+expect "rotate $LC before re-encrypt" 0 "" admin rotate-key "$LC"
+if expect "re-encrypt --blob --context --to (same key)" 0 "" app --json \
+	re-encrypt --blob "$RE_BLOB" "${CTX[@]}" --to "$LC" --to-context tenant=other; then
+	verify "re-encrypt --json: the new primary and the source version" json "$OUT" \
+		"j['key_id'] == '$LC' and j['key_version'] == $((RE_VER + 1)) and j['source_key_id'] == '$LC' and
+j['source_key_version'] == $RE_VER and len(base64.b64decode(j['ciphertext_blob'])) > 0"
+	NEW_BLOB=$(jget "$OUT" "j['ciphertext_blob']")
+	expect "the re-encrypted blob decrypts with --to-context" 0 "plaintext: $RE_PT" app \
+		decrypt --blob "$NEW_BLOB" --context tenant=other
+	expect "the re-encrypted blob does not decrypt with the old context: exit 2" 2 "INVALID_ARGUMENT" app \
+		decrypt --blob "$NEW_BLOB" "${CTX[@]}"
+fi
+printf '%s' "$RE_BLOB" | base64 -d >"$T/re.blob"
+if expect "re-encrypt --in FILE --blob-out FILE" 0 "key_id: $LC" app \
+	re-encrypt --in "$T/re.blob" "${CTX[@]}" --to "$LC" --blob-out "$T/re.out"; then
+	verify "re-encrypt --blob-out file is mode 0600" test "$(mode "$T/re.out")" = 600
+	verify "re-encrypt --blob-out: no ciphertext_blob on stdout" test "$(grep -c '^ciphertext_blob:' "$OUT")" -eq 0
+	verify "re-encrypt prints source_key_version" grep -Fxq "source_key_version: $RE_VER" "$OUT"
+	expect "the --blob-out blob decrypts" 0 "plaintext: $RE_PT" app decrypt --in "$T/re.out" "${CTX[@]}"
+fi
+expect "re-encrypt --key-id naming the blob's key" 0 "key_id: $LC" app \
+	re-encrypt --blob "$RE_BLOB" "${CTX[@]}" --key-id "$LC" --to "$LC"
+expect "re-encrypt --key-id naming another key: exit 2 INVALID_ARGUMENT" 2 "INVALID_ARGUMENT|does not match" app \
+	re-encrypt --blob "$RE_BLOB" "${CTX[@]}" --key-id "$KEY" --to "$LC"
+expect "re-encrypt without --to: exit 1" 1 "re-encrypt needs --to KEY_ID" app re-encrypt --blob "$RE_BLOB"
+expect "re-encrypt with --blob and --in: exit 1" 1 "exactly one of --blob and --in" app \
+	re-encrypt --blob "$RE_BLOB" --in "$T/re.blob" --to "$LC"
+expect "re-encrypt bad base64: exit 1" 1 "--blob is not valid base64" app re-encrypt --blob '@@' --to "$LC"
+expect "re-encrypt malformed --to-context: exit 1" 1 "--to-context 'x' is not K=V" app \
+	re-encrypt --blob "$RE_BLOB" --to "$LC" --to-context x
+expect "re-encrypt --to-context key twice: exit 1" 1 "--to-context key 'a' given twice" app \
+	re-encrypt --blob "$RE_BLOB" --to "$LC" --to-context a=1 --to-context a=2
+expect "re-encrypt with a wrong context: exit 2 INVALID_ARGUMENT" 2 "INVALID_ARGUMENT" app \
+	re-encrypt --blob "$RE_BLOB" --context tenant=evil --to "$LC"
+RE_TAMPERED=$("$PY" -c '
+import base64, sys
+b = bytearray(base64.b64decode(sys.argv[1])); b[-1] ^= 1
+print(base64.b64encode(bytes(b)).decode())' "$RE_BLOB")
+expect "re-encrypt a tampered blob: exit 2 INVALID_ARGUMENT" 2 "INVALID_ARGUMENT" app \
+	re-encrypt --blob "$RE_TAMPERED" "${CTX[@]}" --to "$LC"
+expect "re-encrypt to a key without ReEncryptTo: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED" app \
+	re-encrypt --blob "$RE_BLOB" "${CTX[@]}" --to "$KEY"
+if expect "encrypt under $KEY (no ReEncryptFrom for app)" 0 "" app --json encrypt "$KEY" --plaintext "$RE_PT"; then
+	expect "re-encrypt from a key without ReEncryptFrom: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED" app \
+		re-encrypt --blob "$(jget "$OUT" "j['ciphertext_blob']")" --to "$LC"
+fi
+expect "re-encrypt to an unknown key, as admin: exit 2 NOT_FOUND" 2 "NOT_FOUND" admin \
+	re-encrypt --blob "$RE_BLOB" "${CTX[@]}" --to no-such-key
+expect "re-encrypt as other: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED" other \
+	re-encrypt --blob "$RE_BLOB" "${CTX[@]}" --to "$LC"
 
 # --- kmsd shutdown ----------------------------------------------------------------------
 step "stopping kmsd"
