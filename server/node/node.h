@@ -18,6 +18,7 @@
 #include "rpc/rpc_server.h"
 #include "tls/tls_files.h"
 
+struct kms_budget;
 struct kms_supervisor;
 struct kms_tls_watch;
 struct raft_uv_transport;
@@ -33,6 +34,7 @@ typedef struct kms_node {
 	atomic_int fatal;          /* a check failed: stop and exit non-zero */
 	kms_authn *authn;          /* who a TLS peer is (services apart from nodes) */
 	kms_keyring *kr;
+	struct kms_budget *budget; /* this node's reserved encryptions */
 	EVP_PKEY *raft_key; /* the node key in the HSM, for Raft peer TLS */
 	/* The TLS files in force, replaced as a whole by kms_node_reload_tls
 	 * (under reload_mu, which also guards raft_transport). */
