@@ -68,6 +68,15 @@ typedef struct kms_config {
 				    joins an existing cluster instead of starting one */
 	char *node_ca_file;      /* node_ca_file = PEM of the CA that issues node
 				    certificates (and only those), required */
+
+	/* [keys] */
+	unsigned min_rotation_period_s; /* min_rotation_period = seconds (1..366 days),
+					   default 60: the shortest automatic
+					   rotation period SetRotationPolicy takes */
+	unsigned deletion_day_seconds;	/* deletion_day_seconds = 1..86400, default
+					   86400: the length of a "day" of a deletion
+					   window. For test clusters only: a real
+					   cluster keeps 86400, so 7 days stays 7 days */
 } kms_config;
 
 /*

@@ -13,8 +13,10 @@
 #include "kms/v1/state.pb-c.h"
 
 /*
- * The key ring holds the key records (id, description, policy, versions with
- * their domain-key-wrapped material). Raft's FSM callbacks call apply,
+ * The key ring holds the key records (id, description, policy, state,
+ * rotation policy, versions with their domain-key-wrapped material and
+ * their counts of reserved encryptions), the aliases, and the cluster's
+ * members and administrators. Raft's FSM callbacks call apply,
  * snapshot and restore on the Raft thread; request threads call the lookups
  * concurrently. The key ring locks itself (a rwlock): callers never lock.
  *
@@ -503,6 +505,16 @@ int kms_is_alias_name(const char *name);
 /* "alias/" and 1..250 characters of [A-Za-z0-9._/-]: KMS_OK or
  * KMS_ERR_INVALID naming the rule. */
 int kms_alias_name_check(const char *name, kms_err *err);
+
+/* What a call may name a key by: an alias name (kms_alias_name_check) or
+ * a key id (kms_key_id_check). KMS_OK or KMS_ERR_INVALID naming the rule. */
+int kms_key_name_check(const char *name, kms_err *err);
+
+/*
+ * True if name names key_id: it is key_id, or an alias pointing at it now.
+ * For a caller's optional key id beside a blob that names its own key.
+ */
+int kms_keyring_names_key(kms_keyring *kr, const char *name, const char *key_id);
 
 /* The id of a key to be created: kms_key_id_check, and not "alias/..."
  * (that prefix names aliases). KMS_ERR_INVALID naming the rule. */

@@ -99,10 +99,15 @@ static const struct key_spec keys[] = {
     {"authz", "trust_domain", K_TRUST_DOMAIN, F(trust_domain), 0, 0, 0},
     {"cluster", "join", K_SEEDS, F(join_seeds), 0, 0, 0},
     {"cluster", "node_ca_file", K_PATH, F(node_ca_file), 0, 0, 1},
+    /* The shortest rotation period SetRotationPolicy accepts: at most a year. */
+    {"keys", "min_rotation_period", K_UINT, F(min_rotation_period_s), 1, 31622400, 0},
+    /* Test clusters only: how many seconds a "day" of a deletion window is. */
+    {"keys", "deletion_day_seconds", K_UINT, F(deletion_day_seconds), 1, 86400, 0},
 };
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
 
-static const char *const sections[] = {"node", "grpc", "raft", "hsm", "authz", "cluster"};
+static const char *const sections[] = {"node", "grpc", "raft", "hsm", "authz", "cluster",
+				       "keys"};
 #define N_SECTIONS (sizeof(sections) / sizeof(sections[0]))
 
 struct parse_state {
@@ -695,6 +700,8 @@ int kms_config_load(const char *path, kms_config *cfg, kms_err *err)
 	cfg->snapshot_trailing = 1024;
 	cfg->election_timeout_ms = 500;
 	cfg->heartbeat_timeout_ms = 50;
+	cfg->min_rotation_period_s = 60;
+	cfg->deletion_day_seconds = 86400;
 	cfg->min_tls_version = 12;
 	cfg->tls_reload_interval_s = 5;
 	cfg->max_concurrent_streams = 100;

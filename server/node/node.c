@@ -4,11 +4,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <openssl/x509v3.h>
 #include <raft.h>
 #include <uv.h>
@@ -27,7 +27,7 @@
 #include "tls/tls_policy.h"
 #include "tls/tls_watch.h"
 
-#define MAX_METHODS 24
+#define MAX_METHODS 64
 #define FORWARD_TIMEOUT_MS 10000
 #define READ_OWN_WRITE_TIMEOUT_MS 5000
 
@@ -37,6 +37,18 @@ static size_t n_methods;
 static void release_handle(void *arg, unsigned long handle)
 {
 	kms_hsm_key_destroy(arg, handle);
+}
+
+/* Before Raft applies anything: grants are credited to this life only. */
+static int new_incarnation(kms_node *node, kms_err *err)
+{
+	do {
+		if (RAND_bytes((unsigned char *)&node->incarnation, sizeof(node->incarnation)) != 1)
+			return kms_errf(err, KMS_ERR_INTERNAL,
+					"no random incarnation number: OpenSSL's RAND_bytes failed");
+	} while (node->incarnation == 0);
+	kms_keyring_set_self(node->kr, node->cfg.node_id, node->incarnation);
+	return KMS_OK;
 }
 
 /* A data directory with anything in it belongs to an existing cluster. */
@@ -497,21 +509,13 @@ static void budget_commit(void *arg, const uint8_t *cmd, size_t len, kms_raft_do
 	kms_node_commit(node, self.id, cmd, len, done, done_arg);
 }
 
-/*
- * Before Raft applies anything: grants to this life of this node are told
- * apart by a random incarnation, so a restarted node never spends a block
- * its previous life reserved (and maybe used).
- */
+/* After new_incarnation: the budget reserves for this life of this node. */
 static int start_budget(kms_node *node, kms_err *err)
 {
 	kms_budget_opts o;
 
 	memset(&o, 0, sizeof(o));
-	while (o.incarnation == 0)
-		if (getrandom(&o.incarnation, sizeof(o.incarnation), 0) !=
-		    (ssize_t)sizeof(o.incarnation))
-			return kms_errf(err, KMS_ERR_INTERNAL, "getrandom: %m");
-	kms_keyring_set_self(node->kr, node->cfg.node_id, o.incarnation);
+	o.incarnation = node->incarnation;
 	o.kr = node->kr;
 	o.node_id = node->cfg.node_id;
 	o.commit = budget_commit;
@@ -530,6 +534,8 @@ static int start_rpc(kms_node *node, kms_err *err)
 	n_methods = 0;
 	for (size_t i = 0; i < kms_api_keymgmt_n_methods; i++)
 		methods[n_methods++] = kms_api_keymgmt_methods[i];
+	for (size_t i = 0; i < kms_api_keyadmin_n_methods; i++)
+		methods[n_methods++] = kms_api_keyadmin_methods[i];
 	for (size_t i = 0; i < kms_api_health_n_methods; i++)
 		methods[n_methods++] = kms_api_health_methods[i];
 	for (size_t i = 0; i < kms_api_operator_n_methods; i++)
@@ -595,6 +601,7 @@ int kms_node_start(const char *config_path, kms_node **out, kms_err *err)
 	KMS_TRY_GOTO(rc, find_domain_key(node, fresh, err), fail);
 	KMS_TRY_GOTO(rc, kms_keyring_new(&node->kr, err), fail);
 	kms_keyring_set_release(node->kr, release_handle, node->hsm);
+	KMS_TRY_GOTO(rc, new_incarnation(node, err), fail);
 	KMS_TRY_GOTO(rc, start_budget(node, err), fail);
 	KMS_TRY_GOTO(rc, kms_peers_new(&node->cfg, &node->peers, err), fail);
 	KMS_TRY_GOTO(rc, kms_tls_engine_load_key(node->cfg.tls_key_uri, &node->raft_key, err), fail);

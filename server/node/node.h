@@ -35,6 +35,10 @@ typedef struct kms_node {
 	kms_authn *authn;          /* who a TLS peer is (services apart from nodes) */
 	kms_keyring *kr;
 	struct kms_budget *budget; /* this node's reserved encryptions */
+	/* Random, new at every start, never 0: the encryptions this node
+	 * reserves through Raft are credited to this life of it only
+	 * (kms_keyring_set_self), so a restart never reuses a block. */
+	uint64_t incarnation;
 	EVP_PKEY *raft_key; /* the node key in the HSM, for Raft peer TLS */
 	/* The TLS files in force, replaced as a whole by kms_node_reload_tls
 	 * (under reload_mu, which also guards raft_transport). */

@@ -43,6 +43,13 @@ int kms_alias_name_check(const char *name, kms_err *err)
 	return KMS_OK;
 }
 
+int kms_key_name_check(const char *name, kms_err *err)
+{
+	if (kms_is_alias_name(name))
+		return kms_alias_name_check(name, err);
+	return kms_key_id_check(name, err);
+}
+
 int kms_keyring_new_key_id_check(const char *key_id, kms_err *err)
 {
 	KMS_TRY(kms_key_id_check(key_id, err));
@@ -263,6 +270,12 @@ int kr_apply_create_alias(kms_keyring *kr, const Kms__V1__CreateAliasCommand *c,
 		rc = kms_errf(err, KMS_ERR_EXISTS, "alias '%s' already exists", c->alias_name);
 		goto out;
 	}
+	/* A key an earlier version let take such an id keeps its name. */
+	if (kr_find_entry(kr, c->alias_name) != NULL) {
+		rc = kms_errf(err, KMS_ERR_EXISTS, "a key named '%s' already exists",
+			      c->alias_name);
+		goto out;
+	}
 	if (kr->n_aliases >= KMS_ALIASES_MAX) {
 		rc = kms_errf(err, KMS_ERR_PRECONDITION,
 			      "the key ring holds %d aliases, the most it may: delete one first",
@@ -444,6 +457,24 @@ int kms_keyring_alias(kms_keyring *kr, const char *name, kms_alias *out, kms_err
 		alias_copy(out, a);
 	pthread_rwlock_unlock(&kr->lock);
 	return rc;
+}
+
+int kms_keyring_names_key(kms_keyring *kr, const char *name, const char *key_id)
+{
+	const char *id;
+	int yes;
+
+	if (name == NULL || key_id == NULL)
+		return 0;
+	if (strcmp(name, key_id) == 0)
+		return 1;
+	if (!kms_is_alias_name(name))
+		return 0;
+	pthread_rwlock_rdlock(&kr->lock);
+	id = kr_name_to_key_id(kr, name);
+	yes = id != NULL && strcmp(id, key_id) == 0;
+	pthread_rwlock_unlock(&kr->lock);
+	return yes;
 }
 
 size_t kms_keyring_alias_count(kms_keyring *kr)

@@ -1339,6 +1339,50 @@ START_TEST(test_aliases_of_a_destroyed_key)
 }
 END_TEST
 
+/*
+ * A key id that starts with "alias/", made by an earlier version, still
+ * replays, is still found by its id, and no alias can take its name.
+ */
+START_TEST(test_legacy_key_named_like_an_alias)
+{
+	Kms__V1__KeyVersionRecord v = KMS__V1__KEY_VERSION_RECORD__INIT, *vs[1] = {&v};
+	Kms__V1__KeyRecord rec = KMS__V1__KEY_RECORD__INIT;
+	Kms__V1__CreateKeyCommand ck = KMS__V1__CREATE_KEY_COMMAND__INIT;
+	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
+	struct tpolicy p;
+	kms_key_use use;
+	kms_err err = {0};
+	uint8_t w[40];
+	kms_buf b;
+
+	tpolicy_for(&p, WEB);
+	fill_wrapped(w, sizeof(w), 3);
+	v.version = 1;
+	v.wrapped_material.data = w;
+	v.wrapped_material.len = 40;
+	rec.key_id = "alias/legacy";
+	rec.policy = &p.p;
+	rec.versions = vs;
+	rec.n_versions = 1;
+	rec.primary_version = 1;
+	rec.enabled = 1;
+	ck.key = &rec;
+	c.cmd_case = KMS__V1__COMMAND__CMD_CREATE_KEY;
+	c.create_key = &ck;
+	b = pack_cmd(&c);
+	accepted(&b);
+	memset(&use, 0, sizeof(use));
+	ck_assert_int_eq(kms_keyring_resolve(kr, "alias/legacy", 0, WEB, KMS_OP_ENCRYPT, &use,
+					     &err),
+			 KMS_OK);
+	ck_assert_str_eq(use.key_id, "alias/legacy");
+	kms_keyring_use_release(&use);
+	create("k", 1);
+	b = cmd_alias("alias/legacy", "k", 0);
+	refused(&b, KMS_ERR_EXISTS, "a key named 'alias/legacy' already exists");
+}
+END_TEST
+
 START_TEST(test_alias_snapshot_and_restore_rules)
 {
 	Kms__V1__KeyRingSnapshot *s;
@@ -1656,6 +1700,7 @@ int main(void)
 	tcase_add_test(tc, test_alias_names);
 	tcase_add_test(tc, test_alias_table);
 	tcase_add_test(tc, test_aliases_of_a_destroyed_key);
+	tcase_add_test(tc, test_legacy_key_named_like_an_alias);
 	tcase_add_test(tc, test_alias_snapshot_and_restore_rules);
 	tcase_add_test(tc, test_snapshot_roundtrip_all_fields);
 	tcase_add_test(tc, test_apply_is_deterministic);
