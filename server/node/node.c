@@ -311,6 +311,8 @@ int kms_node_can_write(kms_node *node)
 void kms_node_local_status(kms_node *node, Kms__V1__NodeStatusResponse *r)
 {
 	kms_raft_view v;
+	kms_err err = {0};
+	size_t keys = 0;
 
 	kms_raft_view_get(node->raft, &v);
 	r->id = node->cfg.node_id;
@@ -320,6 +322,11 @@ void kms_node_local_status(kms_node *node, Kms__V1__NodeStatusResponse *r)
 	r->applied_index = v.applied_index;
 	r->leader_id = v.leader_id;
 	r->has_domain_key = atomic_load(&node->domain_key) != 0;
+	/* Counted by the HSM itself: what a destroyed key left behind shows. */
+	if (kms_hsm_audit_secret_keys(node->hsm, &keys, &err) == KMS_OK)
+		r->hsm_secret_keys = keys;
+	else
+		KMS_LOG_E("hsm: counting the secret keys failed: %s", err.msg);
 }
 
 int kms_node_is_leader(kms_node *node)
