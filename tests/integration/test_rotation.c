@@ -677,5 +677,10 @@ static Suite *rotation_suite(void)
 
 int main(void)
 {
-	return kms_check_run(srunner_create(rotation_suite()));
+	SRunner *sr = srunner_create(rotation_suite());
+
+	/* The nodes serve the whole test case: tests kill and start them, and
+	 * gRPC does not survive fork(). */
+	srunner_set_fork_status(sr, CK_NOFORK);
+	return kms_check_run(sr);
 }
