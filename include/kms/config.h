@@ -46,6 +46,11 @@ typedef struct kms_config {
 	unsigned snapshot_trailing;  /* snapshot_trailing = N entries, default 1024 */
 	unsigned election_timeout_ms;  /* default 500 */
 	unsigned heartbeat_timeout_ms; /* default 50 */
+	/* max_staleness = seconds, default 5, 1..3600, longer than the
+	 * election timeout: a node that has not heard from a Raft leader (or,
+	 * leading, from a majority of voters) for longer refuses crypto calls
+	 * (docs/CONSISTENCY.md). */
+	unsigned max_staleness_s;
 
 	/* [hsm] */
 	char *hsm_module;        /* module = path to the PKCS#11 module, required */

@@ -74,19 +74,23 @@ int kms_key_ops_fresh_read(kms_node *node, kms_call *call, int rc, const char *k
 }
 
 /*
- * The gate of a crypto call: the key ring's decision on this node's state,
- * and, for a leader-commit read, again on state that holds every write
- * acknowledged before the call. Like kms_keyring_resolve, use holds a
- * reference to the version's handle on success (the caller releases it)
- * and none on failure.
+ * The gate of a crypto call: first, this node must have heard from a Raft
+ * leader within [raft] max_staleness, so that a key disabled, narrowed or
+ * deleted through the cluster stops working here within that bound even
+ * when this node is cut off (docs/CONSISTENCY.md); then the key ring's
+ * decision on this node's state, and, for a leader-commit read, again on
+ * state that holds every write acknowledged before the call. Like
+ * kms_keyring_resolve, use holds a reference to the version's handle on
+ * success (the caller releases it) and none on failure.
  */
 static int gate(kms_node *node, kms_call *call, const char *key_id, uint32_t version,
 		enum kms_op op, kms_key_use *use, kms_err *err)
 {
 	const char *principal = kms_call_principal(call);
-	int rc = kms_keyring_resolve(node->kr, key_id, version, principal, op, use, err);
-	int again = 0;
+	int rc, again = 0;
 
+	KMS_TRY(kms_raft_check_fresh(node->raft, err));
+	rc = kms_keyring_resolve(node->kr, key_id, version, principal, op, use, err);
 	rc = kms_key_ops_fresh_read(node, call, rc, key_id, op, &again, err);
 	if (rc != KMS_OK || again)
 		kms_keyring_use_release(use);

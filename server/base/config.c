@@ -90,6 +90,7 @@ static const struct key_spec keys[] = {
      0},
     {"raft", "heartbeat_timeout_ms", K_UINT, F(heartbeat_timeout_ms), 1, 60000,
      0},
+    {"raft", "max_staleness", K_UINT, F(max_staleness_s), 1, 3600, 0},
     {"hsm", "module", K_MODULE, F(hsm_module), 0, 0, 1},
     {"hsm", "token_label", K_LABEL, F(hsm_token_label), 0, 0, 1},
     {"hsm", "pin_file", K_PATH, F(hsm_pin_file), 0, 0, 0},
@@ -610,6 +611,16 @@ static int finish(struct parse_state *st)
 				"than 'election_timeout_ms' (%u) in [raft]",
 				st->path, cfg->heartbeat_timeout_ms,
 				cfg->election_timeout_ms);
+	/*
+	 * A follower that lost its leader waits an election timeout before it
+	 * stands: a bound shorter than that would refuse crypto calls on every
+	 * node at every ordinary leader change.
+	 */
+	if ((unsigned long long)cfg->max_staleness_s * 1000 <= cfg->election_timeout_ms)
+		return kms_errf(st->err, KMS_ERR_CONFIG,
+				"%s: 'max_staleness' (%u s) must be longer than "
+				"'election_timeout_ms' (%u ms) in [raft]",
+				st->path, cfg->max_staleness_s, cfg->election_timeout_ms);
 	KMS_TRY(finish_trust_domain(st));
 	if (cfg->log_level == NULL &&
 	    (cfg->log_level = kms_strdup("info")) == NULL)
@@ -703,6 +714,7 @@ int kms_config_load(const char *path, kms_config *cfg, kms_err *err)
 	cfg->snapshot_trailing = 1024;
 	cfg->election_timeout_ms = 500;
 	cfg->heartbeat_timeout_ms = 50;
+	cfg->max_staleness_s = 5;
 	cfg->min_rotation_period_s = 60;
 	cfg->deletion_day_seconds = 86400;
 	cfg->upkeep_interval_ms = 1000;

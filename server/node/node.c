@@ -299,7 +299,7 @@ static int can_serve(kms_node *node, int caught_up)
 
 int kms_node_ready(kms_node *node)
 {
-	return can_serve(node, 1);
+	return can_serve(node, 1) && kms_raft_check_fresh(node->raft, NULL) == KMS_OK;
 }
 
 /* A write does not need the follower caught up: the forward waits. */

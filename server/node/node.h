@@ -79,7 +79,8 @@ void kms_node_stop(kms_node *node);
 
 /* True when this node may serve: it holds the cluster's domain key and is
  * the ready leader, or a follower that knows a leader and has applied what
- * it knows to be committed. */
+ * it knows to be committed; and it has heard from a leader (leading: from a
+ * majority) within [raft] max_staleness, as crypto calls require. */
 int kms_node_ready(kms_node *node);
 
 /* True when this node can take a write now: it holds the verified domain

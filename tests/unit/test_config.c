@@ -233,6 +233,7 @@ START_TEST(test_defaults)
 	ck_assert_uint_eq(cfg.snapshot_trailing, 1024);
 	ck_assert_uint_eq(cfg.election_timeout_ms, 500);
 	ck_assert_uint_eq(cfg.heartbeat_timeout_ms, 50);
+	ck_assert_uint_eq(cfg.max_staleness_s, 5);
 	/* A deletion window counts real days unless a test cluster says not. */
 	ck_assert_uint_eq(cfg.min_rotation_period_s, 60);
 	ck_assert_uint_eq(cfg.deletion_day_seconds, 86400);
@@ -568,6 +569,48 @@ START_TEST(test_heartbeat_vs_election)
 	assert_load_fails_at(0,
 			     "'heartbeat_timeout_ms' (2000) must be less than "
 			     "'election_timeout_ms' (2000) in [raft]");
+}
+END_TEST
+
+/* [raft] max_staleness: seconds, 1..3600, longer than the election timeout. */
+START_TEST(test_max_staleness)
+{
+	static const char *const bad[] = {"0", "-1", "3601", "99999999999", "abc", "5s", "1.5",
+					  "0x10"};
+
+	write_full(NULL, NULL, "raft", "max_staleness = 30");
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
+	ck_assert_uint_eq(cfg.max_staleness_s, 30);
+	kms_config_free(&cfg);
+	write_full(NULL, NULL, "raft", "max_staleness = 3600");
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
+	ck_assert_uint_eq(cfg.max_staleness_s, 3600);
+	kms_config_free(&cfg);
+	/* The full file's election timeout is 2000 ms: 3 s is longer. */
+	write_full(NULL, NULL, "raft", "max_staleness = 3");
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
+	ck_assert_uint_eq(cfg.max_staleness_s, 3);
+	kms_config_free(&cfg);
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char line[64], detail[160];
+
+		snprintf(line, sizeof(line), "max_staleness = %s", bad[i]);
+		write_full(NULL, NULL, "raft", line);
+		snprintf(detail, sizeof(detail),
+			 "'max_staleness' in [raft] must be a whole number from 1 to 3600, "
+			 "not '%s'",
+			 bad[i]);
+		assert_load_fails_at(19, detail);
+	}
+	write_full(NULL, NULL, "raft", "max_staleness =");
+	assert_load_fails_at(19, "empty value for 'max_staleness' in [raft]");
+	write_full(NULL, NULL, "raft", "max_staleness = 2");
+	assert_load_fails_at(0, "'max_staleness' (2 s) must be longer than "
+				"'election_timeout_ms' (2000 ms) in [raft]");
+	write_full(NULL, NULL, "raft", "max_staleness = 1");
+	assert_load_fails_at(0, "'max_staleness' (1 s) must be longer than "
+				"'election_timeout_ms' (2000 ms) in [raft]");
 }
 END_TEST
 
@@ -1056,6 +1099,7 @@ static Suite *config_suite(void)
 	tcase_add_test(tc, test_duplicate_key);
 	tcase_add_test(tc, test_bad_numbers);
 	tcase_add_test(tc, test_heartbeat_vs_election);
+	tcase_add_test(tc, test_max_staleness);
 	tcase_add_test(tc, test_pin_source_both_or_neither);
 	tcase_add_test(tc, test_bad_values);
 	tcase_add_test(tc, test_allow_core_dumps);
