@@ -82,6 +82,9 @@ typedef struct kms_config {
 					   86400: the length of a "day" of a deletion
 					   window. For test clusters only: a real
 					   cluster keeps 86400, so 7 days stays 7 days */
+	unsigned upkeep_interval_ms; /* upkeep_interval_ms = 200..60000, default
+					1000: how often the leader looks for keys
+					due for rotation or destruction */
 } kms_config;
 
 /*

@@ -45,6 +45,17 @@ static void forward_done(void *arg, int status, const char *msg, uint64_t index)
 	kms_call_reply(call, &resp.base, 0);
 }
 
+/* True if principal is the node identity of node id want in our trust domain. */
+static int principal_is_node(kms_node *node, const char *principal, uint64_t want)
+{
+	kms_spiffe_id id;
+	uint64_t node_id = 0;
+
+	return kms_spiffe_parse_str(principal, 1, &id, NULL) == KMS_OK &&
+	       kms_spiffe_in_trust_domain(&id, node->cfg.trust_domain) &&
+	       kms_spiffe_node_id(&id, &node_id) == KMS_OK && node_id == want;
+}
+
 /*
  * The gate a forwarded command passes on the leader: the same decision the
  * handler on the forwarding node made, taken again for the principal the
@@ -57,8 +68,6 @@ static int forward_gate(kms_node *node, const char *principal, const uint8_t *cm
 {
 	Kms__V1__Command *c = kms__v1__command__unpack(NULL, len, cmd);
 	char q[KMS_QUOTE_MAX + 4];
-	kms_spiffe_id id;
-	uint64_t node_id = 0;
 	int rc = KMS_OK;
 
 	if (c == NULL)
@@ -80,14 +89,19 @@ static int forward_gate(kms_node *node, const char *principal, const uint8_t *cm
 		break;
 	case KMS__V1__COMMAND__CMD_CONSUME_JOIN_GRANT:
 		/* Only the joining node itself uses its grant. */
-		if (kms_spiffe_parse_str(principal, 1, &id, NULL) != KMS_OK ||
-		    !kms_spiffe_in_trust_domain(&id, node->cfg.trust_domain) ||
-		    kms_spiffe_node_id(&id, &node_id) != KMS_OK ||
-		    node_id != c->consume_join_grant->node_id)
+		if (!principal_is_node(node, principal, c->consume_join_grant->node_id))
 			rc = kms_errf(err, KMS_ERR_PERMISSION,
 				      "principal '%s' may not use the join grant of node %llu",
 				      kms_quote(principal, q),
 				      (unsigned long long)c->consume_join_grant->node_id);
+		break;
+	case KMS__V1__COMMAND__CMD_RESERVE_ENCRYPTIONS:
+		/* A node reserves encryptions for itself alone. */
+		if (!principal_is_node(node, principal, c->reserve_encryptions->node_id))
+			rc = kms_errf(err, KMS_ERR_PERMISSION,
+				      "principal '%s' may not reserve encryptions for node %llu",
+				      kms_quote(principal, q),
+				      (unsigned long long)c->reserve_encryptions->node_id);
 		break;
 	default:
 		/* Key administration: for administrators, by the handler's rules. */

@@ -9,6 +9,7 @@
 #include "kms/blob.h"
 #include "kms/log.h"
 #include "kms/policy.h"
+#include "node/key_rotation.h"
 #include "node/node.h"
 
 #define ALIAS_PAGE_DEFAULT 100
@@ -243,13 +244,11 @@ static void finish(kms_call *call, int rc, const kms_err *err)
 
 static void rotate_key(void *app, kms_call *call, const uint8_t *data, size_t len)
 {
-	static const uint8_t probe[40];
 	kms_node *node = app;
 	Kms__V1__RotateKeyRequest *req = kms__v1__rotate_key_request__unpack(NULL, len, data);
 	char key_id[KMS_KEY_ID_MAX + 1];
-	kms_buf wrapped = {0}, cmd = {0};
-	kms_key_status s;
-	int64_t now = (int64_t)time(NULL);
+	kms_buf cmd = {0};
+	uint32_t version = 0;
 	kms_err err = {0};
 	int rc;
 
@@ -258,23 +257,13 @@ static void rotate_key(void *app, kms_call *call, const uint8_t *data, size_t le
 		return;
 	}
 	KMS_TRY_GOTO(rc, key_of(node, call, req->key_id, "rotate keys", key_id, &err), out);
-	KMS_TRY_GOTO(rc, kms_keyring_key_status(node->kr, key_id, &s, &err), out);
-	/* Decided before an HSM key generation is spent on it. */
-	KMS_TRY_GOTO(rc, kms_keyring_cmd_rotate_key(key_id, s.last_version + 1, probe,
-						    sizeof(probe), now, &cmd, &err), out);
-	KMS_TRY_GOTO(rc, kms_keyring_check(node->kr, cmd.data, cmd.len, &err), out);
-	kms_buf_free(&cmd);
-	KMS_TRY_GOTO(rc, kms_api_can_write(node, &err), out);
-	KMS_TRY_GOTO(rc, kms_hsm_master_key_create(kms_call_worker(call),
-						   atomic_load(&node->domain_key), &wrapped, &err),
-		     out);
-	KMS_TRY_GOTO(rc, kms_keyring_cmd_rotate_key(key_id, s.last_version + 1, wrapped.data,
-						    wrapped.len, now, &cmd, &err), out);
+	/* The same rotation as the leader's own when a policy makes one due. */
+	KMS_TRY_GOTO(rc, kms_node_rotation_cmd(node, kms_call_worker(call), key_id,
+					       (int64_t)time(NULL), &version, &cmd, &err), out);
 	rc = submit(node, call, R_ROTATE, key_id, NULL, &cmd, &err);
 out:
 	finish(call, rc, &err);
 	kms_buf_free(&cmd);
-	kms_buf_free(&wrapped);
 	kms__v1__rotate_key_request__free_unpacked(req, NULL);
 }
 

@@ -122,6 +122,7 @@ static void cluster_status(void *app, kms_call *call, const uint8_t *data, size_
 		ms[i].term = remote[i]->term;
 		ms[i].commit_index = remote[i]->commit_index;
 		ms[i].applied_index = remote[i]->applied_index;
+		ms[i].hsm_secret_keys = remote[i]->hsm_secret_keys;
 		ms[i].lag = leader_commit > remote[i]->applied_index
 				    ? leader_commit - remote[i]->applied_index
 				    : 0;

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "api/encryption_budget.h"
 #include "api/key_ops.h"
 #include "kms/alloc.h"
 #include "kms/client.h"
@@ -177,6 +178,9 @@ int kms_key_ops_seal(kms_node *node, kms_call *call, kms_hsm_session *s, const c
 	KMS_TRY_GOTO(rc, key_handle(node, h.key_id, &use, err), out);
 	KMS_TRY_GOTO(rc, kms_hsm_random(s, h.iv, sizeof(h.iv), err), out);
 	KMS_TRY_GOTO(rc, kms_blob_aad(&h, pairs, n_ctx, &aad, err), out);
+	/* One of this node's reserved encryptions (NIST SP 800-38D 8.3 bound). */
+	KMS_TRY_GOTO(rc, kms_budget_take(node->budget, h.key_id, h.key_version,
+					 kms_call_deadline_ms(call), err), out);
 	ct = kms_malloc(ct_len);
 	cap = kms_blob_encoded_size(&h, ct_len);
 	blob->data = kms_malloc(cap);

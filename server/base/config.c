@@ -104,6 +104,9 @@ static const struct key_spec keys[] = {
     {"keys", "min_rotation_period", K_UINT, F(min_rotation_period_s), 1, 31622400, 0},
     /* Test clusters only: how many seconds a "day" of a deletion window is. */
     {"keys", "deletion_day_seconds", K_UINT, F(deletion_day_seconds), 1, 86400, 0},
+    /* How often the leader looks for rotations and destructions due: the
+     * supervisor ticks every 200 ms. */
+    {"keys", "upkeep_interval_ms", K_UINT, F(upkeep_interval_ms), 200, 60000, 0},
 };
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -714,6 +717,7 @@ int kms_config_load(const char *path, kms_config *cfg, kms_err *err)
 	cfg->max_staleness_s = 5;
 	cfg->min_rotation_period_s = 60;
 	cfg->deletion_day_seconds = 86400;
+	cfg->upkeep_interval_ms = 1000;
 	cfg->min_tls_version = 12;
 	cfg->tls_reload_interval_s = 5;
 	cfg->max_concurrent_streams = 100;

@@ -14,6 +14,7 @@
 #include <uv.h>
 
 #include "api/api.h"
+#include "api/encryption_budget.h"
 #include "node/coredump.h"
 #include "kms/alloc.h"
 #include "kms/log.h"
@@ -310,6 +311,8 @@ int kms_node_can_write(kms_node *node)
 void kms_node_local_status(kms_node *node, Kms__V1__NodeStatusResponse *r)
 {
 	kms_raft_view v;
+	kms_err err = {0};
+	size_t keys = 0;
 
 	kms_raft_view_get(node->raft, &v);
 	r->id = node->cfg.node_id;
@@ -319,6 +322,11 @@ void kms_node_local_status(kms_node *node, Kms__V1__NodeStatusResponse *r)
 	r->applied_index = v.applied_index;
 	r->leader_id = v.leader_id;
 	r->has_domain_key = atomic_load(&node->domain_key) != 0;
+	/* Counted by the HSM itself: what a destroyed key left behind shows. */
+	if (kms_hsm_audit_secret_keys(node->hsm, &keys, &err) == KMS_OK)
+		r->hsm_secret_keys = keys;
+	else
+		KMS_LOG_E("hsm: counting the secret keys failed: %s", err.msg);
 }
 
 int kms_node_is_leader(kms_node *node)
@@ -491,6 +499,37 @@ int kms_node_commit_wait(kms_node *node, const char *principal, const uint8_t *c
 
 /* --- start and stop --- */
 
+/* A node reserves encryptions as itself: the leader checks that a node
+ * reserves for no node but itself. */
+static void budget_commit(void *arg, const uint8_t *cmd, size_t len, kms_raft_done_fn done,
+			  void *done_arg)
+{
+	kms_node *node = arg;
+	kms_spiffe_id self;
+	kms_err err = {0};
+
+	if (kms_spiffe_node_format(node->cfg.trust_domain, node->cfg.node_id, &self, &err) !=
+	    KMS_OK) {
+		done(done_arg, err.code, err.msg, 0);
+		return;
+	}
+	kms_node_commit(node, self.id, cmd, len, done, done_arg);
+}
+
+/* After new_incarnation: the budget reserves for this life of this node. */
+static int start_budget(kms_node *node, kms_err *err)
+{
+	kms_budget_opts o;
+
+	memset(&o, 0, sizeof(o));
+	o.incarnation = node->incarnation;
+	o.kr = node->kr;
+	o.node_id = node->cfg.node_id;
+	o.commit = budget_commit;
+	o.commit_arg = node;
+	return kms_budget_new(&o, &node->budget, err);
+}
+
 static int start_rpc(kms_node *node, kms_err *err)
 {
 	kms_rpc_server_opts o;
@@ -572,6 +611,7 @@ int kms_node_start(const char *config_path, kms_node **out, kms_err *err)
 	KMS_TRY_GOTO(rc, kms_keyring_new(&node->kr, err), fail);
 	kms_keyring_set_release(node->kr, release_handle, node->hsm);
 	KMS_TRY_GOTO(rc, new_incarnation(node, err), fail);
+	KMS_TRY_GOTO(rc, start_budget(node, err), fail);
 	KMS_TRY_GOTO(rc, kms_peers_new(&node->cfg, &node->peers, err), fail);
 	KMS_TRY_GOTO(rc, kms_tls_engine_load_key(node->cfg.tls_key_uri, &node->raft_key, err), fail);
 	kms_tls_files_stamp(&node->cfg, &stamp);
@@ -632,6 +672,8 @@ void kms_node_stop(kms_node *node)
 	EVP_PKEY_free(node->raft_key);
 	kms_tls_files_free(&node->tls);
 	kms_peers_free(node->peers);
+	/* After Raft and the workers: every reservation has had its answer. */
+	kms_budget_free(node->budget);
 	kms_keyring_free(node->kr);
 	kms_hsm_close(node->hsm);
 	kms_authn_free(node->authn);

@@ -18,6 +18,7 @@
 #include "rpc/rpc_server.h"
 #include "tls/tls_files.h"
 
+struct kms_budget;
 struct kms_supervisor;
 struct kms_tls_watch;
 struct raft_uv_transport;
@@ -33,6 +34,7 @@ typedef struct kms_node {
 	atomic_int fatal;          /* a check failed: stop and exit non-zero */
 	kms_authn *authn;          /* who a TLS peer is (services apart from nodes) */
 	kms_keyring *kr;
+	struct kms_budget *budget; /* this node's reserved encryptions */
 	/* Random, new at every start, never 0: the encryptions this node
 	 * reserves through Raft are credited to this life of it only
 	 * (kms_keyring_set_self), so a restart never reuses a block. */

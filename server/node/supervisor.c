@@ -12,6 +12,7 @@
 #include "kms/fingerprint.h"
 #include "kms/log.h"
 #include "kms/v1/cluster.pb-c.h"
+#include "node/key_upkeep.h"
 #include "node/node.h"
 #include "node/supervisor.h"
 
@@ -28,6 +29,8 @@ struct kms_supervisor {
 	int stop;
 	atomic_int write_in_flight;
 	unsigned ticks;
+	kms_key_upkeep *upkeep; /* the leader's rotations and destructions */
+	struct timespec upkeep_at; /* the last upkeep pass (monotonic) */
 	/* joining: the transport key pair made in our HSM, and its fingerprint */
 	kms_hsm_key transport_priv, transport_pub;
 	kms_buf modulus, exponent;
@@ -230,6 +233,21 @@ static void fetch_domain_key(struct kms_supervisor *s)
 		  node->cfg.domain_key_label, seed, node->cfg.hsm_token_label);
 }
 
+/* The leader's key upkeep, every [keys] upkeep_interval_ms. */
+static void upkeep(struct kms_supervisor *s)
+{
+	struct timespec now;
+	long elapsed_ms;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	elapsed_ms = (now.tv_sec - s->upkeep_at.tv_sec) * 1000L +
+		     (now.tv_nsec - s->upkeep_at.tv_nsec) / 1000000L;
+	if (elapsed_ms < (long)s->node->cfg.upkeep_interval_ms)
+		return;
+	s->upkeep_at = now;
+	kms_key_upkeep_pass(s->upkeep, (int64_t)time(NULL));
+}
+
 static void *supervisor_main(void *arg)
 {
 	struct kms_supervisor *s = arg;
@@ -248,6 +266,8 @@ static void *supervisor_main(void *arg)
 			kms_raft_view_get(s->node->raft, &v);
 			if (v.state == RAFT_LEADER)
 				leader_bookkeeping(s);
+			if (v.state == RAFT_LEADER)
+				upkeep(s);
 		}
 		s->ticks++;
 		pthread_mutex_lock(&s->mu);
@@ -271,11 +291,16 @@ int kms_supervisor_start(kms_node *node, struct kms_supervisor **out, kms_err *e
 	if (s == NULL)
 		return kms_errf(err, KMS_ERR_NOMEM, "out of memory");
 	s->node = node;
+	if (kms_key_upkeep_new(node, &s->upkeep, err) != KMS_OK) {
+		kms_free(s);
+		return err->code;
+	}
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_cond_init(&s->cond, NULL);
 	if (pthread_create(&s->thread, NULL, supervisor_main, s) != 0) {
 		pthread_mutex_destroy(&s->mu);
 		pthread_cond_destroy(&s->cond);
+		kms_key_upkeep_free(s->upkeep);
 		kms_free(s);
 		return kms_errf(err, KMS_ERR_INTERNAL, "cannot start the supervisor thread");
 	}
@@ -304,6 +329,7 @@ void kms_supervisor_free(struct kms_supervisor *s)
 		kms_hsm_key_destroy(s->node->hsm, s->transport_pub);
 	kms_buf_free(&s->modulus);
 	kms_buf_free(&s->exponent);
+	kms_key_upkeep_free(s->upkeep);
 	pthread_mutex_destroy(&s->mu);
 	pthread_cond_destroy(&s->cond);
 	kms_free(s);

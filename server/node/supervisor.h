@@ -1,4 +1,4 @@
-/* supervisor.h - a node's background chores: fetch the domain key when joining, register the node and the domain-key probe when leading, check the token against the probe. */
+/* supervisor.h - a node's background chores: fetch the domain key when joining, register the node and the domain-key probe when leading, check the token against the probe, and the leader's key upkeep (key_upkeep.h). */
 #ifndef KMS_SUPERVISOR_H
 #define KMS_SUPERVISOR_H
 

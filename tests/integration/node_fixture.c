@@ -118,6 +118,52 @@ int kms_test_wait_log(kms_test_node *node, const char *text, int timeout_s)
 	return 0;
 }
 
+void kms_test_sleep_ms(long ms)
+{
+	struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
+
+	nanosleep(&t, NULL);
+}
+
+long kms_test_now_ms(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec * 1000L + t.tv_nsec / 1000000L;
+}
+
+int kms_test_call(kms_test_node *node, const char *who, const char *method,
+		  const ProtobufCMessage *req, const ProtobufCMessageDescriptor *resp_desc,
+		  ProtobufCMessage **resp, kms_rpc_status *st)
+{
+	kms_client *c = kms_test_client(node, who);
+	int code;
+
+	*resp = NULL;
+	code = kms_client_call(c, method, req, resp_desc, resp, st);
+	kms_client_close(c);
+	return code;
+}
+
+Kms__V1__KeyMetadata *kms_test_describe(kms_test_node *node, const char *who, const char *id,
+					kms_rpc_status *st)
+{
+	Kms__V1__DescribeKeyRequest req = KMS__V1__DESCRIBE_KEY_REQUEST__INIT;
+	Kms__V1__DescribeKeyResponse *r;
+	Kms__V1__KeyMetadata *md;
+
+	req.key_id = (char *)id;
+	if (kms_test_call(node, who, "/kms.v1.KeyManagement/DescribeKey", &req.base,
+			  &kms__v1__describe_key_response__descriptor, (ProtobufCMessage **)&r,
+			  st) != 0)
+		return NULL;
+	md = r->key;
+	r->key = NULL;
+	protobuf_c_message_free_unpacked(&r->base, NULL);
+	return md;
+}
+
 const char *kms_test_srcdir(void)
 {
 	return srcdir();

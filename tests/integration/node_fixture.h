@@ -7,6 +7,7 @@
 
 #include "kms/client.h"
 #include "kms/v1/cluster.pb-c.h"
+#include "kms/v1/kms.pb-c.h"
 
 #define KMS_TEST_TD "spiffe://kmsd.dev"
 #define KMS_TEST_ADMIN KMS_TEST_TD "/ns/ops/sa/admin"
@@ -155,6 +156,30 @@ int kms_test_sh_output(char *out, size_t cap, const char *fmt, ...)
 
 /* Waits until the node's log holds text (timeout_s at most); 1 if it did. */
 int kms_test_wait_log(kms_test_node *node, const char *text, int timeout_s);
+
+/* Sleeps ms milliseconds; the monotonic clock in milliseconds. */
+void kms_test_sleep_ms(long ms);
+long kms_test_now_ms(void);
+
+/* One call of method to node as who (a kms_test_client, closed after):
+ * the gRPC code; *resp (NULL unless OK) is the caller's. */
+int kms_test_call(kms_test_node *node, const char *who, const char *method,
+		  const ProtobufCMessage *req, const ProtobufCMessageDescriptor *resp_desc,
+		  ProtobufCMessage **resp, kms_rpc_status *st);
+
+/* DescribeKey of id on node as who: the key (the caller's:
+ * protobuf_c_message_free_unpacked), or NULL with *st. */
+Kms__V1__KeyMetadata *kms_test_describe(kms_test_node *node, const char *who, const char *id,
+					kms_rpc_status *st);
+
+/* Fails the test unless st has the gRPC code want and details holding text. */
+#define KMS_TEST_ASSERT_STATUS(st, want, text)                                                    \
+	do {                                                                                      \
+		ck_assert_msg((st).code == (want), "want status %d, got %d: %s", (int)(want),     \
+			      (st).code, (st).details);                                           \
+		ck_assert_msg(strstr((st).details, (text)) != NULL,                               \
+			      "status details '%s' do not mention '%s'", (st).details, (text));   \
+	} while (0)
 
 /* The source tree (KMS_SRCDIR), where ops/ lives. */
 const char *kms_test_srcdir(void);

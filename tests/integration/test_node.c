@@ -135,13 +135,7 @@ static size_t count_keys(kms_client *c, const char *who_note)
 }
 
 #define FREE(m) protobuf_c_message_free_unpacked((ProtobufCMessage *)(m), NULL)
-#define ASSERT_STATUS(st, want, text)                                                             \
-	do {                                                                                      \
-		ck_assert_msg((st).code == (want), "want status %d, got %d: %s", (int)(want),     \
-			      (st).code, (st).details);                                           \
-		ck_assert_msg(strstr((st).details, (text)) != NULL,                               \
-			      "status details '%s' do not mention '%s'", (st).details, (text));   \
-	} while (0)
+#define ASSERT_STATUS KMS_TEST_ASSERT_STATUS
 
 static const ctx_kv ctx1[] = {{"tenant", "t1"}, {"purpose", "orders"}};
 static const ctx_kv ctx1_reordered[] = {{"purpose", "orders"}, {"tenant", "t1"}};

@@ -54,6 +54,7 @@ static const struct conf_line full[] = {
     {"cluster", "node_ca_file", "node_ca_file = /etc/kmsd/node-ca.pem"},
     {"keys", "min_rotation_period", "min_rotation_period = 3600"},
     {"keys", "deletion_day_seconds", "deletion_day_seconds = 2"},
+    {"keys", "upkeep_interval_ms", "upkeep_interval_ms = 250"},
 };
 #define N_FULL (sizeof(full) / sizeof(full[0]))
 
@@ -208,6 +209,7 @@ START_TEST(test_full_config)
 	ck_assert_str_eq(cfg.node_ca_file, "/etc/kmsd/node-ca.pem");
 	ck_assert_uint_eq(cfg.min_rotation_period_s, 3600);
 	ck_assert_uint_eq(cfg.deletion_day_seconds, 2);
+	ck_assert_uint_eq(cfg.upkeep_interval_ms, 250);
 }
 END_TEST
 
@@ -235,6 +237,7 @@ START_TEST(test_defaults)
 	/* A deletion window counts real days unless a test cluster says not. */
 	ck_assert_uint_eq(cfg.min_rotation_period_s, 60);
 	ck_assert_uint_eq(cfg.deletion_day_seconds, 86400);
+	ck_assert_uint_eq(cfg.upkeep_interval_ms, 1000);
 	ck_assert_str_eq(cfg.domain_key_label, "kmsd-domain-key");
 	ck_assert_uint_eq(cfg.n_admins, 0);
 	ck_assert_ptr_null(cfg.admins);
@@ -331,6 +334,10 @@ START_TEST(test_keys_limits)
 	     "'86401'"},
 	    {"deletion_day_seconds", "deletion_day_seconds = 0",
 	     "'deletion_day_seconds' in [keys] must be a whole number from 1 to 86400, not '0'"},
+	    {"upkeep_interval_ms", "upkeep_interval_ms = 199",
+	     "'upkeep_interval_ms' in [keys] must be a whole number from 200 to 60000, not '199'"},
+	    {"upkeep_interval_ms", "upkeep_interval_ms = 1s",
+	     "'upkeep_interval_ms' in [keys] must be a whole number from 200 to 60000, not '1s'"},
 	};
 
 	write_full("keys", "min_rotation_period", "keys", "min_rotation_period = 1");
