@@ -555,6 +555,8 @@ int kms_node_start(const char *config_path, kms_node **out, kms_err *err)
 	KMS_TRY_GOTO(rc, kms_keyring_new(&node->kr, err), fail);
 	kms_keyring_set_release(node->kr, release_handle, node->hsm);
 	kms_keyring_set_handle_limit(node->kr, node->cfg.max_unwrapped_versions);
+	KMS_LOG_I("hsm: at most %u master-key versions stay unwrapped (max_unwrapped_versions)",
+		  node->cfg.max_unwrapped_versions);
 	KMS_TRY_GOTO(rc, kms_peers_new(&node->cfg, &node->peers, err), fail);
 	KMS_TRY_GOTO(rc, kms_tls_engine_load_key(node->cfg.tls_key_uri, &node->raft_key, err), fail);
 	kms_tls_files_stamp(&node->cfg, &stamp);
