@@ -16,6 +16,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <malloc.h>
+
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
@@ -26,6 +28,7 @@
 #include "kms/alloc.h"
 #include "kms/client.h"
 #include "kms/hsm.h"
+#include "kms/keyring.h"
 #include "kms/v1/kms.pb-c.h"
 
 #ifndef PACKAGE_VERSION
@@ -68,6 +71,7 @@ static const char usage_text[] =
     "                 [--grant PRINCIPAL=OP[,OP...]] [the same options]\n"
     "       kms-bench --raw-pkcs11 --module PATH --token LABEL --pin-file FILE\n"
     "                 [--threads T] [--duration S] [--warmup S] [--json]\n"
+    "       kms-bench --keyring N [--json]\n"
     "\n"
     "gRPC mode: T threads (default 2), each with its own completion queue, keep\n"
     "N calls in flight in total (default 8) on one mTLS channel; each completion\n"
@@ -93,6 +97,14 @@ static const char usage_text[] =
     "unwraps it as a session object (as kmsd does), encrypts one 32-byte value, then\n"
     "T threads, one PKCS#11 session each, AES-GCM decrypt it in a loop.\n"
     "\n"
+    "Key ring mode: the key ring alone, in this process (no kmsd, HSM or gRPC):\n"
+    "applies N CreateKey commands like the ones kmsd commits (one grant, one\n"
+    "40-byte wrapped version, key ids at random places in the order), then takes\n"
+    "a snapshot and restores it into an empty key ring. Prints the apply time at\n"
+    "N keys, the heap and RSS per key, the snapshot's size and time, the restore's\n"
+    "time and peak RSS, and the RSS after the restore before and after\n"
+    "malloc_trim(3).\n"
+    "\n"
     "Both run --warmup seconds (default 2, not measured), then --duration seconds\n"
     "(default 10), then stop. Output: mode, threads, concurrency, ops, ops_per_sec,\n"
     "p50_us, p99_us, p999_us, errors ('field: value' lines, or one JSON object with\n"
@@ -115,6 +127,7 @@ struct opts {
 	unsigned keys;		/* --keys: 0 for one key (--key-id) */
 	const char *key_prefix; /* --key-prefix */
 	const char *grant;	/* --grant PRINCIPAL=OP[,OP...] */
+	unsigned keyring;	/* --keyring N: the key ring alone */
 };
 
 /* Latencies in nanoseconds, owned by one worker. */
@@ -803,6 +816,134 @@ out:
 	return rc;
 }
 
+/* ---- the key ring alone (--keyring N) ---- */
+
+static long self_status_kb(const char *field)
+{
+	char line[256];
+	size_t len = strlen(field);
+	long v = -1;
+	FILE *f = fopen("/proc/self/status", "re");
+
+	if (f == NULL)
+		return -1;
+	while (fgets(line, sizeof(line), f) != NULL)
+		if (strncmp(line, field, len) == 0 && line[len] == ':')
+			v = atol(line + len + 1);
+	fclose(f);
+	return v;
+}
+
+/*
+ * CreateKey of key i as kmsd would commit it. The material is a fixed
+ * pattern of the size of an RFC 5649-wrapped AES-256 key: the key ring
+ * never unwraps it. Ids take random places in the key ring's order.
+ */
+static int keyring_add(kms_keyring *kr, unsigned i, const Kms__V1__KeyPolicy *policy,
+		       kms_err *err)
+{
+	static const uint8_t wrapped[40] = {0xa6, 0x59, 0x59, 0xa6};
+	char id[32];
+	kms_buf cmd = {NULL, 0};
+	int rc;
+
+	snprintf(id, sizeof(id), "k-%08x", i * 2654435761u);
+	rc = kms_keyring_cmd_create_key(id, "kms-bench", policy, "spiffe://kmsd.dev/ns/ops/sa/admin",
+					(int64_t)time(NULL), wrapped, sizeof(wrapped), &cmd, err);
+	if (rc == KMS_OK)
+		rc = kms_keyring_apply(kr, cmd.data, cmd.len, err);
+	kms_buf_free(&cmd);
+	return rc;
+}
+
+static int run_keyring(const struct opts *o)
+{
+	static char *ops[] = {"Decrypt", "GenerateDataKey"};
+	Kms__V1__KeyPolicy policy = KMS__V1__KEY_POLICY__INIT;
+	Kms__V1__Grant grant = KMS__V1__GRANT__INIT, *gp = &grant;
+	unsigned n = o->keyring, tail = n / 100 + 1, i;
+	kms_keyring *kr = NULL;
+	kms_buf snap = {NULL, 0};
+	kms_err err;
+	size_t heap0;
+	long rss_keys, rss_restored, hwm_restore, rss_freed, rss_trimmed;
+	double apply_us, snapshot_s, restore_s, trim_s, heap_per_key;
+	size_t snap_len;
+	int64_t t;
+	int rc = EXIT_LOCAL;
+
+	grant.principal = (char *)"spiffe://kmsd.dev/ns/demo/sa/app";
+	grant.operations = ops;
+	grant.n_operations = 2;
+	policy.grants = &gp;
+	policy.n_grants = 1;
+	if (tail > n)
+		tail = n;
+	if (kms_keyring_new(&kr, &err) != KMS_OK)
+		goto fail;
+	heap0 = mallinfo2().uordblks;
+	for (i = 0; i < n - tail; i++)
+		if (keyring_add(kr, i, &policy, &err) != KMS_OK)
+			goto fail;
+	t = now_ns();
+	for (; i < n; i++)
+		if (keyring_add(kr, i, &policy, &err) != KMS_OK)
+			goto fail;
+	apply_us = (double)(now_ns() - t) / 1e3 / tail;
+	heap_per_key = (double)(mallinfo2().uordblks - heap0) / n;
+	rss_keys = self_status_kb("VmRSS");
+	t = now_ns();
+	if (kms_keyring_snapshot(kr, kms_malloc, &snap, &err) != KMS_OK)
+		goto fail;
+	snapshot_s = (double)(now_ns() - t) / 1e9;
+	snap_len = snap.len;
+	kms_keyring_free(kr);
+	kr = NULL;
+	malloc_trim(0);
+	/* The peak of the restore alone: "5" resets VmHWM (proc(5)). */
+	{
+		FILE *f = fopen("/proc/self/clear_refs", "we");
+
+		if (f != NULL) {
+			fputs("5", f);
+			fclose(f);
+		}
+	}
+	if (kms_keyring_new(&kr, &err) != KMS_OK)
+		goto fail;
+	t = now_ns();
+	if (kms_keyring_restore(kr, snap.data, snap.len, &err) != KMS_OK)
+		goto fail;
+	restore_s = (double)(now_ns() - t) / 1e9;
+	rss_restored = self_status_kb("VmRSS");
+	hwm_restore = self_status_kb("VmHWM");
+	kms_buf_free(&snap);
+	rss_freed = self_status_kb("VmRSS");
+	t = now_ns();
+	malloc_trim(0);
+	trim_s = (double)(now_ns() - t) / 1e9;
+	rss_trimmed = self_status_kb("VmRSS");
+	printf(o->json ? "{\"mode\":\"keyring\",\"keys\":%u,\"apply_us_at_n\":%.1f,"
+			 "\"heap_bytes_per_key\":%.0f,\"rss_kb_with_keys\":%ld,"
+			 "\"snapshot_bytes\":%zu,\"snapshot_s\":%.3f,\"restore_s\":%.3f,"
+			 "\"restore_vmhwm_kb\":%ld,\"rss_kb_restored\":%ld,"
+			 "\"rss_kb_snapshot_freed\":%ld,\"rss_kb_trimmed\":%ld,\"trim_s\":%.3f}\n"
+		       : "mode: keyring\nkeys: %u\napply_us_at_n: %.1f\nheap_bytes_per_key: %.0f\n"
+			 "rss_kb_with_keys: %ld\nsnapshot_bytes: %zu\nsnapshot_s: %.3f\n"
+			 "restore_s: %.3f\nrestore_vmhwm_kb: %ld\nrss_kb_restored: %ld\n"
+			 "rss_kb_snapshot_freed: %ld\nrss_kb_trimmed: %ld\ntrim_s: %.3f\n",
+	       n, apply_us, heap_per_key, rss_keys, snap_len, snapshot_s, restore_s, hwm_restore,
+	       rss_restored, rss_freed, rss_trimmed, trim_s);
+	rc = EXIT_OK;
+	goto out;
+fail:
+	errmsg("key ring: %s", err.msg);
+out:
+	kms_buf_free(&snap);
+	kms_keyring_free(kr);
+	return rc;
+}
+
 /* ---- results ---- */
 
 static int cmp_u64(const void *a, const void *b)
@@ -1091,6 +1232,7 @@ enum opt_id {
 	OPT_KEYS,
 	OPT_KEY_PREFIX,
 	OPT_GRANT,
+	OPT_KEYRING,
 };
 
 static const struct option long_opts[] = {
@@ -1116,6 +1258,7 @@ static const struct option long_opts[] = {
     {"keys", required_argument, NULL, OPT_KEYS},
     {"key-prefix", required_argument, NULL, OPT_KEY_PREFIX},
     {"grant", required_argument, NULL, OPT_GRANT},
+    {"keyring", required_argument, NULL, OPT_KEYRING},
     {NULL, 0, NULL, 0},
 };
 
@@ -1192,7 +1335,7 @@ static int keys_args_check(struct opts *o, const char *mode)
 static int parse_args(struct opts *o, int argc, char **argv)
 {
 	const char *mode = NULL;
-	int raw = 0, id, grpc_opt = 0;
+	int raw = 0, id, grpc_opt = 0, run_opt = 0;
 	unsigned timeout;
 
 	o->concurrency = 8;
@@ -1226,14 +1369,17 @@ static int parse_args(struct opts *o, int argc, char **argv)
 					&o->concurrency);
 			break;
 		case OPT_THREADS:
+			run_opt = 1;
 			rc = parse_uint(optarg, "--threads", 1, 256,
 					&o->threads);
 			break;
 		case OPT_DURATION:
+			run_opt = 1;
 			rc = parse_uint(optarg, "--duration", 1, 86400,
 					&o->duration_s);
 			break;
 		case OPT_WARMUP:
+			run_opt = 1;
 			rc = parse_uint(optarg, "--warmup", 0, 3600,
 					&o->warmup_s);
 			break;
@@ -1282,6 +1428,9 @@ static int parse_args(struct opts *o, int argc, char **argv)
 		case OPT_GRANT:
 			o->grant = optarg;
 			break;
+		case OPT_KEYRING:
+			rc = parse_uint(optarg, "--keyring", 1, 10000000, &o->keyring);
+			break;
 		case ':':
 			return usage_error("option '%s' needs a value",
 					   argv[optind - 1]);
@@ -1294,6 +1443,15 @@ static int parse_args(struct opts *o, int argc, char **argv)
 	}
 	if (optind < argc)
 		return usage_error("unexpected argument '%s'", argv[optind]);
+	if (o->keyring > 0) {
+		/* --json is the only other option it takes. */
+		if (raw || mode != NULL || o->key_id != NULL || grpc_opt || run_opt ||
+		    o->module != NULL ||
+		    o->token != NULL || o->pin_file != NULL || o->key_prefix != NULL ||
+		    o->grant != NULL)
+			return usage_error("--keyring takes only --json");
+		return -1;
+	}
 	if (raw) {
 		if (mode != NULL || o->key_id != NULL || grpc_opt)
 			return usage_error("--raw-pkcs11 takes no --mode, "
@@ -1348,6 +1506,8 @@ int main(int argc, char **argv)
 	rc = parse_args(&o, argc, argv);
 	if (rc >= 0)
 		return rc;
+	if (o.keyring > 0)
+		return run_keyring(&o);
 	w = kms_calloc(o.threads, sizeof(*w));
 	if (w == NULL) {
 		errmsg("out of memory");
