@@ -99,7 +99,8 @@ static const char usage_text[] =
     "\n"
     "Key ring mode: the key ring alone, in this process (no kmsd, HSM or gRPC):\n"
     "applies N CreateKey commands like the ones kmsd commits (one grant, one\n"
-    "40-byte wrapped version, key ids at random places in the order), then takes\n"
+    "40-byte wrapped version; the last 1% of the key ids at random places in the\n"
+    "order, the others appended), then takes\n"
     "a snapshot and restores it into an empty key ring. Prints the apply time at\n"
     "N keys, the heap and RSS per key, the snapshot's size and time, the restore's\n"
     "time and peak RSS, and the RSS after the restore before and after\n"
@@ -837,17 +838,21 @@ static long self_status_kb(const char *field)
 /*
  * CreateKey of key i as kmsd would commit it. The material is a fixed
  * pattern of the size of an RFC 5649-wrapped AES-256 key: the key ring
- * never unwraps it. Ids take random places in the key ring's order.
+ * never unwraps it. Below `placed` the ids come in the key ring's order (an
+ * append each); from there on each takes a random place among those.
  */
-static int keyring_add(kms_keyring *kr, unsigned i, const Kms__V1__KeyPolicy *policy,
-		       kms_err *err)
+static int keyring_add(kms_keyring *kr, unsigned i, unsigned placed,
+		       const Kms__V1__KeyPolicy *policy, kms_err *err)
 {
 	static const uint8_t wrapped[40] = {0xa6, 0x59, 0x59, 0xa6};
 	char id[32];
 	kms_buf cmd = {NULL, 0};
 	int rc;
 
-	snprintf(id, sizeof(id), "k-%08x", i * 2654435761u);
+	if (i < placed)
+		snprintf(id, sizeof(id), "k-%010u", i);
+	else
+		snprintf(id, sizeof(id), "k-%010u-%u", (i * 2654435761u) % placed, i);
 	rc = kms_keyring_cmd_create_key(id, "kms-bench", policy, "spiffe://kmsd.dev/ns/ops/sa/admin",
 					(int64_t)time(NULL), wrapped, sizeof(wrapped), &cmd, err);
 	if (rc == KMS_OK)
@@ -861,6 +866,7 @@ static int run_keyring(const struct opts *o)
 	static char *ops[] = {"Decrypt", "GenerateDataKey"};
 	Kms__V1__KeyPolicy policy = KMS__V1__KEY_POLICY__INIT;
 	Kms__V1__Grant grant = KMS__V1__GRANT__INIT, *gp = &grant;
+	/* The last 1% at random places: the apply time at n keys. */
 	unsigned n = o->keyring, tail = n / 100 + 1, i;
 	kms_keyring *kr = NULL;
 	kms_buf snap = {NULL, 0};
@@ -877,17 +883,15 @@ static int run_keyring(const struct opts *o)
 	grant.n_operations = 2;
 	policy.grants = &gp;
 	policy.n_grants = 1;
-	if (tail > n)
-		tail = n;
 	if (kms_keyring_new(&kr, &err) != KMS_OK)
 		goto fail;
 	heap0 = mallinfo2().uordblks;
 	for (i = 0; i < n - tail; i++)
-		if (keyring_add(kr, i, &policy, &err) != KMS_OK)
+		if (keyring_add(kr, i, n - tail, &policy, &err) != KMS_OK)
 			goto fail;
 	t = now_ns();
 	for (; i < n; i++)
-		if (keyring_add(kr, i, &policy, &err) != KMS_OK)
+		if (keyring_add(kr, i, n - tail, &policy, &err) != KMS_OK)
 			goto fail;
 	apply_us = (double)(now_ns() - t) / 1e3 / tail;
 	heap_per_key = (double)(mallinfo2().uordblks - heap0) / n;
@@ -1429,7 +1433,7 @@ static int parse_args(struct opts *o, int argc, char **argv)
 			o->grant = optarg;
 			break;
 		case OPT_KEYRING:
-			rc = parse_uint(optarg, "--keyring", 1, 10000000, &o->keyring);
+			rc = parse_uint(optarg, "--keyring", 100, 10000000, &o->keyring);
 			break;
 		case ':':
 			return usage_error("option '%s' needs a value",
