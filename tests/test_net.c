@@ -231,8 +231,7 @@ static void proxy_close(kms_test_proxy *p, int i)
 	}
 }
 
-/* Moves what from has to to; -1 when either end is done. */
-static int proxy_pump(int from, int to)
+int kms_test_pump(int from, int to)
 {
 	char buf[PROXY_CHUNK];
 	ssize_t n = recv(from, buf, sizeof(buf), MSG_DONTWAIT), off = 0;
@@ -299,7 +298,7 @@ static void *proxy_main(void *arg)
 
 			if (pf[1 + i].fd < 0 || pf[1 + i].revents == 0 || p->pair[pi][side] < 0)
 				continue;
-			if (proxy_pump(p->pair[pi][side], p->pair[pi][1 - side]) != 0)
+			if (kms_test_pump(p->pair[pi][side], p->pair[pi][1 - side]) != 0)
 				proxy_close(p, pi);
 		}
 	}

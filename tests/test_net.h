@@ -30,6 +30,10 @@ int kms_test_flood_established(kms_test_flood *f, int timeout_ms);
  * frees f. */
 void kms_test_flood_stop(kms_test_flood *f, kms_test_flood_stats *out);
 
+/* Moves what the socket from has ready (without waiting) to the socket to;
+ * -1 when either end is done. A relay's one step. */
+int kms_test_pump(int from, int to);
+
 /*
  * A loopback TCP proxy: connections to its port (an ephemeral one) are
  * forwarded to target_port, byte for byte in both directions, on a thread

@@ -46,6 +46,11 @@ typedef struct kms_config {
 	unsigned snapshot_trailing;  /* snapshot_trailing = N entries, default 1024 */
 	unsigned election_timeout_ms;  /* default 500 */
 	unsigned heartbeat_timeout_ms; /* default 50 */
+	/* max_staleness = seconds, default 5, 1..3600, longer than the
+	 * election timeout: a node that has not heard from a Raft leader (or,
+	 * leading, from a majority of voters) for longer refuses crypto calls
+	 * (docs/CONSISTENCY.md). */
+	unsigned max_staleness_s;
 
 	/* [hsm] */
 	char *hsm_module;        /* module = path to the PKCS#11 module, required */
@@ -70,6 +75,15 @@ typedef struct kms_config {
 				    joins an existing cluster instead of starting one */
 	char *node_ca_file;      /* node_ca_file = PEM of the CA that issues node
 				    certificates (and only those), required */
+
+	/* [keys] */
+	unsigned min_rotation_period_s; /* min_rotation_period = seconds (1..366 days),
+					   default 60: the shortest automatic
+					   rotation period SetRotationPolicy takes */
+	unsigned deletion_day_seconds;	/* deletion_day_seconds = 1..86400, default
+					   86400: the length of a "day" of a deletion
+					   window. For test clusters only: a real
+					   cluster keeps 86400, so 7 days stays 7 days */
 } kms_config;
 
 /*

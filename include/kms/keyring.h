@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kms/blob.h"
 #include "kms/buf.h"
 #include "kms/error.h"
 #include "kms/policy.h"
@@ -12,8 +13,10 @@
 #include "kms/v1/state.pb-c.h"
 
 /*
- * The key ring holds the key records (id, description, policy, versions with
- * their domain-key-wrapped material). Raft's FSM callbacks call apply,
+ * The key ring holds the key records (id, description, policy, state,
+ * rotation policy, versions with their domain-key-wrapped material and
+ * their counts of reserved encryptions), the aliases, and the cluster's
+ * members and administrators. Raft's FSM callbacks call apply,
  * snapshot and restore on the Raft thread; request threads call the lookups
  * concurrently. The key ring locks itself (a rwlock): callers never lock.
  *
@@ -214,6 +217,7 @@ typedef struct kms_key_handle kms_key_handle;
  * use holds nothing.
  */
 typedef struct kms_key_use {
+	char key_id[KMS_KEY_ID_MAX + 1]; /* the real key id (an alias resolved) */
 	uint32_t version;
 	unsigned long handle; /* 0: not unwrapped on this node yet */
 	kms_key_handle *ref;  /* what keeps handle alive; NULL with handle 0 */
@@ -222,13 +226,20 @@ typedef struct kms_key_use {
 } kms_key_use;
 
 /*
- * The one gate of every crypto call: finds key_id and checks the policy for
- * principal and op: KMS_ERR_PERMISSION "principal '<p>' may not <op> with
- * key '<id>'" for a key it may not use and, alike, for one that does not
- * exist (only an administrator gets KMS_ERR_NOT_FOUND "key '<id>' not
- * found"); then refuses a disabled key (KMS_ERR_PRECONDITION), resolves
- * version (0: the primary version; an unknown one: KMS_ERR_NOT_FOUND) and
- * copies it into out.
+ * The one gate of every crypto call: finds key_id (a key id, or an alias,
+ * which names its key) and checks the policy for principal and op:
+ * KMS_ERR_PERMISSION "principal '<p>' may not <op> with key '<id>'" for a
+ * key it may not use and, alike, for one that does not exist (only an
+ * administrator gets KMS_ERR_NOT_FOUND "key '<id>' not found"). Then the
+ * key's state: KMS_ERR_PRECONDITION "key '<id>' is disabled", "key '<id>'
+ * is pending deletion (on <date>)", "key '<id>' was destroyed". Then
+ * version (0: the primary; an unknown one: KMS_ERR_NOT_FOUND "key '<id>'
+ * has no version N"; a destroyed one: KMS_ERR_PRECONDITION); a primary
+ * that has made its maximum of encryptions (Exhausted) is refused with
+ * KMS_ERR_UNAVAILABLE saying so (the key needs a rotation), unless this
+ * node still holds an allowance for it (its blocks lie within the
+ * maximum). The version is copied into out, with the real key id in
+ * out->key_id.
  *
  * out must hold no reference (it is overwritten). On success, if the
  * version is unwrapped here, out->handle is set and out holds a reference
@@ -241,7 +252,8 @@ int kms_keyring_resolve(kms_keyring *kr, const char *key_id, uint32_t version,
 
 /*
  * The authorization part of kms_keyring_resolve alone, with its refusals:
- * may principal do op with key_id (DescribeKey: also any administrator)?
+ * may principal do op with key_id, a key id or an alias (DescribeKey: also
+ * any administrator)? The key's state does not matter here.
  * An empty key_id asks only whether principal may list keys, which every
  * authenticated service principal may.
  */
@@ -297,9 +309,14 @@ size_t kms_keyring_handle_count(kms_keyring *kr);
 void kms_keyring_use_release(kms_key_use *use);
 
 /*
- * Metadata of one key for a caller allowed to DescribeKey it (or an
- * administrator); refusals as kms_keyring_resolve's. *out is a deep copy owned by the caller: free it with
- * kms_keyring_metadata_free.
+ * Metadata of one key (key_id: a key id or an alias) for a caller allowed
+ * to DescribeKey it (or an administrator); refusals as
+ * kms_keyring_resolve's, whatever the key's state. It holds the lifecycle
+ * fields 9..15 of KeyMetadata: the state, the deletion date, the rotation
+ * policy (max_encryptions_per_version as in force: 2^30 for 0), the next
+ * rotation by age, every version with its state, creation time and
+ * reserved encryptions, and the aliases of the key. *out is a deep copy
+ * owned by the caller: free it with kms_keyring_metadata_free.
  */
 int kms_keyring_describe(kms_keyring *kr, const char *key_id,
 			 const char *principal, int is_admin,
@@ -310,12 +327,251 @@ void kms_keyring_metadata_free(Kms__V1__KeyMetadata *md);
  * Up to page_size keys (1..1000) in key-id order, strictly after
  * after_key_id ("" for the first page), that principal may DescribeKey (all
  * of them for an administrator). *keys is an array of *n deep copies; free
- * with kms_keyring_list_free. *more is set when further keys follow.
+ * with kms_keyring_list_free. *more is set when further keys follow. Each
+ * is what describe gives, without version_details (a page of keys with
+ * thousands of versions each would not fit a message).
  */
 int kms_keyring_list(kms_keyring *kr, const char *principal, int is_admin,
 		     const char *after_key_id, size_t page_size,
 		     Kms__V1__KeyMetadata ***keys, size_t *n, int *more,
 		     kms_err *err);
 void kms_keyring_list_free(Kms__V1__KeyMetadata **keys, size_t n);
+
+/* --- the key lifecycle (keyring_record.c, keyring_lifecycle.c,
+ * keyring_versions.c): versions, key states, rotation policy, encryption
+ * reservations. All replicated but the allowance. ---
+ *
+ * A key is Enabled, Disabled, PendingDeletion or Destroyed; each of its
+ * versions 1..N (contiguous, at most KMS_KEY_VERSIONS_MAX) is Enabled,
+ * Exhausted (decrypts only) or Destroyed (no material left). The primary
+ * is the version new encryptions use. A destroyed key keeps its id for
+ * ever (a tombstone): no key of that id can be created again.
+ */
+
+#define KMS_KEY_VERSIONS_MAX 100000
+/* GCM with random IVs: at most 2^32 encryptions per key (NIST SP 800-38D
+ * 8.3); the default leaves a wide margin. */
+#define KMS_ENCRYPTIONS_DEFAULT (UINT64_C(1) << 30)
+#define KMS_ENCRYPTIONS_MAX (UINT64_C(1) << 32)
+/* A bound that keeps every date computed from it far inside int64. */
+#define KMS_ROTATION_PERIOD_MAX (UINT64_C(100) * 366 * 86400)
+
+/* "Enabled", "Disabled", "PendingDeletion", "Destroyed" for a
+ * Kms__V1__KeyState; "Exhausted" etc. for a Kms__V1__KeyVersionState. */
+const char *kms_key_state_name(Kms__V1__KeyState state);
+const char *kms_key_version_state_name(Kms__V1__KeyVersionState state);
+
+/* What the supervisor and the encryption counting need to know of a key. */
+typedef struct kms_key_status {
+	Kms__V1__KeyState state;
+	uint32_t primary_version;
+	uint32_t last_version; /* a rotation adds last_version + 1 */
+	Kms__V1__KeyVersionState primary_state;
+	uint64_t primary_reserved;
+	uint64_t max_encryptions; /* in force: KMS_ENCRYPTIONS_DEFAULT for 0 */
+	uint64_t rotation_period_seconds;
+	int64_t last_rotated_at_unix; /* creation time when never rotated */
+	int64_t deletion_at_unix;
+} kms_key_status;
+
+/* The status of key_id (a key id; not an alias): KMS_OK, or
+ * KMS_ERR_NOT_FOUND. */
+int kms_keyring_key_status(kms_keyring *kr, const char *key_id, kms_key_status *out,
+			   kms_err *err);
+
+/*
+ * The real key id an administrator's call names: name is a key id or an
+ * alias. KMS_OK with out (KMS_KEY_ID_MAX + 1 bytes) filled, or
+ * KMS_ERR_NOT_FOUND "key '<id>' not found" / "alias '<a>' not found"
+ * (KMS_ERR_INVALID for a name that is neither). Administrators only: it
+ * tells an unknown key apart.
+ */
+int kms_keyring_real_key_id(kms_keyring *kr, const char *name, char *out, kms_err *err);
+
+/*
+ * Would apply accept this serialized command on the key ring as it is now?
+ * The same decision as kms_keyring_apply, with its refusals and messages,
+ * and no change. For the key, alias and lifecycle commands; a cluster
+ * command is only parsed. A node runs it before it proposes a command, so
+ * that the caller gets apply's sentence (Raft carries only the status).
+ */
+int kms_keyring_check(kms_keyring *kr, const uint8_t *cmd, size_t len, kms_err *err);
+
+/*
+ * Builders of the lifecycle commands. Each runs the checks apply runs on
+ * its arguments alone (KMS_ERR_INVALID), so a command built here is refused
+ * only for the state it meets. key_id is a key id, never an alias (resolve
+ * it first). out->data is kms_malloc'd, the caller's.
+ *
+ * rotate_key: version must be the key's last version + 1 at apply (else
+ * KMS_ERR_PRECONDITION: a rotation raced another), wrapped is its material
+ * (1..KMS_WRAPPED_MAX bytes), now_unix its creation time. Apply refuses a
+ * key that is not Enabled (KMS_ERR_PRECONDITION) and one that holds
+ * KMS_KEY_VERSIONS_MAX versions; the new version becomes the primary.
+ *
+ * set_key_enabled: Disabled <-> Enabled (the same state again is a no-op);
+ * refused for a key pending deletion or destroyed.
+ *
+ * schedule_key_deletion: an Enabled or Disabled key becomes
+ * PendingDeletion, to be destroyed at deletion_at_unix (> 0). The window is
+ * the caller's rule (API: 7..30 days).
+ * cancel_key_deletion: PendingDeletion -> Disabled, as AWS KMS does.
+ * destroy_key: PendingDeletion with now_unix >= its deletion date ->
+ * Destroyed: every version's wrapped material is wiped from the state, and
+ * this node's HSM handles of them are released once no call uses them.
+ *
+ * put_key_policy: policy (kms_policy_check KMS_POLICY_STORED here and at
+ * apply; the API checks KMS_POLICY_NEW first) replaces the key's.
+ * set_rotation_policy: period 0 or up to KMS_ROTATION_PERIOD_MAX, max 0
+ * (the default) or up to KMS_ENCRYPTIONS_MAX. A version whose reserved
+ * count already reaches the new max becomes Exhausted.
+ * Every one but set_key_enabled's no-op is refused for a destroyed key.
+ *
+ * reserve_encryptions: count (1..KMS_ENCRYPTIONS_MAX) more encryptions of
+ * key_id's version for node_id (>= 1) in its incarnation (>= 1). Apply
+ * grants min(count, max - reserved) (0 once the version is Exhausted, which
+ * is no error), adds it to the version's reserved_encryptions, and marks
+ * the version Exhausted when that reaches max. A destroyed version or a
+ * key that is not Enabled is refused (KMS_ERR_PRECONDITION). The grant is
+ * credited to this node's allowance only if node_id and incarnation are
+ * this key ring's own (kms_keyring_set_self).
+ */
+int kms_keyring_cmd_rotate_key(const char *key_id, uint32_t version, const uint8_t *wrapped,
+			       size_t wrapped_len, int64_t now_unix, kms_buf *out, kms_err *err);
+int kms_keyring_cmd_set_key_enabled(const char *key_id, int enabled, kms_buf *out, kms_err *err);
+int kms_keyring_cmd_schedule_key_deletion(const char *key_id, int64_t deletion_at_unix,
+					  kms_buf *out, kms_err *err);
+int kms_keyring_cmd_cancel_key_deletion(const char *key_id, kms_buf *out, kms_err *err);
+int kms_keyring_cmd_destroy_key(const char *key_id, int64_t now_unix, kms_buf *out, kms_err *err);
+int kms_keyring_cmd_put_key_policy(const char *key_id, const Kms__V1__KeyPolicy *policy,
+				   kms_buf *out, kms_err *err);
+int kms_keyring_cmd_set_rotation_policy(const char *key_id, uint64_t rotation_period_seconds,
+					uint64_t max_encryptions_per_version, kms_buf *out,
+					kms_err *err);
+int kms_keyring_cmd_reserve_encryptions(const char *key_id, uint32_t version, uint64_t count,
+					uint64_t node_id, uint64_t incarnation, kms_buf *out,
+					kms_err *err);
+
+/* --- encryption counting: this node's allowance (keyring_versions.c) ---
+ *
+ * Each node may encrypt under a version only with encryptions it reserved
+ * through Raft (ReserveEncryptions), so that the sum over every node never
+ * passes the version's maximum, whatever crashes. The blocks granted to
+ * this node form its allowance: node-local, not replicated, not in
+ * snapshots, kept across a snapshot install for versions that still hold
+ * their material (the install holds every grant this node applied), lost
+ * at a restart (a restarted node has a new incarnation, so a grant made to
+ * its previous life is never credited again). One version per key holds an
+ * allowance: a grant for another version replaces it.
+ */
+
+/* Sets who this node is, for crediting grants: call it before Raft starts
+ * applying. incarnation 0 credits nothing. */
+void kms_keyring_set_self(kms_keyring *kr, uint64_t node_id, uint64_t incarnation);
+
+/*
+ * Takes one encryption of key_id's version from this node's allowance:
+ * KMS_OK with *remaining (may be NULL) what is left after it, or
+ * KMS_ERR_UNAVAILABLE "this node holds no reserved encryptions for key
+ * '<id>' version N" when none is left (the caller reserves more through
+ * Raft). Any thread, lock-free against other takes.
+ */
+int kms_keyring_take_encryption(kms_keyring *kr, const char *key_id, uint32_t version,
+				uint64_t *remaining, kms_err *err);
+
+/* What this node may still encrypt under key_id's version (0: nothing, or
+ * another version holds the allowance), for a low-water check. */
+uint64_t kms_keyring_allowance(kms_keyring *kr, const char *key_id, uint32_t version);
+
+/* --- what the leader's supervisor acts on (keyring_versions.c) --- */
+
+/*
+ * The Enabled keys due for a rotation at now_unix: a rotation period that
+ * has elapsed since the last rotation (or creation), or a primary version
+ * whose reserved encryptions reach high_water_permille thousandths of its
+ * maximum, or that is Exhausted. *ids: *n kms_malloc'd key ids in key-id
+ * order, at most max_n of them; free with kms_keyring_ids_free.
+ */
+int kms_keyring_due_rotations(kms_keyring *kr, int64_t now_unix, unsigned high_water_permille,
+			      size_t max_n, char ***ids, size_t *n, kms_err *err);
+
+/* The keys pending deletion whose deletion date has come at now_unix, as
+ * kms_keyring_due_rotations gives them. */
+int kms_keyring_due_destructions(kms_keyring *kr, int64_t now_unix, size_t max_n, char ***ids,
+				 size_t *n, kms_err *err);
+void kms_keyring_ids_free(char **ids, size_t n);
+
+/*
+ * The one gate before the supervisor proposes DestroyKey for key_id at
+ * now_unix: KMS_OK when the key is pending deletion and its date has come;
+ * KMS_ERR_PRECONDITION or KMS_ERR_NOT_FOUND saying why not otherwise. The
+ * quorum approval of destruction (issue #6) belongs here, and nowhere else.
+ */
+int kms_keyring_destroy_allowed(kms_keyring *kr, const char *key_id, int64_t now_unix,
+				kms_err *err);
+
+/* --- aliases (keyring_aliases.c, replicated) --- */
+
+#define KMS_ALIAS_PREFIX "alias/"
+#define KMS_ALIAS_PREFIX_LEN 6
+#define KMS_ALIAS_NAME_MAX (KMS_ALIAS_PREFIX_LEN + 250)
+#define KMS_ALIASES_MAX 100000
+
+/* True if name starts with "alias/" (an alias, never a key id). */
+int kms_is_alias_name(const char *name);
+
+/* "alias/" and 1..250 characters of [A-Za-z0-9._/-]: KMS_OK or
+ * KMS_ERR_INVALID naming the rule. */
+int kms_alias_name_check(const char *name, kms_err *err);
+
+/* What a call may name a key by: an alias name (kms_alias_name_check) or
+ * a key id (kms_key_id_check). KMS_OK or KMS_ERR_INVALID naming the rule. */
+int kms_key_name_check(const char *name, kms_err *err);
+
+/*
+ * True if name names key_id: it is key_id, or an alias pointing at it now.
+ * For a caller's optional key id beside a blob that names its own key.
+ */
+int kms_keyring_names_key(kms_keyring *kr, const char *name, const char *key_id);
+
+/* The id of a key to be created: kms_key_id_check, and not "alias/..."
+ * (that prefix names aliases). KMS_ERR_INVALID naming the rule. */
+int kms_keyring_new_key_id_check(const char *key_id, kms_err *err);
+
+typedef struct kms_alias {
+	char name[KMS_ALIAS_NAME_MAX + 1];
+	char key_id[KMS_KEY_ID_MAX + 1];
+	int64_t created_at_unix;
+	int64_t updated_at_unix;
+} kms_alias;
+
+/*
+ * CreateAlias: name (kms_alias_name_check) for key_id, an existing key id
+ * that is not destroyed (KMS_ERR_NOT_FOUND, KMS_ERR_PRECONDITION; an alias
+ * is refused, KMS_ERR_INVALID: aliases never point at aliases), a name not
+ * taken (KMS_ERR_EXISTS), at most KMS_ALIASES_MAX (KMS_ERR_PRECONDITION).
+ * UpdateAlias: an existing alias (KMS_ERR_NOT_FOUND) to such a key.
+ * DeleteAlias: an existing alias (KMS_ERR_NOT_FOUND), whatever its key's
+ * state. now_unix is the proposer's clock.
+ */
+int kms_keyring_cmd_create_alias(const char *name, const char *key_id, int64_t now_unix,
+				 kms_buf *out, kms_err *err);
+int kms_keyring_cmd_update_alias(const char *name, const char *key_id, int64_t now_unix,
+				 kms_buf *out, kms_err *err);
+int kms_keyring_cmd_delete_alias(const char *name, kms_buf *out, kms_err *err);
+
+/* One alias: KMS_OK and *out, or KMS_ERR_NOT_FOUND. */
+int kms_keyring_alias(kms_keyring *kr, const char *name, kms_alias *out, kms_err *err);
+size_t kms_keyring_alias_count(kms_keyring *kr);
+
+/*
+ * Up to page_size aliases (1..1000) in name order, strictly after
+ * after_name ("" for the first page); only those of key_id when it is not
+ * "" (a key id). *out is an array of *n (kms_malloc'd, the caller's:
+ * kms_free); *more is set when further aliases follow.
+ */
+int kms_keyring_list_aliases(kms_keyring *kr, const char *key_id, const char *after_name,
+			     size_t page_size, kms_alias **out, size_t *n, int *more,
+			     kms_err *err);
 
 #endif

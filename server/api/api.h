@@ -5,18 +5,25 @@
 #include <stddef.h>
 
 #include "kms/buf.h"
+#include "kms/v1/state.pb-c.h"
 #include "rpc/rpc_server.h"
 
 struct kms_node;
 
 extern const kms_method kms_api_keymgmt_methods[];
 extern const size_t kms_api_keymgmt_n_methods;
+extern const kms_method kms_api_keyadmin_methods[];
+extern const size_t kms_api_keyadmin_n_methods;
 extern const kms_method kms_api_health_methods[];
 extern const size_t kms_api_health_n_methods;
 extern const kms_method kms_api_operator_methods[];
 extern const size_t kms_api_operator_n_methods;
 extern const kms_method kms_api_internal_methods[];
 extern const size_t kms_api_internal_n_methods;
+
+/* KMS_OK when this node can take a write now (kms_node_can_write), else
+ * KMS_ERR_UNAVAILABLE saying why not. */
+int kms_api_can_write(struct kms_node *node, kms_err *err);
 
 /* Worker-thread set-up for the gRPC server: each worker's HSM session. */
 int kms_api_worker_init(void *app, void **wctx, kms_err *err);
@@ -38,5 +45,18 @@ typedef struct kms_leader_op {
 
 /* The leader operation for method ("/kms.v1.Operator/AddMember"), or NULL. */
 const kms_leader_op *kms_api_leader_op(const char *method);
+
+/* True if c is one of the key administration commands of api_keyadmin.c. */
+int kms_api_keyadmin_command(const Kms__V1__Command *c);
+
+/*
+ * The leader's gate for such a command forwarded by a follower (cmd, len
+ * its bytes): the handler's rules again, for principal, on the leader's
+ * state, ending with kms_keyring_check. KMS_OK, or the refusal that
+ * travels back to the follower with its sentence.
+ */
+int kms_api_keyadmin_gate(struct kms_node *node, const char *principal,
+			  const Kms__V1__Command *c, const uint8_t *cmd, size_t len,
+			  kms_err *err);
 
 #endif

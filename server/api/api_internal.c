@@ -75,6 +75,8 @@ static int forward_gate(kms_node *node, const char *principal, const uint8_t *cm
 			rc = kms_errf(err, KMS_ERR_PERMISSION,
 				      "the forwarded CreateKey was not made for principal '%s'",
 				      kms_quote(principal, q));
+		else
+			rc = kms_keyring_new_key_id_check(c->create_key->key->key_id, err);
 		break;
 	case KMS__V1__COMMAND__CMD_CONSUME_JOIN_GRANT:
 		/* Only the joining node itself uses its grant. */
@@ -88,10 +90,16 @@ static int forward_gate(kms_node *node, const char *principal, const uint8_t *cm
 				      (unsigned long long)c->consume_join_grant->node_id);
 		break;
 	default:
+		/* Key administration: for administrators, by the handler's rules. */
+		if (kms_api_keyadmin_command(c)) {
+			rc = kms_api_keyadmin_gate(node, principal, c, cmd, len, err);
+			break;
+		}
+		/* DestroyKey among the rest: only the leader's supervisor proposes it. */
 		rc = kms_errf(err, KMS_ERR_PERMISSION,
 			      "this command is not accepted through Forward: membership, the "
-			      "administrators and the domain-key check change on the leader "
-			      "only");
+			      "administrators, the domain-key check and key destruction change "
+			      "on the leader only");
 		break;
 	}
 	kms__v1__command__free_unpacked(c, NULL);

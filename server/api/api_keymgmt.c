@@ -42,6 +42,15 @@ static Kms__V1__KeyMetadata *describe_as_admin(kms_node *node, const char *key_i
 	return md;
 }
 
+int kms_api_can_write(kms_node *node, kms_err *err)
+{
+	if (kms_node_can_write(node))
+		return KMS_OK;
+	return kms_errf(err, KMS_ERR_UNAVAILABLE,
+			"this node cannot take writes now: no Raft leader is known (no quorum?) or "
+			"it has no verified domain key yet");
+}
+
 /* --- CreateKey: a Raft write, answered when the command is applied --- */
 
 struct create_wait {
@@ -97,19 +106,14 @@ static void create_key(void *app, kms_call *call, const uint8_t *data, size_t le
 		goto out;
 	}
 	/* Validate before spending an HSM key generation on the request. */
-	KMS_TRY_GOTO(rc, kms_key_id_check(req->key_id, &err), out);
+	KMS_TRY_GOTO(rc, kms_keyring_new_key_id_check(req->key_id, &err), out);
 	KMS_TRY_GOTO(rc, kms_policy_check(req->policy, KMS_POLICY_NEW, node->cfg.trust_domain, &err),
 		     out);
 	if (kms_keyring_has_key(node->kr, req->key_id)) {
 		rc = kms_errf(&err, KMS_ERR_EXISTS, "key '%s' already exists", req->key_id);
 		goto out;
 	}
-	if (!kms_node_can_write(node)) {
-		rc = kms_errf(&err, KMS_ERR_UNAVAILABLE,
-			      "this node cannot take writes now: no Raft leader is known (no "
-			      "quorum?) or it has no verified domain key yet");
-		goto out;
-	}
+	KMS_TRY_GOTO(rc, kms_api_can_write(node, &err), out);
 	KMS_TRY_GOTO(rc, kms_hsm_master_key_create(kms_call_worker(call),
 						   atomic_load(&node->domain_key), &wrapped, &err),
 		     out);
@@ -149,7 +153,7 @@ static void describe_key(void *app, kms_call *call, const uint8_t *data, size_t 
 		kms_call_fail(call, KMS_ERR_INVALID, "malformed DescribeKeyRequest");
 		return;
 	}
-	rc = kms_key_id_check(req->key_id, &err);
+	rc = kms_key_name_check(req->key_id, &err);
 	if (rc == KMS_OK)
 		rc = kms_keyring_describe(node->kr, req->key_id, principal,
 					  is_admin(node, principal), &resp.key, &err);

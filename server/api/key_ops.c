@@ -73,19 +73,23 @@ int kms_key_ops_fresh_read(kms_node *node, kms_call *call, int rc, const char *k
 }
 
 /*
- * The gate of a crypto call: the key ring's decision on this node's state,
- * and, for a leader-commit read, again on state that holds every write
- * acknowledged before the call. Like kms_keyring_resolve, use holds a
- * reference to the version's handle on success (the caller releases it)
- * and none on failure.
+ * The gate of a crypto call: first, this node must have heard from a Raft
+ * leader within [raft] max_staleness, so that a key disabled, narrowed or
+ * deleted through the cluster stops working here within that bound even
+ * when this node is cut off (docs/CONSISTENCY.md); then the key ring's
+ * decision on this node's state, and, for a leader-commit read, again on
+ * state that holds every write acknowledged before the call. Like
+ * kms_keyring_resolve, use holds a reference to the version's handle on
+ * success (the caller releases it) and none on failure.
  */
 static int gate(kms_node *node, kms_call *call, const char *key_id, uint32_t version,
 		enum kms_op op, kms_key_use *use, kms_err *err)
 {
 	const char *principal = kms_call_principal(call);
-	int rc = kms_keyring_resolve(node->kr, key_id, version, principal, op, use, err);
-	int again = 0;
+	int rc, again = 0;
 
+	KMS_TRY(kms_raft_check_fresh(node->raft, err));
+	rc = kms_keyring_resolve(node->kr, key_id, version, principal, op, use, err);
 	rc = kms_key_ops_fresh_read(node, call, rc, key_id, op, &again, err);
 	if (rc != KMS_OK || again)
 		kms_keyring_use_release(use);
@@ -164,10 +168,11 @@ int kms_key_ops_seal(kms_node *node, kms_call *call, kms_hsm_session *s, const c
 	int rc;
 
 	memset(&h, 0, sizeof(h));
-	KMS_TRY_GOTO(rc, kms_key_id_check(key_id, err), out);
+	KMS_TRY_GOTO(rc, kms_key_name_check(key_id, err), out);
 	KMS_TRY_GOTO(rc, context_pairs(ctx, n_ctx, &pairs, err), out);
 	KMS_TRY_GOTO(rc, gate(node, call, key_id, 0, op, &use, err), out);
-	snprintf(h.key_id, sizeof(h.key_id), "%s", key_id);
+	/* The key's own id, never the alias the caller may have named it by. */
+	snprintf(h.key_id, sizeof(h.key_id), "%s", use.key_id);
 	h.key_version = use.version;
 	KMS_TRY_GOTO(rc, key_handle(node, h.key_id, &use, err), out);
 	KMS_TRY_GOTO(rc, kms_hsm_random(s, h.iv, sizeof(h.iv), err), out);
@@ -212,7 +217,10 @@ int kms_key_ops_open(kms_node *node, kms_call *call, kms_hsm_session *s, const u
 			      "the ciphertext blob is longer than any this server makes");
 		goto out;
 	}
-	if (expect_key_id[0] != '\0' && strcmp(expect_key_id, h->key_id) != 0) {
+	/* An alias is compared only after the gate: where it points is for
+	 * those the key's policy admits. */
+	if (expect_key_id[0] != '\0' && strcmp(expect_key_id, h->key_id) != 0 &&
+	    !kms_is_alias_name(expect_key_id)) {
 		rc = kms_errf(err, KMS_ERR_INVALID,
 			      "key_id '%s' does not match the key of the ciphertext blob",
 			      expect_key_id);
@@ -220,6 +228,12 @@ int kms_key_ops_open(kms_node *node, kms_call *call, kms_hsm_session *s, const u
 	}
 	KMS_TRY_GOTO(rc, context_pairs(ctx, n_ctx, &pairs, err), out);
 	KMS_TRY_GOTO(rc, gate(node, call, h->key_id, h->key_version, op, &use, err), out);
+	if (expect_key_id[0] != '\0' && !kms_keyring_names_key(node->kr, expect_key_id, h->key_id)) {
+		rc = kms_errf(err, KMS_ERR_INVALID,
+			      "key_id '%s' does not match the key of the ciphertext blob",
+			      expect_key_id);
+		goto out;
+	}
 	KMS_TRY_GOTO(rc, key_handle(node, h->key_id, &use, err), out);
 	KMS_TRY_GOTO(rc, kms_blob_aad(h, pairs, n_ctx, &aad, err), out);
 	KMS_TRY_GOTO(rc, kms_hsm_gcm_decrypt(s, use.handle, h->iv, aad.data, aad.len, ct, ct_len,
@@ -262,7 +276,7 @@ int kms_key_op_generate_data_key(kms_node *node, kms_call *call, kms_hsm_session
 				"number_of_bytes %u is out of range: use 0 (32), or 16 to %d",
 				req->number_of_bytes, KMS_DATA_KEY_MAX_BYTES);
 	/* Checked before spending HSM randomness on a request that must fail. */
-	KMS_TRY(kms_key_id_check(req->key_id, err));
+	KMS_TRY(kms_key_name_check(req->key_id, err));
 	KMS_TRY(kms_hsm_random(s, dek, n, err));
 	KMS_TRY(kms_key_ops_seal(node, call, s, req->key_id, KMS_OP_GENERATE_DATA_KEY,
 				 (ProtobufCMessage **)req->encryption_context,

@@ -90,6 +90,7 @@ static const struct key_spec keys[] = {
      0},
     {"raft", "heartbeat_timeout_ms", K_UINT, F(heartbeat_timeout_ms), 1, 60000,
      0},
+    {"raft", "max_staleness", K_UINT, F(max_staleness_s), 1, 3600, 0},
     {"hsm", "module", K_MODULE, F(hsm_module), 0, 0, 1},
     {"hsm", "token_label", K_LABEL, F(hsm_token_label), 0, 0, 1},
     {"hsm", "pin_file", K_PATH, F(hsm_pin_file), 0, 0, 0},
@@ -100,10 +101,15 @@ static const struct key_spec keys[] = {
     {"authz", "trust_domain", K_TRUST_DOMAIN, F(trust_domain), 0, 0, 0},
     {"cluster", "join", K_SEEDS, F(join_seeds), 0, 0, 0},
     {"cluster", "node_ca_file", K_PATH, F(node_ca_file), 0, 0, 1},
+    /* The shortest rotation period SetRotationPolicy accepts: at most a year. */
+    {"keys", "min_rotation_period", K_UINT, F(min_rotation_period_s), 1, 31622400, 0},
+    /* Test clusters only: how many seconds a "day" of a deletion window is. */
+    {"keys", "deletion_day_seconds", K_UINT, F(deletion_day_seconds), 1, 86400, 0},
 };
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
 
-static const char *const sections[] = {"node", "grpc", "raft", "hsm", "authz", "cluster"};
+static const char *const sections[] = {"node", "grpc", "raft", "hsm", "authz", "cluster",
+				       "keys"};
 #define N_SECTIONS (sizeof(sections) / sizeof(sections[0]))
 
 struct parse_state {
@@ -603,6 +609,16 @@ static int finish(struct parse_state *st)
 				"than 'election_timeout_ms' (%u) in [raft]",
 				st->path, cfg->heartbeat_timeout_ms,
 				cfg->election_timeout_ms);
+	/*
+	 * A follower that lost its leader waits an election timeout before it
+	 * stands: a bound shorter than that would refuse crypto calls on every
+	 * node at every ordinary leader change.
+	 */
+	if ((unsigned long long)cfg->max_staleness_s * 1000 <= cfg->election_timeout_ms)
+		return kms_errf(st->err, KMS_ERR_CONFIG,
+				"%s: 'max_staleness' (%u s) must be longer than "
+				"'election_timeout_ms' (%u ms) in [raft]",
+				st->path, cfg->max_staleness_s, cfg->election_timeout_ms);
 	KMS_TRY(finish_trust_domain(st));
 	if (cfg->log_level == NULL &&
 	    (cfg->log_level = kms_strdup("info")) == NULL)
@@ -696,6 +712,9 @@ int kms_config_load(const char *path, kms_config *cfg, kms_err *err)
 	cfg->snapshot_trailing = 1024;
 	cfg->election_timeout_ms = 500;
 	cfg->heartbeat_timeout_ms = 50;
+	cfg->max_staleness_s = 5;
+	cfg->min_rotation_period_s = 60;
+	cfg->deletion_day_seconds = 86400;
 	cfg->min_tls_version = 12;
 	cfg->max_unwrapped_versions = 4096; /* KMS_KEYRING_HANDLES_DEFAULT */
 	cfg->tls_reload_interval_s = 5;

@@ -8,6 +8,7 @@
 
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <openssl/x509v3.h>
 #include <raft.h>
 #include <uv.h>
@@ -25,7 +26,7 @@
 #include "tls/tls_policy.h"
 #include "tls/tls_watch.h"
 
-#define MAX_METHODS 24
+#define MAX_METHODS 64
 #define FORWARD_TIMEOUT_MS 10000
 #define READ_OWN_WRITE_TIMEOUT_MS 5000
 
@@ -35,6 +36,18 @@ static size_t n_methods;
 static void release_handle(void *arg, unsigned long handle)
 {
 	kms_hsm_key_destroy(arg, handle);
+}
+
+/* Before Raft applies anything: grants are credited to this life only. */
+static int new_incarnation(kms_node *node, kms_err *err)
+{
+	do {
+		if (RAND_bytes((unsigned char *)&node->incarnation, sizeof(node->incarnation)) != 1)
+			return kms_errf(err, KMS_ERR_INTERNAL,
+					"no random incarnation number: OpenSSL's RAND_bytes failed");
+	} while (node->incarnation == 0);
+	kms_keyring_set_self(node->kr, node->cfg.node_id, node->incarnation);
+	return KMS_OK;
 }
 
 /* A data directory with anything in it belongs to an existing cluster. */
@@ -285,7 +298,7 @@ static int can_serve(kms_node *node, int caught_up)
 
 int kms_node_ready(kms_node *node)
 {
-	return can_serve(node, 1);
+	return can_serve(node, 1) && kms_raft_check_fresh(node->raft, NULL) == KMS_OK;
 }
 
 /* A write does not need the follower caught up: the forward waits. */
@@ -489,6 +502,8 @@ static int start_rpc(kms_node *node, kms_err *err)
 	n_methods = 0;
 	for (size_t i = 0; i < kms_api_keymgmt_n_methods; i++)
 		methods[n_methods++] = kms_api_keymgmt_methods[i];
+	for (size_t i = 0; i < kms_api_keyadmin_n_methods; i++)
+		methods[n_methods++] = kms_api_keyadmin_methods[i];
 	for (size_t i = 0; i < kms_api_health_n_methods; i++)
 		methods[n_methods++] = kms_api_health_methods[i];
 	for (size_t i = 0; i < kms_api_operator_n_methods; i++)
@@ -557,6 +572,7 @@ int kms_node_start(const char *config_path, kms_node **out, kms_err *err)
 	kms_keyring_set_handle_limit(node->kr, node->cfg.max_unwrapped_versions);
 	KMS_LOG_I("hsm: at most %u master-key versions stay unwrapped (max_unwrapped_versions)",
 		  node->cfg.max_unwrapped_versions);
+	KMS_TRY_GOTO(rc, new_incarnation(node, err), fail);
 	KMS_TRY_GOTO(rc, kms_peers_new(&node->cfg, &node->peers, err), fail);
 	KMS_TRY_GOTO(rc, kms_tls_engine_load_key(node->cfg.tls_key_uri, &node->raft_key, err), fail);
 	kms_tls_files_stamp(&node->cfg, &stamp);

@@ -33,6 +33,10 @@ typedef struct kms_node {
 	atomic_int fatal;          /* a check failed: stop and exit non-zero */
 	kms_authn *authn;          /* who a TLS peer is (services apart from nodes) */
 	kms_keyring *kr;
+	/* Random, new at every start, never 0: the encryptions this node
+	 * reserves through Raft are credited to this life of it only
+	 * (kms_keyring_set_self), so a restart never reuses a block. */
+	uint64_t incarnation;
 	EVP_PKEY *raft_key; /* the node key in the HSM, for Raft peer TLS */
 	/* The TLS files in force, replaced as a whole by kms_node_reload_tls
 	 * (under reload_mu, which also guards raft_transport). */
@@ -73,7 +77,8 @@ void kms_node_stop(kms_node *node);
 
 /* True when this node may serve: it holds the cluster's domain key and is
  * the ready leader, or a follower that knows a leader and has applied what
- * it knows to be committed. */
+ * it knows to be committed; and it has heard from a leader (leading: from a
+ * majority) within [raft] max_staleness, as crypto calls require. */
 int kms_node_ready(kms_node *node);
 
 /* True when this node can take a write now: it holds the verified domain

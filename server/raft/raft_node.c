@@ -3,6 +3,7 @@
 #include <malloc.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -14,6 +15,7 @@
 
 #include "kms/alloc.h"
 #include "kms/log.h"
+#include "raft/raft_contact.h"
 #include "raft/raft_node.h"
 
 /* How often the loop checks whether this node became leader. */
@@ -51,6 +53,12 @@ struct kms_raft {
 	int nudge_pending;
 	int nudge_again;
 	atomic_int ready;
+	/* When this node last heard from a leader (on_recv, on_poll). */
+	kms_contact contact;
+	int stale_logged; /* (Raft thread) what the log last said */
+	int (*uv_start)(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick,
+			raft_io_recv_cb recv);
+	raft_io_recv_cb raft_recv; /* raft's own, called by on_recv */
 	pthread_t thread;
 	int thread_started;
 
@@ -71,6 +79,7 @@ struct kms_raft {
 	char *dir;
 	unsigned snapshot_threshold, snapshot_trailing;
 	unsigned election_timeout_ms, heartbeat_timeout_ms;
+	unsigned max_staleness_s;
 };
 
 /*
@@ -554,11 +563,130 @@ static void reconcile(kms_raft *r)
 	}
 }
 
+/* --- contact with the leader: the staleness bound (raft_contact.h) --- */
+
+/* The voting configuration; returns how many voters, ids in out. */
+static size_t voters(kms_raft *r, uint64_t out[KMS_CONTACT_MAX_SERVERS])
+{
+	const struct raft_configuration *c = &r->raft.configuration;
+	size_t n = 0;
+
+	for (unsigned i = 0; i < c->n && n < KMS_CONTACT_MAX_SERVERS; i++)
+		if (c->servers[i].role == RAFT_VOTER)
+			out[n++] = c->servers[i].id;
+	return n;
+}
+
+static void leader_majority(kms_raft *r, uint64_t now)
+{
+	uint64_t v[KMS_CONTACT_MAX_SERVERS];
+	size_t n = voters(r, v);
+
+	kms_contact_majority(&r->contact, r->id, v, n, now);
+}
+
+/*
+ * What a message raft has just handled says about contact (raft_contact.h):
+ * the state raft is in after handling it tells whether its sender is this
+ * node's leader of the current term, or, leading, a voter answering in it.
+ */
+static void note_contact(kms_raft *r, unsigned short type, raft_id from, raft_term term,
+			 int was_leader)
+{
+	int state = raft_state(&r->raft);
+	uint64_t now = kms_contact_now_ms();
+	raft_id leader = 0;
+	const char *addr = NULL;
+
+	if (state == RAFT_LEADER) {
+		/* Elected: a majority voted for this node just now. */
+		if (!was_leader)
+			kms_contact_heard(&r->contact, now);
+		if (type == RAFT_IO_APPEND_ENTRIES_RESULT && term == r->raft.current_term) {
+			kms_contact_ack(&r->contact, term, from, now);
+			leader_majority(r, now);
+		}
+		return;
+	}
+	if (state != RAFT_FOLLOWER ||
+	    (type != RAFT_IO_APPEND_ENTRIES && type != RAFT_IO_INSTALL_SNAPSHOT) ||
+	    term != r->raft.current_term)
+		return;
+	raft_leader(&r->raft, &leader, &addr);
+	if (leader == from)
+		kms_contact_heard(&r->contact, now);
+}
+
+/*
+ * Every message raft receives comes through here: raft handles it, then
+ * note_contact reads what it meant. The fields are read first because raft
+ * takes what the message owns.
+ */
+static void on_recv(struct raft_io *io, struct raft_message *msg)
+{
+	kms_raft *r = (kms_raft *)(void *)((char *)io - offsetof(kms_raft, io));
+	unsigned short type = msg->type;
+	raft_id from = msg->server_id;
+	raft_term term = 0;
+	int was_leader = raft_state(&r->raft) == RAFT_LEADER;
+
+	if (type == RAFT_IO_APPEND_ENTRIES)
+		term = msg->append_entries.term;
+	else if (type == RAFT_IO_INSTALL_SNAPSHOT)
+		term = msg->install_snapshot.term;
+	else if (type == RAFT_IO_APPEND_ENTRIES_RESULT)
+		term = msg->append_entries_result.term;
+	r->raft_recv(io, msg);
+	note_contact(r, type, from, term, was_leader);
+}
+
+/* Put in place of raft_uv's start (setup), so that on_recv sees what raft
+ * receives: canonical/raft 0.15 tells nothing of its contacts otherwise. */
+static int io_start(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick,
+		    raft_io_recv_cb recv)
+{
+	kms_raft *r = (kms_raft *)(void *)((char *)io - offsetof(kms_raft, io));
+
+	r->raft_recv = recv;
+	return r->uv_start(io, msecs, tick, on_recv);
+}
+
+/* On the poll timer: who votes may have changed, and the log says when
+ * this node starts or stops refusing crypto calls. */
+static void contact_poll(kms_raft *r)
+{
+	uint64_t v[KMS_CONTACT_MAX_SERVERS], now = kms_contact_now_ms();
+	size_t n = voters(r, v);
+	kms_err err = {0};
+	int stale;
+
+	kms_contact_set_sole_voter(&r->contact, n == 1 && v[0] == r->id);
+	if (raft_state(&r->raft) == RAFT_LEADER)
+		leader_majority(r, now);
+	stale = kms_contact_check(&r->contact, (unsigned)r->id, r->max_staleness_s, now, &err) !=
+		KMS_OK;
+	if (stale == r->stale_logged)
+		return;
+	r->stale_logged = stale;
+	if (stale)
+		KMS_LOG_W("raft: %s", err.msg);
+	else
+		KMS_LOG_I("raft: in touch with a Raft leader (max_staleness %u s): serving crypto "
+			  "calls", r->max_staleness_s);
+}
+
+int kms_raft_check_fresh(kms_raft *r, kms_err *err)
+{
+	return kms_contact_check(&r->contact, (unsigned)r->id, r->max_staleness_s,
+				 kms_contact_now_ms(), err);
+}
+
 static void on_poll(uv_timer_t *t)
 {
 	kms_raft *r = t->data;
 
 	view_refresh(r);
+	contact_poll(r);
 	if (raft_state(&r->raft) != RAFT_LEADER) {
 		atomic_store(&r->ready, 0);
 		return;
@@ -608,6 +736,8 @@ static int setup(kms_raft *r, kms_err *err)
 	if (rv != 0)
 		return kms_errf(err, KMS_ERR_IO, "raft_uv_init(%s): %s", r->dir,
 				r->io.errmsg);
+	r->uv_start = r->io.start;
+	r->io.start = io_start;
 	r->fsm.version = 1;
 	r->fsm.data = r;
 	r->fsm.apply = fsm_apply;
@@ -714,6 +844,10 @@ int kms_raft_start(const kms_config *cfg, kms_keyring *kr, const kms_raft_opts *
 	r->snapshot_trailing = cfg->snapshot_trailing;
 	r->election_timeout_ms = cfg->election_timeout_ms;
 	r->heartbeat_timeout_ms = cfg->heartbeat_timeout_ms;
+	r->max_staleness_s = cfg->max_staleness_s;
+	kms_contact_init(&r->contact);
+	/* Silent until the first contact: every start begins without one. */
+	r->stale_logged = 1;
 	pthread_mutex_init(&r->mu, NULL);
 	pthread_cond_init(&r->cond, NULL);
 	if (r->address == NULL || r->dir == NULL) {

@@ -92,6 +92,14 @@ int kms_raft_wait_applied(kms_raft *r, uint64_t index, int timeout_ms);
 void kms_raft_submit(kms_raft *r, const uint8_t *cmd, size_t len,
 		     kms_raft_done_fn done, void *arg);
 
+/*
+ * KMS_OK when this node has heard from a Raft leader within [raft]
+ * max_staleness (leading: from a majority of the voters; a sole voter
+ * always has), else KMS_ERR_UNAVAILABLE saying for how long it has not
+ * (raft_contact.h). Any thread.
+ */
+int kms_raft_check_fresh(kms_raft *r, kms_err *err);
+
 /* True once this node leads and has applied every entry of earlier terms. */
 int kms_raft_ready(kms_raft *r);
 

@@ -44,6 +44,8 @@ int kms_keyring_cmd_create_key(const char *key_id, const char *description,
 	out->len = 0;
 	if (key_id == NULL)
 		return kms_errf(err, KMS_ERR_INVALID, "key id missing");
+	/* Apply takes such ids (earlier versions made them); new ones, never. */
+	KMS_TRY(kms_keyring_new_key_id_check(key_id, err));
 	if (wrapped == NULL && wrapped_len > 0)
 		return kms_errf(err, KMS_ERR_INVALID,
 				"wrapped material missing");
@@ -59,7 +61,7 @@ int kms_keyring_cmd_create_key(const char *key_id, const char *description,
 	rec.n_versions = 1;
 	rec.versions = vs;
 	rec.primary_version = 1;
-	rec.enabled = 1;
+	kr_set_key_state(&rec, KMS__V1__KEY_STATE__KEY_STATE_ENABLED);
 	rec.created_by = (char *)(created_by != NULL ? created_by : "");
 	/* The very checks apply runs, so a command we build is never refused as
 	 * invalid. */
@@ -150,5 +152,230 @@ int kms_keyring_cmd_set_administrators(char *const *admins, size_t n, kms_buf *o
 	sa.n_administrators = n;
 	c.cmd_case = KMS__V1__COMMAND__CMD_SET_ADMINISTRATORS;
 	c.set_administrators = &sa;
+	return kr_command_pack(&c, out, err);
+}
+
+/* --- the key lifecycle --- */
+
+/* Every lifecycle builder's first check: a key id, not an alias. */
+static int key_arg_check(const char *key_id, kms_err *err)
+{
+	char q[KMS_QUOTE_MAX + 4];
+
+	KMS_ENSURE(key_id != NULL, err, KMS_ERR_INVALID, "key id missing");
+	KMS_ENSURE(!kms_is_alias_name(key_id), err, KMS_ERR_INVALID,
+		   "'%s' is an alias: commands name the key id it points at",
+		   kms_quote(key_id, q));
+	return kms_key_id_check(key_id, err);
+}
+
+int kms_keyring_cmd_rotate_key(const char *key_id, uint32_t version, const uint8_t *wrapped,
+			       size_t wrapped_len, int64_t now_unix, kms_buf *out, kms_err *err)
+{
+	Kms__V1__KeyVersionRecord v = KMS__V1__KEY_VERSION_RECORD__INIT;
+	Kms__V1__RotateKeyCommand rk = KMS__V1__ROTATE_KEY_COMMAND__INIT;
+	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
+
+	out->data = NULL;
+	out->len = 0;
+	KMS_TRY(key_arg_check(key_id, err));
+	KMS_ENSURE(version >= 2 && version <= KMS_KEY_VERSIONS_MAX, err, KMS_ERR_INVALID,
+		   "a rotation adds version 2 to %d, not %u", KMS_KEY_VERSIONS_MAX, version);
+	KMS_ENSURE(wrapped != NULL || wrapped_len == 0, err, KMS_ERR_INVALID,
+		   "wrapped material missing");
+	v.version = version;
+	v.wrapped_material.data = (uint8_t *)wrapped;
+	v.wrapped_material.len = wrapped_len;
+	v.created_at_unix = now_unix;
+	KMS_TRY(kr_version_check(key_id, &v, err));
+	rk.key_id = (char *)key_id;
+	rk.version = &v;
+	rk.now_unix = now_unix;
+	c.cmd_case = KMS__V1__COMMAND__CMD_ROTATE_KEY;
+	c.rotate_key = &rk;
+	return kr_command_pack(&c, out, err);
+}
+
+int kms_keyring_cmd_set_key_enabled(const char *key_id, int enabled, kms_buf *out, kms_err *err)
+{
+	Kms__V1__SetKeyEnabledCommand se = KMS__V1__SET_KEY_ENABLED_COMMAND__INIT;
+	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
+
+	out->data = NULL;
+	out->len = 0;
+	KMS_TRY(key_arg_check(key_id, err));
+	se.key_id = (char *)key_id;
+	se.enabled = enabled != 0;
+	c.cmd_case = KMS__V1__COMMAND__CMD_SET_KEY_ENABLED;
+	c.set_key_enabled = &se;
+	return kr_command_pack(&c, out, err);
+}
+
+int kms_keyring_cmd_schedule_key_deletion(const char *key_id, int64_t deletion_at_unix,
+					  kms_buf *out, kms_err *err)
+{
+	Kms__V1__ScheduleKeyDeletionCommand sd = KMS__V1__SCHEDULE_KEY_DELETION_COMMAND__INIT;
+	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
+
+	out->data = NULL;
+	out->len = 0;
+	KMS_TRY(key_arg_check(key_id, err));
+	KMS_ENSURE(deletion_at_unix > 0, err, KMS_ERR_INVALID, "a deletion needs a date");
+	sd.key_id = (char *)key_id;
+	sd.deletion_at_unix = deletion_at_unix;
+	c.cmd_case = KMS__V1__COMMAND__CMD_SCHEDULE_KEY_DELETION;
+	c.schedule_key_deletion = &sd;
+	return kr_command_pack(&c, out, err);
+}
+
+int kms_keyring_cmd_cancel_key_deletion(const char *key_id, kms_buf *out, kms_err *err)
+{
+	Kms__V1__CancelKeyDeletionCommand cd = KMS__V1__CANCEL_KEY_DELETION_COMMAND__INIT;
+	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
+
+	out->data = NULL;
+	out->len = 0;
+	KMS_TRY(key_arg_check(key_id, err));
+	cd.key_id = (char *)key_id;
+	c.cmd_case = KMS__V1__COMMAND__CMD_CANCEL_KEY_DELETION;
+	c.cancel_key_deletion = &cd;
+	return kr_command_pack(&c, out, err);
+}
+
+int kms_keyring_cmd_destroy_key(const char *key_id, int64_t now_unix, kms_buf *out, kms_err *err)
+{
+	Kms__V1__DestroyKeyCommand dk = KMS__V1__DESTROY_KEY_COMMAND__INIT;
+	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
+
+	out->data = NULL;
+	out->len = 0;
+	KMS_TRY(key_arg_check(key_id, err));
+	dk.key_id = (char *)key_id;
+	dk.now_unix = now_unix;
+	c.cmd_case = KMS__V1__COMMAND__CMD_DESTROY_KEY;
+	c.destroy_key = &dk;
+	return kr_command_pack(&c, out, err);
+}
+
+int kms_keyring_cmd_put_key_policy(const char *key_id, const Kms__V1__KeyPolicy *policy,
+				   kms_buf *out, kms_err *err)
+{
+	Kms__V1__PutKeyPolicyCommand pp = KMS__V1__PUT_KEY_POLICY_COMMAND__INIT;
+	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
+
+	out->data = NULL;
+	out->len = 0;
+	KMS_TRY(key_arg_check(key_id, err));
+	KMS_TRY(kms_policy_check(policy, KMS_POLICY_STORED, NULL, err));
+	pp.key_id = (char *)key_id;
+	pp.policy = (Kms__V1__KeyPolicy *)policy;
+	c.cmd_case = KMS__V1__COMMAND__CMD_PUT_KEY_POLICY;
+	c.put_key_policy = &pp;
+	return kr_command_pack(&c, out, err);
+}
+
+int kms_keyring_cmd_set_rotation_policy(const char *key_id, uint64_t rotation_period_seconds,
+					uint64_t max_encryptions_per_version, kms_buf *out,
+					kms_err *err)
+{
+	Kms__V1__SetRotationPolicyCommand rp = KMS__V1__SET_ROTATION_POLICY_COMMAND__INIT;
+	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
+
+	out->data = NULL;
+	out->len = 0;
+	KMS_TRY(key_arg_check(key_id, err));
+	KMS_ENSURE(rotation_period_seconds <= KMS_ROTATION_PERIOD_MAX, err, KMS_ERR_INVALID,
+		   "rotation period of %llu s is longer than 100 years",
+		   (unsigned long long)rotation_period_seconds);
+	KMS_ENSURE(max_encryptions_per_version <= KMS_ENCRYPTIONS_MAX, err, KMS_ERR_INVALID,
+		   "max_encryptions_per_version %llu is above 2^32, the AES-GCM random-IV bound "
+		   "(NIST SP 800-38D)",
+		   (unsigned long long)max_encryptions_per_version);
+	rp.key_id = (char *)key_id;
+	rp.rotation_period_seconds = rotation_period_seconds;
+	rp.max_encryptions_per_version = max_encryptions_per_version;
+	c.cmd_case = KMS__V1__COMMAND__CMD_SET_ROTATION_POLICY;
+	c.set_rotation_policy = &rp;
+	return kr_command_pack(&c, out, err);
+}
+
+int kms_keyring_cmd_reserve_encryptions(const char *key_id, uint32_t version, uint64_t count,
+					uint64_t node_id, uint64_t incarnation, kms_buf *out,
+					kms_err *err)
+{
+	Kms__V1__ReserveEncryptionsCommand re = KMS__V1__RESERVE_ENCRYPTIONS_COMMAND__INIT;
+	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
+
+	out->data = NULL;
+	out->len = 0;
+	KMS_TRY(key_arg_check(key_id, err));
+	KMS_ENSURE(version >= 1, err, KMS_ERR_INVALID, "a reservation names a version");
+	KMS_ENSURE(count >= 1 && count <= KMS_ENCRYPTIONS_MAX, err, KMS_ERR_INVALID,
+		   "a reservation is of 1 to 2^32 encryptions, not %llu",
+		   (unsigned long long)count);
+	KMS_ENSURE(node_id >= 1 && incarnation >= 1, err, KMS_ERR_INVALID,
+		   "a reservation names a node id and its incarnation");
+	re.key_id = (char *)key_id;
+	re.version = version;
+	re.count = count;
+	re.node_id = node_id;
+	re.incarnation = incarnation;
+	c.cmd_case = KMS__V1__COMMAND__CMD_RESERVE_ENCRYPTIONS;
+	c.reserve_encryptions = &re;
+	return kr_command_pack(&c, out, err);
+}
+
+/* --- aliases --- */
+
+static int alias_cmd(const char *name, const char *key_id, int64_t now_unix, int update,
+		     kms_buf *out, kms_err *err)
+{
+	Kms__V1__CreateAliasCommand ca = KMS__V1__CREATE_ALIAS_COMMAND__INIT;
+	Kms__V1__UpdateAliasCommand ua = KMS__V1__UPDATE_ALIAS_COMMAND__INIT;
+	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
+
+	out->data = NULL;
+	out->len = 0;
+	KMS_TRY(kms_alias_name_check(name, err));
+	KMS_TRY(kr_alias_target_check(key_id, err));
+	if (update) {
+		ua.alias_name = (char *)name;
+		ua.key_id = (char *)key_id;
+		ua.now_unix = now_unix;
+		c.cmd_case = KMS__V1__COMMAND__CMD_UPDATE_ALIAS;
+		c.update_alias = &ua;
+	} else {
+		ca.alias_name = (char *)name;
+		ca.key_id = (char *)key_id;
+		ca.now_unix = now_unix;
+		c.cmd_case = KMS__V1__COMMAND__CMD_CREATE_ALIAS;
+		c.create_alias = &ca;
+	}
+	return kr_command_pack(&c, out, err);
+}
+
+int kms_keyring_cmd_create_alias(const char *name, const char *key_id, int64_t now_unix,
+				 kms_buf *out, kms_err *err)
+{
+	return alias_cmd(name, key_id, now_unix, 0, out, err);
+}
+
+int kms_keyring_cmd_update_alias(const char *name, const char *key_id, int64_t now_unix,
+				 kms_buf *out, kms_err *err)
+{
+	return alias_cmd(name, key_id, now_unix, 1, out, err);
+}
+
+int kms_keyring_cmd_delete_alias(const char *name, kms_buf *out, kms_err *err)
+{
+	Kms__V1__DeleteAliasCommand da = KMS__V1__DELETE_ALIAS_COMMAND__INIT;
+	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
+
+	out->data = NULL;
+	out->len = 0;
+	KMS_TRY(kms_alias_name_check(name, err));
+	da.alias_name = (char *)name;
+	c.cmd_case = KMS__V1__COMMAND__CMD_DELETE_ALIAS;
+	c.delete_alias = &da;
 	return kr_command_pack(&c, out, err);
 }

@@ -32,6 +32,13 @@
 struct kr_entry {
 	Kms__V1__KeyRecord *rec;
 	kms_key_handle **handles;
+	/*
+	 * This node's allowance of encryptions (keyring_versions.c), for one
+	 * version of the key: allow_version changes only under the write lock
+	 * (apply, restore); allow_left is taken from under the read lock.
+	 */
+	uint32_t allow_version;
+	_Atomic uint64_t allow_left;
 };
 
 /*
@@ -69,6 +76,18 @@ struct kms_keyring {
 	size_t probe_len;
 	char **admins; /* kms_malloc'd strings, n_admins of them */
 	size_t n_admins;
+	/*
+	 * The aliases (keyring_aliases.c): each record is owned once, by
+	 * aliases[], sorted by name; by_key[] holds the same pointers sorted by
+	 * (key id, name), for the aliases of one key.
+	 */
+	Kms__V1__AliasRecord **aliases;
+	Kms__V1__AliasRecord **by_key;
+	size_t n_aliases;
+	size_t cap_aliases;
+	/* Who this node is, for crediting encryption grants (set_self). */
+	uint64_t self_node_id;
+	uint64_t self_incarnation;
 	kms_keyring_release_fn release;
 	void *release_arg;
 	struct kr_lru lru; /* the bound on recorded handles, keyring_handles.c */
@@ -90,8 +109,35 @@ void kr_record_free(Kms__V1__KeyRecord *rec);
 /* Deep copy of a message through its wire form, owned by the caller. */
 int kr_message_dup(const ProtobufCMessage *src, ProtobufCMessage **out, kms_err *err);
 
+/* --- records and their lifecycle rules (keyring_record.c) --- */
+
 /* The one rule set of a key record, for apply, restore and the builders. */
 int kr_record_check(const Kms__V1__KeyRecord *rec, kms_err *err);
+/* The rules of one version record alone (rotation's new version). */
+int kr_version_check(const char *key_id, const Kms__V1__KeyVersionRecord *v, kms_err *err);
+/* A record's state; one written before key_state existed reads from its
+ * enabled flag. kr_entry_make stores it, so entries always hold it. */
+Kms__V1__KeyState kr_key_state(const Kms__V1__KeyRecord *rec);
+/* Sets key_state and keeps the enabled flag of older readers in step. */
+void kr_set_key_state(Kms__V1__KeyRecord *rec, Kms__V1__KeyState state);
+/* The maximum of encryptions per version in force for rec. */
+uint64_t kr_max_encryptions(const Kms__V1__KeyRecord *rec);
+/* t as "2024-01-31T12:00:00Z" (UTC, the same on every node). */
+void kr_format_date(int64_t t, char out[32]);
+/*
+ * Refuses a key whose state forbids what is asked: "key '<id>' is
+ * disabled" / "is pending deletion (on <date>)" / "was destroyed"
+ * (KMS_ERR_PRECONDITION); KMS_OK for an Enabled key.
+ */
+int kr_state_refusal(const Kms__V1__KeyRecord *rec, kms_err *err);
+/* The read lock for a dry run (kms_keyring_check), else the write lock. */
+void kr_lock(kms_keyring *kr, int dry);
+/* What every key command checks first, before the lock: it names a well
+ * formed key id. */
+int kr_command_key_check(const void *c, const char *key_id, const char *what, kms_err *err);
+/* The key commands' "find the key": the entry, or KMS_ERR_NOT_FOUND. */
+int kr_entry_for(const struct kms_keyring *kr, const char *key_id, struct kr_entry **e,
+		 kms_err *err);
 
 /* Entries (keyring_state.c); the caller holds the lock where it matters. */
 void kr_entry_clear(struct kr_entry *e);
@@ -101,9 +147,12 @@ int kr_entry_make(const Kms__V1__KeyRecord *rec, struct kr_entry *e, kms_err *er
 void kr_entries_drop(struct kr_entry *es, size_t n);
 size_t kr_find_pos(const struct kms_keyring *kr, const char *key_id, int *found);
 struct kr_entry *kr_find_entry(const struct kms_keyring *kr, const char *key_id);
+/* Index of version v in the record, or -1: versions are 1..N in order
+ * (kr_record_check), so this is O(1). */
 long kr_version_index(const Kms__V1__KeyRecord *rec, uint32_t v);
 int kr_lookup_id_check(const char *key_id, kms_err *err);
 int kr_apply_create_key(kms_keyring *kr, const Kms__V1__CreateKeyCommand *ck, kms_err *err);
+int kr_check_create_key(kms_keyring *kr, const Kms__V1__CreateKeyCommand *ck, kms_err *err);
 
 /*
  * Node-local handles: the reference-counted handle of one unwrapped
@@ -201,5 +250,69 @@ char **kr_admins_dup(char *const *admins, size_t n);
 
 /* Packs a command into out->data (kms_malloc'd, the caller's). keyring_cmd.c */
 int kr_command_pack(const Kms__V1__Command *c, kms_buf *out, kms_err *err);
+
+/*
+ * The lifecycle commands. Each decides on the state exactly as apply does;
+ * with dry set it takes the read lock and changes nothing (kms_keyring_check),
+ * otherwise the write lock, and changes the state only when it accepts.
+ * keyring_lifecycle.c:
+ */
+int kr_apply_set_key_enabled(kms_keyring *kr, const Kms__V1__SetKeyEnabledCommand *c, int dry,
+			     kms_err *err);
+int kr_apply_schedule_key_deletion(kms_keyring *kr,
+				   const Kms__V1__ScheduleKeyDeletionCommand *c, int dry,
+				   kms_err *err);
+int kr_apply_cancel_key_deletion(kms_keyring *kr, const Kms__V1__CancelKeyDeletionCommand *c,
+				 int dry, kms_err *err);
+int kr_apply_put_key_policy(kms_keyring *kr, const Kms__V1__PutKeyPolicyCommand *c, int dry,
+			    kms_err *err);
+int kr_apply_set_rotation_policy(kms_keyring *kr, const Kms__V1__SetRotationPolicyCommand *c,
+				 int dry, kms_err *err);
+/* keyring_versions.c: */
+int kr_apply_rotate_key(kms_keyring *kr, const Kms__V1__RotateKeyCommand *c, int dry,
+			kms_err *err);
+int kr_apply_destroy_key(kms_keyring *kr, const Kms__V1__DestroyKeyCommand *c, int dry,
+			 kms_err *err);
+int kr_apply_reserve_encryptions(kms_keyring *kr, const Kms__V1__ReserveEncryptionsCommand *c,
+				 int dry, kms_err *err);
+/* What the versions of an entry marked Exhausted when max changes (lock held). */
+void kr_exhaust_versions(Kms__V1__KeyRecord *rec);
+/* Moves from's allowance into to when to still holds that version with its
+ * material (restore, write lock held). */
+void kr_allowance_carry(struct kr_entry *to, const struct kr_entry *from);
+/* keyring_aliases.c: */
+int kr_apply_create_alias(kms_keyring *kr, const Kms__V1__CreateAliasCommand *c, int dry,
+			  kms_err *err);
+int kr_apply_update_alias(kms_keyring *kr, const Kms__V1__UpdateAliasCommand *c, int dry,
+			  kms_err *err);
+int kr_apply_delete_alias(kms_keyring *kr, const Kms__V1__DeleteAliasCommand *c, int dry,
+			  kms_err *err);
+/* The key id an alias points at: a well-formed key id, never an alias. */
+int kr_alias_target_check(const char *key_id, kms_err *err);
+/* The alias named name (lock held), or NULL. */
+const Kms__V1__AliasRecord *kr_alias_find(const struct kms_keyring *kr, const char *name);
+/*
+ * The key id a caller's name stands for (lock held): an alias's key id, or
+ * name itself. NULL for an alias that does not exist. A key whose id an
+ * earlier version let start with "alias/" is still found by its id.
+ */
+const char *kr_name_to_key_id(const struct kms_keyring *kr, const char *name);
+/* The aliases of key_id (lock held): *first is the index of the first in
+ * by_key[], the return value how many. */
+size_t kr_aliases_of(const struct kms_keyring *kr, const char *key_id, size_t *first);
+/*
+ * Restore of the alias table: kr_aliases_build checks a snapshot's aliases
+ * (sorted, unique, valid, each naming one of its keys) and builds both
+ * arrays; kr_aliases_free frees what it built (or what a key ring held).
+ */
+struct kr_alias_table {
+	Kms__V1__AliasRecord **aliases;
+	Kms__V1__AliasRecord **by_key;
+	size_t n;
+};
+int kr_aliases_build(Kms__V1__AliasRecord *const *src, size_t n,
+		     Kms__V1__KeyRecord *const *keys, size_t n_keys, struct kr_alias_table *out,
+		     kms_err *err);
+void kr_aliases_free(struct kr_alias_table *t);
 
 #endif

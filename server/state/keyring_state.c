@@ -80,73 +80,6 @@ out:
 	return rc;
 }
 
-/* --- record validation (the one rule set of apply, restore and build) --- */
-
-/*
- * Every node runs the same checks on the same bytes, so a record is
- * accepted or refused everywhere alike (the FSM must stay deterministic,
- * Raft thesis 3.1). Today a record holds exactly version 1; rotation will
- * relax the version rules here and nowhere else.
- */
-int kr_record_check(const Kms__V1__KeyRecord *rec, kms_err *err)
-{
-	const Kms__V1__KeyVersionRecord *v;
-	int rc;
-
-	if (rec == NULL || rec->key_id == NULL)
-		return kms_errf(err, KMS_ERR_INVALID,
-				"key record has no key id");
-	KMS_TRY(kms_key_id_check(rec->key_id, err));
-	if (rec->description != NULL &&
-	    strnlen(rec->description, KEYRING_DESCRIPTION_MAX + 1) >
-		KEYRING_DESCRIPTION_MAX)
-		return kms_errf(err, KMS_ERR_INVALID,
-				"key '%s': description is longer than %d bytes",
-				rec->key_id, KEYRING_DESCRIPTION_MAX);
-	if (rec->created_by != NULL &&
-	    strnlen(rec->created_by, KMS_PRINCIPAL_MAX + 1) > KMS_PRINCIPAL_MAX)
-		return kms_errf(err, KMS_ERR_INVALID,
-				"key '%s': created_by is longer than %d bytes",
-				rec->key_id, KMS_PRINCIPAL_MAX);
-	if (rec->policy != NULL) {
-		rc = kms_policy_check(rec->policy, KMS_POLICY_STORED, NULL, err);
-		if (rc != KMS_OK) {
-			char prefix[KMS_KEY_ID_MAX + 8];
-
-			snprintf(prefix, sizeof(prefix), "key '%s'",
-				 rec->key_id);
-			if (err != NULL)
-				kms_err_prefix(err, prefix);
-			return rc;
-		}
-	}
-	if (rec->n_versions != 1 || rec->versions == NULL ||
-	    rec->versions[0] == NULL)
-		return kms_errf(
-		    err, KMS_ERR_INVALID,
-		    "key '%s' must hold exactly one version, not %zu",
-		    rec->key_id, rec->n_versions);
-	v = rec->versions[0];
-	if (v->version != 1)
-		return kms_errf(err, KMS_ERR_INVALID,
-				"key '%s': its first version must be 1, not %u",
-				rec->key_id, v->version);
-	if (v->wrapped_material.len == 0 ||
-	    v->wrapped_material.len > KMS_WRAPPED_MAX ||
-	    v->wrapped_material.data == NULL)
-		return kms_errf(
-		    err, KMS_ERR_INVALID,
-		    "key '%s' version %u: wrapped material of %zu bytes "
-		    "is outside 1..%d",
-		    rec->key_id, v->version, v->wrapped_material.len,
-		    KMS_WRAPPED_MAX);
-	if (rec->primary_version != 1)
-		return kms_errf(err, KMS_ERR_INVALID,
-				"key '%s': primary version must be 1, not %u",
-				rec->key_id, rec->primary_version);
-	return KMS_OK;
-}
-
 /* --- entries ------------------------------------------------------------ */
 
 void kr_entry_clear(struct kr_entry *e)
@@ -165,8 +98,12 @@ int kr_entry_make(const Kms__V1__KeyRecord *rec, struct kr_entry *e,
 
 	e->rec = NULL;
 	e->handles = NULL;
+	e->allow_version = 0;
+	atomic_init(&e->allow_left, 0);
 	KMS_TRY(kr_message_dup(&rec->base, &copy, err));
 	e->rec = (Kms__V1__KeyRecord *)copy;
+	/* Readers see the state a record written before key_state had. */
+	kr_set_key_state(e->rec, kr_key_state(e->rec));
 	e->handles = kms_calloc(e->rec->n_versions, sizeof(*e->handles));
 	if (e->handles == NULL) {
 		kr_entry_clear(e);
@@ -222,17 +159,6 @@ struct kr_entry *kr_find_entry(const struct kms_keyring *kr,
 	return found ? &kr->entries[pos] : NULL;
 }
 
-/* Index of version v in the record, or -1. */
-long kr_version_index(const Kms__V1__KeyRecord *rec, uint32_t v)
-{
-	size_t i;
-
-	for (i = 0; i < rec->n_versions; i++)
-		if (rec->versions[i]->version == v)
-			return (long)i;
-	return -1;
-}
-
 /*
  * A caller's key id that is not even well formed names no key; say so
  * without echoing the bytes (they may be anything) into the message.
@@ -242,6 +168,12 @@ int kr_lookup_id_check(const char *key_id, kms_err *err)
 	if (key_id == NULL)
 		return kms_errf(err, KMS_ERR_NOT_FOUND,
 				"key not found: no key id");
+	if (kms_is_alias_name(key_id)) {
+		if (kms_alias_name_check(key_id, NULL) != KMS_OK)
+			return kms_errf(err, KMS_ERR_NOT_FOUND,
+					"key not found: the alias name is malformed");
+		return KMS_OK;
+	}
 	if (kms_key_id_check(key_id, NULL) != KMS_OK)
 		return kms_errf(err, KMS_ERR_NOT_FOUND,
 				"key not found: the key id is malformed");
@@ -273,6 +205,7 @@ static void carry_entry(struct kr_entry *to, struct kr_entry *from)
 		to->handles[k] = from->handles[v];
 		from->handles[v] = NULL;
 	}
+	kr_allowance_carry(to, from);
 }
 
 /*
@@ -341,6 +274,11 @@ void kms_keyring_free(kms_keyring *kr)
 	kr_entries_drop(kr->entries, kr->n);
 	kr_lru_free(kr);
 	kms_keyring_admins_free(kr->admins, kr->n_admins);
+	{
+		struct kr_alias_table t = {kr->aliases, kr->by_key, kr->n_aliases};
+
+		kr_aliases_free(&t);
+	}
 	pthread_rwlock_destroy(&kr->lock);
 	kms_free(kr);
 }
@@ -361,6 +299,25 @@ void kms_keyring_set_release(kms_keyring *kr, kms_keyring_release_fn fn,
  * the insertion itself. Only the Raft thread writes, so the existence check
  * under the lock sees every earlier command.
  */
+/*
+ * A key id stays taken for ever, also by a destroyed key (its tombstone),
+ * so no blob made under an old key can ever decrypt under a new one.
+ */
+int kr_check_create_key(kms_keyring *kr, const Kms__V1__CreateKeyCommand *ck, kms_err *err)
+{
+	int found, rc = KMS_OK;
+
+	if (ck == NULL || ck->key == NULL)
+		return kms_errf(err, KMS_ERR_INVALID, "CreateKey command holds no key record");
+	KMS_TRY(kr_record_check(ck->key, err));
+	pthread_rwlock_rdlock(&kr->lock);
+	(void)kr_find_pos(kr, ck->key->key_id, &found);
+	if (found)
+		rc = kms_errf(err, KMS_ERR_EXISTS, "key '%s' already exists", ck->key->key_id);
+	pthread_rwlock_unlock(&kr->lock);
+	return rc;
+}
+
 int kr_apply_create_key(kms_keyring *kr,
 			    const Kms__V1__CreateKeyCommand *ck, kms_err *err)
 {
@@ -407,8 +364,57 @@ unlock:
 }
 
 
-int kms_keyring_apply(kms_keyring *kr, const uint8_t *cmd, size_t len,
-		      kms_err *err)
+/*
+ * One command, applied (dry 0) or only decided (dry 1: kms_keyring_check).
+ * A dry run of a cluster command only parses it.
+ */
+static int run_command(kms_keyring *kr, const Kms__V1__Command *c, int dry, kms_err *err)
+{
+	switch (c->cmd_case) {
+	case KMS__V1__COMMAND__CMD_CREATE_KEY:
+		return dry ? kr_check_create_key(kr, c->create_key, err)
+			   : kr_apply_create_key(kr, c->create_key, err);
+	case KMS__V1__COMMAND__CMD_ADD_MEMBER:
+		return dry ? KMS_OK : kr_apply_add_member(kr, c->add_member, err);
+	case KMS__V1__COMMAND__CMD_REMOVE_MEMBER:
+		return dry ? KMS_OK : kr_apply_remove_member(kr, c->remove_member, err);
+	case KMS__V1__COMMAND__CMD_DOMAIN_KEY_CHECK:
+		return dry ? KMS_OK : kr_apply_domain_key_check(kr, c->domain_key_check, err);
+	case KMS__V1__COMMAND__CMD_CONSUME_JOIN_GRANT:
+		return dry ? KMS_OK : kr_apply_consume_join_grant(kr, c->consume_join_grant, err);
+	case KMS__V1__COMMAND__CMD_SET_ADMINISTRATORS:
+		return dry ? KMS_OK : kr_apply_set_administrators(kr, c->set_administrators, err);
+	case KMS__V1__COMMAND__CMD_ROTATE_KEY:
+		return kr_apply_rotate_key(kr, c->rotate_key, dry, err);
+	case KMS__V1__COMMAND__CMD_SET_KEY_ENABLED:
+		return kr_apply_set_key_enabled(kr, c->set_key_enabled, dry, err);
+	case KMS__V1__COMMAND__CMD_SCHEDULE_KEY_DELETION:
+		return kr_apply_schedule_key_deletion(kr, c->schedule_key_deletion, dry, err);
+	case KMS__V1__COMMAND__CMD_CANCEL_KEY_DELETION:
+		return kr_apply_cancel_key_deletion(kr, c->cancel_key_deletion, dry, err);
+	case KMS__V1__COMMAND__CMD_DESTROY_KEY:
+		return kr_apply_destroy_key(kr, c->destroy_key, dry, err);
+	case KMS__V1__COMMAND__CMD_PUT_KEY_POLICY:
+		return kr_apply_put_key_policy(kr, c->put_key_policy, dry, err);
+	case KMS__V1__COMMAND__CMD_SET_ROTATION_POLICY:
+		return kr_apply_set_rotation_policy(kr, c->set_rotation_policy, dry, err);
+	case KMS__V1__COMMAND__CMD_CREATE_ALIAS:
+		return kr_apply_create_alias(kr, c->create_alias, dry, err);
+	case KMS__V1__COMMAND__CMD_UPDATE_ALIAS:
+		return kr_apply_update_alias(kr, c->update_alias, dry, err);
+	case KMS__V1__COMMAND__CMD_DELETE_ALIAS:
+		return kr_apply_delete_alias(kr, c->delete_alias, dry, err);
+	case KMS__V1__COMMAND__CMD_RESERVE_ENCRYPTIONS:
+		return kr_apply_reserve_encryptions(kr, c->reserve_encryptions, dry, err);
+	case KMS__V1__COMMAND__CMD__NOT_SET:
+	default:
+		return kms_errf(err, KMS_ERR_INVALID,
+				"command names no operation this node knows");
+	}
+}
+
+static int parse_and_run(kms_keyring *kr, const uint8_t *cmd, size_t len, int dry,
+			 kms_err *err)
 {
 	static const uint8_t none[1];
 	struct pb_state st = {0};
@@ -425,33 +431,19 @@ int kms_keyring_apply(kms_keyring *kr, const uint8_t *cmd, size_t len,
 		    err, st.failed ? KMS_ERR_NOMEM : KMS_ERR_INVALID,
 		    st.failed ? "out of memory parsing a command"
 			      : "command is not a valid kms.v1.Command");
-	switch (c->cmd_case) {
-	case KMS__V1__COMMAND__CMD_CREATE_KEY:
-		rc = kr_apply_create_key(kr, c->create_key, err);
-		break;
-	case KMS__V1__COMMAND__CMD_ADD_MEMBER:
-		rc = kr_apply_add_member(kr, c->add_member, err);
-		break;
-	case KMS__V1__COMMAND__CMD_REMOVE_MEMBER:
-		rc = kr_apply_remove_member(kr, c->remove_member, err);
-		break;
-	case KMS__V1__COMMAND__CMD_DOMAIN_KEY_CHECK:
-		rc = kr_apply_domain_key_check(kr, c->domain_key_check, err);
-		break;
-	case KMS__V1__COMMAND__CMD_CONSUME_JOIN_GRANT:
-		rc = kr_apply_consume_join_grant(kr, c->consume_join_grant, err);
-		break;
-	case KMS__V1__COMMAND__CMD_SET_ADMINISTRATORS:
-		rc = kr_apply_set_administrators(kr, c->set_administrators, err);
-		break;
-	case KMS__V1__COMMAND__CMD__NOT_SET:
-	default:
-		rc = kms_errf(err, KMS_ERR_INVALID,
-			      "command names no operation this node knows");
-		break;
-	}
+	rc = run_command(kr, c, dry, err);
 	kr_pb_message_free(&c->base);
 	return rc;
+}
+
+int kms_keyring_apply(kms_keyring *kr, const uint8_t *cmd, size_t len, kms_err *err)
+{
+	return parse_and_run(kr, cmd, len, 0, err);
+}
+
+int kms_keyring_check(kms_keyring *kr, const uint8_t *cmd, size_t len, kms_err *err)
+{
+	return parse_and_run(kr, cmd, len, 1, err);
 }
 
 int kms_keyring_snapshot(kms_keyring *kr, void *(*alloc)(size_t), kms_buf *out,
@@ -502,6 +494,8 @@ int kms_keyring_snapshot(kms_keyring *kr, void *(*alloc)(size_t), kms_buf *out,
 	snap.domain_key_probe.len = kr->probe_len;
 	snap.administrators = kr->admins;
 	snap.n_administrators = kr->n_admins;
+	snap.aliases = kr->aliases;
+	snap.n_aliases = kr->n_aliases;
 	len = kms__v1__key_ring_snapshot__get_packed_size(&snap);
 	out->data = alloc(len);
 	if (out->data == NULL) {
@@ -531,6 +525,7 @@ int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len,
 	    .alloc = kr_pb_alloc, .free = kr_pb_free, .allocator_data = &st};
 	Kms__V1__KeyRingSnapshot *s = NULL;
 	struct kr_entry *fresh = NULL, *old;
+	struct kr_alias_table aliases = {0}, old_aliases;
 	char **admins = NULL, **old_admins;
 	size_t i, built = 0, old_n, old_n_admins;
 	int rc = KMS_OK;
@@ -586,6 +581,8 @@ int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len,
 			goto out;
 		}
 	}
+	KMS_TRY_GOTO(rc, kr_aliases_build(s->aliases, s->n_aliases, s->keys, s->n_keys, &aliases,
+					  err), out);
 	fresh = kms_calloc(s->n_keys, sizeof(*fresh));
 	if (fresh == NULL) {
 		rc = kms_errf(err, KMS_ERR_NOMEM,
@@ -615,6 +612,13 @@ int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len,
 	kr->admins = admins;
 	kr->n_admins = s->n_administrators;
 	admins = NULL;
+	old_aliases.aliases = kr->aliases;
+	old_aliases.by_key = kr->by_key;
+	old_aliases.n = kr->n_aliases;
+	kr->aliases = aliases.aliases;
+	kr->by_key = aliases.by_key;
+	kr->n_aliases = kr->cap_aliases = aliases.n;
+	memset(&aliases, 0, sizeof(aliases));
 	pthread_rwlock_unlock(&kr->lock);
 	fresh = NULL;
 	built = 0;
@@ -624,7 +628,9 @@ int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len,
 	 */
 	kr_entries_drop(old, old_n);
 	kms_keyring_admins_free(old_admins, old_n_admins);
+	kr_aliases_free(&old_aliases);
 out:
+	kr_aliases_free(&aliases);
 	if (fresh != NULL)
 		kr_entries_drop(fresh, built);
 	kms_keyring_admins_free(admins, s->n_administrators);

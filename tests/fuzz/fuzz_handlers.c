@@ -60,8 +60,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
  * removed.
  *
  * An input:
- *   byte 0   the method: an index into the four tables in that order
- *            (modulo their size);
+ *   byte 0   the method: an index into the five tables in that order
+ *            (KeyManagement's crypto and key calls, its key administration,
+ *            Operator, Internal, Health; modulo their size);
  *   byte 1   bits 0-2 the caller (modulo 6): the administrator, a service
  *            with grants on the seeded keys, a stranger (all three client-CA
  *            identities), a member node (node 1), a node that is no member
@@ -74,19 +75,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
  * (from the services' protobuf descriptors). Beyond that, what the caller
  * may do: a refusal by the caller checks exactly as rpc_server.h says;
  * Operator calls succeed for the administrator only, Internal ones for the
- * member node only, CreateKey for the administrator only, and the seeded
- * keys' policies hold for every key operation and listing. An Encrypt or
+ * member node only, CreateKey and every key administration call
+ * (api_keyadmin.c) for the administrator only, and the seeded keys'
+ * policies hold for every key operation and listing. An Encrypt or
  * GenerateDataKey that succeeds is decrypted again as the same caller (the
  * plaintext must come back where the policy allows it) and decrypted with
  * a flipped tag byte and without its context (which must fail); one with
  * without_plaintext must return no plaintext.
  *
  * State between inputs: what an input did to the administrators list or
- * the member list (SetAdministrators, AddMember, directly or relayed) is
- * undone after it, by committing the original list through Raft, so that
- * every input meets the same administrators and members and the leader
- * does not keep retrying the promotion of a member that never runs. Keys
- * an input creates stay (no call removes keys).
+ * the member list (SetAdministrators, AddMember, directly or relayed), and
+ * to the state, policy and rotation policy of a seeded key, is undone
+ * after it, by committing the original through Raft, so that every input
+ * meets the same administrators, members and seeded keys, and the leader
+ * does not keep retrying the promotion of a member that never runs. Keys,
+ * versions and aliases an input creates stay (no call destroys a key).
  *
  * The network: a member an input admits is dialled by Raft and by
  * ClusterStatus at whatever host:port the input named. This program
@@ -186,6 +189,31 @@ static int seeded_allows(const char *key_id, int caller, enum kms_op op)
 	return 1;
 }
 
+/* The policy a seeded key is made with (pointers into sp). */
+struct seeded_policy {
+	Kms__V1__KeyPolicy policy;
+	Kms__V1__Grant grant;
+	Kms__V1__Grant *grants[1];
+	char *ops[4];
+};
+
+static void seeded_policy(size_t i, struct seeded_policy *sp)
+{
+	size_t n_ops = 0;
+
+	kms__v1__key_policy__init(&sp->policy);
+	kms__v1__grant__init(&sp->grant);
+	for (int op = KMS_OP_ENCRYPT; op <= KMS_OP_DESCRIBE_KEY; op++)
+		if (seeded[i].app_ops & OP(op))
+			sp->ops[n_ops++] = (char *)kms_op_name((enum kms_op)op);
+	sp->grant.principal = (char *)APP;
+	sp->grant.operations = sp->ops;
+	sp->grant.n_operations = n_ops;
+	sp->grants[0] = &sp->grant;
+	sp->policy.grants = sp->grants;
+	sp->policy.n_grants = n_ops > 0 ? 1 : 0;
+}
+
 /* ---- the methods ---- */
 
 struct fuzz_method {
@@ -193,7 +221,7 @@ struct fuzz_method {
 	const ProtobufCMessageDescriptor *response;
 };
 
-#define METHODS_MAX 32
+#define METHODS_MAX 64
 static struct fuzz_method methods[METHODS_MAX];
 static size_t n_methods;
 
@@ -230,6 +258,7 @@ static void methods_init(void)
 		size_t n;
 	} tables[] = {
 		{kms_api_keymgmt_methods, kms_api_keymgmt_n_methods},
+		{kms_api_keyadmin_methods, kms_api_keyadmin_n_methods},
 		{kms_api_operator_methods, kms_api_operator_n_methods},
 		{kms_api_internal_methods, kms_api_internal_n_methods},
 		{kms_api_health_methods, kms_api_health_n_methods},
@@ -254,6 +283,13 @@ static void methods_init(void)
 			n_methods++;
 		}
 	}
+}
+
+/* One of the key administration calls (administrators only). */
+static int is_keyadmin(const kms_method *m)
+{
+	return m >= kms_api_keyadmin_methods &&
+	       m < kms_api_keyadmin_methods + kms_api_keyadmin_n_methods;
 }
 
 static const struct fuzz_method *method_by_path(const char *path)
@@ -509,6 +545,8 @@ static void check_answer(const struct fuzz_method *fm, int caller, const struct 
 		failf(fm, caller, o, "an Internal call succeeded for a non-member");
 	if (strcmp(path, "/kms.v1.KeyManagement/CreateKey") == 0 && caller != C_ADMIN)
 		failf(fm, caller, o, "a non-administrator created a key");
+	if (is_keyadmin(fm->m) && caller != C_ADMIN)
+		failf(fm, caller, o, "a non-administrator administered a key");
 	if (strcmp(path, "/kms.v1.KeyManagement/DescribeKey") == 0) {
 		const Kms__V1__DescribeKeyResponse *r = (const void *)resp;
 
@@ -733,6 +771,53 @@ static void commit_or_die(kms_buf *cmd, const char *what)
 	kms_buf_free(cmd);
 }
 
+/* A seeded key as it was made: enabled, with its policy and no rotation
+ * policy of its own. */
+static void restore_seeded_key(size_t i)
+{
+	const char *id = seeded[i].id;
+	Kms__V1__KeyMetadata *md = NULL;
+	struct seeded_policy sp;
+	kms_key_status s;
+	kms_buf cmd = {0};
+	kms_err err = {0};
+	uint8_t *want, *have;
+	size_t want_len, have_len;
+
+	if (kms_keyring_key_status(node->kr, id, &s, &err) != KMS_OK) {
+		fprintf(stderr, "fuzz_handlers: seeded key %s: %s\n", id, err.msg);
+		abort();
+	}
+	if (s.state == KMS__V1__KEY_STATE__KEY_STATE_PENDING_DELETION) {
+		if (kms_keyring_cmd_cancel_key_deletion(id, &cmd, &err) != KMS_OK)
+			abort();
+		commit_or_die(&cmd, "a seeded key's state");
+	}
+	if (s.state != KMS__V1__KEY_STATE__KEY_STATE_ENABLED) {
+		if (kms_keyring_cmd_set_key_enabled(id, 1, &cmd, &err) != KMS_OK)
+			abort();
+		commit_or_die(&cmd, "a seeded key's state");
+	}
+	if (s.rotation_period_seconds != 0 || s.max_encryptions != KMS_ENCRYPTIONS_DEFAULT) {
+		if (kms_keyring_cmd_set_rotation_policy(id, 0, 0, &cmd, &err) != KMS_OK)
+			abort();
+		commit_or_die(&cmd, "a seeded key's rotation policy");
+	}
+	seeded_policy(i, &sp);
+	if (kms_keyring_describe(node->kr, id, ADMIN, 1, &md, &err) != KMS_OK)
+		abort();
+	want = pack(&sp.policy.base, &want_len);
+	have = pack(&md->policy->base, &have_len);
+	if (want_len != have_len || memcmp(want, have, want_len) != 0) {
+		if (kms_keyring_cmd_put_key_policy(id, &sp.policy, &cmd, &err) != KMS_OK)
+			abort();
+		commit_or_die(&cmd, "a seeded key's policy");
+	}
+	free(want);
+	free(have);
+	kms_keyring_metadata_free(md);
+}
+
 static void restore_baseline(void)
 {
 	static char *const admins[] = {(char *)ADMIN};
@@ -753,6 +838,8 @@ static void restore_baseline(void)
 			abort();
 		commit_or_die(&cmd, "the members");
 	}
+	for (size_t i = 0; i < N_SEEDED; i++)
+		restore_seeded_key(i);
 }
 
 /* ---- one input ---- */
@@ -888,24 +975,15 @@ static void stop_node(void)
 static void seed_key(size_t i)
 {
 	Kms__V1__CreateKeyRequest req = KMS__V1__CREATE_KEY_REQUEST__INIT;
-	Kms__V1__KeyPolicy policy = KMS__V1__KEY_POLICY__INIT;
-	Kms__V1__Grant grant = KMS__V1__GRANT__INIT, *grants[] = {&grant};
-	char *ops[4];
-	size_t n_ops = 0, len;
+	struct seeded_policy sp;
+	size_t len;
 	uint8_t *buf;
 	struct outcome o;
 
-	for (int op = KMS_OP_ENCRYPT; op <= KMS_OP_DESCRIBE_KEY; op++)
-		if (seeded[i].app_ops & OP(op))
-			ops[n_ops++] = (char *)kms_op_name((enum kms_op)op);
-	grant.principal = (char *)APP;
-	grant.operations = ops;
-	grant.n_operations = n_ops;
-	policy.grants = grants;
-	policy.n_grants = n_ops > 0 ? 1 : 0;
+	seeded_policy(i, &sp);
 	req.key_id = (char *)seeded[i].id;
 	req.description = (char *)"seeded by fuzz_handlers";
-	req.policy = &policy;
+	req.policy = &sp.policy;
 	buf = pack(&req.base, &len);
 	run_call(method_by_path("/kms.v1.KeyManagement/CreateKey"), C_ADMIN, 0, DEADLINE_MS, buf,
 		 len, &o);
@@ -1120,6 +1198,92 @@ static void write_keymgmt_seeds(const char *dir)
 	     de);
 }
 
+static void write_keyadmin_seeds(const char *dir)
+{
+	static char *ops[] = {"Decrypt"};
+	Kms__V1__RotateKeyRequest rk = KMS__V1__ROTATE_KEY_REQUEST__INIT;
+	Kms__V1__SetRotationPolicyRequest rp = KMS__V1__SET_ROTATION_POLICY_REQUEST__INIT;
+	Kms__V1__EnableKeyRequest en = KMS__V1__ENABLE_KEY_REQUEST__INIT;
+	Kms__V1__DisableKeyRequest di = KMS__V1__DISABLE_KEY_REQUEST__INIT;
+	Kms__V1__ScheduleKeyDeletionRequest sd = KMS__V1__SCHEDULE_KEY_DELETION_REQUEST__INIT;
+	Kms__V1__CancelKeyDeletionRequest cd = KMS__V1__CANCEL_KEY_DELETION_REQUEST__INIT;
+	Kms__V1__PutKeyPolicyRequest pp = KMS__V1__PUT_KEY_POLICY_REQUEST__INIT;
+	Kms__V1__KeyPolicy policy = KMS__V1__KEY_POLICY__INIT;
+	Kms__V1__Grant grant = KMS__V1__GRANT__INIT, *grants[] = {&grant};
+	Kms__V1__CreateAliasRequest ca = KMS__V1__CREATE_ALIAS_REQUEST__INIT;
+	Kms__V1__UpdateAliasRequest ua = KMS__V1__UPDATE_ALIAS_REQUEST__INIT;
+	Kms__V1__DeleteAliasRequest da = KMS__V1__DELETE_ALIAS_REQUEST__INIT;
+	Kms__V1__ListAliasesRequest la = KMS__V1__LIST_ALIASES_REQUEST__INIT;
+
+	rk.key_id = (char *)"fuzz-app";
+	SEED("RotateKey-admin", "/kms.v1.KeyManagement/RotateKey", C_ADMIN, 0, rk);
+	SEED("RotateKey-service-refused", "/kms.v1.KeyManagement/RotateKey", C_APP, 0, rk);
+	rk.key_id = (char *)"alias/fuzz";
+	SEED("RotateKey-admin-by-alias", "/kms.v1.KeyManagement/RotateKey", C_ADMIN, 0, rk);
+
+	rp.key_id = (char *)"fuzz-app";
+	rp.rotation_period_seconds = 86400;
+	rp.max_encryptions_per_version = 1000;
+	SEED("SetRotationPolicy-admin", "/kms.v1.KeyManagement/SetRotationPolicy", C_ADMIN, 0, rp);
+	rp.rotation_period_seconds = 1;
+	SEED("SetRotationPolicy-admin-too-short", "/kms.v1.KeyManagement/SetRotationPolicy",
+	     C_ADMIN, 0, rp);
+	rp.rotation_period_seconds = 0;
+	rp.max_encryptions_per_version = (UINT64_C(1) << 32) + 1;
+	SEED("SetRotationPolicy-admin-too-many", "/kms.v1.KeyManagement/SetRotationPolicy",
+	     C_ADMIN, 0, rp);
+
+	di.key_id = (char *)"fuzz-app";
+	SEED("DisableKey-admin", "/kms.v1.KeyManagement/DisableKey", C_ADMIN, 0, di);
+	SEED("DisableKey-stranger", "/kms.v1.KeyManagement/DisableKey", C_STRANGER, 0, di);
+	en.key_id = (char *)"fuzz-admin";
+	SEED("EnableKey-admin", "/kms.v1.KeyManagement/EnableKey", C_ADMIN, 0, en);
+
+	sd.key_id = (char *)"fuzz-admin";
+	sd.pending_window_days = 7;
+	SEED("ScheduleKeyDeletion-admin", "/kms.v1.KeyManagement/ScheduleKeyDeletion", C_ADMIN, 0,
+	     sd);
+	sd.pending_window_days = 3;
+	SEED("ScheduleKeyDeletion-admin-window-too-short",
+	     "/kms.v1.KeyManagement/ScheduleKeyDeletion", C_ADMIN, 0, sd);
+	cd.key_id = (char *)"fuzz-admin";
+	SEED("CancelKeyDeletion-admin-not-pending", "/kms.v1.KeyManagement/CancelKeyDeletion",
+	     C_ADMIN, 0, cd);
+
+	grant.principal = (char *)APP;
+	grant.operations = ops;
+	grant.n_operations = 1;
+	policy.grants = grants;
+	policy.n_grants = 1;
+	pp.key_id = (char *)"fuzz-app";
+	pp.policy = &policy;
+	SEED("PutKeyPolicy-admin", "/kms.v1.KeyManagement/PutKeyPolicy", C_ADMIN, 0, pp);
+	grant.principal = (char *)"spiffe://elsewhere.example/ns/x/sa/y";
+	SEED("PutKeyPolicy-admin-foreign-domain", "/kms.v1.KeyManagement/PutKeyPolicy", C_ADMIN, 0,
+	     pp);
+
+	ca.alias_name = (char *)"alias/fuzz";
+	ca.key_id = (char *)"fuzz-app";
+	SEED("CreateAlias-admin", "/kms.v1.KeyManagement/CreateAlias", C_ADMIN, 0, ca);
+	SEED("CreateAlias-service-refused", "/kms.v1.KeyManagement/CreateAlias", C_APP, 0, ca);
+	ca.key_id = (char *)"alias/other";
+	SEED("CreateAlias-admin-alias-of-alias", "/kms.v1.KeyManagement/CreateAlias", C_ADMIN, 0,
+	     ca);
+	ca.alias_name = (char *)"no-prefix";
+	ca.key_id = (char *)"fuzz-app";
+	SEED("CreateAlias-admin-bad-name", "/kms.v1.KeyManagement/CreateAlias", C_ADMIN, 0, ca);
+	ua.alias_name = (char *)"alias/fuzz";
+	ua.key_id = (char *)"fuzz-enc";
+	SEED("UpdateAlias-admin", "/kms.v1.KeyManagement/UpdateAlias", C_ADMIN, 0, ua);
+	da.alias_name = (char *)"alias/unknown";
+	SEED("DeleteAlias-admin-unknown", "/kms.v1.KeyManagement/DeleteAlias", C_ADMIN, 0, da);
+	la.page_size = 10;
+	SEED("ListAliases-admin", "/kms.v1.KeyManagement/ListAliases", C_ADMIN, 0, la);
+	la.key_id = (char *)"fuzz-app";
+	SEED("ListAliases-admin-of-key", "/kms.v1.KeyManagement/ListAliases", C_ADMIN, 0, la);
+	SEED("ListAliases-service-refused", "/kms.v1.KeyManagement/ListAliases", C_APP, 0, la);
+}
+
 /* An AddMember of node 5 at ports where nothing listens. */
 static void add_member_seed(Kms__V1__AddMemberRequest *am, Kms__V1__Member *member)
 {
@@ -1212,6 +1376,22 @@ static void write_internal_seeds(const char *dir)
 	fw.principal = (char *)APP;
 	SEED("Forward-member-not-admin", "/kms.v1.Internal/Forward", C_MEMBER, 0, fw);
 	kms_buf_free(&cmd);
+	if (kms_keyring_cmd_set_key_enabled("fuzz-app", 0, &cmd, &err) != KMS_OK)
+		abort();
+	fw.command.data = cmd.data;
+	fw.command.len = cmd.len;
+	fw.principal = (char *)ADMIN;
+	SEED("Forward-member-disable-key", "/kms.v1.Internal/Forward", C_MEMBER, 0, fw);
+	fw.principal = (char *)APP;
+	SEED("Forward-member-disable-key-not-admin", "/kms.v1.Internal/Forward", C_MEMBER, 0, fw);
+	kms_buf_free(&cmd);
+	if (kms_keyring_cmd_destroy_key("fuzz-app", 1700000000, &cmd, &err) != KMS_OK)
+		abort();
+	fw.command.data = cmd.data;
+	fw.command.len = cmd.len;
+	fw.principal = (char *)ADMIN;
+	SEED("Forward-member-destroy-key-refused", "/kms.v1.Internal/Forward", C_MEMBER, 0, fw);
+	kms_buf_free(&cmd);
 
 	SEED("NodeStatus-member", "/kms.v1.Internal/NodeStatus", C_MEMBER, 0, ns);
 	SEED("NodeStatus-outsider", "/kms.v1.Internal/NodeStatus", C_OUTSIDER, 0, ns);
@@ -1270,6 +1450,7 @@ static void write_corpus(const char *dir)
 		exit(1);
 	}
 	write_keymgmt_seeds(dir);
+	write_keyadmin_seeds(dir);
 	write_operator_seeds(dir);
 	write_internal_seeds(dir);
 	SEED("Check-anonymous", "/grpc.health.v1.Health/Check", C_NONE, 0, hc);

@@ -34,8 +34,9 @@ static kms_keyring *keyring_new(void)
 }
 
 /*
- * A key and a member already in the ring, so that the "exists", "update"
- * and "remove" paths of apply are reachable from a one-command input.
+ * A key, an alias of it and a member already in the ring, so that the
+ * "exists", "update" and "remove" paths of apply, and every lifecycle
+ * command, are reachable from a one-command input.
  */
 static void keyring_preload(kms_keyring *kr)
 {
@@ -47,6 +48,11 @@ static void keyring_preload(kms_keyring *kr)
 				       "spiffe://fuzz/admin", 1700000000,
 				       wrapped, sizeof(wrapped), &cmd,
 				       &err) != KMS_OK ||
+	    kms_keyring_apply(kr, cmd.data, cmd.len, &err) != KMS_OK)
+		abort();
+	kms_buf_free(&cmd);
+	if (kms_keyring_cmd_create_alias("alias/fuzz", "fuzz-key", 1700000000, &cmd, &err) !=
+		    KMS_OK ||
 	    kms_keyring_apply(kr, cmd.data, cmd.len, &err) != KMS_OK)
 		abort();
 	kms_buf_free(&cmd);

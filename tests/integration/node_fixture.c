@@ -3,6 +3,7 @@
 #include <check.h>
 #include <errno.h>
 #include <linux/capability.h>
+#include <sched.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -221,6 +222,8 @@ static pid_t spawn(kms_test_node *node, const char *conf)
 		if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 || getppid() == 1)
 			_exit(124);
 		setenv("SOFTHSM2_CONF", node->softhsm_conf, 1);
+		if (node->netns_fd > 0 && setns(node->netns_fd, CLONE_NEWNET) != 0)
+			_exit(123);
 		if (node->drop_caps && kms_test_drop_caps() != 0)
 			_exit(125);
 		execl(kmsd, "kmsd", "--config", conf, (char *)NULL);

@@ -34,6 +34,9 @@ typedef struct kms_test_node {
 	/* Set before a start: kmsd runs without capabilities (kms_test_drop_caps),
 	 * as an unprivileged user's process would even when the tests run as root. */
 	int drop_caps;
+	/* > 0: kmsd starts in this network namespace (net_mesh.h sets it, and
+	 * owns it); 0: in the test's. */
+	int netns_fd;
 } kms_test_node;
 
 /* Makes the root, the CA and the client certificates: "admin", "app",

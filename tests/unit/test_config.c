@@ -52,6 +52,8 @@ static const struct conf_line full[] = {
      "admins = spiffe://prod.example/ops/alice "
      ",\tspiffe://prod.example/ops/bob"},
     {"cluster", "node_ca_file", "node_ca_file = /etc/kmsd/node-ca.pem"},
+    {"keys", "min_rotation_period", "min_rotation_period = 3600"},
+    {"keys", "deletion_day_seconds", "deletion_day_seconds = 2"},
 };
 #define N_FULL (sizeof(full) / sizeof(full[0]))
 
@@ -84,7 +86,7 @@ static void write_full(const char *skip_section, const char *skip,
 		       const char *extra_section, const char *extra)
 {
 	static const char *const sections[] = {"node", "grpc", "raft", "hsm",
-					       "authz", "cluster"};
+					       "authz", "cluster", "keys"};
 	char text[4096];
 	size_t n = 0;
 
@@ -204,6 +206,8 @@ START_TEST(test_full_config)
 	/* The admins' trust domain is the cluster's when none is set. */
 	ck_assert_str_eq(cfg.trust_domain, "prod.example");
 	ck_assert_str_eq(cfg.node_ca_file, "/etc/kmsd/node-ca.pem");
+	ck_assert_uint_eq(cfg.min_rotation_period_s, 3600);
+	ck_assert_uint_eq(cfg.deletion_day_seconds, 2);
 }
 END_TEST
 
@@ -227,6 +231,10 @@ START_TEST(test_defaults)
 	ck_assert_uint_eq(cfg.snapshot_trailing, 1024);
 	ck_assert_uint_eq(cfg.election_timeout_ms, 500);
 	ck_assert_uint_eq(cfg.heartbeat_timeout_ms, 50);
+	ck_assert_uint_eq(cfg.max_staleness_s, 5);
+	/* A deletion window counts real days unless a test cluster says not. */
+	ck_assert_uint_eq(cfg.min_rotation_period_s, 60);
+	ck_assert_uint_eq(cfg.deletion_day_seconds, 86400);
 	ck_assert_str_eq(cfg.domain_key_label, "kmsd-domain-key");
 	ck_assert_uint_eq(cfg.n_admins, 0);
 	ck_assert_ptr_null(cfg.admins);
@@ -308,6 +316,32 @@ START_TEST(test_grpc_tls_and_limits)
 		write_full(NULL, NULL, "grpc", bad[i][0]);
 		ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_ERR_CONFIG);
 		ASSERT_MSG(bad[i][1]);
+	}
+}
+END_TEST
+
+/* [keys]: the rotation floor and the test-only length of a deletion day. */
+START_TEST(test_keys_limits)
+{
+	static const char *const bad[][3] = {
+	    {"min_rotation_period", "min_rotation_period = 0",
+	     "'min_rotation_period' in [keys] must be a whole number from 1 to 31622400, not '0'"},
+	    {"deletion_day_seconds", "deletion_day_seconds = 86401",
+	     "'deletion_day_seconds' in [keys] must be a whole number from 1 to 86400, not "
+	     "'86401'"},
+	    {"deletion_day_seconds", "deletion_day_seconds = 0",
+	     "'deletion_day_seconds' in [keys] must be a whole number from 1 to 86400, not '0'"},
+	};
+
+	write_full("keys", "min_rotation_period", "keys", "min_rotation_period = 1");
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
+	ck_assert_uint_eq(cfg.min_rotation_period_s, 1);
+	ck_assert_uint_eq(cfg.deletion_day_seconds, 2);
+	kms_config_free(&cfg);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		write_full("keys", bad[i][0], "keys", bad[i][1]);
+		ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_ERR_CONFIG);
+		ASSERT_MSG(bad[i][2]);
 	}
 }
 END_TEST
@@ -572,6 +606,48 @@ START_TEST(test_heartbeat_vs_election)
 	assert_load_fails_at(0,
 			     "'heartbeat_timeout_ms' (2000) must be less than "
 			     "'election_timeout_ms' (2000) in [raft]");
+}
+END_TEST
+
+/* [raft] max_staleness: seconds, 1..3600, longer than the election timeout. */
+START_TEST(test_max_staleness)
+{
+	static const char *const bad[] = {"0", "-1", "3601", "99999999999", "abc", "5s", "1.5",
+					  "0x10"};
+
+	write_full(NULL, NULL, "raft", "max_staleness = 30");
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
+	ck_assert_uint_eq(cfg.max_staleness_s, 30);
+	kms_config_free(&cfg);
+	write_full(NULL, NULL, "raft", "max_staleness = 3600");
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
+	ck_assert_uint_eq(cfg.max_staleness_s, 3600);
+	kms_config_free(&cfg);
+	/* The full file's election timeout is 2000 ms: 3 s is longer. */
+	write_full(NULL, NULL, "raft", "max_staleness = 3");
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
+	ck_assert_uint_eq(cfg.max_staleness_s, 3);
+	kms_config_free(&cfg);
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char line[64], detail[160];
+
+		snprintf(line, sizeof(line), "max_staleness = %s", bad[i]);
+		write_full(NULL, NULL, "raft", line);
+		snprintf(detail, sizeof(detail),
+			 "'max_staleness' in [raft] must be a whole number from 1 to 3600, "
+			 "not '%s'",
+			 bad[i]);
+		assert_load_fails_at(19, detail);
+	}
+	write_full(NULL, NULL, "raft", "max_staleness =");
+	assert_load_fails_at(19, "empty value for 'max_staleness' in [raft]");
+	write_full(NULL, NULL, "raft", "max_staleness = 2");
+	assert_load_fails_at(0, "'max_staleness' (2 s) must be longer than "
+				"'election_timeout_ms' (2000 ms) in [raft]");
+	write_full(NULL, NULL, "raft", "max_staleness = 1");
+	assert_load_fails_at(0, "'max_staleness' (1 s) must be longer than "
+				"'election_timeout_ms' (2000 ms) in [raft]");
 }
 END_TEST
 
@@ -1049,6 +1125,7 @@ static Suite *config_suite(void)
 	tcase_add_test(tc, test_max_unwrapped_versions);
 	tcase_add_test(tc, test_max_unwrapped_versions_bad);
 	tcase_add_test(tc, test_defaults);
+	tcase_add_test(tc, test_keys_limits);
 	tcase_add_test(tc, test_grpc_tls_and_limits);
 	tcase_add_test(tc, test_relative_paths);
 	tcase_add_test(tc, test_missing_required);
@@ -1061,6 +1138,7 @@ static Suite *config_suite(void)
 	tcase_add_test(tc, test_duplicate_key);
 	tcase_add_test(tc, test_bad_numbers);
 	tcase_add_test(tc, test_heartbeat_vs_election);
+	tcase_add_test(tc, test_max_staleness);
 	tcase_add_test(tc, test_pin_source_both_or_neither);
 	tcase_add_test(tc, test_bad_values);
 	tcase_add_test(tc, test_allow_core_dumps);

@@ -449,8 +449,8 @@ static void assert_record_invalid(struct trec *t, const char *what)
 START_TEST(test_apply_malformed)
 {
 	static const uint8_t garbage[] = {0xff, 0xff, 0xff, 0xff, 0x0f, 0x01};
-	/* Field 2, length 0: a command a newer node might send. */
-	static const uint8_t unknown_cmd[] = {0x7a, 0x00}; /* field 15 */
+	/* A command a newer node might send: field 31, length 0. */
+	static const uint8_t unknown_cmd[] = {0xfa, 0x01, 0x00};
 	/* Field 1 (CreateKey) with no key record inside. */
 	static const uint8_t no_record[] = {0x0a, 0x00};
 	struct tpolicy p;
@@ -512,12 +512,13 @@ START_TEST(test_apply_invalid_records)
 	trec_init(&t, "k-v2", &p.p);
 	t.v[0].version = 2;
 	assert_record_invalid(&t, "must be 1, not 2");
-	trec_init(&t, "k-two-versions", &p.p);
+	trec_init(&t, "k-gap", &p.p);
 	t.rec.n_versions = 2;
-	assert_record_invalid(&t, "exactly one version");
+	t.v[1].version = 3;
+	assert_record_invalid(&t, "without gaps");
 	trec_init(&t, "k-no-versions", &p.p);
 	t.rec.n_versions = 0;
-	assert_record_invalid(&t, "exactly one version");
+	assert_record_invalid(&t, "1 to 100000 versions");
 	trec_init(&t, "k-primary", &p.p);
 	t.rec.primary_version = 2;
 	assert_record_invalid(&t, "primary version");
@@ -674,7 +675,7 @@ START_TEST(test_resolve_refusals)
 			 KMS_ERR_PERMISSION);
 	ASSERT_MSG_HAS(err, "GenerateDataKey");
 
-	/* A disabled key (only reachable through a raw record today). */
+	/* A disabled key as an earlier version wrote it: the enabled flag alone. */
 	trec_init(&t, "off", &p.p);
 	t.rec.enabled = 0;
 	ck_assert_int_eq(apply_record(&t.rec, &err), KMS_OK);

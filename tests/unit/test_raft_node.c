@@ -70,6 +70,7 @@ static void setup(void)
 	cfg.snapshot_trailing = 128;
 	cfg.election_timeout_ms = 1000;
 	cfg.heartbeat_timeout_ms = 100;
+	cfg.max_staleness_s = 5;
 	memset(&v, 0, sizeof(v));
 	pthread_mutex_init(&v.mu, NULL);
 	pthread_cond_init(&v.cond, NULL);
@@ -168,6 +169,8 @@ START_TEST(view_and_wait_applied)
 	ck_assert_uint_eq(view.n_servers, 1);
 	ck_assert_str_eq(kms_raft_role_name(view.servers[0].role), "voter");
 	ck_assert_str_eq(kms_raft_state_name(0), "unavailable");
+	/* A cluster of one is its own majority: never stale. */
+	ck_assert_int_eq(kms_raft_check_fresh(r, NULL), KMS_OK);
 	kms_raft_free(r);
 	kms_keyring_free(kr);
 }
@@ -194,6 +197,11 @@ START_TEST(joining_node_starts_empty)
 	submit_create(r, "refused");
 	wait_verdicts(1);
 	ck_assert_int_eq(v.status[0], KMS_ERR_UNAVAILABLE);
+	/* It has heard from no leader: crypto calls would be refused. */
+	ck_assert_int_eq(kms_raft_check_fresh(r, &err), KMS_ERR_UNAVAILABLE);
+	ck_assert_str_eq(err.msg, "node 1 has not heard from a Raft leader since it started "
+				  "(max_staleness 5 s): refusing crypto calls until it joins its "
+				  "cluster");
 	kms_raft_free(r);
 	kms_keyring_free(kr);
 }
