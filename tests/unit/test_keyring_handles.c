@@ -715,6 +715,36 @@ START_TEST(test_lru_restore_keeps_the_count)
 }
 END_TEST
 
+/* Applies a command built by the caller to the key ring under test. */
+static void apply_cmd(kms_buf *cmd)
+{
+	kms_err err = {0};
+
+	ck_assert_msg(kms_keyring_apply(kr, cmd->data, cmd->len, &err) == KMS_OK, "%s", err.msg);
+	kms_buf_free(cmd);
+}
+
+START_TEST(test_lru_destroyed_key_leaves_the_count)
+{
+	kms_buf cmd = {0};
+	kms_err err = {0};
+
+	for (int i = 0; i < LRU_LIMIT; i++)
+		lru_call(i);
+	ck_assert_int_eq(kms_keyring_cmd_schedule_key_deletion("lru-3", 100, &cmd, &err), KMS_OK);
+	apply_cmd(&cmd);
+	ck_assert_int_eq(kms_keyring_cmd_destroy_key("lru-3", 200, &cmd, &err), KMS_OK);
+	apply_cmd(&cmd);
+	/* Its handle went with its material, and no longer counts. */
+	ck_assert_uint_eq(released_count(), 1);
+	ck_assert_uint_eq(kms_keyring_handle_count(kr), LRU_LIMIT - 1);
+	ck_assert_uint_eq(token_keys(), 1 + LRU_LIMIT - 1);
+	lru_call(LRU_LIMIT);
+	ck_assert_uint_eq(released_count(), 1);
+	ck_assert_uint_eq(kms_keyring_handle_count(kr), LRU_LIMIT);
+}
+END_TEST
+
 /* Workers call random keys (4 times the bound) and use each handle. */
 struct lru_worker {
 	pthread_t th;
@@ -827,6 +857,7 @@ int main(void)
 	tcase_add_test(tc, test_lru_in_flight_use_survives_eviction);
 	tcase_add_test(tc, test_lru_reuse_after_eviction_unwraps_again);
 	tcase_add_test(tc, test_lru_restore_keeps_the_count);
+	tcase_add_test(tc, test_lru_destroyed_key_leaves_the_count);
 	tcase_add_test(tc, test_lru_threads);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
