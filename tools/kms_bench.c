@@ -8,12 +8,15 @@
 #include <getopt.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <malloc.h>
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
@@ -27,6 +30,7 @@
 #include "kms/client.h"
 #include "kms/client_batch.h"
 #include "kms/hsm.h"
+#include "kms/keyring.h"
 #include "kms/v1/kms.pb-c.h"
 
 #ifndef PACKAGE_VERSION
@@ -48,6 +52,8 @@
 /* A call still unanswered after this long when the run ends counts as an error.
  */
 #define STUCK_NS ((int64_t)1000000000)
+/* How long making the blobs of a --keys decrypt run may take. */
+#define KEYSET_SETUP_LIMIT_S 3600
 
 enum exit_code { EXIT_OK = 0, EXIT_LOCAL = 1, EXIT_SERVER = 2 };
 enum bench_mode {
@@ -69,8 +75,11 @@ static const char usage_text[] =
     "       kms-bench --mode batch-decrypt|batch-generate-data-key|batch-reencrypt\n"
     "                 --key-id ID [--batch B] [the same options]\n"
     "       kms-bench --mode create-key [the same options, without --key-id]\n"
+    "       kms-bench --mode create-key|decrypt --keys N [--key-prefix P]\n"
+    "                 [--grant PRINCIPAL=OP[,OP...]] [the same options]\n"
     "       kms-bench --raw-pkcs11 --module PATH --token LABEL --pin-file FILE\n"
     "                 [--threads T] [--duration S] [--warmup S] [--json]\n"
+    "       kms-bench --keyring N [--json]\n"
     "\n"
     "gRPC mode: T threads (default 2), each with its own completion queue, keep\n"
     "N calls in flight in total (default 8) on one mTLS channel; each completion\n"
@@ -89,10 +98,28 @@ static const char usage_text[] =
     "latencies are those of whole calls.\n"
     "--endpoint/--ca/--cert/--key default to $KMS_ENDPOINT/$KMS_CA/$KMS_CERT/$KMS_KEY.\n"
     "\n"
+    "Many keys (--keys N, with --key-prefix P, default 'ks-'): the keys P0..P<N-1>.\n"
+    "create-key mode creates exactly those, each once (--grant PRINCIPAL=OP[,OP...]\n"
+    "puts one grant in each policy), with no warm-up, and stops when all are made\n"
+    "(or at --duration, then an error); ops_per_sec is over the time it took.\n"
+    "decrypt mode first makes one data key blob under each key (N GenerateDataKey\n"
+    "calls, as many in flight as the run keeps), then each call decrypts the blob of\n"
+    "a key drawn uniformly at random, so a working set larger than kmsd's\n"
+    "[hsm] max_unwrapped_versions measures its misses.\n"
+    "\n"
     "Raw mode: the HSM baseline without kmsd. Ensures the token object\n"
     "'" BENCH_DOMAIN_KEY_LABEL "' (AES-256 domain key), makes a master key and\n"
     "unwraps it as a session object (as kmsd does), encrypts one 32-byte value, then\n"
     "T threads, one PKCS#11 session each, AES-GCM decrypt it in a loop.\n"
+    "\n"
+    "Key ring mode: the key ring alone, in this process (no kmsd, HSM or gRPC):\n"
+    "applies N CreateKey commands like the ones kmsd commits (one grant, one\n"
+    "40-byte wrapped version; the last 1% of the key ids at random places in the\n"
+    "order, the others appended), then takes\n"
+    "a snapshot and restores it into an empty key ring. Prints the apply time at\n"
+    "N keys, the heap and RSS per key, the snapshot's size and time, the restore's\n"
+    "time and peak RSS, and the RSS after the restore before and after\n"
+    "malloc_trim(3).\n"
     "\n"
     "Both run --warmup seconds (default 2, not measured), then --duration seconds\n"
     "(default 10), then stop. Output: mode, threads, concurrency, batch, calls, ops,\n"
@@ -119,6 +146,10 @@ struct opts {
 	const char *module;
 	const char *token;
 	const char *pin_file;
+	unsigned keys;		/* --keys: 0 for one key (--key-id) */
+	const char *key_prefix; /* --key-prefix */
+	const char *grant;	/* --grant PRINCIPAL=OP[,OP...] */
+	unsigned keyring;	/* --keyring N: the key ring alone */
 };
 
 /* Latencies in nanoseconds, owned by one worker. */
@@ -135,6 +166,7 @@ struct worker {
 	struct bench *b;
 	unsigned index; /* 0..threads-1, part of create-key ids */
 	uint64_t seq;	/* create-key ids this worker has used */
+	unsigned seed;	/* --keys decrypt: which key each call takes */
 	unsigned slots; /* calls kept in flight (gRPC mode) */
 	struct lat lat;
 	uint64_t calls;
@@ -142,6 +174,7 @@ struct worker {
 	uint64_t errors;
 	char first_err[320];
 	int64_t first_err_at;
+	int64_t t_last; /* when its last counted call ended */
 };
 
 struct bench {
@@ -157,6 +190,7 @@ struct bench {
 	/* a batch mode's answer, unpacked to count its items; NULL: single calls */
 	const ProtobufCMessageDescriptor *answer;
 	long pid; /* create-key ids */
+	struct keyset *ks; /* --keys */
 	/* raw mode */
 	kms_hsm *hsm;
 	kms_hsm_key key;
@@ -232,6 +266,7 @@ struct slot {
 	grpc_status_code status;
 	grpc_slice details;
 	int64_t t0;
+	unsigned idx; /* --keys: the key this call is for */
 };
 
 static void slot_release(struct slot *s)
@@ -271,7 +306,181 @@ static grpc_slice create_key_request(struct worker *w)
 	return slice;
 }
 
-/* Starts one call on cq with s as its tag; 0 when it is in flight. */
+/* ---- many keys (--keys N) ---- */
+
+struct keyset {
+	unsigned n;
+	const char *prefix;
+	atomic_uint next; /* the next key to create, or to make a blob under */
+	int setting_up;	  /* decrypt: making the blobs (GenerateDataKey) */
+	uint8_t **reqs;	  /* decrypt: each key's packed DecryptRequest */
+	size_t *lens;
+	/* create-key: the one grant of every policy (--grant), or none */
+	char *principal;
+	char **ops;
+	size_t n_ops;
+};
+
+/* Counted phases make each key's call once, with no warm-up. */
+static int keyset_counted(const struct bench *b)
+{
+	return b->ks != NULL && (b->o->mode == MODE_CREATE_KEY || b->ks->setting_up);
+}
+
+static grpc_slice pack_slice(const ProtobufCMessage *m)
+{
+	grpc_slice slice = grpc_slice_malloc(protobuf_c_message_get_packed_size(m));
+
+	protobuf_c_message_pack(m, GRPC_SLICE_START_PTR(slice));
+	return slice;
+}
+
+/* The request of the next call of a --keys run; 1 when none is left. */
+static int keyset_request(struct worker *w, struct slot *s, grpc_slice *out)
+{
+	struct bench *b = w->b;
+	struct keyset *ks = b->ks;
+	char id[BENCH_KEY_ID_MAX], description[] = "kms-bench", ck[] = BENCH_CTX_KEY,
+					       cv[] = BENCH_CTX_VALUE;
+	Kms__V1__CreateKeyRequest cr = KMS__V1__CREATE_KEY_REQUEST__INIT;
+	Kms__V1__KeyPolicy policy = KMS__V1__KEY_POLICY__INIT;
+	Kms__V1__Grant grant = KMS__V1__GRANT__INIT, *gp = &grant;
+	Kms__V1__GenerateDataKeyRequest gdk = KMS__V1__GENERATE_DATA_KEY_REQUEST__INIT;
+	Kms__V1__GenerateDataKeyRequest__EncryptionContextEntry ge =
+	    KMS__V1__GENERATE_DATA_KEY_REQUEST__ENCRYPTION_CONTEXT_ENTRY__INIT;
+	Kms__V1__GenerateDataKeyRequest__EncryptionContextEntry *gep = &ge;
+	unsigned i;
+
+	if (!keyset_counted(b)) {
+		i = (unsigned)rand_r(&w->seed) % ks->n;
+		s->idx = i;
+		*out = grpc_slice_from_static_buffer(ks->reqs[i], ks->lens[i]);
+		return 0;
+	}
+	i = atomic_fetch_add(&ks->next, 1);
+	if (i >= ks->n)
+		return 1;
+	s->idx = i;
+	snprintf(id, sizeof(id), "%s%u", ks->prefix, i);
+	if (b->o->mode == MODE_CREATE_KEY) {
+		cr.key_id = id;
+		cr.description = description;
+		cr.policy = &policy;
+		if (ks->principal != NULL) {
+			grant.principal = ks->principal;
+			grant.operations = ks->ops;
+			grant.n_operations = ks->n_ops;
+			policy.grants = &gp;
+			policy.n_grants = 1;
+		}
+		*out = pack_slice(&cr.base);
+		return 0;
+	}
+	ge.key = ck;
+	ge.value = cv;
+	gdk.key_id = id;
+	gdk.number_of_bytes = DATA_KEY_BYTES;
+	gdk.n_encryption_context = 1;
+	gdk.encryption_context = &gep;
+	*out = pack_slice(&gdk.base);
+	return 0;
+}
+
+/* Setting up: keeps the DecryptRequest of the blob s received. */
+static int keyset_keep(struct bench *b, struct slot *s)
+{
+	struct keyset *ks = b->ks;
+	char ck[] = BENCH_CTX_KEY, cv[] = BENCH_CTX_VALUE;
+	Kms__V1__DecryptRequest dec = KMS__V1__DECRYPT_REQUEST__INIT;
+	Kms__V1__DecryptRequest__EncryptionContextEntry de =
+	    KMS__V1__DECRYPT_REQUEST__ENCRYPTION_CONTEXT_ENTRY__INIT;
+	Kms__V1__DecryptRequest__EncryptionContextEntry *dep = &de;
+	Kms__V1__GenerateDataKeyResponse *resp;
+	grpc_byte_buffer_reader r;
+	grpc_slice all;
+	int rc = -1;
+
+	if (!grpc_byte_buffer_reader_init(&r, s->recv))
+		return -1;
+	all = grpc_byte_buffer_reader_readall(&r);
+	grpc_byte_buffer_reader_destroy(&r);
+	resp = kms__v1__generate_data_key_response__unpack(NULL, GRPC_SLICE_LENGTH(all),
+							    GRPC_SLICE_START_PTR(all));
+	/* It held the data key: not a secret of anyone's, wiped all the same. */
+	kms_cleanse(GRPC_SLICE_START_PTR(all), GRPC_SLICE_LENGTH(all));
+	grpc_slice_unref(all);
+	if (resp == NULL)
+		return -1;
+	de.key = ck;
+	de.value = cv;
+	dec.ciphertext_blob = resp->ciphertext_blob;
+	dec.n_encryption_context = 1;
+	dec.encryption_context = &dep;
+	ks->lens[s->idx] = protobuf_c_message_get_packed_size(&dec.base);
+	ks->reqs[s->idx] = kms_malloc(ks->lens[s->idx]);
+	if (ks->reqs[s->idx] != NULL) {
+		protobuf_c_message_pack(&dec.base, ks->reqs[s->idx]);
+		rc = 0;
+	}
+	kms_cleanse(resp->plaintext.data, resp->plaintext.len);
+	protobuf_c_message_free_unpacked(&resp->base, NULL);
+	return rc;
+}
+
+static void keyset_free(struct keyset *ks)
+{
+	if (ks == NULL)
+		return;
+	for (unsigned i = 0; ks->reqs != NULL && i < ks->n; i++)
+		kms_free(ks->reqs[i]);
+	kms_free(ks->reqs);
+	kms_free(ks->lens);
+	for (size_t i = 0; i < ks->n_ops; i++)
+		kms_free(ks->ops[i]);
+	kms_free(ks->ops);
+	kms_free(ks->principal);
+	kms_free(ks);
+}
+
+/* The key set of o (--keys, --key-prefix, --grant), or NULL on no memory. */
+static struct keyset *keyset_new(const struct opts *o)
+{
+	struct keyset *ks = kms_calloc(1, sizeof(*ks));
+	const char *eq, *p;
+
+	if (ks == NULL)
+		return NULL;
+	ks->n = o->keys;
+	ks->prefix = o->key_prefix;
+	atomic_init(&ks->next, 0);
+	ks->reqs = kms_calloc(ks->n, sizeof(*ks->reqs));
+	ks->lens = kms_calloc(ks->n, sizeof(*ks->lens));
+	if (ks->reqs == NULL || ks->lens == NULL)
+		goto fail;
+	if (o->grant == NULL)
+		return ks;
+	/* PRINCIPAL=OP[,OP...], checked by parse_args. */
+	eq = strchr(o->grant, '=');
+	ks->principal = kms_strndup(o->grant, (size_t)(eq - o->grant));
+	ks->ops = kms_calloc(strlen(eq), sizeof(*ks->ops));
+	if (ks->principal == NULL || ks->ops == NULL)
+		goto fail;
+	for (p = eq + 1; *p != '\0'; p += *p == ',') {
+		size_t len = strcspn(p, ",");
+
+		ks->ops[ks->n_ops] = kms_strndup(p, len);
+		if (ks->ops[ks->n_ops++] == NULL)
+			goto fail;
+		p += len;
+	}
+	return ks;
+fail:
+	keyset_free(ks);
+	return NULL;
+}
+
+/* Starts one call on cq with s as its tag; 0 when it is in flight, 1 when
+ * a --keys run has no call left to make, -1 on an error. */
 static int slot_start(struct worker *w, grpc_completion_queue *cq,
 		      struct slot *s)
 {
@@ -286,10 +495,18 @@ static int slot_start(struct worker *w, grpc_completion_queue *cq,
 	grpc_metadata_array_init(&s->md_initial);
 	grpc_metadata_array_init(&s->md_trailing);
 	s->t0 = now_ns();
-	if (b->req != NULL)
+	if (b->req != NULL) {
 		req = grpc_slice_from_static_buffer(b->req, b->req_len);
-	else
+	} else if (b->ks != NULL) {
+		int rc = keyset_request(w, s, &req);
+
+		if (rc != 0) {
+			slot_release(s);
+			return rc;
+		}
+	} else {
 		req = create_key_request(w);
+	}
 	deadline =
 	    gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
 			 gpr_time_from_millis(b->timeout_ms, GPR_TIMESPAN));
@@ -398,10 +615,13 @@ static void slot_finish(struct worker *w, struct slot *s, int success)
 			     (const char *)GRPC_SLICE_START_PTR(s->details));
 	} else if (s->recv == NULL) {
 		worker_error(w, t1, "status OK without a response message");
+	} else if (b->ks != NULL && b->ks->setting_up && keyset_keep(b, s) != 0) {
+		worker_error(w, t1, "cannot keep the blob of key %s%u", b->ks->prefix, s->idx);
 	} else if (s->t0 >= b->t_measure) {
 		w->calls++;
 		w->ops += b->answer != NULL ? batch_items(w, s, t1) : 1;
 		lat_add(&w->lat, (uint64_t)(t1 - s->t0));
+		w->t_last = t1;
 	}
 out:
 	slot_release(s);
@@ -779,6 +999,137 @@ out:
 	return rc;
 }
 
+/* ---- the key ring alone (--keyring N) ---- */
+
+static long self_status_kb(const char *field)
+{
+	char line[256];
+	size_t len = strlen(field);
+	long v = -1;
+	FILE *f = fopen("/proc/self/status", "re");
+
+	if (f == NULL)
+		return -1;
+	while (fgets(line, sizeof(line), f) != NULL)
+		if (strncmp(line, field, len) == 0 && line[len] == ':')
+			v = atol(line + len + 1);
+	fclose(f);
+	return v;
+}
+
+/*
+ * CreateKey of key i as kmsd would commit it. The material is a fixed
+ * pattern of the size of an RFC 5649-wrapped AES-256 key: the key ring
+ * never unwraps it. Below `placed` the ids come in the key ring's order (an
+ * append each); from there on each takes a random place among those.
+ */
+static int keyring_add(kms_keyring *kr, unsigned i, unsigned placed,
+		       const Kms__V1__KeyPolicy *policy, kms_err *err)
+{
+	static const uint8_t wrapped[40] = {0xa6, 0x59, 0x59, 0xa6};
+	char id[32];
+	kms_buf cmd = {NULL, 0};
+	int rc;
+
+	if (i < placed)
+		snprintf(id, sizeof(id), "k-%010u", i);
+	else
+		snprintf(id, sizeof(id), "k-%010u-%u", (i * 2654435761u) % placed, i);
+	rc = kms_keyring_cmd_create_key(id, "kms-bench", policy, "spiffe://kmsd.dev/ns/ops/sa/admin",
+					(int64_t)time(NULL), wrapped, sizeof(wrapped), &cmd, err);
+	if (rc == KMS_OK)
+		rc = kms_keyring_apply(kr, cmd.data, cmd.len, err);
+	kms_buf_free(&cmd);
+	return rc;
+}
+
+static int run_keyring(const struct opts *o)
+{
+	static char *ops[] = {"Decrypt", "GenerateDataKey"};
+	Kms__V1__KeyPolicy policy = KMS__V1__KEY_POLICY__INIT;
+	Kms__V1__Grant grant = KMS__V1__GRANT__INIT, *gp = &grant;
+	/* The last 1% at random places: the apply time at n keys. */
+	unsigned n = o->keyring, tail = n / 100 + 1, i;
+	kms_keyring *kr = NULL;
+	kms_buf snap = {NULL, 0};
+	kms_err err;
+	size_t heap0;
+	long rss_keys, rss_restored, hwm_restore, rss_freed, rss_trimmed;
+	double apply_us, snapshot_s, restore_s, trim_s, heap_per_key;
+	size_t snap_len;
+	int64_t t;
+	int rc = EXIT_LOCAL;
+
+	grant.principal = (char *)"spiffe://kmsd.dev/ns/demo/sa/app";
+	grant.operations = ops;
+	grant.n_operations = 2;
+	policy.grants = &gp;
+	policy.n_grants = 1;
+	if (kms_keyring_new(&kr, &err) != KMS_OK)
+		goto fail;
+	heap0 = mallinfo2().uordblks;
+	for (i = 0; i < n - tail; i++)
+		if (keyring_add(kr, i, n - tail, &policy, &err) != KMS_OK)
+			goto fail;
+	t = now_ns();
+	for (; i < n; i++)
+		if (keyring_add(kr, i, n - tail, &policy, &err) != KMS_OK)
+			goto fail;
+	apply_us = (double)(now_ns() - t) / 1e3 / tail;
+	heap_per_key = (double)(mallinfo2().uordblks - heap0) / n;
+	rss_keys = self_status_kb("VmRSS");
+	t = now_ns();
+	if (kms_keyring_snapshot(kr, kms_malloc, &snap, &err) != KMS_OK)
+		goto fail;
+	snapshot_s = (double)(now_ns() - t) / 1e9;
+	snap_len = snap.len;
+	kms_keyring_free(kr);
+	kr = NULL;
+	malloc_trim(0);
+	/* The peak of the restore alone: "5" resets VmHWM (proc(5)). */
+	{
+		FILE *f = fopen("/proc/self/clear_refs", "we");
+
+		if (f != NULL) {
+			fputs("5", f);
+			fclose(f);
+		}
+	}
+	if (kms_keyring_new(&kr, &err) != KMS_OK)
+		goto fail;
+	t = now_ns();
+	if (kms_keyring_restore(kr, snap.data, snap.len, &err) != KMS_OK)
+		goto fail;
+	restore_s = (double)(now_ns() - t) / 1e9;
+	rss_restored = self_status_kb("VmRSS");
+	hwm_restore = self_status_kb("VmHWM");
+	kms_buf_free(&snap);
+	rss_freed = self_status_kb("VmRSS");
+	t = now_ns();
+	malloc_trim(0);
+	trim_s = (double)(now_ns() - t) / 1e9;
+	rss_trimmed = self_status_kb("VmRSS");
+	printf(o->json ? "{\"mode\":\"keyring\",\"keys\":%u,\"apply_us_at_n\":%.1f,"
+			 "\"heap_bytes_per_key\":%.0f,\"rss_kb_with_keys\":%ld,"
+			 "\"snapshot_bytes\":%zu,\"snapshot_s\":%.3f,\"restore_s\":%.3f,"
+			 "\"restore_vmhwm_kb\":%ld,\"rss_kb_restored\":%ld,"
+			 "\"rss_kb_snapshot_freed\":%ld,\"rss_kb_trimmed\":%ld,\"trim_s\":%.3f}\n"
+		       : "mode: keyring\nkeys: %u\napply_us_at_n: %.1f\nheap_bytes_per_key: %.0f\n"
+			 "rss_kb_with_keys: %ld\nsnapshot_bytes: %zu\nsnapshot_s: %.3f\n"
+			 "restore_s: %.3f\nrestore_vmhwm_kb: %ld\nrss_kb_restored: %ld\n"
+			 "rss_kb_snapshot_freed: %ld\nrss_kb_trimmed: %ld\ntrim_s: %.3f\n",
+	       n, apply_us, heap_per_key, rss_keys, snap_len, snapshot_s, restore_s, hwm_restore,
+	       rss_restored, rss_freed, rss_trimmed, trim_s);
+	rc = EXIT_OK;
+	goto out;
+fail:
+	errmsg("key ring: %s", err.msg);
+out:
+	kms_buf_free(&snap);
+	kms_keyring_free(kr);
+	return rc;
+}
+
 /* ---- results ---- */
 
 static int cmp_u64(const void *a, const void *b)
@@ -826,7 +1177,7 @@ static const char *mode_name(enum bench_mode m)
 	return "raw-pkcs11";
 }
 
-static int report(const struct opts *o, struct worker *w, unsigned nw)
+static int report(const struct opts *o, struct worker *w, unsigned nw, double window_s)
 {
 	const char *mode = mode_name(o->mode);
 	uint64_t ops = 0, calls = 0, errors = 0, *all;
@@ -863,7 +1214,7 @@ static int report(const struct opts *o, struct worker *w, unsigned nw)
 	p99 = percentile_us(all, n, 0.99);
 	p999 = percentile_us(all, n, 0.999);
 	kms_free(all);
-	rate = (double)ops / (double)o->duration_s;
+	rate = window_s > 0 ? (double)ops / window_s : 0.0;
 
 	if (o->mode == MODE_RAW)
 		calls = ops;
@@ -896,8 +1247,11 @@ static int run_workers(struct bench *b, struct worker *w, unsigned nw,
 	unsigned i, started = 0;
 	int rc = EXIT_OK, e;
 
-	b->t_measure = now_ns() + (int64_t)b->o->warmup_s * 1000000000;
-	b->t_end = b->t_measure + (int64_t)b->o->duration_s * 1000000000;
+	b->t_measure = now_ns() + (keyset_counted(b) ? 0 : (int64_t)b->o->warmup_s * 1000000000);
+	b->t_end = b->t_measure + (int64_t)(b->ks != NULL && b->ks->setting_up
+						? KEYSET_SETUP_LIMIT_S
+						: b->o->duration_s) *
+				      1000000000;
 	for (i = 0; i < nw; i++) {
 		w[i].b = b;
 		e = pthread_create(&w[i].tid, NULL, fn, &w[i]);
@@ -913,6 +1267,57 @@ static int run_workers(struct bench *b, struct worker *w, unsigned nw,
 	for (i = 0; i < started; i++)
 		pthread_join(w[i].tid, NULL);
 	return rc;
+}
+
+/* The measured window: a counted run's ends with its last call. */
+static double window_s(const struct bench *b, const struct worker *w, unsigned nw)
+{
+	int64_t last = b->t_measure;
+
+	if (!keyset_counted(b))
+		return (double)b->o->duration_s;
+	for (unsigned i = 0; i < nw; i++)
+		if (w[i].t_last > last)
+			last = w[i].t_last;
+	return (double)(last - b->t_measure) / 1e9;
+}
+
+/*
+ * A --keys decrypt run first makes a blob under every key, as fast as the
+ * run's calls in flight allow; any failure there stops the run.
+ */
+static int keyset_setup(struct bench *b, struct worker *w)
+{
+	const struct opts *o = b->o;
+	unsigned i, missing = 0;
+	int64_t t0 = now_ns();
+
+	b->ks->setting_up = 1;
+	b->method = "/kms.v1.KeyManagement/GenerateDataKey";
+	if (run_workers(b, w, o->threads, grpc_worker) != EXIT_OK)
+		return EXIT_LOCAL;
+	for (i = 0; i < o->threads; i++)
+		if (w[i].errors > 0) {
+			errmsg("setting up: %s", w[i].first_err);
+			return EXIT_SERVER;
+		}
+	for (i = 0; i < b->ks->n; i++)
+		missing += b->ks->reqs[i] == NULL;
+	if (missing > 0) {
+		errmsg("setting up: %u of %u keys got no blob within %d s", missing, b->ks->n,
+		       KEYSET_SETUP_LIMIT_S);
+		return EXIT_SERVER;
+	}
+	if (!o->json)
+		printf("setup: %u blobs in %.1f s\n", b->ks->n, (double)(now_ns() - t0) / 1e9);
+	for (i = 0; i < o->threads; i++) {
+		w[i].ops = 0;
+		w[i].lat.n = 0;
+		w[i].t_last = 0;
+	}
+	b->ks->setting_up = 0;
+	b->method = "/kms.v1.KeyManagement/Decrypt";
+	return EXIT_OK;
 }
 
 static int run_grpc(const struct opts *o, struct worker *w)
@@ -931,24 +1336,43 @@ static int run_grpc(const struct opts *o, struct worker *w)
 		errmsg("%s", err.msg);
 		return EXIT_LOCAL;
 	}
-	rc = grpc_setup(&b, c, &req, &req_len);
-	if (rc != EXIT_OK)
-		goto out;
+	if (o->keys > 0) {
+		b.method = o->mode == MODE_CREATE_KEY ? "/kms.v1.KeyManagement/CreateKey"
+						      : "/kms.v1.KeyManagement/Decrypt";
+		b.ks = keyset_new(o);
+		if (b.ks == NULL) {
+			errmsg("out of memory for %u keys", o->keys);
+			rc = EXIT_LOCAL;
+			goto out;
+		}
+	} else {
+		rc = grpc_setup(&b, c, &req, &req_len);
+		if (rc != EXIT_OK)
+			goto out;
+	}
 	b.channel = kms_client_channel(c);
 	b.timeout_ms = kms_client_timeout_ms(c);
 	b.req = req;
 	b.req_len = req_len;
 	b.pid = (long)getpid();
-	for (i = 0; i < o->threads; i++)
+	for (i = 0; i < o->threads; i++) {
 		w[i].index = i;
+		w[i].seed = (unsigned)b.pid * 2654435761u + i;
+	}
 	/* Split the calls over the threads; the first take the remainder. */
 	for (i = 0; i < o->threads; i++)
 		w[i].slots = o->concurrency / o->threads +
 			     (i < o->concurrency % o->threads);
+	if (b.ks != NULL && o->mode == MODE_DECRYPT) {
+		rc = keyset_setup(&b, w);
+		if (rc != EXIT_OK)
+			goto out;
+	}
 	rc = run_workers(&b, w, o->threads, grpc_worker);
 	if (rc == EXIT_OK)
-		rc = report(o, w, o->threads);
+		rc = report(o, w, o->threads, window_s(&b, w, o->threads));
 out:
+	keyset_free(b.ks);
 	kms_free(req);
 	kms_client_close(c);
 	return rc;
@@ -967,7 +1391,7 @@ static int run_raw(const struct opts *o, struct worker *w)
 	if (rc == EXIT_OK)
 		rc = run_workers(&b, w, o->threads, raw_worker);
 	if (rc == EXIT_OK)
-		rc = report(o, w, o->threads);
+		rc = report(o, w, o->threads, (double)o->duration_s);
 	kms_cleanse(b.pt, sizeof(b.pt));
 	if (b.key != 0)
 		kms_hsm_key_destroy(b.hsm, b.key);
@@ -1001,6 +1425,10 @@ enum opt_id {
 	OPT_PIN_FILE,
 	OPT_BATCH,
 	OPT_VERSION,
+	OPT_KEYS,
+	OPT_KEY_PREFIX,
+	OPT_GRANT,
+	OPT_KEYRING,
 };
 
 static const struct option long_opts[] = {
@@ -1024,6 +1452,10 @@ static const struct option long_opts[] = {
     {"batch", required_argument, NULL, OPT_BATCH},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, OPT_VERSION},
+    {"keys", required_argument, NULL, OPT_KEYS},
+    {"key-prefix", required_argument, NULL, OPT_KEY_PREFIX},
+    {"grant", required_argument, NULL, OPT_GRANT},
+    {"keyring", required_argument, NULL, OPT_KEYRING},
     {NULL, 0, NULL, 0},
 };
 
@@ -1065,11 +1497,42 @@ static const char *env_or(const char *name, const char *fallback)
 	return v != NULL && v[0] != '\0' ? v : fallback;
 }
 
+/* The --keys options together; 0 or EXIT_LOCAL after saying what is wrong. */
+static int keys_args_check(struct opts *o, const char *mode)
+{
+	const char *eq;
+
+	if (o->keys == 0) {
+		if (o->key_prefix != NULL || o->grant != NULL)
+			return usage_error("--key-prefix and --grant go with --keys");
+		return EXIT_OK;
+	}
+	if (o->mode != MODE_CREATE_KEY && o->mode != MODE_DECRYPT)
+		return usage_error("--keys goes with --mode create-key or decrypt, not %s", mode);
+	if (o->key_id != NULL)
+		return usage_error("--keys names its own keys (<prefix><n>): no --key-id");
+	if (o->key_prefix == NULL)
+		o->key_prefix = "ks-";
+	/* Room for the number within the id buffer; kmsd checks the rest. */
+	if (o->key_prefix[0] == '\0' || strlen(o->key_prefix) > BENCH_KEY_ID_MAX - 12)
+		return usage_error("--key-prefix must be 1 to %d characters",
+				   BENCH_KEY_ID_MAX - 12);
+	if (o->grant == NULL)
+		return EXIT_OK;
+	if (o->mode != MODE_CREATE_KEY)
+		return usage_error("--grant goes with --mode create-key");
+	eq = strchr(o->grant, '=');
+	if (eq == NULL || eq == o->grant || eq[1] == '\0' || eq[1] == ',' ||
+	    strstr(eq, ",,") != NULL || eq[strlen(eq) - 1] == ',')
+		return usage_error("--grant wants PRINCIPAL=OP[,OP...], not '%s'", o->grant);
+	return EXIT_OK;
+}
+
 /* Returns -1 to go on, else the exit code (help, version, usage error). */
 static int parse_args(struct opts *o, int argc, char **argv)
 {
 	const char *mode = NULL;
-	int raw = 0, id, grpc_opt = 0, batch_opt = 0;
+	int raw = 0, id, grpc_opt = 0, batch_opt = 0, run_opt = 0;
 	unsigned timeout;
 
 	o->concurrency = 8;
@@ -1104,14 +1567,17 @@ static int parse_args(struct opts *o, int argc, char **argv)
 					&o->concurrency);
 			break;
 		case OPT_THREADS:
+			run_opt = 1;
 			rc = parse_uint(optarg, "--threads", 1, 256,
 					&o->threads);
 			break;
 		case OPT_DURATION:
+			run_opt = 1;
 			rc = parse_uint(optarg, "--duration", 1, 86400,
 					&o->duration_s);
 			break;
 		case OPT_WARMUP:
+			run_opt = 1;
 			rc = parse_uint(optarg, "--warmup", 0, 3600,
 					&o->warmup_s);
 			break;
@@ -1154,6 +1620,19 @@ static int parse_args(struct opts *o, int argc, char **argv)
 			batch_opt = 1;
 			rc = parse_uint(optarg, "--batch", 1, KMS_BATCH_MAX_ITEMS, &o->batch);
 			break;
+		case OPT_KEYS:
+			grpc_opt = 1;
+			rc = parse_uint(optarg, "--keys", 1, 10000000, &o->keys);
+			break;
+		case OPT_KEY_PREFIX:
+			o->key_prefix = optarg;
+			break;
+		case OPT_GRANT:
+			o->grant = optarg;
+			break;
+		case OPT_KEYRING:
+			rc = parse_uint(optarg, "--keyring", 100, 10000000, &o->keyring);
+			break;
 		case ':':
 			return usage_error("option '%s' needs a value",
 					   argv[optind - 1]);
@@ -1166,6 +1645,15 @@ static int parse_args(struct opts *o, int argc, char **argv)
 	}
 	if (optind < argc)
 		return usage_error("unexpected argument '%s'", argv[optind]);
+	if (o->keyring > 0) {
+		/* --json is the only other option it takes. */
+		if (raw || mode != NULL || o->key_id != NULL || grpc_opt || run_opt ||
+		    o->module != NULL ||
+		    o->token != NULL || o->pin_file != NULL || o->key_prefix != NULL ||
+		    o->grant != NULL)
+			return usage_error("--keyring takes only --json");
+		return -1;
+	}
 	if (raw) {
 		if (mode != NULL || o->key_id != NULL || grpc_opt || batch_opt)
 			return usage_error("--raw-pkcs11 takes no --mode, "
@@ -1211,8 +1699,10 @@ static int parse_args(struct opts *o, int argc, char **argv)
 	if (o->mode == MODE_CREATE_KEY && o->key_id != NULL)
 		return usage_error("--mode create-key makes its own key ids "
 				   "(bench-<pid>-<thread>-<n>): no --key-id");
-	if (o->mode != MODE_CREATE_KEY && o->key_id == NULL)
+	if (o->mode != MODE_CREATE_KEY && o->key_id == NULL && o->keys == 0)
 		return usage_error("--mode %s needs --key-id", mode);
+	if (keys_args_check(o, mode) != EXIT_OK)
+		return EXIT_LOCAL;
 	if (o->concurrency < o->threads)
 		return usage_error("--concurrency %u is below --threads %u",
 				   o->concurrency, o->threads);
@@ -1230,6 +1720,8 @@ int main(int argc, char **argv)
 	rc = parse_args(&o, argc, argv);
 	if (rc >= 0)
 		return rc;
+	if (o.keyring > 0)
+		return run_keyring(&o);
 	w = kms_calloc(o.threads, sizeof(*w));
 	if (w == NULL) {
 		errmsg("out of memory");

@@ -58,6 +58,8 @@ typedef struct kms_config {
 	char *hsm_pin_file;      /* pin_file = path (one of pin_file, pin_env) */
 	char *hsm_pin_env;       /* pin_env = NAME of an environment variable */
 	char *domain_key_label;  /* domain_key_label = label, default "kmsd-domain-key" */
+	unsigned max_unwrapped_versions; /* master-key versions kept unwrapped in the HSM at
+					    once (16..1000000), default 4096 */
 
 	/* [authz] */
 	char **admins;           /* admins = comma-separated SPIFFE IDs: the cluster's first

@@ -282,6 +282,24 @@ int kms_keyring_set_handle(kms_keyring *kr, const char *key_id,
 			   kms_err *err);
 
 /*
+ * The bound on unwrapped versions ([hsm] max_unwrapped_versions): the key
+ * ring records at most max handles. Recording one more evicts the least
+ * recently used (a resolve that lends a handle counts as a use, at the
+ * resolution of one recorded handle: uses between two recordings tie),
+ * preferring one that no call holds: the slot drops its reference, so an
+ * HSM object a call still uses is released when that call is done, never
+ * before; the next use of an evicted version unwraps it again. Lowering
+ * the bound evicts down to it at once, outside the lock; the release
+ * function runs on the calling thread. max is clamped to 1..SIZE_MAX; until
+ * it is set the bound is KMS_KEYRING_HANDLES_DEFAULT. Any thread.
+ */
+#define KMS_KEYRING_HANDLES_DEFAULT 4096
+void kms_keyring_set_handle_limit(kms_keyring *kr, size_t max);
+
+/* How many handles the key ring records now (never more than the bound). */
+size_t kms_keyring_handle_count(kms_keyring *kr);
+
+/*
  * Drops the reference use holds, if any, and clears use->handle and
  * use->ref; a no-op on a use that holds none (zeroed, or left by a failed
  * resolve), and on a second call. When that was the last reference to a

@@ -96,6 +96,7 @@ static const struct key_spec keys[] = {
     {"hsm", "pin_file", K_PATH, F(hsm_pin_file), 0, 0, 0},
     {"hsm", "pin_env", K_ENV_NAME, F(hsm_pin_env), 0, 0, 0},
     {"hsm", "domain_key_label", K_STRING, F(domain_key_label), 0, 0, 0},
+    {"hsm", "max_unwrapped_versions", K_UINT, F(max_unwrapped_versions), 16, 1000000, 0},
     {"authz", "admins", K_ADMINS, F(admins), 0, 0, 0},
     {"authz", "trust_domain", K_TRUST_DOMAIN, F(trust_domain), 0, 0, 0},
     {"cluster", "join", K_SEEDS, F(join_seeds), 0, 0, 0},
@@ -719,6 +720,7 @@ int kms_config_load(const char *path, kms_config *cfg, kms_err *err)
 	cfg->deletion_day_seconds = 86400;
 	cfg->upkeep_interval_ms = 1000;
 	cfg->min_tls_version = 12;
+	cfg->max_unwrapped_versions = 4096; /* KMS_KEYRING_HANDLES_DEFAULT */
 	cfg->tls_reload_interval_s = 5;
 	cfg->max_concurrent_streams = 100;
 	cfg->handshake_timeout_s = 10;

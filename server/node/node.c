@@ -610,6 +610,9 @@ int kms_node_start(const char *config_path, kms_node **out, kms_err *err)
 	KMS_TRY_GOTO(rc, find_domain_key(node, fresh, err), fail);
 	KMS_TRY_GOTO(rc, kms_keyring_new(&node->kr, err), fail);
 	kms_keyring_set_release(node->kr, release_handle, node->hsm);
+	kms_keyring_set_handle_limit(node->kr, node->cfg.max_unwrapped_versions);
+	KMS_LOG_I("hsm: at most %u master-key versions stay unwrapped (max_unwrapped_versions)",
+		  node->cfg.max_unwrapped_versions);
 	KMS_TRY_GOTO(rc, new_incarnation(node, err), fail);
 	KMS_TRY_GOTO(rc, start_budget(node, err), fail);
 	KMS_TRY_GOTO(rc, kms_peers_new(&node->cfg, &node->peers, err), fail);

@@ -41,6 +41,30 @@ struct kr_entry {
 	_Atomic uint64_t allow_left;
 };
 
+/*
+ * The bound on recorded handles (keyring_handles.c): one heap entry per
+ * recorded handle, keyed by the tick of its last use that eviction has
+ * seen. An entry names its handle by key id, version and generation, never
+ * by pointer: eviction finds the slot by looking the key up under the write
+ * lock, so entries survive a realloc of the entries or of a key's handles,
+ * and an entry whose slot was emptied elsewhere is recognized as stale.
+ */
+struct kr_lru_entry {
+	uint64_t stamp; /* the last use seen by eviction */
+	uint64_t gen;	/* the handle's kms_key_handle.gen */
+	char *key_id;	/* kms_strdup'd */
+	uint32_t version;
+};
+
+struct kr_lru {
+	struct kr_lru_entry *heap; /* a binary min-heap on stamp */
+	size_t n, cap;
+	size_t limit; /* 0: KMS_KEYRING_HANDLES_DEFAULT */
+	/* Advanced by every recorded handle, under the write lock; read by
+	 * every resolve, under the read lock. */
+	atomic_uint_fast64_t tick;
+};
+
 struct kms_keyring {
 	pthread_rwlock_t lock;
 	struct kr_entry *entries; /* sorted by key_id (strcmp), unique */
@@ -66,6 +90,7 @@ struct kms_keyring {
 	uint64_t self_incarnation;
 	kms_keyring_release_fn release;
 	void *release_arg;
+	struct kr_lru lru; /* the bound on recorded handles, keyring_handles.c */
 };
 
 /*
@@ -142,6 +167,11 @@ struct kms_key_handle {
 	unsigned long handle;
 	kms_keyring_release_fn release; /* as set when it was recorded */
 	void *release_arg;
+	/* Set when the key ring records it: its identity in the LRU heap, the
+	 * key ring's tick, and the tick of its last use (every lend stores it). */
+	uint64_t gen;
+	const atomic_uint_fast64_t *clock;
+	atomic_uint_fast64_t last_used;
 };
 
 /*
@@ -156,6 +186,11 @@ static inline void kr_handle_lend(kms_key_handle *kh, kms_key_use *out)
 		return;
 	/* Taken from a reference that is held: no ordering needed. */
 	atomic_fetch_add_explicit(&kh->refs, 1, memory_order_relaxed);
+	/* Recently used, for eviction: a store to the line refs dirtied anyway. */
+	if (kh->clock != NULL)
+		atomic_store_explicit(&kh->last_used,
+				      atomic_load_explicit(kh->clock, memory_order_relaxed),
+				      memory_order_relaxed);
 	out->handle = kh->handle;
 	out->ref = kh;
 }
@@ -184,6 +219,14 @@ static inline void kr_handle_drop(kms_key_handle *kh)
  * calls it with the write lock held.
  */
 int kr_same_material(const Kms__V1__KeyVersionRecord *v, const uint8_t *wrapped, size_t len);
+/*
+ * The LRU bound (keyring_handles.c), write lock held: kr_lru_prune forgets
+ * the entries of handles no slot holds any more (restore calls it once the
+ * new entries are in place, so the count stays exact); kr_lru_free frees the
+ * heap (kms_keyring_free).
+ */
+void kr_lru_prune(kms_keyring *kr);
+void kr_lru_free(kms_keyring *kr);
 void kr_handles_carry(struct kr_entry *fresh, size_t n_fresh, struct kr_entry *old,
 		      size_t n_old);
 

@@ -272,6 +272,7 @@ void kms_keyring_free(kms_keyring *kr)
 		return;
 	/* The owner guarantees no other thread uses kr any more. */
 	kr_entries_drop(kr->entries, kr->n);
+	kr_lru_free(kr);
 	kms_keyring_admins_free(kr->admins, kr->n_admins);
 	{
 		struct kr_alias_table t = {kr->aliases, kr->by_key, kr->n_aliases};
@@ -599,6 +600,7 @@ int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len,
 	kr_handles_carry(fresh, s->n_keys, old, old_n);
 	kr->entries = fresh;
 	kr->n = kr->cap = s->n_keys;
+	kr_lru_prune(kr); /* the versions that were gone or changed */
 	for (i = 0; i < s->n_members; i++)
 		kr_member_set(&kr->members[i], s->members[i]);
 	kr->n_members = s->n_members;

@@ -184,6 +184,7 @@ int kr_apply_destroy_key(kms_keyring *kr, const Kms__V1__DestroyKeyCommand *c, i
 		dropped[i] = e->handles[i];
 		e->handles[i] = NULL;
 	}
+	kr_lru_prune(kr); /* the bound counts the handles still recorded */
 	kr_set_key_state(e->rec, KMS__V1__KEY_STATE__KEY_STATE_DESTROYED);
 	e->rec->destroyed_at_unix = c->now_unix;
 	e->allow_version = 0;

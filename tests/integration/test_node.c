@@ -795,6 +795,104 @@ START_TEST(pin_env_leaves_no_trace_in_environ)
 }
 END_TEST
 
+/* --- the bound on unwrapped versions ([hsm] max_unwrapped_versions) --- */
+
+#define SMALL_CACHE 16
+#define MANY_KEYS (3 * SMALL_CACHE)
+#define SED_SMALL_CACHE "-e 's/^\\[hsm\\]$/[hsm]\\nmax_unwrapped_versions = 16/'"
+
+static void small_cache_up(void)
+{
+	kms_test_env_init(&env);
+	kms_test_node_init(&env, &node, 1);
+	kms_test_sh("sed -i %s '%s'", SED_SMALL_CACHE, node.conf);
+	kms_test_node_start(&node);
+}
+
+struct many_arg {
+	kms_client *c;
+	Kms__V1__GenerateDataKeyResponse **g;
+	int start, ok;
+	char err[1024];
+};
+
+/* Decrypts every key's blob once, from key start on, round the ring. */
+static void *decrypt_all(void *p)
+{
+	struct many_arg *a = p;
+	kms_rpc_status st;
+
+	for (int j = 0; j < MANY_KEYS; j++) {
+		const Kms__V1__GenerateDataKeyResponse *g = a->g[(a->start + j) % MANY_KEYS];
+		Kms__V1__DecryptResponse *d =
+		    decrypt(a->c, g->ciphertext_blob.data, g->ciphertext_blob.len, ctx1, 2, NULL, &st);
+
+		if (d == NULL || d->plaintext.len != g->plaintext.len ||
+		    memcmp(d->plaintext.data, g->plaintext.data, g->plaintext.len) != 0) {
+			snprintf(a->err, sizeof(a->err), "key %d: %s", (a->start + j) % MANY_KEYS,
+				 d == NULL ? st.details : "another plaintext");
+			if (d != NULL)
+				FREE(d);
+			return NULL;
+		}
+		FREE(d);
+		a->ok++;
+	}
+	return NULL;
+}
+
+/*
+ * Three times more keys than the node keeps unwrapped, used round-robin by
+ * four concurrent clients: every call succeeds while versions are evicted
+ * and unwrapped again under calls in flight.
+ */
+START_TEST(more_keys_than_unwrapped_versions)
+{
+	kms_client *admin = kms_test_client(&node, "admin");
+	kms_client *app = kms_test_client(&node, "app");
+	static Kms__V1__GenerateDataKeyResponse *g[MANY_KEYS];
+	static struct many_arg args[4];
+	pthread_t t[4];
+	kms_rpc_status st;
+	char id[32];
+
+	ck_assert_msg(kms_test_wait_log(&node, "at most 16 master-key versions stay unwrapped", 5),
+		      "the node does not say it applies max_unwrapped_versions = 16");
+	for (int i = 0; i < MANY_KEYS; i++) {
+		snprintf(id, sizeof(id), "many-%d", i);
+		ck_assert_int_eq(kms_test_create_key(admin, id, KMS_TEST_APP, &st), 0);
+		g[i] = gen_key(app, id, 32, ctx1, 2, &st);
+		ck_assert_msg(g[i] != NULL, "GenerateDataKey %s: %s", id, st.details);
+	}
+	for (int i = 0; i < 4; i++) {
+		args[i].c = app;
+		args[i].g = g;
+		args[i].start = i * MANY_KEYS / 4;
+		args[i].ok = 0;
+		ck_assert_int_eq(pthread_create(&t[i], NULL, decrypt_all, &args[i]), 0);
+	}
+	for (int i = 0; i < 4; i++)
+		pthread_join(t[i], NULL);
+	for (int i = 0; i < 4; i++)
+		ck_assert_msg(args[i].ok == MANY_KEYS, "client %d: %s", i, args[i].err);
+	for (int i = 0; i < MANY_KEYS; i++)
+		FREE(g[i]);
+	kms_client_close(admin);
+	kms_client_close(app);
+}
+END_TEST
+
+START_TEST(startup_refuses_a_bad_unwrapped_bound)
+{
+	expect_refusal("-e 's/^\\[hsm\\]$/[hsm]\\nmax_unwrapped_versions = 15/'",
+		       "'max_unwrapped_versions' in [hsm] must be a whole number from 16 to 1000000, "
+		       "not '15'");
+	expect_refusal("-e 's/^\\[hsm\\]$/[hsm]\\nmax_unwrapped_versions = lots/'",
+		       "'max_unwrapped_versions' in [hsm] must be a whole number from 16 to 1000000, "
+		       "not 'lots'");
+}
+END_TEST
+
 static Suite *node_suite(void)
 {
 	Suite *s = suite_create("kmsd node");
@@ -802,6 +900,7 @@ static Suite *node_suite(void)
 	TCase *restart = tcase_create("restart");
 	TCase *startup = tcase_create("startup");
 	TCase *process = tcase_create("process");
+	TCase *many;
 
 	tcase_add_unchecked_fixture(api, node_up, node_down);
 	tcase_set_timeout(api, 120);
@@ -829,6 +928,13 @@ static Suite *node_suite(void)
 	tcase_set_timeout(startup, 120);
 	tcase_add_test(startup, startup_names_what_is_wrong);
 	suite_add_tcase(s, startup);
+
+	many = tcase_create("many keys");
+	tcase_add_unchecked_fixture(many, small_cache_up, node_down);
+	tcase_set_timeout(many, 120);
+	tcase_add_test(many, more_keys_than_unwrapped_versions);
+	tcase_add_test(many, startup_refuses_a_bad_unwrapped_bound);
+	suite_add_tcase(s, many);
 
 	tcase_add_unchecked_fixture(process, node_env_up, node_down);
 	tcase_set_timeout(process, 120);

@@ -562,6 +562,50 @@ START_TEST(test_bad_numbers)
 }
 END_TEST
 
+START_TEST(test_max_unwrapped_versions)
+{
+	write_full(NULL, NULL, NULL, NULL);
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
+	ck_assert_uint_eq(cfg.max_unwrapped_versions, 4096);
+	kms_config_free(&cfg);
+	/* The bounds themselves are fine. */
+	write_full(NULL, NULL, "hsm", "max_unwrapped_versions = 16");
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
+	ck_assert_uint_eq(cfg.max_unwrapped_versions, 16);
+	kms_config_free(&cfg);
+	write_full(NULL, NULL, "hsm", "max_unwrapped_versions = 1000000");
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
+	ck_assert_uint_eq(cfg.max_unwrapped_versions, 1000000);
+	kms_config_free(&cfg);
+}
+END_TEST
+
+START_TEST(test_max_unwrapped_versions_bad)
+{
+	static const char *const bad[] = {"0", "15", "1000001", "-1", "4k", "abc",
+					  "99999999999999999999"};
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char line[64], detail[160];
+
+		snprintf(line, sizeof(line), "max_unwrapped_versions = %s", bad[i]);
+		write_full(NULL, NULL, "hsm", line);
+		ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_ERR_CONFIG);
+		snprintf(detail, sizeof(detail),
+			 ": 'max_unwrapped_versions' in [hsm] must be a whole number from 16 "
+			 "to 1000000, not '%s'",
+			 bad[i]);
+		ASSERT_MSG(detail);
+	}
+	write_full(NULL, NULL, "hsm", "max_unwrapped_versions =");
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_ERR_CONFIG);
+	ASSERT_MSG(": empty value for 'max_unwrapped_versions' in [hsm]");
+	write_full(NULL, NULL, "hsm", "max_unwrapped_versions = 64\nmax_unwrapped_versions = 64");
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_ERR_CONFIG);
+	ASSERT_MSG(": duplicate key 'max_unwrapped_versions' in [hsm]");
+}
+END_TEST
+
 START_TEST(test_heartbeat_vs_election)
 {
 	write_full("raft", "heartbeat_timeout_ms", "raft",
@@ -1085,6 +1129,8 @@ static Suite *config_suite(void)
 	tc = tcase_create("load");
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_full_config);
+	tcase_add_test(tc, test_max_unwrapped_versions);
+	tcase_add_test(tc, test_max_unwrapped_versions_bad);
 	tcase_add_test(tc, test_defaults);
 	tcase_add_test(tc, test_keys_limits);
 	tcase_add_test(tc, test_grpc_tls_and_limits);
