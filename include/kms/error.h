@@ -25,6 +25,7 @@ enum kms_status {
 	KMS_ERR_IO,           /* a file or socket operation failed */
 	KMS_ERR_NOMEM,
 	KMS_ERR_INTERNAL,     /* a bug or an impossible state */
+	KMS_ERR_DEADLINE,     /* the caller's deadline passed before the outcome was known */
 	KMS_STATUS_COUNT
 };
 

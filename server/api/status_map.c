@@ -23,6 +23,8 @@ static const grpc_status_code to_grpc[KMS_STATUS_COUNT] = {
 	[KMS_ERR_IO] = GRPC_STATUS_UNAVAILABLE,
 	[KMS_ERR_NOMEM] = GRPC_STATUS_RESOURCE_EXHAUSTED,
 	[KMS_ERR_INTERNAL] = GRPC_STATUS_INTERNAL,
+	/* The outcome is unknown: a forwarded write may still be applied. */
+	[KMS_ERR_DEADLINE] = GRPC_STATUS_DEADLINE_EXCEEDED,
 };
 
 grpc_status_code kms_status_to_grpc(int kms_status)
