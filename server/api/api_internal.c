@@ -472,8 +472,6 @@ out:
 const kms_method kms_api_internal_methods[] = {
 	{"/kms.v1.Internal/Forward", forward, KMS_CALLERS_NODES,
 	 &kms__v1__forward_request__descriptor},
-	{"/kms.v1.Internal/ForwardBatch", forward_batch, KMS_CALLERS_NODES,
-	 &kms__v1__forward_batch_request__descriptor},
 	{"/kms.v1.Internal/NodeStatus", node_status, KMS_CALLERS_NODES,
 	 &kms__v1__node_status_request__descriptor},
 	{"/kms.v1.Internal/FetchDomainKey", fetch_domain_key, KMS_CALLERS_NODES,
@@ -481,6 +479,8 @@ const kms_method kms_api_internal_methods[] = {
 	{"/kms.v1.Internal/Relay", relay, KMS_CALLERS_NODES, &kms__v1__relay_request__descriptor},
 	{"/kms.v1.Internal/ReadIndex", read_index, KMS_CALLERS_NODES,
 	 &kms__v1__read_index_request__descriptor},
+	{"/kms.v1.Internal/ForwardBatch", forward_batch, KMS_CALLERS_NODES,
+	 &kms__v1__forward_batch_request__descriptor},
 };
 const size_t kms_api_internal_n_methods =
 	sizeof(kms_api_internal_methods) / sizeof(kms_api_internal_methods[0]);
