@@ -26,6 +26,7 @@ enum kms_status {
 	KMS_ERR_NOMEM,
 	KMS_ERR_INTERNAL,     /* a bug or an impossible state */
 	KMS_ERR_LIMIT,        /* over a size or count limit of the API */
+	KMS_ERR_DEADLINE,     /* the caller's deadline passed before the outcome was known */
 	KMS_STATUS_COUNT
 };
 

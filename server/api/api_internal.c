@@ -1,4 +1,5 @@
-/* api_internal.c - kms.v1.Internal, for member nodes only: writes forwarded to the leader, node status, the domain key for an admitted node, relayed Operator calls. */
+/* api_internal.c - kms.v1.Internal, for member nodes only: writes forwarded to the leader (one or a batch), node status, the domain key for an admitted node, relayed Operator calls. */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -13,6 +14,7 @@
 #include "kms/spiffe.h"
 #include "kms/v1/cluster.pb-c.h"
 #include "kms/v1/state.pb-c.h"
+#include "node/forward.h"
 #include "node/node.h"
 #include "rpc/wire_strings.h"
 
@@ -32,18 +34,7 @@ static uint64_t require_member_node(kms_node *node, kms_call *call)
 	return 0;
 }
 
-/* --- Forward --- */
-
-static void forward_done(void *arg, int status, const char *msg, uint64_t index)
-{
-	kms_call *call = arg;
-	Kms__V1__ForwardResponse resp = KMS__V1__FORWARD_RESPONSE__INIT;
-
-	resp.status = (uint32_t)status;
-	resp.message = (char *)(msg != NULL ? msg : "");
-	resp.index = index;
-	kms_call_reply(call, &resp.base, 0);
-}
+/* --- Forward and ForwardBatch --- */
 
 /* True if principal is the node identity of node id want in our trust domain. */
 static int principal_is_node(kms_node *node, const char *principal, uint64_t want)
@@ -120,30 +111,160 @@ static int forward_gate(kms_node *node, const char *principal, const uint8_t *cm
 	return rc;
 }
 
+/*
+ * The writes of one Forward or ForwardBatch call, answered together once
+ * each has its outcome. pending counts the outcomes still to come plus the
+ * handler's own reference: Raft may finish a write (on its thread) before
+ * the handler has submitted the next one, and whoever drops the last
+ * reference answers the call.
+ */
+struct fwd_item {
+	struct fwd_writes *w;
+	int status;
+	uint64_t index;
+	int not_leader;
+	uint64_t leader_id;
+	char msg[KMS_ERRMSG_SIZE];
+};
+
+struct fwd_writes {
+	kms_call *call;
+	atomic_size_t pending;
+	int batch; /* answer a ForwardBatchResponse (else a ForwardResponse) */
+	size_t n;
+	struct fwd_item items[];
+};
+
+static void fwd_reply(struct fwd_writes *w)
+{
+	Kms__V1__ForwardResponse res[KMS_FORWARD_BATCH_MAX], *ptr[KMS_FORWARD_BATCH_MAX];
+	Kms__V1__ForwardBatchResponse batch = KMS__V1__FORWARD_BATCH_RESPONSE__INIT;
+
+	for (size_t i = 0; i < w->n; i++) {
+		kms__v1__forward_response__init(&res[i]);
+		res[i].status = (uint32_t)w->items[i].status;
+		res[i].message = w->items[i].msg;
+		res[i].index = w->items[i].index;
+		res[i].not_leader = w->items[i].not_leader;
+		res[i].leader_id = w->items[i].leader_id;
+		ptr[i] = &res[i];
+	}
+	batch.results = ptr;
+	batch.n_results = w->n;
+	kms_call_reply(w->call, w->batch ? &batch.base : &res[0].base, 0);
+	kms_free(w);
+}
+
+static void fwd_release(struct fwd_writes *w)
+{
+	if (atomic_fetch_sub(&w->pending, 1) == 1)
+		fwd_reply(w);
+}
+
+static void fwd_item_set(struct fwd_item *it, int status, const char *msg, uint64_t index)
+{
+	it->status = status;
+	it->index = index;
+	snprintf(it->msg, sizeof(it->msg), "%s", msg != NULL ? msg : "");
+}
+
+/* A write's outcome from Raft (the Raft thread, or the submitting one). */
+static void fwd_item_done(void *arg, int status, const char *msg, uint64_t index)
+{
+	struct fwd_item *it = arg;
+
+	fwd_item_set(it, status, msg, index);
+	fwd_release(it->w);
+}
+
+/*
+ * Decides and submits n forwarded writes, and answers the call once all
+ * have their outcome. A node that does not lead submits none of them and
+ * says so (not_leader), so that the forwarding node may send them on; a
+ * refusal by the gate travels in the answer, as a write's outcome does.
+ */
+static void forward_writes(kms_node *node, kms_call *call, Kms__V1__ForwardRequest **writes,
+			   size_t n, int batch)
+{
+	struct fwd_writes *w = kms_calloc(1, sizeof(*w) + n * sizeof(w->items[0]));
+	kms_raft_view v;
+	int leads = kms_node_is_leader(node);
+
+	if (w == NULL) {
+		kms_call_fail(call, KMS_ERR_NOMEM, "out of memory taking forwarded writes");
+		return;
+	}
+	w->call = call;
+	w->batch = batch;
+	w->n = n;
+	atomic_init(&w->pending, n + 1);
+	kms_raft_view_get(node->raft, &v);
+	for (size_t i = 0; i < n; i++) {
+		struct fwd_item *it = &w->items[i];
+		kms_err err = {0};
+
+		it->w = w;
+		if (!leads) {
+			snprintf(it->msg, sizeof(it->msg),
+				 "node %u is no longer the Raft leader (%s); retry shortly",
+				 node->cfg.node_id,
+				 v.leader_id != 0 ? "it knows another"
+						  : "no leader is known: no quorum?");
+			it->status = KMS_ERR_UNAVAILABLE;
+			it->not_leader = 1;
+			it->leader_id = v.leader_id;
+			fwd_release(w);
+		} else if (forward_gate(node, writes[i]->principal, writes[i]->command.data,
+					writes[i]->command.len, &err) != KMS_OK) {
+			KMS_LOG_W("refused a write forwarded by node %llu: %s",
+				  (unsigned long long)kms_call_peer(call)->node_id, err.msg);
+			fwd_item_set(it, err.code, err.msg, 0);
+			fwd_release(w);
+		} else {
+			/* The command is checked again by every node's apply. */
+			kms_raft_submit(node->raft, writes[i]->command.data,
+					writes[i]->command.len, fwd_item_done, it);
+		}
+	}
+	fwd_release(w);
+}
+
 static void forward(void *app, kms_call *call, const uint8_t *data, size_t len)
 {
 	kms_node *node = app;
 	Kms__V1__ForwardRequest *req = kms__v1__forward_request__unpack(NULL, len, data);
-	kms_err err = {0};
 
 	if (req == NULL) {
 		kms_call_fail(call, KMS_ERR_INVALID, "malformed ForwardRequest");
 		return;
 	}
+	if (require_member_node(node, call) != 0)
+		forward_writes(node, call, &req, 1, 0);
+	kms__v1__forward_request__free_unpacked(req, NULL);
+}
+
+static void forward_batch(void *app, kms_call *call, const uint8_t *data, size_t len)
+{
+	kms_node *node = app;
+	Kms__V1__ForwardBatchRequest *req =
+		kms__v1__forward_batch_request__unpack(NULL, len, data);
+	char msg[KMS_ERRMSG_SIZE];
+
+	if (req == NULL) {
+		kms_call_fail(call, KMS_ERR_INVALID, "malformed ForwardBatchRequest");
+		return;
+	}
 	if (require_member_node(node, call) == 0)
 		goto out;
-	/* Refusals travel in the answer, as a write's outcome does. */
-	if (forward_gate(node, req->principal, req->command.data, req->command.len, &err) !=
-	    KMS_OK) {
-		KMS_LOG_W("refused a write forwarded by node %llu: %s",
-			  (unsigned long long)kms_call_peer(call)->node_id, err.msg);
-		forward_done(call, err.code, err.msg, 0);
+	if (req->n_writes == 0 || req->n_writes > KMS_FORWARD_BATCH_MAX) {
+		snprintf(msg, sizeof(msg), "a ForwardBatch holds 1 to %d writes, not %zu",
+			 KMS_FORWARD_BATCH_MAX, req->n_writes);
+		kms_call_fail(call, KMS_ERR_INVALID, msg);
 		goto out;
 	}
-	/* The command is checked again by every node's apply. */
-	kms_raft_submit(node->raft, req->command.data, req->command.len, forward_done, call);
+	forward_writes(node, call, req->writes, req->n_writes, 1);
 out:
-	kms__v1__forward_request__free_unpacked(req, NULL);
+	kms__v1__forward_batch_request__free_unpacked(req, NULL);
 }
 
 /* --- NodeStatus --- */
@@ -381,6 +502,8 @@ const kms_method kms_api_internal_methods[] = {
 	 0},
 	{"/kms.v1.Internal/ReadIndex", read_index, KMS_CALLERS_NODES,
 	 &kms__v1__read_index_request__descriptor, 0},
+	{"/kms.v1.Internal/ForwardBatch", forward_batch, KMS_CALLERS_NODES,
+	 &kms__v1__forward_batch_request__descriptor, 0},
 };
 const size_t kms_api_internal_n_methods =
 	sizeof(kms_api_internal_methods) / sizeof(kms_api_internal_methods[0]);

@@ -128,7 +128,8 @@ static void create_key(void *app, kms_call *call, const uint8_t *data, size_t le
 	w->node = node;
 	w->call = call;
 	snprintf(w->key_id, sizeof(w->key_id), "%s", req->key_id);
-	kms_node_commit(node, principal, cmd.data, cmd.len, create_key_done, w);
+	kms_node_commit_deadline(node, principal, kms_call_deadline_ms(call), cmd.data, cmd.len,
+				 create_key_done, w);
 	rc = KMS_OK;
 out:
 	if (rc != KMS_OK)

@@ -21,6 +21,7 @@ static const char *const status_names[KMS_STATUS_COUNT] = {
 	[KMS_ERR_NOMEM] = "out of memory",
 	[KMS_ERR_INTERNAL] = "internal error",
 	[KMS_ERR_LIMIT] = "over a limit",
+	[KMS_ERR_DEADLINE] = "deadline exceeded",
 };
 
 const char *kms_strerror(int code)

@@ -1,5 +1,6 @@
 /* node.c - brings one kmsd node up in dependency order, takes it down in reverse, and routes writes to the leader. */
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@
 #include "api/api.h"
 #include "api/encryption_budget.h"
 #include "node/coredump.h"
+#include "node/forward.h"
 #include "kms/alloc.h"
 #include "kms/log.h"
 #include "kms/spiffe.h"
@@ -28,7 +30,6 @@
 #include "tls/tls_watch.h"
 
 #define MAX_METHODS 64
-#define FORWARD_TIMEOUT_MS 10000
 #define READ_OWN_WRITE_TIMEOUT_MS 5000
 
 static kms_method methods[MAX_METHODS];
@@ -403,54 +404,19 @@ int kms_node_sync_read(kms_node *node, const char *principal, const char *key_id
 
 /* --- writes: to Raft on the leader, forwarded from a follower --- */
 
-static void forward(kms_node *node, const char *principal, const uint8_t *cmd, size_t len,
-		    kms_raft_done_fn done, void *arg)
+void kms_node_commit_deadline(kms_node *node, const char *principal, long deadline_ms,
+			      const uint8_t *cmd, size_t len, kms_raft_done_fn done, void *arg)
 {
-	Kms__V1__ForwardRequest req = KMS__V1__FORWARD_REQUEST__INIT;
-	Kms__V1__ForwardResponse *resp = NULL;
-	kms_member leader;
-	kms_err err = {0};
-	kms_rpc_status st;
-	char msg[KMS_ERRMSG_SIZE];
-	int status;
-	uint64_t index;
-
-	if (kms_node_leader(node, &leader, &err) != KMS_OK) {
-		done(arg, err.code, err.msg, 0);
-		return;
-	}
-	req.command.data = (uint8_t *)cmd;
-	req.command.len = len;
-	req.principal = (char *)(principal != NULL ? principal : "");
-	if (kms_peers_call(node->peers, leader.grpc_address, leader.id, "/kms.v1.Internal/Forward", &req.base,
-			   &kms__v1__forward_response__descriptor, (ProtobufCMessage **)&resp,
-			   FORWARD_TIMEOUT_MS, &st) != 0) {
-		snprintf(msg, sizeof(msg), "forwarding the write to the leader (node %llu) failed (no quorum?): %.150s",
-			 (unsigned long long)leader.id, st.details);
-		done(arg, KMS_ERR_UNAVAILABLE, msg, 0);
-		return;
-	}
-	status = resp->status < KMS_STATUS_COUNT ? (int)resp->status : KMS_ERR_INTERNAL;
-	index = resp->index;
-	snprintf(msg, sizeof(msg), "%s", resp->message);
-	protobuf_c_message_free_unpacked(&resp->base, NULL);
-	/* Read-your-writes on the node that answers the caller. */
-	if (status == KMS_OK &&
-	    kms_raft_wait_applied(node->raft, index, READ_OWN_WRITE_TIMEOUT_MS) != KMS_OK) {
-		done(arg, KMS_ERR_UNAVAILABLE,
-		     "the leader applied the write, but this node has not caught up yet", index);
-		return;
-	}
-	done(arg, status, msg[0] != '\0' ? msg : NULL, index);
+	if (kms_node_is_leader(node))
+		kms_raft_submit(node->raft, cmd, len, done, arg);
+	else
+		kms_forwarder_submit(node->fwd, principal, deadline_ms, cmd, len, done, arg);
 }
 
 void kms_node_commit(kms_node *node, const char *principal, const uint8_t *cmd, size_t len,
 		     kms_raft_done_fn done, void *arg)
 {
-	if (kms_node_is_leader(node))
-		kms_raft_submit(node->raft, cmd, len, done, arg);
-	else
-		forward(node, principal, cmd, len, done, arg);
+	kms_node_commit_deadline(node, principal, LONG_MAX, cmd, len, done, arg);
 }
 
 struct commit_wait {
@@ -538,6 +504,13 @@ static int start_rpc(kms_node *node, kms_err *err)
 
 	if (key == NULL)
 		return kms_errf(err, KMS_ERR_NOMEM, "out of memory");
+	if (kms_api_keymgmt_n_methods + kms_api_health_n_methods + kms_api_operator_n_methods +
+		    kms_api_internal_n_methods >
+	    MAX_METHODS) {
+		kms_free(key);
+		return kms_errf(err, KMS_ERR_INTERNAL, "more gRPC methods than MAX_METHODS (%d)",
+				MAX_METHODS);
+	}
 	n_methods = 0;
 	for (size_t i = 0; i < kms_api_keymgmt_n_methods; i++)
 		methods[n_methods++] = kms_api_keymgmt_methods[i];
@@ -636,6 +609,9 @@ int kms_node_start(const char *config_path, kms_node **out, kms_err *err)
 	ropts.transport_init = transport_init;
 	ropts.transport_close = transport_close;
 	ropts.transport_arg = node;
+	KMS_TRY_GOTO(rc, kms_forwarder_new(node, &node->fwd, err), fail);
+	ropts.applied = kms_forwarder_applied;
+	ropts.applied_arg = node->fwd;
 	KMS_TRY_GOTO(rc, kms_raft_start(&node->cfg, node->kr, &ropts, &node->raft, err), fail);
 	KMS_TRY_GOTO(rc, start_rpc(node, err), fail);
 	KMS_TRY_GOTO(rc, kms_tls_policy_probe(node->cfg.grpc_listen, node->cfg.min_tls_version, err),
@@ -669,7 +645,11 @@ void kms_node_stop(kms_node *node)
 	/* Raft first: writes waiting on it are answered UNAVAILABLE, so the gRPC
 	 * server has no call left hanging when it drains. */
 	kms_raft_stop(node->raft);
+	/* Then forwarded writes: those waiting for the leader are cancelled and
+	 * those waiting to be applied here are answered, likewise. */
+	kms_forwarder_stop(node->fwd);
 	kms_rpc_server_stop(node->rpc);
+	kms_forwarder_free(node->fwd);
 	kms_raft_free(node->raft);
 	kms_supervisor_free(node->sup);
 	EVP_PKEY_free(node->raft_key);

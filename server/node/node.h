@@ -19,6 +19,7 @@
 #include "tls/tls_files.h"
 
 struct kms_budget;
+struct kms_forwarder;
 struct kms_supervisor;
 struct kms_tls_watch;
 struct raft_uv_transport;
@@ -45,8 +46,10 @@ typedef struct kms_node {
 	kms_tls_files tls;
 	pthread_mutex_t reload_mu;
 	struct raft_uv_transport *raft_transport; /* (reload_mu) NULL once closed */
-	struct kms_tls_watch *tls_watch;	kms_raft *raft;
+	struct kms_tls_watch *tls_watch;
+	kms_raft *raft;
 	kms_peers *peers;
+	struct kms_forwarder *fwd; /* a follower's writes on their way to the leader */
 	struct kms_supervisor *sup;
 	kms_rpc_server *rpc;
 	/* A joining node's only allowed Raft peers until its key ring lists
@@ -104,13 +107,20 @@ int kms_node_sync_read(kms_node *node, const char *principal, const char *key_id
 
 /*
  * Commits a serialized command through the cluster's leader on behalf of
- * principal (the caller this node served). On the leader it goes to Raft
- * and done runs on the Raft thread once applied; on a follower it is
- * forwarded (Internal/Forward, with the principal, which the leader
- * authorizes again) and done runs on this thread after the command is
- * applied here too, so the caller reads its own write. No leader:
- * done(KMS_ERR_UNAVAILABLE, "no quorum ...").
+ * principal (the caller this node served), and returns at once: no thread
+ * waits for the outcome. On the leader it goes to Raft and done runs on the
+ * Raft thread once applied; on a follower it is forwarded (Internal/Forward,
+ * with the principal, which the leader authorizes again) and done runs,
+ * on another thread, once the command is applied here too, so the caller
+ * reads its own write (node/forward.h). deadline_ms is the caller's
+ * deadline (kms_call_deadline_ms): a forward still unanswered then ends
+ * with KMS_ERR_DEADLINE. No leader: done(KMS_ERR_UNAVAILABLE, "no quorum
+ * ..."). done may run before this returns.
  */
+void kms_node_commit_deadline(kms_node *node, const char *principal, long deadline_ms,
+			      const uint8_t *cmd, size_t len, kms_raft_done_fn done, void *arg);
+
+/* The same without a deadline of the caller's (a forward ends after 10 s). */
 void kms_node_commit(kms_node *node, const char *principal, const uint8_t *cmd, size_t len,
 		     kms_raft_done_fn done, void *arg);
 

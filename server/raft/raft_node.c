@@ -281,6 +281,8 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
 		KMS_LOG_D("raft: command refused: %s", err.msg);
 	/* raft counts this entry as applied once we return. */
 	view_applied(r, raft_last_applied(&r->raft) + 1);
+	if (r->opts.applied != NULL)
+		r->opts.applied(r->opts.applied_arg, raft_last_applied(&r->raft) + 1);
 	/* The verdict travels as an integer in the result pointer: nothing is
 	 * allocated, so followers (whose results nobody collects) leak nothing. */
 	*result = (void *)(uintptr_t)rc;

@@ -33,6 +33,11 @@ typedef struct kms_raft_opts {
 			      struct uv_loop_s *loop, kms_err *err);
 	void (*transport_close)(void *arg, struct raft_uv_transport *t);
 	void *transport_arg;
+	/* Runs on the Raft thread after each entry this node applies, with its
+	 * index, once the key ring holds it (a snapshot install does not call
+	 * it); NULL: nothing. It must not block. */
+	void (*applied)(void *arg, uint64_t index);
+	void *applied_arg;
 } kms_raft_opts;
 
 /*

@@ -1,4 +1,4 @@
-/* peers.c - a small cache of gRPC channels to other members, one per address. */
+/* peers.c - a small cache of gRPC channels to other members, one per address, and calls on them that block or not. */
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -6,6 +6,7 @@
 #include "kms/alloc.h"
 #include "kms/keyring.h"
 #include "kms/spiffe.h"
+#include "rpc/async_call.h"
 #include "rpc/peers.h"
 #include "tls/tls_engine.h"
 
@@ -33,6 +34,7 @@ struct kms_peers {
 	char *key_string; /* "engine:pkcs11:<uri>": signing happens in the HSM */
 	struct peer peers[PEERS_MAX];
 	size_t n;
+	kms_async *async; /* the calls no thread waits for */
 };
 
 int kms_peers_new(const kms_config *cfg, kms_peers **out, kms_err *err)
@@ -50,6 +52,10 @@ int kms_peers_new(const kms_config *cfg, kms_peers **out, kms_err *err)
 	    p->key_string == NULL) {
 		kms_peers_free(p);
 		return kms_errf(err, KMS_ERR_NOMEM, "out of memory");
+	}
+	if (kms_async_new(&p->async, err) != KMS_OK) {
+		kms_peers_free(p);
+		return err != NULL ? err->code : KMS_ERR_INTERNAL;
 	}
 	*out = p;
 	return KMS_OK;
@@ -83,10 +89,18 @@ void kms_peers_reset(kms_peers *p)
 		pc_close(closing[i]);
 }
 
+void kms_peers_stop_calls(kms_peers *p)
+{
+	if (p != NULL)
+		kms_async_stop(p->async);
+}
+
 void kms_peers_free(kms_peers *p)
 {
 	if (p == NULL)
 		return;
+	/* First: a call in flight holds a reference to its channel. */
+	kms_async_free(p->async);
 	kms_peers_reset(p);
 	pthread_mutex_destroy(&p->mu);
 	kms_free(p->trust_domain);
@@ -157,25 +171,112 @@ static struct peer_client *client_for(kms_peers *p, const char *address, uint64_
 	return pc;
 }
 
-int kms_peers_call(kms_peers *p, const char *address, uint64_t node_id, const char *method,
-		   const ProtobufCMessage *req, const ProtobufCMessageDescriptor *resp_desc,
-		   ProtobufCMessage **resp, int timeout_ms, kms_rpc_status *st)
+/* The cached channel for (address, node) with a reference for the caller,
+ * or NULL with st saying why. */
+static struct peer_client *client_get(kms_peers *p, const char *address, uint64_t node_id,
+				      kms_rpc_status *st)
 {
-	struct peer_client *pc, *evicted, *done;
-	int rc;
+	struct peer_client *pc, *evicted;
 
-	*resp = NULL;
 	pthread_mutex_lock(&p->mu);
 	pc = client_for(p, address, node_id, st, &evicted);
 	pthread_mutex_unlock(&p->mu);
 	pc_close(evicted);
-	if (pc == NULL)
-		return st->code;
-	/* Channels are thread-safe; our reference keeps this one open. */
-	rc = kms_client_call_timeout(pc->client, method, req, resp_desc, resp, timeout_ms, st);
+	return pc;
+}
+
+static void client_put(kms_peers *p, struct peer_client *pc)
+{
+	struct peer_client *done;
+
 	pthread_mutex_lock(&p->mu);
 	done = pc_unref(pc);
 	pthread_mutex_unlock(&p->mu);
 	pc_close(done);
+}
+
+int kms_peers_call(kms_peers *p, const char *address, uint64_t node_id, const char *method,
+		   const ProtobufCMessage *req, const ProtobufCMessageDescriptor *resp_desc,
+		   ProtobufCMessage **resp, int timeout_ms, kms_rpc_status *st)
+{
+	struct peer_client *pc;
+	int rc;
+
+	*resp = NULL;
+	pc = client_get(p, address, node_id, st);
+	if (pc == NULL)
+		return st->code;
+	/* Channels are thread-safe; our reference keeps this one open. */
+	rc = kms_client_call_timeout(pc->client, method, req, resp_desc, resp, timeout_ms, st);
+	client_put(p, pc);
 	return rc;
+}
+
+/* --- calls no thread waits for --- */
+
+struct peer_async {
+	kms_peers *p;
+	struct peer_client *pc; /* our reference keeps the channel open */
+	const ProtobufCMessageDescriptor *resp_desc;
+	kms_peers_done_fn done;
+	void *arg;
+};
+
+static void async_done(void *arg, const kms_rpc_status *st, const uint8_t *resp, size_t len)
+{
+	struct peer_async *pa = arg;
+	ProtobufCMessage *msg = NULL;
+	kms_rpc_status parsed;
+	const kms_rpc_status *out = st;
+
+	if (pa->pc != NULL)
+		client_put(pa->p, pa->pc);
+	if (st->code == GRPC_STATUS_OK) {
+		msg = protobuf_c_message_unpack(pa->resp_desc, NULL, len, resp);
+		if (msg == NULL) {
+			parsed.code = GRPC_STATUS_INTERNAL;
+			snprintf(parsed.details, sizeof(parsed.details),
+				 "the response message does not parse");
+			out = &parsed;
+		}
+	}
+	pa->done(pa->arg, out, msg);
+	kms_free(pa);
+}
+
+void kms_peers_call_async(kms_peers *p, const char *address, uint64_t node_id,
+			  const char *method, const ProtobufCMessage *req,
+			  const ProtobufCMessageDescriptor *resp_desc, long timeout_ms,
+			  kms_peers_done_fn done, void *arg)
+{
+	struct peer_async *pa = kms_calloc(1, sizeof(*pa));
+	size_t len = protobuf_c_message_get_packed_size(req);
+	uint8_t *buf = kms_malloc(len > 0 ? len : 1);
+	kms_rpc_status st;
+
+	if (pa == NULL || buf == NULL) {
+		kms_free(pa);
+		kms_free(buf);
+		st.code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+		snprintf(st.details, sizeof(st.details), "out of memory calling member %s",
+			 address);
+		done(arg, &st, NULL);
+		return;
+	}
+	pa->p = p;
+	pa->resp_desc = resp_desc;
+	pa->done = done;
+	pa->arg = arg;
+	pa->pc = client_get(p, address, node_id, &st);
+	if (pa->pc == NULL) {
+		kms_free(pa);
+		kms_free(buf);
+		done(arg, &st, NULL);
+		return;
+	}
+	protobuf_c_message_pack(req, buf);
+	kms_async_call(p->async, kms_client_channel(pa->pc->client), method, buf, len, timeout_ms,
+		       async_done, pa);
+	kms_cleanse(buf, len);
+	kms_free(buf);
 }

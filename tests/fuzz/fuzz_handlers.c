@@ -532,6 +532,22 @@ static void check_relay(const struct fuzz_method *fm, int caller, const struct o
 	kms__v1__relay_request__free_unpacked(q, NULL);
 }
 
+/* One answer per write, in range, as the forwarding node reads them. */
+static void check_forward_batch(const struct fuzz_method *fm, int caller, const struct outcome *o,
+				const uint8_t *req, size_t len,
+				const Kms__V1__ForwardBatchResponse *r)
+{
+	Kms__V1__ForwardBatchRequest *q = kms__v1__forward_batch_request__unpack(NULL, len, req);
+
+	if (q == NULL)
+		failf(fm, caller, o, "answered a request that does not parse");
+	if (r->n_results != q->n_writes)
+		failf(fm, caller, o, "%zu answers for %zu writes", r->n_results, q->n_writes);
+	for (size_t i = 0; i < r->n_results; i++)
+		check_inner_status(fm, caller, o, r->results[i]->status);
+	kms__v1__forward_batch_request__free_unpacked(q, NULL);
+}
+
 static void check_key(const struct fuzz_method *fm, int caller, const struct outcome *o,
 		      const char *key_id, enum kms_op op)
 {
@@ -637,6 +653,8 @@ static void check_answer(const struct fuzz_method *fm, int caller, const struct 
 		check_batch(fm, caller, o, req, len, resp);
 	} else if (strcmp(path, "/kms.v1.Internal/Forward") == 0) {
 		check_inner_status(fm, caller, o, ((const Kms__V1__ForwardResponse *)resp)->status);
+	} else if (strcmp(path, "/kms.v1.Internal/ForwardBatch") == 0) {
+		check_forward_batch(fm, caller, o, req, len, (const void *)resp);
 	} else if (strcmp(path, "/kms.v1.Internal/ReadIndex") == 0) {
 		check_inner_status(fm, caller, o,
 				   ((const Kms__V1__ReadIndexResponse *)resp)->status);
@@ -1471,6 +1489,19 @@ static void write_internal_seeds(const char *dir)
 	SEED("Forward-outsider", "/kms.v1.Internal/Forward", C_OUTSIDER, 0, fw);
 	fw.principal = (char *)APP;
 	SEED("Forward-member-not-admin", "/kms.v1.Internal/Forward", C_MEMBER, 0, fw);
+	{
+		/* One write the leader takes and one it refuses, in one call. */
+		Kms__V1__ForwardRequest fw_admin = fw, *writes[] = {&fw_admin, &fw};
+		Kms__V1__ForwardBatchRequest fb = KMS__V1__FORWARD_BATCH_REQUEST__INIT;
+
+		fw_admin.principal = (char *)ADMIN;
+		fb.writes = writes;
+		fb.n_writes = 2;
+		SEED("ForwardBatch-member-mixed", "/kms.v1.Internal/ForwardBatch", C_MEMBER, 0, fb);
+		SEED("ForwardBatch-outsider", "/kms.v1.Internal/ForwardBatch", C_OUTSIDER, 0, fb);
+		fb.n_writes = 0;
+		SEED("ForwardBatch-member-empty", "/kms.v1.Internal/ForwardBatch", C_MEMBER, 0, fb);
+	}
 	kms_buf_free(&cmd);
 	if (kms_keyring_cmd_set_key_enabled("fuzz-app", 0, &cmd, &err) != KMS_OK)
 		abort();

@@ -1,4 +1,4 @@
-/* test_cluster.c - three real kmsd processes joined into one Raft cluster, through failures: forwarding, leader loss, paused and lost nodes, restarts, a foreign token, removal. */
+/* test_cluster.c - three real kmsd processes joined into one Raft cluster, through failures: forwarding (concurrent, to a paused or killed leader), leader loss, paused and lost nodes, restarts, a foreign token, removal. */
 #include <check.h>
 #include <pthread.h>
 #include <signal.h>
@@ -10,9 +10,11 @@
 #include <unistd.h>
 
 #include "kms/hsm.h"
+#include "kms/keyring.h"
 #include "kms/v1/cluster.pb-c.h"
 #include "kms/v1/kms.pb-c.h"
 #include "node_fixture.h"
+#include "test_pki.h"
 #include "check_run.h"
 
 #define N 3
@@ -160,6 +162,397 @@ START_TEST(write_on_a_follower_is_forwarded_and_readable_there)
 		ck_assert_msg(decrypts_to(&nodes[i], g, &st), "node %d: %s", i + 1, st.details);
 	}
 	FREE(g);
+}
+END_TEST
+
+/* --- writes through a follower: forwarded with no worker waiting --- */
+
+/* One CreateKey (a policy granting nobody) as the administrator, started
+ * with others. */
+struct racer {
+	kms_test_node *node;
+	pthread_barrier_t *start;
+	int timeout_ms;
+	char id[32];
+	int code;
+	char details[512];
+	char answered_id[64]; /* the key id the response's metadata names */
+};
+
+static void *race_create(void *arg)
+{
+	struct racer *r = arg;
+	kms_client *c = kms_test_client_with(r->node, "admin", NULL, r->timeout_ms);
+	Kms__V1__CreateKeyRequest req = KMS__V1__CREATE_KEY_REQUEST__INIT;
+	Kms__V1__KeyPolicy policy = KMS__V1__KEY_POLICY__INIT;
+	Kms__V1__CreateKeyResponse *resp = NULL;
+	kms_rpc_status st;
+
+	req.key_id = r->id;
+	req.policy = &policy;
+	pthread_barrier_wait(r->start);
+	kms_client_call(c, KM "CreateKey", &req.base, &kms__v1__create_key_response__descriptor,
+			(ProtobufCMessage **)&resp, &st);
+	r->code = st.code;
+	snprintf(r->details, sizeof(r->details), "%s", st.details);
+	if (resp != NULL && resp->key != NULL)
+		snprintf(r->answered_id, sizeof(r->answered_id), "%s", resp->key->key_id);
+	if (resp != NULL)
+		FREE(resp);
+	kms_client_close(c);
+	return NULL;
+}
+
+/* Runs n racers at once on node, each with timeout_ms; racer i writes the
+ * key "<prefix>-<i / per_id>". */
+static void race(struct racer *r, int n, kms_test_node *node, int timeout_ms, const char *prefix,
+		 int per_id)
+{
+	pthread_barrier_t start;
+	pthread_t t[128];
+
+	ck_assert_int_le(n, 128);
+	pthread_barrier_init(&start, NULL, (unsigned)n + 1);
+	for (int i = 0; i < n; i++) {
+		memset(&r[i], 0, sizeof(r[i]));
+		r[i].node = node;
+		r[i].start = &start;
+		r[i].timeout_ms = timeout_ms;
+		snprintf(r[i].id, sizeof(r[i].id), "%s-%d", prefix, i / per_id);
+		ck_assert_int_eq(pthread_create(&t[i], NULL, race_create, &r[i]), 0);
+	}
+	pthread_barrier_wait(&start);
+	for (int i = 0; i < n; i++)
+		pthread_join(t[i], NULL);
+	pthread_barrier_destroy(&start);
+}
+
+/*
+ * 64 CreateKey calls at once through one follower, two for each of 32 new
+ * ids: the follower forwards them in batches, and each answer must reach
+ * its own caller. Per id, exactly one call creates the key (and its answer
+ * names it) and the other is told it exists; every key is on the leader
+ * and readable at once on the follower that answered.
+ */
+START_TEST(concurrent_writes_through_a_follower_are_committed_once)
+{
+	int l = kms_test_wait_leader(nodes, N, 5000), f = (l + 1) % N;
+	static struct racer r[64];
+
+	ck_assert_int_ge(l, 0);
+	race(r, 64, &nodes[f], 20000, "race", 2);
+	for (int i = 0; i < 64; i += 2) {
+		struct racer *ok = r[i].code == 0 ? &r[i] : &r[i + 1];
+		struct racer *dup = ok == &r[i] ? &r[i + 1] : &r[i];
+		char want[96];
+
+		ck_assert_msg(ok->code == 0, "%s: neither call created it: %d %s / %d %s", r[i].id,
+			      r[i].code, r[i].details, r[i + 1].code, r[i + 1].details);
+		ck_assert_str_eq(ok->answered_id, ok->id);
+		ck_assert_msg(dup->code == 6, "%s: the second call got %d: %s", dup->id, dup->code,
+			      dup->details);
+		snprintf(want, sizeof(want), "key '%s' already exists", dup->id);
+		ck_assert_msg(strstr(dup->details, want) != NULL, "%s", dup->details);
+		ck_assert_msg(key_exists(&nodes[f], ok->id), "%s not readable on the follower",
+			      ok->id);
+		ck_assert_msg(key_appears(&nodes[l], ok->id, 3000), "%s not on the leader", ok->id);
+	}
+}
+END_TEST
+
+static struct {
+	struct racer *r;
+	kms_test_node *node;
+} paused_race;
+
+static void *race_paused(void *arg)
+{
+	(void)arg;
+	race(paused_race.r, 16, paused_race.node, 2000, "paused", 1);
+	return NULL;
+}
+
+/*
+ * While the leader is paused, writes through a follower wait for it
+ * without holding the follower's workers (4): a read on the follower is
+ * served at once, and each write ends at its caller's deadline, which the
+ * follower answers (DEADLINE_EXCEEDED) and logs.
+ */
+START_TEST(writes_to_a_paused_leader_hold_no_worker_and_end_at_their_deadline)
+{
+	int l = kms_test_wait_leader(nodes, N, 5000), f = (l + 1) % N, expired = 0;
+	static struct racer r[16];
+	Kms__V1__GenerateDataKeyResponse *g;
+	kms_rpc_status st;
+	pthread_t t;
+	kms_client *c;
+	Kms__V1__DecryptRequest req = KMS__V1__DECRYPT_REQUEST__INIT;
+	ProtobufCMessage *resp = NULL;
+
+	ck_assert_int_ge(l, 0);
+	g = gen_key(&nodes[f], "via-follower", &st);
+	ck_assert_msg(g != NULL, "%s", st.details);
+	c = kms_test_client_with(&nodes[f], "app", NULL, 1500);
+	kill(nodes[l].pid, SIGSTOP);
+	/* 16 writes (four times the workers) with a 2 s deadline, at once. */
+	paused_race.r = r;
+	paused_race.node = &nodes[f];
+	ck_assert_int_eq(pthread_create(&t, NULL, race_paused, &paused_race), 0);
+	sleep_ms(400);
+	/* The workers are free: a Decrypt on the follower is served in time. */
+	req.ciphertext_blob = g->ciphertext_blob;
+	kms_client_call(c, KM "Decrypt", &req.base, &kms__v1__decrypt_response__descriptor, &resp,
+			&st);
+	ck_assert_msg(st.code == 0, "Decrypt on the follower while writes wait: %d %s", st.code,
+		      st.details);
+	FREE(resp);
+	pthread_join(t, NULL);
+	kill(nodes[l].pid, SIGCONT);
+	for (int i = 0; i < 16; i++) {
+		/* A write whose handler ran after a new leader was elected may
+		 * pass; none fails otherwise. */
+		ck_assert_msg(r[i].code == 4 || r[i].code == 0, "%s: %d %s", r[i].id, r[i].code,
+			      r[i].details);
+		expired += r[i].code == 4;
+	}
+	ck_assert_int_gt(expired, 0);
+	ck_assert_msg(kms_test_wait_log(&nodes[f], "answered DEADLINE_EXCEEDED", 5),
+		      "the follower did not answer at the deadline; see %s", nodes[f].log);
+	kms_client_close(c);
+	FREE(g);
+	ck_assert_int_ge(kms_test_wait_leader(nodes, N, 10000), 0);
+	for (int i = 0; i < N; i++)
+		ck_assert_msg(kms_test_node_wait_healthy(&nodes[i], 30), "node %d; see %s", i + 1,
+			      nodes[i].log);
+}
+END_TEST
+
+/* A CreateKey command for the administrator, with stand-in key material. */
+static void create_cmd(const char *id, const char *principal, kms_buf *cmd)
+{
+	static const uint8_t wrapped[40] = {1};
+	kms_err err = {0};
+
+	ck_assert_int_eq(kms_keyring_cmd_create_key(id, "", NULL, principal, 1, wrapped,
+						    sizeof(wrapped), cmd, &err),
+			 KMS_OK);
+}
+
+/* Forward or ForwardBatch through n as "who", with n_cmds commands for
+ * principal; the response (NULL with *st on a refused call). */
+static ProtobufCMessage *forward_raw(kms_test_node *n, const char *who, int batch,
+				     kms_buf *cmds, size_t n_cmds, const char *principal,
+				     kms_rpc_status *st)
+{
+	Kms__V1__ForwardRequest w[70], *wp[70];
+	Kms__V1__ForwardBatchRequest breq = KMS__V1__FORWARD_BATCH_REQUEST__INIT;
+	kms_client *c = kms_test_client(n, who);
+	ProtobufCMessage *resp = NULL;
+
+	ck_assert_uint_le(n_cmds, 70);
+	for (size_t i = 0; i < n_cmds; i++) {
+		kms__v1__forward_request__init(&w[i]);
+		w[i].command.data = cmds[i].data;
+		w[i].command.len = cmds[i].len;
+		w[i].principal = (char *)principal;
+		wp[i] = &w[i];
+	}
+	breq.writes = wp;
+	breq.n_writes = n_cmds;
+	if (batch)
+		kms_client_call(c, "/kms.v1.Internal/ForwardBatch", &breq.base,
+				&kms__v1__forward_batch_response__descriptor, &resp, st);
+	else
+		kms_client_call(c, "/kms.v1.Internal/Forward", &w[0].base,
+				&kms__v1__forward_response__descriptor, &resp, st);
+	kms_client_close(c);
+	return resp;
+}
+
+/*
+ * What makes a follower's retry safe: a member that does not lead submits
+ * nothing it is forwarded and says so, naming the leader. On the leader a
+ * batch decides each write on its own, in order; malformed batches are
+ * refused whole.
+ */
+START_TEST(forwards_are_submitted_only_by_the_leader_and_answered_one_by_one)
+{
+	int l = kms_test_wait_leader(nodes, N, 5000), f = (l + 1) % N;
+	char who[32], uri[128], ca[PATH_MAX], ca_key[PATH_MAX], pem[PATH_MAX], key[PATH_MAX];
+	kms_test_san san = {KMS_TEST_SAN_URI, uri, 0};
+	Kms__V1__ForwardResponse *one;
+	Kms__V1__ForwardBatchResponse *many;
+	kms_buf cmds[65];
+	kms_rpc_status st;
+
+	ck_assert_int_ge(l, 0);
+	/* A certificate of the node CA for a member's id: a member's call. */
+	snprintf(who, sizeof(who), "node%u-copy", nodes[f].id);
+	snprintf(uri, sizeof(uri), KMS_TEST_TD "/kmsd/node/%u", nodes[f].id);
+	KMS_TEST_PATH(ca, "%s/node-ca.pem", env.pki);
+	KMS_TEST_PATH(ca_key, "%s/node-ca.key", env.pki);
+	KMS_TEST_PATH(pem, "%s/%s.pem", env.pki, who);
+	KMS_TEST_PATH(key, "%s/%s.key", env.pki, who);
+	kms_test_issue_cert(ca, ca_key, pem, key, &san, 1, 1);
+	memset(cmds, 0, sizeof(cmds));
+	create_cmd("fwd-not-leader-0", KMS_TEST_ADMIN, &cmds[0]);
+	create_cmd("fwd-not-leader-1", KMS_TEST_ADMIN, &cmds[1]);
+
+	one = (Kms__V1__ForwardResponse *)forward_raw(&nodes[f], who, 0, cmds, 1, KMS_TEST_ADMIN,
+						     &st);
+	ck_assert_msg(one != NULL, "%s", st.details);
+	ck_assert_int_eq(one->status, KMS_ERR_UNAVAILABLE);
+	ck_assert(one->not_leader);
+	ck_assert_uint_eq(one->leader_id, nodes[l].id);
+	ck_assert_msg(strstr(one->message, "no longer the Raft leader") != NULL, "%s",
+		      one->message);
+	FREE(one);
+	many = (Kms__V1__ForwardBatchResponse *)forward_raw(&nodes[f], who, 1, cmds, 2,
+							    KMS_TEST_ADMIN, &st);
+	ck_assert_msg(many != NULL, "%s", st.details);
+	ck_assert_uint_eq(many->n_results, 2);
+	for (size_t i = 0; i < 2; i++) {
+		ck_assert(many->results[i]->not_leader);
+		ck_assert_uint_eq(many->results[i]->leader_id, nodes[l].id);
+	}
+	FREE(many);
+	sleep_ms(300);
+	ck_assert(!key_exists(&nodes[l], "fwd-not-leader-0"));
+	ck_assert(!key_exists(&nodes[l], "fwd-not-leader-1"));
+
+	/* On the leader: one write passes, the next (made for someone else
+	 * than the principal named) is refused, the third passes. */
+	kms_buf_free(&cmds[1]);
+	create_cmd("fwd-batch-other", KMS_TEST_APP, &cmds[1]);
+	create_cmd("fwd-batch-2", KMS_TEST_ADMIN, &cmds[2]);
+	many = (Kms__V1__ForwardBatchResponse *)forward_raw(&nodes[l], who, 1, cmds, 3,
+							    KMS_TEST_ADMIN, &st);
+	ck_assert_msg(many != NULL, "%s", st.details);
+	ck_assert_uint_eq(many->n_results, 3);
+	ck_assert_msg(many->results[0]->status == KMS_OK, "%s", many->results[0]->message);
+	ck_assert_int_eq(many->results[1]->status, KMS_ERR_PERMISSION);
+	ck_assert_msg(strstr(many->results[1]->message, "was not made for") != NULL, "%s",
+		      many->results[1]->message);
+	ck_assert_msg(many->results[2]->status == KMS_OK, "%s", many->results[2]->message);
+	ck_assert_uint_gt(many->results[2]->index, many->results[0]->index);
+	ck_assert(!many->results[0]->not_leader);
+	FREE(many);
+	ck_assert(key_exists(&nodes[l], "fwd-not-leader-0"));
+	ck_assert(!key_exists(&nodes[l], "fwd-batch-other"));
+	ck_assert(key_exists(&nodes[l], "fwd-batch-2"));
+
+	/* Malformed batches: none, or more than 64 writes. */
+	ck_assert_ptr_null(forward_raw(&nodes[l], who, 1, cmds, 0, KMS_TEST_ADMIN, &st));
+	ck_assert_int_eq(st.code, 3);
+	ck_assert_msg(strstr(st.details, "1 to 64 writes") != NULL, "%s", st.details);
+	for (int i = 3; i < 65; i++)
+		create_cmd("fwd-too-many", KMS_TEST_ADMIN, &cmds[i]);
+	ck_assert_ptr_null(forward_raw(&nodes[l], who, 1, cmds, 65, KMS_TEST_ADMIN, &st));
+	ck_assert_int_eq(st.code, 3);
+	ck_assert_msg(strstr(st.details, "not 65") != NULL, "%s", st.details);
+	ck_assert(!key_exists(&nodes[l], "fwd-too-many"));
+	/* A service is no member, whatever it sends. */
+	ck_assert_ptr_null(forward_raw(&nodes[l], "admin", 1, cmds, 1, KMS_TEST_ADMIN, &st));
+	ck_assert_int_eq(st.code, 7);
+	ck_assert_msg(strstr(st.details, "is not a kmsd node") != NULL, "%s", st.details);
+	for (int i = 0; i < 65; i++)
+		kms_buf_free(&cmds[i]);
+}
+END_TEST
+
+/* CreateKey through a follower in a loop, each result kept. */
+struct kill_writer {
+	kms_test_node *node;
+	int no;
+	atomic_int *stop;
+	int n, ok;
+	char ids[200][32];
+	int codes[200];
+	char details[200][160];
+};
+
+static void *kill_write(void *arg)
+{
+	struct kill_writer *w = arg;
+	kms_client *c = kms_test_client(w->node, "admin");
+	kms_rpc_status st;
+
+	while (!atomic_load(w->stop) && w->n < 200) {
+		int i = w->n++;
+
+		snprintf(w->ids[i], sizeof(w->ids[i]), "kill-%d-%d", w->no, i);
+		w->codes[i] = kms_test_create_key(c, w->ids[i], NULL, &st);
+		snprintf(w->details[i], sizeof(w->details[i]), "%.150s", st.details);
+		w->ok += w->codes[i] == 0;
+		if (w->codes[i] != 0)
+			sleep_ms(20);
+	}
+	kms_client_close(c);
+	return NULL;
+}
+
+/*
+ * The leader killed while 16 writers keep writes in flight through one
+ * follower: every call ends, either created (and on the new leader) or
+ * UNAVAILABLE with a message about the leader, never anything else.
+ */
+START_TEST(leader_killed_under_concurrent_forwards_answers_every_write)
+{
+	int l = kms_test_wait_leader(nodes, N, 5000), f = (l + 1) % N, nl, acked = 0;
+	static struct kill_writer w[16];
+	pthread_t t[16];
+	atomic_int stop;
+
+	ck_assert_int_ge(l, 0);
+	atomic_init(&stop, 0);
+	for (int i = 0; i < 16; i++) {
+		memset(&w[i], 0, sizeof(w[i]));
+		w[i].node = &nodes[f];
+		w[i].no = i;
+		w[i].stop = &stop;
+		ck_assert_int_eq(pthread_create(&t[i], NULL, kill_write, &w[i]), 0);
+	}
+	for (int waited = 0; waited < 20000; waited += 20) {
+		acked = 0;
+		for (int i = 0; i < 16; i++)
+			acked += w[i].ok;
+		if (acked >= 48)
+			break;
+		sleep_ms(20);
+	}
+	kms_test_node_signal(&nodes[l], SIGKILL);
+	/* Writes resume under a new leader. */
+	for (int waited = 0; waited < 20000; waited += 100) {
+		int now = 0;
+
+		for (int i = 0; i < 16; i++)
+			now += w[i].ok;
+		if (now >= acked + 32)
+			break;
+		sleep_ms(100);
+	}
+	atomic_store(&stop, 1);
+	for (int i = 0; i < 16; i++)
+		pthread_join(t[i], NULL);
+	nl = kms_test_wait_leader(nodes, N, 5000);
+	ck_assert_msg(nl >= 0 && nl != l, "no new leader");
+	for (int i = 0; i < 16; i++)
+		for (int j = 0; j < w[i].n; j++) {
+			if (w[i].codes[j] == 0) {
+				ck_assert_msg(key_appears(&nodes[nl], w[i].ids[j], 3000),
+					      "%s acknowledged but lost", w[i].ids[j]);
+				continue;
+			}
+			ck_assert_msg(w[i].codes[j] == 14, "%s: %d %s", w[i].ids[j], w[i].codes[j],
+				      w[i].details[j]);
+			ck_assert_msg(strstr(w[i].details[j], "leader") != NULL,
+				      "%s: the message does not say why: %s", w[i].ids[j],
+				      w[i].details[j]);
+		}
+	kms_test_node_start(&nodes[l]);
+	for (int i = 0; i < N; i++)
+		ck_assert_msg(kms_test_node_wait_healthy(&nodes[i], 30), "node %d; see %s", i + 1,
+			      nodes[i].log);
 }
 END_TEST
 
@@ -756,6 +1149,10 @@ int main(void)
 	tcase_set_timeout(tc, 600);
 	tcase_add_test(tc, cluster_forms_with_three_voters);
 	tcase_add_test(tc, write_on_a_follower_is_forwarded_and_readable_there);
+	tcase_add_test(tc, concurrent_writes_through_a_follower_are_committed_once);
+	tcase_add_test(tc, forwards_are_submitted_only_by_the_leader_and_answered_one_by_one);
+	tcase_add_test(tc, writes_to_a_paused_leader_hold_no_worker_and_end_at_their_deadline);
+	tcase_add_test(tc, leader_killed_under_concurrent_forwards_answers_every_write);
 	tcase_add_test(tc, node_ca_rotated_under_a_running_cluster);
 	tcase_add_test(tc, leader_commit_consistency_reads_every_acknowledged_write);
 	tcase_add_test(tc, leader_commit_waits_only_for_authorized_calls_within_their_deadline);
