@@ -27,6 +27,7 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "kms/alloc.h"
 #include "kms/client.h"
+#include "kms/client_batch.h"
 #include "kms/fingerprint.h"
 #include "kms/hostport.h"
 #include "kms/spiffe.h"
@@ -287,12 +288,13 @@ static const struct command commands[] = {
      "  Decrypts a blob (FILE holds the raw blob) made with --context and\n"
      "  encrypts its plaintext under the primary version of --to (a key id\n"
      "  or an alias; the blob's own key to move it to that key's primary\n"
-     "  version) with --to-context, inside the server: the plaintext never\n"
-     "  leaves it. Needs ReEncryptFrom on the blob's key and ReEncryptTo on\n"
-     "  --to. --key-id, when given, must name the blob's key. Prints\n"
-     "  ciphertext_blob (base64; the raw blob to FILE, mode 0600, with\n"
-     "  --blob-out), key_id, key_version, source_key_id and\n"
-     "  source_key_version. 'rewrap' does the same for many blobs.\n",
+     "  version) with --to-context (default: the same context as --context),\n"
+     "  inside the server: the plaintext never leaves it. Needs ReEncryptFrom\n"
+     "  on the blob's key and ReEncryptTo on --to. --key-id, when given,\n"
+     "  must name the blob's key. Prints ciphertext_blob (base64; the raw\n"
+     "  blob to FILE, mode 0600, with --blob-out), key_id, key_version,\n"
+     "  source_key_id and source_key_version. 'rewrap' does the same for\n"
+     "  many blobs.\n",
      NO_SUBS},
     {"rewrap", CMD_REWRAP, OPERANDS_NONE,
      BIT(OPT_IN) | BIT(OPT_OUT) | BIT(OPT_TO) | BIT(OPT_STATE) |
@@ -1789,6 +1791,9 @@ static int cmd_reencrypt(const struct cli *cli, kms_client *c)
 	Kms__V1__ReEncryptRequest req = KMS__V1__RE_ENCRYPT_REQUEST__INIT;
 	Kms__V1__ReEncryptResponse *resp = NULL;
 	void **src = NULL, **dst = NULL;
+	const struct kv *to_ctx;
+	size_t n_to_ctx;
+	kms_rpc_status st;
 	kms_buf blob = {NULL, 0};
 	json_t *o = NULL;
 	int rc;
@@ -1800,8 +1805,11 @@ static int cmd_reencrypt(const struct cli *cli, kms_client *c)
 	src = ctx_entries(
 	    cli->ctx, cli->n_ctx,
 	    &kms__v1__re_encrypt_request__source_encryption_context_entry__descriptor);
+	/* Without --to-context the new blob keeps the old one's binding. */
+	to_ctx = cli->n_to_ctx > 0 ? cli->to_ctx : cli->ctx;
+	n_to_ctx = cli->n_to_ctx > 0 ? cli->n_to_ctx : cli->n_ctx;
 	dst = ctx_entries(
-	    cli->to_ctx, cli->n_to_ctx,
+	    to_ctx, n_to_ctx,
 	    &kms__v1__re_encrypt_request__destination_encryption_context_entry__descriptor);
 	if (src == NULL || dst == NULL) {
 		errmsg("out of memory");
@@ -1815,15 +1823,14 @@ static int cmd_reencrypt(const struct cli *cli, kms_client *c)
 	if (cli->key_id_opt != NULL)
 		req.source_key_id = (char *)cli->key_id_opt;
 	req.destination_key_id = (char *)cli->to_key;
-	req.n_destination_encryption_context = cli->n_to_ctx;
+	req.n_destination_encryption_context = n_to_ctx;
 	req.destination_encryption_context =
 	    (Kms__V1__ReEncryptRequest__DestinationEncryptionContextEntry **)
 		dst;
-	rc = call(c, "ReEncrypt", &req.base,
-		  &kms__v1__re_encrypt_response__descriptor,
-		  (ProtobufCMessage **)&resp);
-	if (rc != EXIT_OK)
+	if (kms_client_reencrypt(c, &req, &resp, &st) != GRPC_STATUS_OK) {
+		rc = server_error(&st);
 		goto out;
+	}
 	if (cli->blob_out != NULL) {
 		rc = write_file(cli->blob_out, resp->ciphertext_blob.data,
 				resp->ciphertext_blob.len);
@@ -1848,10 +1855,9 @@ static int cmd_reencrypt(const struct cli *cli, kms_client *c)
 	rc = emit(cli, o);
 out:
 	json_decref(o);
-	if (resp != NULL)
-		protobuf_c_message_free_unpacked(&resp->base, NULL);
+	kms_client_reencrypt_free(resp);
 	ctx_entries_free(src, cli->n_ctx);
-	ctx_entries_free(dst, cli->n_to_ctx);
+	ctx_entries_free(dst, n_to_ctx);
 	kms_buf_free(&blob);
 	return rc;
 }

@@ -4,10 +4,11 @@
 
 #include <stdint.h>
 
+#include "kms/batch.h"
 #include "kms/client.h"
 
 #define REWRAP_BATCH_DEFAULT 256
-#define REWRAP_BATCH_MAX 1024 /* the server's limit per batch call */
+#define REWRAP_BATCH_MAX KMS_BATCH_MAX_ITEMS
 #define REWRAP_PARALLEL_DEFAULT 4
 #define REWRAP_PARALLEL_MAX 32
 /* A line is a blob of a few KB and a context: anything longer is not input. */

@@ -749,7 +749,8 @@ if expect "re-encrypt --in FILE --blob-out FILE" 0 "key_id: $LC" app \
 	verify "re-encrypt --blob-out file is mode 0600" test "$(mode "$T/re.out")" = 600
 	verify "re-encrypt --blob-out: no ciphertext_blob on stdout" test "$(grep -c '^ciphertext_blob:' "$OUT")" -eq 0
 	verify "re-encrypt prints source_key_version" grep -Fxq "source_key_version: $RE_VER" "$OUT"
-	expect "the --blob-out blob decrypts" 0 "plaintext: $RE_PT" app decrypt --in "$T/re.out" "${CTX[@]}"
+	expect "the --blob-out blob decrypts with the same context (no --to-context)" 0 \
+		"plaintext: $RE_PT" app decrypt --in "$T/re.out" "${CTX[@]}"
 fi
 expect "re-encrypt --key-id naming the blob's key" 0 "key_id: $LC" app \
 	re-encrypt --blob "$RE_BLOB" "${CTX[@]}" --key-id "$LC" --to "$LC"
@@ -777,8 +778,10 @@ if expect "encrypt under $KEY (no ReEncryptFrom for app)" 0 "" app --json encryp
 	expect "re-encrypt from a key without ReEncryptFrom: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED" app \
 		re-encrypt --blob "$(jget "$OUT" "j['ciphertext_blob']")" --to "$LC"
 fi
-expect "re-encrypt to an unknown key, as admin: exit 2 NOT_FOUND" 2 "NOT_FOUND" admin \
-	re-encrypt --blob "$RE_BLOB" "${CTX[@]}" --to no-such-key
+expect "re-encrypt to an unknown key: exit 2 PERMISSION_DENIED (key ids cannot be probed)" 2 \
+	"PERMISSION_DENIED|'no-such-key'" app re-encrypt --blob "$RE_BLOB" "${CTX[@]}" --to no-such-key
+expect "re-encrypt as admin without ReEncryptFrom on the blob's key: exit 2 PERMISSION_DENIED" 2 \
+	"PERMISSION_DENIED|may not ReEncryptFrom" admin re-encrypt --blob "$RE_BLOB" "${CTX[@]}" --to "$LC"
 expect "re-encrypt as other: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED" other \
 	re-encrypt --blob "$RE_BLOB" "${CTX[@]}" --to "$LC"
 

@@ -159,8 +159,7 @@ stop_rewrap() {
 		sleep 0.01
 	done
 	RC=0
-	# (bash reports a job killed by a signal on stderr: not news here)
-	{ wait "$REWRAP_PID" || RC=$?; } 2>/dev/null
+	wait "$REWRAP_PID" || RC=$?
 	REWRAP_PID=""
 }
 # committed NAME: the state's lines, and a copy of the output's committed bytes as $T/NAME.
@@ -210,7 +209,8 @@ DONE2=$(committed committed2)
 
 step "resumed; SIGKILL once the output holds 3/5"
 start_rewrap run3
-stop_rewrap 3 KILL
+# (bash says on stderr that its job was killed: not news here)
+stop_rewrap 3 KILL 2>/dev/null
 verify "the killed run died of SIGKILL (status $RC)" test "$RC" -eq 137
 DONE3=$(committed committed3)
 
