@@ -218,7 +218,9 @@ static int submit(kms_node *node, kms_call *call, enum admin_reply reply, const 
 	w->cmd = *cmd;
 	cmd->data = NULL;
 	cmd->len = 0;
-	kms_node_commit(node, principal, w->cmd.data, w->cmd.len, admin_done, w);
+	/* Through a follower, the write ends by the caller's deadline. */
+	kms_node_commit_deadline(node, principal, kms_call_deadline_ms(call), w->cmd.data,
+				 w->cmd.len, admin_done, w);
 	return KMS_OK;
 out:
 	kms_buf_free(cmd);

@@ -309,10 +309,12 @@ START_TEST(writes_to_a_paused_leader_hold_no_worker_and_end_at_their_deadline)
 	pthread_join(t, NULL);
 	kill(nodes[l].pid, SIGCONT);
 	for (int i = 0; i < 16; i++) {
-		/* A write whose handler ran after a new leader was elected may
-		 * pass; none fails otherwise. */
-		ck_assert_msg(r[i].code == 4 || r[i].code == 0, "%s: %d %s", r[i].id, r[i].code,
-			      r[i].details);
+		/* A write whose handler ran once the follower gave up on the
+		 * paused leader (a slow machine, a sanitizer build) meets the
+		 * election (UNAVAILABLE, no leader known) or the new leader. */
+		ck_assert_msg(r[i].code == 4 || r[i].code == 0 ||
+				      (r[i].code == 14 && strstr(r[i].details, "leader") != NULL),
+			      "%s: %d %s", r[i].id, r[i].code, r[i].details);
 		expired += r[i].code == 4;
 	}
 	ck_assert_int_gt(expired, 0);
