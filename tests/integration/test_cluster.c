@@ -171,7 +171,7 @@ END_TEST
  * with others. */
 struct racer {
 	kms_test_node *node;
-	pthread_barrier_t *start;
+	pthread_barrier_t *ready, *start;
 	int timeout_ms;
 	char id[32];
 	int code;
@@ -190,6 +190,14 @@ static void *race_create(void *arg)
 
 	req.key_id = r->id;
 	req.policy = &policy;
+	/* Connected (TLS handshake done) before the start, so that every
+	 * call reaches its handler at once, even on a slow machine. */
+	kms_client_call(c, KM "DescribeKey", &req.base, &kms__v1__describe_key_response__descriptor,
+			(ProtobufCMessage **)&resp, &st);
+	if (resp != NULL)
+		FREE(resp);
+	resp = NULL;
+	pthread_barrier_wait(r->ready);
 	pthread_barrier_wait(r->start);
 	kms_client_call(c, KM "CreateKey", &req.base, &kms__v1__create_key_response__descriptor,
 			(ProtobufCMessage **)&resp, &st);
@@ -204,26 +212,33 @@ static void *race_create(void *arg)
 }
 
 /* Runs n racers at once on node, each with timeout_ms; racer i writes the
- * key "<prefix>-<i / per_id>". */
+ * key "<prefix>-<i / per_id>". go (if set) runs once all are connected,
+ * just before they start. */
 static void race(struct racer *r, int n, kms_test_node *node, int timeout_ms, const char *prefix,
-		 int per_id)
+		 int per_id, void (*go)(void))
 {
-	pthread_barrier_t start;
+	pthread_barrier_t ready, start;
 	pthread_t t[128];
 
 	ck_assert_int_le(n, 128);
+	pthread_barrier_init(&ready, NULL, (unsigned)n + 1);
 	pthread_barrier_init(&start, NULL, (unsigned)n + 1);
 	for (int i = 0; i < n; i++) {
 		memset(&r[i], 0, sizeof(r[i]));
 		r[i].node = node;
+		r[i].ready = &ready;
 		r[i].start = &start;
 		r[i].timeout_ms = timeout_ms;
 		snprintf(r[i].id, sizeof(r[i].id), "%s-%d", prefix, i / per_id);
 		ck_assert_int_eq(pthread_create(&t[i], NULL, race_create, &r[i]), 0);
 	}
+	pthread_barrier_wait(&ready);
+	if (go != NULL)
+		go();
 	pthread_barrier_wait(&start);
 	for (int i = 0; i < n; i++)
 		pthread_join(t[i], NULL);
+	pthread_barrier_destroy(&ready);
 	pthread_barrier_destroy(&start);
 }
 
@@ -240,7 +255,7 @@ START_TEST(concurrent_writes_through_a_follower_are_committed_once)
 	static struct racer r[64];
 
 	ck_assert_int_ge(l, 0);
-	race(r, 64, &nodes[f], 20000, "race", 2);
+	race(r, 64, &nodes[f], 20000, "race", 2, NULL);
 	for (int i = 0; i < 64; i += 2) {
 		struct racer *ok = r[i].code == 0 ? &r[i] : &r[i + 1];
 		struct racer *dup = ok == &r[i] ? &r[i + 1] : &r[i];
@@ -263,12 +278,20 @@ END_TEST
 static struct {
 	struct racer *r;
 	kms_test_node *node;
+	pid_t leader;
+	atomic_int paused;
 } paused_race;
+
+static void pause_leader(void)
+{
+	kill(paused_race.leader, SIGSTOP);
+	atomic_store(&paused_race.paused, 1);
+}
 
 static void *race_paused(void *arg)
 {
 	(void)arg;
-	race(paused_race.r, 16, paused_race.node, 2000, "paused", 1);
+	race(paused_race.r, 16, paused_race.node, 2000, "paused", 1, pause_leader);
 	return NULL;
 }
 
@@ -293,11 +316,15 @@ START_TEST(writes_to_a_paused_leader_hold_no_worker_and_end_at_their_deadline)
 	g = gen_key(&nodes[f], "via-follower", &st);
 	ck_assert_msg(g != NULL, "%s", st.details);
 	c = kms_test_client_with(&nodes[f], "app", NULL, 1500);
-	kill(nodes[l].pid, SIGSTOP);
-	/* 16 writes (four times the workers) with a 2 s deadline, at once. */
+	/* 16 writes (four times the workers) with a 2 s deadline, at once,
+	 * just after the leader is paused. */
 	paused_race.r = r;
 	paused_race.node = &nodes[f];
+	paused_race.leader = nodes[l].pid;
+	atomic_store(&paused_race.paused, 0);
 	ck_assert_int_eq(pthread_create(&t, NULL, race_paused, &paused_race), 0);
+	while (!atomic_load(&paused_race.paused))
+		sleep_ms(10);
 	sleep_ms(400);
 	/* The workers are free: a Decrypt on the follower is served in time. */
 	req.ciphertext_blob = g->ciphertext_blob;
