@@ -462,7 +462,8 @@ int kms_keyring_cmd_reserve_encryptions(const char *key_id, uint32_t version, ui
  * their material (the install holds every grant this node applied), lost
  * at a restart (a restarted node has a new incarnation, so a grant made to
  * its previous life is never credited again). One version per key holds an
- * allowance: a grant for another version replaces it.
+ * allowance: a grant for a newer version replaces it, and one for an older
+ * version is not credited.
  */
 
 /* Sets who this node is, for crediting grants: call it before Raft starts
@@ -482,6 +483,31 @@ int kms_keyring_take_encryption(kms_keyring *kr, const char *key_id, uint32_t ve
 /* What this node may still encrypt under key_id's version (0: nothing, or
  * another version holds the allowance), for a low-water check. */
 uint64_t kms_keyring_allowance(kms_keyring *kr, const char *key_id, uint32_t version);
+
+/*
+ * How many grants were credited to this node's allowance for key_id in this
+ * life so far (node-local; 0 for an unknown key). A node reads it before it
+ * proposes a ReserveEncryptions, for kms_keyring_credit_skipped_grant.
+ */
+uint64_t kms_keyring_grants_credited(kms_keyring *kr, const char *key_id);
+
+/*
+ * The grant of a ReserveEncryptions this node proposed (count of key_id's
+ * version), once the command committed and this node's applied index
+ * passed it, when this node may have skipped its log entry by installing a
+ * snapshot (which carries reserved counts, never allowances): credited
+ * now if no grant was credited for key_id since credits_before
+ * (kms_keyring_grants_credited before the proposal; otherwise the
+ * command's own apply may have been one), and only if the grant must have
+ * been whole: the version is still Enabled (a partial grant exhausts it for
+ * ever). A version older than the one the allowance holds is never
+ * credited: the allowance only moves forward. *credited says whether it
+ * was. KMS_ERR_NOT_FOUND for an unknown key, KMS_ERR_INVALID for a version
+ * 0 or a count outside 1..2^32. Any thread but the Raft thread's apply.
+ */
+int kms_keyring_credit_skipped_grant(kms_keyring *kr, const char *key_id, uint32_t version,
+				     uint64_t count, uint64_t credits_before, int *credited,
+				     kms_err *err);
 
 /* --- what the leader's supervisor acts on (keyring_versions.c) --- */
 

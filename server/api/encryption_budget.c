@@ -31,6 +31,8 @@ struct reservation {
 	char reason[KMS_ERRMSG_SIZE];
 	int64_t failed_at_ms; /* monotonic; 0 while the last attempt did not fail */
 	kms_buf cmd;          /* the last attempt's command, to say why apply refused it */
+	uint64_t count;       /* what the attempt in flight asks for */
+	uint64_t credits;     /* kms_keyring_grants_credited before it was proposed */
 };
 
 struct kms_budget {
@@ -186,6 +188,18 @@ static void reserve_done(void *arg, int status, const char *msg, uint64_t index)
 	if (status != KMS_OK && msg == NULL &&
 	    kms_keyring_check(b->kr, r->cmd.data, r->cmd.len, &why) == status)
 		msg = why.msg;
+	/* Committed, and this node is past it: applied here, or in a snapshot. */
+	if (status == KMS_OK) {
+		int credited = 0;
+
+		if (kms_keyring_credit_skipped_grant(b->kr, r->key_id, r->version, r->count,
+						     r->credits, &credited, &why) != KMS_OK)
+			KMS_LOG_D("encryption budget: %s", why.msg);
+		else if (credited)
+			KMS_LOG_I("encryption budget: the grant of %llu encryptions for key "
+				  "'%.128s' version %u came with a snapshot install; credited",
+				  (unsigned long long)r->count, r->key_id, r->version);
+	}
 	pthread_mutex_lock(&b->mu);
 	r->in_flight = 0;
 	r->finished++;
@@ -241,6 +255,7 @@ static int reserve_locked(kms_budget *b, const char *key_id, uint32_t version, i
 	struct reservation *r = reservation_find(b, key_id, version);
 	kms_key_status s;
 	kms_buf cmd = {0};
+	uint64_t count = 0, credits = 0;
 
 	*out = NULL;
 	if (r != NULL && !r->in_flight && r->failed_at_ms != 0 &&
@@ -248,9 +263,11 @@ static int reserve_locked(kms_budget *b, const char *key_id, uint32_t version, i
 		return failed(r, err);
 	if (r == NULL || !r->in_flight) {
 		KMS_TRY(kms_keyring_key_status(b->kr, key_id, &s, err));
-		KMS_TRY(kms_keyring_cmd_reserve_encryptions(key_id, version,
-							    kms_budget_block(s.max_encryptions),
-							    b->node_id, b->incarnation, &cmd, err));
+		count = kms_budget_block(s.max_encryptions);
+		/* Before the proposal: its own apply would count as a credit. */
+		credits = kms_keyring_grants_credited(b->kr, key_id);
+		KMS_TRY(kms_keyring_cmd_reserve_encryptions(key_id, version, count, b->node_id,
+							    b->incarnation, &cmd, err));
 	}
 	if (r == NULL) {
 		r = kms_calloc(1, sizeof(*r));
@@ -276,6 +293,8 @@ static int reserve_locked(kms_budget *b, const char *key_id, uint32_t version, i
 	/* Kept until the next attempt: commit may still read it when done runs. */
 	kms_buf_free(&r->cmd);
 	r->cmd = cmd;
+	r->count = count;
+	r->credits = credits;
 	b->in_flight++;
 	/* In flight, r is never unlinked before its done runs. */
 	pthread_mutex_unlock(&b->mu);

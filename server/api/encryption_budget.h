@@ -29,6 +29,11 @@
  *    failed reservation, calls fail at once with its reason for retry_ms,
  *    rather than each starting a reservation of its own.
  *
+ * A follower that skipped its own reservation's log entry by installing a
+ * snapshot would lose the grant (a snapshot carries reserved counts, not
+ * allowances): once the reservation is answered, the grant is credited
+ * unless the apply did it (kms_keyring_credit_skipped_grant).
+ *
  * The key ring holds the allowance itself (kms_keyring_take_encryption,
  * lock-free against other takes); this module only decides when to ask
  * for more, and waits. No I/O of its own: reservations leave through

@@ -39,6 +39,9 @@ struct kr_entry {
 	 */
 	uint32_t allow_version;
 	_Atomic uint64_t allow_left;
+	/* Grants credited to this entry in this process's life (write lock):
+	 * tells whether a grant was applied here or came in a snapshot. */
+	uint64_t allow_credits;
 };
 
 /*
@@ -277,8 +280,8 @@ int kr_apply_reserve_encryptions(kms_keyring *kr, const Kms__V1__ReserveEncrypti
 				 int dry, kms_err *err);
 /* What the versions of an entry marked Exhausted when max changes (lock held). */
 void kr_exhaust_versions(Kms__V1__KeyRecord *rec);
-/* Moves from's allowance into to when to still holds that version with its
- * material (restore, write lock held). */
+/* Moves from's allowance (and its count of credits) into to when to still
+ * holds that version with its material (restore, write lock held). */
 void kr_allowance_carry(struct kr_entry *to, const struct kr_entry *from);
 /* keyring_aliases.c: */
 int kr_apply_create_alias(kms_keyring *kr, const Kms__V1__CreateAliasCommand *c, int dry,

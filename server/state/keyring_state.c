@@ -100,6 +100,7 @@ int kr_entry_make(const Kms__V1__KeyRecord *rec, struct kr_entry *e,
 	e->handles = NULL;
 	e->allow_version = 0;
 	atomic_init(&e->allow_left, 0);
+	e->allow_credits = 0;
 	KMS_TRY(kr_message_dup(&rec->base, &copy, err));
 	e->rec = (Kms__V1__KeyRecord *)copy;
 	/* Readers see the state a record written before key_state had. */

@@ -200,6 +200,26 @@ out:
 
 /* --- ReserveEncryptions and the allowance --- */
 
+/*
+ * Credits a grant for version to this node's allowance (write lock held).
+ * The allowance only moves forward: a grant for an older version than the
+ * one it holds is not credited (that version is no longer the primary, and
+ * a version left behind is never credited twice: see
+ * kms_keyring_credit_skipped_grant).
+ */
+static void allowance_credit(struct kr_entry *e, uint32_t version, uint64_t grant)
+{
+	if (version < e->allow_version)
+		return;
+	if (version > e->allow_version) {
+		e->allow_version = version;
+		atomic_store(&e->allow_left, grant);
+	} else {
+		atomic_fetch_add(&e->allow_left, grant);
+	}
+	e->allow_credits++;
+}
+
 int kr_apply_reserve_encryptions(kms_keyring *kr, const Kms__V1__ReserveEncryptionsCommand *c,
 				 int dry, kms_err *err)
 {
@@ -244,14 +264,8 @@ int kr_apply_reserve_encryptions(kms_keyring *kr, const Kms__V1__ReserveEncrypti
 		v->state = KMS__V1__KEY_VERSION_STATE__KEY_VERSION_EXHAUSTED;
 	/* Only this life of this node may use what it reserved. */
 	if (grant > 0 && kr->self_incarnation != 0 && c->node_id == kr->self_node_id &&
-	    c->incarnation == kr->self_incarnation) {
-		if (e->allow_version != c->version) {
-			e->allow_version = c->version;
-			atomic_store(&e->allow_left, grant);
-		} else {
-			atomic_fetch_add(&e->allow_left, grant);
-		}
-	}
+	    c->incarnation == kr->self_incarnation)
+		allowance_credit(e, c->version, grant);
 out:
 	pthread_rwlock_unlock(&kr->lock);
 	return rc;
@@ -267,10 +281,12 @@ void kms_keyring_set_self(kms_keyring *kr, uint64_t node_id, uint64_t incarnatio
 
 void kr_allowance_carry(struct kr_entry *to, const struct kr_entry *from)
 {
-	uint64_t left = atomic_load(&from->allow_left);
 	long k;
 
-	if (from->allow_version == 0 || left == 0)
+	/* The count goes along even with nothing left: it is what tells a
+	 * grant applied here from one that came in this snapshot. */
+	to->allow_credits = from->allow_credits;
+	if (from->allow_version == 0)
 		return;
 	k = kr_version_index(to->rec, from->allow_version);
 	if (k < 0 ||
@@ -278,7 +294,62 @@ void kr_allowance_carry(struct kr_entry *to, const struct kr_entry *from)
 	    kr_key_state(to->rec) == KMS__V1__KEY_STATE__KEY_STATE_DESTROYED)
 		return;
 	to->allow_version = from->allow_version;
-	atomic_store(&to->allow_left, left);
+	atomic_store(&to->allow_left, atomic_load(&from->allow_left));
+}
+
+uint64_t kms_keyring_grants_credited(kms_keyring *kr, const char *key_id)
+{
+	struct kr_entry *e;
+	uint64_t n = 0;
+
+	if (key_id == NULL)
+		return 0;
+	pthread_rwlock_rdlock(&kr->lock);
+	e = kr_find_entry(kr, key_id);
+	if (e != NULL)
+		n = e->allow_credits;
+	pthread_rwlock_unlock(&kr->lock);
+	return n;
+}
+
+/*
+ * A snapshot carries the versions' reserved counts, not this node's
+ * allowance: a grant whose log entry this node skipped by installing a
+ * snapshot would be lost. Its proposer knows it: the command committed
+ * (the leader said so), this node's applied index passed it, and no grant
+ * was credited here since it was proposed.
+ */
+int kms_keyring_credit_skipped_grant(kms_keyring *kr, const char *key_id, uint32_t version,
+				     uint64_t count, uint64_t credits_before, int *credited,
+				     kms_err *err)
+{
+	struct kr_entry *e;
+	long idx;
+	int rc = KMS_OK;
+
+	*credited = 0;
+	KMS_TRY(kr_lookup_id_check(key_id, err));
+	if (version == 0 || count == 0 || count > KMS_ENCRYPTIONS_MAX)
+		return kms_errf(err, KMS_ERR_INVALID, "a skipped grant needs a version and a count "
+						      "of 1..2^32");
+	pthread_rwlock_wrlock(&kr->lock);
+	KMS_TRY_GOTO(rc, kr_entry_for(kr, key_id, &e, err), out);
+	idx = kr_version_index(e->rec, version);
+	/*
+	 * Whole, or not at all: a grant smaller than its count took the
+	 * version to its maximum, and an Exhausted version never turns back,
+	 * so a version still Enabled got every encryption asked for.
+	 */
+	if (e->allow_credits != credits_before || idx < 0 ||
+	    e->rec->versions[idx]->state != KMS__V1__KEY_VERSION_STATE__KEY_VERSION_ENABLED ||
+	    kr_key_state(e->rec) == KMS__V1__KEY_STATE__KEY_STATE_DESTROYED ||
+	    version < e->allow_version)
+		goto out;
+	allowance_credit(e, version, count);
+	*credited = 1;
+out:
+	pthread_rwlock_unlock(&kr->lock);
+	return rc;
 }
 
 int kms_keyring_take_encryption(kms_keyring *kr, const char *key_id, uint32_t version,

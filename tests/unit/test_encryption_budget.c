@@ -31,9 +31,11 @@
  * the budget asks for is decided by the real apply. It answers at once
  * (inline, as a stopped Raft does), or from its own thread (as a leader
  * does), or holds the writes until released (a commit in flight), or fails
- * every write (no quorum).
+ * every write (no quorum), or leaves node 1 behind: the others apply the
+ * write and node 1 installs a snapshot of node 2's key ring instead (a
+ * follower that missed the entry).
  */
-enum raft_mode { RAFT_INLINE, RAFT_ASYNC, RAFT_HELD, RAFT_DOWN };
+enum raft_mode { RAFT_INLINE, RAFT_ASYNC, RAFT_HELD, RAFT_DOWN, RAFT_SKIP_FIRST };
 
 struct pending {
 	struct pending *next;
@@ -122,6 +124,20 @@ static void commit(void *arg, const uint8_t *cmd, size_t len, kms_raft_done_fn d
 		rc = apply_all(&(kms_buf){.data = (uint8_t *)cmd, .len = len}, &err);
 		pthread_mutex_unlock(&raft.mu);
 		done(done_arg, rc, NULL, raft.index);
+		return;
+	}
+	if (raft.mode == RAFT_SKIP_FIRST) {
+		kms_buf snap = {0};
+
+		for (size_t i = 1; i < raft.n_nodes; i++)
+			ck_assert_int_eq(kms_keyring_apply(raft.nodes[i], cmd, len, &err), KMS_OK);
+		ck_assert_int_eq(kms_keyring_snapshot(raft.nodes[1], malloc, &snap, &err), KMS_OK);
+		ck_assert_int_eq(kms_keyring_restore(raft.nodes[0], snap.data, snap.len, &err),
+				 KMS_OK);
+		free(snap.data);
+		raft.index++;
+		pthread_mutex_unlock(&raft.mu);
+		done(done_arg, KMS_OK, NULL, raft.index);
 		return;
 	}
 	if (raft.mode == RAFT_DOWN) {
@@ -453,6 +469,30 @@ START_TEST(test_empty_allowance_waits_for_the_reservation)
 }
 END_TEST
 
+/*
+ * A follower that skipped its own reservation's entry by installing a
+ * snapshot (which carries the reserved count, not its allowance) still
+ * gets the block, once; the bound holds.
+ */
+START_TEST(test_grant_in_a_snapshot_is_credited)
+{
+	kms_err err = {0};
+
+	key_with_max("k", 6400);
+	raft_set_mode(RAFT_SKIP_FIRST);
+	ck_assert_msg(take(0, "k", 1, &err) == KMS_OK, "%s", err.msg);
+	ck_assert_uint_eq(commits(), 1);
+	ck_assert_uint_eq(reserved("k"), 100);
+	ck_assert_uint_eq(kms_keyring_allowance(nodes[0], "k", 1), 99);
+	for (int i = 0; i < 99; i++)
+		ck_assert_msg(take(0, "k", 1, &err) == KMS_OK, "%d: %s", i, err.msg);
+	/* The low water asked for one more block, skipped and credited too. */
+	ck_assert_uint_eq(commits(), 2);
+	ck_assert_uint_eq(reserved("k"), 200);
+	ck_assert_uint_eq(kms_keyring_allowance(nodes[0], "k", 1), 100);
+}
+END_TEST
+
 /* --- failing closed ---------------------------------------------------------- */
 
 /* No quorum: the call says so, with Raft's reason, and takes nothing. */
@@ -600,6 +640,7 @@ static Suite *budget_suite(void)
 	tcase_add_test(tc, test_low_water_refills_ahead);
 	tcase_add_test(tc, test_one_reservation_in_flight);
 	tcase_add_test(tc, test_empty_allowance_waits_for_the_reservation);
+	tcase_add_test(tc, test_grant_in_a_snapshot_is_credited);
 	tcase_add_test(tc, test_no_quorum_fails_closed);
 	tcase_add_test(tc, test_wait_is_bounded);
 	tcase_add_test(tc, test_key_changed_meanwhile);

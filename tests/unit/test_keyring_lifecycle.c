@@ -1119,6 +1119,110 @@ START_TEST(test_allowance_is_node_local)
 }
 END_TEST
 
+/*
+ * A grant whose log entry this node skipped by installing a snapshot: the
+ * snapshot holds the reserved count, not the allowance; the proposer
+ * credits it once, whole, and never a grant its apply credited, one that
+ * was cut short, or one for a version older than its allowance's.
+ */
+START_TEST(test_skipped_grant_is_credited_once)
+{
+	kms_keyring *leader = ring_new();
+	kms_buf b, snap;
+	kms_err err = {0};
+	uint64_t before;
+	int credited = -1;
+
+	kms_keyring_set_self(kr, 1, 9);
+	kms_keyring_set_self(leader, 2, 5);
+	create("k", 1);
+	create_in(leader, "k", WEB, 1);
+	before = kms_keyring_grants_credited(kr, "k");
+	ck_assert_uint_eq(before, 0);
+	/* Applied by the leader only; this node installs its snapshot. */
+	b = cmd_reserve("k", 1, 64, 1, 9);
+	ck_assert_int_eq(apply_to(leader, &b, &err), KMS_OK);
+	snap = snapshot_of(leader);
+	ck_assert_int_eq(kms_keyring_restore(kr, snap.data, snap.len, &err), KMS_OK);
+	free(snap.data);
+	ck_assert_uint_eq(kms_keyring_allowance(kr, "k", 1), 0);
+	ck_assert_int_eq(kms_keyring_credit_skipped_grant(kr, "k", 1, 64, before, &credited, &err),
+			 KMS_OK);
+	ck_assert_int_eq(credited, 1);
+	ck_assert_uint_eq(kms_keyring_allowance(kr, "k", 1), 64);
+	/* Once. */
+	ck_assert_int_eq(kms_keyring_credit_skipped_grant(kr, "k", 1, 64, before, &credited, &err),
+			 KMS_OK);
+	ck_assert_int_eq(credited, 0);
+	ck_assert_uint_eq(kms_keyring_allowance(kr, "k", 1), 64);
+
+	/* Applied here: the apply credited it, so nothing more. */
+	before = kms_keyring_grants_credited(kr, "k");
+	b = cmd_reserve("k", 1, 64, 1, 9);
+	ck_assert_int_eq(kms_keyring_apply(leader, b.data, b.len, &err), KMS_OK);
+	accepted(&b);
+	ck_assert_int_eq(kms_keyring_credit_skipped_grant(kr, "k", 1, 64, before, &credited, &err),
+			 KMS_OK);
+	ck_assert_int_eq(credited, 0);
+	ck_assert_uint_eq(kms_keyring_allowance(kr, "k", 1), 128);
+	/* The count survives an install that changes nothing for it. */
+	before = kms_keyring_grants_credited(kr, "k");
+	snap = snapshot_of(leader);
+	ck_assert_int_eq(kms_keyring_restore(kr, snap.data, snap.len, &err), KMS_OK);
+	free(snap.data);
+	ck_assert_uint_eq(kms_keyring_grants_credited(kr, "k"), before);
+	ck_assert_uint_eq(kms_keyring_allowance(kr, "k", 1), 128);
+
+	/* Cut short: the version reached its maximum, so not credited. */
+	b = cmd_rotation_policy("k", 0, 200);
+	ck_assert_int_eq(kms_keyring_apply(leader, b.data, b.len, &err), KMS_OK);
+	accepted(&b);
+	before = kms_keyring_grants_credited(kr, "k");
+	b = cmd_reserve("k", 1, 100, 1, 9);
+	ck_assert_int_eq(apply_to(leader, &b, &err), KMS_OK);
+	snap = snapshot_of(leader);
+	ck_assert_int_eq(kms_keyring_restore(kr, snap.data, snap.len, &err), KMS_OK);
+	free(snap.data);
+	ck_assert_int_eq(status(kr, "k").primary_state, V_EXHAUSTED);
+	ck_assert_int_eq(kms_keyring_credit_skipped_grant(kr, "k", 1, 100, before, &credited, &err),
+			 KMS_OK);
+	ck_assert_int_eq(credited, 0);
+	ck_assert_uint_eq(kms_keyring_allowance(kr, "k", 1), 128);
+
+	/* The allowance moved on to version 2: a grant for 1 is never credited. */
+	create("m", 3);
+	create_in(leader, "m", WEB, 3);
+	ck_assert_int_eq(rotate_in(leader, "m", 2, 7, T0 + 2, &err), KMS_OK);
+	rotate("m", 2, 7);
+	b = cmd_reserve("m", 2, 10, 1, 9);
+	ck_assert_int_eq(kms_keyring_apply(leader, b.data, b.len, &err), KMS_OK);
+	accepted(&b);
+	ck_assert_uint_eq(kms_keyring_allowance(kr, "m", 2), 10);
+	before = kms_keyring_grants_credited(kr, "m");
+	b = cmd_reserve("m", 1, 5, 1, 9);
+	ck_assert_int_eq(kms_keyring_apply(leader, b.data, b.len, &err), KMS_OK);
+	accepted(&b);
+	ck_assert_uint_eq(status(kr, "m").primary_version, 2);
+	ck_assert_uint_eq(kms_keyring_allowance(kr, "m", 2), 10);
+	ck_assert_uint_eq(kms_keyring_allowance(kr, "m", 1), 0);
+	ck_assert_uint_eq(kms_keyring_grants_credited(kr, "m"), before);
+	ck_assert_int_eq(kms_keyring_credit_skipped_grant(kr, "m", 1, 5, before, &credited, &err),
+			 KMS_OK);
+	ck_assert_int_eq(credited, 0);
+	ck_assert_uint_eq(kms_keyring_allowance(kr, "m", 2), 10);
+
+	/* Bad input, and an unknown key. */
+	ck_assert_int_eq(kms_keyring_credit_skipped_grant(kr, "k", 0, 5, before, &credited, &err),
+			 KMS_ERR_INVALID);
+	ck_assert_int_eq(kms_keyring_credit_skipped_grant(kr, "k", 2, 0, before, &credited, &err),
+			 KMS_ERR_INVALID);
+	ck_assert_int_eq(kms_keyring_credit_skipped_grant(kr, "nope", 2, 5, 0, &credited, &err),
+			 KMS_ERR_NOT_FOUND);
+	ck_assert_uint_eq(kms_keyring_grants_credited(kr, "nope"), 0);
+	kms_keyring_free(leader);
+}
+END_TEST
+
 /* --- aliases ------------------------------------------------------------- */
 
 START_TEST(test_alias_names)
@@ -1697,6 +1801,7 @@ int main(void)
 	tcase_add_test(tc, test_reservation_refusals);
 	tcase_add_test(tc, test_reservations_across_three_nodes);
 	tcase_add_test(tc, test_allowance_is_node_local);
+	tcase_add_test(tc, test_skipped_grant_is_credited_once);
 	tcase_add_test(tc, test_alias_names);
 	tcase_add_test(tc, test_alias_table);
 	tcase_add_test(tc, test_aliases_of_a_destroyed_key);
