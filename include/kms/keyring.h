@@ -196,6 +196,61 @@ int kms_keyring_member(kms_keyring *kr, uint64_t id, kms_member *out);
 /* Copies the domain-key probe into out; returns its length (0: not set). */
 size_t kms_keyring_domain_key_probe(kms_keyring *kr, uint8_t out[64]);
 
+/* --- the quorum of operators (keyring_quorum.c; docs/OPERATIONS.md) ---
+ *
+ * QuorumInit records the cluster id, the operators and the threshold once
+ * (KMS_ERR_EXISTS after). Propose adds a pending proposal whose digest
+ * must be its canonical encoding's (kms_quorum_digest with this cluster's
+ * id; KMS_ERR_INVALID otherwise). Approve records one operator's valid
+ * Ed25519 signature over the digest; refusals change nothing:
+ * KMS_ERR_NOT_FOUND (no such proposal), KMS_ERR_PRECONDITION (expired at
+ * now_unix, not pending, or this operator approved it already),
+ * KMS_ERR_PERMISSION (not an operator, or the signature does not verify).
+ * The approval that reaches the threshold runs a state-only operation in
+ * the same apply, on every node alike, and records its outcome in the
+ * proposal (executed, or failed with the error); for the others the
+ * proposal becomes approved, and the leader runs it and commits
+ * ProposalResult (refused unless the proposal is approved: exactly one
+ * result). CancelProposal: only by the proposer, only while pending.
+ * out->data is kms_malloc'd, the caller's.
+ */
+#include "kms/quorum.h"
+
+int kms_keyring_cmd_quorum_init(const uint8_t cluster_id[KMS_CLUSTER_ID_LEN],
+				Kms__V1__OperatorRecord *const *ops, size_t n, uint32_t threshold,
+				kms_buf *out, kms_err *err);
+/* p: a pending proposal without approvals, its digest filled in. */
+int kms_keyring_cmd_propose(const Kms__V1__ProposalRecord *p, kms_buf *out, kms_err *err);
+int kms_keyring_cmd_approve(const char *proposal_id, const char *operator_name,
+			    const uint8_t *sig, size_t sig_len, int64_t now_unix, kms_buf *out,
+			    kms_err *err);
+int kms_keyring_cmd_cancel_proposal(const char *proposal_id, const char *principal,
+				    int64_t now_unix, kms_buf *out, kms_err *err);
+int kms_keyring_cmd_proposal_result(const char *proposal_id, int status, const char *message,
+				    int64_t now_unix, kms_buf *out, kms_err *err);
+
+/* True once QuorumInit is applied. */
+int kms_keyring_has_quorum(kms_keyring *kr);
+/* The cluster id and a copy of the operators and threshold
+ * (kms_keyring_operators_free); KMS_ERR_PRECONDITION before QuorumInit. */
+int kms_keyring_quorum(kms_keyring *kr, uint8_t cluster_id[KMS_CLUSTER_ID_LEN],
+		       Kms__V1__SetOperatorsOperation **ops, kms_err *err);
+void kms_keyring_operators_free(Kms__V1__SetOperatorsOperation *ops);
+/* A copy of one proposal (kms_keyring_proposal_free), or KMS_ERR_NOT_FOUND. */
+int kms_keyring_proposal(kms_keyring *kr, const char *id, Kms__V1__ProposalRecord **out,
+			 kms_err *err);
+void kms_keyring_proposal_free(Kms__V1__ProposalRecord *p);
+/* Copies of every proposal, by id (kms_keyring_proposals_free). */
+int kms_keyring_proposals(kms_keyring *kr, Kms__V1__ProposalRecord ***out, size_t *n,
+			  kms_err *err);
+void kms_keyring_proposals_free(Kms__V1__ProposalRecord **ps, size_t n);
+/* The ids of up to max approved proposals awaiting the leader's run. */
+size_t kms_keyring_approved_proposals(kms_keyring *kr, char (*ids)[KMS_PROPOSAL_ID_HEX + 1],
+				      size_t max);
+/* "pending", "approved", "executed", "failed", "expired" (a pending one
+ * at or past its expiry at now_unix) or "cancelled". */
+const char *kms_proposal_state_name(const Kms__V1__ProposalRecord *p, int64_t now_unix);
+
 /* True if a key with that id exists (a cheap check before a write). */
 int kms_keyring_has_key(kms_keyring *kr, const char *key_id);
 size_t kms_keyring_count(kms_keyring *kr);

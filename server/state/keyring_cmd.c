@@ -379,3 +379,102 @@ int kms_keyring_cmd_delete_alias(const char *name, kms_buf *out, kms_err *err)
 	c.delete_alias = &da;
 	return kr_command_pack(&c, out, err);
 }
+
+/* --- the quorum --- */
+
+int kms_keyring_cmd_quorum_init(const uint8_t cluster_id[KMS_CLUSTER_ID_LEN],
+				Kms__V1__OperatorRecord *const *ops, size_t n, uint32_t threshold,
+				kms_buf *out, kms_err *err)
+{
+	Kms__V1__QuorumInitCommand qi = KMS__V1__QUORUM_INIT_COMMAND__INIT;
+	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
+
+	out->data = NULL;
+	out->len = 0;
+	KMS_TRY(kms_operator_set_check(ops, n, threshold, err));
+	qi.cluster_id.data = (uint8_t *)cluster_id;
+	qi.cluster_id.len = KMS_CLUSTER_ID_LEN;
+	qi.operators = (Kms__V1__OperatorRecord **)ops;
+	qi.n_operators = n;
+	qi.threshold = threshold;
+	c.cmd_case = KMS__V1__COMMAND__CMD_QUORUM_INIT;
+	c.quorum_init = &qi;
+	return kr_command_pack(&c, out, err);
+}
+
+int kms_keyring_cmd_propose(const Kms__V1__ProposalRecord *p, kms_buf *out, kms_err *err)
+{
+	Kms__V1__ProposeCommand pc = KMS__V1__PROPOSE_COMMAND__INIT;
+	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
+
+	out->data = NULL;
+	out->len = 0;
+	KMS_ENSURE(p != NULL, err, KMS_ERR_INVALID, "no proposal");
+	KMS_TRY(kms_proposal_id_check(p->id, err));
+	KMS_TRY(kms_root_operation_check(p->operation, err));
+	pc.proposal = (Kms__V1__ProposalRecord *)p;
+	c.cmd_case = KMS__V1__COMMAND__CMD_PROPOSE;
+	c.propose = &pc;
+	return kr_command_pack(&c, out, err);
+}
+
+int kms_keyring_cmd_approve(const char *proposal_id, const char *operator_name,
+			    const uint8_t *sig, size_t sig_len, int64_t now_unix, kms_buf *out,
+			    kms_err *err)
+{
+	Kms__V1__ApproveCommand ac = KMS__V1__APPROVE_COMMAND__INIT;
+	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
+
+	out->data = NULL;
+	out->len = 0;
+	KMS_TRY(kms_proposal_id_check(proposal_id, err));
+	KMS_TRY(kms_operator_name_check(operator_name, err));
+	KMS_ENSURE(sig != NULL && sig_len == KMS_ED25519_SIG_LEN, err, KMS_ERR_INVALID,
+		   "an approval carries a %d-byte Ed25519 signature, not %zu bytes",
+		   KMS_ED25519_SIG_LEN, sig_len);
+	ac.proposal_id = (char *)proposal_id;
+	ac.operator_name = (char *)operator_name;
+	ac.signature.data = (uint8_t *)sig;
+	ac.signature.len = sig_len;
+	ac.now_unix = now_unix;
+	c.cmd_case = KMS__V1__COMMAND__CMD_APPROVE;
+	c.approve = &ac;
+	return kr_command_pack(&c, out, err);
+}
+
+int kms_keyring_cmd_cancel_proposal(const char *proposal_id, const char *principal,
+				    int64_t now_unix, kms_buf *out, kms_err *err)
+{
+	Kms__V1__CancelProposalCommand cc = KMS__V1__CANCEL_PROPOSAL_COMMAND__INIT;
+	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
+
+	out->data = NULL;
+	out->len = 0;
+	KMS_TRY(kms_proposal_id_check(proposal_id, err));
+	cc.proposal_id = (char *)proposal_id;
+	cc.principal = (char *)(principal != NULL ? principal : "");
+	cc.now_unix = now_unix;
+	c.cmd_case = KMS__V1__COMMAND__CMD_CANCEL_PROPOSAL;
+	c.cancel_proposal = &cc;
+	return kr_command_pack(&c, out, err);
+}
+
+int kms_keyring_cmd_proposal_result(const char *proposal_id, int status, const char *message,
+				    int64_t now_unix, kms_buf *out, kms_err *err)
+{
+	Kms__V1__ProposalResultCommand pr = KMS__V1__PROPOSAL_RESULT_COMMAND__INIT;
+	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
+
+	out->data = NULL;
+	out->len = 0;
+	KMS_TRY(kms_proposal_id_check(proposal_id, err));
+	KMS_ENSURE(status >= 0 && status < KMS_STATUS_COUNT, err, KMS_ERR_INVALID,
+		   "status %d is unknown", status);
+	pr.proposal_id = (char *)proposal_id;
+	pr.status = (uint32_t)status;
+	pr.message = (char *)(message != NULL ? message : "");
+	pr.now_unix = now_unix;
+	c.cmd_case = KMS__V1__COMMAND__CMD_PROPOSAL_RESULT;
+	c.proposal_result = &pr;
+	return kr_command_pack(&c, out, err);
+}

@@ -9,6 +9,7 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "kms/alloc.h"
+#include "kms/quorum.h"
 #include "kms/keyring.h"
 #include "kms/v1/state.pb-c.h"
 
@@ -94,6 +95,17 @@ struct kms_keyring {
 	kms_keyring_release_fn release;
 	void *release_arg;
 	struct kr_lru lru; /* the bound on recorded handles, keyring_handles.c */
+	/*
+	 * The quorum (keyring_quorum.c): set once by QuorumInit; operators is
+	 * an owned copy of the set and threshold in force; proposals are owned
+	 * records sorted by id.
+	 */
+	int has_quorum;
+	uint8_t cluster_id[KMS_CLUSTER_ID_LEN];
+	Kms__V1__SetOperatorsOperation *operators;
+	Kms__V1__ProposalRecord **proposals;
+	size_t n_proposals;
+	size_t cap_proposals;
 };
 
 /*
@@ -317,5 +329,38 @@ int kr_aliases_build(Kms__V1__AliasRecord *const *src, size_t n,
 		     Kms__V1__KeyRecord *const *keys, size_t n_keys, struct kr_alias_table *out,
 		     kms_err *err);
 void kr_aliases_free(struct kr_alias_table *t);
+
+/* keyring_quorum.c: the quorum commands (dry: decide only, as above). */
+int kr_apply_quorum_init(kms_keyring *kr, const Kms__V1__QuorumInitCommand *c, int dry,
+			 kms_err *err);
+int kr_apply_propose(kms_keyring *kr, const Kms__V1__ProposeCommand *c, int dry, kms_err *err);
+int kr_apply_approve(kms_keyring *kr, const Kms__V1__ApproveCommand *c, int dry, kms_err *err);
+int kr_apply_cancel_proposal(kms_keyring *kr, const Kms__V1__CancelProposalCommand *c, int dry,
+			     kms_err *err);
+int kr_apply_proposal_result(kms_keyring *kr, const Kms__V1__ProposalResultCommand *c, int dry,
+			     kms_err *err);
+/* Frees the quorum a key ring holds (kms_keyring_free). */
+void kr_quorum_free(kms_keyring *kr);
+/* Points a snapshot at the quorum (read lock held; it borrows). */
+void kr_quorum_snapshot(kms_keyring *kr, Kms__V1__KeyRingSnapshot *snap);
+/* Restore: kr_quorum_build checks and copies a snapshot's quorum;
+ * kr_quorum_swap puts it in (write lock held) and leaves the old one in q
+ * for kr_quorum_build_free. */
+struct kr_quorum {
+	int has_quorum;
+	uint8_t cluster_id[KMS_CLUSTER_ID_LEN];
+	Kms__V1__SetOperatorsOperation *operators;
+	Kms__V1__ProposalRecord **proposals;
+	size_t n_proposals;
+};
+int kr_quorum_build(const Kms__V1__KeyRingSnapshot *s, struct kr_quorum *out, kms_err *err);
+void kr_quorum_swap(kms_keyring *kr, struct kr_quorum *q);
+void kr_quorum_build_free(struct kr_quorum *q);
+/*
+ * Destroys key_id now, whatever its deletion date, if it is pending
+ * deletion (an executed destroy-key proposal; keyring_versions.c). Takes
+ * the write lock.
+ */
+int kr_destroy_key_now(kms_keyring *kr, const char *key_id, int64_t now_unix, kms_err *err);
 
 #endif

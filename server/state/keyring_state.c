@@ -275,6 +275,7 @@ void kms_keyring_free(kms_keyring *kr)
 	kr_entries_drop(kr->entries, kr->n);
 	kr_lru_free(kr);
 	kms_keyring_admins_free(kr->admins, kr->n_admins);
+	kr_quorum_free(kr);
 	{
 		struct kr_alias_table t = {kr->aliases, kr->by_key, kr->n_aliases};
 
@@ -407,6 +408,16 @@ static int run_command(kms_keyring *kr, const Kms__V1__Command *c, int dry, kms_
 		return kr_apply_delete_alias(kr, c->delete_alias, dry, err);
 	case KMS__V1__COMMAND__CMD_RESERVE_ENCRYPTIONS:
 		return kr_apply_reserve_encryptions(kr, c->reserve_encryptions, dry, err);
+	case KMS__V1__COMMAND__CMD_QUORUM_INIT:
+		return kr_apply_quorum_init(kr, c->quorum_init, dry, err);
+	case KMS__V1__COMMAND__CMD_PROPOSE:
+		return kr_apply_propose(kr, c->propose, dry, err);
+	case KMS__V1__COMMAND__CMD_APPROVE:
+		return kr_apply_approve(kr, c->approve, dry, err);
+	case KMS__V1__COMMAND__CMD_CANCEL_PROPOSAL:
+		return kr_apply_cancel_proposal(kr, c->cancel_proposal, dry, err);
+	case KMS__V1__COMMAND__CMD_PROPOSAL_RESULT:
+		return kr_apply_proposal_result(kr, c->proposal_result, dry, err);
 	case KMS__V1__COMMAND__CMD__NOT_SET:
 	default:
 		return kms_errf(err, KMS_ERR_INVALID,
@@ -497,6 +508,7 @@ int kms_keyring_snapshot(kms_keyring *kr, void *(*alloc)(size_t), kms_buf *out,
 	snap.n_administrators = kr->n_admins;
 	snap.aliases = kr->aliases;
 	snap.n_aliases = kr->n_aliases;
+	kr_quorum_snapshot(kr, &snap);
 	len = kms__v1__key_ring_snapshot__get_packed_size(&snap);
 	out->data = alloc(len);
 	if (out->data == NULL) {
@@ -527,6 +539,7 @@ int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len,
 	Kms__V1__KeyRingSnapshot *s = NULL;
 	struct kr_entry *fresh = NULL, *old;
 	struct kr_alias_table aliases = {0}, old_aliases;
+	struct kr_quorum quorum = {0};
 	char **admins = NULL, **old_admins;
 	size_t i, built = 0, old_n, old_n_admins;
 	int rc = KMS_OK;
@@ -584,6 +597,7 @@ int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len,
 	}
 	KMS_TRY_GOTO(rc, kr_aliases_build(s->aliases, s->n_aliases, s->keys, s->n_keys, &aliases,
 					  err), out);
+	KMS_TRY_GOTO(rc, kr_quorum_build(s, &quorum, err), out);
 	fresh = kms_calloc(s->n_keys, sizeof(*fresh));
 	if (fresh == NULL) {
 		rc = kms_errf(err, KMS_ERR_NOMEM,
@@ -620,6 +634,7 @@ int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len,
 	kr->by_key = aliases.by_key;
 	kr->n_aliases = kr->cap_aliases = aliases.n;
 	memset(&aliases, 0, sizeof(aliases));
+	kr_quorum_swap(kr, &quorum); /* quorum now holds the old one */
 	pthread_rwlock_unlock(&kr->lock);
 	fresh = NULL;
 	built = 0;
@@ -632,6 +647,7 @@ int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len,
 	kr_aliases_free(&old_aliases);
 out:
 	kr_aliases_free(&aliases);
+	kr_quorum_build_free(&quorum);
 	if (fresh != NULL)
 		kr_entries_drop(fresh, built);
 	kms_keyring_admins_free(admins, s->n_administrators);

@@ -150,8 +150,27 @@ static size_t versions_now(kms_keyring *kr, const char *key_id)
 	return n;
 }
 
+static int destroy_key(kms_keyring *kr, const Kms__V1__DestroyKeyCommand *c, int dry, int now,
+		       kms_err *err);
+
 int kr_apply_destroy_key(kms_keyring *kr, const Kms__V1__DestroyKeyCommand *c, int dry,
 			 kms_err *err)
+{
+	return destroy_key(kr, c, dry, 0, err);
+}
+
+int kr_destroy_key_now(kms_keyring *kr, const char *key_id, int64_t now_unix, kms_err *err)
+{
+	Kms__V1__DestroyKeyCommand c = KMS__V1__DESTROY_KEY_COMMAND__INIT;
+
+	c.key_id = (char *)key_id;
+	c.now_unix = now_unix;
+	return destroy_key(kr, &c, 0, 1, err);
+}
+
+/* now: M operators approved it, so the deletion date need not have come. */
+static int destroy_key(kms_keyring *kr, const Kms__V1__DestroyKeyCommand *c, int dry, int now,
+		       kms_err *err)
 {
 	kms_key_handle **dropped = NULL;
 	struct kr_entry *e;
@@ -165,7 +184,13 @@ int kr_apply_destroy_key(kms_keyring *kr, const Kms__V1__DestroyKeyCommand *c, i
 		return kms_errf(err, KMS_ERR_NOMEM, "out of memory destroying key '%s'", c->key_id);
 	kr_lock(kr, dry);
 	KMS_TRY_GOTO(rc, kr_entry_for(kr, c->key_id, &e, err), out);
-	KMS_TRY_GOTO(rc, destroy_check(e->rec, c->now_unix, err), out);
+	KMS_TRY_GOTO(rc,
+		     destroy_check(e->rec,
+				   now && c->now_unix < e->rec->deletion_at_unix
+					   ? e->rec->deletion_at_unix
+					   : c->now_unix,
+				   err),
+		     out);
 	if (dry)
 		goto out;
 	if (e->rec->n_versions != n) {

@@ -1,0 +1,655 @@
+/* test_quorum.c - Check suite for the quorum: the canonical encoding and digest of proposals, Ed25519 checks, and the proposal state machine of the key ring. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <check.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/sha.h>
+
+#include "kms/alloc.h"
+#include "kms/buf.h"
+#include "kms/error.h"
+#include "kms/keyring.h"
+#include "kms/quorum.h"
+#include "kms/v1/state.pb-c.h"
+#include "check_run.h"
+
+#define ADMIN "spiffe://example.org/ns/ops/sa/admin"
+#define OTHER "spiffe://example.org/ns/ops/sa/other"
+#define T0 1700000000
+#define PID1 "0123456789abcdef0123456789abcdef"
+#define PID2 "fedcba9876543210fedcba9876543210"
+
+#define ASSERT_MSG_HAS(err, s)                                                                    \
+	ck_assert_msg(strstr((err).msg, (s)) != NULL, "message '%s' does not name '%s'",          \
+		      (err).msg, (s))
+
+static const uint8_t CID[KMS_CLUSTER_ID_LEN] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+
+/* --- operators: three Ed25519 keys made for the test --- */
+
+#define N_OPS 3
+static EVP_PKEY *keys[N_OPS];
+static uint8_t pubs[N_OPS][KMS_ED25519_PUB_LEN];
+static Kms__V1__OperatorRecord recs[N_OPS], *rec_ptrs[N_OPS];
+static const char *names[N_OPS] = {"alice", "bob", "carol"};
+static kms_keyring *kr;
+
+static void make_keys(void)
+{
+	for (int i = 0; i < N_OPS; i++) {
+		size_t n = KMS_ED25519_PUB_LEN;
+
+		keys[i] = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+		ck_assert_ptr_nonnull(keys[i]);
+		ck_assert_int_eq(EVP_PKEY_get_raw_public_key(keys[i], pubs[i], &n), 1);
+		kms__v1__operator_record__init(&recs[i]);
+		recs[i].name = (char *)names[i];
+		recs[i].public_key.data = pubs[i];
+		recs[i].public_key.len = KMS_ED25519_PUB_LEN;
+		rec_ptrs[i] = &recs[i];
+	}
+}
+
+static void free_keys(void)
+{
+	for (int i = 0; i < N_OPS; i++)
+		EVP_PKEY_free(keys[i]);
+}
+
+static void sign(int who, const uint8_t *digest, uint8_t sig[KMS_ED25519_SIG_LEN])
+{
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	size_t n = KMS_ED25519_SIG_LEN;
+
+	ck_assert_int_eq(EVP_DigestSignInit(ctx, NULL, NULL, NULL, keys[who]), 1);
+	ck_assert_int_eq(EVP_DigestSign(ctx, sig, &n, digest, KMS_QUORUM_DIGEST_LEN), 1);
+	EVP_MD_CTX_free(ctx);
+}
+
+static int apply(kms_buf *cmd, kms_err *err)
+{
+	int rc = kms_keyring_apply(kr, cmd->data, cmd->len, err);
+
+	kms_buf_free(cmd);
+	return rc;
+}
+
+static void setup(void)
+{
+	kms_err err = {0};
+	kms_buf cmd = {0};
+	char *admins[1] = {(char *)ADMIN};
+
+	make_keys();
+	ck_assert_int_eq(kms_keyring_new(&kr, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_cmd_set_administrators(admins, 1, &cmd, &err), KMS_OK);
+	ck_assert_int_eq(apply(&cmd, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_cmd_quorum_init(CID, rec_ptrs, N_OPS, 2, &cmd, &err), KMS_OK);
+	ck_assert_msg(apply(&cmd, &err) == KMS_OK, "%s", err.msg);
+}
+
+static void teardown(void)
+{
+	kms_keyring_free(kr);
+	free_keys();
+}
+
+/* --- operations and proposals --- */
+
+static Kms__V1__RootOperation op;
+static Kms__V1__SetAdministratorsOperation sa;
+static Kms__V1__RotateDomainKeyOperation rdk;
+static char *new_admins[2] = {(char *)ADMIN, (char *)OTHER};
+
+static Kms__V1__RootOperation *op_set_admins(void)
+{
+	kms__v1__root_operation__init(&op);
+	kms__v1__set_administrators_operation__init(&sa);
+	sa.administrators = new_admins;
+	sa.n_administrators = 2;
+	op.op_case = KMS__V1__ROOT_OPERATION__OP_SET_ADMINISTRATORS;
+	op.set_administrators = &sa;
+	return &op;
+}
+
+static Kms__V1__RootOperation *op_rotate_dk(void)
+{
+	kms__v1__root_operation__init(&op);
+	kms__v1__rotate_domain_key_operation__init(&rdk);
+	op.op_case = KMS__V1__ROOT_OPERATION__OP_ROTATE_DOMAIN_KEY;
+	op.rotate_domain_key = &rdk;
+	return &op;
+}
+
+/* Proposes o as id (expiring at T0 + 3600); digest out. */
+static int propose_as(const char *id, const Kms__V1__RootOperation *o, const uint8_t *cid,
+		      uint8_t digest[KMS_QUORUM_DIGEST_LEN], kms_err *err)
+{
+	Kms__V1__ProposalRecord p = KMS__V1__PROPOSAL_RECORD__INIT;
+	kms_buf cmd = {0};
+
+	ck_assert_int_eq(kms_quorum_digest(cid, KMS_CLUSTER_ID_LEN, id, T0 + 3600, o, digest,
+					   err),
+			 KMS_OK);
+	p.id = (char *)id;
+	p.proposer = (char *)ADMIN;
+	p.operation = (Kms__V1__RootOperation *)o;
+	p.created_at_unix = T0;
+	p.expires_at_unix = T0 + 3600;
+	p.digest.data = digest;
+	p.digest.len = KMS_QUORUM_DIGEST_LEN;
+	ck_assert_int_eq(kms_keyring_cmd_propose(&p, &cmd, err), KMS_OK);
+	return apply(&cmd, err);
+}
+
+static int approve(const char *id, const char *name, const uint8_t *sig, int64_t now,
+		   kms_err *err)
+{
+	kms_buf cmd = {0};
+
+	ck_assert_int_eq(kms_keyring_cmd_approve(id, name, sig, KMS_ED25519_SIG_LEN, now, &cmd,
+						 err),
+			 KMS_OK);
+	return apply(&cmd, err);
+}
+
+static const char *state_of(const char *id, int64_t now)
+{
+	static char out[32];
+	Kms__V1__ProposalRecord *p = NULL;
+	kms_err err = {0};
+
+	ck_assert_int_eq(kms_keyring_proposal(kr, id, &p, &err), KMS_OK);
+	snprintf(out, sizeof(out), "%s", kms_proposal_state_name(p, now));
+	kms_keyring_proposal_free(p);
+	return out;
+}
+
+/* The whole replicated state, to show a refusal changed nothing. */
+static kms_buf snap(void)
+{
+	kms_buf b = {0};
+	kms_err err = {0};
+
+	ck_assert_int_eq(kms_keyring_snapshot(kr, kms_malloc, &b, &err), KMS_OK);
+	return b;
+}
+
+static void assert_same(kms_buf a, kms_buf b)
+{
+	ck_assert_uint_eq(a.len, b.len);
+	ck_assert_int_eq(memcmp(a.data, b.data, a.len), 0);
+	kms_buf_free(&a);
+	kms_buf_free(&b);
+}
+
+/* --- the canonical encoding --- */
+
+START_TEST(encoding_is_the_documented_bytes)
+{
+	/* docs/FORMAT.md "Quorum digests", written out by hand. */
+	static const uint8_t want_tail[] = {
+	    0, 0, 0, 16, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, /* cluster id */
+	    0, 0, 0, 32, '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'a', 'b', 'c', 'd', 'e',
+	    'f', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'a', 'b', 'c', 'd', 'e', 'f',
+	    0, 0, 0, 0, 0x65, 0x53, 0xf1, 0x00, /* expires 1700000000 */
+	    0, 0, 0, 18, 's', 'e', 't', '-', 'a', 'd', 'm', 'i', 'n', 'i', 's', 't', 'r', 'a', 't',
+	    'o', 'r', 's', 0, 0, 0, 2, /* two administrators */
+	};
+	kms_buf enc = {0};
+	kms_err err = {0};
+	size_t tag = strlen(KMS_QUORUM_TAG), off;
+	uint8_t d[KMS_QUORUM_DIGEST_LEN], want_d[KMS_QUORUM_DIGEST_LEN];
+
+	ck_assert_int_eq(kms_quorum_encode(CID, sizeof(CID), PID1, T0, op_set_admins(), &enc, &err),
+			 KMS_OK);
+	ck_assert_int_eq(memcmp(enc.data, "kmsd quorum proposal v1", tag), 0);
+	ck_assert_int_eq(memcmp(enc.data + tag, want_tail, sizeof(want_tail)), 0);
+	off = tag + sizeof(want_tail);
+	ck_assert_uint_eq(enc.len, off + 4 + strlen(ADMIN) + 4 + strlen(OTHER));
+	ck_assert_int_eq(enc.data[off + 3], (int)strlen(ADMIN));
+	ck_assert_int_eq(memcmp(enc.data + off + 4, ADMIN, strlen(ADMIN)), 0);
+	/* The digest is SHA-256 of exactly these bytes. */
+	SHA256(enc.data, enc.len, want_d);
+	ck_assert_int_eq(kms_quorum_digest(CID, sizeof(CID), PID1, T0, &op, d, &err), KMS_OK);
+	ck_assert_int_eq(memcmp(d, want_d, sizeof(d)), 0);
+	kms_buf_free(&enc);
+}
+END_TEST
+
+START_TEST(digest_binds_every_field)
+{
+	uint8_t base[32], d[32], cid2[KMS_CLUSTER_ID_LEN];
+	kms_err err = {0};
+
+	memcpy(cid2, CID, sizeof(cid2));
+	cid2[0] ^= 1;
+	ck_assert_int_eq(kms_quorum_digest(CID, 16, PID1, T0, op_set_admins(), base, &err), KMS_OK);
+	ck_assert_int_eq(kms_quorum_digest(cid2, 16, PID1, T0, &op, d, &err), KMS_OK);
+	ck_assert_int_ne(memcmp(base, d, 32), 0);
+	ck_assert_int_eq(kms_quorum_digest(CID, 16, PID2, T0, &op, d, &err), KMS_OK);
+	ck_assert_int_ne(memcmp(base, d, 32), 0);
+	ck_assert_int_eq(kms_quorum_digest(CID, 16, PID1, T0 + 1, &op, d, &err), KMS_OK);
+	ck_assert_int_ne(memcmp(base, d, 32), 0);
+	sa.n_administrators = 1;
+	ck_assert_int_eq(kms_quorum_digest(CID, 16, PID1, T0, &op, d, &err), KMS_OK);
+	ck_assert_int_ne(memcmp(base, d, 32), 0);
+	ck_assert_int_eq(kms_quorum_digest(CID, 16, PID1, T0, op_rotate_dk(), d, &err), KMS_OK);
+	ck_assert_int_ne(memcmp(base, d, 32), 0);
+	/* The same inputs, the same digest. */
+	ck_assert_int_eq(kms_quorum_digest(CID, 16, PID1, T0, op_set_admins(), d, &err), KMS_OK);
+	ck_assert_int_eq(memcmp(base, d, 32), 0);
+}
+END_TEST
+
+START_TEST(encoding_refuses_bad_input)
+{
+	Kms__V1__RootOperation empty = KMS__V1__ROOT_OPERATION__INIT;
+	uint8_t d[32];
+	kms_err err = {0};
+
+	ck_assert_int_eq(kms_quorum_digest(CID, 16, PID1, T0, &empty, d, &err), KMS_ERR_INVALID);
+	ASSERT_MSG_HAS(err, "names no root operation");
+	ck_assert_int_eq(kms_quorum_digest(CID, 16, "ABC", T0, op_rotate_dk(), d, &err),
+			 KMS_ERR_INVALID);
+	ASSERT_MSG_HAS(err, "lowercase hex");
+	ck_assert_int_eq(kms_quorum_digest(CID, 15, PID1, T0, &op, d, &err), KMS_ERR_INVALID);
+	ASSERT_MSG_HAS(err, "cluster id");
+	new_admins[1] = (char *)"not-spiffe";
+	ck_assert_int_eq(kms_quorum_digest(CID, 16, PID1, T0, op_set_admins(), d, &err),
+			 KMS_ERR_INVALID);
+	new_admins[1] = (char *)OTHER;
+}
+END_TEST
+
+START_TEST(operator_set_rules)
+{
+	kms_err err = {0};
+	Kms__V1__OperatorRecord dup = recs[1];
+	Kms__V1__OperatorRecord *two[2] = {&recs[0], &dup};
+
+	ck_assert_int_eq(kms_operator_set_check(rec_ptrs, 3, 3, &err), KMS_OK);
+	ck_assert_int_eq(kms_operator_set_check(rec_ptrs, 3, 4, &err), KMS_ERR_INVALID);
+	ASSERT_MSG_HAS(err, "cannot be reached");
+	ck_assert_int_eq(kms_operator_set_check(rec_ptrs, 3, 0, &err), KMS_ERR_INVALID);
+	ck_assert_int_eq(kms_operator_set_check(rec_ptrs, 0, 1, &err), KMS_ERR_INVALID);
+	dup.name = (char *)"alice";
+	ck_assert_int_eq(kms_operator_set_check(two, 2, 1, &err), KMS_ERR_INVALID);
+	ASSERT_MSG_HAS(err, "listed twice");
+	dup.name = (char *)"dave";
+	dup.public_key = recs[0].public_key;
+	ck_assert_int_eq(kms_operator_set_check(two, 2, 1, &err), KMS_ERR_INVALID);
+	ASSERT_MSG_HAS(err, "same public key");
+	dup.public_key.len = 31;
+	ck_assert_int_eq(kms_operator_set_check(two, 2, 1, &err), KMS_ERR_INVALID);
+	dup.public_key = recs[1].public_key;
+	dup.name = (char *)"Dave!";
+	ck_assert_int_eq(kms_operator_set_check(two, 2, 1, &err), KMS_ERR_INVALID);
+	ASSERT_MSG_HAS(err, "may hold only");
+}
+END_TEST
+
+/* --- Ed25519 --- */
+
+START_TEST(ed25519_verifies_and_refuses)
+{
+	uint8_t d[32], sig[64];
+	kms_err err = {0};
+
+	memset(d, 7, sizeof(d));
+	sign(0, d, sig);
+	ck_assert_int_eq(kms_ed25519_verify(pubs[0], d, sig, 64, &err), KMS_OK);
+	ck_assert_int_eq(kms_ed25519_verify(pubs[1], d, sig, 64, &err), KMS_ERR_PERMISSION);
+	d[0] ^= 1;
+	ck_assert_int_eq(kms_ed25519_verify(pubs[0], d, sig, 64, &err), KMS_ERR_PERMISSION);
+	d[0] ^= 1;
+	sig[10] ^= 0x40;
+	ck_assert_int_eq(kms_ed25519_verify(pubs[0], d, sig, 64, &err), KMS_ERR_PERMISSION);
+	sig[10] ^= 0x40;
+	ck_assert_int_eq(kms_ed25519_verify(pubs[0], d, sig, 63, &err), KMS_ERR_PERMISSION);
+	ASSERT_MSG_HAS(err, "63 bytes");
+}
+END_TEST
+
+START_TEST(ed25519_key_files)
+{
+	char priv[] = "/tmp/kmsq-priv-XXXXXX", pub[] = "/tmp/kmsq-pub-XXXXXX";
+	int fd1 = mkstemp(priv), fd2 = mkstemp(pub);
+	FILE *f;
+	uint8_t d[32], sig[64], p1[32], p2[32];
+	kms_err err = {0};
+
+	ck_assert(fd1 >= 0 && fd2 >= 0);
+	f = fdopen(fd1, "w");
+	ck_assert_int_eq(PEM_write_PrivateKey(f, keys[2], NULL, NULL, 0, NULL, NULL), 1);
+	fclose(f);
+	f = fdopen(fd2, "w");
+	ck_assert_int_eq(PEM_write_PUBKEY(f, keys[2]), 1);
+	fclose(f);
+	memset(d, 3, sizeof(d));
+	ck_assert_int_eq(kms_ed25519_sign_file(priv, d, sig, p1, &err), KMS_OK);
+	ck_assert_int_eq(kms_ed25519_public_from_file(pub, p2, &err), KMS_OK);
+	ck_assert_int_eq(memcmp(p1, pubs[2], 32), 0);
+	ck_assert_int_eq(memcmp(p2, pubs[2], 32), 0);
+	ck_assert_int_eq(kms_ed25519_verify(p2, d, sig, 64, &err), KMS_OK);
+	/* The wrong kind of file, either way. */
+	ck_assert_int_eq(kms_ed25519_public_from_file(priv, p2, &err), KMS_ERR_CONFIG);
+	ck_assert_int_eq(kms_ed25519_sign_file(pub, d, sig, NULL, &err), KMS_ERR_INVALID);
+	ck_assert_int_eq(kms_ed25519_sign_file("/nonexistent/k", d, sig, NULL, &err), KMS_ERR_IO);
+	unlink(priv);
+	unlink(pub);
+}
+END_TEST
+
+/* --- the state machine --- */
+
+START_TEST(two_of_three_executes_once)
+{
+	uint8_t d[32], s0[64], s1[64], s2[64];
+	kms_err err = {0};
+	kms_buf before;
+
+	ck_assert_msg(propose_as(PID1, op_set_admins(), CID, d, &err) == KMS_OK, "%s", err.msg);
+	ck_assert_str_eq(state_of(PID1, T0 + 1), "pending");
+	ck_assert(!kms_keyring_is_admin(kr, OTHER));
+	sign(0, d, s0);
+	sign(1, d, s1);
+	sign(2, d, s2);
+	ck_assert_int_eq(approve(PID1, "alice", s0, T0 + 10, &err), KMS_OK);
+	ck_assert_str_eq(state_of(PID1, T0 + 10), "pending");
+	ck_assert(!kms_keyring_is_admin(kr, OTHER));
+	/* alice again: counts once, changes nothing */
+	before = snap();
+	ck_assert_int_eq(approve(PID1, "alice", s0, T0 + 11, &err), KMS_ERR_PRECONDITION);
+	ASSERT_MSG_HAS(err, "approved proposal " PID1 " already");
+	assert_same(before, snap());
+	ck_assert_int_eq(approve(PID1, "bob", s1, T0 + 12, &err), KMS_OK);
+	ck_assert_str_eq(state_of(PID1, T0 + 12), "executed");
+	ck_assert(kms_keyring_is_admin(kr, OTHER));
+	/* A third approval finds it finished. */
+	before = snap();
+	ck_assert_int_eq(approve(PID1, "carol", s2, T0 + 13, &err), KMS_ERR_PRECONDITION);
+	ASSERT_MSG_HAS(err, "executed already");
+	assert_same(before, snap());
+}
+END_TEST
+
+START_TEST(refusals_write_nothing)
+{
+	uint8_t d[32], d2[32], other_cluster[32], sig[64];
+	uint8_t cid2[KMS_CLUSTER_ID_LEN];
+	Kms__V1__RootOperation *o = op_rotate_dk();
+	kms_err err = {0};
+	kms_buf before;
+
+	ck_assert_int_eq(propose_as(PID1, o, CID, d, &err), KMS_OK);
+	ck_assert_int_eq(propose_as(PID2, o, CID, d2, &err), KMS_OK);
+	before = snap();
+	/* unknown operator */
+	sign(0, d, sig);
+	ck_assert_int_eq(approve(PID1, "mallory", sig, T0 + 1, &err), KMS_ERR_PERMISSION);
+	ASSERT_MSG_HAS(err, "'mallory' is not one of the cluster's operators");
+	/* a signature over another proposal */
+	sign(0, d2, sig);
+	ck_assert_int_eq(approve(PID1, "alice", sig, T0 + 1, &err), KMS_ERR_PERMISSION);
+	ASSERT_MSG_HAS(err, "does not verify");
+	/* a signature by another operator's key */
+	sign(1, d, sig);
+	ck_assert_int_eq(approve(PID1, "alice", sig, T0 + 1, &err), KMS_ERR_PERMISSION);
+	/* a signature over the same proposal in another cluster */
+	memcpy(cid2, CID, sizeof(cid2));
+	cid2[15] ^= 0xff;
+	ck_assert_int_eq(kms_quorum_digest(cid2, 16, PID1, T0 + 3600, o, other_cluster, &err),
+			 KMS_OK);
+	sign(0, other_cluster, sig);
+	ck_assert_int_eq(approve(PID1, "alice", sig, T0 + 1, &err), KMS_ERR_PERMISSION);
+	/* expired */
+	sign(0, d, sig);
+	ck_assert_int_eq(approve(PID1, "alice", sig, T0 + 3600, &err), KMS_ERR_PRECONDITION);
+	ASSERT_MSG_HAS(err, "expired at");
+	ck_assert_str_eq(state_of(PID1, T0 + 3600), "expired");
+	/* an unknown proposal */
+	ck_assert_int_eq(approve("00000000000000000000000000000000", "alice", sig, T0 + 1, &err),
+			 KMS_ERR_NOT_FOUND);
+	assert_same(before, snap());
+	/* A proposal whose digest is another cluster's, or none of its own. */
+	ck_assert_int_eq(propose_as("11111111111111111111111111111111", o, cid2, d, &err),
+			 KMS_ERR_INVALID);
+	ASSERT_MSG_HAS(err, "not its canonical encoding");
+	ck_assert_int_eq(propose_as(PID1, o, CID, d, &err), KMS_ERR_EXISTS);
+}
+END_TEST
+
+START_TEST(outside_state_gets_one_result)
+{
+	uint8_t d[32], sig[64];
+	kms_err err = {0};
+	kms_buf cmd = {0};
+	char ids[4][KMS_PROPOSAL_ID_HEX + 1];
+	Kms__V1__ProposalRecord *p = NULL;
+
+	ck_assert_int_eq(propose_as(PID1, op_rotate_dk(), CID, d, &err), KMS_OK);
+	/* No result before it is approved. */
+	ck_assert_int_eq(kms_keyring_cmd_proposal_result(PID1, KMS_OK, "", T0 + 1, &cmd, &err),
+			 KMS_OK);
+	ck_assert_int_eq(apply(&cmd, &err), KMS_ERR_PRECONDITION);
+	sign(2, d, sig);
+	ck_assert_int_eq(approve(PID1, "carol", sig, T0 + 2, &err), KMS_OK);
+	sign(0, d, sig);
+	ck_assert_int_eq(approve(PID1, "alice", sig, T0 + 3, &err), KMS_OK);
+	ck_assert_str_eq(state_of(PID1, T0 + 3), "approved");
+	ck_assert_uint_eq(kms_keyring_approved_proposals(kr, ids, 4), 1);
+	ck_assert_str_eq(ids[0], PID1);
+	ck_assert_int_eq(kms_keyring_cmd_proposal_result(PID1, KMS_ERR_UNAVAILABLE,
+							 "not in this build", T0 + 4, &cmd, &err),
+			 KMS_OK);
+	ck_assert_int_eq(apply(&cmd, &err), KMS_OK);
+	ck_assert_str_eq(state_of(PID1, T0 + 4), "failed");
+	ck_assert_uint_eq(kms_keyring_approved_proposals(kr, ids, 4), 0);
+	/* A second result (a new leader that ran it again) is refused. */
+	ck_assert_int_eq(kms_keyring_cmd_proposal_result(PID1, KMS_OK, "", T0 + 5, &cmd, &err),
+			 KMS_OK);
+	ck_assert_int_eq(apply(&cmd, &err), KMS_ERR_PRECONDITION);
+	ck_assert_int_eq(kms_keyring_proposal(kr, PID1, &p, &err), KMS_OK);
+	ck_assert_str_eq(p->result_message, "not in this build");
+	ck_assert_uint_eq(p->result_status, KMS_ERR_UNAVAILABLE);
+	ck_assert_uint_eq(p->n_approvals, 2);
+	kms_keyring_proposal_free(p);
+}
+END_TEST
+
+START_TEST(cancel_by_proposer_only)
+{
+	uint8_t d[32], sig[64];
+	kms_err err = {0};
+	kms_buf cmd = {0}, before;
+
+	ck_assert_int_eq(propose_as(PID1, op_rotate_dk(), CID, d, &err), KMS_OK);
+	before = snap();
+	ck_assert_int_eq(kms_keyring_cmd_cancel_proposal(PID1, OTHER, T0 + 1, &cmd, &err), KMS_OK);
+	ck_assert_int_eq(apply(&cmd, &err), KMS_ERR_PERMISSION);
+	ASSERT_MSG_HAS(err, "did not propose");
+	assert_same(before, snap());
+	ck_assert_int_eq(kms_keyring_cmd_cancel_proposal(PID1, ADMIN, T0 + 1, &cmd, &err), KMS_OK);
+	ck_assert_int_eq(apply(&cmd, &err), KMS_OK);
+	ck_assert_str_eq(state_of(PID1, T0 + 1), "cancelled");
+	sign(0, d, sig);
+	ck_assert_int_eq(approve(PID1, "alice", sig, T0 + 2, &err), KMS_ERR_PRECONDITION);
+	ASSERT_MSG_HAS(err, "cancelled already");
+}
+END_TEST
+
+START_TEST(operators_cancel_with_a_proposal)
+{
+	Kms__V1__RootOperation co = KMS__V1__ROOT_OPERATION__INIT;
+	Kms__V1__CancelProposalOperation cp = KMS__V1__CANCEL_PROPOSAL_OPERATION__INIT;
+	uint8_t d[32], d2[32], sig[64];
+	kms_err err = {0};
+
+	ck_assert_int_eq(propose_as(PID1, op_rotate_dk(), CID, d, &err), KMS_OK);
+	cp.proposal_id = (char *)PID1;
+	co.op_case = KMS__V1__ROOT_OPERATION__OP_CANCEL_PROPOSAL;
+	co.cancel_proposal = &cp;
+	ck_assert_int_eq(propose_as(PID2, &co, CID, d2, &err), KMS_OK);
+	sign(0, d2, sig);
+	ck_assert_int_eq(approve(PID2, "alice", sig, T0 + 1, &err), KMS_OK);
+	sign(1, d2, sig);
+	ck_assert_int_eq(approve(PID2, "bob", sig, T0 + 2, &err), KMS_OK);
+	ck_assert_str_eq(state_of(PID2, T0 + 2), "executed");
+	ck_assert_str_eq(state_of(PID1, T0 + 2), "cancelled");
+}
+END_TEST
+
+START_TEST(set_operators_voids_other_approvals)
+{
+	Kms__V1__RootOperation so = KMS__V1__ROOT_OPERATION__INIT;
+	Kms__V1__SetOperatorsOperation set = KMS__V1__SET_OPERATORS_OPERATION__INIT;
+	uint8_t d[32], d2[32], sig[64];
+	kms_err err = {0};
+	Kms__V1__SetOperatorsOperation *now = NULL;
+	uint8_t cid[16];
+	Kms__V1__ProposalRecord *p = NULL;
+
+	ck_assert_int_eq(propose_as(PID1, op_rotate_dk(), CID, d, &err), KMS_OK);
+	sign(2, d, sig);
+	ck_assert_int_eq(approve(PID1, "carol", sig, T0 + 1, &err), KMS_OK);
+	/* alice and bob alone, both needed */
+	set.operators = rec_ptrs;
+	set.n_operators = 2;
+	set.threshold = 2;
+	so.op_case = KMS__V1__ROOT_OPERATION__OP_SET_OPERATORS;
+	so.set_operators = &set;
+	ck_assert_int_eq(propose_as(PID2, &so, CID, d2, &err), KMS_OK);
+	sign(0, d2, sig);
+	ck_assert_int_eq(approve(PID2, "alice", sig, T0 + 2, &err), KMS_OK);
+	sign(2, d2, sig);
+	ck_assert_int_eq(approve(PID2, "carol", sig, T0 + 3, &err), KMS_OK);
+	ck_assert_str_eq(state_of(PID2, T0 + 3), "executed");
+	ck_assert_int_eq(kms_keyring_quorum(kr, cid, &now, &err), KMS_OK);
+	ck_assert_uint_eq(now->n_operators, 2);
+	ck_assert_uint_eq(now->threshold, 2);
+	kms_keyring_operators_free(now);
+	ck_assert_int_eq(kms_keyring_proposal(kr, PID1, &p, &err), KMS_OK);
+	ck_assert_uint_eq(p->n_approvals, 0);
+	kms_keyring_proposal_free(p);
+	/* carol is no operator now */
+	sign(2, d, sig);
+	ck_assert_int_eq(approve(PID1, "carol", sig, T0 + 4, &err), KMS_ERR_PERMISSION);
+}
+END_TEST
+
+START_TEST(failed_execution_is_recorded)
+{
+	Kms__V1__RootOperation ro = KMS__V1__ROOT_OPERATION__INIT;
+	Kms__V1__RemoveMemberOperation rm = KMS__V1__REMOVE_MEMBER_OPERATION__INIT;
+	uint8_t d[32], sig[64];
+	kms_err err = {0};
+	Kms__V1__ProposalRecord *p = NULL;
+
+	rm.id = 9;
+	ro.op_case = KMS__V1__ROOT_OPERATION__OP_REMOVE_MEMBER;
+	ro.remove_member = &rm;
+	ck_assert_int_eq(propose_as(PID1, &ro, CID, d, &err), KMS_OK);
+	sign(0, d, sig);
+	ck_assert_int_eq(approve(PID1, "alice", sig, T0 + 1, &err), KMS_OK);
+	sign(1, d, sig);
+	/* The approval is recorded; the operation's failure is its result. */
+	ck_assert_int_eq(approve(PID1, "bob", sig, T0 + 2, &err), KMS_OK);
+	ck_assert_str_eq(state_of(PID1, T0 + 2), "failed");
+	ck_assert_int_eq(kms_keyring_proposal(kr, PID1, &p, &err), KMS_OK);
+	ck_assert_msg(strstr(p->result_message, "only member") != NULL ||
+			      strstr(p->result_message, "not a member") != NULL,
+		      "%s", p->result_message);
+	kms_keyring_proposal_free(p);
+}
+END_TEST
+
+START_TEST(snapshot_keeps_the_quorum)
+{
+	uint8_t d[32], sig[64];
+	kms_err err = {0};
+	kms_keyring *kr2;
+	kms_buf a, b = {0};
+
+	ck_assert_int_eq(propose_as(PID1, op_rotate_dk(), CID, d, &err), KMS_OK);
+	sign(0, d, sig);
+	ck_assert_int_eq(approve(PID1, "alice", sig, T0 + 1, &err), KMS_OK);
+	a = snap();
+	ck_assert_int_eq(kms_keyring_new(&kr2, &err), KMS_OK);
+	ck_assert_msg(kms_keyring_restore(kr2, a.data, a.len, &err) == KMS_OK, "%s", err.msg);
+	ck_assert(kms_keyring_has_quorum(kr2));
+	ck_assert_int_eq(kms_keyring_snapshot(kr2, kms_malloc, &b, &err), KMS_OK);
+	ck_assert_uint_eq(a.len, b.len);
+	ck_assert_int_eq(memcmp(a.data, b.data, a.len), 0);
+	kms_keyring_free(kr2);
+	kms_buf_free(&a);
+	kms_buf_free(&b);
+}
+END_TEST
+
+START_TEST(init_once)
+{
+	kms_err err = {0};
+	kms_buf cmd = {0};
+
+	ck_assert_int_eq(kms_keyring_cmd_quorum_init(CID, rec_ptrs, N_OPS, 1, &cmd, &err), KMS_OK);
+	ck_assert_int_eq(apply(&cmd, &err), KMS_ERR_EXISTS);
+	ck_assert_int_eq(kms_keyring_cmd_quorum_init(CID, rec_ptrs, N_OPS, 4, &cmd, &err),
+			 KMS_ERR_INVALID);
+}
+END_TEST
+
+START_TEST(no_operators_no_proposals)
+{
+	kms_keyring *bare;
+	kms_err err = {0};
+	uint8_t d[32];
+	kms_keyring *keep = kr;
+
+	ck_assert_int_eq(kms_keyring_new(&bare, &err), KMS_OK);
+	kr = bare;
+	ck_assert_int_eq(propose_as(PID1, op_rotate_dk(), CID, d, &err), KMS_ERR_PRECONDITION);
+	ASSERT_MSG_HAS(err, "no operators");
+	kr = keep;
+	kms_keyring_free(bare);
+}
+END_TEST
+
+static Suite *quorum_suite(void)
+{
+	Suite *s = suite_create("quorum");
+	TCase *enc = tcase_create("encoding");
+	TCase *sm = tcase_create("state machine");
+
+	tcase_add_checked_fixture(enc, make_keys, free_keys);
+	tcase_add_test(enc, encoding_is_the_documented_bytes);
+	tcase_add_test(enc, digest_binds_every_field);
+	tcase_add_test(enc, encoding_refuses_bad_input);
+	tcase_add_test(enc, operator_set_rules);
+	tcase_add_test(enc, ed25519_verifies_and_refuses);
+	tcase_add_test(enc, ed25519_key_files);
+	suite_add_tcase(s, enc);
+	tcase_add_checked_fixture(sm, setup, teardown);
+	tcase_add_test(sm, two_of_three_executes_once);
+	tcase_add_test(sm, refusals_write_nothing);
+	tcase_add_test(sm, outside_state_gets_one_result);
+	tcase_add_test(sm, cancel_by_proposer_only);
+	tcase_add_test(sm, operators_cancel_with_a_proposal);
+	tcase_add_test(sm, set_operators_voids_other_approvals);
+	tcase_add_test(sm, failed_execution_is_recorded);
+	tcase_add_test(sm, snapshot_keeps_the_quorum);
+	tcase_add_test(sm, init_once);
+	tcase_add_test(sm, no_operators_no_proposals);
+	suite_add_tcase(s, sm);
+	return s;
+}
+
+int main(void)
+{
+	return kms_check_run(srunner_create(quorum_suite()));
+}
