@@ -87,6 +87,13 @@ typedef struct kms_config {
 	unsigned upkeep_interval_ms; /* upkeep_interval_ms = 200..60000, default
 					1000: how often the leader looks for keys
 					due for rotation or destruction */
+
+	/* [quorum] */
+	char **operator_names;   /* operators = name:PUBKEYFILE[,...]: the cluster's first */
+	char **operator_files;   /* operators and their Ed25519 public key files (PEM),
+				    bootstrap only, like admins (docs/OPERATIONS.md "Quorum") */
+	size_t n_operators;
+	unsigned quorum_threshold; /* threshold = M, 1..32: approvals a root operation needs */
 } kms_config;
 
 /*

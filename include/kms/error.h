@@ -27,6 +27,7 @@ enum kms_status {
 	KMS_ERR_INTERNAL,     /* a bug or an impossible state */
 	KMS_ERR_LIMIT,        /* over a size or count limit of the API */
 	KMS_ERR_DEADLINE,     /* the caller's deadline passed before the outcome was known */
+	KMS_ERR_UNIMPLEMENTED, /* this build cannot do it (a capability not built in) */
 	KMS_STATUS_COUNT
 };
 

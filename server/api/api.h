@@ -21,6 +21,9 @@ extern const kms_method kms_api_health_methods[];
 extern const size_t kms_api_health_n_methods;
 extern const kms_method kms_api_operator_methods[];
 extern const size_t kms_api_operator_n_methods;
+/* The quorum calls of kms.v1.Operator (api_quorum.c). */
+extern const kms_method kms_api_quorum_methods[];
+extern const size_t kms_api_quorum_n_methods;
 extern const kms_method kms_api_internal_methods[];
 extern const size_t kms_api_internal_n_methods;
 
@@ -46,8 +49,23 @@ typedef struct kms_leader_op {
 	const ProtobufCMessageDescriptor *request;
 } kms_leader_op;
 
+/* KMS_OK for an administrator of the replicated list, else KMS_ERR_PERMISSION
+ * "principal '<p>' is not an administrator". */
+int kms_api_admin_check(struct kms_node *node, const char *principal, kms_err *err);
+
 /* The leader operation for method ("/kms.v1.Operator/AddMember"), or NULL. */
 const kms_leader_op *kms_api_leader_op(const char *method);
+/* The quorum's leader operations alone (api_quorum.c); kms_api_leader_op
+ * finds them too. */
+const kms_leader_op *kms_api_quorum_leader_op(const char *method);
+
+/*
+ * Answers call with the leader operation of method: run here when this
+ * node leads, else relayed to the leader with the caller's principal. The
+ * caller must be an administrator (checked here first).
+ */
+void kms_api_run_on_leader(struct kms_node *node, kms_call *call, const char *method,
+			   const uint8_t *data, size_t len);
 
 /* True if c is one of the key administration commands of api_keyadmin.c. */
 int kms_api_keyadmin_command(const Kms__V1__Command *c);

@@ -27,6 +27,7 @@ static const grpc_status_code to_grpc[KMS_STATUS_COUNT] = {
 	[KMS_ERR_LIMIT] = GRPC_STATUS_RESOURCE_EXHAUSTED,
 	/* The outcome is unknown: a forwarded write may still be applied. */
 	[KMS_ERR_DEADLINE] = GRPC_STATUS_DEADLINE_EXCEEDED,
+	[KMS_ERR_UNIMPLEMENTED] = GRPC_STATUS_UNIMPLEMENTED,
 };
 
 grpc_status_code kms_status_to_grpc(int kms_status)

@@ -43,6 +43,7 @@ enum kind {
 	K_TRUST_DOMAIN, /* a SPIFFE trust domain name */
 	K_BOOL,        /* true|false, into an int */
 	K_TLS_VERSION, /* 1.2 or 1.3, stored as 12 or 13 */
+	K_OPERATORS,   /* comma-separated name:PUBKEYFILE; may repeat to add more */
 };
 
 struct key_spec {
@@ -108,11 +109,14 @@ static const struct key_spec keys[] = {
     /* How often the leader looks for rotations and destructions due: the
      * supervisor ticks every 200 ms. */
     {"keys", "upkeep_interval_ms", K_UINT, F(upkeep_interval_ms), 200, 60000, 0},
+    /* The first operators and their threshold (bootstrap only, like admins). */
+    {"quorum", "operators", K_OPERATORS, F(operator_names), 0, 0, 0},
+    {"quorum", "threshold", K_UINT, F(quorum_threshold), 1, 32, 0},
 };
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
 
 static const char *const sections[] = {"node", "grpc", "raft", "hsm", "authz", "cluster",
-				       "keys"};
+				       "keys", "quorum"};
 #define N_SECTIONS (sizeof(sections) / sizeof(sections[0]))
 
 struct parse_state {
@@ -329,6 +333,70 @@ static int add_admins(struct parse_state *st, const char *v)
 	}
 }
 
+/*
+ * Appends each comma-separated name:PUBKEYFILE of one operators line; the
+ * file is resolved against the configuration's directory and read by the
+ * node (the name's rules are the quorum's, checked there too).
+ */
+static int add_operators(struct parse_state *st, const char *v)
+{
+	kms_config *cfg = st->cfg;
+	char detail[KMS_ERRMSG_SIZE], q[KMS_QUOTE_MAX + 4];
+	const char *p = v;
+
+	for (;;) {
+		const char *start, *end, *comma = strchr(p, ','), *colon;
+		char *name, *file, *item, **gn, **gf;
+
+		end = comma != NULL ? comma : p + strlen(p);
+		for (start = p; start < end && (*start == ' ' || *start == '\t'); start++)
+			;
+		while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
+			end--;
+		colon = memchr(start, ':', (size_t)(end - start));
+		if (colon == NULL || colon == start || colon + 1 == end) {
+			item = kms_strndup(start, (size_t)(end - start));
+			snprintf(detail, sizeof(detail),
+				 "'operators' entry '%s' in [quorum] is not NAME:PUBKEYFILE",
+				 kms_quote(item != NULL ? item : "", q));
+			kms_free(item);
+			return fail_at(st, detail);
+		}
+		if (cfg->n_operators >= 32)
+			return fail_at(st, "more than 32 entries in 'operators' in [quorum]");
+		name = kms_strndup(start, (size_t)(colon - start));
+		item = kms_strndup(colon + 1, (size_t)(end - colon - 1));
+		file = item != NULL ? resolve_path(st->dir, item) : NULL;
+		kms_free(item);
+		gn = kms_realloc(cfg->operator_names, (cfg->n_operators + 1) * sizeof(*gn));
+		if (gn != NULL)
+			cfg->operator_names = gn;
+		gf = kms_realloc(cfg->operator_files, (cfg->n_operators + 1) * sizeof(*gf));
+		if (gf != NULL)
+			cfg->operator_files = gf;
+		if (name == NULL || file == NULL || gn == NULL || gf == NULL) {
+			kms_free(name);
+			kms_free(file);
+			return fail_nomem(st);
+		}
+		for (size_t i = 0; i < cfg->n_operators; i++) {
+			if (strcmp(cfg->operator_names[i], name) == 0) {
+				snprintf(detail, sizeof(detail),
+					 "'operators' lists '%s' twice in [quorum]",
+					 kms_quote(name, q));
+				kms_free(name);
+				kms_free(file);
+				return fail_at(st, detail);
+			}
+		}
+		cfg->operator_names[cfg->n_operators] = name;
+		cfg->operator_files[cfg->n_operators++] = file;
+		if (comma == NULL)
+			return 1;
+		p = comma + 1;
+	}
+}
+
 /* Checks one value against its key's rule and stores it. Returns 1, or 0 after
  * fail_at. */
 static int set_value(struct parse_state *st, const struct key_spec *k,
@@ -340,6 +408,8 @@ static int set_value(struct parse_state *st, const struct key_spec *k,
 
 	if (k->kind == K_ADMINS)
 		return add_admins(st, v);
+	if (k->kind == K_OPERATORS)
+		return add_operators(st, v);
 	if (v[0] == '\0') {
 		snprintf(detail, sizeof(detail), "empty value for '%s' in [%s]",
 			 k->name, k->section);
@@ -470,6 +540,7 @@ static int set_value(struct parse_state *st, const struct key_spec *k,
 	case K_PATH:
 	case K_MODULE:
 	case K_ADMINS:
+	case K_OPERATORS:
 		break;
 	}
 
@@ -521,7 +592,7 @@ static int on_entry(void *user, const char *section, const char *name,
 		 * A second value (a repeated key, or an indented continuation
 		 * line) would silently replace the first; only admins adds up.
 		 */
-		if (st->seen[i] && keys[i].kind != K_ADMINS) {
+		if (st->seen[i] && keys[i].kind != K_ADMINS && keys[i].kind != K_OPERATORS) {
 			snprintf(detail, sizeof(detail),
 				 "duplicate key '%s' in [%s]", keys[i].name,
 				 keys[i].section);
@@ -596,6 +667,15 @@ static int finish(struct parse_state *st)
 			return kms_errf(st->err, KMS_ERR_CONFIG,
 					"%s: missing '%s' in [%s]", st->path,
 					keys[i].name, keys[i].section);
+	if ((cfg->n_operators > 0) != (cfg->quorum_threshold > 0))
+		return kms_errf(st->err, KMS_ERR_CONFIG,
+				"%s: set both 'operators' and 'threshold' in [quorum], or neither",
+				st->path);
+	if (cfg->quorum_threshold > cfg->n_operators)
+		return kms_errf(st->err, KMS_ERR_CONFIG,
+				"%s: 'threshold' %u in [quorum] cannot be reached by %zu "
+				"operator(s)",
+				st->path, cfg->quorum_threshold, cfg->n_operators);
 	if (pin_file && pin_env)
 		return kms_errf(st->err, KMS_ERR_CONFIG,
 				"%s: set only one of 'pin_file' and 'pin_env' "
@@ -788,6 +868,12 @@ void kms_config_free(kms_config *cfg)
 	for (size_t i = 0; i < cfg->n_admins; i++)
 		kms_free(cfg->admins[i]);
 	kms_free(cfg->admins);
+	for (size_t i = 0; i < cfg->n_operators; i++) {
+		kms_free(cfg->operator_names[i]);
+		kms_free(cfg->operator_files[i]);
+	}
+	kms_free(cfg->operator_names);
+	kms_free(cfg->operator_files);
 	memset(cfg, 0, sizeof(*cfg));
 }
 

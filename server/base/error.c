@@ -22,6 +22,7 @@ static const char *const status_names[KMS_STATUS_COUNT] = {
 	[KMS_ERR_INTERNAL] = "internal error",
 	[KMS_ERR_LIMIT] = "over a limit",
 	[KMS_ERR_DEADLINE] = "deadline exceeded",
+	[KMS_ERR_UNIMPLEMENTED] = "not implemented",
 };
 
 const char *kms_strerror(int code)

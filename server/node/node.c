@@ -504,8 +504,9 @@ static int start_rpc(kms_node *node, kms_err *err)
 
 	if (key == NULL)
 		return kms_errf(err, KMS_ERR_NOMEM, "out of memory");
-	if (kms_api_keymgmt_n_methods + kms_api_health_n_methods + kms_api_operator_n_methods +
-		    kms_api_internal_n_methods >
+	if (kms_api_keymgmt_n_methods + kms_api_keyadmin_n_methods + kms_api_batch_n_methods +
+		    kms_api_health_n_methods + kms_api_operator_n_methods +
+		    kms_api_quorum_n_methods + kms_api_internal_n_methods >
 	    MAX_METHODS) {
 		kms_free(key);
 		return kms_errf(err, KMS_ERR_INTERNAL, "more gRPC methods than MAX_METHODS (%d)",
@@ -522,6 +523,8 @@ static int start_rpc(kms_node *node, kms_err *err)
 		methods[n_methods++] = kms_api_health_methods[i];
 	for (size_t i = 0; i < kms_api_operator_n_methods; i++)
 		methods[n_methods++] = kms_api_operator_methods[i];
+	for (size_t i = 0; i < kms_api_quorum_n_methods; i++)
+		methods[n_methods++] = kms_api_quorum_methods[i];
 	for (size_t i = 0; i < kms_api_internal_n_methods; i++)
 		methods[n_methods++] = kms_api_internal_methods[i];
 	memset(&o, 0, sizeof(o));
@@ -549,6 +552,33 @@ static int start_rpc(kms_node *node, kms_err *err)
 	return rc;
 }
 
+/* The operators of [quorum]: each public key file read, the set checked. */
+static int load_operators(kms_node *node, kms_err *err)
+{
+	kms_config *cfg = &node->cfg;
+
+	if (cfg->n_operators == 0)
+		return KMS_OK;
+	KMS_ENSURE(cfg->n_operators <= KMS_OPERATORS_MAX, err, KMS_ERR_CONFIG,
+		   "more than %d operators in [quorum]", KMS_OPERATORS_MAX);
+	for (size_t i = 0; i < cfg->n_operators; i++) {
+		Kms__V1__OperatorRecord *o = &node->cfg_operators[i];
+
+		KMS_TRY(kms_ed25519_public_from_file(cfg->operator_files[i],
+						     node->cfg_operator_keys[i], err));
+		kms__v1__operator_record__init(o);
+		o->name = cfg->operator_names[i];
+		o->public_key.data = node->cfg_operator_keys[i];
+		o->public_key.len = KMS_ED25519_PUB_LEN;
+		node->cfg_operator_ptrs[i] = o;
+	}
+	if (kms_operator_set_check(node->cfg_operator_ptrs, cfg->n_operators,
+				   cfg->quorum_threshold, err) != KMS_OK)
+		return kms_err_prefix(err, "[quorum] operators");
+	node->n_cfg_operators = cfg->n_operators;
+	return KMS_OK;
+}
+
 int kms_node_start(const char *config_path, kms_node **out, kms_err *err)
 {
 	kms_node *node = kms_calloc(1, sizeof(*node));
@@ -567,6 +597,7 @@ int kms_node_start(const char *config_path, kms_node **out, kms_err *err)
 		if (level >= 0)
 			kms_log_set_level((enum kms_log_level)level);
 	}
+	KMS_TRY_GOTO(rc, load_operators(node, err), fail);
 	/* First thing after the configuration: before the PIN is read. */
 	KMS_TRY_GOTO(rc, kms_coredump_policy(node->cfg.allow_core_dumps, err), fail);
 	/* Before anything builds a TLS context. */

@@ -12,6 +12,7 @@
 #include "kms/hsm.h"
 #include "identity/authn.h"
 #include "kms/keyring.h"
+#include "kms/quorum.h"
 #include "kms/v1/cluster.pb-c.h"
 #include "rpc/peers.h"
 #include "raft/raft_node.h"
@@ -57,6 +58,12 @@ typedef struct kms_node {
 	pthread_mutex_t join_mu;
 	kms_member join_members[KMS_MEMBERS_MAX];
 	size_t n_join_members;
+	/* [quorum] of the configuration, read at start: the operators a new
+	 * cluster records once (QuorumInit); none when not configured. */
+	Kms__V1__OperatorRecord cfg_operators[KMS_OPERATORS_MAX];
+	Kms__V1__OperatorRecord *cfg_operator_ptrs[KMS_OPERATORS_MAX];
+	uint8_t cfg_operator_keys[KMS_OPERATORS_MAX][KMS_ED25519_PUB_LEN];
+	size_t n_cfg_operators;
 } kms_node;
 
 /*

@@ -6,6 +6,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/rand.h>
 #include <raft.h>
 
 #include "kms/alloc.h"
@@ -15,6 +16,7 @@
 #include "node/key_upkeep.h"
 #include "node/node.h"
 #include "node/supervisor.h"
+#include "node/quorum_exec.h"
 
 #define TICK_MS 200
 #define FETCH_EVERY_TICKS 5
@@ -30,6 +32,7 @@ struct kms_supervisor {
 	atomic_int write_in_flight;
 	unsigned ticks;
 	kms_key_upkeep *upkeep; /* the leader's rotations and destructions */
+	kms_quorum_exec *qexec; /* the leader's run of approved root operations */
 	struct timespec upkeep_at; /* the last upkeep pass (monotonic) */
 	/* joining: the transport key pair made in our HSM, and its fingerprint */
 	kms_hsm_key transport_priv, transport_pub;
@@ -51,9 +54,10 @@ static void write_done(void *arg, int status, const char *msg, uint64_t index)
 /*
  * The leader makes sure the cluster records, in this order, this node, the
  * first administrators (from its configuration, when the replicated list is
- * still empty) and the domain-key probe. The probe comes last: a node
- * serves only once it verified the probe, and so only once the
- * administrators list it decides with is in.
+ * still empty), the first operators and their threshold with a new random
+ * cluster id (likewise, when the cluster has none) and the domain-key
+ * probe. The probe comes last: a node serves only once it verified the
+ * probe, and so only once the administrators list it decides with is in.
  */
 static void leader_bookkeeping(struct kms_supervisor *s)
 {
@@ -85,6 +89,21 @@ static void leader_bookkeeping(struct kms_supervisor *s)
 		KMS_LOG_I("supervisor: recording the %zu administrator(s) of the configuration in "
 			  "the cluster's state",
 			  node->cfg.n_admins);
+	} else if (!kms_keyring_has_quorum(node->kr) && node->n_cfg_operators > 0) {
+		uint8_t cid[KMS_CLUSTER_ID_LEN];
+
+		if (RAND_bytes(cid, sizeof(cid)) != 1) {
+			KMS_LOG_E("supervisor: no random bytes for the cluster id");
+			return;
+		}
+		if (kms_keyring_cmd_quorum_init(cid, node->cfg_operator_ptrs, node->n_cfg_operators,
+						node->cfg.quorum_threshold, &cmd, &err) != KMS_OK) {
+			KMS_LOG_E("supervisor: the operators in the configuration: %s", err.msg);
+			return;
+		}
+		KMS_LOG_I("supervisor: recording the %zu operator(s) of the configuration, "
+			  "threshold %u, in the cluster's state",
+			  node->n_cfg_operators, node->cfg.quorum_threshold);
 	} else if (kms_keyring_domain_key_probe(node->kr, probe) == 0) {
 		/* The probe is a random key wrapped under the domain key: only
 		 * the same domain key unwraps it (RFC 5649 integrity check). */
@@ -268,6 +287,8 @@ static void *supervisor_main(void *arg)
 				leader_bookkeeping(s);
 			if (v.state == RAFT_LEADER)
 				upkeep(s);
+			if (v.state == RAFT_LEADER)
+				kms_quorum_exec_pass(s->qexec);
 		}
 		s->ticks++;
 		pthread_mutex_lock(&s->mu);
@@ -295,12 +316,18 @@ int kms_supervisor_start(kms_node *node, struct kms_supervisor **out, kms_err *e
 		kms_free(s);
 		return err->code;
 	}
+	if (kms_quorum_exec_new(node, &s->qexec, err) != KMS_OK) {
+		kms_key_upkeep_free(s->upkeep);
+		kms_free(s);
+		return err->code;
+	}
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_cond_init(&s->cond, NULL);
 	if (pthread_create(&s->thread, NULL, supervisor_main, s) != 0) {
 		pthread_mutex_destroy(&s->mu);
 		pthread_cond_destroy(&s->cond);
 		kms_key_upkeep_free(s->upkeep);
+		kms_quorum_exec_free(s->qexec);
 		kms_free(s);
 		return kms_errf(err, KMS_ERR_INTERNAL, "cannot start the supervisor thread");
 	}
@@ -330,6 +357,7 @@ void kms_supervisor_free(struct kms_supervisor *s)
 	kms_buf_free(&s->modulus);
 	kms_buf_free(&s->exponent);
 	kms_key_upkeep_free(s->upkeep);
+	kms_quorum_exec_free(s->qexec);
 	pthread_mutex_destroy(&s->mu);
 	pthread_cond_destroy(&s->cond);
 	kms_free(s);

@@ -269,6 +269,7 @@ static void methods_init(void)
 		{kms_api_health_methods, kms_api_health_n_methods},
 		/* Last: the seeds of the tables above keep their indices. */
 		{kms_api_batch_methods, kms_api_batch_n_methods},
+		{kms_api_quorum_methods, kms_api_quorum_n_methods},
 	};
 
 	for (size_t i = 0; i < sizeof(tables) / sizeof(tables[0]); i++) {
@@ -1409,6 +1410,73 @@ static void add_member_seed(Kms__V1__AddMemberRequest *am, Kms__V1__Member *memb
 		(char *)"5e0ccf2a6a3e1e3e2fa7c4b7a7f8f6d1c0b1a2938475665748392a1b0c9d8e7f";
 }
 
+/* The quorum calls: proposals of each kind, approvals, reads, a cancel. */
+static void write_quorum_seeds(const char *dir)
+{
+	static char *admins_ok[] = {(char *)ADMIN, (char *)APP};
+	static uint8_t sig[64] = {1, 2, 3}, fp[32] = {0x5e};
+	Kms__V1__ProposeOperationRequest po = KMS__V1__PROPOSE_OPERATION_REQUEST__INIT;
+	Kms__V1__RootOperation op = KMS__V1__ROOT_OPERATION__INIT;
+	Kms__V1__RotateDomainKeyOperation rdk = KMS__V1__ROTATE_DOMAIN_KEY_OPERATION__INIT;
+	Kms__V1__SetAdministratorsOperation sao = KMS__V1__SET_ADMINISTRATORS_OPERATION__INIT;
+	Kms__V1__AddMemberOperation amo = KMS__V1__ADD_MEMBER_OPERATION__INIT;
+	Kms__V1__ApproveOperationRequest ap = KMS__V1__APPROVE_OPERATION_REQUEST__INIT;
+	Kms__V1__GetOperationRequest go = KMS__V1__GET_OPERATION_REQUEST__INIT;
+	Kms__V1__ListOperationsRequest lo = KMS__V1__LIST_OPERATIONS_REQUEST__INIT;
+	Kms__V1__CancelOperationRequest co = KMS__V1__CANCEL_OPERATION_REQUEST__INIT;
+	Kms__V1__GetQuorumRequest gq = KMS__V1__GET_QUORUM_REQUEST__INIT;
+
+	op.op_case = KMS__V1__ROOT_OPERATION__OP_ROTATE_DOMAIN_KEY;
+	op.rotate_domain_key = &rdk;
+	po.operation = &op;
+	SEED("ProposeOperation-admin-rotate-domain-key", "/kms.v1.Operator/ProposeOperation",
+	     C_ADMIN, 0, po);
+	SEED("ProposeOperation-service-refused", "/kms.v1.Operator/ProposeOperation", C_APP, 0,
+	     po);
+	po.ttl_seconds = 86401;
+	SEED("ProposeOperation-admin-ttl-too-long", "/kms.v1.Operator/ProposeOperation", C_ADMIN,
+	     0, po);
+	po.ttl_seconds = 0;
+	sao.administrators = admins_ok;
+	sao.n_administrators = 2;
+	op.op_case = KMS__V1__ROOT_OPERATION__OP_SET_ADMINISTRATORS;
+	op.set_administrators = &sao;
+	SEED("ProposeOperation-admin-set-administrators", "/kms.v1.Operator/ProposeOperation",
+	     C_ADMIN, 0, po);
+	amo.id = 5;
+	amo.raft_address = (char *)"127.0.0.1:1";
+	amo.grpc_address = (char *)"127.0.0.1:2";
+	amo.transport_key_sha256.data = fp;
+	amo.transport_key_sha256.len = sizeof(fp);
+	amo.grant_ttl_seconds = 600;
+	op.op_case = KMS__V1__ROOT_OPERATION__OP_ADD_MEMBER;
+	op.add_member = &amo;
+	SEED("ProposeOperation-admin-add-member", "/kms.v1.Operator/ProposeOperation", C_ADMIN, 0,
+	     po);
+	op.op_case = KMS__V1__ROOT_OPERATION__OP__NOT_SET;
+	SEED("ProposeOperation-admin-no-operation", "/kms.v1.Operator/ProposeOperation", C_ADMIN,
+	     0, po);
+
+	ap.proposal_id = (char *)"0123456789abcdef0123456789abcdef";
+	ap.operator_name = (char *)"operator1";
+	ap.signature.data = sig;
+	ap.signature.len = sizeof(sig);
+	SEED("ApproveOperation-admin-unknown", "/kms.v1.Operator/ApproveOperation", C_ADMIN, 0,
+	     ap);
+	ap.signature.len = 63;
+	SEED("ApproveOperation-admin-short-signature", "/kms.v1.Operator/ApproveOperation",
+	     C_ADMIN, 0, ap);
+	go.proposal_id = ap.proposal_id;
+	SEED("GetOperation-admin-unknown", "/kms.v1.Operator/GetOperation", C_ADMIN, 0, go);
+	go.proposal_id = (char *)"NOT-AN-ID";
+	SEED("GetOperation-admin-malformed-id", "/kms.v1.Operator/GetOperation", C_ADMIN, 0, go);
+	SEED("ListOperations-admin", "/kms.v1.Operator/ListOperations", C_ADMIN, 0, lo);
+	SEED("ListOperations-stranger", "/kms.v1.Operator/ListOperations", C_STRANGER, 0, lo);
+	co.proposal_id = ap.proposal_id;
+	SEED("CancelOperation-admin-unknown", "/kms.v1.Operator/CancelOperation", C_ADMIN, 0, co);
+	SEED("GetQuorum-admin", "/kms.v1.Operator/GetQuorum", C_ADMIN, 0, gq);
+}
+
 static void write_operator_seeds(const char *dir)
 {
 	static char *admins_ok[] = {(char *)ADMIN, (char *)APP};
@@ -1458,6 +1526,7 @@ static void write_operator_seeds(const char *dir)
 	sa.administrators = admins_foreign;
 	SEED("SetAdministrators-admin-other-domain", "/kms.v1.Operator/SetAdministrators",
 	     C_ADMIN, 0, sa);
+	write_quorum_seeds(dir);
 }
 
 static void write_internal_seeds(const char *dir)

@@ -22,6 +22,8 @@
 #include "kms/v1/cluster.pb-c.h"
 #include "kms/v1/kms.pb-c.h"
 #include "node_fixture.h"
+#include "kms/fingerprint.h"
+#include "kms/quorum.h"
 
 static const char *srcdir(void)
 {
@@ -181,8 +183,12 @@ void kms_test_env_init(kms_test_env *env)
 		    "ops/pki client '%s' app '" KMS_TEST_APP "' >/dev/null && "
 		    "ops/pki client '%s' other '" KMS_TEST_OTHER "' >/dev/null && "
 		    "ops/pki client '%s' expired '" KMS_TEST_APP "' --expired >/dev/null && "
-		    "ops/pki other-ca '%s' '" KMS_TEST_ADMIN "' >/dev/null",
-		    srcdir(), env->pki, env->pki, env->pki, env->pki, env->pki, env->pki, env->pki);
+		    "ops/pki other-ca '%s' '" KMS_TEST_ADMIN "' >/dev/null && "
+		    "ops/pki operator '%s' operator1 >/dev/null && "
+		    "ops/pki operator '%s' operator2 >/dev/null && "
+		    "ops/pki operator '%s' operator3 >/dev/null",
+		    srcdir(), env->pki, env->pki, env->pki, env->pki, env->pki, env->pki, env->pki,
+		    env->pki, env->pki, env->pki);
 }
 
 void kms_test_env_destroy(kms_test_env *env)
@@ -196,9 +202,13 @@ static void write_config(kms_test_node *node, const char *extra_args)
 	kms_test_sh("cd '%s' && ops/node-config --dir '%s' --id %u --grpc 127.0.0.1:%d "
 		    "--raft 127.0.0.1:%d --label %s --ca '%s/ca.pem' --node-ca '%s/node-ca.pem' "
 		    "--cert '%s/node%u.pem' "
-		    "--admins '" KMS_TEST_ADMIN "' --log-level debug %s >/dev/null",
+		    "--admins '" KMS_TEST_ADMIN "' --log-level debug "
+		    "--operators operator1:'%s/operators/operator1.pub',"
+		    "operator2:'%s/operators/operator2.pub',operator3:'%s/operators/operator3.pub' "
+		    "--threshold %d %s >/dev/null",
 		    srcdir(), node->dir, node->id, node->grpc_port, node->raft_port,
 		    node->token_label, node->env->pki, node->env->pki, node->env->pki, node->id,
+		    node->env->pki, node->env->pki, node->env->pki, KMS_TEST_THRESHOLD,
 		    extra_args != NULL ? extra_args : "");
 }
 
@@ -591,4 +601,113 @@ int kms_test_create_key(kms_client *c, const char *id, const char *grantee, kms_
 	if (resp != NULL)
 		protobuf_c_message_free_unpacked(resp, NULL);
 	return code;
+}
+
+/* --- the quorum --- */
+
+Kms__V1__Proposal *kms_test_propose(kms_test_node *node, const char *who,
+				    const Kms__V1__RootOperation *op, uint32_t ttl_seconds,
+				    kms_rpc_status *st)
+{
+	Kms__V1__ProposeOperationRequest req = KMS__V1__PROPOSE_OPERATION_REQUEST__INIT;
+	Kms__V1__ProposeOperationResponse *r = NULL;
+	Kms__V1__Proposal *p;
+
+	req.operation = (Kms__V1__RootOperation *)op;
+	req.ttl_seconds = ttl_seconds;
+	if (kms_test_call(node, who, "/kms.v1.Operator/ProposeOperation", &req.base,
+			  &kms__v1__propose_operation_response__descriptor,
+			  (ProtobufCMessage **)&r, st) != 0)
+		return NULL;
+	p = r->proposal;
+	r->proposal = NULL;
+	protobuf_c_message_free_unpacked(&r->base, NULL);
+	return p;
+}
+
+void kms_test_operator_sign(kms_test_env *env, const char *operator_name, const char *digest_hex,
+			    uint8_t sig[64])
+{
+	uint8_t d[KMS_QUORUM_DIGEST_LEN];
+	char key[PATH_MAX];
+	kms_err err = {0};
+
+	KMS_TEST_PATH(key, "%s/operators/%s.key", env->pki, operator_name);
+	ck_assert_msg(kms_hex_decode(digest_hex, d, sizeof(d), "digest", &err) == KMS_OK, "%s",
+		      err.msg);
+	ck_assert_msg(kms_ed25519_sign_file(key, d, sig, NULL, &err) == KMS_OK, "%s", err.msg);
+}
+
+int kms_test_approve_sig(kms_test_node *node, const char *who, const char *id,
+			 const char *operator_name, const uint8_t *sig, size_t sig_len,
+			 Kms__V1__Proposal **out, kms_rpc_status *st)
+{
+	Kms__V1__ApproveOperationRequest req = KMS__V1__APPROVE_OPERATION_REQUEST__INIT;
+	Kms__V1__ApproveOperationResponse *r = NULL;
+	int code;
+
+	if (out != NULL)
+		*out = NULL;
+	req.proposal_id = (char *)id;
+	req.operator_name = (char *)operator_name;
+	req.signature.data = (uint8_t *)sig;
+	req.signature.len = sig_len;
+	code = kms_test_call(node, who, "/kms.v1.Operator/ApproveOperation", &req.base,
+			     &kms__v1__approve_operation_response__descriptor,
+			     (ProtobufCMessage **)&r, st);
+	if (code == 0 && out != NULL) {
+		*out = r->proposal;
+		r->proposal = NULL;
+	}
+	if (r != NULL)
+		protobuf_c_message_free_unpacked(&r->base, NULL);
+	return code;
+}
+
+int kms_test_approve(kms_test_node *node, const char *id, const char *digest_hex,
+		     const char *operator_name, Kms__V1__Proposal **out, kms_rpc_status *st)
+{
+	uint8_t sig[64];
+
+	kms_test_operator_sign(node->env, operator_name, digest_hex, sig);
+	return kms_test_approve_sig(node, "admin", id, operator_name, sig, sizeof(sig), out, st);
+}
+
+Kms__V1__Proposal *kms_test_get_operation(kms_test_node *node, const char *id,
+					  kms_rpc_status *st)
+{
+	Kms__V1__GetOperationRequest req = KMS__V1__GET_OPERATION_REQUEST__INIT;
+	Kms__V1__GetOperationResponse *r = NULL;
+	Kms__V1__Proposal *p;
+
+	req.proposal_id = (char *)id;
+	if (kms_test_call(node, "admin", "/kms.v1.Operator/GetOperation", &req.base,
+			  &kms__v1__get_operation_response__descriptor, (ProtobufCMessage **)&r,
+			  st) != 0)
+		return NULL;
+	p = r->proposal;
+	r->proposal = NULL;
+	protobuf_c_message_free_unpacked(&r->base, NULL);
+	return p;
+}
+
+Kms__V1__Proposal *kms_test_quorum_run(kms_test_node *node, const Kms__V1__RootOperation *op,
+				       kms_rpc_status *st)
+{
+	Kms__V1__Proposal *p = kms_test_propose(node, "admin", op, 0, st), *done = NULL;
+	char name[32];
+
+	if (p == NULL)
+		return NULL;
+	for (int i = 1; i <= KMS_TEST_THRESHOLD; i++) {
+		if (done != NULL)
+			protobuf_c_message_free_unpacked(&done->base, NULL);
+		snprintf(name, sizeof(name), "operator%d", i);
+		if (kms_test_approve(node, p->id, p->digest, name, &done, st) != 0) {
+			protobuf_c_message_free_unpacked(&p->base, NULL);
+			return NULL;
+		}
+	}
+	protobuf_c_message_free_unpacked(&p->base, NULL);
+	return done;
 }

@@ -181,6 +181,36 @@ Kms__V1__KeyMetadata *kms_test_describe(kms_test_node *node, const char *who, co
 			      "status details '%s' do not mention '%s'", (st).details, (text));   \
 	} while (0)
 
+/*
+ * The quorum: every test cluster has operators operator1..operator3 (keys
+ * in env->pki/operators, ops/pki operator) and threshold KMS_TEST_THRESHOLD.
+ */
+#define KMS_TEST_THRESHOLD 2
+/* ProposeOperation through node as who: the proposal (the caller's), or
+ * NULL with *st. */
+Kms__V1__Proposal *kms_test_propose(kms_test_node *node, const char *who,
+				    const Kms__V1__RootOperation *op, uint32_t ttl_seconds,
+				    kms_rpc_status *st);
+/* operator_name's Ed25519 signature of the digest (hex), with its key file. */
+void kms_test_operator_sign(kms_test_env *env, const char *operator_name, const char *digest_hex,
+			    uint8_t sig[64]);
+/* ApproveOperation with a given signature as who; the gRPC code, and the
+ * proposal in *out (NULL unless OK; out may be NULL). */
+int kms_test_approve_sig(kms_test_node *node, const char *who, const char *id,
+			 const char *operator_name, const uint8_t *sig, size_t sig_len,
+			 Kms__V1__Proposal **out, kms_rpc_status *st);
+/* The same, as the administrator, signed with operator_name's key. */
+int kms_test_approve(kms_test_node *node, const char *id, const char *digest_hex,
+		     const char *operator_name, Kms__V1__Proposal **out, kms_rpc_status *st);
+/* GetOperation on node as the administrator, or NULL with *st. */
+Kms__V1__Proposal *kms_test_get_operation(kms_test_node *node, const char *id,
+					  kms_rpc_status *st);
+/* Proposes op and approves it with operator1..KMS_TEST_THRESHOLD: the
+ * proposal after the last approval (its state says the outcome), or NULL
+ * with *st when a call failed. */
+Kms__V1__Proposal *kms_test_quorum_run(kms_test_node *node, const Kms__V1__RootOperation *op,
+				       kms_rpc_status *st);
+
 /* The source tree (KMS_SRCDIR), where ops/ lives. */
 const char *kms_test_srcdir(void);
 

@@ -53,6 +53,10 @@ kms_test_node_up() {
 		"$OPS/pki" client "$T/pki" "$name" "${c#*=}" --hours 1 >/dev/null
 	done
 	((other_ca == 0)) || "$OPS/pki" other-ca "$T/pki" "$ADMIN_ID" >/dev/null
+	# The quorum: three operators, two of whom approve a root operation.
+	for o in operator1 operator2 operator3; do
+		"$OPS/pki" operator "$T/pki" "$o" >/dev/null
+	done
 	step "creating the node key in the token and its certificate"
 	"$OPS/pki" node "$T/pki" node "spiffe://$TD/kmsd/node/1" --token-dir "$T/node/token" \
 		--label "$LABEL" --module "$MODULE" --hours 1 >/dev/null
@@ -70,7 +74,8 @@ print(a.getsockname()[1], b.getsockname()[1])')
 	step "writing kmsd.conf (gRPC $ENDPOINT, Raft $RAFT)"
 	"$OPS/node-config" --dir "$T/node" --id 1 --grpc "$ENDPOINT" --raft "$RAFT" \
 		--label "$LABEL" --ca "$T/pki/ca.pem" --node-ca "$T/pki/node-ca.pem" --admins "$ADMIN_ID" \
-		--module "$MODULE" >/dev/null
+		--operators "operator1:$T/pki/operators/operator1.pub,operator2:$T/pki/operators/operator2.pub,operator3:$T/pki/operators/operator3.pub" \
+		--threshold 2 --module "$MODULE" >/dev/null
 
 	step "starting kmsd"
 	SOFTHSM2_CONF=$T/node/token/softhsm2.conf "$BUILDDIR/kmsd" --config "$T/node/kmsd.conf" \

@@ -795,20 +795,28 @@ static size_t admins_on(kms_test_node *n, kms_rpc_status *st)
 	return count;
 }
 
+/* A set-administrators proposal through n, approved by the quorum: 0 once
+ * it executed. */
 static int set_admins_via(kms_test_node *n, char **list, size_t count, kms_rpc_status *st)
 {
-	Kms__V1__SetAdministratorsRequest req = KMS__V1__SET_ADMINISTRATORS_REQUEST__INIT;
-	kms_client *c = kms_test_client(n, "admin");
-	ProtobufCMessage *resp = NULL;
+	Kms__V1__RootOperation op = KMS__V1__ROOT_OPERATION__INIT;
+	Kms__V1__SetAdministratorsOperation sa = KMS__V1__SET_ADMINISTRATORS_OPERATION__INIT;
+	Kms__V1__Proposal *p;
+	int executed;
 
-	req.administrators = list;
-	req.n_administrators = count;
-	kms_client_call(c, OP "SetAdministrators", &req.base,
-			&kms__v1__set_administrators_response__descriptor, &resp, st);
-	if (resp != NULL)
-		FREE(resp);
-	kms_client_close(c);
-	return st->code;
+	sa.administrators = list;
+	sa.n_administrators = count;
+	op.op_case = KMS__V1__ROOT_OPERATION__OP_SET_ADMINISTRATORS;
+	op.set_administrators = &sa;
+	p = kms_test_quorum_run(n, &op, st);
+	if (p == NULL)
+		return st->code;
+	executed = strcmp(p->state, "executed") == 0;
+	if (!executed)
+		snprintf(st->details, sizeof(st->details), "proposal %s is %s: %s", p->id, p->state,
+			 p->result);
+	FREE(p);
+	return executed ? 0 : -1;
 }
 
 /* The list is replicated state: set through a follower (relayed to the

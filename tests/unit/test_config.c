@@ -87,7 +87,7 @@ static void write_full(const char *skip_section, const char *skip,
 		       const char *extra_section, const char *extra)
 {
 	static const char *const sections[] = {"node", "grpc", "raft", "hsm",
-					       "authz", "cluster", "keys"};
+					       "authz", "cluster", "keys", "quorum"};
 	char text[4096];
 	size_t n = 0;
 
@@ -770,6 +770,42 @@ START_TEST(test_admins_invalid)
 }
 END_TEST
 
+START_TEST(test_quorum_operators)
+{
+	char want[PATH_MAX + 32];
+
+	write_full(NULL, NULL, "quorum",
+		   "operators = alice:ops/alice.pub, bob:/etc/kmsd/bob.pub\n"
+		   "operators = carol:carol.pub\n"
+		   "threshold = 2");
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
+	ck_assert_uint_eq(cfg.n_operators, 3);
+	ck_assert_uint_eq(cfg.quorum_threshold, 2);
+	ck_assert_str_eq(cfg.operator_names[0], "alice");
+	ck_assert_str_eq(cfg.operator_names[2], "carol");
+	snprintf(want, sizeof(want), "%s/ops/alice.pub", dir);
+	ck_assert_str_eq(cfg.operator_files[0], want);
+	ck_assert_str_eq(cfg.operator_files[1], "/etc/kmsd/bob.pub");
+	kms_config_free(&cfg);
+	/* Neither is fine (a cluster without operators); one alone is not. */
+	write_full(NULL, NULL, "quorum", "operators = alice:a.pub");
+	assert_load_fails_at(0, "set both 'operators' and 'threshold' in [quorum], or neither");
+	write_full(NULL, NULL, "quorum", "threshold = 1");
+	assert_load_fails_at(0, "set both 'operators' and 'threshold' in [quorum], or neither");
+	write_full(NULL, NULL, "quorum", "operators = alice:a.pub, bob:b.pub\nthreshold = 3");
+	assert_load_fails_at(0, "'threshold' 3 in [quorum] cannot be reached by 2 operator(s)");
+	write_full(NULL, NULL, "quorum", "operators = alice\nthreshold = 1");
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_ERR_CONFIG);
+	ASSERT_MSG("'operators' entry 'alice' in [quorum] is not NAME:PUBKEYFILE");
+	write_full(NULL, NULL, "quorum", "operators = alice:a.pub, alice:b.pub\nthreshold = 1");
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_ERR_CONFIG);
+	ASSERT_MSG("'operators' lists 'alice' twice");
+	write_full(NULL, NULL, "quorum", "operators = alice:a.pub\nthreshold = 0");
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_ERR_CONFIG);
+	ASSERT_MSG("'threshold' in [quorum] must be a whole number from 1 to 32");
+}
+END_TEST
+
 START_TEST(test_trust_domain)
 {
 	/* Set explicitly, every admin must be in it. */
@@ -1152,6 +1188,7 @@ static Suite *config_suite(void)
 	tcase_add_test(tc, test_allow_core_dumps_bad);
 	tcase_add_test(tc, test_admins);
 	tcase_add_test(tc, test_admins_invalid);
+	tcase_add_test(tc, test_quorum_operators);
 	tcase_add_test(tc, test_trust_domain);
 	tcase_add_test(tc, test_missing_file);
 	tcase_add_test(tc, test_load_nomem);

@@ -22,6 +22,7 @@ START_TEST(api_contract_codes)
 	ck_assert_int_eq(kms_status_to_grpc(KMS_ERR_PRECONDITION), GRPC_STATUS_FAILED_PRECONDITION);
 	ck_assert_int_eq(kms_status_to_grpc(KMS_ERR_LIMIT), GRPC_STATUS_RESOURCE_EXHAUSTED);
 	ck_assert_int_eq(kms_status_to_grpc(KMS_ERR_DEADLINE), GRPC_STATUS_DEADLINE_EXCEEDED);
+	ck_assert_int_eq(kms_status_to_grpc(KMS_ERR_UNIMPLEMENTED), GRPC_STATUS_UNIMPLEMENTED);
 }
 END_TEST
 
