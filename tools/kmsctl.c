@@ -416,14 +416,13 @@ static const struct command commands[] = {
      "  only seeds the list of a new cluster.\n"
      "  list: prints one ID per line; with --json,\n"
      "    {\"administrators\": [ID, ...]}.\n"
-     "  set: replaces the whole list with the IDs given, in that order, and\n"
-     "    prints the new list the same way. An administrator left out loses\n"
-     "    the rights at once, the caller included.\n"
+     "  set: changing the list is a root operation: the server refuses it\n"
+     "    (exit 2, FAILED_PRECONDITION) and names the command to use,\n"
+     "    'kmsctl quorum propose set-administrators ID[,ID...]', which M\n"
+     "    operators then approve ('kmsctl quorum --help').\n"
      "  kmsctl refuses, without calling the server (exit 1), no ID, an empty\n"
      "  entry, a string that is not a SPIFFE ID with a path and an ID given\n"
-     "  twice. The server refuses (exit 2, INVALID_ARGUMENT) an ID outside\n"
-     "  the cluster's trust domain, a node identity (spiffe://TD/kmsd/...)\n"
-     "  and a list over its size limit.\n",
+     "  twice.\n",
      SUBS(admins_subs), "list or set"},
     {"quorum", CMD_QUORUM, OPERANDS_NONE,
      BIT(OPT_TTL) | BIT(OPT_ID) | BIT(OPT_RAFT) | BIT(OPT_GRPC) | BIT(OPT_TRANSPORT_KEY) |
