@@ -162,6 +162,14 @@ static int propose_checks(kms_node *node, const Kms__V1__RootOperation *op, kms_
 					"node %llu is the only member; a cluster cannot remove its "
 					"last node",
 					(unsigned long long)op->remove_member->id);
+		/* This runs on the leader. Handing leadership over first raced
+		 * with raft 0.15's configuration changes in tests: the operator
+		 * stops the leader so that another node leads. */
+		if (op->remove_member->id == node->cfg.node_id)
+			return kms_errf(err, KMS_ERR_PRECONDITION,
+					"node %llu is the leader; stop it first so that another "
+					"node leads, then propose its removal",
+					(unsigned long long)op->remove_member->id);
 		return KMS_OK;
 	case KMS__V1__ROOT_OPERATION__OP_DESTROY_KEY:
 		if (!kms_keyring_has_key(node->kr, op->destroy_key->key_id))

@@ -229,8 +229,9 @@ static void fetch_domain_key(struct kms_supervisor *s)
 	}
 	if (resp == NULL) {
 		if (s->fetch_attempts++ % 15 == 0)
-			KMS_LOG_I("joining: waiting to be admitted (kmsctl cluster join --id %u "
-				  "--raft %s --grpc %s --transport-key-sha256 %s); last answer: %s",
+			KMS_LOG_I("joining: waiting to be admitted (kmsctl quorum propose add-member "
+				  "--id %u --raft %s --grpc %s --transport-key-sha256 %s, approved by "
+				  "M operators); last answer: %s",
 				  node->cfg.node_id, node->cfg.raft_listen, node->cfg.grpc_listen,
 				  s->fingerprint, st.details);
 		return;

@@ -457,31 +457,46 @@ void kms_test_node_fingerprint(const kms_test_node *n, char out[65], int timeout
 int kms_test_add_member(kms_test_node *via, const kms_test_node *n, const char *fp_hex,
 			kms_rpc_status *st, char *raft_role, size_t cap)
 {
-	kms_client *c = kms_test_client_with(via, "admin", NULL, 60000);
+	Kms__V1__RootOperation op = KMS__V1__ROOT_OPERATION__INIT;
+	Kms__V1__AddMemberOperation am = KMS__V1__ADD_MEMBER_OPERATION__INIT;
+	Kms__V1__Proposal *p;
+	uint8_t fpb[32]; /* SHA-256 */
 	char raft[64], grpc[64], fp[65];
-	Kms__V1__AddMemberRequest req = KMS__V1__ADD_MEMBER_REQUEST__INIT;
-	Kms__V1__Member m = KMS__V1__MEMBER__INIT;
-	ProtobufCMessage *resp = NULL;
+	kms_err err = {0};
+	int code;
 
 	snprintf(raft, sizeof(raft), "127.0.0.1:%d", n->raft_port);
 	snprintf(grpc, sizeof(grpc), "127.0.0.1:%d", n->grpc_port);
-	m.id = n->id;
-	m.raft_address = raft;
-	m.grpc_address = grpc;
-	req.member = &m;
 	if (fp_hex == NULL) {
 		kms_test_node_fingerprint(n, fp, 20);
 		fp_hex = fp;
 	}
-	req.transport_key_sha256 = (char *)fp_hex;
-	kms_client_call(c, "/kms.v1.Operator/AddMember", &req.base,
-			&kms__v1__add_member_response__descriptor, &resp, st);
-	if (resp != NULL) {
-		snprintf(raft_role, cap, "%s", ((Kms__V1__AddMemberResponse *)resp)->raft_role);
-		protobuf_c_message_free_unpacked(resp, NULL);
+	memset(st, 0, sizeof(*st));
+	snprintf(raft_role, cap, "pending");
+	if (kms_hex_decode(fp_hex, fpb, sizeof(fpb), "transport_key_sha256", &err) != KMS_OK) {
+		st->code = 3; /* INVALID_ARGUMENT, as the server says of it */
+		snprintf(st->details, sizeof(st->details), "%s", err.msg);
+		return st->code;
 	}
-	kms_client_close(c);
-	return st->code;
+	am.id = n->id;
+	am.raft_address = raft;
+	am.grpc_address = grpc;
+	am.transport_key_sha256.data = fpb;
+	am.transport_key_sha256.len = sizeof(fpb);
+	am.grant_ttl_seconds = 600;
+	op.op_case = KMS__V1__ROOT_OPERATION__OP_ADD_MEMBER;
+	op.add_member = &am;
+	p = kms_test_quorum_run(via, &op, st);
+	if (p == NULL)
+		return st->code;
+	code = strcmp(p->state, "executed") == 0 ? 0 : 9; /* FAILED_PRECONDITION */
+	if (code != 0) {
+		st->code = code;
+		snprintf(st->details, sizeof(st->details), "proposal %s %s: %s", p->id, p->state,
+			 p->result);
+	}
+	protobuf_c_message_free_unpacked(&p->base, NULL);
+	return code;
 }
 
 int kms_test_leader_index(kms_test_node *nodes, int n)
@@ -710,4 +725,28 @@ Kms__V1__Proposal *kms_test_quorum_run(kms_test_node *node, const Kms__V1__RootO
 	}
 	protobuf_c_message_free_unpacked(&p->base, NULL);
 	return done;
+}
+
+int kms_test_remove_member(kms_test_node *via, uint64_t id, kms_rpc_status *st)
+{
+	Kms__V1__RootOperation op = KMS__V1__ROOT_OPERATION__INIT;
+	Kms__V1__RemoveMemberOperation rm = KMS__V1__REMOVE_MEMBER_OPERATION__INIT;
+	Kms__V1__Proposal *p;
+	int code;
+
+	memset(st, 0, sizeof(*st));
+	rm.id = id;
+	op.op_case = KMS__V1__ROOT_OPERATION__OP_REMOVE_MEMBER;
+	op.remove_member = &rm;
+	p = kms_test_quorum_run(via, &op, st);
+	if (p == NULL)
+		return st->code;
+	code = strcmp(p->state, "executed") == 0 ? 0 : 9;
+	if (code != 0) {
+		st->code = code;
+		snprintf(st->details, sizeof(st->details), "proposal %s %s: %s", p->id, p->state,
+			 p->result);
+	}
+	protobuf_c_message_free_unpacked(&p->base, NULL);
+	return code;
 }

@@ -84,13 +84,19 @@ kms_client *kms_test_client_with(kms_test_node *node, const char *who,
 Kms__V1__ClusterStatusResponse *kms_test_cluster_status(kms_test_node *node, const char *who,
 							kms_rpc_status *st);
 
-/* AddMember of n through via as the administrator, with a join grant for
- * the transport key fingerprint fp_hex (NULL: the one n printed in its
- * log, waited for up to 20 s). The server answers once the grant is
- * committed (the promotion follows). Returns the gRPC status code;
- * raft_role gets the role the answer names. */
+/* An add-member proposal of n through via, approved by the quorum, with a
+ * join grant for the transport key fingerprint fp_hex (NULL: the one n
+ * printed in its log, waited for up to 20 s), valid 600 s. Returns 0 once
+ * the proposal executed (the promotion follows), else a gRPC status code:
+ * the failing call's, or FAILED_PRECONDITION with the proposal's result.
+ * raft_role gets "pending". */
 int kms_test_add_member(kms_test_node *via, const kms_test_node *n, const char *fp_hex,
 			kms_rpc_status *st, char *raft_role, size_t cap);
+
+/* A remove-member proposal of id through via, approved by the quorum: 0
+ * once executed, else the refusing call's gRPC code (NOT_FOUND for a
+ * stranger, FAILED_PRECONDITION for the last member or the leader). */
+int kms_test_remove_member(kms_test_node *via, uint64_t id, kms_rpc_status *st);
 
 /* The transport key fingerprint a joining node printed in its log
  * ("joining: transport key sha256 HEX"), waiting up to timeout_s; fails the

@@ -1096,19 +1096,9 @@ START_TEST(foreign_domain_key_refuses_to_join)
 		      n->log);
 	ck_assert(kms_test_file_contains(n->log, "is not this cluster's domain key"));
 	/* Take it out again; the cluster keeps serving. */
-	{
-		kms_client *c = kms_test_client(&nodes[0], "admin");
-		Kms__V1__RemoveMemberRequest req = KMS__V1__REMOVE_MEMBER_REQUEST__INIT;
-		ProtobufCMessage *resp = NULL;
-
-		req.id = N + 1;
-		ck_assert_msg(kms_client_call(c, OP "RemoveMember", &req.base,
-					      &kms__v1__remove_member_response__descriptor, &resp,
-					      &st) == 0,
-			      "%s", st.details);
-		FREE(resp);
-		kms_client_close(c);
-	}
+	ck_assert_msg(kms_test_remove_member(&nodes[kms_test_wait_leader(nodes, N, 5000)], N + 1,
+					     &st) == 0,
+		      "%s", st.details);
 	ck_assert_msg(create_key(&nodes[1], "after-foreign", &st) == 0, "%s", st.details);
 }
 END_TEST
@@ -1125,24 +1115,22 @@ START_TEST(remove_member_keeps_serving)
 	kms_rpc_status st;
 
 	ck_assert_int_ge(l, 0);
-	req.id = 99;
-	kms_client_call(c, OP "RemoveMember", &req.base, &kms__v1__remove_member_response__descriptor,
-			&resp, &st);
-	ck_assert_int_eq(st.code, 5);
-	ck_assert_msg(strstr(st.details, "not a member") != NULL, "%s", st.details);
-	/* A follower goes out; the cluster keeps serving. */
+	/* Called directly, a root operation names the quorum command. */
 	req.id = nodes[r].id;
-	ck_assert_msg(kms_client_call(c, OP "RemoveMember", &req.base,
-				      &kms__v1__remove_member_response__descriptor, &resp, &st) == 0,
-		      "%s", st.details);
-	FREE(resp);
-	kms_test_node_signal(&nodes[r], SIGTERM);
-	ck_assert_msg(create_key(&nodes[other], "after-remove", &st) == 0, "%s", st.details);
-	/* The leader is refused: the operator stops it first, another node leads. */
-	req.id = nodes[l].id;
 	kms_client_call(c, OP "RemoveMember", &req.base, &kms__v1__remove_member_response__descriptor,
 			&resp, &st);
 	ck_assert_int_eq(st.code, 9);
+	ck_assert_msg(strstr(st.details, "kmsctl quorum propose remove-member") != NULL, "%s",
+		      st.details);
+	ck_assert_int_eq(kms_test_remove_member(&nodes[other], 99, &st), 5);
+	ck_assert_msg(strstr(st.details, "not a member") != NULL, "%s", st.details);
+	/* A follower goes out; the cluster keeps serving. */
+	ck_assert_msg(kms_test_remove_member(&nodes[other], nodes[r].id, &st) == 0, "%s",
+		      st.details);
+	kms_test_node_signal(&nodes[r], SIGTERM);
+	ck_assert_msg(create_key(&nodes[other], "after-remove", &st) == 0, "%s", st.details);
+	/* The leader is refused: the operator stops it first, another node leads. */
+	ck_assert_int_eq(kms_test_remove_member(&nodes[other], nodes[l].id, &st), 9);
 	ck_assert_msg(strstr(st.details, "is the leader") != NULL, "%s", st.details);
 	s = kms_test_cluster_status(&nodes[other], "admin", &st);
 	ck_assert_ptr_nonnull(s);

@@ -327,15 +327,19 @@ expect "cluster join --raft port 0: exit 1" 1 "--raft '127.0.0.1:0'" admin \
 expect "cluster join --id 0: exit 1" 1 "--id" admin \
 	cluster join --id 0 --raft 127.0.0.1:1 --grpc 127.0.0.1:1
 expect "unknown cluster subcommand: exit 1" 1 "frob" admin cluster frob
-expect "cluster remove of a node that is not a member: exit 2" 2 "NOT_FOUND|node 9 is not a member" \
-	admin cluster remove --id 9
-expect "cluster remove of the last member: exit 2" 2 "FAILED_PRECONDITION|only member" \
-	admin cluster remove --id 1
+# Membership is a root operation: the direct calls name the quorum command.
+expect "cluster remove: exit 2 FAILED_PRECONDITION naming the quorum command" 2 \
+	"FAILED_PRECONDITION|kmsctl quorum propose remove-member --id N" admin cluster remove --id 9
+expect "propose remove-member of a node that is not a member: exit 2" 2 "NOT_FOUND|node 9 is not a member" \
+	admin quorum propose remove-member --id 9
+expect "propose remove-member of the last member: exit 2" 2 "FAILED_PRECONDITION|only member" \
+	admin quorum propose remove-member --id 1
 expect "cluster remove as app: exit 2" 2 "PERMISSION_DENIED" app cluster remove --id 1
+expect "propose remove-member as app: exit 2" 2 "PERMISSION_DENIED" app quorum propose remove-member --id 1
 # cluster join: kmsctl checks the fingerprint's form and the ranges of --grant-ttl and
-# --wait-timeout (exit 1, naming the option). The twin of each refusal passes kmsctl and the
-# same checks on the server, which then refuses only because node 1 holds the domain key
-# already: no member is recorded either way.
+# --wait-timeout (exit 1, naming the option). The twin of each refusal passes kmsctl and
+# reaches the server, which refuses it as a root operation called directly (naming the quorum
+# command): no member is recorded either way.
 FP=$(printf 'kmsctl test transport key' | sha256sum | cut -d' ' -f1)
 JOIN=(cluster join --id 2 --raft 127.0.0.1:1 --grpc 127.0.0.1:2)
 JOIN_SELF=(cluster join --id 1 --raft "$RAFT" --grpc "$ENDPOINT")
@@ -350,8 +354,8 @@ expect "cluster join --transport-key-sha256 not hex: exit 1" 1 "--transport-key-
 expect "cluster join --transport-key-sha256 empty: exit 1" 1 "--transport-key-sha256 must be 64 hex digits" \
 	admin "${JOIN[@]}" --transport-key-sha256 ""
 expect "cluster join a well-formed fingerprint passes kmsctl: exit 2 FAILED_PRECONDITION" 2 \
-	"FAILED_PRECONDITION|node 1 is already a member" admin "${JOIN_SELF[@]}" --transport-key-sha256 "$FP"
-expect "cluster join an upper-case fingerprint passes kmsctl too" 2 "FAILED_PRECONDITION|node 1 is already a member" \
+	"FAILED_PRECONDITION|kmsctl quorum propose add-member" admin "${JOIN_SELF[@]}" --transport-key-sha256 "$FP"
+expect "cluster join an upper-case fingerprint passes kmsctl too" 2 "FAILED_PRECONDITION|kmsctl quorum propose add-member" \
 	admin "${JOIN_SELF[@]}" --transport-key-sha256 "${FP^^}"
 for bad_ttl in 0 86401 -1 10s; do
 	expect "cluster join --grant-ttl $bad_ttl: exit 1" 1 "--grant-ttl wants a whole number from 1 to 86400" \
@@ -362,10 +366,10 @@ for bad_wait in 0 301 -1 1m; do
 		admin "${JOIN[@]}" --transport-key-sha256 "$FP" --wait-timeout "$bad_wait"
 done
 expect "cluster join --grant-ttl 1 --wait-timeout 1 pass kmsctl and the server's checks" 2 \
-	"FAILED_PRECONDITION|node 1 is already a member" admin "${JOIN_SELF[@]}" --transport-key-sha256 "$FP" \
+	"FAILED_PRECONDITION|kmsctl quorum propose add-member" admin "${JOIN_SELF[@]}" --transport-key-sha256 "$FP" \
 	--grant-ttl 1 --wait-timeout 1
 expect "cluster join --grant-ttl 86400 --wait-timeout 300 pass kmsctl and the server's checks" 2 \
-	"FAILED_PRECONDITION|node 1 is already a member" admin "${JOIN_SELF[@]}" --transport-key-sha256 "$FP" \
+	"FAILED_PRECONDITION|kmsctl quorum propose add-member" admin "${JOIN_SELF[@]}" --transport-key-sha256 "$FP" \
 	--grant-ttl 86400 --wait-timeout 300
 expect "cluster join as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED|not an administrator" app \
 	"${JOIN[@]}" --transport-key-sha256 "$FP"
@@ -373,6 +377,12 @@ expect "cluster status --grant-ttl: exit 1" 1 "--grant-ttl does not apply to clu
 	cluster status --grant-ttl 60
 expect "cluster remove --transport-key-sha256: exit 1" 1 "--transport-key-sha256 does not apply to cluster remove" \
 	admin cluster remove --id 2 --transport-key-sha256 "$FP"
+expect "propose add-member of node 1, a member already: exit 2" 2 "FAILED_PRECONDITION|node 1 is already a member" \
+	admin quorum propose add-member --id 1 --raft "$RAFT" --grpc "$ENDPOINT" --transport-key-sha256 "$FP"
+expect "propose add-member --grant-ttl 86401: exit 1" 1 "--grant-ttl" admin \
+	quorum propose add-member --id 2 --raft 127.0.0.1:1 --grpc 127.0.0.1:2 --transport-key-sha256 "$FP" --grant-ttl 86401
+expect "propose add-member without --transport-key-sha256: exit 1" 1 "add-member needs" admin \
+	quorum propose add-member --id 2 --raft 127.0.0.1:1 --grpc 127.0.0.1:2
 if expect "cluster status --json after the refused joins" 0 "" admin --json cluster status; then
 	verify "refused joins left one member" json "$OUT" "len(j['members']) == 1"
 fi

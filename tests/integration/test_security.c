@@ -138,33 +138,24 @@ static size_t oaep_open(EVP_PKEY *k, const uint8_t *in, size_t len, uint8_t *out
 	return n;
 }
 
+static int admit(uint64_t id, const char *fp, uint32_t ttl, kms_rpc_status *st);
+
 START_TEST(client_ca_certificate_of_a_node_gets_no_domain_key)
 {
 	static const kms_test_san node2[] = {{KMS_TEST_SAN_URI, KMS_TEST_TD "/kmsd/node/2", 0}};
-	Kms__V1__AddMemberRequest add = KMS__V1__ADD_MEMBER_REQUEST__INIT;
-	Kms__V1__Member m = KMS__V1__MEMBER__INIT;
 	Kms__V1__FetchDomainKeyRequest req = KMS__V1__FETCH_DOMAIN_KEY_REQUEST__INIT;
 	Kms__V1__FetchDomainKeyResponse *resp = NULL;
 	uint8_t nbuf[512], ebuf[8], dk[512];
 	kms_rpc_status st;
 	BIGNUM *n, *e;
 	EVP_PKEY *k = software_rsa(&n, &e);
-	kms_client *admin = kms_test_client(&node, "admin"), *c;
-	ProtobufCMessage *out = NULL;
+	kms_client *c;
 
-	/* Node 2 is an admitted member, as in a live cluster. */
-	m.id = 2;
-	m.raft_address = (char *)"127.0.0.1:9";
-	m.grpc_address = (char *)"127.0.0.1:9";
-	add.member = &m;
-	/* The fingerprint of the real node 2's transport key, not the attacker's. */
-	add.transport_key_sha256 =
-		(char *)"5f3c1a0e9b8d7c6f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7";
-	kms_client_call_timeout(admin, "/kms.v1.Operator/AddMember", &add.base,
-				&kms__v1__add_member_response__descriptor, &out, 60000, &st);
-	ck_assert_msg(st.code == 0, "AddMember node 2: %s", st.details);
-	FREE(out);
-	kms_client_close(admin);
+	/* Node 2 is an admitted member, as in a live cluster, for the
+	 * fingerprint of the real node 2's transport key, not the attacker's. */
+	ck_assert_msg(admit(2, "5f3c1a0e9b8d7c6f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7",
+			    600, &st) == 0,
+		      "add-member node 2: %s", st.details);
 
 	/* The attacker's certificate comes from the deployment's client CA; the
 	 * node's real key stays in its HSM. */
@@ -236,41 +227,47 @@ static void transport_new(struct transport *t)
 	BN_free(e);
 }
 
-/* AddMember as the administrator of a node that never runs. */
+/*
+ * An add-member proposal, approved by the quorum, of a node that never
+ * runs: 0 once executed. fp is hex; one that is not 64 hex digits goes as
+ * its own bytes, for the server to refuse.
+ */
 static int admit(uint64_t id, const char *fp, uint32_t ttl, kms_rpc_status *st)
 {
-	kms_client *c = kms_test_client_with(&node, "admin", NULL, 30000);
-	Kms__V1__AddMemberRequest req = KMS__V1__ADD_MEMBER_REQUEST__INIT;
-	Kms__V1__Member m = KMS__V1__MEMBER__INIT;
-	ProtobufCMessage *resp = NULL;
+	Kms__V1__RootOperation op = KMS__V1__ROOT_OPERATION__INIT;
+	Kms__V1__AddMemberOperation am = KMS__V1__ADD_MEMBER_OPERATION__INIT;
+	Kms__V1__Proposal *p;
+	uint8_t b[32];
+	int code;
 
-	m.id = id;
-	m.raft_address = (char *)"127.0.0.1:9";
-	m.grpc_address = (char *)"127.0.0.1:9";
-	req.member = &m;
-	req.transport_key_sha256 = (char *)fp;
-	req.grant_ttl_seconds = ttl;
-	kms_client_call(c, "/kms.v1.Operator/AddMember", &req.base,
-			&kms__v1__add_member_response__descriptor, &resp, st);
-	if (resp != NULL)
-		FREE(resp);
-	kms_client_close(c);
-	return st->code;
+	am.id = id;
+	am.raft_address = (char *)"127.0.0.1:9";
+	am.grpc_address = (char *)"127.0.0.1:9";
+	if (kms_hex_decode(fp, b, sizeof(b), "fp", NULL) == KMS_OK) {
+		am.transport_key_sha256.data = b;
+		am.transport_key_sha256.len = sizeof(b);
+	} else {
+		am.transport_key_sha256.data = (uint8_t *)fp;
+		am.transport_key_sha256.len = strlen(fp);
+	}
+	am.grant_ttl_seconds = ttl;
+	op.op_case = KMS__V1__ROOT_OPERATION__OP_ADD_MEMBER;
+	op.add_member = &am;
+	p = kms_test_quorum_run(&node, &op, st);
+	if (p == NULL)
+		return st->code;
+	code = strcmp(p->state, "executed") == 0 ? 0 : 9;
+	if (code != 0) {
+		st->code = code;
+		snprintf(st->details, sizeof(st->details), "%s: %s", p->state, p->result);
+	}
+	FREE(p);
+	return code;
 }
 
 static int remove_member(uint64_t id, kms_rpc_status *st)
 {
-	kms_client *c = kms_test_client_with(&node, "admin", NULL, 30000);
-	Kms__V1__RemoveMemberRequest req = KMS__V1__REMOVE_MEMBER_REQUEST__INIT;
-	ProtobufCMessage *resp = NULL;
-
-	req.id = id;
-	kms_client_call(c, "/kms.v1.Operator/RemoveMember", &req.base,
-			&kms__v1__remove_member_response__descriptor, &resp, st);
-	if (resp != NULL)
-		FREE(resp);
-	kms_client_close(c);
-	return st->code;
+	return kms_test_remove_member(&node, id, st);
 }
 
 /* FetchDomainKey as who for node id with transport key t: the status. */
@@ -343,11 +340,11 @@ START_TEST(domain_key_only_to_an_unexpired_unused_grant)
 	ck_assert_msg(remove_member(6, &st) == 0, "%s", st.details);
 	ck_assert_int_eq(fetch("node6", 6, &k1, &st), 7);
 	ASSERT_STATUS(st, 7, "no unexpired, unused join grant");
-	/* Malformed grants are refused at AddMember, with nothing recorded. */
+	/* Malformed grants are refused at the proposal, with nothing recorded. */
 	ck_assert_int_eq(admit(6, "", 600, &st), 3);
-	ASSERT_STATUS(st, 3, "transport_key_sha256 is required");
+	ASSERT_STATUS(st, 3, "transport key SHA-256");
 	ck_assert_int_eq(admit(6, "abc", 600, &st), 3);
-	ASSERT_STATUS(st, 3, "64 hex digits");
+	ASSERT_STATUS(st, 3, "transport key SHA-256");
 	ck_assert_int_eq(admit(6, k1.fp, 86401, &st), 3);
 	ASSERT_STATUS(st, 3, "grant_ttl_seconds");
 	ck_assert_int_eq(fetch("node6", 6, &k1, &st), 7);
@@ -459,20 +456,31 @@ END_TEST
 
 /* --- the administrators list lives in the replicated state --- */
 
+/* A set-administrators proposal by who, approved by operator1 and operator2:
+ * 0 once executed, else the refusing call's gRPC code. */
 static int set_admins(const char *who, char **list, size_t n, kms_rpc_status *st)
 {
-	Kms__V1__SetAdministratorsRequest req = KMS__V1__SET_ADMINISTRATORS_REQUEST__INIT;
-	kms_client *c = kms_test_client(&node, who);
-	ProtobufCMessage *resp = NULL;
+	Kms__V1__RootOperation op = KMS__V1__ROOT_OPERATION__INIT;
+	Kms__V1__SetAdministratorsOperation sa = KMS__V1__SET_ADMINISTRATORS_OPERATION__INIT;
+	Kms__V1__Proposal *p, *done = NULL;
+	int code = 0;
 
-	req.administrators = list;
-	req.n_administrators = n;
-	kms_client_call(c, "/kms.v1.Operator/SetAdministrators", &req.base,
-			&kms__v1__set_administrators_response__descriptor, &resp, st);
-	if (resp != NULL)
-		FREE(resp);
-	kms_client_close(c);
-	return st->code;
+	sa.administrators = list;
+	sa.n_administrators = n;
+	op.op_case = KMS__V1__ROOT_OPERATION__OP_SET_ADMINISTRATORS;
+	op.set_administrators = &sa;
+	p = kms_test_propose(&node, who, &op, 0, st);
+	if (p == NULL)
+		return st->code;
+	if (kms_test_approve(&node, p->id, p->digest, "operator1", NULL, st) != 0 ||
+	    kms_test_approve(&node, p->id, p->digest, "operator2", &done, st) != 0)
+		code = st->code;
+	else if (strcmp(done->state, "executed") != 0)
+		code = 9;
+	if (done != NULL)
+		FREE(done);
+	FREE(p);
+	return code;
 }
 
 static size_t count_admins(const char *who, kms_rpc_status *st)
@@ -507,7 +515,18 @@ START_TEST(administrators_change_through_the_operator_api)
 	ck_assert_uint_eq(count_admins("admin", &st), 1);
 	count_admins("app", &st);
 	ASSERT_STATUS(st, 7, "is not an administrator");
-	/* Only an administrator changes the list, and only to a valid one. */
+	/* Called directly, the root operation names the quorum command. */
+	{
+		Kms__V1__SetAdministratorsRequest req = KMS__V1__SET_ADMINISTRATORS_REQUEST__INIT;
+		ProtobufCMessage *resp = NULL;
+
+		req.administrators = both;
+		req.n_administrators = 2;
+		kms_test_call(&node, "admin", "/kms.v1.Operator/SetAdministrators", &req.base,
+			      &kms__v1__set_administrators_response__descriptor, &resp, &st);
+		ASSERT_STATUS(st, 9, "kmsctl quorum propose set-administrators");
+	}
+	/* Only an administrator proposes a change, and only to a valid list. */
 	ck_assert_int_eq(set_admins("app", both, 2, &st), 7);
 	ck_assert_int_eq(set_admins("admin", both, 0, &st), 3);
 	ASSERT_STATUS(st, 3, "may not be empty");
