@@ -182,7 +182,9 @@ done
 
 step "ops/dev-cluster up --nodes $NODES (kmsd exec delayed by $DELAY_MS ms)"
 start=$SECONDS
-dev 300 up env LD_PRELOAD="$T/exec_delay.so" KMS_EXEC_DELAY_MS="$DELAY_MS" \
+# Each join is a proposal and two approvals (three kmsctl runs, each exec
+# delayed too): a sanitizer build on a busy machine needs more than 300 s.
+dev 600 up env LD_PRELOAD="$T/exec_delay.so" KMS_EXEC_DELAY_MS="$DELAY_MS" \
 	bash "$SRCDIR/ops/dev-cluster" up --nodes "$NODES"
 step "up exited with status $RC after $((SECONDS - start)) s"
 ((RC == 0)) || die "ops/dev-cluster up failed (status $RC)"
@@ -212,7 +214,7 @@ step "renewal: node 2's certificate expires within the hour; ops/dev-cluster up 
 	--token-dir "$STATE/node2/token" --label kmsd-node2 --module "$MODULE" --hours 1 >/dev/null
 install -m 644 "$STATE/pki/node2.pem" "$STATE/node2/node.pem"
 old_serial=$(openssl x509 -noout -serial -in "$STATE/node2/node.pem")
-dev 300 up-renew bash "$SRCDIR/ops/dev-cluster" up
+dev 600 up-renew bash "$SRCDIR/ops/dev-cluster" up
 ((RC == 0)) || die "the second up failed (status $RC)"
 grep -Fq "dev-cluster: node 2 reloaded its TLS files" "$T/up-renew.out" || die "up did not reload node 2"
 if grep -q "stopping node" "$T/up-renew.out"; then die "up stopped a node to renew its certificate"; fi
