@@ -84,8 +84,8 @@ out:
 
 void kr_entry_clear(struct kr_entry *e)
 {
-	kr_record_free(e->rec);
-	kms_free(e->handles);
+	/* The handles array lives in the record's block. */
+	kms_free(e->rec);
 	e->rec = NULL;
 	e->handles = NULL;
 }
@@ -95,22 +95,35 @@ int kr_entry_make(const Kms__V1__KeyRecord *rec, struct kr_entry *e,
 		      kms_err *err)
 {
 	ProtobufCMessage *copy = NULL;
+	void *handles = NULL;
 
 	e->rec = NULL;
 	e->handles = NULL;
 	e->allow_version = 0;
 	atomic_init(&e->allow_left, 0);
 	e->allow_credits = 0;
-	KMS_TRY(kr_message_dup(&rec->base, &copy, err));
+	KMS_TRY(kr_flat_copy(&rec->base, rec->n_versions * sizeof(*e->handles), &copy, &handles,
+			     err));
 	e->rec = (Kms__V1__KeyRecord *)copy;
+	e->handles = handles;
 	/* Readers see the state a record written before key_state had. */
 	kr_set_key_state(e->rec, kr_key_state(e->rec));
-	e->handles = kms_calloc(e->rec->n_versions, sizeof(*e->handles));
-	if (e->handles == NULL) {
-		kr_entry_clear(e);
-		return kms_errf(err, KMS_ERR_NOMEM,
-				"out of memory adding key '%s'", rec->key_id);
-	}
+	return KMS_OK;
+}
+
+int kr_entry_rebuild(struct kr_entry *e, const Kms__V1__KeyRecord *shape, kms_err *err)
+{
+	ProtobufCMessage *copy = NULL;
+	kms_key_handle **handles = NULL;
+	size_t keep = e->rec->n_versions < shape->n_versions ? e->rec->n_versions
+							     : shape->n_versions;
+
+	KMS_TRY(kr_flat_copy(&shape->base, shape->n_versions * sizeof(*handles), &copy,
+			     (void **)&handles, err));
+	memcpy(handles, e->handles, keep * sizeof(*handles));
+	kms_free(e->rec);
+	e->rec = (Kms__V1__KeyRecord *)copy;
+	e->handles = handles;
 	return KMS_OK;
 }
 
@@ -514,128 +527,6 @@ int kms_keyring_snapshot(kms_keyring *kr, void *(*alloc)(size_t), kms_buf *out,
 out:
 	pthread_rwlock_unlock(&kr->lock);
 	kms_free(recs);
-	return rc;
-}
-
-int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len,
-			kms_err *err)
-{
-	static const uint8_t none[1];
-	struct pb_state st = {0};
-	ProtobufCAllocator a = {
-	    .alloc = kr_pb_alloc, .free = kr_pb_free, .allocator_data = &st};
-	Kms__V1__KeyRingSnapshot *s = NULL;
-	struct kr_entry *fresh = NULL, *old;
-	struct kr_alias_table aliases = {0}, old_aliases;
-	char **admins = NULL, **old_admins;
-	size_t i, built = 0, old_n, old_n_admins;
-	int rc = KMS_OK;
-
-	if (snap == NULL && len > 0)
-		return kms_errf(err, KMS_ERR_INVALID, "snapshot bytes missing");
-	s = kms__v1__key_ring_snapshot__unpack(&a, len,
-					       snap != NULL ? snap : none);
-	if (s == NULL)
-		return kms_errf(
-		    err, st.failed ? KMS_ERR_NOMEM : KMS_ERR_INVALID,
-		    st.failed
-			? "out of memory parsing a snapshot"
-			: "snapshot is not a valid kms.v1.KeyRingSnapshot");
-	if (s->format != KEYRING_SNAPSHOT_FORMAT) {
-		rc = kms_errf(err, KMS_ERR_INVALID,
-			      "snapshot format %u is not supported (want %d)",
-			      s->format, KEYRING_SNAPSHOT_FORMAT);
-		goto out;
-	}
-	/* Check everything before building anything: all or nothing. */
-	for (i = 0; i < s->n_keys; i++) {
-		KMS_TRY_GOTO(rc, kr_record_check(s->keys[i], err), out);
-		if (i > 0 &&
-		    strcmp(s->keys[i - 1]->key_id, s->keys[i]->key_id) >= 0) {
-			rc = kms_errf(
-			    err, KMS_ERR_INVALID,
-			    "snapshot keys are out of order or repeated "
-			    "at key '%s'",
-			    s->keys[i]->key_id);
-			goto out;
-		}
-	}
-	if (s->n_members > KMS_MEMBERS_MAX || s->domain_key_probe.len > KMS_WRAPPED_MAX) {
-		rc = kms_errf(err, KMS_ERR_INVALID, "snapshot holds too many members or too long a probe");
-		goto out;
-	}
-	for (i = 0; i < s->n_members; i++) {
-		KMS_TRY_GOTO(rc, kr_member_check(s->members[i], err), out);
-		if (i > 0 && s->members[i - 1]->id >= s->members[i]->id) {
-			rc = kms_errf(err, KMS_ERR_INVALID,
-				      "snapshot members are out of order or repeated");
-			goto out;
-		}
-	}
-	/* A snapshot from before the list was replicated holds none. */
-	if (s->n_administrators > 0) {
-		KMS_TRY_GOTO(rc, kr_admins_check(s->administrators, s->n_administrators, err),
-			     out);
-		admins = kr_admins_dup(s->administrators, s->n_administrators);
-		if (admins == NULL) {
-			rc = kms_errf(err, KMS_ERR_NOMEM, "out of memory restoring a snapshot");
-			goto out;
-		}
-	}
-	KMS_TRY_GOTO(rc, kr_aliases_build(s->aliases, s->n_aliases, s->keys, s->n_keys, &aliases,
-					  err), out);
-	fresh = kms_calloc(s->n_keys, sizeof(*fresh));
-	if (fresh == NULL) {
-		rc = kms_errf(err, KMS_ERR_NOMEM,
-			      "out of memory restoring a snapshot");
-		goto out;
-	}
-	for (built = 0; built < s->n_keys; built++)
-		KMS_TRY_GOTO(rc, kr_entry_make(s->keys[built], &fresh[built], err),
-			     out);
-
-	pthread_rwlock_wrlock(&kr->lock);
-	old = kr->entries;
-	old_n = kr->n;
-	/* Unchanged versions keep this node's unwrapped keys. */
-	kr_handles_carry(fresh, s->n_keys, old, old_n);
-	kr->entries = fresh;
-	kr->n = kr->cap = s->n_keys;
-	kr_lru_prune(kr); /* the versions that were gone or changed */
-	for (i = 0; i < s->n_members; i++)
-		kr_member_set(&kr->members[i], s->members[i]);
-	kr->n_members = s->n_members;
-	if (s->domain_key_probe.len > 0)
-		memcpy(kr->probe, s->domain_key_probe.data, s->domain_key_probe.len);
-	kr->probe_len = s->domain_key_probe.len;
-	old_admins = kr->admins;
-	old_n_admins = kr->n_admins;
-	kr->admins = admins;
-	kr->n_admins = s->n_administrators;
-	admins = NULL;
-	old_aliases.aliases = kr->aliases;
-	old_aliases.by_key = kr->by_key;
-	old_aliases.n = kr->n_aliases;
-	kr->aliases = aliases.aliases;
-	kr->by_key = aliases.by_key;
-	kr->n_aliases = kr->cap_aliases = aliases.n;
-	memset(&aliases, 0, sizeof(aliases));
-	pthread_rwlock_unlock(&kr->lock);
-	fresh = NULL;
-	built = 0;
-	/*
-	 * The old entries are unreachable now: drop their references outside
-	 * the lock. A handle a call still uses is released when it is done.
-	 */
-	kr_entries_drop(old, old_n);
-	kms_keyring_admins_free(old_admins, old_n_admins);
-	kr_aliases_free(&old_aliases);
-out:
-	kr_aliases_free(&aliases);
-	if (fresh != NULL)
-		kr_entries_drop(fresh, built);
-	kms_keyring_admins_free(admins, s->n_administrators);
-	kr_pb_message_free(&s->base);
 	return rc;
 }
 
