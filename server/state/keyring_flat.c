@@ -29,6 +29,7 @@
 #define FLAT_ALIGN MAX2(MAX2(alignof(void *), alignof(uint64_t)), alignof(double))
 
 struct flat {
+	const ProtobufCMessage *keep; /* a sub-message shared, not copied */
 	uint8_t *base; /* NULL while measuring */
 	size_t words;  /* the aligned region, used so far */
 	size_t bytes;  /* the unaligned tail, used so far */
@@ -112,8 +113,8 @@ static void flat_value(struct flat *f, ProtobufCType type, const void *src, void
 		const ProtobufCMessage *m = *(ProtobufCMessage *const *)src;
 		ProtobufCMessage *copy;
 
-		if (m == NULL)
-			break;
+		if (m == NULL || m == f->keep)
+			break; /* dst already holds the same pointer */
 		copy = flat_message(f, m);
 		if (dst != NULL)
 			*(ProtobufCMessage **)dst = copy;
@@ -213,10 +214,10 @@ static ProtobufCMessage *flat_message(struct flat *f, const ProtobufCMessage *sr
 	return m;
 }
 
-int kr_flat_copy(const ProtobufCMessage *src, size_t extra, ProtobufCMessage **out,
-		 void **extra_out, kms_err *err)
+int kr_flat_copy(const ProtobufCMessage *src, const ProtobufCMessage *keep, size_t extra,
+		 ProtobufCMessage **out, void **extra_out, kms_err *err)
 {
-	struct flat f = {0};
+	struct flat f = {.keep = keep};
 	size_t extra_at;
 
 	*out = NULL;

@@ -19,7 +19,9 @@
 /*
  * Ownership: an entry's record is one kms_malloc'd block (kr_flat_copy,
  * keyring_flat.c) holding the record, its sub-messages, arrays and strings
- * in protobuf-c's own layout, and after them the handles array: an entry
+ * in protobuf-c's own layout, and after them the handles array, all but its
+ * policy, which is shared with every key of an equal policy (entry->policy,
+ * keyring_policies.c) and never changed in place: an entry
  * frees it with one kms_free and never points into a Command or a snapshot
  * the caller owns. Nothing in the block may be freed or reallocated alone:
  * what changes a record's structure builds a new block (kr_entry_rebuild),
@@ -33,6 +35,8 @@
 struct kr_entry {
 	Kms__V1__KeyRecord *rec;
 	kms_key_handle **handles;
+	/* rec->policy is this interned policy's, outside the block (NULL: none). */
+	struct kr_policy *policy;
 	/*
 	 * This node's allowance of encryptions (keyring_versions.c), for one
 	 * version of the key: allow_version changes only under the write lock
@@ -115,10 +119,21 @@ int kr_message_dup(const ProtobufCMessage *src, ProtobufCMessage **out, kms_err 
 
 /*
  * keyring_flat.c: a deep copy of src in one kms_malloc'd block (freed with
- * kms_free), followed by `extra` zeroed bytes, aligned, at *extra_out.
+ * kms_free), followed by `extra` zeroed bytes, aligned, at *extra_out. The
+ * sub-message keep (NULL: none), wherever src points at it, is pointed at,
+ * not copied.
  */
-int kr_flat_copy(const ProtobufCMessage *src, size_t extra, ProtobufCMessage **out,
-		 void **extra_out, kms_err *err);
+int kr_flat_copy(const ProtobufCMessage *src, const ProtobufCMessage *keep, size_t extra,
+		 ProtobufCMessage **out, void **extra_out, kms_err *err);
+/*
+ * keyring_policies.c: the one shared copy of a policy equal to policy (NULL:
+ * none, *out NULL), with one more reference, or a new one; release drops a
+ * reference (NULL: nothing). kr_policy_get: the shared, immutable message.
+ */
+struct kr_policy;
+int kr_policy_intern(const Kms__V1__KeyPolicy *policy, struct kr_policy **out, kms_err *err);
+void kr_policy_release(struct kr_policy *p);
+const Kms__V1__KeyPolicy *kr_policy_get(const struct kr_policy *p);
 /*
  * A protobuf-c allocator whose frees do nothing and whose reset frees
  * everything at once (restore unpacks one record at a time with it). failed

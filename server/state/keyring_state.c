@@ -86,26 +86,49 @@ void kr_entry_clear(struct kr_entry *e)
 {
 	/* The handles array lives in the record's block. */
 	kms_free(e->rec);
+	kr_policy_release(e->policy);
 	e->rec = NULL;
 	e->handles = NULL;
+	e->policy = NULL;
+}
+
+/*
+ * A block for shape with its policy interned: *rec and *handles in one
+ * block, *policy holding one reference (NULL for no policy).
+ */
+static int entry_block(const Kms__V1__KeyRecord *shape, Kms__V1__KeyRecord **rec,
+		       kms_key_handle ***handles, struct kr_policy **policy, kms_err *err)
+{
+	Kms__V1__KeyRecord s = *shape;
+	ProtobufCMessage *copy = NULL;
+	void *extra = NULL;
+	int rc;
+
+	KMS_TRY(kr_policy_intern(shape->policy, policy, err));
+	s.policy = (Kms__V1__KeyPolicy *)kr_policy_get(*policy);
+	rc = kr_flat_copy(&s.base, s.policy != NULL ? &s.policy->base : NULL,
+			  s.n_versions * sizeof(**handles), &copy, &extra, err);
+	if (rc != KMS_OK) {
+		kr_policy_release(*policy);
+		*policy = NULL;
+		return rc;
+	}
+	*rec = (Kms__V1__KeyRecord *)copy;
+	*handles = extra;
+	return KMS_OK;
 }
 
 /* A validated record copied into a fresh entry with no handles yet. */
 int kr_entry_make(const Kms__V1__KeyRecord *rec, struct kr_entry *e,
 		      kms_err *err)
 {
-	ProtobufCMessage *copy = NULL;
-	void *handles = NULL;
-
 	e->rec = NULL;
 	e->handles = NULL;
+	e->policy = NULL;
 	e->allow_version = 0;
 	atomic_init(&e->allow_left, 0);
 	e->allow_credits = 0;
-	KMS_TRY(kr_flat_copy(&rec->base, rec->n_versions * sizeof(*e->handles), &copy, &handles,
-			     err));
-	e->rec = (Kms__V1__KeyRecord *)copy;
-	e->handles = handles;
+	KMS_TRY(entry_block(rec, &e->rec, &e->handles, &e->policy, err));
 	/* Readers see the state a record written before key_state had. */
 	kr_set_key_state(e->rec, kr_key_state(e->rec));
 	return KMS_OK;
@@ -113,17 +136,19 @@ int kr_entry_make(const Kms__V1__KeyRecord *rec, struct kr_entry *e,
 
 int kr_entry_rebuild(struct kr_entry *e, const Kms__V1__KeyRecord *shape, kms_err *err)
 {
-	ProtobufCMessage *copy = NULL;
+	Kms__V1__KeyRecord *rec = NULL;
 	kms_key_handle **handles = NULL;
+	struct kr_policy *policy = NULL;
 	size_t keep = e->rec->n_versions < shape->n_versions ? e->rec->n_versions
 							     : shape->n_versions;
 
-	KMS_TRY(kr_flat_copy(&shape->base, shape->n_versions * sizeof(*handles), &copy,
-			     (void **)&handles, err));
+	KMS_TRY(entry_block(shape, &rec, &handles, &policy, err));
 	memcpy(handles, e->handles, keep * sizeof(*handles));
 	kms_free(e->rec);
-	e->rec = (Kms__V1__KeyRecord *)copy;
+	kr_policy_release(e->policy);
+	e->rec = rec;
 	e->handles = handles;
+	e->policy = policy;
 	return KMS_OK;
 }
 

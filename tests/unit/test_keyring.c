@@ -976,6 +976,8 @@ struct raw {
 
 static void raw_put(struct raw *r, const void *p, size_t len)
 {
+	if (len == 0)
+		return;
 	ck_assert_uint_le(r->n + len, sizeof(r->b));
 	memcpy(r->b + r->n, p, len);
 	r->n += len;
