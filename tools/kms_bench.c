@@ -145,7 +145,9 @@ static const char usage_text[] =
     "(default 10), then stop. Output: mode, threads, concurrency, batch, calls, ops,\n"
     "ops_per_sec, p50_us, p99_us, p999_us, errors ('field: value' lines, or one JSON\n"
     "object with --json). The first error is printed to stderr. A call still unanswered 1 s\n"
-    "before the end counts as an error. Exit status: 0 no errors, 1 usage or\n"
+    "before the end counts as an error. --ready-file FILE is created when the set-up\n"
+    "is over and the warm-up starts (for a script that samples the window).\n"
+    "Exit status: 0 no errors, 1 usage or\n"
     "set-up failure, 2 some calls failed or none completed.\n";
 
 static int is_batch_mode(enum bench_mode m)
@@ -174,6 +176,7 @@ struct opts {
 	unsigned refresh_ms;	/* --refresh-ms: a new blob under the primary this often */
 	unsigned rotations;	/* rotate-key --rotations N */
 	unsigned interval_ms;	/* rotate-key --interval-ms MS */
+	const char *ready_file; /* --ready-file: made when the warm-up starts */
 };
 
 /* Latencies in nanoseconds, owned by one worker. */
@@ -1506,6 +1509,16 @@ static int run_workers(struct bench *b, struct worker *w, unsigned nw,
 	int rc = EXIT_OK, e;
 
 	b->t_measure = now_ns() + (keyset_counted(b) ? 0 : (int64_t)b->o->warmup_s * 1000000000);
+	/* Set-up is over: whoever samples the measured window starts from here. */
+	if (b->o->ready_file != NULL && !(b->ks != NULL && b->ks->setting_up)) {
+		FILE *f = fopen(b->o->ready_file, "we");
+
+		if (f == NULL || fclose(f) != 0) {
+			errmsg("cannot write --ready-file '%s': %s", b->o->ready_file,
+			       strerror(errno));
+			return EXIT_LOCAL;
+		}
+	}
 	b->t_end = b->t_measure + (int64_t)(b->ks != NULL && b->ks->setting_up
 						? KEYSET_SETUP_LIMIT_S
 						: b->o->duration_s) *
@@ -1719,6 +1732,7 @@ enum opt_id {
 	OPT_REFRESH_MS,
 	OPT_ROTATIONS,
 	OPT_INTERVAL_MS,
+	OPT_READY_FILE,
 };
 
 static const struct option long_opts[] = {
@@ -1750,6 +1764,7 @@ static const struct option long_opts[] = {
     {"refresh-ms", required_argument, NULL, OPT_REFRESH_MS},
     {"rotations", required_argument, NULL, OPT_ROTATIONS},
     {"interval-ms", required_argument, NULL, OPT_INTERVAL_MS},
+    {"ready-file", required_argument, NULL, OPT_READY_FILE},
     {NULL, 0, NULL, 0},
 };
 
@@ -1950,6 +1965,9 @@ static int parse_args(struct opts *o, int argc, char **argv)
 			break;
 		case OPT_INTERVAL_MS:
 			rc = parse_uint(optarg, "--interval-ms", 10, 3600000, &o->interval_ms);
+			break;
+		case OPT_READY_FILE:
+			o->ready_file = optarg;
 			break;
 		case ':':
 			return usage_error("option '%s' needs a value",
