@@ -35,20 +35,27 @@
 /* A worker wakes at least this often to cancel calls whose request message
  * is late. */
 #define SWEEP_MS 500
+/* ... and the workers together look for such calls at most this often. */
+#define SWEEP_CHECK_MS 100
 /* Request metadata entries a local call carries (kms_call_local_metadata). */
 #define LOCAL_MD_MAX 4
 
 struct kms_call;
 
+/*
+ * The workers share one completion queue: whichever of them gRPC lets poll
+ * takes the events it finds itself. With a queue each, an event for one
+ * worker found by another cost a wake-up and a thread switch; at one call
+ * in flight that was about two switches in three per call
+ * (docs/PERFORMANCE.md). A call's events may therefore come to any worker:
+ * on each, the call moves to the worker that took it (on_event), whose HSM
+ * session the handler uses.
+ */
 struct worker {
 	kms_rpc_server *srv;
-	grpc_completion_queue *cq;
 	pthread_t thread;
 	int started;
 	void *wctx;
-	/* Calls waiting for their request message, oldest first; only this
-	 * worker's thread touches the list (their events come to its cq). */
-	struct kms_call *recv_head, *recv_tail;
 };
 
 /*
@@ -80,6 +87,12 @@ struct kms_rpc_server {
 	pthread_mutex_t tls_mu; /* one writer of those files at a time */
 	struct crl_slot *crl;
 	char request_timeout_msg[96];
+	grpc_completion_queue *cq; /* the workers' queue */
+	/* Calls waiting for their request message, oldest first; any worker
+	 * may add or take one (recv_mu). */
+	pthread_mutex_t recv_mu;
+	struct kms_call *recv_head, *recv_tail;
+	atomic_int_fast64_t last_sweep; /* monotonic ms */
 };
 
 enum call_state { CALL_REQUESTED, CALL_RECEIVING, CALL_HANDLING, CALL_SENDING };
@@ -125,37 +138,60 @@ static int64_t now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void recv_list_remove(struct kms_call *c)
+/* recv_mu held. */
+static void recv_list_unlink(kms_rpc_server *s, struct kms_call *c)
 {
-	struct worker *w = c->w;
-
-	if (!c->on_recv_list)
-		return;
 	if (c->recv_prev != NULL)
 		c->recv_prev->recv_next = c->recv_next;
 	else
-		w->recv_head = c->recv_next;
+		s->recv_head = c->recv_next;
 	if (c->recv_next != NULL)
 		c->recv_next->recv_prev = c->recv_prev;
 	else
-		w->recv_tail = c->recv_prev;
+		s->recv_tail = c->recv_prev;
 	c->recv_prev = c->recv_next = NULL;
 	c->on_recv_list = 0;
 }
 
+/* The request message of c arrived (or its batch failed): c leaves the
+ * list; whether a sweep cancelled it first. */
+static int recv_list_take(struct kms_call *c)
+{
+	kms_rpc_server *s = c->w->srv;
+	int swept;
+
+	if (c->local.done != NULL)
+		return 0;
+	pthread_mutex_lock(&s->recv_mu);
+	if (c->on_recv_list)
+		recv_list_unlink(s, c);
+	swept = c->swept;
+	pthread_mutex_unlock(&s->recv_mu);
+	return swept;
+}
+
+/* Off the list, if on it: on_recv_list is read and written under recv_mu
+ * only, as a sweep on another worker may take the call off meanwhile. */
+static void recv_list_remove(struct kms_call *c)
+{
+	(void)recv_list_take(c);
+}
+
 static void recv_list_append(struct kms_call *c)
 {
-	struct worker *w = c->w;
+	kms_rpc_server *s = c->w->srv;
 
 	c->recv_since = now_ms();
-	c->recv_prev = w->recv_tail;
+	pthread_mutex_lock(&s->recv_mu);
+	c->recv_prev = s->recv_tail;
 	c->recv_next = NULL;
-	if (w->recv_tail != NULL)
-		w->recv_tail->recv_next = c;
+	if (s->recv_tail != NULL)
+		s->recv_tail->recv_next = c;
 	else
-		w->recv_head = c;
-	w->recv_tail = c;
+		s->recv_head = c;
+	s->recv_tail = c;
 	c->on_recv_list = 1;
+	pthread_mutex_unlock(&s->recv_mu);
 }
 
 static struct kms_call *call_new(struct worker *w)
@@ -226,7 +262,7 @@ static int request_call(struct worker *w)
 		return KMS_ERR_NOMEM;
 	}
 	e = grpc_server_request_call(w->srv->server, &c->call, &c->details,
-				     &c->request_md, w->cq, w->cq, c);
+				     &c->request_md, w->srv->cq, w->srv->cq, c);
 	if (e != GRPC_CALL_OK) {
 		KMS_LOG_E("rpc: grpc_server_request_call failed (%d)", (int)e);
 		call_free(c);
@@ -297,15 +333,24 @@ static const kms_method *find_method(const kms_rpc_server *s, grpc_slice path)
 	return NULL;
 }
 
+/*
+ * The whole answer in one batch: the initial metadata (none) goes with the
+ * message and the status, so that the transport writes the three frames
+ * together. Sent with the receive instead, the headers left in a write of
+ * their own, one more sendmsg per call (docs/PERFORMANCE.md).
+ */
 static void send_final(kms_call *c, grpc_byte_buffer *resp, grpc_status_code code,
 		       const char *msg)
 {
-	grpc_op ops[3];
+	grpc_op ops[4];
 	grpc_op *op = ops;
 	grpc_call_error e;
 
 	memset(ops, 0, sizeof(ops));
 	c->state = CALL_SENDING;
+	op->op = GRPC_OP_SEND_INITIAL_METADATA;
+	op->data.send_initial_metadata.count = 0;
+	op++;
 	if (resp != NULL) {
 		op->op = GRPC_OP_SEND_MESSAGE;
 		op->data.send_message.send_message = resp;
@@ -459,24 +504,24 @@ void *kms_call_worker(const kms_call *c)
 	return c->w != NULL ? c->w->wctx : c->local.wctx;
 }
 
+/* The request message; the initial metadata waits for the answer (send_final). */
 static void start_receive(kms_call *c)
 {
-	grpc_op ops[2];
+	grpc_op ops[1];
 	grpc_call_error e;
 
 	memset(ops, 0, sizeof(ops));
-	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-	ops[0].data.send_initial_metadata.count = 0;
-	ops[1].op = GRPC_OP_RECV_MESSAGE;
-	ops[1].data.recv_message.recv_message = &c->recv;
+	ops[0].op = GRPC_OP_RECV_MESSAGE;
+	ops[0].data.recv_message.recv_message = &c->recv;
 	c->state = CALL_RECEIVING;
-	e = grpc_call_start_batch(c->call, ops, 2, c, NULL);
+	/* On the list first: once the batch is out, another worker may take
+	 * its event, and even free the call, before this one goes on. */
+	recv_list_append(c);
+	e = grpc_call_start_batch(c->call, ops, 1, c, NULL);
 	if (e != GRPC_CALL_OK) {
 		KMS_LOG_E("rpc: receiving a request failed (%d)", (int)e);
-		call_free(c);
-		return;
+		call_free(c); /* takes it off the list */
 	}
-	recv_list_append(c);
 }
 
 /*
@@ -487,15 +532,22 @@ static void start_receive(kms_call *c)
  */
 static void sweep_late_requests(struct worker *w)
 {
-	const kms_rpc_server *s = w->srv;
-	int64_t limit = now_ms() - (int64_t)s->opts.limits.request_timeout_s * 1000;
+	kms_rpc_server *s = w->srv;
+	int64_t now = now_ms(), last = atomic_load(&s->last_sweep);
+	int64_t limit = now - (int64_t)s->opts.limits.request_timeout_s * 1000;
 
-	while (w->recv_head != NULL && w->recv_head->recv_since <= limit) {
-		struct kms_call *c = w->recv_head;
+	/* Once per SWEEP_CHECK_MS of all the workers', not on every event. */
+	if (now - last < SWEEP_CHECK_MS || !atomic_compare_exchange_strong(&s->last_sweep, &last, now))
+		return;
+	pthread_mutex_lock(&s->recv_mu);
+	while (s->recv_head != NULL && s->recv_head->recv_since <= limit) {
+		struct kms_call *c = s->recv_head;
 		grpc_call_error e;
 
-		recv_list_remove(c);
+		recv_list_unlink(s, c);
 		c->swept = 1;
+		/* Under the lock: the worker that takes the call's event frees
+		 * it only after it has seen it swept (recv_list_take). */
 		e = grpc_call_cancel_with_status(c->call, GRPC_STATUS_DEADLINE_EXCEEDED,
 						 s->request_timeout_msg, NULL);
 		if (e != GRPC_CALL_OK)
@@ -503,6 +555,7 @@ static void sweep_late_requests(struct worker *w)
 		else
 			KMS_LOG_D("rpc: %s", s->request_timeout_msg);
 	}
+	pthread_mutex_unlock(&s->recv_mu);
 }
 
 size_t kms_method_max_request(const kms_method *m)
@@ -659,6 +712,8 @@ void kms_call_local_run(const kms_method *m, void *app, kms_call *c, const uint8
 
 static void on_event(struct worker *w, kms_call *c, int success)
 {
+	/* Its handler runs here, with this worker's HSM session. */
+	c->w = w;
 	switch (c->state) {
 	case CALL_REQUESTED:
 		if (!success) { /* the server is shutting down */
@@ -669,8 +724,7 @@ static void on_event(struct worker *w, kms_call *c, int success)
 		start_receive(c);
 		return;
 	case CALL_RECEIVING:
-		recv_list_remove(c);
-		if (!success || c->swept) { /* the client went away, or was too slow */
+		if (recv_list_take(c) || !success) { /* too slow, or the client went away */
 			call_free(c);
 			return;
 		}
@@ -708,7 +762,7 @@ static void *worker_main(void *arg)
 				break;
 	for (;;) {
 		grpc_event ev = grpc_completion_queue_next(
-			w->cq,
+			s->cq,
 			gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
 				     gpr_time_from_millis(SWEEP_MS, GPR_TIMESPAN)),
 			NULL);
@@ -1005,9 +1059,9 @@ static void server_free(kms_rpc_server *s)
 {
 	if (s->server != NULL)
 		grpc_server_destroy(s->server);
-	for (unsigned i = 0; i < s->n_workers; i++)
-		if (s->workers[i].cq != NULL)
-			grpc_completion_queue_destroy(s->workers[i].cq);
+	if (s->cq != NULL)
+		grpc_completion_queue_destroy(s->cq);
+	pthread_mutex_destroy(&s->recv_mu);
 	if (s->shutdown_cq != NULL)
 		grpc_completion_queue_destroy(s->shutdown_cq);
 	kms_free(s->workers);
@@ -1031,8 +1085,7 @@ static void drain_and_join(kms_rpc_server *s)
 		if (ev.type == GRPC_OP_COMPLETE && ev.tag == s)
 			break;
 	}
-	for (unsigned i = 0; i < s->n_workers; i++)
-		grpc_completion_queue_shutdown(s->workers[i].cq);
+	grpc_completion_queue_shutdown(s->cq);
 	for (unsigned i = 0; i < s->n_workers; i++)
 		if (s->workers[i].started)
 			pthread_join(s->workers[i].thread, NULL);
@@ -1149,6 +1202,8 @@ int kms_rpc_server_start(const kms_rpc_server_opts *opts, kms_rpc_server **out,
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_cond_init(&s->cond, NULL);
 	pthread_mutex_init(&s->tls_mu, NULL);
+	pthread_mutex_init(&s->recv_mu, NULL);
+	atomic_init(&s->last_sweep, 0);
 	snprintf(s->request_timeout_msg, sizeof(s->request_timeout_msg),
 		 "the request message did not arrive within %u s", opts->limits.request_timeout_s);
 	s->n_workers = opts->workers;
@@ -1175,11 +1230,10 @@ int kms_rpc_server_start(const kms_rpc_server_opts *opts, kms_rpc_server **out,
 	args.num_args = n_args;
 	args.args = arg;
 	s->server = grpc_server_create(&args, NULL);
-	for (unsigned i = 0; i < s->n_workers; i++) {
+	s->cq = grpc_completion_queue_create_for_next(NULL);
+	grpc_server_register_completion_queue(s->server, s->cq, NULL);
+	for (unsigned i = 0; i < s->n_workers; i++)
 		s->workers[i].srv = s;
-		s->workers[i].cq = grpc_completion_queue_create_for_next(NULL);
-		grpc_server_register_completion_queue(s->server, s->workers[i].cq, NULL);
-	}
 	s->shutdown_cq = grpc_completion_queue_create_for_next(NULL);
 	grpc_server_register_completion_queue(s->server, s->shutdown_cq, NULL);
 	/* 0 here means gRPC could not bind the address. (The key, the chain and
@@ -1220,9 +1274,8 @@ fail:
 	} else if (s->server != NULL) {
 		/* Never started: shut the queues down and drain them, as gRPC
 		 * requires before grpc_completion_queue_destroy. */
-		for (unsigned i = 0; i <= s->n_workers; i++) {
-			grpc_completion_queue *cq =
-				i < s->n_workers ? s->workers[i].cq : s->shutdown_cq;
+		for (unsigned i = 0; i < 2; i++) {
+			grpc_completion_queue *cq = i == 0 ? s->cq : s->shutdown_cq;
 
 			if (cq == NULL)
 				continue;
