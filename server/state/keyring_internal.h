@@ -10,6 +10,7 @@
 
 #include "kms/alloc.h"
 #include "kms/keyring.h"
+#include "kms/keyring_dk.h"
 #include "kms/v1/state.pb-c.h"
 
 #define KEYRING_SNAPSHOT_FORMAT 1
@@ -94,6 +95,7 @@ struct kms_keyring {
 	kms_keyring_release_fn release;
 	void *release_arg;
 	struct kr_lru lru; /* the bound on recorded handles, keyring_handles.c */
+	kms_dk_state dk; /* the domain key's generation and rotation */
 };
 
 /*
@@ -111,6 +113,20 @@ void kr_pb_message_free(ProtobufCMessage *m);
 void kr_record_free(Kms__V1__KeyRecord *rec);
 /* Deep copy of a message through its wire form, owned by the caller. */
 int kr_message_dup(const ProtobufCMessage *src, ProtobufCMessage **out, kms_err *err);
+
+/* --- the domain key's state (keyring_domain_key.c) --- */
+
+/* The state of a new key ring, or of a snapshot without one. */
+void kr_dk_reset(kms_dk_state *s);
+/* The six rotation commands (dry: decide only), and CreateKey/RotateKey's
+ * generation (lock held). */
+int kr_apply_dk(kms_keyring *kr, const Kms__V1__Command *c, int dry, kms_err *err);
+int kr_dk_generation_check(const struct kms_keyring *kr, uint32_t generation, kms_err *err);
+/* Snapshot: *m borrows from s while packed; restore: checked copy into *out. */
+void kr_dk_to_message(const kms_dk_state *s, Kms__V1__DomainKeyState *m,
+		      Kms__V1__DomainKeyRotation *r, Kms__V1__DomainKeyRotationGrant *g,
+		      Kms__V1__DomainKeyRotationGrant **gp);
+int kr_dk_from_message(const Kms__V1__DomainKeyState *m, kms_dk_state *out, kms_err *err);
 
 /* --- records and their lifecycle rules (keyring_record.c) --- */
 
