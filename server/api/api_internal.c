@@ -14,6 +14,7 @@
 #include "kms/spiffe.h"
 #include "kms/v1/cluster.pb-c.h"
 #include "kms/v1/state.pb-c.h"
+#include "node/dk_rotation.h"
 #include "node/forward.h"
 #include "node/node.h"
 #include "rpc/wire_strings.h"
@@ -86,6 +87,25 @@ static int forward_gate(kms_node *node, const char *principal, const uint8_t *cm
 				      kms_quote(principal, q),
 				      (unsigned long long)c->consume_join_grant->node_id);
 		break;
+	case KMS__V1__COMMAND__CMD_GRANT_DOMAIN_KEY_ROTATION:
+	case KMS__V1__COMMAND__CMD_CONSUME_DOMAIN_KEY_ROTATION_GRANT:
+	case KMS__V1__COMMAND__CMD_CONFIRM_DOMAIN_KEY: {
+		/* A member's own steps of a rotation: its grant (asked for by
+		 * itself, used by the holder on its behalf), its confirmations. */
+		uint64_t id = c->grant_domain_key_rotation != NULL
+				  ? c->grant_domain_key_rotation->node_id
+			      : c->consume_domain_key_rotation_grant != NULL
+				  ? c->consume_domain_key_rotation_grant->node_id
+			      : c->confirm_domain_key != NULL ? c->confirm_domain_key->node_id
+							      : 0;
+
+		if (id == 0 || !principal_is_node(node, principal, id))
+			rc = kms_errf(err, KMS_ERR_PERMISSION,
+				      "principal '%s' may not take node %llu's domain-key rotation "
+				      "steps",
+				      kms_quote(principal, q), (unsigned long long)id);
+		break;
+	}
 	case KMS__V1__COMMAND__CMD_RESERVE_ENCRYPTIONS:
 		/* A node reserves encryptions for itself alone. */
 		if (!principal_is_node(node, principal, c->reserve_encryptions->node_id))
@@ -358,6 +378,8 @@ static void fetch_domain_key(void *app, kms_call *call, const uint8_t *data, siz
 	uint64_t caller = kms_call_peer(call)->node_id;
 	int64_t now = (int64_t)time(NULL);
 	kms_buf wrapped = {0}, cmd = {0};
+	kms_hsm_key dk = 0;
+	uint32_t dk_gen = 0;
 	kms_err err = {0};
 	size_t n;
 	int rc;
@@ -386,7 +408,8 @@ static void fetch_domain_key(void *app, kms_call *call, const uint8_t *data, siz
 		rc = kms_errf(&err, KMS_ERR_UNAVAILABLE, "this node holds no verified domain key");
 		goto out;
 	}
-	KMS_TRY_GOTO(rc, kms_hsm_domain_key_wrap_for(node->hsm, atomic_load(&node->domain_key),
+	kms_dk_current(node, &dk, &dk_gen);
+	KMS_TRY_GOTO(rc, kms_hsm_domain_key_wrap_for(node->hsm, dk,
 						     req->rsa_modulus.data, req->rsa_modulus.len,
 						     req->rsa_public_exponent.data,
 						     req->rsa_public_exponent.len, &wrapped, &err),
@@ -412,6 +435,7 @@ static void fetch_domain_key(void *app, kms_call *call, const uint8_t *data, siz
 	resp.n_members = n < KMS_MEMBERS_MAX ? n : KMS_MEMBERS_MAX;
 	resp.wrapped_domain_key.data = wrapped.data;
 	resp.wrapped_domain_key.len = wrapped.len;
+	resp.domain_key_generation = dk_gen;
 	KMS_LOG_I("domain key wrapped to node %llu's transport key; its join grant is used",
 		  (unsigned long long)caller);
 	kms_call_reply(call, &resp.base, 0);

@@ -1,4 +1,6 @@
-/* keyring_domain_key.c - the domain key's replicated state: its generation, and the commands of a rotation (begin, grant, consume, confirm, switch, abort) with their rules. */
+/* keyring_domain_key.c - the domain key's replicated state: its generation, and
+ * the commands of a rotation (begin, grant, consume, confirm, switch, abort)
+ * with their rules. */
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -71,7 +73,8 @@ static int is_member(const struct kms_keyring *kr, uint64_t id)
 }
 
 /* Every current member is in ids. */
-static int all_members_in(const struct kms_keyring *kr, const uint64_t *ids, size_t n)
+static int all_members_in(const struct kms_keyring *kr, const uint64_t *ids,
+			  size_t n)
 {
 	for (size_t i = 0; i < kr->n_members; i++)
 		if (!kms_dk_has(ids, n, kr->members[i].id))
@@ -82,29 +85,34 @@ static int all_members_in(const struct kms_keyring *kr, const uint64_t *ids, siz
 /* The rotation is over: switched, and every member dropped the old key. */
 static int rotation_done(const struct kms_keyring *kr, const kms_dk_state *s)
 {
-	return s->rotating && s->switched && all_members_in(kr, s->destroyed, s->n_destroyed);
+	return s->rotating && s->switched &&
+	       all_members_in(kr, s->destroyed, s->n_destroyed);
 }
 
-int kr_dk_generation_check(const struct kms_keyring *kr, uint32_t generation, kms_err *err)
+int kr_dk_generation_check(const struct kms_keyring *kr, uint32_t generation,
+			   kms_err *err)
 {
 	if (gen_of(generation) == kr->dk.generation)
 		return KMS_OK;
 	return kms_errf(err, KMS_ERR_PRECONDITION,
-			"the material is wrapped under domain key generation %u, but the cluster's "
+			"the material is wrapped under domain key generation "
+			"%u, but the cluster's "
 			"is generation %u; make it again",
 			gen_of(generation), kr->dk.generation);
 }
 
 /* The rotation a command names: in progress, that generation. */
-static int rotation_named(const kms_dk_state *s, uint32_t generation, const char *what,
-			  kms_err *err)
+static int rotation_named(const kms_dk_state *s, uint32_t generation,
+			  const char *what, kms_err *err)
 {
 	if (!s->rotating)
 		return kms_errf(err, KMS_ERR_PRECONDITION,
-				"%s: no domain-key rotation is in progress", what);
+				"%s: no domain-key rotation is in progress",
+				what);
 	if (generation != s->rot_generation)
 		return kms_errf(err, KMS_ERR_PRECONDITION,
-				"%s names domain-key generation %u, but the rotation in progress "
+				"%s names domain-key generation %u, but the "
+				"rotation in progress "
 				"is to generation %u",
 				what, generation, s->rot_generation);
 	return KMS_OK;
@@ -114,47 +122,57 @@ static int before_switch(const kms_dk_state *s, const char *what, kms_err *err)
 {
 	if (s->switched)
 		return kms_errf(err, KMS_ERR_PRECONDITION,
-				"%s: the cluster already switched to domain-key generation %u",
+				"%s: the cluster already switched to "
+				"domain-key generation %u",
 				what, s->rot_generation);
 	return KMS_OK;
 }
 
-static int member_named(const struct kms_keyring *kr, uint64_t id, const char *what,
-			kms_err *err)
+static int member_named(const struct kms_keyring *kr, uint64_t id,
+			const char *what, kms_err *err)
 {
 	if (id == 0 || !is_member(kr, id))
-		return kms_errf(err, KMS_ERR_PRECONDITION, "%s: node %llu is not a member", what,
+		return kms_errf(err, KMS_ERR_PRECONDITION,
+				"%s: node %llu is not a member", what,
 				(unsigned long long)id);
 	return KMS_OK;
 }
 
-static int fingerprint_check(const ProtobufCBinaryData *fp, const char *what, kms_err *err)
+static int fingerprint_check(const ProtobufCBinaryData *fp, const char *what,
+			     kms_err *err)
 {
 	if (fp->len != KMS_FINGERPRINT_LEN)
-		return kms_errf(err, KMS_ERR_INVALID,
-				"%s: a transport key SHA-256 is %d bytes, not %zu", what,
-				KMS_FINGERPRINT_LEN, fp->len);
+		return kms_errf(
+		    err, KMS_ERR_INVALID,
+		    "%s: a transport key SHA-256 is %d bytes, not %zu", what,
+		    KMS_FINGERPRINT_LEN, fp->len);
 	return KMS_OK;
 }
 
-/* --- the commands ---------------------------------------------------------- */
+/* --- the commands ----------------------------------------------------------
+ */
 
 static int dk_begin(const struct kms_keyring *kr, kms_dk_state *s,
-		    const Kms__V1__BeginDomainKeyRotationCommand *c, kms_err *err)
+		    const Kms__V1__BeginDomainKeyRotationCommand *c,
+		    kms_err *err)
 {
 	static const char what[] = "BeginDomainKeyRotation";
 
-	if (c == NULL || c->wrapped_probe.len == 0 || c->wrapped_probe.len > KMS_WRAPPED_MAX)
-		return kms_errf(err, KMS_ERR_INVALID, "%s needs a probe of 1..%d bytes", what,
+	if (c == NULL || c->wrapped_probe.len == 0 ||
+	    c->wrapped_probe.len > KMS_WRAPPED_MAX)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"%s needs a probe of 1..%d bytes", what,
 				KMS_WRAPPED_MAX);
 	if (s->rotating && !rotation_done(kr, s))
 		return kms_errf(err, KMS_ERR_PRECONDITION,
-				"a domain-key rotation to generation %u is already in progress",
+				"a domain-key rotation to generation %u is "
+				"already in progress",
 				s->rot_generation);
 	if (s->highest == UINT32_MAX || c->generation != s->highest + 1)
-		return kms_errf(err, KMS_ERR_PRECONDITION,
-				"%s names generation %u; the next generation is %u", what,
-				c->generation, s->highest + 1);
+		return kms_errf(
+		    err, KMS_ERR_PRECONDITION,
+		    "%s names generation %u; the next generation is %u", what,
+		    c->generation, s->highest + 1);
 	KMS_TRY(member_named(kr, c->node_id, what, err));
 	s->highest = c->generation;
 	s->rotating = 1;
@@ -173,7 +191,8 @@ static int dk_begin(const struct kms_keyring *kr, kms_dk_state *s,
 }
 
 static int dk_grant(const struct kms_keyring *kr, kms_dk_state *s,
-		    const Kms__V1__GrantDomainKeyRotationCommand *c, kms_err *err)
+		    const Kms__V1__GrantDomainKeyRotationCommand *c,
+		    kms_err *err)
 {
 	static const char what[] = "GrantDomainKeyRotation";
 	kms_dk_grant *g = NULL;
@@ -185,9 +204,10 @@ static int dk_grant(const struct kms_keyring *kr, kms_dk_state *s,
 	KMS_TRY(before_switch(s, what, err));
 	KMS_TRY(member_named(kr, c->node_id, what, err));
 	if (kms_dk_has(s->installed, s->n_installed, c->node_id))
-		return kms_errf(err, KMS_ERR_PRECONDITION,
-				"%s: node %llu already holds domain key generation %u", what,
-				(unsigned long long)c->node_id, s->rot_generation);
+		return kms_errf(
+		    err, KMS_ERR_PRECONDITION,
+		    "%s: node %llu already holds domain key generation %u",
+		    what, (unsigned long long)c->node_id, s->rot_generation);
 	for (size_t i = 0; i < s->n_grants; i++)
 		if (s->grants[i].node_id == c->node_id)
 			g = &s->grants[i];
@@ -195,23 +215,28 @@ static int dk_grant(const struct kms_keyring *kr, kms_dk_state *s,
 		size_t i = 0;
 
 		if (s->n_grants == KMS_MEMBERS_MAX)
-			return kms_errf(err, KMS_ERR_PRECONDITION, "%s: %d grants already", what,
+			return kms_errf(err, KMS_ERR_PRECONDITION,
+					"%s: %d grants already", what,
 					KMS_MEMBERS_MAX);
 		while (i < s->n_grants && s->grants[i].node_id < c->node_id)
 			i++;
-		memmove(&s->grants[i + 1], &s->grants[i], (s->n_grants - i) * sizeof(*g));
+		memmove(&s->grants[i + 1], &s->grants[i],
+			(s->n_grants - i) * sizeof(*g));
 		s->n_grants++;
 		g = &s->grants[i];
 	}
-	/* A node that restarted before installing asks again, with a new key. */
+	/* A node that restarted before installing asks again, with a new key.
+	 */
 	g->node_id = c->node_id;
-	memcpy(g->transport_key_sha256, c->transport_key_sha256.data, KMS_FINGERPRINT_LEN);
+	memcpy(g->transport_key_sha256, c->transport_key_sha256.data,
+	       KMS_FINGERPRINT_LEN);
 	g->used = 0;
 	return KMS_OK;
 }
 
 static int dk_consume(const struct kms_keyring *kr, kms_dk_state *s,
-		      const Kms__V1__ConsumeDomainKeyRotationGrantCommand *c, kms_err *err)
+		      const Kms__V1__ConsumeDomainKeyRotationGrantCommand *c,
+		      kms_err *err)
 {
 	static const char what[] = "ConsumeDomainKeyRotationGrant";
 	kms_dk_grant *g = NULL;
@@ -226,16 +251,19 @@ static int dk_consume(const struct kms_keyring *kr, kms_dk_state *s,
 		if (s->grants[i].node_id == c->node_id)
 			g = &s->grants[i];
 	if (g == NULL)
-		return kms_errf(err, KMS_ERR_PERMISSION, "node %llu holds no rotation grant",
+		return kms_errf(err, KMS_ERR_PERMISSION,
+				"node %llu holds no rotation grant",
 				(unsigned long long)c->node_id);
 	if (g->used)
-		return kms_errf(err, KMS_ERR_PERMISSION, "node %llu's rotation grant is used",
+		return kms_errf(err, KMS_ERR_PERMISSION,
+				"node %llu's rotation grant is used",
 				(unsigned long long)c->node_id);
 	if (CRYPTO_memcmp(g->transport_key_sha256, c->transport_key_sha256.data,
 			  KMS_FINGERPRINT_LEN) != 0)
-		return kms_errf(err, KMS_ERR_PERMISSION,
-				"node %llu's rotation grant is for another transport key",
-				(unsigned long long)c->node_id);
+		return kms_errf(
+		    err, KMS_ERR_PERMISSION,
+		    "node %llu's rotation grant is for another transport key",
+		    (unsigned long long)c->node_id);
 	g->used = 1;
 	return KMS_OK;
 }
@@ -256,30 +284,38 @@ static int dk_confirm(const struct kms_keyring *kr, kms_dk_state *s,
 		g = kms_dk_grant_of(s, c->node_id);
 		if (c->node_id != s->started_by && (g == NULL || !g->used))
 			return kms_errf(err, KMS_ERR_PRECONDITION,
-					"%s: node %llu has not received domain key generation %u",
-					what, (unsigned long long)c->node_id, s->rot_generation);
+					"%s: node %llu has not received domain "
+					"key generation %u",
+					what, (unsigned long long)c->node_id,
+					s->rot_generation);
 		if (!ids_add(s->installed, &s->n_installed, c->node_id))
 			return kms_errf(err, KMS_ERR_EXISTS,
-					"node %llu already confirmed domain key generation %u",
-					(unsigned long long)c->node_id, s->rot_generation);
+					"node %llu already confirmed domain "
+					"key generation %u",
+					(unsigned long long)c->node_id,
+					s->rot_generation);
 		return KMS_OK;
 	case KMS__V1__DOMAIN_KEY_CONFIRMATION__DOMAIN_KEY_OLD_DESTROYED:
 		if (!s->switched)
 			return kms_errf(err, KMS_ERR_PRECONDITION,
-					"%s: the cluster has not switched to domain-key generation "
+					"%s: the cluster has not switched to "
+					"domain-key generation "
 					"%u yet; the old key is still needed",
 					what, s->rot_generation);
 		if (!ids_add(s->destroyed, &s->n_destroyed, c->node_id))
-			return kms_errf(err, KMS_ERR_EXISTS,
-					"node %llu already destroyed its old domain key",
-					(unsigned long long)c->node_id);
+			return kms_errf(
+			    err, KMS_ERR_EXISTS,
+			    "node %llu already destroyed its old domain key",
+			    (unsigned long long)c->node_id);
 		return KMS_OK;
 	default:
-		return kms_errf(err, KMS_ERR_INVALID, "%s: unknown stage %d", what, (int)c->stage);
+		return kms_errf(err, KMS_ERR_INVALID, "%s: unknown stage %d",
+				what, (int)c->stage);
 	}
 }
 
-static int dk_abort(kms_dk_state *s, const Kms__V1__AbortDomainKeyRotationCommand *c,
+static int dk_abort(kms_dk_state *s,
+		    const Kms__V1__AbortDomainKeyRotationCommand *c,
 		    kms_err *err)
 {
 	static const char what[] = "AbortDomainKeyRotation";
@@ -300,7 +336,8 @@ static int dk_abort(kms_dk_state *s, const Kms__V1__AbortDomainKeyRotationComman
  * fails the switch, and the proposer takes it again.
  */
 static int switch_list_check(const struct kms_keyring *kr,
-			     const Kms__V1__SwitchDomainKeyCommand *c, kms_err *err)
+			     const Kms__V1__SwitchDomainKeyCommand *c,
+			     kms_err *err)
 {
 	size_t k = 0;
 
@@ -311,27 +348,34 @@ static int switch_list_check(const struct kms_keyring *kr,
 			const Kms__V1__KeyVersionRecord *v = rec->versions[j];
 			const Kms__V1__RewrappedVersion *r;
 
-			if (v->state == KMS__V1__KEY_VERSION_STATE__KEY_VERSION_DESTROYED)
+			if (v->state ==
+			    KMS__V1__KEY_VERSION_STATE__KEY_VERSION_DESTROYED)
 				continue;
 			r = k < c->n_versions ? c->versions[k] : NULL;
-			if (r == NULL || r->key_id == NULL || strcmp(r->key_id, rec->key_id) != 0 ||
+			if (r == NULL || r->key_id == NULL ||
+			    strcmp(r->key_id, rec->key_id) != 0 ||
 			    r->version != v->version)
 				return kms_errf(err, KMS_ERR_PRECONDITION,
-						"SwitchDomainKey does not list key '%s' version %u "
-						"where the key ring has it; take the list again",
+						"SwitchDomainKey does not list "
+						"key '%s' version %u "
+						"where the key ring has it; "
+						"take the list again",
 						rec->key_id, v->version);
 			if (r->wrapped_material.len == 0 ||
 			    r->wrapped_material.len > KMS_WRAPPED_MAX)
 				return kms_errf(err, KMS_ERR_INVALID,
-						"SwitchDomainKey: key '%s' version %u needs 1..%d "
+						"SwitchDomainKey: key '%s' "
+						"version %u needs 1..%d "
 						"bytes of material",
-						rec->key_id, v->version, KMS_WRAPPED_MAX);
+						rec->key_id, v->version,
+						KMS_WRAPPED_MAX);
 			k++;
 		}
 	}
 	if (k != c->n_versions)
 		return kms_errf(err, KMS_ERR_PRECONDITION,
-				"SwitchDomainKey lists %zu versions, the key ring holds %zu; take "
+				"SwitchDomainKey lists %zu versions, the key "
+				"ring holds %zu; take "
 				"the list again",
 				c->n_versions, k);
 	return KMS_OK;
@@ -347,11 +391,14 @@ static int dk_switch(const struct kms_keyring *kr, kms_dk_state *s,
 	KMS_TRY(rotation_named(s, c->generation, what, err));
 	KMS_TRY(before_switch(s, what, err));
 	for (size_t i = 0; i < kr->n_members; i++)
-		if (!kms_dk_has(s->installed, s->n_installed, kr->members[i].id))
+		if (!kms_dk_has(s->installed, s->n_installed,
+				kr->members[i].id))
 			return kms_errf(err, KMS_ERR_PRECONDITION,
-					"%s: member %llu does not hold domain key generation %u "
+					"%s: member %llu does not hold domain "
+					"key generation %u "
 					"yet",
-					what, (unsigned long long)kr->members[i].id,
+					what,
+					(unsigned long long)kr->members[i].id,
 					s->rot_generation);
 	KMS_TRY(switch_list_check(kr, c, err));
 	s->switched = 1;
@@ -366,22 +413,26 @@ static int dk_switch(const struct kms_keyring *kr, kms_dk_state *s,
  * Allocations come first, so a failure changes nothing. The handles of
  * this node's unwrapped versions stay: the key behind each is the same.
  */
-static int switch_material(kms_keyring *kr, const Kms__V1__SwitchDomainKeyCommand *c,
+static int switch_material(kms_keyring *kr,
+			   const Kms__V1__SwitchDomainKeyCommand *c,
 			   kms_err *err)
 {
-	uint8_t **fresh = kms_calloc(c->n_versions ? c->n_versions : 1, sizeof(*fresh));
+	uint8_t **fresh =
+	    kms_calloc(c->n_versions ? c->n_versions : 1, sizeof(*fresh));
 	size_t k = 0;
 
 	if (fresh == NULL)
-		return kms_errf(err, KMS_ERR_NOMEM, "out of memory switching the domain key");
+		return kms_errf(err, KMS_ERR_NOMEM,
+				"out of memory switching the domain key");
 	for (k = 0; k < c->n_versions; k++) {
 		fresh[k] = kms_malloc(c->versions[k]->wrapped_material.len);
 		if (fresh[k] == NULL) {
 			while (k > 0)
 				kms_free(fresh[--k]);
 			kms_free(fresh);
-			return kms_errf(err, KMS_ERR_NOMEM,
-					"out of memory switching the domain key");
+			return kms_errf(
+			    err, KMS_ERR_NOMEM,
+			    "out of memory switching the domain key");
 		}
 		memcpy(fresh[k], c->versions[k]->wrapped_material.data,
 		       c->versions[k]->wrapped_material.len);
@@ -393,11 +444,13 @@ static int switch_material(kms_keyring *kr, const Kms__V1__SwitchDomainKeyComman
 		for (size_t j = 0; j < rec->n_versions; j++) {
 			Kms__V1__KeyVersionRecord *v = rec->versions[j];
 
-			if (v->state == KMS__V1__KEY_VERSION_STATE__KEY_VERSION_DESTROYED)
+			if (v->state ==
+			    KMS__V1__KEY_VERSION_STATE__KEY_VERSION_DESTROYED)
 				continue;
 			kms_free(v->wrapped_material.data);
 			v->wrapped_material.data = fresh[k];
-			v->wrapped_material.len = c->versions[k]->wrapped_material.len;
+			v->wrapped_material.len =
+			    c->versions[k]->wrapped_material.len;
 			k++;
 		}
 	}
@@ -405,7 +458,8 @@ static int switch_material(kms_keyring *kr, const Kms__V1__SwitchDomainKeyComman
 	return KMS_OK;
 }
 
-int kr_apply_dk(kms_keyring *kr, const Kms__V1__Command *c, int dry, kms_err *err)
+int kr_apply_dk(kms_keyring *kr, const Kms__V1__Command *c, int dry,
+		kms_err *err)
 {
 	kms_dk_state s;
 	int rc;
@@ -420,12 +474,14 @@ int kr_apply_dk(kms_keyring *kr, const Kms__V1__Command *c, int dry, kms_err *er
 		rc = dk_grant(kr, &s, c->grant_domain_key_rotation, err);
 		break;
 	case KMS__V1__COMMAND__CMD_CONSUME_DOMAIN_KEY_ROTATION_GRANT:
-		rc = dk_consume(kr, &s, c->consume_domain_key_rotation_grant, err);
+		rc = dk_consume(kr, &s, c->consume_domain_key_rotation_grant,
+				err);
 		break;
 	case KMS__V1__COMMAND__CMD_CONFIRM_DOMAIN_KEY:
 		rc = dk_confirm(kr, &s, c->confirm_domain_key, err);
 		if (rc == KMS_OK && rotation_done(kr, &s)) {
-			/* The last member dropped the old key: the rotation is over. */
+			/* The last member dropped the old key: the rotation is
+			 * over. */
 			s.rotating = 0;
 			s.n_installed = s.n_grants = s.n_destroyed = 0;
 			s.probe_len = 0;
@@ -454,10 +510,12 @@ int kr_apply_dk(kms_keyring *kr, const Kms__V1__Command *c, int dry, kms_err *er
 	return rc;
 }
 
-/* --- snapshots -------------------------------------------------------------- */
+/* --- snapshots --------------------------------------------------------------
+ */
 
 void kr_dk_to_message(const kms_dk_state *s, Kms__V1__DomainKeyState *m,
-		      Kms__V1__DomainKeyRotation *r, Kms__V1__DomainKeyRotationGrant *g,
+		      Kms__V1__DomainKeyRotation *r,
+		      Kms__V1__DomainKeyRotationGrant *g,
 		      Kms__V1__DomainKeyRotationGrant **gp)
 {
 	kms__v1__domain_key_state__init(m);
@@ -477,7 +535,8 @@ void kr_dk_to_message(const kms_dk_state *s, Kms__V1__DomainKeyState *m,
 	for (size_t i = 0; i < s->n_grants; i++) {
 		kms__v1__domain_key_rotation_grant__init(&g[i]);
 		g[i].node_id = s->grants[i].node_id;
-		g[i].transport_key_sha256.data = (uint8_t *)s->grants[i].transport_key_sha256;
+		g[i].transport_key_sha256.data =
+		    (uint8_t *)s->grants[i].transport_key_sha256;
 		g[i].transport_key_sha256.len = KMS_FINGERPRINT_LEN;
 		g[i].used = s->grants[i].used;
 		gp[i] = &g[i];
@@ -491,16 +550,18 @@ void kr_dk_to_message(const kms_dk_state *s, Kms__V1__DomainKeyState *m,
 	m->rotation = r;
 }
 
-static int ids_from(const uint64_t *in, size_t n, uint64_t *out, size_t *n_out, const char *what,
-		    kms_err *err)
+static int ids_from(const uint64_t *in, size_t n, uint64_t *out, size_t *n_out,
+		    const char *what, kms_err *err)
 {
 	if (n > KMS_MEMBERS_MAX)
-		return kms_errf(err, KMS_ERR_INVALID, "snapshot: %zu %s node ids, more than %d", n,
+		return kms_errf(err, KMS_ERR_INVALID,
+				"snapshot: %zu %s node ids, more than %d", n,
 				what, KMS_MEMBERS_MAX);
 	for (size_t i = 0; i < n; i++)
 		if (in[i] == 0 || (i > 0 && in[i - 1] >= in[i]))
 			return kms_errf(err, KMS_ERR_INVALID,
-					"snapshot: %s node ids are zero, out of order or repeated",
+					"snapshot: %s node ids are zero, out "
+					"of order or repeated",
 					what);
 	if (n > 0)
 		memcpy(out, in, n * sizeof(*in));
@@ -508,7 +569,8 @@ static int ids_from(const uint64_t *in, size_t n, uint64_t *out, size_t *n_out, 
 	return KMS_OK;
 }
 
-int kr_dk_from_message(const Kms__V1__DomainKeyState *m, kms_dk_state *out, kms_err *err)
+int kr_dk_from_message(const Kms__V1__DomainKeyState *m, kms_dk_state *out,
+		       kms_err *err)
 {
 	const Kms__V1__DomainKeyRotation *r;
 	kms_dk_state s;
@@ -523,7 +585,8 @@ int kr_dk_from_message(const Kms__V1__DomainKeyState *m, kms_dk_state *out, kms_
 	s.last_rotated_at_unix = m->last_rotated_at_unix;
 	if (s.highest < s.generation)
 		return kms_errf(err, KMS_ERR_INVALID,
-				"snapshot: domain-key generation %u is above the highest, %u",
+				"snapshot: domain-key generation %u is above "
+				"the highest, %u",
 				s.generation, s.highest);
 	r = m->rotation;
 	if (r != NULL) {
@@ -531,37 +594,46 @@ int kr_dk_from_message(const Kms__V1__DomainKeyState *m, kms_dk_state *out, kms_
 		s.rot_generation = r->generation;
 		s.switched = r->switched;
 		if (r->generation > s.highest || r->generation <= 1 ||
-		    (s.switched ? r->generation != s.generation : r->generation <= s.generation))
+		    (s.switched ? r->generation != s.generation
+				: r->generation <= s.generation))
 			return kms_errf(err, KMS_ERR_INVALID,
-					"snapshot: a rotation to generation %u does not fit "
+					"snapshot: a rotation to generation %u "
+					"does not fit "
 					"generation %u (highest %u)",
 					r->generation, s.generation, s.highest);
-		if (r->wrapped_probe.len == 0 || r->wrapped_probe.len > KMS_WRAPPED_MAX)
-			return kms_errf(err, KMS_ERR_INVALID,
-					"snapshot: a rotation needs a probe of 1..%d bytes",
-					KMS_WRAPPED_MAX);
+		if (r->wrapped_probe.len == 0 ||
+		    r->wrapped_probe.len > KMS_WRAPPED_MAX)
+			return kms_errf(
+			    err, KMS_ERR_INVALID,
+			    "snapshot: a rotation needs a probe of 1..%d bytes",
+			    KMS_WRAPPED_MAX);
 		memcpy(s.probe, r->wrapped_probe.data, r->wrapped_probe.len);
 		s.probe_len = r->wrapped_probe.len;
 		s.started_by = r->started_by;
 		s.started_at_unix = r->started_at_unix;
 		s.switched_at_unix = r->switched_at_unix;
-		KMS_TRY(ids_from(r->installed, r->n_installed, s.installed, &s.n_installed,
-				 "installed", err));
-		KMS_TRY(ids_from(r->destroyed, r->n_destroyed, s.destroyed, &s.n_destroyed,
-				 "destroyed", err));
+		KMS_TRY(ids_from(r->installed, r->n_installed, s.installed,
+				 &s.n_installed, "installed", err));
+		KMS_TRY(ids_from(r->destroyed, r->n_destroyed, s.destroyed,
+				 &s.n_destroyed, "destroyed", err));
 		if (r->n_grants > KMS_MEMBERS_MAX)
-			return kms_errf(err, KMS_ERR_INVALID, "snapshot: %zu rotation grants",
+			return kms_errf(err, KMS_ERR_INVALID,
+					"snapshot: %zu rotation grants",
 					r->n_grants);
 		for (size_t i = 0; i < r->n_grants; i++) {
 			const Kms__V1__DomainKeyRotationGrant *g = r->grants[i];
 
-			if (g->node_id == 0 || g->transport_key_sha256.len != KMS_FINGERPRINT_LEN ||
+			if (g->node_id == 0 ||
+			    g->transport_key_sha256.len !=
+				KMS_FINGERPRINT_LEN ||
 			    (i > 0 && r->grants[i - 1]->node_id >= g->node_id))
 				return kms_errf(err, KMS_ERR_INVALID,
-						"snapshot: a rotation grant is malformed or out of "
+						"snapshot: a rotation grant is "
+						"malformed or out of "
 						"order");
 			s.grants[i].node_id = g->node_id;
-			memcpy(s.grants[i].transport_key_sha256, g->transport_key_sha256.data,
+			memcpy(s.grants[i].transport_key_sha256,
+			       g->transport_key_sha256.data,
 			       KMS_FINGERPRINT_LEN);
 			s.grants[i].used = g->used;
 		}
@@ -571,18 +643,22 @@ int kr_dk_from_message(const Kms__V1__DomainKeyState *m, kms_dk_state *out, kms_
 	return KMS_OK;
 }
 
-/* --- builders ---------------------------------------------------------------- */
+/* --- builders ----------------------------------------------------------------
+ */
 
-int kms_keyring_cmd_dk_begin(uint32_t generation, const uint8_t *probe, size_t probe_len,
-			     uint64_t node_id, int64_t now_unix, kms_buf *out, kms_err *err)
+int kms_keyring_cmd_dk_begin(uint32_t generation, const uint8_t *probe,
+			     size_t probe_len, uint64_t node_id,
+			     int64_t now_unix, kms_buf *out, kms_err *err)
 {
-	Kms__V1__BeginDomainKeyRotationCommand b = KMS__V1__BEGIN_DOMAIN_KEY_ROTATION_COMMAND__INIT;
+	Kms__V1__BeginDomainKeyRotationCommand b =
+	    KMS__V1__BEGIN_DOMAIN_KEY_ROTATION_COMMAND__INIT;
 	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
 
-	if (probe == NULL || probe_len == 0 || probe_len > KMS_WRAPPED_MAX || generation < 2 ||
-	    node_id == 0)
+	if (probe == NULL || probe_len == 0 || probe_len > KMS_WRAPPED_MAX ||
+	    generation < 2 || node_id == 0)
 		return kms_errf(err, KMS_ERR_INVALID,
-				"BeginDomainKeyRotation needs a generation of 2 or more, a node and "
+				"BeginDomainKeyRotation needs a generation of "
+				"2 or more, a node and "
 				"a probe of 1..%d bytes",
 				KMS_WRAPPED_MAX);
 	b.generation = generation;
@@ -596,14 +672,17 @@ int kms_keyring_cmd_dk_begin(uint32_t generation, const uint8_t *probe, size_t p
 }
 
 int kms_keyring_cmd_dk_grant(uint64_t node_id, uint32_t generation,
-			     const uint8_t fp[KMS_FINGERPRINT_LEN], kms_buf *out, kms_err *err)
+			     const uint8_t fp[KMS_FINGERPRINT_LEN],
+			     kms_buf *out, kms_err *err)
 {
-	Kms__V1__GrantDomainKeyRotationCommand g = KMS__V1__GRANT_DOMAIN_KEY_ROTATION_COMMAND__INIT;
+	Kms__V1__GrantDomainKeyRotationCommand g =
+	    KMS__V1__GRANT_DOMAIN_KEY_ROTATION_COMMAND__INIT;
 	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
 
 	if (fp == NULL || node_id == 0)
-		return kms_errf(err, KMS_ERR_INVALID, "GrantDomainKeyRotation needs a node and a "
-						      "fingerprint");
+		return kms_errf(err, KMS_ERR_INVALID,
+				"GrantDomainKeyRotation needs a node and a "
+				"fingerprint");
 	g.node_id = node_id;
 	g.generation = generation;
 	g.transport_key_sha256.data = (uint8_t *)fp;
@@ -614,7 +693,8 @@ int kms_keyring_cmd_dk_grant(uint64_t node_id, uint32_t generation,
 }
 
 int kms_keyring_cmd_dk_consume(uint64_t node_id, uint32_t generation,
-			       const uint8_t fp[KMS_FINGERPRINT_LEN], kms_buf *out, kms_err *err)
+			       const uint8_t fp[KMS_FINGERPRINT_LEN],
+			       kms_buf *out, kms_err *err)
 {
 	Kms__V1__ConsumeDomainKeyRotationGrantCommand g =
 	    KMS__V1__CONSUME_DOMAIN_KEY_ROTATION_GRANT_COMMAND__INIT;
@@ -622,7 +702,8 @@ int kms_keyring_cmd_dk_consume(uint64_t node_id, uint32_t generation,
 
 	if (fp == NULL || node_id == 0)
 		return kms_errf(err, KMS_ERR_INVALID,
-				"ConsumeDomainKeyRotationGrant needs a node and a fingerprint");
+				"ConsumeDomainKeyRotationGrant needs a node "
+				"and a fingerprint");
 	g.node_id = node_id;
 	g.generation = generation;
 	g.transport_key_sha256.data = (uint8_t *)fp;
@@ -632,19 +713,23 @@ int kms_keyring_cmd_dk_consume(uint64_t node_id, uint32_t generation,
 	return kr_command_pack(&c, out, err);
 }
 
-int kms_keyring_cmd_dk_confirm(uint64_t node_id, uint32_t generation, int stage, kms_buf *out,
-			       kms_err *err)
+int kms_keyring_cmd_dk_confirm(uint64_t node_id, uint32_t generation, int stage,
+			       kms_buf *out, kms_err *err)
 {
-	Kms__V1__ConfirmDomainKeyCommand k = KMS__V1__CONFIRM_DOMAIN_KEY_COMMAND__INIT;
+	Kms__V1__ConfirmDomainKeyCommand k =
+	    KMS__V1__CONFIRM_DOMAIN_KEY_COMMAND__INIT;
 	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
 
-	if (node_id == 0 || (stage != KMS_DK_INSTALLED && stage != KMS_DK_OLD_DESTROYED))
-		return kms_errf(err, KMS_ERR_INVALID, "ConfirmDomainKey needs a node and a stage");
+	if (node_id == 0 ||
+	    (stage != KMS_DK_INSTALLED && stage != KMS_DK_OLD_DESTROYED))
+		return kms_errf(err, KMS_ERR_INVALID,
+				"ConfirmDomainKey needs a node and a stage");
 	k.node_id = node_id;
 	k.generation = generation;
-	k.stage = stage == KMS_DK_INSTALLED
-		      ? KMS__V1__DOMAIN_KEY_CONFIRMATION__DOMAIN_KEY_INSTALLED
-		      : KMS__V1__DOMAIN_KEY_CONFIRMATION__DOMAIN_KEY_OLD_DESTROYED;
+	k.stage =
+	    stage == KMS_DK_INSTALLED
+		? KMS__V1__DOMAIN_KEY_CONFIRMATION__DOMAIN_KEY_INSTALLED
+		: KMS__V1__DOMAIN_KEY_CONFIRMATION__DOMAIN_KEY_OLD_DESTROYED;
 	c.cmd_case = KMS__V1__COMMAND__CMD_CONFIRM_DOMAIN_KEY;
 	c.confirm_domain_key = &k;
 	return kr_command_pack(&c, out, err);
@@ -652,7 +737,8 @@ int kms_keyring_cmd_dk_confirm(uint64_t node_id, uint32_t generation, int stage,
 
 int kms_keyring_cmd_dk_abort(uint32_t generation, kms_buf *out, kms_err *err)
 {
-	Kms__V1__AbortDomainKeyRotationCommand a = KMS__V1__ABORT_DOMAIN_KEY_ROTATION_COMMAND__INIT;
+	Kms__V1__AbortDomainKeyRotationCommand a =
+	    KMS__V1__ABORT_DOMAIN_KEY_ROTATION_COMMAND__INIT;
 	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
 
 	a.generation = generation;
@@ -661,8 +747,8 @@ int kms_keyring_cmd_dk_abort(uint32_t generation, kms_buf *out, kms_err *err)
 	return kr_command_pack(&c, out, err);
 }
 
-int kms_keyring_wrapped_versions(kms_keyring *kr, kms_wrapped_version **out, size_t *n,
-				 kms_err *err)
+int kms_keyring_wrapped_versions(kms_keyring *kr, kms_wrapped_version **out,
+				 size_t *n, kms_err *err)
 {
 	size_t count = 0, k = 0;
 	kms_wrapped_version *v;
@@ -678,7 +764,8 @@ int kms_keyring_wrapped_versions(kms_keyring *kr, kms_wrapped_version **out, siz
 	v = kms_calloc(count ? count : 1, sizeof(*v));
 	if (v == NULL) {
 		pthread_rwlock_unlock(&kr->lock);
-		return kms_errf(err, KMS_ERR_NOMEM, "out of memory listing %zu versions", count);
+		return kms_errf(err, KMS_ERR_NOMEM,
+				"out of memory listing %zu versions", count);
 	}
 	for (size_t i = 0; i < kr->n; i++) {
 		const Kms__V1__KeyRecord *rec = kr->entries[i].rec;
@@ -686,12 +773,15 @@ int kms_keyring_wrapped_versions(kms_keyring *kr, kms_wrapped_version **out, siz
 		for (size_t j = 0; j < rec->n_versions; j++) {
 			const Kms__V1__KeyVersionRecord *r = rec->versions[j];
 
-			if (r->state == KMS__V1__KEY_VERSION_STATE__KEY_VERSION_DESTROYED)
+			if (r->state ==
+			    KMS__V1__KEY_VERSION_STATE__KEY_VERSION_DESTROYED)
 				continue;
-			snprintf(v[k].key_id, sizeof(v[k].key_id), "%s", rec->key_id);
+			snprintf(v[k].key_id, sizeof(v[k].key_id), "%s",
+				 rec->key_id);
 			v[k].version = r->version;
 			v[k].len = r->wrapped_material.len;
-			memcpy(v[k].wrapped, r->wrapped_material.data, v[k].len);
+			memcpy(v[k].wrapped, r->wrapped_material.data,
+			       v[k].len);
 			k++;
 		}
 	}
@@ -701,23 +791,27 @@ int kms_keyring_wrapped_versions(kms_keyring *kr, kms_wrapped_version **out, siz
 	return KMS_OK;
 }
 
-int kms_keyring_cmd_dk_switch(uint32_t generation, const kms_wrapped_version *v, size_t n,
-			      int64_t now_unix, kms_buf *out, kms_err *err)
+int kms_keyring_cmd_dk_switch(uint32_t generation, const kms_wrapped_version *v,
+			      size_t n, int64_t now_unix, kms_buf *out,
+			      kms_err *err)
 {
-	Kms__V1__SwitchDomainKeyCommand s = KMS__V1__SWITCH_DOMAIN_KEY_COMMAND__INIT;
+	Kms__V1__SwitchDomainKeyCommand s =
+	    KMS__V1__SWITCH_DOMAIN_KEY_COMMAND__INIT;
 	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
 	Kms__V1__RewrappedVersion *rv = NULL, **rp = NULL;
 	int rc;
 
 	if (v == NULL && n > 0)
-		return kms_errf(err, KMS_ERR_INVALID, "SwitchDomainKey: versions missing");
+		return kms_errf(err, KMS_ERR_INVALID,
+				"SwitchDomainKey: versions missing");
 	if (n > 0) {
 		rv = kms_calloc(n, sizeof(*rv));
 		rp = kms_calloc(n, sizeof(*rp));
 		if (rv == NULL || rp == NULL) {
 			kms_free(rv);
 			kms_free(rp);
-			return kms_errf(err, KMS_ERR_NOMEM, "out of memory building a switch");
+			return kms_errf(err, KMS_ERR_NOMEM,
+					"out of memory building a switch");
 		}
 	}
 	for (size_t i = 0; i < n; i++) {
@@ -740,10 +834,12 @@ int kms_keyring_cmd_dk_switch(uint32_t generation, const kms_wrapped_version *v,
 	return rc;
 }
 
-int kms_keyring_cmd_set_dk_generation(kms_buf *cmd, uint32_t generation, kms_err *err)
+int kms_keyring_cmd_set_dk_generation(kms_buf *cmd, uint32_t generation,
+				      kms_err *err)
 {
 	struct pb_state st = {0};
-	ProtobufCAllocator a = {.alloc = kr_pb_alloc, .free = kr_pb_free, .allocator_data = &st};
+	ProtobufCAllocator a = {
+	    .alloc = kr_pb_alloc, .free = kr_pb_free, .allocator_data = &st};
 	Kms__V1__Command *c;
 	kms_buf fresh = {0};
 	int rc = KMS_OK;
@@ -752,15 +848,19 @@ int kms_keyring_cmd_set_dk_generation(kms_buf *cmd, uint32_t generation, kms_err
 		return kms_errf(err, KMS_ERR_INVALID, "no command to stamp");
 	c = kms__v1__command__unpack(&a, cmd->len, cmd->data);
 	if (c == NULL)
-		return kms_errf(err, st.failed ? KMS_ERR_NOMEM : KMS_ERR_INVALID,
+		return kms_errf(err,
+				st.failed ? KMS_ERR_NOMEM : KMS_ERR_INVALID,
 				"command is not a valid kms.v1.Command");
-	if (c->cmd_case == KMS__V1__COMMAND__CMD_CREATE_KEY && c->create_key != NULL)
+	if (c->cmd_case == KMS__V1__COMMAND__CMD_CREATE_KEY &&
+	    c->create_key != NULL)
 		c->create_key->domain_key_generation = generation;
-	else if (c->cmd_case == KMS__V1__COMMAND__CMD_ROTATE_KEY && c->rotate_key != NULL)
+	else if (c->cmd_case == KMS__V1__COMMAND__CMD_ROTATE_KEY &&
+		 c->rotate_key != NULL)
 		c->rotate_key->domain_key_generation = generation;
 	else
 		rc = kms_errf(err, KMS_ERR_INVALID,
-			      "only CreateKey and RotateKey carry a domain-key generation");
+			      "only CreateKey and RotateKey carry a domain-key "
+			      "generation");
 	if (rc == KMS_OK)
 		rc = kr_command_pack(c, &fresh, err);
 	kr_pb_message_free(&c->base);
