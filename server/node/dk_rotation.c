@@ -45,7 +45,8 @@ struct kms_dk_rotation {
 	kms_hsm_key transport_priv, transport_pub;
 	kms_buf modulus, exponent;
 	uint8_t fingerprint[KMS_SHA256_LEN];
-	/* When this node first saw the switch to switched_gen (monotonic s). */
+	/* When this node first saw switched_gen current (monotonic s): after a
+	 * switch, or at start, with older keys still in the token. */
 	uint32_t switched_gen;
 	time_t switched_seen;
 	unsigned fetch_attempts;
@@ -632,7 +633,7 @@ void kms_dk_rotation_tick(struct kms_dk_rotation *r)
 		return;
 	kms_keyring_dk_state(node->kr, &st);
 	sync_node_keys(r, &st);
-	if (st.switched && r->switched_gen != st.generation) {
+	if (r->switched_gen != st.generation) {
 		r->switched_gen = st.generation;
 		r->switched_seen = mono_now();
 	}

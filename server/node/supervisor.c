@@ -10,6 +10,7 @@
 
 #include "kms/alloc.h"
 #include "kms/fingerprint.h"
+#include "kms/keyring_dk.h"
 #include "kms/log.h"
 #include "kms/v1/cluster.pb-c.h"
 #include "node/dk_rotation.h"
@@ -123,6 +124,7 @@ static void verify_probe(struct kms_supervisor *s)
 	kms_hsm_key k = 0;
 	kms_err err = {0};
 	char msg[KMS_ERRMSG_SIZE + 200];
+	kms_dk_state dks;
 	int never = 0;
 
 	if (atomic_load(&node->probe_verified) || atomic_load(&node->domain_key) == 0)
@@ -135,10 +137,11 @@ static void verify_probe(struct kms_supervisor *s)
 	if (!kms_dk_probe_checkable(node->dkrot, &never)) {
 		if (!never)
 			return;
+		kms_keyring_dk_state(node->kr, &dks);
 		snprintf(msg, sizeof(msg),
 			 "token '%s' holds no domain key of the cluster's generation %u nor a newer "
-			 "one; refusing to serve",
-			 node->cfg.hsm_token_label, atomic_load(&node->domain_key_gen));
+			 "one (it missed a rotation, or is not this cluster's); refusing to serve",
+			 node->cfg.hsm_token_label, dks.generation);
 		fatal(node, msg);
 		return;
 	}

@@ -1969,6 +1969,41 @@ START_TEST(test_rewrap_bad_input)
 }
 END_TEST
 
+/*
+ * Tokens from older kmsd versions: a DK without an unwrap template is
+ * copied like any other; one that is not even extractable (before joins)
+ * is used directly, which its missing template allows.
+ */
+START_TEST(test_rewrap_old_style_dk)
+{
+	CK_FUNCTION_LIST *f = raw_functions();
+	CK_SESSION_HANDLE h = raw_session(f);
+	kms_hsm_key dk2 = make_dk(DK_G2), k1, k2, old;
+	kms_hsm_rewrapper *rw = NULL;
+	kms_buf w, n;
+
+	for (int extractable = 1; extractable >= 0; extractable--) {
+		old = raw_aes_key(f, h, extractable ? "old-x" : "old-n", 32, CK_TRUE, CK_TRUE,
+				  extractable ? CK_TRUE : CK_FALSE);
+		w = make_master(old);
+		ck_assert_msg(kms_hsm_rewrap_open(hsm, old, &rw, &err) == KMS_OK, "open: %s",
+			      err.msg);
+		n = rewrap_one(rw, dk2, &w);
+		kms_hsm_rewrap_close(rw);
+		/* The direct path leaves the old DK in place. */
+		ck_assert_int_eq(raw_bool(f, h, old, CKA_EXTRACTABLE), extractable);
+		k1 = unwrap(old, &w);
+		k2 = unwrap(dk2, &n);
+		gcm_across(sess, k1, sess, k2);
+		kms_hsm_key_destroy(hsm, k1);
+		kms_hsm_key_destroy(hsm, k2);
+		kms_buf_free(&w);
+		kms_buf_free(&n);
+	}
+	ck_assert_int_eq(f->C_CloseSession(h), CKR_OK);
+}
+END_TEST
+
 /* The session objects the rewrapper holds, found behind its back. */
 static CK_OBJECT_HANDLE find_unwrapping_session_key(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h)
 {
@@ -2219,6 +2254,7 @@ static Suite *hsm_suite(void)
 	tcase_add_test(rotation, test_rewrap_same_key);
 	tcase_add_test(rotation, test_rewrap_bad_input);
 	tcase_add_test(rotation, test_rewrap_copy_locked);
+	tcase_add_test(rotation, test_rewrap_old_style_dk);
 	tcase_add_test(rotation, test_dk_generations);
 	suite_add_tcase(s, rotation);
 
