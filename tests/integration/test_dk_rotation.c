@@ -400,6 +400,34 @@ START_TEST(rotation_refusals)
 }
 END_TEST
 
+/*
+ * Abort before the switch: the cluster stays on its key, the new one is
+ * destroyed wherever it arrived, and its generation is never used again.
+ */
+START_TEST(abort_before_switch)
+{
+	Kms__V1__DomainKeyStatusResponse *r;
+	kms_rpc_status st;
+	uint32_t cur, gen = 0, aborted = 0;
+	int l = leader();
+
+	r = dk_status(l);
+	ck_assert_ptr_nonnull(r);
+	cur = r->generation;
+	FREE(r);
+	ck_assert_msg(rotate(l, "admin", 0, &gen, &st) == 0, "RotateDomainKey: %s", st.details);
+	ck_assert_int_eq(rotate((l + 1) % N, "app", 1, &aborted, &st), S_DENIED);
+	ck_assert_msg(rotate((l + 1) % N, "admin", 1, &aborted, &st) == 0, "abort: %s", st.details);
+	ck_assert_uint_eq(aborted, gen);
+	wait_settled(cur);
+	every_blob_everywhere();
+	ck_assert_msg(rotate(l, "admin", 0, &gen, &st) == 0, "RotateDomainKey: %s", st.details);
+	ck_assert_uint_eq(gen, aborted + 1);
+	wait_settled(gen);
+	every_blob_everywhere();
+}
+END_TEST
+
 /* kill -9 of node n, then start it again (it rejoins by its log). */
 static void kill_and_restart(int n)
 {
@@ -458,6 +486,7 @@ static Suite *dk_rotation_suite(void)
 	tcase_set_timeout(tc, 900);
 	tcase_add_test(tc, rotation_refusals);
 	tcase_add_test(tc, rotation_under_load);
+	tcase_add_test(tc, abort_before_switch);
 	tcase_add_test(tc, kill_9_at_each_step);
 	suite_add_tcase(s, tc);
 	return s;
