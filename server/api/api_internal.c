@@ -90,16 +90,26 @@ static int forward_gate(kms_node *node, uint64_t peer_id, const char *principal,
 	case KMS__V1__COMMAND__CMD_GRANT_DOMAIN_KEY_ROTATION:
 	case KMS__V1__COMMAND__CMD_CONSUME_DOMAIN_KEY_ROTATION_GRANT:
 	case KMS__V1__COMMAND__CMD_CONFIRM_DOMAIN_KEY: {
-		/* A member's own steps of a rotation: its grant (asked for by
-		 * itself, used by the holder on its behalf), its confirmations. */
-		uint64_t id = c->grant_domain_key_rotation != NULL
-				  ? c->grant_domain_key_rotation->node_id
-			      : c->consume_domain_key_rotation_grant != NULL
-				  ? c->consume_domain_key_rotation_grant->node_id
-			      : c->confirm_domain_key != NULL ? c->confirm_domain_key->node_id
-							      : 0;
+		/*
+		 * A member's own steps of a rotation: its grant and its
+		 * confirmations, which only it forwards; the use of its grant,
+		 * which the holder it fetched from forwards in its name (as with
+		 * ConsumeJoinGrant).
+		 */
+		int own = c->cmd_case != KMS__V1__COMMAND__CMD_CONSUME_DOMAIN_KEY_ROTATION_GRANT;
+		uint64_t id = 0;
 
-		if (id == 0 || !principal_is_node(node, principal, id))
+		/* The oneof's members share one pointer: read the one set. */
+		if (c->cmd_case == KMS__V1__COMMAND__CMD_GRANT_DOMAIN_KEY_ROTATION &&
+		    c->grant_domain_key_rotation != NULL)
+			id = c->grant_domain_key_rotation->node_id;
+		else if (!own && c->consume_domain_key_rotation_grant != NULL)
+			id = c->consume_domain_key_rotation_grant->node_id;
+		else if (c->cmd_case == KMS__V1__COMMAND__CMD_CONFIRM_DOMAIN_KEY &&
+			 c->confirm_domain_key != NULL)
+			id = c->confirm_domain_key->node_id;
+
+		if (id == 0 || !principal_is_node(node, principal, id) || (own && peer_id != id))
 			rc = kms_errf(err, KMS_ERR_PERMISSION,
 				      "principal '%s' may not take node %llu's domain-key rotation "
 				      "steps",
