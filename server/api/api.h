@@ -23,6 +23,9 @@ extern const kms_method kms_api_operator_methods[];
 extern const size_t kms_api_operator_n_methods;
 extern const kms_method kms_api_internal_methods[];
 extern const size_t kms_api_internal_n_methods;
+/* DomainKeyStatus (Operator) and FetchRotationDomainKey (Internal). */
+extern const kms_method kms_api_domain_key_methods[];
+extern const size_t kms_api_domain_key_n_methods;
 
 /* KMS_OK when this node can take a write now (kms_node_can_write), else
  * KMS_ERR_UNAVAILABLE saying why not. */
@@ -45,6 +48,10 @@ typedef struct kms_leader_op {
 		  kms_buf *out, kms_err *err);
 	const ProtobufCMessageDescriptor *request;
 } kms_leader_op;
+
+/* RotateDomainKey's leader operation (api_domain_key.c). */
+int kms_api_op_rotate_domain_key(struct kms_node *node, const char *principal,
+				 const uint8_t *data, size_t len, kms_buf *out, kms_err *err);
 
 /* The leader operation for method ("/kms.v1.Operator/AddMember"), or NULL. */
 const kms_leader_op *kms_api_leader_op(const char *method);

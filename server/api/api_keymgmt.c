@@ -9,7 +9,9 @@
 #include "kms/blob.h"
 #include "kms/client.h"
 #include "kms/log.h"
+#include "kms/keyring_dk.h"
 #include "kms/policy.h"
+#include "node/dk_rotation.h"
 #include "node/node.h"
 
 #define LIST_DEFAULT_PAGE 100
@@ -92,6 +94,8 @@ static void create_key(void *app, kms_call *call, const uint8_t *data, size_t le
 	Kms__V1__CreateKeyRequest *req = kms__v1__create_key_request__unpack(NULL, len, data);
 	kms_buf wrapped = {0}, cmd = {0};
 	struct create_wait *w = NULL;
+	kms_hsm_key dk = 0;
+	uint32_t dk_gen = 0;
 	kms_err err = {0};
 	int rc;
 
@@ -114,12 +118,14 @@ static void create_key(void *app, kms_call *call, const uint8_t *data, size_t le
 		goto out;
 	}
 	KMS_TRY_GOTO(rc, kms_api_can_write(node, &err), out);
-	KMS_TRY_GOTO(rc, kms_hsm_master_key_create(kms_call_worker(call),
-						   atomic_load(&node->domain_key), &wrapped, &err),
+	kms_dk_current(node, &dk, &dk_gen);
+	KMS_TRY_GOTO(rc, kms_hsm_master_key_create(kms_call_worker(call), dk, &wrapped, &err),
 		     out);
 	KMS_TRY_GOTO(rc, kms_keyring_cmd_create_key(req->key_id, req->description, req->policy,
 						    principal, (int64_t)time(NULL), wrapped.data,
 						    wrapped.len, &cmd, &err), out);
+	/* So that it lands only if the cluster is still on that key. */
+	KMS_TRY_GOTO(rc, kms_keyring_cmd_set_dk_generation(&cmd, dk_gen, &err), out);
 	w = kms_calloc(1, sizeof(*w));
 	if (w == NULL) {
 		rc = kms_errf(&err, KMS_ERR_NOMEM, "out of memory creating a key");

@@ -310,6 +310,8 @@ static const kms_leader_op leader_ops[] = {
 	 &kms__v1__remove_member_request__descriptor},
 	{"/kms.v1.Operator/SetAdministrators", op_set_administrators,
 	 &kms__v1__set_administrators_request__descriptor},
+	{"/kms.v1.Operator/RotateDomainKey", kms_api_op_rotate_domain_key,
+	 &kms__v1__rotate_domain_key_request__descriptor},
 };
 
 const kms_leader_op *kms_api_leader_op(const char *method)
@@ -400,6 +402,11 @@ static void set_administrators(void *app, kms_call *call, const uint8_t *data, s
 	run_on_leader(app, call, "/kms.v1.Operator/SetAdministrators", data, len);
 }
 
+static void rotate_domain_key(void *app, kms_call *call, const uint8_t *data, size_t len)
+{
+	run_on_leader(app, call, "/kms.v1.Operator/RotateDomainKey", data, len);
+}
+
 static void list_administrators(void *app, kms_call *call, const uint8_t *data, size_t len)
 {
 	kms_node *node = app;
@@ -438,6 +445,8 @@ const kms_method kms_api_operator_methods[] = {
 	 &kms__v1__list_administrators_request__descriptor, 0},
 	{"/kms.v1.Operator/SetAdministrators", set_administrators, KMS_CALLERS_SERVICES,
 	 &kms__v1__set_administrators_request__descriptor, 0},
+	{"/kms.v1.Operator/RotateDomainKey", rotate_domain_key, KMS_CALLERS_SERVICES,
+	 &kms__v1__rotate_domain_key_request__descriptor, 0},
 };
 const size_t kms_api_operator_n_methods =
 	sizeof(kms_api_operator_methods) / sizeof(kms_api_operator_methods[0]);

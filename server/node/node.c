@@ -17,6 +17,7 @@
 #include "api/api.h"
 #include "api/encryption_budget.h"
 #include "node/coredump.h"
+#include "node/dk_rotation.h"
 #include "node/forward.h"
 #include "kms/alloc.h"
 #include "kms/log.h"
@@ -92,9 +93,20 @@ static int open_hsm(kms_node *node, kms_err *err)
 static int find_domain_key(kms_node *node, int fresh, kms_err *err)
 {
 	int joining = node->cfg.join_seeds != NULL;
+	char label[KMS_HSM_DK_LABEL_MAX];
+	uint32_t gens[8];
+	size_t n = 0;
 	kms_hsm_key dk = 0;
-	int rc = kms_hsm_domain_key(node->hsm, node->cfg.domain_key_label, fresh && !joining, &dk,
-				    err);
+	int rc;
+
+	/*
+	 * After rotations the token holds generation N (label.gN), and for a
+	 * while N - 1 or N + 1 too: start with the newest; the rotation
+	 * module picks the state's generation once the state is loaded.
+	 */
+	KMS_TRY(kms_hsm_dk_generations(node->hsm, node->cfg.domain_key_label, gens, 8, &n, err));
+	KMS_TRY(kms_hsm_dk_label(node->cfg.domain_key_label, n > 0 ? gens[n - 1] : 1, label, err));
+	rc = kms_hsm_domain_key(node->hsm, label, fresh && !joining, &dk, err);
 
 	if (rc == KMS_ERR_NOT_FOUND && joining)
 		return KMS_OK;
@@ -114,6 +126,7 @@ static int find_domain_key(kms_node *node, int fresh, kms_err *err)
 				"receives the cluster's domain key; give it a fresh token",
 				node->cfg.hsm_token_label, node->cfg.domain_key_label,
 				node->cfg.data_dir);
+	atomic_store(&node->domain_key_gen, n > 0 ? gens[n - 1] : 1);
 	atomic_store(&node->domain_key, dk);
 	return KMS_OK;
 }
@@ -510,8 +523,9 @@ static int start_rpc(kms_node *node, kms_err *err)
 
 	if (key == NULL)
 		return kms_errf(err, KMS_ERR_NOMEM, "out of memory");
-	if (kms_api_keymgmt_n_methods + kms_api_health_n_methods + kms_api_operator_n_methods +
-		    kms_api_internal_n_methods >
+	if (kms_api_keymgmt_n_methods + kms_api_keyadmin_n_methods + kms_api_batch_n_methods +
+		    kms_api_health_n_methods + kms_api_operator_n_methods +
+		    kms_api_internal_n_methods + kms_api_domain_key_n_methods >
 	    MAX_METHODS) {
 		kms_free(key);
 		return kms_errf(err, KMS_ERR_INTERNAL, "more gRPC methods than MAX_METHODS (%d)",
@@ -530,6 +544,8 @@ static int start_rpc(kms_node *node, kms_err *err)
 		methods[n_methods++] = kms_api_operator_methods[i];
 	for (size_t i = 0; i < kms_api_internal_n_methods; i++)
 		methods[n_methods++] = kms_api_internal_methods[i];
+	for (size_t i = 0; i < kms_api_domain_key_n_methods; i++)
+		methods[n_methods++] = kms_api_domain_key_methods[i];
 	memset(&o, 0, sizeof(o));
 	o.listen = node->cfg.grpc_listen;
 	o.tls = &node->tls;
@@ -587,6 +603,7 @@ int kms_node_start(const char *config_path, kms_node **out, kms_err *err)
 	KMS_TRY_GOTO(rc, check_own_certificate(node, err), fail);
 	KMS_TRY_GOTO(rc, open_hsm(node, err), fail);
 	KMS_TRY_GOTO(rc, find_domain_key(node, fresh, err), fail);
+	KMS_TRY_GOTO(rc, kms_dk_rotation_new(node, &node->dkrot, err), fail);
 	KMS_TRY_GOTO(rc, kms_keyring_new(&node->kr, err), fail);
 	kms_keyring_set_release(node->kr, release_handle, node->hsm);
 	kms_keyring_set_handle_limit(node->kr, node->cfg.max_unwrapped_versions);
@@ -664,6 +681,7 @@ void kms_node_stop(kms_node *node)
 	/* After Raft and the workers: every reservation has had its answer. */
 	kms_budget_free(node->budget);
 	kms_keyring_free(node->kr);
+	kms_dk_rotation_free(node->dkrot);
 	kms_hsm_close(node->hsm);
 	kms_authn_free(node->authn);
 	kms_config_free(&node->cfg);

@@ -19,6 +19,7 @@
 #include "tls/tls_files.h"
 
 struct kms_budget;
+struct kms_dk_rotation;
 struct kms_forwarder;
 struct kms_supervisor;
 struct kms_tls_watch;
@@ -31,6 +32,13 @@ typedef struct kms_node {
 	/* 0 until this node holds the domain key (a joining node receives it
 	 * from a member after admission). */
 	_Atomic unsigned long domain_key;
+	/* Its generation, and during a rotation the other live domain key
+	 * (the new one before the switch, the old one after it until it is
+	 * destroyed); an unwrap that fails under domain_key tries it
+	 * (node/dk_rotation.c keeps the three in step with the state). */
+	_Atomic uint32_t domain_key_gen;
+	_Atomic unsigned long domain_key_alt;
+	struct kms_dk_rotation *dkrot;
 	atomic_int probe_verified; /* the token's domain key is the cluster's */
 	atomic_int fatal;          /* a check failed: stop and exit non-zero */
 	kms_authn *authn;          /* who a TLS peer is (services apart from nodes) */

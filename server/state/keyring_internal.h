@@ -10,6 +10,7 @@
 
 #include "kms/alloc.h"
 #include "kms/keyring.h"
+#include "kms/keyring_dk.h"
 #include "kms/v1/state.pb-c.h"
 
 #define KEYRING_SNAPSHOT_FORMAT 1
@@ -99,6 +100,7 @@ struct kms_keyring {
 	kms_keyring_release_fn release;
 	void *release_arg;
 	struct kr_lru lru; /* the bound on recorded handles, keyring_handles.c */
+	kms_dk_state dk; /* the domain key's generation and rotation */
 };
 
 /*
@@ -148,6 +150,20 @@ struct kr_arena {
 void kr_arena_init(struct kr_arena *a);
 void kr_arena_reset(struct kr_arena *a);
 void kr_arena_free(struct kr_arena *a);
+
+/* --- the domain key's state (keyring_domain_key.c) --- */
+
+/* The state of a new key ring, or of a snapshot without one. */
+void kr_dk_reset(kms_dk_state *s);
+/* The six rotation commands (dry: decide only), and CreateKey/RotateKey's
+ * generation (lock held). */
+int kr_apply_dk(kms_keyring *kr, const Kms__V1__Command *c, int dry, kms_err *err);
+int kr_dk_generation_check(const struct kms_keyring *kr, uint32_t generation, kms_err *err);
+/* Snapshot: *m borrows from s while packed; restore: checked copy into *out. */
+void kr_dk_to_message(const kms_dk_state *s, Kms__V1__DomainKeyState *m,
+		      Kms__V1__DomainKeyRotation *r, Kms__V1__DomainKeyRotationGrant *g,
+		      Kms__V1__DomainKeyRotationGrant **gp);
+int kr_dk_from_message(const Kms__V1__DomainKeyState *m, kms_dk_state *out, kms_err *err);
 
 /* --- records and their lifecycle rules (keyring_record.c) --- */
 

@@ -221,6 +221,7 @@ int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len, kms_er
 	struct kr_entry *fresh = NULL, *old;
 	struct kr_alias_table aliases = {0}, old_aliases;
 	char **admins = NULL, **old_admins;
+	kms_dk_state dk;
 	size_t i, n_keys = 0, built = 0, old_n, old_n_admins, n_admins = 0;
 	int rc = KMS_OK;
 
@@ -245,6 +246,7 @@ int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len, kms_er
 		}
 		n_admins = s->n_administrators;
 	}
+	KMS_TRY_GOTO(rc, kr_dk_from_message(s->domain_key, &dk, err), out);
 	fresh = kms_calloc(n_keys > 0 ? n_keys : 1, sizeof(*fresh));
 	if (fresh == NULL) {
 		rc = kms_errf(err, KMS_ERR_NOMEM, "out of memory restoring a snapshot");
@@ -268,6 +270,7 @@ int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len, kms_er
 	if (s->domain_key_probe.len > 0)
 		memcpy(kr->probe, s->domain_key_probe.data, s->domain_key_probe.len);
 	kr->probe_len = s->domain_key_probe.len;
+	kr->dk = dk;
 	old_admins = kr->admins;
 	old_n_admins = kr->n_admins;
 	kr->admins = admins;

@@ -301,6 +301,7 @@ int kms_keyring_new(kms_keyring **out, kms_err *err)
 				"cannot create the key ring lock (error %d)",
 				rc);
 	}
+	kr_dk_reset(&kr->dk);
 	*out = kr;
 	return KMS_OK;
 }
@@ -353,6 +354,8 @@ int kr_check_create_key(kms_keyring *kr, const Kms__V1__CreateKeyCommand *ck, km
 	(void)kr_find_pos(kr, ck->key->key_id, &found);
 	if (found)
 		rc = kms_errf(err, KMS_ERR_EXISTS, "key '%s' already exists", ck->key->key_id);
+	else
+		rc = kr_dk_generation_check(kr, ck->domain_key_generation, err);
 	pthread_rwlock_unlock(&kr->lock);
 	return rc;
 }
@@ -377,6 +380,7 @@ int kr_apply_create_key(kms_keyring *kr,
 			      e.rec->key_id);
 		goto unlock;
 	}
+	KMS_TRY_GOTO(rc, kr_dk_generation_check(kr, ck->domain_key_generation, err), unlock);
 	if (kr->n == kr->cap) {
 		size_t cap = kr->cap ? kr->cap * 2 : 16;
 		struct kr_entry *grown =
@@ -445,6 +449,13 @@ static int run_command(kms_keyring *kr, const Kms__V1__Command *c, int dry, kms_
 		return kr_apply_delete_alias(kr, c->delete_alias, dry, err);
 	case KMS__V1__COMMAND__CMD_RESERVE_ENCRYPTIONS:
 		return kr_apply_reserve_encryptions(kr, c->reserve_encryptions, dry, err);
+	case KMS__V1__COMMAND__CMD_BEGIN_DOMAIN_KEY_ROTATION:
+	case KMS__V1__COMMAND__CMD_GRANT_DOMAIN_KEY_ROTATION:
+	case KMS__V1__COMMAND__CMD_CONSUME_DOMAIN_KEY_ROTATION_GRANT:
+	case KMS__V1__COMMAND__CMD_CONFIRM_DOMAIN_KEY:
+	case KMS__V1__COMMAND__CMD_SWITCH_DOMAIN_KEY:
+	case KMS__V1__COMMAND__CMD_ABORT_DOMAIN_KEY_ROTATION:
+		return kr_apply_dk(kr, c, dry, err);
 	case KMS__V1__COMMAND__CMD__NOT_SET:
 	default:
 		return kms_errf(err, KMS_ERR_INVALID,
@@ -492,6 +503,9 @@ int kms_keyring_snapshot(kms_keyring *kr, void *(*alloc)(size_t), kms_buf *out,
 	Kms__V1__KeyRecord **recs = NULL;
 	Kms__V1__MemberRecord mrec[KMS_MEMBERS_MAX], *mptr[KMS_MEMBERS_MAX];
 	Kms__V1__JoinGrant grants[KMS_MEMBERS_MAX];
+	Kms__V1__DomainKeyState dks;
+	Kms__V1__DomainKeyRotation dkr;
+	Kms__V1__DomainKeyRotationGrant dkg[KMS_MEMBERS_MAX], *dkgp[KMS_MEMBERS_MAX];
 	size_t i, len;
 	int rc = KMS_OK;
 
@@ -535,6 +549,8 @@ int kms_keyring_snapshot(kms_keyring *kr, void *(*alloc)(size_t), kms_buf *out,
 	snap.n_administrators = kr->n_admins;
 	snap.aliases = kr->aliases;
 	snap.n_aliases = kr->n_aliases;
+	kr_dk_to_message(&kr->dk, &dks, &dkr, dkg, dkgp);
+	snap.domain_key = &dks;
 	len = kms__v1__key_ring_snapshot__get_packed_size(&snap);
 	out->data = alloc(len);
 	if (out->data == NULL) {

@@ -64,6 +64,7 @@ int kr_apply_rotate_key(kms_keyring *kr, const Kms__V1__RotateKeyCommand *c, int
 	kr_lock(kr, dry);
 	KMS_TRY_GOTO(rc, kr_entry_for(kr, c->key_id, &e, err), out);
 	KMS_TRY_GOTO(rc, kr_state_refusal(e->rec, err), out);
+	KMS_TRY_GOTO(rc, kr_dk_generation_check(kr, c->domain_key_generation, err), out);
 	n = e->rec->n_versions;
 	if (n >= KMS_KEY_VERSIONS_MAX) {
 		rc = kms_errf(err, KMS_ERR_PRECONDITION,
