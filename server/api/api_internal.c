@@ -238,6 +238,8 @@ static void forward(void *app, kms_call *call, const uint8_t *data, size_t len)
 		kms_call_fail(call, KMS_ERR_INVALID, "malformed ForwardRequest");
 		return;
 	}
+	/* The leader's record names the caller the follower served too. */
+	kms_call_audit_on_behalf_of(call, req->principal);
 	if (require_member_node(node, call) != 0)
 		forward_writes(node, call, &req, 1, 0);
 	kms__v1__forward_request__free_unpacked(req, NULL);
@@ -262,6 +264,7 @@ static void forward_batch(void *app, kms_call *call, const uint8_t *data, size_t
 		kms_call_fail(call, KMS_ERR_INVALID, msg);
 		goto out;
 	}
+	kms_call_audit_items(call, (unsigned)req->n_writes);
 	forward_writes(node, call, req->writes, req->n_writes, 1);
 out:
 	kms__v1__forward_batch_request__free_unpacked(req, NULL);
