@@ -64,8 +64,11 @@ static int data_dir_is_new(const char *dir)
 		uv_fs_req_cleanup(&req);
 		return 1;
 	}
-	if (uv_fs_scandir_next(&req, &ent) != UV_EOF)
-		fresh = 0;
+	/* The audit file is not Raft state: a node stopped before it had any
+	 * (a joining node not yet admitted) still starts as new. */
+	while (fresh && uv_fs_scandir_next(&req, &ent) != UV_EOF)
+		if (strcmp(ent.name, "audit.log") != 0)
+			fresh = 0;
 	uv_fs_req_cleanup(&req);
 	return fresh;
 }

@@ -324,6 +324,65 @@ START_TEST(test_tampered)
 }
 END_TEST
 
+/* --- a write through a follower: a record on each node --- */
+
+#define N 3
+static kms_test_node nodes[N];
+
+static void cluster_teardown(void)
+{
+	for (int i = 0; i < N; i++)
+		if (nodes[i].pid > 0)
+			kms_test_node_signal(&nodes[i], SIGTERM);
+	kms_test_env_destroy(&env);
+}
+
+START_TEST(test_forwarded)
+{
+	char path[PATH_MAX], node_id[128];
+	kms_client *admin;
+	kms_rpc_status st;
+	json_t *all, *r;
+	int l, f;
+
+	kms_test_cluster_up(&env, nodes, N,
+			    "--audit-option checkpoint_seconds=1");
+	l = kms_test_wait_leader(nodes, N, 10000);
+	ck_assert_int_ge(l, 0);
+	f = (l + 1) % N;
+	admin = kms_test_client(&nodes[f], "admin");
+	ck_assert_int_eq(
+	    kms_test_create_key(admin, "through-a-follower", KMS_TEST_APP, &st),
+	    0);
+	kms_client_close(admin);
+
+	/* The follower: the client's call, with the status the client got. */
+	KMS_TEST_PATH(path, "%s/data/audit.log", nodes[f].dir);
+	all = call_records(path);
+	r = find(all, KM "CreateKey", KMS_TEST_ADMIN);
+	ck_assert_ptr_nonnull(r);
+	ck_assert_str_eq(str(r, "key_id"), "through-a-follower");
+	ck_assert_int_eq(num(r, "code"), 0);
+	ck_assert_int_eq(num(r, "node"), (long long)nodes[f].id);
+	json_decref(all);
+
+	/* The leader: the forwarded batch from the follower's node identity,
+	 * on behalf of the client. */
+	KMS_TEST_PATH(path, "%s/data/audit.log", nodes[l].dir);
+	snprintf(node_id, sizeof(node_id), KMS_TEST_TD "/kmsd/node/%u",
+		 nodes[f].id);
+	all = call_records(path);
+	ck_assert_ptr_null(find(all, KM "CreateKey", KMS_TEST_ADMIN));
+	r = find(all, "/kms.v1.Internal/ForwardBatch", node_id);
+	ck_assert_ptr_nonnull(r);
+	ck_assert_str_eq(str(r, "on_behalf_of"), KMS_TEST_ADMIN);
+	ck_assert_int_eq(num(r, "items"), 1);
+	ck_assert_int_eq(num(r, "code"), 0);
+	ck_assert_int_eq(num(r, "node"), (long long)nodes[l].id);
+	json_decref(all);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("audit");
@@ -334,6 +393,11 @@ int main(void)
 	tcase_set_timeout(tc, 180);
 	tcase_add_test(tc, test_records);
 	tcase_add_test(tc, test_tampered);
+	suite_add_tcase(s, tc);
+	tc = tcase_create("cluster");
+	tcase_add_checked_fixture(tc, NULL, cluster_teardown);
+	tcase_set_timeout(tc, 240);
+	tcase_add_test(tc, test_forwarded);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	return kms_check_run(sr);
