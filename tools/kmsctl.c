@@ -1984,7 +1984,8 @@ static json_t *member_status_json(const Kms__V1__MemberStatus *m)
 {
 	static const char *const names[] = {
 	    "id",   "raft_address", "grpc_address",  "role", "raft_role",
-	    "term", "commit_index", "applied_index", "lag",  "error"};
+	    "term", "commit_index", "applied_index", "lag",  "error",
+	    "hsm_secret_keys"};
 	json_t *values[sizeof(names) / sizeof(names[0])];
 	json_t *o = json_object();
 
@@ -1998,6 +1999,7 @@ static json_t *member_status_json(const Kms__V1__MemberStatus *m)
 	values[7] = json_u64(m->applied_index);
 	values[8] = json_u64(m->lag);
 	values[9] = json_string(m->error);
+	values[10] = json_u64(m->hsm_secret_keys);
 	if (o == NULL) {
 		size_t i;
 
@@ -2048,18 +2050,19 @@ enum status_col {
 	COL_COMMIT,
 	COL_APPLIED,
 	COL_LAG,
+	COL_HSM_KEYS,
 	COL_ERROR,
 	NCOLS
 };
 
 static const char *const col_names[NCOLS] = {
-    "ID",   "ADDRESS", "RAFT-ADDRESS", "ROLE", "RAFT-ROLE",
-    "TERM", "COMMIT",  "APPLIED",      "LAG",  "ERROR"};
+    "ID",   "ADDRESS", "RAFT-ADDRESS", "ROLE",     "RAFT-ROLE",
+    "TERM", "COMMIT",  "APPLIED",      "LAG",      "HSM-KEYS", "ERROR"};
 
 /* One member's cells; the strings point into the response or into num. */
 struct status_row {
 	const char *cell[NCOLS];
-	char num[5][24]; /* id, term, commit, applied, lag */
+	char num[6][24]; /* id, term, commit, applied, lag, HSM keys */
 };
 
 static const char *cell_str(const char *s)
@@ -2072,13 +2075,13 @@ static void fill_row(struct status_row *r, const Kms__V1__MemberStatus *m)
 	/* A member the leader could not ask has no Raft figures of its own. */
 	int unknown = strcmp(m->role, "unreachable") == 0 ||
 		      strcmp(m->role, "unavailable") == 0;
-	const uint64_t nums[5] = {m->id, m->term, m->commit_index,
-				  m->applied_index, m->lag};
-	static const enum status_col num_cols[5] = {
-	    COL_ID, COL_TERM, COL_COMMIT, COL_APPLIED, COL_LAG};
+	const uint64_t nums[6] = {m->id,	   m->term, m->commit_index,
+				  m->applied_index, m->lag,  m->hsm_secret_keys};
+	static const enum status_col num_cols[6] = {COL_ID,	 COL_TERM, COL_COMMIT,
+						    COL_APPLIED, COL_LAG,  COL_HSM_KEYS};
 	size_t i;
 
-	for (i = 0; i < 5; i++) {
+	for (i = 0; i < 6; i++) {
 		snprintf(r->num[i], sizeof(r->num[i]), "%" PRIu64, nums[i]);
 		r->cell[num_cols[i]] = i > 0 && unknown ? "-" : r->num[i];
 	}

@@ -54,8 +54,8 @@ static int principal_is_node(kms_node *node, const char *principal, uint64_t wan
  * administrators list and the domain-key check never come this way: they
  * run on the leader (Relay, or the leader's own bookkeeping).
  */
-static int forward_gate(kms_node *node, const char *principal, const uint8_t *cmd, size_t len,
-			kms_err *err)
+static int forward_gate(kms_node *node, uint64_t peer_id, const char *principal,
+			const uint8_t *cmd, size_t len, kms_err *err)
 {
 	Kms__V1__Command *c = kms__v1__command__unpack(NULL, len, cmd);
 	char q[KMS_QUOTE_MAX + 4];
@@ -87,8 +87,13 @@ static int forward_gate(kms_node *node, const char *principal, const uint8_t *cm
 				      (unsigned long long)c->consume_join_grant->node_id);
 		break;
 	case KMS__V1__COMMAND__CMD_RESERVE_ENCRYPTIONS:
-		/* A node reserves encryptions for itself alone. */
-		if (!principal_is_node(node, principal, c->reserve_encryptions->node_id))
+		/*
+		 * A node reserves encryptions for itself alone: the member that
+		 * forwards it, whatever principal it names (only the node's own
+		 * budget ever reserves, so the two always agree).
+		 */
+		if (peer_id != c->reserve_encryptions->node_id ||
+		    !principal_is_node(node, principal, c->reserve_encryptions->node_id))
 			rc = kms_errf(err, KMS_ERR_PERMISSION,
 				      "principal '%s' may not reserve encryptions for node %llu",
 				      kms_quote(principal, q),
@@ -214,8 +219,9 @@ static void forward_writes(kms_node *node, kms_call *call, Kms__V1__ForwardReque
 			it->not_leader = 1;
 			it->leader_id = v.leader_id;
 			fwd_release(w);
-		} else if (forward_gate(node, writes[i]->principal, writes[i]->command.data,
-					writes[i]->command.len, &err) != KMS_OK) {
+		} else if (forward_gate(node, kms_call_peer(call)->node_id, writes[i]->principal,
+					writes[i]->command.data, writes[i]->command.len,
+					&err) != KMS_OK) {
 			KMS_LOG_W("refused a write forwarded by node %llu: %s",
 				  (unsigned long long)kms_call_peer(call)->node_id, err.msg);
 			fwd_item_set(it, err.code, err.msg, 0);

@@ -312,12 +312,17 @@ if expect "cluster status as admin" 0 "leader: 1" admin cluster status; then
 	verify "cluster status: exactly one member, node 1 the leader" \
 		test "$(awk 'NR > 2 && NF' "$OUT" | wc -l)" -eq 1 -a \
 		"$(awk 'NR == 3 { print $1, $2, $3, $4 }' "$OUT")" = "1 $ENDPOINT $RAFT leader"
+	# The domain key at least: the HSM-KEYS column counts the node's secret keys.
+	verify "cluster status: an HSM-KEYS column counting the domain key" \
+		test "$(awk 'NR == 2 { print $10 }' "$OUT")" = HSM-KEYS -a \
+		"$(awk 'NR == 3 { print ($10 >= 1) }' "$OUT")" = 1
 fi
 if expect "cluster status --json as admin" 0 "" admin --json cluster status; then
 	verify "cluster status --json: leader_id 1, one voter member" \
 		json "$OUT" "j['leader_id'] == 1 and len(j['members']) == 1 and
 j['members'][0]['id'] == 1 and j['members'][0]['role'] == 'leader' and
-j['members'][0]['raft_role'] == 'voter' and j['members'][0]['grpc_address'] == '$ENDPOINT'"
+j['members'][0]['raft_role'] == 'voter' and j['members'][0]['grpc_address'] == '$ENDPOINT' and
+j['members'][0]['hsm_secret_keys'] >= 1"
 fi
 expect "cluster status as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED|not an administrator" app cluster status
 expect "cluster join bad --raft: exit 1" 1 "--raft 'bogus'" admin \

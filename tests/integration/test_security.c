@@ -432,6 +432,16 @@ START_TEST(forwarded_writes_are_authorized_for_the_original_caller)
 				 KMS_ERR_PERMISSION);
 		kms_buf_free(&cmd);
 	}
+	/*
+	 * Nor reserve encryptions in another node's name, even naming that
+	 * node as the principal: the forwarding member is the one that reserves.
+	 */
+	ck_assert_int_eq(kms_keyring_cmd_reserve_encryptions("fwd-admin", 1, 64, 1, 1, &cmd, &err),
+			 KMS_OK);
+	ck_assert_int_eq(forward_as(KMS_TEST_TD "/kmsd/node/1", &cmd, msg, sizeof(msg)),
+			 KMS_ERR_PERMISSION);
+	ck_assert_msg(strstr(msg, "may not reserve encryptions for node 1") != NULL, "%s", msg);
+	kms_buf_free(&cmd);
 	ck_assert_msg(remove_member(7, &st) == 0, "%s", st.details);
 	/* No longer a member: refused before any gate. */
 	ck_assert_int_eq(kms_keyring_cmd_create_key("fwd-gone", "", NULL, KMS_TEST_ADMIN, 1,
