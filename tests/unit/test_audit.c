@@ -15,8 +15,13 @@
 
 #include "kms/alloc.h"
 #include "kms/audit.h"
+#include "identity/authn.h"
+#include "kms/spiffe.h"
 #include "obs/audit_log.h"
+#include "rpc/rpc_server.h"
 #include "check_run.h"
+
+#define KMS_AUDIT_TEST_ADMIN "spiffe://kmsd.dev/ns/ops/sa/admin"
 
 static char dir[PATH_MAX];
 static char path[PATH_MAX];
@@ -599,6 +604,111 @@ START_TEST(test_log_cannot_write)
 }
 END_TEST
 
+/* --- the hook in rpc_server: a local call leaves its record first --- */
+
+static int local_code = -1;
+
+static void local_done(void *arg, grpc_status_code code, const char *msg,
+		       const uint8_t *resp, size_t len)
+{
+	(void)arg;
+	(void)msg;
+	(void)resp;
+	(void)len;
+	local_code = (int)code;
+}
+
+/* A root operation's handler: it names its key, proposal and approvers. */
+static void annotating_handler(void *app, kms_call *call, const uint8_t *req,
+			       size_t len)
+{
+	static const char *const approvers[] = {"alice", "bob"};
+
+	(void)app;
+	(void)req;
+	(void)len;
+	kms_call_audit_key(call, "orders", 7);
+	kms_call_audit_items(call, 3);
+	kms_call_audit_on_behalf_of(call, "spiffe://kmsd.dev/ns/demo/sa/app");
+	kms_call_audit_proposal(call, "prop-42", approvers, 2);
+	kms_call_fail(call, KMS_ERR_PERMISSION, "no");
+}
+
+static const kms_method annotated = {
+    "/kms.v1.Operator/Test", annotating_handler, KMS_CALLERS_SERVICES, NULL, 0};
+
+START_TEST(test_local_call_record)
+{
+	kms_audit_log *log = open_log(key);
+	kms_peer peer;
+	kms_call *c;
+	kms_err err = {0};
+	json_t *o, *a;
+	json_error_t je;
+
+	memset(&peer, 0, sizeof(peer));
+	peer.kind = KMS_PEER_SERVICE;
+	ck_assert_int_eq(
+	    kms_spiffe_parse_str(KMS_AUDIT_TEST_ADMIN, 1, &peer.id, &err),
+	    KMS_OK);
+	c = kms_call_local_new(&peer, NULL, LONG_MAX, local_done, NULL);
+	ck_assert_ptr_nonnull(c);
+	ck_assert_int_eq(
+	    kms_call_local_metadata(c, "x-request-id", "trace-7", 7, &err),
+	    KMS_OK);
+	kms_call_local_audit(c, log, 9);
+	kms_call_local_run(&annotated, NULL, c, (const uint8_t *)"", 0);
+	ck_assert_int_eq(local_code, 7);
+	/* The record is in the file before the outcome reached done. */
+	load_lines();
+	o = json_loads(lines[n_lines - 1], 0, &je);
+	ck_assert_ptr_nonnull(o);
+	ck_assert_str_eq(json_string_value(json_object_get(o, "type")), "call");
+	ck_assert_int_eq(json_integer_value(json_object_get(o, "node")), 9);
+	ck_assert_str_eq(json_string_value(json_object_get(o, "request_id")),
+			 "trace-7");
+	ck_assert_str_eq(json_string_value(json_object_get(o, "principal")),
+			 KMS_AUDIT_TEST_ADMIN);
+	ck_assert_str_eq(json_string_value(json_object_get(o, "method")),
+			 annotated.path);
+	ck_assert_str_eq(json_string_value(json_object_get(o, "key_id")),
+			 "orders");
+	ck_assert_int_eq(json_integer_value(json_object_get(o, "key_version")),
+			 7);
+	ck_assert_int_eq(json_integer_value(json_object_get(o, "items")), 3);
+	ck_assert_str_eq(json_string_value(json_object_get(o, "on_behalf_of")),
+			 "spiffe://kmsd.dev/ns/demo/sa/app");
+	ck_assert_str_eq(json_string_value(json_object_get(o, "proposal_id")),
+			 "prop-42");
+	a = json_object_get(o, "approvers");
+	ck_assert_uint_eq(json_array_size(a), 2);
+	ck_assert_str_eq(json_string_value(json_array_get(a, 0)), "alice");
+	ck_assert_str_eq(json_string_value(json_object_get(o, "decision")),
+			 "deny");
+	ck_assert_str_eq(json_string_value(json_object_get(o, "peer")),
+			 "local");
+	json_decref(o);
+	for (int i = 0; i < n_lines; i++)
+		free(lines[i]);
+	/* A caller the method does not serve is refused before the handler,
+	 * and recorded too (no key: the handler never ran). */
+	peer.kind = KMS_PEER_NODE;
+	c = kms_call_local_new(&peer, NULL, LONG_MAX, local_done, NULL);
+	kms_call_local_audit(c, log, 9);
+	kms_call_local_run(&annotated, NULL, c, (const uint8_t *)"", 0);
+	ck_assert_int_eq(local_code, 7);
+	load_lines();
+	ck_assert_ptr_null(strstr(lines[n_lines - 1], "key_id"));
+	ck_assert_ptr_nonnull(
+	    strstr(lines[n_lines - 1], "\"decision\":\"deny\""));
+	ck_assert_ptr_nonnull(strstr(lines[n_lines - 1], "\"request_id\":\""));
+	for (int i = 0; i < n_lines; i++)
+		free(lines[i]);
+	kms_audit_log_close(log);
+	ck_assert(verify(key, 0).ok);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("audit");
@@ -624,6 +734,7 @@ int main(void)
 	tcase_add_test(tc, test_log_bad_tail_new_segment);
 	tcase_add_test(tc, test_log_tail_changed);
 	tcase_add_test(tc, test_log_cannot_write);
+	tcase_add_test(tc, test_local_call_record);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	return kms_check_run(sr);
