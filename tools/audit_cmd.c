@@ -1,5 +1,4 @@
-/* audit_cmd.c - 'kmsctl audit verify FILE [--node-cert PEM]': the hash chain,
- * the order and the checkpoint signatures of an audit file. */
+/* audit_cmd.c - 'kmsctl audit verify FILE [--node-cert PEM]': the hash chain, the order and the checkpoint signatures of an audit file. */
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>

@@ -1,5 +1,4 @@
-/* audit_cmd.h - 'kmsctl audit verify': an audit file checked offline, without a
- * server. */
+/* audit_cmd.h - 'kmsctl audit verify': an audit file checked offline, without a server. */
 #ifndef KMSCTL_AUDIT_CMD_H
 #define KMSCTL_AUDIT_CMD_H
 

@@ -1,5 +1,4 @@
-/* audit.h - audit records as JSON lines in a SHA-256 hash chain with signed
- * checkpoints: encoding, chaining, signing and verifying a file. */
+/* audit.h - audit records as JSON lines in a SHA-256 hash chain with signed checkpoints: encoding, chaining, signing and verifying a file. */
 #ifndef KMS_AUDIT_H
 #define KMS_AUDIT_H
 

@@ -1,6 +1,4 @@
-/* audit_log.c - the audit file of a node: a writer thread that chains queued
- * records, writes each group with one write(2), checkpoints and fails closed.
- */
+/* audit_log.c - the audit file of a node: group commit by the thread that finds no writer at work (one write(2) per group, answers after it), checkpoints, failing closed. */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -30,10 +28,17 @@ struct kms_audit_log {
 	pthread_cond_t cond;
 	kms_audit_entry *head, *tail; /* (mu) queued, oldest first */
 	int stop;		      /* (mu) */
+	/* (mu) a thread is the writer: it alone touches the chain and the
+	 * file (the fields below), and it drains the queue before it stops */
+	int writing;
+	/* (mu) the background writer sleeps: BG_FOR_WRITER until the writer
+	 * lets go, BG_IDLE with no time limit (nothing unsigned then) */
+	enum { BG_AWAKE, BG_FOR_WRITER, BG_IDLE } bg_sleep;
 	/* (mu) the reason writes fail, "" while they succeed */
 	char failed_why[WHY_MAX];
 	atomic_int failed;
-	/* The writer thread's own (and open's, before it starts). */
+	/* The writer's own (whoever holds writing; open's before the
+	 * background writer starts). */
 	uint64_t seq; /* of the next record */
 	uint8_t prev[KMS_AUDIT_HASH_LEN];
 	off_t good_size; /* the file up to its last whole record */
@@ -41,7 +46,9 @@ struct kms_audit_log {
 	int64_t
 	    first_unsigned_ms; /* when the oldest unsigned record was written */
 	int64_t failed_since_ms;
-	unsigned long refused; /* records not written since the failure */
+	int64_t sign_failed_ms; /* the last checkpoint that could not be signed;
+				   0: none */
+	unsigned long refused;	/* records not written since the failure */
 	kms_audit_text buf;
 };
 
@@ -163,6 +170,7 @@ static int checkpoint(kms_audit_log *log, kms_err *err)
 				      &serr) != KMS_OK) {
 		KMS_LOG_E("audit: no checkpoint this time: %s", serr.msg);
 		log->first_unsigned_ms = mono_ms();
+		log->sign_failed_ms = log->first_unsigned_ms;
 		return KMS_OK;
 	}
 	KMS_TRY(flush_buf(log, err));
@@ -177,6 +185,13 @@ static int checkpoint(kms_audit_log *log, kms_err *err)
 
 static int checkpoint_due(const kms_audit_log *log)
 {
+	if (log->o.sign_key == NULL)
+		return 0;
+	/* After a failed signature, the next try waits: the records keep
+	 * flowing. */
+	if (log->sign_failed_ms != 0 &&
+	    mono_ms() - log->sign_failed_ms < RETRY_MS)
+		return 0;
 	return log->since_checkpoint > 0 &&
 	       (log->since_checkpoint >= log->o.checkpoint_records ||
 		mono_ms() - log->first_unsigned_ms >=
@@ -299,26 +314,60 @@ static int64_t wake_in_ms(const kms_audit_log *log)
 	return left > 0 ? left : 0;
 }
 
+/*
+ * Writes what is queued, as the one writer: mu is held on entry and on
+ * return, and released while a group is written and answered. The writer
+ * drains the queue before it lets go, so an entry queued while it writes is
+ * never left behind.
+ */
+static void drain_locked(kms_audit_log *log)
+{
+	while (log->head != NULL) {
+		kms_audit_entry *group = log->head;
+
+		log->head = log->tail = NULL;
+		pthread_mutex_unlock(&log->mu);
+		write_group(log, group);
+		pthread_mutex_lock(&log->mu);
+	}
+}
+
+/*
+ * The background writer: checkpoints when they are due by time, tries
+ * again while writes fail, and writes the last checkpoint at close. The
+ * records themselves are written by the threads that queue them
+ * (kms_audit_log_submit); it takes the writer's part only when none holds it.
+ */
 static void *writer_main(void *arg)
 {
 	kms_audit_log *log = arg;
+	int stopping = 0;
 
-	for (;;) {
-		kms_audit_entry *group;
-		int stopping;
+	pthread_mutex_lock(&log->mu);
+	while (!stopping) {
 		kms_err err = {0};
 
-		pthread_mutex_lock(&log->mu);
-		while (log->head == NULL && !log->stop) {
-			int64_t ms = wake_in_ms(log);
+		for (;;) {
+			int64_t ms;
 			struct timespec ts;
 
-			if (ms < 0) {
+			if (log->writing) {
+				log->bg_sleep = BG_FOR_WRITER;
 				pthread_cond_wait(&log->cond, &log->mu);
 				continue;
 			}
-			if (ms == 0)
+			/* The writer's state is read only while no one writes.
+			 */
+			ms = wake_in_ms(log);
+			if (log->stop || log->head != NULL || ms == 0 ||
+			    checkpoint_due(log))
 				break;
+			if (ms < 0) {
+				log->bg_sleep = BG_IDLE;
+				pthread_cond_wait(&log->cond, &log->mu);
+				continue;
+			}
+			log->bg_sleep = BG_AWAKE;
 			clock_gettime(CLOCK_MONOTONIC, &ts);
 			ts.tv_sec += ms / 1000;
 			ts.tv_nsec += (ms % 1000) * 1000000;
@@ -326,46 +375,64 @@ static void *writer_main(void *arg)
 				ts.tv_sec++;
 				ts.tv_nsec -= 1000000000;
 			}
-			if (pthread_cond_timedwait(&log->cond, &log->mu, &ts) ==
-			    ETIMEDOUT)
-				break;
+			pthread_cond_timedwait(&log->cond, &log->mu, &ts);
 		}
-		group = log->head;
-		log->head = log->tail = NULL;
+		log->bg_sleep = BG_AWAKE;
 		stopping = log->stop;
+		log->writing = 1;
+		drain_locked(log);
 		pthread_mutex_unlock(&log->mu);
-		if (group != NULL)
-			write_group(log, group);
-		else if (atomic_load(&log->failed))
+		if (atomic_load(&log->failed))
 			try_recover(log);
 		if (!atomic_load(&log->failed) &&
-		    (checkpoint_due(log) || (stopping && group == NULL &&
-					     log->since_checkpoint > 0))) {
+		    (checkpoint_due(log) ||
+		     (stopping && log->since_checkpoint > 0))) {
 			if (checkpoint(log, &err) != KMS_OK)
 				set_failed(log, &err);
 		}
-		if (stopping && group == NULL)
-			break;
+		pthread_mutex_lock(&log->mu);
+		drain_locked(log);
+		log->writing = 0;
 	}
+	pthread_mutex_unlock(&log->mu);
 	return NULL;
 }
 
+/*
+ * Group commit without a hand-off: the thread that finds no writer at work
+ * becomes the writer and writes what is queued, its own record and those
+ * that arrive meanwhile, with one write(2) per group; a thread that finds a
+ * writer at work leaves its record to it and returns at once. So a lone
+ * call costs no thread switch, and calls that finish together share a
+ * write. Checkpoints by time, and retries after a failure, are the
+ * background writer's.
+ */
 void kms_audit_log_submit(kms_audit_log *log, kms_audit_entry *e)
 {
-	int wake;
-
 	e->next = NULL;
 	pthread_mutex_lock(&log->mu);
-	wake = log->head == NULL;
 	if (log->tail != NULL)
 		log->tail->next = e;
 	else
 		log->head = e;
 	log->tail = e;
+	if (log->writing) {
+		pthread_mutex_unlock(&log->mu);
+		return;
+	}
+	log->writing = 1;
+	drain_locked(log);
+	log->writing = 0;
+	/* The background writer has work: a checkpoint's time starts now, or
+	 * is due, or writes fail, or it waits for the writer to let go. */
+	if (log->bg_sleep == BG_FOR_WRITER ||
+	    (log->bg_sleep == BG_IDLE && log->since_checkpoint > 0 &&
+	     log->o.sign_key != NULL) ||
+	    checkpoint_due(log) || atomic_load(&log->failed)) {
+		log->bg_sleep = BG_AWAKE;
+		pthread_cond_broadcast(&log->cond);
+	}
 	pthread_mutex_unlock(&log->mu);
-	/* The writer sleeps only with an empty queue: one signal per group. */
-	if (wake)
-		pthread_cond_signal(&log->cond);
 }
 
 static void waiter_done(void *arg, int rc, const char *why)
@@ -529,7 +596,7 @@ void kms_audit_log_close(kms_audit_log *log)
 	if (log->started) {
 		pthread_mutex_lock(&log->mu);
 		log->stop = 1;
-		pthread_cond_signal(&log->cond);
+		pthread_cond_broadcast(&log->cond);
 		pthread_mutex_unlock(&log->mu);
 		pthread_join(log->thread, NULL);
 	}

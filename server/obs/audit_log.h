@@ -1,5 +1,4 @@
-/* audit_log.h - the audit file of a node: one writer thread that chains
- * records, writes them in groups, checkpoints and fails closed. */
+/* audit_log.h - the audit file of a node: records chained and written in groups by whichever thread finds no writer at work, checkpoints, failing closed. */
 #ifndef KMS_AUDIT_LOG_H
 #define KMS_AUDIT_LOG_H
 
@@ -17,7 +16,7 @@ typedef struct kms_audit_opts {
 	unsigned node;	  /* the node id every record names */
 	/* Signs checkpoints (the node key in the HSM through libp11's
 	 * engine); NULL: no checkpoints (unit tests). Not owned: it must
-	 * outlive the log. Used on the writer thread only. */
+	 * outlive the log. Used by one thread at a time (the writer). */
 	EVP_PKEY *sign_key;
 	unsigned
 	    checkpoint_records; /* a checkpoint after this many records... */
@@ -30,7 +29,7 @@ typedef struct kms_audit_opts {
  * record; one whose tail verifies (kms_audit_tail) a resume record that
  * follows it; one whose tail does not is kept as it is, and a start record
  * begins a new segment that says why (on a line of its own). Then a
- * checkpoint, fsync'd, and the writer thread starts. A file that cannot be
+ * checkpoint, fsync'd, and the background writer starts. A file that cannot be
  * opened or written gives KMS_ERR_IO naming the path and the cause.
  */
 int kms_audit_log_open(const kms_audit_opts *o, kms_audit_log **out,
@@ -44,8 +43,9 @@ int kms_audit_log_open(const kms_audit_opts *o, kms_audit_log **out,
 void kms_audit_log_close(kms_audit_log *log);
 
 /*
- * How a record reaches the file. done runs once, on the writer thread,
- * after write(2) put the record in the file (rc KMS_OK), or when it cannot
+ * How a record reaches the file. done runs once, on the thread that is the
+ * writer then (the caller of kms_audit_log_submit itself, another caller's,
+ * or the background writer's), after write(2) put the record in the file (rc KMS_OK), or when it cannot
  * be written (rc KMS_ERR_UNAVAILABLE, why "audit log cannot be written:
  * ..."); the entry is the caller's again when done runs. body is what
  * kms_audit_call_body made.
@@ -60,13 +60,16 @@ typedef struct kms_audit_entry {
 } kms_audit_entry;
 
 /*
- * Queues e for the writer (any thread). Records are written in the order
- * they are queued, many in one write(2): a group of calls finishing
- * together costs one system call. done must not call back into the log.
+ * Queues e (any thread). When no thread is writing, the caller becomes the
+ * writer and writes the queue, its own entry and those queued meanwhile,
+ * before it returns; otherwise it returns at once and the writer at work
+ * writes e. Records are written in the order they are queued, many in one
+ * write(2): calls finishing together cost one system call. done must not
+ * call back into the log, and runs with no lock of the log held.
  */
 void kms_audit_log_submit(kms_audit_log *log, kms_audit_entry *e);
 
-/* The same, waiting for the outcome (any thread but the writer's). */
+/* The same, waiting for the outcome (never from a done function). */
 int kms_audit_log_write(kms_audit_log *log, kms_audit_entry *e, kms_err *err);
 
 /*

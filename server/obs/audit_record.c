@@ -1,5 +1,4 @@
-/* audit_record.c - audit records as JSON lines: the encoding, the SHA-256
- * chain, signed checkpoints and the tail a writer continues from. */
+/* audit_record.c - audit records as JSON lines: the encoding, the SHA-256 chain, signed checkpoints and the tail a writer continues from. */
 #include <errno.h>
 #include <stdarg.h>
 #include <inttypes.h>

@@ -1,5 +1,4 @@
-/* audit_verify.c - checks an audit file: the hash chain, the order of records,
- * checkpoint signatures and a signed end. */
+/* audit_verify.c - checks an audit file: the hash chain, the order of records, checkpoint signatures and a signed end. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>

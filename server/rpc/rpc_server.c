@@ -468,8 +468,9 @@ static void audit_written(void *arg, int rc, const char *why)
 
 /*
  * Every answer of a call from the network leaves here. An audited call
- * waits for its record: the writer thread sends the answer (gRPC batches
- * may start from any thread), so no worker blocks on the disk.
+ * waits for its record: whichever thread writes it sends the answer (gRPC
+ * batches may start from any thread), so no thread waits for another's
+ * write.
  */
 static void send_final(kms_call *c, grpc_byte_buffer *resp, grpc_status_code code,
 		       const char *msg)

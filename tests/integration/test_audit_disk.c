@@ -1,7 +1,4 @@
-/* test_audit_disk.c - a full disk under the audit log of a real kmsd: calls
- * refused UNAVAILABLE, health NOT_SERVING, no call served unaudited, and
- * recovery once space is freed. Needs root (a tmpfs is mounted); skipped
- * otherwise. */
+/* test_audit_disk.c - a full disk under the audit log of a real kmsd: calls refused UNAVAILABLE, health NOT_SERVING, no call served unaudited, and recovery once space is freed. Needs root (a tmpfs is mounted); skipped otherwise. */
 #include <check.h>
 #include <signal.h>
 #include <stdio.h>
