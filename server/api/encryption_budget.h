@@ -61,9 +61,10 @@ typedef struct kms_budget_opts {
 } kms_budget_opts;
 
 /*
- * How long a call with nothing left waits for a reservation: a Raft commit
- * takes milliseconds, a leader election about a second; past that the
- * cluster has no quorum and the caller is better told so.
+ * How long a call with nothing left waits for a reservation unless told
+ * (kmsd waits [raft] max_staleness): a Raft commit takes milliseconds, a
+ * leader election about a second; past that the cluster has no quorum and
+ * the caller is better told so.
  */
 #define KMS_BUDGET_WAIT_MS 2000
 #define KMS_BUDGET_RETRY_MS 250

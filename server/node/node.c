@@ -497,6 +497,12 @@ static int start_budget(kms_node *node, kms_err *err)
 	o.node_id = node->cfg.node_id;
 	o.commit = budget_commit;
 	o.commit_arg = node;
+	/*
+	 * As long as the node would go on serving without a leader: a node
+	 * installing a large snapshot credits its reservation only after the
+	 * install, which takes seconds on a busy machine.
+	 */
+	o.wait_ms = node->cfg.max_staleness_s * 1000u;
 	return kms_budget_new(&o, &node->budget, err);
 }
 

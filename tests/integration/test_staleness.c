@@ -38,14 +38,6 @@ static kms_test_mesh *mesh;
 static int mesh_ok;
 static char mesh_why[200];
 
-static long now_ms(void)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return t.tv_sec * 1000L + t.tv_nsec / 1000000L;
-}
-
 static void sleep_ms(long ms)
 {
 	struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
@@ -81,13 +73,29 @@ static void cluster_down(void)
 	kms_test_env_destroy(&env);
 }
 
+/*
+ * CreateKey through n, retried while n answers UNAVAILABLE for up to
+ * RECOVERY_DEADLINE_MS: a leader just elected takes writes only once it has
+ * committed an entry of its term, which takes seconds on a loaded machine.
+ * ALREADY_EXISTS after such a retry means an earlier try was applied.
+ */
 static int create_key(kms_test_node *n, const char *id, kms_rpc_status *st)
 {
-	kms_client *c = kms_test_client(n, "admin");
-	int code = kms_test_create_key(c, id, KMS_TEST_APP, st);
+	long until = kms_test_now_ms() + RECOVERY_DEADLINE_MS;
+	int code, tries = 0;
 
-	kms_client_close(c);
-	return code;
+	for (;;) {
+		kms_client *c = kms_test_client(n, "admin");
+
+		code = kms_test_create_key(c, id, KMS_TEST_APP, st);
+		kms_client_close(c);
+		if (code == 6 && tries > 0)
+			return 0;
+		if (code != 14 || kms_test_now_ms() >= until)
+			return code;
+		tries++;
+		sleep_ms(200);
+	}
 }
 
 /* GenerateDataKey of key id through c; the answer (NULL with *st). */
@@ -140,7 +148,7 @@ static int gen_works_within(kms_test_node *n, const char *id, long deadline_ms)
 {
 	kms_rpc_status st;
 
-	for (long until = now_ms() + deadline_ms; now_ms() < until; sleep_ms(100))
+	for (long until = kms_test_now_ms() + deadline_ms; kms_test_now_ms() < until; sleep_ms(100))
 		if (gen_code(n, id, &st) == 0)
 			return 1;
 	return 0;
@@ -172,7 +180,7 @@ static long first_refusal_ms(kms_test_node *n, const Kms__V1__GenerateDataKeyRes
 	for (;;) {
 		int code = decrypt(c, g, &st);
 
-		t = now_ms();
+		t = kms_test_now_ms();
 		if (is_stale_refusal(&st, n->id))
 			break;
 		ck_assert_msg(code == 0, "node %u: want its plaintext or the staleness refusal, got "
@@ -194,7 +202,7 @@ static void stays_refusing(kms_test_node *n, const Kms__V1__GenerateDataKeyRespo
 	kms_rpc_status st;
 	int calls = 0;
 
-	for (long until = now_ms() + STAYS_REFUSING_MS; now_ms() < until; sleep_ms(100)) {
+	for (long until = kms_test_now_ms() + STAYS_REFUSING_MS; kms_test_now_ms() < until; sleep_ms(100)) {
 		Kms__V1__GenerateDataKeyResponse *fresh;
 
 		decrypt(c, g, &st);
@@ -233,7 +241,7 @@ static int health_serving(kms_test_node *n)
 /* The leader the nodes other than skip agree on (its index), or -1. */
 static int leader_among_others(int skip, long deadline_ms)
 {
-	for (long until = now_ms() + deadline_ms; now_ms() < until; sleep_ms(200)) {
+	for (long until = kms_test_now_ms() + deadline_ms; kms_test_now_ms() < until; sleep_ms(200)) {
 		for (int i = 0; i < N; i++) {
 			kms_rpc_status st;
 			Kms__V1__ClusterStatusResponse *s;
@@ -289,7 +297,7 @@ static void cut_until_refused(int cut, const char *role, const Kms__V1__Generate
 	long took;
 
 	kms_test_mesh_cut(mesh, n->id);
-	took = first_refusal_ms(n, g, now_ms());
+	took = first_refusal_ms(n, g, kms_test_now_ms());
 	printf("staleness: %s node %u refused crypto calls %ld ms after it was cut off "
 	       "(max_staleness %d s)\n", role, n->id, took, MAX_STALENESS_S);
 	fflush(stdout);
