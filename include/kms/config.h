@@ -87,6 +87,15 @@ typedef struct kms_config {
 	unsigned upkeep_interval_ms; /* upkeep_interval_ms = 200..60000, default
 					1000: how often the leader looks for keys
 					due for rotation or destruction */
+
+	/* [audit] (docs/OPERATIONS.md, "Audit log") */
+	char *audit_path;	     /* path = file, default <data_dir>/audit.log */
+	int audit_enabled;	     /* enabled = true|false, default true; false is for
+					benchmarks and tests only: calls leave no record */
+	unsigned audit_checkpoint_records; /* checkpoint_records = 1..10000000, default 10000 */
+	unsigned audit_checkpoint_seconds; /* checkpoint_seconds = 1..86400, default 10: a
+					      signed checkpoint after that many records, or
+					      that long after the first unsigned one */
 } kms_config;
 
 /*

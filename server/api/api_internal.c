@@ -274,6 +274,8 @@ static void forward(void *app, kms_call *call, const uint8_t *data, size_t len)
 		kms_call_fail(call, KMS_ERR_INVALID, "malformed ForwardRequest");
 		return;
 	}
+	/* The leader's record names the caller the follower served too. */
+	kms_call_audit_on_behalf_of(call, req->principal);
 	if (require_member_node(node, call) != 0)
 		forward_writes(node, call, &req, 1, 0);
 	kms__v1__forward_request__free_unpacked(req, NULL);
@@ -285,6 +287,7 @@ static void forward_batch(void *app, kms_call *call, const uint8_t *data, size_t
 	Kms__V1__ForwardBatchRequest *req =
 		kms__v1__forward_batch_request__unpack(NULL, len, data);
 	char msg[KMS_ERRMSG_SIZE];
+	size_t same;
 
 	if (req == NULL) {
 		kms_call_fail(call, KMS_ERR_INVALID, "malformed ForwardBatchRequest");
@@ -298,6 +301,15 @@ static void forward_batch(void *app, kms_call *call, const uint8_t *data, size_t
 		kms_call_fail(call, KMS_ERR_INVALID, msg);
 		goto out;
 	}
+	kms_call_audit_items(call, (unsigned)req->n_writes);
+	/* The leader's record names the caller the follower served when the
+	 * writes are all one caller's (the usual case: a batch of one). */
+	same = 1;
+	while (same < req->n_writes &&
+	       strcmp(req->writes[same]->principal, req->writes[0]->principal) == 0)
+		same++;
+	if (same == req->n_writes)
+		kms_call_audit_on_behalf_of(call, req->writes[0]->principal);
 	forward_writes(node, call, req->writes, req->n_writes, 1);
 out:
 	kms__v1__forward_batch_request__free_unpacked(req, NULL);

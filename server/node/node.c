@@ -26,6 +26,7 @@
 #include "node/node.h"
 #include "raft/raft_tls.h"
 #include "node/supervisor.h"
+#include "obs/audit_log.h"
 #include "tls/tls_engine.h"
 #include "tls/tls_policy.h"
 #include "tls/tls_watch.h"
@@ -64,8 +65,11 @@ static int data_dir_is_new(const char *dir)
 		uv_fs_req_cleanup(&req);
 		return 1;
 	}
-	if (uv_fs_scandir_next(&req, &ent) != UV_EOF)
-		fresh = 0;
+	/* The audit file is not Raft state: a node stopped before it had any
+	 * (a joining node not yet admitted) still starts as new. */
+	while (fresh && uv_fs_scandir_next(&req, &ent) != UV_EOF)
+		if (strcmp(ent.name, "audit.log") != 0)
+			fresh = 0;
 	uv_fs_req_cleanup(&req);
 	return fresh;
 }
@@ -515,6 +519,35 @@ static int start_budget(kms_node *node, kms_err *err)
 	return kms_budget_new(&o, &node->budget, err);
 }
 
+/* The audit log, before the first call can arrive. */
+static int start_audit(kms_node *node, kms_err *err)
+{
+	kms_audit_opts o;
+	char path[PATH_MAX];
+
+	if (!node->cfg.audit_enabled) {
+		KMS_LOG_W("audit: [audit] enabled = false: calls leave no audit record (for "
+			  "benchmarks and tests only)");
+		return KMS_OK;
+	}
+	if (node->cfg.audit_path != NULL)
+		snprintf(path, sizeof(path), "%s", node->cfg.audit_path);
+	else if (snprintf(path, sizeof(path), "%s/audit.log", node->cfg.data_dir) >=
+		 (int)sizeof(path))
+		return kms_errf(err, KMS_ERR_CONFIG, "the audit log path is too long");
+	KMS_TRY(kms_tls_engine_load_key(node->cfg.tls_key_uri, &node->audit_key, err));
+	memset(&o, 0, sizeof(o));
+	o.path = path;
+	o.node = node->cfg.node_id;
+	o.sign_key = node->audit_key;
+	o.checkpoint_records = node->cfg.audit_checkpoint_records;
+	o.checkpoint_seconds = node->cfg.audit_checkpoint_seconds;
+	KMS_TRY(kms_audit_log_open(&o, &node->audit, err));
+	KMS_LOG_I("audit: records go to %s (a signed checkpoint every %u records or %u s)", path,
+		  o.checkpoint_records, o.checkpoint_seconds);
+	return KMS_OK;
+}
+
 static int start_rpc(kms_node *node, kms_err *err)
 {
 	kms_rpc_server_opts o;
@@ -566,6 +599,8 @@ static int start_rpc(kms_node *node, kms_err *err)
 	o.authn = node->authn;
 	o.worker_init = kms_api_worker_init;
 	o.worker_fini = kms_api_worker_fini;
+	o.audit = node->audit;
+	o.node_id = node->cfg.node_id;
 	rc = kms_rpc_server_start(&o, &node->rpc, err);
 	kms_free(key);
 	return rc;
@@ -636,6 +671,7 @@ int kms_node_start(const char *config_path, kms_node **out, kms_err *err)
 	ropts.applied = kms_forwarder_applied;
 	ropts.applied_arg = node->fwd;
 	KMS_TRY_GOTO(rc, kms_raft_start(&node->cfg, node->kr, &ropts, &node->raft, err), fail);
+	KMS_TRY_GOTO(rc, start_audit(node, err), fail);
 	KMS_TRY_GOTO(rc, start_rpc(node, err), fail);
 	KMS_TRY_GOTO(rc, kms_tls_policy_probe(node->cfg.grpc_listen, node->cfg.min_tls_version, err),
 		     fail);
@@ -672,6 +708,9 @@ void kms_node_stop(kms_node *node)
 	 * those waiting to be applied here are answered, likewise. */
 	kms_forwarder_stop(node->fwd);
 	kms_rpc_server_stop(node->rpc);
+	/* After the server: every call has had its record and its answer. */
+	kms_audit_log_close(node->audit);
+	EVP_PKEY_free(node->audit_key);
 	kms_forwarder_free(node->fwd);
 	kms_raft_free(node->raft);
 	kms_supervisor_free(node->sup);

@@ -18,6 +18,7 @@
 #include "rpc/rpc_server.h"
 #include "tls/tls_files.h"
 
+struct kms_audit_log;
 struct kms_budget;
 struct kms_dk_rotation;
 struct kms_forwarder;
@@ -49,6 +50,10 @@ typedef struct kms_node {
 	 * (kms_keyring_set_self), so a restart never reuses a block. */
 	uint64_t incarnation;
 	EVP_PKEY *raft_key; /* the node key in the HSM, for Raft peer TLS */
+	/* The same key, loaded once more for the audit writer thread alone,
+	 * which signs checkpoints with it (docs/SECURITY.md). */
+	EVP_PKEY *audit_key;
+	struct kms_audit_log *audit; /* NULL: [audit] enabled = false */
 	/* The TLS files in force, replaced as a whole by kms_node_reload_tls
 	 * (under reload_mu, which also guards raft_transport). */
 	kms_tls_files tls;

@@ -17,12 +17,15 @@
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
+#include <grpc/support/alloc.h>
 #include <grpc/support/string_util.h>
 #include <grpc/support/time.h>
 #include <openssl/x509.h>
 
 #include "kms/alloc.h"
+#include "kms/audit.h"
 #include "kms/log.h"
+#include "obs/audit_log.h"
 #include "rpc/rpc_server.h"
 #include "api/status_map.h"
 #include "rpc/wire_strings.h"
@@ -39,6 +42,10 @@
 #define SWEEP_CHECK_MS 100
 /* Request metadata entries a local call carries (kms_call_local_metadata). */
 #define LOCAL_MD_MAX 4
+/* The key id or alias an audit record names: "alias/" and 250 characters. */
+#define AUDIT_KEY_MAX 256
+/* A caller's x-request-id is taken up to this length (printable ASCII). */
+#define REQUEST_ID_MAX 64
 
 struct kms_call;
 
@@ -95,6 +102,11 @@ struct kms_rpc_server {
 	atomic_int_fast64_t last_sweep; /* monotonic ms */
 };
 
+/* Generated request ids: "<random of this process>-<counter>". */
+static pthread_once_t rid_once = PTHREAD_ONCE_INIT;
+static char rid_prefix[17];
+static atomic_ulong rid_next;
+
 enum call_state { CALL_REQUESTED, CALL_RECEIVING, CALL_HANDLING, CALL_SENDING };
 
 /* What a local call (kms_call_local_new) has instead of a gRPC call. */
@@ -128,6 +140,21 @@ struct kms_call {
 	struct kms_call *recv_prev, *recv_next;
 	int64_t recv_since;
 	int on_recv_list, swept;
+	/* The audit record (kms_call_audit_*): audit NULL, none. */
+	kms_audit_log *audit;
+	unsigned audit_node;
+	const char *audit_method; /* the method table's string */
+	char audit_key[AUDIT_KEY_MAX + 1];
+	uint64_t audit_version;
+	unsigned audit_items;
+	char *audit_behalf, *audit_proposal; /* kms_malloc'd */
+	char *audit_approvers[KMS_AUDIT_APPROVERS_MAX];
+	size_t audit_n_approvers;
+	kms_audit_entry audit_entry;
+	/* The answer waiting for its record to be written. */
+	grpc_byte_buffer *pending_resp;
+	grpc_status_code pending_code;
+	char *pending_msg;
 };
 
 static int64_t now_ms(void)
@@ -231,8 +258,21 @@ static void drop_request(struct kms_call *c)
 	c->recv = NULL;
 }
 
+static void audit_notes_free(struct kms_call *c)
+{
+	kms_free(c->audit_behalf);
+	kms_free(c->audit_proposal);
+	for (size_t i = 0; i < c->audit_n_approvers; i++)
+		kms_free(c->audit_approvers[i]);
+	kms_audit_text_free(&c->audit_entry.body);
+	if (c->pending_resp != NULL)
+		grpc_byte_buffer_destroy(c->pending_resp);
+	kms_free(c->pending_msg);
+}
+
 static void call_free(struct kms_call *c)
 {
+	audit_notes_free(c);
 	if (c->local.done != NULL) {
 		for (size_t i = 0; i < c->local.n_md; i++) {
 			kms_free(c->local.md[i].key);
@@ -339,8 +379,8 @@ static const kms_method *find_method(const kms_rpc_server *s, grpc_slice path)
  * together. Sent with the receive instead, the headers left in a write of
  * their own, one more sendmsg per call (docs/PERFORMANCE.md).
  */
-static void send_final(kms_call *c, grpc_byte_buffer *resp, grpc_status_code code,
-		       const char *msg)
+static void send_now(kms_call *c, grpc_byte_buffer *resp, grpc_status_code code,
+		     const char *msg)
 {
 	grpc_op ops[4];
 	grpc_op *op = ops;
@@ -378,12 +418,205 @@ static void send_final(kms_call *c, grpc_byte_buffer *resp, grpc_status_code cod
 	}
 }
 
+static void rid_init(void)
+{
+	uint8_t r[8];
+	FILE *f = fopen("/dev/urandom", "re");
+
+	/* Only to tell this process's ids from another's: not a secret. */
+	if (f == NULL || fread(r, 1, sizeof(r), f) != sizeof(r)) {
+		uint64_t t = (uint64_t)now_ms() ^ ((uint64_t)getpid() << 32);
+
+		memcpy(r, &t, sizeof(r));
+	}
+	if (f != NULL)
+		fclose(f);
+	for (size_t i = 0; i < sizeof(r); i++)
+		snprintf(rid_prefix + 2 * i, 3, "%02x", r[i]);
+}
+
+/* The caller's x-request-id if it is printable ASCII of a sane length,
+ * else one made here. */
+static void request_id(const kms_call *c, char out[REQUEST_ID_MAX + 1])
+{
+	size_t len = 0;
+	const char *v = kms_call_metadata(c, "x-request-id", &len);
+	int ok = v != NULL && len > 0 && len <= REQUEST_ID_MAX;
+
+	for (size_t i = 0; ok && i < len; i++)
+		ok = v[i] > 0x20 && v[i] < 0x7f;
+	if (ok) {
+		memcpy(out, v, len);
+		out[len] = '\0';
+		return;
+	}
+	pthread_once(&rid_once, rid_init);
+	snprintf(out, REQUEST_ID_MAX + 1, "%s-%lu", rid_prefix,
+		 (unsigned long)atomic_fetch_add(&rid_next, 1) + 1);
+}
+
+static int64_t wall_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The record of c answered with code, into c->audit_entry.body. */
+static int audit_body(kms_call *c, grpc_status_code code)
+{
+	kms_audit_call r;
+	char rid[REQUEST_ID_MAX + 1];
+	char *peer = c->local.done == NULL ? grpc_call_get_peer(c->call) : NULL;
+	int rc;
+
+	memset(&r, 0, sizeof(r));
+	request_id(c, rid);
+	r.time_ms = wall_ms();
+	r.node = c->audit_node;
+	r.request_id = rid;
+	r.principal = kms_call_principal(c);
+	r.method = c->audit_method;
+	r.key_id = c->audit_key[0] != '\0' ? c->audit_key : NULL;
+	r.key_version = c->audit_version;
+	r.code = (int)code;
+	r.peer = c->local.done != NULL ? "local" : peer;
+	r.items = c->audit_items;
+	r.on_behalf_of = c->audit_behalf;
+	r.proposal_id = c->audit_proposal;
+	for (size_t i = 0; i < c->audit_n_approvers; i++)
+		r.approvers[i] = c->audit_approvers[i];
+	r.n_approvers = c->audit_n_approvers;
+	c->audit_entry.body.len = 0;
+	rc = kms_audit_call_body(&c->audit_entry.body, &r);
+	if (peer != NULL)
+		gpr_free(peer);
+	return rc;
+}
+
+/* The writer has the record in the file (or cannot write it): now the answer. */
+static void audit_written(void *arg, int rc, const char *why)
+{
+	kms_call *c = arg;
+	grpc_byte_buffer *resp = c->pending_resp;
+
+	c->pending_resp = NULL;
+	if (rc != KMS_OK) {
+		if (resp != NULL)
+			grpc_byte_buffer_destroy(resp);
+		send_now(c, NULL, GRPC_STATUS_UNAVAILABLE, why);
+		return;
+	}
+	send_now(c, resp, c->pending_code, c->pending_msg);
+}
+
+/*
+ * Every answer of a call from the network leaves here. An audited call
+ * waits for its record: whichever thread writes it sends the answer (gRPC
+ * batches may start from any thread), so no thread waits for another's
+ * write.
+ */
+static void send_final(kms_call *c, grpc_byte_buffer *resp, grpc_status_code code,
+		       const char *msg)
+{
+	if (c->audit == NULL) {
+		send_now(c, resp, code, msg);
+		return;
+	}
+	c->pending_msg = kms_strdup(msg != NULL ? msg : "");
+	if (c->pending_msg == NULL || audit_body(c, code) != KMS_OK) {
+		/* No record, no answer but a refusal. */
+		if (resp != NULL)
+			grpc_byte_buffer_destroy(resp);
+		send_now(c, NULL, GRPC_STATUS_UNAVAILABLE,
+			 "audit log cannot be written: out of memory for the record");
+		return;
+	}
+	c->pending_resp = resp;
+	c->pending_code = code;
+	c->audit_entry.done = audit_written;
+	c->audit_entry.arg = c;
+	kms_audit_log_submit(c->audit, &c->audit_entry);
+}
+
 /* A local call's outcome goes to its done function, and the call ends. */
 static void local_finish(kms_call *c, grpc_status_code code, const char *msg,
 			 const uint8_t *resp, size_t len)
 {
+	kms_err err = {0};
+
+	if (c->audit != NULL &&
+	    (audit_body(c, code) != KMS_OK ||
+	     kms_audit_log_write(c->audit, &c->audit_entry, &err) != KMS_OK)) {
+		c->local.done(c->local.arg, GRPC_STATUS_UNAVAILABLE,
+			      err.code != KMS_OK ? err.msg
+						 : "audit log cannot be written: out of memory for "
+						   "the record",
+			      NULL, 0);
+		call_free(c);
+		return;
+	}
 	c->local.done(c->local.arg, code, msg != NULL ? msg : "", resp, len);
 	call_free(c);
+}
+
+void kms_call_audit_key(kms_call *c, const char *key_id, uint64_t version)
+{
+	snprintf(c->audit_key, sizeof(c->audit_key), "%s", key_id != NULL ? key_id : "");
+	c->audit_version = version;
+}
+
+void kms_call_audit_items(kms_call *c, unsigned n)
+{
+	c->audit_items = n;
+}
+
+void kms_call_audit_on_behalf_of(kms_call *c, const char *principal)
+{
+	kms_free(c->audit_behalf);
+	c->audit_behalf = principal != NULL ? kms_strdup(principal) : NULL;
+}
+
+void kms_call_audit_proposal(kms_call *c, const char *proposal_id,
+			     const char *const *approvers, size_t n_approvers)
+{
+	kms_free(c->audit_proposal);
+	c->audit_proposal = proposal_id != NULL ? kms_strdup(proposal_id) : NULL;
+	for (size_t i = 0; i < c->audit_n_approvers; i++)
+		kms_free(c->audit_approvers[i]);
+	c->audit_n_approvers = 0;
+	for (size_t i = 0; i < n_approvers && i < KMS_AUDIT_APPROVERS_MAX; i++) {
+		c->audit_approvers[i] = kms_strdup(approvers[i] != NULL ? approvers[i] : "");
+		if (c->audit_approvers[i] == NULL)
+			break;
+		c->audit_n_approvers++;
+	}
+}
+
+void kms_call_local_audit(kms_call *c, kms_audit_log *log, unsigned node)
+{
+	c->audit = log;
+	c->audit_node = node;
+}
+
+/* Whether c, a call to m, leaves a record; if it does and the log cannot be
+ * written now, c is refused (and 0 returned). */
+static int audit_admit(kms_call *c, const kms_method *m, kms_audit_log *log, unsigned node)
+{
+	kms_err err = {0};
+
+	c->audit = NULL;
+	if (log == NULL || (m->callers & KMS_CALLERS_ANYONE))
+		return 1;
+	if (kms_audit_log_status(log, &err) != KMS_OK) {
+		kms_call_fail(c, err.code, err.msg);
+		return 0;
+	}
+	c->audit = log;
+	c->audit_node = node;
+	c->audit_method = m->path;
+	return 1;
 }
 
 void kms_call_fail_grpc(kms_call *c, grpc_status_code code, const char *msg)
@@ -604,6 +837,8 @@ static void dispatch(kms_call *c)
 		kms_call_fail_grpc(c, GRPC_STATUS_UNIMPLEMENTED, msg);
 		return;
 	}
+	if (!audit_admit(c, m, c->w->srv->opts.audit, c->w->srv->opts.node_id))
+		return;
 	if (c->recv == NULL) {
 		kms_call_fail(c, KMS_ERR_INVALID, "the request carries no message");
 		return;
@@ -687,6 +922,8 @@ void kms_call_local_run(const kms_method *m, void *app, kms_call *c, const uint8
 	kms_err err = {0};
 	uint8_t *body;
 
+	if (!audit_admit(c, m, c->audit, c->audit_node))
+		return;
 	/* As dispatch: the identity of a caller of an open method is never
 	 * read, and anyone else must be one the method serves. */
 	if (m->callers & KMS_CALLERS_ANYONE) {
