@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <malloc.h>
+#include <sys/resource.h>
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
@@ -54,6 +55,8 @@
 #define STUCK_NS ((int64_t)1000000000)
 /* How long making the blobs of a --keys decrypt run may take. */
 #define KEYSET_SETUP_LIMIT_S 3600
+/* The largest blob --blob reads: far above any blob kmsd makes. */
+#define BLOB_FILE_MAX 8192
 
 enum exit_code { EXIT_OK = 0, EXIT_LOCAL = 1, EXIT_SERVER = 2 };
 enum bench_mode {
@@ -64,6 +67,7 @@ enum bench_mode {
 	MODE_BATCH_DECRYPT,
 	MODE_BATCH_GDK,
 	MODE_BATCH_REENCRYPT,
+	MODE_ROTATE,
 	MODE_RAW
 };
 
@@ -80,6 +84,10 @@ static const char usage_text[] =
     "       kms-bench --raw-pkcs11 --module PATH --token LABEL --pin-file FILE\n"
     "                 [--threads T] [--duration S] [--warmup S] [--json]\n"
     "       kms-bench --keyring N [--json]\n"
+    "       kms-bench --mode decrypt --key-id ID [--blob FILE] [--refresh-ms MS]\n"
+    "                 [the same options]\n"
+    "       kms-bench --mode rotate-key --key-id ID (--rotations N | --interval-ms MS)\n"
+    "                 [the same options]\n"
     "\n"
     "gRPC mode: T threads (default 2), each with its own completion queue, keep\n"
     "N calls in flight in total (default 8) on one mTLS channel; each completion\n"
@@ -107,6 +115,19 @@ static const char usage_text[] =
     "a key drawn uniformly at random, so a working set larger than kmsd's\n"
     "[hsm] max_unwrapped_versions measures its misses.\n"
     "\n"
+    "Versions and rotation. decrypt mode with --blob FILE decrypts that blob (raw\n"
+    "bytes, as kmsctl --blob-out writes them, made with the context\n"
+    "" BENCH_CTX_KEY "=" BENCH_CTX_VALUE ") instead of making one: a blob of an old\n"
+    "version. With --refresh-ms MS a thread makes a new blob under the key's\n"
+    "primary version every MS ms (GenerateDataKey, not counted), and every other\n"
+    "call decrypts the newest of those instead of the first blob, so that a key\n"
+    "that rotates meanwhile has its old and its new versions decrypted.\n"
+    "rotate-key mode (an administrator's certificate) calls RotateKey on --key-id,\n"
+    "one call at a time: --rotations N makes exactly N rotations, with no warm-up,\n"
+    "as fast as they commit (ops_per_sec over the time they took; --duration bounds\n"
+    "it); --interval-ms MS starts one every MS ms for --warmup + --duration seconds\n"
+    "(a background load: ops counts them all). A failed rotation is an error.\n"
+    "\n"
     "Raw mode: the HSM baseline without kmsd. Ensures the token object\n"
     "'" BENCH_DOMAIN_KEY_LABEL "' (AES-256 domain key), makes a master key and\n"
     "unwraps it as a session object (as kmsd does), encrypts one 32-byte value, then\n"
@@ -117,15 +138,17 @@ static const char usage_text[] =
     "40-byte wrapped version; the last 1% of the key ids at random places in the\n"
     "order, the others appended), then takes\n"
     "a snapshot and restores it into an empty key ring. Prints the apply time at\n"
-    "N keys, the heap and RSS per key, the snapshot's size and time, the restore's\n"
-    "time and peak RSS, and the RSS after the restore before and after\n"
-    "malloc_trim(3).\n"
+    "N keys, the heap and RSS per key, the snapshot's size, time and CPU, the\n"
+    "restore's time, CPU, page faults and peak RSS, and the RSS after the restore\n"
+    "before and after malloc_trim(3).\n"
     "\n"
     "Both run --warmup seconds (default 2, not measured), then --duration seconds\n"
     "(default 10), then stop. Output: mode, threads, concurrency, batch, calls, ops,\n"
     "ops_per_sec, p50_us, p99_us, p999_us, errors ('field: value' lines, or one JSON\n"
     "object with --json). The first error is printed to stderr. A call still unanswered 1 s\n"
-    "before the end counts as an error. Exit status: 0 no errors, 1 usage or\n"
+    "before the end counts as an error. --ready-file FILE is created when the set-up\n"
+    "is over and the warm-up starts (for a script that samples the window).\n"
+    "Exit status: 0 no errors, 1 usage or\n"
     "set-up failure, 2 some calls failed or none completed.\n";
 
 static int is_batch_mode(enum bench_mode m)
@@ -150,6 +173,11 @@ struct opts {
 	const char *key_prefix; /* --key-prefix */
 	const char *grant;	/* --grant PRINCIPAL=OP[,OP...] */
 	unsigned keyring;	/* --keyring N: the key ring alone */
+	const char *blob_file;	/* --blob: decrypt this blob */
+	unsigned refresh_ms;	/* --refresh-ms: a new blob under the primary this often */
+	unsigned rotations;	/* rotate-key --rotations N */
+	unsigned interval_ms;	/* rotate-key --interval-ms MS */
+	const char *ready_file; /* --ready-file: made when the warm-up starts */
 };
 
 /* Latencies in nanoseconds, owned by one worker. */
@@ -160,6 +188,13 @@ struct lat {
 };
 
 struct bench;
+
+/* A packed DecryptRequest of a blob --refresh-ms made. */
+struct fresh_req {
+	struct fresh_req *next;
+	size_t len;
+	uint8_t req[];
+};
 
 struct worker {
 	pthread_t tid;
@@ -175,6 +210,7 @@ struct worker {
 	char first_err[320];
 	int64_t first_err_at;
 	int64_t t_last; /* when its last counted call ended */
+	uint64_t alt;	/* --refresh-ms: which blob its next call decrypts */
 };
 
 struct bench {
@@ -191,6 +227,10 @@ struct bench {
 	const ProtobufCMessageDescriptor *answer;
 	long pid; /* create-key ids */
 	struct keyset *ks; /* --keys */
+	/* --refresh-ms: the newest blob's request (NULL until the first), and
+	 * every one made, kept until the end as calls in flight borrow them */
+	struct fresh_req *_Atomic fresh;
+	struct fresh_req *fresh_all;
 	/* raw mode */
 	kms_hsm *hsm;
 	kms_hsm_key key;
@@ -496,7 +536,12 @@ static int slot_start(struct worker *w, grpc_completion_queue *cq,
 	grpc_metadata_array_init(&s->md_trailing);
 	s->t0 = now_ns();
 	if (b->req != NULL) {
-		req = grpc_slice_from_static_buffer(b->req, b->req_len);
+		struct fresh_req *f = atomic_load_explicit(&b->fresh, memory_order_acquire);
+
+		if (f != NULL && (w->alt++ & 1) != 0)
+			req = grpc_slice_from_static_buffer(f->req, f->len);
+		else
+			req = grpc_slice_from_static_buffer(b->req, b->req_len);
 	} else if (b->ks != NULL) {
 		int rc = keyset_request(w, s, &req);
 
@@ -806,6 +851,8 @@ out:
 	return rc;
 }
 
+static int blob_file_request(struct bench *b, kms_client *c, uint8_t **req, size_t *req_len);
+
 /*
  * Packs the request every call sends. decrypt mode needs a blob first: one
  * blocking GenerateDataKey with the bench context, whose plaintext is wiped.
@@ -844,6 +891,10 @@ static int grpc_setup(struct bench *b, kms_client *c, uint8_t **req,
 	}
 	if (is_batch_mode(o->mode))
 		return batch_setup(b, c, req, req_len);
+	if (o->mode == MODE_DECRYPT && o->blob_file != NULL) {
+		b->method = "/kms.v1.KeyManagement/Decrypt";
+		return blob_file_request(b, c, req, req_len);
+	}
 	ge.key = ctx_key;
 	ge.value = ctx_value;
 	gdk.key_id = (char *)o->key_id;
@@ -886,6 +937,215 @@ static int grpc_setup(struct bench *b, kms_client *c, uint8_t **req,
 		protobuf_c_message_free_unpacked(&resp->base, NULL);
 	}
 	return rc;
+}
+
+/* ---- versions and rotation (--blob, --refresh-ms, rotate-key) ---- */
+
+/* The packed DecryptRequest of blob with the bench context, in *req. */
+static int decrypt_request(const uint8_t *blob, size_t len, uint8_t **req, size_t *req_len)
+{
+	char ctx_key[] = BENCH_CTX_KEY, ctx_value[] = BENCH_CTX_VALUE;
+	Kms__V1__DecryptRequest dec = KMS__V1__DECRYPT_REQUEST__INIT;
+	Kms__V1__DecryptRequest__EncryptionContextEntry de =
+	    KMS__V1__DECRYPT_REQUEST__ENCRYPTION_CONTEXT_ENTRY__INIT;
+	Kms__V1__DecryptRequest__EncryptionContextEntry *dep = &de;
+
+	de.key = ctx_key;
+	de.value = ctx_value;
+	dec.ciphertext_blob.data = (uint8_t *)blob;
+	dec.ciphertext_blob.len = len;
+	dec.n_encryption_context = 1;
+	dec.encryption_context = &dep;
+	return pack_request(&dec.base, req, req_len);
+}
+
+/* --blob FILE: the DecryptRequest of the blob in it, checked by one Decrypt. */
+static int blob_file_request(struct bench *b, kms_client *c, uint8_t **req, size_t *req_len)
+{
+	const char *path = b->o->blob_file;
+	uint8_t blob[BLOB_FILE_MAX + 1];
+	kms_buf resp = {NULL, 0};
+	kms_rpc_status st;
+	size_t n;
+	FILE *f = fopen(path, "re");
+	int rc;
+
+	if (f == NULL) {
+		errmsg("cannot read --blob '%s': %s", path, strerror(errno));
+		return EXIT_LOCAL;
+	}
+	n = fread(blob, 1, sizeof(blob), f);
+	rc = ferror(f);
+	fclose(f);
+	if (rc != 0 || n == 0 || n > BLOB_FILE_MAX) {
+		errmsg("--blob '%s' is %s", path,
+		       rc != 0 ? "unreadable" : n == 0 ? "empty" : "longer than any blob kmsd makes");
+		return EXIT_LOCAL;
+	}
+	rc = decrypt_request(blob, n, req, req_len);
+	if (rc != EXIT_OK)
+		return rc;
+	/* A blob that does not decrypt would make every call an error: say so once. */
+	if (kms_client_call_raw(c, "/kms.v1.KeyManagement/Decrypt", *req, *req_len, &resp,
+				&st) != 0) {
+		errmsg("setting up: Decrypt of --blob '%s': %s: %s", path,
+		       kms_grpc_status_name(st.code), st.details);
+		return EXIT_SERVER;
+	}
+	/* The answer holds the data key: wiped. */
+	kms_cleanse(resp.data, resp.len);
+	kms_buf_free(&resp);
+	return EXIT_OK;
+}
+
+/* The thread of --refresh-ms, and what it found wrong. */
+struct refresher {
+	pthread_t tid;
+	struct bench *b;
+	kms_client *c;
+	atomic_int stop;
+	uint64_t made;
+	uint64_t errors;
+	char first_err[320];
+};
+
+/* One new blob under the key's primary, published for the next calls. */
+static int refresh_once(struct refresher *r)
+{
+	struct bench *b = r->b;
+	char ctx_key[] = BENCH_CTX_KEY, ctx_value[] = BENCH_CTX_VALUE;
+	Kms__V1__GenerateDataKeyRequest gdk = KMS__V1__GENERATE_DATA_KEY_REQUEST__INIT;
+	Kms__V1__GenerateDataKeyRequest__EncryptionContextEntry ge =
+	    KMS__V1__GENERATE_DATA_KEY_REQUEST__ENCRYPTION_CONTEXT_ENTRY__INIT;
+	Kms__V1__GenerateDataKeyRequest__EncryptionContextEntry *gep = &ge;
+	Kms__V1__GenerateDataKeyResponse *resp = NULL;
+	struct fresh_req *f = NULL;
+	uint8_t *req = NULL;
+	size_t len = 0;
+	kms_rpc_status st;
+
+	ge.key = ctx_key;
+	ge.value = ctx_value;
+	gdk.key_id = (char *)b->o->key_id;
+	gdk.number_of_bytes = DATA_KEY_BYTES;
+	gdk.n_encryption_context = 1;
+	gdk.encryption_context = &gep;
+	gdk.without_plaintext = 1;
+	if (kms_client_call(r->c, "/kms.v1.KeyManagement/GenerateDataKey", &gdk.base,
+			    &kms__v1__generate_data_key_response__descriptor,
+			    (ProtobufCMessage **)&resp, &st) != 0) {
+		snprintf(r->first_err, sizeof(r->first_err), "--refresh-ms: GenerateDataKey: %s: %.200s",
+			 kms_grpc_status_name(st.code), st.details);
+		return -1;
+	}
+	if (decrypt_request(resp->ciphertext_blob.data, resp->ciphertext_blob.len, &req, &len) ==
+	    EXIT_OK)
+		f = kms_malloc(sizeof(*f) + len);
+	protobuf_c_message_free_unpacked(&resp->base, NULL);
+	if (f == NULL) {
+		kms_free(req);
+		snprintf(r->first_err, sizeof(r->first_err), "--refresh-ms: out of memory");
+		return -1;
+	}
+	memcpy(f->req, req, len);
+	f->len = len;
+	kms_free(req);
+	/* Only this thread writes the list; the workers read the newest. */
+	f->next = b->fresh_all;
+	b->fresh_all = f;
+	atomic_store_explicit(&b->fresh, f, memory_order_release);
+	r->made++;
+	return 0;
+}
+
+static void *refresher_main(void *arg)
+{
+	struct refresher *r = arg;
+	const struct timespec tick = {0, 10 * 1000000};
+
+	while (!atomic_load(&r->stop)) {
+		int64_t next = now_ns() + (int64_t)r->b->o->refresh_ms * 1000000;
+
+		if (refresh_once(r) != 0 && r->errors++ == 0)
+			errmsg("%s", r->first_err);
+		while (!atomic_load(&r->stop) && now_ns() < next)
+			nanosleep(&tick, NULL);
+	}
+	return NULL;
+}
+
+static void fresh_free(struct bench *b)
+{
+	while (b->fresh_all != NULL) {
+		struct fresh_req *f = b->fresh_all;
+
+		b->fresh_all = f->next;
+		kms_free(f);
+	}
+	atomic_store(&b->fresh, NULL);
+}
+
+static int report(const struct opts *o, struct worker *w, unsigned nw, double window_s);
+
+/*
+ * rotate-key mode: RotateKey on the key, one call at a time, on this
+ * thread: --rotations N of them as fast as they commit, or one every
+ * --interval-ms for the warm-up and the measured window.
+ */
+static int run_rotate(const struct opts *o, struct worker *w)
+{
+	Kms__V1__RotateKeyRequest req = KMS__V1__ROTATE_KEY_REQUEST__INIT;
+	kms_client *c = NULL;
+	kms_err err;
+	int64_t t_start, t_end, t, last = 0;
+	const struct timespec tick = {0, 1000000};
+	uint64_t k = 0;
+
+	if (kms_client_open(&o->copts, &c, &err) != KMS_OK) {
+		errmsg("%s", err.msg);
+		return EXIT_LOCAL;
+	}
+	req.key_id = (char *)o->key_id;
+	t_start = now_ns();
+	t_end = t_start + (int64_t)(o->rotations > 0 ? o->duration_s
+						    : o->warmup_s + o->duration_s) * 1000000000;
+	for (;;) {
+		Kms__V1__RotateKeyResponse *resp = NULL;
+		kms_rpc_status st;
+		int64_t t0;
+
+		if (o->rotations > 0 && k == o->rotations)
+			break;
+		if (o->interval_ms > 0) {
+			int64_t due = t_start + (int64_t)k * o->interval_ms * 1000000;
+
+			while ((t = now_ns()) < due && t < t_end)
+				nanosleep(&tick, NULL);
+		}
+		t0 = now_ns();
+		if (t0 >= t_end)
+			break;
+		k++;
+		if (kms_client_call(c, "/kms.v1.KeyManagement/RotateKey", &req.base,
+				    &kms__v1__rotate_key_response__descriptor,
+				    (ProtobufCMessage **)&resp, &st) != 0) {
+			worker_error(w, t0, "RotateKey: %s: %s", kms_grpc_status_name(st.code),
+				     st.details);
+			continue;
+		}
+		last = now_ns();
+		w->calls++;
+		w->ops++;
+		lat_add(&w->lat, (uint64_t)(last - t0));
+		protobuf_c_message_free_unpacked(&resp->base, NULL);
+	}
+	kms_client_close(c);
+	if (o->rotations > 0 && w->ops + w->errors < o->rotations)
+		worker_error(w, now_ns(), "%llu of %u rotations made within --duration %u s",
+			     (unsigned long long)w->ops, o->rotations, o->duration_s);
+	return report(o, w, 1,
+		      o->rotations > 0 ? (double)(last > t_start ? last - t_start : 1) / 1e9
+				       : (double)(o->warmup_s + o->duration_s));
 }
 
 /* ---- raw PKCS#11 mode ---- */
@@ -1017,6 +1277,21 @@ static long self_status_kb(const char *field)
 	return v;
 }
 
+/* This process's CPU seconds (user + system) and minor page faults so far:
+ * on a loaded machine the wall time of a phase says little, these do. */
+static double self_cpu_s(long *minflt)
+{
+	struct rusage ru;
+
+	if (getrusage(RUSAGE_SELF, &ru) != 0) {
+		*minflt = -1;
+		return -1;
+	}
+	*minflt = ru.ru_minflt;
+	return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
+	       (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+}
+
 /*
  * CreateKey of key i as kmsd would commit it. The material is a fixed
  * pattern of the size of an RFC 5649-wrapped AES-256 key: the key ring
@@ -1056,6 +1331,8 @@ static int run_keyring(const struct opts *o)
 	size_t heap0;
 	long rss_keys, rss_restored, hwm_restore, rss_freed, rss_trimmed;
 	double apply_us, snapshot_s, restore_s, trim_s, heap_per_key;
+	double cpu0, snapshot_cpu_s, restore_cpu_s;
+	long flt0, flt1, restore_faults;
 	size_t snap_len;
 	int64_t t;
 	int rc = EXIT_LOCAL;
@@ -1079,9 +1356,11 @@ static int run_keyring(const struct opts *o)
 	heap_per_key = (double)(mallinfo2().uordblks - heap0) / n;
 	rss_keys = self_status_kb("VmRSS");
 	t = now_ns();
+	cpu0 = self_cpu_s(&flt0);
 	if (kms_keyring_snapshot(kr, kms_malloc, &snap, &err) != KMS_OK)
 		goto fail;
 	snapshot_s = (double)(now_ns() - t) / 1e9;
+	snapshot_cpu_s = self_cpu_s(&flt1) - cpu0;
 	snap_len = snap.len;
 	kms_keyring_free(kr);
 	kr = NULL;
@@ -1098,9 +1377,12 @@ static int run_keyring(const struct opts *o)
 	if (kms_keyring_new(&kr, &err) != KMS_OK)
 		goto fail;
 	t = now_ns();
+	cpu0 = self_cpu_s(&flt0);
 	if (kms_keyring_restore(kr, snap.data, snap.len, &err) != KMS_OK)
 		goto fail;
 	restore_s = (double)(now_ns() - t) / 1e9;
+	restore_cpu_s = self_cpu_s(&flt1) - cpu0;
+	restore_faults = flt1 - flt0;
 	rss_restored = self_status_kb("VmRSS");
 	hwm_restore = self_status_kb("VmHWM");
 	kms_buf_free(&snap);
@@ -1111,15 +1393,18 @@ static int run_keyring(const struct opts *o)
 	rss_trimmed = self_status_kb("VmRSS");
 	printf(o->json ? "{\"mode\":\"keyring\",\"keys\":%u,\"apply_us_at_n\":%.1f,"
 			 "\"heap_bytes_per_key\":%.0f,\"rss_kb_with_keys\":%ld,"
-			 "\"snapshot_bytes\":%zu,\"snapshot_s\":%.3f,\"restore_s\":%.3f,"
+			 "\"snapshot_bytes\":%zu,\"snapshot_s\":%.3f,\"snapshot_cpu_s\":%.3f,"
+			 "\"restore_s\":%.3f,\"restore_cpu_s\":%.3f,\"restore_minflt\":%ld,"
 			 "\"restore_vmhwm_kb\":%ld,\"rss_kb_restored\":%ld,"
 			 "\"rss_kb_snapshot_freed\":%ld,\"rss_kb_trimmed\":%ld,\"trim_s\":%.3f}\n"
 		       : "mode: keyring\nkeys: %u\napply_us_at_n: %.1f\nheap_bytes_per_key: %.0f\n"
 			 "rss_kb_with_keys: %ld\nsnapshot_bytes: %zu\nsnapshot_s: %.3f\n"
-			 "restore_s: %.3f\nrestore_vmhwm_kb: %ld\nrss_kb_restored: %ld\n"
+			 "snapshot_cpu_s: %.3f\nrestore_s: %.3f\nrestore_cpu_s: %.3f\n"
+			 "restore_minflt: %ld\nrestore_vmhwm_kb: %ld\nrss_kb_restored: %ld\n"
 			 "rss_kb_snapshot_freed: %ld\nrss_kb_trimmed: %ld\ntrim_s: %.3f\n",
-	       n, apply_us, heap_per_key, rss_keys, snap_len, snapshot_s, restore_s, hwm_restore,
-	       rss_restored, rss_freed, rss_trimmed, trim_s);
+	       n, apply_us, heap_per_key, rss_keys, snap_len, snapshot_s, snapshot_cpu_s, restore_s,
+	       restore_cpu_s, restore_faults, hwm_restore, rss_restored, rss_freed, rss_trimmed,
+	       trim_s);
 	rc = EXIT_OK;
 	goto out;
 fail:
@@ -1171,6 +1456,8 @@ static const char *mode_name(enum bench_mode m)
 		return "batch-generate-data-key";
 	case MODE_BATCH_REENCRYPT:
 		return "batch-reencrypt";
+	case MODE_ROTATE:
+		return "rotate-key";
 	case MODE_RAW:
 		break;
 	}
@@ -1248,6 +1535,16 @@ static int run_workers(struct bench *b, struct worker *w, unsigned nw,
 	int rc = EXIT_OK, e;
 
 	b->t_measure = now_ns() + (keyset_counted(b) ? 0 : (int64_t)b->o->warmup_s * 1000000000);
+	/* Set-up is over: whoever samples the measured window starts from here. */
+	if (b->o->ready_file != NULL && !(b->ks != NULL && b->ks->setting_up)) {
+		FILE *f = fopen(b->o->ready_file, "we");
+
+		if (f == NULL || fclose(f) != 0) {
+			errmsg("cannot write --ready-file '%s': %s", b->o->ready_file,
+			       strerror(errno));
+			return EXIT_LOCAL;
+		}
+	}
 	b->t_end = b->t_measure + (int64_t)(b->ks != NULL && b->ks->setting_up
 						? KEYSET_SETUP_LIMIT_S
 						: b->o->duration_s) *
@@ -1327,10 +1624,13 @@ static int run_grpc(const struct opts *o, struct worker *w)
 	uint8_t *req = NULL;
 	size_t req_len = 0;
 	kms_err err;
+	struct refresher ref;
+	int ref_started = 0;
 	unsigned i;
 	int rc;
 
 	memset(&b, 0, sizeof(b));
+	memset(&ref, 0, sizeof(ref));
 	b.o = o;
 	if (kms_client_open(&o->copts, &c, &err) != KMS_OK) {
 		errmsg("%s", err.msg);
@@ -1368,10 +1668,35 @@ static int run_grpc(const struct opts *o, struct worker *w)
 		if (rc != EXIT_OK)
 			goto out;
 	}
+	if (o->refresh_ms > 0) {
+		int e;
+
+		ref.b = &b;
+		ref.c = c;
+		atomic_init(&ref.stop, 0);
+		e = pthread_create(&ref.tid, NULL, refresher_main, &ref);
+		if (e != 0) {
+			errmsg("cannot start a thread: %s", strerror(e));
+			rc = EXIT_LOCAL;
+			goto out;
+		}
+		ref_started = 1;
+	}
 	rc = run_workers(&b, w, o->threads, grpc_worker);
+	if (ref_started) {
+		atomic_store(&ref.stop, 1);
+		pthread_join(ref.tid, NULL);
+		/* Its failures are the run's: the calls would not be what was asked. */
+		w[0].errors += ref.errors;
+		if (ref.errors > 0 && w[0].first_err[0] == '\0')
+			snprintf(w[0].first_err, sizeof(w[0].first_err), "%s", ref.first_err);
+		if (ref.made == 0 && ref.errors == 0)
+			worker_error(&w[0], now_ns(), "--refresh-ms made no blob");
+	}
 	if (rc == EXIT_OK)
 		rc = report(o, w, o->threads, window_s(&b, w, o->threads));
 out:
+	fresh_free(&b);
 	keyset_free(b.ks);
 	kms_free(req);
 	kms_client_close(c);
@@ -1429,6 +1754,11 @@ enum opt_id {
 	OPT_KEY_PREFIX,
 	OPT_GRANT,
 	OPT_KEYRING,
+	OPT_BLOB,
+	OPT_REFRESH_MS,
+	OPT_ROTATIONS,
+	OPT_INTERVAL_MS,
+	OPT_READY_FILE,
 };
 
 static const struct option long_opts[] = {
@@ -1456,6 +1786,11 @@ static const struct option long_opts[] = {
     {"key-prefix", required_argument, NULL, OPT_KEY_PREFIX},
     {"grant", required_argument, NULL, OPT_GRANT},
     {"keyring", required_argument, NULL, OPT_KEYRING},
+    {"blob", required_argument, NULL, OPT_BLOB},
+    {"refresh-ms", required_argument, NULL, OPT_REFRESH_MS},
+    {"rotations", required_argument, NULL, OPT_ROTATIONS},
+    {"interval-ms", required_argument, NULL, OPT_INTERVAL_MS},
+    {"ready-file", required_argument, NULL, OPT_READY_FILE},
     {NULL, 0, NULL, 0},
 };
 
@@ -1528,11 +1863,22 @@ static int keys_args_check(struct opts *o, const char *mode)
 	return EXIT_OK;
 }
 
+/* The options of versions and rotation, which the raw and key ring modes do not take. */
+static int versions_args_check(const struct opts *o, int raw)
+{
+	if ((raw || o->keyring > 0) && (o->blob_file != NULL || o->refresh_ms > 0 ||
+					o->rotations > 0 || o->interval_ms > 0))
+		return usage_error("--blob, --refresh-ms, --rotations and --interval-ms go with "
+				   "--mode decrypt or rotate-key, not with %s",
+				   raw ? "--raw-pkcs11" : "--keyring");
+	return EXIT_OK;
+}
+
 /* Returns -1 to go on, else the exit code (help, version, usage error). */
 static int parse_args(struct opts *o, int argc, char **argv)
 {
 	const char *mode = NULL;
-	int raw = 0, id, grpc_opt = 0, batch_opt = 0, run_opt = 0;
+	int raw = 0, id, grpc_opt = 0, batch_opt = 0, run_opt = 0, threads_opt = 0;
 	unsigned timeout;
 
 	o->concurrency = 8;
@@ -1568,6 +1914,7 @@ static int parse_args(struct opts *o, int argc, char **argv)
 			break;
 		case OPT_THREADS:
 			run_opt = 1;
+			threads_opt = 1;
 			rc = parse_uint(optarg, "--threads", 1, 256,
 					&o->threads);
 			break;
@@ -1633,6 +1980,21 @@ static int parse_args(struct opts *o, int argc, char **argv)
 		case OPT_KEYRING:
 			rc = parse_uint(optarg, "--keyring", 100, 10000000, &o->keyring);
 			break;
+		case OPT_BLOB:
+			o->blob_file = optarg;
+			break;
+		case OPT_REFRESH_MS:
+			rc = parse_uint(optarg, "--refresh-ms", 10, 3600000, &o->refresh_ms);
+			break;
+		case OPT_ROTATIONS:
+			rc = parse_uint(optarg, "--rotations", 1, 100000, &o->rotations);
+			break;
+		case OPT_INTERVAL_MS:
+			rc = parse_uint(optarg, "--interval-ms", 10, 3600000, &o->interval_ms);
+			break;
+		case OPT_READY_FILE:
+			o->ready_file = optarg;
+			break;
 		case ':':
 			return usage_error("option '%s' needs a value",
 					   argv[optind - 1]);
@@ -1645,6 +2007,8 @@ static int parse_args(struct opts *o, int argc, char **argv)
 	}
 	if (optind < argc)
 		return usage_error("unexpected argument '%s'", argv[optind]);
+	if (versions_args_check(o, raw) != EXIT_OK)
+		return EXIT_LOCAL;
 	if (o->keyring > 0) {
 		/* --json is the only other option it takes. */
 		if (raw || mode != NULL || o->key_id != NULL || grpc_opt || run_opt ||
@@ -1674,7 +2038,7 @@ static int parse_args(struct opts *o, int argc, char **argv)
 	if (mode == NULL)
 		return usage_error("give --mode "
 				   "generate-data-key|decrypt|encrypt|create-key|batch-decrypt|"
-				   "batch-generate-data-key|batch-reencrypt, or --raw-pkcs11");
+				   "batch-generate-data-key|batch-reencrypt|rotate-key, or --raw-pkcs11");
 	if (strcmp(mode, "generate-data-key") == 0)
 		o->mode = MODE_GDK;
 	else if (strcmp(mode, "decrypt") == 0)
@@ -1689,6 +2053,8 @@ static int parse_args(struct opts *o, int argc, char **argv)
 		o->mode = MODE_BATCH_GDK;
 	else if (strcmp(mode, "batch-reencrypt") == 0)
 		o->mode = MODE_BATCH_REENCRYPT;
+	else if (strcmp(mode, "rotate-key") == 0)
+		o->mode = MODE_ROTATE;
 	else
 		return usage_error("unknown --mode '%s'", mode);
 	if (!is_batch_mode(o->mode)) {
@@ -1703,6 +2069,22 @@ static int parse_args(struct opts *o, int argc, char **argv)
 		return usage_error("--mode %s needs --key-id", mode);
 	if (keys_args_check(o, mode) != EXIT_OK)
 		return EXIT_LOCAL;
+	if (o->mode == MODE_ROTATE) {
+		/* One rotation at a time: two at once would name the same version. */
+		if (grpc_opt || threads_opt)
+			return usage_error("--mode rotate-key makes one call at a time: no "
+					   "--concurrency, --keys or --threads");
+		if ((o->rotations > 0) == (o->interval_ms > 0))
+			return usage_error("--mode rotate-key needs --rotations N or "
+					   "--interval-ms MS (one of them)");
+		o->concurrency = 1;
+		o->threads = 1;
+	} else if (o->rotations > 0 || o->interval_ms > 0) {
+		return usage_error("--rotations and --interval-ms go with --mode rotate-key");
+	}
+	if ((o->blob_file != NULL || o->refresh_ms > 0) &&
+	    (o->mode != MODE_DECRYPT || o->keys > 0))
+		return usage_error("--blob and --refresh-ms go with --mode decrypt --key-id");
 	if (o->concurrency < o->threads)
 		return usage_error("--concurrency %u is below --threads %u",
 				   o->concurrency, o->threads);
@@ -1729,6 +2111,10 @@ int main(int argc, char **argv)
 	}
 	if (o.mode == MODE_RAW) {
 		rc = run_raw(&o, w);
+	} else if (o.mode == MODE_ROTATE) {
+		if (getenv("GRPC_VERBOSITY") == NULL && getenv("GRPC_TRACE") == NULL)
+			gpr_set_log_function(quiet_grpc_log);
+		rc = run_rotate(&o, w);
 	} else {
 		if (getenv("GRPC_VERBOSITY") == NULL &&
 		    getenv("GRPC_TRACE") == NULL)

@@ -20,6 +20,7 @@
 #include <grpc/support/log.h>
 #include <jansson.h>
 
+#include "audit_cmd.h"
 #include "b64.h"
 #include "kmsctl.h"
 #include "proto_ctx.h"
@@ -578,6 +579,7 @@ static const char global_usage[] =
     "  update-alias ALIAS KEY_ID\n"
     "  delete-alias ALIAS\n"
     "  list-aliases [--key-id KEY_ID] [--page-size N] [--page-token T]\n"
+    "  audit verify FILE [--node-cert PEM] [--allow-unsigned-tail]   (offline)\n"
     "\n"
     "global options (also accepted after the command):\n"
     "  --endpoint HOST:PORT  server (env KMS_ENDPOINT, "
@@ -595,7 +597,8 @@ static const char global_usage[] =
     "\n"
     "Bytes are printed as base64. Exit status: 0 success, 1 usage or local "
     "error,\n"
-    "2 the server returned an error (printed as 'kmsctl: STATUS: details'),\n"
+    "2 the server returned an error (printed as 'kmsctl: STATUS: details') or\n"
+    "'audit verify' found a bad record,\n"
     "3 'cluster status' found no leader, 128+N 'rewrap' stopped by signal N.\n";
 
 struct cli {
@@ -3610,6 +3613,9 @@ static int run(struct cli *cli, int argc, char **argv)
 		return rc;
 	if (optind >= argc)
 		return usage_error("no command given");
+	/* Offline, with options of its own (tools/audit_cmd.c). */
+	if (strcmp(argv[optind], "audit") == 0)
+		return kmsctl_audit(argc - optind, argv + optind, cli->json);
 	cli->cmd = find_command(argv[optind]);
 	if (cli->cmd == NULL)
 		return usage_error("unknown command '%s'", argv[optind]);

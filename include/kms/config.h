@@ -94,6 +94,14 @@ typedef struct kms_config {
 				    bootstrap only, like admins (docs/OPERATIONS.md "Quorum") */
 	size_t n_operators;
 	unsigned quorum_threshold; /* threshold = M, 1..32: approvals a root operation needs */
+	/* [audit] (docs/OPERATIONS.md, "Audit log") */
+	char *audit_path;	     /* path = file, default <data_dir>/audit.log */
+	int audit_enabled;	     /* enabled = true|false, default true; false is for
+					benchmarks and tests only: calls leave no record */
+	unsigned audit_checkpoint_records; /* checkpoint_records = 1..10000000, default 10000 */
+	unsigned audit_checkpoint_seconds; /* checkpoint_seconds = 1..86400, default 10: a
+					      signed checkpoint after that many records, or
+					      that long after the first unsigned one */
 } kms_config;
 
 /*

@@ -154,6 +154,55 @@ int kms_hsm_domain_key_install(kms_hsm *hsm, kms_hsm_key priv,
 			       const char *label, const uint8_t *wrapped,
 			       size_t len, kms_hsm_key *dk_out, kms_err *err);
 
+/* --- domain-key rotation (issue #6) --- */
+
+/*
+ * Rewraps master keys from old_dk to new_dk inside the HSM, one blob at a
+ * time; every new blob unwraps under new_dk to the same key.
+ *
+ * The DK's unwrap template makes every key it unwraps non-extractable, so a
+ * master key unwrapped under old_dk can never be wrapped again. Instead,
+ * kms_hsm_rewrap_open takes a second, transient handle on old_dk's value:
+ * it wraps old_dk (CKA_EXTRACTABLE, as every DK must be for joins) under a
+ * one-time AES key made for this, and unwraps it back as a session object
+ * that may only unwrap, is itself non-extractable, and whose unwrap
+ * template makes master keys sensitive and extractable but good for
+ * nothing else; the one-time key is destroyed at once. kms_hsm_rewrap then
+ * unwraps each blob under that copy and wraps it under new_dk (RFC 5649).
+ * Every object made lives in the holder session of this process only and
+ * is destroyed before the call returns. A DK that is not extractable (an
+ * old token) is used directly instead, which works only if it has no
+ * unwrap template. Nothing here needs more than what joins already need
+ * (docs/SECURITY.md section 3).
+ *
+ * kms_hsm_rewrap_open: *out is the caller's, released by kms_hsm_rewrap_close
+ * (any thread, once). kms_hsm_rewrap: out->data is kms_malloc'd, the
+ * caller's. A blob that does not unwrap under old_dk: KMS_ERR_HSM.
+ */
+typedef struct kms_hsm_rewrapper kms_hsm_rewrapper;
+int kms_hsm_rewrap_open(kms_hsm *hsm, kms_hsm_key old_dk, kms_hsm_rewrapper **out, kms_err *err);
+int kms_hsm_rewrap(kms_hsm_rewrapper *rw, kms_hsm_key new_dk, const uint8_t *wrapped, size_t len,
+		   kms_buf *out, kms_err *err);
+void kms_hsm_rewrap_close(kms_hsm_rewrapper *rw);
+
+/*
+ * The label of the domain key of generation gen: base itself for the first
+ * (so tokens made before rotation existed keep theirs), "base.gN" after.
+ * out must hold KMS_HSM_DK_LABEL_MAX bytes; a base too long: KMS_ERR_CONFIG.
+ */
+#define KMS_HSM_DK_LABEL_MAX 128
+int kms_hsm_dk_label(const char *base, uint32_t gen, char out[KMS_HSM_DK_LABEL_MAX], kms_err *err);
+
+/*
+ * The generations of the domain keys labelled after base on the token
+ * (kms_hsm_dk_label), ascending, at most max of them; *n is how many.
+ */
+int kms_hsm_dk_generations(kms_hsm *hsm, const char *base, uint32_t *gens, size_t max, size_t *n,
+			   kms_err *err);
+
+/* Destroys a domain key (a token object) for good. */
+int kms_hsm_domain_key_destroy(kms_hsm *hsm, kms_hsm_key dk, kms_err *err);
+
 /* "CKR_PIN_INCORRECT" etc.; "CKR_0x..." for unknown values. Never NULL. */
 const char *kms_hsm_rv_name(unsigned long rv);
 

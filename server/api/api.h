@@ -26,6 +26,9 @@ extern const kms_method kms_api_quorum_methods[];
 extern const size_t kms_api_quorum_n_methods;
 extern const kms_method kms_api_internal_methods[];
 extern const size_t kms_api_internal_n_methods;
+/* DomainKeyStatus (Operator) and FetchRotationDomainKey (Internal). */
+extern const kms_method kms_api_domain_key_methods[];
+extern const size_t kms_api_domain_key_n_methods;
 
 /* KMS_OK when this node can take a write now (kms_node_can_write), else
  * KMS_ERR_UNAVAILABLE saying why not. */
@@ -52,6 +55,9 @@ typedef struct kms_leader_op {
 /* KMS_OK for an administrator of the replicated list, else KMS_ERR_PERMISSION
  * "principal '<p>' is not an administrator". */
 int kms_api_admin_check(struct kms_node *node, const char *principal, kms_err *err);
+/* RotateDomainKey's leader operation (api_domain_key.c). */
+int kms_api_op_rotate_domain_key(struct kms_node *node, const char *principal,
+				 const uint8_t *data, size_t len, kms_buf *out, kms_err *err);
 
 /* The leader operation for method ("/kms.v1.Operator/AddMember"), or NULL. */
 const kms_leader_op *kms_api_leader_op(const char *method);

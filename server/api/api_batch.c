@@ -299,6 +299,9 @@ static void run_batch(const struct batch_kind *k, kms_node *node, kms_call *call
 		rc = kms_errf(&err, KMS_ERR_INVALID, "%s needs at least one request", k->name);
 		goto out;
 	}
+	/* One record for the call, with its item count: the items may name
+	 * many keys (docs/OPERATIONS.md, "Audit log"). */
+	kms_call_audit_items(call, (unsigned)n);
 	KMS_TRY_GOTO(rc, batch_alloc(&b, k, n, &err), out);
 	/* A NUL in a string fails its item only (the single call's message). */
 	kms_wire_check_items(k->item, 1, data, len, item_bad_string, &b);

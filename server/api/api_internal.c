@@ -14,6 +14,7 @@
 #include "kms/spiffe.h"
 #include "kms/v1/cluster.pb-c.h"
 #include "kms/v1/state.pb-c.h"
+#include "node/dk_rotation.h"
 #include "node/forward.h"
 #include "node/node.h"
 #include "rpc/wire_strings.h"
@@ -86,6 +87,35 @@ static int forward_gate(kms_node *node, uint64_t peer_id, const char *principal,
 				      kms_quote(principal, q),
 				      (unsigned long long)c->consume_join_grant->node_id);
 		break;
+	case KMS__V1__COMMAND__CMD_GRANT_DOMAIN_KEY_ROTATION:
+	case KMS__V1__COMMAND__CMD_CONSUME_DOMAIN_KEY_ROTATION_GRANT:
+	case KMS__V1__COMMAND__CMD_CONFIRM_DOMAIN_KEY: {
+		/*
+		 * A member's own steps of a rotation: its grant and its
+		 * confirmations, which only it forwards; the use of its grant,
+		 * which the holder it fetched from forwards in its name (as with
+		 * ConsumeJoinGrant).
+		 */
+		int own = c->cmd_case != KMS__V1__COMMAND__CMD_CONSUME_DOMAIN_KEY_ROTATION_GRANT;
+		uint64_t id = 0;
+
+		/* The oneof's members share one pointer: read the one set. */
+		if (c->cmd_case == KMS__V1__COMMAND__CMD_GRANT_DOMAIN_KEY_ROTATION &&
+		    c->grant_domain_key_rotation != NULL)
+			id = c->grant_domain_key_rotation->node_id;
+		else if (!own && c->consume_domain_key_rotation_grant != NULL)
+			id = c->consume_domain_key_rotation_grant->node_id;
+		else if (c->cmd_case == KMS__V1__COMMAND__CMD_CONFIRM_DOMAIN_KEY &&
+			 c->confirm_domain_key != NULL)
+			id = c->confirm_domain_key->node_id;
+
+		if (id == 0 || !principal_is_node(node, principal, id) || (own && peer_id != id))
+			rc = kms_errf(err, KMS_ERR_PERMISSION,
+				      "principal '%s' may not take node %llu's domain-key rotation "
+				      "steps",
+				      kms_quote(principal, q), (unsigned long long)id);
+		break;
+	}
 	case KMS__V1__COMMAND__CMD_RESERVE_ENCRYPTIONS:
 		/*
 		 * A node reserves encryptions for itself alone: the member that
@@ -244,6 +274,8 @@ static void forward(void *app, kms_call *call, const uint8_t *data, size_t len)
 		kms_call_fail(call, KMS_ERR_INVALID, "malformed ForwardRequest");
 		return;
 	}
+	/* The leader's record names the caller the follower served too. */
+	kms_call_audit_on_behalf_of(call, req->principal);
 	if (require_member_node(node, call) != 0)
 		forward_writes(node, call, &req, 1, 0);
 	kms__v1__forward_request__free_unpacked(req, NULL);
@@ -255,6 +287,7 @@ static void forward_batch(void *app, kms_call *call, const uint8_t *data, size_t
 	Kms__V1__ForwardBatchRequest *req =
 		kms__v1__forward_batch_request__unpack(NULL, len, data);
 	char msg[KMS_ERRMSG_SIZE];
+	size_t same;
 
 	if (req == NULL) {
 		kms_call_fail(call, KMS_ERR_INVALID, "malformed ForwardBatchRequest");
@@ -268,6 +301,15 @@ static void forward_batch(void *app, kms_call *call, const uint8_t *data, size_t
 		kms_call_fail(call, KMS_ERR_INVALID, msg);
 		goto out;
 	}
+	kms_call_audit_items(call, (unsigned)req->n_writes);
+	/* The leader's record names the caller the follower served when the
+	 * writes are all one caller's (the usual case: a batch of one). */
+	same = 1;
+	while (same < req->n_writes &&
+	       strcmp(req->writes[same]->principal, req->writes[0]->principal) == 0)
+		same++;
+	if (same == req->n_writes)
+		kms_call_audit_on_behalf_of(call, req->writes[0]->principal);
 	forward_writes(node, call, req->writes, req->n_writes, 1);
 out:
 	kms__v1__forward_batch_request__free_unpacked(req, NULL);
@@ -364,6 +406,8 @@ static void fetch_domain_key(void *app, kms_call *call, const uint8_t *data, siz
 	uint64_t caller = kms_call_peer(call)->node_id;
 	int64_t now = (int64_t)time(NULL);
 	kms_buf wrapped = {0}, cmd = {0};
+	kms_hsm_key dk = 0;
+	uint32_t dk_gen = 0;
 	kms_err err = {0};
 	size_t n;
 	int rc;
@@ -392,7 +436,8 @@ static void fetch_domain_key(void *app, kms_call *call, const uint8_t *data, siz
 		rc = kms_errf(&err, KMS_ERR_UNAVAILABLE, "this node holds no verified domain key");
 		goto out;
 	}
-	KMS_TRY_GOTO(rc, kms_hsm_domain_key_wrap_for(node->hsm, atomic_load(&node->domain_key),
+	kms_dk_current(node, &dk, &dk_gen);
+	KMS_TRY_GOTO(rc, kms_hsm_domain_key_wrap_for(node->hsm, dk,
 						     req->rsa_modulus.data, req->rsa_modulus.len,
 						     req->rsa_public_exponent.data,
 						     req->rsa_public_exponent.len, &wrapped, &err),
@@ -418,6 +463,7 @@ static void fetch_domain_key(void *app, kms_call *call, const uint8_t *data, siz
 	resp.n_members = n < KMS_MEMBERS_MAX ? n : KMS_MEMBERS_MAX;
 	resp.wrapped_domain_key.data = wrapped.data;
 	resp.wrapped_domain_key.len = wrapped.len;
+	resp.domain_key_generation = dk_gen;
 	KMS_LOG_I("domain key wrapped to node %llu's transport key; its join grant is used",
 		  (unsigned long long)caller);
 	kms_call_reply(call, &resp.base, 0);

@@ -234,8 +234,11 @@ out:
 static int key_of(kms_node *node, kms_call *call, const char *name, const char *what,
 		  char *key_id, kms_err *err)
 {
+	kms_call_audit_key(call, name, 0);
 	KMS_TRY(admin_check(node, kms_call_principal(call), what, err));
-	return kms_keyring_real_key_id(node->kr, name, key_id, err);
+	KMS_TRY(kms_keyring_real_key_id(node->kr, name, key_id, err));
+	kms_call_audit_key(call, key_id, 0);
+	return KMS_OK;
 }
 
 static void finish(kms_call *call, int rc, const kms_err *err)
@@ -440,6 +443,7 @@ static void write_alias(kms_node *node, kms_call *call, const char *name, const 
 	kms_err err = {0};
 	int rc;
 
+	kms_call_audit_key(call, key_id, 0);
 	KMS_TRY_GOTO(rc, admin_check(node, kms_call_principal(call),
 				     update ? "update aliases" : "create aliases", &err), out);
 	rc = update ? kms_keyring_cmd_update_alias(name, key_id, (int64_t)time(NULL), &cmd, &err)

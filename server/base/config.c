@@ -112,11 +112,16 @@ static const struct key_spec keys[] = {
     /* The first operators and their threshold (bootstrap only, like admins). */
     {"quorum", "operators", K_OPERATORS, F(operator_names), 0, 0, 0},
     {"quorum", "threshold", K_UINT, F(quorum_threshold), 1, 32, 0},
+    {"audit", "path", K_PATH, F(audit_path), 0, 0, 0},
+    /* Off is for benchmarks and tests only (docs/OPERATIONS.md). */
+    {"audit", "enabled", K_BOOL, F(audit_enabled), 0, 0, 0},
+    {"audit", "checkpoint_records", K_UINT, F(audit_checkpoint_records), 1, 10000000, 0},
+    {"audit", "checkpoint_seconds", K_UINT, F(audit_checkpoint_seconds), 1, 86400, 0},
 };
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
 
 static const char *const sections[] = {"node", "grpc", "raft", "hsm", "authz", "cluster",
-				       "keys", "quorum"};
+				       "keys", "quorum", "audit"};
 #define N_SECTIONS (sizeof(sections) / sizeof(sections[0]))
 
 struct parse_state {
@@ -799,6 +804,9 @@ int kms_config_load(const char *path, kms_config *cfg, kms_err *err)
 	cfg->min_rotation_period_s = 60;
 	cfg->deletion_day_seconds = 86400;
 	cfg->upkeep_interval_ms = 1000;
+	cfg->audit_enabled = 1;
+	cfg->audit_checkpoint_records = 10000;
+	cfg->audit_checkpoint_seconds = 10;
 	cfg->min_tls_version = 12;
 	cfg->max_unwrapped_versions = 4096; /* KMS_KEYRING_HANDLES_DEFAULT */
 	cfg->tls_reload_interval_s = 5;
@@ -865,6 +873,7 @@ void kms_config_free(kms_config *cfg)
 	kms_free(cfg->join_seeds);
 	kms_free(cfg->node_ca_file);
 	kms_free(cfg->trust_domain);
+	kms_free(cfg->audit_path);
 	for (size_t i = 0; i < cfg->n_admins; i++)
 		kms_free(cfg->admins[i]);
 	kms_free(cfg->admins);

@@ -1774,3 +1774,302 @@ out:
 	kms_free(fa.found);
 	return rc;
 }
+
+/* --- domain-key rotation --- */
+
+struct kms_hsm_rewrapper {
+	kms_hsm *hsm;
+	/* The transient copy of the old DK (a holder session object), or
+	 * the old DK itself when it is not extractable (then direct). */
+	CK_OBJECT_HANDLE from;
+	int direct;
+};
+
+/*
+ * What a master key unwrapped for rewrapping must be: it leaves the HSM
+ * only by C_WrapKey (CKA_EXTRACTABLE) and does nothing else, and its value
+ * is never readable. The transient DK copy carries these as its
+ * CKA_UNWRAP_TEMPLATE, so the module enforces them on every unwrap.
+ */
+static CK_ATTRIBUTE rewrap_key_rules[] = {
+    ATTR(CKA_SENSITIVE, &ck_true), ATTR(CKA_EXTRACTABLE, &ck_true),
+    ATTR(CKA_ENCRYPT, &ck_false),  ATTR(CKA_DECRYPT, &ck_false),
+    ATTR(CKA_WRAP, &ck_false),	   ATTR(CKA_UNWRAP, &ck_false),
+    ATTR(CKA_SIGN, &ck_false),	   ATTR(CKA_VERIFY, &ck_false),
+    ATTR(CKA_DERIVE, &ck_false),
+};
+
+struct copy_arg {
+	CK_OBJECT_HANDLE dk;
+	CK_OBJECT_HANDLE copy;
+	int unextractable; /* the DK refused to be wrapped */
+};
+
+static CK_RV op_dk_copy(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h, void *p, const char **fn)
+{
+	struct copy_arg *a = p;
+	/* The one-time key: wraps and unwraps once, never leaves, never read. */
+	CK_ATTRIBUTE one_time[] = {
+	    ATTR(CKA_CLASS, &class_secret),   ATTR(CKA_KEY_TYPE, &type_aes),
+	    ATTR(CKA_VALUE_LEN, &aes256_len), ATTR(CKA_TOKEN, &ck_false),
+	    ATTR(CKA_PRIVATE, &ck_true),      ATTR(CKA_SENSITIVE, &ck_true),
+	    ATTR(CKA_EXTRACTABLE, &ck_false), ATTR(CKA_ENCRYPT, &ck_false),
+	    ATTR(CKA_DECRYPT, &ck_false),     ATTR(CKA_WRAP, &ck_true),
+	    ATTR(CKA_UNWRAP, &ck_true),	      ATTR(CKA_SIGN, &ck_false),
+	    ATTR(CKA_VERIFY, &ck_false),      ATTR(CKA_DERIVE, &ck_false),
+	};
+	/* The copy only unwraps, under rewrap_key_rules, and cannot leave. */
+	CK_ATTRIBUTE copy[] = {
+	    ATTR(CKA_CLASS, &class_secret),
+	    ATTR(CKA_KEY_TYPE, &type_aes),
+	    ATTR(CKA_TOKEN, &ck_false),
+	    ATTR(CKA_PRIVATE, &ck_true),
+	    ATTR(CKA_SENSITIVE, &ck_true),
+	    ATTR(CKA_EXTRACTABLE, &ck_false),
+	    ATTR(CKA_ENCRYPT, &ck_false),
+	    ATTR(CKA_DECRYPT, &ck_false),
+	    ATTR(CKA_WRAP, &ck_false),
+	    ATTR(CKA_UNWRAP, &ck_true),
+	    ATTR(CKA_SIGN, &ck_false),
+	    ATTR(CKA_VERIFY, &ck_false),
+	    ATTR(CKA_DERIVE, &ck_false),
+	    {CKA_UNWRAP_TEMPLATE, rewrap_key_rules, sizeof(rewrap_key_rules)},
+	    /* Last, as in dk_template: SoftHSM refuses what follows it. */
+	    ATTR(CKA_MODIFIABLE, &ck_false),
+	};
+	CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
+	CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+	CK_OBJECT_HANDLE t = CK_INVALID_HANDLE;
+	uint8_t blob[WRAPPED_MAX];
+	CK_ULONG len = sizeof(blob);
+	CK_RV rv;
+
+	a->copy = CK_INVALID_HANDLE;
+	*fn = "C_GenerateKey (one-time key)";
+	rv = f->C_GenerateKey(h, &gen, one_time, N_ATTRS(one_time), &t);
+	if (rv != CKR_OK)
+		return rv;
+	*fn = "C_WrapKey (domain key under the one-time key)";
+	rv = f->C_WrapKey(h, &kwp, t, a->dk, blob, &len);
+	if (rv == CKR_KEY_UNEXTRACTABLE)
+		a->unextractable = 1;
+	if (rv == CKR_OK) {
+		*fn = "C_UnwrapKey (domain key copy)";
+		rv = f->C_UnwrapKey(h, &kwp, t, blob, len, copy, N_ATTRS(copy), &a->copy);
+		if (rv != CKR_OK)
+			a->copy = CK_INVALID_HANDLE;
+	}
+	kms_cleanse(blob, sizeof(blob));
+	destroy_quietly(f, h, t, "one-time key");
+	return rv;
+}
+
+int kms_hsm_rewrap_open(kms_hsm *hsm, kms_hsm_key old_dk, kms_hsm_rewrapper **out, kms_err *err)
+{
+	struct copy_arg a = {old_dk, CK_INVALID_HANDLE, 0};
+	kms_hsm_rewrapper *rw;
+	CK_RV rv;
+	int rc;
+
+	if (hsm == NULL || old_dk == CK_INVALID_HANDLE || out == NULL)
+		return kms_errf(err, KMS_ERR_INVALID, "kms_hsm_rewrap_open: no HSM or domain key");
+	rw = kms_calloc(1, sizeof(*rw));
+	if (rw == NULL)
+		return kms_errf(err, KMS_ERR_NOMEM, "no memory to rewrap master keys");
+	rw->hsm = hsm;
+	pthread_mutex_lock(&hsm->holder_mu);
+	rc = run_holder(hsm, op_dk_copy, &a, &rv, err);
+	pthread_mutex_unlock(&hsm->holder_mu);
+	if (rc != KMS_OK && a.unextractable) {
+		/* An old DK that never left its token: usable only directly. */
+		KMS_LOG_W("domain key on token '%s' is not extractable; rewrapping under it "
+			  "directly",
+			  hsm->label);
+		kms_err_clear(err);
+		rw->from = old_dk;
+		rw->direct = 1;
+		*out = rw;
+		return KMS_OK;
+	}
+	if (rc != KMS_OK) {
+		kms_err_prefix(err, "cannot prepare the old domain key for rewrapping");
+		kms_free(rw);
+		return rc;
+	}
+	rw->from = a.copy;
+	*out = rw;
+	return KMS_OK;
+}
+
+struct rewrap_arg {
+	CK_OBJECT_HANDLE from, to;
+	const uint8_t *blob;
+	size_t len;
+	uint8_t out[WRAPPED_MAX];
+	CK_ULONG out_len;
+};
+
+static CK_RV op_rewrap(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h, void *p, const char **fn)
+{
+	struct rewrap_arg *a = p;
+	CK_ATTRIBUTE usage[] = {
+	    ATTR(CKA_CLASS, &class_secret),
+	    ATTR(CKA_KEY_TYPE, &type_aes),
+	    ATTR(CKA_TOKEN, &ck_false),
+	    ATTR(CKA_PRIVATE, &ck_true),
+	};
+	CK_ATTRIBUTE tmpl[N_ATTRS(usage) + N_ATTRS(rewrap_key_rules)];
+	CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+	CK_OBJECT_HANDLE k = CK_INVALID_HANDLE;
+	CK_RV rv;
+
+	memcpy(tmpl, usage, sizeof(usage));
+	memcpy(tmpl + N_ATTRS(usage), rewrap_key_rules, sizeof(rewrap_key_rules));
+	*fn = "C_UnwrapKey (master key, to rewrap)";
+	rv = f->C_UnwrapKey(h, &kwp, a->from, (CK_BYTE *)a->blob, a->len, tmpl, N_ATTRS(tmpl), &k);
+	if (rv != CKR_OK)
+		return rv;
+	*fn = "C_WrapKey (master key under the new domain key)";
+	a->out_len = sizeof(a->out);
+	rv = f->C_WrapKey(h, &kwp, a->to, k, a->out, &a->out_len);
+	destroy_quietly(f, h, k, "master key being rewrapped");
+	return rv;
+}
+
+int kms_hsm_rewrap(kms_hsm_rewrapper *rw, kms_hsm_key new_dk, const uint8_t *wrapped, size_t len,
+		   kms_buf *out, kms_err *err)
+{
+	struct rewrap_arg a;
+	CK_RV rv;
+	int rc;
+
+	if (rw == NULL || new_dk == CK_INVALID_HANDLE || out == NULL)
+		return kms_errf(err, KMS_ERR_INVALID, "kms_hsm_rewrap: no rewrapper, key or output");
+	if (wrapped == NULL || len != WRAPPED_AES256_LEN)
+		return kms_errf(err, KMS_ERR_HSM,
+				"cannot rewrap master key: a wrapped AES-256 key is %d bytes "
+				"(RFC 5649), not %zu",
+				WRAPPED_AES256_LEN, len);
+	memset(&a, 0, sizeof(a));
+	a.from = rw->from;
+	a.to = new_dk;
+	a.blob = wrapped;
+	a.len = len;
+	pthread_mutex_lock(&rw->hsm->holder_mu);
+	rc = run_holder(rw->hsm, op_rewrap, &a, &rv, err);
+	pthread_mutex_unlock(&rw->hsm->holder_mu);
+	if (rc != KMS_OK) {
+		if (rc == KMS_ERR_HSM)
+			kms_err_prefix(err, "cannot rewrap master key");
+		return rc;
+	}
+	out->data = kms_malloc(a.out_len);
+	if (out->data == NULL)
+		return kms_errf(err, KMS_ERR_NOMEM, "no memory for a rewrapped master key");
+	memcpy(out->data, a.out, a.out_len);
+	out->len = a.out_len;
+	return KMS_OK;
+}
+
+void kms_hsm_rewrap_close(kms_hsm_rewrapper *rw)
+{
+	if (rw == NULL)
+		return;
+	if (!rw->direct)
+		kms_hsm_key_destroy(rw->hsm, rw->from);
+	kms_free(rw);
+}
+
+int kms_hsm_domain_key_destroy(kms_hsm *hsm, kms_hsm_key dk, kms_err *err)
+{
+	CK_RV rv;
+
+	if (hsm == NULL || dk == CK_INVALID_HANDLE)
+		return kms_errf(err, KMS_ERR_INVALID, "kms_hsm_domain_key_destroy: no HSM or key");
+	pthread_mutex_lock(&hsm->holder_mu);
+	rv = hsm->f->C_DestroyObject(hsm->holder, dk);
+	pthread_mutex_unlock(&hsm->holder_mu);
+	if (rv != CKR_OK)
+		return kms_errf(err, KMS_ERR_HSM, "C_DestroyObject (domain key on token '%s'): %s (0x%lx)",
+				hsm->label, kms_hsm_rv_name(rv), rv);
+	return KMS_OK;
+}
+
+int kms_hsm_dk_label(const char *base, uint32_t gen, char out[KMS_HSM_DK_LABEL_MAX], kms_err *err)
+{
+	int n;
+
+	if (base == NULL || base[0] == '\0' || gen == 0)
+		return kms_errf(err, KMS_ERR_INVALID, "kms_hsm_dk_label: no label or generation");
+	if (gen == 1)
+		n = snprintf(out, KMS_HSM_DK_LABEL_MAX, "%s", base);
+	else
+		n = snprintf(out, KMS_HSM_DK_LABEL_MAX, "%s.g%u", base, gen);
+	if (n < 0 || n >= KMS_HSM_DK_LABEL_MAX)
+		return kms_errf(err, KMS_ERR_CONFIG, "domain key label '%s' is too long", base);
+	return KMS_OK;
+}
+
+/* The generation label names after base, or 0 when it names none. */
+static uint32_t dk_label_generation(const char *base, const char *label)
+{
+	size_t bl = strlen(base);
+	unsigned long g = 0;
+	const char *p;
+
+	if (strncmp(label, base, bl) != 0)
+		return 0;
+	if (label[bl] == '\0')
+		return 1;
+	if (label[bl] != '.' || label[bl + 1] != 'g' || label[bl + 2] < '1' || label[bl + 2] > '9')
+		return 0;
+	for (p = label + bl + 2; *p != '\0'; p++) {
+		if (*p < '0' || *p > '9' || g > 400000000UL)
+			return 0;
+		g = g * 10 + (unsigned long)(*p - '0');
+	}
+	return g >= 2 ? (uint32_t)g : 0;
+}
+
+int kms_hsm_dk_generations(kms_hsm *hsm, const char *base, uint32_t *gens, size_t max, size_t *n,
+			   kms_err *err)
+{
+	CK_ATTRIBUTE find_tmpl[] = {
+	    ATTR(CKA_CLASS, &class_secret),
+	    ATTR(CKA_KEY_TYPE, &type_aes),
+	    ATTR(CKA_TOKEN, &ck_true),
+	};
+	struct find_arg fa = {find_tmpl, N_ATTRS(find_tmpl), NULL, 0, 0};
+	char label[AUDIT_LABEL_MAX];
+	CK_RV rv;
+	int rc;
+
+	if (hsm == NULL || base == NULL || n == NULL)
+		return kms_errf(err, KMS_ERR_INVALID, "kms_hsm_dk_generations: no HSM or label");
+	*n = 0;
+	pthread_mutex_lock(&hsm->holder_mu);
+	rc = run_holder(hsm, op_find, &fa, &rv, err);
+	if (rc != KMS_OK) {
+		if (fa.nomem)
+			rc = kms_errf(err, KMS_ERR_NOMEM, "no memory to search the token");
+		goto out;
+	}
+	for (CK_ULONG i = 0; i < fa.n_found; i++) {
+		uint32_t g;
+		size_t j;
+
+		object_label(hsm, fa.found[i], label, sizeof(label));
+		g = dk_label_generation(base, label);
+		if (g == 0 || *n >= max)
+			continue;
+		/* Insertion keeps them ascending; a handful at most. */
+		for (j = *n; j > 0 && gens[j - 1] > g; j--)
+			gens[j] = gens[j - 1];
+		gens[j] = g;
+		(*n)++;
+	}
+out:
+	pthread_mutex_unlock(&hsm->holder_mu);
+	kms_free(fa.found);
+	return rc;
+}

@@ -17,6 +17,7 @@
 #include "api/api.h"
 #include "api/encryption_budget.h"
 #include "node/coredump.h"
+#include "node/dk_rotation.h"
 #include "node/forward.h"
 #include "kms/alloc.h"
 #include "kms/log.h"
@@ -25,6 +26,7 @@
 #include "node/node.h"
 #include "raft/raft_tls.h"
 #include "node/supervisor.h"
+#include "obs/audit_log.h"
 #include "tls/tls_engine.h"
 #include "tls/tls_policy.h"
 #include "tls/tls_watch.h"
@@ -63,8 +65,11 @@ static int data_dir_is_new(const char *dir)
 		uv_fs_req_cleanup(&req);
 		return 1;
 	}
-	if (uv_fs_scandir_next(&req, &ent) != UV_EOF)
-		fresh = 0;
+	/* The audit file is not Raft state: a node stopped before it had any
+	 * (a joining node not yet admitted) still starts as new. */
+	while (fresh && uv_fs_scandir_next(&req, &ent) != UV_EOF)
+		if (strcmp(ent.name, "audit.log") != 0)
+			fresh = 0;
 	uv_fs_req_cleanup(&req);
 	return fresh;
 }
@@ -92,9 +97,20 @@ static int open_hsm(kms_node *node, kms_err *err)
 static int find_domain_key(kms_node *node, int fresh, kms_err *err)
 {
 	int joining = node->cfg.join_seeds != NULL;
+	char label[KMS_HSM_DK_LABEL_MAX];
+	uint32_t gens[8];
+	size_t n = 0;
 	kms_hsm_key dk = 0;
-	int rc = kms_hsm_domain_key(node->hsm, node->cfg.domain_key_label, fresh && !joining, &dk,
-				    err);
+	int rc;
+
+	/*
+	 * After rotations the token holds generation N (label.gN), and for a
+	 * while N - 1 or N + 1 too: start with the newest; the rotation
+	 * module picks the state's generation once the state is loaded.
+	 */
+	KMS_TRY(kms_hsm_dk_generations(node->hsm, node->cfg.domain_key_label, gens, 8, &n, err));
+	KMS_TRY(kms_hsm_dk_label(node->cfg.domain_key_label, n > 0 ? gens[n - 1] : 1, label, err));
+	rc = kms_hsm_domain_key(node->hsm, label, fresh && !joining, &dk, err);
 
 	if (rc == KMS_ERR_NOT_FOUND && joining)
 		return KMS_OK;
@@ -114,6 +130,7 @@ static int find_domain_key(kms_node *node, int fresh, kms_err *err)
 				"receives the cluster's domain key; give it a fresh token",
 				node->cfg.hsm_token_label, node->cfg.domain_key_label,
 				node->cfg.data_dir);
+	atomic_store(&node->domain_key_gen, n > 0 ? gens[n - 1] : 1);
 	atomic_store(&node->domain_key, dk);
 	return KMS_OK;
 }
@@ -502,6 +519,35 @@ static int start_budget(kms_node *node, kms_err *err)
 	return kms_budget_new(&o, &node->budget, err);
 }
 
+/* The audit log, before the first call can arrive. */
+static int start_audit(kms_node *node, kms_err *err)
+{
+	kms_audit_opts o;
+	char path[PATH_MAX];
+
+	if (!node->cfg.audit_enabled) {
+		KMS_LOG_W("audit: [audit] enabled = false: calls leave no audit record (for "
+			  "benchmarks and tests only)");
+		return KMS_OK;
+	}
+	if (node->cfg.audit_path != NULL)
+		snprintf(path, sizeof(path), "%s", node->cfg.audit_path);
+	else if (snprintf(path, sizeof(path), "%s/audit.log", node->cfg.data_dir) >=
+		 (int)sizeof(path))
+		return kms_errf(err, KMS_ERR_CONFIG, "the audit log path is too long");
+	KMS_TRY(kms_tls_engine_load_key(node->cfg.tls_key_uri, &node->audit_key, err));
+	memset(&o, 0, sizeof(o));
+	o.path = path;
+	o.node = node->cfg.node_id;
+	o.sign_key = node->audit_key;
+	o.checkpoint_records = node->cfg.audit_checkpoint_records;
+	o.checkpoint_seconds = node->cfg.audit_checkpoint_seconds;
+	KMS_TRY(kms_audit_log_open(&o, &node->audit, err));
+	KMS_LOG_I("audit: records go to %s (a signed checkpoint every %u records or %u s)", path,
+		  o.checkpoint_records, o.checkpoint_seconds);
+	return KMS_OK;
+}
+
 static int start_rpc(kms_node *node, kms_err *err)
 {
 	kms_rpc_server_opts o;
@@ -512,7 +558,8 @@ static int start_rpc(kms_node *node, kms_err *err)
 		return kms_errf(err, KMS_ERR_NOMEM, "out of memory");
 	if (kms_api_keymgmt_n_methods + kms_api_keyadmin_n_methods + kms_api_batch_n_methods +
 		    kms_api_health_n_methods + kms_api_operator_n_methods +
-		    kms_api_quorum_n_methods + kms_api_internal_n_methods >
+		    kms_api_quorum_n_methods + kms_api_internal_n_methods +
+		    kms_api_domain_key_n_methods >
 	    MAX_METHODS) {
 		kms_free(key);
 		return kms_errf(err, KMS_ERR_INTERNAL, "more gRPC methods than MAX_METHODS (%d)",
@@ -533,6 +580,8 @@ static int start_rpc(kms_node *node, kms_err *err)
 		methods[n_methods++] = kms_api_quorum_methods[i];
 	for (size_t i = 0; i < kms_api_internal_n_methods; i++)
 		methods[n_methods++] = kms_api_internal_methods[i];
+	for (size_t i = 0; i < kms_api_domain_key_n_methods; i++)
+		methods[n_methods++] = kms_api_domain_key_methods[i];
 	memset(&o, 0, sizeof(o));
 	o.listen = node->cfg.grpc_listen;
 	o.tls = &node->tls;
@@ -553,6 +602,8 @@ static int start_rpc(kms_node *node, kms_err *err)
 	o.authn = node->authn;
 	o.worker_init = kms_api_worker_init;
 	o.worker_fini = kms_api_worker_fini;
+	o.audit = node->audit;
+	o.node_id = node->cfg.node_id;
 	rc = kms_rpc_server_start(&o, &node->rpc, err);
 	kms_free(key);
 	return rc;
@@ -618,6 +669,7 @@ int kms_node_start(const char *config_path, kms_node **out, kms_err *err)
 	KMS_TRY_GOTO(rc, check_own_certificate(node, err), fail);
 	KMS_TRY_GOTO(rc, open_hsm(node, err), fail);
 	KMS_TRY_GOTO(rc, find_domain_key(node, fresh, err), fail);
+	KMS_TRY_GOTO(rc, kms_dk_rotation_new(node, &node->dkrot, err), fail);
 	KMS_TRY_GOTO(rc, kms_keyring_new(&node->kr, err), fail);
 	kms_keyring_set_release(node->kr, release_handle, node->hsm);
 	kms_keyring_set_handle_limit(node->kr, node->cfg.max_unwrapped_versions);
@@ -650,6 +702,7 @@ int kms_node_start(const char *config_path, kms_node **out, kms_err *err)
 	ropts.applied = kms_forwarder_applied;
 	ropts.applied_arg = node->fwd;
 	KMS_TRY_GOTO(rc, kms_raft_start(&node->cfg, node->kr, &ropts, &node->raft, err), fail);
+	KMS_TRY_GOTO(rc, start_audit(node, err), fail);
 	KMS_TRY_GOTO(rc, start_rpc(node, err), fail);
 	KMS_TRY_GOTO(rc, kms_tls_policy_probe(node->cfg.grpc_listen, node->cfg.min_tls_version, err),
 		     fail);
@@ -686,6 +739,9 @@ void kms_node_stop(kms_node *node)
 	 * those waiting to be applied here are answered, likewise. */
 	kms_forwarder_stop(node->fwd);
 	kms_rpc_server_stop(node->rpc);
+	/* After the server: every call has had its record and its answer. */
+	kms_audit_log_close(node->audit);
+	EVP_PKEY_free(node->audit_key);
 	kms_forwarder_free(node->fwd);
 	kms_raft_free(node->raft);
 	kms_supervisor_free(node->sup);
@@ -695,6 +751,7 @@ void kms_node_stop(kms_node *node)
 	/* After Raft and the workers: every reservation has had its answer. */
 	kms_budget_free(node->budget);
 	kms_keyring_free(node->kr);
+	kms_dk_rotation_free(node->dkrot);
 	kms_hsm_close(node->hsm);
 	kms_authn_free(node->authn);
 	kms_config_free(&node->cfg);

@@ -19,7 +19,9 @@
 #include "rpc/rpc_server.h"
 #include "tls/tls_files.h"
 
+struct kms_audit_log;
 struct kms_budget;
+struct kms_dk_rotation;
 struct kms_forwarder;
 struct kms_supervisor;
 struct kms_tls_watch;
@@ -32,6 +34,13 @@ typedef struct kms_node {
 	/* 0 until this node holds the domain key (a joining node receives it
 	 * from a member after admission). */
 	_Atomic unsigned long domain_key;
+	/* Its generation, and during a rotation the other live domain key
+	 * (the new one before the switch, the old one after it until it is
+	 * destroyed); an unwrap that fails under domain_key tries it
+	 * (node/dk_rotation.c keeps the three in step with the state). */
+	_Atomic uint32_t domain_key_gen;
+	_Atomic unsigned long domain_key_alt;
+	struct kms_dk_rotation *dkrot;
 	atomic_int probe_verified; /* the token's domain key is the cluster's */
 	atomic_int fatal;          /* a check failed: stop and exit non-zero */
 	kms_authn *authn;          /* who a TLS peer is (services apart from nodes) */
@@ -42,6 +51,10 @@ typedef struct kms_node {
 	 * (kms_keyring_set_self), so a restart never reuses a block. */
 	uint64_t incarnation;
 	EVP_PKEY *raft_key; /* the node key in the HSM, for Raft peer TLS */
+	/* The same key, loaded once more for the audit writer thread alone,
+	 * which signs checkpoints with it (docs/SECURITY.md). */
+	EVP_PKEY *audit_key;
+	struct kms_audit_log *audit; /* NULL: [audit] enabled = false */
 	/* The TLS files in force, replaced as a whole by kms_node_reload_tls
 	 * (under reload_mu, which also guards raft_transport). */
 	kms_tls_files tls;

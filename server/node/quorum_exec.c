@@ -78,7 +78,7 @@ void kms_quorum_exec_pass(kms_quorum_exec *q)
 		KMS_LOG_I("quorum: proposal %s executed", p->id);
 	else
 		KMS_LOG_W("quorum: proposal %s failed: %s", p->id, xerr.msg);
-	/* audit: the executed root operation, with p->id and p->approvals. */
+	/* The result is replicated with the proposal: every node shows it. */
 	if (kms_keyring_cmd_proposal_result(p->id, rc, rc == KMS_OK ? "" : xerr.msg,
 					    (int64_t)time(NULL), &cmd, &err) != KMS_OK) {
 		KMS_LOG_E("quorum: %s", err.msg);

@@ -11,8 +11,10 @@
 
 #include "kms/alloc.h"
 #include "kms/fingerprint.h"
+#include "kms/keyring_dk.h"
 #include "kms/log.h"
 #include "kms/v1/cluster.pb-c.h"
+#include "node/dk_rotation.h"
 #include "node/key_upkeep.h"
 #include "node/node.h"
 #include "node/supervisor.h"
@@ -141,12 +143,27 @@ static void verify_probe(struct kms_supervisor *s)
 	kms_hsm_key k = 0;
 	kms_err err = {0};
 	char msg[KMS_ERRMSG_SIZE + 200];
+	kms_dk_state dks;
+	int never = 0;
 
 	if (atomic_load(&node->probe_verified) || atomic_load(&node->domain_key) == 0)
 		return;
 	n = kms_keyring_domain_key_probe(node->kr, probe);
 	if (n == 0)
 		return;
+	/* Only against the key of the state's generation; a state still
+	 * behind a rotation this token already followed waits. */
+	if (!kms_dk_probe_checkable(node->dkrot, &never)) {
+		if (!never)
+			return;
+		kms_keyring_dk_state(node->kr, &dks);
+		snprintf(msg, sizeof(msg),
+			 "token '%s' holds no domain key of the cluster's generation %u nor a newer "
+			 "one (it missed a rotation, or is not this cluster's); refusing to serve",
+			 node->cfg.hsm_token_label, dks.generation);
+		fatal(node, msg);
+		return;
+	}
 	if (kms_hsm_master_key_unwrap(node->hsm, atomic_load(&node->domain_key), probe, n, &k,
 				      &err) != KMS_OK) {
 		snprintf(msg, sizeof(msg),
@@ -208,7 +225,9 @@ static void fetch_domain_key(struct kms_supervisor *s)
 	Kms__V1__FetchDomainKeyResponse *resp = NULL;
 	char seeds[1024], *save = NULL, *seed;
 	kms_rpc_status st = {0};
+	char label[KMS_HSM_DK_LABEL_MAX];
 	kms_hsm_key dk = 0;
+	uint32_t gen;
 	kms_err err = {0};
 
 	if (s->transport_priv == 0 && make_transport_key(s, &err) != KMS_OK) {
@@ -237,7 +256,9 @@ static void fetch_domain_key(struct kms_supervisor *s)
 		return;
 	}
 	keep_join_members(node, resp);
-	if (kms_hsm_domain_key_install(node->hsm, s->transport_priv, node->cfg.domain_key_label,
+	gen = resp->domain_key_generation != 0 ? resp->domain_key_generation : 1;
+	if (kms_hsm_dk_label(node->cfg.domain_key_label, gen, label, &err) != KMS_OK ||
+	    kms_hsm_domain_key_install(node->hsm, s->transport_priv, label,
 				       resp->wrapped_domain_key.data, resp->wrapped_domain_key.len,
 				       &dk, &err) != KMS_OK) {
 		protobuf_c_message_free_unpacked(&resp->base, NULL);
@@ -248,9 +269,11 @@ static void fetch_domain_key(struct kms_supervisor *s)
 	kms_hsm_key_destroy(node->hsm, s->transport_priv);
 	kms_hsm_key_destroy(node->hsm, s->transport_pub);
 	s->transport_priv = s->transport_pub = 0;
+	kms_dk_add_held(node, gen, dk);
+	atomic_store(&node->domain_key_gen, gen);
 	atomic_store(&node->domain_key, dk);
 	KMS_LOG_I("joined: domain key '%s' received wrapped from %s and installed in token '%s'",
-		  node->cfg.domain_key_label, seed, node->cfg.hsm_token_label);
+		  label, seed, node->cfg.hsm_token_label);
 }
 
 /* The leader's key upkeep, every [keys] upkeep_interval_ms. */
@@ -283,6 +306,7 @@ static void *supervisor_main(void *arg)
 				fetch_domain_key(s);
 		} else {
 			verify_probe(s);
+			kms_dk_rotation_tick(s->node->dkrot);
 			kms_raft_view_get(s->node->raft, &v);
 			if (v.state == RAFT_LEADER)
 				leader_bookkeeping(s);

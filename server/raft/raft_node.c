@@ -326,11 +326,10 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 	}
 	raft_free(buf->base); /* restore owns the buffer on success (raft.h) */
 	/*
-	 * The restore parsed the whole snapshot into a tree of small blocks
-	 * and freed it once the key ring held its own copies: glibc keeps those
-	 * pages (they lie between live ones), which doubled the resident size
-	 * of a node after a restart (docs/PERFORMANCE.md, "Many keys"). Hand
-	 * them back; it takes milliseconds.
+	 * A snapshot installed on a running node (sent by the leader) frees
+	 * the whole key ring it replaces, and glibc keeps those pages between
+	 * live ones; hand them back (docs/PERFORMANCE.md, "Many keys"). It
+	 * takes milliseconds.
 	 */
 	malloc_trim(0);
 	KMS_LOG_I("raft: installed a snapshot of the key ring (%zu keys)", kms_keyring_count(r->kr));

@@ -17,12 +17,15 @@
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
+#include <grpc/support/alloc.h>
 #include <grpc/support/string_util.h>
 #include <grpc/support/time.h>
 #include <openssl/x509.h>
 
 #include "kms/alloc.h"
+#include "kms/audit.h"
 #include "kms/log.h"
+#include "obs/audit_log.h"
 #include "rpc/rpc_server.h"
 #include "api/status_map.h"
 #include "rpc/wire_strings.h"
@@ -35,20 +38,31 @@
 /* A worker wakes at least this often to cancel calls whose request message
  * is late. */
 #define SWEEP_MS 500
+/* ... and the workers together look for such calls at most this often. */
+#define SWEEP_CHECK_MS 100
 /* Request metadata entries a local call carries (kms_call_local_metadata). */
 #define LOCAL_MD_MAX 4
+/* The key id or alias an audit record names: "alias/" and 250 characters. */
+#define AUDIT_KEY_MAX 256
+/* A caller's x-request-id is taken up to this length (printable ASCII). */
+#define REQUEST_ID_MAX 64
 
 struct kms_call;
 
+/*
+ * The workers share one completion queue: whichever of them gRPC lets poll
+ * takes the events it finds itself. With a queue each, an event for one
+ * worker found by another cost a wake-up and a thread switch; at one call
+ * in flight that was about two switches in three per call
+ * (docs/PERFORMANCE.md). A call's events may therefore come to any worker:
+ * on each, the call moves to the worker that took it (on_event), whose HSM
+ * session the handler uses.
+ */
 struct worker {
 	kms_rpc_server *srv;
-	grpc_completion_queue *cq;
 	pthread_t thread;
 	int started;
 	void *wctx;
-	/* Calls waiting for their request message, oldest first; only this
-	 * worker's thread touches the list (their events come to its cq). */
-	struct kms_call *recv_head, *recv_tail;
 };
 
 /*
@@ -80,7 +94,18 @@ struct kms_rpc_server {
 	pthread_mutex_t tls_mu; /* one writer of those files at a time */
 	struct crl_slot *crl;
 	char request_timeout_msg[96];
+	grpc_completion_queue *cq; /* the workers' queue */
+	/* Calls waiting for their request message, oldest first; any worker
+	 * may add or take one (recv_mu). */
+	pthread_mutex_t recv_mu;
+	struct kms_call *recv_head, *recv_tail;
+	atomic_int_fast64_t last_sweep; /* monotonic ms */
 };
+
+/* Generated request ids: "<random of this process>-<counter>". */
+static pthread_once_t rid_once = PTHREAD_ONCE_INIT;
+static char rid_prefix[17];
+static atomic_ulong rid_next;
 
 enum call_state { CALL_REQUESTED, CALL_RECEIVING, CALL_HANDLING, CALL_SENDING };
 
@@ -115,6 +140,21 @@ struct kms_call {
 	struct kms_call *recv_prev, *recv_next;
 	int64_t recv_since;
 	int on_recv_list, swept;
+	/* The audit record (kms_call_audit_*): audit NULL, none. */
+	kms_audit_log *audit;
+	unsigned audit_node;
+	const char *audit_method; /* the method table's string */
+	char audit_key[AUDIT_KEY_MAX + 1];
+	uint64_t audit_version;
+	unsigned audit_items;
+	char *audit_behalf, *audit_proposal; /* kms_malloc'd */
+	char *audit_approvers[KMS_AUDIT_APPROVERS_MAX];
+	size_t audit_n_approvers;
+	kms_audit_entry audit_entry;
+	/* The answer waiting for its record to be written. */
+	grpc_byte_buffer *pending_resp;
+	grpc_status_code pending_code;
+	char *pending_msg;
 };
 
 static int64_t now_ms(void)
@@ -125,37 +165,60 @@ static int64_t now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void recv_list_remove(struct kms_call *c)
+/* recv_mu held. */
+static void recv_list_unlink(kms_rpc_server *s, struct kms_call *c)
 {
-	struct worker *w = c->w;
-
-	if (!c->on_recv_list)
-		return;
 	if (c->recv_prev != NULL)
 		c->recv_prev->recv_next = c->recv_next;
 	else
-		w->recv_head = c->recv_next;
+		s->recv_head = c->recv_next;
 	if (c->recv_next != NULL)
 		c->recv_next->recv_prev = c->recv_prev;
 	else
-		w->recv_tail = c->recv_prev;
+		s->recv_tail = c->recv_prev;
 	c->recv_prev = c->recv_next = NULL;
 	c->on_recv_list = 0;
 }
 
+/* The request message of c arrived (or its batch failed): c leaves the
+ * list; whether a sweep cancelled it first. */
+static int recv_list_take(struct kms_call *c)
+{
+	kms_rpc_server *s = c->w->srv;
+	int swept;
+
+	if (c->local.done != NULL)
+		return 0;
+	pthread_mutex_lock(&s->recv_mu);
+	if (c->on_recv_list)
+		recv_list_unlink(s, c);
+	swept = c->swept;
+	pthread_mutex_unlock(&s->recv_mu);
+	return swept;
+}
+
+/* Off the list, if on it: on_recv_list is read and written under recv_mu
+ * only, as a sweep on another worker may take the call off meanwhile. */
+static void recv_list_remove(struct kms_call *c)
+{
+	(void)recv_list_take(c);
+}
+
 static void recv_list_append(struct kms_call *c)
 {
-	struct worker *w = c->w;
+	kms_rpc_server *s = c->w->srv;
 
 	c->recv_since = now_ms();
-	c->recv_prev = w->recv_tail;
+	pthread_mutex_lock(&s->recv_mu);
+	c->recv_prev = s->recv_tail;
 	c->recv_next = NULL;
-	if (w->recv_tail != NULL)
-		w->recv_tail->recv_next = c;
+	if (s->recv_tail != NULL)
+		s->recv_tail->recv_next = c;
 	else
-		w->recv_head = c;
-	w->recv_tail = c;
+		s->recv_head = c;
+	s->recv_tail = c;
 	c->on_recv_list = 1;
+	pthread_mutex_unlock(&s->recv_mu);
 }
 
 static struct kms_call *call_new(struct worker *w)
@@ -195,8 +258,21 @@ static void drop_request(struct kms_call *c)
 	c->recv = NULL;
 }
 
+static void audit_notes_free(struct kms_call *c)
+{
+	kms_free(c->audit_behalf);
+	kms_free(c->audit_proposal);
+	for (size_t i = 0; i < c->audit_n_approvers; i++)
+		kms_free(c->audit_approvers[i]);
+	kms_audit_text_free(&c->audit_entry.body);
+	if (c->pending_resp != NULL)
+		grpc_byte_buffer_destroy(c->pending_resp);
+	kms_free(c->pending_msg);
+}
+
 static void call_free(struct kms_call *c)
 {
+	audit_notes_free(c);
 	if (c->local.done != NULL) {
 		for (size_t i = 0; i < c->local.n_md; i++) {
 			kms_free(c->local.md[i].key);
@@ -226,7 +302,7 @@ static int request_call(struct worker *w)
 		return KMS_ERR_NOMEM;
 	}
 	e = grpc_server_request_call(w->srv->server, &c->call, &c->details,
-				     &c->request_md, w->cq, w->cq, c);
+				     &c->request_md, w->srv->cq, w->srv->cq, c);
 	if (e != GRPC_CALL_OK) {
 		KMS_LOG_E("rpc: grpc_server_request_call failed (%d)", (int)e);
 		call_free(c);
@@ -297,15 +373,24 @@ static const kms_method *find_method(const kms_rpc_server *s, grpc_slice path)
 	return NULL;
 }
 
-static void send_final(kms_call *c, grpc_byte_buffer *resp, grpc_status_code code,
-		       const char *msg)
+/*
+ * The whole answer in one batch: the initial metadata (none) goes with the
+ * message and the status, so that the transport writes the three frames
+ * together. Sent with the receive instead, the headers left in a write of
+ * their own, one more sendmsg per call (docs/PERFORMANCE.md).
+ */
+static void send_now(kms_call *c, grpc_byte_buffer *resp, grpc_status_code code,
+		     const char *msg)
 {
-	grpc_op ops[3];
+	grpc_op ops[4];
 	grpc_op *op = ops;
 	grpc_call_error e;
 
 	memset(ops, 0, sizeof(ops));
 	c->state = CALL_SENDING;
+	op->op = GRPC_OP_SEND_INITIAL_METADATA;
+	op->data.send_initial_metadata.count = 0;
+	op++;
 	if (resp != NULL) {
 		op->op = GRPC_OP_SEND_MESSAGE;
 		op->data.send_message.send_message = resp;
@@ -333,12 +418,205 @@ static void send_final(kms_call *c, grpc_byte_buffer *resp, grpc_status_code cod
 	}
 }
 
+static void rid_init(void)
+{
+	uint8_t r[8];
+	FILE *f = fopen("/dev/urandom", "re");
+
+	/* Only to tell this process's ids from another's: not a secret. */
+	if (f == NULL || fread(r, 1, sizeof(r), f) != sizeof(r)) {
+		uint64_t t = (uint64_t)now_ms() ^ ((uint64_t)getpid() << 32);
+
+		memcpy(r, &t, sizeof(r));
+	}
+	if (f != NULL)
+		fclose(f);
+	for (size_t i = 0; i < sizeof(r); i++)
+		snprintf(rid_prefix + 2 * i, 3, "%02x", r[i]);
+}
+
+/* The caller's x-request-id if it is printable ASCII of a sane length,
+ * else one made here. */
+static void request_id(const kms_call *c, char out[REQUEST_ID_MAX + 1])
+{
+	size_t len = 0;
+	const char *v = kms_call_metadata(c, "x-request-id", &len);
+	int ok = v != NULL && len > 0 && len <= REQUEST_ID_MAX;
+
+	for (size_t i = 0; ok && i < len; i++)
+		ok = v[i] > 0x20 && v[i] < 0x7f;
+	if (ok) {
+		memcpy(out, v, len);
+		out[len] = '\0';
+		return;
+	}
+	pthread_once(&rid_once, rid_init);
+	snprintf(out, REQUEST_ID_MAX + 1, "%s-%lu", rid_prefix,
+		 (unsigned long)atomic_fetch_add(&rid_next, 1) + 1);
+}
+
+static int64_t wall_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The record of c answered with code, into c->audit_entry.body. */
+static int audit_body(kms_call *c, grpc_status_code code)
+{
+	kms_audit_call r;
+	char rid[REQUEST_ID_MAX + 1];
+	char *peer = c->local.done == NULL ? grpc_call_get_peer(c->call) : NULL;
+	int rc;
+
+	memset(&r, 0, sizeof(r));
+	request_id(c, rid);
+	r.time_ms = wall_ms();
+	r.node = c->audit_node;
+	r.request_id = rid;
+	r.principal = kms_call_principal(c);
+	r.method = c->audit_method;
+	r.key_id = c->audit_key[0] != '\0' ? c->audit_key : NULL;
+	r.key_version = c->audit_version;
+	r.code = (int)code;
+	r.peer = c->local.done != NULL ? "local" : peer;
+	r.items = c->audit_items;
+	r.on_behalf_of = c->audit_behalf;
+	r.proposal_id = c->audit_proposal;
+	for (size_t i = 0; i < c->audit_n_approvers; i++)
+		r.approvers[i] = c->audit_approvers[i];
+	r.n_approvers = c->audit_n_approvers;
+	c->audit_entry.body.len = 0;
+	rc = kms_audit_call_body(&c->audit_entry.body, &r);
+	if (peer != NULL)
+		gpr_free(peer);
+	return rc;
+}
+
+/* The writer has the record in the file (or cannot write it): now the answer. */
+static void audit_written(void *arg, int rc, const char *why)
+{
+	kms_call *c = arg;
+	grpc_byte_buffer *resp = c->pending_resp;
+
+	c->pending_resp = NULL;
+	if (rc != KMS_OK) {
+		if (resp != NULL)
+			grpc_byte_buffer_destroy(resp);
+		send_now(c, NULL, GRPC_STATUS_UNAVAILABLE, why);
+		return;
+	}
+	send_now(c, resp, c->pending_code, c->pending_msg);
+}
+
+/*
+ * Every answer of a call from the network leaves here. An audited call
+ * waits for its record: whichever thread writes it sends the answer (gRPC
+ * batches may start from any thread), so no thread waits for another's
+ * write.
+ */
+static void send_final(kms_call *c, grpc_byte_buffer *resp, grpc_status_code code,
+		       const char *msg)
+{
+	if (c->audit == NULL) {
+		send_now(c, resp, code, msg);
+		return;
+	}
+	c->pending_msg = kms_strdup(msg != NULL ? msg : "");
+	if (c->pending_msg == NULL || audit_body(c, code) != KMS_OK) {
+		/* No record, no answer but a refusal. */
+		if (resp != NULL)
+			grpc_byte_buffer_destroy(resp);
+		send_now(c, NULL, GRPC_STATUS_UNAVAILABLE,
+			 "audit log cannot be written: out of memory for the record");
+		return;
+	}
+	c->pending_resp = resp;
+	c->pending_code = code;
+	c->audit_entry.done = audit_written;
+	c->audit_entry.arg = c;
+	kms_audit_log_submit(c->audit, &c->audit_entry);
+}
+
 /* A local call's outcome goes to its done function, and the call ends. */
 static void local_finish(kms_call *c, grpc_status_code code, const char *msg,
 			 const uint8_t *resp, size_t len)
 {
+	kms_err err = {0};
+
+	if (c->audit != NULL &&
+	    (audit_body(c, code) != KMS_OK ||
+	     kms_audit_log_write(c->audit, &c->audit_entry, &err) != KMS_OK)) {
+		c->local.done(c->local.arg, GRPC_STATUS_UNAVAILABLE,
+			      err.code != KMS_OK ? err.msg
+						 : "audit log cannot be written: out of memory for "
+						   "the record",
+			      NULL, 0);
+		call_free(c);
+		return;
+	}
 	c->local.done(c->local.arg, code, msg != NULL ? msg : "", resp, len);
 	call_free(c);
+}
+
+void kms_call_audit_key(kms_call *c, const char *key_id, uint64_t version)
+{
+	snprintf(c->audit_key, sizeof(c->audit_key), "%s", key_id != NULL ? key_id : "");
+	c->audit_version = version;
+}
+
+void kms_call_audit_items(kms_call *c, unsigned n)
+{
+	c->audit_items = n;
+}
+
+void kms_call_audit_on_behalf_of(kms_call *c, const char *principal)
+{
+	kms_free(c->audit_behalf);
+	c->audit_behalf = principal != NULL ? kms_strdup(principal) : NULL;
+}
+
+void kms_call_audit_proposal(kms_call *c, const char *proposal_id,
+			     const char *const *approvers, size_t n_approvers)
+{
+	kms_free(c->audit_proposal);
+	c->audit_proposal = proposal_id != NULL ? kms_strdup(proposal_id) : NULL;
+	for (size_t i = 0; i < c->audit_n_approvers; i++)
+		kms_free(c->audit_approvers[i]);
+	c->audit_n_approvers = 0;
+	for (size_t i = 0; i < n_approvers && i < KMS_AUDIT_APPROVERS_MAX; i++) {
+		c->audit_approvers[i] = kms_strdup(approvers[i] != NULL ? approvers[i] : "");
+		if (c->audit_approvers[i] == NULL)
+			break;
+		c->audit_n_approvers++;
+	}
+}
+
+void kms_call_local_audit(kms_call *c, kms_audit_log *log, unsigned node)
+{
+	c->audit = log;
+	c->audit_node = node;
+}
+
+/* Whether c, a call to m, leaves a record; if it does and the log cannot be
+ * written now, c is refused (and 0 returned). */
+static int audit_admit(kms_call *c, const kms_method *m, kms_audit_log *log, unsigned node)
+{
+	kms_err err = {0};
+
+	c->audit = NULL;
+	if (log == NULL || (m->callers & KMS_CALLERS_ANYONE))
+		return 1;
+	if (kms_audit_log_status(log, &err) != KMS_OK) {
+		kms_call_fail(c, err.code, err.msg);
+		return 0;
+	}
+	c->audit = log;
+	c->audit_node = node;
+	c->audit_method = m->path;
+	return 1;
 }
 
 void kms_call_fail_grpc(kms_call *c, grpc_status_code code, const char *msg)
@@ -459,24 +737,24 @@ void *kms_call_worker(const kms_call *c)
 	return c->w != NULL ? c->w->wctx : c->local.wctx;
 }
 
+/* The request message; the initial metadata waits for the answer (send_final). */
 static void start_receive(kms_call *c)
 {
-	grpc_op ops[2];
+	grpc_op ops[1];
 	grpc_call_error e;
 
 	memset(ops, 0, sizeof(ops));
-	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-	ops[0].data.send_initial_metadata.count = 0;
-	ops[1].op = GRPC_OP_RECV_MESSAGE;
-	ops[1].data.recv_message.recv_message = &c->recv;
+	ops[0].op = GRPC_OP_RECV_MESSAGE;
+	ops[0].data.recv_message.recv_message = &c->recv;
 	c->state = CALL_RECEIVING;
-	e = grpc_call_start_batch(c->call, ops, 2, c, NULL);
+	/* On the list first: once the batch is out, another worker may take
+	 * its event, and even free the call, before this one goes on. */
+	recv_list_append(c);
+	e = grpc_call_start_batch(c->call, ops, 1, c, NULL);
 	if (e != GRPC_CALL_OK) {
 		KMS_LOG_E("rpc: receiving a request failed (%d)", (int)e);
-		call_free(c);
-		return;
+		call_free(c); /* takes it off the list */
 	}
-	recv_list_append(c);
 }
 
 /*
@@ -487,15 +765,22 @@ static void start_receive(kms_call *c)
  */
 static void sweep_late_requests(struct worker *w)
 {
-	const kms_rpc_server *s = w->srv;
-	int64_t limit = now_ms() - (int64_t)s->opts.limits.request_timeout_s * 1000;
+	kms_rpc_server *s = w->srv;
+	int64_t now = now_ms(), last = atomic_load(&s->last_sweep);
+	int64_t limit = now - (int64_t)s->opts.limits.request_timeout_s * 1000;
 
-	while (w->recv_head != NULL && w->recv_head->recv_since <= limit) {
-		struct kms_call *c = w->recv_head;
+	/* Once per SWEEP_CHECK_MS of all the workers', not on every event. */
+	if (now - last < SWEEP_CHECK_MS || !atomic_compare_exchange_strong(&s->last_sweep, &last, now))
+		return;
+	pthread_mutex_lock(&s->recv_mu);
+	while (s->recv_head != NULL && s->recv_head->recv_since <= limit) {
+		struct kms_call *c = s->recv_head;
 		grpc_call_error e;
 
-		recv_list_remove(c);
+		recv_list_unlink(s, c);
 		c->swept = 1;
+		/* Under the lock: the worker that takes the call's event frees
+		 * it only after it has seen it swept (recv_list_take). */
 		e = grpc_call_cancel_with_status(c->call, GRPC_STATUS_DEADLINE_EXCEEDED,
 						 s->request_timeout_msg, NULL);
 		if (e != GRPC_CALL_OK)
@@ -503,6 +788,7 @@ static void sweep_late_requests(struct worker *w)
 		else
 			KMS_LOG_D("rpc: %s", s->request_timeout_msg);
 	}
+	pthread_mutex_unlock(&s->recv_mu);
 }
 
 size_t kms_method_max_request(const kms_method *m)
@@ -551,6 +837,8 @@ static void dispatch(kms_call *c)
 		kms_call_fail_grpc(c, GRPC_STATUS_UNIMPLEMENTED, msg);
 		return;
 	}
+	if (!audit_admit(c, m, c->w->srv->opts.audit, c->w->srv->opts.node_id))
+		return;
 	if (c->recv == NULL) {
 		kms_call_fail(c, KMS_ERR_INVALID, "the request carries no message");
 		return;
@@ -634,6 +922,8 @@ void kms_call_local_run(const kms_method *m, void *app, kms_call *c, const uint8
 	kms_err err = {0};
 	uint8_t *body;
 
+	if (!audit_admit(c, m, c->audit, c->audit_node))
+		return;
 	/* As dispatch: the identity of a caller of an open method is never
 	 * read, and anyone else must be one the method serves. */
 	if (m->callers & KMS_CALLERS_ANYONE) {
@@ -659,6 +949,8 @@ void kms_call_local_run(const kms_method *m, void *app, kms_call *c, const uint8
 
 static void on_event(struct worker *w, kms_call *c, int success)
 {
+	/* Its handler runs here, with this worker's HSM session. */
+	c->w = w;
 	switch (c->state) {
 	case CALL_REQUESTED:
 		if (!success) { /* the server is shutting down */
@@ -669,8 +961,7 @@ static void on_event(struct worker *w, kms_call *c, int success)
 		start_receive(c);
 		return;
 	case CALL_RECEIVING:
-		recv_list_remove(c);
-		if (!success || c->swept) { /* the client went away, or was too slow */
+		if (recv_list_take(c) || !success) { /* too slow, or the client went away */
 			call_free(c);
 			return;
 		}
@@ -708,7 +999,7 @@ static void *worker_main(void *arg)
 				break;
 	for (;;) {
 		grpc_event ev = grpc_completion_queue_next(
-			w->cq,
+			s->cq,
 			gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
 				     gpr_time_from_millis(SWEEP_MS, GPR_TIMESPAN)),
 			NULL);
@@ -1005,9 +1296,9 @@ static void server_free(kms_rpc_server *s)
 {
 	if (s->server != NULL)
 		grpc_server_destroy(s->server);
-	for (unsigned i = 0; i < s->n_workers; i++)
-		if (s->workers[i].cq != NULL)
-			grpc_completion_queue_destroy(s->workers[i].cq);
+	if (s->cq != NULL)
+		grpc_completion_queue_destroy(s->cq);
+	pthread_mutex_destroy(&s->recv_mu);
 	if (s->shutdown_cq != NULL)
 		grpc_completion_queue_destroy(s->shutdown_cq);
 	kms_free(s->workers);
@@ -1031,8 +1322,7 @@ static void drain_and_join(kms_rpc_server *s)
 		if (ev.type == GRPC_OP_COMPLETE && ev.tag == s)
 			break;
 	}
-	for (unsigned i = 0; i < s->n_workers; i++)
-		grpc_completion_queue_shutdown(s->workers[i].cq);
+	grpc_completion_queue_shutdown(s->cq);
 	for (unsigned i = 0; i < s->n_workers; i++)
 		if (s->workers[i].started)
 			pthread_join(s->workers[i].thread, NULL);
@@ -1149,6 +1439,8 @@ int kms_rpc_server_start(const kms_rpc_server_opts *opts, kms_rpc_server **out,
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_cond_init(&s->cond, NULL);
 	pthread_mutex_init(&s->tls_mu, NULL);
+	pthread_mutex_init(&s->recv_mu, NULL);
+	atomic_init(&s->last_sweep, 0);
 	snprintf(s->request_timeout_msg, sizeof(s->request_timeout_msg),
 		 "the request message did not arrive within %u s", opts->limits.request_timeout_s);
 	s->n_workers = opts->workers;
@@ -1175,11 +1467,10 @@ int kms_rpc_server_start(const kms_rpc_server_opts *opts, kms_rpc_server **out,
 	args.num_args = n_args;
 	args.args = arg;
 	s->server = grpc_server_create(&args, NULL);
-	for (unsigned i = 0; i < s->n_workers; i++) {
+	s->cq = grpc_completion_queue_create_for_next(NULL);
+	grpc_server_register_completion_queue(s->server, s->cq, NULL);
+	for (unsigned i = 0; i < s->n_workers; i++)
 		s->workers[i].srv = s;
-		s->workers[i].cq = grpc_completion_queue_create_for_next(NULL);
-		grpc_server_register_completion_queue(s->server, s->workers[i].cq, NULL);
-	}
 	s->shutdown_cq = grpc_completion_queue_create_for_next(NULL);
 	grpc_server_register_completion_queue(s->server, s->shutdown_cq, NULL);
 	/* 0 here means gRPC could not bind the address. (The key, the chain and
@@ -1220,9 +1511,8 @@ fail:
 	} else if (s->server != NULL) {
 		/* Never started: shut the queues down and drain them, as gRPC
 		 * requires before grpc_completion_queue_destroy. */
-		for (unsigned i = 0; i <= s->n_workers; i++) {
-			grpc_completion_queue *cq =
-				i < s->n_workers ? s->workers[i].cq : s->shutdown_cq;
+		for (unsigned i = 0; i < 2; i++) {
+			grpc_completion_queue *cq = i == 0 ? s->cq : s->shutdown_cq;
 
 			if (cq == NULL)
 				continue;

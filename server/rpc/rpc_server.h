@@ -14,6 +14,7 @@
 
 typedef struct kms_rpc_server kms_rpc_server;
 typedef struct kms_call kms_call;
+struct kms_audit_log;
 
 /*
  * A unary method handler. It runs on a worker thread (or the thread of
@@ -81,6 +82,10 @@ typedef struct kms_rpc_server_opts {
 	 * kms_call_worker returns there (the thread's HSM session). */
 	int (*worker_init)(void *app, void **wctx, kms_err *err);
 	void (*worker_fini)(void *app, void *wctx);
+	/* Where every call to a method not open to anyone leaves its record
+	 * (not owned; it must outlive the server). NULL: no audit. */
+	struct kms_audit_log *audit;
+	unsigned node_id; /* the node the records name */
 } kms_rpc_server_opts;
 
 /*
@@ -122,6 +127,27 @@ long kms_call_deadline_ms(const kms_call *call);
 /* The worker context of the thread running the handler. Only valid inside
  * the handler, on its thread. */
 void *kms_call_worker(const kms_call *call);
+
+/*
+ * The audit record of a call (obs/audit_log.h). With an audit log, a call
+ * to a method not open to anyone is answered only once its record is in
+ * the file: the kms_call_reply and kms_call_fail functions below hand the
+ * answer to the audit writer, which sends it after write(2) has returned,
+ * or sends UNAVAILABLE ("audit log cannot be written: ...") instead when
+ * the record cannot be written. While the log cannot be written, such
+ * calls are refused with that status before their handler runs.
+ *
+ * Handlers add what only they know, before they finish the call (the
+ * strings are copied; a later call replaces an earlier one):
+ * the key and version the call used (version 0: none known), the items of
+ * a batch, the caller a node forwarded the call for, and a root
+ * operation's proposal and its approvers (at most KMS_AUDIT_APPROVERS_MAX).
+ */
+void kms_call_audit_key(kms_call *call, const char *key_id, uint64_t version);
+void kms_call_audit_items(kms_call *call, unsigned n);
+void kms_call_audit_on_behalf_of(kms_call *call, const char *principal);
+void kms_call_audit_proposal(kms_call *call, const char *proposal_id,
+			     const char *const *approvers, size_t n_approvers);
 
 /*
  * Finishes the call with OK and resp packed (any thread). If secret is set,
@@ -184,6 +210,14 @@ kms_call *kms_call_local_new(const kms_peer *peer, void *worker_ctx, long deadli
  */
 int kms_call_local_metadata(kms_call *call, const char *key, const char *value, size_t len,
 			    kms_err *err);
+
+/*
+ * Makes a local call leave an audit record in log, naming node, as a call
+ * from the network would (its peer is "local"); its outcome then reaches
+ * done once the record is written (or as UNAVAILABLE when it cannot be).
+ * Before kms_call_local_run only.
+ */
+void kms_call_local_audit(kms_call *call, struct kms_audit_log *log, unsigned node);
 
 /*
  * Runs method m of app (what the server passes its handlers) on call with

@@ -363,13 +363,13 @@ int kr_apply_delete_alias(kms_keyring *kr, const Kms__V1__DeleteAliasCommand *c,
 
 /* --- restore --- */
 
-static int snapshot_has_key(Kms__V1__KeyRecord *const *keys, size_t n, const char *key_id)
+static int snapshot_has_key(const struct kr_entry *keys, size_t n, const char *key_id)
 {
 	size_t lo = 0, hi = n;
 
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
-		int c = strcmp(keys[mid]->key_id, key_id);
+		int c = strcmp(keys[mid].rec->key_id, key_id);
 
 		if (c == 0)
 			return 1;
@@ -382,7 +382,7 @@ static int snapshot_has_key(Kms__V1__KeyRecord *const *keys, size_t n, const cha
 }
 
 int kr_aliases_build(Kms__V1__AliasRecord *const *src, size_t n,
-		     Kms__V1__KeyRecord *const *keys, size_t n_keys, struct kr_alias_table *out,
+		     const struct kr_entry *keys, size_t n_keys, struct kr_alias_table *out,
 		     kms_err *err)
 {
 	struct kr_alias_table t = {0};

@@ -11,6 +11,7 @@
 #include "kms/alloc.h"
 #include "kms/quorum.h"
 #include "kms/keyring.h"
+#include "kms/keyring_dk.h"
 #include "kms/v1/state.pb-c.h"
 
 #define KEYRING_SNAPSHOT_FORMAT 1
@@ -18,12 +19,15 @@
 #define KEYRING_PAGE_MAX 1000
 
 /*
- * Ownership: every record an entry holds is a standalone message unpacked by
- * this file through the kms_malloc allocator below (a deep copy made by
- * re-packing the validated record and unpacking it again), so an entry frees
- * its record with protobuf_c_message_free_unpacked and never points into a
- * Command or a snapshot the caller owns. The same holds for the metadata
- * that describe and list hand out.
+ * Ownership: an entry's record is one kms_malloc'd block (kr_flat_copy,
+ * keyring_flat.c) holding the record, its sub-messages, arrays and strings
+ * in protobuf-c's own layout, and after them the handles array, all but its
+ * policy, which is shared with every key of an equal policy (entry->policy,
+ * keyring_policies.c) and never changed in place: an entry
+ * frees it with one kms_free and never points into a Command or a snapshot
+ * the caller owns. Nothing in the block may be freed or reallocated alone:
+ * what changes a record's structure builds a new block (kr_entry_rebuild),
+ * so pointers into a record hold only while the lock is held.
  *
  * handles[i] belongs to rec->versions[i]: the node-local HSM handle of that
  * version once unwrapped, NULL until then; the entry owns one reference to
@@ -33,6 +37,8 @@
 struct kr_entry {
 	Kms__V1__KeyRecord *rec;
 	kms_key_handle **handles;
+	/* rec->policy is this interned policy's, outside the block (NULL: none). */
+	struct kr_policy *policy;
 	/*
 	 * This node's allowance of encryptions (keyring_versions.c), for one
 	 * version of the key: allow_version changes only under the write lock
@@ -106,6 +112,7 @@ struct kms_keyring {
 	Kms__V1__ProposalRecord **proposals;
 	size_t n_proposals;
 	size_t cap_proposals;
+	kms_dk_state dk; /* the domain key's generation and rotation */
 };
 
 /*
@@ -123,6 +130,52 @@ void kr_pb_message_free(ProtobufCMessage *m);
 void kr_record_free(Kms__V1__KeyRecord *rec);
 /* Deep copy of a message through its wire form, owned by the caller. */
 int kr_message_dup(const ProtobufCMessage *src, ProtobufCMessage **out, kms_err *err);
+
+/*
+ * keyring_flat.c: a deep copy of src in one kms_malloc'd block (freed with
+ * kms_free), followed by `extra` zeroed bytes, aligned, at *extra_out. The
+ * sub-message keep (NULL: none), wherever src points at it, is pointed at,
+ * not copied.
+ */
+int kr_flat_copy(const ProtobufCMessage *src, const ProtobufCMessage *keep, size_t extra,
+		 ProtobufCMessage **out, void **extra_out, kms_err *err);
+/*
+ * keyring_policies.c: the one shared copy of a policy equal to policy (NULL:
+ * none, *out NULL), with one more reference, or a new one; release drops a
+ * reference (NULL: nothing). kr_policy_get: the shared, immutable message.
+ */
+struct kr_policy;
+int kr_policy_intern(const Kms__V1__KeyPolicy *policy, struct kr_policy **out, kms_err *err);
+void kr_policy_release(struct kr_policy *p);
+const Kms__V1__KeyPolicy *kr_policy_get(const struct kr_policy *p);
+/*
+ * A protobuf-c allocator whose frees do nothing and whose reset frees
+ * everything at once (restore unpacks one record at a time with it). failed
+ * tells an allocation failure from malformed input, as pb_state does.
+ */
+struct kr_arena_chunk;
+struct kr_arena {
+	ProtobufCAllocator pb;
+	struct kr_arena_chunk *head;
+	int failed;
+};
+void kr_arena_init(struct kr_arena *a);
+void kr_arena_reset(struct kr_arena *a);
+void kr_arena_free(struct kr_arena *a);
+
+/* --- the domain key's state (keyring_domain_key.c) --- */
+
+/* The state of a new key ring, or of a snapshot without one. */
+void kr_dk_reset(kms_dk_state *s);
+/* The six rotation commands (dry: decide only), and CreateKey/RotateKey's
+ * generation (lock held). */
+int kr_apply_dk(kms_keyring *kr, const Kms__V1__Command *c, int dry, kms_err *err);
+int kr_dk_generation_check(const struct kms_keyring *kr, uint32_t generation, kms_err *err);
+/* Snapshot: *m borrows from s while packed; restore: checked copy into *out. */
+void kr_dk_to_message(const kms_dk_state *s, Kms__V1__DomainKeyState *m,
+		      Kms__V1__DomainKeyRotation *r, Kms__V1__DomainKeyRotationGrant *g,
+		      Kms__V1__DomainKeyRotationGrant **gp);
+int kr_dk_from_message(const Kms__V1__DomainKeyState *m, kms_dk_state *out, kms_err *err);
 
 /* --- records and their lifecycle rules (keyring_record.c) --- */
 
@@ -157,6 +210,12 @@ int kr_entry_for(const struct kms_keyring *kr, const char *key_id, struct kr_ent
 /* Entries (keyring_state.c); the caller holds the lock where it matters. */
 void kr_entry_clear(struct kr_entry *e);
 int kr_entry_make(const Kms__V1__KeyRecord *rec, struct kr_entry *e, kms_err *err);
+/*
+ * Replaces e's block with a copy of shape (which may point into the old
+ * block): the handles of its first versions move over, new versions start
+ * with none. The caller holds the write lock; on failure e is unchanged.
+ */
+int kr_entry_rebuild(struct kr_entry *e, const Kms__V1__KeyRecord *shape, kms_err *err);
 /* Drops the entries' references to their handles (never under the lock:
  * the last one runs the release function), then frees them. */
 void kr_entries_drop(struct kr_entry *es, size_t n);
@@ -317,7 +376,8 @@ const char *kr_name_to_key_id(const struct kms_keyring *kr, const char *name);
 size_t kr_aliases_of(const struct kms_keyring *kr, const char *key_id, size_t *first);
 /*
  * Restore of the alias table: kr_aliases_build checks a snapshot's aliases
- * (sorted, unique, valid, each naming one of its keys) and builds both
+ * (sorted, unique, valid, each naming one of its keys, the entries built
+ * from the snapshot, sorted) and builds both
  * arrays; kr_aliases_free frees what it built (or what a key ring held).
  */
 struct kr_alias_table {
@@ -326,7 +386,7 @@ struct kr_alias_table {
 	size_t n;
 };
 int kr_aliases_build(Kms__V1__AliasRecord *const *src, size_t n,
-		     Kms__V1__KeyRecord *const *keys, size_t n_keys, struct kr_alias_table *out,
+		     const struct kr_entry *keys, size_t n_keys, struct kr_alias_table *out,
 		     kms_err *err);
 void kr_aliases_free(struct kr_alias_table *t);
 

@@ -84,33 +84,71 @@ out:
 
 void kr_entry_clear(struct kr_entry *e)
 {
-	kr_record_free(e->rec);
-	kms_free(e->handles);
+	/* The handles array lives in the record's block. */
+	kms_free(e->rec);
+	kr_policy_release(e->policy);
 	e->rec = NULL;
 	e->handles = NULL;
+	e->policy = NULL;
+}
+
+/*
+ * A block for shape with its policy interned: *rec and *handles in one
+ * block, *policy holding one reference (NULL for no policy).
+ */
+static int entry_block(const Kms__V1__KeyRecord *shape, Kms__V1__KeyRecord **rec,
+		       kms_key_handle ***handles, struct kr_policy **policy, kms_err *err)
+{
+	Kms__V1__KeyRecord s = *shape;
+	ProtobufCMessage *copy = NULL;
+	void *extra = NULL;
+	int rc;
+
+	KMS_TRY(kr_policy_intern(shape->policy, policy, err));
+	s.policy = (Kms__V1__KeyPolicy *)kr_policy_get(*policy);
+	rc = kr_flat_copy(&s.base, s.policy != NULL ? &s.policy->base : NULL,
+			  s.n_versions * sizeof(**handles), &copy, &extra, err);
+	if (rc != KMS_OK) {
+		kr_policy_release(*policy);
+		*policy = NULL;
+		return rc;
+	}
+	*rec = (Kms__V1__KeyRecord *)copy;
+	*handles = extra;
+	return KMS_OK;
 }
 
 /* A validated record copied into a fresh entry with no handles yet. */
 int kr_entry_make(const Kms__V1__KeyRecord *rec, struct kr_entry *e,
 		      kms_err *err)
 {
-	ProtobufCMessage *copy = NULL;
-
 	e->rec = NULL;
 	e->handles = NULL;
+	e->policy = NULL;
 	e->allow_version = 0;
 	atomic_init(&e->allow_left, 0);
 	e->allow_credits = 0;
-	KMS_TRY(kr_message_dup(&rec->base, &copy, err));
-	e->rec = (Kms__V1__KeyRecord *)copy;
+	KMS_TRY(entry_block(rec, &e->rec, &e->handles, &e->policy, err));
 	/* Readers see the state a record written before key_state had. */
 	kr_set_key_state(e->rec, kr_key_state(e->rec));
-	e->handles = kms_calloc(e->rec->n_versions, sizeof(*e->handles));
-	if (e->handles == NULL) {
-		kr_entry_clear(e);
-		return kms_errf(err, KMS_ERR_NOMEM,
-				"out of memory adding key '%s'", rec->key_id);
-	}
+	return KMS_OK;
+}
+
+int kr_entry_rebuild(struct kr_entry *e, const Kms__V1__KeyRecord *shape, kms_err *err)
+{
+	Kms__V1__KeyRecord *rec = NULL;
+	kms_key_handle **handles = NULL;
+	struct kr_policy *policy = NULL;
+	size_t keep = e->rec->n_versions < shape->n_versions ? e->rec->n_versions
+							     : shape->n_versions;
+
+	KMS_TRY(entry_block(shape, &rec, &handles, &policy, err));
+	memcpy(handles, e->handles, keep * sizeof(*handles));
+	kms_free(e->rec);
+	kr_policy_release(e->policy);
+	e->rec = rec;
+	e->handles = handles;
+	e->policy = policy;
 	return KMS_OK;
 }
 
@@ -263,6 +301,7 @@ int kms_keyring_new(kms_keyring **out, kms_err *err)
 				"cannot create the key ring lock (error %d)",
 				rc);
 	}
+	kr_dk_reset(&kr->dk);
 	*out = kr;
 	return KMS_OK;
 }
@@ -316,6 +355,8 @@ int kr_check_create_key(kms_keyring *kr, const Kms__V1__CreateKeyCommand *ck, km
 	(void)kr_find_pos(kr, ck->key->key_id, &found);
 	if (found)
 		rc = kms_errf(err, KMS_ERR_EXISTS, "key '%s' already exists", ck->key->key_id);
+	else
+		rc = kr_dk_generation_check(kr, ck->domain_key_generation, err);
 	pthread_rwlock_unlock(&kr->lock);
 	return rc;
 }
@@ -340,6 +381,7 @@ int kr_apply_create_key(kms_keyring *kr,
 			      e.rec->key_id);
 		goto unlock;
 	}
+	KMS_TRY_GOTO(rc, kr_dk_generation_check(kr, ck->domain_key_generation, err), unlock);
 	if (kr->n == kr->cap) {
 		size_t cap = kr->cap ? kr->cap * 2 : 16;
 		struct kr_entry *grown =
@@ -418,6 +460,13 @@ static int run_command(kms_keyring *kr, const Kms__V1__Command *c, int dry, kms_
 		return kr_apply_cancel_proposal(kr, c->cancel_proposal, dry, err);
 	case KMS__V1__COMMAND__CMD_PROPOSAL_RESULT:
 		return kr_apply_proposal_result(kr, c->proposal_result, dry, err);
+	case KMS__V1__COMMAND__CMD_BEGIN_DOMAIN_KEY_ROTATION:
+	case KMS__V1__COMMAND__CMD_GRANT_DOMAIN_KEY_ROTATION:
+	case KMS__V1__COMMAND__CMD_CONSUME_DOMAIN_KEY_ROTATION_GRANT:
+	case KMS__V1__COMMAND__CMD_CONFIRM_DOMAIN_KEY:
+	case KMS__V1__COMMAND__CMD_SWITCH_DOMAIN_KEY:
+	case KMS__V1__COMMAND__CMD_ABORT_DOMAIN_KEY_ROTATION:
+		return kr_apply_dk(kr, c, dry, err);
 	case KMS__V1__COMMAND__CMD__NOT_SET:
 	default:
 		return kms_errf(err, KMS_ERR_INVALID,
@@ -465,6 +514,9 @@ int kms_keyring_snapshot(kms_keyring *kr, void *(*alloc)(size_t), kms_buf *out,
 	Kms__V1__KeyRecord **recs = NULL;
 	Kms__V1__MemberRecord mrec[KMS_MEMBERS_MAX], *mptr[KMS_MEMBERS_MAX];
 	Kms__V1__JoinGrant grants[KMS_MEMBERS_MAX];
+	Kms__V1__DomainKeyState dks;
+	Kms__V1__DomainKeyRotation dkr;
+	Kms__V1__DomainKeyRotationGrant dkg[KMS_MEMBERS_MAX], *dkgp[KMS_MEMBERS_MAX];
 	size_t i, len;
 	int rc = KMS_OK;
 
@@ -509,6 +561,8 @@ int kms_keyring_snapshot(kms_keyring *kr, void *(*alloc)(size_t), kms_buf *out,
 	snap.aliases = kr->aliases;
 	snap.n_aliases = kr->n_aliases;
 	kr_quorum_snapshot(kr, &snap);
+	kr_dk_to_message(&kr->dk, &dks, &dkr, dkg, dkgp);
+	snap.domain_key = &dks;
 	len = kms__v1__key_ring_snapshot__get_packed_size(&snap);
 	out->data = alloc(len);
 	if (out->data == NULL) {
@@ -526,132 +580,6 @@ int kms_keyring_snapshot(kms_keyring *kr, void *(*alloc)(size_t), kms_buf *out,
 out:
 	pthread_rwlock_unlock(&kr->lock);
 	kms_free(recs);
-	return rc;
-}
-
-int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len,
-			kms_err *err)
-{
-	static const uint8_t none[1];
-	struct pb_state st = {0};
-	ProtobufCAllocator a = {
-	    .alloc = kr_pb_alloc, .free = kr_pb_free, .allocator_data = &st};
-	Kms__V1__KeyRingSnapshot *s = NULL;
-	struct kr_entry *fresh = NULL, *old;
-	struct kr_alias_table aliases = {0}, old_aliases;
-	struct kr_quorum quorum = {0};
-	char **admins = NULL, **old_admins;
-	size_t i, built = 0, old_n, old_n_admins;
-	int rc = KMS_OK;
-
-	if (snap == NULL && len > 0)
-		return kms_errf(err, KMS_ERR_INVALID, "snapshot bytes missing");
-	s = kms__v1__key_ring_snapshot__unpack(&a, len,
-					       snap != NULL ? snap : none);
-	if (s == NULL)
-		return kms_errf(
-		    err, st.failed ? KMS_ERR_NOMEM : KMS_ERR_INVALID,
-		    st.failed
-			? "out of memory parsing a snapshot"
-			: "snapshot is not a valid kms.v1.KeyRingSnapshot");
-	if (s->format != KEYRING_SNAPSHOT_FORMAT) {
-		rc = kms_errf(err, KMS_ERR_INVALID,
-			      "snapshot format %u is not supported (want %d)",
-			      s->format, KEYRING_SNAPSHOT_FORMAT);
-		goto out;
-	}
-	/* Check everything before building anything: all or nothing. */
-	for (i = 0; i < s->n_keys; i++) {
-		KMS_TRY_GOTO(rc, kr_record_check(s->keys[i], err), out);
-		if (i > 0 &&
-		    strcmp(s->keys[i - 1]->key_id, s->keys[i]->key_id) >= 0) {
-			rc = kms_errf(
-			    err, KMS_ERR_INVALID,
-			    "snapshot keys are out of order or repeated "
-			    "at key '%s'",
-			    s->keys[i]->key_id);
-			goto out;
-		}
-	}
-	if (s->n_members > KMS_MEMBERS_MAX || s->domain_key_probe.len > KMS_WRAPPED_MAX) {
-		rc = kms_errf(err, KMS_ERR_INVALID, "snapshot holds too many members or too long a probe");
-		goto out;
-	}
-	for (i = 0; i < s->n_members; i++) {
-		KMS_TRY_GOTO(rc, kr_member_check(s->members[i], err), out);
-		if (i > 0 && s->members[i - 1]->id >= s->members[i]->id) {
-			rc = kms_errf(err, KMS_ERR_INVALID,
-				      "snapshot members are out of order or repeated");
-			goto out;
-		}
-	}
-	/* A snapshot from before the list was replicated holds none. */
-	if (s->n_administrators > 0) {
-		KMS_TRY_GOTO(rc, kr_admins_check(s->administrators, s->n_administrators, err),
-			     out);
-		admins = kr_admins_dup(s->administrators, s->n_administrators);
-		if (admins == NULL) {
-			rc = kms_errf(err, KMS_ERR_NOMEM, "out of memory restoring a snapshot");
-			goto out;
-		}
-	}
-	KMS_TRY_GOTO(rc, kr_aliases_build(s->aliases, s->n_aliases, s->keys, s->n_keys, &aliases,
-					  err), out);
-	KMS_TRY_GOTO(rc, kr_quorum_build(s, &quorum, err), out);
-	fresh = kms_calloc(s->n_keys, sizeof(*fresh));
-	if (fresh == NULL) {
-		rc = kms_errf(err, KMS_ERR_NOMEM,
-			      "out of memory restoring a snapshot");
-		goto out;
-	}
-	for (built = 0; built < s->n_keys; built++)
-		KMS_TRY_GOTO(rc, kr_entry_make(s->keys[built], &fresh[built], err),
-			     out);
-
-	pthread_rwlock_wrlock(&kr->lock);
-	old = kr->entries;
-	old_n = kr->n;
-	/* Unchanged versions keep this node's unwrapped keys. */
-	kr_handles_carry(fresh, s->n_keys, old, old_n);
-	kr->entries = fresh;
-	kr->n = kr->cap = s->n_keys;
-	kr_lru_prune(kr); /* the versions that were gone or changed */
-	for (i = 0; i < s->n_members; i++)
-		kr_member_set(&kr->members[i], s->members[i]);
-	kr->n_members = s->n_members;
-	if (s->domain_key_probe.len > 0)
-		memcpy(kr->probe, s->domain_key_probe.data, s->domain_key_probe.len);
-	kr->probe_len = s->domain_key_probe.len;
-	old_admins = kr->admins;
-	old_n_admins = kr->n_admins;
-	kr->admins = admins;
-	kr->n_admins = s->n_administrators;
-	admins = NULL;
-	old_aliases.aliases = kr->aliases;
-	old_aliases.by_key = kr->by_key;
-	old_aliases.n = kr->n_aliases;
-	kr->aliases = aliases.aliases;
-	kr->by_key = aliases.by_key;
-	kr->n_aliases = kr->cap_aliases = aliases.n;
-	memset(&aliases, 0, sizeof(aliases));
-	kr_quorum_swap(kr, &quorum); /* quorum now holds the old one */
-	pthread_rwlock_unlock(&kr->lock);
-	fresh = NULL;
-	built = 0;
-	/*
-	 * The old entries are unreachable now: drop their references outside
-	 * the lock. A handle a call still uses is released when it is done.
-	 */
-	kr_entries_drop(old, old_n);
-	kms_keyring_admins_free(old_admins, old_n_admins);
-	kr_aliases_free(&old_aliases);
-out:
-	kr_aliases_free(&aliases);
-	kr_quorum_build_free(&quorum);
-	if (fresh != NULL)
-		kr_entries_drop(fresh, built);
-	kms_keyring_admins_free(admins, s->n_administrators);
-	kr_pb_message_free(&s->base);
 	return rc;
 }
 

@@ -44,10 +44,9 @@ int kr_apply_rotate_key(kms_keyring *kr, const Kms__V1__RotateKeyCommand *c, int
 			kms_err *err)
 {
 	const Kms__V1__KeyVersionRecord *v;
-	ProtobufCMessage *copy = NULL;
+	Kms__V1__KeyRecord shape;
 	struct kr_entry *e;
-	kms_key_handle **handles;
-	Kms__V1__KeyVersionRecord **versions;
+	Kms__V1__KeyVersionRecord **versions = NULL;
 	size_t n;
 	int rc;
 
@@ -62,11 +61,10 @@ int kr_apply_rotate_key(kms_keyring *kr, const Kms__V1__RotateKeyCommand *c, int
 				"key '%s': a new version starts Enabled, with no encryptions",
 				c->key_id);
 	KMS_TRY(kr_version_check(c->key_id, v, err));
-	if (!dry)
-		KMS_TRY(kr_message_dup(&v->base, &copy, err));
 	kr_lock(kr, dry);
 	KMS_TRY_GOTO(rc, kr_entry_for(kr, c->key_id, &e, err), out);
 	KMS_TRY_GOTO(rc, kr_state_refusal(e->rec, err), out);
+	KMS_TRY_GOTO(rc, kr_dk_generation_check(kr, c->domain_key_generation, err), out);
 	n = e->rec->n_versions;
 	if (n >= KMS_KEY_VERSIONS_MAX) {
 		rc = kms_errf(err, KMS_ERR_PRECONDITION,
@@ -84,29 +82,23 @@ int kr_apply_rotate_key(kms_keyring *kr, const Kms__V1__RotateKeyCommand *c, int
 	}
 	if (dry)
 		goto out;
-	/* Grown one slot at a time: a larger array alone changes nothing. */
-	handles = kms_realloc(e->handles, (n + 1) * sizeof(*handles));
-	if (handles == NULL) {
-		rc = kms_errf(err, KMS_ERR_NOMEM, "out of memory rotating key '%s'", c->key_id);
-		goto out;
-	}
-	e->handles = handles;
-	handles[n] = NULL;
-	versions = kms_realloc(e->rec->versions, (n + 1) * sizeof(*versions));
+	/* The record with one more version, copied into a new block. */
+	versions = kms_malloc((n + 1) * sizeof(*versions));
 	if (versions == NULL) {
 		rc = kms_errf(err, KMS_ERR_NOMEM, "out of memory rotating key '%s'", c->key_id);
 		goto out;
 	}
-	e->rec->versions = versions;
-	versions[n] = (Kms__V1__KeyVersionRecord *)copy;
-	copy = NULL;
-	e->rec->n_versions = n + 1;
-	e->rec->primary_version = (uint32_t)(n + 1);
-	e->rec->last_rotated_at_unix = c->now_unix;
+	memcpy(versions, e->rec->versions, n * sizeof(*versions));
+	versions[n] = (Kms__V1__KeyVersionRecord *)v;
+	shape = *e->rec;
+	shape.versions = versions;
+	shape.n_versions = n + 1;
+	shape.primary_version = (uint32_t)(n + 1);
+	shape.last_rotated_at_unix = c->now_unix;
+	rc = kr_entry_rebuild(e, &shape, err);
 out:
 	pthread_rwlock_unlock(&kr->lock);
-	if (copy != NULL)
-		kr_pb_message_free(copy);
+	kms_free(versions);
 	return rc;
 }
 
@@ -201,8 +193,9 @@ static int destroy_key(kms_keyring *kr, const Kms__V1__DestroyKeyCommand *c, int
 	for (size_t i = 0; i < n; i++) {
 		Kms__V1__KeyVersionRecord *v = e->rec->versions[i];
 
-		/* Wrapped, not plaintext; wiped all the same: it is gone for good. */
-		kms_free_secret(v->wrapped_material.data, v->wrapped_material.len);
+		/* Wrapped, not plaintext; wiped all the same: it is gone for good.
+		 * The bytes are part of the record's block: zeroed in place. */
+		kms_cleanse(v->wrapped_material.data, v->wrapped_material.len);
 		v->wrapped_material.data = NULL;
 		v->wrapped_material.len = 0;
 		v->state = KMS__V1__KEY_VERSION_STATE__KEY_VERSION_DESTROYED;

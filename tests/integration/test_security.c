@@ -13,6 +13,7 @@
 
 #include "kms/fingerprint.h"
 #include "kms/keyring.h"
+#include "kms/keyring_dk.h"
 #include "kms/v1/cluster.pb-c.h"
 #include "kms/v1/kms.pb-c.h"
 #include "node_fixture.h"
@@ -439,6 +440,23 @@ START_TEST(forwarded_writes_are_authorized_for_the_original_caller)
 			 KMS_ERR_PERMISSION);
 	ck_assert_msg(strstr(msg, "may not reserve encryptions for node 1") != NULL, "%s", msg);
 	kms_buf_free(&cmd);
+	/* Nor ask for, or confirm, node 1's share of a domain-key rotation. */
+	{
+		static const uint8_t fp[KMS_FINGERPRINT_LEN] = {1};
+
+		ck_assert_int_eq(kms_keyring_cmd_dk_grant(1, 2, fp, &cmd, &err), KMS_OK);
+		ck_assert_int_eq(forward_as(KMS_TEST_TD "/kmsd/node/1", &cmd, msg, sizeof(msg)),
+				 KMS_ERR_PERMISSION);
+		ck_assert_msg(strstr(msg, "may not take node 1's domain-key rotation steps") !=
+				  NULL,
+			      "%s", msg);
+		kms_buf_free(&cmd);
+		ck_assert_int_eq(kms_keyring_cmd_dk_confirm(1, 2, KMS_DK_INSTALLED, &cmd, &err),
+				 KMS_OK);
+		ck_assert_int_eq(forward_as(KMS_TEST_TD "/kmsd/node/1", &cmd, msg, sizeof(msg)),
+				 KMS_ERR_PERMISSION);
+		kms_buf_free(&cmd);
+	}
 	ck_assert_msg(remove_member(7, &st) == 0, "%s", st.details);
 	/* No longer a member: refused before any gate. */
 	ck_assert_int_eq(kms_keyring_cmd_create_key("fwd-gone", "", NULL, KMS_TEST_ADMIN, 1,

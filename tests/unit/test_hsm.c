@@ -1889,6 +1889,292 @@ START_TEST(test_install_locked)
 }
 END_TEST
 
+/* --- domain-key rotation --- */
+
+#define DK_G2 "dk.g2"
+
+static kms_buf rewrap_one(kms_hsm_rewrapper *rw, kms_hsm_key to, const kms_buf *w)
+{
+	kms_buf out = {NULL, 0};
+
+	ck_assert_msg(kms_hsm_rewrap(rw, to, w->data, w->len, &out, &err) == KMS_OK,
+		      "rewrap: %s", err.msg);
+	ck_assert_uint_eq(out.len, 40);
+	return out;
+}
+
+/*
+ * Every master key comes out under the new DK as the same key: what the
+ * old wrap encrypts, the new one decrypts. The new blob is no longer good
+ * under the old DK, and nothing the rewrap made stays in the HSM.
+ */
+START_TEST(test_rewrap_same_key)
+{
+	CK_FUNCTION_LIST *f = raw_functions();
+	CK_SESSION_HANDLE h = raw_session(f);
+	kms_hsm_key dk1 = make_dk(DK), dk2 = make_dk(DK_G2), k1, k2, bad = 0;
+	kms_buf w1 = make_master(dk1), w2 = make_master(dk1), n1, n2;
+	kms_hsm_rewrapper *rw = NULL;
+	CK_ULONG before = raw_count(f, h, CKO_SECRET_KEY);
+
+	ck_assert_msg(kms_hsm_rewrap_open(hsm, dk1, &rw, &err) == KMS_OK, "open: %s", err.msg);
+	/* The transient copy of the old DK, in this process only. */
+	ck_assert_uint_eq(raw_count(f, h, CKO_SECRET_KEY), before + 1);
+	n1 = rewrap_one(rw, dk2, &w1);
+	n2 = rewrap_one(rw, dk2, &w2);
+	ck_assert(memcmp(n1.data, w1.data, 40) != 0);
+	kms_hsm_rewrap_close(rw);
+	ck_assert_uint_eq(raw_count(f, h, CKO_SECRET_KEY), before);
+
+	k1 = unwrap(dk1, &w1);
+	k2 = unwrap(dk2, &n1);
+	gcm_across(sess, k1, sess, k2);
+	kms_hsm_key_destroy(hsm, k1);
+	kms_hsm_key_destroy(hsm, k2);
+	k1 = unwrap(dk1, &w2);
+	k2 = unwrap(dk2, &n2);
+	gcm_across(sess, k2, sess, k1);
+	assert_err(kms_hsm_master_key_unwrap(hsm, dk1, n1.data, n1.len, &bad, &err), KMS_ERR_HSM,
+		   "cannot unwrap master key");
+	ck_assert_uint_eq(bad, 0);
+	kms_hsm_key_destroy(hsm, k1);
+	kms_hsm_key_destroy(hsm, k2);
+	kms_buf_free(&w1);
+	kms_buf_free(&w2);
+	kms_buf_free(&n1);
+	kms_buf_free(&n2);
+	ck_assert_int_eq(f->C_CloseSession(h), CKR_OK);
+}
+END_TEST
+
+/* The bad-input twin: a blob of another DK, a tampered one, a short one. */
+START_TEST(test_rewrap_bad_input)
+{
+	kms_hsm_key dk1 = make_dk(DK), dk2 = make_dk(DK_G2), other = make_dk("dk-x");
+	kms_buf w = make_master(other), out = {NULL, 0};
+	kms_hsm_rewrapper *rw = NULL;
+
+	ck_assert_msg(kms_hsm_rewrap_open(hsm, dk1, &rw, &err) == KMS_OK, "open: %s", err.msg);
+	assert_err(kms_hsm_rewrap(rw, dk2, w.data, w.len, &out, &err), KMS_ERR_HSM,
+		   "cannot rewrap master key");
+	w.data[20] ^= 1;
+	assert_err(kms_hsm_rewrap(rw, dk2, w.data, w.len, &out, &err), KMS_ERR_HSM,
+		   "cannot rewrap master key");
+	assert_err(kms_hsm_rewrap(rw, dk2, w.data, 24, &out, &err), KMS_ERR_HSM, "not 24");
+	assert_err(kms_hsm_rewrap(rw, 0, w.data, w.len, &out, &err), KMS_ERR_INVALID, "no rewrapper");
+	ck_assert_ptr_null(out.data);
+	kms_hsm_rewrap_close(rw);
+	assert_err(kms_hsm_rewrap_open(hsm, 0, &rw, &err), KMS_ERR_INVALID, "no HSM");
+	kms_buf_free(&w);
+}
+END_TEST
+
+/*
+ * Tokens from older kmsd versions: a DK without an unwrap template is
+ * copied like any other; one that is not even extractable (before joins)
+ * is used directly, which its missing template allows.
+ */
+START_TEST(test_rewrap_old_style_dk)
+{
+	CK_FUNCTION_LIST *f = raw_functions();
+	CK_SESSION_HANDLE h = raw_session(f);
+	kms_hsm_key dk2 = make_dk(DK_G2), k1, k2, old;
+	kms_hsm_rewrapper *rw = NULL;
+	kms_buf w, n;
+
+	for (int extractable = 1; extractable >= 0; extractable--) {
+		old = raw_aes_key(f, h, extractable ? "old-x" : "old-n", 32, CK_TRUE, CK_TRUE,
+				  extractable ? CK_TRUE : CK_FALSE);
+		w = make_master(old);
+		ck_assert_msg(kms_hsm_rewrap_open(hsm, old, &rw, &err) == KMS_OK, "open: %s",
+			      err.msg);
+		n = rewrap_one(rw, dk2, &w);
+		kms_hsm_rewrap_close(rw);
+		/* The direct path leaves the old DK in place. */
+		ck_assert_int_eq(raw_bool(f, h, old, CKA_EXTRACTABLE), extractable);
+		k1 = unwrap(old, &w);
+		k2 = unwrap(dk2, &n);
+		gcm_across(sess, k1, sess, k2);
+		kms_hsm_key_destroy(hsm, k1);
+		kms_hsm_key_destroy(hsm, k2);
+		kms_buf_free(&w);
+		kms_buf_free(&n);
+	}
+	ck_assert_int_eq(f->C_CloseSession(h), CKR_OK);
+}
+END_TEST
+
+/* The session objects the rewrapper holds, found behind its back. */
+static CK_OBJECT_HANDLE find_unwrapping_session_key(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h)
+{
+	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+	CK_BBOOL no = CK_FALSE, yes = CK_TRUE;
+	CK_ATTRIBUTE t[] = {
+	    {CKA_CLASS, &cls, sizeof(cls)},
+	    {CKA_TOKEN, &no, sizeof(no)},
+	    {CKA_UNWRAP, &yes, sizeof(yes)},
+	};
+	CK_OBJECT_HANDLE objs[4];
+	CK_ULONG got = 0;
+
+	ck_assert_int_eq(f->C_FindObjectsInit(h, t, 3), CKR_OK);
+	ck_assert_int_eq(f->C_FindObjects(h, objs, 4, &got), CKR_OK);
+	ck_assert_int_eq(f->C_FindObjectsFinal(h), CKR_OK);
+	ck_assert_uint_eq(got, 1);
+	return objs[0];
+}
+
+/*
+ * What the transient copy of the old DK lets a caller of this process do,
+ * measured on SoftHSM 2.6.1 with the user PIN: it unwraps master keys only
+ * as sensitive keys that can do nothing but be wrapped; it cannot itself
+ * be wrapped out, read, or loosened.
+ */
+START_TEST(test_rewrap_copy_locked)
+{
+	CK_FUNCTION_LIST *f = raw_functions();
+	CK_SESSION_HANDLE h = raw_session(f);
+	CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+	kms_hsm_key dk1 = make_dk(DK);
+	kms_buf w = make_master(dk1);
+	kms_hsm_rewrapper *rw = NULL;
+	CK_OBJECT_HANDLE copy, own, k;
+	uint8_t blob[64];
+	CK_ULONG len = sizeof(blob);
+
+	ck_assert_msg(kms_hsm_rewrap_open(hsm, dk1, &rw, &err) == KMS_OK, "open: %s", err.msg);
+	copy = find_unwrapping_session_key(f, h);
+	ck_assert_int_eq(raw_bool(f, h, copy, CKA_EXTRACTABLE), CK_FALSE);
+	ck_assert_int_eq(raw_bool(f, h, copy, CKA_WRAP), CK_FALSE);
+	ck_assert_int_eq(raw_bool(f, h, copy, CKA_DECRYPT), CK_FALSE);
+	assert_value_refused(f, h, copy);
+	own = raw_aes_key(f, h, "own", 32, CK_FALSE, CK_FALSE, CK_TRUE);
+	expect_rv("C_WrapKey of the DK copy", f->C_WrapKey(h, &kwp, own, copy, blob, &len),
+		  CKR_KEY_UNEXTRACTABLE);
+	expect_rv("CKA_DECRYPT=TRUE on the DK copy", raw_set_bool(f, h, copy, CKA_DECRYPT, CK_TRUE),
+		  CKR_ACTION_PROHIBITED);
+	/* Under the copy a master key comes out only as its template says. */
+	expect_rv("unwrap under the copy as a decrypting key",
+		  raw_unwrap(f, h, copy, &w, CKA_DERIVE, CK_FALSE, RULE_NONE, &k),
+		  CKR_TEMPLATE_INCONSISTENT);
+	ck_assert_int_eq(raw_count(f, h, CKO_SECRET_KEY), 3);
+	/*
+	 * What it does allow: a sensitive, extractable master key wrapped
+	 * under any wrapping key of this process. The same holds for the
+	 * DK itself (test_dk_extractable_by_pin): no new path.
+	 */
+	kms_hsm_rewrap_close(rw);
+	expect_rv("the copy is gone after close", raw_set_bool(f, h, copy, CKA_LABEL, CK_TRUE),
+		  CKR_OBJECT_HANDLE_INVALID);
+	kms_buf_free(&w);
+	ck_assert_int_eq(f->C_CloseSession(h), CKR_OK);
+}
+END_TEST
+
+/* Two tokens; kms_hsm is logged in to the first only. */
+static void setup_two_tokens(void)
+{
+	setup_token();
+	ck_assert_int_eq(kms_test_token_add(&tok, LABEL2), 0);
+	ck_assert_msg(kms_hsm_open(tok.module, LABEL, tok.pin, &hsm, &err) == KMS_OK, "open: %s",
+		      err.msg);
+	ck_assert_msg(kms_hsm_session_open(hsm, &sess, &err) == KMS_OK, "session: %s", err.msg);
+}
+
+/*
+ * Why rotation does not rely on CKA_WRAP_WITH_TRUSTED (PKCS#11 v2.40
+ * 4.9): SoftHSM 2.6.1 enforces it in C_WrapKey, but only the SO may set
+ * CKA_TRUSTED, and the SO may not create or touch private objects, so no
+ * private, trusted wrapping key can exist on its tokens
+ * (P11AttrTrusted::updateAttr, access.cpp haveWrite).
+ */
+START_TEST(test_trusted_wrapping_needs_so)
+{
+	CK_FUNCTION_LIST *f = raw_functions();
+	CK_SESSION_HANDLE h = raw_session(f), so;
+	CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
+	CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+	CK_KEY_TYPE kt = CKK_AES;
+	CK_ULONG len32 = 32;
+	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+	CK_ATTRIBUTE trusted[] = {
+	    {CKA_CLASS, &cls, sizeof(cls)},	     {CKA_KEY_TYPE, &kt, sizeof(kt)},
+	    {CKA_VALUE_LEN, &len32, sizeof(len32)}, {CKA_TOKEN, &no, sizeof(no)},
+	    {CKA_PRIVATE, &yes, sizeof(yes)},	     {CKA_SENSITIVE, &yes, sizeof(yes)},
+	    {CKA_WRAP, &yes, sizeof(yes)},	     {CKA_TRUSTED, &yes, sizeof(yes)},
+	};
+	CK_ATTRIBUTE wwt[] = {
+	    {CKA_CLASS, &cls, sizeof(cls)},	     {CKA_KEY_TYPE, &kt, sizeof(kt)},
+	    {CKA_VALUE_LEN, &len32, sizeof(len32)}, {CKA_TOKEN, &no, sizeof(no)},
+	    {CKA_PRIVATE, &yes, sizeof(yes)},	     {CKA_SENSITIVE, &yes, sizeof(yes)},
+	    {CKA_EXTRACTABLE, &yes, sizeof(yes)},    {CKA_WRAP_WITH_TRUSTED, &yes, sizeof(yes)},
+	};
+	kms_hsm_key dk = make_dk(DK);
+	CK_OBJECT_HANDLE k = 0, own;
+	uint8_t blob[64];
+	CK_ULONG len = sizeof(blob);
+
+	expect_rv("C_GenerateKey with CKA_TRUSTED=TRUE as the user",
+		  f->C_GenerateKey(h, &gen, trusted, 8, &k), CKR_ATTRIBUTE_READ_ONLY);
+	own = raw_aes_key(f, h, "own", 32, CK_FALSE, CK_TRUE, CK_FALSE);
+	expect_rv("C_SetAttributeValue CKA_TRUSTED=TRUE as the user",
+		  raw_set_bool(f, h, own, CKA_TRUSTED, CK_TRUE), CKR_ATTRIBUTE_READ_ONLY);
+	/* Enforced: a wrap-with-trusted key does not go under a plain DK. */
+	ck_assert_int_eq(f->C_GenerateKey(h, &gen, wwt, 8, &k), CKR_OK);
+	expect_rv("C_WrapKey of a CKA_WRAP_WITH_TRUSTED key under an untrusted DK",
+		  f->C_WrapKey(h, &kwp, dk, k, blob, &len), CKR_KEY_NOT_WRAPPABLE);
+	expect_rv("CKA_WRAP_WITH_TRUSTED back to FALSE",
+		  raw_set_bool(f, h, k, CKA_WRAP_WITH_TRUSTED, CK_FALSE), CKR_ATTRIBUTE_READ_ONLY);
+	ck_assert_int_eq(f->C_CloseSession(h), CKR_OK);
+
+	/* The SO, on a token this process is not logged in to as the user. */
+	so = raw_session_on(f, LABEL2);
+	ck_assert_int_eq(f->C_Login(so, CKU_SO, (CK_UTF8CHAR *)tok.so_pin, strlen(tok.so_pin)),
+			 CKR_OK);
+	expect_rv("C_GenerateKey of a private trusted key as the SO",
+		  f->C_GenerateKey(so, &gen, trusted, 8, &k), CKR_USER_NOT_LOGGED_IN);
+	/* Only a public object: SoftHSM encrypts the values of private ones only. */
+	trusted[4].pValue = &no;
+	expect_rv("C_GenerateKey of a public trusted key as the SO",
+		  f->C_GenerateKey(so, &gen, trusted, 8, &k), CKR_OK);
+	ck_assert_int_eq(f->C_Logout(so), CKR_OK);
+	ck_assert_int_eq(f->C_CloseSession(so), CKR_OK);
+}
+END_TEST
+
+/* The generations of the DKs on a token, by label; destroying one. */
+START_TEST(test_dk_generations)
+{
+	uint32_t g[8];
+	size_t n = 0;
+	char label[KMS_HSM_DK_LABEL_MAX];
+	kms_hsm_key dk1, dk3;
+
+	ck_assert_int_eq(kms_hsm_dk_label(DK, 1, label, &err), KMS_OK);
+	ck_assert_str_eq(label, DK);
+	ck_assert_int_eq(kms_hsm_dk_label(DK, 3, label, &err), KMS_OK);
+	ck_assert_str_eq(label, "dk.g3");
+	assert_err(kms_hsm_dk_label(DK, 0, label, &err), KMS_ERR_INVALID, "no label");
+	dk1 = make_dk(DK);
+	dk3 = make_dk("dk.g3");
+	make_dk("dk.g0");
+	make_dk("dk.gx");
+	make_dk("dkk");
+	make_dk("dk.g2x");
+	ck_assert_int_eq(kms_hsm_dk_generations(hsm, DK, g, 8, &n, &err), KMS_OK);
+	ck_assert_uint_eq(n, 2);
+	ck_assert_uint_eq(g[0], 1);
+	ck_assert_uint_eq(g[1], 3);
+	ck_assert_int_eq(kms_hsm_domain_key_destroy(hsm, dk1, &err), KMS_OK);
+	ck_assert_int_eq(kms_hsm_dk_generations(hsm, DK, g, 8, &n, &err), KMS_OK);
+	ck_assert_uint_eq(n, 1);
+	ck_assert_uint_eq(g[0], 3);
+	assert_err(kms_hsm_domain_key_destroy(hsm, dk1, &err), KMS_ERR_HSM, "C_DestroyObject");
+	(void)dk3;
+}
+END_TEST
+
 static Suite *hsm_suite(void)
 {
 	Suite *s = suite_create("hsm");
@@ -1897,6 +2183,8 @@ static Suite *hsm_suite(void)
 	TCase *gcm = tcase_create("gcm");
 	TCase *sessions = tcase_create("sessions");
 	TCase *transfer = tcase_create("transfer");
+	TCase *rotation = tcase_create("rotation");
+	TCase *trusted = tcase_create("trusted");
 
 	tcase_add_checked_fixture(open, setup_token, teardown_token);
 	tcase_add_test(open, test_open_ok);
@@ -1960,6 +2248,19 @@ static Suite *hsm_suite(void)
 	tcase_add_test(transfer, test_wrap_for_bad_input);
 	tcase_add_test(transfer, test_wrap_for_hsm_error);
 	suite_add_tcase(s, transfer);
+
+	tcase_add_checked_fixture(rotation, setup_transfer, teardown_transfer);
+	tcase_set_timeout(rotation, 60);
+	tcase_add_test(rotation, test_rewrap_same_key);
+	tcase_add_test(rotation, test_rewrap_bad_input);
+	tcase_add_test(rotation, test_rewrap_copy_locked);
+	tcase_add_test(rotation, test_rewrap_old_style_dk);
+	tcase_add_test(rotation, test_dk_generations);
+	suite_add_tcase(s, rotation);
+
+	tcase_add_checked_fixture(trusted, setup_two_tokens, teardown_open);
+	tcase_add_test(trusted, test_trusted_wrapping_needs_so);
+	suite_add_tcase(s, trusted);
 	return s;
 }
 

@@ -963,6 +963,136 @@ START_TEST(test_restore_invalid_keeps_state)
 }
 END_TEST
 
+/*
+ * Restore walks the snapshot's wire form itself, one key record at a time:
+ * every framing fault is refused with the byte it is at, and nothing
+ * changes; what protobuf allows (fields in any order, unknown fields) is
+ * accepted, and a record's unknown fields survive into the next snapshot.
+ */
+struct raw {
+	uint8_t b[4096];
+	size_t n;
+};
+
+static void raw_put(struct raw *r, const void *p, size_t len)
+{
+	if (len == 0)
+		return;
+	ck_assert_uint_le(r->n + len, sizeof(r->b));
+	memcpy(r->b + r->n, p, len);
+	r->n += len;
+}
+
+static void raw_varint(struct raw *r, uint64_t v)
+{
+	uint8_t c;
+
+	do {
+		c = (uint8_t)(v & 0x7f);
+		v >>= 7;
+		if (v != 0)
+			c |= 0x80;
+		raw_put(r, &c, 1);
+	} while (v != 0);
+}
+
+/* Field 2 of KeyRingSnapshot: rec packed, then `tail` raw bytes inside it. */
+static void raw_key(struct raw *r, const Kms__V1__KeyRecord *rec, const uint8_t *tail,
+		    size_t tail_len)
+{
+	uint8_t buf[1024];
+	size_t len = kms__v1__key_record__get_packed_size(rec);
+
+	ck_assert_uint_le(len, sizeof(buf));
+	ck_assert_uint_eq(kms__v1__key_record__pack(rec, buf), len);
+	raw_varint(r, (2 << 3) | 2);
+	raw_varint(r, len + tail_len);
+	raw_put(r, buf, len);
+	raw_put(r, tail, tail_len);
+}
+
+static const uint8_t format_1[] = {0x08, 0x01};
+
+/* A good snapshot of m and n, then `bad` appended. */
+static void assert_tail_invalid(struct trec *m, struct trec *n, const uint8_t *bad, size_t len,
+				const char *what, const kms_buf *before)
+{
+	struct raw r = {.n = 0};
+
+	raw_put(&r, format_1, sizeof(format_1));
+	raw_key(&r, &m->rec, NULL, 0);
+	raw_key(&r, &n->rec, NULL, 0);
+	raw_put(&r, bad, len);
+	assert_restore_invalid(r.b, r.n, what, before);
+}
+
+START_TEST(test_restore_wire_form)
+{
+	static const uint8_t tag_zero[] = {0x00};
+	static const uint8_t group[] = {(7 << 3) | 3, 0x00};
+	static const uint8_t key_varint[] = {(2 << 3) | 0, 0x01};
+	static const uint8_t key_fixed32[] = {(2 << 3) | 5, 1, 2, 3, 4};
+	static const uint8_t open_varint[] = {0x08, 0x80};
+	static const uint8_t long_tag[] = {0x80, 0x80, 0x80, 0x80, 0x80, 0x01};
+	static const uint8_t short_fixed64[] = {(9 << 3) | 1, 1, 2, 3};
+	static const uint8_t past_end[] = {(6 << 3) | 2, 0x05, 'a'};
+	/* A key record whose key_id claims 5 bytes and holds 1. */
+	static const uint8_t bad_record[] = {(2 << 3) | 2, 0x03, 0x0a, 0x05, 'a'};
+	/* Field 99 of a KeyRecord, a varint: unknown to this version. */
+	static const uint8_t unknown[] = {0x98, 0x06, 0x2a};
+	static const uint8_t top_unknown[] = {(15 << 3) | 0, 0x07};
+	struct tpolicy p;
+	struct trec m, n;
+	struct raw r = {.n = 0};
+	kms_buf before, after;
+	kms_err err = {0};
+
+	populate_five();
+	before = snapshot_of(kr);
+	tpolicy_app(&p);
+	trec_init(&m, "m", &p.p);
+	trec_init(&n, "n", &p.p);
+
+	assert_tail_invalid(&m, &n, tag_zero, sizeof(tag_zero), "malformed field tag at byte",
+			    &before);
+	assert_tail_invalid(&m, &n, long_tag, sizeof(long_tag), "malformed field tag", &before);
+	assert_tail_invalid(&m, &n, group, sizeof(group), "unknown wire type", &before);
+	assert_tail_invalid(&m, &n, key_varint, sizeof(key_varint), "not length-delimited",
+			    &before);
+	assert_tail_invalid(&m, &n, key_fixed32, sizeof(key_fixed32), "not length-delimited",
+			    &before);
+	assert_tail_invalid(&m, &n, open_varint, sizeof(open_varint), "truncated varint", &before);
+	assert_tail_invalid(&m, &n, short_fixed64, sizeof(short_fixed64), "truncated fixed-size",
+			    &before);
+	assert_tail_invalid(&m, &n, past_end, sizeof(past_end), "runs past the end", &before);
+	/* The third record is the bad one, after two that were built. */
+	assert_tail_invalid(&m, &n, bad_record, sizeof(bad_record), "key record 3 is malformed",
+			    &before);
+	/* A bad member among good keys: nothing is built either. */
+	{
+		static const uint8_t bad_member[] = {(3 << 3) | 2, 0x02, 0x08, 0x00};
+
+		assert_tail_invalid(&m, &n, bad_member, sizeof(bad_member), "member", &before);
+	}
+
+	/* The positive twin: format last, an unknown top-level field, an
+	 * unknown field in a record; all restore, and the record's unknown
+	 * field is kept. */
+	raw_key(&r, &m.rec, unknown, sizeof(unknown));
+	raw_put(&r, top_unknown, sizeof(top_unknown));
+	raw_key(&r, &n.rec, NULL, 0);
+	raw_put(&r, format_1, sizeof(format_1));
+	ck_assert_int_eq(kms_keyring_restore(kr, r.b, r.n, &err), KMS_OK);
+	ck_assert_uint_eq(kms_keyring_count(kr), 2);
+	ck_assert(kms_keyring_has_key(kr, "m"));
+	ck_assert(kms_keyring_has_key(kr, "n"));
+	after = snapshot_of(kr);
+	ck_assert_ptr_nonnull(memmem(after.data, after.len, unknown, sizeof(unknown)));
+	free(after.data);
+	free(before.data);
+}
+END_TEST
+
 START_TEST(test_restore_releases_old_handles)
 {
 	kms_keyring *empty;
@@ -1742,6 +1872,7 @@ static Suite *keyring_suite(void)
 	tcase_add_test(tc, test_set_handle_refusals_release_the_handle);
 	tcase_add_test(tc, test_snapshot_restore_roundtrip);
 	tcase_add_test(tc, test_restore_invalid_keeps_state);
+	tcase_add_test(tc, test_restore_wire_form);
 	tcase_add_test(tc, test_restore_releases_old_handles);
 	tcase_add_test(tc, test_restore_waits_for_the_holder);
 	tcase_add_test(tc, test_restore_keeps_unchanged_handles);

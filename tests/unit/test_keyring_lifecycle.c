@@ -868,6 +868,49 @@ START_TEST(test_put_key_policy)
 }
 END_TEST
 
+/*
+ * Keys with equal policies share one copy of it: a new policy on one key
+ * leaves the others as they were, and a key ring freed or restored leaves
+ * the copies other key rings use intact (ASan watches the rest).
+ */
+START_TEST(test_equal_policies_stay_separate_keys)
+{
+	kms_keyring *other;
+	kms_key_use use;
+	kms_err err = {0};
+	kms_buf b = {0}, snap;
+	struct tpolicy p, web;
+
+	create("k1", 1);
+	create("k2", 2);
+	tpolicy_for(&p, STRANGER);
+	ck_assert_int_eq(kms_keyring_cmd_put_key_policy("k1", &p.p, &b, &err), KMS_OK);
+	accepted(&b);
+	ck_assert_int_eq(resolve_as("k1", 0, KMS_OP_ENCRYPT, NULL, &err), KMS_ERR_PERMISSION);
+	ck_assert_int_eq(resolve_as("k2", 0, KMS_OP_ENCRYPT, NULL, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_resolve(kr, "k2", 0, STRANGER, KMS_OP_ENCRYPT, &use, &err),
+			 KMS_ERR_PERMISSION);
+
+	/* Another key ring holds the same policies, then this one goes. */
+	snap = snapshot_of(kr);
+	other = ring_new();
+	ck_assert_int_eq(kms_keyring_restore(other, snap.data, snap.len, &err), KMS_OK);
+	kms_buf_free(&snap);
+	tpolicy_for(&web, WEB);
+	ck_assert_int_eq(kms_keyring_cmd_put_key_policy("k1", &web.p, &b, &err), KMS_OK);
+	accepted(&b);
+	ck_assert_int_eq(resolve_as("k1", 0, KMS_OP_ENCRYPT, NULL, &err), KMS_OK);
+	kms_keyring_free(kr);
+	kr = other;
+	ck_assert_int_eq(resolve_as("k1", 0, KMS_OP_ENCRYPT, NULL, &err), KMS_ERR_PERMISSION);
+	ck_assert_int_eq(resolve_as("k2", 0, KMS_OP_ENCRYPT, NULL, &err), KMS_OK);
+	memset(&use, 0, sizeof(use));
+	ck_assert_int_eq(kms_keyring_resolve(kr, "k1", 0, STRANGER, KMS_OP_ENCRYPT, &use, &err),
+			 KMS_OK);
+	kms_keyring_use_release(&use);
+}
+END_TEST
+
 START_TEST(test_rotation_policy)
 {
 	Kms__V1__KeyMetadata *md;
@@ -1796,6 +1839,7 @@ int main(void)
 	tcase_add_test(tc, test_deletion_schedule_cancel_destroy);
 	tcase_add_test(tc, test_record_rules);
 	tcase_add_test(tc, test_put_key_policy);
+	tcase_add_test(tc, test_equal_policies_stay_separate_keys);
 	tcase_add_test(tc, test_rotation_policy);
 	tcase_add_test(tc, test_reservations_grant_credit_and_exhaust);
 	tcase_add_test(tc, test_reservation_refusals);
