@@ -603,6 +603,20 @@ static Suite *rpc_server_suite(void)
 	return s;
 }
 
+/*
+ * LeakSanitizer, for this program only: OpenSSL 3 keeps a 904-byte error
+ * state (ERR_STATE) per thread that used it, freed when the thread exits.
+ * The TLS handshakes here run on gRPC's own threads, and one of them still
+ * running when a forked test exits leaves its state reported, with a stack
+ * cut at CRYPTO_zalloc (libcrypto has no frame pointers). Seen twice in
+ * many sanitizer runs; the other test programs keep the full check.
+ */
+const char *__lsan_default_suppressions(void);
+const char *__lsan_default_suppressions(void)
+{
+	return "leak:CRYPTO_zalloc\n";
+}
+
 int main(void)
 {
 	SRunner *sr = srunner_create(rpc_server_suite());
