@@ -59,6 +59,7 @@ struct fwd {
 struct batch {
 	kms_forwarder *f;
 	uint64_t leader; /* the node asked */
+	int64_t until;	 /* the call's deadline (monotonic ms) */
 	int counted;	 /* one of BATCHES_IN_FLIGHT (a resend alone is not) */
 	size_t n;
 	struct fwd *items[KMS_FORWARD_BATCH_MAX];
@@ -440,7 +441,10 @@ static void on_batch_reply(void *arg, const kms_rpc_status *st, ProtobufCMessage
 
 		if (!take_back(w))
 			continue;
-		if (st->code == GRPC_STATUS_DEADLINE_EXCEEDED && now >= w->call_deadline) {
+		/* gRPC's clock may end the call a hair before ours reaches the
+		 * deadline it was given: the write's own deadline, if no later. */
+		if (st->code == GRPC_STATUS_DEADLINE_EXCEEDED &&
+		    (now >= w->call_deadline || w->call_deadline <= b->until)) {
 			finish(w, KMS_ERR_DEADLINE,
 			       "the call's deadline passed before the leader answered the forwarded "
 			       "write; it may still be applied",
@@ -481,7 +485,7 @@ static void send_batch(struct batch *b, uint64_t leader_id)
 	kms_member leader;
 	kms_err err = {0};
 	int64_t now = now_ms(), until = 0;
-	size_t n = 0;
+	size_t n = 0, expired = 0;
 
 	if (leader_id == 0) {
 		if (kms_node_leader(node, &leader, &err) != KMS_OK) {
@@ -502,10 +506,12 @@ static void send_batch(struct batch *b, uint64_t leader_id)
 		struct fwd *w = b->items[i];
 
 		if (now >= w->send_deadline) {
-			if (take_back(w))
+			if (take_back(w)) {
+				expired += now >= w->call_deadline;
 				finish(w, now >= w->call_deadline ? KMS_ERR_DEADLINE
 								 : KMS_ERR_UNAVAILABLE,
 				       "the forwarded write did not reach the leader in time", 0);
+			}
 			continue;
 		}
 		if (w->send_deadline > until)
@@ -520,6 +526,8 @@ static void send_batch(struct batch *b, uint64_t leader_id)
 		n++;
 	}
 	b->n = n;
+	b->until = until;
+	log_deadlines(expired, "before the write left for the leader");
 	if (n == 0) {
 		batch_end(b);
 		return;
