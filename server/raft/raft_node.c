@@ -36,6 +36,9 @@ struct kms_raft {
 	kms_raft_opts opts;
 	struct raft_change change; /* the one configuration change in flight */
 	int change_pending;
+	struct raft_transfer transfer; /* a removed leader's handover */
+	int transfer_pending;
+	int transfer_failed; /* its failure is logged once */
 	pthread_mutex_t view_mu;
 	pthread_cond_t view_cond;
 	kms_raft_view view; /* under view_mu */
@@ -500,6 +503,43 @@ static void on_change(struct raft_change *req, int status)
 		KMS_LOG_W("raft: configuration change failed: %s", raft_strerror(status));
 }
 
+static void on_transfer(struct raft_transfer *req)
+{
+	kms_raft *r = req->data;
+
+	r->transfer_pending = 0;
+	if (raft_state(&r->raft) == RAFT_LEADER)
+		KMS_LOG_W("raft: no follower took over leadership in time; trying again");
+}
+
+/*
+ * A leader that applied its own removal cannot take itself out of Raft's
+ * configuration (reconcile leaves the last say to a listed node, and the
+ * removal may have been approved while another node led): it hands
+ * leadership to a voting follower, whose reconcile then removes it.
+ */
+static void hand_over(kms_raft *r)
+{
+	int rv;
+
+	if (r->transfer_pending)
+		return;
+	r->transfer.data = r;
+	rv = raft_transfer(&r->raft, &r->transfer, 0, on_transfer);
+	if (rv == 0) {
+		r->transfer_pending = 1;
+		KMS_LOG_W("raft: node %llu was removed from the member list while it led; handing "
+			  "leadership over so that the next leader takes it out of the Raft "
+			  "configuration",
+			  (unsigned long long)r->id);
+	} else if (!r->transfer_failed) {
+		r->transfer_failed = 1;
+		KMS_LOG_W("raft: node %llu was removed from the member list while it led, and "
+			  "cannot hand leadership over (tried again every poll): %s",
+			  (unsigned long long)r->id, raft_message(&r->raft, rv));
+	}
+}
+
 static int config_index(const struct raft_configuration *c, raft_id id)
 {
 	for (unsigned i = 0; i < c->n; i++)
@@ -526,9 +566,13 @@ static void reconcile(kms_raft *r)
 		self_listed |= m[i].id == r->id;
 	if (r->change_pending)
 		return;
-	/* Until this node's own record is in, the list is not the truth yet. */
-	if (!self_listed)
+	/* Until this node's own record is in, the list is not the truth yet;
+	 * a list of others without it is its removal. */
+	if (!self_listed) {
+		if (n > 0)
+			hand_over(r);
 		return;
+	}
 	r->change.data = r;
 	for (size_t i = 0; i < n && what == NULL; i++) {
 		int at = config_index(c, m[i].id);

@@ -476,6 +476,94 @@ START_TEST(list_shows_every_proposal)
 }
 END_TEST
 
+/* The leader as the nodes other than skip see it (-1: none agreed yet). */
+static int leader_without(int skip)
+{
+	for (int i = 0; i < N; i++) {
+		Kms__V1__ClusterStatusResponse *s;
+		kms_rpc_status st;
+		int found = -1;
+
+		if (i == skip || nodes[i].pid <= 0)
+			continue;
+		s = kms_test_cluster_status(&nodes[i], "admin", &st);
+		if (s == NULL)
+			continue;
+		for (int j = 0; j < N; j++)
+			if (s->leader_id == nodes[j].id && j != skip)
+				found = j;
+		FREE(s);
+		if (found >= 0)
+			return found;
+	}
+	return -1;
+}
+
+/*
+ * A removal approved while its node leads (it was a follower when it was
+ * proposed): the removed leader hands leadership over, and the next leader
+ * takes it out of the Raft configuration; the cluster goes on serving.
+ */
+START_TEST(removal_approved_while_the_node_leads)
+{
+	Kms__V1__RootOperation op = KMS__V1__ROOT_OPERATION__INIT;
+	Kms__V1__RemoveMemberOperation rm = KMS__V1__REMOVE_MEMBER_OPERATION__INIT;
+	Kms__V1__ClusterStatusResponse *s;
+	Kms__V1__Proposal *p, *now = NULL;
+	int l = leader(), x = (l + 1) % N, tries = 0;
+	char line[128];
+	kms_client *c;
+	kms_rpc_status st;
+
+	rm.id = nodes[x].id;
+	op.op_case = KMS__V1__ROOT_OPERATION__OP_REMOVE_MEMBER;
+	op.remove_member = &rm;
+	p = kms_test_propose(&nodes[l], "admin", &op, 0, &st);
+	ck_assert_msg(p != NULL, "%s", st.details);
+	ck_assert_int_eq(kms_test_approve(&nodes[l], p->id, p->digest, "operator1", NULL, &st),
+			 S_OK);
+	/* Pause whoever else leads until x does (each election is a coin toss
+	 * between the two others). */
+	while ((l = leader()) != x) {
+		long until = kms_test_now_ms() + 15000;
+		pid_t paused = nodes[l].pid;
+
+		ck_assert_int_lt(tries++, 12);
+		kill(paused, SIGSTOP);
+		while (leader_without(l) < 0 && kms_test_now_ms() < until)
+			kms_test_sleep_ms(100);
+		kill(paused, SIGCONT);
+		ck_assert_msg(leader_without(l) >= 0, "no new leader while node %d was paused",
+			      l + 1);
+	}
+	ck_assert_int_eq(kms_test_approve(&nodes[x], p->id, p->digest, "operator2", &now, &st),
+			 S_OK);
+	ck_assert_str_eq(now->state, "executed");
+	FREE(now);
+	FREE(p);
+	/* Another node leads, and it takes x out of the configuration. */
+	for (long until = kms_test_now_ms() + 20000; (l = leader_without(x)) < 0;
+	     kms_test_sleep_ms(200))
+		ck_assert_msg(kms_test_now_ms() < until,
+			      "the removed node still leads; see %s", nodes[x].log);
+	ck_assert_msg(kms_test_file_contains(nodes[x].log, "was removed from the member list "
+							  "while it led; handing leadership over"),
+		      "see %s", nodes[x].log);
+	snprintf(line, sizeof(line), "raft: configuration change: remove node %llu",
+		 (unsigned long long)nodes[x].id);
+	ck_assert_msg(kms_test_wait_log(&nodes[l], line, 20), "see %s", nodes[l].log);
+	s = kms_test_cluster_status(&nodes[l], "admin", &st);
+	ck_assert_msg(s != NULL, "%s", st.details);
+	ck_assert_uint_eq(s->n_members, N - 1);
+	FREE(s);
+	kms_test_node_signal(&nodes[x], SIGTERM);
+	c = kms_test_client_with(&nodes[l], "admin", NULL, 20000);
+	ck_assert_msg(kms_test_create_key(c, "after-leader-removal", NULL, &st) == 0, "%s",
+		      st.details);
+	kms_client_close(c);
+}
+END_TEST
+
 static Suite *quorum_suite(void)
 {
 	Suite *s = suite_create("quorum");
@@ -490,6 +578,8 @@ static Suite *quorum_suite(void)
 	tcase_add_test(tc, kill_9_after_the_last_approval_state_operation);
 	tcase_add_test(tc, kill_9_after_the_last_approval_leader_operation);
 	tcase_add_test(tc, list_shows_every_proposal);
+	/* Last: it leaves two members. */
+	tcase_add_test(tc, removal_approved_while_the_node_leads);
 	suite_add_tcase(s, tc);
 	return s;
 }
