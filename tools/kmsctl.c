@@ -442,7 +442,7 @@ static const struct command commands[] = {
      "    add-member --id N --raft HOST:PORT --grpc HOST:PORT\n"
      "               --transport-key-sha256 HEX [--grant-ttl S (default 600)]\n"
      "    remove-member --id N\n"
-     "    destroy-key KEY_ID (a key pending deletion, destroyed at once)\n"
+     "    destroy-key KEY_ID (a key pending deletion, before or after its date)\n"
      "    rotate-domain-key\n"
      "    cancel-proposal ID\n"
      "    It expires after --ttl S seconds (default 3600, at most 86400).\n"
@@ -492,11 +492,13 @@ static const struct command commands[] = {
     {"schedule-key-deletion", CMD_SCHEDULE_DELETION, OPERANDS_KEY,
      BIT(OPT_DAYS),
      "usage: kmsctl [global options] schedule-key-deletion KEY_ID [--days N]\n"
-     "  Schedules the key's destruction in N days (7 to 30, default 30;\n"
-     "  administrators only). Until then the key refuses crypto calls like a\n"
-     "  disabled key and cancel-key-deletion takes it back; afterwards its\n"
+     "  Puts the key in PendingDeletion with a deletion date N days ahead (7\n"
+     "  to 30, default 30; administrators only). It refuses crypto calls like\n"
+     "  a disabled key, and cancel-key-deletion takes it back, until M\n"
+     "  operators approve 'kmsctl quorum propose destroy-key KEY_ID': then its\n"
      "  versions are destroyed on every node and its blobs never decrypt\n"
-     "  again. Prints the key's metadata, deletion_date_unix included.\n",
+     "  again. The date alone destroys nothing. Prints the key's metadata,\n"
+     "  deletion_date_unix included.\n",
      NO_SUBS},
     {"cancel-key-deletion", CMD_CANCEL_DELETION, OPERANDS_KEY, 0,
      "usage: kmsctl [global options] cancel-key-deletion KEY_ID\n"

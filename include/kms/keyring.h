@@ -577,19 +577,11 @@ int kms_keyring_due_rotations(kms_keyring *kr, int64_t now_unix, unsigned high_w
 			      size_t max_n, char ***ids, size_t *n, kms_err *err);
 
 /* The keys pending deletion whose deletion date has come at now_unix, as
- * kms_keyring_due_rotations gives them. */
+ * kms_keyring_due_rotations gives them: they wait for a destroy-key
+ * proposal (destruction is a root operation). */
 int kms_keyring_due_destructions(kms_keyring *kr, int64_t now_unix, size_t max_n, char ***ids,
 				 size_t *n, kms_err *err);
 void kms_keyring_ids_free(char **ids, size_t n);
-
-/*
- * The one gate before the supervisor proposes DestroyKey for key_id at
- * now_unix: KMS_OK when the key is pending deletion and its date has come;
- * KMS_ERR_PRECONDITION or KMS_ERR_NOT_FOUND saying why not otherwise. The
- * quorum approval of destruction (issue #6) belongs here, and nowhere else.
- */
-int kms_keyring_destroy_allowed(kms_keyring *kr, const char *key_id, int64_t now_unix,
-				kms_err *err);
 
 /* --- aliases (keyring_aliases.c, replicated) --- */
 

@@ -1,4 +1,4 @@
-/* key_upkeep.c - the leader's upkeep of the keys: the rotations and the destructions that have come due, proposed through Raft. */
+/* key_upkeep.c - the leader's upkeep of the keys: the rotations that have come due, proposed through Raft, and a reminder of the keys whose deletion window has ended. */
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -13,17 +13,25 @@
 
 /* A failure that repeats every pass is logged at most this often. */
 #define FAIL_LOG_EVERY_S 10
+/* The same keys awaiting destruction are named again at most this often. */
+#define REMIND_EVERY_S 3600
+/* Keys named per reminder, and counted at most (the count says "or more"). */
+#define REMIND_NAMES 8
+#define REMIND_COUNT_MAX 1024
 
 struct kms_key_upkeep {
 	kms_node *node;
 	atomic_int in_flight;	     /* proposals of the last pass unanswered */
 	_Atomic int64_t fail_logged; /* when a failure was last logged */
+	/* The supervisor's alone: the last reminder of keys past their
+	 * deletion date, and how many it named. */
+	int64_t reminded_at;
+	size_t reminded_n;
 };
 
 /* One proposal, until Raft answers it. */
 struct proposal {
 	kms_key_upkeep *u;
-	int destroy;
 	char key_id[KMS_KEY_ID_MAX + 1];
 	uint32_t version; /* the new version of a rotation */
 	char why[160];
@@ -64,18 +72,14 @@ static void proposal_done(void *arg, int status, const char *msg, uint64_t index
 	kms_err why = {0};
 
 	(void)index;
-	if (status == KMS_OK && p->destroy)
-		KMS_LOG_I("key '%s' destroyed (%s): every version's wrapped material is wiped from "
-			  "the replicated state, and each node releases its HSM objects of them",
-			  p->key_id, p->why);
-	else if (status == KMS_OK)
+	if (status == KMS_OK)
 		KMS_LOG_I("key '%s' rotated to version %u (%s)", p->key_id, p->version, p->why);
 	if (status != KMS_OK) {
 		/* Raft carries a refusal's status only; the state gives its sentence. */
 		if (msg == NULL &&
 		    kms_keyring_check(u->node->kr, p->cmd.data, p->cmd.len, &why) == status)
 			msg = why.msg;
-		log_failure(u, p->destroy ? "destroying" : "rotating", p->key_id,
+		log_failure(u, "rotating", p->key_id,
 			    msg != NULL ? msg : kms_strerror(status));
 	}
 	kms_buf_free(&p->cmd);
@@ -114,14 +118,12 @@ static void rotation_reason(kms_key_upkeep *u, const char *key_id, char *out, si
 			 (long long)s.last_rotated_at_unix);
 }
 
-static struct proposal *proposal_new(const char *key_id, int destroy)
+static struct proposal *proposal_new(const char *key_id)
 {
 	struct proposal *p = kms_calloc(1, sizeof(*p));
 
-	if (p != NULL) {
-		p->destroy = destroy;
+	if (p != NULL)
 		snprintf(p->key_id, sizeof(p->key_id), "%s", key_id);
-	}
 	return p;
 }
 
@@ -144,7 +146,7 @@ static void rotate_due(kms_key_upkeep *u, int64_t now)
 		return;
 	}
 	for (size_t i = 0; i < n; i++) {
-		struct proposal *p = proposal_new(ids[i], 0);
+		struct proposal *p = proposal_new(ids[i]);
 
 		if (p == NULL)
 			break;
@@ -161,37 +163,34 @@ static void rotate_due(kms_key_upkeep *u, int64_t now)
 	kms_keyring_ids_free(ids, n);
 }
 
-static void destroy_due(kms_key_upkeep *u, int64_t now)
+/*
+ * Destroying key material is a root operation (M operators approve a
+ * destroy-key proposal), so the end of a deletion window destroys
+ * nothing: it names the keys that now wait for the operators, when that
+ * list grows and once an hour while it lasts.
+ */
+static void remind_due(kms_key_upkeep *u, int64_t now)
 {
-	kms_node *node = u->node;
-	char **ids = NULL;
-	size_t n = 0;
+	char **ids = NULL, names[REMIND_NAMES * (KMS_KEY_ID_MAX + 4)];
+	size_t n = 0, used = 0;
 	kms_err err = {0};
 
-	if (kms_keyring_due_destructions(node->kr, now, KMS_UPKEEP_MAX_PER_PASS, &ids, &n, &err) !=
-	    KMS_OK) {
-		log_failure(u, "listing the keys due for destruction, first", "", err.msg);
+	if (kms_keyring_due_destructions(u->node->kr, now, REMIND_COUNT_MAX, &ids, &n, &err) != KMS_OK) {
+		log_failure(u, "listing the keys past their deletion date, first", "", err.msg);
 		return;
 	}
-	for (size_t i = 0; i < n; i++) {
-		struct proposal *p;
-
-		/* The one gate of destruction (quorum approval, issue #6). */
-		if (kms_keyring_destroy_allowed(node->kr, ids[i], now, &err) != KMS_OK) {
-			log_failure(u, "destroying", ids[i], err.msg);
-			continue;
-		}
-		p = proposal_new(ids[i], 1);
-		if (p == NULL)
-			break;
-		snprintf(p->why, sizeof(p->why), "its deletion window ended");
-		if (kms_keyring_cmd_destroy_key(ids[i], now, &p->cmd, &err) != KMS_OK) {
-			log_failure(u, "destroying", ids[i], err.msg);
-			kms_free(p);
-			continue;
-		}
-		propose(u, p);
+	if (n > 0 && (n > u->reminded_n || now - u->reminded_at >= REMIND_EVERY_S)) {
+		names[0] = '\0';
+		for (size_t i = 0; i < n && i < REMIND_NAMES; i++)
+			used += (size_t)snprintf(names + used, sizeof(names) - used, "%s'%s'",
+						 i > 0 ? ", " : "", ids[i]);
+		KMS_LOG_W("%zu%s key(s) past the end of their deletion window await destruction "
+			  "by the operators (kmsctl quorum propose destroy-key KEY_ID): %s%s",
+			  n, n == REMIND_COUNT_MAX ? " or more" : "", names,
+			  n > REMIND_NAMES ? ", ..." : "");
+		u->reminded_at = now;
 	}
+	u->reminded_n = n;
 	kms_keyring_ids_free(ids, n);
 }
 
@@ -201,5 +200,5 @@ void kms_key_upkeep_pass(kms_key_upkeep *u, int64_t now_unix)
 	    atomic_load(&u->in_flight) > 0)
 		return;
 	rotate_due(u, now_unix);
-	destroy_due(u, now_unix);
+	remind_due(u, now_unix);
 }

@@ -1,4 +1,4 @@
-/* key_upkeep.h - the leader's upkeep of the keys: the rotations and the destructions that have come due, proposed through Raft. */
+/* key_upkeep.h - the leader's upkeep of the keys: the rotations that have come due, proposed through Raft, and a reminder of the keys whose deletion window has ended. */
 #ifndef KMS_NODE_KEY_UPKEEP_H
 #define KMS_NODE_KEY_UPKEEP_H
 
@@ -13,13 +13,13 @@ typedef struct kms_key_upkeep kms_key_upkeep;
  * A key is rotated when its rotation period has elapsed, or when its
  * primary version has reserved KMS_UPKEEP_HIGH_WATER_PERMILLE thousandths
  * of its maximum of encryptions (so that the next version is the primary
- * before the nodes' allowances run out), or is exhausted. A key pending
- * deletion is destroyed once its date has come and
- * kms_keyring_destroy_allowed agrees (where the quorum approval of issue
- * #6 goes). At most KMS_UPKEEP_MAX_PER_PASS of each per pass; a pass
- * proposes nothing while the previous one's proposals are unanswered, and
- * a proposal that fails is made again at the next pass. Each rotation and
- * destruction is logged with its reason (never key material).
+ * before the nodes' allowances run out), or is exhausted. At most
+ * KMS_UPKEEP_MAX_PER_PASS per pass; a pass proposes nothing while the
+ * previous one's proposals are unanswered, and a proposal that fails is
+ * made again at the next pass. Each rotation is logged with its reason
+ * (never key material). A key whose deletion window has ended is not
+ * destroyed here: destruction is a root operation (a destroy-key proposal
+ * M operators approve); the pass logs the keys that wait for one.
  */
 #define KMS_UPKEEP_HIGH_WATER_PERMILLE 900
 #define KMS_UPKEEP_MAX_PER_PASS 16

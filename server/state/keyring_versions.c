@@ -104,7 +104,7 @@ out:
 
 /* --- DestroyKey --- */
 
-/* The one rule of destruction, for apply and for the supervisor's gate. */
+/* The one rule of destruction, for apply (a destroy-key proposal lifts the date). */
 static int destroy_check(const Kms__V1__KeyRecord *rec, int64_t now, kms_err *err)
 {
 	Kms__V1__KeyState state = kr_key_state(rec);
@@ -528,26 +528,6 @@ void kms_keyring_ids_free(char **ids, size_t n)
 	for (size_t i = 0; i < n; i++)
 		kms_free(ids[i]);
 	kms_free(ids);
-}
-
-int kms_keyring_destroy_allowed(kms_keyring *kr, const char *key_id, int64_t now_unix,
-				kms_err *err)
-{
-	struct kr_entry *e;
-	int rc;
-
-	KMS_TRY(kr_lookup_id_check(key_id, err));
-	pthread_rwlock_rdlock(&kr->lock);
-	rc = kr_entry_for(kr, key_id, &e, err);
-	if (rc == KMS_OK)
-		rc = destroy_check(e->rec, now_unix, err);
-	/*
-	 * Issue #6: destroying a key is a root operation; once quorum
-	 * approvals exist, an executed approval for this key's destruction is
-	 * checked here, and DestroyKey is proposed only when it passes.
-	 */
-	pthread_rwlock_unlock(&kr->lock);
-	return rc;
 }
 
 int kms_keyring_real_key_id(kms_keyring *kr, const char *name, char *out, kms_err *err)

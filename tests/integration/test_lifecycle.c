@@ -458,9 +458,9 @@ START_TEST(deletion_window_refuses_and_cancel_leaves_disabled)
 	ck_assert_msg(decrypts(f, &g->ciphertext_blob, NULL, &g->plaintext, &st), "%s", st.details);
 	FREE(g);
 	/*
-	 * Destruction at the end of a window is the leader's supervisor's
-	 * (kms_keyring_destroy_allowed, then DestroyKey); DestroyKey's apply
-	 * is covered by tests/unit/test_keyring_lifecycle.c.
+	 * Destruction is a root operation (a destroy-key proposal):
+	 * tests/integration/test_rotation.c; its apply rules are covered by
+	 * tests/unit/test_keyring_lifecycle.c.
 	 */
 }
 END_TEST

@@ -507,12 +507,26 @@ END_TEST
 
 /* --- deletion --- */
 
+/* A destroy-key root operation for key_id. */
+static void destroy_op(Kms__V1__RootOperation *op, Kms__V1__DestroyKeyOperation *d,
+		       const char *key_id)
+{
+	kms__v1__root_operation__init(op);
+	kms__v1__destroy_key_operation__init(d);
+	d->key_id = (char *)key_id;
+	op->op_case = KMS__V1__ROOT_OPERATION__OP_DESTROY_KEY;
+	op->destroy_key = d;
+}
+
 /*
  * A deletion window of 7 "days" (7 s here): crypto calls are refused
- * during it; at its end the leader destroys the key and every node shows
- * it Destroyed, refuses its blobs saying so, and holds one HSM key fewer
- * (the version it had unwrapped). A deletion cancelled in time destroys
- * nothing.
+ * during it. Its end destroys nothing (destruction is a root operation):
+ * the key stays pending deletion everywhere, whole, and the leader names
+ * it as waiting for the operators. One operator's approval of destroy-key
+ * changes nothing; the second destroys it: every node shows it Destroyed,
+ * refuses its blobs saying so, and holds one HSM key fewer (the version
+ * it had unwrapped). A deletion cancelled in time destroys nothing, and a
+ * destroy-key proposal for it fails saying why.
  */
 START_TEST(deletion_destroys_material_on_every_node)
 {
@@ -520,6 +534,9 @@ START_TEST(deletion_destroys_material_on_every_node)
 	Kms__V1__CancelKeyDeletionRequest can = KMS__V1__CANCEL_KEY_DELETION_REQUEST__INIT;
 	Kms__V1__EnableKeyRequest en = KMS__V1__ENABLE_KEY_REQUEST__INIT;
 	Kms__V1__EncryptResponse *doomed, *spared;
+	Kms__V1__RootOperation op;
+	Kms__V1__DestroyKeyOperation dop;
+	Kms__V1__Proposal *p, *after = NULL;
 	Kms__V1__KeyMetadata *md;
 	uint64_t before[N];
 	kms_rpc_status st;
@@ -551,8 +568,39 @@ START_TEST(deletion_destroys_material_on_every_node)
 	/* During the window: refused like a disabled key. */
 	ck_assert(!decrypts(l, &doomed->ciphertext_blob, &st));
 	ASSERT_STATUS(st, S_PRECOND, "is pending deletion");
+	/* Past its end: still pending deletion, and nothing destroyed. */
+	for (long until = now_ms() + 7000 + SPREAD_MS;
+	     !any_log_contains("await destruction by the operators (kmsctl quorum propose "
+			       "destroy-key KEY_ID): 'doomed'");
+	     sleep_ms(100))
+		ck_assert_msg(now_ms() < until, "no leader named 'doomed' as awaiting destruction");
 	for (int n = 0; n < N; n++) {
-		md = wait_key(n, "doomed", "Destroyed", 0, 7000 + SPREAD_MS);
+		md = describe_on(n, "doomed", &st);
+		ck_assert_msg(md != NULL, "%s", st.details);
+		ck_assert_str_eq(md->key_state, "PendingDeletion");
+		ck_assert_int_le(md->deletion_date_unix, time(NULL));
+		ck_assert_str_eq(md->version_details[0]->state, "Enabled");
+		FREE(md);
+		ck_assert_uint_eq(hsm_keys(n), before[n]);
+	}
+	ck_assert(!any_log_contains("key 'doomed' destroyed"));
+	/* One operator of two: nothing yet. */
+	destroy_op(&op, &dop, "doomed");
+	p = kms_test_propose(&nodes[l], "admin", &op, 0, &st);
+	ck_assert_msg(p != NULL, "%s", st.details);
+	ck_assert_int_eq(kms_test_approve(&nodes[l], p->id, p->digest, "operator1", NULL, &st),
+			 S_OK);
+	md = describe_on(l, "doomed", &st);
+	ck_assert_msg(md != NULL, "%s", st.details);
+	ck_assert_str_eq(md->key_state, "PendingDeletion");
+	FREE(md);
+	ck_assert_int_eq(kms_test_approve(&nodes[l], p->id, p->digest, "operator2", &after, &st),
+			 S_OK);
+	ck_assert_str_eq(after->state, "executed");
+	FREE(after);
+	FREE(p);
+	for (int n = 0; n < N; n++) {
+		md = wait_key(n, "doomed", "Destroyed", 0, SPREAD_MS);
 		for (size_t i = 0; i < md->n_version_details; i++)
 			ck_assert_str_eq(md->version_details[i]->state, "Destroyed");
 		FREE(md);
@@ -574,9 +622,15 @@ START_TEST(deletion_destroys_material_on_every_node)
 			      n + 1, (unsigned long long)hsm_keys(n),
 			      (unsigned long long)before[n]);
 	}
-	ck_assert_msg(any_log_contains("key 'doomed' destroyed (its deletion window ended)"),
-		      "no leader logged the destruction");
-	/* The cancelled one: past its date, disabled, whole. */
+	/* The cancelled one: past its date, disabled, whole; the operators
+	 * cannot destroy it before an administrator schedules it again. */
+	destroy_op(&op, &dop, "spared");
+	p = kms_test_quorum_run(&nodes[l], &op, &st);
+	ck_assert_msg(p != NULL, "%s", st.details);
+	ck_assert_str_eq(p->state, "failed");
+	ck_assert_msg(strstr(p->result, "key 'spared' is Disabled, not pending deletion") != NULL,
+		      "%s", p->result);
+	FREE(p);
 	for (int n = 0; n < N; n++) {
 		md = describe_on(n, "spared", &st);
 		ck_assert_msg(md != NULL, "%s", st.details);
