@@ -21,6 +21,7 @@
 #include <jansson.h>
 
 #include "audit_cmd.h"
+#include "backup_cmd.h"
 #include "b64.h"
 #include "kmsctl.h"
 #include "proto_ctx.h"
@@ -582,6 +583,11 @@ static const char global_usage[] =
     "  delete-alias ALIAS\n"
     "  list-aliases [--key-id KEY_ID] [--page-size N] [--page-token T]\n"
     "  audit verify FILE [--node-cert PEM] [--allow-unsigned-tail]   (offline)\n"
+    "  backup create --custodian NAME=PUBFILE... --threshold M --out FILE [--ttl S]\n"
+    "                [--wait-timeout S]\n"
+    "  backup fetch ID --out FILE\n"
+    "  backup unseal-share --file FILE --custodian NAME --key PRIVFILE --out SHAREFILE\n"
+    "                (offline)\n"
     "\n"
     "global options (also accepted after the command):\n"
     "  --endpoint HOST:PORT  server (env KMS_ENDPOINT, "
@@ -3618,6 +3624,9 @@ static int run(struct cli *cli, int argc, char **argv)
 	/* Offline, with options of its own (tools/audit_cmd.c). */
 	if (strcmp(argv[optind], "audit") == 0)
 		return kmsctl_audit(argc - optind, argv + optind, cli->json);
+	/* Its own options; create and fetch use the global ones (tools/backup_cmd.c). */
+	if (strcmp(argv[optind], "backup") == 0)
+		return kmsctl_backup(argc - optind, argv + optind, &cli->copts);
 	cli->cmd = find_command(argv[optind]);
 	if (cli->cmd == NULL)
 		return usage_error("unknown command '%s'", argv[optind]);
