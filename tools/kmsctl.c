@@ -2801,6 +2801,23 @@ static int operation_json(json_t *o, const Kms__V1__RootOperation *op)
 		bad |= json_object_set_new(o, "cancels",
 					   json_string(op->cancel_proposal->proposal_id));
 		break;
+	case KMS__V1__ROOT_OPERATION__OP_BACKUP_EXPORT:
+		/* What the operators approve: who holds a share, and how many restore. */
+		list = json_array();
+		for (size_t i = 0; list != NULL && i < op->backup_export->n_custodians; i++) {
+			const Kms__V1__CustodianRecord *r = op->backup_export->custodians[i];
+			json_t *e = json_object();
+
+			bad |= e == NULL ||
+			       json_object_set_new(e, "name", json_string(r->name)) ||
+			       json_object_set_new(e, "public_key",
+						   hex_json(r->public_key.data, r->public_key.len));
+			bad |= json_array_append_new(list, e);
+		}
+		bad |= json_object_set_new(o, "custodians", list);
+		bad |= json_object_set_new(o, "shares_to_restore",
+					   json_integer(op->backup_export->threshold));
+		break;
 	default:
 		break;
 	}

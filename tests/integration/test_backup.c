@@ -187,6 +187,18 @@ static void backup_create(const char *out_file)
 	}
 	field(outp, "proposal_id", id, sizeof(id));
 	field(outp, "digest", digest, sizeof(digest));
+	/* What an operator sees before approving: the custodians and M. */
+	{
+		char shown[4096];
+
+		ck_assert_int_eq(kms_test_sh_output(shown, sizeof(shown), "%s --json quorum show %s",
+						    ctl, id),
+				 0);
+		ck_assert_msg(strstr(shown, "\"shares_to_restore\":2") != NULL &&
+				      strstr(shown, "\"carol\"") != NULL &&
+				      strstr(shown, "backup-export") != NULL,
+			      "%s", shown);
+	}
 	for (int i = 1; i <= 2; i++) {
 		char op[32];
 
