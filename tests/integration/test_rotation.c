@@ -496,7 +496,7 @@ START_TEST(prefetch_leaves_disabled_and_deleted_keys_alone)
 	kept = counted(l, "brief", 2);
 	ck_assert_uint_le(kept, 200);
 	kms_test_node_start(&nodes[f]);
-	wait_key(f, "brief", "PendingDeletion", 0, SPREAD_MS);
+	FREE(wait_key(f, "brief", "PendingDeletion", 0, SPREAD_MS));
 	kms_test_wait_log(&nodes[f], "prefetch: key 'brief' version 2", 3);
 	fprintf(stderr, "node %d back after the deletion: %s\n", f + 1,
 		kms_test_file_contains(nodes[f].log,
