@@ -915,7 +915,11 @@ START_TEST(no_quorum_fails_closed)
 			break;
 		ck_assert_uint_eq(e->key_version, 1);
 		FREE(e);
-		ck_assert_uint_le(++made, 2 * 100 + 1);
+		/* A guard only: how many blocks node a holds depends on the
+		 * retries above (a reservation that missed its call's deadline is
+		 * still credited when it commits). What must hold is checked below:
+		 * no more blobs than encryptions reserved. */
+		ck_assert_uint_le(++made, 6400);
 	}
 	kms_client_close(c);
 	ASSERT_STATUS(st, S_UNAVAILABLE,
