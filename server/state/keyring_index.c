@@ -10,10 +10,17 @@
  * full chunk splits in two, moving half a chunk and the directory's tail
  * (one pointer per chunk). Keys are never removed (a destroyed key stays
  * as its tombstone; a restore builds a new index), so no chunk ever empties.
+ *
+ * A chunk holds room for KR_CHUNK_STEP entries more than it holds at most,
+ * and grows by that step: split halves and chunks that random ids fill
+ * slowly cost about their entries, not a whole chunk each.
  */
+#define KR_CHUNK_STEP 32
+
 struct kr_chunk {
 	size_t n;
-	struct kr_entry e[KR_CHUNK_MAX];
+	size_t cap;
+	struct kr_entry e[];
 };
 
 static const char *id_of(const struct kr_entry *e)
@@ -91,23 +98,65 @@ struct kr_entry *kr_index_last(const struct kr_index *ix)
 
 /* --- growing ------------------------------------------------------------ */
 
-/* Room for one more chunk in the directory, and that chunk. */
-static int chunk_prepare(struct kr_index *ix, struct kr_chunk **out, kms_err *err)
+static size_t chunk_bytes(size_t cap)
+{
+	return sizeof(struct kr_chunk) + cap * sizeof(struct kr_entry);
+}
+
+static int nomem(kms_err *err)
+{
+	return kms_errf(err, KMS_ERR_NOMEM, "out of memory growing the key index");
+}
+
+/* Room for one more chunk in the directory, and that chunk, empty. */
+static int chunk_prepare(struct kr_index *ix, size_t cap, struct kr_chunk **out, kms_err *err)
 {
 	if (ix->n_chunks == ix->cap_chunks) {
-		size_t cap = ix->cap_chunks ? ix->cap_chunks * 2 : 16;
-		struct kr_chunk **grown = kms_realloc(ix->chunks, cap * sizeof(*grown));
+		size_t n = ix->cap_chunks ? ix->cap_chunks * 2 : 16;
+		struct kr_chunk **grown = kms_realloc(ix->chunks, n * sizeof(*grown));
 
 		if (grown == NULL)
-			return kms_errf(err, KMS_ERR_NOMEM, "out of memory growing the key index");
+			return nomem(err);
 		ix->chunks = grown;
-		ix->cap_chunks = cap;
+		ix->cap_chunks = n;
 	}
-	*out = kms_malloc(sizeof(**out));
+	*out = kms_malloc(chunk_bytes(cap));
 	if (*out == NULL)
-		return kms_errf(err, KMS_ERR_NOMEM, "out of memory growing the key index");
+		return nomem(err);
 	(*out)->n = 0;
+	(*out)->cap = cap;
 	return KMS_OK;
+}
+
+/* Room for one more entry in chunk c, which holds fewer than KR_CHUNK_MAX. */
+static int chunk_room(struct kr_index *ix, size_t c, kms_err *err)
+{
+	struct kr_chunk *ch = ix->chunks[c], *grown;
+	size_t cap = ch->cap + KR_CHUNK_STEP < KR_CHUNK_MAX ? ch->cap + KR_CHUNK_STEP : KR_CHUNK_MAX;
+
+	if (ch->n < ch->cap)
+		return KMS_OK;
+	grown = kms_realloc(ch, chunk_bytes(cap));
+	if (grown == NULL)
+		return nomem(err);
+	grown->cap = cap;
+	ix->chunks[c] = grown;
+	return KMS_OK;
+}
+
+/* Gives chunk c's room beyond one step back (best effort: it may stay). */
+static void chunk_trim(struct kr_index *ix, size_t c)
+{
+	size_t cap = ix->chunks[c]->n + KR_CHUNK_STEP;
+	struct kr_chunk *shrunk;
+
+	if (cap >= ix->chunks[c]->cap)
+		return;
+	shrunk = kms_realloc(ix->chunks[c], chunk_bytes(cap));
+	if (shrunk == NULL)
+		return;
+	shrunk->cap = cap;
+	ix->chunks[c] = shrunk;
 }
 
 static void dir_put(struct kr_index *ix, size_t at, struct kr_chunk *ch)
@@ -133,9 +182,10 @@ int kr_index_append(struct kr_index *ix, const struct kr_entry *e, kms_err *err)
 		return kms_errf(err, KMS_ERR_INVALID, "key '%s' does not come after key '%s'",
 				id_of(e), id_of(last));
 	if (last != NULL && ix->chunks[ix->n_chunks - 1]->n < KR_CHUNK_MAX) {
+		KMS_TRY(chunk_room(ix, ix->n_chunks - 1, err));
 		chunk_put(ix->chunks[ix->n_chunks - 1], ix->chunks[ix->n_chunks - 1]->n, e);
 	} else {
-		KMS_TRY(chunk_prepare(ix, &fresh, err));
+		KMS_TRY(chunk_prepare(ix, KR_CHUNK_STEP, &fresh, err));
 		chunk_put(fresh, 0, e);
 		dir_put(ix, ix->n_chunks, fresh);
 	}
@@ -158,20 +208,19 @@ int kr_index_insert(struct kr_index *ix, const struct kr_entry *e, kms_err *err)
 	if (found)
 		return kms_errf(err, KMS_ERR_EXISTS, "key '%s' already exists", id);
 	if (ch->n < KR_CHUNK_MAX) {
-		chunk_put(ch, s, e);
+		KMS_TRY(chunk_room(ix, c, err));
+		chunk_put(ix->chunks[c], s, e);
 		ix->n++;
 		return KMS_OK;
 	}
-	KMS_TRY(chunk_prepare(ix, &fresh, err));
-	if (s == ch->n && c + 1 == ix->n_chunks) {
-		/* Past the last id: ids that come in order fill chunks whole. */
+	if ((s == ch->n && c + 1 == ix->n_chunks) || (s == 0 && c == 0)) {
+		/* Past the last id or before the first: ids that come in order
+		 * fill chunks whole. */
+		KMS_TRY(chunk_prepare(ix, KR_CHUNK_STEP, &fresh, err));
 		chunk_put(fresh, 0, e);
-		dir_put(ix, c + 1, fresh);
-	} else if (s == 0 && c == 0) {
-		/* The same before the first id. */
-		chunk_put(fresh, 0, e);
-		dir_put(ix, 0, fresh);
+		dir_put(ix, s == 0 ? 0 : c + 1, fresh);
 	} else {
+		KMS_TRY(chunk_prepare(ix, ch->n - half + KR_CHUNK_STEP, &fresh, err));
 		memcpy(fresh->e, &ch->e[half], (ch->n - half) * sizeof(ch->e[0]));
 		fresh->n = ch->n - half;
 		ch->n = half;
@@ -180,6 +229,7 @@ int kr_index_insert(struct kr_index *ix, const struct kr_entry *e, kms_err *err)
 		else
 			chunk_put(fresh, s - half, e);
 		dir_put(ix, c + 1, fresh);
+		chunk_trim(ix, c);
 	}
 	ix->n++;
 	return KMS_OK;

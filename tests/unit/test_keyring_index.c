@@ -337,6 +337,49 @@ START_TEST(test_out_of_memory_changes_nothing)
 }
 END_TEST
 
+/*
+ * A chunk grows its room in steps: an insert that finds no room and no
+ * memory fails whole, one that finds room needs no memory.
+ */
+START_TEST(test_growth_without_memory)
+{
+	char **want = calloc(KR_CHUNK_MAX, sizeof(*want));
+	size_t n = 0, refused = 0, taken = 0;
+
+	ck_assert_ptr_nonnull(want);
+	while (n < KR_CHUNK_MAX - 1) {
+		char id[16];
+		struct kr_entry e;
+		kms_err err = {0};
+		int rc;
+
+		/* From the end backwards: each id goes in front of the others. */
+		snprintf(id, sizeof(id), "g%06zu", (size_t)KR_CHUNK_MAX - n);
+		e = entry_of(id);
+		kms_alloc_fail_after(0);
+		rc = kr_index_insert(&ix, &e, &err);
+		kms_alloc_fail_reset();
+		if (rc == KMS_OK) {
+			taken++;
+		} else {
+			ck_assert_int_eq(rc, KMS_ERR_NOMEM);
+			ck_assert_ptr_nonnull(strstr(err.msg, "out of memory"));
+			refused++;
+			check_against(want, n);
+			insert_ok(id);
+		}
+		memmove(&want[1], &want[0], n * sizeof(*want));
+		want[0] = strdup(id);
+		n++;
+		check_against(want, n);
+	}
+	ck_assert_uint_gt(refused, 1);
+	ck_assert_uint_gt(taken, refused);
+	ck_assert_uint_eq(ix.n_chunks, 1);
+	ids_free(want, n);
+}
+END_TEST
+
 /* xorshift: the same sequence on every run, so a failure repeats. */
 static uint64_t rnd_state = 0x9e3779b97f4a7c15ull;
 
@@ -555,6 +598,7 @@ int main(void)
 	tcase_add_test(tc, test_append_refuses_out_of_order);
 	tcase_add_test(tc, test_splits);
 	tcase_add_test(tc, test_out_of_memory_changes_nothing);
+	tcase_add_test(tc, test_growth_without_memory);
 	tcase_add_test(tc, test_random_inserts_against_reference);
 	tcase_add_test(tc, test_keyring_pages_over_chunks);
 	suite_add_tcase(s, tc);
