@@ -257,7 +257,12 @@ START_TEST(snapshot_installs_under_load_lose_no_call)
 		load[i].seed = 1000u + (unsigned)i;
 		ck_assert_int_eq(pthread_create(&load[i].th, NULL, load_main, &load[i]), 0);
 	}
-	sleep_ms(500); /* every load key unwrapped on the follower */
+	/* Every client connected and answered (a fixed pause was too short
+	 * under ASan at load 12: round 0 then saw no call at all). */
+	for (long t0 = now_ms(); atomic_load(&load_ok) < 4 * LOAD_THREADS; sleep_ms(50))
+		ck_assert_msg(now_ms() - t0 < 30000, "the load answered %ld calls in 30 s; see %s",
+			      (long)atomic_load(&load_ok), f->log);
+	sleep_ms(300); /* every load key unwrapped on the follower */
 
 	installs0 = count_in_file(f->log, INSTALL_TEXT);
 	for (int r = 0; r < ROUNDS; r++) {
