@@ -144,7 +144,9 @@ static const char usage_text[] =
     "\n"
     "Both run --warmup seconds (default 2, not measured), then --duration seconds\n"
     "(default 10), then stop. Output: mode, threads, concurrency, batch, calls, ops,\n"
-    "ops_per_sec, p50_us, p99_us, p999_us, errors ('field: value' lines, or one JSON\n"
+    "ops_per_sec, p50_us, p99_us, p999_us, errors, and with --refresh-ms\n"
+    "refresh_calls, refresh_p50_us and refresh_max_us (its GenerateDataKey calls,\n"
+    "warm-up included) ('field: value' lines, or one JSON\n"
     "object with --json). The first error is printed to stderr. A call still unanswered 1 s\n"
     "before the end counts as an error. --ready-file FILE is created when the set-up\n"
     "is over and the warm-up starts (for a script that samples the window).\n"
@@ -998,6 +1000,8 @@ static int blob_file_request(struct bench *b, kms_client *c, uint8_t **req, size
 	return EXIT_OK;
 }
 
+#define REFRESH_LAT_MAX 4096
+
 /* The thread of --refresh-ms, and what it found wrong. */
 struct refresher {
 	pthread_t tid;
@@ -1007,6 +1011,10 @@ struct refresher {
 	uint64_t made;
 	uint64_t errors;
 	char first_err[320];
+	/* The GenerateDataKey of each blob made, in ns (warm-up included): the
+	 * first encryption under a new version is one of them. */
+	uint64_t lat[REFRESH_LAT_MAX];
+	size_t n_lat;
 };
 
 /* One new blob under the key's primary, published for the next calls. */
@@ -1023,6 +1031,7 @@ static int refresh_once(struct refresher *r)
 	uint8_t *req = NULL;
 	size_t len = 0;
 	kms_rpc_status st;
+	int64_t t0;
 
 	ge.key = ctx_key;
 	ge.value = ctx_value;
@@ -1031,6 +1040,7 @@ static int refresh_once(struct refresher *r)
 	gdk.n_encryption_context = 1;
 	gdk.encryption_context = &gep;
 	gdk.without_plaintext = 1;
+	t0 = now_ns();
 	if (kms_client_call(r->c, "/kms.v1.KeyManagement/GenerateDataKey", &gdk.base,
 			    &kms__v1__generate_data_key_response__descriptor,
 			    (ProtobufCMessage **)&resp, &st) != 0) {
@@ -1038,6 +1048,8 @@ static int refresh_once(struct refresher *r)
 			 kms_grpc_status_name(st.code), st.details);
 		return -1;
 	}
+	if (r->n_lat < REFRESH_LAT_MAX)
+		r->lat[r->n_lat++] = (uint64_t)(now_ns() - t0);
 	if (decrypt_request(resp->ciphertext_blob.data, resp->ciphertext_blob.len, &req, &len) ==
 	    EXIT_OK)
 		f = kms_malloc(sizeof(*f) + len);
@@ -1085,7 +1097,9 @@ static void fresh_free(struct bench *b)
 	atomic_store(&b->fresh, NULL);
 }
 
-static int report(const struct opts *o, struct worker *w, unsigned nw, double window_s);
+struct refresher;
+static int report(const struct opts *o, struct worker *w, unsigned nw, double window_s,
+		  struct refresher *ref);
 
 /*
  * rotate-key mode: RotateKey on the key, one call at a time, on this
@@ -1145,7 +1159,8 @@ static int run_rotate(const struct opts *o, struct worker *w)
 			     (unsigned long long)w->ops, o->rotations, o->duration_s);
 	return report(o, w, 1,
 		      o->rotations > 0 ? (double)(last > t_start ? last - t_start : 1) / 1e9
-				       : (double)(o->warmup_s + o->duration_s));
+				       : (double)(o->warmup_s + o->duration_s),
+		      NULL);
 }
 
 /* ---- raw PKCS#11 mode ---- */
@@ -1476,8 +1491,10 @@ static const char *mode_name(enum bench_mode m)
 	return "raw-pkcs11";
 }
 
-static int report(const struct opts *o, struct worker *w, unsigned nw, double window_s)
+static int report(const struct opts *o, struct worker *w, unsigned nw, double window_s,
+		  struct refresher *ref)
 {
+	char refresh[160] = "";
 	const char *mode = mode_name(o->mode);
 	uint64_t ops = 0, calls = 0, errors = 0, *all;
 	size_t n = 0, i, at = 0;
@@ -1517,14 +1534,26 @@ static int report(const struct opts *o, struct worker *w, unsigned nw, double wi
 
 	if (o->mode == MODE_RAW)
 		calls = ops;
+	/* --refresh-ms: its GenerateDataKey calls, the first under each new
+	 * version among them. */
+	if (ref != NULL && ref->n_lat > 0) {
+		qsort(ref->lat, ref->n_lat, sizeof(*ref->lat), cmp_u64);
+		snprintf(refresh, sizeof(refresh),
+			 o->json ? ",\"refresh_calls\":%zu,\"refresh_p50_us\":%.1f,"
+				   "\"refresh_max_us\":%.1f"
+				 : "refresh_calls: %zu\nrefresh_p50_us: %.1f\nrefresh_max_us: %.1f\n",
+			 ref->n_lat, percentile_us(ref->lat, ref->n_lat, 0.50),
+			 (double)ref->lat[ref->n_lat - 1] / 1000.0);
+	}
 	if (o->json)
 		printf("{\"mode\":\"%s\",\"threads\":%u,\"concurrency\":%u,"
 		       "\"batch\":%u,\"calls\":%llu,\"ops\":%llu,"
 		       "\"ops_per_sec\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f,"
 		       "\"p999_us\":%.1f,"
-		       "\"errors\":%llu}\n",
+		       "\"errors\":%llu%s}\n",
 		       mode, o->threads, concurrency, o->batch, (unsigned long long)calls,
-		       (unsigned long long)ops, rate, p50, p99, p999, (unsigned long long)errors);
+		       (unsigned long long)ops, rate, p50, p99, p999, (unsigned long long)errors,
+		       refresh);
 	else
 		printf(
 		    "mode: %s\nthreads: %u\nconcurrency: %u\nbatch: %u\ncalls: %llu\nops: "
@@ -1532,6 +1561,8 @@ static int report(const struct opts *o, struct worker *w, unsigned nw, double wi
 		    "p50_us: %.1f\np99_us: %.1f\np999_us: %.1f\nerrors: %llu\n",
 		    mode, o->threads, concurrency, o->batch, (unsigned long long)calls,
 		    (unsigned long long)ops, rate, p50, p99, p999, (unsigned long long)errors);
+	if (!o->json)
+		fputs(refresh, stdout);
 	if (first != NULL)
 		errmsg("first error: %s", first);
 	if (ops == 0 && errors == 0)
@@ -1706,7 +1737,8 @@ static int run_grpc(const struct opts *o, struct worker *w)
 			worker_error(&w[0], now_ns(), "--refresh-ms made no blob");
 	}
 	if (rc == EXIT_OK)
-		rc = report(o, w, o->threads, window_s(&b, w, o->threads));
+		rc = report(o, w, o->threads, window_s(&b, w, o->threads),
+			    ref_started ? &ref : NULL);
 out:
 	fresh_free(&b);
 	keyset_free(b.ks);
@@ -1728,7 +1760,7 @@ static int run_raw(const struct opts *o, struct worker *w)
 	if (rc == EXIT_OK)
 		rc = run_workers(&b, w, o->threads, raw_worker);
 	if (rc == EXIT_OK)
-		rc = report(o, w, o->threads, (double)o->duration_s);
+		rc = report(o, w, o->threads, (double)o->duration_s, NULL);
 	kms_cleanse(b.pt, sizeof(b.pt));
 	if (b.key != 0)
 		kms_hsm_key_destroy(b.hsm, b.key);

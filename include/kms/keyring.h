@@ -53,6 +53,22 @@ void kms_keyring_set_release(kms_keyring *kr, kms_keyring_release_fn fn,
 			     void *arg);
 
 /*
+ * Called after the apply of a RotateKey made version the primary of key_id
+ * (a real key id, valid only during the call) at rotated_at_unix (the
+ * proposer's clock: a replay of an old log entry shows as an old date),
+ * on the applying thread (the
+ * Raft thread), outside the key ring's lock. It must not block nor call
+ * back into a write of the key ring: the node only queues the version for
+ * its background prefetch (node/key_prefetch.h). Not called for a refused
+ * command, a check (kms_keyring_check), or versions a snapshot brings.
+ */
+typedef void (*kms_keyring_rotated_fn)(void *arg, const char *key_id, uint32_t version,
+				       int64_t rotated_at_unix);
+
+/* Set once, before Raft applies anything; NULL: nobody is told. */
+void kms_keyring_set_rotated(kms_keyring *kr, kms_keyring_rotated_fn fn, void *arg);
+
+/*
  * Applies one serialized kms.v1.Command. Deterministic: the same commands in
  * the same order give the same key ring on every node. A command that cannot
  * be parsed gives KMS_ERR_INVALID; a refused command (a key id that exists:
@@ -314,6 +330,19 @@ int kms_keyring_resolve(kms_keyring *kr, const char *key_id, uint32_t version,
  */
 int kms_keyring_authorize(kms_keyring *kr, const char *key_id, const char *principal,
 			  enum kms_op op, kms_err *err);
+
+/*
+ * For the node's own background work, not a caller's: what kms_keyring_resolve
+ * copies out, for key_id (a real key id, no alias, no policy check) and
+ * version, only while that version is the key's primary, Enabled, and the
+ * key is Enabled. Otherwise KMS_ERR_NOT_FOUND (no such key) or
+ * KMS_ERR_PRECONDITION saying why (the key's state, with resolve's
+ * sentence; a newer primary; the version Exhausted or Destroyed), and out
+ * holds nothing. On success out holds a reference to the version's handle
+ * when it is unwrapped here (kms_keyring_use_release). Any thread.
+ */
+int kms_keyring_primary_use(kms_keyring *kr, const char *key_id, uint32_t version,
+			    kms_key_use *out, kms_err *err);
 
 /* --- node-local handles (keyring_handles.c) --- */
 

@@ -303,24 +303,57 @@ static int reserve_locked(kms_budget *b, const char *key_id, uint32_t version, i
 	return KMS_OK;
 }
 
-/* The low-water refill: asks for the next block in the background. */
-static void refill(kms_budget *b, const char *key_id, uint32_t version, uint64_t left)
+/*
+ * Asks for the next block of key_id's version in the background when left
+ * (what this node may still take) is at or below the low water and the
+ * version is the key's Enabled primary; *started says whether this call
+ * proposed it (not when one was in flight already). Nobody waits for it.
+ */
+static int reserve_ahead(kms_budget *b, const char *key_id, uint32_t version, uint64_t left,
+			 int *started, kms_err *err)
 {
 	struct reservation *r;
 	kms_key_status s;
-	kms_err err = {0};
 	uint64_t seen;
+	int rc, was_in_flight;
 
-	if (kms_keyring_key_status(b->kr, key_id, &s, &err) != KMS_OK ||
-	    left > kms_budget_low_water(kms_budget_block(s.max_encryptions)) ||
-	    s.primary_version != version ||
+	*started = 0;
+	KMS_TRY(kms_keyring_key_status(b->kr, key_id, &s, err));
+	if (s.state != KMS__V1__KEY_STATE__KEY_STATE_ENABLED || s.primary_version != version ||
 	    s.primary_state != KMS__V1__KEY_VERSION_STATE__KEY_VERSION_ENABLED)
-		return;
+		return kms_errf(err, KMS_ERR_PRECONDITION,
+				"key '%.128s' version %u is not the key's enabled primary any more "
+				"(key %s, primary version %u %s)",
+				key_id, version, kms_key_state_name(s.state), s.primary_version,
+				kms_key_version_state_name(s.primary_state));
+	if (left > kms_budget_low_water(kms_budget_block(s.max_encryptions)))
+		return KMS_OK;
 	pthread_mutex_lock(&b->mu);
-	if (reserve_locked(b, key_id, version, 0, &r, &seen, &err) != KMS_OK)
+	r = reservation_find(b, key_id, version);
+	was_in_flight = r != NULL && r->in_flight;
+	rc = reserve_locked(b, key_id, version, 0, &r, &seen, err);
+	*started = rc == KMS_OK && !was_in_flight;
+	pthread_mutex_unlock(&b->mu);
+	return rc;
+}
+
+/* The low-water refill of a take. */
+static void refill(kms_budget *b, const char *key_id, uint32_t version, uint64_t left)
+{
+	kms_err err = {0};
+	int started;
+
+	if (reserve_ahead(b, key_id, version, left, &started, &err) != KMS_OK &&
+	    err.code != KMS_ERR_PRECONDITION)
 		KMS_LOG_D("encryption budget: no refill for key '%.128s' version %u: %s", key_id,
 			  version, err.msg);
-	pthread_mutex_unlock(&b->mu);
+}
+
+int kms_budget_prefetch(kms_budget *b, const char *key_id, uint32_t version, int *started,
+			kms_err *err)
+{
+	return reserve_ahead(b, key_id, version, kms_keyring_allowance(b->kr, key_id, version),
+			     started, err);
 }
 
 /* The sentence of a take that found nothing, once the reservation came

@@ -110,6 +110,24 @@ void kms_budget_free(kms_budget *b);
 int kms_budget_take(kms_budget *b, const char *key_id, uint32_t version, long deadline_ms,
 		    kms_err *err);
 
+/*
+ * Reserves one block of key_id's version in the background, as the
+ * low-water refill of a take does, for a version no call has taken from
+ * yet (a new primary after a rotation: node/key_prefetch.h), so that the
+ * first encryption under it finds this node's allowance ready instead of
+ * waiting for Raft on a worker. Nothing is proposed when this node's
+ * allowance is above the low water or a reservation is in flight already
+ * (*started 0); *started 1 when this call proposed one. KMS_ERR_NOT_FOUND
+ * for an unknown key, KMS_ERR_PRECONDITION when the version is no longer
+ * the key's Enabled primary or the key is not Enabled (nothing proposed:
+ * a disabled, deleted or rotated key gets no reservation), or the error of
+ * building the command, or the refusal remembered from a reservation that
+ * failed less than retry_ms ago. Never waits for the commit; any thread
+ * but the Raft thread (the commit may run done inline).
+ */
+int kms_budget_prefetch(kms_budget *b, const char *key_id, uint32_t version, int *started,
+			kms_err *err);
+
 /* How many reservations this node committed (granted or not) since start. */
 uint64_t kms_budget_reservations(kms_budget *b);
 

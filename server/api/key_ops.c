@@ -132,12 +132,7 @@ static int context_pairs(ProtobufCMessage **entries, size_t n, kms_ctx_pair **ou
 	return KMS_OK;
 }
 
-/*
- * The master key version as an HSM handle, unwrapping it on first use here.
- * On success use holds a reference to the handle (the caller releases it
- * with kms_keyring_use_release when its HSM operation is done).
- */
-static int key_handle(kms_node *node, const char *key_id, kms_key_use *use, kms_err *err)
+int kms_key_ops_handle(kms_node *node, const char *key_id, kms_key_use *use, kms_err *err)
 {
 	unsigned long h = 0, dk = atomic_load(&node->domain_key);
 
@@ -185,7 +180,7 @@ int kms_key_ops_seal(kms_node *node, kms_call *call, kms_hsm_session *s, const c
 	/* The key's own id, never the alias the caller may have named it by. */
 	snprintf(h.key_id, sizeof(h.key_id), "%s", use.key_id);
 	h.key_version = use.version;
-	KMS_TRY_GOTO(rc, key_handle(node, h.key_id, &use, err), out);
+	KMS_TRY_GOTO(rc, kms_key_ops_handle(node, h.key_id, &use, err), out);
 	KMS_TRY_GOTO(rc, kms_hsm_random(s, h.iv, sizeof(h.iv), err), out);
 	KMS_TRY_GOTO(rc, kms_blob_aad(&h, pairs, n_ctx, &aad, err), out);
 	/* One of this node's reserved encryptions (NIST SP 800-38D 8.3 bound). */
@@ -248,7 +243,7 @@ int kms_key_ops_open(kms_node *node, kms_call *call, kms_hsm_session *s, const u
 			      expect_key_id);
 		goto out;
 	}
-	KMS_TRY_GOTO(rc, key_handle(node, h->key_id, &use, err), out);
+	KMS_TRY_GOTO(rc, kms_key_ops_handle(node, h->key_id, &use, err), out);
 	KMS_TRY_GOTO(rc, kms_blob_aad(h, pairs, n_ctx, &aad, err), out);
 	KMS_TRY_GOTO(rc, kms_hsm_gcm_decrypt(s, use.handle, h->iv, aad.data, aad.len, ct, ct_len,
 					     pt, err), out);

@@ -8,6 +8,7 @@
 #include "kms/blob.h"
 #include "kms/error.h"
 #include "kms/hsm.h"
+#include "kms/keyring.h"
 #include "kms/policy.h"
 #include "kms/v1/kms.pb-c.h"
 #include "rpc/rpc_server.h"
@@ -37,6 +38,20 @@ void kms_key_ops_fail(kms_call *call, const kms_err *err);
  */
 int kms_key_ops_fresh_read(struct kms_node *node, kms_call *call, int rc, const char *key_id,
 			   enum kms_op op, int *again, kms_err *err);
+
+/*
+ * The master key version of use (as kms_keyring_resolve or
+ * kms_keyring_primary_use filled it) as an HSM handle, unwrapping it on
+ * first use on this node (under the domain key, or the other live one
+ * during a domain-key rotation) and recording it in the key ring's handle
+ * cache, within [hsm] max_unwrapped_versions. KMS_ERR_UNAVAILABLE before
+ * this node holds and verified the domain key. On success use holds a
+ * reference to the handle (the caller releases it with
+ * kms_keyring_use_release when its HSM operation is done). Any thread but
+ * the Raft thread: C_UnwrapKey may take milliseconds.
+ */
+int kms_key_ops_handle(struct kms_node *node, const char *key_id, kms_key_use *use,
+		       kms_err *err);
 
 /*
  * The two halves every crypto operation is made of, for one item, as the

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
+
 #include "config.h"
 #include "kms/log.h"
 #include "node/node.h"
@@ -60,6 +62,16 @@ int main(int argc, char **argv)
 	}
 	if (config == NULL || optind != argc) {
 		usage(stderr);
+		return 1;
+	}
+	/*
+	 * No OpenSSL clean-up at exit: gRPC's executor threads may still be
+	 * freeing TLS objects (with the node's HSM key, through the engine)
+	 * when main returns, and OpenSSL's atexit handler frees the locks they
+	 * take (a SIGSEGV in EC_KEY_free seen at exit under ASan).
+	 */
+	if (OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, NULL) != 1) {
+		KMS_LOG_E("kmsd cannot start: OpenSSL did not initialise");
 		return 1;
 	}
 	/* A write to a vanished peer must be an error, not a silent exit 141. */

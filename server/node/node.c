@@ -23,6 +23,7 @@
 #include "kms/log.h"
 #include "kms/spiffe.h"
 #include "kms/v1/cluster.pb-c.h"
+#include "node/key_prefetch.h"
 #include "node/node.h"
 #include "raft/raft_tls.h"
 #include "node/supervisor.h"
@@ -677,6 +678,8 @@ int kms_node_start(const char *config_path, kms_node **out, kms_err *err)
 		  node->cfg.max_unwrapped_versions);
 	KMS_TRY_GOTO(rc, new_incarnation(node, err), fail);
 	KMS_TRY_GOTO(rc, start_budget(node, err), fail);
+	KMS_TRY_GOTO(rc, kms_key_prefetch_new(node, &node->prefetch, err), fail);
+	kms_keyring_set_rotated(node->kr, kms_key_prefetch_rotated, node->prefetch);
 	KMS_TRY_GOTO(rc, kms_peers_new(&node->cfg, &node->peers, err), fail);
 	KMS_TRY_GOTO(rc, kms_tls_engine_load_key(node->cfg.tls_key_uri, &node->raft_key, err), fail);
 	kms_tls_files_stamp(&node->cfg, &stamp);
@@ -745,6 +748,8 @@ void kms_node_stop(kms_node *node)
 	kms_forwarder_free(node->fwd);
 	kms_raft_free(node->raft);
 	kms_supervisor_free(node->sup);
+	/* After Raft: no apply queues a key any more. */
+	kms_key_prefetch_free(node->prefetch);
 	EVP_PKEY_free(node->raft_key);
 	kms_tls_files_free(&node->tls);
 	kms_peers_free(node->peers);

@@ -24,6 +24,7 @@ struct kms_budget;
 struct kms_dk_rotation;
 struct kms_forwarder;
 struct kms_supervisor;
+struct kms_key_prefetch;
 struct kms_tls_watch;
 struct raft_uv_transport;
 
@@ -46,6 +47,7 @@ typedef struct kms_node {
 	kms_authn *authn;          /* who a TLS peer is (services apart from nodes) */
 	kms_keyring *kr;
 	struct kms_budget *budget; /* this node's reserved encryptions */
+	struct kms_key_prefetch *prefetch; /* new primaries made ready in the background */
 	/* Random, new at every start, never 0: the encryptions this node
 	 * reserves through Raft are credited to this life of it only
 	 * (kms_keyring_set_self), so a restart never reuses a block. */

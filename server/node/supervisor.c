@@ -15,6 +15,7 @@
 #include "kms/log.h"
 #include "kms/v1/cluster.pb-c.h"
 #include "node/dk_rotation.h"
+#include "node/key_prefetch.h"
 #include "node/key_upkeep.h"
 #include "node/node.h"
 #include "node/supervisor.h"
@@ -31,6 +32,7 @@ struct kms_supervisor {
 	pthread_mutex_t mu;
 	pthread_cond_t cond;
 	int stop;
+	int kicked; /* (mu) work was queued for the thread: no sleep before it */
 	atomic_int write_in_flight;
 	unsigned ticks;
 	kms_key_upkeep *upkeep; /* the leader's rotations and destructions */
@@ -291,6 +293,17 @@ static void upkeep(struct kms_supervisor *s)
 	kms_key_upkeep_pass(s->upkeep, (int64_t)time(NULL));
 }
 
+/* The prefetch's wake-up: a rotation was applied (on the Raft thread). */
+static void kick(void *arg)
+{
+	struct kms_supervisor *s = arg;
+
+	pthread_mutex_lock(&s->mu);
+	s->kicked = 1;
+	pthread_cond_signal(&s->cond);
+	pthread_mutex_unlock(&s->mu);
+}
+
 static void *supervisor_main(void *arg)
 {
 	struct kms_supervisor *s = arg;
@@ -306,6 +319,9 @@ static void *supervisor_main(void *arg)
 				fetch_domain_key(s);
 		} else {
 			verify_probe(s);
+			/* First: a new primary's first encryption may come any moment. */
+			if (kms_key_prefetch_run(s->node->prefetch) > 0)
+				kick(s);
 			kms_dk_rotation_tick(s->node->dkrot);
 			kms_raft_view_get(s->node->raft, &v);
 			if (v.state == RAFT_LEADER)
@@ -323,8 +339,9 @@ static void *supervisor_main(void *arg)
 			until.tv_sec++;
 			until.tv_nsec -= 1000000000L;
 		}
-		if (!s->stop)
+		if (!s->stop && !s->kicked)
 			pthread_cond_timedwait(&s->cond, &s->mu, &until);
+		s->kicked = 0;
 	}
 	pthread_mutex_unlock(&s->mu);
 	return NULL;
@@ -356,6 +373,7 @@ int kms_supervisor_start(kms_node *node, struct kms_supervisor **out, kms_err *e
 		kms_free(s);
 		return kms_errf(err, KMS_ERR_INTERNAL, "cannot start the supervisor thread");
 	}
+	kms_key_prefetch_set_wake(node->prefetch, kick, s);
 	*out = s;
 	return KMS_OK;
 }
@@ -364,6 +382,8 @@ void kms_supervisor_stop(struct kms_supervisor *s)
 {
 	if (s == NULL)
 		return;
+	/* Before the thread goes: a rotation applied from now on only queues. */
+	kms_key_prefetch_set_wake(s->node->prefetch, NULL, NULL);
 	pthread_mutex_lock(&s->mu);
 	s->stop = 1;
 	pthread_cond_signal(&s->cond);

@@ -101,6 +101,8 @@ struct kms_keyring {
 	uint64_t self_incarnation;
 	kms_keyring_release_fn release;
 	void *release_arg;
+	kms_keyring_rotated_fn rotated; /* set once, before Raft applies */
+	void *rotated_arg;
 	struct kr_lru lru; /* the bound on recorded handles, keyring_handles.c */
 	/*
 	 * The quorum (keyring_quorum.c): set once by QuorumInit; operators is

@@ -47,6 +47,7 @@ int kr_apply_rotate_key(kms_keyring *kr, const Kms__V1__RotateKeyCommand *c, int
 	Kms__V1__KeyRecord shape;
 	struct kr_entry *e;
 	Kms__V1__KeyVersionRecord **versions = NULL;
+	kms_keyring_rotated_fn rotated = NULL;
 	size_t n;
 	int rc;
 
@@ -96,9 +97,61 @@ int kr_apply_rotate_key(kms_keyring *kr, const Kms__V1__RotateKeyCommand *c, int
 	shape.primary_version = (uint32_t)(n + 1);
 	shape.last_rotated_at_unix = c->now_unix;
 	rc = kr_entry_rebuild(e, &shape, err);
+	if (rc == KMS_OK)
+		rotated = kr->rotated;
 out:
 	pthread_rwlock_unlock(&kr->lock);
 	kms_free(versions);
+	/* Outside the lock: the node only queues work for later. */
+	if (rotated != NULL)
+		rotated(kr->rotated_arg, c->key_id, v->version, c->now_unix);
+	return rc;
+}
+
+void kms_keyring_set_rotated(kms_keyring *kr, kms_keyring_rotated_fn fn, void *arg)
+{
+	pthread_rwlock_wrlock(&kr->lock);
+	kr->rotated = fn;
+	kr->rotated_arg = arg;
+	pthread_rwlock_unlock(&kr->lock);
+}
+
+int kms_keyring_primary_use(kms_keyring *kr, const char *key_id, uint32_t version,
+			    kms_key_use *out, kms_err *err)
+{
+	const Kms__V1__KeyVersionRecord *v;
+	struct kr_entry *e;
+	long idx;
+	int rc;
+
+	out->handle = 0;
+	out->ref = NULL;
+	out->key_id[0] = '\0';
+	KMS_TRY(kr_lookup_id_check(key_id, err));
+	pthread_rwlock_rdlock(&kr->lock);
+	KMS_TRY_GOTO(rc, kr_entry_for(kr, key_id, &e, err), out);
+	KMS_TRY_GOTO(rc, kr_state_refusal(e->rec, err), out);
+	idx = kr_version_index(e->rec, version);
+	if (idx < 0 || e->rec->primary_version != version) {
+		rc = kms_errf(err, KMS_ERR_PRECONDITION,
+			      "key '%s' version %u is not its primary version (%u)", key_id,
+			      version, e->rec->primary_version);
+		goto out;
+	}
+	v = e->rec->versions[idx];
+	if (v->state != KMS__V1__KEY_VERSION_STATE__KEY_VERSION_ENABLED) {
+		rc = kms_errf(err, KMS_ERR_PRECONDITION, "key '%s' version %u is %s", key_id,
+			      version, kms_key_version_state_name(v->state));
+		goto out;
+	}
+	snprintf(out->key_id, sizeof(out->key_id), "%s", e->rec->key_id);
+	out->version = v->version;
+	kr_handle_lend(e->handles[idx], out);
+	/* kr_record_check bounded the length to KMS_WRAPPED_MAX. */
+	memcpy(out->wrapped, v->wrapped_material.data, v->wrapped_material.len);
+	out->wrapped_len = v->wrapped_material.len;
+out:
+	pthread_rwlock_unlock(&kr->lock);
 	return rc;
 }
 

@@ -376,7 +376,19 @@ void kms_test_node_signal(kms_test_node *node, int sig)
 	if (node->pid <= 0)
 		return;
 	kill(node->pid, sig);
-	waitpid(node->pid, &status, 0);
+	/* Bounded: a node that hangs on its way out (a crash report that
+	 * deadlocks at exit was seen) must fail its test, not the suite's
+	 * time limit. */
+	for (long t0 = kms_test_now_ms(); waitpid(node->pid, &status, WNOHANG) == 0;
+	     kms_test_sleep_ms(50)) {
+		if (kms_test_now_ms() - t0 > KMS_TEST_STOP_MS) {
+			kill(node->pid, SIGKILL);
+			waitpid(node->pid, &status, 0);
+			node->pid = 0;
+			ck_abort_msg("kmsd did not exit within %d s of signal %d; see %s",
+				     KMS_TEST_STOP_MS / 1000, sig, node->log);
+		}
+	}
 	node->pid = 0;
 	if (sig == SIGTERM)
 		ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,

@@ -65,7 +65,9 @@ void kms_test_node_start(kms_test_node *node);
 /* Starts kmsd with the node's config and returns its exit status (for
  * start-up failures); its log is in node->log. */
 int kms_test_node_run_expect_exit(kms_test_node *node, const char *conf);
-/* Sends sig and reaps the process. */
+/* Sends sig and reaps the process; one that has not exited within
+ * KMS_TEST_STOP_MS is killed and fails the test. */
+#define KMS_TEST_STOP_MS 120000
 void kms_test_node_signal(kms_test_node *node, int sig);
 
 /*

@@ -341,6 +341,230 @@ START_TEST(rotation_policy_bad_input)
 }
 END_TEST
 
+/* --- the prefetch of a new primary --- */
+
+/* RotateKey on node n as an administrator: the new primary, or 0 with *st. */
+static uint32_t rotate_key(int n, const char *id, kms_rpc_status *st)
+{
+	Kms__V1__RotateKeyRequest req = KMS__V1__ROTATE_KEY_REQUEST__INIT;
+	Kms__V1__RotateKeyResponse *r;
+	uint32_t v;
+
+	req.key_id = (char *)id;
+	if (call(n, "admin", KM "RotateKey", &req.base, &kms__v1__rotate_key_response__descriptor,
+		 (ProtobufCMessage **)&r, st) != 0)
+		return 0;
+	v = r->key->primary_version;
+	FREE(r);
+	return v;
+}
+
+/* The encryptions DescribeKey on node n counts for version v of id. */
+static uint64_t counted(int n, const char *id, uint32_t v)
+{
+	kms_rpc_status st;
+	Kms__V1__KeyMetadata *md = describe_on(n, id, &st);
+	uint64_t c = 0;
+
+	ck_assert_msg(md != NULL, "node %d: %s", n + 1, st.details);
+	for (size_t i = 0; i < md->n_version_details; i++)
+		if (md->version_details[i]->version == v)
+			c = md->version_details[i]->encryptions;
+	FREE(md);
+	return c;
+}
+
+/* Polls until node n counts want encryptions for version v of id. */
+static void wait_counted(int n, const char *id, uint32_t v, uint64_t want)
+{
+	uint64_t c = 0;
+
+	for (long until = now_ms() + SPREAD_MS; now_ms() < until; sleep_ms(100))
+		if ((c = counted(n, id, v)) == want)
+			return;
+	ck_abort_msg("node %d counts %llu encryptions for '%s' version %u, not %llu", n + 1,
+		     (unsigned long long)c, id, v, (unsigned long long)want);
+}
+
+/* Polls node n's HSM until it holds want secret keys. */
+static void wait_hsm_keys(int n, uint64_t want)
+{
+	uint64_t k = 0;
+
+	for (long until = now_ms() + SPREAD_MS; now_ms() < until; sleep_ms(100))
+		if ((k = hsm_keys(n)) == want)
+			return;
+	ck_abort_msg("node %d holds %llu HSM secret keys, not %llu", n + 1, (unsigned long long)k,
+		     (unsigned long long)want);
+}
+
+#define PREFETCHED(id, v) "prefetch: key '" id "' version " v ": a block of encryptions being " \
+			  "reserved, unwrapped into the HSM"
+
+/*
+ * After a RotateKey, before any Encrypt, every node has reserved a block
+ * of the new version (DescribeKey counts three blocks) and unwrapped it
+ * into its HSM (one more secret key each); the first Encrypt on each node
+ * then reserves and unwraps nothing more.
+ */
+START_TEST(rotation_prefetches_on_every_node)
+{
+	uint64_t before[N];
+	kms_rpc_status st;
+	int l;
+
+	create_key("pre");
+	set_policy_ok("pre", 0, 6400); /* blocks of 100 */
+	for (int n = 0; n < N; n++)
+		before[n] = hsm_keys(n);
+	l = leader();
+	ck_assert_msg(rotate_key(l, "pre", &st) == 2, "RotateKey: %s", st.details);
+	for (int n = 0; n < N; n++) {
+		ck_assert_msg(kms_test_wait_log(&nodes[n], PREFETCHED("pre", "2"), SPREAD_MS / 1000),
+			      "node %d did not prefetch 'pre' version 2; see %s", n + 1,
+			      nodes[n].log);
+		wait_hsm_keys(n, before[n] + 1);
+	}
+	wait_counted(l, "pre", 2, 300);
+	for (int n = 0; n < N; n++) {
+		Kms__V1__EncryptResponse *e = encrypt_on(n, "pre", &st);
+
+		ck_assert_msg(e != NULL, "node %d: %s", n + 1, st.details);
+		ck_assert_uint_eq(e->key_version, 2);
+		FREE(e);
+		ck_assert_uint_eq(hsm_keys(n), before[n] + 1);
+	}
+	for (int n = 0; n < N; n++)
+		ck_assert_uint_eq(counted(n, "pre", 2), 300);
+	/* The old version is left alone: nothing reserved for it. */
+	ck_assert_uint_eq(counted(l, "pre", 1), 0);
+}
+END_TEST
+
+/*
+ * Bad input twins. A disabled key's rotation is refused: nothing is
+ * prefetched, counted or unwrapped. A key scheduled for deletion right
+ * after its rotation, while one follower was down: the follower applies
+ * both when it comes back, and its prefetch neither reserves for the key
+ * nor makes it usable; what the others reserved before the deletion stays
+ * as it was, and every node refuses the key.
+ */
+START_TEST(prefetch_leaves_disabled_and_deleted_keys_alone)
+{
+	Kms__V1__DisableKeyRequest dis = KMS__V1__DISABLE_KEY_REQUEST__INIT;
+	Kms__V1__ScheduleKeyDeletionRequest sch = KMS__V1__SCHEDULE_KEY_DELETION_REQUEST__INIT;
+	Kms__V1__CancelKeyDeletionRequest can = KMS__V1__CANCEL_KEY_DELETION_REQUEST__INIT;
+	uint64_t before[N], kept;
+	kms_rpc_status st;
+	int l, f;
+
+	create_key("off");
+	set_policy_ok("off", 0, 6400);
+	l = leader();
+	dis.key_id = (char *)"off";
+	admin_ok(l, KM "DisableKey", &dis.base, &kms__v1__disable_key_response__descriptor);
+	for (int n = 0; n < N; n++)
+		before[n] = hsm_keys(n);
+	ck_assert_uint_eq(rotate_key(l, "off", &st), 0);
+	ASSERT_STATUS(st, S_PRECOND, "key 'off' is disabled");
+	sleep_ms(1000);
+	for (int n = 0; n < N; n++) {
+		Kms__V1__KeyMetadata *md = describe_on(n, "off", &st);
+
+		ck_assert_msg(md != NULL, "%s", st.details);
+		ck_assert_uint_eq(md->n_version_details, 1);
+		ck_assert_uint_eq(md->version_details[0]->encryptions, 0);
+		ck_assert_str_eq(md->key_state, "Disabled");
+		FREE(md);
+		ck_assert_uint_eq(hsm_keys(n), before[n]);
+		ck_assert(!kms_test_file_contains(nodes[n].log, "prefetch: key 'off'"));
+	}
+
+	create_key("brief");
+	set_policy_ok("brief", 0, 6400);
+	l = leader();
+	f = (l + 1) % N;
+	kms_test_node_signal(&nodes[f], SIGKILL);
+	ck_assert_msg(rotate_key(l, "brief", &st) == 2, "RotateKey: %s", st.details);
+	sch.key_id = (char *)"brief";
+	sch.pending_window_days = 7;
+	admin_ok(l, KM "ScheduleKeyDeletion", &sch.base,
+		 &kms__v1__schedule_key_deletion_response__descriptor);
+	/* The others may have reserved before the deletion was applied: 0 to
+	 * two blocks, and never more from now on. */
+	sleep_ms(500);
+	kept = counted(l, "brief", 2);
+	ck_assert_uint_le(kept, 200);
+	kms_test_node_start(&nodes[f]);
+	FREE(wait_key(f, "brief", "PendingDeletion", 0, SPREAD_MS));
+	kms_test_wait_log(&nodes[f], "prefetch: key 'brief' version 2", 3);
+	fprintf(stderr, "node %d back after the deletion: %s\n", f + 1,
+		kms_test_file_contains(nodes[f].log,
+				       "prefetch: key 'brief' version 2 skipped: key 'brief' is "
+				       "pending deletion")
+			? "its prefetch saw the deletion and skipped"
+			: "no prefetch of 'brief' logged");
+	ck_assert(!kms_test_file_contains(nodes[f].log, PREFETCHED("brief", "2")));
+	sleep_ms(1000);
+	for (int n = 0; n < N; n++) {
+		Kms__V1__KeyMetadata *md = wait_key(n, "brief", "PendingDeletion", 0, SPREAD_MS);
+
+		FREE(md);
+		ck_assert_uint_eq(counted(n, "brief", 2), kept);
+		ck_assert_ptr_null(encrypt_on(n, "brief", &st));
+		ASSERT_STATUS(st, S_PRECOND, "is pending deletion");
+	}
+	/* Out of the way of the deletion test's reminders. */
+	can.key_id = (char *)"brief";
+	admin_ok(leader(), KM "CancelKeyDeletion", &can.base,
+		 &kms__v1__cancel_key_deletion_response__descriptor);
+}
+END_TEST
+
+/*
+ * A node stopped (SIGTERM: a clean exit, checked, under the sanitizers in
+ * their run) or killed (SIGKILL) right after a rotation, while its
+ * prefetch may be under way: it comes back, serves the newest version, and
+ * the version's count stays within what the nodes reserved.
+ */
+START_TEST(prefetch_survives_stop_and_kill)
+{
+	Kms__V1__EncryptResponse *e = NULL;
+	kms_rpc_status st;
+	int l, f, g;
+
+	create_key("cut");
+	set_policy_ok("cut", 0, 6400);
+	l = leader();
+	f = (l + 1) % N;
+	g = (l + 2) % N;
+	ck_assert_msg(rotate_key(l, "cut", &st) == 2, "RotateKey: %s", st.details);
+	kms_test_node_signal(&nodes[g], SIGTERM);
+	kms_test_node_start(&nodes[g]);
+	l = leader();
+	ck_assert_msg(rotate_key(l, "cut", &st) == 3, "RotateKey: %s", st.details);
+	kms_test_node_signal(&nodes[f], SIGKILL);
+	kms_test_node_start(&nodes[f]);
+	for (int n = 0; n < N; n++) {
+		long until = now_ms() + 2 * SPREAD_MS;
+
+		while ((e = encrypt_on(n, "cut", &st)) == NULL && now_ms() < until)
+			sleep_ms(200);
+		ck_assert_msg(e != NULL, "node %d does not encrypt after the restarts: %s", n + 1,
+			      st.details);
+		ck_assert_uint_eq(e->key_version, 3);
+		for (int m = 0; m < N; m++)
+			ck_assert_msg(decrypts(m, &e->ciphertext_blob, &st), "node %d: %s", m + 1,
+				      st.details);
+		FREE(e);
+	}
+	/* Three nodes, a block each, and one more for a restarted node's new
+	 * life at most (a killed node's block is lost, never reused). */
+	ck_assert_uint_le(counted(leader(), "cut", 3), 500);
+	ck_assert_uint_ge(counted(leader(), "cut", 3), 100);
+}
+END_TEST
+
 /* --- the encryption bound --- */
 
 /* One client per node encrypting without pause, counting blobs per version. */
@@ -726,6 +950,9 @@ static Suite *rotation_suite(void)
 	tcase_set_timeout(tc, 900);
 	tcase_add_test(tc, rotation_policy_fires);
 	tcase_add_test(tc, rotation_policy_bad_input);
+	tcase_add_test(tc, rotation_prefetches_on_every_node);
+	tcase_add_test(tc, prefetch_leaves_disabled_and_deleted_keys_alone);
+	tcase_add_test(tc, prefetch_survives_stop_and_kill);
 	tcase_add_test(tc, deletion_destroys_material_on_every_node);
 	tcase_add_test(tc, encryption_bound_holds_through_kill_9);
 	tcase_add_test(tc, no_quorum_fails_closed);

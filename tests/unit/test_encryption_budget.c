@@ -590,6 +590,103 @@ START_TEST(test_rotated_while_waiting)
 }
 END_TEST
 
+/* --- the prefetch after a rotation ---------------------------------------- */
+
+static void rotate(const char *id, uint32_t version)
+{
+	uint8_t w[40];
+	kms_buf b = {0};
+	kms_err err = {0};
+
+	memset(w, 0x40 + (int)version, sizeof(w));
+	ck_assert_int_eq(kms_keyring_cmd_rotate_key(id, version, w, sizeof(w), T0 + version, &b,
+						    &err),
+			 KMS_OK);
+	log_apply(&b);
+}
+
+/* A new primary: one block reserved ahead, so the first take commits
+ * nothing; a second prefetch asks for nothing more. */
+START_TEST(test_prefetch_reserves_ahead)
+{
+	kms_err err = {0};
+	int started = 0;
+
+	key_with_max("k", 6400);
+	rotate("k", 2);
+	ck_assert_msg(kms_budget_prefetch(budgets[0], "k", 2, &started, &err) == KMS_OK, "%s",
+		      err.msg);
+	ck_assert_int_eq(started, 1);
+	ck_assert_uint_eq(commits(), 1);
+	ck_assert_uint_eq(reserved("k"), 100);
+	ck_assert_uint_eq(kms_keyring_allowance(nodes[0], "k", 2), 100);
+	ck_assert_msg(kms_budget_prefetch(budgets[0], "k", 2, &started, &err) == KMS_OK, "%s",
+		      err.msg);
+	ck_assert_int_eq(started, 0);
+	ck_assert_msg(take(0, "k", 2, &err) == KMS_OK, "%s", err.msg);
+	ck_assert_uint_eq(commits(), 1);
+	ck_assert_uint_eq(kms_keyring_allowance(nodes[0], "k", 2), 99);
+}
+END_TEST
+
+/* One in flight: the prefetch does not add a second, and a take that
+ * comes meanwhile waits for that one rather than proposing its own. */
+START_TEST(test_prefetch_shares_the_reservation_in_flight)
+{
+	kms_err err = {0};
+	int started = 0;
+
+	key_with_max("k", 6400);
+	raft_set_mode(RAFT_HELD);
+	ck_assert_int_eq(kms_budget_prefetch(budgets[1], "k", 1, &started, &err), KMS_OK);
+	ck_assert_int_eq(started, 1);
+	ck_assert_int_eq(kms_budget_prefetch(budgets[1], "k", 1, &started, &err), KMS_OK);
+	ck_assert_int_eq(started, 0);
+	ck_assert_uint_eq(queued(), 1);
+	raft_set_mode(RAFT_ASYNC);
+	ck_assert_msg(take(1, "k", 1, &err) == KMS_OK, "%s", err.msg);
+	ck_assert_uint_eq(commits(), 1);
+	ck_assert_uint_eq(reserved("k"), 100);
+}
+END_TEST
+
+/*
+ * Nothing is reserved for a version that is no longer worth it: an old
+ * primary, a disabled key, a key pending deletion, an unknown key. The
+ * refusal says why and nothing is proposed.
+ */
+START_TEST(test_prefetch_refuses_what_cannot_encrypt)
+{
+	kms_buf b = {0};
+	kms_err err = {0};
+	int started = 1;
+
+	key_with_max("k", 6400);
+	rotate("k", 2);
+	ck_assert_int_eq(kms_budget_prefetch(budgets[0], "k", 1, &started, &err),
+			 KMS_ERR_PRECONDITION);
+	ASSERT_MSG_HAS(err, "version 1 is not the key's enabled primary");
+	ck_assert_int_eq(started, 0);
+	ck_assert_int_eq(kms_keyring_cmd_set_key_enabled("k", 0, &b, &err), KMS_OK);
+	log_apply(&b);
+	ck_assert_int_eq(kms_budget_prefetch(budgets[0], "k", 2, &started, &err),
+			 KMS_ERR_PRECONDITION);
+	ASSERT_MSG_HAS(err, "Disabled");
+	key_with_max("gone", 6400);
+	ck_assert_int_eq(kms_keyring_cmd_schedule_key_deletion("gone", T0 + 86400, &b, &err),
+			 KMS_OK);
+	log_apply(&b);
+	ck_assert_int_eq(kms_budget_prefetch(budgets[0], "gone", 1, &started, &err),
+			 KMS_ERR_PRECONDITION);
+	ASSERT_MSG_HAS(err, "PendingDeletion");
+	ck_assert_int_eq(kms_budget_prefetch(budgets[0], "nope", 1, &started, &err),
+			 KMS_ERR_NOT_FOUND);
+	ck_assert_uint_eq(commits(), 0);
+	ck_assert_uint_eq(reserved("k"), 0);
+	ck_assert_uint_eq(reserved("gone"), 0);
+}
+END_TEST
+
 /* --- the bound across nodes ------------------------------------------------ */
 
 /*
@@ -646,6 +743,9 @@ static Suite *budget_suite(void)
 	tcase_add_test(tc, test_key_changed_meanwhile);
 	tcase_add_test(tc, test_rotated_while_waiting);
 	tcase_add_test(tc, test_bound_holds_across_three_nodes);
+	tcase_add_test(tc, test_prefetch_reserves_ahead);
+	tcase_add_test(tc, test_prefetch_shares_the_reservation_in_flight);
+	tcase_add_test(tc, test_prefetch_refuses_what_cannot_encrypt);
 	suite_add_tcase(s, tc);
 	return s;
 }

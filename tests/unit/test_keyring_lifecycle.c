@@ -527,6 +527,109 @@ static void record_handle(const char *id, uint32_t v, uint8_t seed, unsigned lon
 	kms_keyring_use_release(&use);
 }
 
+/* What the rotated hook heard, in order. */
+static struct {
+	unsigned calls;
+	char key_id[KMS_KEY_ID_MAX + 1];
+	uint32_t version;
+	int64_t at;
+} heard;
+
+static void on_rotated(void *arg, const char *key_id, uint32_t version, int64_t at)
+{
+	ck_assert_ptr_eq(arg, &heard);
+	heard.calls++;
+	snprintf(heard.key_id, sizeof(heard.key_id), "%s", key_id);
+	heard.version = version;
+	heard.at = at;
+}
+
+/*
+ * The rotated hook hears each applied rotation once, after it is in the
+ * key ring, and nothing else: not a check, not a refused rotation, not a
+ * snapshot restore.
+ */
+START_TEST(test_rotated_hook)
+{
+	kms_keyring *other;
+	kms_buf b, snap;
+	kms_err err = {0};
+	kms_key_use use;
+
+	memset(&heard, 0, sizeof(heard));
+	kms_keyring_set_rotated(kr, on_rotated, &heard);
+	create("k", 1);
+	ck_assert_uint_eq(heard.calls, 0);
+	b = cmd_rotate("k", 2, 9, T0 + 5);
+	ck_assert_int_eq(kms_keyring_check(kr, b.data, b.len, &err), KMS_OK);
+	ck_assert_uint_eq(heard.calls, 0);
+	ck_assert_int_eq(apply_to(kr, &b, &err), KMS_OK);
+	ck_assert_uint_eq(heard.calls, 1);
+	ck_assert_str_eq(heard.key_id, "k");
+	ck_assert_uint_eq(heard.version, 2);
+	ck_assert_int_eq(heard.at, T0 + 5);
+	/* What the hook's worker reads back: the new primary. */
+	memset(&use, 0, sizeof(use));
+	ck_assert_msg(kms_keyring_primary_use(kr, "k", 2, &use, &err) == KMS_OK, "%s", err.msg);
+	ck_assert_uint_eq(use.version, 2);
+	ck_assert_uint_eq(use.wrapped_len, 40);
+	kms_keyring_use_release(&use);
+	/* A stale version number: refused, not heard. */
+	b = cmd_rotate("k", 2, 10, T0 + 6);
+	refused(&b, KMS_ERR_PRECONDITION, "another rotation came first");
+	ck_assert_uint_eq(heard.calls, 1);
+	/* A restore brings versions without a rotation applied here. */
+	ck_assert_int_eq(kms_keyring_new(&other, &err), KMS_OK);
+	kms_keyring_set_rotated(other, on_rotated, &heard);
+	snap = snapshot_of(kr);
+	ck_assert_int_eq(kms_keyring_restore(other, snap.data, snap.len, &err), KMS_OK);
+	free(snap.data);
+	ck_assert_uint_eq(heard.calls, 1);
+	kms_keyring_free(other);
+	kms_keyring_set_rotated(kr, NULL, NULL);
+	rotate("k", 3, 11);
+	ck_assert_uint_eq(heard.calls, 1);
+}
+END_TEST
+
+/* primary_use gives the material of an Enabled key's Enabled primary, and
+ * refuses every version the node has no reason to prepare. */
+START_TEST(test_primary_use_refusals)
+{
+	kms_key_use use;
+	kms_err err = {0};
+	kms_buf b;
+
+	memset(&use, 0, sizeof(use));
+	create("k", 1);
+	ck_assert_int_eq(kms_keyring_primary_use(kr, "nope", 1, &use, &err), KMS_ERR_NOT_FOUND);
+	ck_assert_int_eq(kms_keyring_primary_use(kr, "k", 2, &use, &err), KMS_ERR_PRECONDITION);
+	ASSERT_MSG_HAS(err, "version 2 is not its primary version (1)");
+	rotate("k", 2, 2);
+	ck_assert_int_eq(kms_keyring_primary_use(kr, "k", 1, &use, &err), KMS_ERR_PRECONDITION);
+	ASSERT_MSG_HAS(err, "version 1 is not its primary version (2)");
+	ck_assert_str_eq(use.key_id, "");
+	b = cmd_rotation_policy("k", 0, 100);
+	accepted(&b);
+	b = cmd_reserve("k", 2, 100, 1, 1);
+	accepted(&b);
+	ck_assert_int_eq(kms_keyring_primary_use(kr, "k", 2, &use, &err), KMS_ERR_PRECONDITION);
+	ASSERT_MSG_HAS(err, "version 2 is Exhausted");
+	create("d", 3);
+	b = cmd_enabled("d", 0);
+	accepted(&b);
+	ck_assert_int_eq(kms_keyring_primary_use(kr, "d", 1, &use, &err), KMS_ERR_PRECONDITION);
+	ASSERT_MSG_HAS(err, "key 'd' is disabled");
+	create("p", 4);
+	b = cmd_schedule("p", T0 + 86400);
+	accepted(&b);
+	ck_assert_int_eq(kms_keyring_primary_use(kr, "p", 1, &use, &err), KMS_ERR_PRECONDITION);
+	ASSERT_MSG_HAS(err, "key 'p' is pending deletion");
+	ck_assert_ptr_null(use.ref);
+	ck_assert_uint_eq(use.handle, 0);
+}
+END_TEST
+
 /*
  * The node-local handle slots grow with the versions; destruction drops
  * every one, released once each, a handle in use only once its call is
@@ -1827,6 +1930,8 @@ int main(void)
 	tcase_add_test(tc, test_rotate_builder_and_raw_refusals);
 	tcase_add_test(tc, test_thousand_versions);
 	tcase_add_test(tc, test_handles_follow_rotation_and_destruction);
+	tcase_add_test(tc, test_rotated_hook);
+	tcase_add_test(tc, test_primary_use_refusals);
 	tcase_add_test(tc, test_restore_keeps_handles_of_rotated_key);
 	tcase_add_test(tc, test_disable_and_enable);
 	tcase_add_test(tc, test_deletion_schedule_cancel_destroy);
