@@ -21,6 +21,7 @@
 #include <jansson.h>
 
 #include "audit_cmd.h"
+#include "backup_cmd.h"
 #include "b64.h"
 #include "kmsctl.h"
 #include "proto_ctx.h"
@@ -582,6 +583,11 @@ static const char global_usage[] =
     "  delete-alias ALIAS\n"
     "  list-aliases [--key-id KEY_ID] [--page-size N] [--page-token T]\n"
     "  audit verify FILE [--node-cert PEM] [--allow-unsigned-tail]   (offline)\n"
+    "  backup create --custodian NAME=PUBFILE... --threshold M --out FILE [--ttl S]\n"
+    "                [--wait-timeout S]\n"
+    "  backup fetch ID --out FILE\n"
+    "  backup unseal-share --file FILE --custodian NAME --key PRIVFILE --out SHAREFILE\n"
+    "                (offline)\n"
     "\n"
     "global options (also accepted after the command):\n"
     "  --endpoint HOST:PORT  server (env KMS_ENDPOINT, "
@@ -2795,6 +2801,23 @@ static int operation_json(json_t *o, const Kms__V1__RootOperation *op)
 		bad |= json_object_set_new(o, "cancels",
 					   json_string(op->cancel_proposal->proposal_id));
 		break;
+	case KMS__V1__ROOT_OPERATION__OP_BACKUP_EXPORT:
+		/* What the operators approve: who holds a share, and how many restore. */
+		list = json_array();
+		for (size_t i = 0; list != NULL && i < op->backup_export->n_custodians; i++) {
+			const Kms__V1__CustodianRecord *r = op->backup_export->custodians[i];
+			json_t *e = json_object();
+
+			bad |= e == NULL ||
+			       json_object_set_new(e, "name", json_string(r->name)) ||
+			       json_object_set_new(e, "public_key",
+						   hex_json(r->public_key.data, r->public_key.len));
+			bad |= json_array_append_new(list, e);
+		}
+		bad |= json_object_set_new(o, "custodians", list);
+		bad |= json_object_set_new(o, "shares_to_restore",
+					   json_integer(op->backup_export->threshold));
+		break;
 	default:
 		break;
 	}
@@ -3618,6 +3641,9 @@ static int run(struct cli *cli, int argc, char **argv)
 	/* Offline, with options of its own (tools/audit_cmd.c). */
 	if (strcmp(argv[optind], "audit") == 0)
 		return kmsctl_audit(argc - optind, argv + optind, cli->json);
+	/* Its own options; create and fetch use the global ones (tools/backup_cmd.c). */
+	if (strcmp(argv[optind], "backup") == 0)
+		return kmsctl_backup(argc - optind, argv + optind, &cli->copts);
 	cli->cmd = find_command(argv[optind]);
 	if (cli->cmd == NULL)
 		return usage_error("unknown command '%s'", argv[optind]);

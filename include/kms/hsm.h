@@ -200,6 +200,30 @@ int kms_hsm_dk_label(const char *base, uint32_t gen, char out[KMS_HSM_DK_LABEL_M
 int kms_hsm_dk_generations(kms_hsm *hsm, const char *base, uint32_t *gens, size_t max, size_t *n,
 			   kms_err *err);
 
+/* --- backups (issue #7) --- */
+
+/*
+ * The leader's part of a backup: a new AES-256 backup key generated in the
+ * HSM (a session object of the holder session, CKA_WRAP only, readable: its
+ * value must be split into the custodians' shares), dk wrapped under it
+ * (CKM_AES_KEY_WRAP_PAD, RFC 5649) into wrapped (kms_malloc'd, the
+ * caller's), its value copied to key_out (the caller cleanses it), and the
+ * key destroyed in the HSM before the call returns.
+ */
+int kms_hsm_backup_wrap_dk(kms_hsm *hsm, kms_hsm_key dk, uint8_t key_out[32], kms_buf *wrapped,
+			   kms_err *err);
+
+/*
+ * The restore's part: the backup key (32 bytes, rebuilt from the shares)
+ * becomes a session object that only unwraps, the domain key is unwrapped
+ * under it into the token as label with a new domain key's attributes, and
+ * the backup key is destroyed. KMS_ERR_EXISTS if label is on the token
+ * already; KMS_ERR_HSM if the blob does not unwrap (RFC 5649 integrity).
+ */
+int kms_hsm_domain_key_restore(kms_hsm *hsm, const char *label, const uint8_t key[32],
+			       const uint8_t *wrapped, size_t len, kms_hsm_key *dk_out,
+			       kms_err *err);
+
 /* Destroys a domain key (a token object) for good. */
 int kms_hsm_domain_key_destroy(kms_hsm *hsm, kms_hsm_key dk, kms_err *err);
 

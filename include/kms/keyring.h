@@ -244,6 +244,29 @@ int kms_keyring_cmd_cancel_proposal(const char *proposal_id, const char *princip
 				    int64_t now_unix, kms_buf *out, kms_err *err);
 int kms_keyring_cmd_proposal_result(const char *proposal_id, int status, const char *message,
 				    int64_t now_unix, kms_buf *out, kms_err *err);
+/* The same, with a backup-export's file (borrowed; file_len 0: none). */
+int kms_keyring_cmd_proposal_result_file(const char *proposal_id, int status, const char *message,
+					 int64_t now_unix, const uint8_t *file, size_t file_len,
+					 kms_buf *out, kms_err *err);
+/* RestoreBackup of a backup's key ring (borrowed). */
+int kms_keyring_cmd_restore_backup(const uint8_t *key_ring, size_t len, kms_buf *out,
+				   kms_err *err);
+
+/*
+ * A copy of the file of backup-export proposal_id (out->data kms_malloc'd,
+ * the caller's). The state keeps only the last backup's file:
+ * KMS_ERR_NOT_FOUND for any other proposal.
+ */
+int kms_keyring_backup_file(kms_keyring *kr, const char *proposal_id, kms_buf *out, kms_err *err);
+
+/*
+ * The part of the state a backup holds, packed as a kms.v1.KeyRingSnapshot
+ * (out->data kms_malloc'd): the keys (material wrapped under the domain
+ * key), the aliases, the domain-key probe and the domain key's generation,
+ * in *generation. KMS_ERR_PRECONDITION while a domain-key rotation is in
+ * progress (two keys are in use) or before the probe exists.
+ */
+int kms_keyring_backup_ring(kms_keyring *kr, kms_buf *out, uint32_t *generation, kms_err *err);
 
 /* True once QuorumInit is applied. */
 int kms_keyring_has_quorum(kms_keyring *kr);

@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kms/backup_file.h"
 #include "kms/buf.h"
 #include "kms/error.h"
 #include "kms/v1/state.pb-c.h"
@@ -56,6 +57,14 @@ const char *kms_root_operation_name(const Kms__V1__RootOperation *op);
  * leader once the proposal is approved.
  */
 int kms_root_operation_in_state(const Kms__V1__RootOperation *op);
+
+/*
+ * The rules of a backup-export: 1..16 custodians with valid, distinct names
+ * and distinct 32-byte X25519 keys, 1 <= threshold <= n. out (may be NULL)
+ * gets the custodians, borrowing their names from b.
+ */
+int kms_backup_export_check(const Kms__V1__BackupExportOperation *b,
+			    kms_backup_custodian out[KMS_BACKUP_CUSTODIANS_MAX], kms_err *err);
 
 /*
  * The canonical encoding of a proposal (docs/FORMAT.md "Quorum digests"):

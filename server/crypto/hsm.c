@@ -1670,41 +1670,73 @@ struct install_arg {
 	CK_ATTRIBUTE *tmpl;
 	CK_ULONG n_tmpl;
 	CK_OBJECT_HANDLE key;
+	/* A restore: the backup key's value; priv is unused then. */
+	const uint8_t *backup_key;
 };
+
+/*
+ * A restore's backup key: a session object that only unwraps, once, and is
+ * destroyed right after; its value came from the custodians' shares.
+ */
+static CK_RV backup_key_object(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h, const uint8_t *value,
+			       CK_OBJECT_HANDLE *out)
+{
+	CK_ATTRIBUTE t[] = {
+	    ATTR(CKA_CLASS, &class_secret),
+	    ATTR(CKA_KEY_TYPE, &type_aes),
+	    ATTR(CKA_TOKEN, &ck_false),
+	    ATTR(CKA_PRIVATE, &ck_true),
+	    ATTR(CKA_SENSITIVE, &ck_true),
+	    ATTR(CKA_EXTRACTABLE, &ck_false),
+	    ATTR(CKA_ENCRYPT, &ck_false),
+	    ATTR(CKA_DECRYPT, &ck_false),
+	    ATTR(CKA_WRAP, &ck_false),
+	    ATTR(CKA_UNWRAP, &ck_true),
+	    ATTR(CKA_SIGN, &ck_false),
+	    ATTR(CKA_VERIFY, &ck_false),
+	    ATTR(CKA_DERIVE, &ck_false),
+	    {CKA_VALUE, (void *)value, AES256_KEY_LEN},
+	};
+
+	return f->C_CreateObject(h, t, N_ATTRS(t), out);
+}
 
 static CK_RV op_install(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h, void *p,
 			const char **fn)
 {
 	struct install_arg *a = p;
 	CK_RSA_PKCS_OAEP_PARAMS params;
-	CK_MECHANISM oaep;
+	CK_MECHANISM oaep, kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+	CK_OBJECT_HANDLE bk = CK_INVALID_HANDLE;
 	CK_RV rv;
 
 	oaep_mechanism(&params, &oaep);
 	a->key = CK_INVALID_HANDLE;
+	if (a->backup_key != NULL) {
+		*fn = "C_CreateObject (backup key)";
+		rv = backup_key_object(f, h, a->backup_key, &bk);
+		if (rv != CKR_OK)
+			return rv;
+	}
 	*fn = "C_UnwrapKey";
 	/* dk_template: CKA_MODIFIABLE=FALSE last, and no retry without it. */
-	rv = f->C_UnwrapKey(h, &oaep, a->priv, (CK_BYTE *)a->blob, a->len,
+	rv = f->C_UnwrapKey(h, a->backup_key != NULL ? &kwp : &oaep,
+			    a->backup_key != NULL ? bk : a->priv, (CK_BYTE *)a->blob, a->len,
 			    a->tmpl, a->n_tmpl, &a->key);
 	if (rv != CKR_OK)
 		a->key = CK_INVALID_HANDLE;
+	destroy_quietly(f, h, bk, "backup key");
 	return rv;
 }
+
+static int install_dk(kms_hsm *hsm, const char *label, struct install_arg *ia,
+		      kms_hsm_key *dk_out, kms_err *err);
 
 int kms_hsm_domain_key_install(kms_hsm *hsm, kms_hsm_key priv,
 			       const char *label, const uint8_t *wrapped,
 			       size_t len, kms_hsm_key *dk_out, kms_err *err)
 {
-	CK_ATTRIBUTE find_tmpl[] = {
-	    ATTR(CKA_CLASS, &class_secret),
-	    {CKA_LABEL, (void *)label, label ? strlen(label) : 0},
-	};
-	CK_ATTRIBUTE tmpl[DK_TMPL_MAX];
-	struct find_arg fa = {find_tmpl, N_ATTRS(find_tmpl), NULL, 0, 0};
-	struct install_arg a = {priv, wrapped, len, tmpl, 0, CK_INVALID_HANDLE};
-	CK_ULONG key_len = 0;
-	CK_RV rv;
-	int rc;
+	struct install_arg a = {priv, wrapped, len, NULL, 0, CK_INVALID_HANDLE, NULL};
 
 	if (hsm == NULL || label == NULL || label[0] == '\0' || dk_out == NULL)
 		return kms_errf(err, KMS_ERR_INVALID,
@@ -1719,6 +1751,42 @@ int kms_hsm_domain_key_install(kms_hsm *hsm, kms_hsm_key priv,
 				"cannot install domain key: a blob of %zu "
 				"bytes is longer than an RSA-%d modulus",
 				len, TRANSPORT_MODULUS_MAX_BITS);
+	return install_dk(hsm, label, &a, dk_out, err);
+}
+
+int kms_hsm_domain_key_restore(kms_hsm *hsm, const char *label,
+			       const uint8_t key[AES256_KEY_LEN], const uint8_t *wrapped,
+			       size_t len, kms_hsm_key *dk_out, kms_err *err)
+{
+	struct install_arg a = {CK_INVALID_HANDLE, wrapped, len, NULL, 0, CK_INVALID_HANDLE, key};
+
+	if (hsm == NULL || label == NULL || label[0] == '\0' || dk_out == NULL || key == NULL)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"kms_hsm_domain_key_restore: no HSM, label, key or output");
+	if (wrapped == NULL || len != WRAPPED_AES256_LEN)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"cannot restore domain key: a wrapped AES-256 key is %d bytes, "
+				"not %zu",
+				WRAPPED_AES256_LEN, len);
+	return install_dk(hsm, label, &a, dk_out, err);
+}
+
+/* Unwraps a domain key into the token under label, once: RSA-OAEP or RFC 5649. */
+static int install_dk(kms_hsm *hsm, const char *label, struct install_arg *ia,
+		      kms_hsm_key *dk_out, kms_err *err)
+{
+	CK_ATTRIBUTE find_tmpl[] = {
+	    ATTR(CKA_CLASS, &class_secret),
+	    {CKA_LABEL, (void *)label, label ? strlen(label) : 0},
+	};
+	CK_ATTRIBUTE tmpl[DK_TMPL_MAX];
+	struct find_arg fa = {find_tmpl, N_ATTRS(find_tmpl), NULL, 0, 0};
+	struct install_arg a = *ia;
+	CK_ULONG key_len = 0;
+	CK_RV rv;
+	int rc;
+
+	a.tmpl = tmpl;
 	a.n_tmpl = dk_template(tmpl, label, 0);
 
 	/* Look and write under one lock: one key per label. */
@@ -2071,5 +2139,85 @@ int kms_hsm_dk_generations(kms_hsm *hsm, const char *base, uint32_t *gens, size_
 out:
 	pthread_mutex_unlock(&hsm->holder_mu);
 	kms_free(fa.found);
+	return rc;
+}
+
+/* --- backups (issue #7) --- */
+
+struct backup_wrap_arg {
+	CK_OBJECT_HANDLE dk;
+	uint8_t key[AES256_KEY_LEN];
+	uint8_t wrapped[WRAPPED_MAX];
+	CK_ULONG wrapped_len;
+};
+
+static CK_RV op_backup_wrap(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h, void *p, const char **fn)
+{
+	struct backup_wrap_arg *a = p;
+	/*
+	 * Not sensitive and extractable: its value must be read once, to be
+	 * split into the custodians' shares. It only wraps, lives in this
+	 * session alone and is destroyed before the call returns.
+	 */
+	CK_ATTRIBUTE t[] = {
+	    ATTR(CKA_CLASS, &class_secret),   ATTR(CKA_KEY_TYPE, &type_aes),
+	    ATTR(CKA_VALUE_LEN, &aes256_len), ATTR(CKA_TOKEN, &ck_false),
+	    ATTR(CKA_PRIVATE, &ck_true),      ATTR(CKA_SENSITIVE, &ck_false),
+	    ATTR(CKA_EXTRACTABLE, &ck_true),  ATTR(CKA_ENCRYPT, &ck_false),
+	    ATTR(CKA_DECRYPT, &ck_false),     ATTR(CKA_WRAP, &ck_true),
+	    ATTR(CKA_UNWRAP, &ck_false),      ATTR(CKA_SIGN, &ck_false),
+	    ATTR(CKA_VERIFY, &ck_false),      ATTR(CKA_DERIVE, &ck_false),
+	};
+	CK_ATTRIBUTE value = {CKA_VALUE, a->key, sizeof(a->key)};
+	CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
+	CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+	CK_OBJECT_HANDLE bk = CK_INVALID_HANDLE;
+	CK_RV rv;
+
+	*fn = "C_GenerateKey (backup key)";
+	rv = f->C_GenerateKey(h, &gen, t, N_ATTRS(t), &bk);
+	if (rv != CKR_OK)
+		return rv;
+	*fn = "C_WrapKey (domain key under the backup key)";
+	a->wrapped_len = sizeof(a->wrapped);
+	rv = f->C_WrapKey(h, &kwp, bk, a->dk, a->wrapped, &a->wrapped_len);
+	if (rv == CKR_OK) {
+		*fn = "C_GetAttributeValue (backup key)";
+		rv = f->C_GetAttributeValue(h, bk, &value, 1);
+		if (rv == CKR_OK && value.ulValueLen != AES256_KEY_LEN)
+			rv = CKR_GENERAL_ERROR;
+	}
+	destroy_quietly(f, h, bk, "backup key");
+	return rv;
+}
+
+int kms_hsm_backup_wrap_dk(kms_hsm *hsm, kms_hsm_key dk, uint8_t key_out[AES256_KEY_LEN],
+			   kms_buf *wrapped, kms_err *err)
+{
+	struct backup_wrap_arg *a;
+	CK_RV rv;
+	int rc;
+
+	if (hsm == NULL || dk == CK_INVALID_HANDLE || key_out == NULL || wrapped == NULL)
+		return kms_errf(err, KMS_ERR_INVALID, "kms_hsm_backup_wrap_dk: no HSM or key");
+	a = kms_calloc(1, sizeof(*a));
+	if (a == NULL)
+		return kms_errf(err, KMS_ERR_NOMEM, "no memory to back up the domain key");
+	a->dk = dk;
+	pthread_mutex_lock(&hsm->holder_mu);
+	rc = run_holder(hsm, op_backup_wrap, a, &rv, err);
+	pthread_mutex_unlock(&hsm->holder_mu);
+	if (rc != KMS_OK) {
+		kms_err_prefix(err, "cannot wrap the domain key under a backup key");
+		goto out;
+	}
+	rc = buf_dup(wrapped, a->wrapped, a->wrapped_len);
+	if (rc != KMS_OK) {
+		rc = kms_errf(err, KMS_ERR_NOMEM, "no memory for the wrapped domain key");
+		goto out;
+	}
+	memcpy(key_out, a->key, AES256_KEY_LEN);
+out:
+	kms_free_secret(a, sizeof(*a));
 	return rc;
 }

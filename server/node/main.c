@@ -11,17 +11,23 @@
 #include "config.h"
 #include "kms/log.h"
 #include "node/node.h"
+#include "node/restore.h"
 
 static void usage(FILE *f)
 {
 	fprintf(f,
 		"Usage: kmsd --config FILE\n"
+		"       kmsd --config FILE --restore BACKUP --share SHARE [--share SHARE ...]\n"
 		"\n"
 		"kmsd keeps master keys in a PKCS#11 HSM, replicates its key ring with Raft,\n"
 		"and wraps and unwraps data keys over mutual-TLS gRPC (kms.v1.KeyManagement).\n"
 		"\n"
 		"Options:\n"
 		"  -c, --config FILE   the node's configuration file (INI; see docs/OPERATIONS.md)\n"
+		"  --restore BACKUP    start a new cluster from a backup file (kmsctl backup\n"
+		"                      create): needs an empty data_dir, a fresh token and\n"
+		"  --share SHARE       M custodians' unsealed shares (kmsctl backup unseal-share),\n"
+		"                      one --share each (docs/OPERATIONS.md \"Backup and restore\")\n"
 		"  -h, --help          show this help\n"
 		"  -V, --version       show the version\n"
 		"\n"
@@ -36,9 +42,12 @@ int main(int argc, char **argv)
 		{"config", required_argument, NULL, 'c'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
+		{"restore", required_argument, NULL, 'R'},
+		{"share", required_argument, NULL, 'S'},
 		{NULL, 0, NULL, 0},
 	};
 	const char *config = NULL;
+	kms_restore_opts restore = {0};
 	kms_node *node = NULL;
 	kms_err err = {0};
 	sigset_t stop;
@@ -55,12 +64,23 @@ int main(int argc, char **argv)
 		case 'V':
 			printf("kmsd %s\n", PACKAGE_VERSION);
 			return 0;
+		case 'R':
+			restore.file = optarg;
+			break;
+		case 'S':
+			if (restore.n_shares == KMS_BACKUP_CUSTODIANS_MAX) {
+				fprintf(stderr, "kmsd: more than %d --share\n",
+					KMS_BACKUP_CUSTODIANS_MAX);
+				return 1;
+			}
+			restore.shares[restore.n_shares++] = optarg;
+			break;
 		default:
 			usage(stderr);
 			return 1;
 		}
 	}
-	if (config == NULL || optind != argc) {
+	if (config == NULL || optind != argc || (restore.file == NULL) != (restore.n_shares == 0)) {
 		usage(stderr);
 		return 1;
 	}
@@ -83,7 +103,8 @@ int main(int argc, char **argv)
 	sigaddset(&stop, SIGHUP); /* not a stop: reloads the TLS files */
 	pthread_sigmask(SIG_BLOCK, &stop, NULL);
 
-	if (kms_node_start(config, &node, &err) != KMS_OK) {
+	if (kms_node_start_restore(config, restore.file != NULL ? &restore : NULL, &node, &err) !=
+	    KMS_OK) {
 		KMS_LOG_E("kmsd cannot start: %s", err.msg);
 		return 1;
 	}

@@ -18,6 +18,7 @@
 #include "api/encryption_budget.h"
 #include "node/coredump.h"
 #include "node/dk_rotation.h"
+#include "node/restore.h"
 #include "node/forward.h"
 #include "kms/alloc.h"
 #include "kms/log.h"
@@ -639,6 +640,12 @@ static int load_operators(kms_node *node, kms_err *err)
 
 int kms_node_start(const char *config_path, kms_node **out, kms_err *err)
 {
+	return kms_node_start_restore(config_path, NULL, out, err);
+}
+
+int kms_node_start_restore(const char *config_path, const kms_restore_opts *restore,
+			   kms_node **out, kms_err *err)
+{
 	kms_node *node = kms_calloc(1, sizeof(*node));
 	kms_raft_opts ropts;
 	kms_tls_stamp stamp;
@@ -669,6 +676,8 @@ int kms_node_start(const char *config_path, kms_node **out, kms_err *err)
 				       &node->authn, err), fail);
 	KMS_TRY_GOTO(rc, check_own_certificate(node, err), fail);
 	KMS_TRY_GOTO(rc, open_hsm(node, err), fail);
+	if (restore != NULL)
+		KMS_TRY_GOTO(rc, kms_restore_prepare(node, restore, fresh, err), fail);
 	KMS_TRY_GOTO(rc, find_domain_key(node, fresh, err), fail);
 	KMS_TRY_GOTO(rc, kms_dk_rotation_new(node, &node->dkrot, err), fail);
 	KMS_TRY_GOTO(rc, kms_keyring_new(&node->kr, err), fail);
@@ -720,6 +729,7 @@ int kms_node_start(const char *config_path, kms_node **out, kms_err *err)
 	*out = node;
 	return KMS_OK;
 fail:
+	kms_restore_undo(node);
 	kms_node_stop(node);
 	return rc;
 fail_free:
@@ -757,6 +767,7 @@ void kms_node_stop(kms_node *node)
 	kms_budget_free(node->budget);
 	kms_keyring_free(node->kr);
 	kms_dk_rotation_free(node->dkrot);
+	kms_buf_free(&node->restore_ring);
 	kms_hsm_close(node->hsm);
 	kms_authn_free(node->authn);
 	kms_config_free(&node->cfg);

@@ -79,6 +79,11 @@ typedef struct kms_node {
 	Kms__V1__OperatorRecord *cfg_operator_ptrs[KMS_OPERATORS_MAX];
 	uint8_t cfg_operator_keys[KMS_OPERATORS_MAX][KMS_ED25519_PUB_LEN];
 	size_t n_cfg_operators;
+	/* kmsd --restore (node/restore.c): the backup's key ring until the
+	 * state holds it (the supervisor's thread frees it then), and the
+	 * domain key installed from the backup (undone if the start fails). */
+	kms_buf restore_ring;
+	kms_hsm_key restore_dk;
 } kms_node;
 
 /*
@@ -87,6 +92,10 @@ typedef struct kms_node {
  * key ring, Raft, gRPC, supervisor. Every failure names the step and cause.
  */
 int kms_node_start(const char *config_path, kms_node **out, kms_err *err);
+/* The same for kmsd --restore (restore NULL: a plain start). */
+struct kms_restore_opts;
+int kms_node_start_restore(const char *config_path, const struct kms_restore_opts *restore,
+			   kms_node **out, kms_err *err);
 
 /*
  * Reads the certificate, CA and CRL files again and, if the set passes

@@ -20,6 +20,7 @@
 #include "node/node.h"
 #include "node/supervisor.h"
 #include "node/quorum_exec.h"
+#include "node/restore.h"
 
 #define TICK_MS 200
 #define FETCH_EVERY_TICKS 5
@@ -108,6 +109,15 @@ static void leader_bookkeeping(struct kms_supervisor *s)
 		KMS_LOG_I("supervisor: recording the %zu operator(s) of the configuration, "
 			  "threshold %u, in the cluster's state",
 			  node->n_cfg_operators, node->cfg.quorum_threshold);
+	} else if (kms_keyring_domain_key_probe(node->kr, probe) == 0 &&
+		   node->restore_ring.data != NULL) {
+		/* A restored cluster's probe, keys and aliases come from the backup. */
+		if (kms_restore_command(node, &cmd, &err) != KMS_OK) {
+			KMS_LOG_E("supervisor: restore: %s", err.msg);
+			return;
+		}
+		KMS_LOG_I("supervisor: restore: recording the backup's key ring in the cluster's "
+			  "state");
 	} else if (kms_keyring_domain_key_probe(node->kr, probe) == 0) {
 		/* The probe is a random key wrapped under the domain key: only
 		 * the same domain key unwraps it (RFC 5649 integrity check). */
@@ -178,6 +188,12 @@ static void verify_probe(struct kms_supervisor *s)
 	kms_hsm_key_destroy(node->hsm, k);
 	atomic_store(&node->probe_verified, 1);
 	KMS_LOG_I("domain key verified against the cluster's check blob");
+	if (node->restore_ring.data != NULL) {
+		/* The state holds the backup's probe, so it holds its keys too. */
+		kms_buf_free(&node->restore_ring);
+		KMS_LOG_I("restore: done: the backup's %zu keys are in the cluster's state",
+			  kms_keyring_count(node->kr));
+	}
 }
 
 /*

@@ -462,6 +462,14 @@ int kms_keyring_cmd_cancel_proposal(const char *proposal_id, const char *princip
 int kms_keyring_cmd_proposal_result(const char *proposal_id, int status, const char *message,
 				    int64_t now_unix, kms_buf *out, kms_err *err)
 {
+	return kms_keyring_cmd_proposal_result_file(proposal_id, status, message, now_unix, NULL, 0,
+						    out, err);
+}
+
+int kms_keyring_cmd_proposal_result_file(const char *proposal_id, int status, const char *message,
+					 int64_t now_unix, const uint8_t *file, size_t file_len,
+					 kms_buf *out, kms_err *err)
+{
 	Kms__V1__ProposalResultCommand pr = KMS__V1__PROPOSAL_RESULT_COMMAND__INIT;
 	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
 
@@ -474,7 +482,25 @@ int kms_keyring_cmd_proposal_result(const char *proposal_id, int status, const c
 	pr.status = (uint32_t)status;
 	pr.message = (char *)(message != NULL ? message : "");
 	pr.now_unix = now_unix;
+	pr.backup_file.data = (uint8_t *)file;
+	pr.backup_file.len = file != NULL ? file_len : 0;
 	c.cmd_case = KMS__V1__COMMAND__CMD_PROPOSAL_RESULT;
 	c.proposal_result = &pr;
+	return kr_command_pack(&c, out, err);
+}
+
+int kms_keyring_cmd_restore_backup(const uint8_t *key_ring, size_t len, kms_buf *out,
+				   kms_err *err)
+{
+	Kms__V1__RestoreBackupCommand rb = KMS__V1__RESTORE_BACKUP_COMMAND__INIT;
+	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
+
+	out->data = NULL;
+	out->len = 0;
+	KMS_ENSURE(key_ring != NULL && len > 0, err, KMS_ERR_INVALID, "RestoreBackup needs a key ring");
+	rb.key_ring.data = (uint8_t *)key_ring;
+	rb.key_ring.len = len;
+	c.cmd_case = KMS__V1__COMMAND__CMD_RESTORE_BACKUP;
+	c.restore_backup = &rb;
 	return kr_command_pack(&c, out, err);
 }

@@ -115,6 +115,7 @@ struct kms_keyring {
 	Kms__V1__ProposalRecord **proposals;
 	size_t n_proposals;
 	size_t cap_proposals;
+	Kms__V1__BackupRecord *last_backup; /* owned; NULL before the first backup */
 	kms_dk_state dk; /* the domain key's generation and rotation */
 };
 
@@ -413,10 +414,14 @@ struct kr_quorum {
 	Kms__V1__SetOperatorsOperation *operators;
 	Kms__V1__ProposalRecord **proposals;
 	size_t n_proposals;
+	Kms__V1__BackupRecord *last_backup;
 };
 int kr_quorum_build(const Kms__V1__KeyRingSnapshot *s, struct kr_quorum *out, kms_err *err);
 void kr_quorum_swap(kms_keyring *kr, struct kr_quorum *q);
 void kr_quorum_build_free(struct kr_quorum *q);
+/* RestoreBackup (keyring_backup.c). */
+int kr_apply_restore_backup(kms_keyring *kr, const Kms__V1__RestoreBackupCommand *c, int dry,
+			    kms_err *err);
 /*
  * Destroys key_id now, whatever its deletion date, if it is pending
  * deletion (an executed destroy-key proposal; keyring_versions.c). Takes

@@ -30,9 +30,12 @@ void kr_quorum_free(kms_keyring *kr)
 	for (size_t i = 0; i < kr->n_proposals; i++)
 		kr_pb_message_free(&kr->proposals[i]->base);
 	kms_free(kr->proposals);
+	if (kr->last_backup != NULL)
+		kr_pb_message_free(&kr->last_backup->base);
 	kr->operators = NULL;
 	kr->proposals = NULL;
 	kr->n_proposals = 0;
+	kr->last_backup = NULL;
 }
 
 /* Replaces a string field of a record with an owned copy of s, keeping the
@@ -532,6 +535,54 @@ out:
 	return rc;
 }
 
+/* The file of an executed backup-export replaces the last one (Raft thread). */
+static int keep_backup(kms_keyring *kr, const Kms__V1__ProposalResultCommand *c)
+{
+	Kms__V1__BackupRecord rec = KMS__V1__BACKUP_RECORD__INIT, *copy = NULL, *old;
+	kms_err err = {0};
+
+	rec.proposal_id = c->proposal_id;
+	rec.file = c->backup_file;
+	rec.created_at_unix = c->now_unix;
+	/* Every node decides alike, but out of memory here is this node's alone. */
+	if (kr_message_dup(&rec.base, (ProtobufCMessage **)&copy, &err) != KMS_OK)
+		return KMS_ERR_NOMEM;
+	pthread_rwlock_wrlock(&kr->lock);
+	old = kr->last_backup;
+	kr->last_backup = copy;
+	pthread_rwlock_unlock(&kr->lock);
+	if (old != NULL)
+		kr_pb_message_free(&old->base);
+	return KMS_OK;
+}
+
+int kms_keyring_backup_file(kms_keyring *kr, const char *proposal_id, kms_buf *out, kms_err *err)
+{
+	int rc = KMS_OK;
+
+	out->data = NULL;
+	out->len = 0;
+	KMS_TRY(kms_proposal_id_check(proposal_id, err));
+	pthread_rwlock_rdlock(&kr->lock);
+	if (kr->last_backup == NULL || strcmp(kr->last_backup->proposal_id, proposal_id) != 0) {
+		rc = kms_errf(err, KMS_ERR_NOT_FOUND,
+			      "no backup file for proposal %s: it is not an executed backup-export, "
+			      "or a later backup replaced it (the cluster keeps the last one)",
+			      proposal_id);
+		goto out;
+	}
+	out->data = kms_malloc(kr->last_backup->file.len);
+	if (out->data == NULL) {
+		rc = kms_errf(err, KMS_ERR_NOMEM, "out of memory copying the backup file");
+		goto out;
+	}
+	memcpy(out->data, kr->last_backup->file.data, kr->last_backup->file.len);
+	out->len = kr->last_backup->file.len;
+out:
+	pthread_rwlock_unlock(&kr->lock);
+	return rc;
+}
+
 int kr_apply_proposal_result(kms_keyring *kr, const Kms__V1__ProposalResultCommand *c, int dry,
 			     kms_err *err)
 {
@@ -550,9 +601,16 @@ int kr_apply_proposal_result(kms_keyring *kr, const Kms__V1__ProposalResultComma
 		/* Exactly once: a result for a proposal that has one is refused. */
 		rc = kms_errf(err, KMS_ERR_PRECONDITION, "proposal %s is %s, not awaiting a result",
 			      p->id, kms_proposal_state_name(p, c->now_unix));
+	else if (c->backup_file.len > 0 &&
+		 (c->status != KMS_OK ||
+		  p->operation->op_case != KMS__V1__ROOT_OPERATION__OP_BACKUP_EXPORT))
+		rc = kms_errf(err, KMS_ERR_INVALID,
+			      "a backup file comes only with the success of a backup-export");
 	pthread_rwlock_unlock(&kr->lock);
 	if (rc != KMS_OK || dry)
 		return rc;
+	if (c->backup_file.len > 0)
+		KMS_TRY(keep_backup(kr, c));
 	record_result(kr, c->proposal_id, (int)c->status, c->message, c->now_unix);
 	return KMS_OK;
 }
@@ -677,6 +735,7 @@ void kr_quorum_snapshot(kms_keyring *kr, Kms__V1__KeyRingSnapshot *snap)
 	snap->threshold = kr->operators->threshold;
 	snap->proposals = kr->proposals;
 	snap->n_proposals = kr->n_proposals;
+	snap->last_backup = kr->last_backup;
 }
 
 int kr_quorum_build(const Kms__V1__KeyRingSnapshot *s, struct kr_quorum *out, kms_err *err)
@@ -720,6 +779,15 @@ int kr_quorum_build(const Kms__V1__KeyRingSnapshot *s, struct kr_quorum *out, km
 		}
 	}
 	out->n_proposals = s->n_proposals;
+	if (s->last_backup != NULL) {
+		int rc = kr_message_dup(&s->last_backup->base, (ProtobufCMessage **)&out->last_backup,
+					err);
+
+		if (rc != KMS_OK) {
+			kr_quorum_build_free(out);
+			return rc;
+		}
+	}
 	memcpy(out->cluster_id, s->cluster_id.data, KMS_CLUSTER_ID_LEN);
 	out->has_quorum = 1;
 	return KMS_OK;
@@ -732,6 +800,8 @@ void kr_quorum_build_free(struct kr_quorum *q)
 	for (size_t i = 0; i < q->n_proposals; i++)
 		kr_pb_message_free(&q->proposals[i]->base);
 	kms_free(q->proposals);
+	if (q->last_backup != NULL)
+		kr_pb_message_free(&q->last_backup->base);
 	memset(q, 0, sizeof(*q));
 }
 
@@ -744,6 +814,8 @@ void kr_quorum_swap(kms_keyring *kr, struct kr_quorum *q)
 	old.operators = kr->operators;
 	old.proposals = kr->proposals;
 	old.n_proposals = kr->n_proposals;
+	old.last_backup = kr->last_backup;
+	kr->last_backup = q->last_backup;
 	memcpy(kr->cluster_id, q->cluster_id, KMS_CLUSTER_ID_LEN);
 	kr->has_quorum = q->has_quorum;
 	kr->operators = q->operators;

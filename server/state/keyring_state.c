@@ -420,6 +420,8 @@ static int run_command(kms_keyring *kr, const Kms__V1__Command *c, int dry, kms_
 		return kr_apply_cancel_proposal(kr, c->cancel_proposal, dry, err);
 	case KMS__V1__COMMAND__CMD_PROPOSAL_RESULT:
 		return kr_apply_proposal_result(kr, c->proposal_result, dry, err);
+	case KMS__V1__COMMAND__CMD_RESTORE_BACKUP:
+		return kr_apply_restore_backup(kr, c->restore_backup, dry, err);
 	case KMS__V1__COMMAND__CMD_BEGIN_DOMAIN_KEY_ROTATION:
 	case KMS__V1__COMMAND__CMD_GRANT_DOMAIN_KEY_ROTATION:
 	case KMS__V1__COMMAND__CMD_CONSUME_DOMAIN_KEY_ROTATION_GRANT:

@@ -8,6 +8,7 @@
 
 #include "state/keyring_internal.h"
 #include "kms/alloc.h"
+#include "kms/backup_file.h"
 #include "kms/blob.h"
 #include "kms/hostport.h"
 #include "kms/quorum.h"
@@ -122,6 +123,8 @@ int kms_root_operation_check(const Kms__V1__RootOperation *op, kms_err *err)
 		KMS_ENSURE(op->cancel_proposal != NULL, err, KMS_ERR_INVALID,
 			   "cancel-proposal is empty");
 		return kms_proposal_id_check(op->cancel_proposal->proposal_id, err);
+	case KMS__V1__ROOT_OPERATION__OP_BACKUP_EXPORT:
+		return kms_backup_export_check(op->backup_export, NULL, err);
 	case KMS__V1__ROOT_OPERATION__OP__NOT_SET:
 	default:
 		return kms_errf(err, KMS_ERR_INVALID, "the proposal names no root operation");
@@ -145,6 +148,8 @@ const char *kms_root_operation_name(const Kms__V1__RootOperation *op)
 		return "rotate-domain-key";
 	case KMS__V1__ROOT_OPERATION__OP_CANCEL_PROPOSAL:
 		return "cancel-proposal";
+	case KMS__V1__ROOT_OPERATION__OP_BACKUP_EXPORT:
+		return "backup-export";
 	default:
 		return "unknown";
 	}
@@ -152,7 +157,32 @@ const char *kms_root_operation_name(const Kms__V1__RootOperation *op)
 
 int kms_root_operation_in_state(const Kms__V1__RootOperation *op)
 {
-	return op != NULL && op->op_case != KMS__V1__ROOT_OPERATION__OP_ROTATE_DOMAIN_KEY;
+	return op != NULL && op->op_case != KMS__V1__ROOT_OPERATION__OP_ROTATE_DOMAIN_KEY &&
+	       op->op_case != KMS__V1__ROOT_OPERATION__OP_BACKUP_EXPORT;
+}
+
+int kms_backup_export_check(const Kms__V1__BackupExportOperation *b,
+			    kms_backup_custodian out[KMS_BACKUP_CUSTODIANS_MAX], kms_err *err)
+{
+	kms_backup_custodian c[KMS_BACKUP_CUSTODIANS_MAX];
+
+	KMS_ENSURE(b != NULL && b->n_custodians >= 1, err, KMS_ERR_INVALID,
+		   "backup-export needs at least one custodian");
+	KMS_ENSURE(b->n_custodians <= KMS_BACKUP_CUSTODIANS_MAX, err, KMS_ERR_INVALID,
+		   "backup-export names %zu custodians, more than %d", b->n_custodians,
+		   KMS_BACKUP_CUSTODIANS_MAX);
+	for (size_t i = 0; i < b->n_custodians; i++) {
+		KMS_ENSURE(b->custodians[i] != NULL &&
+				   b->custodians[i]->public_key.len == KMS_X25519_LEN,
+			   err, KMS_ERR_INVALID,
+			   "custodian %zu has no %d-byte X25519 public key", i + 1, KMS_X25519_LEN);
+		c[i].name = b->custodians[i]->name;
+		memcpy(c[i].public_key, b->custodians[i]->public_key.data, KMS_X25519_LEN);
+	}
+	KMS_TRY(kms_backup_custodians_check(c, b->n_custodians, b->threshold, err));
+	if (out != NULL)
+		memcpy(out, c, b->n_custodians * sizeof(*c));
+	return KMS_OK;
 }
 
 /* --- the canonical encoding --- */
@@ -251,6 +281,16 @@ static void put_operation(struct enc *e, const Kms__V1__RootOperation *op)
 		break;
 	case KMS__V1__ROOT_OPERATION__OP_CANCEL_PROPOSAL:
 		put_str(e, op->cancel_proposal->proposal_id);
+		break;
+	case KMS__V1__ROOT_OPERATION__OP_BACKUP_EXPORT:
+		put_u32(e, op->backup_export->threshold);
+		put_u32(e, (uint32_t)op->backup_export->n_custodians);
+		for (size_t i = 0; i < op->backup_export->n_custodians; i++) {
+			const Kms__V1__CustodianRecord *c = op->backup_export->custodians[i];
+
+			put_str(e, c->name);
+			put_field(e, c->public_key.data, c->public_key.len);
+		}
 		break;
 	case KMS__V1__ROOT_OPERATION__OP_ROTATE_DOMAIN_KEY:
 	default:

@@ -171,6 +171,11 @@ const char *kms_test_srcdir(void)
 	return srcdir();
 }
 
+const char *kms_test_builddir(void)
+{
+	return builddir();
+}
+
 void kms_test_env_init(kms_test_env *env)
 {
 	const char *tmp = getenv("TMPDIR");
@@ -282,6 +287,16 @@ static pid_t spawn(kms_test_node *node, const char *conf)
 			_exit(123);
 		if (node->drop_caps && kms_test_drop_caps() != 0)
 			_exit(125);
+		if (node->extra_argv != NULL) {
+			const char *argv[32] = {"kmsd", "--config", conf};
+			int n = 3;
+
+			for (int i = 0; node->extra_argv[i] != NULL && n < 31; i++)
+				argv[n++] = node->extra_argv[i];
+			argv[n] = NULL;
+			execv(kmsd, (char *const *)argv);
+			_exit(127);
+		}
 		execl(kmsd, "kmsd", "--config", conf, (char *)NULL);
 		_exit(127);
 	}

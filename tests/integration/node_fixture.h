@@ -38,6 +38,8 @@ typedef struct kms_test_node {
 	/* > 0: kmsd starts in this network namespace (net_mesh.h sets it, and
 	 * owns it); 0: in the test's. */
 	int netns_fd;
+	/* NULL, or more kmsd arguments after --config (at most 28), NULL-terminated. */
+	const char *const *extra_argv;
 } kms_test_node;
 
 /* Makes the root, the CA and the client certificates: "admin", "app",
@@ -221,5 +223,7 @@ Kms__V1__Proposal *kms_test_quorum_run(kms_test_node *node, const Kms__V1__RootO
 
 /* The source tree (KMS_SRCDIR), where ops/ lives. */
 const char *kms_test_srcdir(void);
+/* The build tree (KMS_BUILDDIR), where kmsd and kmsctl are. */
+const char *kms_test_builddir(void);
 
 #endif
