@@ -363,26 +363,8 @@ int kr_apply_delete_alias(kms_keyring *kr, const Kms__V1__DeleteAliasCommand *c,
 
 /* --- restore --- */
 
-static int snapshot_has_key(const struct kr_entry *keys, size_t n, const char *key_id)
-{
-	size_t lo = 0, hi = n;
-
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		int c = strcmp(keys[mid].rec->key_id, key_id);
-
-		if (c == 0)
-			return 1;
-		if (c < 0)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return 0;
-}
-
 int kr_aliases_build(Kms__V1__AliasRecord *const *src, size_t n,
-		     const struct kr_entry *keys, size_t n_keys, struct kr_alias_table *out,
+		     const struct kr_index *keys, struct kr_alias_table *out,
 		     kms_err *err)
 {
 	struct kr_alias_table t = {0};
@@ -401,7 +383,7 @@ int kr_aliases_build(Kms__V1__AliasRecord *const *src, size_t n,
 			return kms_errf(err, KMS_ERR_INVALID,
 					"snapshot aliases are out of order or repeated at '%s'",
 					src[i]->alias_name);
-		if (!snapshot_has_key(keys, n_keys, src[i]->key_id))
+		if (kr_index_find(keys, src[i]->key_id) == NULL)
 			return kms_errf(err, KMS_ERR_INVALID,
 					"snapshot alias '%s' points at key '%s', which it does not "
 					"hold",

@@ -358,10 +358,12 @@ static int switch_list_check(const struct kms_keyring *kr,
 			     const Kms__V1__SwitchDomainKeyCommand *c,
 			     kms_err *err)
 {
+	const struct kr_entry *e;
+	struct kr_cursor cur;
 	size_t k = 0;
 
-	for (size_t i = 0; i < kr->n; i++) {
-		const Kms__V1__KeyRecord *rec = kr->entries[i].rec;
+	for (kr_index_first(&kr->keys, &cur); (e = kr_cursor_next(&cur)) != NULL;) {
+		const Kms__V1__KeyRecord *rec = e->rec;
 
 		for (size_t j = 0; j < rec->n_versions; j++) {
 			const Kms__V1__KeyVersionRecord *v = rec->versions[j];
@@ -441,10 +443,12 @@ static int dk_switch(const struct kms_keyring *kr, kms_dk_state *s,
  */
 static void switch_material(kms_keyring *kr, const Kms__V1__SwitchDomainKeyCommand *c)
 {
+	const struct kr_entry *e;
+	struct kr_cursor cur;
 	size_t k = 0;
 
-	for (size_t i = 0; i < kr->n; i++) {
-		Kms__V1__KeyRecord *rec = kr->entries[i].rec;
+	for (kr_index_first(&kr->keys, &cur); (e = kr_cursor_next(&cur)) != NULL;) {
+		Kms__V1__KeyRecord *rec = e->rec;
 
 		for (size_t j = 0; j < rec->n_versions; j++) {
 			Kms__V1__KeyVersionRecord *v = rec->versions[j];
@@ -766,14 +770,16 @@ int kms_keyring_wrapped_versions(kms_keyring *kr, kms_wrapped_version **out,
 				 size_t *n, kms_err *err)
 {
 	size_t count = 0, k = 0;
+	const struct kr_entry *e;
+	struct kr_cursor cur;
 	kms_wrapped_version *v;
 
 	*out = NULL;
 	*n = 0;
 	pthread_rwlock_rdlock(&kr->lock);
-	for (size_t i = 0; i < kr->n; i++)
-		for (size_t j = 0; j < kr->entries[i].rec->n_versions; j++)
-			if (kr->entries[i].rec->versions[j]->state !=
+	for (kr_index_first(&kr->keys, &cur); (e = kr_cursor_next(&cur)) != NULL;)
+		for (size_t j = 0; j < e->rec->n_versions; j++)
+			if (e->rec->versions[j]->state !=
 			    KMS__V1__KEY_VERSION_STATE__KEY_VERSION_DESTROYED)
 				count++;
 	v = kms_calloc(count ? count : 1, sizeof(*v));
@@ -782,8 +788,8 @@ int kms_keyring_wrapped_versions(kms_keyring *kr, kms_wrapped_version **out,
 		return kms_errf(err, KMS_ERR_NOMEM,
 				"out of memory listing %zu versions", count);
 	}
-	for (size_t i = 0; i < kr->n; i++) {
-		const Kms__V1__KeyRecord *rec = kr->entries[i].rec;
+	for (kr_index_first(&kr->keys, &cur); (e = kr_cursor_next(&cur)) != NULL;) {
+		const Kms__V1__KeyRecord *rec = e->rec;
 
 		for (size_t j = 0; j < rec->n_versions; j++) {
 			const Kms__V1__KeyVersionRecord *r = rec->versions[j];

@@ -1,4 +1,4 @@
-/* keyring_internal.h - what the key ring's files share: the structure, the record rules, the protobuf-c allocator; never included outside server/state/keyring_*.c. */
+/* keyring_internal.h - what the key ring's files share: the structure, the record rules, the protobuf-c allocator; never included outside server/state/keyring_*.c (and the index's unit test). */
 #ifndef KMS_KEYRING_INTERNAL_H
 #define KMS_KEYRING_INTERNAL_H
 
@@ -13,13 +13,16 @@
 #include "kms/keyring.h"
 #include "kms/keyring_dk.h"
 #include "kms/v1/state.pb-c.h"
+#include "state/keyring_index.h"
 
 #define KEYRING_SNAPSHOT_FORMAT 1
 #define KEYRING_DESCRIPTION_MAX 1024
 #define KEYRING_PAGE_MAX 1000
 
 /*
- * Ownership: an entry's record is one kms_malloc'd block (kr_flat_copy,
+ * Ownership: an entry lives in the key ring's index (keyring_index.c),
+ * which moves entries within a chunk on insert: a struct kr_entry * holds
+ * only under the lock and until the next CreateKey. An entry's record is one kms_malloc'd block (kr_flat_copy,
  * keyring_flat.c) holding the record, its sub-messages, arrays and strings
  * in protobuf-c's own layout, and after them the handles array, all but its
  * policy, which is shared with every key of an equal policy (entry->policy,
@@ -77,9 +80,7 @@ struct kr_lru {
 
 struct kms_keyring {
 	pthread_rwlock_t lock;
-	struct kr_entry *entries; /* sorted by key_id (strcmp), unique */
-	size_t n;
-	size_t cap;
+	struct kr_index keys; /* the entries, by key_id (strcmp), unique */
 	kms_member members[KMS_MEMBERS_MAX]; /* sorted by id, unique */
 	size_t n_members;
 	uint8_t probe[KMS_WRAPPED_MAX]; /* the domain-key check blob */
@@ -220,9 +221,8 @@ int kr_entry_make(const Kms__V1__KeyRecord *rec, struct kr_entry *e, kms_err *er
  */
 int kr_entry_rebuild(struct kr_entry *e, const Kms__V1__KeyRecord *shape, kms_err *err);
 /* Drops the entries' references to their handles (never under the lock:
- * the last one runs the release function), then frees them. */
-void kr_entries_drop(struct kr_entry *es, size_t n);
-size_t kr_find_pos(const struct kms_keyring *kr, const char *key_id, int *found);
+ * the last one runs the release function), then frees them and the index. */
+void kr_entries_drop(struct kr_index *ix);
 struct kr_entry *kr_find_entry(const struct kms_keyring *kr, const char *key_id);
 /* Index of version v in the record, or -1: versions are 1..N in order
  * (kr_record_check), so this is O(1). */
@@ -304,8 +304,7 @@ int kr_same_material(const Kms__V1__KeyVersionRecord *v, const uint8_t *wrapped,
  */
 void kr_lru_prune(kms_keyring *kr);
 void kr_lru_free(kms_keyring *kr);
-void kr_handles_carry(struct kr_entry *fresh, size_t n_fresh, struct kr_entry *old,
-		      size_t n_old);
+void kr_handles_carry(const struct kr_index *fresh, const struct kr_index *old);
 
 /* Cluster state (keyring_cluster.c). */
 int kr_member_check(const Kms__V1__MemberRecord *m, kms_err *err);
@@ -389,7 +388,7 @@ struct kr_alias_table {
 	size_t n;
 };
 int kr_aliases_build(Kms__V1__AliasRecord *const *src, size_t n,
-		     const struct kr_entry *keys, size_t n_keys, struct kr_alias_table *out,
+		     const struct kr_index *keys, struct kr_alias_table *out,
 		     kms_err *err);
 void kr_aliases_free(struct kr_alias_table *t);
 

@@ -17,12 +17,12 @@
 
 int kms_keyring_has_key(kms_keyring *kr, const char *key_id)
 {
-	int found = 0;
+	int found;
 
 	if (key_id == NULL)
 		return 0;
 	pthread_rwlock_rdlock(&kr->lock);
-	(void)kr_find_pos(kr, key_id, &found);
+	found = kr_find_entry(kr, key_id) != NULL;
 	pthread_rwlock_unlock(&kr->lock);
 	return found;
 }
@@ -32,7 +32,7 @@ size_t kms_keyring_count(kms_keyring *kr)
 	size_t n;
 
 	pthread_rwlock_rdlock(&kr->lock);
-	n = kr->n;
+	n = kr->keys.n;
 	pthread_rwlock_unlock(&kr->lock);
 	return n;
 }
@@ -299,8 +299,10 @@ int kms_keyring_list(kms_keyring *kr, const char *principal, int is_admin,
 		     kms_err *err)
 {
 	Kms__V1__KeyMetadata **page;
-	size_t i, got = 0;
-	int found, rc = KMS_OK;
+	const struct kr_entry *e;
+	struct kr_cursor cur;
+	size_t got = 0;
+	int rc = KMS_OK;
 
 	*keys = NULL;
 	*n = 0;
@@ -315,19 +317,16 @@ int kms_keyring_list(kms_keyring *kr, const char *principal, int is_admin,
 				"out of memory listing keys");
 
 	pthread_rwlock_rdlock(&kr->lock);
-	i = kr_find_pos(kr, after_key_id != NULL ? after_key_id : "", &found);
-	if (found)
-		i++; /* strictly after */
-	for (; i < kr->n; i++) {
-		if (!may_describe(kr->entries[i].rec, principal, is_admin))
+	/* The page token is the last id of the page before: strictly after it. */
+	kr_index_seek_after(&kr->keys, after_key_id != NULL ? after_key_id : "", &cur);
+	while ((e = kr_cursor_next(&cur)) != NULL) {
+		if (!may_describe(e->rec, principal, is_admin))
 			continue;
 		if (got == page_size) {
 			*more = 1;
 			break;
 		}
-		KMS_TRY_GOTO(
-		    rc, metadata_build(kr, kr->entries[i].rec, 0, &page[got], err),
-		    unlock);
+		KMS_TRY_GOTO(rc, metadata_build(kr, e->rec, 0, &page[got], err), unlock);
 		got++;
 	}
 unlock:

@@ -144,9 +144,9 @@ static int split_snapshot(const uint8_t *snap, size_t len, size_t *n_keys, kms_b
 	return KMS_OK;
 }
 
-/* The snapshot's key records, in order, each checked and built into out[]. */
-static int build_entries(const uint8_t *snap, size_t len, struct kr_entry *out, size_t n_keys,
-			 size_t *built, kms_err *err)
+/* The snapshot's key records, in order, each checked and built into out. */
+static int build_entries(const uint8_t *snap, size_t len, struct kr_index *out, size_t n_keys,
+			 kms_err *err)
 {
 	static const uint8_t none[1];
 	const uint8_t *end = snap + len, *p;
@@ -154,10 +154,11 @@ static int build_entries(const uint8_t *snap, size_t len, struct kr_entry *out, 
 	struct wire_field f;
 	int rc = KMS_OK;
 
-	*built = 0;
 	kr_arena_init(&arena);
-	for (p = snap; p < end && *built < n_keys;) {
+	for (p = snap; p < end && out->n < n_keys;) {
+		const struct kr_entry *last = kr_index_last(out);
 		Kms__V1__KeyRecord *rec;
+		struct kr_entry e;
 
 		(void)next_field(&p, end, snap, &f, NULL); /* split_snapshot checked it */
 		if (f.number != SNAP_FIELD_KEYS)
@@ -171,18 +172,22 @@ static int build_entries(const uint8_t *snap, size_t len, struct kr_entry *out, 
 				 : kms_errf(err, KMS_ERR_INVALID,
 					    "snapshot is not a valid kms.v1.KeyRingSnapshot: key "
 					    "record %zu is malformed",
-					    *built + 1);
+					    out->n + 1);
 			break;
 		}
 		KMS_TRY_GOTO(rc, kr_record_check(rec, err), out);
-		if (*built > 0 && strcmp(out[*built - 1].rec->key_id, rec->key_id) >= 0) {
+		if (last != NULL && strcmp(last->rec->key_id, rec->key_id) >= 0) {
 			rc = kms_errf(err, KMS_ERR_INVALID,
 				      "snapshot keys are out of order or repeated at key '%s'",
 				      rec->key_id);
 			break;
 		}
-		KMS_TRY_GOTO(rc, kr_entry_make(rec, &out[*built], err), out);
-		(*built)++;
+		KMS_TRY_GOTO(rc, kr_entry_make(rec, &e, err), out);
+		rc = kr_index_append(out, &e, err);
+		if (rc != KMS_OK) {
+			kr_entry_clear(&e);
+			break;
+		}
 	}
 out:
 	kr_arena_free(&arena);
@@ -218,14 +223,15 @@ int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len, kms_er
 	ProtobufCAllocator a = {.alloc = kr_pb_alloc, .free = kr_pb_free, .allocator_data = &st};
 	Kms__V1__KeyRingSnapshot *s = NULL;
 	kms_buf rest = {NULL, 0};
-	struct kr_entry *fresh = NULL, *old;
+	struct kr_index fresh, old;
 	struct kr_alias_table aliases = {0}, old_aliases;
 	struct kr_quorum quorum = {0};
 	char **admins = NULL, **old_admins;
 	kms_dk_state dk;
-	size_t i, n_keys = 0, built = 0, old_n, old_n_admins, n_admins = 0;
+	size_t i, n_keys = 0, old_n_admins, n_admins = 0;
 	int rc = KMS_OK;
 
+	kr_index_init(&fresh);
 	if (snap == NULL && len > 0)
 		return kms_errf(err, KMS_ERR_INVALID, "snapshot bytes missing");
 	if (snap == NULL)
@@ -248,23 +254,15 @@ int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len, kms_er
 		n_admins = s->n_administrators;
 	}
 	KMS_TRY_GOTO(rc, kr_dk_from_message(s->domain_key, &dk, err), out);
-	fresh = kms_calloc(n_keys > 0 ? n_keys : 1, sizeof(*fresh));
-	if (fresh == NULL) {
-		rc = kms_errf(err, KMS_ERR_NOMEM, "out of memory restoring a snapshot");
-		goto out;
-	}
-	KMS_TRY_GOTO(rc, build_entries(snap, len, fresh, n_keys, &built, err), out);
-	KMS_TRY_GOTO(rc, kr_aliases_build(s->aliases, s->n_aliases, fresh, n_keys, &aliases, err),
-		     out);
+	KMS_TRY_GOTO(rc, build_entries(snap, len, &fresh, n_keys, err), out);
+	KMS_TRY_GOTO(rc, kr_aliases_build(s->aliases, s->n_aliases, &fresh, &aliases, err), out);
 	KMS_TRY_GOTO(rc, kr_quorum_build(s, &quorum, err), out);
 
 	pthread_rwlock_wrlock(&kr->lock);
-	old = kr->entries;
-	old_n = kr->n;
+	old = kr->keys;
 	/* Unchanged versions keep this node's unwrapped keys. */
-	kr_handles_carry(fresh, n_keys, old, old_n);
-	kr->entries = fresh;
-	kr->n = kr->cap = n_keys;
+	kr_handles_carry(&fresh, &old);
+	kr->keys = fresh;
 	kr_lru_prune(kr); /* the versions that were gone or changed */
 	for (i = 0; i < s->n_members; i++)
 		kr_member_set(&kr->members[i], s->members[i]);
@@ -287,20 +285,18 @@ int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len, kms_er
 	memset(&aliases, 0, sizeof(aliases));
 	kr_quorum_swap(kr, &quorum); /* quorum now holds the old one */
 	pthread_rwlock_unlock(&kr->lock);
-	fresh = NULL;
-	built = 0;
+	kr_index_init(&fresh);
 	/*
 	 * The old entries are unreachable now: drop their references outside
 	 * the lock. A handle a call still uses is released when it is done.
 	 */
-	kr_entries_drop(old, old_n);
+	kr_entries_drop(&old);
 	kms_keyring_admins_free(old_admins, old_n_admins);
 	kr_aliases_free(&old_aliases);
 out:
 	kr_aliases_free(&aliases);
 	kr_quorum_build_free(&quorum);
-	if (fresh != NULL)
-		kr_entries_drop(fresh, built);
+	kr_entries_drop(&fresh);
 	kms_keyring_admins_free(admins, n_admins);
 	if (s != NULL)
 		kr_pb_message_free(&s->base);

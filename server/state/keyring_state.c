@@ -156,46 +156,24 @@ int kr_entry_rebuild(struct kr_entry *e, const Kms__V1__KeyRecord *shape, kms_er
  * Drops the entries' references to their handles: a handle no call uses
  * any more is released here, one still in use when its last user is done.
  */
-void kr_entries_drop(struct kr_entry *es, size_t n)
+void kr_entries_drop(struct kr_index *ix)
 {
-	size_t i, j;
+	struct kr_cursor cur;
+	struct kr_entry *e;
 
-	for (i = 0; i < n; i++) {
-		for (j = 0; j < es[i].rec->n_versions; j++)
-			kr_handle_drop(es[i].handles[j]);
-		kr_entry_clear(&es[i]);
+	for (kr_index_first(ix, &cur); (e = kr_cursor_next(&cur)) != NULL;) {
+		for (size_t j = 0; j < e->rec->n_versions; j++)
+			kr_handle_drop(e->handles[j]);
+		kr_entry_clear(e);
 	}
-	kms_free(es);
+	kr_index_free(ix);
 }
 
-/*
- * Binary search (caller holds the lock): the index of the first entry whose
- * id is >= key_id, and whether it is equal.
- */
-size_t kr_find_pos(const struct kms_keyring *kr, const char *key_id,
-		       int *found)
-{
-	size_t lo = 0, hi = kr->n;
-
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-
-		if (strcmp(kr->entries[mid].rec->key_id, key_id) < 0)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	*found = lo < kr->n && strcmp(kr->entries[lo].rec->key_id, key_id) == 0;
-	return lo;
-}
-
+/* The caller holds the lock. */
 struct kr_entry *kr_find_entry(const struct kms_keyring *kr,
 				   const char *key_id)
 {
-	int found;
-	size_t pos = kr_find_pos(kr, key_id, &found);
-
-	return found ? &kr->entries[pos] : NULL;
+	return kr_index_find(&kr->keys, key_id);
 }
 
 /*
@@ -247,24 +225,25 @@ static void carry_entry(struct kr_entry *to, struct kr_entry *from)
 	kr_allowance_carry(to, from);
 }
 
-/*
- * Both arrays are sorted by key id (apply keeps the entries so; restore
- * checked the snapshot's order): one merge walk pairs the same ids.
- */
-void kr_handles_carry(struct kr_entry *fresh, size_t n_fresh, struct kr_entry *old,
-		      size_t n_old)
+/* Both indexes walk in key-id order: one merge walk pairs the same ids. */
+void kr_handles_carry(const struct kr_index *fresh, const struct kr_index *old)
 {
-	size_t i = 0, j = 0;
+	struct kr_cursor fc, oc;
+	struct kr_entry *f, *o;
 
-	while (i < n_fresh && j < n_old) {
-		int c = strcmp(fresh[i].rec->key_id, old[j].rec->key_id);
+	kr_index_first(fresh, &fc);
+	kr_index_first(old, &oc);
+	f = kr_cursor_next(&fc);
+	o = kr_cursor_next(&oc);
+	while (f != NULL && o != NULL) {
+		int c = strcmp(f->rec->key_id, o->rec->key_id);
 
 		if (c == 0)
-			carry_entry(&fresh[i], &old[j]);
+			carry_entry(f, o);
 		if (c <= 0)
-			i++;
+			f = kr_cursor_next(&fc);
 		if (c >= 0)
-			j++;
+			o = kr_cursor_next(&oc);
 	}
 }
 
@@ -302,6 +281,7 @@ int kms_keyring_new(kms_keyring **out, kms_err *err)
 				rc);
 	}
 	kr_dk_reset(&kr->dk);
+	kr_index_init(&kr->keys);
 	*out = kr;
 	return KMS_OK;
 }
@@ -311,7 +291,7 @@ void kms_keyring_free(kms_keyring *kr)
 	if (kr == NULL)
 		return;
 	/* The owner guarantees no other thread uses kr any more. */
-	kr_entries_drop(kr->entries, kr->n);
+	kr_entries_drop(&kr->keys);
 	kr_lru_free(kr);
 	kms_keyring_admins_free(kr->admins, kr->n_admins);
 	kr_quorum_free(kr);
@@ -346,14 +326,13 @@ void kms_keyring_set_release(kms_keyring *kr, kms_keyring_release_fn fn,
  */
 int kr_check_create_key(kms_keyring *kr, const Kms__V1__CreateKeyCommand *ck, kms_err *err)
 {
-	int found, rc = KMS_OK;
+	int rc = KMS_OK;
 
 	if (ck == NULL || ck->key == NULL)
 		return kms_errf(err, KMS_ERR_INVALID, "CreateKey command holds no key record");
 	KMS_TRY(kr_record_check(ck->key, err));
 	pthread_rwlock_rdlock(&kr->lock);
-	(void)kr_find_pos(kr, ck->key->key_id, &found);
-	if (found)
+	if (kr_find_entry(kr, ck->key->key_id) != NULL)
 		rc = kms_errf(err, KMS_ERR_EXISTS, "key '%s' already exists", ck->key->key_id);
 	else
 		rc = kr_dk_generation_check(kr, ck->domain_key_generation, err);
@@ -365,8 +344,7 @@ int kr_apply_create_key(kms_keyring *kr,
 			    const Kms__V1__CreateKeyCommand *ck, kms_err *err)
 {
 	struct kr_entry e;
-	size_t pos;
-	int found, rc = KMS_OK;
+	int rc = KMS_OK;
 
 	if (ck == NULL || ck->key == NULL)
 		return kms_errf(err, KMS_ERR_INVALID,
@@ -375,31 +353,13 @@ int kr_apply_create_key(kms_keyring *kr,
 	KMS_TRY(kr_entry_make(ck->key, &e, err));
 
 	pthread_rwlock_wrlock(&kr->lock);
-	pos = kr_find_pos(kr, e.rec->key_id, &found);
-	if (found) {
+	if (kr_find_entry(kr, e.rec->key_id) != NULL) {
 		rc = kms_errf(err, KMS_ERR_EXISTS, "key '%s' already exists",
 			      e.rec->key_id);
 		goto unlock;
 	}
 	KMS_TRY_GOTO(rc, kr_dk_generation_check(kr, ck->domain_key_generation, err), unlock);
-	if (kr->n == kr->cap) {
-		size_t cap = kr->cap ? kr->cap * 2 : 16;
-		struct kr_entry *grown =
-		    kms_realloc(kr->entries, cap * sizeof(*grown));
-
-		if (grown == NULL) {
-			rc = kms_errf(err, KMS_ERR_NOMEM,
-				      "out of memory adding key '%s'",
-				      e.rec->key_id);
-			goto unlock;
-		}
-		kr->entries = grown;
-		kr->cap = cap;
-	}
-	memmove(&kr->entries[pos + 1], &kr->entries[pos],
-		(kr->n - pos) * sizeof(*kr->entries));
-	kr->entries[pos] = e;
-	kr->n++;
+	rc = kr_index_insert(&kr->keys, &e, err);
 unlock:
 	pthread_rwlock_unlock(&kr->lock);
 	if (rc != KMS_OK)
@@ -514,6 +474,8 @@ int kms_keyring_snapshot(kms_keyring *kr, void *(*alloc)(size_t), kms_buf *out,
 {
 	Kms__V1__KeyRingSnapshot snap = KMS__V1__KEY_RING_SNAPSHOT__INIT;
 	Kms__V1__KeyRecord **recs = NULL;
+	struct kr_cursor cur;
+	struct kr_entry *e;
 	Kms__V1__MemberRecord mrec[KMS_MEMBERS_MAX], *mptr[KMS_MEMBERS_MAX];
 	Kms__V1__JoinGrant grants[KMS_MEMBERS_MAX];
 	Kms__V1__DomainKeyState dks;
@@ -525,17 +487,18 @@ int kms_keyring_snapshot(kms_keyring *kr, void *(*alloc)(size_t), kms_buf *out,
 	out->data = NULL;
 	out->len = 0;
 	pthread_rwlock_rdlock(&kr->lock);
-	recs = kms_calloc(kr->n, sizeof(*recs));
+	recs = kms_calloc(kr->keys.n > 0 ? kr->keys.n : 1, sizeof(*recs));
 	if (recs == NULL) {
 		rc = kms_errf(err, KMS_ERR_NOMEM,
 			      "out of memory taking a snapshot");
 		goto out;
 	}
 	/* The snapshot borrows the records only while it is packed. */
-	for (i = 0; i < kr->n; i++)
-		recs[i] = kr->entries[i].rec;
+	i = 0;
+	for (kr_index_first(&kr->keys, &cur); (e = kr_cursor_next(&cur)) != NULL;)
+		recs[i++] = e->rec;
 	snap.format = KEYRING_SNAPSHOT_FORMAT;
-	snap.n_keys = kr->n;
+	snap.n_keys = kr->keys.n;
 	snap.keys = recs;
 	for (i = 0; i < kr->n_members; i++) {
 		kms__v1__member_record__init(&mrec[i]);

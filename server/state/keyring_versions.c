@@ -529,6 +529,8 @@ static int ids_where(kms_keyring *kr, int (*due)(const Kms__V1__KeyRecord *, int
 		     int64_t now, unsigned arg, size_t max_n, char ***ids, size_t *n,
 		     kms_err *err)
 {
+	const struct kr_entry *e;
+	struct kr_cursor cur;
 	char **out;
 	size_t got = 0;
 	int rc = KMS_OK;
@@ -539,10 +541,11 @@ static int ids_where(kms_keyring *kr, int (*due)(const Kms__V1__KeyRecord *, int
 	if (out == NULL)
 		return kms_errf(err, KMS_ERR_NOMEM, "out of memory listing keys due");
 	pthread_rwlock_rdlock(&kr->lock);
-	for (size_t i = 0; i < kr->n && got < max_n; i++) {
-		if (!due(kr->entries[i].rec, now, arg))
+	kr_index_first(&kr->keys, &cur);
+	while (got < max_n && (e = kr_cursor_next(&cur)) != NULL) {
+		if (!due(e->rec, now, arg))
 			continue;
-		out[got] = kms_strdup(kr->entries[i].rec->key_id);
+		out[got] = kms_strdup(e->rec->key_id);
 		if (out[got] == NULL) {
 			rc = kms_errf(err, KMS_ERR_NOMEM, "out of memory listing keys due");
 			break;
