@@ -5,6 +5,8 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <string.h>
 
 #include <protobuf-c/protobuf-c.h>
 
@@ -270,6 +272,24 @@ static inline void kr_handle_lend(kms_key_handle *kh, kms_key_use *out)
 				      memory_order_relaxed);
 	out->handle = kh->handle;
 	out->ref = kh;
+}
+
+/*
+ * out for version index idx of e: its key id, version, a lent handle and
+ * its wrapped material. The caller holds the lock and checked idx.
+ */
+static inline void kr_use_fill(const struct kr_entry *e, long idx, kms_key_use *out)
+{
+	const Kms__V1__KeyVersionRecord *v = e->rec->versions[idx];
+
+	/* kms_key_id_check bounded the id to KMS_KEY_ID_MAX. */
+	snprintf(out->key_id, sizeof(out->key_id), "%s", e->rec->key_id);
+	out->version = v->version;
+	/* The caller's reference, taken while the slot's holds it. */
+	kr_handle_lend(e->handles[idx], out);
+	/* kr_record_check bounded the length to KMS_WRAPPED_MAX. */
+	memcpy(out->wrapped, v->wrapped_material.data, v->wrapped_material.len);
+	out->wrapped_len = v->wrapped_material.len;
 }
 
 /*

@@ -124,14 +124,7 @@ int kms_keyring_resolve(kms_keyring *kr, const char *key_id, uint32_t version,
 	}
 	if (version == 0)
 		KMS_TRY_GOTO(rc, primary_exhausted(e, v, err), out);
-	/* kms_key_id_check bounded the id to KMS_KEY_ID_MAX. */
-	snprintf(out->key_id, sizeof(out->key_id), "%s", e->rec->key_id);
-	out->version = v->version;
-	/* The caller's reference, taken while the slot's holds it. */
-	kr_handle_lend(e->handles[idx], out);
-	/* kr_record_check bounded the length to KMS_WRAPPED_MAX. */
-	memcpy(out->wrapped, v->wrapped_material.data, v->wrapped_material.len);
-	out->wrapped_len = v->wrapped_material.len;
+	kr_use_fill(e, idx, out);
 out:
 	pthread_rwlock_unlock(&kr->lock);
 	return rc;

@@ -144,12 +144,7 @@ int kms_keyring_primary_use(kms_keyring *kr, const char *key_id, uint32_t versio
 			      version, kms_key_version_state_name(v->state));
 		goto out;
 	}
-	snprintf(out->key_id, sizeof(out->key_id), "%s", e->rec->key_id);
-	out->version = v->version;
-	kr_handle_lend(e->handles[idx], out);
-	/* kr_record_check bounded the length to KMS_WRAPPED_MAX. */
-	memcpy(out->wrapped, v->wrapped_material.data, v->wrapped_material.len);
-	out->wrapped_len = v->wrapped_material.len;
+	kr_use_fill(e, idx, out);
 out:
 	pthread_rwlock_unlock(&kr->lock);
 	return rc;
