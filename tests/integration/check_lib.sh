@@ -2,7 +2,8 @@
 # check_lib.sh - counted checks for the shell integration tests that run kmsctl (sourced, not run).
 #
 # Needs: CHECK_NAME (the prefix of every line), OUT and ERR (files for a call's stdout and
-# stderr), PY (a Python 3), and a function kmsctl_as WHO ARGS... that runs kmsctl as WHO.
+# stderr), PY (a Python 3), SRCDIR (the source tree), and a function kmsctl_as WHO ARGS...
+# that runs kmsctl as WHO.
 # A failed check is counted, not fatal: every check runs, and the script ends with
 #   echo "$CHECK_NAME: $PASSED passed, $FAILED failed"; ((FAILED == 0))
 # KMS_TEST_VERBOSE=1 shows kmsctl's stderr for passing checks too.
@@ -23,10 +24,13 @@ bad() {
 sanitizer_report() {
 	grep -Eq 'AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer|runtime error:' "$1"
 }
-# run WHO ARGS...: runs kmsctl, stdout to $OUT, stderr to $ERR, status to RC.
+# run WHO ARGS...: runs kmsctl, stdout to $OUT, stderr to $ERR, status to RC
+# (under tests/lsan-client.supp: gRPC may still be closing its connection as
+# kmsctl exits).
 run() {
 	RC=0
-	kmsctl_as "$@" >"$OUT" 2>"$ERR" || RC=$?
+	LSAN_OPTIONS="suppressions=$SRCDIR/tests/lsan-client.supp:print_suppressions=0" \
+		kmsctl_as "$@" >"$OUT" 2>"$ERR" || RC=$?
 }
 # expect NAME RC SUBSTRINGS WHO ARGS...: the call exits RC and prints each
 # '|'-separated substring of SUBSTRINGS (none when empty) on stderr, or on

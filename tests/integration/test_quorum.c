@@ -546,9 +546,8 @@ START_TEST(removal_approved_while_the_node_leads)
 	     kms_test_sleep_ms(200))
 		ck_assert_msg(kms_test_now_ms() < until,
 			      "the removed node still leads; see %s", nodes[x].log);
-	ck_assert_msg(kms_test_file_contains(nodes[x].log, "was removed from the member list "
-							  "while it led; handing leadership over"),
-		      "see %s", nodes[x].log);
+	/* (x hands over when it still leads as it applies its removal; a
+	 * node resumed from SIGSTOP above may also have unseated it first.) */
 	snprintf(line, sizeof(line), "raft: configuration change: remove node %llu",
 		 (unsigned long long)nodes[x].id);
 	ck_assert_msg(kms_test_wait_log(&nodes[l], line, 20), "see %s", nodes[l].log);
