@@ -72,15 +72,14 @@ static void proposal_done(void *arg, int status, const char *msg, uint64_t index
 	kms_err why = {0};
 
 	(void)index;
-	if (status == KMS_OK)
+	if (status == KMS_OK) {
 		KMS_LOG_I("key '%s' rotated to version %u (%s)", p->key_id, p->version, p->why);
-	if (status != KMS_OK) {
+	} else {
 		/* Raft carries a refusal's status only; the state gives its sentence. */
 		if (msg == NULL &&
 		    kms_keyring_check(u->node->kr, p->cmd.data, p->cmd.len, &why) == status)
 			msg = why.msg;
-		log_failure(u, "rotating", p->key_id,
-			    msg != NULL ? msg : kms_strerror(status));
+		log_failure(u, "rotating", p->key_id, msg != NULL ? msg : kms_strerror(status));
 	}
 	kms_buf_free(&p->cmd);
 	kms_free(p);
@@ -175,7 +174,8 @@ static void remind_due(kms_key_upkeep *u, int64_t now)
 	size_t n = 0, used = 0;
 	kms_err err = {0};
 
-	if (kms_keyring_due_destructions(u->node->kr, now, REMIND_COUNT_MAX, &ids, &n, &err) != KMS_OK) {
+	if (kms_keyring_due_destructions(u->node->kr, now, REMIND_COUNT_MAX, &ids, &n, &err) !=
+	    KMS_OK) {
 		log_failure(u, "listing the keys past their deletion date, first", "", err.msg);
 		return;
 	}
