@@ -57,8 +57,8 @@ static void write_done(void *arg, int status, const char *msg, uint64_t index)
 }
 
 /*
- * The leader makes sure the cluster records, in this order, this node, the
- * first administrators (from its configuration, when the replicated list is
+ * The leader makes sure the cluster records, in this order, this node (the
+ * first node, or its new addresses after a restart), the first administrators (from its configuration, when the replicated list is
  * still empty), the first operators and their threshold with a new random
  * cluster id (likewise, when the cluster has none) and the domain-key
  * probe. The probe comes last: a node serves only once it verified the
@@ -73,11 +73,17 @@ static void leader_bookkeeping(struct kms_supervisor *s)
 	kms_err err = {0};
 	kms_hsm_session *hs = NULL;
 	kms_buf wrapped = {0};
+	int listed;
 
 	if (!kms_raft_ready(node->raft) || atomic_load(&s->write_in_flight))
 		return;
-	if (kms_keyring_member(node->kr, node->cfg.node_id, &self) != KMS_OK ||
-	    strcmp(self.grpc_address, node->cfg.grpc_listen) != 0 ||
+	listed = kms_keyring_member(node->kr, node->cfg.node_id, &self) == KMS_OK;
+	/* A list of others without this node is its removal, approved while
+	 * it leads: it hands leadership over (raft_node.c) and must not write
+	 * itself back in meanwhile. Only the first node records itself. */
+	if (!listed && kms_keyring_members(node->kr, NULL, 0) > 0)
+		return;
+	if (!listed || strcmp(self.grpc_address, node->cfg.grpc_listen) != 0 ||
 	    strcmp(self.raft_address, node->cfg.raft_listen) != 0) {
 		if (kms_keyring_cmd_add_member(node->cfg.node_id, node->cfg.raft_listen,
 					       node->cfg.grpc_listen, NULL, &cmd, &err) != KMS_OK) {

@@ -499,6 +499,34 @@ static int leader_without(int skip)
 	return -1;
 }
 
+/* What each node other than skip says of the leader, for a failure message. */
+static void leaders_seen(int skip, char *out, size_t cap)
+{
+	size_t used = 0;
+
+	out[0] = '\0';
+	for (int i = 0; i < N && used < cap; i++) {
+		Kms__V1__ClusterStatusResponse *s;
+		kms_rpc_status st;
+		int n;
+
+		if (i == skip)
+			continue;
+		s = nodes[i].pid > 0 ? kms_test_cluster_status(&nodes[i], "admin", &st) : NULL;
+		if (s != NULL)
+			n = snprintf(out + used, cap - used, "; node %d sees leader %llu (%s)", i + 1,
+				     (unsigned long long)s->leader_id, nodes[i].log);
+		else
+			n = snprintf(out + used, cap - used, "; node %d: %s (%s)", i + 1,
+				     nodes[i].pid > 0 ? st.details : "not running", nodes[i].log);
+		if (s != NULL)
+			FREE(s);
+		if (n < 0)
+			break;
+		used += (size_t)n;
+	}
+}
+
 /*
  * A removal approved while its node leads (it was a follower when it was
  * proposed): the removed leader hands leadership over, and the next leader
@@ -511,7 +539,7 @@ START_TEST(removal_approved_while_the_node_leads)
 	Kms__V1__ClusterStatusResponse *s;
 	Kms__V1__Proposal *p, *now = NULL;
 	int l = leader(), x = (l + 1) % N, tries = 0;
-	char line[128];
+	char line[128], seen[1024] = "";
 	kms_client *c;
 	kms_rpc_status st;
 
@@ -533,8 +561,10 @@ START_TEST(removal_approved_while_the_node_leads)
 		while (leader_without(l) < 0 && kms_test_now_ms() < until)
 			kms_test_sleep_ms(100);
 		kill(paused, SIGCONT);
-		ck_assert_msg(leader_without(l) >= 0, "no new leader while node %d was paused",
-			      l + 1);
+		if (leader_without(l) < 0)
+			leaders_seen(l, seen, sizeof(seen));
+		ck_assert_msg(leader_without(l) >= 0, "no new leader while node %d was paused%s",
+			      l + 1, seen);
 	}
 	ck_assert_int_eq(kms_test_approve(&nodes[x], p->id, p->digest, "operator2", &now, &st),
 			 S_OK);
@@ -543,9 +573,12 @@ START_TEST(removal_approved_while_the_node_leads)
 	FREE(p);
 	/* Another node leads, and it takes x out of the configuration. */
 	for (long until = kms_test_now_ms() + 20000; (l = leader_without(x)) < 0;
-	     kms_test_sleep_ms(200))
-		ck_assert_msg(kms_test_now_ms() < until,
-			      "the removed node still leads; see %s", nodes[x].log);
+	     kms_test_sleep_ms(200)) {
+		if (kms_test_now_ms() >= until)
+			leaders_seen(x, seen, sizeof(seen));
+		ck_assert_msg(kms_test_now_ms() < until, "the removed node still leads; see %s%s",
+			      nodes[x].log, seen);
+	}
 	/* (x hands over when it still leads as it applies its removal; a
 	 * node resumed from SIGSTOP above may also have unseated it first.) */
 	snprintf(line, sizeof(line), "raft: configuration change: remove node %llu",
