@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -107,10 +108,46 @@ static int put_str(kms_audit_text *t, const char *s)
 	return KMS_OK;
 }
 
+/* ,"name": (every call formats a dozen of these: no printf for them) */
+static int put_name(kms_audit_text *t, const char *name)
+{
+	size_t n = strlen(name);
+
+	KMS_TRY(reserve(t, n + 4));
+	t->data[t->len++] = ',';
+	t->data[t->len++] = '"';
+	memcpy(t->data + t->len, name, n);
+	t->len += n;
+	t->data[t->len++] = '"';
+	t->data[t->len++] = ':';
+	return KMS_OK;
+}
+
 static int put_member(kms_audit_text *t, const char *name, const char *value)
 {
-	KMS_TRY(putf(t, ",\"%s\":", name));
+	KMS_TRY(put_name(t, name));
 	return put_str(t, value != NULL ? value : "");
+}
+
+static int put_digits(kms_audit_text *t, uint64_t v)
+{
+	char digits[20];
+	size_t n = 0;
+
+	do {
+		digits[n++] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v != 0);
+	KMS_TRY(reserve(t, n));
+	while (n > 0)
+		t->data[t->len++] = digits[--n];
+	return KMS_OK;
+}
+
+static int put_uint(kms_audit_text *t, const char *name, uint64_t v)
+{
+	KMS_TRY(put_name(t, name));
+	return put_digits(t, v);
 }
 
 /* RFC 3339 UTC with milliseconds: sorts as text, reads without a tool. */
@@ -154,7 +191,7 @@ int kms_audit_call_body(kms_audit_text *t, const kms_audit_call *c)
 	if (rc == KMS_OK)
 		rc = put_time(t, c->time_ms);
 	if (rc == KMS_OK)
-		rc = putf(t, ",\"node\":%u", c->node);
+		rc = put_uint(t, "node", c->node);
 	if (rc == KMS_OK)
 		rc = put_member(t, "request_id", c->request_id);
 	if (rc == KMS_OK)
@@ -164,15 +201,16 @@ int kms_audit_call_body(kms_audit_text *t, const kms_audit_call *c)
 	if (rc == KMS_OK && c->key_id != NULL)
 		rc = put_member(t, "key_id", c->key_id);
 	if (rc == KMS_OK && c->key_version != 0)
-		rc = putf(t, ",\"key_version\":%" PRIu64, c->key_version);
+		rc = put_uint(t, "key_version", c->key_version);
 	if (rc == KMS_OK)
 		rc = put_member(t, "decision", kms_audit_decision(c->code));
 	if (rc == KMS_OK)
-		rc = putf(t, ",\"code\":%d", c->code);
+		rc = c->code >= 0 ? put_uint(t, "code", (uint64_t)c->code)
+				  : putf(t, ",\"code\":%d", c->code);
 	if (rc == KMS_OK)
 		rc = put_member(t, "peer", c->peer);
 	if (rc == KMS_OK && c->items != 0)
-		rc = putf(t, ",\"items\":%u", c->items);
+		rc = put_uint(t, "items", c->items);
 	if (rc == KMS_OK && c->on_behalf_of != NULL)
 		rc = put_member(t, "on_behalf_of", c->on_behalf_of);
 	if (rc == KMS_OK && c->proposal_id != NULL)
@@ -214,12 +252,25 @@ int kms_audit_event_body(kms_audit_text *t, const char *type, int64_t time_ms,
 	return rc;
 }
 
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+/* EVP_sha256() makes OpenSSL 3 look the provider's digest up on every
+ * use: once is enough for a record per call. Kept for the process's life. */
+static void sha256_fetch(void)
+{
+	sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
 int kms_audit_sha256(const void *p, size_t n, uint8_t out[KMS_AUDIT_HASH_LEN],
 		     kms_err *err)
 {
 	unsigned int len = 0;
+	const EVP_MD *md;
 
-	if (EVP_Digest(p, n, out, &len, EVP_sha256(), NULL) != 1 ||
+	pthread_once(&sha256_once, sha256_fetch);
+	md = sha256_md != NULL ? sha256_md : EVP_sha256();
+	if (EVP_Digest(p, n, out, &len, md, NULL) != 1 ||
 	    len != KMS_AUDIT_HASH_LEN)
 		return kms_errf(err, KMS_ERR_INTERNAL, "audit: SHA-256 failed");
 	return KMS_OK;
@@ -232,7 +283,9 @@ static int put_head(kms_audit_text *t, uint64_t seq,
 	char hex[2 * KMS_AUDIT_HASH_LEN + 1];
 
 	kms_hex_encode(prev, KMS_AUDIT_HASH_LEN, hex);
-	KMS_TRY(putf(t, "{\"seq\":%" PRIu64 ",\"prev\":\"", seq));
+	KMS_TRY(puts_(t, "{\"seq\":"));
+	KMS_TRY(put_digits(t, seq));
+	KMS_TRY(puts_(t, ",\"prev\":\""));
 	KMS_TRY(put(t, hex, 2 * KMS_AUDIT_HASH_LEN));
 	return put(t, "\"", 1);
 }

@@ -524,8 +524,10 @@ static void send_final(kms_call *c, grpc_byte_buffer *resp, grpc_status_code cod
 		send_now(c, resp, code, msg);
 		return;
 	}
-	c->pending_msg = kms_strdup(msg != NULL ? msg : "");
-	if (c->pending_msg == NULL || audit_body(c, code) != KMS_OK) {
+	/* Most answers carry no message: no copy to make for them. */
+	c->pending_msg = msg != NULL && msg[0] != '\0' ? kms_strdup(msg) : NULL;
+	if ((msg != NULL && msg[0] != '\0' && c->pending_msg == NULL) ||
+	    audit_body(c, code) != KMS_OK) {
 		/* No record, no answer but a refusal. */
 		if (resp != NULL)
 			grpc_byte_buffer_destroy(resp);
