@@ -940,12 +940,20 @@ static CK_RV op_unwrap(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h, void *p,
 	 * the HSM again, not even wrapped: the rest of the template is the
 	 * domain key's CKA_UNWRAP_TEMPLATE (unwrapped_key_rules), which the
 	 * module checks against this one.
+	 *
+	 * CKA_PRIVATE=FALSE: a session object is visible to this process's
+	 * sessions only, which are all logged in, so the flag guards nothing
+	 * here. SoftHSM, though, keeps a private object's value encrypted
+	 * under the token key and decrypts it (AES-CBC, under one global
+	 * mutex) in every C_EncryptInit/C_DecryptInit: that was more than
+	 * half of a decrypt (docs/PERFORMANCE.md, "SoftHSM's private
+	 * objects"). The value stays sensitive and non-extractable.
 	 */
 	CK_ATTRIBUTE usage[] = {
 	    ATTR(CKA_CLASS, &class_secret),
 	    ATTR(CKA_KEY_TYPE, &type_aes),
 	    ATTR(CKA_TOKEN, &ck_false),
-	    ATTR(CKA_PRIVATE, &ck_true),
+	    ATTR(CKA_PRIVATE, &ck_false),
 	    ATTR(CKA_ENCRYPT, &ck_true),
 	    ATTR(CKA_DECRYPT, &ck_true),
 	    ATTR(CKA_SIGN, &ck_false),

@@ -526,6 +526,8 @@ START_TEST(test_unwrap)
 	/* SoftHSM 2.6.1 does not record the length of an unwrapped key. */
 	ck_assert(len == 0 || len == 32);
 	ck_assert_int_eq(raw_bool(f, h, k, CKA_TOKEN), CK_FALSE);
+	/* Not private (hsm.c says why); still sensitive and non-extractable. */
+	ck_assert_int_eq(raw_bool(f, h, k, CKA_PRIVATE), CK_FALSE);
 	ck_assert_int_eq(raw_bool(f, h, k, CKA_SENSITIVE), CK_TRUE);
 	ck_assert_int_eq(raw_bool(f, h, k, CKA_EXTRACTABLE), CK_FALSE);
 	ck_assert_int_eq(raw_bool(f, h, k, CKA_ENCRYPT), CK_TRUE);
