@@ -196,14 +196,16 @@ static void *load_main(void *arg)
 	return NULL;
 }
 
-/* The follower serves key id (replication is a round trip or two away). */
+/* The follower serves key id (replication is a round trip or two away; the
+ * follower's workers are busy with the load, as long as an install takes). */
 static void wait_for_key(kms_test_node *n, const char *id)
 {
-	for (long t0 = now_ms(); now_ms() - t0 < 10000; sleep_ms(100)) {
+	kms_rpc_status st = {0};
+
+	for (long t0 = now_ms(); now_ms() - t0 < INSTALL_WAIT_MS; sleep_ms(100)) {
 		kms_client *c = kms_test_client(n, "admin");
 		Kms__V1__DescribeKeyRequest req = KMS__V1__DESCRIBE_KEY_REQUEST__INIT;
 		ProtobufCMessage *resp = NULL;
-		kms_rpc_status st;
 
 		req.key_id = (char *)id;
 		kms_client_call(c, KM "DescribeKey", &req.base,
@@ -214,7 +216,8 @@ static void wait_for_key(kms_test_node *n, const char *id)
 			return;
 		}
 	}
-	ck_abort_msg("node %u does not serve key %s; see %s", n->id, id, n->log);
+	ck_abort_msg("node %u does not serve key %s (last answer: %d %s); see %s", n->id, id,
+		     (int)st.code, st.details, n->log);
 }
 
 /*
