@@ -2094,7 +2094,7 @@ static json_t *member_status_json(const Kms__V1__MemberStatus *m)
 	static const char *const names[] = {
 	    "id",   "raft_address", "grpc_address",  "role", "raft_role",
 	    "term", "commit_index", "applied_index", "lag",  "error",
-	    "hsm_secret_keys"};
+	    "hsm_secret_keys", "not_serving_reason"};
 	json_t *values[sizeof(names) / sizeof(names[0])];
 	json_t *o = json_object();
 
@@ -2109,6 +2109,7 @@ static json_t *member_status_json(const Kms__V1__MemberStatus *m)
 	values[8] = json_u64(m->lag);
 	values[9] = json_string(m->error);
 	values[10] = json_u64(m->hsm_secret_keys);
+	values[11] = json_string(m->not_serving_reason);
 	if (o == NULL) {
 		size_t i;
 
@@ -2198,7 +2199,8 @@ static void fill_row(struct status_row *r, const Kms__V1__MemberStatus *m)
 	r->cell[COL_RAFT_ADDRESS] = cell_str(m->raft_address);
 	r->cell[COL_ROLE] = cell_str(m->role);
 	r->cell[COL_RAFT_ROLE] = cell_str(m->raft_role);
-	r->cell[COL_ERROR] = cell_str(m->error);
+	/* Unreachable: why it could not be asked; else why it refuses calls. */
+	r->cell[COL_ERROR] = cell_str(m->error[0] != '\0' ? m->error : m->not_serving_reason);
 }
 
 /*
@@ -2246,7 +2248,8 @@ static int print_status_table(const Kms__V1__ClusterStatusResponse *resp)
 	for (i = 0; i < resp->n_members; i++) {
 		fill_row(&rows[i], resp->members[i]);
 		/* The ERROR column appears only when some member has one. */
-		if (resp->members[i]->error[0] != '\0')
+		if (resp->members[i]->error[0] != '\0' ||
+		    resp->members[i]->not_serving_reason[0] != '\0')
 			ncols = NCOLS;
 		for (j = 0; j < NCOLS; j++) {
 			size_t len = strlen(rows[i].cell[j]);

@@ -4,7 +4,6 @@
 #include "api/api.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "node/node.h"
-#include "obs/audit_log.h"
 
 static void check(void *app, kms_call *call, const uint8_t *data, size_t len)
 {
@@ -21,11 +20,9 @@ static void check(void *app, kms_call *call, const uint8_t *data, size_t len)
 	if (req->service[0] != '\0' && strcmp(req->service, "kms.v1.KeyManagement") != 0) {
 		kms_call_fail(call, KMS_ERR_NOT_FOUND, "unknown service");
 	} else {
-		/* A node that cannot write its audit log refuses every call
-		 * (rpc_server.h): it is not serving, and its log says why. */
-		int audited = node->audit == NULL || kms_audit_log_status(node->audit, NULL) == KMS_OK;
-
-		resp.status = audited && kms_node_ready(node)
+		/* The health protocol has no room for a reason: ClusterStatus
+		 * shows it (MemberStatus.not_serving_reason), and the log. */
+		resp.status = kms_node_serving(node, NULL) == KMS_OK
 				      ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
 				      : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
 		kms_call_reply(call, &resp.base, 0);

@@ -322,6 +322,7 @@ static void node_status(void *app, kms_call *call, const uint8_t *data, size_t l
 	kms_node *node = app;
 	Kms__V1__NodeStatusRequest *req = kms__v1__node_status_request__unpack(NULL, len, data);
 	Kms__V1__NodeStatusResponse resp = KMS__V1__NODE_STATUS_RESPONSE__INIT;
+	char reason[KMS_ERRMSG_SIZE];
 
 	if (req == NULL) {
 		kms_call_fail(call, KMS_ERR_INVALID, "malformed NodeStatusRequest");
@@ -330,7 +331,7 @@ static void node_status(void *app, kms_call *call, const uint8_t *data, size_t l
 	kms__v1__node_status_request__free_unpacked(req, NULL);
 	if (require_member_node(node, call) == 0)
 		return;
-	kms_node_local_status(node, &resp);
+	kms_node_local_status(node, &resp, reason);
 	kms_call_reply(call, &resp.base, 0);
 }
 

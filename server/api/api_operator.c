@@ -54,7 +54,7 @@ static void cluster_status(void *app, kms_call *call, const uint8_t *data, size_
 	Kms__V1__ClusterStatusResponse resp = KMS__V1__CLUSTER_STATUS_RESPONSE__INIT;
 	Kms__V1__MemberStatus ms[KMS_MEMBERS_MAX], *msp[KMS_MEMBERS_MAX];
 	Kms__V1__NodeStatusResponse *remote[KMS_MEMBERS_MAX] = {0};
-	char errors[KMS_MEMBERS_MAX][160];
+	char errors[KMS_MEMBERS_MAX][160], local_reason[KMS_ERRMSG_SIZE];
 	kms_member m[KMS_MEMBERS_MAX];
 	kms_raft_view v;
 	size_t n;
@@ -87,7 +87,7 @@ static void cluster_status(void *app, kms_call *call, const uint8_t *data, size_
 			remote[i] = kms_calloc(1, sizeof(*remote[i]));
 			if (remote[i] != NULL) {
 				kms__v1__node_status_response__init(remote[i]);
-				kms_node_local_status(node, remote[i]);
+				kms_node_local_status(node, remote[i], local_reason);
 			}
 		} else if (kms_peers_call(node->peers, m[i].grpc_address, m[i].id,
 					  "/kms.v1.Internal/NodeStatus", &nreq.base,
@@ -109,6 +109,7 @@ static void cluster_status(void *app, kms_call *call, const uint8_t *data, size_
 		ms[i].commit_index = remote[i]->commit_index;
 		ms[i].applied_index = remote[i]->applied_index;
 		ms[i].hsm_secret_keys = remote[i]->hsm_secret_keys;
+		ms[i].not_serving_reason = remote[i]->not_serving_reason;
 		ms[i].lag = leader_commit > remote[i]->applied_index
 				    ? leader_commit - remote[i]->applied_index
 				    : 0;

@@ -302,24 +302,55 @@ static void tls_files_changed(void *arg)
 /*
  * Holds the cluster's verified domain key, and is the ready leader or a
  * follower of a known leader (that has applied what it knows to be
- * committed, if caught_up).
+ * committed, if caught_up). KMS_ERR_UNAVAILABLE with the first reason not.
  */
-static int can_serve(kms_node *node, int caught_up)
+static int serve_check(kms_node *node, int caught_up, kms_err *why)
 {
 	kms_raft_view v;
 
-	if (atomic_load(&node->domain_key) == 0 || !atomic_load(&node->probe_verified))
-		return 0;
+	if (atomic_load(&node->domain_key) == 0)
+		return kms_errf(why, KMS_ERR_UNAVAILABLE,
+				"no domain key yet (a joining node waits to be admitted and "
+				"fetches it)");
+	if (!atomic_load(&node->probe_verified))
+		return kms_errf(why, KMS_ERR_UNAVAILABLE,
+				"the domain key is not yet checked against the cluster's probe");
 	kms_raft_view_get(node->raft, &v);
 	if (v.state == RAFT_LEADER)
-		return kms_raft_ready(node->raft);
-	return v.state == RAFT_FOLLOWER && v.leader_id != 0 &&
-	       (!caught_up || v.applied_index >= v.commit_index);
+		return kms_raft_ready(node->raft)
+			   ? KMS_OK
+			   : kms_errf(why, KMS_ERR_UNAVAILABLE,
+				      "leader of term %llu, applying its log before it serves",
+				      (unsigned long long)v.term);
+	if (v.state != RAFT_FOLLOWER || v.leader_id == 0)
+		return kms_errf(why, KMS_ERR_UNAVAILABLE, "no Raft leader known (Raft state %s)",
+				kms_raft_state_name(v.state));
+	if (caught_up && v.applied_index < v.commit_index)
+		return kms_errf(why, KMS_ERR_UNAVAILABLE,
+				"catching up: %llu of %llu committed entries applied",
+				(unsigned long long)v.applied_index,
+				(unsigned long long)v.commit_index);
+	return KMS_OK;
+}
+
+static int can_serve(kms_node *node, int caught_up)
+{
+	return serve_check(node, caught_up, NULL) == KMS_OK;
 }
 
 int kms_node_ready(kms_node *node)
 {
 	return can_serve(node, 1) && kms_raft_check_fresh(node->raft, NULL) == KMS_OK;
+}
+
+int kms_node_serving(kms_node *node, kms_err *why)
+{
+	/* First the audit log: a node that cannot write it refuses every
+	 * call, however healthy its Raft. */
+	if (node->audit != NULL)
+		KMS_TRY(kms_audit_log_status(node->audit, why));
+	KMS_TRY(serve_check(node, 1, why));
+	return kms_raft_check_fresh(node->raft, why);
 }
 
 /* A write does not need the follower caught up: the forward waits. */
@@ -328,10 +359,11 @@ int kms_node_can_write(kms_node *node)
 	return can_serve(node, 0);
 }
 
-void kms_node_local_status(kms_node *node, Kms__V1__NodeStatusResponse *r)
+void kms_node_local_status(kms_node *node, Kms__V1__NodeStatusResponse *r,
+			   char reason[KMS_ERRMSG_SIZE])
 {
 	kms_raft_view v;
-	kms_err err = {0};
+	kms_err err = {0}, why = {0};
 	size_t keys = 0;
 
 	kms_raft_view_get(node->raft, &v);
@@ -347,6 +379,10 @@ void kms_node_local_status(kms_node *node, Kms__V1__NodeStatusResponse *r)
 		r->hsm_secret_keys = keys;
 	else
 		KMS_LOG_E("hsm: counting the secret keys failed: %s", err.msg);
+	reason[0] = '\0';
+	if (kms_node_serving(node, &why) != KMS_OK)
+		snprintf(reason, KMS_ERRMSG_SIZE, "%s", why.msg);
+	r->not_serving_reason = reason;
 }
 
 int kms_node_is_leader(kms_node *node)

@@ -117,6 +117,14 @@ void kms_node_stop(kms_node *node);
  * majority) within [raft] max_staleness, as crypto calls require. */
 int kms_node_ready(kms_node *node);
 
+/*
+ * KMS_OK when this node serves every kms.v1 call (grpc.health.v1 SERVING):
+ * its audit log can be written and kms_node_ready holds. Otherwise
+ * KMS_ERR_UNAVAILABLE with the first reason in why, the sentence the
+ * health status and ClusterStatus show.
+ */
+int kms_node_serving(kms_node *node, kms_err *why);
+
 /* True when this node can take a write now: it holds the verified domain
  * key (to wrap a new master key) and leads, or knows a leader to forward
  * to. Being a few entries behind does not matter: the forward waits. */
@@ -159,9 +167,11 @@ void kms_node_commit(kms_node *node, const char *principal, const uint8_t *cmd, 
 int kms_node_commit_wait(kms_node *node, const char *principal, const uint8_t *cmd, size_t len,
 			 uint64_t *index, kms_err *err);
 
-/* This node's Raft view and domain-key state, for NodeStatus and
- * ClusterStatus; the strings are static. */
-void kms_node_local_status(kms_node *node, Kms__V1__NodeStatusResponse *r);
+/* This node's Raft view, domain-key state and why it does not serve (into
+ * reason, which r points to; empty while it serves), for NodeStatus and
+ * ClusterStatus; the other strings are static. */
+void kms_node_local_status(kms_node *node, Kms__V1__NodeStatusResponse *r,
+			   char reason[KMS_ERRMSG_SIZE]);
 
 /* True when this node is the Raft leader now (it may lose that any time). */
 int kms_node_is_leader(kms_node *node);

@@ -322,7 +322,7 @@ if expect "cluster status --json as admin" 0 "" admin --json cluster status; the
 		json "$OUT" "j['leader_id'] == 1 and len(j['members']) == 1 and
 j['members'][0]['id'] == 1 and j['members'][0]['role'] == 'leader' and
 j['members'][0]['raft_role'] == 'voter' and j['members'][0]['grpc_address'] == '$ENDPOINT' and
-j['members'][0]['hsm_secret_keys'] >= 1"
+j['members'][0]['hsm_secret_keys'] >= 1 and j['members'][0]['not_serving_reason'] == ''"
 fi
 expect "cluster status as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED|not an administrator" app cluster status
 expect "cluster join bad --raft: exit 1" 1 "--raft 'bogus'" admin \

@@ -238,6 +238,21 @@ static int health_serving(kms_test_node *n)
 	return serving;
 }
 
+/* What n says, in its own ClusterStatus, of why it does not serve ("": it
+ * serves); into out. */
+static void own_reason(kms_test_node *n, char *out, size_t cap)
+{
+	kms_rpc_status st;
+	Kms__V1__ClusterStatusResponse *s = kms_test_cluster_status(n, "admin", &st);
+
+	ck_assert_msg(s != NULL, "ClusterStatus on node %u: %s", n->id, st.details);
+	out[0] = '\0';
+	for (size_t i = 0; i < s->n_members; i++)
+		if (s->members[i]->id == n->id)
+			snprintf(out, cap, "%s", s->members[i]->not_serving_reason);
+	FREE(s);
+}
+
 /* The leader the nodes other than skip agree on (its index), or -1. */
 static int leader_among_others(int skip, long deadline_ms)
 {
@@ -294,6 +309,7 @@ static Kms__V1__GenerateDataKeyResponse *data_key_on(kms_test_node *n, const cha
 static void cut_until_refused(int cut, const char *role, const Kms__V1__GenerateDataKeyResponse *g)
 {
 	kms_test_node *n = &nodes[cut];
+	char reason[512];
 	long took;
 
 	kms_test_mesh_cut(mesh, n->id);
@@ -303,6 +319,13 @@ static void cut_until_refused(int cut, const char *role, const Kms__V1__Generate
 	fflush(stdout);
 	ck_assert(kms_test_wait_log(n, "has not heard from a Raft leader for", 10));
 	ck_assert_msg(!health_serving(n), "node %u refuses crypto calls but says SERVING", n->id);
+	/* The health protocol has no reason; ClusterStatus has: no leader
+	 * known by now (a candidate, or a leader that stepped down), or none
+	 * heard from within max_staleness. */
+	own_reason(n, reason, sizeof(reason));
+	ck_assert_msg(strstr(reason, "no Raft leader known") != NULL ||
+			      strstr(reason, "has not heard from a Raft leader for") != NULL,
+		      "node %u's own status gives no staleness reason: '%s'", n->id, reason);
 }
 
 /* Every node but nodes[cut] serves key id (made after the cut) and g. */
@@ -321,6 +344,7 @@ static void others_serve(int cut, const char *id, const Kms__V1__GenerateDataKey
 static void heal_until_served(int cut, const char *id, const Kms__V1__GenerateDataKeyResponse *g)
 {
 	kms_test_node *n = &nodes[cut];
+	char reason[512];
 
 	kms_test_mesh_heal(mesh, n->id);
 	ck_assert_msg(gen_works_within(n, id, RECOVERY_DEADLINE_MS),
@@ -329,6 +353,8 @@ static void heal_until_served(int cut, const char *id, const Kms__V1__GenerateDa
 	ck_assert_int_eq(decrypt_on(n, g), 0);
 	ck_assert(kms_test_wait_log(n, "in touch with a Raft leader", 10));
 	ck_assert(health_serving(n));
+	own_reason(n, reason, sizeof(reason));
+	ck_assert_msg(reason[0] == '\0', "node %u serves but says: %s", n->id, reason);
 }
 
 START_TEST(cut_follower_refuses_crypto_calls_after_max_staleness)
