@@ -142,39 +142,83 @@ static int read_all(const char *path, kms_buf *out)
 	return EXIT_OK;
 }
 
-static int fetch(kms_client *c, const char *id, const char *out)
+/* Pieces of a backup file per FetchBackup call: a file of any size fits. */
+#define FETCH_PIECE (4u << 20)
+
+/* The whole file of backup proposal id, piece by piece, into file. */
+static int fetch_file(kms_client *c, const char *id, kms_buf *file)
 {
 	Kms__V1__FetchBackupRequest req = KMS__V1__FETCH_BACKUP_REQUEST__INIT;
-	Kms__V1__FetchBackupResponse *resp = NULL;
+	uint64_t total = 0;
 	kms_rpc_status st;
+
+	req.proposal_id = (char *)id;
+	req.max_bytes = FETCH_PIECE;
+	do {
+		Kms__V1__FetchBackupResponse *resp = NULL;
+		uint8_t *grown;
+
+		req.offset = file->len;
+		if (kms_client_call(c, "/kms.v1.Operator/FetchBackup", &req.base,
+				    &kms__v1__fetch_backup_response__descriptor,
+				    (ProtobufCMessage **)&resp, &st) != 0)
+			return server_error(&st);
+		if ((file->len > 0 && resp->total_bytes != total) ||
+		    resp->backup_file.len > resp->total_bytes - file->len ||
+		    (resp->backup_file.len == 0 && file->len < resp->total_bytes)) {
+			errmsg("backup: the server's pieces of the file do not add up (%zu bytes "
+			       "of %llu, then %zu more of %llu)",
+			       file->len, (unsigned long long)total, resp->backup_file.len,
+			       (unsigned long long)resp->total_bytes);
+			protobuf_c_message_free_unpacked(&resp->base, NULL);
+			return EXIT_SERVER;
+		}
+		total = resp->total_bytes;
+		grown = kms_realloc(file->data, file->len + resp->backup_file.len + 1);
+		if (grown == NULL) {
+			protobuf_c_message_free_unpacked(&resp->base, NULL);
+			errmsg("backup: out of memory for a file of %llu bytes",
+			       (unsigned long long)total);
+			return EXIT_LOCAL;
+		}
+		file->data = grown;
+		memcpy(file->data + file->len, resp->backup_file.data, resp->backup_file.len);
+		file->len += resp->backup_file.len;
+		protobuf_c_message_free_unpacked(&resp->base, NULL);
+	} while (file->len < total);
+	return EXIT_OK;
+}
+
+static int fetch(kms_client *c, const char *id, const char *out)
+{
+	kms_buf file = {0};
 	kms_backup b;
 	kms_err err = {0};
 	char idhex[2 * KMS_BACKUP_ID_LEN + 1];
-	int rc;
+	int rc = fetch_file(c, id, &file);
 
-	req.proposal_id = (char *)id;
-	if (kms_client_call(c, "/kms.v1.Operator/FetchBackup", &req.base,
-			    &kms__v1__fetch_backup_response__descriptor, (ProtobufCMessage **)&resp,
-			    &st) != 0)
-		return server_error(&st);
+	if (rc != EXIT_OK) {
+		kms_buf_free(&file);
+		return rc;
+	}
 	/* A file that would not even parse is not worth keeping. */
-	if (kms_backup_parse(resp->backup_file.data, resp->backup_file.len, &b, &err) != KMS_OK) {
+	if (kms_backup_parse(file.data, file.len, &b, &err) != KMS_OK) {
 		errmsg("backup: the server sent a file that is not a backup: %s", err.msg);
-		protobuf_c_message_free_unpacked(&resp->base, NULL);
+		kms_buf_free(&file);
 		return EXIT_SERVER;
 	}
-	rc = write_private(out, resp->backup_file.data, resp->backup_file.len, 0);
+	rc = write_private(out, file.data, file.len, 0);
 	if (rc == EXIT_OK) {
 		kms_backup_id_hex(b.body->backup_id.data, idhex);
 		printf("backup_id: %s\nproposal_id: %s\nfile: %s\nbytes: %zu\nshares: %zu\n"
 		       "threshold: %u\n",
-		       idhex, b.body->proposal_id, out, resp->backup_file.len, b.body->n_shares,
+		       idhex, b.body->proposal_id, out, file.len, b.body->n_shares,
 		       b.body->threshold);
 		for (size_t i = 0; i < b.body->n_shares; i++)
 			printf("custodian: %s\n", b.body->shares[i]->custodian);
 	}
 	kms_backup_free(&b);
-	protobuf_c_message_free_unpacked(&resp->base, NULL);
+	kms_buf_free(&file);
 	return rc;
 }
 

@@ -363,6 +363,34 @@ static void get_operation(void *app, kms_call *call, const uint8_t *data, size_t
 	kms__v1__get_operation_request__free_unpacked(req, NULL);
 }
 
+/* The largest piece of a backup file one FetchBackup answer carries: well
+ * under the 10 MiB message limit of kmsctl and kmsd. */
+#define BACKUP_PIECE_MAX (8u << 20)
+
+/* The length of the piece req asks for, of a file of total bytes. */
+static int backup_piece(const Kms__V1__FetchBackupRequest *req, size_t total,
+			Kms__V1__FetchBackupResponse *resp, kms_err *err)
+{
+	size_t left;
+
+	if (req->max_bytes > BACKUP_PIECE_MAX)
+		return kms_errf(err, KMS_ERR_INVALID, "max_bytes %u is over the limit of %u",
+				req->max_bytes, BACKUP_PIECE_MAX);
+	if (req->offset > total)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"offset %llu is past the end of the backup file (%zu bytes)",
+				(unsigned long long)req->offset, total);
+	left = total - (size_t)req->offset;
+	if (req->max_bytes == 0 && left > BACKUP_PIECE_MAX)
+		return kms_errf(err, KMS_ERR_LIMIT,
+				"the backup file is %zu bytes, too large for one answer: ask for it "
+				"in pieces (max_bytes; kmsctl backup fetch does)",
+				total);
+	resp->backup_file.len = req->max_bytes == 0 || left < req->max_bytes ? left
+									      : req->max_bytes;
+	return KMS_OK;
+}
+
 static void fetch_backup(void *app, kms_call *call, const uint8_t *data, size_t len)
 {
 	kms_node *node = app;
@@ -377,9 +405,10 @@ static void fetch_backup(void *app, kms_call *call, const uint8_t *data, size_t 
 	}
 	kms_call_audit_proposal(call, req->proposal_id, NULL, 0);
 	if (kms_api_admin_check(node, kms_call_principal(call), &err) == KMS_OK &&
-	    kms_keyring_backup_file(node->kr, req->proposal_id, &file, &err) == KMS_OK) {
-		resp.backup_file.data = file.data;
-		resp.backup_file.len = file.len;
+	    kms_keyring_backup_file(node->kr, req->proposal_id, &file, &err) == KMS_OK &&
+	    backup_piece(req, file.len, &resp, &err) == KMS_OK) {
+		resp.backup_file.data = file.data + req->offset;
+		resp.total_bytes = file.len;
 		kms_call_reply(call, &resp.base, 0);
 	} else {
 		kms_call_fail(call, err.code, err.msg);

@@ -21,7 +21,9 @@
 #define FREE(m) protobuf_c_message_free_unpacked((ProtobufCMessage *)(m), NULL)
 #define NODE_ARGS "--election-timeout 1000 --heartbeat-timeout 100"
 #define NBLOBS 6
+#define S_INVALID 3
 #define S_NOT_FOUND 5
+#define S_DENIED 7
 
 static kms_test_env env, env2;
 static kms_test_node nodes[N], rnodes[2];
@@ -256,6 +258,76 @@ static void backup_again(const char *out_file)
 	kms_test_sh("%s backup fetch %s --out '%s' >/dev/null", ctl, id, out_file);
 }
 
+static void slurp(const char *path, kms_buf *out);
+
+/* One FetchBackup call of proposal id: the piece's bytes appended to out;
+ * the status code (st) otherwise. */
+static int fetch_piece(const char *who, const char *id, uint64_t offset, uint32_t max_bytes,
+		       kms_buf *out, uint64_t *total, kms_rpc_status *st)
+{
+	Kms__V1__FetchBackupRequest req = KMS__V1__FETCH_BACKUP_REQUEST__INIT;
+	Kms__V1__FetchBackupResponse *r = NULL;
+	int rc;
+
+	req.proposal_id = (char *)id;
+	req.offset = offset;
+	req.max_bytes = max_bytes;
+	rc = kms_test_call(&nodes[2], who, "/kms.v1.Operator/FetchBackup", &req.base,
+			   &kms__v1__fetch_backup_response__descriptor, (ProtobufCMessage **)&r, st);
+	if (rc != 0)
+		return rc;
+	out->data = kms_realloc(out->data, out->len + r->backup_file.len + 1);
+	ck_assert(out->data != NULL);
+	if (r->backup_file.len > 0)
+		memcpy(out->data + out->len, r->backup_file.data, r->backup_file.len);
+	out->len += r->backup_file.len;
+	*total = r->total_bytes;
+	FREE(r);
+	return 0;
+}
+
+/*
+ * The file of the backup in file, fetched in pieces of 1,000 bytes and in one
+ * (max_bytes 0, as older clients do): the same bytes; and the bad requests.
+ */
+static void pieces_add_up(const char *file)
+{
+	kms_buf whole = {0}, got = {0}, one = {0};
+	kms_backup b;
+	kms_err err = {0};
+	kms_rpc_status st;
+	uint64_t total = 0;
+	char id[64];
+
+	slurp(file, &whole);
+	ck_assert_int_eq(kms_backup_parse(whole.data, whole.len, &b, &err), KMS_OK);
+	snprintf(id, sizeof(id), "%s", b.body->proposal_id);
+	kms_backup_free(&b);
+	do
+		ck_assert_msg(fetch_piece("admin", id, got.len, 1000, &got, &total, &st) == 0,
+			      "at %zu: %s", got.len, st.details);
+	while (got.len < total);
+	ck_assert_uint_eq(total, whole.len);
+	ck_assert(got.len == whole.len && memcmp(got.data, whole.data, whole.len) == 0);
+	ck_assert_int_eq(fetch_piece("admin", id, 0, 0, &one, &total, &st), 0);
+	ck_assert(one.len == whole.len && memcmp(one.data, whole.data, whole.len) == 0);
+	/* At the end: nothing more. Past it, too large, not an administrator. */
+	kms_buf_free(&one);
+	ck_assert_int_eq(fetch_piece("admin", id, whole.len, 1000, &one, &total, &st), 0);
+	ck_assert_uint_eq(one.len, 0);
+	ck_assert_int_eq(fetch_piece("admin", id, whole.len + 1, 1000, &one, &total, &st),
+			 S_INVALID);
+	ck_assert_msg(strstr(st.details, "past the end of the backup file") != NULL, "%s",
+		      st.details);
+	ck_assert_int_eq(fetch_piece("admin", id, 0, (8u << 20) + 1, &one, &total, &st),
+			 S_INVALID);
+	ck_assert_msg(strstr(st.details, "over the limit") != NULL, "%s", st.details);
+	ck_assert_int_eq(fetch_piece("app", id, 0, 1000, &one, &total, &st), S_DENIED);
+	kms_buf_free(&whole);
+	kms_buf_free(&got);
+	kms_buf_free(&one);
+}
+
 static void unseal(const char *file, const char *who, const char *key_of, const char *out)
 {
 	kms_test_sh("'%s/kmsctl' backup unseal-share --file '%s' --custodian %s "
@@ -368,6 +440,7 @@ START_TEST(backup_restores_every_key_and_refuses_bad_inputs)
 
 	KMS_TEST_PATH(f2, "%s/backup2.kbk", env.root);
 	backup_again(f2);
+	pieces_add_up(f2);
 	KMS_TEST_PATH(sh_b2, "%s/bob2.share", env.root);
 	unseal(f2, "bob", "bob", sh_b2);
 
