@@ -46,8 +46,10 @@ out:
 	return rc;
 }
 
-/* The restore applies to an empty key ring, or nothing is written at all. */
-static int trial(const uint8_t *ring, size_t len, size_t *n_keys, kms_err *err)
+/* The restore applies to an empty key ring, or nothing is written at all.
+ * Gives the number of keys and the ring's domain-key check blob. */
+static int trial(const uint8_t *ring, size_t len, size_t *n_keys,
+		 uint8_t probe[KMS_WRAPPED_MAX], size_t *probe_len, kms_err *err)
 {
 	kms_keyring *scratch = NULL;
 	kms_buf cmd = {0};
@@ -57,8 +59,10 @@ static int trial(const uint8_t *ring, size_t len, size_t *n_keys, kms_err *err)
 	rc = kms_keyring_cmd_restore_backup(ring, len, &cmd, err);
 	if (rc == KMS_OK)
 		rc = kms_keyring_apply(scratch, cmd.data, cmd.len, err);
-	if (rc == KMS_OK)
+	if (rc == KMS_OK) {
 		*n_keys = kms_keyring_count(scratch);
+		*probe_len = kms_keyring_domain_key_probe(scratch, probe);
+	}
 	kms_buf_free(&cmd);
 	kms_keyring_free(scratch);
 	if (rc != KMS_OK)
@@ -85,6 +89,29 @@ static int open_shares(const kms_restore_opts *o, kms_backup_share *sh, kms_err 
 	return KMS_OK;
 }
 
+/*
+ * The token's domain key labelled label is the backup's: it unwraps the
+ * backup's check blob. Anything else is not resumed: the token is not
+ * fresh.
+ */
+static int same_domain_key(kms_node *node, const char *label, const uint8_t *probe,
+			   size_t probe_len, kms_err *err)
+{
+	kms_hsm_key dk = 0, k = 0;
+	kms_err why = {0};
+
+	if (kms_hsm_domain_key(node->hsm, label, 0, &dk, &why) != KMS_OK ||
+	    probe_len == 0 ||
+	    kms_hsm_master_key_unwrap(node->hsm, dk, probe, probe_len, &k, &why) != KMS_OK)
+		return kms_errf(err, KMS_ERR_CONFIG,
+				"token '%s' already holds a domain key that is not this backup's "
+				"'%s' (%s): a restore needs a fresh, empty token",
+				node->cfg.hsm_token_label, label,
+				why.code != KMS_OK ? why.msg : "the backup has no check blob");
+	kms_hsm_key_destroy(node->hsm, k);
+	return KMS_OK;
+}
+
 int kms_restore_prepare(kms_node *node, const kms_restore_opts *o, int fresh, kms_err *err)
 {
 	kms_backup_share sh[KMS_BACKUP_CUSTODIANS_MAX];
@@ -94,7 +121,8 @@ int kms_restore_prepare(kms_node *node, const kms_restore_opts *o, int fresh, km
 	kms_buf file = {0};
 	kms_hsm_key dk = 0;
 	uint32_t gens[8];
-	size_t n = 0, n_keys = 0;
+	uint8_t probe[KMS_WRAPPED_MAX];
+	size_t n = 0, n_keys = 0, probe_len = 0;
 	int rc;
 
 	memset(sh, 0, sizeof(sh));
@@ -106,25 +134,37 @@ int kms_restore_prepare(kms_node *node, const kms_restore_opts *o, int fresh, km
 		   KMS_ERR_INVALID, "--restore needs 1 to %d --share files, %zu given",
 		   KMS_BACKUP_CUSTODIANS_MAX, o->n_shares);
 	KMS_TRY(kms_hsm_dk_generations(node->hsm, node->cfg.domain_key_label, gens, 8, &n, err));
-	KMS_ENSURE(n == 0, err, KMS_ERR_CONFIG,
-		   "token '%s' already holds a domain key '%s': a restore needs a fresh, empty "
-		   "token",
-		   node->cfg.hsm_token_label, node->cfg.domain_key_label);
+	KMS_ENSURE(n <= 1, err, KMS_ERR_CONFIG,
+		   "token '%s' already holds %zu generations of the domain key '%s': a restore "
+		   "needs a fresh, empty token",
+		   node->cfg.hsm_token_label, n, node->cfg.domain_key_label);
 	KMS_TRY_GOTO(rc, read_all(o->file, KMS_BACKUP_FILE_MAX, &file, err), out);
 	KMS_TRY_GOTO(rc, kms_backup_parse(file.data, file.len, &b, err), out);
 	KMS_TRY_GOTO(rc, open_shares(o, sh, err), out);
 	KMS_TRY_GOTO(rc, kms_backup_open(&b, sh, o->n_shares, key, err), out);
-	KMS_TRY_GOTO(rc, trial(b.body->key_ring.data, b.body->key_ring.len, &n_keys, err), out);
+	KMS_TRY_GOTO(rc,
+		     trial(b.body->key_ring.data, b.body->key_ring.len, &n_keys, probe, &probe_len,
+			   err),
+		     out);
 	KMS_TRY_GOTO(rc,
 		     kms_hsm_dk_label(node->cfg.domain_key_label, b.body->domain_key_generation,
 				      label, err),
 		     out);
-	rc = kms_hsm_domain_key_restore(node->hsm, label, key, b.body->wrapped_domain_key.data,
-					b.body->wrapped_domain_key.len, &dk, err);
-	if (rc != KMS_OK) {
-		kms_err_prefix(err, "the backup's domain key does not unwrap under the backup key "
-				    "the shares rebuild");
-		goto out;
+	if (n == 1) {
+		/* An earlier restore installed it and stopped before its end. */
+		KMS_TRY_GOTO(rc, same_domain_key(node, label, probe, probe_len, err), out);
+		KMS_LOG_W("restore: token '%s' already holds this backup's domain key '%s' (an "
+			  "earlier --restore stopped before 'restore: done'): using it",
+			  node->cfg.hsm_token_label, label);
+	} else {
+		rc = kms_hsm_domain_key_restore(node->hsm, label, key,
+						b.body->wrapped_domain_key.data,
+						b.body->wrapped_domain_key.len, &dk, err);
+		if (rc != KMS_OK) {
+			kms_err_prefix(err, "the backup's domain key does not unwrap under the "
+					    "backup key the shares rebuild");
+			goto out;
+		}
 	}
 	node->restore_ring.data = kms_malloc(b.body->key_ring.len);
 	if (node->restore_ring.data == NULL) {

@@ -10,6 +10,7 @@
 #include "kms/alloc.h"
 #include "kms/backup_file.h"
 #include "kms/buf.h"
+#include "kms/hsm.h"
 #include "kms/v1/cluster.pb-c.h"
 #include "kms/v1/kms.pb-c.h"
 #include "kms/v1/state.pb-c.h"
@@ -390,6 +391,33 @@ static void restore_refused(const char *file, const char *s1, const char *s2, co
 	ck_assert_msg(dir_is_empty(data), "a refused restore left state in %s", data);
 }
 
+/* Makes (make 1) or destroys (make 0) a generation-2 domain key in n's
+ * token, as a second key no restore put there; n is not running. */
+static void extra_domain_key(kms_test_node *n, int make)
+{
+	char label[KMS_HSM_DK_LABEL_MAX], pin_path[PATH_MAX];
+	kms_buf pin = {0};
+	kms_hsm *h = NULL;
+	kms_hsm_key k = 0;
+	kms_err err = {0};
+
+	KMS_TEST_PATH(pin_path, "%s/token/pin", n->dir);
+	slurp(pin_path, &pin);
+	pin.data = kms_realloc(pin.data, pin.len + 1);
+	ck_assert(pin.data != NULL);
+	pin.data[pin.len] = '\0';
+	ck_assert_int_eq(setenv("SOFTHSM2_CONF", n->softhsm_conf, 1), 0);
+	ck_assert_msg(kms_hsm_open(getenv("KMS_PKCS11_MODULE"), n->token_label, (char *)pin.data,
+				   &h, &err) == KMS_OK,
+		      "%s", err.msg);
+	ck_assert_int_eq(kms_hsm_dk_label("kmsd-domain-key", 2, label, &err), KMS_OK);
+	ck_assert_msg(kms_hsm_domain_key(h, label, make, &k, &err) == KMS_OK, "%s", err.msg);
+	if (!make)
+		ck_assert_msg(kms_hsm_domain_key_destroy(h, k, &err) == KMS_OK, "%s", err.msg);
+	kms_hsm_close(h);
+	kms_buf_free_secret(&pin);
+}
+
 START_TEST(backup_restores_every_key_and_refuses_bad_inputs)
 {
 	char f1[PATH_MAX], f2[PATH_MAX], bad[PATH_MAX], sh[3][PATH_MAX], sh_b2[PATH_MAX],
@@ -468,15 +496,36 @@ START_TEST(backup_restores_every_key_and_refuses_bad_inputs)
 	restore_refused(bad, sh[0], sh[1], "the backup file is damaged or was changed");
 	kms_buf_free(&b);
 
-	/* M shares on the fresh token: every key and version of the backup is back. */
+	/* M shares on the fresh token: every key and version of the backup is
+	 * back. Then the state a restore killed before its end leaves once the
+	 * operator has emptied data_dir (the token holds the backup's domain
+	 * key, the state nothing): the same command checks the token's key
+	 * against the backup and goes on with it. */
 	{
 		const char *argv[] = {"--restore", f1, "--share", sh[0], "--share", sh[2], NULL};
+		char data[PATH_MAX];
 
+		rnodes[0].extra_argv = argv;
+		kms_test_node_start(&rnodes[0]);
+		ck_assert_msg(kms_test_wait_log(&rnodes[0], "restore: done", 20), "see %s",
+			      rnodes[0].log);
+		kms_test_node_signal(&rnodes[0], SIGKILL);
+		KMS_TEST_PATH(data, "%s/data", rnodes[0].dir);
+		kms_test_sh("rm -rf '%s'", data);
+		kms_test_sh("mv '%s' '%s.first'", rnodes[0].log, rnodes[0].log);
+		/* Twin: another generation of the domain key beside it is not
+		 * a restore that stopped; refused, and nothing written. */
+		extra_domain_key(&rnodes[0], 1);
+		restore_refused(f1, sh[0], sh[2], "already holds 2 generations of the domain key");
+		extra_domain_key(&rnodes[0], 0);
 		rnodes[0].extra_argv = argv;
 		kms_test_node_start(&rnodes[0]);
 		rnodes[0].extra_argv = NULL;
 	}
 	ck_assert_msg(kms_test_wait_log(&rnodes[0], "restore: done", 20), "see %s", rnodes[0].log);
+	ck_assert_msg(kms_test_file_contains(rnodes[0].log,
+					     "already holds this backup's domain key"),
+		      "see %s", rnodes[0].log);
 	for (int i = 0; i < n_before; i++)
 		ck_assert_msg(decrypts(&rnodes[0], &blobs[i], &st), "blob %d: %s", i, st.details);
 	md = kms_test_describe(&rnodes[0], "app", "bk-1", &st);
