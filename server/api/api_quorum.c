@@ -367,11 +367,11 @@ static void get_operation(void *app, kms_call *call, const uint8_t *data, size_t
  * under the 10 MiB message limit of kmsctl and kmsd. */
 #define BACKUP_PIECE_MAX (8u << 20)
 
-/* The length of the piece req asks for, of a file of total bytes. */
-static int backup_piece(const Kms__V1__FetchBackupRequest *req, size_t total,
+/* The piece of file req asks for, into resp (it points into file). */
+static int backup_piece(const Kms__V1__FetchBackupRequest *req, const kms_buf *file,
 			Kms__V1__FetchBackupResponse *resp, kms_err *err)
 {
-	size_t left;
+	size_t total = file->len, left;
 
 	if (req->max_bytes > BACKUP_PIECE_MAX)
 		return kms_errf(err, KMS_ERR_INVALID, "max_bytes %u is over the limit of %u",
@@ -386,8 +386,10 @@ static int backup_piece(const Kms__V1__FetchBackupRequest *req, size_t total,
 				"the backup file is %zu bytes, too large for one answer: ask for it "
 				"in pieces (max_bytes; kmsctl backup fetch does)",
 				total);
+	resp->backup_file.data = file->data + req->offset;
 	resp->backup_file.len = req->max_bytes == 0 || left < req->max_bytes ? left
 									      : req->max_bytes;
+	resp->total_bytes = total;
 	return KMS_OK;
 }
 
@@ -406,9 +408,7 @@ static void fetch_backup(void *app, kms_call *call, const uint8_t *data, size_t 
 	kms_call_audit_proposal(call, req->proposal_id, NULL, 0);
 	if (kms_api_admin_check(node, kms_call_principal(call), &err) == KMS_OK &&
 	    kms_keyring_backup_file(node->kr, req->proposal_id, &file, &err) == KMS_OK &&
-	    backup_piece(req, file.len, &resp, &err) == KMS_OK) {
-		resp.backup_file.data = file.data + req->offset;
-		resp.total_bytes = file.len;
+	    backup_piece(req, &file, &resp, &err) == KMS_OK) {
 		kms_call_reply(call, &resp.base, 0);
 	} else {
 		kms_call_fail(call, err.code, err.msg);

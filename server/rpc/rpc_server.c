@@ -520,14 +520,16 @@ static void audit_written(void *arg, int rc, const char *why)
 static void send_final(kms_call *c, grpc_byte_buffer *resp, grpc_status_code code,
 		       const char *msg)
 {
+	int has_msg;
+
 	if (c->audit == NULL) {
 		send_now(c, resp, code, msg);
 		return;
 	}
 	/* Most answers carry no message: no copy to make for them. */
-	c->pending_msg = msg != NULL && msg[0] != '\0' ? kms_strdup(msg) : NULL;
-	if ((msg != NULL && msg[0] != '\0' && c->pending_msg == NULL) ||
-	    audit_body(c, code) != KMS_OK) {
+	has_msg = msg != NULL && msg[0] != '\0';
+	c->pending_msg = has_msg ? kms_strdup(msg) : NULL;
+	if ((has_msg && c->pending_msg == NULL) || audit_body(c, code) != KMS_OK) {
 		/* No record, no answer but a refusal. */
 		if (resp != NULL)
 			grpc_byte_buffer_destroy(resp);
