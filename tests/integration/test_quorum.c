@@ -550,21 +550,23 @@ START_TEST(removal_approved_while_the_node_leads)
 	ck_assert_msg(p != NULL, "%s", st.details);
 	ck_assert_int_eq(kms_test_approve(&nodes[l], p->id, p->digest, "operator1", NULL, &st),
 			 S_OK);
-	/* Pause whoever else leads until x does (each election is a coin toss
-	 * between the two others). */
+	/* Kill -9 whoever else leads, and start it again, until x leads (each
+	 * election is a coin toss between the two others). Not SIGSTOP: with
+	 * the leader paused, the two others sometimes elected nobody for 15 s
+	 * (both still named the paused node), an open question noted on
+	 * issue #6; elections after a kill -9 are what the tests above use. */
 	while ((l = leader()) != x) {
 		long until = kms_test_now_ms() + 15000;
-		pid_t paused = nodes[l].pid;
 
 		ck_assert_int_lt(tries++, 12);
-		kill(paused, SIGSTOP);
+		kms_test_node_signal(&nodes[l], SIGKILL);
 		while (leader_without(l) < 0 && kms_test_now_ms() < until)
 			kms_test_sleep_ms(100);
-		kill(paused, SIGCONT);
 		if (leader_without(l) < 0)
 			leaders_seen(l, seen, sizeof(seen));
-		ck_assert_msg(leader_without(l) >= 0, "no new leader while node %d was paused%s",
+		ck_assert_msg(leader_without(l) >= 0, "no new leader after node %d was killed%s",
 			      l + 1, seen);
+		kms_test_node_start(&nodes[l]);
 	}
 	ck_assert_int_eq(kms_test_approve(&nodes[x], p->id, p->digest, "operator2", &now, &st),
 			 S_OK);
@@ -580,7 +582,7 @@ START_TEST(removal_approved_while_the_node_leads)
 			      nodes[x].log, seen);
 	}
 	/* (x hands over when it still leads as it applies its removal; a
-	 * node resumed from SIGSTOP above may also have unseated it first.) */
+	 * node killed and started again above may also have unseated it first.) */
 	snprintf(line, sizeof(line), "raft: configuration change: remove node %llu",
 		 (unsigned long long)nodes[x].id);
 	ck_assert_msg(kms_test_wait_log(&nodes[l], line, 20), "see %s", nodes[l].log);
