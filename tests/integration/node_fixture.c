@@ -329,14 +329,36 @@ void kms_test_node_spawn(kms_test_node *node)
 	node->pid = spawn(node, node->conf);
 }
 
+/* The last lines of a node's log, for failure messages: CI keeps the
+ * test's output but not the node logs under /tmp. */
+static void log_tail(const kms_test_node *node, char *out, size_t cap)
+{
+	FILE *f = fopen(node->log, "r");
+	size_t n = 0;
+	long size;
+
+	out[0] = '\0';
+	if (f == NULL)
+		return;
+	if (fseek(f, 0, SEEK_END) == 0 && (size = ftell(f)) >= 0 &&
+	    fseek(f, size > (long)cap - 1 ? size - (long)cap + 1 : 0, SEEK_SET) == 0)
+		n = fread(out, 1, cap - 1, f);
+	out[n] = '\0';
+	fclose(f);
+}
+
 int kms_test_node_wait_healthy(kms_test_node *node, int timeout_s)
 {
 	struct timespec pause = {0, 100 * 1000 * 1000};
+	char tail[1536];
 	int status;
 
 	for (int i = 0; i < timeout_s * 10; i++) {
-		ck_assert_msg(waitpid(node->pid, &status, WNOHANG) == 0,
-			      "kmsd exited during start-up; see %s", node->log);
+		if (waitpid(node->pid, &status, WNOHANG) != 0) {
+			log_tail(node, tail, sizeof(tail));
+			ck_abort_msg("kmsd exited during start-up; see %s; it ends:\n%s",
+				     node->log, tail);
+		}
 		if (health_serving(node))
 			return 1;
 		nanosleep(&pause, NULL);
