@@ -145,6 +145,7 @@ enum opt_id {
 	OPT_SIGNATURE,
 	OPT_YES,
 	OPT_DIGEST,
+	OPT_MULTI_REGION,
 	OPT_LAST /* not an option: the count */
 };
 
@@ -166,6 +167,7 @@ static const struct option long_opts[] = {
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, OPT_VERSION},
     {"description", required_argument, NULL, OPT_DESCRIPTION},
+    {"multi-region", no_argument, NULL, OPT_MULTI_REGION},
     {"grant", required_argument, NULL, OPT_GRANT},
     {"page-size", required_argument, NULL, OPT_PAGE_SIZE},
     {"page-token", required_argument, NULL, OPT_PAGE_TOKEN},
@@ -274,11 +276,14 @@ struct command {
 
 static const struct command commands[] = {
     {"create-key", CMD_CREATE, OPERANDS_KEY,
-     BIT(OPT_DESCRIPTION) | BIT(OPT_GRANT) | BIT(OPT_POLICY_FILE),
+     BIT(OPT_DESCRIPTION) | BIT(OPT_GRANT) | BIT(OPT_POLICY_FILE) | BIT(OPT_MULTI_REGION),
      "usage: kmsctl [global options] create-key KEY_ID [--description TEXT]\n"
      "           [--grant PRINCIPAL=OP[,OP...]]... | [--policy-file FILE]\n"
+     "           [--multi-region]\n"
      "  Creates a master key inside the HSM (administrators only).\n"
      POLICY_HELP
+     "  --multi-region: the key is replicated to the regions this one is\n"
+     "  linked to as primary, and changed only in this region (its home).\n"
      "  Prints the key's metadata.\n",
      NO_SUBS},
     {"describe-key", CMD_DESCRIBE, OPERANDS_KEY, 0,
@@ -547,6 +552,7 @@ static const char global_usage[] =
     "commands:\n"
     "  create-key KEY_ID [--description TEXT] [--grant "
     "PRINCIPAL=OP[,OP...]]... | [--policy-file FILE]\n"
+    "             [--multi-region]\n"
     "  describe-key KEY_ID\n"
     "  list-keys [--page-size N] [--page-token T]\n"
     "  generate-data-key KEY_ID [--bytes N] [--context K=V]... "
@@ -615,6 +621,7 @@ struct cli {
 	int json;
 	const char *key_id;
 	const char *description;
+	int multi_region;
 	const char **grants;
 	size_t n_grants;
 	uint32_t page_size;
@@ -1103,6 +1110,8 @@ static json_t *key_json(const Kms__V1__KeyMetadata *k)
 	json_object_set_new(o, "created_at_unix",
 			    json_integer(k->created_at_unix));
 	json_object_set_new(o, "created_by", json_string(k->created_by));
+	json_object_set_new(o, "multi_region", json_boolean(k->multi_region));
+	json_object_set_new(o, "home_region", json_string(k->home_region));
 	json_object_set_new(o, "grants", grants);
 	grants = NULL;
 	if (key_lifecycle_json(o, k) != 0)
@@ -1343,6 +1352,7 @@ static int cmd_create(const struct cli *cli, kms_client *c)
 		req.key_id = (char *)cli->key_id;
 		if (cli->description != NULL)
 			req.description = (char *)cli->description;
+		req.multi_region = cli->multi_region;
 		req.policy = &pb.policy;
 		rc = key_call(cli, c, "CreateKey", &req.base,
 			      &kms__v1__create_key_response__descriptor);
@@ -2297,7 +2307,8 @@ static int cluster_status(const struct cli *cli, kms_client *c)
 		if (m == NULL || json_array_append_new(members, m) != 0)
 			goto nomem;
 	}
-	if (json_object_set_new(o, "leader_id", json_u64(resp->leader_id)) != 0)
+	if (json_object_set_new(o, "leader_id", json_u64(resp->leader_id)) != 0 ||
+	    json_object_set_new(o, "region", json_string(resp->region)) != 0)
 		goto nomem;
 	/* The reference passes to o whether or not the set succeeds. */
 	set = json_object_set_new(o, "members", members);
@@ -3442,6 +3453,9 @@ static int apply_opt(struct cli *cli, int id, char *arg, int *done)
 		return EXIT_OK;
 	case OPT_DESCRIPTION:
 		cli->description = arg;
+		return EXIT_OK;
+	case OPT_MULTI_REGION:
+		cli->multi_region = 1;
 		return EXIT_OK;
 	case OPT_GRANT:
 		cli->grants[cli->n_grants++] = arg;

@@ -102,6 +102,10 @@ typedef struct kms_config {
 	unsigned audit_checkpoint_seconds; /* checkpoint_seconds = 1..86400, default 10: a
 					      signed checkpoint after that many records, or
 					      that long after the first unsigned one */
+
+	/* [region] */
+	char *region; /* name = the region this cluster is (kms_region_name_check),
+			 default "default"; the first node's is the cluster's */
 } kms_config;
 
 /*

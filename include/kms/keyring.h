@@ -231,10 +231,20 @@ size_t kms_keyring_domain_key_probe(kms_keyring *kr, uint8_t out[64]);
  * out->data is kms_malloc'd, the caller's.
  */
 #include "kms/quorum.h"
+#include "kms/region.h"
 
+/* region: the cluster's region name (NULL or "": none, as before regions). */
 int kms_keyring_cmd_quorum_init(const uint8_t cluster_id[KMS_CLUSTER_ID_LEN],
 				Kms__V1__OperatorRecord *const *ops, size_t n, uint32_t threshold,
-				kms_buf *out, kms_err *err);
+				const char *region, kms_buf *out, kms_err *err);
+/*
+ * Makes a serialized CreateKey command's key multi-region, homed in region
+ * (rewrites *cmd); apply refuses it unless region is the cluster's own.
+ */
+int kms_keyring_cmd_set_home_region(kms_buf *cmd, const char *region, kms_err *err);
+/* The cluster's region from the replicated state; "" before QuorumInit or
+ * in a cluster made before regions. */
+void kms_keyring_region(kms_keyring *kr, char out[KMS_REGION_NAME_MAX + 1]);
 /* p: a pending proposal without approvals, its digest filled in. */
 int kms_keyring_cmd_propose(const Kms__V1__ProposalRecord *p, kms_buf *out, kms_err *err);
 int kms_keyring_cmd_approve(const char *proposal_id, const char *operator_name,

@@ -127,6 +127,10 @@ static void create_key(void *app, kms_call *call, const uint8_t *data, size_t le
 						    wrapped.len, &cmd, &err), out);
 	/* So that it lands only if the cluster is still on that key. */
 	KMS_TRY_GOTO(rc, kms_keyring_cmd_set_dk_generation(&cmd, dk_gen, &err), out);
+	/* Apply refuses it if the state's region is not this node's. */
+	if (req->multi_region)
+		KMS_TRY_GOTO(rc, kms_keyring_cmd_set_home_region(&cmd, node->cfg.region, &err),
+			     out);
 	w = kms_calloc(1, sizeof(*w));
 	if (w == NULL) {
 		rc = kms_errf(&err, KMS_ERR_NOMEM, "out of memory creating a key");

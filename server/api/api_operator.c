@@ -55,6 +55,7 @@ static void cluster_status(void *app, kms_call *call, const uint8_t *data, size_
 	Kms__V1__MemberStatus ms[KMS_MEMBERS_MAX], *msp[KMS_MEMBERS_MAX];
 	Kms__V1__NodeStatusResponse *remote[KMS_MEMBERS_MAX] = {0};
 	char errors[KMS_MEMBERS_MAX][160], local_reason[KMS_ERRMSG_SIZE];
+	char region[KMS_REGION_NAME_MAX + 1];
 	kms_member m[KMS_MEMBERS_MAX];
 	kms_raft_view v;
 	size_t n;
@@ -117,6 +118,8 @@ static void cluster_status(void *app, kms_call *call, const uint8_t *data, size_
 	resp.leader_id = v.leader_id;
 	resp.n_members = n;
 	resp.members = msp;
+	kms_keyring_region(node->kr, region);
+	resp.region = region;
 	kms_call_reply(call, &resp.base, 0);
 	for (size_t i = 0; i < n; i++) {
 		if (remote[i] == NULL)

@@ -17,6 +17,7 @@
 #include "kms/hostport.h"
 #include "kms/log.h"
 #include "kms/policy.h"
+#include "kms/region.h"
 #include "kms/spiffe.h"
 
 /* A PIN longer than this is a mistake (a key file named by accident). */
@@ -44,6 +45,7 @@ enum kind {
 	K_BOOL,        /* true|false, into an int */
 	K_TLS_VERSION, /* 1.2 or 1.3, stored as 12 or 13 */
 	K_OPERATORS,   /* comma-separated name:PUBKEYFILE; may repeat to add more */
+	K_REGION,      /* a region name (kms_region_name_check) */
 };
 
 struct key_spec {
@@ -117,11 +119,12 @@ static const struct key_spec keys[] = {
     {"audit", "enabled", K_BOOL, F(audit_enabled), 0, 0, 0},
     {"audit", "checkpoint_records", K_UINT, F(audit_checkpoint_records), 1, 10000000, 0},
     {"audit", "checkpoint_seconds", K_UINT, F(audit_checkpoint_seconds), 1, 86400, 0},
+    {"region", "name", K_REGION, F(region), 0, 0, 0},
 };
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
 
 static const char *const sections[] = {"node", "grpc", "raft", "hsm", "authz", "cluster",
-				       "keys", "quorum", "audit"};
+				       "keys", "quorum", "audit", "region"};
 #define N_SECTIONS (sizeof(sections) / sizeof(sections[0]))
 
 struct parse_state {
@@ -541,6 +544,15 @@ static int set_value(struct parse_state *st, const struct key_spec *k,
 		}
 		*(unsigned *)field = strcmp(v, "1.2") == 0 ? 12 : 13;
 		return 1;
+	case K_REGION: {
+		kms_err sub;
+
+		if (kms_region_name_check(v, &sub) != KMS_OK) {
+			snprintf(detail, sizeof(detail), "'name' in [region]: %.200s", sub.msg);
+			return fail_at(st, detail);
+		}
+		break;
+	}
 	case K_STRING:
 	case K_PATH:
 	case K_MODULE:
@@ -711,6 +723,8 @@ static int finish(struct parse_state *st)
 	if (cfg->log_level == NULL &&
 	    (cfg->log_level = kms_strdup("info")) == NULL)
 		return kms_errf(st->err, KMS_ERR_NOMEM, "out of memory");
+	if (cfg->region == NULL && (cfg->region = kms_strdup(KMS_REGION_DEFAULT)) == NULL)
+		return kms_errf(st->err, KMS_ERR_NOMEM, "out of memory");
 	if (cfg->domain_key_label == NULL &&
 	    (cfg->domain_key_label = kms_strdup("kmsd-domain-key")) == NULL)
 		return kms_errf(st->err, KMS_ERR_NOMEM, "out of memory");
@@ -870,6 +884,7 @@ void kms_config_free(kms_config *cfg)
 	kms_free(cfg->hsm_pin_file);
 	kms_free(cfg->hsm_pin_env);
 	kms_free(cfg->domain_key_label);
+	kms_free(cfg->region);
 	kms_free(cfg->join_seeds);
 	kms_free(cfg->node_ca_file);
 	kms_free(cfg->trust_domain);

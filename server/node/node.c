@@ -374,6 +374,7 @@ void kms_node_local_status(kms_node *node, Kms__V1__NodeStatusResponse *r,
 	r->applied_index = v.applied_index;
 	r->leader_id = v.leader_id;
 	r->has_domain_key = atomic_load(&node->domain_key) != 0;
+	r->region = node->cfg.region;
 	/* Counted by the HSM itself: what a destroyed key left behind shows. */
 	if (kms_hsm_audit_secret_keys(node->hsm, &keys, &err) == KMS_OK)
 		r->hsm_secret_keys = keys;

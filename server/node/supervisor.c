@@ -108,13 +108,14 @@ static void leader_bookkeeping(struct kms_supervisor *s)
 			return;
 		}
 		if (kms_keyring_cmd_quorum_init(cid, node->cfg_operator_ptrs, node->n_cfg_operators,
-						node->cfg.quorum_threshold, &cmd, &err) != KMS_OK) {
+						node->cfg.quorum_threshold, node->cfg.region, &cmd,
+						&err) != KMS_OK) {
 			KMS_LOG_E("supervisor: the operators in the configuration: %s", err.msg);
 			return;
 		}
 		KMS_LOG_I("supervisor: recording the %zu operator(s) of the configuration, "
-			  "threshold %u, in the cluster's state",
-			  node->n_cfg_operators, node->cfg.quorum_threshold);
+			  "threshold %u, and region '%s' in the cluster's state",
+			  node->n_cfg_operators, node->cfg.quorum_threshold, node->cfg.region);
 	} else if (kms_keyring_domain_key_probe(node->kr, probe) == 0 &&
 		   node->restore_ring.data != NULL) {
 		/* A restored cluster's probe, keys and aliases come from the backup. */

@@ -241,11 +241,20 @@ static int target_usable(const struct kms_keyring *kr, const char *key_id, kms_e
 {
 	struct kr_entry *e;
 
-	KMS_TRY(kr_entry_for(kr, key_id, &e, err));
+	KMS_TRY(kr_entry_for_write(kr, key_id, &e, err));
 	if (kr_key_state(e->rec) == KMS__V1__KEY_STATE__KEY_STATE_DESTROYED)
 		return kms_errf(err, KMS_ERR_PRECONDITION,
 				"key '%s' was destroyed: no alias may point at it", key_id);
 	return KMS_OK;
+}
+
+/* An alias of a multi-region key is its primary region's to change. */
+static int alias_changeable(const struct kms_keyring *kr, const Kms__V1__AliasRecord *a,
+			    kms_err *err)
+{
+	const struct kr_entry *e = kr_find_entry(kr, a->key_id);
+
+	return e != NULL ? kr_home_check(kr, e->rec, err) : KMS_OK;
 }
 
 int kr_apply_create_alias(kms_keyring *kr, const Kms__V1__CreateAliasCommand *c, int dry,
@@ -316,6 +325,7 @@ int kr_apply_update_alias(kms_keyring *kr, const Kms__V1__UpdateAliasCommand *c,
 		rc = kms_errf(err, KMS_ERR_NOT_FOUND, "alias '%s' not found", c->alias_name);
 		goto out;
 	}
+	KMS_TRY_GOTO(rc, alias_changeable(kr, kr->aliases[pos], err), out);
 	KMS_TRY_GOTO(rc, target_usable(kr, c->key_id, err), out);
 	if (dry)
 		goto out;
@@ -348,9 +358,11 @@ int kr_apply_delete_alias(kms_keyring *kr, const Kms__V1__DeleteAliasCommand *c,
 	KMS_TRY(kms_alias_name_check(c->alias_name, err));
 	kr_lock(kr, dry);
 	pos = name_pos(kr, c->alias_name, &found);
-	if (!found) {
+	if (!found)
 		rc = kms_errf(err, KMS_ERR_NOT_FOUND, "alias '%s' not found", c->alias_name);
-	} else if (!dry) {
+	else
+		rc = alias_changeable(kr, kr->aliases[pos], err);
+	if (rc == KMS_OK && !dry) {
 		gone = kr->aliases[pos];
 		by_key_remove(kr, gone);
 		array_remove(kr->aliases, kr->n_aliases, pos);

@@ -384,7 +384,7 @@ int kms_keyring_cmd_delete_alias(const char *name, kms_buf *out, kms_err *err)
 
 int kms_keyring_cmd_quorum_init(const uint8_t cluster_id[KMS_CLUSTER_ID_LEN],
 				Kms__V1__OperatorRecord *const *ops, size_t n, uint32_t threshold,
-				kms_buf *out, kms_err *err)
+				const char *region, kms_buf *out, kms_err *err)
 {
 	Kms__V1__QuorumInitCommand qi = KMS__V1__QUORUM_INIT_COMMAND__INIT;
 	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
@@ -397,6 +397,10 @@ int kms_keyring_cmd_quorum_init(const uint8_t cluster_id[KMS_CLUSTER_ID_LEN],
 	qi.operators = (Kms__V1__OperatorRecord **)ops;
 	qi.n_operators = n;
 	qi.threshold = threshold;
+	if (region != NULL && region[0] != '\0') {
+		KMS_TRY(kms_region_name_check(region, err));
+		qi.region = (char *)region;
+	}
 	c.cmd_case = KMS__V1__COMMAND__CMD_QUORUM_INIT;
 	c.quorum_init = &qi;
 	return kr_command_pack(&c, out, err);

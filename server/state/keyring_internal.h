@@ -13,6 +13,7 @@
 #include "kms/alloc.h"
 #include "kms/quorum.h"
 #include "kms/keyring.h"
+#include "kms/region.h"
 #include "kms/keyring_dk.h"
 #include "kms/v1/state.pb-c.h"
 #include "state/keyring_index.h"
@@ -118,6 +119,8 @@ struct kms_keyring {
 	size_t n_proposals;
 	size_t cap_proposals;
 	Kms__V1__BackupRecord *last_backup; /* owned; NULL before the first backup */
+	/* The cluster's region (QuorumInit); "" in a cluster made before regions. */
+	char region[KMS_REGION_NAME_MAX + 1];
 	kms_dk_state dk; /* the domain key's generation and rotation */
 };
 
@@ -212,6 +215,21 @@ int kr_command_key_check(const void *c, const char *key_id, const char *what, km
 /* The key commands' "find the key": the entry, or KMS_ERR_NOT_FOUND. */
 int kr_entry_for(const struct kms_keyring *kr, const char *key_id, struct kr_entry **e,
 		 kms_err *err);
+
+/* --- regions (keyring_region.c); the caller holds the lock --- */
+
+/* A multi-region record names a valid home region, a regional one none. */
+int kr_scope_check(const Kms__V1__KeyRecord *rec, kms_err *err);
+/* KMS_ERR_PRECONDITION, naming the primary, for a key homed elsewhere. */
+int kr_home_check(const struct kms_keyring *kr, const Kms__V1__KeyRecord *rec, kms_err *err);
+/* kr_entry_for, for the commands that change a key: only in its home. */
+int kr_entry_for_write(const struct kms_keyring *kr, const char *key_id, struct kr_entry **e,
+		       kms_err *err);
+/* A new multi-region key is homed in this cluster's region. */
+int kr_create_scope_check(const struct kms_keyring *kr, const Kms__V1__KeyRecord *rec,
+			  kms_err *err);
+/* Copies a valid region name, or "" for none, into out. */
+int kr_region_set(char out[KMS_REGION_NAME_MAX + 1], const char *region, kms_err *err);
 
 /* Entries (keyring_state.c); the caller holds the lock where it matters. */
 void kr_entry_clear(struct kr_entry *e);
@@ -435,6 +453,7 @@ struct kr_quorum {
 	Kms__V1__ProposalRecord **proposals;
 	size_t n_proposals;
 	Kms__V1__BackupRecord *last_backup;
+	char region[KMS_REGION_NAME_MAX + 1];
 };
 int kr_quorum_build(const Kms__V1__KeyRingSnapshot *s, struct kr_quorum *out, kms_err *err);
 void kr_quorum_swap(kms_keyring *kr, struct kr_quorum *q);

@@ -51,7 +51,7 @@ int kr_apply_set_key_enabled(kms_keyring *kr, const Kms__V1__SetKeyEnabledComman
 
 	KMS_TRY(kr_command_key_check(c, c != NULL ? c->key_id : NULL, "SetKeyEnabled", err));
 	kr_lock(kr, dry);
-	KMS_TRY_GOTO(rc, kr_entry_for(kr, c->key_id, &e, err), out);
+	KMS_TRY_GOTO(rc, kr_entry_for_write(kr, c->key_id, &e, err), out);
 	KMS_TRY_GOTO(rc, refuse_destroyed(e->rec, err), out);
 	KMS_TRY_GOTO(rc, refuse_pending(e->rec, ": cancel the deletion first", err), out);
 	/* The same state again is a no-op, as AWS KMS does it. */
@@ -76,7 +76,7 @@ int kr_apply_schedule_key_deletion(kms_keyring *kr,
 				"ScheduleKeyDeletion command for key '%s' has no deletion date",
 				c->key_id);
 	kr_lock(kr, dry);
-	KMS_TRY_GOTO(rc, kr_entry_for(kr, c->key_id, &e, err), out);
+	KMS_TRY_GOTO(rc, kr_entry_for_write(kr, c->key_id, &e, err), out);
 	KMS_TRY_GOTO(rc, refuse_destroyed(e->rec, err), out);
 	KMS_TRY_GOTO(rc, refuse_pending(e->rec, ": cancel it first to set another date", err),
 		     out);
@@ -97,7 +97,7 @@ int kr_apply_cancel_key_deletion(kms_keyring *kr, const Kms__V1__CancelKeyDeleti
 
 	KMS_TRY(kr_command_key_check(c, c != NULL ? c->key_id : NULL, "CancelKeyDeletion", err));
 	kr_lock(kr, dry);
-	KMS_TRY_GOTO(rc, kr_entry_for(kr, c->key_id, &e, err), out);
+	KMS_TRY_GOTO(rc, kr_entry_for_write(kr, c->key_id, &e, err), out);
 	KMS_TRY_GOTO(rc, refuse_destroyed(e->rec, err), out);
 	if (kr_key_state(e->rec) != KMS__V1__KEY_STATE__KEY_STATE_PENDING_DELETION) {
 		rc = kms_errf(err, KMS_ERR_PRECONDITION,
@@ -128,7 +128,7 @@ int kr_apply_put_key_policy(kms_keyring *kr, const Kms__V1__PutKeyPolicyCommand 
 						      "policy", c->key_id);
 	KMS_TRY(kms_policy_check(c->policy, KMS_POLICY_STORED, NULL, err));
 	kr_lock(kr, dry);
-	KMS_TRY_GOTO(rc, kr_entry_for(kr, c->key_id, &e, err), out);
+	KMS_TRY_GOTO(rc, kr_entry_for_write(kr, c->key_id, &e, err), out);
 	KMS_TRY_GOTO(rc, refuse_destroyed(e->rec, err), out);
 	if (!dry) {
 		/* The record with the new policy, copied into a new block: a few
@@ -159,7 +159,7 @@ int kr_apply_set_rotation_policy(kms_keyring *kr, const Kms__V1__SetRotationPoli
 				"random-IV bound (NIST SP 800-38D)",
 				(unsigned long long)c->max_encryptions_per_version);
 	kr_lock(kr, dry);
-	KMS_TRY_GOTO(rc, kr_entry_for(kr, c->key_id, &e, err), out);
+	KMS_TRY_GOTO(rc, kr_entry_for_write(kr, c->key_id, &e, err), out);
 	KMS_TRY_GOTO(rc, refuse_destroyed(e->rec, err), out);
 	if (!dry) {
 		e->rec->rotation_period_seconds = c->rotation_period_seconds;

@@ -239,6 +239,8 @@ static int metadata_build(const struct kms_keyring *kr, const Kms__V1__KeyRecord
 	md.rotation_period_seconds = rec->rotation_period_seconds;
 	md.max_encryptions_per_version = kr_max_encryptions(rec);
 	md.next_rotation_unix = next_rotation(rec);
+	md.multi_region = rec->multi_region;
+	md.home_region = rec->home_region;
 	if (with_details) {
 		md.n_version_details = rec->n_versions;
 		md.version_details = p.detail_ptrs;

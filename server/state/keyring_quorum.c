@@ -135,11 +135,13 @@ int kr_apply_quorum_init(kms_keyring *kr, const Kms__V1__QuorumInitCommand *c, i
 {
 	Kms__V1__SetOperatorsOperation set = KMS__V1__SET_OPERATORS_OPERATION__INIT;
 	Kms__V1__SetOperatorsOperation *copy = NULL;
+	char region[KMS_REGION_NAME_MAX + 1];
 	int rc = KMS_OK;
 
 	KMS_ENSURE(c != NULL && c->cluster_id.len == KMS_CLUSTER_ID_LEN, err, KMS_ERR_INVALID,
 		   "QuorumInit needs a %d-byte cluster id", KMS_CLUSTER_ID_LEN);
 	KMS_TRY(kms_operator_set_check(c->operators, c->n_operators, c->threshold, err));
+	KMS_TRY(kr_region_set(region, c->region, err));
 	set.operators = c->operators;
 	set.n_operators = c->n_operators;
 	set.threshold = c->threshold;
@@ -150,6 +152,7 @@ int kr_apply_quorum_init(kms_keyring *kr, const Kms__V1__QuorumInitCommand *c, i
 		rc = kms_errf(err, KMS_ERR_EXISTS, "the cluster's operators are set already");
 	} else if (!dry) {
 		memcpy(kr->cluster_id, c->cluster_id.data, KMS_CLUSTER_ID_LEN);
+		memcpy(kr->region, region, sizeof(region));
 		kr->operators = copy;
 		kr->has_quorum = 1;
 		copy = NULL;
@@ -736,6 +739,7 @@ void kr_quorum_snapshot(kms_keyring *kr, Kms__V1__KeyRingSnapshot *snap)
 	snap->proposals = kr->proposals;
 	snap->n_proposals = kr->n_proposals;
 	snap->last_backup = kr->last_backup;
+	snap->region = kr->region;
 }
 
 int kr_quorum_build(const Kms__V1__KeyRingSnapshot *s, struct kr_quorum *out, kms_err *err)
@@ -788,6 +792,10 @@ int kr_quorum_build(const Kms__V1__KeyRingSnapshot *s, struct kr_quorum *out, km
 			return rc;
 		}
 	}
+	if (kr_region_set(out->region, s->region, err) != KMS_OK) {
+		kr_quorum_build_free(out);
+		return KMS_ERR_INVALID;
+	}
 	memcpy(out->cluster_id, s->cluster_id.data, KMS_CLUSTER_ID_LEN);
 	out->has_quorum = 1;
 	return KMS_OK;
@@ -815,7 +823,9 @@ void kr_quorum_swap(kms_keyring *kr, struct kr_quorum *q)
 	old.proposals = kr->proposals;
 	old.n_proposals = kr->n_proposals;
 	old.last_backup = kr->last_backup;
+	memcpy(old.region, kr->region, sizeof(old.region));
 	kr->last_backup = q->last_backup;
+	memcpy(kr->region, q->region, sizeof(kr->region));
 	memcpy(kr->cluster_id, q->cluster_id, KMS_CLUSTER_ID_LEN);
 	kr->has_quorum = q->has_quorum;
 	kr->operators = q->operators;

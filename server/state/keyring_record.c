@@ -208,6 +208,7 @@ int kr_record_check(const Kms__V1__KeyRecord *rec, kms_err *err)
 	}
 	KMS_TRY(versions_check(rec, err));
 	KMS_TRY(state_check(rec, err));
+	KMS_TRY(kr_scope_check(rec, err));
 	if (rec->max_encryptions_per_version > KMS_ENCRYPTIONS_MAX)
 		return kms_errf(err, KMS_ERR_INVALID,
 				"key '%s': max_encryptions_per_version %llu is above 2^32 (the "

@@ -334,8 +334,8 @@ int kr_check_create_key(kms_keyring *kr, const Kms__V1__CreateKeyCommand *ck, km
 	pthread_rwlock_rdlock(&kr->lock);
 	if (kr_find_entry(kr, ck->key->key_id) != NULL)
 		rc = kms_errf(err, KMS_ERR_EXISTS, "key '%s' already exists", ck->key->key_id);
-	else
-		rc = kr_dk_generation_check(kr, ck->domain_key_generation, err);
+	else if ((rc = kr_dk_generation_check(kr, ck->domain_key_generation, err)) == KMS_OK)
+		rc = kr_create_scope_check(kr, ck->key, err);
 	pthread_rwlock_unlock(&kr->lock);
 	return rc;
 }
@@ -359,6 +359,7 @@ int kr_apply_create_key(kms_keyring *kr,
 		goto unlock;
 	}
 	KMS_TRY_GOTO(rc, kr_dk_generation_check(kr, ck->domain_key_generation, err), unlock);
+	KMS_TRY_GOTO(rc, kr_create_scope_check(kr, e.rec, err), unlock);
 	rc = kr_index_insert(&kr->keys, &e, err);
 unlock:
 	pthread_rwlock_unlock(&kr->lock);

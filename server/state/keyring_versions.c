@@ -63,7 +63,7 @@ int kr_apply_rotate_key(kms_keyring *kr, const Kms__V1__RotateKeyCommand *c, int
 				c->key_id);
 	KMS_TRY(kr_version_check(c->key_id, v, err));
 	kr_lock(kr, dry);
-	KMS_TRY_GOTO(rc, kr_entry_for(kr, c->key_id, &e, err), out);
+	KMS_TRY_GOTO(rc, kr_entry_for_write(kr, c->key_id, &e, err), out);
 	KMS_TRY_GOTO(rc, kr_state_refusal(e->rec, err), out);
 	KMS_TRY_GOTO(rc, kr_dk_generation_check(kr, c->domain_key_generation, err), out);
 	n = e->rec->n_versions;
@@ -223,7 +223,7 @@ static int destroy_key(kms_keyring *kr, const Kms__V1__DestroyKeyCommand *c, int
 	    (dropped = kms_calloc(n, sizeof(*dropped))) == NULL)
 		return kms_errf(err, KMS_ERR_NOMEM, "out of memory destroying key '%s'", c->key_id);
 	kr_lock(kr, dry);
-	KMS_TRY_GOTO(rc, kr_entry_for(kr, c->key_id, &e, err), out);
+	KMS_TRY_GOTO(rc, kr_entry_for_write(kr, c->key_id, &e, err), out);
 	KMS_TRY_GOTO(rc,
 		     destroy_check(e->rec,
 				   now && c->now_unix < e->rec->deletion_at_unix

@@ -171,6 +171,17 @@ if expect "list-keys as app --json" 0 "" app --json list-keys; then
 fi
 expect "list-keys --page-size 0x: exit 1" 1 "--page-size" admin list-keys --page-size 0x
 
+# Regions (issue #7): the node is region "default", the home of the multi-region keys it makes.
+if expect "create-key --multi-region" 0 "key_id: $KEY-mr" admin create-key "$KEY-mr" --multi-region; then
+	verify "create-key --multi-region: homed in this region" \
+		grep -Fxq "home_region: default" "$OUT"
+	verify "create-key --multi-region: marked multi-region" grep -Fxq "multi_region: true" "$OUT"
+fi
+expect "describe-key of a regional key: no home region" 0 "multi_region: false" admin \
+	describe-key "$KEY"
+expect "describe-key --multi-region: exit 1" 1 "--multi-region does not apply to describe-key" \
+	admin describe-key "$KEY" --multi-region
+
 # --- generate-data-key / decrypt --in ----------------------------------------------
 DK=$T/dk
 mkdir -m 700 "$DK"
@@ -318,8 +329,8 @@ if expect "cluster status as admin" 0 "leader: 1" admin cluster status; then
 		"$(awk 'NR == 3 { print ($10 >= 1) }' "$OUT")" = 1
 fi
 if expect "cluster status --json as admin" 0 "" admin --json cluster status; then
-	verify "cluster status --json: leader_id 1, one voter member" \
-		json "$OUT" "j['leader_id'] == 1 and len(j['members']) == 1 and
+	verify "cluster status --json: leader_id 1, one voter member, region default" \
+		json "$OUT" "j['leader_id'] == 1 and len(j['members']) == 1 and j['region'] == 'default' and
 j['members'][0]['id'] == 1 and j['members'][0]['role'] == 'leader' and
 j['members'][0]['raft_role'] == 'voter' and j['members'][0]['grpc_address'] == '$ENDPOINT' and
 j['members'][0]['hsm_secret_keys'] >= 1 and j['members'][0]['not_serving_reason'] == ''"

@@ -392,6 +392,40 @@ START_TEST(test_cluster_join_bad)
 }
 END_TEST
 
+START_TEST(test_region)
+{
+	char text[1024];
+
+	write_conf(base_conf);
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
+	ck_assert_str_eq(cfg.region, "default");
+	kms_config_free(&cfg);
+	snprintf(text, sizeof(text), "%s[region]\nname = eu-west-1\n", base_conf);
+	write_conf(text);
+	ck_assert_int_eq(kms_config_load(conf, &cfg, &err), KMS_OK);
+	ck_assert_str_eq(cfg.region, "eu-west-1");
+}
+END_TEST
+
+START_TEST(test_region_bad)
+{
+	static const char *const bad[] = {"name = EU", "name = eu_west", "name = -eu",
+					  "name =", "zone = eu"};
+	char text[1024];
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		kms_err_clear(&err);
+		snprintf(text, sizeof(text), "%s[region]\n%s\n", base_conf, bad[i]);
+		write_conf(text);
+		ck_assert_msg(kms_config_load(conf, &cfg, &err) == KMS_ERR_CONFIG, "accepted '%s'",
+			      bad[i]);
+		ck_assert_msg(strstr(err.msg, i == 4 ? "unknown key 'zone'" : "[region]") != NULL,
+			      "%s: %s", bad[i], err.msg);
+		ck_assert_ptr_null(cfg.region);
+	}
+}
+END_TEST
+
 static const char *const relative_conf =
     "[node]\nid = 1\ndata_dir = data\n"
     "[grpc]\nlisten = unix:/run/kmsd.sock\nca_file = pki/ca.pem\n"
@@ -1212,6 +1246,8 @@ static Suite *config_suite(void)
 	tcase_add_test(tc, test_pin_env_bad);
 	tcase_add_test(tc, test_cluster_join);
 	tcase_add_test(tc, test_cluster_join_bad);
+	tcase_add_test(tc, test_region);
+	tcase_add_test(tc, test_region_bad);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -89,7 +89,7 @@ static void setup(void)
 	ck_assert_int_eq(kms_keyring_new(&kr, &err), KMS_OK);
 	ck_assert_int_eq(kms_keyring_cmd_set_administrators(admins, 1, &cmd, &err), KMS_OK);
 	ck_assert_int_eq(apply(&cmd, &err), KMS_OK);
-	ck_assert_int_eq(kms_keyring_cmd_quorum_init(CID, rec_ptrs, N_OPS, 2, &cmd, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_cmd_quorum_init(CID, rec_ptrs, N_OPS, 2, NULL, &cmd, &err), KMS_OK);
 	ck_assert_msg(apply(&cmd, &err) == KMS_OK, "%s", err.msg);
 }
 
@@ -597,9 +597,9 @@ START_TEST(init_once)
 	kms_err err = {0};
 	kms_buf cmd = {0};
 
-	ck_assert_int_eq(kms_keyring_cmd_quorum_init(CID, rec_ptrs, N_OPS, 1, &cmd, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_cmd_quorum_init(CID, rec_ptrs, N_OPS, 1, NULL, &cmd, &err), KMS_OK);
 	ck_assert_int_eq(apply(&cmd, &err), KMS_ERR_EXISTS);
-	ck_assert_int_eq(kms_keyring_cmd_quorum_init(CID, rec_ptrs, N_OPS, 4, &cmd, &err),
+	ck_assert_int_eq(kms_keyring_cmd_quorum_init(CID, rec_ptrs, N_OPS, 4, NULL, &cmd, &err),
 			 KMS_ERR_INVALID);
 }
 END_TEST

@@ -1,0 +1,383 @@
+/* test_keyring_region.c - Check suite for regions in the key ring: region names, the cluster's region in QuorumInit and snapshots, multi-region keys homed in their region, and the refusal of every change to a key homed elsewhere. */
+#include <stdint.h>
+#include <string.h>
+
+#include <check.h>
+
+#include "kms/alloc.h"
+#include "kms/buf.h"
+#include "kms/error.h"
+#include "kms/keyring.h"
+#include "kms/quorum.h"
+#include "kms/region.h"
+#include "kms/v1/state.pb-c.h"
+#include "check_run.h"
+
+#define ADMIN "spiffe://example.org/ns/ops/sa/admin"
+#define NOW 1700000000
+
+static const uint8_t CID[KMS_CLUSTER_ID_LEN] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+
+static kms_keyring *kr;
+
+static void setup(void)
+{
+	kms_err err = {0};
+
+	ck_assert_int_eq(kms_keyring_new(&kr, &err), KMS_OK);
+}
+
+static void teardown(void)
+{
+	kms_keyring_free(kr);
+}
+
+static int apply(kms_keyring *k, kms_buf *cmd, kms_err *err)
+{
+	int rc = kms_keyring_apply(k, cmd->data, cmd->len, err);
+
+	kms_buf_free(cmd);
+	return rc;
+}
+
+/* QuorumInit with one operator and the region given (NULL: none). */
+static void init_region(kms_keyring *k, const char *region)
+{
+	Kms__V1__OperatorRecord op = KMS__V1__OPERATOR_RECORD__INIT, *ops[1] = {&op};
+	uint8_t pub[KMS_ED25519_PUB_LEN];
+	kms_buf cmd = {0};
+	kms_err err = {0};
+
+	memset(pub, 0x5a, sizeof(pub));
+	op.name = "operator1";
+	op.public_key.data = pub;
+	op.public_key.len = sizeof(pub);
+	ck_assert_int_eq(kms_keyring_cmd_quorum_init(CID, ops, 1, 1, region, &cmd, &err), KMS_OK);
+	ck_assert_msg(apply(k, &cmd, &err) == KMS_OK, "%s", err.msg);
+}
+
+/* A CreateKey command for id; home: NULL for a regional key. */
+static void create_cmd(const char *id, const char *home, kms_buf *cmd)
+{
+	uint8_t w[40];
+	kms_err err = {0};
+
+	memset(w, 0x11, sizeof(w));
+	ck_assert_int_eq(kms_keyring_cmd_create_key(id, "", NULL, ADMIN, NOW, w, sizeof(w), cmd,
+						    &err),
+			 KMS_OK);
+	if (home != NULL)
+		ck_assert_msg(kms_keyring_cmd_set_home_region(cmd, home, &err) == KMS_OK, "%s",
+			      err.msg);
+}
+
+static Kms__V1__KeyMetadata *describe(kms_keyring *k, const char *id)
+{
+	Kms__V1__KeyMetadata *md = NULL;
+	kms_err err = {0};
+
+	ck_assert_msg(kms_keyring_describe(k, id, ADMIN, 1, &md, &err) == KMS_OK, "%s", err.msg);
+	return md;
+}
+
+/* k's snapshot with its region field replaced (kms_free the result). */
+static uint8_t *snapshot_with_region(kms_keyring *k, char *region, size_t *len)
+{
+	Kms__V1__KeyRingSnapshot *s;
+	kms_buf snap = {0};
+	uint8_t *out;
+	kms_err err = {0};
+
+	ck_assert_int_eq(kms_keyring_snapshot(k, kms_malloc, &snap, &err), KMS_OK);
+	s = kms__v1__key_ring_snapshot__unpack(NULL, snap.len, snap.data);
+	ck_assert_ptr_nonnull(s);
+	s->region = region;
+	*len = kms__v1__key_ring_snapshot__get_packed_size(s);
+	out = kms_malloc(*len);
+	ck_assert_ptr_nonnull(out);
+	kms__v1__key_ring_snapshot__pack(s, out);
+	/* The unpacked string is protobuf-c's; it was replaced, not freed. */
+	s->region = NULL;
+	kms__v1__key_ring_snapshot__free_unpacked(s, NULL);
+	kms_buf_free(&snap);
+	return out;
+}
+
+START_TEST(region_names)
+{
+	static const char *const good[] = {"a", "eu-west-1", "us1", "r0-9"};
+	static const char *const bad[] = {"", "Eu", "1eu", "eu-", "eu_west", "eu.west",
+					  "-eu", "eu west"};
+	char longest[KMS_REGION_NAME_MAX + 2];
+	kms_err err = {0};
+
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+		ck_assert_msg(kms_region_name_check(good[i], &err) == KMS_OK, "%s: %s", good[i],
+			      err.msg);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		ck_assert_msg(kms_region_name_check(bad[i], &err) == KMS_ERR_INVALID, "%s", bad[i]);
+		ck_assert_msg(strstr(err.msg, "region") != NULL, "%s", err.msg);
+	}
+	ck_assert_int_eq(kms_region_name_check(NULL, &err), KMS_ERR_INVALID);
+	memset(longest, 'a', sizeof(longest));
+	longest[KMS_REGION_NAME_MAX] = '\0';
+	ck_assert_int_eq(kms_region_name_check(longest, &err), KMS_OK);
+	longest[KMS_REGION_NAME_MAX] = 'a';
+	longest[KMS_REGION_NAME_MAX + 1] = '\0';
+	ck_assert_int_eq(kms_region_name_check(longest, &err), KMS_ERR_INVALID);
+	ck_assert_msg(strstr(err.msg, "longer than 63") != NULL, "%s", err.msg);
+}
+END_TEST
+
+START_TEST(the_region_is_recorded_and_snapshotted)
+{
+	kms_keyring *again = NULL;
+	char region[KMS_REGION_NAME_MAX + 1];
+	kms_buf snap = {0}, cmd = {0};
+	kms_err err = {0};
+
+	kms_keyring_region(kr, region);
+	ck_assert_str_eq(region, "");
+	init_region(kr, "eu-west");
+	kms_keyring_region(kr, region);
+	ck_assert_str_eq(region, "eu-west");
+	ck_assert_int_eq(kms_keyring_snapshot(kr, kms_malloc, &snap, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_new(&again, &err), KMS_OK);
+	ck_assert_msg(kms_keyring_restore(again, snap.data, snap.len, &err) == KMS_OK, "%s",
+		      err.msg);
+	kms_keyring_region(again, region);
+	ck_assert_str_eq(region, "eu-west");
+	kms_keyring_free(again);
+	kms_buf_free(&snap);
+	/* A bad name never reaches the state. */
+	ck_assert_int_eq(kms_keyring_cmd_quorum_init(CID, NULL, 0, 1, "Bad_Region", &cmd, &err),
+			 KMS_ERR_INVALID);
+}
+END_TEST
+
+START_TEST(a_snapshot_with_a_bad_region_is_refused)
+{
+	uint8_t *bad;
+	size_t len;
+	char region[KMS_REGION_NAME_MAX + 1];
+	kms_err err = {0};
+
+	init_region(kr, "eu-west");
+	bad = snapshot_with_region(kr, "EU WEST", &len);
+	kms_keyring_free(kr);
+	ck_assert_int_eq(kms_keyring_new(&kr, &err), KMS_OK);
+	init_region(kr, "us-east");
+	ck_assert_int_eq(kms_keyring_restore(kr, bad, len, &err), KMS_ERR_INVALID);
+	ck_assert_msg(strstr(err.msg, "region") != NULL, "%s", err.msg);
+	kms_keyring_region(kr, region);
+	ck_assert_str_eq(region, "us-east");
+	kms_free(bad);
+}
+END_TEST
+
+START_TEST(a_multi_region_key_is_homed_in_its_region)
+{
+	Kms__V1__KeyMetadata *md;
+	kms_buf cmd = {0};
+	kms_err err = {0};
+
+	init_region(kr, "eu-west");
+	create_cmd("mr", "eu-west", &cmd);
+	ck_assert_int_eq(kms_keyring_check(kr, cmd.data, cmd.len, &err), KMS_OK);
+	ck_assert_msg(apply(kr, &cmd, &err) == KMS_OK, "%s", err.msg);
+	create_cmd("local", NULL, &cmd);
+	ck_assert_msg(apply(kr, &cmd, &err) == KMS_OK, "%s", err.msg);
+	md = describe(kr, "mr");
+	ck_assert(md->multi_region);
+	ck_assert_str_eq(md->home_region, "eu-west");
+	kms_keyring_metadata_free(md);
+	md = describe(kr, "local");
+	ck_assert(!md->multi_region);
+	ck_assert_str_eq(md->home_region, "");
+	kms_keyring_metadata_free(md);
+	/* Changes to a key homed here work as for any key. */
+	ck_assert_int_eq(kms_keyring_cmd_set_key_enabled("mr", 0, &cmd, &err), KMS_OK);
+	ck_assert_msg(apply(kr, &cmd, &err) == KMS_OK, "%s", err.msg);
+}
+END_TEST
+
+/* Its twin: a home that is not this region, or a cluster with no region. */
+START_TEST(a_key_homed_elsewhere_is_not_created)
+{
+	kms_keyring *old = NULL;
+	kms_buf cmd = {0};
+	kms_err err = {0};
+
+	init_region(kr, "eu-west");
+	create_cmd("mr", "us-east", &cmd);
+	ck_assert_int_eq(kms_keyring_check(kr, cmd.data, cmd.len, &err), KMS_ERR_PRECONDITION);
+	ck_assert_int_eq(apply(kr, &cmd, &err), KMS_ERR_PRECONDITION);
+	ck_assert_msg(strstr(err.msg, "'us-east'") != NULL && strstr(err.msg, "'eu-west'") != NULL,
+		      "%s", err.msg);
+	ck_assert_uint_eq(kms_keyring_count(kr), 0);
+	/* A cluster whose state names no region makes regional keys only. */
+	ck_assert_int_eq(kms_keyring_new(&old, &err), KMS_OK);
+	init_region(old, NULL);
+	create_cmd("mr", "eu-west", &cmd);
+	ck_assert_int_eq(apply(old, &cmd, &err), KMS_ERR_PRECONDITION);
+	ck_assert_msg(strstr(err.msg, "names no region") != NULL, "%s", err.msg);
+	ck_assert_uint_eq(kms_keyring_count(old), 0);
+	kms_keyring_free(old);
+	/* Only CreateKey takes a home, and only a valid region name. */
+	ck_assert_int_eq(kms_keyring_cmd_set_key_enabled("mr", 0, &cmd, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_cmd_set_home_region(&cmd, "eu-west", &err), KMS_ERR_INVALID);
+	ck_assert_msg(strstr(err.msg, "only CreateKey") != NULL, "%s", err.msg);
+	kms_buf_free(&cmd);
+	create_cmd("mr", NULL, &cmd);
+	ck_assert_int_eq(kms_keyring_cmd_set_home_region(&cmd, "EU", &err), KMS_ERR_INVALID);
+	kms_buf_free(&cmd);
+}
+END_TEST
+
+/* A record that breaks the scope rules never enters the state. */
+START_TEST(scope_rules_of_a_record)
+{
+	Kms__V1__Command *c;
+	kms_buf cmd = {0}, bad = {0};
+	kms_err err = {0};
+
+	init_region(kr, "eu-west");
+	for (int i = 0; i < 2; i++) {
+		create_cmd("k", NULL, &cmd);
+		c = kms__v1__command__unpack(NULL, cmd.len, cmd.data);
+		ck_assert_ptr_nonnull(c);
+		if (i == 0) {
+			/* Regional, yet naming a home. */
+			c->create_key->key->home_region = "eu-west";
+		} else {
+			/* Multi-region, with no valid home. */
+			c->create_key->key->multi_region = 1;
+			c->create_key->key->home_region = "";
+		}
+		bad.len = kms__v1__command__get_packed_size(c);
+		bad.data = kms_malloc(bad.len);
+		kms__v1__command__pack(c, bad.data);
+		c->create_key->key->home_region = NULL;
+		kms__v1__command__free_unpacked(c, NULL);
+		ck_assert_int_eq(apply(kr, &bad, &err), KMS_ERR_INVALID);
+		ck_assert_msg(strstr(err.msg, "region") != NULL, "%s", err.msg);
+		kms_buf_free(&cmd);
+	}
+	ck_assert_uint_eq(kms_keyring_count(kr), 0);
+}
+END_TEST
+
+/*
+ * A secondary's view: the state holds a multi-region key homed in us-east
+ * while this cluster is eu-west (made here by restoring a us-east
+ * snapshot whose region is changed). Every change is refused and names the
+ * primary; reads and encryption reservations go on.
+ */
+static void become_secondary_of_us_east(void)
+{
+	kms_buf cmd = {0};
+	uint8_t *moved;
+	size_t len;
+	kms_err err = {0};
+
+	init_region(kr, "us-east");
+	create_cmd("mr", "us-east", &cmd);
+	ck_assert_msg(apply(kr, &cmd, &err) == KMS_OK, "%s", err.msg);
+	create_cmd("other", "us-east", &cmd);
+	ck_assert_msg(apply(kr, &cmd, &err) == KMS_OK, "%s", err.msg);
+	ck_assert_int_eq(kms_keyring_cmd_create_alias("alias/mr", "mr", NOW, &cmd, &err), KMS_OK);
+	ck_assert_msg(apply(kr, &cmd, &err) == KMS_OK, "%s", err.msg);
+	create_cmd("local", NULL, &cmd);
+	ck_assert_msg(apply(kr, &cmd, &err) == KMS_OK, "%s", err.msg);
+	moved = snapshot_with_region(kr, "eu-west", &len);
+	ck_assert_msg(kms_keyring_restore(kr, moved, len, &err) == KMS_OK, "%s", err.msg);
+	kms_free(moved);
+}
+
+static void assert_refused_naming_the_primary(kms_buf *cmd)
+{
+	kms_err err = {0};
+
+	ck_assert_int_eq(kms_keyring_check(kr, cmd->data, cmd->len, &err), KMS_ERR_PRECONDITION);
+	ck_assert_int_eq(apply(kr, cmd, &err), KMS_ERR_PRECONDITION);
+	ck_assert_msg(strstr(err.msg, "multi-region key of primary region 'us-east'") != NULL &&
+			  strstr(err.msg, "this is region 'eu-west'") != NULL,
+		      "%s", err.msg);
+}
+
+START_TEST(a_key_homed_elsewhere_refuses_every_change)
+{
+	Kms__V1__KeyPolicy empty = KMS__V1__KEY_POLICY__INIT;
+	Kms__V1__KeyMetadata *md;
+	uint8_t w[40];
+	kms_buf cmd = {0}, before = {0}, after = {0};
+	kms_err err = {0};
+
+	become_secondary_of_us_east();
+	ck_assert_int_eq(kms_keyring_snapshot(kr, kms_malloc, &before, &err), KMS_OK);
+	memset(w, 0x42, sizeof(w));
+	ck_assert_int_eq(kms_keyring_cmd_rotate_key("mr", 2, w, sizeof(w), NOW, &cmd, &err), KMS_OK);
+	assert_refused_naming_the_primary(&cmd);
+	ck_assert_int_eq(kms_keyring_cmd_set_key_enabled("mr", 0, &cmd, &err), KMS_OK);
+	assert_refused_naming_the_primary(&cmd);
+	ck_assert_int_eq(kms_keyring_cmd_schedule_key_deletion("mr", NOW + 86400 * 7, &cmd, &err),
+			 KMS_OK);
+	assert_refused_naming_the_primary(&cmd);
+	ck_assert_int_eq(kms_keyring_cmd_cancel_key_deletion("mr", &cmd, &err), KMS_OK);
+	assert_refused_naming_the_primary(&cmd);
+	ck_assert_int_eq(kms_keyring_cmd_destroy_key("mr", NOW, &cmd, &err), KMS_OK);
+	assert_refused_naming_the_primary(&cmd);
+	ck_assert_int_eq(kms_keyring_cmd_put_key_policy("mr", &empty, &cmd, &err), KMS_OK);
+	assert_refused_naming_the_primary(&cmd);
+	ck_assert_int_eq(kms_keyring_cmd_set_rotation_policy("mr", 86400, 0, &cmd, &err), KMS_OK);
+	assert_refused_naming_the_primary(&cmd);
+	/* Aliases: none made to point at it, none of its moved or deleted. */
+	ck_assert_int_eq(kms_keyring_cmd_create_alias("alias/new", "mr", NOW, &cmd, &err), KMS_OK);
+	assert_refused_naming_the_primary(&cmd);
+	ck_assert_int_eq(kms_keyring_cmd_update_alias("alias/mr", "local", NOW, &cmd, &err),
+			 KMS_OK);
+	assert_refused_naming_the_primary(&cmd);
+	ck_assert_int_eq(kms_keyring_cmd_delete_alias("alias/mr", &cmd, &err), KMS_OK);
+	assert_refused_naming_the_primary(&cmd);
+	/* Nothing changed. */
+	ck_assert_int_eq(kms_keyring_snapshot(kr, kms_malloc, &after, &err), KMS_OK);
+	ck_assert_uint_eq(before.len, after.len);
+	ck_assert(memcmp(before.data, after.data, before.len) == 0);
+	/* Reads and this region's own keys go on. */
+	md = describe(kr, "mr");
+	ck_assert_str_eq(md->home_region, "us-east");
+	kms_keyring_metadata_free(md);
+	ck_assert_int_eq(kms_keyring_cmd_reserve_encryptions("mr", 1, 1000, 1, 1, &cmd, &err),
+			 KMS_OK);
+	ck_assert_msg(apply(kr, &cmd, &err) == KMS_OK, "%s", err.msg);
+	ck_assert_int_eq(kms_keyring_cmd_set_key_enabled("local", 0, &cmd, &err), KMS_OK);
+	ck_assert_msg(apply(kr, &cmd, &err) == KMS_OK, "%s", err.msg);
+	ck_assert_int_eq(kms_keyring_cmd_create_alias("alias/local", "local", NOW, &cmd, &err),
+			 KMS_OK);
+	ck_assert_msg(apply(kr, &cmd, &err) == KMS_OK, "%s", err.msg);
+	kms_buf_free(&before);
+	kms_buf_free(&after);
+}
+END_TEST
+
+static Suite *region_suite(void)
+{
+	Suite *s = suite_create("keyring_region");
+	TCase *tc = tcase_create("regions");
+
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, region_names);
+	tcase_add_test(tc, the_region_is_recorded_and_snapshotted);
+	tcase_add_test(tc, a_snapshot_with_a_bad_region_is_refused);
+	tcase_add_test(tc, a_multi_region_key_is_homed_in_its_region);
+	tcase_add_test(tc, a_key_homed_elsewhere_is_not_created);
+	tcase_add_test(tc, scope_rules_of_a_record);
+	tcase_add_test(tc, a_key_homed_elsewhere_refuses_every_change);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	return kms_check_run(srunner_create(region_suite()));
+}
