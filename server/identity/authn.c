@@ -11,6 +11,7 @@
 
 #include "identity/authn.h"
 #include "kms/alloc.h"
+#include "tls/tls_files.h"
 
 /* Certificates remembered per thread, and the largest one remembered. */
 #define CACHE_SLOTS 8
@@ -46,45 +47,27 @@ static _Thread_local struct cache_slot cache[CACHE_SLOTS];
 static _Thread_local unsigned cache_next;
 static atomic_uint next_authn_id = 1;
 
-/* The certificates of bio, in order (an empty stack when there are none);
- * NULL when memory runs out. */
-static STACK_OF(X509) *read_cas(BIO *bio)
+static int load_cas(const char *path, STACK_OF(X509) **out, kms_err *err)
 {
 	STACK_OF(X509) *cas = sk_X509_new_null();
+	FILE *f;
 	X509 *c;
 
 	if (cas == NULL)
-		return NULL;
-	while ((c = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+		return kms_errf(err, KMS_ERR_NOMEM, "out of memory reading the node CA");
+	f = fopen(path, "r");
+	if (f == NULL) {
+		sk_X509_free(cas);
+		return kms_errf(err, KMS_ERR_CONFIG, "cannot read the node CA file %s: %m", path);
+	}
+	while ((c = PEM_read_X509(f, NULL, NULL, NULL)) != NULL) {
 		if (sk_X509_push(cas, c) <= 0) {
 			X509_free(c);
-			sk_X509_pop_free(cas, X509_free);
-			cas = NULL;
 			break;
 		}
 	}
-	ERR_clear_error(); /* the end of the input reads as an error */
-	return cas;
-}
-
-static int load_cas(const char *path, STACK_OF(X509) **out, kms_err *err)
-{
-	STACK_OF(X509) *cas;
-	FILE *f = fopen(path, "r");
-	BIO *bio;
-
-	if (f == NULL)
-		return kms_errf(err, KMS_ERR_CONFIG, "cannot read the node CA file %s: %m", path);
-	bio = BIO_new_fp(f, BIO_CLOSE);
-	if (bio == NULL) {
-		fclose(f);
-		ERR_clear_error();
-		return kms_errf(err, KMS_ERR_NOMEM, "out of memory reading the node CA");
-	}
-	cas = read_cas(bio);
-	BIO_free(bio);
-	if (cas == NULL)
-		return kms_errf(err, KMS_ERR_NOMEM, "out of memory reading the node CA");
+	fclose(f);
+	ERR_clear_error(); /* the end of the file reads as an error */
 	if (sk_X509_num(cas) == 0) {
 		sk_X509_free(cas);
 		return kms_errf(err, KMS_ERR_CONFIG, "the node CA file %s holds no certificate",
@@ -166,8 +149,8 @@ static int shares_a_ca(STACK_OF(X509) *cas, STACK_OF(X509) *b)
 static int region_copy(kms_authn *a, const kms_authn_region *r, struct region *out,
 		       kms_err *err)
 {
+	char what[KMS_REGION_NAME_MAX + 48];
 	kms_err sub = {0};
-	BIO *bio;
 
 	if (kms_region_name_check(r->name, &sub) != KMS_OK)
 		return kms_errf(err, KMS_ERR_INVALID, "a linked region: %s", sub.msg);
@@ -175,21 +158,10 @@ static int region_copy(kms_authn *a, const kms_authn_region *r, struct region *o
 	if (kms_trust_domain_parse(r->trust_domain, out->td, sizeof(out->td), &sub) != KMS_OK)
 		return kms_errf(err, KMS_ERR_INVALID, "linked region '%s': %s", out->name,
 				sub.msg);
-	if (r->node_ca_pem == NULL || r->node_ca_pem_len == 0 || r->node_ca_pem_len > INT32_MAX)
-		return kms_errf(err, KMS_ERR_INVALID, "linked region '%s' has no node CA",
-				out->name);
-	bio = BIO_new_mem_buf(r->node_ca_pem, (int)r->node_ca_pem_len);
-	out->cas = bio != NULL ? read_cas(bio) : NULL;
-	BIO_free(bio);
-	if (out->cas == NULL) {
-		ERR_clear_error();
-		return kms_errf(err, KMS_ERR_NOMEM, "out of memory reading the node CA of '%s'",
-				out->name);
-	}
-	if (sk_X509_num(out->cas) == 0)
-		return kms_errf(err, KMS_ERR_INVALID,
-				"the node CA of linked region '%s' holds no PEM certificate",
-				out->name);
+	/* Strictly, as gRPC will read it among the handshake's roots. */
+	snprintf(what, sizeof(what), "node CA of linked region '%s'", out->name);
+	KMS_TRY(kms_tls_parse_certs(r->node_ca_pem, r->node_ca_pem_len, what, KMS_ERR_INVALID,
+				    &out->cas, err));
 	/* Our own node CA would make the region's nodes ours (it is judged
 	 * first): refuse it rather than let the order decide. */
 	pthread_rwlock_rdlock(&a->lock);

@@ -1,5 +1,6 @@
 /* tls_files.c - reads the node's TLS files as one checked set, stamps them for the poller, and checks client certificates against the client CA's CRL. */
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -47,17 +48,19 @@ out:
 	return rc;
 }
 
-/* Every certificate of a PEM text; a block that does not parse is an error,
- * the end of the text is not. */
-static int parse_certs(const char *pem, const char *what, const char *path,
-		       STACK_OF(X509) **out, kms_err *err)
+int kms_tls_parse_certs(const char *pem, size_t len, const char *what, int code,
+			STACK_OF(X509) **out, kms_err *err)
 {
-	BIO *bio = BIO_new_mem_buf(pem, -1);
+	BIO *bio = pem != NULL && len <= INT32_MAX ? BIO_new_mem_buf(pem, (int)len) : NULL;
 	STACK_OF(X509) *certs = sk_X509_new_null();
 	X509 *c;
 	unsigned long e;
 	int rc = KMS_OK;
 
+	if (pem == NULL || len > INT32_MAX) {
+		rc = kms_errf(err, code, "the %s holds no certificate", what);
+		goto out;
+	}
 	if (bio == NULL || certs == NULL) {
 		rc = kms_errf(err, KMS_ERR_NOMEM, "out of memory reading the %s", what);
 		goto out;
@@ -72,21 +75,33 @@ static int parse_certs(const char *pem, const char *what, const char *path,
 	}
 	e = ERR_peek_last_error();
 	if (e != 0 && !(ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE)) {
-		rc = kms_errf(err, KMS_ERR_CONFIG, "the %s %s holds a certificate that does not "
-			      "parse: %s", what, path, ERR_reason_error_string(e));
+		rc = kms_errf(err, code, "the %s holds a certificate that does not parse: %s", what,
+			      ERR_reason_error_string(e));
 		goto out;
 	}
 	if (sk_X509_num(certs) == 0) {
-		rc = kms_errf(err, KMS_ERR_CONFIG, "the %s %s holds no certificate", what, path);
+		rc = kms_errf(err, code, "the %s holds no certificate", what);
 		goto out;
 	}
-	*out = certs;
-	certs = NULL;
+	if (out != NULL) {
+		*out = certs;
+		certs = NULL;
+	}
 out:
 	ERR_clear_error();
 	sk_X509_pop_free(certs, X509_free);
 	BIO_free(bio);
 	return rc;
+}
+
+/* The certificates of a file read into pem: KMS_ERR_CONFIG naming it. */
+static int parse_certs(const char *pem, const char *what, const char *path,
+		       STACK_OF(X509) **out, kms_err *err)
+{
+	char name[PATH_MAX + 64];
+
+	snprintf(name, sizeof(name), "%s %s", what, path);
+	return kms_tls_parse_certs(pem, strlen(pem), name, KMS_ERR_CONFIG, out, err);
 }
 
 static void asn1_time_text(const ASN1_TIME *t, char *out, size_t cap)

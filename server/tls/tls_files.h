@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include <openssl/types.h>
+#include <openssl/x509.h>
 
 #include "kms/config.h"
 #include "kms/error.h"
@@ -41,6 +42,15 @@ typedef struct kms_tls_files {
 int kms_tls_files_load(const kms_config *cfg, EVP_PKEY *node_key, kms_tls_files *out,
 		       kms_err *err);
 void kms_tls_files_free(kms_tls_files *f);
+
+/*
+ * Every certificate of a PEM text of len bytes, as gRPC and OpenSSL will
+ * read it: a block that does not parse, or no certificate at all, is code
+ * with a message naming what ("node CA file /etc/kmsd/node-ca.pem"). *out
+ * (kms_tls_parse_certs's stack, the caller's to free) unless out is NULL.
+ */
+int kms_tls_parse_certs(const char *pem, size_t len, const char *what, int code,
+			STACK_OF(X509) **out, kms_err *err);
 
 /* What the poller compares: the identity and change time of each file (a
  * file renamed over, rewritten in place or replaced behind a symlink all

@@ -404,8 +404,10 @@ START_TEST(test_set_regions_refusals)
 		size_t n;
 		const char *needle;
 	} bad[] = {
-		{{{"us-east", "us.kmsd.dev", "junk", 4}}, 1, "region 'us-east' holds no PEM"},
-		{{{"us-east", "us.kmsd.dev", NULL, 0}}, 1, "region 'us-east' has no node CA"},
+		{{{"us-east", "us.kmsd.dev", "junk", 4}},
+		 1,
+		 "the node CA of linked region 'us-east' holds no certificate"},
+		{{{"us-east", "us.kmsd.dev", NULL, 0}}, 1, "region 'us-east' holds no certificate"},
 		{{{"US-east", "us.kmsd.dev", NULL, 0}}, 1, "region name 'US-east'"},
 		{{{"", "us.kmsd.dev", NULL, 0}}, 1, "a region needs a name"},
 		{{{"us-east", "Bad TD!", NULL, 0}}, 1, "linked region 'us-east': 'Bad TD!'"},
@@ -417,7 +419,9 @@ START_TEST(test_set_regions_refusals)
 		 2,
 		 "have the same node CA"},
 		{{{"us-east", "us.kmsd.dev", NULL, 0}}, 1, "is this cluster's node CA"},
+		{{{"us-east", "us.kmsd.dev", NULL, 0}}, 1, "region 'us-east' holds a certificate that"},
 	};
+	char *cut;
 
 	read_region_cas();
 	node_pem = kms_test_read_file(node_ca, &node_len);
@@ -432,6 +436,14 @@ START_TEST(test_set_regions_refusals)
 	bad[4].r[0].node_ca_pem_len = bad[5].r[0].node_ca_pem_len = us_len;
 	bad[8].r[0].node_ca_pem = node_pem;
 	bad[8].r[0].node_ca_pem_len = node_len;
+	/* us-east's CA, then a block cut short: gRPC would refuse the roots. */
+	cut = kms_malloc(2 * us_len);
+	ck_assert_ptr_nonnull(cut);
+	memcpy(cut, us_pem, us_len);
+	memcpy(cut + us_len, us_pem, us_len / 2);
+	memcpy(cut + us_len + us_len / 2, "\n-----END CERTIFICATE-----\n", 27);
+	bad[9].r[0].node_ca_pem = cut;
+	bad[9].r[0].node_ca_pem_len = us_len + us_len / 2 + 27;
 	link_eu("eu.kmsd.dev");
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		memset(&err, 0, sizeof(err));
@@ -449,6 +461,7 @@ START_TEST(test_set_regions_refusals)
 	}
 	ck_assert_int_eq(kms_authn_set_regions(authn, NULL, 1, &err), KMS_ERR_INVALID);
 	ck_assert_int_eq(identify_by(eu_ca, eu_key, eu4, &p, &err), KMS_OK);
+	kms_free(cut);
 	kms_free(node_pem);
 	free_region_cas();
 }
