@@ -92,6 +92,9 @@ struct kms_rpc_server {
 	 * "key" (the engine key string), "chain.pem", "roots.pem". */
 	char tls_dir[PATH_MAX];
 	pthread_mutex_t tls_mu; /* one writer of those files at a time */
+	/* What roots.pem is made of (kms_strdup'd, under tls_mu): the last
+	 * client CA and node CA put in force, and the extra roots. */
+	char *roots_client_ca, *roots_node_ca, *roots_extra;
 	struct crl_slot *crl;
 	char request_timeout_msg[96];
 	grpc_completion_queue *cq; /* the workers' queue */
@@ -315,7 +318,8 @@ static int request_call(struct worker *w)
  * Whether peer may call m, whose callers are not KMS_CALLERS_ANYONE: the
  * same rule for a call from the network (after identify_caller) and a
  * local one. A node identity may call only what nodes may (kms.v1.Internal),
- * a service only what services may.
+ * a linked region's node only what regions may, a service only what
+ * services may.
  */
 static int may_call(const kms_method *m, const kms_peer *peer, kms_err *err)
 {
@@ -323,6 +327,16 @@ static int may_call(const kms_method *m, const kms_peer *peer, kms_err *err)
 		return kms_errf(err, KMS_ERR_UNAUTHENTICATED, "the caller presented no certificate");
 	if (m->callers & (1u << peer->kind))
 		return KMS_OK;
+	if (peer->kind == KMS_PEER_REGION)
+		return kms_errf(err, KMS_ERR_PERMISSION,
+				"'%.200s' is a node of linked region '%s': it may call only the "
+				"methods that serve linked regions, not %s",
+				peer->id.id, peer->region, m->path);
+	if (m->callers & KMS_CALLERS_REGIONS)
+		return kms_errf(err, KMS_ERR_PERMISSION,
+				"%s serves only the nodes of linked regions, with certificates "
+				"from their node CAs; '%.200s' is not one",
+				m->path, peer->id.id);
 	if (peer->kind == KMS_PEER_NODE)
 		return kms_errf(err, KMS_ERR_PERMISSION,
 				"node identities may call only kms.v1.Internal, not %s", m->path);
@@ -698,6 +712,11 @@ const char *kms_call_principal(const kms_call *c)
 const kms_peer *kms_call_peer(const kms_call *c)
 {
 	return &c->peer;
+}
+
+const char *kms_call_peer_region(const kms_call *c)
+{
+	return c->peer.kind == KMS_PEER_REGION ? c->peer.region : "";
 }
 
 const char *kms_call_metadata(const kms_call *c, const char *key, size_t *len)
@@ -1123,26 +1142,68 @@ static int tls_commit(const char *dir, const char *name, kms_err *err)
 	return KMS_OK;
 }
 
+/*
+ * Writes chain.pem (when chain is not NULL) and roots.pem from client_ca,
+ * node_ca and extra, then puts them in force together; under tls_mu.
+ */
+static int tls_write_roots(kms_rpc_server *s, const char *chain, const char *client_ca,
+			   const char *node_ca, const char *extra, kms_err *err)
+{
+	/* All the CAs verify the handshake; authn then tells which one issued
+	 * the caller's certificate, so that only the node CA can name a node
+	 * and only a region's node CA a node of that region. */
+	const char *roots[] = {client_ca, "\n", node_ca, "\n", extra != NULL ? extra : ""};
+	int rc = KMS_OK;
+
+	if (chain != NULL)
+		rc = tls_write_tmp(s->tls_dir, "chain.pem", &chain, 1, err);
+	if (rc == KMS_OK)
+		rc = tls_write_tmp(s->tls_dir, "roots.pem", roots, 5, err);
+	if (rc == KMS_OK && chain != NULL)
+		rc = tls_commit(s->tls_dir, "chain.pem", err);
+	if (rc == KMS_OK)
+		rc = tls_commit(s->tls_dir, "roots.pem", err);
+	return rc;
+}
+
+/* Replaces *slot with a copy of v (NULL: none). */
+static int keep_copy(char **slot, const char *v, kms_err *err)
+{
+	char *copy = NULL;
+
+	if (v != NULL && (copy = kms_strdup(v)) == NULL)
+		return kms_errf(err, KMS_ERR_NOMEM, "rpc: out of memory keeping the TLS roots");
+	kms_free(*slot);
+	*slot = copy;
+	return KMS_OK;
+}
+
 int kms_rpc_server_set_tls(kms_rpc_server *s, const kms_tls_files *tls, kms_err *err)
 {
-	/* Both CAs verify the handshake; authn then tells which one issued the
-	 * caller's certificate, so that only the node CA can name a node. */
-	const char *roots[] = {tls->client_ca, "\n", tls->node_ca};
-	const char *chain[] = {tls->cert_chain};
 	X509_CRL *old = NULL, *crl = tls->crl;
+	char *client_ca = NULL, *node_ca = NULL;
 	int rc;
 
 	if (crl != NULL && X509_CRL_up_ref(crl) != 1)
 		return kms_errf(err, KMS_ERR_INTERNAL, "rpc: cannot take a reference to the CRL");
+	/* The copies kms_rpc_server_set_extra_roots writes roots.pem from. */
+	rc = keep_copy(&client_ca, tls->client_ca, err);
+	if (rc == KMS_OK)
+		rc = keep_copy(&node_ca, tls->node_ca, err);
 	pthread_mutex_lock(&s->tls_mu);
-	rc = tls_write_tmp(s->tls_dir, "chain.pem", chain, 1, err);
 	if (rc == KMS_OK)
-		rc = tls_write_tmp(s->tls_dir, "roots.pem", roots, 3, err);
-	if (rc == KMS_OK)
-		rc = tls_commit(s->tls_dir, "chain.pem", err);
-	if (rc == KMS_OK)
-		rc = tls_commit(s->tls_dir, "roots.pem", err);
+		rc = tls_write_roots(s, tls->cert_chain, tls->client_ca, tls->node_ca,
+				     s->roots_extra, err);
+	if (rc == KMS_OK) {
+		kms_free(s->roots_client_ca);
+		kms_free(s->roots_node_ca);
+		s->roots_client_ca = client_ca;
+		s->roots_node_ca = node_ca;
+		client_ca = node_ca = NULL;
+	}
 	pthread_mutex_unlock(&s->tls_mu);
+	kms_free(client_ca);
+	kms_free(node_ca);
 	if (rc != KMS_OK) {
 		X509_CRL_free(crl);
 		return rc;
@@ -1153,6 +1214,32 @@ int kms_rpc_server_set_tls(kms_rpc_server *s, const kms_tls_files *tls, kms_err 
 	pthread_mutex_unlock(&s->crl->mu);
 	X509_CRL_free(old);
 	return KMS_OK;
+}
+
+int kms_rpc_server_set_extra_roots(kms_rpc_server *s, const char *pem, kms_err *err)
+{
+	char *extra = NULL;
+	int rc;
+
+	if (pem != NULL && pem[0] != '\0') {
+		/* A root gRPC cannot read would stop every handshake. */
+		KMS_TRY(kms_tls_parse_certs(pem, strlen(pem), "extra TLS roots", KMS_ERR_INVALID,
+					    NULL, err));
+		KMS_TRY(keep_copy(&extra, pem, err));
+	}
+	pthread_mutex_lock(&s->tls_mu);
+	if (s->roots_client_ca == NULL || s->roots_node_ca == NULL)
+		rc = kms_errf(err, KMS_ERR_INTERNAL, "rpc: no TLS roots in force to add to");
+	else
+		rc = tls_write_roots(s, NULL, s->roots_client_ca, s->roots_node_ca, extra, err);
+	if (rc == KMS_OK) {
+		kms_free(s->roots_extra);
+		s->roots_extra = extra;
+		extra = NULL;
+	}
+	pthread_mutex_unlock(&s->tls_mu);
+	kms_free(extra);
+	return rc;
 }
 
 /* Removes a TLS directory and the files we put there (nothing else: a
@@ -1309,6 +1396,9 @@ static void server_free(kms_rpc_server *s)
 	pthread_mutex_destroy(&s->mu);
 	pthread_cond_destroy(&s->cond);
 	pthread_mutex_destroy(&s->tls_mu);
+	kms_free(s->roots_client_ca);
+	kms_free(s->roots_node_ca);
+	kms_free(s->roots_extra);
 	crl_slot_unref(s->crl); /* the verifier may hold the last reference */
 	grpc_shutdown();
 	tls_dir_remove(s);

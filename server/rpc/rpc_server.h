@@ -29,6 +29,7 @@ typedef void (*kms_method_fn)(void *app, kms_call *call, const uint8_t *req,
 #define KMS_CALLERS_ANYONE (1u << KMS_PEER_NONE) /* no identity needed (health) */
 #define KMS_CALLERS_SERVICES (1u << KMS_PEER_SERVICE)
 #define KMS_CALLERS_NODES (1u << KMS_PEER_NODE)
+#define KMS_CALLERS_REGIONS (1u << KMS_PEER_REGION) /* nodes of linked regions */
 
 /*
  * The largest request a method takes unless it says otherwise: more than
@@ -67,7 +68,8 @@ typedef struct kms_rpc_limits {
 typedef struct kms_rpc_server_opts {
 	const char *listen;       /* host:port */
 	/* The first TLS set: the node's chain, the roots client certificates
-	 * must chain to (client CA and node CA together), and the client CRL.
+	 * must chain to (client CA and node CA together, and the extra roots
+	 * of kms_rpc_server_set_extra_roots), and the client CRL.
 	 * Read during kms_rpc_server_start only (kms_rpc_server_set_tls
 	 * replaces it later), like private_key. */
 	const kms_tls_files *tls;
@@ -105,6 +107,18 @@ int kms_rpc_server_start(const kms_rpc_server_opts *opts, kms_rpc_server **out,
  */
 int kms_rpc_server_set_tls(kms_rpc_server *s, const kms_tls_files *tls, kms_err *err);
 
+/*
+ * More roots client certificates may chain to (any thread): the linked
+ * regions' node CAs, PEM, appended to the client CA and node CA now and by
+ * every later kms_rpc_server_set_tls. NULL or "": none. Whom they may name
+ * is authn's to say (kms_authn_set_regions). Like kms_rpc_server_set_tls
+ * it applies to new handshakes within a second. KMS_ERR_INVALID for a PEM
+ * gRPC could not read (a block that does not parse, no certificate),
+ * KMS_ERR_IO when the roots cannot be written; the roots before stay in
+ * force then.
+ */
+int kms_rpc_server_set_extra_roots(kms_rpc_server *s, const char *pem, kms_err *err);
+
 /* Stops accepting, cancels calls in flight, joins the workers, frees. */
 void kms_rpc_server_stop(kms_rpc_server *s);
 
@@ -115,6 +129,10 @@ const char *kms_call_principal(const kms_call *call);
 /* The caller as authentication found it (kind KMS_PEER_NONE for an
  * anonymous call). */
 const kms_peer *kms_call_peer(const kms_call *call);
+
+/* The name of the linked region whose node is calling; "" unless the caller
+ * is KMS_PEER_REGION. Never NULL. */
+const char *kms_call_peer_region(const kms_call *call);
 
 /* The value of request metadata key (lowercase), or NULL; *len gets its
  * length (not NUL-terminated). Valid during the handler. */

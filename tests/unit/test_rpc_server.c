@@ -1,4 +1,4 @@
-/* test_rpc_server.c - Check suite for the gRPC server's handling of request bytes (rpc_server.c), with an in-process server and client over mutual TLS, and for local calls (no network). */
+/* test_rpc_server.c - Check suite for the gRPC server's handling of request bytes and of linked regions' nodes (rpc_server.c), with an in-process server and clients over mutual TLS, and for local calls (no network). */
 #include <check.h>
 #include <dlfcn.h>
 #include <limits.h>
@@ -18,6 +18,7 @@
 #include "kms/client.h"
 #include "kms/spiffe.h"
 #include "kms/v1/kms.pb-c.h"
+#include "identity/authn.h"
 #include "rpc/rpc_server.h"
 #include "softhsm_fixture.h"
 #include "test_net.h"
@@ -34,6 +35,14 @@ static char tmp[PATH_MAX];
 static char ca_pem[PATH_MAX + 32], ca_key[PATH_MAX + 32];
 static char srv_pem[PATH_MAX + 32], srv_key[PATH_MAX + 32];
 static char cli_pem[PATH_MAX + 32], cli_key[PATH_MAX + 32];
+/* For the regions' tests: a node CA apart from the client CA, linked
+ * region eu-west's node CA and its node 4, and a second client CA with a
+ * service of it. */
+static char node_ca_pem[PATH_MAX + 32], node_ca_key[PATH_MAX + 32];
+static char eu_ca_pem[PATH_MAX + 32], eu_ca_key[PATH_MAX + 32];
+static char eu4_pem[PATH_MAX + 32], eu4_key[PATH_MAX + 32];
+static char ca2_pem[PATH_MAX + 32], ca2_key[PATH_MAX + 32];
+static char cli2_pem[PATH_MAX + 32], cli2_key[PATH_MAX + 32];
 
 /* Per test. */
 static kms_rpc_server *server;
@@ -104,6 +113,28 @@ static const kms_method methods[] = {
 	{M_CLOSED, handler, KMS_CALLERS_SERVICES, &kms__v1__encrypt_request__descriptor, 0},
 };
 
+static void make_region_pki(void)
+{
+	kms_test_san eu4_sans[] = {{KMS_TEST_SAN_URI, "spiffe://eu.kmsd.dev/kmsd/node/4", 0}};
+	kms_test_san cli2_sans[] = {{KMS_TEST_SAN_URI, "spiffe://kmsd.dev/ns/t/sa/c2", 0}};
+	struct {
+		char *out;
+		const char *name;
+	} files[] = {{node_ca_pem, "node-ca.pem"}, {node_ca_key, "node-ca.key"},
+		     {eu_ca_pem, "eu-ca.pem"},	   {eu_ca_key, "eu-ca.key"},
+		     {eu4_pem, "eu4.pem"},	   {eu4_key, "eu4.key"},
+		     {ca2_pem, "ca2.pem"},	   {ca2_key, "ca2.key"},
+		     {cli2_pem, "client2.pem"},	   {cli2_key, "client2.key"}};
+
+	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
+		snprintf(files[i].out, PATH_MAX + 32, "%s/%s", tmp, files[i].name);
+	kms_test_make_ca(node_ca_pem, node_ca_key, "node CA");
+	kms_test_make_ca(eu_ca_pem, eu_ca_key, "eu-west node CA");
+	kms_test_issue_cert(eu_ca_pem, eu_ca_key, eu4_pem, eu4_key, eu4_sans, 1, 1);
+	kms_test_make_ca(ca2_pem, ca2_key, "test CA 2");
+	kms_test_issue_cert(ca2_pem, ca2_key, cli2_pem, cli2_key, cli2_sans, 1, 1);
+}
+
 static void make_pki(void)
 {
 	kms_test_san server_sans[] = {{KMS_TEST_SAN_IP, "127.0.0.1", 0}};
@@ -121,6 +152,7 @@ static void make_pki(void)
 	kms_test_make_ca(ca_pem, ca_key, "test CA");
 	kms_test_issue_cert(ca_pem, ca_key, srv_pem, srv_key, server_sans, 1, 1);
 	kms_test_issue_cert(ca_pem, ca_key, cli_pem, cli_key, client_sans, 1, 1);
+	make_region_pki();
 }
 
 static void remove_pki(void)
@@ -128,10 +160,40 @@ static void remove_pki(void)
 	kms_test_rmtree(tmp);
 }
 
+/* Starts server on a free port with n methods, the TLS set tls (freed
+ * here) and authn (NULL: none). */
+static void start_server(const kms_method *m, size_t n, kms_tls_files *tls, kms_authn *authn)
+{
+	kms_rpc_server_opts o;
+	kms_err err = {0};
+	size_t len;
+
+	snprintf(endpoint, sizeof(endpoint), "127.0.0.1:%d", kms_test_free_port());
+	server_key = kms_test_read_file(srv_key, &len);
+	memset(&o, 0, sizeof(o));
+	o.listen = endpoint;
+	o.tls = tls;
+	o.private_key = server_key;
+	o.limits.max_concurrent_streams = 100;
+	o.limits.handshake_timeout_s = 10;
+	o.limits.keepalive_time_s = 60;
+	o.limits.keepalive_timeout_s = 20;
+	o.limits.min_ping_interval_s = 30;
+	o.limits.max_connection_idle_s = 300;
+	o.limits.max_connection_age_s = 3600;
+	o.limits.max_connection_age_grace_s = 30;
+	o.limits.request_timeout_s = 30;
+	o.workers = 1;
+	o.methods = m;
+	o.n_methods = n;
+	o.authn = authn;
+	ck_assert_msg(kms_rpc_server_start(&o, &server, &err) == KMS_OK, "%s", err.msg);
+	kms_tls_files_free(tls);
+}
+
 static void setup(void)
 {
 	Kms__V1__EncryptRequest req = KMS__V1__ENCRYPT_REQUEST__INIT;
-	kms_rpc_server_opts o;
 	kms_tls_files tls;
 	kms_client_opts co;
 	kms_err err = {0};
@@ -151,30 +213,11 @@ static void setup(void)
 	ck_assert_ptr_nonnull(request);
 	protobuf_c_message_pack(&req.base, request);
 
-	snprintf(endpoint, sizeof(endpoint), "127.0.0.1:%d", kms_test_free_port());
-	server_key = kms_test_read_file(srv_key, &len);
 	memset(&tls, 0, sizeof(tls));
 	tls.cert_chain = kms_test_read_file(srv_pem, &len);
 	tls.client_ca = kms_test_read_file(ca_pem, &len);
 	tls.node_ca = kms_test_read_file(ca_pem, &len);
-	memset(&o, 0, sizeof(o));
-	o.listen = endpoint;
-	o.tls = &tls;
-	o.private_key = server_key;
-	o.limits.max_concurrent_streams = 100;
-	o.limits.handshake_timeout_s = 10;
-	o.limits.keepalive_time_s = 60;
-	o.limits.keepalive_timeout_s = 20;
-	o.limits.min_ping_interval_s = 30;
-	o.limits.max_connection_idle_s = 300;
-	o.limits.max_connection_age_s = 3600;
-	o.limits.max_connection_age_grace_s = 30;
-	o.limits.request_timeout_s = 30;
-	o.workers = 1;
-	o.methods = methods;
-	o.n_methods = sizeof(methods) / sizeof(methods[0]);
-	ck_assert_msg(kms_rpc_server_start(&o, &server, &err) == KMS_OK, "%s", err.msg);
-	kms_tls_files_free(&tls);
+	start_server(methods, sizeof(methods) / sizeof(methods[0]), &tls, NULL);
 
 	memset(&co, 0, sizeof(co));
 	co.target = endpoint;
@@ -262,6 +305,7 @@ static struct {
 	int handler_runs;
 	char principal[KMS_SPIFFE_ID_MAX + 1]; /* "" when NULL */
 	enum kms_peer_kind kind;
+	char region[KMS_REGION_NAME_MAX + 1]; /* kms_call_peer_region */
 	void *worker;
 	long deadline_ms;
 	char consistency[64]; /* the kms-consistency metadata, "" when none */
@@ -315,6 +359,7 @@ static void local_handler(void *app, kms_call *call, const uint8_t *req, size_t 
 	seen.handler_runs++;
 	snprintf(seen.principal, sizeof(seen.principal), "%s", p != NULL ? p : "");
 	seen.kind = kms_call_peer(call)->kind;
+	snprintf(seen.region, sizeof(seen.region), "%s", kms_call_peer_region(call));
 	seen.worker = kms_call_worker(call);
 	seen.deadline_ms = kms_call_deadline_ms(call);
 	md = kms_call_metadata(call, KMS_CONSISTENCY_HEADER, &md_len);
@@ -367,6 +412,8 @@ static const kms_method local_methods[] = {
 	 &kms__v1__encrypt_request__descriptor, 0},
 	{"/test.Small/Limited", local_handler, KMS_CALLERS_SERVICES,
 	 &kms__v1__encrypt_request__descriptor, 20},
+	{"/test.Wipe/Regions", local_handler, KMS_CALLERS_REGIONS,
+	 &kms__v1__encrypt_request__descriptor, 0},
 };
 
 static kms_peer make_peer(enum kms_peer_kind kind, const char *id, uint64_t node_id)
@@ -575,11 +622,272 @@ START_TEST(test_local_call_metadata_is_bounded)
 }
 END_TEST
 
+/* A node of linked region eu-west, as authn finds it. */
+static kms_peer region_peer(void)
+{
+	kms_peer p = make_peer(KMS_PEER_REGION, "spiffe://eu.kmsd.dev/kmsd/node/4", 4);
+
+	snprintf(p.region, sizeof(p.region), "eu-west");
+	return p;
+}
+
+START_TEST(test_local_call_region_peer_calls_a_region_method)
+{
+	kms_peer eu = region_peer();
+
+	run_local(4, &eu, "k1", 2, 5000, NULL);
+	ck_assert_int_eq(seen.handler_runs, 1);
+	ck_assert_int_eq(seen.code, GRPC_STATUS_OK);
+	ck_assert_int_eq(seen.kind, KMS_PEER_REGION);
+	ck_assert_str_eq(seen.region, "eu-west");
+	ck_assert_str_eq(seen.principal, "spiffe://eu.kmsd.dev/kmsd/node/4");
+}
+END_TEST
+
+START_TEST(test_local_call_region_peer_is_refused_node_and_service_methods)
+{
+	kms_peer eu = region_peer();
+
+	for (size_t i = 1; i <= 2; i++) {
+		local_reset();
+		run_local(i, &eu, "k1", 2, 5000, NULL);
+		ck_assert_int_eq(seen.handler_runs, 0);
+		ck_assert_int_eq(seen.code, GRPC_STATUS_PERMISSION_DENIED);
+		ck_assert_msg(strstr(seen.msg, "is a node of linked region 'eu-west'") != NULL &&
+				      strstr(seen.msg, local_methods[i].path) != NULL,
+			      "%s", seen.msg);
+	}
+	/* An open method sees an anonymous caller from no region. */
+	local_reset();
+	run_local(0, &eu, "k1", 2, 5000, NULL);
+	ck_assert_int_eq(seen.code, GRPC_STATUS_OK);
+	ck_assert_int_eq(seen.kind, KMS_PEER_NONE);
+	ck_assert_str_eq(seen.region, "");
+}
+END_TEST
+
+START_TEST(test_local_call_node_and_service_are_refused_a_region_method)
+{
+	kms_peer node = make_peer(KMS_PEER_NODE, "spiffe://kmsd.dev/kmsd/node/2", 2);
+	kms_peer app = make_peer(KMS_PEER_SERVICE, "spiffe://kmsd.dev/ns/t/sa/c", 0);
+	const kms_peer *peers[] = {&node, &app};
+
+	for (size_t i = 0; i < 2; i++) {
+		local_reset();
+		run_local(4, peers[i], "k1", 2, 5000, NULL);
+		ck_assert_int_eq(seen.handler_runs, 0);
+		ck_assert_int_eq(seen.code, GRPC_STATUS_PERMISSION_DENIED);
+		ck_assert_msg(strstr(seen.msg, "serves only the nodes of linked regions") != NULL,
+			      "%s", seen.msg);
+	}
+	local_reset();
+	run_local(4, NULL, "k1", 2, 5000, NULL);
+	ck_assert_int_eq(seen.code, GRPC_STATUS_UNAUTHENTICATED);
+}
+END_TEST
+
+/* --- linked regions' nodes over mutual TLS --- */
+
+#define M_SERVICES "/test.Region/Services"
+#define M_NODES "/test.Region/Nodes"
+#define M_REGIONS "/test.Region/Regions"
+#define M_ANYONE "/test.Region/Anyone"
+
+static kms_authn *region_authn;
+
+/* What the last handler saw (it runs on a worker thread). */
+static struct {
+	pthread_mutex_t mu;
+	enum kms_peer_kind kind;
+	char region[KMS_REGION_NAME_MAX + 1];
+	uint64_t node_id;
+} rseen = {PTHREAD_MUTEX_INITIALIZER, KMS_PEER_NONE, "", 0};
+
+static void region_handler(void *app, kms_call *call, const uint8_t *req, size_t len)
+{
+	Kms__V1__EncryptResponse resp = KMS__V1__ENCRYPT_RESPONSE__INIT;
+
+	(void)app;
+	(void)req;
+	(void)len;
+	pthread_mutex_lock(&rseen.mu);
+	rseen.kind = kms_call_peer(call)->kind;
+	snprintf(rseen.region, sizeof(rseen.region), "%s", kms_call_peer_region(call));
+	rseen.node_id = kms_call_peer(call)->node_id;
+	pthread_mutex_unlock(&rseen.mu);
+	kms_call_reply(call, &resp.base, 0);
+}
+
+static const kms_method region_methods[] = {
+	{M_SERVICES, region_handler, KMS_CALLERS_SERVICES, &kms__v1__encrypt_request__descriptor,
+	 0},
+	{M_NODES, region_handler, KMS_CALLERS_NODES, &kms__v1__encrypt_request__descriptor, 0},
+	{M_REGIONS, region_handler, KMS_CALLERS_REGIONS, &kms__v1__encrypt_request__descriptor, 0},
+	{M_ANYONE, region_handler, KMS_CALLERS_ANYONE, &kms__v1__encrypt_request__descriptor, 0},
+};
+
+/* The TLS set of the server: its chain, client CA client_ca, our node CA. */
+static void load_tls(kms_tls_files *tls, const char *client_ca)
+{
+	size_t len;
+
+	memset(tls, 0, sizeof(*tls));
+	tls->cert_chain = kms_test_read_file(srv_pem, &len);
+	tls->client_ca = kms_test_read_file(client_ca, &len);
+	tls->node_ca = kms_test_read_file(node_ca_pem, &len);
+}
+
+static void region_setup(void)
+{
+	kms_tls_files tls;
+	kms_err err = {0};
+	size_t len;
+	char *eu_pem = kms_test_read_file(eu_ca_pem, &len);
+	kms_authn_region eu = {"eu-west", "eu.kmsd.dev", eu_pem, len};
+
+	ck_assert_msg(kms_authn_new("kmsd.dev", node_ca_pem, &region_authn, &err) == KMS_OK, "%s",
+		      err.msg);
+	ck_assert_msg(kms_authn_set_regions(region_authn, &eu, 1, &err) == KMS_OK, "%s", err.msg);
+	kms_free(eu_pem);
+	load_tls(&tls, ca_pem);
+	start_server(region_methods, sizeof(region_methods) / sizeof(region_methods[0]), &tls,
+		     region_authn);
+}
+
+static void region_teardown(void)
+{
+	kms_rpc_server_stop(server);
+	kms_authn_free(region_authn);
+	kms_free_secret(server_key, strlen(server_key));
+}
+
+/* One call of method on a fresh connection with cert/key; its status. */
+static int call_as(const char *cert, const char *key, const char *method, kms_rpc_status *st)
+{
+	uint8_t req[128];
+	size_t len = pack_request(req, sizeof(req), "k1", 2);
+	kms_client_opts co;
+	kms_client *c = NULL;
+	kms_buf out = {0};
+	kms_err err = {0};
+
+	memset(&co, 0, sizeof(co));
+	co.target = endpoint;
+	co.ca_file = ca_pem;
+	co.cert_file = cert;
+	co.key_file = key;
+	co.timeout_ms = 3000;
+	ck_assert_msg(kms_client_open(&co, &c, &err) == KMS_OK, "%s", err.msg);
+	kms_client_call_raw(c, method, req, len, &out, st);
+	kms_buf_free(&out);
+	kms_client_close(c);
+	return st->code;
+}
+
+/*
+ * Calls until the answer is want: the server's roots change on disk at
+ * once, and gRPC's certificate provider reads them within a second.
+ */
+static void await_code(const char *cert, const char *key, const char *method, int want)
+{
+	struct timespec pause = {0, 100 * 1000 * 1000};
+	kms_rpc_status st;
+
+	for (int i = 0; i < 150 && call_as(cert, key, method, &st) != want; i++)
+		nanosleep(&pause, NULL);
+	ck_assert_msg(st.code == want, "%s answered %d (%s), not %d", method, st.code, st.details,
+		      want);
+}
+
+static void set_eu_roots(void)
+{
+	kms_err err = {0};
+	size_t len;
+	char *eu_pem = kms_test_read_file(eu_ca_pem, &len);
+
+	ck_assert_msg(kms_rpc_server_set_extra_roots(server, eu_pem, &err) == KMS_OK, "%s",
+		      err.msg);
+	kms_free(eu_pem);
+}
+
+START_TEST(test_region_node_calls_only_region_methods)
+{
+	kms_rpc_status st;
+
+	/* Linked in authn, but its CA is not among the roots: no handshake. */
+	ck_assert_int_eq(call_as(eu4_pem, eu4_key, M_REGIONS, &st), GRPC_STATUS_UNAVAILABLE);
+	set_eu_roots();
+	await_code(eu4_pem, eu4_key, M_REGIONS, GRPC_STATUS_OK);
+	pthread_mutex_lock(&rseen.mu);
+	ck_assert_int_eq(rseen.kind, KMS_PEER_REGION);
+	ck_assert_str_eq(rseen.region, "eu-west");
+	ck_assert(rseen.node_id == 4);
+	pthread_mutex_unlock(&rseen.mu);
+	/* Never a node of ours, nor a service. */
+	ck_assert_int_eq(call_as(eu4_pem, eu4_key, M_NODES, &st), GRPC_STATUS_PERMISSION_DENIED);
+	ck_assert_msg(strstr(st.details, "is a node of linked region 'eu-west'") != NULL, "%s",
+		      st.details);
+	ck_assert_msg(strstr(st.details, M_NODES) != NULL, "%s", st.details);
+	ck_assert_int_eq(call_as(eu4_pem, eu4_key, M_SERVICES, &st),
+			 GRPC_STATUS_PERMISSION_DENIED);
+	ck_assert_msg(strstr(st.details, "linked region 'eu-west'") != NULL, "%s", st.details);
+	/* And a service is not a region's node. */
+	ck_assert_int_eq(call_as(cli_pem, cli_key, M_REGIONS, &st), GRPC_STATUS_PERMISSION_DENIED);
+	ck_assert_msg(strstr(st.details, "serves only the nodes of linked regions") != NULL, "%s",
+		      st.details);
+	ck_assert_int_eq(call_as(cli_pem, cli_key, M_SERVICES, &st), GRPC_STATUS_OK);
+	pthread_mutex_lock(&rseen.mu);
+	ck_assert_int_eq(rseen.kind, KMS_PEER_SERVICE);
+	ck_assert_str_eq(rseen.region, "");
+	pthread_mutex_unlock(&rseen.mu);
+	/* Unlinked in authn: the handshake passes, the identity does not. */
+	ck_assert_int_eq(kms_authn_set_regions(region_authn, NULL, 0, NULL), KMS_OK);
+	ck_assert_int_eq(call_as(eu4_pem, eu4_key, M_REGIONS, &st), GRPC_STATUS_UNAUTHENTICATED);
+}
+END_TEST
+
+START_TEST(test_extra_roots_outlive_set_tls_until_cleared)
+{
+	kms_tls_files tls;
+	kms_rpc_status st;
+	kms_err err = {0};
+	struct timespec refresh = {1, 500 * 1000 * 1000};
+
+	set_eu_roots();
+	await_code(eu4_pem, eu4_key, M_REGIONS, GRPC_STATUS_OK);
+	/* Roots gRPC could not read are refused, and the ones in force stay
+	 * (past the provider's refresh). */
+	ck_assert_int_eq(kms_rpc_server_set_extra_roots(server, "junk", &err), KMS_ERR_INVALID);
+	ck_assert_msg(strstr(err.msg, "extra TLS roots holds no certificate") != NULL, "%s",
+		      err.msg);
+	nanosleep(&refresh, NULL);
+	ck_assert_int_eq(call_as(eu4_pem, eu4_key, M_REGIONS, &st), GRPC_STATUS_OK);
+	/* A new TLS set (another client CA) keeps the extra roots: once a
+	 * client of the new CA gets through, the new roots are read. */
+	ck_assert_int_eq(call_as(cli2_pem, cli2_key, M_ANYONE, &st), GRPC_STATUS_UNAVAILABLE);
+	load_tls(&tls, ca2_pem);
+	ck_assert_msg(kms_rpc_server_set_tls(server, &tls, &err) == KMS_OK, "%s", err.msg);
+	kms_tls_files_free(&tls);
+	await_code(cli2_pem, cli2_key, M_ANYONE, GRPC_STATUS_OK);
+	ck_assert_int_eq(call_as(eu4_pem, eu4_key, M_REGIONS, &st), GRPC_STATUS_OK);
+	ck_assert_int_eq(call_as(cli_pem, cli_key, M_ANYONE, &st), GRPC_STATUS_UNAVAILABLE);
+	/* Cleared: the region's nodes no longer get through the handshake. */
+	ck_assert_int_eq(kms_rpc_server_set_extra_roots(server, "", &err), KMS_OK);
+	await_code(eu4_pem, eu4_key, M_REGIONS, GRPC_STATUS_UNAVAILABLE);
+	ck_assert_int_eq(call_as(cli2_pem, cli2_key, M_ANYONE, &st), GRPC_STATUS_OK);
+	set_eu_roots();
+	await_code(eu4_pem, eu4_key, M_REGIONS, GRPC_STATUS_OK);
+	ck_assert_int_eq(kms_rpc_server_set_extra_roots(server, NULL, &err), KMS_OK);
+	await_code(eu4_pem, eu4_key, M_REGIONS, GRPC_STATUS_UNAVAILABLE);
+}
+END_TEST
+
 static Suite *rpc_server_suite(void)
 {
 	Suite *s = suite_create("rpc_server");
 	TCase *tc = tcase_create("request bytes");
 	TCase *local = tcase_create("local calls");
+	TCase *regions = tcase_create("linked regions");
 
 	tcase_add_unchecked_fixture(tc, make_pki, remove_pki);
 	tcase_add_checked_fixture(tc, setup, teardown);
@@ -599,7 +907,16 @@ static Suite *rpc_server_suite(void)
 	tcase_add_test(local, test_local_call_nul_in_a_string_is_refused_before_the_handler);
 	tcase_add_test(local, test_local_call_metadata_is_bounded);
 	tcase_add_test(local, test_local_call_over_the_method_limit_is_refused);
+	tcase_add_test(local, test_local_call_region_peer_calls_a_region_method);
+	tcase_add_test(local, test_local_call_region_peer_is_refused_node_and_service_methods);
+	tcase_add_test(local, test_local_call_node_and_service_are_refused_a_region_method);
 	suite_add_tcase(s, local);
+	tcase_add_unchecked_fixture(regions, make_pki, remove_pki);
+	tcase_add_checked_fixture(regions, region_setup, region_teardown);
+	tcase_set_timeout(regions, 60);
+	tcase_add_test(regions, test_region_node_calls_only_region_methods);
+	tcase_add_test(regions, test_extra_roots_outlive_set_tls_until_cleared);
+	suite_add_tcase(s, regions);
 	return s;
 }
 
