@@ -4,7 +4,9 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <stdlib.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <openssl/bn.h>
 #include <openssl/evp.h>
@@ -194,4 +196,20 @@ char *kms_test_read_file(const char *path, size_t *len)
 	buf[n] = '\0';
 	*len = n;
 	return buf;
+}
+
+char *kms_test_ca_pem(const char *cn, size_t *len)
+{
+	char dir[] = "/tmp/kms-test-ca-XXXXXX", pem[64], key[64];
+	char *text;
+
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	snprintf(pem, sizeof(pem), "%s/ca.pem", dir);
+	snprintf(key, sizeof(key), "%s/ca.key", dir);
+	kms_test_make_ca(pem, key, cn);
+	text = kms_test_read_file(pem, len);
+	unlink(pem);
+	unlink(key);
+	rmdir(dir);
+	return text;
 }

@@ -43,4 +43,8 @@ X509 *kms_test_read_cert(const char *path);
  * *len gets its length. Fails the running test on error. */
 char *kms_test_read_file(const char *path, size_t *len);
 
+/* A new CA's certificate as PEM text (kms_malloc'd, *len its length),
+ * made in a temporary directory that is removed again. */
+char *kms_test_ca_pem(const char *cn, size_t *len);
+
 #endif

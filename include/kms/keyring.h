@@ -245,6 +245,35 @@ int kms_keyring_cmd_set_home_region(kms_buf *cmd, const char *region, kms_err *e
 /* The cluster's region from the replicated state; "" before QuorumInit or
  * in a cluster made before regions. */
 void kms_keyring_region(kms_keyring *kr, char out[KMS_REGION_NAME_MAX + 1]);
+/*
+ * Copies of the region links (kms_keyring_region_links_free) and the last
+ * region_rev given (region_rev may be NULL).
+ */
+int kms_keyring_region_links(kms_keyring *kr, Kms__V1__RegionLinkRecord ***out, size_t *n,
+			     uint64_t *region_rev, kms_err *err);
+void kms_keyring_region_links_free(Kms__V1__RegionLinkRecord **links, size_t n);
+/*
+ * The primary's side of the stream: copies of at most max multi-region
+ * keys homed here whose region_rev is above after_rev, in region_rev
+ * order (kms_keyring_records_free), and *head, the last region_rev given.
+ */
+int kms_keyring_region_changes(kms_keyring *kr, uint64_t after_rev, size_t max,
+			       Kms__V1__KeyRecord ***out, size_t *n, uint64_t *head, kms_err *err);
+void kms_keyring_records_free(Kms__V1__KeyRecord **recs, size_t n);
+/*
+ * The secondary's side: RegionApply with keys pulled from peer_region at
+ * epoch, their materials under this cluster's domain key of dk_generation,
+ * and the primary's region_rev up to which the stream is applied (cursor)
+ * and its head. Apply refuses it unless this cluster is linked as a
+ * secondary of peer_region at that epoch; it adds or replaces each key of
+ * peer_region, keeps this region's reserved encryptions, and counts as a
+ * conflict (RegionLinkRecord.conflicts) a key whose id this region's own
+ * key holds, which stays.
+ */
+int kms_keyring_cmd_region_apply(const char *peer_region, uint64_t epoch,
+				 Kms__V1__KeyRecord *const *keys, size_t n, uint64_t cursor,
+				 uint64_t peer_head, int64_t now_unix, uint32_t dk_generation,
+				 kms_buf *out, kms_err *err);
 /* p: a pending proposal without approvals, its digest filled in. */
 int kms_keyring_cmd_propose(const Kms__V1__ProposalRecord *p, kms_buf *out, kms_err *err);
 int kms_keyring_cmd_approve(const char *proposal_id, const char *operator_name,

@@ -121,6 +121,11 @@ struct kms_keyring {
 	Kms__V1__BackupRecord *last_backup; /* owned; NULL before the first backup */
 	/* The cluster's region (QuorumInit); "" in a cluster made before regions. */
 	char region[KMS_REGION_NAME_MAX + 1];
+	/* Regions (keyring_region.c): the links, owned, sorted by peer_region,
+	 * and the last region_rev given to a change of a multi-region key. */
+	Kms__V1__RegionLinkRecord **links;
+	size_t n_links;
+	uint64_t region_rev;
 	kms_dk_state dk; /* the domain key's generation and rotation */
 };
 
@@ -230,6 +235,20 @@ int kr_create_scope_check(const struct kms_keyring *kr, const Kms__V1__KeyRecord
 			  kms_err *err);
 /* Copies a valid region name, or "" for none, into out. */
 int kr_region_set(char out[KMS_REGION_NAME_MAX + 1], const char *region, kms_err *err);
+/* A snapshot's links and region_rev, checked and copied into q (the
+ * quorum's restore, kr_quorum_build); kr_links_free frees such a copy. */
+struct kr_quorum;
+int kr_links_build(const Kms__V1__KeyRingSnapshot *s, struct kr_quorum *q, kms_err *err);
+void kr_links_free(Kms__V1__RegionLinkRecord **links, size_t n);
+/* An executed link-region proposal (no lock held). */
+int kr_exec_link_region(kms_keyring *kr, const Kms__V1__LinkRegionOperation *op,
+			const char *proposal_id, int64_t now, kms_err *err);
+/* After a change to key_id is applied: a multi-region key homed here gets
+ * the next region_rev, so that secondaries receive it (no lock held). */
+void kr_region_touch(kms_keyring *kr, const char *key_id);
+/* RegionApply (dry: decide only). */
+int kr_apply_region_apply(kms_keyring *kr, const Kms__V1__RegionApplyCommand *c, int dry,
+			  kms_err *err);
 
 /* Entries (keyring_state.c); the caller holds the lock where it matters. */
 void kr_entry_clear(struct kr_entry *e);
@@ -454,6 +473,9 @@ struct kr_quorum {
 	size_t n_proposals;
 	Kms__V1__BackupRecord *last_backup;
 	char region[KMS_REGION_NAME_MAX + 1];
+	Kms__V1__RegionLinkRecord **links;
+	size_t n_links;
+	uint64_t region_rev;
 };
 int kr_quorum_build(const Kms__V1__KeyRingSnapshot *s, struct kr_quorum *out, kms_err *err);
 void kr_quorum_swap(kms_keyring *kr, struct kr_quorum *q);

@@ -32,10 +32,13 @@ void kr_quorum_free(kms_keyring *kr)
 	kms_free(kr->proposals);
 	if (kr->last_backup != NULL)
 		kr_pb_message_free(&kr->last_backup->base);
+	kr_links_free(kr->links, kr->n_links);
 	kr->operators = NULL;
 	kr->proposals = NULL;
 	kr->n_proposals = 0;
 	kr->last_backup = NULL;
+	kr->links = NULL;
+	kr->n_links = 0;
 }
 
 /* Replaces a string field of a record with an owned copy of s, keeping the
@@ -379,6 +382,8 @@ static int execute(kms_keyring *kr, const char *self_id, const Kms__V1__RootOper
 		if (strcmp(op->cancel_proposal->proposal_id, self_id) == 0)
 			return kms_errf(err, KMS_ERR_INVALID, "a proposal cannot cancel itself");
 		return exec_cancel_proposal(kr, op->cancel_proposal->proposal_id, now, err);
+	case KMS__V1__ROOT_OPERATION__OP_LINK_REGION:
+		return kr_exec_link_region(kr, op->link_region, self_id, now, err);
 	default:
 		return kms_errf(err, KMS_ERR_INTERNAL, "%s does not run inside the state",
 				kms_root_operation_name(op));
@@ -740,6 +745,9 @@ void kr_quorum_snapshot(kms_keyring *kr, Kms__V1__KeyRingSnapshot *snap)
 	snap->n_proposals = kr->n_proposals;
 	snap->last_backup = kr->last_backup;
 	snap->region = kr->region;
+	snap->region_links = kr->links;
+	snap->n_region_links = kr->n_links;
+	snap->region_rev = kr->region_rev;
 }
 
 int kr_quorum_build(const Kms__V1__KeyRingSnapshot *s, struct kr_quorum *out, kms_err *err)
@@ -792,9 +800,10 @@ int kr_quorum_build(const Kms__V1__KeyRingSnapshot *s, struct kr_quorum *out, km
 			return rc;
 		}
 	}
-	if (kr_region_set(out->region, s->region, err) != KMS_OK) {
+	if (kr_region_set(out->region, s->region, err) != KMS_OK ||
+	    kr_links_build(s, out, err) != KMS_OK) {
 		kr_quorum_build_free(out);
-		return KMS_ERR_INVALID;
+		return err != NULL ? err->code : KMS_ERR_INVALID;
 	}
 	memcpy(out->cluster_id, s->cluster_id.data, KMS_CLUSTER_ID_LEN);
 	out->has_quorum = 1;
@@ -810,6 +819,7 @@ void kr_quorum_build_free(struct kr_quorum *q)
 	kms_free(q->proposals);
 	if (q->last_backup != NULL)
 		kr_pb_message_free(&q->last_backup->base);
+	kr_links_free(q->links, q->n_links);
 	memset(q, 0, sizeof(*q));
 }
 
@@ -824,8 +834,14 @@ void kr_quorum_swap(kms_keyring *kr, struct kr_quorum *q)
 	old.n_proposals = kr->n_proposals;
 	old.last_backup = kr->last_backup;
 	memcpy(old.region, kr->region, sizeof(old.region));
+	old.links = kr->links;
+	old.n_links = kr->n_links;
+	old.region_rev = kr->region_rev;
 	kr->last_backup = q->last_backup;
 	memcpy(kr->region, q->region, sizeof(kr->region));
+	kr->links = q->links;
+	kr->n_links = q->n_links;
+	kr->region_rev = q->region_rev;
 	memcpy(kr->cluster_id, q->cluster_id, KMS_CLUSTER_ID_LEN);
 	kr->has_quorum = q->has_quorum;
 	kr->operators = q->operators;

@@ -1,8 +1,10 @@
-/* keyring_region.c - the cluster's region in the replicated state, and the scope of a key: which region may change it. */
+/* keyring_region.c - regions in the replicated state: the cluster's region, which region may change a key, the links to other regions, and the stream of multi-region changes (region_rev on the primary, RegionApply on a secondary). */
+#include <stdlib.h>
 #include <string.h>
 
 #include "state/keyring_internal.h"
 #include "kms/region.h"
+#include "kms/spiffe.h"
 
 /*
  * A record's scope: a multi-region key names a valid home region, and a
@@ -106,4 +108,444 @@ int kms_keyring_cmd_set_home_region(kms_buf *cmd, const char *region, kms_err *e
 	kms_buf_free(cmd);
 	*cmd = fresh;
 	return KMS_OK;
+}
+
+/* --- links --- */
+
+void kr_links_free(Kms__V1__RegionLinkRecord **links, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		kr_pb_message_free(&links[i]->base);
+	kms_free(links);
+}
+
+static int link_record_check(const Kms__V1__RegionLinkRecord *l, kms_err *err)
+{
+	Kms__V1__LinkRegionOperation op = KMS__V1__LINK_REGION_OPERATION__INIT;
+
+	op.peer_region = l->peer_region;
+	op.role = l->role;
+	op.mode = l->mode;
+	op.peer_endpoints = l->peer_endpoints;
+	op.n_peer_endpoints = l->n_peer_endpoints;
+	op.peer_trust_domain = l->peer_trust_domain;
+	op.peer_node_ca_pem = l->peer_node_ca_pem;
+	KMS_TRY(kms_link_region_check(&op, err));
+	KMS_ENSURE(l->epoch >= 1, err, KMS_ERR_INVALID, "the link to region '%s' has no epoch",
+		   l->peer_region);
+	return KMS_OK;
+}
+
+int kr_links_build(const Kms__V1__KeyRingSnapshot *s, struct kr_quorum *q, kms_err *err)
+{
+	Kms__V1__RegionLinkRecord **links = NULL;
+	size_t i;
+	int rc = KMS_OK;
+
+	q->region_rev = s->region_rev;
+	if (s->n_region_links == 0)
+		return KMS_OK;
+	KMS_ENSURE(s->n_region_links <= KMS_REGION_LINKS_MAX, err, KMS_ERR_INVALID,
+		   "snapshot holds %zu region links", s->n_region_links);
+	KMS_ENSURE(q->region[0] != '\0', err, KMS_ERR_INVALID,
+		   "snapshot holds region links but names no region");
+	links = kms_calloc(s->n_region_links, sizeof(*links));
+	if (links == NULL)
+		return kms_errf(err, KMS_ERR_NOMEM, "out of memory restoring region links");
+	for (i = 0; i < s->n_region_links && rc == KMS_OK; i++) {
+		rc = link_record_check(s->region_links[i], err);
+		if (rc == KMS_OK && i > 0 &&
+		    strcmp(s->region_links[i - 1]->peer_region, s->region_links[i]->peer_region) >= 0)
+			rc = kms_errf(err, KMS_ERR_INVALID,
+				      "snapshot region links are out of order or repeated");
+		if (rc == KMS_OK)
+			rc = kr_message_dup(&s->region_links[i]->base, (ProtobufCMessage **)&links[i],
+					    err);
+	}
+	if (rc != KMS_OK) {
+		kr_links_free(links, i);
+		return rc;
+	}
+	q->links = links;
+	q->n_links = s->n_region_links;
+	return KMS_OK;
+}
+
+static long link_find(const struct kms_keyring *kr, const char *peer)
+{
+	for (size_t i = 0; i < kr->n_links; i++)
+		if (strcmp(kr->links[i]->peer_region, peer) == 0)
+			return (long)i;
+	return -1;
+}
+
+int kr_exec_link_region(kms_keyring *kr, const Kms__V1__LinkRegionOperation *op,
+			const char *proposal_id, int64_t now, kms_err *err)
+{
+	Kms__V1__RegionLinkRecord rec = KMS__V1__REGION_LINK_RECORD__INIT, *copy = NULL;
+	Kms__V1__RegionLinkRecord **grown;
+	char td[KMS_SPIFFE_ID_MAX + 1];
+	size_t pos;
+	int rc = KMS_OK;
+
+	KMS_TRY(kms_link_region_check(op, err));
+	KMS_TRY(kms_trust_domain_parse(op->peer_trust_domain, td, sizeof(td), err));
+	rec.peer_region = op->peer_region;
+	rec.role = op->role;
+	rec.mode = op->mode;
+	rec.peer_endpoints = op->peer_endpoints;
+	rec.n_peer_endpoints = op->n_peer_endpoints;
+	rec.peer_trust_domain = td;
+	rec.peer_node_ca_pem = op->peer_node_ca_pem;
+	rec.epoch = 1;
+	rec.linked_at_unix = now;
+	rec.proposal_id = (char *)proposal_id;
+	KMS_TRY(kr_message_dup(&rec.base, (ProtobufCMessage **)&copy, err));
+	pthread_rwlock_wrlock(&kr->lock);
+	if (kr->region[0] == '\0') {
+		rc = kms_errf(err, KMS_ERR_PRECONDITION,
+			      "this cluster's state names no region: it cannot be linked");
+	} else if (strcmp(op->peer_region, kr->region) == 0) {
+		rc = kms_errf(err, KMS_ERR_INVALID, "region '%s' cannot be linked to itself",
+			      kr->region);
+	} else if (link_find(kr, op->peer_region) >= 0) {
+		rc = kms_errf(err, KMS_ERR_EXISTS, "region '%s' is linked to region '%s' already",
+			      kr->region, op->peer_region);
+	} else if (kr->n_links == KMS_REGION_LINKS_MAX) {
+		rc = kms_errf(err, KMS_ERR_PRECONDITION, "region '%s' has %d links, the most it keeps",
+			      kr->region, KMS_REGION_LINKS_MAX);
+	} else if ((grown = kms_realloc(kr->links, (kr->n_links + 1) * sizeof(*grown))) == NULL) {
+		rc = kms_errf(err, KMS_ERR_NOMEM, "out of memory linking region '%s'",
+			      op->peer_region);
+	} else {
+		kr->links = grown;
+		for (pos = 0; pos < kr->n_links &&
+			      strcmp(kr->links[pos]->peer_region, op->peer_region) < 0;
+		     pos++)
+			;
+		memmove(&kr->links[pos + 1], &kr->links[pos],
+			(kr->n_links - pos) * sizeof(*kr->links));
+		kr->links[pos] = copy;
+		kr->n_links++;
+		copy = NULL;
+	}
+	pthread_rwlock_unlock(&kr->lock);
+	if (copy != NULL)
+		kr_pb_message_free(&copy->base);
+	return rc;
+}
+
+int kms_keyring_region_links(kms_keyring *kr, Kms__V1__RegionLinkRecord ***out, size_t *n,
+			     uint64_t *region_rev, kms_err *err)
+{
+	Kms__V1__RegionLinkRecord **copy = NULL;
+	size_t i = 0;
+	int rc = KMS_OK;
+
+	*out = NULL;
+	*n = 0;
+	pthread_rwlock_rdlock(&kr->lock);
+	if (region_rev != NULL)
+		*region_rev = kr->region_rev;
+	if (kr->n_links > 0 && (copy = kms_calloc(kr->n_links, sizeof(*copy))) == NULL)
+		rc = kms_errf(err, KMS_ERR_NOMEM, "out of memory reading region links");
+	for (i = 0; rc == KMS_OK && i < kr->n_links; i++)
+		rc = kr_message_dup(&kr->links[i]->base, (ProtobufCMessage **)&copy[i], err);
+	pthread_rwlock_unlock(&kr->lock);
+	if (rc != KMS_OK) {
+		kr_links_free(copy, i > 0 ? i - 1 : 0);
+		return rc;
+	}
+	*out = copy;
+	*n = kr->n_links > 0 ? i : 0;
+	return KMS_OK;
+}
+
+void kms_keyring_region_links_free(Kms__V1__RegionLinkRecord **links, size_t n)
+{
+	kr_links_free(links, n);
+}
+
+/* --- the stream: region_rev on the primary --- */
+
+void kr_region_touch(kms_keyring *kr, const char *key_id)
+{
+	struct kr_entry *e;
+
+	pthread_rwlock_wrlock(&kr->lock);
+	e = key_id != NULL ? kr_find_entry(kr, key_id) : NULL;
+	/* A scalar of the record's block: changed in place, under the lock. */
+	if (e != NULL && e->rec->multi_region && strcmp(e->rec->home_region, kr->region) == 0)
+		e->rec->region_rev = ++kr->region_rev;
+	pthread_rwlock_unlock(&kr->lock);
+}
+
+struct rev_ref {
+	uint64_t rev;
+	const Kms__V1__KeyRecord *rec;
+};
+
+static int rev_cmp(const void *x, const void *y)
+{
+	const struct rev_ref *a = x, *b = y;
+
+	return a->rev < b->rev ? -1 : a->rev > b->rev;
+}
+
+void kms_keyring_records_free(Kms__V1__KeyRecord **recs, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (recs[i] != NULL)
+			kr_pb_message_free(&recs[i]->base);
+	kms_free(recs);
+}
+
+int kms_keyring_region_changes(kms_keyring *kr, uint64_t after_rev, size_t max,
+			       Kms__V1__KeyRecord ***out, size_t *n, uint64_t *head, kms_err *err)
+{
+	struct rev_ref *refs = NULL, *grown;
+	size_t n_refs = 0, cap = 0, take;
+	Kms__V1__KeyRecord **copies = NULL;
+	struct kr_cursor cur;
+	struct kr_entry *e;
+	int rc = KMS_OK;
+
+	*out = NULL;
+	*n = 0;
+	pthread_rwlock_rdlock(&kr->lock);
+	*head = kr->region_rev;
+	/* A scan: the changes since a cursor are few, the keys many, and an
+	 * index by rev would cost every write for the sake of the pulls. */
+	for (kr_index_first(&kr->keys, &cur); (e = kr_cursor_next(&cur)) != NULL;) {
+		if (!e->rec->multi_region || e->rec->region_rev <= after_rev ||
+		    strcmp(e->rec->home_region, kr->region) != 0)
+			continue;
+		if (n_refs == cap) {
+			cap = cap == 0 ? 64 : cap * 2;
+			grown = kms_realloc(refs, cap * sizeof(*refs));
+			if (grown == NULL) {
+				rc = kms_errf(err, KMS_ERR_NOMEM, "out of memory reading changes");
+				goto out;
+			}
+			refs = grown;
+		}
+		refs[n_refs].rev = e->rec->region_rev;
+		refs[n_refs].rec = e->rec;
+		n_refs++;
+	}
+	if (n_refs == 0)
+		goto out;
+	qsort(refs, n_refs, sizeof(*refs), rev_cmp);
+	take = n_refs < max ? n_refs : max;
+	copies = kms_calloc(take, sizeof(*copies));
+	if (copies == NULL) {
+		rc = kms_errf(err, KMS_ERR_NOMEM, "out of memory reading changes");
+		goto out;
+	}
+	for (size_t i = 0; i < take && rc == KMS_OK; i++)
+		rc = kr_message_dup(&refs[i].rec->base, (ProtobufCMessage **)&copies[i], err);
+	if (rc == KMS_OK) {
+		*out = copies;
+		*n = take;
+		copies = NULL;
+	}
+	kms_keyring_records_free(copies, copies != NULL ? take : 0);
+out:
+	pthread_rwlock_unlock(&kr->lock);
+	kms_free(refs);
+	return rc;
+}
+
+/* --- the stream: RegionApply on the secondary --- */
+
+/* An incoming record, as a secondary may hold it. */
+static int incoming_check(const Kms__V1__KeyRecord *rec, const char *peer, kms_err *err)
+{
+	KMS_TRY(kr_record_check(rec, err));
+	KMS_ENSURE(rec->multi_region && strcmp(rec->home_region, peer) == 0, err, KMS_ERR_INVALID,
+		   "RegionApply: key '%s' is not a multi-region key of region '%s'", rec->key_id,
+		   peer);
+	return KMS_OK;
+}
+
+/*
+ * Replaces e's record with the incoming one (write lock held). What is
+ * this region's own stays: the encryptions it reserved per version, and a
+ * version it exhausted. The handle of a version destroyed at the primary
+ * goes to *dropped, for the caller to drop outside the lock.
+ */
+static int replace_record(kms_keyring *kr, struct kr_entry *e, const Kms__V1__KeyRecord *in,
+			  kms_key_handle **dropped, kms_err *err)
+{
+	Kms__V1__KeyVersionRecord *vs = NULL, **vp = NULL;
+	Kms__V1__KeyRecord shape = *in;
+	size_t n = in->n_versions;
+	int rc;
+
+	if (n > 0 && ((vs = kms_calloc(n, sizeof(*vs))) == NULL ||
+		      (vp = kms_calloc(n, sizeof(*vp))) == NULL)) {
+		kms_free(vs);
+		return kms_errf(err, KMS_ERR_NOMEM, "out of memory applying key '%s'", in->key_id);
+	}
+	for (size_t i = 0; i < n; i++) {
+		vs[i] = *in->versions[i];
+		if (i < e->rec->n_versions) {
+			const Kms__V1__KeyVersionRecord *mine = e->rec->versions[i];
+
+			vs[i].reserved_encryptions = mine->reserved_encryptions;
+			if (mine->state == KMS__V1__KEY_VERSION_STATE__KEY_VERSION_EXHAUSTED &&
+			    vs[i].state == KMS__V1__KEY_VERSION_STATE__KEY_VERSION_ENABLED)
+				vs[i].state = mine->state;
+			if (vs[i].wrapped_material.len == 0 && e->handles[i] != NULL) {
+				dropped[i] = e->handles[i];
+				e->handles[i] = NULL;
+			}
+		} else {
+			vs[i].reserved_encryptions = 0;
+		}
+		vp[i] = &vs[i];
+	}
+	shape.versions = vp;
+	rc = kr_entry_rebuild(e, &shape, err);
+	if (rc != KMS_OK) {
+		/* Put back what was taken: the entry is unchanged. */
+		for (size_t i = 0; i < n && i < e->rec->n_versions; i++)
+			if (dropped[i] != NULL) {
+				e->handles[i] = dropped[i];
+				dropped[i] = NULL;
+			}
+	}
+	kms_free(vs);
+	kms_free(vp);
+	return rc;
+}
+
+/* One incoming record (write lock held): a new key, a newer state of one
+ * already here, or a conflict or a stale copy, which change nothing. */
+static int apply_one(kms_keyring *kr, Kms__V1__RegionLinkRecord *l, const Kms__V1__KeyRecord *in,
+		     kms_key_handle **dropped, kms_err *err)
+{
+	struct kr_entry *e = kr_find_entry(kr, in->key_id), fresh;
+	int rc;
+
+	if (e == NULL) {
+		KMS_TRY(kr_entry_make(in, &fresh, err));
+		/* The encryptions reserved at the primary are the primary's. */
+		for (size_t i = 0; i < fresh.rec->n_versions; i++)
+			fresh.rec->versions[i]->reserved_encryptions = 0;
+		rc = kr_index_insert(&kr->keys, &fresh, err);
+		if (rc != KMS_OK)
+			kr_entry_clear(&fresh);
+		return rc;
+	}
+	if (!e->rec->multi_region || strcmp(e->rec->home_region, l->peer_region) != 0) {
+		char *id = kms_strdup(in->key_id);
+
+		/* This region's own key holds the id: it stays, and status shows it. */
+		if (id == NULL)
+			return kms_errf(err, KMS_ERR_NOMEM, "out of memory applying key '%s'",
+					in->key_id);
+		if (l->last_conflict != NULL && l->last_conflict != protobuf_c_empty_string)
+			kms_free(l->last_conflict);
+		l->last_conflict = id;
+		l->conflicts++;
+		return KMS_OK;
+	}
+	/* Versions only grow: fewer means an older copy of the key. */
+	if (in->n_versions < e->rec->n_versions || in->region_rev < e->rec->region_rev)
+		return KMS_OK;
+	return replace_record(kr, e, in, dropped, err);
+}
+
+int kr_apply_region_apply(kms_keyring *kr, const Kms__V1__RegionApplyCommand *c, int dry,
+			  kms_err *err)
+{
+	kms_key_handle **dropped = NULL;
+	Kms__V1__RegionLinkRecord *l;
+	size_t total = 0, at_version = 0;
+	long at;
+	int rc = KMS_OK;
+
+	KMS_ENSURE(c != NULL && c->peer_region != NULL, err, KMS_ERR_INVALID,
+		   "RegionApply holds nothing");
+	KMS_ENSURE(c->n_keys <= KMS_REGION_APPLY_MAX, err, KMS_ERR_INVALID,
+		   "RegionApply holds %zu keys, more than %d", c->n_keys, KMS_REGION_APPLY_MAX);
+	for (size_t i = 0; i < c->n_keys; i++) {
+		KMS_TRY(incoming_check(c->keys[i], c->peer_region, err));
+		total += c->keys[i]->n_versions;
+	}
+	/* One slot per incoming version: the handles to drop outside the lock. */
+	if (!dry && total > 0 && (dropped = kms_calloc(total, sizeof(*dropped))) == NULL)
+		return kms_errf(err, KMS_ERR_NOMEM, "out of memory applying region changes");
+	kr_lock(kr, dry);
+	at = link_find(kr, c->peer_region);
+	if (at < 0 || kr->links[at]->role != KMS__V1__REGION_ROLE__REGION_ROLE_SECONDARY) {
+		rc = kms_errf(err, KMS_ERR_PRECONDITION,
+			      "region '%s' is not linked as a secondary of region '%s'",
+			      kr->region[0] != '\0' ? kr->region : "unnamed", c->peer_region);
+		goto out;
+	}
+	l = kr->links[at];
+	if (c->epoch != l->epoch) {
+		rc = kms_errf(err, KMS_ERR_PRECONDITION,
+			      "the changes are of epoch %llu of the link to region '%s', which is "
+			      "at epoch %llu",
+			      (unsigned long long)c->epoch, c->peer_region,
+			      (unsigned long long)l->epoch);
+		goto out;
+	}
+	if (c->n_keys > 0)
+		KMS_TRY_GOTO(rc, kr_dk_generation_check(kr, c->domain_key_generation, err), out);
+	if (dry)
+		goto out;
+	/*
+	 * Key by key: only running out of memory stops it half way, and then
+	 * the cursor stays, so the next pull brings the same keys again and
+	 * applying one twice changes nothing.
+	 */
+	for (size_t i = 0; i < c->n_keys && rc == KMS_OK; i++) {
+		rc = apply_one(kr, l, c->keys[i], dropped + at_version, err);
+		at_version += c->keys[i]->n_versions;
+	}
+	if (rc == KMS_OK) {
+		if (c->cursor > l->cursor)
+			l->cursor = c->cursor;
+		l->peer_head = c->peer_head;
+		l->applied_at_unix = c->now_unix;
+	}
+	kr_lru_prune(kr);
+out:
+	pthread_rwlock_unlock(&kr->lock);
+	for (size_t j = 0; dropped != NULL && j < total; j++)
+		kr_handle_drop(dropped[j]);
+	kms_free(dropped);
+	return rc;
+}
+
+int kms_keyring_cmd_region_apply(const char *peer_region, uint64_t epoch,
+				 Kms__V1__KeyRecord *const *keys, size_t n, uint64_t cursor,
+				 uint64_t peer_head, int64_t now_unix, uint32_t dk_generation,
+				 kms_buf *out, kms_err *err)
+{
+	Kms__V1__RegionApplyCommand ra = KMS__V1__REGION_APPLY_COMMAND__INIT;
+	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
+
+	out->data = NULL;
+	out->len = 0;
+	KMS_TRY(kms_region_name_check(peer_region, err));
+	KMS_ENSURE(n <= KMS_REGION_APPLY_MAX, err, KMS_ERR_INVALID,
+		   "RegionApply takes at most %d keys, not %zu", KMS_REGION_APPLY_MAX, n);
+	for (size_t i = 0; i < n; i++)
+		KMS_TRY(incoming_check(keys[i], peer_region, err));
+	ra.peer_region = (char *)peer_region;
+	ra.epoch = epoch;
+	ra.keys = (Kms__V1__KeyRecord **)keys;
+	ra.n_keys = n;
+	ra.cursor = cursor;
+	ra.peer_head = peer_head;
+	ra.now_unix = now_unix;
+	ra.domain_key_generation = dk_generation;
+	c.cmd_case = KMS__V1__COMMAND__CMD_REGION_APPLY;
+	c.region_apply = &ra;
+	return kr_command_pack(&c, out, err);
 }

@@ -125,6 +125,8 @@ int kms_root_operation_check(const Kms__V1__RootOperation *op, kms_err *err)
 		return kms_proposal_id_check(op->cancel_proposal->proposal_id, err);
 	case KMS__V1__ROOT_OPERATION__OP_BACKUP_EXPORT:
 		return kms_backup_export_check(op->backup_export, NULL, err);
+	case KMS__V1__ROOT_OPERATION__OP_LINK_REGION:
+		return kms_link_region_check(op->link_region, err);
 	case KMS__V1__ROOT_OPERATION__OP__NOT_SET:
 	default:
 		return kms_errf(err, KMS_ERR_INVALID, "the proposal names no root operation");
@@ -150,6 +152,8 @@ const char *kms_root_operation_name(const Kms__V1__RootOperation *op)
 		return "cancel-proposal";
 	case KMS__V1__ROOT_OPERATION__OP_BACKUP_EXPORT:
 		return "backup-export";
+	case KMS__V1__ROOT_OPERATION__OP_LINK_REGION:
+		return "link-region";
 	default:
 		return "unknown";
 	}
@@ -291,6 +295,17 @@ static void put_operation(struct enc *e, const Kms__V1__RootOperation *op)
 			put_str(e, c->name);
 			put_field(e, c->public_key.data, c->public_key.len);
 		}
+		break;
+	case KMS__V1__ROOT_OPERATION__OP_LINK_REGION:
+		put_str(e, op->link_region->peer_region);
+		put_u32(e, (uint32_t)op->link_region->role);
+		put_u32(e, (uint32_t)op->link_region->mode);
+		put_u32(e, (uint32_t)op->link_region->n_peer_endpoints);
+		for (size_t i = 0; i < op->link_region->n_peer_endpoints; i++)
+			put_str(e, op->link_region->peer_endpoints[i]);
+		put_str(e, op->link_region->peer_trust_domain);
+		put_field(e, op->link_region->peer_node_ca_pem.data,
+			  op->link_region->peer_node_ca_pem.len);
 		break;
 	case KMS__V1__ROOT_OPERATION__OP_ROTATE_DOMAIN_KEY:
 	default:

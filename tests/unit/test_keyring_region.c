@@ -1,6 +1,9 @@
 /* test_keyring_region.c - Check suite for regions in the key ring: region names, the cluster's region in QuorumInit and snapshots, multi-region keys homed in their region, and the refusal of every change to a key homed elsewhere. */
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <check.h>
 
@@ -12,6 +15,7 @@
 #include "kms/region.h"
 #include "kms/v1/state.pb-c.h"
 #include "check_run.h"
+#include "test_pki.h"
 
 #define ADMIN "spiffe://example.org/ns/ops/sa/admin"
 #define NOW 1700000000
@@ -80,10 +84,15 @@ static Kms__V1__KeyMetadata *describe(kms_keyring *k, const char *id)
 	return md;
 }
 
-/* k's snapshot with its region field replaced (kms_free the result). */
-static uint8_t *snapshot_with_region(kms_keyring *k, char *region, size_t *len)
+/* k's snapshot with its region field and its links replaced (kms_free
+ * the result); link NULL: no link. */
+static uint8_t *snapshot_with(kms_keyring *k, char *region, Kms__V1__RegionLinkRecord *link,
+			      size_t *len)
 {
 	Kms__V1__KeyRingSnapshot *s;
+	Kms__V1__RegionLinkRecord **own_links;
+	size_t own_n;
+	char *own_region;
 	kms_buf snap = {0};
 	uint8_t *out;
 	kms_err err = {0};
@@ -91,16 +100,28 @@ static uint8_t *snapshot_with_region(kms_keyring *k, char *region, size_t *len)
 	ck_assert_int_eq(kms_keyring_snapshot(k, kms_malloc, &snap, &err), KMS_OK);
 	s = kms__v1__key_ring_snapshot__unpack(NULL, snap.len, snap.data);
 	ck_assert_ptr_nonnull(s);
+	/* protobuf-c's own fields go back before it frees them. */
+	own_region = s->region;
+	own_links = s->region_links;
+	own_n = s->n_region_links;
 	s->region = region;
+	s->region_links = link != NULL ? &link : NULL;
+	s->n_region_links = link != NULL ? 1 : 0;
 	*len = kms__v1__key_ring_snapshot__get_packed_size(s);
 	out = kms_malloc(*len);
 	ck_assert_ptr_nonnull(out);
 	kms__v1__key_ring_snapshot__pack(s, out);
-	/* The unpacked string is protobuf-c's; it was replaced, not freed. */
-	s->region = NULL;
+	s->region = own_region;
+	s->region_links = own_links;
+	s->n_region_links = own_n;
 	kms__v1__key_ring_snapshot__free_unpacked(s, NULL);
 	kms_buf_free(&snap);
 	return out;
+}
+
+static uint8_t *snapshot_with_region(kms_keyring *k, char *region, size_t *len)
+{
+	return snapshot_with(k, region, NULL, len);
 }
 
 START_TEST(region_names)
@@ -360,6 +381,286 @@ START_TEST(a_key_homed_elsewhere_refuses_every_change)
 }
 END_TEST
 
+
+/* --- the stream --- */
+
+static char ca_pem[4096];
+static char *endpoints[1] = {"10.1.0.1:7401"};
+
+/* A real certificate: the check parses it. */
+static void make_ca_pem(void)
+{
+	size_t len;
+	char *text = kms_test_ca_pem("us-east node CA", &len);
+
+	ck_assert_uint_lt(len, sizeof(ca_pem));
+	memcpy(ca_pem, text, len + 1);
+	kms_free(text);
+}
+
+/* Makes kr region eu-west, linked to us-east with this role at epoch 1. */
+static void link_to_us_east(Kms__V1__RegionRole role)
+{
+	Kms__V1__RegionLinkRecord l = KMS__V1__REGION_LINK_RECORD__INIT;
+	uint8_t *snap;
+	size_t len;
+	kms_err err = {0};
+
+	make_ca_pem();
+	l.peer_region = "us-east";
+	l.role = role;
+	l.mode = KMS__V1__REGION_MODE__REGION_MODE_ASYNC;
+	l.peer_endpoints = endpoints;
+	l.n_peer_endpoints = 1;
+	l.peer_trust_domain = "us-east.example";
+	l.peer_node_ca_pem.data = (uint8_t *)ca_pem;
+	l.peer_node_ca_pem.len = strlen(ca_pem);
+	l.epoch = 1;
+	init_region(kr, "eu-west");
+	snap = snapshot_with(kr, "eu-west", &l, &len);
+	ck_assert_msg(kms_keyring_restore(kr, snap, len, &err) == KMS_OK, "%s", err.msg);
+	kms_free(snap);
+}
+
+static Kms__V1__RegionLinkRecord *the_link(kms_keyring *k)
+{
+	Kms__V1__RegionLinkRecord **links = NULL;
+	Kms__V1__RegionLinkRecord *l;
+	size_t n = 0;
+	kms_err err = {0};
+
+	ck_assert_int_eq(kms_keyring_region_links(k, &links, &n, NULL, &err), KMS_OK);
+	ck_assert_uint_eq(n, 1);
+	l = links[0];
+	kms_free(links);
+	return l;
+}
+
+static void apply_ok(kms_keyring *k, kms_buf *cmd)
+{
+	kms_err err = {0};
+
+	ck_assert_msg(apply(k, cmd, &err) == KMS_OK, "%s", err.msg);
+}
+
+static void rotate(kms_keyring *k, const char *id, uint32_t v)
+{
+	uint8_t w[40];
+	kms_buf cmd = {0};
+	kms_err err = {0};
+
+	memset(w, 0x20 + (int)v, sizeof(w));
+	ck_assert_int_eq(kms_keyring_cmd_rotate_key(id, v, w, sizeof(w), NOW + v, &cmd, &err),
+			 KMS_OK);
+	apply_ok(k, &cmd);
+}
+
+/* The changes after after_rev: n and head checked, the records returned. */
+static Kms__V1__KeyRecord **changes(kms_keyring *k, uint64_t after, size_t max, size_t want_n,
+				    uint64_t want_head)
+{
+	Kms__V1__KeyRecord **recs = NULL;
+	uint64_t head = 0;
+	size_t n = 99;
+	kms_err err = {0};
+
+	ck_assert_int_eq(kms_keyring_region_changes(k, after, max, &recs, &n, &head, &err),
+			 KMS_OK);
+	ck_assert_uint_eq(n, want_n);
+	ck_assert_uint_eq(head, want_head);
+	return recs;
+}
+
+START_TEST(changes_of_multi_region_keys_get_a_region_rev)
+{
+	Kms__V1__KeyRecord **recs;
+	kms_keyring *again = NULL;
+	kms_buf cmd = {0}, snap = {0};
+	kms_err err = {0};
+
+	init_region(kr, "us-east");
+	create_cmd("mr1", "us-east", &cmd);
+	apply_ok(kr, &cmd);
+	create_cmd("local", NULL, &cmd);
+	apply_ok(kr, &cmd);
+	create_cmd("mr2", "us-east", &cmd);
+	apply_ok(kr, &cmd);
+	recs = changes(kr, 0, 256, 2, 2);
+	ck_assert_str_eq(recs[0]->key_id, "mr1");
+	ck_assert_uint_eq(recs[0]->region_rev, 1);
+	ck_assert_str_eq(recs[1]->key_id, "mr2");
+	kms_keyring_records_free(recs, 2);
+	/* A change moves a key to the end; regional keys and reservations
+	 * are not changes of the stream. */
+	rotate(kr, "mr1", 2);
+	ck_assert_int_eq(kms_keyring_cmd_reserve_encryptions("mr2", 1, 10, 1, 1, &cmd, &err),
+			 KMS_OK);
+	apply_ok(kr, &cmd);
+	ck_assert_int_eq(kms_keyring_cmd_set_key_enabled("local", 0, &cmd, &err), KMS_OK);
+	apply_ok(kr, &cmd);
+	recs = changes(kr, 2, 256, 1, 3);
+	ck_assert_str_eq(recs[0]->key_id, "mr1");
+	ck_assert_uint_eq(recs[0]->n_versions, 2);
+	kms_keyring_records_free(recs, 1);
+	recs = changes(kr, 0, 1, 1, 3);
+	ck_assert_str_eq(recs[0]->key_id, "mr2");
+	kms_keyring_records_free(recs, 1);
+	recs = changes(kr, 3, 256, 0, 3);
+	ck_assert_ptr_null(recs);
+	/* A snapshot keeps the revs, and the next change goes on from them. */
+	ck_assert_int_eq(kms_keyring_snapshot(kr, kms_malloc, &snap, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_new(&again, &err), KMS_OK);
+	ck_assert_msg(kms_keyring_restore(again, snap.data, snap.len, &err) == KMS_OK, "%s",
+		      err.msg);
+	ck_assert_int_eq(kms_keyring_cmd_set_key_enabled("mr2", 0, &cmd, &err), KMS_OK);
+	apply_ok(again, &cmd);
+	recs = changes(again, 3, 256, 1, 4);
+	ck_assert_str_eq(recs[0]->key_id, "mr2");
+	kms_keyring_records_free(recs, 1);
+	kms_keyring_free(again);
+	kms_buf_free(&snap);
+}
+END_TEST
+
+/* The primary us-east's mr1 at two versions, as a pull would carry it. */
+static Kms__V1__KeyRecord **pulled_from_us_east(size_t *n, uint64_t *head)
+{
+	kms_keyring *primary = NULL;
+	Kms__V1__KeyRecord **recs = NULL;
+	kms_buf cmd = {0};
+	kms_err err = {0};
+
+	ck_assert_int_eq(kms_keyring_new(&primary, &err), KMS_OK);
+	init_region(primary, "us-east");
+	create_cmd("mr1", "us-east", &cmd);
+	apply_ok(primary, &cmd);
+	rotate(primary, "mr1", 2);
+	ck_assert_int_eq(kms_keyring_region_changes(primary, 0, 256, &recs, n, head, &err), KMS_OK);
+	kms_keyring_free(primary);
+	return recs;
+}
+
+static int region_apply(Kms__V1__KeyRecord **recs, size_t n, uint64_t epoch, uint64_t cursor,
+			uint32_t gen, kms_err *err)
+{
+	kms_buf cmd = {0};
+
+	ck_assert_int_eq(kms_keyring_cmd_region_apply("us-east", epoch, recs, n, cursor, cursor,
+						      NOW + 100, gen, &cmd, err),
+			 KMS_OK);
+	return apply(kr, &cmd, err);
+}
+
+START_TEST(region_apply_adds_and_replaces_keys)
+{
+	Kms__V1__KeyRecord **recs;
+	Kms__V1__KeyMetadata *md;
+	Kms__V1__RegionLinkRecord *l;
+	kms_buf cmd = {0};
+	uint64_t head = 0;
+	size_t n = 0;
+	uint32_t two = 2;
+	kms_err err = {0};
+
+	link_to_us_east(KMS__V1__REGION_ROLE__REGION_ROLE_SECONDARY);
+	recs = pulled_from_us_east(&n, &head);
+	ck_assert_uint_eq(n, 1);
+	ck_assert_int_eq(region_apply(recs, n, 1, head, 1, &err), KMS_OK);
+	md = describe(kr, "mr1");
+	ck_assert_str_eq(md->home_region, "us-east");
+	ck_assert_uint_eq(md->n_versions, 2);
+	ck_assert_uint_eq(md->primary_version, 2);
+	kms_keyring_metadata_free(md);
+	l = the_link(kr);
+	ck_assert_uint_eq(l->cursor, head);
+	ck_assert_int_eq(l->applied_at_unix, NOW + 100);
+	kms__v1__region_link_record__free_unpacked(l, NULL);
+	/* This region reserves its own encryptions; a second apply of the same
+	 * changes keeps them, and changes nothing else. */
+	ck_assert_int_eq(kms_keyring_cmd_reserve_encryptions("mr1", 2, 500, 1, 1, &cmd, &err),
+			 KMS_OK);
+	apply_ok(kr, &cmd);
+	ck_assert_int_eq(region_apply(recs, n, 1, head, 1, &err), KMS_OK);
+	md = describe(kr, "mr1");
+	ck_assert_uint_eq(md->version_details[1]->encryptions, 500);
+	kms_keyring_metadata_free(md);
+	/* An older copy (one version) changes nothing. */
+	recs[0]->n_versions = 1;
+	recs[0]->primary_version = 1;
+	ck_assert_int_eq(region_apply(recs, n, 1, head, 1, &err), KMS_OK);
+	recs[0]->n_versions = two;
+	md = describe(kr, "mr1");
+	ck_assert_uint_eq(md->n_versions, 2);
+	kms_keyring_metadata_free(md);
+	kms_keyring_records_free(recs, n);
+}
+END_TEST
+
+START_TEST(region_apply_refusals_change_nothing)
+{
+	Kms__V1__KeyRecord **recs;
+	Kms__V1__RegionLinkRecord *l;
+	kms_buf before = {0}, after = {0}, cmd = {0};
+	uint64_t head = 0;
+	size_t n = 0;
+	char *home;
+	kms_err err = {0};
+
+	recs = pulled_from_us_east(&n, &head);
+	/* Not linked at all. */
+	init_region(kr, "eu-west");
+	ck_assert_int_eq(region_apply(recs, n, 1, head, 1, &err), KMS_ERR_PRECONDITION);
+	ck_assert_msg(strstr(err.msg, "not linked as a secondary of region 'us-east'") != NULL,
+		      "%s", err.msg);
+	ck_assert_uint_eq(kms_keyring_count(kr), 0);
+	kms_keyring_free(kr);
+	/* Linked, but as its primary. */
+	ck_assert_int_eq(kms_keyring_new(&kr, &err), KMS_OK);
+	link_to_us_east(KMS__V1__REGION_ROLE__REGION_ROLE_PRIMARY);
+	ck_assert_int_eq(region_apply(recs, n, 1, head, 1, &err), KMS_ERR_PRECONDITION);
+	kms_keyring_free(kr);
+	ck_assert_int_eq(kms_keyring_new(&kr, &err), KMS_OK);
+	link_to_us_east(KMS__V1__REGION_ROLE__REGION_ROLE_SECONDARY);
+	ck_assert_int_eq(kms_keyring_snapshot(kr, kms_malloc, &before, &err), KMS_OK);
+	/* Another epoch: a promotion happened since the pull. */
+	ck_assert_int_eq(region_apply(recs, n, 2, head, 1, &err), KMS_ERR_PRECONDITION);
+	ck_assert_msg(strstr(err.msg, "epoch 2") != NULL, "%s", err.msg);
+	/* Material under another domain-key generation than this cluster's. */
+	ck_assert_int_eq(region_apply(recs, n, 1, head, 2, &err), KMS_ERR_PRECONDITION);
+	/* A key of a third region is not us-east's to send. */
+	home = recs[0]->home_region;
+	recs[0]->home_region = "ap-south";
+	ck_assert_int_eq(kms_keyring_cmd_region_apply("us-east", 1, recs, n, head, head, NOW, 1,
+						      &cmd, &err),
+			 KMS_ERR_INVALID);
+	ck_assert_msg(strstr(err.msg, "not a multi-region key of region 'us-east'") != NULL, "%s",
+		      err.msg);
+	recs[0]->home_region = home;
+	ck_assert_int_eq(kms_keyring_snapshot(kr, kms_malloc, &after, &err), KMS_OK);
+	ck_assert_uint_eq(before.len, after.len);
+	ck_assert(memcmp(before.data, after.data, before.len) == 0);
+	kms_buf_free(&before);
+	kms_buf_free(&after);
+	/* A regional key of this region holds the id: it stays, counted. */
+	create_cmd("mr1", NULL, &cmd);
+	apply_ok(kr, &cmd);
+	ck_assert_int_eq(region_apply(recs, n, 1, head, 1, &err), KMS_OK);
+	l = the_link(kr);
+	ck_assert_uint_eq(l->conflicts, 1);
+	ck_assert_str_eq(l->last_conflict, "mr1");
+	ck_assert_uint_eq(l->cursor, head);
+	kms__v1__region_link_record__free_unpacked(l, NULL);
+	{
+		Kms__V1__KeyMetadata *md = describe(kr, "mr1");
+
+		ck_assert(!md->multi_region);
+		ck_assert_uint_eq(md->n_versions, 1);
+		kms_keyring_metadata_free(md);
+	}
+	kms_keyring_records_free(recs, n);
+}
+END_TEST
+
 static Suite *region_suite(void)
 {
 	Suite *s = suite_create("keyring_region");
@@ -373,6 +674,9 @@ static Suite *region_suite(void)
 	tcase_add_test(tc, a_key_homed_elsewhere_is_not_created);
 	tcase_add_test(tc, scope_rules_of_a_record);
 	tcase_add_test(tc, a_key_homed_elsewhere_refuses_every_change);
+	tcase_add_test(tc, changes_of_multi_region_keys_get_a_region_rev);
+	tcase_add_test(tc, region_apply_adds_and_replaces_keys);
+	tcase_add_test(tc, region_apply_refusals_change_nothing);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -17,6 +17,7 @@
 #include "kms/quorum.h"
 #include "kms/v1/state.pb-c.h"
 #include "check_run.h"
+#include "test_pki.h"
 
 #define ADMIN "spiffe://example.org/ns/ops/sa/admin"
 #define OTHER "spiffe://example.org/ns/ops/sa/other"
@@ -89,7 +90,8 @@ static void setup(void)
 	ck_assert_int_eq(kms_keyring_new(&kr, &err), KMS_OK);
 	ck_assert_int_eq(kms_keyring_cmd_set_administrators(admins, 1, &cmd, &err), KMS_OK);
 	ck_assert_int_eq(apply(&cmd, &err), KMS_OK);
-	ck_assert_int_eq(kms_keyring_cmd_quorum_init(CID, rec_ptrs, N_OPS, 2, NULL, &cmd, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_cmd_quorum_init(CID, rec_ptrs, N_OPS, 2, "eu-west", &cmd, &err),
+			 KMS_OK);
 	ck_assert_msg(apply(&cmd, &err) == KMS_OK, "%s", err.msg);
 }
 
@@ -569,6 +571,139 @@ START_TEST(failed_execution_is_recorded)
 }
 END_TEST
 
+/* --- link-region --- */
+
+static Kms__V1__LinkRegionOperation lr;
+static char *link_endpoints[2] = {"10.1.0.1:7401", "10.1.0.2:7401"};
+static char link_ca[4096];
+
+/* A real certificate: the check parses it. */
+static void make_link_ca(void)
+{
+	size_t len;
+	char *text = kms_test_ca_pem("us-east node CA", &len);
+
+	ck_assert_uint_lt(len, sizeof(link_ca));
+	memcpy(link_ca, text, len + 1);
+	kms_free(text);
+}
+
+static Kms__V1__RootOperation *op_link(const char *peer)
+{
+	make_link_ca();
+	kms__v1__root_operation__init(&op);
+	kms__v1__link_region_operation__init(&lr);
+	lr.peer_region = (char *)peer;
+	lr.role = KMS__V1__REGION_ROLE__REGION_ROLE_SECONDARY;
+	lr.mode = KMS__V1__REGION_MODE__REGION_MODE_ASYNC;
+	lr.peer_endpoints = link_endpoints;
+	lr.n_peer_endpoints = 2;
+	lr.peer_trust_domain = "spiffe://us-east.example";
+	lr.peer_node_ca_pem.data = (uint8_t *)link_ca;
+	lr.peer_node_ca_pem.len = strlen(link_ca);
+	op.op_case = KMS__V1__ROOT_OPERATION__OP_LINK_REGION;
+	op.link_region = &lr;
+	return &op;
+}
+
+/* Proposes o as id and has alice and bob approve it. */
+static void propose_and_approve(const char *id, const Kms__V1__RootOperation *o)
+{
+	uint8_t d[KMS_QUORUM_DIGEST_LEN], sig[KMS_ED25519_SIG_LEN];
+	kms_err err = {0};
+
+	ck_assert_msg(propose_as(id, o, CID, d, &err) == KMS_OK, "%s", err.msg);
+	sign(0, d, sig);
+	ck_assert_int_eq(approve(id, "alice", sig, T0 + 1, &err), KMS_OK);
+	sign(1, d, sig);
+	ck_assert_int_eq(approve(id, "bob", sig, T0 + 2, &err), KMS_OK);
+}
+
+START_TEST(link_region_is_recorded_when_approved)
+{
+	Kms__V1__RegionLinkRecord **links = NULL;
+	Kms__V1__ProposalRecord *p = NULL;
+	size_t n = 0;
+	kms_err err = {0};
+
+	propose_and_approve(PID1, op_link("us-east"));
+	ck_assert_str_eq(state_of(PID1, T0 + 3), "executed");
+	ck_assert_int_eq(kms_keyring_region_links(kr, &links, &n, NULL, &err), KMS_OK);
+	ck_assert_uint_eq(n, 1);
+	ck_assert_str_eq(links[0]->peer_region, "us-east");
+	ck_assert_int_eq(links[0]->role, KMS__V1__REGION_ROLE__REGION_ROLE_SECONDARY);
+	/* Kept as the bare name, as [authz] trust_domain is. */
+	ck_assert_str_eq(links[0]->peer_trust_domain, "us-east.example");
+	ck_assert_uint_eq(links[0]->epoch, 1);
+	ck_assert_uint_eq(links[0]->n_peer_endpoints, 2);
+	ck_assert_str_eq(links[0]->proposal_id, PID1);
+	kms_keyring_region_links_free(links, n);
+	/* A second link to the same region fails, recorded in its proposal. */
+	propose_and_approve(PID2, op_link("us-east"));
+	ck_assert_str_eq(state_of(PID2, T0 + 3), "failed");
+	ck_assert_int_eq(kms_keyring_proposal(kr, PID2, &p, &err), KMS_OK);
+	ck_assert_msg(strstr(p->result_message, "linked to region 'us-east' already") != NULL, "%s",
+		      p->result_message);
+	kms_keyring_proposal_free(p);
+	ck_assert_int_eq(kms_keyring_region_links(kr, &links, &n, NULL, &err), KMS_OK);
+	ck_assert_uint_eq(n, 1);
+	kms_keyring_region_links_free(links, n);
+}
+END_TEST
+
+START_TEST(link_region_refusals)
+{
+	Kms__V1__RegionLinkRecord **links = NULL;
+	Kms__V1__ProposalRecord *p = NULL;
+	uint8_t d[KMS_QUORUM_DIGEST_LEN];
+	kms_buf before = snap();
+	size_t n = 5;
+	kms_err err = {0};
+	static const char *const bad_names[] = {"", "US-East", "us_east", "-us"};
+
+	/* A malformed operation is refused at proposal: nothing recorded. */
+	for (size_t i = 0; i < sizeof(bad_names) / sizeof(bad_names[0]); i++) {
+		op_link(bad_names[i]);
+		ck_assert_int_eq(kms_root_operation_check(&op, &err), KMS_ERR_INVALID);
+		ck_assert_msg(strstr(err.msg, "region") != NULL, "%s", err.msg);
+	}
+	op_link("us-east");
+	lr.role = KMS__V1__REGION_ROLE__REGION_ROLE_UNSPECIFIED;
+	ck_assert_int_eq(kms_root_operation_check(&op, &err), KMS_ERR_INVALID);
+	ASSERT_MSG_HAS(err, "role");
+	op_link("us-east");
+	lr.n_peer_endpoints = 0;
+	ck_assert_int_eq(kms_root_operation_check(&op, &err), KMS_ERR_INVALID);
+	ASSERT_MSG_HAS(err, "peer endpoints");
+	op_link("us-east");
+	link_endpoints[1] = "no-port";
+	ck_assert_int_eq(kms_root_operation_check(&op, &err), KMS_ERR_INVALID);
+	link_endpoints[1] = "10.1.0.2:7401";
+	op_link("us-east");
+	lr.peer_trust_domain = "spiffe://";
+	ck_assert_int_eq(kms_root_operation_check(&op, &err), KMS_ERR_INVALID);
+	ASSERT_MSG_HAS(err, "trust domain");
+	op_link("us-east");
+	lr.peer_node_ca_pem.data = (uint8_t *)"not a certificate";
+	lr.peer_node_ca_pem.len = 17;
+	ck_assert_int_eq(kms_root_operation_check(&op, &err), KMS_ERR_INVALID);
+	ASSERT_MSG_HAS(err, "no PEM certificate");
+	/* The digest, and so a proposal, cannot be made of it. */
+	ck_assert_int_eq(kms_quorum_digest(CID, KMS_CLUSTER_ID_LEN, PID1, T0 + 3600, &op, d, &err),
+			 KMS_ERR_INVALID);
+	assert_same(before, snap());
+	/* Well formed but a link to this region itself: fails at execution. */
+	propose_and_approve(PID2, op_link("eu-west"));
+	ck_assert_str_eq(state_of(PID2, T0 + 3), "failed");
+	ck_assert_int_eq(kms_keyring_proposal(kr, PID2, &p, &err), KMS_OK);
+	ck_assert_msg(strstr(p->result_message, "cannot be linked to itself") != NULL, "%s",
+		      p->result_message);
+	kms_keyring_proposal_free(p);
+	ck_assert_int_eq(kms_keyring_region_links(kr, &links, &n, NULL, &err), KMS_OK);
+	ck_assert_uint_eq(n, 0);
+}
+END_TEST
+
 START_TEST(snapshot_keeps_the_quorum)
 {
 	uint8_t d[32], sig[64];
@@ -643,6 +778,8 @@ static Suite *quorum_suite(void)
 	tcase_add_test(sm, set_operators_voids_other_approvals);
 	tcase_add_test(sm, failed_execution_is_recorded);
 	tcase_add_test(sm, snapshot_keeps_the_quorum);
+	tcase_add_test(sm, link_region_is_recorded_when_approved);
+	tcase_add_test(sm, link_region_refusals);
 	tcase_add_test(sm, init_once);
 	tcase_add_test(sm, no_operators_no_proposals);
 	suite_add_tcase(s, sm);
