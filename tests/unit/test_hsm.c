@@ -2398,7 +2398,7 @@ START_TEST(test_carrier_wrap_only)
 		   KMS_ERR_HSM, "C_DecryptInit: CKR_KEY_FUNCTION_NOT_PERMITTED");
 	/* The sender cannot open what it carries: the carrier may not unwrap. */
 	assert_err(kms_hsm_master_key_unwrap(hsm, carrier, carried.data, carried.len, &bad, &err),
-		   KMS_ERR_HSM, "cannot unwrap master key: C_UnwrapKey: CKR_");
+		   KMS_ERR_HSM, "C_UnwrapKey: CKR_KEY_FUNCTION_NOT_PERMITTED");
 	ck_assert_uint_eq(bad, 0);
 	kms_hsm_key_destroy(hsm, carrier);
 	kms_buf_free(&m);
