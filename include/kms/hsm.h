@@ -185,6 +185,46 @@ int kms_hsm_rewrap(kms_hsm_rewrapper *rw, kms_hsm_key new_dk, const uint8_t *wra
 		   kms_buf *out, kms_err *err);
 void kms_hsm_rewrap_close(kms_hsm_rewrapper *rw);
 
+/* --- carrying master keys to another region (issue #7) --- */
+
+/*
+ * Each region has its own domain key, so a multi-region master key cannot
+ * travel as it is stored. It travels under a carrier: a one-time AES-256
+ * key that the sending HSM makes and wraps to the receiving node's
+ * transport key (kms_hsm_transport_keypair), and that the receiving HSM
+ * unwraps. Material moves from one DK to the carrier and from the carrier
+ * to the other DK with the rewrapper above, so it is never in the clear
+ * outside an HSM and neither region's DK leaves its own tokens.
+ *
+ * The sending side: kms_hsm_carrier_create generates the carrier in the
+ * holder session (CKA_TOKEN=FALSE, CKA_SENSITIVE, CKA_WRAP only,
+ * CKA_MODIFIABLE=FALSE; CKA_EXTRACTABLE only so that it can be wrapped to
+ * the peer) and wraps it at once to the peer's RSA public key
+ * (CKM_RSA_PKCS_OAEP, SHA-1 as for kms_hsm_domain_key_wrap_for, with the
+ * same checks of modulus and exponent: KMS_ERR_INVALID, nothing made).
+ * Then, with rw = kms_hsm_rewrap_open(hsm, local_dk),
+ * kms_hsm_rewrap(rw, *carrier, material) gives each master key under the
+ * carrier. *carrier is the caller's: destroy it with kms_hsm_key_destroy
+ * once the pull is answered, so that no carrier outlives it.
+ * wrapped_carrier->data is kms_malloc'd, the caller's (kms_buf_free).
+ *
+ * The receiving side: kms_hsm_carrier_install unwraps the carrier with
+ * transport_priv into the holder session as a key that only unwraps, is
+ * not extractable, and lets what it unwraps out only as sensitive keys
+ * good for nothing but C_WrapKey (the rewrapper's own rules), and returns
+ * it as a rewrapper: kms_hsm_rewrap(*out, local_dk, carried) gives the
+ * master key under the local DK, which kms_hsm_master_key_unwrap takes.
+ * *out is released by kms_hsm_rewrap_close, which destroys the carrier.
+ * A blob wrapped to another transport key, or changed: KMS_ERR_HSM
+ * "cannot install carrier key: ..."; an empty one or one longer than an
+ * RSA-8192 modulus: KMS_ERR_INVALID. Nothing is left in the HSM on error.
+ */
+int kms_hsm_carrier_create(kms_hsm *hsm, const uint8_t *modulus, size_t modulus_len,
+			   const uint8_t *exponent, size_t exponent_len, kms_hsm_key *carrier,
+			   kms_buf *wrapped_carrier, kms_err *err);
+int kms_hsm_carrier_install(kms_hsm *hsm, kms_hsm_key transport_priv, const uint8_t *wrapped,
+			    size_t len, kms_hsm_rewrapper **out, kms_err *err);
+
 /*
  * The label of the domain key of generation gen: base itself for the first
  * (so tokens made before rotation existed keep theirs), "base.gN" after.

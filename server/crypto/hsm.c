@@ -629,6 +629,19 @@ static CK_RV op_generate(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h, void *p,
 	return f->C_GenerateKey(h, a->mech, a->tmpl, a->n_tmpl, &a->key);
 }
 
+/* Destroys a session object of a failed step; it dies with h anyway. */
+static void destroy_quietly(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj,
+			    const char *what)
+{
+	CK_RV rv;
+
+	if (obj == CK_INVALID_HANDLE)
+		return;
+	rv = f->C_DestroyObject(h, obj);
+	if (rv != CKR_OK)
+		KMS_LOG_W("C_DestroyObject(%s): %s", what, kms_hsm_rv_name(rv));
+}
+
 static int key_value_len(kms_hsm *hsm, CK_SESSION_HANDLE h,
 			 CK_OBJECT_HANDLE key, CK_ULONG *len, kms_err *err)
 {
@@ -639,6 +652,38 @@ static int key_value_len(kms_hsm *hsm, CK_SESSION_HANDLE h,
 	if (rv != CKR_OK)
 		return hsm_fail(err, "C_GetAttributeValue(CKA_VALUE_LEN)", rv);
 	return KMS_OK;
+}
+
+/*
+ * Runs op, which unwraps a key into *key in the holder session, and keeps
+ * that key only if it is AES-256 where the module reports the size
+ * (SoftHSM 2.6.1 leaves CKA_VALUE_LEN 0 on an unwrapped key and refuses
+ * it in an unwrap template: there the callers' blob lengths must do). A
+ * failed unwrap gets prefix; a key of another size is destroyed again.
+ * The caller holds holder_mu.
+ */
+static int unwrap_aes256(kms_hsm *hsm, hsm_op op, void *arg, CK_OBJECT_HANDLE *key,
+			 const char *prefix, kms_err *err)
+{
+	CK_ULONG key_len = 0;
+	CK_RV rv;
+	int rc;
+
+	rc = run_holder(hsm, op, arg, &rv, err);
+	if (rc != KMS_OK) {
+		if (rc == KMS_ERR_HSM)
+			kms_err_prefix(err, prefix);
+		return rc;
+	}
+	rc = key_value_len(hsm, hsm->holder, *key, &key_len, err);
+	if (rc == KMS_OK && key_len != 0 && key_len != AES256_KEY_LEN)
+		rc = kms_errf(err, KMS_ERR_HSM, "%s: it is a %lu-byte key, not AES-256", prefix,
+			      key_len);
+	if (rc != KMS_OK) {
+		destroy_quietly(hsm->f, hsm->holder, *key, "rejected unwrapped key");
+		*key = CK_INVALID_HANDLE;
+	}
+	return rc;
 }
 
 /*
@@ -976,8 +1021,6 @@ int kms_hsm_master_key_unwrap(kms_hsm *hsm, kms_hsm_key dk,
 			      kms_hsm_key *out, kms_err *err)
 {
 	struct unwrap_arg a = {dk, wrapped, len, CK_INVALID_HANDLE};
-	CK_ULONG key_len = 0;
-	CK_RV rv;
 	int rc;
 
 	if (hsm == NULL || out == NULL)
@@ -997,31 +1040,15 @@ int kms_hsm_master_key_unwrap(kms_hsm *hsm, kms_hsm_key dk,
 				"cannot unwrap master key: a wrapped AES-256 "
 				"key is %d bytes (RFC 5649), not %zu",
 				WRAPPED_AES256_LEN, len);
+	/*
+	 * RFC 5649 section 3 integrity check: a wrong domain key and a
+	 * tampered blob look the same, and must.
+	 */
 	pthread_mutex_lock(&hsm->holder_mu);
-	rc = run_holder(hsm, op_unwrap, &a, &rv, err);
-	if (rc != KMS_OK) {
-		/*
-		 * RFC 5649 section 3 integrity check: a wrong domain key and
-		 * a tampered blob look the same, and must.
-		 */
-		if (rc == KMS_ERR_HSM)
-			kms_err_prefix(err, "cannot unwrap master key");
-		goto out;
-	}
-	/* Where the module reports the size (not SoftHSM 2.6.1), check it. */
-	rc = key_value_len(hsm, hsm->holder, a.key, &key_len, err);
-	if (rc == KMS_OK && key_len != 0 && key_len != AES256_KEY_LEN)
-		rc = kms_errf(err, KMS_ERR_HSM,
-			      "cannot unwrap master key: it is a %lu-byte key, "
-			      "not AES-256",
-			      key_len);
-	if (rc != KMS_OK) {
-		hsm->f->C_DestroyObject(hsm->holder, a.key);
-		goto out;
-	}
-	*out = a.key;
-out:
+	rc = unwrap_aes256(hsm, op_unwrap, &a, &a.key, "cannot unwrap master key", err);
 	pthread_mutex_unlock(&hsm->holder_mu);
+	if (rc == KMS_OK)
+		*out = a.key;
 	return rc;
 }
 
@@ -1349,19 +1376,6 @@ static void oaep_mechanism(CK_RSA_PKCS_OAEP_PARAMS *p, CK_MECHANISM *m)
 	m->ulParameterLen = sizeof(*p);
 }
 
-/* Destroys a session object of a failed step; it dies with h anyway. */
-static void destroy_quietly(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h,
-			    CK_OBJECT_HANDLE obj, const char *what)
-{
-	CK_RV rv;
-
-	if (obj == CK_INVALID_HANDLE)
-		return;
-	rv = f->C_DestroyObject(h, obj);
-	if (rv != CKR_OK)
-		KMS_LOG_W("C_DestroyObject(%s): %s", what, kms_hsm_rv_name(rv));
-}
-
 struct keypair_arg {
 	CK_OBJECT_HANDLE pub;
 	CK_OBJECT_HANDLE priv;
@@ -1575,7 +1589,7 @@ static int check_rsa_public(const uint8_t *modulus, size_t modulus_len,
 }
 
 struct wrap_for_arg {
-	CK_OBJECT_HANDLE dk;
+	CK_OBJECT_HANDLE key; /* what is wrapped: the DK, or a carrier op_carrier_create made */
 	const uint8_t *modulus;
 	size_t modulus_len;
 	const uint8_t *exponent;
@@ -1616,7 +1630,7 @@ static CK_RV op_wrap_for(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h, void *p,
 		return rv;
 	*fn = "C_WrapKey";
 	a->out_len = sizeof(a->out);
-	rv = f->C_WrapKey(h, &oaep, pub, a->dk, a->out, &a->out_len);
+	rv = f->C_WrapKey(h, &oaep, pub, a->key, a->out, &a->out_len);
 	drv = f->C_DestroyObject(h, pub);
 	if (drv != CKR_OK)
 		/* A public key, and it dies with the holder session. */
@@ -1625,20 +1639,22 @@ static CK_RV op_wrap_for(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h, void *p,
 	return rv;
 }
 
-int kms_hsm_domain_key_wrap_for(kms_hsm *hsm, kms_hsm_key dk,
-				const uint8_t *modulus, size_t modulus_len,
-				const uint8_t *exponent, size_t exponent_len,
-				kms_buf *wrapped, kms_err *err)
+/*
+ * Checks the peer's RSA public key (check_rsa_public) and runs op, which
+ * wraps a key to it, on the holder session; wrapped gets the blob. *key is
+ * the key op wraps on the way in and the one it wrapped on the way out (a
+ * carrier op_carrier_create made: the caller destroys it if this fails
+ * after op). prefix starts the message of a failed op.
+ */
+static int wrap_for_peer(kms_hsm *hsm, hsm_op op, CK_OBJECT_HANDLE *key, const uint8_t *modulus,
+			 size_t modulus_len, const uint8_t *exponent, size_t exponent_len,
+			 const char *prefix, kms_buf *wrapped, kms_err *err)
 {
 	struct wrap_for_arg *a;
 	size_t skip = 0, eskip = 0;
 	CK_RV rv;
 	int rc;
 
-	if (hsm == NULL || wrapped == NULL)
-		return kms_errf(err, KMS_ERR_INVALID,
-				"kms_hsm_domain_key_wrap_for: no HSM or "
-				"output");
 	KMS_TRY(check_rsa_public(modulus, modulus_len, exponent, exponent_len,
 				 err));
 	/* A PKCS#11 "big integer" is unsigned: no sign byte, no padding. */
@@ -1648,27 +1664,55 @@ int kms_hsm_domain_key_wrap_for(kms_hsm *hsm, kms_hsm_key dk,
 		eskip++;
 	a = kms_calloc(1, sizeof(*a));
 	if (a == NULL)
-		return kms_errf(err, KMS_ERR_NOMEM,
-				"no memory to wrap the domain key");
-	a->dk = dk;
+		return kms_errf(err, KMS_ERR_NOMEM, "no memory to wrap a key for a peer");
+	a->key = *key;
 	a->modulus = modulus + skip;
 	a->modulus_len = modulus_len - skip;
 	a->exponent = exponent + eskip;
 	a->exponent_len = exponent_len - eskip;
 	pthread_mutex_lock(&hsm->holder_mu);
-	rc = run_holder(hsm, op_wrap_for, a, &rv, err);
+	rc = run_holder(hsm, op, a, &rv, err);
 	pthread_mutex_unlock(&hsm->holder_mu);
 	if (rc != KMS_OK) {
-		kms_err_prefix(err, "cannot wrap the domain key");
+		kms_err_prefix(err, prefix);
 		goto out;
 	}
+	*key = a->key;
 	rc = buf_dup(wrapped, a->out, a->out_len);
 	if (rc != KMS_OK)
-		rc = kms_errf(err, KMS_ERR_NOMEM,
-			      "no memory for the wrapped domain key");
+		rc = kms_errf(err, KMS_ERR_NOMEM, "no memory for a key wrapped for a peer");
 out:
 	kms_free(a);
 	return rc;
+}
+
+int kms_hsm_domain_key_wrap_for(kms_hsm *hsm, kms_hsm_key dk, const uint8_t *modulus,
+				size_t modulus_len, const uint8_t *exponent, size_t exponent_len,
+				kms_buf *wrapped, kms_err *err)
+{
+	CK_OBJECT_HANDLE key = dk;
+
+	if (hsm == NULL || wrapped == NULL)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"kms_hsm_domain_key_wrap_for: no HSM or "
+				"output");
+	return wrap_for_peer(hsm, op_wrap_for, &key, modulus, modulus_len, exponent, exponent_len,
+			     "cannot wrap the domain key", wrapped, err);
+}
+
+/*
+ * What an RSA-OAEP blob from a peer must at least be before the HSM sees
+ * it: RSA output is exactly as long as the modulus (RFC 8017 7.1.1).
+ */
+static int check_rsa_blob(const uint8_t *wrapped, size_t len, const char *prefix, kms_err *err)
+{
+	if (wrapped == NULL || len == 0)
+		return kms_errf(err, KMS_ERR_INVALID, "%s: empty blob", prefix);
+	if (len > TRANSPORT_MODULUS_MAX)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"%s: a blob of %zu bytes is longer than an RSA-%d modulus", prefix,
+				len, TRANSPORT_MODULUS_MAX_BITS);
+	return KMS_OK;
 }
 
 struct install_arg {
@@ -1750,15 +1794,7 @@ int kms_hsm_domain_key_install(kms_hsm *hsm, kms_hsm_key priv,
 		return kms_errf(err, KMS_ERR_INVALID,
 				"kms_hsm_domain_key_install: no HSM, label or "
 				"output");
-	if (wrapped == NULL || len == 0)
-		return kms_errf(err, KMS_ERR_INVALID,
-				"cannot install domain key: empty blob");
-	/* RSA output is exactly as long as the modulus (RFC 8017 7.1.1). */
-	if (len > TRANSPORT_MODULUS_MAX)
-		return kms_errf(err, KMS_ERR_INVALID,
-				"cannot install domain key: a blob of %zu "
-				"bytes is longer than an RSA-%d modulus",
-				len, TRANSPORT_MODULUS_MAX_BITS);
+	KMS_TRY(check_rsa_blob(wrapped, len, "cannot install domain key", err));
 	return install_dk(hsm, label, &a, dk_out, err);
 }
 
@@ -1875,6 +1911,31 @@ static CK_ATTRIBUTE rewrap_key_rules[] = {
     ATTR(CKA_DERIVE, &ck_false),
 };
 
+/*
+ * The key a rewrapper unwraps master keys under (kms_hsm_rewrapper.from):
+ * the transient copy of the old DK, or a carrier key that arrived from
+ * another region. It only unwraps, under rewrap_key_rules, and cannot
+ * leave; a session object of the holder session.
+ */
+static CK_ATTRIBUTE rewrap_from_attrs[] = {
+    ATTR(CKA_CLASS, &class_secret),
+    ATTR(CKA_KEY_TYPE, &type_aes),
+    ATTR(CKA_TOKEN, &ck_false),
+    ATTR(CKA_PRIVATE, &ck_true),
+    ATTR(CKA_SENSITIVE, &ck_true),
+    ATTR(CKA_EXTRACTABLE, &ck_false),
+    ATTR(CKA_ENCRYPT, &ck_false),
+    ATTR(CKA_DECRYPT, &ck_false),
+    ATTR(CKA_WRAP, &ck_false),
+    ATTR(CKA_UNWRAP, &ck_true),
+    ATTR(CKA_SIGN, &ck_false),
+    ATTR(CKA_VERIFY, &ck_false),
+    ATTR(CKA_DERIVE, &ck_false),
+    {CKA_UNWRAP_TEMPLATE, rewrap_key_rules, sizeof(rewrap_key_rules)},
+    /* Last, as in dk_template: SoftHSM refuses what follows it. */
+    ATTR(CKA_MODIFIABLE, &ck_false),
+};
+
 struct copy_arg {
 	CK_OBJECT_HANDLE dk;
 	CK_OBJECT_HANDLE copy;
@@ -1894,25 +1955,6 @@ static CK_RV op_dk_copy(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h, void *p, const
 	    ATTR(CKA_UNWRAP, &ck_true),	      ATTR(CKA_SIGN, &ck_false),
 	    ATTR(CKA_VERIFY, &ck_false),      ATTR(CKA_DERIVE, &ck_false),
 	};
-	/* The copy only unwraps, under rewrap_key_rules, and cannot leave. */
-	CK_ATTRIBUTE copy[] = {
-	    ATTR(CKA_CLASS, &class_secret),
-	    ATTR(CKA_KEY_TYPE, &type_aes),
-	    ATTR(CKA_TOKEN, &ck_false),
-	    ATTR(CKA_PRIVATE, &ck_true),
-	    ATTR(CKA_SENSITIVE, &ck_true),
-	    ATTR(CKA_EXTRACTABLE, &ck_false),
-	    ATTR(CKA_ENCRYPT, &ck_false),
-	    ATTR(CKA_DECRYPT, &ck_false),
-	    ATTR(CKA_WRAP, &ck_false),
-	    ATTR(CKA_UNWRAP, &ck_true),
-	    ATTR(CKA_SIGN, &ck_false),
-	    ATTR(CKA_VERIFY, &ck_false),
-	    ATTR(CKA_DERIVE, &ck_false),
-	    {CKA_UNWRAP_TEMPLATE, rewrap_key_rules, sizeof(rewrap_key_rules)},
-	    /* Last, as in dk_template: SoftHSM refuses what follows it. */
-	    ATTR(CKA_MODIFIABLE, &ck_false),
-	};
 	CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
 	CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
 	CK_OBJECT_HANDLE t = CK_INVALID_HANDLE;
@@ -1931,7 +1973,8 @@ static CK_RV op_dk_copy(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h, void *p, const
 		a->unextractable = 1;
 	if (rv == CKR_OK) {
 		*fn = "C_UnwrapKey (domain key copy)";
-		rv = f->C_UnwrapKey(h, &kwp, t, blob, len, copy, N_ATTRS(copy), &a->copy);
+		rv = f->C_UnwrapKey(h, &kwp, t, blob, len, rewrap_from_attrs,
+				    N_ATTRS(rewrap_from_attrs), &a->copy);
 		if (rv != CKR_OK)
 			a->copy = CK_INVALID_HANDLE;
 	}
@@ -2054,6 +2097,116 @@ void kms_hsm_rewrap_close(kms_hsm_rewrapper *rw)
 	if (!rw->direct)
 		kms_hsm_key_destroy(rw->hsm, rw->from);
 	kms_free(rw);
+}
+
+/* --- carrying master keys to another region (issue #7) --- */
+
+#define CARRIER_LABEL "kms-carrier-key"
+
+/*
+ * The sending side's carrier: an AES-256 key generated for one pull, then
+ * wrapped to the receiving node's transport key by op_wrap_for. Sensitive,
+ * so its value is never readable; extractable only so that C_WrapKey can
+ * take it to that one RSA key; CKA_WRAP only, because all it does here is
+ * take master keys (RFC 5649) out to the peer; never a token object.
+ * CKA_MODIFIABLE=FALSE keeps anyone in this process from giving it
+ * CKA_DECRYPT or CKA_UNWRAP later (last, as in dk_template). On failure
+ * after the key exists, it is destroyed and a->key is invalid again.
+ */
+static CK_RV op_carrier_create(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h, void *p, const char **fn)
+{
+	struct wrap_for_arg *a = p;
+	CK_ATTRIBUTE t[] = {
+	    ATTR(CKA_CLASS, &class_secret),
+	    ATTR(CKA_KEY_TYPE, &type_aes),
+	    ATTR(CKA_VALUE_LEN, &aes256_len),
+	    ATTR(CKA_TOKEN, &ck_false),
+	    ATTR(CKA_PRIVATE, &ck_true),
+	    ATTR(CKA_SENSITIVE, &ck_true),
+	    ATTR(CKA_EXTRACTABLE, &ck_true),
+	    ATTR(CKA_ENCRYPT, &ck_false),
+	    ATTR(CKA_DECRYPT, &ck_false),
+	    ATTR(CKA_WRAP, &ck_true),
+	    ATTR(CKA_UNWRAP, &ck_false),
+	    ATTR(CKA_SIGN, &ck_false),
+	    ATTR(CKA_VERIFY, &ck_false),
+	    ATTR(CKA_DERIVE, &ck_false),
+	    {CKA_LABEL, (void *)CARRIER_LABEL, sizeof(CARRIER_LABEL) - 1},
+	    ATTR(CKA_MODIFIABLE, &ck_false),
+	};
+	CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
+	CK_RV rv;
+
+	a->key = CK_INVALID_HANDLE;
+	*fn = "C_GenerateKey (carrier key)";
+	rv = f->C_GenerateKey(h, &gen, t, N_ATTRS(t), &a->key);
+	if (rv != CKR_OK) {
+		a->key = CK_INVALID_HANDLE;
+		return rv;
+	}
+	rv = op_wrap_for(f, h, a, fn);
+	if (rv != CKR_OK) {
+		destroy_quietly(f, h, a->key, "carrier key");
+		a->key = CK_INVALID_HANDLE;
+	}
+	return rv;
+}
+
+int kms_hsm_carrier_create(kms_hsm *hsm, const uint8_t *modulus, size_t modulus_len,
+			   const uint8_t *exponent, size_t exponent_len, kms_hsm_key *carrier,
+			   kms_buf *wrapped_carrier, kms_err *err)
+{
+	CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+	int rc;
+
+	if (hsm == NULL || carrier == NULL || wrapped_carrier == NULL)
+		return kms_errf(err, KMS_ERR_INVALID, "kms_hsm_carrier_create: no HSM or output");
+	rc = wrap_for_peer(hsm, op_carrier_create, &key, modulus, modulus_len, exponent,
+			   exponent_len, "cannot make a carrier key", wrapped_carrier, err);
+	if (rc != KMS_OK) {
+		/* Made and wrapped, but the blob could not be kept. */
+		kms_hsm_key_destroy(hsm, key);
+		return rc;
+	}
+	*carrier = key;
+	return KMS_OK;
+}
+
+int kms_hsm_carrier_install(kms_hsm *hsm, kms_hsm_key transport_priv, const uint8_t *wrapped,
+			    size_t len, kms_hsm_rewrapper **out, kms_err *err)
+{
+	struct install_arg a = {.priv = transport_priv,
+				.blob = wrapped,
+				.len = len,
+				.tmpl = rewrap_from_attrs,
+				.n_tmpl = N_ATTRS(rewrap_from_attrs),
+				.key = CK_INVALID_HANDLE};
+	kms_hsm_rewrapper *rw;
+	int rc;
+
+	if (hsm == NULL || transport_priv == CK_INVALID_HANDLE || out == NULL)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"kms_hsm_carrier_install: no HSM, transport key or output");
+	KMS_TRY(check_rsa_blob(wrapped, len, "cannot install carrier key", err));
+	rw = kms_calloc(1, sizeof(*rw));
+	if (rw == NULL)
+		return kms_errf(err, KMS_ERR_NOMEM, "no memory for a carrier key");
+	/*
+	 * Another transport key or a tampered blob: one OAEP "decryption
+	 * error" (RFC 8017 section 7.1.2). A carrier that is not AES-256
+	 * would be weaker than the master keys it carries.
+	 */
+	pthread_mutex_lock(&hsm->holder_mu);
+	rc = unwrap_aes256(hsm, op_install, &a, &a.key, "cannot install carrier key", err);
+	pthread_mutex_unlock(&hsm->holder_mu);
+	if (rc != KMS_OK) {
+		kms_free(rw);
+		return rc;
+	}
+	rw->hsm = hsm;
+	rw->from = a.key;
+	*out = rw;
+	return KMS_OK;
 }
 
 int kms_hsm_domain_key_destroy(kms_hsm *hsm, kms_hsm_key dk, kms_err *err)

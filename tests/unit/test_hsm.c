@@ -1445,6 +1445,27 @@ static void wrap_for_refused(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE mh,
 	ck_assert_uint_eq(raw_count(f, mh, ALL_OBJECTS), before);
 }
 
+/*
+ * A public key that must not receive a secret: both the domain key
+ * (wrap_for) and a carrier (kms_hsm_carrier_create) are refused alike,
+ * KMS_ERR_INVALID, with nothing made or written.
+ */
+static void public_key_refused(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE mh, kms_hsm_key dk,
+			       const uint8_t *mod, size_t mod_len, const uint8_t *e, size_t e_len,
+			       const char *needle)
+{
+	CK_ULONG before = raw_count(f, mh, ALL_OBJECTS);
+	kms_buf w = {NULL, 0};
+	kms_hsm_key c = 0;
+
+	wrap_for_refused(f, mh, dk, mod, mod_len, e, e_len, KMS_ERR_INVALID, needle);
+	assert_err(kms_hsm_carrier_create(hsm, mod, mod_len, e, e_len, &c, &w, &err),
+		   KMS_ERR_INVALID, needle);
+	ck_assert_uint_eq(c, 0);
+	ck_assert_ptr_null(w.data);
+	ck_assert_uint_eq(raw_count(f, mh, ALL_OBJECTS), before);
+}
+
 START_TEST(test_wrap_for_bad_input)
 {
 	static const uint8_t f4[] = {0x01, 0x00, 0x01};
@@ -1460,45 +1481,38 @@ START_TEST(test_wrap_for_bad_input)
 
 	make_transport(joiner, &t);
 	/* A 1024-bit modulus (the top of the real one). */
-	wrap_for_refused(f, mh, dk, t.modulus.data, 128, f4, sizeof(f4),
-			 KMS_ERR_INVALID, "RSA modulus of 1024 bits");
+	public_key_refused(f, mh, dk, t.modulus.data, 128, f4, sizeof(f4),
+			   "RSA modulus of 1024 bits");
 	/* 2040 bits behind leading zero bytes: the bits count, not bytes. */
 	memset(mod, 0, 129);
 	memcpy(mod + 129, t.modulus.data, 255);
-	wrap_for_refused(f, mh, dk, mod, 384, f4, sizeof(f4), KMS_ERR_INVALID,
-			 "RSA modulus of 2040 bits");
+	public_key_refused(f, mh, dk, mod, 384, f4, sizeof(f4), "RSA modulus of 2040 bits");
 	/* Over 8192 bits. */
 	memset(mod, 0xff, 1025);
-	wrap_for_refused(f, mh, dk, mod, 1025, f4, sizeof(f4), KMS_ERR_INVALID,
-			 "RSA modulus of 8200 bits");
-	wrap_for_refused(f, mh, dk, mod, 1100, f4, sizeof(f4), KMS_ERR_INVALID,
-			 "RSA modulus of 1100 bytes");
+	public_key_refused(f, mh, dk, mod, 1025, f4, sizeof(f4), "RSA modulus of 8200 bits");
+	public_key_refused(f, mh, dk, mod, 1100, f4, sizeof(f4), "RSA modulus of 1100 bytes");
 	/* A 9-byte exponent, even if its value would do. */
-	wrap_for_refused(f, mh, dk, t.modulus.data, t.modulus.len, e9,
-			 sizeof(e9), KMS_ERR_INVALID,
-			 "RSA public exponent of 9 bytes");
+	public_key_refused(f, mh, dk, t.modulus.data, t.modulus.len, e9, sizeof(e9),
+			   "RSA public exponent of 9 bytes");
 	/*
 	 * e = 1 is no encryption at all: SoftHSM wraps under it and the blob
 	 * is the OAEP encoding of the domain key, open to anyone.
 	 */
-	wrap_for_refused(f, mh, dk, t.modulus.data, t.modulus.len, e1,
-			 sizeof(e1), KMS_ERR_INVALID,
-			 "exponent must be odd and at least 65537");
-	wrap_for_refused(f, mh, dk, t.modulus.data, t.modulus.len, e3,
-			 sizeof(e3), KMS_ERR_INVALID, "at least 65537");
-	wrap_for_refused(f, mh, dk, t.modulus.data, t.modulus.len, e_even,
-			 sizeof(e_even), KMS_ERR_INVALID, "must be odd");
+	public_key_refused(f, mh, dk, t.modulus.data, t.modulus.len, e1, sizeof(e1),
+			   "exponent must be odd and at least 65537");
+	public_key_refused(f, mh, dk, t.modulus.data, t.modulus.len, e3, sizeof(e3),
+			   "at least 65537");
+	public_key_refused(f, mh, dk, t.modulus.data, t.modulus.len, e_even, sizeof(e_even),
+			   "must be odd");
 	/* Garbage of the right length: random bytes, even. */
 	ck_assert_int_eq(kms_hsm_random(sess, mod, 384, &err), KMS_OK);
 	mod[0] |= 0x80;
 	mod[383] &= 0xfe;
-	wrap_for_refused(f, mh, dk, mod, 384, f4, sizeof(f4), KMS_ERR_INVALID,
-			 "RSA modulus is even");
+	public_key_refused(f, mh, dk, mod, 384, f4, sizeof(f4), "RSA modulus is even");
 	/* Missing pieces. */
-	wrap_for_refused(f, mh, dk, NULL, 384, f4, sizeof(f4), KMS_ERR_INVALID,
-			 "empty RSA modulus or exponent");
-	wrap_for_refused(f, mh, dk, t.modulus.data, t.modulus.len, f4, 0,
-			 KMS_ERR_INVALID, "empty RSA modulus or exponent");
+	public_key_refused(f, mh, dk, NULL, 384, f4, sizeof(f4), "empty RSA modulus or exponent");
+	public_key_refused(f, mh, dk, t.modulus.data, t.modulus.len, f4, 0,
+			   "empty RSA modulus or exponent");
 	assert_err(kms_hsm_domain_key_wrap_for(hsm, dk, t.modulus.data,
 					       t.modulus.len, f4, sizeof(f4),
 					       NULL, &err),
@@ -2177,6 +2191,369 @@ START_TEST(test_dk_generations)
 }
 END_TEST
 
+/* --- carrying master keys between regions --- */
+
+/*
+ * Two tokens stand for two regions, each with a domain key of its own made
+ * in its own token: region A is hsm (sess), region B is joiner (jsess).
+ * The receiving node's transport key is made on the receiving token.
+ */
+
+static size_t audit_of(kms_hsm *h)
+{
+	size_t n = 0;
+
+	ck_assert_msg(kms_hsm_audit_secret_keys(h, &n, &err) == KMS_OK, "audit: %s", err.msg);
+	return n;
+}
+
+/* The sending side: a carrier made on h and wrapped to t. */
+static kms_hsm_key carrier_for(kms_hsm *h, const struct transport *t, kms_buf *wrapped)
+{
+	kms_hsm_key c = 0;
+
+	ck_assert_msg(kms_hsm_carrier_create(h, t->modulus.data, t->modulus.len, t->exponent.data,
+					     t->exponent.len, &c, wrapped, &err) == KMS_OK,
+		      "carrier create: %s", err.msg);
+	ck_assert_uint_ne(c, 0);
+	ck_assert_ptr_nonnull(wrapped->data);
+	ck_assert_uint_eq(wrapped->len, t->modulus.len);
+	return c;
+}
+
+/* The sending side: material, under dk on h, moved under the carrier. */
+static kms_buf carry(kms_hsm *h, kms_hsm_key dk, kms_hsm_key carrier, const kms_buf *material)
+{
+	kms_hsm_rewrapper *rw = NULL;
+	kms_buf out;
+
+	ck_assert_msg(kms_hsm_rewrap_open(h, dk, &rw, &err) == KMS_OK, "rewrap open: %s", err.msg);
+	out = rewrap_one(rw, carrier, material);
+	kms_hsm_rewrap_close(rw);
+	return out;
+}
+
+/* The receiving side: the carrier installed with t's private key. */
+static kms_hsm_rewrapper *install_carrier(kms_hsm *h, const struct transport *t,
+					  const kms_buf *wrapped)
+{
+	kms_hsm_rewrapper *rw = NULL;
+
+	ck_assert_msg(kms_hsm_carrier_install(h, t->priv, wrapped->data, wrapped->len, &rw, &err) ==
+			  KMS_OK,
+		      "carrier install: %s", err.msg);
+	ck_assert_ptr_nonnull(rw);
+	return rw;
+}
+
+/*
+ * The whole trip of one master key, from under from_dk on token from to
+ * under to_dk on token to, each side through the public API only. The
+ * carrier is checked on the way: what the sending side made, that it is
+ * gone once destroyed, and that the receiving side's copy only unwraps.
+ */
+static kms_buf travel(kms_hsm *from, kms_hsm_key from_dk, const char *from_label, kms_hsm *to,
+		      kms_hsm_key to_dk, const char *to_label, const kms_buf *material)
+{
+	CK_FUNCTION_LIST *f = raw_functions();
+	CK_SESSION_HANDLE fh = raw_session_on(f, from_label), th = raw_session_on(f, to_label);
+	CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+	size_t n_from = audit_of(from), n_to = audit_of(to);
+	kms_hsm_rewrapper *rw;
+	CK_OBJECT_HANDLE received, own;
+	struct transport t;
+	kms_buf wc = {NULL, 0}, carried, out;
+	kms_hsm_key carrier, bad = 0;
+	uint8_t blob[64];
+	CK_ULONG len = sizeof(blob);
+
+	make_transport(to, &t);
+	carrier = carrier_for(from, &t, &wc);
+	/* Sensitive, wrap-only, a session object; one more secret key. */
+	ck_assert_int_eq(raw_bool(f, fh, carrier, CKA_TOKEN), CK_FALSE);
+	ck_assert_int_eq(raw_bool(f, fh, carrier, CKA_SENSITIVE), CK_TRUE);
+	ck_assert_int_eq(raw_bool(f, fh, carrier, CKA_EXTRACTABLE), CK_TRUE);
+	ck_assert_int_eq(raw_bool(f, fh, carrier, CKA_WRAP), CK_TRUE);
+	ck_assert_int_eq(raw_bool(f, fh, carrier, CKA_UNWRAP), CK_FALSE);
+	ck_assert_int_eq(raw_bool(f, fh, carrier, CKA_ENCRYPT), CK_FALSE);
+	ck_assert_int_eq(raw_bool(f, fh, carrier, CKA_DECRYPT), CK_FALSE);
+	ck_assert_int_eq(raw_bool(f, fh, carrier, CKA_MODIFIABLE), CK_FALSE);
+	assert_value_refused(f, fh, carrier);
+	expect_rv("CKA_DECRYPT=TRUE on the sending carrier",
+		  raw_set_bool(f, fh, carrier, CKA_DECRYPT, CK_TRUE), CKR_ACTION_PROHIBITED);
+	ck_assert_uint_eq(audit_of(from), n_from + 1);
+
+	carried = carry(from, from_dk, carrier, material);
+	ck_assert(memcmp(carried.data, material->data, 40) != 0);
+	/* Under the carrier, the material opens under neither region's DK. */
+	assert_err(kms_hsm_master_key_unwrap(from, from_dk, carried.data, carried.len, &bad, &err),
+		   KMS_ERR_HSM, "cannot unwrap master key");
+	assert_err(kms_hsm_master_key_unwrap(to, to_dk, carried.data, carried.len, &bad, &err),
+		   KMS_ERR_HSM, "cannot unwrap master key");
+	ck_assert_uint_eq(bad, 0);
+	kms_hsm_key_destroy(from, carrier);
+	ck_assert_int_eq(raw_set_bool(f, fh, carrier, CKA_LABEL, CK_TRUE),
+			 CKR_OBJECT_HANDLE_INVALID);
+	ck_assert_uint_eq(audit_of(from), n_from);
+
+	rw = install_carrier(to, &t, &wc);
+	ck_assert_uint_eq(audit_of(to), n_to + 1);
+	/* What arrived only unwraps, cannot leave and cannot be loosened. */
+	received = find_unwrapping_session_key(f, th);
+	ck_assert_int_eq(raw_bool(f, th, received, CKA_TOKEN), CK_FALSE);
+	ck_assert_int_eq(raw_bool(f, th, received, CKA_SENSITIVE), CK_TRUE);
+	ck_assert_int_eq(raw_bool(f, th, received, CKA_EXTRACTABLE), CK_FALSE);
+	ck_assert_int_eq(raw_bool(f, th, received, CKA_WRAP), CK_FALSE);
+	ck_assert_int_eq(raw_bool(f, th, received, CKA_ENCRYPT), CK_FALSE);
+	ck_assert_int_eq(raw_bool(f, th, received, CKA_DECRYPT), CK_FALSE);
+	assert_value_refused(f, th, received);
+	own = raw_aes_key(f, th, "own", 32, CK_FALSE, CK_FALSE, CK_TRUE);
+	expect_rv("C_WrapKey of the received carrier",
+		  f->C_WrapKey(th, &kwp, own, received, blob, &len), CKR_KEY_UNEXTRACTABLE);
+	ck_assert_int_eq(f->C_DestroyObject(th, own), CKR_OK);
+	expect_rv("CKA_DECRYPT=TRUE on the received carrier",
+		  raw_set_bool(f, th, received, CKA_DECRYPT, CK_TRUE), CKR_ACTION_PROHIBITED);
+
+	out = rewrap_one(rw, to_dk, &carried);
+	kms_hsm_rewrap_close(rw);
+	ck_assert_int_eq(raw_set_bool(f, th, received, CKA_LABEL, CK_TRUE),
+			 CKR_OBJECT_HANDLE_INVALID);
+	ck_assert_uint_eq(audit_of(to), n_to);
+	drop_transport(to, &t);
+	kms_buf_free(&wc);
+	kms_buf_free(&carried);
+	ck_assert_int_eq(f->C_CloseSession(fh), CKR_OK);
+	ck_assert_int_eq(f->C_CloseSession(th), CKR_OK);
+	return out;
+}
+
+/*
+ * A master key made in region A travels to region B, and one made in B
+ * to A: each arrives under the other region's DK as the same key, so
+ * AES-GCM crosses in both directions, and nothing of the trip stays.
+ */
+START_TEST(test_carrier_travel)
+{
+	kms_hsm_key dk_a = make_dk(DK), dk_b = 0, k_a, k_b, bad = 0;
+	kms_buf m_a, m_b, back_b = {NULL, 0}, back_a;
+	size_t n_a, n_b;
+
+	ck_assert_int_eq(kms_hsm_domain_key(joiner, DK, 1, &dk_b, &err), KMS_OK);
+	n_a = audit_of(hsm);
+	n_b = audit_of(joiner);
+
+	m_a = make_master(dk_a);
+	m_b = travel(hsm, dk_a, LABEL, joiner, dk_b, LABEL2, &m_a);
+	/* Two DKs: each region's blob is its own. */
+	ck_assert(memcmp(m_a.data, m_b.data, 40) != 0);
+	assert_err(kms_hsm_master_key_unwrap(hsm, dk_a, m_b.data, m_b.len, &bad, &err), KMS_ERR_HSM,
+		   "cannot unwrap master key");
+	assert_err(kms_hsm_master_key_unwrap(joiner, dk_b, m_a.data, m_a.len, &bad, &err),
+		   KMS_ERR_HSM, "cannot unwrap master key");
+	ck_assert_uint_eq(bad, 0);
+	k_a = unwrap(dk_a, &m_a);
+	ck_assert_msg(kms_hsm_master_key_unwrap(joiner, dk_b, m_b.data, m_b.len, &k_b, &err) ==
+			  KMS_OK,
+		      "unwrap in region B: %s", err.msg);
+	gcm_across(sess, k_a, jsess, k_b);
+	gcm_across(jsess, k_b, sess, k_a);
+	kms_hsm_key_destroy(hsm, k_a);
+	kms_hsm_key_destroy(joiner, k_b);
+
+	/* The other way: made in B, carried to A. */
+	ck_assert_int_eq(kms_hsm_master_key_create(jsess, dk_b, &back_b, &err), KMS_OK);
+	back_a = travel(joiner, dk_b, LABEL2, hsm, dk_a, LABEL, &back_b);
+	k_a = unwrap(dk_a, &back_a);
+	ck_assert_int_eq(
+	    kms_hsm_master_key_unwrap(joiner, dk_b, back_b.data, back_b.len, &k_b, &err), KMS_OK);
+	gcm_across(jsess, k_b, sess, k_a);
+	gcm_across(sess, k_a, jsess, k_b);
+	kms_hsm_key_destroy(hsm, k_a);
+	kms_hsm_key_destroy(joiner, k_b);
+
+	/* Each token holds its DK and nothing else of the trips. */
+	ck_assert_uint_eq(audit_of(hsm), n_a);
+	ck_assert_uint_eq(audit_of(joiner), n_b);
+	kms_buf_free(&m_a);
+	kms_buf_free(&m_b);
+	kms_buf_free(&back_a);
+	kms_buf_free(&back_b);
+}
+END_TEST
+
+/* The carrier is for carrying: it neither encrypts, decrypts nor unwraps. */
+START_TEST(test_carrier_wrap_only)
+{
+	kms_hsm_key dk = make_dk(DK), carrier, bad = 0;
+	struct transport t;
+	kms_buf wc = {NULL, 0}, m = make_master(dk), carried;
+	uint8_t iv[12] = {0}, pt[8] = {0}, ct[8 + 16];
+
+	make_transport(joiner, &t);
+	carrier = carrier_for(hsm, &t, &wc);
+	carried = carry(hsm, dk, carrier, &m);
+	assert_err(kms_hsm_gcm_encrypt(sess, carrier, iv, NULL, 0, pt, sizeof(pt), ct, &err),
+		   KMS_ERR_HSM, "C_EncryptInit: CKR_KEY_FUNCTION_NOT_PERMITTED");
+	assert_err(kms_hsm_gcm_decrypt(sess, carrier, iv, NULL, 0, ct, sizeof(ct), pt, &err),
+		   KMS_ERR_HSM, "C_DecryptInit: CKR_KEY_FUNCTION_NOT_PERMITTED");
+	/* The sender cannot open what it carries: the carrier may not unwrap. */
+	assert_err(kms_hsm_master_key_unwrap(hsm, carrier, carried.data, carried.len, &bad, &err),
+		   KMS_ERR_HSM, "C_UnwrapKey: CKR_KEY_FUNCTION_NOT_PERMITTED");
+	ck_assert_uint_eq(bad, 0);
+	kms_hsm_key_destroy(hsm, carrier);
+	kms_buf_free(&m);
+	kms_buf_free(&wc);
+	kms_buf_free(&carried);
+	drop_transport(joiner, &t);
+}
+END_TEST
+
+/*
+ * The bad public keys are test_wrap_for_bad_input's (public_key_refused):
+ * a carrier is refused to every key the domain key is. Here: no HSM or no
+ * output, and the twin.
+ */
+START_TEST(test_carrier_create_bad_input)
+{
+	static const uint8_t f4[] = {0x01, 0x00, 0x01};
+	CK_FUNCTION_LIST *f = raw_functions();
+	CK_SESSION_HANDLE mh = raw_session(f);
+	CK_ULONG before = raw_count(f, mh, ALL_OBJECTS);
+	struct transport t;
+	uint8_t mod[1100];
+	kms_buf w = {NULL, 0};
+	kms_hsm_key c = 0;
+
+	make_transport(joiner, &t);
+	assert_err(kms_hsm_carrier_create(NULL, t.modulus.data, t.modulus.len, f4, sizeof(f4), &c,
+					  &w, &err),
+		   KMS_ERR_INVALID, "no HSM or output");
+	assert_err(kms_hsm_carrier_create(hsm, t.modulus.data, t.modulus.len, f4, sizeof(f4), NULL,
+					  &w, &err),
+		   KMS_ERR_INVALID, "no HSM or output");
+	assert_err(kms_hsm_carrier_create(hsm, t.modulus.data, t.modulus.len, f4, sizeof(f4), &c,
+					  NULL, &err),
+		   KMS_ERR_INVALID, "no HSM or output");
+	/* An empty modulus, as from a peer that sent none. */
+	assert_err(kms_hsm_carrier_create(hsm, t.modulus.data, 0, f4, sizeof(f4), &c, &w, &err),
+		   KMS_ERR_INVALID, "empty RSA modulus or exponent");
+	ck_assert_uint_eq(c, 0);
+	ck_assert_ptr_null(w.data);
+	ck_assert_uint_eq(raw_count(f, mh, ALL_OBJECTS), before);
+
+	/* The twin: the real key behind a sign byte makes a carrier that installs. */
+	mod[0] = 0;
+	memcpy(mod + 1, t.modulus.data, t.modulus.len);
+	ck_assert_msg(kms_hsm_carrier_create(hsm, mod, t.modulus.len + 1, t.exponent.data,
+					     t.exponent.len, &c, &w, &err) == KMS_OK,
+		      "carrier create: %s", err.msg);
+	kms_hsm_rewrap_close(install_carrier(joiner, &t, &w));
+	kms_hsm_key_destroy(hsm, c);
+	ck_assert_uint_eq(raw_count(f, mh, ALL_OBJECTS), before);
+	kms_buf_free(&w);
+	drop_transport(joiner, &t);
+	ck_assert_int_eq(f->C_CloseSession(mh), CKR_OK);
+}
+END_TEST
+
+/* install refuses with code and needle, and leaves nothing on the token. */
+static void install_refused(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE jh, kms_hsm_key priv,
+			    const uint8_t *blob, size_t len, int code, const char *needle)
+{
+	CK_ULONG before = raw_count(f, jh, ALL_OBJECTS);
+	size_t n = audit_of(joiner);
+	kms_hsm_rewrapper *rw = NULL;
+
+	assert_err(kms_hsm_carrier_install(joiner, priv, blob, len, &rw, &err), code, needle);
+	ck_assert_ptr_null(rw);
+	ck_assert_uint_eq(raw_count(f, jh, ALL_OBJECTS), before);
+	ck_assert_uint_eq(audit_of(joiner), n);
+}
+
+/*
+ * The receiving side refuses a carrier wrapped to another transport key, a
+ * changed or cut one, and no key at all; then, with the right carrier,
+ * material that was changed, or that is not under this carrier.
+ */
+START_TEST(test_carrier_install_bad_input)
+{
+	CK_FUNCTION_LIST *f = raw_functions();
+	CK_SESSION_HANDLE jh = raw_session_on(f, LABEL2);
+	kms_hsm_key dk_a = make_dk(DK), dk_b = 0, carrier, other_carrier;
+	struct transport t, other;
+	kms_buf wc = {NULL, 0}, wc2 = {NULL, 0}, m = make_master(dk_a), carried, carried2,
+		out = {NULL, 0};
+	kms_hsm_rewrapper *rw = NULL;
+	uint8_t bad[1100];
+	size_t n_b;
+
+	ck_assert_int_eq(kms_hsm_domain_key(joiner, DK, 1, &dk_b, &err), KMS_OK);
+	make_transport(joiner, &t);
+	make_transport(joiner, &other);
+	carrier = carrier_for(hsm, &t, &wc);
+	carried = carry(hsm, dk_a, carrier, &m);
+	/* A second pull's carrier, and the same material under it. */
+	other_carrier = carrier_for(hsm, &t, &wc2);
+	carried2 = carry(hsm, dk_a, other_carrier, &m);
+	kms_hsm_key_destroy(hsm, carrier);
+	kms_hsm_key_destroy(hsm, other_carrier);
+
+	install_refused(f, jh, other.priv, wc.data, wc.len, KMS_ERR_HSM,
+			"cannot install carrier key: C_UnwrapKey: CKR_");
+	for (size_t bit = 0; bit < wc.len * 8; bit += 499) {
+		memcpy(bad, wc.data, wc.len);
+		bad[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+		install_refused(f, jh, t.priv, bad, wc.len, KMS_ERR_HSM,
+				"cannot install carrier key: C_UnwrapKey: CKR_");
+	}
+	memcpy(bad, wc.data, wc.len);
+	install_refused(f, jh, t.priv, bad, wc.len - 1, KMS_ERR_HSM,
+			"cannot install carrier key: C_UnwrapKey: CKR_");
+	install_refused(f, jh, t.priv, bad, 0, KMS_ERR_INVALID, "empty blob");
+	install_refused(f, jh, t.priv, NULL, wc.len, KMS_ERR_INVALID, "empty blob");
+	install_refused(f, jh, t.priv, bad, 1025, KMS_ERR_INVALID,
+			"longer than an RSA-8192 modulus");
+	/* The public half cannot unwrap; no key is no key. */
+	install_refused(f, jh, t.pub, wc.data, wc.len, KMS_ERR_HSM,
+			"cannot install carrier key: C_UnwrapKey: CKR_");
+	install_refused(f, jh, 0, wc.data, wc.len, KMS_ERR_INVALID, "no HSM, transport key");
+	assert_err(kms_hsm_carrier_install(NULL, t.priv, wc.data, wc.len, &rw, &err),
+		   KMS_ERR_INVALID, "no HSM, transport key or output");
+	assert_err(kms_hsm_carrier_install(joiner, t.priv, wc.data, wc.len, NULL, &err),
+		   KMS_ERR_INVALID, "no HSM, transport key or output");
+
+	/* The twin installs; then the material it is given must be its own. */
+	rw = install_carrier(joiner, &t, &wc);
+	n_b = audit_of(joiner);
+	memcpy(bad, carried.data, carried.len);
+	bad[17] ^= 0x40;
+	assert_err(kms_hsm_rewrap(rw, dk_b, bad, carried.len, &out, &err), KMS_ERR_HSM,
+		   "cannot rewrap master key: C_UnwrapKey");
+	assert_err(kms_hsm_rewrap(rw, dk_b, carried.data, carried.len - 8, &out, &err), KMS_ERR_HSM,
+		   "not 32");
+	/* Still under region A's DK, and under another pull's carrier. */
+	assert_err(kms_hsm_rewrap(rw, dk_b, m.data, m.len, &out, &err), KMS_ERR_HSM,
+		   "cannot rewrap master key: C_UnwrapKey");
+	assert_err(kms_hsm_rewrap(rw, dk_b, carried2.data, carried2.len, &out, &err), KMS_ERR_HSM,
+		   "cannot rewrap master key: C_UnwrapKey");
+	ck_assert_ptr_null(out.data);
+	ck_assert_uint_eq(audit_of(joiner), n_b);
+	out = rewrap_one(rw, dk_b, &carried);
+	kms_hsm_rewrap_close(rw);
+	ck_assert_uint_eq(audit_of(joiner), n_b - 1);
+
+	kms_buf_free(&out);
+	kms_buf_free(&m);
+	kms_buf_free(&wc);
+	kms_buf_free(&wc2);
+	kms_buf_free(&carried);
+	kms_buf_free(&carried2);
+	drop_transport(joiner, &t);
+	drop_transport(joiner, &other);
+	ck_assert_int_eq(f->C_CloseSession(jh), CKR_OK);
+}
+END_TEST
+
 static Suite *hsm_suite(void)
 {
 	Suite *s = suite_create("hsm");
@@ -2187,6 +2564,7 @@ static Suite *hsm_suite(void)
 	TCase *transfer = tcase_create("transfer");
 	TCase *rotation = tcase_create("rotation");
 	TCase *trusted = tcase_create("trusted");
+	TCase *regions = tcase_create("regions");
 
 	tcase_add_checked_fixture(open, setup_token, teardown_token);
 	tcase_add_test(open, test_open_ok);
@@ -2259,6 +2637,15 @@ static Suite *hsm_suite(void)
 	tcase_add_test(rotation, test_rewrap_old_style_dk);
 	tcase_add_test(rotation, test_dk_generations);
 	suite_add_tcase(s, rotation);
+
+	tcase_add_checked_fixture(regions, setup_transfer, teardown_transfer);
+	/* RSA-3072 key generation, as in transfer. */
+	tcase_set_timeout(regions, 120);
+	tcase_add_test(regions, test_carrier_travel);
+	tcase_add_test(regions, test_carrier_wrap_only);
+	tcase_add_test(regions, test_carrier_create_bad_input);
+	tcase_add_test(regions, test_carrier_install_bad_input);
+	suite_add_tcase(s, regions);
 
 	tcase_add_checked_fixture(trusted, setup_two_tokens, teardown_open);
 	tcase_add_test(trusted, test_trusted_wrapping_needs_so);
