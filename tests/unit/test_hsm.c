@@ -2554,6 +2554,54 @@ START_TEST(test_carrier_install_bad_input)
 }
 END_TEST
 
+/*
+ * Out of memory at each allocation of create and install: KMS_ERR_NOMEM and
+ * nothing left in either token, the carrier made before the blob could
+ * be kept included; with memory back, the same calls succeed.
+ */
+START_TEST(test_carrier_no_memory)
+{
+	static const char *const create_msgs[] = {"no memory to wrap a key for a peer",
+						  "no memory for a key wrapped for a peer"};
+	CK_FUNCTION_LIST *f = raw_functions();
+	CK_SESSION_HANDLE mh = raw_session(f), jh = raw_session_on(f, LABEL2);
+	CK_ULONG m_before = raw_count(f, mh, ALL_OBJECTS), j_before;
+	struct transport t;
+	kms_buf w = {NULL, 0};
+	kms_hsm_key c = 0;
+	kms_hsm_rewrapper *rw = NULL;
+	int rc;
+
+	make_transport(joiner, &t);
+	j_before = raw_count(f, jh, ALL_OBJECTS);
+	for (unsigned n = 0; n < 2; n++) {
+		kms_alloc_fail_after(n);
+		rc = kms_hsm_carrier_create(hsm, t.modulus.data, t.modulus.len, t.exponent.data,
+					    t.exponent.len, &c, &w, &err);
+		kms_alloc_fail_reset();
+		assert_err(rc, KMS_ERR_NOMEM, create_msgs[n]);
+		ck_assert_uint_eq(c, 0);
+		ck_assert_ptr_null(w.data);
+		ck_assert_uint_eq(raw_count(f, mh, ALL_OBJECTS), m_before);
+	}
+	c = carrier_for(hsm, &t, &w);
+	kms_alloc_fail_after(0);
+	rc = kms_hsm_carrier_install(joiner, t.priv, w.data, w.len, &rw, &err);
+	kms_alloc_fail_reset();
+	assert_err(rc, KMS_ERR_NOMEM, "no memory for a carrier key");
+	ck_assert_ptr_null(rw);
+	ck_assert_uint_eq(raw_count(f, jh, ALL_OBJECTS), j_before);
+	kms_hsm_rewrap_close(install_carrier(joiner, &t, &w));
+	ck_assert_uint_eq(raw_count(f, jh, ALL_OBJECTS), j_before);
+	kms_hsm_key_destroy(hsm, c);
+	ck_assert_uint_eq(raw_count(f, mh, ALL_OBJECTS), m_before);
+	kms_buf_free(&w);
+	drop_transport(joiner, &t);
+	ck_assert_int_eq(f->C_CloseSession(mh), CKR_OK);
+	ck_assert_int_eq(f->C_CloseSession(jh), CKR_OK);
+}
+END_TEST
+
 static Suite *hsm_suite(void)
 {
 	Suite *s = suite_create("hsm");
@@ -2645,6 +2693,7 @@ static Suite *hsm_suite(void)
 	tcase_add_test(regions, test_carrier_wrap_only);
 	tcase_add_test(regions, test_carrier_create_bad_input);
 	tcase_add_test(regions, test_carrier_install_bad_input);
+	tcase_add_test(regions, test_carrier_no_memory);
 	suite_add_tcase(s, regions);
 
 	tcase_add_checked_fixture(trusted, setup_two_tokens, teardown_open);
