@@ -58,12 +58,6 @@ static int usage(const char *what)
 	return EXIT_LOCAL;
 }
 
-static int server_error(const kms_rpc_status *st)
-{
-	errmsg("%s: %s", kms_grpc_status_name(st->code), st->details);
-	return EXIT_SERVER;
-}
-
 static int parse_u32(const char *s, const char *what, uint32_t max, uint32_t *out)
 {
 	char *end;
@@ -162,7 +156,7 @@ static int fetch_file(kms_client *c, const char *id, kms_buf *file)
 		if (kms_client_call(c, "/kms.v1.Operator/FetchBackup", &req.base,
 				    &kms__v1__fetch_backup_response__descriptor,
 				    (ProtobufCMessage **)&resp, &st) != 0)
-			return server_error(&st);
+			return kmsctl_server_error(&st);
 		if ((file->len > 0 && resp->total_bytes != total) ||
 		    resp->backup_file.len > resp->total_bytes - file->len ||
 		    (resp->backup_file.len == 0 && file->len < resp->total_bytes)) {
@@ -260,8 +254,7 @@ static int create(struct args *a, kms_client *c)
 	uint8_t keys[KMS_BACKUP_CUSTODIANS_MAX][KMS_X25519_LEN];
 	Kms__V1__BackupExportOperation be;
 	Kms__V1__RootOperation op = KMS__V1__ROOT_OPERATION__INIT;
-	Kms__V1__ProposeOperationRequest req = KMS__V1__PROPOSE_OPERATION_REQUEST__INIT;
-	Kms__V1__ProposeOperationResponse *resp = NULL;
+	Kms__V1__Proposal *p = NULL;
 	kms_rpc_status st;
 	char id[KMS_PROPOSAL_ID_HEX + 1];
 	time_t until;
@@ -271,25 +264,16 @@ static int create(struct args *a, kms_client *c)
 		return rc;
 	op.op_case = KMS__V1__ROOT_OPERATION__OP_BACKUP_EXPORT;
 	op.backup_export = &be;
-	req.operation = &op;
-	req.ttl_seconds = a->ttl;
-	if (kms_client_call(c, "/kms.v1.Operator/ProposeOperation", &req.base,
-			    &kms__v1__propose_operation_response__descriptor,
-			    (ProtobufCMessage **)&resp, &st) != 0)
-		return server_error(&st);
-	if (resp->proposal == NULL || kms_proposal_id_check(resp->proposal->id, NULL) != KMS_OK) {
-		protobuf_c_message_free_unpacked(&resp->base, NULL);
-		errmsg("backup: the server sent no proposal");
-		return EXIT_SERVER;
-	}
-	snprintf(id, sizeof(id), "%s", resp->proposal->id);
-	printf("proposal_id: %s\ndigest: %s\n", id, resp->proposal->digest);
+	if ((rc = kmsctl_propose(c, &op, a->ttl, &p)) != EXIT_OK)
+		return rc;
+	snprintf(id, sizeof(id), "%s", p->id);
+	printf("proposal_id: %s\ndigest: %s\n", id, p->digest);
 	fprintf(stderr,
 		"kmsctl: waiting for %u operator approvals of backup-export %s "
 		"(kmsctl quorum approve %s ...)\n",
-		resp->proposal->threshold, id, id);
+		p->threshold, id, id);
 	fflush(stdout);
-	protobuf_c_message_free_unpacked(&resp->base, NULL);
+	protobuf_c_message_free_unpacked(&p->base, NULL);
 	until = time(NULL) + (time_t)a->wait_s;
 	for (;;) {
 		Kms__V1__GetOperationRequest g = KMS__V1__GET_OPERATION_REQUEST__INIT;
@@ -300,7 +284,7 @@ static int create(struct args *a, kms_client *c)
 		if (kms_client_call(c, "/kms.v1.Operator/GetOperation", &g.base,
 				    &kms__v1__get_operation_response__descriptor,
 				    (ProtobufCMessage **)&gr, &st) != 0)
-			return server_error(&st);
+			return kmsctl_server_error(&st);
 		state = gr->proposal != NULL ? gr->proposal->state : "";
 		if (strcmp(state, "executed") == 0) {
 			protobuf_c_message_free_unpacked(&gr->base, NULL);

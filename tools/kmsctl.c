@@ -19,9 +19,15 @@
 
 #include <grpc/support/log.h>
 #include <jansson.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/sha.h>
+#include <openssl/x509.h>
 
 #include "audit_cmd.h"
 #include "backup_cmd.h"
+#include "region_cmd.h"
 #include "b64.h"
 #include "kmsctl.h"
 #include "proto_ctx.h"
@@ -33,6 +39,7 @@
 #include "kms/fingerprint.h"
 #include "kms/hostport.h"
 #include "kms/quorum.h"
+#include "kms/region.h"
 #include "kms/spiffe.h"
 #include "kms/v1/cluster.pb-c.h"
 #include "kms/v1/kms.pb-c.h"
@@ -594,6 +601,9 @@ static const char global_usage[] =
     "  backup fetch ID --out FILE\n"
     "  backup unseal-share --file FILE --custodian NAME --key PRIVFILE --out SHAREFILE\n"
     "                (offline)\n"
+    "  region status\n"
+    "  region link --peer NAME --role primary|secondary --peer-endpoints HOST:PORT[,...]\n"
+    "              --peer-trust-domain TD --peer-node-ca FILE [--mode async|sync] [--ttl S]\n"
     "\n"
     "global options (also accepted after the command):\n"
     "  --endpoint HOST:PORT  server (env KMS_ENDPOINT, "
@@ -728,13 +738,38 @@ static int usage_error(const char *fmt, ...)
 	return EXIT_LOCAL;
 }
 
-static int server_error(const kms_rpc_status *st)
+int kmsctl_server_error(const kms_rpc_status *st)
 {
 	if (st->details[0] != '\0')
 		errmsg("%s: %s", kms_grpc_status_name(st->code), st->details);
 	else
 		errmsg("%s", kms_grpc_status_name(st->code));
 	return EXIT_SERVER;
+}
+
+int kmsctl_propose(kms_client *c, const Kms__V1__RootOperation *op, uint32_t ttl_s,
+		   Kms__V1__Proposal **out)
+{
+	Kms__V1__ProposeOperationRequest req = KMS__V1__PROPOSE_OPERATION_REQUEST__INIT;
+	Kms__V1__ProposeOperationResponse *resp = NULL;
+	kms_rpc_status st;
+
+	*out = NULL;
+	req.operation = (Kms__V1__RootOperation *)op;
+	req.ttl_seconds = ttl_s;
+	if (kms_client_call(c, "/kms.v1.Operator/ProposeOperation", &req.base,
+			    &kms__v1__propose_operation_response__descriptor,
+			    (ProtobufCMessage **)&resp, &st) != 0)
+		return kmsctl_server_error(&st);
+	if (resp->proposal == NULL || kms_proposal_id_check(resp->proposal->id, NULL) != KMS_OK) {
+		protobuf_c_message_free_unpacked(&resp->base, NULL);
+		errmsg("the server sent no proposal");
+		return EXIT_SERVER;
+	}
+	*out = resp->proposal;
+	resp->proposal = NULL;
+	protobuf_c_message_free_unpacked(&resp->base, NULL);
+	return EXIT_OK;
 }
 
 /* gRPC core logs handshake failures itself; the status we print says the same.
@@ -1135,7 +1170,7 @@ static int call(kms_client *c, const char *rpc, const ProtobufCMessage *req,
 
 	snprintf(method, sizeof(method), "/kms.v1.KeyManagement/%s", rpc);
 	if (kms_client_call(c, method, req, desc, resp, &st) != 0)
-		return server_error(&st);
+		return kmsctl_server_error(&st);
 	return EXIT_OK;
 }
 
@@ -1950,7 +1985,7 @@ static int cmd_reencrypt(const struct cli *cli, kms_client *c)
 	    (Kms__V1__ReEncryptRequest__DestinationEncryptionContextEntry **)
 		dst;
 	if (kms_client_reencrypt(c, &req, &resp, &st) != GRPC_STATUS_OK) {
-		rc = server_error(&st);
+		rc = kmsctl_server_error(&st);
 		goto out;
 	}
 	if (cli->blob_out != NULL) {
@@ -2040,7 +2075,7 @@ static int cmd_health(const struct cli *cli, kms_client *c)
 		c, "/grpc.health.v1.Health/Check", &req.base,
 		&grpc__health__v1__health_check_response__descriptor,
 		(ProtobufCMessage **)&resp, &st) != 0)
-		return server_error(&st);
+		return kmsctl_server_error(&st);
 	ev = protobuf_c_enum_descriptor_get_value(
 	    &grpc__health__v1__health_check_response__serving_status__descriptor,
 	    (int)resp->status);
@@ -2080,7 +2115,7 @@ static int operator_call(kms_client *c, const char *rpc,
 	snprintf(method, sizeof(method), "/kms.v1.Operator/%s", rpc);
 	if (kms_client_call_timeout(c, method, req, desc, resp, timeout_ms,
 				    &st) != 0)
-		return server_error(&st);
+		return kmsctl_server_error(&st);
 	return EXIT_OK;
 }
 
@@ -2762,6 +2797,43 @@ static json_t *hex_json(const uint8_t *p, size_t n)
 	return j;
 }
 
+/* The SHA-256 of each certificate (DER) of a PEM, as 'openssl x509
+ * -fingerprint -sha256' shows it: what operators compare out of band. */
+static json_t *pem_fingerprints(const ProtobufCBinaryData *pem)
+{
+	BIO *bio = BIO_new_mem_buf(pem->data, (int)pem->len);
+	json_t *list = json_array();
+	X509 *x;
+
+	while (bio != NULL && list != NULL && (x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+		uint8_t md[SHA256_DIGEST_LENGTH];
+		unsigned n = 0;
+
+		if (X509_digest(x, EVP_sha256(), md, &n) == 1)
+			json_array_append_new(list, hex_json(md, n));
+		X509_free(x);
+	}
+	ERR_clear_error();
+	BIO_free(bio);
+	return list;
+}
+
+static int link_region_json(json_t *o, const Kms__V1__LinkRegionOperation *l)
+{
+	json_t *eps = json_array();
+	int bad = eps == NULL;
+
+	for (size_t i = 0; !bad && i < l->n_peer_endpoints; i++)
+		bad |= json_array_append_new(eps, json_string(l->peer_endpoints[i]));
+	bad |= json_object_set_new(o, "peer_region", json_string(l->peer_region)) ||
+	       json_object_set_new(o, "role", json_string(kms_region_role_name(l->role))) ||
+	       json_object_set_new(o, "mode", json_string(kms_region_mode_name(l->mode))) ||
+	       json_object_set_new(o, "peer_endpoints", eps) ||
+	       json_object_set_new(o, "peer_trust_domain", json_string(l->peer_trust_domain)) ||
+	       json_object_set_new(o, "peer_node_ca_sha256", pem_fingerprints(&l->peer_node_ca_pem));
+	return bad ? -1 : 0;
+}
+
 /* What an operation does, as fields of o. */
 static int operation_json(json_t *o, const Kms__V1__RootOperation *op)
 {
@@ -2831,6 +2903,9 @@ static int operation_json(json_t *o, const Kms__V1__RootOperation *op)
 		bad |= json_object_set_new(o, "custodians", list);
 		bad |= json_object_set_new(o, "shares_to_restore",
 					   json_integer(op->backup_export->threshold));
+		break;
+	case KMS__V1__ROOT_OPERATION__OP_LINK_REGION:
+		bad |= link_region_json(o, op->link_region);
 		break;
 	default:
 		break;
@@ -3661,6 +3736,9 @@ static int run(struct cli *cli, int argc, char **argv)
 	/* Its own options; create and fetch use the global ones (tools/backup_cmd.c). */
 	if (strcmp(argv[optind], "backup") == 0)
 		return kmsctl_backup(argc - optind, argv + optind, &cli->copts);
+	/* Its own options too (tools/region_cmd.c). */
+	if (strcmp(argv[optind], "region") == 0)
+		return kmsctl_region(argc - optind, argv + optind, &cli->copts, cli->json);
 	cli->cmd = find_command(argv[optind]);
 	if (cli->cmd == NULL)
 		return usage_error("unknown command '%s'", argv[optind]);

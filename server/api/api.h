@@ -29,6 +29,9 @@ extern const size_t kms_api_internal_n_methods;
 /* DomainKeyStatus (Operator) and FetchRotationDomainKey (Internal). */
 extern const kms_method kms_api_domain_key_methods[];
 extern const size_t kms_api_domain_key_n_methods;
+/* RegionStatus (Operator) and RegionPull (Internal), api_region.c. */
+extern const kms_method kms_api_region_methods[];
+extern const size_t kms_api_region_n_methods;
 
 /* KMS_OK when this node can take a write now (kms_node_can_write), else
  * KMS_ERR_UNAVAILABLE saying why not. */

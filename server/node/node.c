@@ -28,6 +28,7 @@
 #include "node/node.h"
 #include "raft/raft_tls.h"
 #include "node/supervisor.h"
+#include "region/region_sync.h"
 #include "obs/audit_log.h"
 #include "tls/tls_engine.h"
 #include "tls/tls_policy.h"
@@ -598,7 +599,7 @@ static int start_rpc(kms_node *node, kms_err *err)
 	if (kms_api_keymgmt_n_methods + kms_api_keyadmin_n_methods + kms_api_batch_n_methods +
 		    kms_api_health_n_methods + kms_api_operator_n_methods +
 		    kms_api_quorum_n_methods + kms_api_internal_n_methods +
-		    kms_api_domain_key_n_methods >
+		    kms_api_domain_key_n_methods + kms_api_region_n_methods >
 	    MAX_METHODS) {
 		kms_free(key);
 		return kms_errf(err, KMS_ERR_INTERNAL, "more gRPC methods than MAX_METHODS (%d)",
@@ -621,6 +622,8 @@ static int start_rpc(kms_node *node, kms_err *err)
 		methods[n_methods++] = kms_api_internal_methods[i];
 	for (size_t i = 0; i < kms_api_domain_key_n_methods; i++)
 		methods[n_methods++] = kms_api_domain_key_methods[i];
+	for (size_t i = 0; i < kms_api_region_n_methods; i++)
+		methods[n_methods++] = kms_api_region_methods[i];
 	memset(&o, 0, sizeof(o));
 	o.listen = node->cfg.grpc_listen;
 	o.tls = &node->tls;
@@ -756,6 +759,7 @@ int kms_node_start_restore(const char *config_path, const kms_restore_opts *rest
 	KMS_TRY_GOTO(rc, kms_tls_policy_probe(node->cfg.grpc_listen, node->cfg.min_tls_version, err),
 		     fail);
 	KMS_TRY_GOTO(rc, kms_supervisor_start(node, &node->sup, err), fail);
+	KMS_TRY_GOTO(rc, kms_region_sync_start(node, &node->region_sync, err), fail);
 	KMS_TRY_GOTO(rc, kms_tls_watch_start(&node->cfg, node->cfg.tls_reload_interval_s, &stamp,
 					     tls_files_changed, node, &node->tls_watch, err),
 		     fail);
@@ -782,6 +786,9 @@ void kms_node_stop(kms_node *node)
 		return;
 	kms_tls_watch_stop(node->tls_watch);
 	kms_supervisor_stop(node->sup);
+	/* Before Raft: its last commit is answered while Raft still runs. */
+	kms_region_sync_stop(node->region_sync);
+	node->region_sync = NULL;
 	/* Raft first: writes waiting on it are answered UNAVAILABLE, so the gRPC
 	 * server has no call left hanging when it drains. */
 	kms_raft_stop(node->raft);

@@ -67,6 +67,7 @@ typedef struct kms_node {
 	kms_peers *peers;
 	struct kms_forwarder *fwd; /* a follower's writes on their way to the leader */
 	struct kms_supervisor *sup;
+	struct kms_region_sync *region_sync; /* a secondary region's puller (region/) */
 	kms_rpc_server *rpc;
 	/* A joining node's only allowed Raft peers until its key ring lists
 	 * the members: the members the FetchDomainKey answer named. */

@@ -1,4 +1,5 @@
 /* region_rules.c - the rules of region names and of link-region operations (issue #7). */
+#include <stdint.h>
 #include <string.h>
 
 #include <openssl/bio.h>
@@ -56,21 +57,30 @@ const char *kms_region_mode_name(Kms__V1__RegionMode mode)
 	}
 }
 
-/* The number of certificates in pem (0: none, or not PEM). */
+/*
+ * The number of certificates in pem, or -1 when a block does not parse:
+ * as strict as the nodes' authn and gRPC's roots, so that no approved link
+ * is one the nodes then refuse.
+ */
 static int count_certificates(const uint8_t *pem, size_t len)
 {
-	BIO *bio = BIO_new_mem_buf(pem, (int)len);
+	BIO *bio = len <= INT32_MAX ? BIO_new_mem_buf(pem, (int)len) : NULL;
+	unsigned long e;
 	X509 *x;
 	int n = 0;
 
 	if (bio == NULL)
-		return 0;
+		return -1;
+	ERR_clear_error();
 	while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
 		X509_free(x);
 		n++;
 	}
 	BIO_free(bio);
-	/* The loop ends on "no more PEM": not an error to keep. */
+	/* The loop ends on "no more PEM"; any other error is a bad block. */
+	e = ERR_peek_last_error();
+	if (e != 0 && !(ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE))
+		n = -1;
 	ERR_clear_error();
 	return n;
 }
@@ -79,6 +89,7 @@ int kms_link_region_check(const Kms__V1__LinkRegionOperation *op, kms_err *err)
 {
 	char td[KMS_SPIFFE_ID_MAX + 1];
 	kms_err sub;
+	int n;
 
 	KMS_ENSURE(op != NULL, err, KMS_ERR_INVALID, "link-region is empty");
 	if (kms_region_name_check(op->peer_region, &sub) != KMS_OK)
@@ -102,7 +113,10 @@ int kms_link_region_check(const Kms__V1__LinkRegionOperation *op, kms_err *err)
 	KMS_ENSURE(op->peer_node_ca_pem.len > 0 && op->peer_node_ca_pem.len <= KMS_REGION_CA_PEM_MAX,
 		   err, KMS_ERR_INVALID, "link-region needs the peer's node CA, 1 to %d bytes of PEM",
 		   KMS_REGION_CA_PEM_MAX);
-	KMS_ENSURE(count_certificates(op->peer_node_ca_pem.data, op->peer_node_ca_pem.len) > 0, err,
-		   KMS_ERR_INVALID, "link-region: the peer node CA holds no PEM certificate");
+	n = count_certificates(op->peer_node_ca_pem.data, op->peer_node_ca_pem.len);
+	KMS_ENSURE(n != 0, err, KMS_ERR_INVALID,
+		   "link-region: the peer node CA holds no PEM certificate");
+	KMS_ENSURE(n > 0, err, KMS_ERR_INVALID,
+		   "link-region: the peer node CA holds a certificate that does not parse");
 	return KMS_OK;
 }

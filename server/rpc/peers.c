@@ -39,13 +39,19 @@ struct kms_peers {
 
 int kms_peers_new(const kms_config *cfg, kms_peers **out, kms_err *err)
 {
+	return kms_peers_new_region(cfg, cfg->trust_domain, cfg->node_ca_file, out, err);
+}
+
+int kms_peers_new_region(const kms_config *cfg, const char *trust_domain, const char *ca_file,
+			 kms_peers **out, kms_err *err)
+{
 	kms_peers *p = kms_calloc(1, sizeof(*p));
 
 	if (p == NULL)
 		return kms_errf(err, KMS_ERR_NOMEM, "out of memory");
 	pthread_mutex_init(&p->mu, NULL);
-	p->trust_domain = kms_strdup(cfg->trust_domain);
-	p->ca_file = kms_strdup(cfg->node_ca_file);
+	p->trust_domain = kms_strdup(trust_domain);
+	p->ca_file = kms_strdup(ca_file);
 	p->cert_file = kms_strdup(cfg->cert_file);
 	p->key_string = kms_tls_engine_key_string(cfg->tls_key_uri);
 	if (p->trust_domain == NULL || p->ca_file == NULL || p->cert_file == NULL ||

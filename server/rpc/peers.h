@@ -15,6 +15,13 @@ typedef struct kms_peers kms_peers;
 /* Remembers the node CA, the node certificate, its key URI and the trust
  * domain from cfg, and starts the thread that finishes asynchronous calls. */
 int kms_peers_new(const kms_config *cfg, kms_peers **out, kms_err *err);
+/*
+ * The same for the nodes of a linked region: the node certificate and key
+ * of cfg, but servers must chain to ca_file (the peer's node CA) and be
+ * named spiffe://trust_domain/kmsd/node/<id>.
+ */
+int kms_peers_new_region(const kms_config *cfg, const char *trust_domain, const char *ca_file,
+			 kms_peers **out, kms_err *err);
 /* Stops the asynchronous calls (kms_peers_stop_calls), then frees. */
 void kms_peers_free(kms_peers *p);
 

@@ -644,6 +644,12 @@ void kms_test_cluster_up(kms_test_env *env, kms_test_node *nodes, int n, const c
 
 int kms_test_create_key(kms_client *c, const char *id, const char *grantee, kms_rpc_status *st)
 {
+	return kms_test_create_key_scope(c, id, grantee, 0, st);
+}
+
+int kms_test_create_key_scope(kms_client *c, const char *id, const char *grantee,
+			      int multi_region, kms_rpc_status *st)
+{
 	static char *ops_all[] = {"Encrypt", "Decrypt", "GenerateDataKey", "DescribeKey"};
 	Kms__V1__CreateKeyRequest req = KMS__V1__CREATE_KEY_REQUEST__INIT;
 	Kms__V1__KeyPolicy policy = KMS__V1__KEY_POLICY__INIT;
@@ -660,11 +666,56 @@ int kms_test_create_key(kms_client *c, const char *id, const char *grantee, kms_
 	req.key_id = (char *)id;
 	req.description = (char *)"integration test key";
 	req.policy = &policy;
+	req.multi_region = multi_region;
 	code = kms_client_call(c, "/kms.v1.KeyManagement/CreateKey", &req.base,
 			       &kms__v1__create_key_response__descriptor, &resp, st);
 	if (resp != NULL)
 		protobuf_c_message_free_unpacked(resp, NULL);
 	return code;
+}
+
+/* --- data keys --- */
+
+int kms_test_make_blob(kms_test_node *node, const char *who, const char *key_id,
+		       kms_test_blob *out, kms_rpc_status *st)
+{
+	Kms__V1__GenerateDataKeyRequest req = KMS__V1__GENERATE_DATA_KEY_REQUEST__INIT;
+	Kms__V1__GenerateDataKeyResponse *r = NULL;
+
+	memset(out, 0, sizeof(*out));
+	req.key_id = (char *)key_id;
+	req.number_of_bytes = sizeof(out->pt);
+	if (kms_test_call(node, who, "/kms.v1.KeyManagement/GenerateDataKey", &req.base,
+			  &kms__v1__generate_data_key_response__descriptor, (ProtobufCMessage **)&r,
+			  st) != 0)
+		return st->code;
+	ck_assert_uint_le(r->ciphertext_blob.len, sizeof(out->ct));
+	ck_assert_uint_eq(r->plaintext.len, sizeof(out->pt));
+	memcpy(out->ct, r->ciphertext_blob.data, r->ciphertext_blob.len);
+	out->ct_len = r->ciphertext_blob.len;
+	memcpy(out->pt, r->plaintext.data, sizeof(out->pt));
+	out->version = r->key_version;
+	protobuf_c_message_free_unpacked(&r->base, NULL);
+	return 0;
+}
+
+int kms_test_blob_decrypts(kms_test_node *node, const char *who, const kms_test_blob *b,
+			   kms_rpc_status *st)
+{
+	Kms__V1__DecryptRequest req = KMS__V1__DECRYPT_REQUEST__INIT;
+	Kms__V1__DecryptResponse *r = NULL;
+	int same;
+
+	req.ciphertext_blob.data = (uint8_t *)b->ct;
+	req.ciphertext_blob.len = b->ct_len;
+	if (kms_test_call(node, who, "/kms.v1.KeyManagement/Decrypt", &req.base,
+			  &kms__v1__decrypt_response__descriptor, (ProtobufCMessage **)&r, st) != 0)
+		return 0;
+	same = r->plaintext.len == sizeof(b->pt) && memcmp(r->plaintext.data, b->pt, 32) == 0;
+	if (!same)
+		snprintf(st->details, sizeof(st->details), "Decrypt gave other bytes");
+	protobuf_c_message_free_unpacked(&r->base, NULL);
+	return same;
 }
 
 /* --- the quorum --- */

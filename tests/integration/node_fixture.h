@@ -142,6 +142,25 @@ void kms_test_join_admit(kms_test_node *nodes, int i, int raft_port);
  * Decrypt, GenerateDataKey and DescribeKey. Returns the gRPC status code.
  */
 int kms_test_create_key(kms_client *c, const char *id, const char *grantee, kms_rpc_status *st);
+/* The same, a multi-region key when multi_region is 1 (issue #7). */
+int kms_test_create_key_scope(kms_client *c, const char *id, const char *grantee,
+			      int multi_region, kms_rpc_status *st);
+
+/* A data key made by GenerateDataKey: its blob and its plaintext. */
+typedef struct kms_test_blob {
+	uint8_t ct[512];
+	size_t ct_len;
+	uint8_t pt[32];
+	uint32_t version;
+} kms_test_blob;
+/* GenerateDataKey of 32 bytes under key_id through node as who: 0, or the
+ * gRPC code with *st. */
+int kms_test_make_blob(kms_test_node *node, const char *who, const char *key_id,
+		       kms_test_blob *out, kms_rpc_status *st);
+/* 1 when Decrypt through node as who gives b's plaintext back; else 0 with
+ * *st saying why. */
+int kms_test_blob_decrypts(kms_test_node *node, const char *who, const kms_test_blob *b,
+			   kms_rpc_status *st);
 
 /*
  * Drops every capability of the calling process, and when it runs as root

@@ -509,6 +509,40 @@ fi
 quorum_set "quorum: ADMIN alone again" "$ADMIN_ID"
 admins_unchanged "after the 256"
 
+# --- region (issue #7) --------------------------------------------------------------------------
+expect "region status: this region, no link" 0 "region: default" admin region status
+if expect "region status --json" 0 "" admin --json region status; then
+	verify "region status --json: region default, no links" json "$OUT" \
+		"j['region'] == 'default' and j['links'] == []"
+fi
+expect "region status as app: exit 2 PERMISSION_DENIED" 2 "PERMISSION_DENIED|not an administrator" \
+	app region status
+expect "region link without --peer-node-ca: exit 1" 1 "link needs" admin region link --peer eu-west \
+	--role secondary --peer-endpoints 127.0.0.1:1 --peer-trust-domain other.example
+expect "region link --role sideways: exit 1" 1 "role" admin region link --peer eu-west \
+	--role sideways --peer-endpoints 127.0.0.1:1 --peer-trust-domain other.example \
+	--peer-node-ca "$T/pki/other-ca.pem"
+expect "region link --peer EU: exit 1" 1 "region name 'EU'" admin region link --peer EU \
+	--role secondary --peer-endpoints 127.0.0.1:1 --peer-trust-domain other.example \
+	--peer-node-ca "$T/pki/other-ca.pem"
+expect "region link --peer-node-ca of a key: exit 1" 1 "no PEM certificate" admin region link \
+	--peer eu-west --role secondary --peer-endpoints 127.0.0.1:1 \
+	--peer-trust-domain other.example --peer-node-ca "$T/pki/other-ca.key"
+expect "region status --peer: exit 1" 1 "status takes no options" admin region status --peer x
+if expect "region link: a proposal" 0 "" admin --json region link --peer eu-west --role secondary \
+	--peer-endpoints 127.0.0.1:1,127.0.0.1:2 --peer-trust-domain other.example \
+	--peer-node-ca "$T/pki/other-ca.pem" --ttl 600; then
+	verify "region link prints proposal_id and digest" json "$OUT" \
+		"len(j['proposal_id']) == 32 and len(j['digest']) == 64"
+	RID=$(jget "$OUT" "j['proposal_id']")
+	WANT_FP=$(openssl x509 -in "$T/pki/other-ca.pem" -noout -fingerprint -sha256 | sed 's/.*=//; s/://g' | tr 'A-F' 'a-f')
+	if expect "quorum show of the link" 0 "" admin --json quorum show "$RID"; then
+		verify "quorum show: what operators approve, with the CA's fingerprint" json "$OUT" \
+			"j['operation'] == 'link-region' and j['peer_region'] == 'eu-west' and j['role'] == 'secondary' and j['mode'] == 'async' and j['peer_node_ca_sha256'] == ['$WANT_FP'] and len(j['peer_endpoints']) == 2"
+	fi
+	expect "cancel the link proposal" 0 "" admin quorum cancel "$RID"
+fi
+
 # --- quorum ------------------------------------------------------------------------------------
 if expect "quorum propose rotate-domain-key --ttl 600" 0 "" admin --json quorum propose rotate-domain-key \
 	--ttl 600; then

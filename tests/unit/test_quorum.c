@@ -688,6 +688,20 @@ START_TEST(link_region_refusals)
 	lr.peer_node_ca_pem.len = 17;
 	ck_assert_int_eq(kms_root_operation_check(&op, &err), KMS_ERR_INVALID);
 	ASSERT_MSG_HAS(err, "no PEM certificate");
+	{
+		/* A good certificate, then a block cut short: the nodes would refuse it. */
+		static char twice[2 * sizeof(link_ca)];
+		size_t one = strlen(link_ca);
+
+		op_link("us-east");
+		memcpy(twice, link_ca, one);
+		memcpy(twice + one, link_ca, one / 2);
+		memcpy(twice + one + one / 2, "\n-----END CERTIFICATE-----\n", 27);
+		lr.peer_node_ca_pem.data = (uint8_t *)twice;
+		lr.peer_node_ca_pem.len = one + one / 2 + 27;
+		ck_assert_int_eq(kms_root_operation_check(&op, &err), KMS_ERR_INVALID);
+		ASSERT_MSG_HAS(err, "does not parse");
+	}
 	/* The digest, and so a proposal, cannot be made of it. */
 	ck_assert_int_eq(kms_quorum_digest(CID, KMS_CLUSTER_ID_LEN, PID1, T0 + 3600, &op, d, &err),
 			 KMS_ERR_INVALID);

@@ -1,0 +1,52 @@
+/* region_sync.h - a secondary region's leader pulls its primary's multi-region changes and records them through Raft; and what each side remembers of the stream for region status. */
+#ifndef KMS_REGION_SYNC_H
+#define KMS_REGION_SYNC_H
+
+#include <stdint.h>
+
+#include "kms/error.h"
+#include "kms/region.h"
+
+struct kms_node;
+typedef struct kms_region_sync kms_region_sync;
+
+/* Pulls run this often while a secondary is caught up, and at once
+ * while its primary has more. */
+#define KMS_REGION_PULL_INTERVAL_MS 200
+/* One pull's deadline: a primary that is gone costs at most this. */
+#define KMS_REGION_PULL_TIMEOUT_MS 3000
+
+/*
+ * Starts the puller thread. It does nothing unless this node is the ready
+ * leader and the state links this region as a secondary; then, for each
+ * such link, it asks the primary's endpoints in turn for the changes after
+ * the link's cursor (kms.v1.Internal/RegionPull, as a region peer: its
+ * node certificate, the peer's node CA and trust domain), moves each
+ * version's material from the primary's carrier key to this region's
+ * domain key inside the HSM, and commits RegionApply, one pull at a time.
+ * The CA files it needs are written under <data_dir>/regions/.
+ */
+int kms_region_sync_start(struct kms_node *node, kms_region_sync **out, kms_err *err);
+/* Stops the thread (before Raft stops) and frees. NULL is fine. */
+void kms_region_sync_stop(kms_region_sync *s);
+
+/* What this node knows of one link beyond the state. */
+typedef struct kms_region_link_info {
+	/* secondary, on the leader: the last pull and its error ("" after
+	 * success), and when this region last held every change it knew of */
+	int64_t last_pull_unix;
+	char last_error[256];
+	int64_t caught_up_unix;
+	/* secondary, on the leader: the primary's region_rev at the last pull */
+	uint64_t peer_head;
+	/* primary: the rev the secondary last asked after, on this node */
+	uint64_t peer_cursor;
+} kms_region_link_info;
+
+/* The info of the link to peer (zeroed when none). Any thread. */
+void kms_region_sync_info(kms_region_sync *s, const char *peer, kms_region_link_info *out);
+
+/* The primary's side: a pull from peer asked after after_rev. */
+void kms_region_sync_served(kms_region_sync *s, const char *peer, uint64_t after_rev);
+
+#endif

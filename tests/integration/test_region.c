@@ -1,0 +1,338 @@
+/* test_region.c - two regions of real kmsd nodes, each with its own PKI, SoftHSM token and domain key, linked by quorum: multi-region keys reach the secondary, blobs cross both ways, the secondary refuses writes naming its primary, and the region calls refuse everyone else. */
+#include <check.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "check_run.h"
+#include "kms/alloc.h"
+#include "kms/v1/cluster.pb-c.h"
+#include "kms/v1/kms.pb-c.h"
+#include "kms/v1/state.pb-c.h"
+#include "node_fixture.h"
+#include "test_pki.h"
+
+#define KM "/kms.v1.KeyManagement/"
+/* How long a change may take to reach the secondary: pulls run every
+ * 200 ms; this only bounds a failing test. */
+#define REACH_MS 20000
+
+static kms_test_env env_a, env_b;
+static kms_test_node a, b; /* region-a (primary), region-b (secondary) */
+
+static void link_half(kms_test_node *self, kms_test_node *peer, const char *peer_name,
+		      Kms__V1__RegionRole role)
+{
+	Kms__V1__RootOperation op = KMS__V1__ROOT_OPERATION__INIT;
+	Kms__V1__LinkRegionOperation lr = KMS__V1__LINK_REGION_OPERATION__INIT;
+	char *eps[1] = {peer->endpoint}, path[PATH_MAX];
+	Kms__V1__Proposal *p;
+	kms_rpc_status st;
+	size_t len;
+	char *ca;
+
+	KMS_TEST_PATH(path, "%s/node-ca.pem", peer->env->pki);
+	ca = kms_test_read_file(path, &len);
+	lr.peer_region = (char *)peer_name;
+	lr.role = role;
+	lr.mode = KMS__V1__REGION_MODE__REGION_MODE_ASYNC;
+	lr.peer_endpoints = eps;
+	lr.n_peer_endpoints = 1;
+	lr.peer_trust_domain = KMS_TEST_TD;
+	lr.peer_node_ca_pem.data = (uint8_t *)ca;
+	lr.peer_node_ca_pem.len = len;
+	op.op_case = KMS__V1__ROOT_OPERATION__OP_LINK_REGION;
+	op.link_region = &lr;
+	p = kms_test_quorum_run(self, &op, &st);
+	ck_assert_msg(p != NULL, "%s", st.details);
+	ck_assert_msg(strcmp(p->state, "executed") == 0, "link-region %s: %s", p->state, p->result);
+	protobuf_c_message_free_unpacked(&p->base, NULL);
+	kms_free(ca);
+}
+
+static void regions_up(void)
+{
+	kms_test_cluster_up(&env_a, &a, 1, "--region region-a");
+	kms_test_cluster_up(&env_b, &b, 1, "--region region-b");
+	link_half(&a, &b, "region-b", KMS__V1__REGION_ROLE__REGION_ROLE_PRIMARY);
+	link_half(&b, &a, "region-a", KMS__V1__REGION_ROLE__REGION_ROLE_SECONDARY);
+}
+
+static void regions_down(void)
+{
+	if (a.pid > 0)
+		kms_test_node_signal(&a, SIGTERM);
+	if (b.pid > 0)
+		kms_test_node_signal(&b, SIGTERM);
+	kms_test_env_destroy(&env_a);
+	kms_test_env_destroy(&env_b);
+}
+
+static void create(kms_test_node *n, const char *id, int multi_region)
+{
+	kms_client *c = kms_test_client(n, "admin");
+	kms_rpc_status st;
+
+	ck_assert_msg(kms_test_create_key_scope(c, id, KMS_TEST_APP, multi_region, &st) == 0, "%s",
+		      st.details);
+	kms_client_close(c);
+}
+
+/* Waits until n describes id at `versions` versions; its metadata. */
+static Kms__V1__KeyMetadata *wait_key(kms_test_node *n, const char *id, uint32_t versions)
+{
+	Kms__V1__KeyMetadata *md = NULL;
+	kms_rpc_status st = {0};
+	long until = kms_test_now_ms() + REACH_MS;
+
+	for (;;) {
+		md = kms_test_describe(n, "admin", id, &st);
+		if (md != NULL && md->n_versions >= versions)
+			return md;
+		if (md != NULL)
+			protobuf_c_message_free_unpacked(&md->base, NULL);
+		ck_assert_msg(kms_test_now_ms() < until,
+			      "key '%s' (%u versions) did not reach region-b in %d ms: %s; see %s",
+			      id, versions, REACH_MS, md != NULL ? "fewer versions" : st.details,
+			      n->log);
+		kms_test_sleep_ms(100);
+	}
+}
+
+static Kms__V1__RegionStatusResponse *region_status(kms_test_node *n, const char *who,
+						    kms_rpc_status *st)
+{
+	Kms__V1__RegionStatusRequest req = KMS__V1__REGION_STATUS_REQUEST__INIT;
+	Kms__V1__RegionStatusResponse *r = NULL;
+
+	if (kms_test_call(n, who, "/kms.v1.Operator/RegionStatus", &req.base,
+			  &kms__v1__region_status_response__descriptor, (ProtobufCMessage **)&r,
+			  st) != 0)
+		return NULL;
+	return r;
+}
+
+START_TEST(a_multi_region_key_reaches_the_secondary_and_blobs_cross)
+{
+	Kms__V1__KeyMetadata *md;
+	kms_test_blob in_a, in_b;
+	kms_rpc_status st;
+
+	create(&a, "orders", 1);
+	ck_assert_int_eq(kms_test_make_blob(&a, "app", "orders", &in_a, &st), 0);
+	md = wait_key(&b, "orders", 1);
+	ck_assert(md->multi_region);
+	ck_assert_str_eq(md->home_region, "region-a");
+	protobuf_c_message_free_unpacked(&md->base, NULL);
+	/* Each region's own HSM and domain key: the same master key. */
+	ck_assert_msg(kms_test_blob_decrypts(&b, "app", &in_a, &st), "a blob of region-a in "
+		      "region-b: %s", st.details);
+	ck_assert_msg(kms_test_make_blob(&b, "app", "orders", &in_b, &st) == 0, "%s", st.details);
+	ck_assert_msg(kms_test_blob_decrypts(&a, "app", &in_b, &st), "a blob of region-b in "
+		      "region-a: %s", st.details);
+}
+END_TEST
+
+START_TEST(a_rotation_reaches_the_secondary)
+{
+	Kms__V1__RotateKeyRequest req = KMS__V1__ROTATE_KEY_REQUEST__INIT;
+	Kms__V1__RotateKeyResponse *r = NULL;
+	Kms__V1__KeyMetadata *md;
+	kms_test_blob v2;
+	kms_rpc_status st;
+
+	create(&a, "payments", 1);
+	req.key_id = "payments";
+	ck_assert_msg(kms_test_call(&a, "admin", KM "RotateKey", &req.base,
+				    &kms__v1__rotate_key_response__descriptor,
+				    (ProtobufCMessage **)&r, &st) == 0,
+		      "%s", st.details);
+	protobuf_c_message_free_unpacked(&r->base, NULL);
+	ck_assert_int_eq(kms_test_make_blob(&a, "app", "payments", &v2, &st), 0);
+	ck_assert_uint_eq(v2.version, 2);
+	md = wait_key(&b, "payments", 2);
+	ck_assert_uint_eq(md->primary_version, 2);
+	protobuf_c_message_free_unpacked(&md->base, NULL);
+	ck_assert_msg(kms_test_blob_decrypts(&b, "app", &v2, &st), "%s", st.details);
+}
+END_TEST
+
+/* Its twin: what the secondary may not do, and what stays in region-a. */
+START_TEST(the_secondary_refuses_writes_naming_its_primary)
+{
+	Kms__V1__RotateKeyRequest rot = KMS__V1__ROTATE_KEY_REQUEST__INIT;
+	Kms__V1__DisableKeyRequest dis = KMS__V1__DISABLE_KEY_REQUEST__INIT;
+	ProtobufCMessage *r = NULL;
+	Kms__V1__KeyMetadata *md;
+	kms_test_blob blob;
+	kms_rpc_status st;
+
+	create(&a, "ledger", 1);
+	create(&a, "local-a", 0);
+	md = wait_key(&b, "ledger", 1);
+	protobuf_c_message_free_unpacked(&md->base, NULL);
+	rot.key_id = "ledger";
+	ck_assert_int_ne(kms_test_call(&b, "admin", KM "RotateKey", &rot.base,
+				       &kms__v1__rotate_key_response__descriptor, &r, &st),
+			 0);
+	KMS_TEST_ASSERT_STATUS(st, 9, "primary region 'region-a'");
+	dis.key_id = "ledger";
+	ck_assert_int_ne(kms_test_call(&b, "admin", KM "DisableKey", &dis.base,
+				       &kms__v1__disable_key_response__descriptor, &r, &st),
+			 0);
+	KMS_TEST_ASSERT_STATUS(st, 9, "change it in region 'region-a'");
+	/* Nothing changed there, and crypto goes on. */
+	md = kms_test_describe(&b, "admin", "ledger", &st);
+	ck_assert_ptr_nonnull(md);
+	ck_assert_uint_eq(md->n_versions, 1);
+	ck_assert_str_eq(md->key_state, "Enabled");
+	protobuf_c_message_free_unpacked(&md->base, NULL);
+	ck_assert_msg(kms_test_make_blob(&b, "app", "ledger", &blob, &st) == 0, "%s", st.details);
+	/* A regional key stays in its region; the secondary makes its own. */
+	create(&b, "local-b", 0);
+	kms_test_sleep_ms(1000);
+	ck_assert_ptr_null(kms_test_describe(&b, "admin", "local-a", &st));
+	KMS_TEST_ASSERT_STATUS(st, 5, "not found");
+	ck_assert_ptr_null(kms_test_describe(&a, "admin", "local-b", &st));
+	KMS_TEST_ASSERT_STATUS(st, 5, "not found");
+}
+END_TEST
+
+START_TEST(a_disabled_key_is_disabled_in_the_secondary_too)
+{
+	Kms__V1__DisableKeyRequest dis = KMS__V1__DISABLE_KEY_REQUEST__INIT;
+	ProtobufCMessage *r = NULL;
+	Kms__V1__KeyMetadata *md;
+	kms_test_blob blob;
+	kms_rpc_status st;
+	long until;
+
+	create(&a, "retired", 1);
+	md = wait_key(&b, "retired", 1);
+	protobuf_c_message_free_unpacked(&md->base, NULL);
+	dis.key_id = "retired";
+	ck_assert_msg(kms_test_call(&a, "admin", KM "DisableKey", &dis.base,
+				    &kms__v1__disable_key_response__descriptor, &r, &st) == 0,
+		      "%s", st.details);
+	protobuf_c_message_free_unpacked(r, NULL);
+	for (until = kms_test_now_ms() + REACH_MS;; kms_test_sleep_ms(100)) {
+		if (kms_test_make_blob(&b, "app", "retired", &blob, &st) == 9)
+			break;
+		ck_assert_msg(kms_test_now_ms() < until, "still encrypts in region-b: %s",
+			      st.details);
+	}
+	KMS_TEST_ASSERT_STATUS(st, 9, "disabled");
+}
+END_TEST
+
+START_TEST(region_status_shows_the_link_and_no_lag)
+{
+	Kms__V1__RegionStatusResponse *r;
+	Kms__V1__KeyMetadata *md;
+	kms_rpc_status st;
+	long until;
+
+	create(&a, "status-probe", 1);
+	md = wait_key(&b, "status-probe", 1);
+	protobuf_c_message_free_unpacked(&md->base, NULL);
+	r = region_status(&a, "admin", &st);
+	ck_assert_msg(r != NULL, "%s", st.details);
+	ck_assert_str_eq(r->region, "region-a");
+	ck_assert_uint_ge(r->region_rev, 1);
+	ck_assert_uint_eq(r->n_links, 1);
+	ck_assert_str_eq(r->links[0]->peer_region, "region-b");
+	ck_assert_str_eq(r->links[0]->role, "primary");
+	ck_assert_str_eq(r->links[0]->mode, "async");
+	protobuf_c_message_free_unpacked(&r->base, NULL);
+	for (until = kms_test_now_ms() + REACH_MS;; kms_test_sleep_ms(100)) {
+		r = region_status(&b, "admin", &st);
+		ck_assert_msg(r != NULL, "%s", st.details);
+		ck_assert_uint_eq(r->n_links, 1);
+		if (r->links[0]->lag_entries == 0 && r->links[0]->peer_head > 0)
+			break;
+		ck_assert_msg(kms_test_now_ms() < until, "region-b still lags %llu entries: %s",
+			      (unsigned long long)r->links[0]->lag_entries, r->links[0]->last_error);
+		protobuf_c_message_free_unpacked(&r->base, NULL);
+	}
+	ck_assert_str_eq(r->region, "region-b");
+	ck_assert_str_eq(r->links[0]->role, "secondary");
+	ck_assert_str_eq(r->links[0]->last_error, "");
+	ck_assert_int_eq(r->links[0]->lag_seconds, 0);
+	ck_assert_uint_eq(r->links[0]->cursor, r->links[0]->peer_head);
+	protobuf_c_message_free_unpacked(&r->base, NULL);
+}
+END_TEST
+
+/* The twins of the calls themselves. */
+START_TEST(region_calls_refuse_everyone_else)
+{
+	Kms__V1__RegionPullRequest pull = KMS__V1__REGION_PULL_REQUEST__INIT;
+	ProtobufCMessage *r = NULL;
+	kms_rpc_status st;
+
+	/* A service (even an administrator) may not pull. */
+	pull.region = "region-b";
+	pull.epoch = 1;
+	ck_assert_int_ne(kms_test_call(&a, "admin", "/kms.v1.Internal/RegionPull", &pull.base,
+				       &kms__v1__region_pull_response__descriptor, &r, &st),
+			 0);
+	KMS_TEST_ASSERT_STATUS(st, 7, "linked regions");
+	/* Region status is for administrators. */
+	ck_assert_ptr_null(region_status(&a, "app", &st));
+	KMS_TEST_ASSERT_STATUS(st, 7, "not an administrator");
+	/* region-a's client CA does not vouch for region-b's administrator. */
+	ck_assert_ptr_null(region_status(&b, "other", &st));
+	ck_assert_int_eq(st.code, 7);
+}
+END_TEST
+
+START_TEST(malformed_link_region_is_refused_at_proposal)
+{
+	Kms__V1__RootOperation op = KMS__V1__ROOT_OPERATION__INIT;
+	Kms__V1__LinkRegionOperation lr = KMS__V1__LINK_REGION_OPERATION__INIT;
+	char *eps[1] = {"127.0.0.1:1"};
+	kms_rpc_status st;
+
+	lr.peer_region = "Region C";
+	lr.role = KMS__V1__REGION_ROLE__REGION_ROLE_SECONDARY;
+	lr.peer_endpoints = eps;
+	lr.n_peer_endpoints = 1;
+	lr.peer_trust_domain = KMS_TEST_TD;
+	lr.peer_node_ca_pem.data = (uint8_t *)"x";
+	lr.peer_node_ca_pem.len = 1;
+	op.op_case = KMS__V1__ROOT_OPERATION__OP_LINK_REGION;
+	op.link_region = &lr;
+	ck_assert_ptr_null(kms_test_propose(&a, "admin", &op, 0, &st));
+	KMS_TEST_ASSERT_STATUS(st, 3, "region name 'Region C'");
+	lr.peer_region = "region-c";
+	ck_assert_ptr_null(kms_test_propose(&a, "admin", &op, 0, &st));
+	KMS_TEST_ASSERT_STATUS(st, 3, "no PEM certificate");
+}
+END_TEST
+
+static Suite *region_suite(void)
+{
+	Suite *s = suite_create("region");
+	TCase *tc = tcase_create("two linked regions");
+
+	tcase_add_unchecked_fixture(tc, regions_up, regions_down);
+	tcase_set_timeout(tc, 300);
+	tcase_add_test(tc, a_multi_region_key_reaches_the_secondary_and_blobs_cross);
+	tcase_add_test(tc, a_rotation_reaches_the_secondary);
+	tcase_add_test(tc, the_secondary_refuses_writes_naming_its_primary);
+	tcase_add_test(tc, a_disabled_key_is_disabled_in_the_secondary_too);
+	tcase_add_test(tc, region_status_shows_the_link_and_no_lag);
+	tcase_add_test(tc, region_calls_refuse_everyone_else);
+	tcase_add_test(tc, malformed_link_region_is_refused_at_proposal);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	SRunner *sr = srunner_create(region_suite());
+
+	/* The nodes serve the whole test case; gRPC does not survive fork(). */
+	srunner_set_fork_status(sr, CK_NOFORK);
+	return kms_check_run(sr);
+}
