@@ -78,6 +78,31 @@ static void create(kms_test_node *n, const char *id, int multi_region)
 	kms_client_close(c);
 }
 
+/* A key the app may re-encrypt from and to, besides the usual calls. */
+static void create_rewrappable(kms_test_node *n, const char *id, int multi_region)
+{
+	static char *ops[] = {"Encrypt", "Decrypt", "GenerateDataKey", "DescribeKey",
+			      "ReEncryptFrom", "ReEncryptTo"};
+	Kms__V1__CreateKeyRequest req = KMS__V1__CREATE_KEY_REQUEST__INIT;
+	Kms__V1__KeyPolicy policy = KMS__V1__KEY_POLICY__INIT;
+	Kms__V1__Grant grant = KMS__V1__GRANT__INIT, *grants[1] = {&grant};
+	ProtobufCMessage *r = NULL;
+	kms_rpc_status st;
+
+	grant.principal = KMS_TEST_APP;
+	grant.operations = ops;
+	grant.n_operations = 6;
+	policy.grants = grants;
+	policy.n_grants = 1;
+	req.key_id = (char *)id;
+	req.policy = &policy;
+	req.multi_region = multi_region;
+	ck_assert_msg(kms_test_call(n, "admin", KM "CreateKey", &req.base,
+				    &kms__v1__create_key_response__descriptor, &r, &st) == 0,
+		      "%s", st.details);
+	protobuf_c_message_free_unpacked(r, NULL);
+}
+
 /* Waits until n describes id at `versions` versions; its metadata. */
 static Kms__V1__KeyMetadata *wait_key(kms_test_node *n, const char *id, uint32_t versions)
 {
@@ -195,6 +220,41 @@ START_TEST(the_secondary_refuses_writes_naming_its_primary)
 	KMS_TEST_ASSERT_STATUS(st, 5, "not found");
 	ck_assert_ptr_null(kms_test_describe(&a, "admin", "local-b", &st));
 	KMS_TEST_ASSERT_STATUS(st, 5, "not found");
+}
+END_TEST
+
+/* A region's data leaves a key another region also holds (issue #7). */
+START_TEST(reencrypt_moves_blobs_to_a_regional_key_of_the_secondary)
+{
+	Kms__V1__ReEncryptRequest req = KMS__V1__RE_ENCRYPT_REQUEST__INIT;
+	Kms__V1__ReEncryptResponse *r = NULL;
+	Kms__V1__KeyMetadata *md;
+	kms_test_blob blob, moved;
+	kms_rpc_status st;
+
+	create_rewrappable(&a, "shared", 1);
+	create_rewrappable(&b, "eu-only", 0);
+	ck_assert_int_eq(kms_test_make_blob(&a, "app", "shared", &blob, &st), 0);
+	md = wait_key(&b, "shared", 1);
+	protobuf_c_message_free_unpacked(&md->base, NULL);
+	req.ciphertext_blob.data = blob.ct;
+	req.ciphertext_blob.len = blob.ct_len;
+	req.destination_key_id = "eu-only";
+	ck_assert_msg(kms_test_call(&b, "app", KM "ReEncrypt", &req.base,
+				    &kms__v1__re_encrypt_response__descriptor,
+				    (ProtobufCMessage **)&r, &st) == 0,
+		      "%s", st.details);
+	ck_assert_str_eq(r->key_id, "eu-only");
+	ck_assert_str_eq(r->source_key_id, "shared");
+	memcpy(&moved, &blob, sizeof(moved));
+	memcpy(moved.ct, r->ciphertext_blob.data, r->ciphertext_blob.len);
+	moved.ct_len = r->ciphertext_blob.len;
+	protobuf_c_message_free_unpacked(&r->base, NULL);
+	ck_assert_msg(kms_test_blob_decrypts(&b, "app", &moved, &st), "%s", st.details);
+	/* Under a key region-a does not have: it stays in region-b (a key the
+	 * caller may not use and one that does not exist answer alike). */
+	ck_assert(!kms_test_blob_decrypts(&a, "app", &moved, &st));
+	KMS_TEST_ASSERT_STATUS(st, 7, "key 'eu-only'");
 }
 END_TEST
 
@@ -320,6 +380,7 @@ static Suite *region_suite(void)
 	tcase_add_test(tc, a_multi_region_key_reaches_the_secondary_and_blobs_cross);
 	tcase_add_test(tc, a_rotation_reaches_the_secondary);
 	tcase_add_test(tc, the_secondary_refuses_writes_naming_its_primary);
+	tcase_add_test(tc, reencrypt_moves_blobs_to_a_regional_key_of_the_secondary);
 	tcase_add_test(tc, a_disabled_key_is_disabled_in_the_secondary_too);
 	tcase_add_test(tc, region_status_shows_the_link_and_no_lag);
 	tcase_add_test(tc, region_calls_refuse_everyone_else);
