@@ -457,6 +457,8 @@ static const struct command commands[] = {
      "    remove-member --id N\n"
      "    destroy-key KEY_ID (a key pending deletion, before or after its date)\n"
      "    rotate-domain-key\n"
+     "    promote-region REGION (this region, a secondary of REGION, becomes\n"
+     "               the primary of REGION's multi-region keys)\n"
      "    cancel-proposal ID\n"
      "    It expires after --ttl S seconds (default 3600, at most 86400).\n"
      "    Prints proposal_id and digest (the SHA-256 operators sign).\n"
@@ -686,6 +688,7 @@ struct cli {
 	Kms__V1__DestroyKeyOperation op_destroy;
 	Kms__V1__RotateDomainKeyOperation op_rotate;
 	Kms__V1__CancelProposalOperation op_cancel;
+	Kms__V1__PromoteRegionOperation op_promote;
 };
 
 static void cli_free(struct cli *cli)
@@ -2717,6 +2720,14 @@ static int parse_operation(struct cli *cli, int n, char **args)
 		kms__v1__rotate_domain_key_operation__init(&cli->op_rotate);
 		op->op_case = KMS__V1__ROOT_OPERATION__OP_ROTATE_DOMAIN_KEY;
 		op->rotate_domain_key = &cli->op_rotate;
+	} else if (strcmp(name, "promote-region") == 0) {
+		if (rest != 1)
+			return usage_error("promote-region needs the REGION this one is a secondary of");
+		kms__v1__promote_region_operation__init(&cli->op_promote);
+		cli->op_promote.peer_region = args[1];
+		op->op_case = KMS__V1__ROOT_OPERATION__OP_PROMOTE_REGION;
+		op->promote_region = &cli->op_promote;
+		rest = 0;
 	} else if (strcmp(name, "cancel-proposal") == 0) {
 		if (rest != 1)
 			return usage_error("cancel-proposal needs one proposal ID");
@@ -2728,7 +2739,7 @@ static int parse_operation(struct cli *cli, int n, char **args)
 	} else {
 		return usage_error("unknown operation '%s' (set-administrators, set-operators, "
 				   "add-member, remove-member, destroy-key, rotate-domain-key, "
-				   "cancel-proposal)",
+				   "promote-region, cancel-proposal)",
 				   name);
 	}
 	if (rest > 0)
@@ -2906,6 +2917,10 @@ static int operation_json(json_t *o, const Kms__V1__RootOperation *op)
 		break;
 	case KMS__V1__ROOT_OPERATION__OP_LINK_REGION:
 		bad |= link_region_json(o, op->link_region);
+		break;
+	case KMS__V1__ROOT_OPERATION__OP_PROMOTE_REGION:
+		bad |= json_object_set_new(o, "peer_region",
+					   json_string(op->promote_region->peer_region));
 		break;
 	default:
 		break;

@@ -19,6 +19,7 @@
 
 const char kmsctl_region_usage[] =
     "usage: kmsctl [global options] region status\n"
+    "       kmsctl [global options] region promote --peer NAME [--ttl S]\n"
     "       kmsctl [global options] region link --peer NAME --role primary|secondary\n"
     "                  --peer-endpoints HOST:PORT[,HOST:PORT...] --peer-trust-domain TD\n"
     "                  --peer-node-ca FILE [--mode async|sync] [--ttl S]\n"
@@ -36,7 +37,12 @@ const char kmsctl_region_usage[] =
     "    nodes are named by --peer-endpoints (gRPC), their SPIFFE trust\n"
     "    domain and their node CA (PEM file): only that CA may name them.\n"
     "    --mode async (default): a write to a multi-region key is\n"
-    "    acknowledged at the primary's commit.\n";
+    "    acknowledged at the primary's commit.\n"
+    "  promote: proposes promote-region (M operators approve it): this region,\n"
+    "    a secondary of NAME, becomes the primary of NAME's multi-region keys\n"
+    "    and raises the link's epoch; NAME, when it learns that epoch, turns\n"
+    "    itself into this region's secondary and refuses their writes.\n"
+    "    Prints proposal_id and digest.\n";
 
 enum { O_PEER = 1, O_ROLE, O_MODE, O_ENDPOINTS, O_TD, O_CA, O_TTL, O_HELP };
 
@@ -108,7 +114,7 @@ static int parse(int argc, char **argv, struct args *a)
 		}
 	}
 	if (optind >= argc)
-		return usage("no subcommand (status or link)");
+		return usage("no subcommand (status, link or promote)");
 	a->sub = argv[optind++];
 	if (optind < argc)
 		return usage("unexpected argument");
@@ -118,8 +124,14 @@ static int parse(int argc, char **argv, struct args *a)
 			return usage("status takes no options but the global ones");
 		return EXIT_OK;
 	}
+	if (strcmp(a->sub, "promote") == 0) {
+		if (a->peer == NULL || a->role != NULL || a->mode != NULL || a->endpoints != NULL ||
+		    a->td != NULL || a->ca != NULL)
+			return usage("promote takes --peer NAME and --ttl S only");
+		return EXIT_OK;
+	}
 	if (strcmp(a->sub, "link") != 0)
-		return usage("unknown subcommand (status or link)");
+		return usage("unknown subcommand (status, link or promote)");
 	if (a->peer == NULL || a->role == NULL || a->endpoints == NULL || a->td == NULL ||
 	    a->ca == NULL)
 		return usage("link needs --peer NAME --role primary|secondary --peer-endpoints "
@@ -152,11 +164,27 @@ static int read_small(const char *path, kms_buf *out)
 	return EXIT_OK;
 }
 
+/* Prints a proposal's id and digest, as 'kmsctl quorum propose' does. */
+static int propose_and_print(kms_client *c, const Kms__V1__RootOperation *op, uint32_t ttl,
+			     int json)
+{
+	Kms__V1__Proposal *p = NULL;
+	int rc = kmsctl_propose(c, op, ttl, &p);
+
+	if (rc != EXIT_OK)
+		return rc;
+	if (json)
+		printf("{\"proposal_id\": \"%s\", \"digest\": \"%s\"}\n", p->id, p->digest);
+	else
+		printf("proposal_id: %s\ndigest: %s\n", p->id, p->digest);
+	protobuf_c_message_free_unpacked(&p->base, NULL);
+	return EXIT_OK;
+}
+
 static int link_region(const struct args *a, kms_client *c, int json)
 {
 	Kms__V1__LinkRegionOperation lr = KMS__V1__LINK_REGION_OPERATION__INIT;
 	Kms__V1__RootOperation op = KMS__V1__ROOT_OPERATION__INIT;
-	Kms__V1__Proposal *p = NULL;
 	char *list = kms_strdup(a->endpoints), *save = NULL, *item;
 	char *eps[KMS_REGION_ENDPOINTS_MAX + 1];
 	kms_buf ca = {0};
@@ -195,17 +223,25 @@ static int link_region(const struct args *a, kms_client *c, int json)
 		rc = usage(err.msg);
 		goto out;
 	}
-	if ((rc = kmsctl_propose(c, &op, a->ttl, &p)) != EXIT_OK)
-		goto out;
-	if (json)
-		printf("{\"proposal_id\": \"%s\", \"digest\": \"%s\"}\n", p->id, p->digest);
-	else
-		printf("proposal_id: %s\ndigest: %s\n", p->id, p->digest);
-	protobuf_c_message_free_unpacked(&p->base, NULL);
+	rc = propose_and_print(c, &op, a->ttl, json);
 out:
 	kms_buf_free(&ca);
 	kms_free(list);
 	return rc;
+}
+
+static int promote(const struct args *a, kms_client *c, int json)
+{
+	Kms__V1__PromoteRegionOperation pr = KMS__V1__PROMOTE_REGION_OPERATION__INIT;
+	Kms__V1__RootOperation op = KMS__V1__ROOT_OPERATION__INIT;
+	kms_err err = {0};
+
+	pr.peer_region = (char *)a->peer;
+	op.op_case = KMS__V1__ROOT_OPERATION__OP_PROMOTE_REGION;
+	op.promote_region = &pr;
+	if (kms_root_operation_check(&op, &err) != KMS_OK)
+		return usage(err.msg);
+	return propose_and_print(c, &op, a->ttl, json);
 }
 
 static json_t *link_json(const Kms__V1__RegionLinkStatus *l)
@@ -315,7 +351,12 @@ int kmsctl_region(int argc, char **argv, const kms_client_opts *copts, int json)
 		errmsg("%s", err.msg);
 		return EXIT_LOCAL;
 	}
-	rc = strcmp(a.sub, "status") == 0 ? status(c, json) : link_region(&a, c, json);
+	if (strcmp(a.sub, "status") == 0)
+		rc = status(c, json);
+	else if (strcmp(a.sub, "promote") == 0)
+		rc = promote(&a, c, json);
+	else
+		rc = link_region(&a, c, json);
 	kms_client_close(c);
 	return rc;
 }

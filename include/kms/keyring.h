@@ -274,6 +274,15 @@ int kms_keyring_cmd_region_apply(const char *peer_region, uint64_t epoch,
 				 Kms__V1__KeyRecord *const *keys, size_t n, uint64_t cursor,
 				 uint64_t peer_head, int64_t now_unix, uint32_t dk_generation,
 				 kms_buf *out, kms_err *err);
+/*
+ * FenceRegion: this cluster, the primary of peer_region, learned that the
+ * peer was promoted at epoch. Apply refuses it unless the link is PRIMARY
+ * below epoch; then the link becomes SECONDARY at epoch with its cursor at
+ * 0, and every multi-region key homed here is homed in peer_region (writes
+ * to it are refused here from now on; the new primary's copies replace it).
+ */
+int kms_keyring_cmd_fence_region(const char *peer_region, uint64_t epoch, int64_t now_unix,
+				 kms_buf *out, kms_err *err);
 /* p: a pending proposal without approvals, its digest filled in. */
 int kms_keyring_cmd_propose(const Kms__V1__ProposalRecord *p, kms_buf *out, kms_err *err);
 int kms_keyring_cmd_approve(const char *proposal_id, const char *operator_name,

@@ -1,4 +1,4 @@
-/* api_region.c - the region calls: RegionStatus (kms.v1.Operator, administrators) and RegionPull (kms.v1.Internal, the nodes of a linked secondary region only). */
+/* api_region.c - the region calls: RegionStatus and PromoteRegion (kms.v1.Operator, administrators), RegionPull and RegionEpoch (kms.v1.Internal, the nodes of linked regions only). */
 #include <string.h>
 #include <time.h>
 
@@ -236,11 +236,81 @@ out:
 	kms__v1__region_pull_request__free_unpacked(req, NULL);
 }
 
+/* --- PromoteRegion, RegionEpoch --- */
+
+static void promote_region(void *app, kms_call *call, const uint8_t *data, size_t len)
+{
+	kms_node *node = app;
+	Kms__V1__PromoteRegionRequest *req = kms__v1__promote_region_request__unpack(NULL, len, data);
+	kms_err err = {0};
+
+	if (req == NULL) {
+		kms_call_fail(call, KMS_ERR_INVALID, "malformed PromoteRegionRequest");
+		return;
+	}
+	kms__v1__promote_region_request__free_unpacked(req, NULL);
+	if (kms_api_admin_check(node, kms_call_principal(call), &err) != KMS_OK) {
+		kms_call_fail(call, err.code, err.msg);
+		return;
+	}
+	/* A promotion takes another region's keys: only M operators decide it. */
+	kms_call_fail(call, KMS_ERR_PRECONDITION,
+		      "promoting a region is a root operation that M operators approve: kmsctl "
+		      "region promote --peer REGION (or kmsctl quorum propose promote-region "
+		      "REGION), then kmsctl quorum approve");
+}
+
+static void region_epoch(void *app, kms_call *call, const uint8_t *data, size_t len)
+{
+	kms_node *node = app;
+	Kms__V1__RegionEpochRequest *req = kms__v1__region_epoch_request__unpack(NULL, len, data);
+	Kms__V1__RegionEpochResponse resp = KMS__V1__REGION_EPOCH_RESPONSE__INIT;
+	Kms__V1__RegionLinkRecord **links = NULL;
+	const char *peer = kms_call_peer_region(call);
+	char region[KMS_REGION_NAME_MAX + 1];
+	size_t n = 0;
+	kms_err err = {0};
+	int rc;
+
+	if (req == NULL) {
+		kms_call_fail(call, KMS_ERR_INVALID, "malformed RegionEpochRequest");
+		return;
+	}
+	if (strcmp(req->region, peer) != 0) {
+		rc = kms_errf(&err, KMS_ERR_PERMISSION,
+			      "the caller is a node of region '%s', not of region '%s'", peer,
+			      req->region);
+		goto out;
+	}
+	KMS_TRY_GOTO(rc, kms_keyring_region_links(node->kr, &links, &n, NULL, &err), out);
+	kms_keyring_region(node->kr, region);
+	rc = kms_errf(&err, KMS_ERR_PERMISSION, "region '%s' is not linked to region '%s'",
+		      region[0] != '\0' ? region : "unnamed", peer);
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(links[i]->peer_region, peer) == 0) {
+			resp.region = region;
+			resp.role = (char *)kms_region_role_name(links[i]->role);
+			resp.epoch = links[i]->epoch;
+			kms_call_reply(call, &resp.base, 0);
+			rc = KMS_OK;
+			break;
+		}
+out:
+	if (rc != KMS_OK)
+		kms_call_fail(call, rc, err.msg);
+	kms_keyring_region_links_free(links, n);
+	kms__v1__region_epoch_request__free_unpacked(req, NULL);
+}
+
 const kms_method kms_api_region_methods[] = {
     {"/kms.v1.Operator/RegionStatus", region_status, KMS_CALLERS_SERVICES,
      &kms__v1__region_status_request__descriptor, 0},
+    {"/kms.v1.Operator/PromoteRegion", promote_region, KMS_CALLERS_SERVICES,
+     &kms__v1__promote_region_request__descriptor, 0},
     {"/kms.v1.Internal/RegionPull", region_pull, KMS_CALLERS_REGIONS,
      &kms__v1__region_pull_request__descriptor, 0},
+    {"/kms.v1.Internal/RegionEpoch", region_epoch, KMS_CALLERS_REGIONS,
+     &kms__v1__region_epoch_request__descriptor, 0},
 };
 const size_t kms_api_region_n_methods =
     sizeof(kms_api_region_methods) / sizeof(kms_api_region_methods[0]);

@@ -42,6 +42,7 @@ struct link_slot {
 	uint8_t ca_sha256[SHA256_DIGEST_LENGTH];
 	size_t next;
 	int64_t fail_logged;
+	int64_t epoch_asked; /* a primary's last look at the peer's epoch */
 };
 
 struct kms_region_sync {
@@ -443,6 +444,57 @@ static void refresh_identities(kms_region_sync *s, Kms__V1__RegionLinkRecord **l
 	kms_buf_free(&pem);
 }
 
+/*
+ * A primary's leader asks its secondary for the epoch of their link, once
+ * a second: a secondary promoted since (PRIMARY at a higher epoch) fences
+ * this region, which becomes its secondary (FenceRegion).
+ */
+static void watch_epoch(kms_region_sync *s, const Kms__V1__RegionLinkRecord *link,
+			const char *region)
+{
+	Kms__V1__RegionEpochRequest req = KMS__V1__REGION_EPOCH_REQUEST__INIT;
+	Kms__V1__RegionEpochResponse *resp = NULL;
+	struct link_slot *l;
+	kms_rpc_status st = {0};
+	kms_buf cmd = {0};
+	kms_err err = {0};
+	int64_t now = now_unix();
+
+	pthread_mutex_lock(&s->mu);
+	l = slot_for(s, link->peer_region);
+	pthread_mutex_unlock(&s->mu);
+	if (l == NULL || now - l->epoch_asked < KMS_REGION_EPOCH_EVERY_S)
+		return;
+	l->epoch_asked = now;
+	if (channels(s, l, link, &err) != KMS_OK) {
+		record(s, l, err.msg, 0);
+		return;
+	}
+	req.region = (char *)region;
+	for (size_t k = 0; k < link->n_peer_endpoints && resp == NULL; k++)
+		if (kms_peers_call(l->peers, link->peer_endpoints[(l->next + k) %
+								link->n_peer_endpoints],
+				   0, "/kms.v1.Internal/RegionEpoch", &req.base,
+				   &kms__v1__region_epoch_response__descriptor,
+				   (ProtobufCMessage **)&resp, KMS_REGION_PULL_TIMEOUT_MS, &st) != 0)
+			resp = NULL;
+	if (resp == NULL)
+		return; /* A secondary that cannot be reached promoted nothing we know of. */
+	if (strcmp(resp->role, "primary") == 0 && resp->epoch > link->epoch) {
+		KMS_LOG_W("region: region '%s' was promoted (epoch %llu): this region becomes its "
+			  "secondary, and its multi-region keys are changed there from now on",
+			  link->peer_region, (unsigned long long)resp->epoch);
+		if (kms_keyring_cmd_fence_region(link->peer_region, resp->epoch, now, &cmd, &err) !=
+			    KMS_OK ||
+		    commit(s, &cmd, &err) != KMS_OK)
+			KMS_LOG_E("region: fencing this region after region '%s''s promotion "
+				  "failed, tried again in %d s: %s",
+				  link->peer_region, KMS_REGION_EPOCH_EVERY_S, err.msg);
+	}
+	kms_buf_free(&cmd);
+	protobuf_c_message_free_unpacked(&resp->base, NULL);
+}
+
 /* One round over the links this region is a secondary of. */
 static int pull_round(kms_region_sync *s)
 {
@@ -463,6 +515,8 @@ static int pull_round(kms_region_sync *s)
 	for (size_t i = 0; i < n; i++)
 		if (links[i]->role == KMS__V1__REGION_ROLE__REGION_ROLE_SECONDARY)
 			more |= pull_link(s, links[i], region);
+		else
+			watch_epoch(s, links[i], region);
 	kms_keyring_region_links_free(links, n);
 	return more;
 }

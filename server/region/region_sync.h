@@ -15,6 +15,8 @@ typedef struct kms_region_sync kms_region_sync;
 #define KMS_REGION_PULL_INTERVAL_MS 200
 /* One pull's deadline: a primary that is gone costs at most this. */
 #define KMS_REGION_PULL_TIMEOUT_MS 3000
+/* How often a primary asks its secondaries whether one was promoted. */
+#define KMS_REGION_EPOCH_EVERY_S 1
 
 /*
  * Starts the puller thread. It does nothing unless this node is the ready
@@ -24,7 +26,10 @@ typedef struct kms_region_sync kms_region_sync;
  * node certificate, the peer's node CA and trust domain), moves each
  * version's material from the primary's carrier key to this region's
  * domain key inside the HSM, and commits RegionApply, one pull at a time.
- * The CA files it needs are written under <data_dir>/regions/.
+ * The CA files it needs are written under <data_dir>/regions/. On a
+ * primary's ready leader it asks each secondary once a second for the
+ * epoch of their link, and fences this region (FenceRegion) when that
+ * secondary was promoted.
  */
 int kms_region_sync_start(struct kms_node *node, kms_region_sync **out, kms_err *err);
 /* Stops the thread (before Raft stops) and frees. NULL is fine. */

@@ -249,6 +249,11 @@ void kr_region_touch(kms_keyring *kr, const char *key_id);
 /* RegionApply (dry: decide only). */
 int kr_apply_region_apply(kms_keyring *kr, const Kms__V1__RegionApplyCommand *c, int dry,
 			  kms_err *err);
+/* An executed promote-region proposal (no lock held). */
+int kr_exec_promote_region(kms_keyring *kr, const char *peer, kms_err *err);
+/* FenceRegion (dry: decide only). */
+int kr_apply_fence_region(kms_keyring *kr, const Kms__V1__FenceRegionCommand *c, int dry,
+			  kms_err *err);
 
 /* Entries (keyring_state.c); the caller holds the lock where it matters. */
 void kr_entry_clear(struct kr_entry *e);

@@ -384,6 +384,8 @@ static int execute(kms_keyring *kr, const char *self_id, const Kms__V1__RootOper
 		return exec_cancel_proposal(kr, op->cancel_proposal->proposal_id, now, err);
 	case KMS__V1__ROOT_OPERATION__OP_LINK_REGION:
 		return kr_exec_link_region(kr, op->link_region, self_id, now, err);
+	case KMS__V1__ROOT_OPERATION__OP_PROMOTE_REGION:
+		return kr_exec_promote_region(kr, op->promote_region->peer_region, err);
 	default:
 		return kms_errf(err, KMS_ERR_INTERNAL, "%s does not run inside the state",
 				kms_root_operation_name(op));

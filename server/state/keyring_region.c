@@ -371,45 +371,57 @@ static int incoming_check(const Kms__V1__KeyRecord *rec, const char *peer, kms_e
 /*
  * Replaces e's record with the incoming one (write lock held). What is
  * this region's own stays: the encryptions it reserved per version, and a
- * version it exhausted. The handle of a version destroyed at the primary
- * goes to *dropped, for the caller to drop outside the lock.
+ * version it exhausted. A version whose material is not the one held here
+ * any more (destroyed at the primary, or, after a promotion, the new
+ * primary's version of that number) gives its handle to *dropped, for the
+ * caller to drop outside the lock: the handle was of the other key. Versions
+ * held here beyond the incoming ones (made by a primary that was fenced
+ * since, inside its RPO) stay until the new primary makes its own of that
+ * number.
  */
 static int replace_record(kms_keyring *kr, struct kr_entry *e, const Kms__V1__KeyRecord *in,
 			  kms_key_handle **dropped, kms_err *err)
 {
 	Kms__V1__KeyVersionRecord *vs = NULL, **vp = NULL;
 	Kms__V1__KeyRecord shape = *in;
-	size_t n = in->n_versions;
+	size_t mine = e->rec->n_versions;
+	size_t n = in->n_versions > mine ? in->n_versions : mine;
 	int rc;
 
+	(void)kr;
 	if (n > 0 && ((vs = kms_calloc(n, sizeof(*vs))) == NULL ||
 		      (vp = kms_calloc(n, sizeof(*vp))) == NULL)) {
 		kms_free(vs);
 		return kms_errf(err, KMS_ERR_NOMEM, "out of memory applying key '%s'", in->key_id);
 	}
 	for (size_t i = 0; i < n; i++) {
-		vs[i] = *in->versions[i];
-		if (i < e->rec->n_versions) {
-			const Kms__V1__KeyVersionRecord *mine = e->rec->versions[i];
+		const Kms__V1__KeyVersionRecord *own = i < mine ? e->rec->versions[i] : NULL;
 
-			vs[i].reserved_encryptions = mine->reserved_encryptions;
-			if (mine->state == KMS__V1__KEY_VERSION_STATE__KEY_VERSION_EXHAUSTED &&
-			    vs[i].state == KMS__V1__KEY_VERSION_STATE__KEY_VERSION_ENABLED)
-				vs[i].state = mine->state;
-			if (vs[i].wrapped_material.len == 0 && e->handles[i] != NULL) {
-				dropped[i] = e->handles[i];
-				e->handles[i] = NULL;
-			}
-		} else {
-			vs[i].reserved_encryptions = 0;
+		if (i >= in->n_versions) {
+			vs[i] = *own;
+			vp[i] = &vs[i];
+			continue;
+		}
+		vs[i] = *in->versions[i];
+		vs[i].reserved_encryptions = own != NULL ? own->reserved_encryptions : 0;
+		if (own != NULL && own->state == KMS__V1__KEY_VERSION_STATE__KEY_VERSION_EXHAUSTED &&
+		    vs[i].state == KMS__V1__KEY_VERSION_STATE__KEY_VERSION_ENABLED)
+			vs[i].state = own->state;
+		if (own != NULL && e->handles[i] != NULL &&
+		    (vs[i].wrapped_material.len != own->wrapped_material.len ||
+		     memcmp(vs[i].wrapped_material.data, own->wrapped_material.data,
+			    own->wrapped_material.len) != 0)) {
+			dropped[i] = e->handles[i];
+			e->handles[i] = NULL;
 		}
 		vp[i] = &vs[i];
 	}
 	shape.versions = vp;
+	shape.n_versions = n;
 	rc = kr_entry_rebuild(e, &shape, err);
 	if (rc != KMS_OK) {
 		/* Put back what was taken: the entry is unchanged. */
-		for (size_t i = 0; i < n && i < e->rec->n_versions; i++)
+		for (size_t i = 0; i < in->n_versions && i < mine; i++)
 			if (dropped[i] != NULL) {
 				e->handles[i] = dropped[i];
 				dropped[i] = NULL;
@@ -451,10 +463,24 @@ static int apply_one(kms_keyring *kr, Kms__V1__RegionLinkRecord *l, const Kms__V
 		l->conflicts++;
 		return KMS_OK;
 	}
-	/* Versions only grow: fewer means an older copy of the key. */
-	if (in->n_versions < e->rec->n_versions || in->region_rev < e->rec->region_rev)
+	/*
+	 * Pulls after the cursor never bring an older copy of a key from the
+	 * same primary; a copy with a lower region_rev than the one held is
+	 * one, and changes nothing. (A fenced region's own revs are set to 0,
+	 * so its new primary's copies replace them.)
+	 */
+	if (in->region_rev < e->rec->region_rev)
 		return KMS_OK;
 	return replace_record(kr, e, in, dropped, err);
+}
+
+/* The versions of in, or of the copy held here when it has more (lock held). */
+static size_t slots_for(const struct kms_keyring *kr, const Kms__V1__KeyRecord *in)
+{
+	const struct kr_entry *e = kr_find_entry(kr, in->key_id);
+
+	return e != NULL && e->rec->n_versions > in->n_versions ? e->rec->n_versions
+								: in->n_versions;
 }
 
 int kr_apply_region_apply(kms_keyring *kr, const Kms__V1__RegionApplyCommand *c, int dry,
@@ -472,11 +498,12 @@ int kr_apply_region_apply(kms_keyring *kr, const Kms__V1__RegionApplyCommand *c,
 		   "RegionApply holds %zu keys, more than %d", c->n_keys, KMS_REGION_APPLY_MAX);
 	for (size_t i = 0; i < c->n_keys; i++) {
 		KMS_TRY(incoming_check(c->keys[i], c->peer_region, err));
-		total += c->keys[i]->n_versions;
+		/* Once each: the slots of the dropped handles count on it. */
+		for (size_t j = 0; j < i; j++)
+			KMS_ENSURE(strcmp(c->keys[i]->key_id, c->keys[j]->key_id) != 0, err,
+				   KMS_ERR_INVALID, "RegionApply holds key '%s' twice",
+				   c->keys[i]->key_id);
 	}
-	/* One slot per incoming version: the handles to drop outside the lock. */
-	if (!dry && total > 0 && (dropped = kms_calloc(total, sizeof(*dropped))) == NULL)
-		return kms_errf(err, KMS_ERR_NOMEM, "out of memory applying region changes");
 	kr_lock(kr, dry);
 	at = link_find(kr, c->peer_region);
 	if (at < 0 || kr->links[at]->role != KMS__V1__REGION_ROLE__REGION_ROLE_SECONDARY) {
@@ -498,14 +525,24 @@ int kr_apply_region_apply(kms_keyring *kr, const Kms__V1__RegionApplyCommand *c,
 		KMS_TRY_GOTO(rc, kr_dk_generation_check(kr, c->domain_key_generation, err), out);
 	if (dry)
 		goto out;
+	/* One slot per version, incoming or held: the handles to drop
+	 * outside the lock. */
+	for (size_t i = 0; i < c->n_keys; i++)
+		total += slots_for(kr, c->keys[i]);
+	if (total > 0 && (dropped = kms_calloc(total, sizeof(*dropped))) == NULL) {
+		rc = kms_errf(err, KMS_ERR_NOMEM, "out of memory applying region changes");
+		goto out;
+	}
 	/*
 	 * Key by key: only running out of memory stops it half way, and then
 	 * the cursor stays, so the next pull brings the same keys again and
 	 * applying one twice changes nothing.
 	 */
 	for (size_t i = 0; i < c->n_keys && rc == KMS_OK; i++) {
+		size_t slots = slots_for(kr, c->keys[i]);
+
 		rc = apply_one(kr, l, c->keys[i], dropped + at_version, err);
-		at_version += c->keys[i]->n_versions;
+		at_version += slots;
 	}
 	if (rc == KMS_OK) {
 		if (c->cursor > l->cursor)
@@ -547,5 +584,110 @@ int kms_keyring_cmd_region_apply(const char *peer_region, uint64_t epoch,
 	ra.domain_key_generation = dk_generation;
 	c.cmd_case = KMS__V1__COMMAND__CMD_REGION_APPLY;
 	c.region_apply = &ra;
+	return kr_command_pack(&c, out, err);
+}
+
+/* --- promotion and fencing --- */
+
+/*
+ * Gives every multi-region key homed in `from` the home `to` (write lock
+ * held): its record is rebuilt, its handles kept. revs: give each the
+ * next region_rev (a promotion: the new primary sends them all), else 0
+ * (a fence: the new primary's copies replace them).
+ */
+static int rehome(kms_keyring *kr, const char *from, const char *to, int revs, kms_err *err)
+{
+	struct kr_cursor cur;
+	struct kr_entry *e;
+
+	for (kr_index_first(&kr->keys, &cur); (e = kr_cursor_next(&cur)) != NULL;) {
+		Kms__V1__KeyRecord shape;
+
+		if (!e->rec->multi_region || strcmp(e->rec->home_region, from) != 0)
+			continue;
+		shape = *e->rec;
+		shape.home_region = (char *)to;
+		shape.region_rev = revs ? ++kr->region_rev : 0;
+		KMS_TRY(kr_entry_rebuild(e, &shape, err));
+	}
+	return KMS_OK;
+}
+
+int kr_exec_promote_region(kms_keyring *kr, const char *peer, kms_err *err)
+{
+	Kms__V1__RegionLinkRecord *l;
+	long at;
+	int rc;
+
+	KMS_TRY(kms_region_name_check(peer, err));
+	pthread_rwlock_wrlock(&kr->lock);
+	at = link_find(kr, peer);
+	if (at < 0 || kr->links[at]->role != KMS__V1__REGION_ROLE__REGION_ROLE_SECONDARY) {
+		rc = kms_errf(err, KMS_ERR_PRECONDITION,
+			      "region '%s' is not linked as a secondary of region '%s': nothing to "
+			      "promote",
+			      kr->region[0] != '\0' ? kr->region : "unnamed", peer);
+		goto out;
+	}
+	l = kr->links[at];
+	/* Every key of the old primary first: a failure changes no link. */
+	KMS_TRY_GOTO(rc, rehome(kr, peer, kr->region, 1, err), out);
+	l->role = KMS__V1__REGION_ROLE__REGION_ROLE_PRIMARY;
+	l->epoch++;
+	l->cursor = 0;
+	l->peer_head = 0;
+out:
+	pthread_rwlock_unlock(&kr->lock);
+	return rc;
+}
+
+int kr_apply_fence_region(kms_keyring *kr, const Kms__V1__FenceRegionCommand *c, int dry,
+			  kms_err *err)
+{
+	Kms__V1__RegionLinkRecord *l;
+	long at;
+	int rc = KMS_OK;
+
+	KMS_ENSURE(c != NULL, err, KMS_ERR_INVALID, "FenceRegion holds nothing");
+	KMS_TRY(kms_region_name_check(c->peer_region, err));
+	kr_lock(kr, dry);
+	at = link_find(kr, c->peer_region);
+	if (at < 0 || kr->links[at]->role != KMS__V1__REGION_ROLE__REGION_ROLE_PRIMARY ||
+	    c->epoch <= kr->links[at]->epoch) {
+		rc = kms_errf(err, KMS_ERR_PRECONDITION,
+			      "region '%s' is not the primary of region '%s' below epoch %llu: "
+			      "nothing to fence",
+			      kr->region[0] != '\0' ? kr->region : "unnamed", c->peer_region,
+			      (unsigned long long)c->epoch);
+		goto out;
+	}
+	if (dry)
+		goto out;
+	l = kr->links[at];
+	KMS_TRY_GOTO(rc, rehome(kr, kr->region, c->peer_region, 0, err), out);
+	l->role = KMS__V1__REGION_ROLE__REGION_ROLE_SECONDARY;
+	l->epoch = c->epoch;
+	l->cursor = 0;
+	l->peer_head = 0;
+	l->applied_at_unix = c->now_unix;
+out:
+	pthread_rwlock_unlock(&kr->lock);
+	return rc;
+}
+
+int kms_keyring_cmd_fence_region(const char *peer_region, uint64_t epoch, int64_t now_unix,
+				 kms_buf *out, kms_err *err)
+{
+	Kms__V1__FenceRegionCommand f = KMS__V1__FENCE_REGION_COMMAND__INIT;
+	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
+
+	out->data = NULL;
+	out->len = 0;
+	KMS_TRY(kms_region_name_check(peer_region, err));
+	f.peer_region = (char *)peer_region;
+	f.epoch = epoch;
+	f.now_unix = now_unix;
+	c.cmd_case = KMS__V1__COMMAND__CMD_FENCE_REGION;
+	c.fence_region = &f;
 	return kr_command_pack(&c, out, err);
 }

@@ -127,6 +127,10 @@ int kms_root_operation_check(const Kms__V1__RootOperation *op, kms_err *err)
 		return kms_backup_export_check(op->backup_export, NULL, err);
 	case KMS__V1__ROOT_OPERATION__OP_LINK_REGION:
 		return kms_link_region_check(op->link_region, err);
+	case KMS__V1__ROOT_OPERATION__OP_PROMOTE_REGION:
+		KMS_ENSURE(op->promote_region != NULL, err, KMS_ERR_INVALID,
+			   "promote-region is empty");
+		return kms_region_name_check(op->promote_region->peer_region, err);
 	case KMS__V1__ROOT_OPERATION__OP__NOT_SET:
 	default:
 		return kms_errf(err, KMS_ERR_INVALID, "the proposal names no root operation");
@@ -154,6 +158,8 @@ const char *kms_root_operation_name(const Kms__V1__RootOperation *op)
 		return "backup-export";
 	case KMS__V1__ROOT_OPERATION__OP_LINK_REGION:
 		return "link-region";
+	case KMS__V1__ROOT_OPERATION__OP_PROMOTE_REGION:
+		return "promote-region";
 	default:
 		return "unknown";
 	}
@@ -306,6 +312,9 @@ static void put_operation(struct enc *e, const Kms__V1__RootOperation *op)
 		put_str(e, op->link_region->peer_trust_domain);
 		put_field(e, op->link_region->peer_node_ca_pem.data,
 			  op->link_region->peer_node_ca_pem.len);
+		break;
+	case KMS__V1__ROOT_OPERATION__OP_PROMOTE_REGION:
+		put_str(e, op->promote_region->peer_region);
 		break;
 	case KMS__V1__ROOT_OPERATION__OP_ROTATE_DOMAIN_KEY:
 	default:

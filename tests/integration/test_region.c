@@ -117,7 +117,7 @@ static Kms__V1__KeyMetadata *wait_key(kms_test_node *n, const char *id, uint32_t
 		if (md != NULL)
 			protobuf_c_message_free_unpacked(&md->base, NULL);
 		ck_assert_msg(kms_test_now_ms() < until,
-			      "key '%s' (%u versions) did not reach region-b in %d ms: %s; see %s",
+			      "key '%s' (%u versions) did not reach the region in %d ms: %s; see %s",
 			      id, versions, REACH_MS, md != NULL ? "fewer versions" : st.details,
 			      n->log);
 		kms_test_sleep_ms(100);
@@ -323,6 +323,93 @@ START_TEST(region_status_shows_the_link_and_no_lag)
 }
 END_TEST
 
+/* Waits until n's link says role at epoch. */
+static void wait_link(kms_test_node *n, const char *role, uint64_t epoch)
+{
+	Kms__V1__RegionStatusResponse *r;
+	kms_rpc_status st;
+	long until = kms_test_now_ms() + REACH_MS;
+
+	for (;; kms_test_sleep_ms(100)) {
+		r = region_status(n, "admin", &st);
+		ck_assert_msg(r != NULL, "%s", st.details);
+		ck_assert_uint_eq(r->n_links, 1);
+		if (strcmp(r->links[0]->role, role) == 0 && r->links[0]->epoch == epoch)
+			break;
+		ck_assert_msg(kms_test_now_ms() < until, "%s's link is %s at epoch %llu, not %s at "
+			      "%llu; see %s", r->region, r->links[0]->role,
+			      (unsigned long long)r->links[0]->epoch, role, (unsigned long long)epoch,
+			      n->log);
+		protobuf_c_message_free_unpacked(&r->base, NULL);
+	}
+	protobuf_c_message_free_unpacked(&r->base, NULL);
+}
+
+/*
+ * Last but one: region-b takes over region-a's keys, and region-a, which
+ * is still running, learns it and turns itself into region-b's secondary.
+ */
+START_TEST(promotion_needs_the_quorum_and_fences_the_old_primary)
+{
+	Kms__V1__PromoteRegionRequest direct = KMS__V1__PROMOTE_REGION_REQUEST__INIT;
+	Kms__V1__RotateKeyRequest rot = KMS__V1__ROTATE_KEY_REQUEST__INIT;
+	Kms__V1__RootOperation op = KMS__V1__ROOT_OPERATION__INIT;
+	Kms__V1__PromoteRegionOperation pr = KMS__V1__PROMOTE_REGION_OPERATION__INIT;
+	ProtobufCMessage *r = NULL;
+	Kms__V1__Proposal *p;
+	Kms__V1__KeyMetadata *md;
+	kms_test_blob in_b, local;
+	kms_rpc_status st;
+
+	create(&a, "taken-over", 1);
+	md = wait_key(&b, "taken-over", 1);
+	protobuf_c_message_free_unpacked(&md->base, NULL);
+	/* Twin: not without the quorum. */
+	direct.peer_region = "region-a";
+	ck_assert_int_ne(kms_test_call(&b, "admin", "/kms.v1.Operator/PromoteRegion", &direct.base,
+				       &kms__v1__promote_region_response__descriptor, &r, &st),
+			 0);
+	KMS_TEST_ASSERT_STATUS(st, 9, "kmsctl region promote");
+	wait_link(&b, "secondary", 1);
+	pr.peer_region = "region-a";
+	op.op_case = KMS__V1__ROOT_OPERATION__OP_PROMOTE_REGION;
+	op.promote_region = &pr;
+	p = kms_test_quorum_run(&b, &op, &st);
+	ck_assert_msg(p != NULL, "%s", st.details);
+	ck_assert_msg(strcmp(p->state, "executed") == 0, "promote-region %s: %s", p->state,
+		      p->result);
+	protobuf_c_message_free_unpacked(&p->base, NULL);
+	wait_link(&b, "primary", 2);
+	/* region-b changes the key now. */
+	rot.key_id = "taken-over";
+	ck_assert_msg(kms_test_call(&b, "admin", KM "RotateKey", &rot.base,
+				    &kms__v1__rotate_key_response__descriptor, &r, &st) == 0,
+		      "%s", st.details);
+	protobuf_c_message_free_unpacked(r, NULL);
+	ck_assert_int_eq(kms_test_make_blob(&b, "app", "taken-over", &in_b, &st), 0);
+	ck_assert_uint_eq(in_b.version, 2);
+	/* region-a learns the epoch, fences itself and follows region-b. */
+	wait_link(&a, "secondary", 2);
+	ck_assert_int_ne(kms_test_call(&a, "admin", KM "RotateKey", &rot.base,
+				       &kms__v1__rotate_key_response__descriptor, &r, &st),
+			 0);
+	KMS_TEST_ASSERT_STATUS(st, 9, "primary region 'region-b'");
+	md = wait_key(&a, "taken-over", 2);
+	ck_assert_str_eq(md->home_region, "region-b");
+	protobuf_c_message_free_unpacked(&md->base, NULL);
+	ck_assert_msg(kms_test_blob_decrypts(&a, "app", &in_b, &st), "%s", st.details);
+	/* region-a's regional keys are its own still. */
+	ck_assert_msg(kms_test_make_blob(&a, "app", "local-a", &local, &st) == 0, "%s", st.details);
+	/* Twin: promoted already. */
+	p = kms_test_quorum_run(&b, &op, &st);
+	ck_assert_msg(p != NULL, "%s", st.details);
+	ck_assert_str_eq(p->state, "failed");
+	ck_assert_msg(strstr(p->result, "not linked as a secondary of region 'region-a'") != NULL,
+		      "%s", p->result);
+	protobuf_c_message_free_unpacked(&p->base, NULL);
+}
+END_TEST
+
 /* The twins of the calls themselves. */
 START_TEST(region_calls_refuse_everyone_else)
 {
@@ -384,6 +471,7 @@ static Suite *region_suite(void)
 	tcase_add_test(tc, a_disabled_key_is_disabled_in_the_secondary_too);
 	tcase_add_test(tc, region_status_shows_the_link_and_no_lag);
 	tcase_add_test(tc, region_calls_refuse_everyone_else);
+	tcase_add_test(tc, promotion_needs_the_quorum_and_fences_the_old_primary);
 	tcase_add_test(tc, malformed_link_region_is_refused_at_proposal);
 	suite_add_tcase(s, tc);
 	return s;

@@ -584,13 +584,15 @@ START_TEST(region_apply_adds_and_replaces_keys)
 	md = describe(kr, "mr1");
 	ck_assert_uint_eq(md->version_details[1]->encryptions, 500);
 	kms_keyring_metadata_free(md);
-	/* An older copy (one version) changes nothing. */
+	/* An older copy (a lower region_rev, one version) changes nothing. */
 	recs[0]->n_versions = 1;
 	recs[0]->primary_version = 1;
+	recs[0]->region_rev--;
 	ck_assert_int_eq(region_apply(recs, n, 1, head, 1, &err), KMS_OK);
 	recs[0]->n_versions = two;
 	md = describe(kr, "mr1");
 	ck_assert_uint_eq(md->n_versions, 2);
+	ck_assert_uint_eq(md->primary_version, 2);
 	kms_keyring_metadata_free(md);
 	kms_keyring_records_free(recs, n);
 }
@@ -661,6 +663,73 @@ START_TEST(region_apply_refusals_change_nothing)
 }
 END_TEST
 
+/*
+ * The old primary learns of a promotion: its keys are homed in the new
+ * primary, its link turns secondary at the new epoch, and the new
+ * primary's copies replace its own, version by version.
+ */
+START_TEST(a_fenced_primary_becomes_a_secondary)
+{
+	Kms__V1__KeyRecord **recs;
+	Kms__V1__RegionLinkRecord *l;
+	Kms__V1__KeyMetadata *md;
+	kms_buf cmd = {0}, before = {0}, after = {0};
+	uint64_t head = 0;
+	size_t n = 0;
+	kms_err err = {0};
+
+	link_to_us_east(KMS__V1__REGION_ROLE__REGION_ROLE_PRIMARY);
+	create_cmd("mr1", "eu-west", &cmd);
+	apply_ok(kr, &cmd);
+	rotate(kr, "mr1", 2);
+	rotate(kr, "mr1", 3);
+	create_cmd("local", NULL, &cmd);
+	apply_ok(kr, &cmd);
+	/* Twins first: an epoch not above the link's, another region. */
+	ck_assert_int_eq(kms_keyring_snapshot(kr, kms_malloc, &before, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_cmd_fence_region("us-east", 1, NOW, &cmd, &err), KMS_OK);
+	ck_assert_int_eq(apply(kr, &cmd, &err), KMS_ERR_PRECONDITION);
+	ck_assert_msg(strstr(err.msg, "nothing to fence") != NULL, "%s", err.msg);
+	ck_assert_int_eq(kms_keyring_cmd_fence_region("ap-south", 2, NOW, &cmd, &err), KMS_OK);
+	ck_assert_int_eq(apply(kr, &cmd, &err), KMS_ERR_PRECONDITION);
+	ck_assert_int_eq(kms_keyring_cmd_fence_region("Bad", 2, NOW, &cmd, &err), KMS_ERR_INVALID);
+	ck_assert_int_eq(kms_keyring_snapshot(kr, kms_malloc, &after, &err), KMS_OK);
+	ck_assert_uint_eq(before.len, after.len);
+	ck_assert(memcmp(before.data, after.data, before.len) == 0);
+	kms_buf_free(&before);
+	kms_buf_free(&after);
+	/* The fence. */
+	ck_assert_int_eq(kms_keyring_cmd_fence_region("us-east", 2, NOW + 5, &cmd, &err), KMS_OK);
+	apply_ok(kr, &cmd);
+	l = the_link(kr);
+	ck_assert_int_eq(l->role, KMS__V1__REGION_ROLE__REGION_ROLE_SECONDARY);
+	ck_assert_uint_eq(l->epoch, 2);
+	ck_assert_uint_eq(l->cursor, 0);
+	kms__v1__region_link_record__free_unpacked(l, NULL);
+	md = describe(kr, "mr1");
+	ck_assert_str_eq(md->home_region, "us-east");
+	kms_keyring_metadata_free(md);
+	md = describe(kr, "local");
+	ck_assert(!md->multi_region);
+	kms_keyring_metadata_free(md);
+	/* Writes to it are refused here now, naming the new primary. */
+	ck_assert_int_eq(kms_keyring_cmd_set_key_enabled("mr1", 0, &cmd, &err), KMS_OK);
+	ck_assert_int_eq(apply(kr, &cmd, &err), KMS_ERR_PRECONDITION);
+	ck_assert_msg(strstr(err.msg, "primary region 'us-east'") != NULL, "%s", err.msg);
+	/* The new primary had the key at two versions when it was promoted:
+	 * its copy replaces ours; our third version stays until it makes its
+	 * own third. The apply is at the new epoch only. */
+	recs = pulled_from_us_east(&n, &head);
+	ck_assert_int_eq(region_apply(recs, n, 1, head, 1, &err), KMS_ERR_PRECONDITION);
+	ck_assert_int_eq(region_apply(recs, n, 2, head, 1, &err), KMS_OK);
+	md = describe(kr, "mr1");
+	ck_assert_uint_eq(md->n_versions, 3);
+	ck_assert_uint_eq(md->primary_version, 2);
+	kms_keyring_metadata_free(md);
+	kms_keyring_records_free(recs, n);
+}
+END_TEST
+
 static Suite *region_suite(void)
 {
 	Suite *s = suite_create("keyring_region");
@@ -677,6 +746,7 @@ static Suite *region_suite(void)
 	tcase_add_test(tc, changes_of_multi_region_keys_get_a_region_rev);
 	tcase_add_test(tc, region_apply_adds_and_replaces_keys);
 	tcase_add_test(tc, region_apply_refusals_change_nothing);
+	tcase_add_test(tc, a_fenced_primary_becomes_a_secondary);
 	suite_add_tcase(s, tc);
 	return s;
 }

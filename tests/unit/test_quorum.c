@@ -24,6 +24,7 @@
 #define T0 1700000000
 #define PID1 "0123456789abcdef0123456789abcdef"
 #define PID2 "fedcba9876543210fedcba9876543210"
+#define PID3 "00112233445566778899aabbccddeeff"
 
 #define ASSERT_MSG_HAS(err, s)                                                                    \
 	ck_assert_msg(strstr((err).msg, (s)) != NULL, "message '%s' does not name '%s'",          \
@@ -718,6 +719,96 @@ START_TEST(link_region_refusals)
 }
 END_TEST
 
+static Kms__V1__PromoteRegionOperation pr;
+
+static Kms__V1__RootOperation *op_promote(const char *peer)
+{
+	kms__v1__root_operation__init(&op);
+	kms__v1__promote_region_operation__init(&pr);
+	pr.peer_region = (char *)peer;
+	op.op_case = KMS__V1__ROOT_OPERATION__OP_PROMOTE_REGION;
+	op.promote_region = &pr;
+	return &op;
+}
+
+/* us-east's key mr1, as eu-west (linked as its secondary) receives it. */
+static void receive_mr1(void)
+{
+	kms_keyring *east = NULL;
+	Kms__V1__OperatorRecord *one[1] = {rec_ptrs[0]};
+	Kms__V1__KeyRecord **krs = NULL;
+	uint8_t w[40];
+	uint64_t head = 0;
+	size_t n = 0;
+	kms_buf cmd = {0};
+	kms_err err = {0};
+
+	memset(w, 0x11, sizeof(w));
+	ck_assert_int_eq(kms_keyring_new(&east, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_cmd_quorum_init(CID, one, 1, 1, "us-east", &cmd, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_apply(east, cmd.data, cmd.len, &err), KMS_OK);
+	kms_buf_free(&cmd);
+	ck_assert_int_eq(kms_keyring_cmd_create_key("mr1", "", NULL, ADMIN, T0, w, sizeof(w), &cmd,
+						    &err),
+			 KMS_OK);
+	ck_assert_int_eq(kms_keyring_cmd_set_home_region(&cmd, "us-east", &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_apply(east, cmd.data, cmd.len, &err), KMS_OK);
+	kms_buf_free(&cmd);
+	ck_assert_int_eq(kms_keyring_region_changes(east, 0, 256, &krs, &n, &head, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_cmd_region_apply("us-east", 1, krs, n, head, head, T0, 1, &cmd,
+						      &err),
+			 KMS_OK);
+	ck_assert_msg(apply(&cmd, &err) == KMS_OK, "%s", err.msg);
+	kms_keyring_records_free(krs, n);
+	kms_keyring_free(east);
+}
+
+START_TEST(promote_region_rehomes_its_keys_and_raises_the_epoch)
+{
+	Kms__V1__RegionLinkRecord **links = NULL;
+	Kms__V1__KeyRecord **krs = NULL;
+	Kms__V1__KeyMetadata *md = NULL;
+	Kms__V1__ProposalRecord *p = NULL;
+	uint64_t head = 0;
+	size_t n = 0;
+	kms_buf cmd = {0};
+	kms_err err = {0};
+
+	propose_and_approve(PID1, op_link("us-east"));
+	receive_mr1();
+	/* Before: a change of mr1 is us-east's. */
+	ck_assert_int_eq(kms_keyring_cmd_set_key_enabled("mr1", 0, &cmd, &err), KMS_OK);
+	ck_assert_int_eq(apply(&cmd, &err), KMS_ERR_PRECONDITION);
+	propose_and_approve(PID2, op_promote("us-east"));
+	ck_assert_str_eq(state_of(PID2, T0 + 3), "executed");
+	ck_assert_int_eq(kms_keyring_region_links(kr, &links, &n, NULL, &err), KMS_OK);
+	ck_assert_uint_eq(n, 1);
+	ck_assert_int_eq(links[0]->role, KMS__V1__REGION_ROLE__REGION_ROLE_PRIMARY);
+	ck_assert_uint_eq(links[0]->epoch, 2);
+	kms_keyring_region_links_free(links, n);
+	ck_assert_int_eq(kms_keyring_describe(kr, "mr1", ADMIN, 1, &md, &err), KMS_OK);
+	ck_assert_str_eq(md->home_region, "eu-west");
+	kms_keyring_metadata_free(md);
+	/* Its keys are sent to its secondaries now, and changed here. */
+	ck_assert_int_eq(kms_keyring_region_changes(kr, 0, 256, &krs, &n, &head, &err), KMS_OK);
+	ck_assert_uint_eq(n, 1);
+	ck_assert_str_eq(krs[0]->key_id, "mr1");
+	kms_keyring_records_free(krs, n);
+	ck_assert_int_eq(kms_keyring_cmd_set_key_enabled("mr1", 0, &cmd, &err), KMS_OK);
+	ck_assert_msg(apply(&cmd, &err) == KMS_OK, "%s", err.msg);
+	/* Twins: promoted already; a region it is not linked to. */
+	propose_and_approve(PID3, op_promote("us-east"));
+	ck_assert_int_eq(kms_keyring_proposal(kr, PID3, &p, &err), KMS_OK);
+	ck_assert_str_eq(kms_proposal_state_name(p, T0 + 3), "failed");
+	ck_assert_msg(strstr(p->result_message, "not linked as a secondary of region 'us-east'") !=
+			  NULL,
+		      "%s", p->result_message);
+	kms_keyring_proposal_free(p);
+	op_promote("Not A Region");
+	ck_assert_int_eq(kms_root_operation_check(&op, &err), KMS_ERR_INVALID);
+}
+END_TEST
+
 START_TEST(snapshot_keeps_the_quorum)
 {
 	uint8_t d[32], sig[64];
@@ -794,6 +885,7 @@ static Suite *quorum_suite(void)
 	tcase_add_test(sm, snapshot_keeps_the_quorum);
 	tcase_add_test(sm, link_region_is_recorded_when_approved);
 	tcase_add_test(sm, link_region_refusals);
+	tcase_add_test(sm, promote_region_rehomes_its_keys_and_raises_the_epoch);
 	tcase_add_test(sm, init_once);
 	tcase_add_test(sm, no_operators_no_proposals);
 	suite_add_tcase(s, sm);
