@@ -283,6 +283,11 @@ int kms_keyring_cmd_region_apply(const char *peer_region, uint64_t epoch,
  */
 int kms_keyring_cmd_fence_region(const char *peer_region, uint64_t epoch, int64_t now_unix,
 				 kms_buf *out, kms_err *err);
+/* The key a serialized command changes (1, its id in out), as the stream
+ * counts changes; 0 for other commands or bytes that do not parse. */
+int kms_keyring_command_key(const uint8_t *cmd, size_t len, char out[KMS_KEY_ID_MAX + 1]);
+/* 1 with its region_rev when key_id is a multi-region key homed here. */
+int kms_keyring_stream_rev(kms_keyring *kr, const char *key_id, uint64_t *rev);
 /* p: a pending proposal without approvals, its digest filled in. */
 int kms_keyring_cmd_propose(const Kms__V1__ProposalRecord *p, kms_buf *out, kms_err *err);
 int kms_keyring_cmd_approve(const char *proposal_id, const char *operator_name,

@@ -291,6 +291,7 @@ static void region_epoch(void *app, kms_call *call, const uint8_t *data, size_t 
 			resp.region = region;
 			resp.role = (char *)kms_region_role_name(links[i]->role);
 			resp.epoch = links[i]->epoch;
+			resp.cursor = links[i]->cursor;
 			kms_call_reply(call, &resp.base, 0);
 			rc = KMS_OK;
 			break;

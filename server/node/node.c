@@ -461,9 +461,46 @@ int kms_node_sync_read(kms_node *node, const char *principal, const char *key_id
 
 /* --- writes: to Raft on the leader, forwarded from a follower --- */
 
+/* A write to a multi-region key, answered once the sync secondaries hold it. */
+struct sync_hold {
+	kms_node *node;
+	kms_raft_done_fn done;
+	void *arg;
+	long deadline_ms;
+	char key_id[KMS_KEY_ID_MAX + 1];
+};
+
+static void sync_hold_done(void *arg, int status, const char *msg, uint64_t index)
+{
+	struct sync_hold *h = arg;
+	uint64_t rev;
+
+	if (status == KMS_OK && kms_keyring_stream_rev(h->node->kr, h->key_id, &rev))
+		kms_region_sync_hold(h->node->region_sync, rev, h->deadline_ms, h->done, h->arg,
+				     index);
+	else
+		h->done(h->arg, status, msg, index);
+	kms_free(h);
+}
+
 void kms_node_commit_deadline(kms_node *node, const char *principal, long deadline_ms,
 			      const uint8_t *cmd, size_t len, kms_raft_done_fn done, void *arg)
 {
+	/* Only with a sync link: the command is parsed for its key. */
+	if (kms_region_sync_acks(node->region_sync)) {
+		struct sync_hold *h = kms_calloc(1, sizeof(*h));
+
+		if (h != NULL && kms_keyring_command_key(cmd, len, h->key_id)) {
+			h->node = node;
+			h->done = done;
+			h->arg = arg;
+			h->deadline_ms = deadline_ms;
+			done = sync_hold_done;
+			arg = h;
+		} else {
+			kms_free(h);
+		}
+	}
 	if (kms_node_is_leader(node))
 		kms_raft_submit(node->raft, cmd, len, done, arg);
 	else

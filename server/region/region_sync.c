@@ -28,6 +28,11 @@
 
 /* How long a commit of pulled changes may take before the pull is retried. */
 #define COMMIT_TIMEOUT_MS 10000
+/* A sync secondary's cursor is asked with this deadline: one that is
+ * stopped must not hold the other links' work for long. */
+#define SYNC_ASK_TIMEOUT_MS 1000
+/* A held answer goes this long before the caller's deadline. */
+#define SYNC_ANSWER_MARGIN_MS 300
 /* A failure that repeats every pull is logged at most this often. */
 #define FAIL_LOG_EVERY_S 30
 
@@ -43,6 +48,16 @@ struct link_slot {
 	size_t next;
 	int64_t fail_logged;
 	int64_t epoch_asked; /* a primary's last look at the peer's epoch */
+};
+
+/* A write's answer held for the sync secondaries. */
+struct held {
+	struct held *next;
+	uint64_t rev;
+	int64_t until_ms; /* monotonic */
+	kms_raft_done_fn done;
+	void *arg;
+	uint64_t index;
 };
 
 struct kms_region_sync {
@@ -65,12 +80,63 @@ struct kms_region_sync {
 	 * its status. An answer may come after its wait gave up. */
 	uint64_t commit_seq, answered_seq;
 	int commit_status;
+	/* Sync mode: set each round from the links; the held answers (mu). */
+	atomic_int sync_primary, sync_secondary;
+	struct held *held;
 };
+
+static int64_t mono_ms(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+int kms_region_sync_acks(kms_region_sync *s)
+{
+	return s != NULL && atomic_load(&s->sync_primary);
+}
+
+void kms_region_sync_hold(kms_region_sync *s, uint64_t rev, long wait_ms, kms_raft_done_fn done,
+			  void *arg, uint64_t index)
+{
+	struct held *h = kms_calloc(1, sizeof(*h));
+
+	if (h == NULL) {
+		done(arg, KMS_ERR_NOMEM, "committed, but out of memory waiting for the sync "
+					 "secondaries",
+		     index);
+		return;
+	}
+	h->rev = rev;
+	/* Answered before the caller's own deadline, so that it learns why. */
+	wait_ms = wait_ms > SYNC_ANSWER_MARGIN_MS ? wait_ms - SYNC_ANSWER_MARGIN_MS : 0;
+	h->until_ms = mono_ms() + (wait_ms < KMS_REGION_SYNC_WAIT_MS ? wait_ms
+								    : KMS_REGION_SYNC_WAIT_MS);
+	h->done = done;
+	h->arg = arg;
+	h->index = index;
+	pthread_mutex_lock(&s->mu);
+	if (s->stop) {
+		pthread_mutex_unlock(&s->mu);
+		kms_free(h);
+		done(arg, KMS_ERR_UNAVAILABLE, "committed, but kmsd is stopping before the sync "
+					       "secondaries confirmed it",
+		     index);
+		return;
+	}
+	h->next = s->held;
+	s->held = h;
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->mu);
+}
 
 struct commit_wait {
 	kms_region_sync *s;
 	uint64_t seq;
 };
+
 
 static int64_t now_unix(void)
 {
@@ -495,6 +561,105 @@ static void watch_epoch(kms_region_sync *s, const Kms__V1__RegionLinkRecord *lin
 	protobuf_c_message_free_unpacked(&resp->base, NULL);
 }
 
+/*
+ * The held answers whose rev every sync secondary has committed, or whose
+ * time ran out. The cursors are asked now, of each sync secondary (one
+ * that cannot be reached has confirmed nothing).
+ */
+static void release_held(kms_region_sync *s, Kms__V1__RegionLinkRecord **links, size_t n,
+			 const char *region)
+{
+	Kms__V1__RegionEpochRequest req = KMS__V1__REGION_EPOCH_REQUEST__INIT;
+	uint64_t confirmed = UINT64_MAX;
+	char lagging[KMS_REGION_NAME_MAX + 1] = "";
+	struct held *ready = NULL, **pp, *h;
+	int64_t now = mono_ms();
+	kms_err err = {0};
+
+	pthread_mutex_lock(&s->mu);
+	h = s->held;
+	pthread_mutex_unlock(&s->mu);
+	if (h == NULL)
+		return;
+	req.region = (char *)region;
+	for (size_t i = 0; i < n; i++) {
+		Kms__V1__RegionEpochResponse *resp = NULL;
+		struct link_slot *l;
+		kms_rpc_status st = {0};
+		uint64_t c = 0;
+
+		if (links[i]->role != KMS__V1__REGION_ROLE__REGION_ROLE_PRIMARY ||
+		    links[i]->mode != KMS__V1__REGION_MODE__REGION_MODE_SYNC)
+			continue;
+		pthread_mutex_lock(&s->mu);
+		l = slot_for(s, links[i]->peer_region);
+		pthread_mutex_unlock(&s->mu);
+		if (l != NULL && channels(s, l, links[i], &err) == KMS_OK)
+			for (size_t k = 0; k < links[i]->n_peer_endpoints && resp == NULL; k++)
+				if (kms_peers_call(l->peers,
+						   links[i]->peer_endpoints[(l->next + k) %
+									    links[i]->n_peer_endpoints],
+						   0, "/kms.v1.Internal/RegionEpoch", &req.base,
+						   &kms__v1__region_epoch_response__descriptor,
+						   (ProtobufCMessage **)&resp, SYNC_ASK_TIMEOUT_MS,
+						   &st) != 0)
+					resp = NULL;
+		if (resp != NULL && resp->epoch == links[i]->epoch &&
+		    strcmp(resp->role, "secondary") == 0)
+			c = resp->cursor;
+		if (resp != NULL)
+			protobuf_c_message_free_unpacked(&resp->base, NULL);
+		if (c < confirmed) {
+			confirmed = c;
+			snprintf(lagging, sizeof(lagging), "%s", links[i]->peer_region);
+		}
+	}
+	pthread_mutex_lock(&s->mu);
+	for (pp = &s->held; (h = *pp) != NULL;) {
+		if (h->rev <= confirmed || now >= h->until_ms) {
+			*pp = h->next;
+			h->next = ready;
+			ready = h;
+		} else {
+			pp = &h->next;
+		}
+	}
+	pthread_mutex_unlock(&s->mu);
+	while ((h = ready) != NULL) {
+		char msg[256];
+
+		ready = h->next;
+		if (h->rev <= confirmed) {
+			h->done(h->arg, KMS_OK, NULL, h->index);
+		} else {
+			snprintf(msg, sizeof(msg),
+				 "the write is committed in region '%s', but its sync secondary '%s' "
+				 "has not confirmed it within %d ms (the secondary holds changes up to "
+				 "%llu, this one is %llu)",
+				 region, lagging, KMS_REGION_SYNC_WAIT_MS,
+				 (unsigned long long)confirmed, (unsigned long long)h->rev);
+			h->done(h->arg, KMS_ERR_UNAVAILABLE, msg, h->index);
+		}
+		kms_free(h);
+	}
+}
+
+static void sync_flags(kms_region_sync *s, Kms__V1__RegionLinkRecord **links, size_t n)
+{
+	int sp = 0, ss = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		int sync = links[i]->mode == KMS__V1__REGION_MODE__REGION_MODE_SYNC;
+
+		if (links[i]->role == KMS__V1__REGION_ROLE__REGION_ROLE_PRIMARY)
+			sp |= sync;
+		else
+			ss |= sync;
+	}
+	atomic_store(&s->sync_primary, sp);
+	atomic_store(&s->sync_secondary, ss);
+}
+
 /* One round over the links this region is a secondary of. */
 static int pull_round(kms_region_sync *s)
 {
@@ -507,11 +672,14 @@ static int pull_round(kms_region_sync *s)
 	if (kms_keyring_region_links(s->node->kr, &links, &n, NULL, &err) != KMS_OK)
 		return 0;
 	refresh_identities(s, links, n);
+	kms_keyring_region(s->node->kr, region);
+	sync_flags(s, links, n);
+	/* Every node: a write it answers may have come through it. */
+	release_held(s, links, n, region);
 	if (!kms_raft_ready(s->node->raft) || atomic_load(&s->node->domain_key) == 0) {
 		kms_keyring_region_links_free(links, n);
 		return 0;
 	}
-	kms_keyring_region(s->node->kr, region);
 	for (size_t i = 0; i < n; i++)
 		if (links[i]->role == KMS__V1__REGION_ROLE__REGION_ROLE_SECONDARY)
 			more |= pull_link(s, links[i], region);
@@ -536,7 +704,11 @@ static void *sync_main(void *arg)
 		if (more || s->stop)
 			continue;
 		clock_gettime(CLOCK_REALTIME, &until);
-		until.tv_nsec += KMS_REGION_PULL_INTERVAL_MS * 1000000L;
+		/* Sync mode: held answers and sync pulls wait on this loop. */
+		until.tv_nsec += (s->held != NULL || atomic_load(&s->sync_secondary)
+					  ? KMS_REGION_SYNC_POLL_MS
+					  : KMS_REGION_PULL_INTERVAL_MS) *
+				 1000000L;
 		if (until.tv_nsec >= 1000000000L) {
 			until.tv_sec++;
 			until.tv_nsec -= 1000000000L;
@@ -569,6 +741,8 @@ int kms_region_sync_start(kms_node *node, kms_region_sync **out, kms_err *err)
 
 void kms_region_sync_stop(kms_region_sync *s)
 {
+	struct held *held, *h;
+
 	if (s == NULL)
 		return;
 	pthread_mutex_lock(&s->mu);
@@ -582,7 +756,17 @@ void kms_region_sync_stop(kms_region_sync *s)
 	pthread_mutex_lock(&s->mu);
 	while (s->answered_seq != s->commit_seq)
 		pthread_cond_wait(&s->cond, &s->mu);
+	held = s->held;
+	s->held = NULL;
 	pthread_mutex_unlock(&s->mu);
+	while ((h = held) != NULL) {
+		held = h->next;
+		h->done(h->arg, KMS_ERR_UNAVAILABLE,
+			"the write is committed, but kmsd stopped before its sync secondaries "
+			"confirmed it",
+			h->index);
+		kms_free(h);
+	}
 	for (size_t i = 0; i < s->n; i++)
 		kms_peers_free(s->slots[i].peers);
 	if (s->priv != 0)

@@ -6,6 +6,7 @@
 
 #include "kms/error.h"
 #include "kms/region.h"
+#include "raft/raft_node.h"
 
 struct kms_node;
 typedef struct kms_region_sync kms_region_sync;
@@ -53,5 +54,27 @@ void kms_region_sync_info(kms_region_sync *s, const char *peer, kms_region_link_
 
 /* The primary's side: a pull from peer asked after after_rev. */
 void kms_region_sync_served(kms_region_sync *s, const char *peer, uint64_t after_rev);
+
+/*
+ * Sync mode: a write to a multi-region key homed here is answered only
+ * once every secondary linked in sync mode has committed it (its cursor,
+ * asked every KMS_REGION_SYNC_POLL_MS with RegionEpoch, reached the key's
+ * region_rev), or, at the latest, after KMS_REGION_SYNC_WAIT_MS: then
+ * UNAVAILABLE says that the write is committed here and which secondary
+ * has not confirmed it. A sync secondary pulls every
+ * KMS_REGION_SYNC_POLL_MS.
+ */
+#define KMS_REGION_SYNC_WAIT_MS 5000
+#define KMS_REGION_SYNC_POLL_MS 20
+
+/* 1 when this region is the primary of a secondary linked in sync mode. */
+int kms_region_sync_acks(kms_region_sync *s);
+/*
+ * Holds the answer of a committed write (done, arg, index as Raft gave
+ * them) until the sync secondaries hold rev, or wait_ms pass. done runs on
+ * the region thread (or on this one once the thread stopped).
+ */
+void kms_region_sync_hold(kms_region_sync *s, uint64_t rev, long wait_ms, kms_raft_done_fn done,
+			  void *arg, uint64_t index);
 
 #endif

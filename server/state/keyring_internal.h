@@ -243,6 +243,9 @@ void kr_links_free(Kms__V1__RegionLinkRecord **links, size_t n);
 /* An executed link-region proposal (no lock held). */
 int kr_exec_link_region(kms_keyring *kr, const Kms__V1__LinkRegionOperation *op,
 			const char *proposal_id, int64_t now, kms_err *err);
+/* The key a command changes, as the stream counts changes; NULL for the
+ * others (reserved encryptions are each region's own, not a change). */
+const char *kr_changed_key(const Kms__V1__Command *c);
 /* After a change to key_id is applied: a multi-region key homed here gets
  * the next region_rev, so that secondaries receive it (no lock held). */
 void kr_region_touch(kms_keyring *kr, const char *key_id);

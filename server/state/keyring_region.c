@@ -268,6 +268,33 @@ void kms_keyring_region_links_free(Kms__V1__RegionLinkRecord **links, size_t n)
 
 /* --- the stream: region_rev on the primary --- */
 
+/* The key a command changed, for the region stream; NULL for the others.
+ * Reserved encryptions are each region's own, and not a change. */
+const char *kr_changed_key(const Kms__V1__Command *c)
+{
+	switch (c->cmd_case) {
+	case KMS__V1__COMMAND__CMD_CREATE_KEY:
+		return c->create_key->key->key_id;
+	case KMS__V1__COMMAND__CMD_ROTATE_KEY:
+		return c->rotate_key->key_id;
+	case KMS__V1__COMMAND__CMD_SET_KEY_ENABLED:
+		return c->set_key_enabled->key_id;
+	case KMS__V1__COMMAND__CMD_SCHEDULE_KEY_DELETION:
+		return c->schedule_key_deletion->key_id;
+	case KMS__V1__COMMAND__CMD_CANCEL_KEY_DELETION:
+		return c->cancel_key_deletion->key_id;
+	case KMS__V1__COMMAND__CMD_DESTROY_KEY:
+		return c->destroy_key->key_id;
+	case KMS__V1__COMMAND__CMD_PUT_KEY_POLICY:
+		return c->put_key_policy->key_id;
+	case KMS__V1__COMMAND__CMD_SET_ROTATION_POLICY:
+		return c->set_rotation_policy->key_id;
+	default:
+		return NULL;
+	}
+}
+
+
 void kr_region_touch(kms_keyring *kr, const char *key_id)
 {
 	struct kr_entry *e;
@@ -690,4 +717,33 @@ int kms_keyring_cmd_fence_region(const char *peer_region, uint64_t epoch, int64_
 	c.cmd_case = KMS__V1__COMMAND__CMD_FENCE_REGION;
 	c.fence_region = &f;
 	return kr_command_pack(&c, out, err);
+}
+
+int kms_keyring_command_key(const uint8_t *cmd, size_t len, char out[KMS_KEY_ID_MAX + 1])
+{
+	struct pb_state st = {0};
+	ProtobufCAllocator a = {.alloc = kr_pb_alloc, .free = kr_pb_free, .allocator_data = &st};
+	Kms__V1__Command *c = kms__v1__command__unpack(&a, len, cmd);
+	const char *id = c != NULL ? kr_changed_key(c) : NULL;
+	int found = id != NULL && strlen(id) <= KMS_KEY_ID_MAX;
+
+	if (found)
+		memcpy(out, id, strlen(id) + 1);
+	if (c != NULL)
+		kr_pb_message_free(&c->base);
+	return found;
+}
+
+int kms_keyring_stream_rev(kms_keyring *kr, const char *key_id, uint64_t *rev)
+{
+	struct kr_entry *e;
+	int homed;
+
+	pthread_rwlock_rdlock(&kr->lock);
+	e = kr_find_entry(kr, key_id);
+	homed = e != NULL && e->rec->multi_region && strcmp(e->rec->home_region, kr->region) == 0;
+	if (homed)
+		*rev = e->rec->region_rev;
+	pthread_rwlock_unlock(&kr->lock);
+	return homed;
 }

@@ -441,32 +441,6 @@ static int run_command(kms_keyring *kr, const Kms__V1__Command *c, int dry, kms_
 	}
 }
 
-/* The key a command changed, for the region stream; NULL for the others.
- * Reserved encryptions are each region's own, and not a change. */
-static const char *changed_key(const Kms__V1__Command *c)
-{
-	switch (c->cmd_case) {
-	case KMS__V1__COMMAND__CMD_CREATE_KEY:
-		return c->create_key->key->key_id;
-	case KMS__V1__COMMAND__CMD_ROTATE_KEY:
-		return c->rotate_key->key_id;
-	case KMS__V1__COMMAND__CMD_SET_KEY_ENABLED:
-		return c->set_key_enabled->key_id;
-	case KMS__V1__COMMAND__CMD_SCHEDULE_KEY_DELETION:
-		return c->schedule_key_deletion->key_id;
-	case KMS__V1__COMMAND__CMD_CANCEL_KEY_DELETION:
-		return c->cancel_key_deletion->key_id;
-	case KMS__V1__COMMAND__CMD_DESTROY_KEY:
-		return c->destroy_key->key_id;
-	case KMS__V1__COMMAND__CMD_PUT_KEY_POLICY:
-		return c->put_key_policy->key_id;
-	case KMS__V1__COMMAND__CMD_SET_ROTATION_POLICY:
-		return c->set_rotation_policy->key_id;
-	default:
-		return NULL;
-	}
-}
-
 static int parse_and_run(kms_keyring *kr, const uint8_t *cmd, size_t len, int dry,
 			 kms_err *err)
 {
@@ -487,7 +461,7 @@ static int parse_and_run(kms_keyring *kr, const uint8_t *cmd, size_t len, int dr
 			      : "command is not a valid kms.v1.Command");
 	rc = run_command(kr, c, dry, err);
 	if (rc == KMS_OK && !dry)
-		kr_region_touch(kr, changed_key(c));
+		kr_region_touch(kr, kr_changed_key(c));
 	kr_pb_message_free(&c->base);
 	return rc;
 }

@@ -17,11 +17,12 @@
  * 200 ms; this only bounds a failing test. */
 #define REACH_MS 20000
 
-static kms_test_env env_a, env_b;
-static kms_test_node a, b; /* region-a (primary), region-b (secondary) */
+static kms_test_env env_a, env_b, env_c;
+/* region-a (primary), region-b (its async secondary), region-c (its sync one) */
+static kms_test_node a, b, c;
 
 static void link_half(kms_test_node *self, kms_test_node *peer, const char *peer_name,
-		      Kms__V1__RegionRole role)
+		      Kms__V1__RegionRole role, Kms__V1__RegionMode mode)
 {
 	Kms__V1__RootOperation op = KMS__V1__ROOT_OPERATION__INIT;
 	Kms__V1__LinkRegionOperation lr = KMS__V1__LINK_REGION_OPERATION__INIT;
@@ -35,7 +36,7 @@ static void link_half(kms_test_node *self, kms_test_node *peer, const char *peer
 	ca = kms_test_read_file(path, &len);
 	lr.peer_region = (char *)peer_name;
 	lr.role = role;
-	lr.mode = KMS__V1__REGION_MODE__REGION_MODE_ASYNC;
+	lr.mode = mode;
 	lr.peer_endpoints = eps;
 	lr.n_peer_endpoints = 1;
 	lr.peer_trust_domain = KMS_TEST_TD;
@@ -54,8 +55,15 @@ static void regions_up(void)
 {
 	kms_test_cluster_up(&env_a, &a, 1, "--region region-a");
 	kms_test_cluster_up(&env_b, &b, 1, "--region region-b");
-	link_half(&a, &b, "region-b", KMS__V1__REGION_ROLE__REGION_ROLE_PRIMARY);
-	link_half(&b, &a, "region-a", KMS__V1__REGION_ROLE__REGION_ROLE_SECONDARY);
+	kms_test_cluster_up(&env_c, &c, 1, "--region region-c");
+	link_half(&a, &b, "region-b", KMS__V1__REGION_ROLE__REGION_ROLE_PRIMARY,
+		  KMS__V1__REGION_MODE__REGION_MODE_ASYNC);
+	link_half(&b, &a, "region-a", KMS__V1__REGION_ROLE__REGION_ROLE_SECONDARY,
+		  KMS__V1__REGION_MODE__REGION_MODE_ASYNC);
+	link_half(&a, &c, "region-c", KMS__V1__REGION_ROLE__REGION_ROLE_PRIMARY,
+		  KMS__V1__REGION_MODE__REGION_MODE_SYNC);
+	link_half(&c, &a, "region-a", KMS__V1__REGION_ROLE__REGION_ROLE_SECONDARY,
+		  KMS__V1__REGION_MODE__REGION_MODE_SYNC);
 }
 
 static void regions_down(void)
@@ -64,18 +72,21 @@ static void regions_down(void)
 		kms_test_node_signal(&a, SIGTERM);
 	if (b.pid > 0)
 		kms_test_node_signal(&b, SIGTERM);
+	if (c.pid > 0)
+		kms_test_node_signal(&c, SIGTERM);
 	kms_test_env_destroy(&env_a);
 	kms_test_env_destroy(&env_b);
+	kms_test_env_destroy(&env_c);
 }
 
 static void create(kms_test_node *n, const char *id, int multi_region)
 {
-	kms_client *c = kms_test_client(n, "admin");
+	kms_client *admin = kms_test_client(n, "admin");
 	kms_rpc_status st;
 
-	ck_assert_msg(kms_test_create_key_scope(c, id, KMS_TEST_APP, multi_region, &st) == 0, "%s",
-		      st.details);
-	kms_client_close(c);
+	ck_assert_msg(kms_test_create_key_scope(admin, id, KMS_TEST_APP, multi_region, &st) == 0,
+		      "%s", st.details);
+	kms_client_close(admin);
 }
 
 /* A key the app may re-encrypt from and to, besides the usual calls. */
@@ -299,10 +310,12 @@ START_TEST(region_status_shows_the_link_and_no_lag)
 	ck_assert_msg(r != NULL, "%s", st.details);
 	ck_assert_str_eq(r->region, "region-a");
 	ck_assert_uint_ge(r->region_rev, 1);
-	ck_assert_uint_eq(r->n_links, 1);
+	ck_assert_uint_eq(r->n_links, 2);
 	ck_assert_str_eq(r->links[0]->peer_region, "region-b");
 	ck_assert_str_eq(r->links[0]->role, "primary");
 	ck_assert_str_eq(r->links[0]->mode, "async");
+	ck_assert_str_eq(r->links[1]->peer_region, "region-c");
+	ck_assert_str_eq(r->links[1]->mode, "sync");
 	protobuf_c_message_free_unpacked(&r->base, NULL);
 	for (until = kms_test_now_ms() + REACH_MS;; kms_test_sleep_ms(100)) {
 		r = region_status(&b, "admin", &st);
@@ -323,23 +336,87 @@ START_TEST(region_status_shows_the_link_and_no_lag)
 }
 END_TEST
 
-/* Waits until n's link says role at epoch. */
-static void wait_link(kms_test_node *n, const char *role, uint64_t epoch)
+/* Sync mode: CreateKey and RotateKey in region-a answer once region-c has them. */
+START_TEST(a_sync_write_is_in_the_sync_secondary_when_it_is_answered)
+{
+	Kms__V1__RotateKeyRequest rot = KMS__V1__ROTATE_KEY_REQUEST__INIT;
+	ProtobufCMessage *r = NULL;
+	Kms__V1__KeyMetadata *md;
+	kms_rpc_status st;
+	char id[32];
+
+	for (int i = 0; i < 5; i++) {
+		snprintf(id, sizeof(id), "sync-%d", i);
+		create(&a, id, 1);
+		md = kms_test_describe(&c, "admin", id, &st);
+		ck_assert_msg(md != NULL, "region-c lacks %s when CreateKey answered: %s", id,
+			      st.details);
+		protobuf_c_message_free_unpacked(&md->base, NULL);
+	}
+	rot.key_id = "sync-0";
+	ck_assert_msg(kms_test_call(&a, "admin", KM "RotateKey", &rot.base,
+				    &kms__v1__rotate_key_response__descriptor, &r, &st) == 0,
+		      "%s", st.details);
+	protobuf_c_message_free_unpacked(r, NULL);
+	md = kms_test_describe(&c, "admin", "sync-0", &st);
+	ck_assert_ptr_nonnull(md);
+	ck_assert_uint_eq(md->n_versions, 2);
+	protobuf_c_message_free_unpacked(&md->base, NULL);
+}
+END_TEST
+
+/* Its twin: the sync secondary is stopped; the write is committed in
+ * region-a but answered UNAVAILABLE naming region-c, and region-c has it
+ * once it runs again. */
+START_TEST(a_sync_write_without_its_secondary_says_so)
+{
+	kms_client *admin = kms_test_client_with(&a, "admin", NULL, 15000);
+	Kms__V1__KeyMetadata *md;
+	kms_rpc_status st;
+	long t0;
+
+	ck_assert_int_eq(kill(c.pid, SIGSTOP), 0);
+	t0 = kms_test_now_ms();
+	ck_assert_int_ne(kms_test_create_key_scope(admin, "sync-unconfirmed", KMS_TEST_APP, 1, &st),
+			 0);
+	ck_assert_int_eq(kill(c.pid, SIGCONT), 0);
+	kms_client_close(admin);
+	KMS_TEST_ASSERT_STATUS(st, 14, "sync secondary 'region-c' has not confirmed it");
+	ck_assert_int_ge(kms_test_now_ms() - t0, 4000);
+	md = kms_test_describe(&a, "admin", "sync-unconfirmed", &st);
+	ck_assert_msg(md != NULL, "committed in region-a: %s", st.details);
+	protobuf_c_message_free_unpacked(&md->base, NULL);
+	md = wait_key(&c, "sync-unconfirmed", 1);
+	protobuf_c_message_free_unpacked(&md->base, NULL);
+	/* And sync writes are answered at once again. */
+	create(&a, "sync-after", 1);
+	md = kms_test_describe(&c, "admin", "sync-after", &st);
+	ck_assert_msg(md != NULL, "%s", st.details);
+	protobuf_c_message_free_unpacked(&md->base, NULL);
+}
+END_TEST
+
+/* Waits until n's link to peer says role at epoch. */
+static void wait_link(kms_test_node *n, const char *peer, const char *role, uint64_t epoch)
 {
 	Kms__V1__RegionStatusResponse *r;
 	kms_rpc_status st;
 	long until = kms_test_now_ms() + REACH_MS;
 
 	for (;; kms_test_sleep_ms(100)) {
+		const Kms__V1__RegionLinkStatus *l = NULL;
+
 		r = region_status(n, "admin", &st);
 		ck_assert_msg(r != NULL, "%s", st.details);
-		ck_assert_uint_eq(r->n_links, 1);
-		if (strcmp(r->links[0]->role, role) == 0 && r->links[0]->epoch == epoch)
+		for (size_t i = 0; i < r->n_links; i++)
+			if (strcmp(r->links[i]->peer_region, peer) == 0)
+				l = r->links[i];
+		ck_assert_ptr_nonnull(l);
+		if (strcmp(l->role, role) == 0 && l->epoch == epoch)
 			break;
-		ck_assert_msg(kms_test_now_ms() < until, "%s's link is %s at epoch %llu, not %s at "
-			      "%llu; see %s", r->region, r->links[0]->role,
-			      (unsigned long long)r->links[0]->epoch, role, (unsigned long long)epoch,
-			      n->log);
+		ck_assert_msg(kms_test_now_ms() < until, "%s's link to %s is %s at epoch %llu, not "
+			      "%s at %llu; see %s", r->region, peer, l->role,
+			      (unsigned long long)l->epoch, role, (unsigned long long)epoch, n->log);
 		protobuf_c_message_free_unpacked(&r->base, NULL);
 	}
 	protobuf_c_message_free_unpacked(&r->base, NULL);
@@ -370,7 +447,7 @@ START_TEST(promotion_needs_the_quorum_and_fences_the_old_primary)
 				       &kms__v1__promote_region_response__descriptor, &r, &st),
 			 0);
 	KMS_TEST_ASSERT_STATUS(st, 9, "kmsctl region promote");
-	wait_link(&b, "secondary", 1);
+	wait_link(&b, "region-a", "secondary", 1);
 	pr.peer_region = "region-a";
 	op.op_case = KMS__V1__ROOT_OPERATION__OP_PROMOTE_REGION;
 	op.promote_region = &pr;
@@ -379,7 +456,7 @@ START_TEST(promotion_needs_the_quorum_and_fences_the_old_primary)
 	ck_assert_msg(strcmp(p->state, "executed") == 0, "promote-region %s: %s", p->state,
 		      p->result);
 	protobuf_c_message_free_unpacked(&p->base, NULL);
-	wait_link(&b, "primary", 2);
+	wait_link(&b, "region-a", "primary", 2);
 	/* region-b changes the key now. */
 	rot.key_id = "taken-over";
 	ck_assert_msg(kms_test_call(&b, "admin", KM "RotateKey", &rot.base,
@@ -389,7 +466,7 @@ START_TEST(promotion_needs_the_quorum_and_fences_the_old_primary)
 	ck_assert_int_eq(kms_test_make_blob(&b, "app", "taken-over", &in_b, &st), 0);
 	ck_assert_uint_eq(in_b.version, 2);
 	/* region-a learns the epoch, fences itself and follows region-b. */
-	wait_link(&a, "secondary", 2);
+	wait_link(&a, "region-b", "secondary", 2);
 	ck_assert_int_ne(kms_test_call(&a, "admin", KM "RotateKey", &rot.base,
 				       &kms__v1__rotate_key_response__descriptor, &r, &st),
 			 0);
@@ -470,6 +547,8 @@ static Suite *region_suite(void)
 	tcase_add_test(tc, reencrypt_moves_blobs_to_a_regional_key_of_the_secondary);
 	tcase_add_test(tc, a_disabled_key_is_disabled_in_the_secondary_too);
 	tcase_add_test(tc, region_status_shows_the_link_and_no_lag);
+	tcase_add_test(tc, a_sync_write_is_in_the_sync_secondary_when_it_is_answered);
+	tcase_add_test(tc, a_sync_write_without_its_secondary_says_so);
 	tcase_add_test(tc, region_calls_refuse_everyone_else);
 	tcase_add_test(tc, promotion_needs_the_quorum_and_fences_the_old_primary);
 	tcase_add_test(tc, malformed_link_region_is_refused_at_proposal);
