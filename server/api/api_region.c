@@ -159,6 +159,8 @@ static void region_pull(void *app, kms_call *call, const uint8_t *data, size_t l
 	Kms__V1__RegionLinkRecord **links = NULL;
 	const Kms__V1__RegionLinkRecord *link;
 	Kms__V1__KeyRecord **keys = NULL;
+	Kms__V1__AliasRecord **aliases = NULL;
+	size_t n_aliases = 0;
 	const char *peer = kms_call_peer_region(call);
 	char region[KMS_REGION_NAME_MAX + 1];
 	kms_buf carrier = {0};
@@ -206,8 +208,13 @@ static void region_pull(void *app, kms_call *call, const uint8_t *data, size_t l
 								   : KMS_REGION_APPLY_MAX,
 						&keys, &n, &head, &err),
 		     out);
-	if (n > 0)
+	if (n > 0) {
 		KMS_TRY_GOTO(rc, export_keys(node, req, keys, n, &carrier, &err), out);
+		KMS_TRY_GOTO(rc,
+			     kms_keyring_aliases_of_keys(node->kr, keys, n, &aliases, &n_aliases,
+							 &err),
+			     out);
+	}
 	kms_keyring_region(node->kr, region);
 	resp.region = region;
 	resp.epoch = link->epoch;
@@ -217,6 +224,8 @@ static void region_pull(void *app, kms_call *call, const uint8_t *data, size_t l
 	resp.wrapped_carrier.len = carrier.len;
 	resp.keys = keys;
 	resp.n_keys = n;
+	resp.aliases = aliases;
+	resp.n_aliases = n_aliases;
 	/*
 	 * A full page ends at its last key; a short one held every key changed
 	 * after the cursor, so everything up to the head is sent (a rev not
@@ -231,6 +240,7 @@ out:
 	if (rc != KMS_OK)
 		kms_call_fail(call, rc, err.msg);
 	kms_keyring_records_free(keys, n);
+	kms_keyring_aliases_free(aliases, n_aliases);
 	kms_keyring_region_links_free(links, n_links);
 	kms_buf_free(&carrier);
 	kms__v1__region_pull_request__free_unpacked(req, NULL);

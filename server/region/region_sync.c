@@ -434,6 +434,7 @@ static int pull_link(kms_region_sync *s, const Kms__V1__RegionLinkRecord *link,
 	kms_dk_current(s->node, &dk, &gen);
 	if (import_keys(s, resp, dk, &err) != KMS_OK ||
 	    kms_keyring_cmd_region_apply(link->peer_region, link->epoch, resp->keys, resp->n_keys,
+					 resp->aliases, resp->n_aliases,
 					 resp->next_rev, resp->head_rev, now_unix(), gen, &cmd,
 					 &err) != KMS_OK ||
 	    commit(s, &cmd, &err) != KMS_OK) {

@@ -234,6 +234,40 @@ START_TEST(the_secondary_refuses_writes_naming_its_primary)
 }
 END_TEST
 
+/* Aliases of a multi-region key travel with it; the secondary uses them. */
+START_TEST(an_alias_reaches_the_secondary_with_its_key)
+{
+	Kms__V1__CreateAliasRequest req = KMS__V1__CREATE_ALIAS_REQUEST__INIT;
+	Kms__V1__UpdateAliasRequest upd = KMS__V1__UPDATE_ALIAS_REQUEST__INIT;
+	ProtobufCMessage *r = NULL;
+	kms_test_blob blob;
+	kms_rpc_status st;
+	long until;
+
+	create(&a, "aliased", 1);
+	req.alias_name = "alias/billing";
+	req.key_id = "aliased";
+	ck_assert_msg(kms_test_call(&a, "admin", KM "CreateAlias", &req.base,
+				    &kms__v1__create_alias_response__descriptor, &r, &st) == 0,
+		      "%s", st.details);
+	protobuf_c_message_free_unpacked(r, NULL);
+	for (until = kms_test_now_ms() + REACH_MS;; kms_test_sleep_ms(100)) {
+		if (kms_test_make_blob(&b, "app", "alias/billing", &blob, &st) == 0)
+			break;
+		ck_assert_msg(kms_test_now_ms() < until, "alias/billing not usable in region-b: %s",
+			      st.details);
+	}
+	ck_assert_msg(kms_test_blob_decrypts(&a, "app", &blob, &st), "%s", st.details);
+	/* Twin: the secondary may not move it. */
+	upd.alias_name = "alias/billing";
+	upd.key_id = "local-b";
+	ck_assert_int_ne(kms_test_call(&b, "admin", KM "UpdateAlias", &upd.base,
+				       &kms__v1__update_alias_response__descriptor, &r, &st),
+			 0);
+	KMS_TEST_ASSERT_STATUS(st, 9, "primary region 'region-a'");
+}
+END_TEST
+
 /* A region's data leaves a key another region also holds (issue #7). */
 START_TEST(reencrypt_moves_blobs_to_a_regional_key_of_the_secondary)
 {
@@ -544,6 +578,7 @@ static Suite *region_suite(void)
 	tcase_add_test(tc, a_multi_region_key_reaches_the_secondary_and_blobs_cross);
 	tcase_add_test(tc, a_rotation_reaches_the_secondary);
 	tcase_add_test(tc, the_secondary_refuses_writes_naming_its_primary);
+	tcase_add_test(tc, an_alias_reaches_the_secondary_with_its_key);
 	tcase_add_test(tc, reencrypt_moves_blobs_to_a_regional_key_of_the_secondary);
 	tcase_add_test(tc, a_disabled_key_is_disabled_in_the_secondary_too);
 	tcase_add_test(tc, region_status_shows_the_link_and_no_lag);
