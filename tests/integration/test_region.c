@@ -367,6 +367,27 @@ START_TEST(region_status_shows_the_link_and_no_lag)
 	ck_assert_int_eq(r->links[0]->lag_seconds, 0);
 	ck_assert_uint_eq(r->links[0]->cursor, r->links[0]->peer_head);
 	protobuf_c_message_free_unpacked(&r->base, NULL);
+	/* kmsctl health shows the lag to an administrator, not to the app. */
+	{
+		char out[1024];
+
+		ck_assert_int_eq(kms_test_sh_output(out, sizeof(out),
+						    "'%s/kmsctl' --endpoint %s --ca '%s/node-ca.pem' "
+						    "--cert '%s/admin.pem' --key '%s/admin.key' health",
+						    kms_test_builddir(), b.endpoint, env_b.pki, env_b.pki,
+						    env_b.pki),
+				 0);
+		ck_assert_msg(strstr(out, "status: SERVING") != NULL &&
+				  strstr(out, "region-a 0 0") != NULL,
+			      "%s", out);
+		ck_assert_int_eq(kms_test_sh_output(out, sizeof(out),
+						    "'%s/kmsctl' --endpoint %s --ca '%s/node-ca.pem' "
+						    "--cert '%s/app.pem' --key '%s/app.key' health",
+						    kms_test_builddir(), b.endpoint, env_b.pki, env_b.pki,
+						    env_b.pki),
+				 0);
+		ck_assert_msg(strstr(out, "region-a") == NULL, "%s", out);
+	}
 }
 END_TEST
 
