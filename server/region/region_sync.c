@@ -497,17 +497,17 @@ static void refresh_identities(kms_region_sync *s, Kms__V1__RegionLinkRecord **l
 	}
 	pem.data[pem.len] = '\0';
 	if (kms_authn_set_regions(s->node->authn, r, n, &err) != KMS_OK ||
-	    kms_rpc_server_set_extra_roots(s->node->rpc, (const char *)pem.data, &err) != KMS_OK) {
-		/* The state checked each link; tried again next round. */
-		KMS_LOG_E("region: the linked regions' node identities: %s", err.msg);
-	} else {
-		memcpy(s->idents_sha256, sha, sizeof(sha));
-		s->idents_set = 1;
-		if (n > 0)
-			KMS_LOG_I("region: the nodes of %zu linked region(s) are known by their node "
-				  "CAs",
-				  n);
-	}
+	    kms_rpc_server_set_extra_roots(s->node->rpc, (const char *)pem.data, &err) != KMS_OK)
+		/* Until the links change (a CA this node cannot tell from its
+		 * own, say): logged once, and the set before stays in force. */
+		KMS_LOG_E("region: the linked regions' node identities are refused, and the "
+			  "links' peers cannot call this node: %s",
+			  err.msg);
+	else if (n > 0)
+		KMS_LOG_I("region: the nodes of %zu linked region(s) are known by their node CAs",
+			  n);
+	memcpy(s->idents_sha256, sha, sizeof(sha));
+	s->idents_set = 1;
 	kms_buf_free(&pem);
 }
 

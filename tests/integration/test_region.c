@@ -583,9 +583,22 @@ START_TEST(malformed_link_region_is_refused_at_proposal)
 	op.link_region = &lr;
 	ck_assert_ptr_null(kms_test_propose(&a, "admin", &op, 0, &st));
 	KMS_TEST_ASSERT_STATUS(st, 3, "region name 'Region C'");
-	lr.peer_region = "region-c";
+	lr.peer_region = "region-d";
 	ck_assert_ptr_null(kms_test_propose(&a, "admin", &op, 0, &st));
 	KMS_TEST_ASSERT_STATUS(st, 3, "no PEM certificate");
+	/* A peer named by this region's own node CA: its nodes could pass for ours. */
+	{
+		char path[PATH_MAX], *ca;
+		size_t len;
+
+		KMS_TEST_PATH(path, "%s/node-ca.pem", env_a.pki);
+		ca = kms_test_read_file(path, &len);
+		lr.peer_node_ca_pem.data = (uint8_t *)ca;
+		lr.peer_node_ca_pem.len = len;
+		ck_assert_ptr_null(kms_test_propose(&a, "admin", &op, 0, &st));
+		KMS_TEST_ASSERT_STATUS(st, 3, "this region's own node CA");
+		kms_free(ca);
+	}
 }
 END_TEST
 
