@@ -538,14 +538,15 @@ static void watch_epoch(kms_region_sync *s, const Kms__V1__RegionLinkRecord *lin
 		return;
 	}
 	req.region = (char *)region;
-	for (size_t k = 0; k < link->n_peer_endpoints && resp == NULL; k++)
-		if (kms_peers_call(l->peers, link->peer_endpoints[(l->next + k) %
-								link->n_peer_endpoints],
-				   0, "/kms.v1.Internal/RegionEpoch", &req.base,
-				   &kms__v1__region_epoch_response__descriptor,
-				   (ProtobufCMessage **)&resp, KMS_REGION_PULL_TIMEOUT_MS, &st) != 0)
-			resp = NULL;
-	if (resp == NULL)
+	/*
+	 * One endpoint a look, the next one the next second, with a short
+	 * deadline: a secondary that is down must not hold this thread's other
+	 * work (the sync answers) for long.
+	 */
+	if (kms_peers_call(l->peers, link->peer_endpoints[l->next++ % link->n_peer_endpoints], 0,
+			   "/kms.v1.Internal/RegionEpoch", &req.base,
+			   &kms__v1__region_epoch_response__descriptor, (ProtobufCMessage **)&resp,
+			   SYNC_ASK_TIMEOUT_MS, &st) != 0)
 		return; /* A secondary that cannot be reached promoted nothing we know of. */
 	if (strcmp(resp->role, "primary") == 0 && resp->epoch > link->epoch) {
 		KMS_LOG_W("region: region '%s' was promoted (epoch %llu): this region becomes its "
@@ -595,16 +596,16 @@ static void release_held(kms_region_sync *s, Kms__V1__RegionLinkRecord **links, 
 		pthread_mutex_lock(&s->mu);
 		l = slot_for(s, links[i]->peer_region);
 		pthread_mutex_unlock(&s->mu);
-		if (l != NULL && channels(s, l, links[i], &err) == KMS_OK)
-			for (size_t k = 0; k < links[i]->n_peer_endpoints && resp == NULL; k++)
-				if (kms_peers_call(l->peers,
-						   links[i]->peer_endpoints[(l->next + k) %
-									    links[i]->n_peer_endpoints],
-						   0, "/kms.v1.Internal/RegionEpoch", &req.base,
-						   &kms__v1__region_epoch_response__descriptor,
-						   (ProtobufCMessage **)&resp, SYNC_ASK_TIMEOUT_MS,
-						   &st) != 0)
-					resp = NULL;
+		/* The endpoint that answered last; another one next round if not. */
+		if (l != NULL && channels(s, l, links[i], &err) == KMS_OK &&
+		    kms_peers_call(l->peers,
+				   links[i]->peer_endpoints[l->next % links[i]->n_peer_endpoints], 0,
+				   "/kms.v1.Internal/RegionEpoch", &req.base,
+				   &kms__v1__region_epoch_response__descriptor,
+				   (ProtobufCMessage **)&resp, SYNC_ASK_TIMEOUT_MS, &st) != 0) {
+			resp = NULL;
+			l->next++;
+		}
 		if (resp != NULL && resp->epoch == links[i]->epoch &&
 		    strcmp(resp->role, "secondary") == 0)
 			c = resp->cursor;

@@ -545,6 +545,36 @@ START_TEST(every_kind_of_key_change_reaches_the_secondary)
 }
 END_TEST
 
+/* A secondary that hangs (SIGSTOP, every node) holds no one else's writes:
+ * sync writes to region-c are still confirmed. */
+START_TEST(a_stopped_async_secondary_does_not_hold_sync_writes)
+{
+	/* Through the leader: its region thread is the one that asks region-b. */
+	int leader = kms_test_leader_index(na, N_NODES);
+	kms_client *admin = kms_test_client_with(&na[leader >= 0 ? leader : 0], "admin", NULL,
+						 15000);
+	Kms__V1__KeyMetadata *md;
+	kms_rpc_status st;
+	char id[32];
+
+	for (int i = 0; i < N_NODES; i++)
+		ck_assert_int_eq(kill(nb[i].pid, SIGSTOP), 0);
+	for (int i = 0; i < 3; i++) {
+		snprintf(id, sizeof(id), "b-stopped-%d", i);
+		ck_assert_msg(kms_test_create_key_scope(admin, id, KMS_TEST_APP, 1, &st) == 0,
+			      "%s: %s", id, st.details);
+		md = kms_test_describe(&c, "admin", id, &st);
+		ck_assert_msg(md != NULL, "%s", st.details);
+		protobuf_c_message_free_unpacked(&md->base, NULL);
+	}
+	for (int i = 0; i < N_NODES; i++)
+		ck_assert_int_eq(kill(nb[i].pid, SIGCONT), 0);
+	kms_client_close(admin);
+	md = wait_key(&b, "b-stopped-2", 1);
+	protobuf_c_message_free_unpacked(&md->base, NULL);
+}
+END_TEST
+
 /* Its twins of failure: the secondary down, the primary's leader killed. */
 START_TEST(a_secondary_killed_and_brought_back_catches_up)
 {
@@ -773,6 +803,7 @@ static Suite *region_suite(void)
 	tcase_add_test(tc, a_sync_write_is_in_the_sync_secondary_when_it_is_answered);
 	tcase_add_test(tc, a_sync_write_without_its_secondary_says_so);
 	tcase_add_test(tc, every_kind_of_key_change_reaches_the_secondary);
+	tcase_add_test(tc, a_stopped_async_secondary_does_not_hold_sync_writes);
 	tcase_add_test(tc, a_secondary_killed_and_brought_back_catches_up);
 	tcase_add_test(tc, the_primary_leader_killed_mid_stream);
 	tcase_add_test(tc, region_calls_refuse_everyone_else);
