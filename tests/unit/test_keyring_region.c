@@ -598,6 +598,28 @@ START_TEST(region_apply_adds_and_replaces_keys)
 }
 END_TEST
 
+/* The upkeep of a secondary's leader leaves a replicated key to its home:
+ * no rotation due there, whatever its policy says. */
+START_TEST(upkeep_leaves_replicated_keys_to_their_home)
+{
+	Kms__V1__KeyRecord **recs;
+	uint64_t head = 0;
+	size_t n = 0, due = 9;
+	char **ids = NULL;
+	kms_err err = {0};
+
+	link_to_us_east(KMS__V1__REGION_ROLE__REGION_ROLE_SECONDARY);
+	recs = pulled_from_us_east(&n, &head);
+	recs[0]->rotation_period_seconds = 60;
+	ck_assert_int_eq(region_apply(recs, n, 1, head, 1, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_due_rotations(kr, NOW + 86400, 900, 16, &ids, &due, &err),
+			 KMS_OK);
+	ck_assert_uint_eq(due, 0);
+	kms_keyring_ids_free(ids, due);
+	kms_keyring_records_free(recs, n);
+}
+END_TEST
+
 START_TEST(region_apply_refusals_change_nothing)
 {
 	Kms__V1__KeyRecord **recs;
@@ -835,6 +857,7 @@ static Suite *region_suite(void)
 	tcase_add_test(tc, changes_of_multi_region_keys_get_a_region_rev);
 	tcase_add_test(tc, region_apply_adds_and_replaces_keys);
 	tcase_add_test(tc, region_apply_refusals_change_nothing);
+	tcase_add_test(tc, upkeep_leaves_replicated_keys_to_their_home);
 	tcase_add_test(tc, a_fenced_primary_becomes_a_secondary);
 	tcase_add_test(tc, aliases_travel_with_their_key);
 	suite_add_tcase(s, tc);
