@@ -1,5 +1,7 @@
 /* test_region.c - two regions of real kmsd nodes, each with its own PKI, SoftHSM token and domain key, linked by quorum: multi-region keys reach the secondary, blobs cross both ways, the secondary refuses writes naming its primary, and the region calls refuse everyone else. */
 #include <check.h>
+#include <limits.h>
+#include <openssl/evp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -309,6 +311,46 @@ START_TEST(reencrypt_moves_blobs_to_a_regional_key_of_the_secondary)
 	 * caller may not use and one that does not exist answer alike). */
 	ck_assert(!kms_test_blob_decrypts(&a, "app", &moved, &st));
 	KMS_TEST_ASSERT_STATUS(st, 7, "key 'eu-only'");
+	/* The same in bulk: kmsctl rewrap in region-b. */
+	{
+		char in[PATH_MAX], outp[PATH_MAX], ct64[1024], pt64[64], out[1024], *p, *e;
+		char cmd_base[2 * PATH_MAX];
+		FILE *f;
+
+		ck_assert_int_gt(EVP_EncodeBlock((unsigned char *)ct64, blob.ct, (int)blob.ct_len),
+				 0);
+		ck_assert_int_gt(EVP_EncodeBlock((unsigned char *)pt64, blob.pt, 32), 0);
+		KMS_TEST_PATH(in, "%s/rewrap.in", env_b.root);
+		KMS_TEST_PATH(outp, "%s/rewrap.out", env_b.root);
+		f = fopen(in, "w");
+		ck_assert_ptr_nonnull(f);
+		fprintf(f, "{\"blob\": \"%s\"}\n", ct64);
+		fclose(f);
+		KMS_TEST_PATH(cmd_base,
+			      "'%s/kmsctl' --endpoint %s --ca '%s/node-ca.pem' --cert '%s/app.pem' "
+			      "--key '%s/app.key'",
+			      kms_test_builddir(), b.endpoint, env_b.pki, env_b.pki, env_b.pki);
+		ck_assert_msg(kms_test_sh_output(out, sizeof(out),
+						 "%s rewrap --in '%s' --out '%s' --to eu-only",
+						 cmd_base, in, outp) == 0,
+			      "%s", out);
+		ck_assert_int_eq(kms_test_sh_output(out, sizeof(out), "cat '%s'", outp), 0);
+		p = strstr(out, "\"blob\": \"");
+		if (p == NULL)
+			p = strstr(out, "\"blob\":\"");
+		ck_assert_msg(p != NULL, "%s", out);
+		p = strchr(p + 6, '"') + 1;
+		e = strchr(p, '"');
+		ck_assert_ptr_nonnull(e);
+		*e = '\0';
+		ck_assert_msg(strcmp(p, ct64) != 0, "rewrap left the blob as it was");
+		memmove(ct64, p, strlen(p) + 1);
+		ck_assert_msg(kms_test_sh_output(out, sizeof(out), "%s --json decrypt --blob '%s'",
+						 cmd_base, ct64) == 0,
+			      "%s", out);
+		ck_assert_msg(strstr(out, pt64) != NULL && strstr(out, "eu-only") != NULL, "%s",
+			      out);
+	}
 }
 END_TEST
 
