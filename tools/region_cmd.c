@@ -264,7 +264,8 @@ static json_t *link_json(const Kms__V1__RegionLinkStatus *l)
 	       json_object_set_new(o, "last_pull_unix", json_integer(l->last_pull_unix)) ||
 	       json_object_set_new(o, "conflicts", json_integer((json_int_t)l->conflicts)) ||
 	       json_object_set_new(o, "last_conflict", json_string(l->last_conflict)) ||
-	       json_object_set_new(o, "peer_cursor", json_integer((json_int_t)l->peer_cursor));
+	       json_object_set_new(o, "peer_cursor", json_integer((json_int_t)l->peer_cursor)) ||
+	       json_object_set_new(o, "awaiting_follow", json_boolean(l->awaiting_follow));
 	if (bad) {
 		json_decref(o);
 		return NULL;
@@ -309,7 +310,10 @@ static void print_text(const Kms__V1__RegionStatusResponse *r)
 			       l->cursor, l->peer_head, l->lag_entries, l->lag_seconds, l->conflicts,
 			       l->last_conflict[0] != '\0' ? ", last " : "", l->last_conflict);
 		else
-			printf("  secondary asked after %" PRIu64 "\n", l->peer_cursor);
+			printf("  secondary asked after %" PRIu64 "%s\n", l->peer_cursor,
+			       l->awaiting_follow ? "; promoted over it, not following yet (sync "
+						    "writes do not wait for it)"
+						  : "");
 		if (l->last_error[0] != '\0')
 			printf("  last error: %s\n", l->last_error);
 	}

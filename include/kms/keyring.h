@@ -292,6 +292,14 @@ void kms_keyring_aliases_free(Kms__V1__AliasRecord **a, size_t n);
  */
 int kms_keyring_cmd_fence_region(const char *peer_region, uint64_t epoch, int64_t now_unix,
 				 kms_buf *out, kms_err *err);
+/*
+ * RegionFollowed: this cluster, promoted over peer_region, saw it follow as
+ * a secondary at epoch. Apply refuses it unless the link is PRIMARY at that
+ * epoch and awaiting_follow (set by the promotion); it clears the flag, and
+ * sync writes wait for that secondary again.
+ */
+int kms_keyring_cmd_region_followed(const char *peer_region, uint64_t epoch, kms_buf *out,
+				    kms_err *err);
 /* The key a serialized command changes (1, its id in out), as the stream
  * counts changes; 0 for other commands or bytes that do not parse. */
 int kms_keyring_command_key(const uint8_t *cmd, size_t len, char out[KMS_KEY_ID_MAX + 1]);

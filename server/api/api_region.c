@@ -37,6 +37,7 @@ static void link_status(kms_node *node, const Kms__V1__RegionLinkRecord *l,
 	out->last_error = info->last_error;
 	out->last_pull_unix = info->last_pull_unix;
 	out->peer_cursor = info->peer_cursor;
+	out->awaiting_follow = l->awaiting_follow;
 	if (l->role != KMS__V1__REGION_ROLE__REGION_ROLE_SECONDARY)
 		return;
 	/* The leader's puller saw the newest head; the state has the one of

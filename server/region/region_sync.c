@@ -548,7 +548,20 @@ static void watch_epoch(kms_region_sync *s, const Kms__V1__RegionLinkRecord *lin
 			   &kms__v1__region_epoch_response__descriptor, (ProtobufCMessage **)&resp,
 			   SYNC_ASK_TIMEOUT_MS, &st) != 0)
 		return; /* A secondary that cannot be reached promoted nothing we know of. */
-	if (strcmp(resp->role, "primary") == 0 && resp->epoch > link->epoch) {
+	if (link->awaiting_follow && strcmp(resp->role, "secondary") == 0 &&
+	    resp->epoch == link->epoch) {
+		KMS_LOG_I("region: region '%s' follows this region at epoch %llu%s",
+			  link->peer_region, (unsigned long long)link->epoch,
+			  link->mode == KMS__V1__REGION_MODE__REGION_MODE_SYNC
+			      ? ": sync writes wait for it again"
+			      : "");
+		if (kms_keyring_cmd_region_followed(link->peer_region, link->epoch, &cmd, &err) !=
+			    KMS_OK ||
+		    commit(s, &cmd, &err) != KMS_OK)
+			KMS_LOG_E("region: recording that region '%s' follows failed, tried again "
+				  "in %d s: %s",
+				  link->peer_region, KMS_REGION_EPOCH_EVERY_S, err.msg);
+	} else if (strcmp(resp->role, "primary") == 0 && resp->epoch > link->epoch) {
 		KMS_LOG_W("region: region '%s' was promoted (epoch %llu): this region becomes its "
 			  "secondary, and its multi-region keys are changed there from now on",
 			  link->peer_region, (unsigned long long)resp->epoch);
@@ -590,8 +603,10 @@ static void release_held(kms_region_sync *s, Kms__V1__RegionLinkRecord **links, 
 		kms_rpc_status st = {0};
 		uint64_t c = 0;
 
+		/* A region promoted over, not following yet, is not waited for. */
 		if (links[i]->role != KMS__V1__REGION_ROLE__REGION_ROLE_PRIMARY ||
-		    links[i]->mode != KMS__V1__REGION_MODE__REGION_MODE_SYNC)
+		    links[i]->mode != KMS__V1__REGION_MODE__REGION_MODE_SYNC ||
+		    links[i]->awaiting_follow)
 			continue;
 		pthread_mutex_lock(&s->mu);
 		l = slot_for(s, links[i]->peer_region);

@@ -263,6 +263,9 @@ int kr_apply_region_apply(kms_keyring *kr, const Kms__V1__RegionApplyCommand *c,
 			  kms_err *err);
 /* An executed promote-region proposal (no lock held). */
 int kr_exec_promote_region(kms_keyring *kr, const char *peer, kms_err *err);
+/* RegionFollowed (dry: decide only). */
+int kr_apply_region_followed(kms_keyring *kr, const Kms__V1__RegionFollowedCommand *c, int dry,
+			     kms_err *err);
 /* FenceRegion (dry: decide only). */
 int kr_apply_fence_region(kms_keyring *kr, const Kms__V1__FenceRegionCommand *c, int dry,
 			  kms_err *err);

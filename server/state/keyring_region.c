@@ -705,6 +705,8 @@ int kr_exec_promote_region(kms_keyring *kr, const char *peer, kms_err *err)
 	l->epoch++;
 	l->cursor = 0;
 	l->peer_head = 0;
+	/* The region promoted over is lost or fenced late: nothing waits for it. */
+	l->awaiting_follow = 1;
 out:
 	pthread_rwlock_unlock(&kr->lock);
 	return rc;
@@ -739,6 +741,7 @@ int kr_apply_fence_region(kms_keyring *kr, const Kms__V1__FenceRegionCommand *c,
 	l->cursor = 0;
 	l->peer_head = 0;
 	l->applied_at_unix = c->now_unix;
+	l->awaiting_follow = 0;
 out:
 	pthread_rwlock_unlock(&kr->lock);
 	return rc;
@@ -788,4 +791,42 @@ int kms_keyring_stream_rev(kms_keyring *kr, const char *key_id, uint64_t *rev)
 		*rev = e->rec->region_rev;
 	pthread_rwlock_unlock(&kr->lock);
 	return homed;
+}
+
+int kr_apply_region_followed(kms_keyring *kr, const Kms__V1__RegionFollowedCommand *c, int dry,
+			     kms_err *err)
+{
+	long at;
+	int rc = KMS_OK;
+
+	KMS_ENSURE(c != NULL, err, KMS_ERR_INVALID, "RegionFollowed holds nothing");
+	KMS_TRY(kms_region_name_check(c->peer_region, err));
+	kr_lock(kr, dry);
+	at = link_find(kr, c->peer_region);
+	if (at < 0 || kr->links[at]->role != KMS__V1__REGION_ROLE__REGION_ROLE_PRIMARY ||
+	    kr->links[at]->epoch != c->epoch || !kr->links[at]->awaiting_follow)
+		rc = kms_errf(err, KMS_ERR_PRECONDITION,
+			      "region '%s' is not awaiting region '%s' to follow at epoch %llu",
+			      kr->region[0] != '\0' ? kr->region : "unnamed", c->peer_region,
+			      (unsigned long long)c->epoch);
+	else if (!dry)
+		kr->links[at]->awaiting_follow = 0;
+	pthread_rwlock_unlock(&kr->lock);
+	return rc;
+}
+
+int kms_keyring_cmd_region_followed(const char *peer_region, uint64_t epoch, kms_buf *out,
+				    kms_err *err)
+{
+	Kms__V1__RegionFollowedCommand f = KMS__V1__REGION_FOLLOWED_COMMAND__INIT;
+	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
+
+	out->data = NULL;
+	out->len = 0;
+	KMS_TRY(kms_region_name_check(peer_region, err));
+	f.peer_region = (char *)peer_region;
+	f.epoch = epoch;
+	c.cmd_case = KMS__V1__COMMAND__CMD_REGION_FOLLOWED;
+	c.region_followed = &f;
+	return kr_command_pack(&c, out, err);
 }

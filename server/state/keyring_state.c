@@ -427,6 +427,8 @@ static int run_command(kms_keyring *kr, const Kms__V1__Command *c, int dry, kms_
 		return kr_apply_region_apply(kr, c->region_apply, dry, err);
 	case KMS__V1__COMMAND__CMD_FENCE_REGION:
 		return kr_apply_fence_region(kr, c->fence_region, dry, err);
+	case KMS__V1__COMMAND__CMD_REGION_FOLLOWED:
+		return kr_apply_region_followed(kr, c->region_followed, dry, err);
 	case KMS__V1__COMMAND__CMD_BEGIN_DOMAIN_KEY_ROTATION:
 	case KMS__V1__COMMAND__CMD_GRANT_DOMAIN_KEY_ROTATION:
 	case KMS__V1__COMMAND__CMD_CONSUME_DOMAIN_KEY_ROTATION_GRANT:

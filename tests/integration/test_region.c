@@ -758,6 +758,18 @@ START_TEST(promotion_needs_the_quorum_and_fences_the_old_primary)
 	ck_assert_msg(kms_test_blob_decrypts(&a, "app", &in_b, &st), "%s", st.details);
 	/* region-a's regional keys are its own still. */
 	ck_assert_msg(kms_test_make_blob(&a, "app", "local-a", &local, &st) == 0, "%s", st.details);
+	/* region-b sees region-a follow at epoch 2 (sync writes would wait for it again). */
+	for (long until = kms_test_now_ms() + REACH_MS;; kms_test_sleep_ms(100)) {
+		Kms__V1__RegionStatusResponse *rs = region_status(&b, "admin", &st);
+		int waiting;
+
+		ck_assert_msg(rs != NULL && rs->n_links == 1, "%s", st.details);
+		waiting = rs->links[0]->awaiting_follow;
+		protobuf_c_message_free_unpacked(&rs->base, NULL);
+		if (!waiting)
+			break;
+		ck_assert_msg(kms_test_now_ms() < until, "region-b never saw region-a follow");
+	}
 	/* Twin: promoted already. */
 	p = kms_test_quorum_run(&b, &op, &st);
 	ck_assert_msg(p != NULL, "%s", st.details);

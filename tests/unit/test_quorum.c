@@ -785,7 +785,21 @@ START_TEST(promote_region_rehomes_its_keys_and_raises_the_epoch)
 	ck_assert_uint_eq(n, 1);
 	ck_assert_int_eq(links[0]->role, KMS__V1__REGION_ROLE__REGION_ROLE_PRIMARY);
 	ck_assert_uint_eq(links[0]->epoch, 2);
+	/* Nothing waits for the region promoted over until it follows. */
+	ck_assert(links[0]->awaiting_follow);
 	kms_keyring_region_links_free(links, n);
+	ck_assert_int_eq(kms_keyring_cmd_region_followed("us-east", 1, &cmd, &err), KMS_OK);
+	ck_assert_int_eq(apply(&cmd, &err), KMS_ERR_PRECONDITION);
+	ck_assert_int_eq(kms_keyring_cmd_region_followed("ap-south", 2, &cmd, &err), KMS_OK);
+	ck_assert_int_eq(apply(&cmd, &err), KMS_ERR_PRECONDITION);
+	ck_assert_int_eq(kms_keyring_cmd_region_followed("us-east", 2, &cmd, &err), KMS_OK);
+	ck_assert_msg(apply(&cmd, &err) == KMS_OK, "%s", err.msg);
+	ck_assert_int_eq(kms_keyring_region_links(kr, &links, &n, NULL, &err), KMS_OK);
+	ck_assert(!links[0]->awaiting_follow);
+	kms_keyring_region_links_free(links, n);
+	ck_assert_int_eq(kms_keyring_cmd_region_followed("us-east", 2, &cmd, &err), KMS_OK);
+	ck_assert_int_eq(apply(&cmd, &err), KMS_ERR_PRECONDITION);
+	ck_assert_msg(strstr(err.msg, "not awaiting") != NULL, "%s", err.msg);
 	ck_assert_int_eq(kms_keyring_describe(kr, "mr1", ADMIN, 1, &md, &err), KMS_OK);
 	ck_assert_str_eq(md->home_region, "eu-west");
 	kms_keyring_metadata_free(md);
