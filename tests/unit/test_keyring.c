@@ -449,8 +449,8 @@ static void assert_record_invalid(struct trec *t, const char *what)
 START_TEST(test_apply_malformed)
 {
 	static const uint8_t garbage[] = {0xff, 0xff, 0xff, 0xff, 0x0f, 0x01};
-	/* A command a newer node might send: field 31, length 0. */
-	static const uint8_t unknown_cmd[] = {0xfa, 0x01, 0x00};
+	/* A command a newer node might send: field 200 (none yet), length 0. */
+	static const uint8_t unknown_cmd[] = {0xc2, 0x0c, 0x00};
 	/* Field 1 (CreateKey) with no key record inside. */
 	static const uint8_t no_record[] = {0x0a, 0x00};
 	struct tpolicy p;
