@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Integration test: `ops/dr-drill --quick --json --out F` (two linked one-node
 # regions behind the delaying proxy, sync then async, a restore, the
-# refusals) with the kmsd of the build tree, and its JSON checked field by
+# refusals, the old primary fenced) with the kmsd of the build tree, and its JSON checked field by
 # field.
 #
 # Exit status (automake): 0 pass; 1 fail: the promoted region did not
@@ -48,6 +48,7 @@ want '.async.rpo_writes >= 0 and (.async.rpo_s | type) == "number"' "async RPO m
 want '(.async.rto_s | type) == "number"' "async promotion: no write acknowledged"
 want '.refusals | [.promotion_without_quorum, .restore_m_minus_1, .wrong_share, .changed_file] | all' \
 	"a refusal did not refuse, or not with its message"
+want '.sync.old_primary_fenced and .async.old_primary_fenced' "the old primary did not fence itself"
 want '(.restore_s | type) == "number" and .restore_s > 0' "restore time missing"
 want '.wan | test("^proxy [0-9]+ms$")' "the WAN is not named"
 want '.checks_failed == (if .sync.rto_s == null then 1 else 0 end)' "the drill failed another check"
