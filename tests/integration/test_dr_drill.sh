@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Integration test: `ops/dr-drill --quick --json --out F` (two linked one-node
 # regions behind the delaying proxy, sync then async, a restore, the
-# refusals, the old primary fenced) with the kmsd of the build tree, and its JSON checked field by
-# field.
+# refusals, the old primary fenced) with the kmsd of the build tree, and its
+# JSON checked field by field.
 #
 # Exit status (automake): 0 pass; 1 fail: the promoted region did not
 # acknowledge a write in sync mode (the one check kmsd fails today: after a
