@@ -78,7 +78,7 @@ static const char usage_text[] =
     "                 [--server-name NAME] [--timeout MS] [--json]\n"
     "       kms-bench --mode batch-decrypt|batch-generate-data-key|batch-reencrypt\n"
     "                 --key-id ID [--batch B] [the same options]\n"
-    "       kms-bench --mode create-key [the same options, without --key-id]\n"
+    "       kms-bench --mode create-key [--multi-region] [the same options, without --key-id]\n"
     "       kms-bench --mode create-key|decrypt --keys N [--key-prefix P]\n"
     "                 [--grant PRINCIPAL=OP[,OP...]] [the same options]\n"
     "       kms-bench --raw-pkcs11 --module PATH --token LABEL --pin-file FILE\n"
@@ -97,6 +97,8 @@ static const char usage_text[] =
     "create-key mode calls CreateKey with a fresh key id\n"
     "'bench-<pid>-<thread>-<n>' and an empty policy each time (a committed Raft\n"
     "write; it needs an administrator's certificate). The keys stay.\n"
+    "--multi-region makes them multi-region keys (replicated to the linked\n"
+    "secondaries; in sync mode each call waits for them).\n"
     "The batch modes send B items per call (--batch, default 64, at most 1024):\n"
     "batch-decrypt first makes B data-key blobs with one BatchGenerateDataKey and\n"
     "decrypts them all in every call; batch-generate-data-key asks for B 32-byte\n"
@@ -180,6 +182,7 @@ struct opts {
 	unsigned rotations;	/* rotate-key --rotations N */
 	unsigned interval_ms;	/* rotate-key --interval-ms MS */
 	const char *ready_file; /* --ready-file: made when the warm-up starts */
+	int multi_region;	/* create-key --multi-region (issue #7) */
 };
 
 /* Latencies in nanoseconds, owned by one worker. */
@@ -343,6 +346,7 @@ static grpc_slice create_key_request(struct worker *w)
 	req.key_id = key_id;
 	req.description = description;
 	req.policy = &policy;
+	req.multi_region = w->b->o->multi_region;
 	slice = grpc_slice_malloc(protobuf_c_message_get_packed_size(&req.base));
 	protobuf_c_message_pack(&req.base, GRPC_SLICE_START_PTR(slice));
 	return slice;
@@ -408,6 +412,7 @@ static int keyset_request(struct worker *w, struct slot *s, grpc_slice *out)
 		cr.key_id = id;
 		cr.description = description;
 		cr.policy = &policy;
+		cr.multi_region = b->o->multi_region;
 		if (ks->principal != NULL) {
 			grant.principal = ks->principal;
 			grant.operations = ks->ops;
@@ -1803,10 +1808,12 @@ enum opt_id {
 	OPT_ROTATIONS,
 	OPT_INTERVAL_MS,
 	OPT_READY_FILE,
+	OPT_MULTI_REGION,
 };
 
 static const struct option long_opts[] = {
     {"mode", required_argument, NULL, OPT_MODE},
+    {"multi-region", no_argument, NULL, OPT_MULTI_REGION},
     {"key-id", required_argument, NULL, OPT_KEY_ID},
     {"concurrency", required_argument, NULL, OPT_CONCURRENCY},
     {"threads", required_argument, NULL, OPT_THREADS},
@@ -2021,6 +2028,9 @@ static int parse_args(struct opts *o, int argc, char **argv)
 		case OPT_GRANT:
 			o->grant = optarg;
 			break;
+		case OPT_MULTI_REGION:
+			o->multi_region = 1;
+			break;
 		case OPT_KEYRING:
 			rc = parse_uint(optarg, "--keyring", 100, 10000000, &o->keyring);
 			break;
@@ -2113,6 +2123,8 @@ static int parse_args(struct opts *o, int argc, char **argv)
 		return usage_error("--mode %s needs --key-id", mode);
 	if (keys_args_check(o, mode) != EXIT_OK)
 		return EXIT_LOCAL;
+	if (o->multi_region && o->mode != MODE_CREATE_KEY)
+		return usage_error("--multi-region goes with --mode create-key, not %s", mode);
 	if (o->mode == MODE_ROTATE) {
 		/* One rotation at a time: two at once would name the same version. */
 		if (grpc_opt || threads_opt)

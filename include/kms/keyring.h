@@ -271,9 +271,18 @@ void kms_keyring_records_free(Kms__V1__KeyRecord **recs, size_t n);
  * key holds, which stays.
  */
 int kms_keyring_cmd_region_apply(const char *peer_region, uint64_t epoch,
-				 Kms__V1__KeyRecord *const *keys, size_t n, uint64_t cursor,
-				 uint64_t peer_head, int64_t now_unix, uint32_t dk_generation,
-				 kms_buf *out, kms_err *err);
+				 Kms__V1__KeyRecord *const *keys, size_t n,
+				 Kms__V1__AliasRecord *const *aliases, size_t n_aliases,
+				 uint64_t cursor, uint64_t peer_head, int64_t now_unix,
+				 uint32_t dk_generation, kms_buf *out, kms_err *err);
+/*
+ * Copies of every alias of the n keys (kms_keyring_aliases_free): what a
+ * pull sends with them, so that a secondary's aliases of each key become
+ * exactly the primary's (a name of the secondary's own stays, a conflict).
+ */
+int kms_keyring_aliases_of_keys(kms_keyring *kr, Kms__V1__KeyRecord *const *keys, size_t n,
+				Kms__V1__AliasRecord ***out, size_t *n_out, kms_err *err);
+void kms_keyring_aliases_free(Kms__V1__AliasRecord **a, size_t n);
 /*
  * FenceRegion: this cluster, the primary of peer_region, learned that the
  * peer was promoted at epoch. Apply refuses it unless the link is PRIMARY

@@ -19,8 +19,10 @@ int kms_region_name_check(const char *name, kms_err *err);
 /* Links a region keeps at once, and the peer endpoints one link names. */
 #define KMS_REGION_LINKS_MAX 8
 #define KMS_REGION_ENDPOINTS_MAX 7
-/* Keys one pull answers and one RegionApply carries. */
+/* Keys one pull answers and one RegionApply carries, and the aliases of
+ * each key that travel with it (more stay behind, counted as conflicts). */
 #define KMS_REGION_APPLY_MAX 256
+#define KMS_REGION_ALIASES_PER_KEY 64
 /* The largest peer node CA a link carries (a few certificates). */
 #define KMS_REGION_CA_PEM_MAX 16384
 

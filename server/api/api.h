@@ -29,6 +29,10 @@ extern const size_t kms_api_internal_n_methods;
 /* DomainKeyStatus (Operator) and FetchRotationDomainKey (Internal). */
 extern const kms_method kms_api_domain_key_methods[];
 extern const size_t kms_api_domain_key_n_methods;
+/* A link-region operation against this node: KMS_ERR_INVALID when the peer
+ * node CA is this region's own (api_region.c). */
+int kms_api_link_region_check(struct kms_node *node, const Kms__V1__LinkRegionOperation *op,
+			      kms_err *err);
 /* RegionStatus (Operator) and RegionPull (Internal), api_region.c. */
 extern const kms_method kms_api_region_methods[];
 extern const size_t kms_api_region_n_methods;

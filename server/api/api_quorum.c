@@ -171,6 +171,8 @@ static int propose_checks(kms_node *node, const Kms__V1__RootOperation *op, kms_
 					"node leads, then propose its removal",
 					(unsigned long long)op->remove_member->id);
 		return KMS_OK;
+	case KMS__V1__ROOT_OPERATION__OP_LINK_REGION:
+		return kms_api_link_region_check(node, op->link_region, err);
 	case KMS__V1__ROOT_OPERATION__OP_DESTROY_KEY:
 		if (!kms_keyring_has_key(node->kr, op->destroy_key->key_id))
 			return kms_errf(err, KMS_ERR_NOT_FOUND, "key '%s' not found",

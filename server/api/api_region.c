@@ -1,6 +1,9 @@
 /* api_region.c - the region calls: RegionStatus and PromoteRegion (kms.v1.Operator, administrators), RegionPull and RegionEpoch (kms.v1.Internal, the nodes of linked regions only). */
+#include <pthread.h>
 #include <string.h>
 #include <time.h>
+
+#include <openssl/x509.h>
 
 #include "api/api.h"
 #include "kms/alloc.h"
@@ -12,6 +15,7 @@
 #include "node/dk_rotation.h"
 #include "node/node.h"
 #include "region/region_sync.h"
+#include "tls/tls_files.h"
 
 /* --- RegionStatus --- */
 
@@ -159,6 +163,8 @@ static void region_pull(void *app, kms_call *call, const uint8_t *data, size_t l
 	Kms__V1__RegionLinkRecord **links = NULL;
 	const Kms__V1__RegionLinkRecord *link;
 	Kms__V1__KeyRecord **keys = NULL;
+	Kms__V1__AliasRecord **aliases = NULL;
+	size_t n_aliases = 0;
 	const char *peer = kms_call_peer_region(call);
 	char region[KMS_REGION_NAME_MAX + 1];
 	kms_buf carrier = {0};
@@ -206,8 +212,13 @@ static void region_pull(void *app, kms_call *call, const uint8_t *data, size_t l
 								   : KMS_REGION_APPLY_MAX,
 						&keys, &n, &head, &err),
 		     out);
-	if (n > 0)
+	if (n > 0) {
 		KMS_TRY_GOTO(rc, export_keys(node, req, keys, n, &carrier, &err), out);
+		KMS_TRY_GOTO(rc,
+			     kms_keyring_aliases_of_keys(node->kr, keys, n, &aliases, &n_aliases,
+							 &err),
+			     out);
+	}
 	kms_keyring_region(node->kr, region);
 	resp.region = region;
 	resp.epoch = link->epoch;
@@ -217,6 +228,8 @@ static void region_pull(void *app, kms_call *call, const uint8_t *data, size_t l
 	resp.wrapped_carrier.len = carrier.len;
 	resp.keys = keys;
 	resp.n_keys = n;
+	resp.aliases = aliases;
+	resp.n_aliases = n_aliases;
 	/*
 	 * A full page ends at its last key; a short one held every key changed
 	 * after the cursor, so everything up to the head is sent (a rev not
@@ -231,9 +244,47 @@ out:
 	if (rc != KMS_OK)
 		kms_call_fail(call, rc, err.msg);
 	kms_keyring_records_free(keys, n);
+	kms_keyring_aliases_free(aliases, n_aliases);
 	kms_keyring_region_links_free(links, n_links);
 	kms_buf_free(&carrier);
 	kms__v1__region_pull_request__free_unpacked(req, NULL);
+}
+
+/* --- link-region, checked against this node --- */
+
+/* True when a certificate of a is one of b's. */
+static int shares_a_certificate(STACK_OF(X509) *a, STACK_OF(X509) *b)
+{
+	for (int i = 0; i < sk_X509_num(a); i++)
+		for (int j = 0; j < sk_X509_num(b); j++)
+			if (X509_cmp(sk_X509_value(a, i), sk_X509_value(b, j)) == 0)
+				return 1;
+	return 0;
+}
+
+int kms_api_link_region_check(kms_node *node, const Kms__V1__LinkRegionOperation *op,
+			      kms_err *err)
+{
+	STACK_OF(X509) *peer = NULL, *own = NULL;
+	int rc;
+
+	KMS_TRY(kms_tls_parse_certs((const char *)op->peer_node_ca_pem.data,
+				    op->peer_node_ca_pem.len, "peer node CA", KMS_ERR_INVALID, &peer,
+				    err));
+	pthread_mutex_lock(&node->reload_mu);
+	rc = node->tls.node_ca == NULL
+		 ? KMS_OK
+		 : kms_tls_parse_certs(node->tls.node_ca, strlen(node->tls.node_ca), "node CA",
+				       KMS_ERR_INTERNAL, &own, err);
+	pthread_mutex_unlock(&node->reload_mu);
+	/* Its nodes could not be told from this region's own. */
+	if (rc == KMS_OK && own != NULL && shares_a_certificate(peer, own))
+		rc = kms_errf(err, KMS_ERR_INVALID,
+			      "link-region: the peer node CA is this region's own node CA; each "
+			      "region needs a node CA of its own");
+	sk_X509_pop_free(peer, X509_free);
+	sk_X509_pop_free(own, X509_free);
+	return rc;
 }
 
 /* --- PromoteRegion, RegionEpoch --- */

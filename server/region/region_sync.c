@@ -434,6 +434,7 @@ static int pull_link(kms_region_sync *s, const Kms__V1__RegionLinkRecord *link,
 	kms_dk_current(s->node, &dk, &gen);
 	if (import_keys(s, resp, dk, &err) != KMS_OK ||
 	    kms_keyring_cmd_region_apply(link->peer_region, link->epoch, resp->keys, resp->n_keys,
+					 resp->aliases, resp->n_aliases,
 					 resp->next_rev, resp->head_rev, now_unix(), gen, &cmd,
 					 &err) != KMS_OK ||
 	    commit(s, &cmd, &err) != KMS_OK) {
@@ -496,17 +497,17 @@ static void refresh_identities(kms_region_sync *s, Kms__V1__RegionLinkRecord **l
 	}
 	pem.data[pem.len] = '\0';
 	if (kms_authn_set_regions(s->node->authn, r, n, &err) != KMS_OK ||
-	    kms_rpc_server_set_extra_roots(s->node->rpc, (const char *)pem.data, &err) != KMS_OK) {
-		/* The state checked each link; tried again next round. */
-		KMS_LOG_E("region: the linked regions' node identities: %s", err.msg);
-	} else {
-		memcpy(s->idents_sha256, sha, sizeof(sha));
-		s->idents_set = 1;
-		if (n > 0)
-			KMS_LOG_I("region: the nodes of %zu linked region(s) are known by their node "
-				  "CAs",
-				  n);
-	}
+	    kms_rpc_server_set_extra_roots(s->node->rpc, (const char *)pem.data, &err) != KMS_OK)
+		/* Until the links change (a CA this node cannot tell from its
+		 * own, say): logged once, and the set before stays in force. */
+		KMS_LOG_E("region: the linked regions' node identities are refused, and the "
+			  "links' peers cannot call this node: %s",
+			  err.msg);
+	else if (n > 0)
+		KMS_LOG_I("region: the nodes of %zu linked region(s) are known by their node CAs",
+			  n);
+	memcpy(s->idents_sha256, sha, sizeof(sha));
+	s->idents_set = 1;
 	kms_buf_free(&pem);
 }
 
@@ -537,14 +538,15 @@ static void watch_epoch(kms_region_sync *s, const Kms__V1__RegionLinkRecord *lin
 		return;
 	}
 	req.region = (char *)region;
-	for (size_t k = 0; k < link->n_peer_endpoints && resp == NULL; k++)
-		if (kms_peers_call(l->peers, link->peer_endpoints[(l->next + k) %
-								link->n_peer_endpoints],
-				   0, "/kms.v1.Internal/RegionEpoch", &req.base,
-				   &kms__v1__region_epoch_response__descriptor,
-				   (ProtobufCMessage **)&resp, KMS_REGION_PULL_TIMEOUT_MS, &st) != 0)
-			resp = NULL;
-	if (resp == NULL)
+	/*
+	 * One endpoint a look, the next one the next second, with a short
+	 * deadline: a secondary that is down must not hold this thread's other
+	 * work (the sync answers) for long.
+	 */
+	if (kms_peers_call(l->peers, link->peer_endpoints[l->next++ % link->n_peer_endpoints], 0,
+			   "/kms.v1.Internal/RegionEpoch", &req.base,
+			   &kms__v1__region_epoch_response__descriptor, (ProtobufCMessage **)&resp,
+			   SYNC_ASK_TIMEOUT_MS, &st) != 0)
 		return; /* A secondary that cannot be reached promoted nothing we know of. */
 	if (strcmp(resp->role, "primary") == 0 && resp->epoch > link->epoch) {
 		KMS_LOG_W("region: region '%s' was promoted (epoch %llu): this region becomes its "
@@ -594,16 +596,16 @@ static void release_held(kms_region_sync *s, Kms__V1__RegionLinkRecord **links, 
 		pthread_mutex_lock(&s->mu);
 		l = slot_for(s, links[i]->peer_region);
 		pthread_mutex_unlock(&s->mu);
-		if (l != NULL && channels(s, l, links[i], &err) == KMS_OK)
-			for (size_t k = 0; k < links[i]->n_peer_endpoints && resp == NULL; k++)
-				if (kms_peers_call(l->peers,
-						   links[i]->peer_endpoints[(l->next + k) %
-									    links[i]->n_peer_endpoints],
-						   0, "/kms.v1.Internal/RegionEpoch", &req.base,
-						   &kms__v1__region_epoch_response__descriptor,
-						   (ProtobufCMessage **)&resp, SYNC_ASK_TIMEOUT_MS,
-						   &st) != 0)
-					resp = NULL;
+		/* The endpoint that answered last; another one next round if not. */
+		if (l != NULL && channels(s, l, links[i], &err) == KMS_OK &&
+		    kms_peers_call(l->peers,
+				   links[i]->peer_endpoints[l->next % links[i]->n_peer_endpoints], 0,
+				   "/kms.v1.Internal/RegionEpoch", &req.base,
+				   &kms__v1__region_epoch_response__descriptor,
+				   (ProtobufCMessage **)&resp, SYNC_ASK_TIMEOUT_MS, &st) != 0) {
+			resp = NULL;
+			l->next++;
+		}
 		if (resp != NULL && resp->epoch == links[i]->epoch &&
 		    strcmp(resp->role, "secondary") == 0)
 			c = resp->cursor;

@@ -299,6 +299,8 @@ int kr_apply_create_alias(kms_keyring *kr, const Kms__V1__CreateAliasCommand *c,
 	array_insert(kr->aliases, kr->n_aliases, pos, a);
 	kr->n_aliases++;
 	a = NULL;
+	/* A multi-region key's aliases travel with it. */
+	kr_region_touch_locked(kr, c->key_id);
 out:
 	pthread_rwlock_unlock(&kr->lock);
 	alias_free(a);
@@ -339,6 +341,8 @@ int kr_apply_update_alias(kms_keyring *kr, const Kms__V1__UpdateAliasCommand *c,
 	a->updated_at_unix = c->now_unix;
 	by_key_insert(kr, a);
 	kr->n_aliases++;
+	kr_region_touch_locked(kr, old);
+	kr_region_touch_locked(kr, a->key_id);
 out:
 	pthread_rwlock_unlock(&kr->lock);
 	kms_free(fresh);
@@ -367,10 +371,109 @@ int kr_apply_delete_alias(kms_keyring *kr, const Kms__V1__DeleteAliasCommand *c,
 		by_key_remove(kr, gone);
 		array_remove(kr->aliases, kr->n_aliases, pos);
 		kr->n_aliases--;
+		kr_region_touch_locked(kr, gone->key_id);
 	}
 	pthread_rwlock_unlock(&kr->lock);
 	alias_free(gone);
 	return rc;
+}
+
+/* --- regions: a multi-region key's aliases, as its primary has them --- */
+
+int kr_aliases_set_for_key(kms_keyring *kr, const char *key_id, Kms__V1__AliasRecord *const *in,
+			   size_t n, Kms__V1__RegionLinkRecord *l, kms_err *err)
+{
+	size_t first, held = kr_aliases_of(kr, key_id, &first);
+
+	/* Drop the ones held (the primary's, as replicated before). */
+	while (held-- > 0) {
+		Kms__V1__AliasRecord *a = kr->by_key[first];
+		int found;
+		size_t pos = name_pos(kr, a->alias_name, &found);
+
+		array_remove(kr->by_key, kr->n_aliases, first);
+		array_remove(kr->aliases, kr->n_aliases, pos);
+		kr->n_aliases--;
+		alias_free(a);
+	}
+	for (size_t i = 0; i < n; i++) {
+		Kms__V1__AliasRecord *a;
+		int found;
+		size_t pos;
+
+		if (strcmp(in[i]->key_id, key_id) != 0)
+			continue;
+		pos = name_pos(kr, in[i]->alias_name, &found);
+		/* This region's own alias (or key) holds the name: it stays. */
+		if (found || kr_find_entry(kr, in[i]->alias_name) != NULL ||
+		    kr->n_aliases >= KMS_ALIASES_MAX) {
+			kr_region_conflict(l, in[i]->alias_name);
+			continue;
+		}
+		a = alias_new(in[i]->alias_name, key_id, in[i]->created_at_unix,
+			      in[i]->updated_at_unix);
+		if (a == NULL || table_reserve(kr, err) != KMS_OK) {
+			alias_free(a);
+			return kms_errf(err, KMS_ERR_NOMEM, "out of memory applying aliases");
+		}
+		by_key_insert(kr, a);
+		array_insert(kr->aliases, kr->n_aliases, pos, a);
+		kr->n_aliases++;
+	}
+	return KMS_OK;
+}
+
+int kms_keyring_aliases_of_keys(kms_keyring *kr, Kms__V1__KeyRecord *const *keys, size_t n,
+				Kms__V1__AliasRecord ***out, size_t *n_out, kms_err *err)
+{
+	Kms__V1__AliasRecord **copies = NULL;
+	size_t total = 0, k = 0;
+	int rc = KMS_OK;
+
+	*out = NULL;
+	*n_out = 0;
+	pthread_rwlock_rdlock(&kr->lock);
+	for (size_t i = 0; i < n; i++) {
+		size_t first;
+
+		size_t m = kr_aliases_of(kr, keys[i]->key_id, &first);
+
+		total += m < KMS_REGION_ALIASES_PER_KEY ? m : KMS_REGION_ALIASES_PER_KEY;
+	}
+	if (total > 0 && (copies = kms_calloc(total, sizeof(*copies))) == NULL)
+		rc = kms_errf(err, KMS_ERR_NOMEM, "out of memory reading aliases");
+	for (size_t i = 0; i < n && rc == KMS_OK; i++) {
+		size_t first, m = kr_aliases_of(kr, keys[i]->key_id, &first);
+
+		/* The first ones by name; the secondary counts no more. */
+		if (m > KMS_REGION_ALIASES_PER_KEY)
+			m = KMS_REGION_ALIASES_PER_KEY;
+		for (size_t j = 0; j < m && rc == KMS_OK; j++) {
+			copies[k] = alias_new(kr->by_key[first + j]->alias_name,
+					      kr->by_key[first + j]->key_id,
+					      kr->by_key[first + j]->created_at_unix,
+					      kr->by_key[first + j]->updated_at_unix);
+			if (copies[k] == NULL)
+				rc = kms_errf(err, KMS_ERR_NOMEM, "out of memory reading aliases");
+			else
+				k++;
+		}
+	}
+	pthread_rwlock_unlock(&kr->lock);
+	if (rc != KMS_OK) {
+		kms_keyring_aliases_free(copies, k);
+		return rc;
+	}
+	*out = copies;
+	*n_out = k;
+	return KMS_OK;
+}
+
+void kms_keyring_aliases_free(Kms__V1__AliasRecord **a, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		alias_free(a[i]);
+	kms_free(a);
 }
 
 /* --- restore --- */

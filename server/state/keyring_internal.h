@@ -249,6 +249,15 @@ const char *kr_changed_key(const Kms__V1__Command *c);
 /* After a change to key_id is applied: a multi-region key homed here gets
  * the next region_rev, so that secondaries receive it (no lock held). */
 void kr_region_touch(kms_keyring *kr, const char *key_id);
+/* kr_region_touch with the write lock held. */
+void kr_region_touch_locked(kms_keyring *kr, const char *key_id);
+/* Counts a replicated key or alias whose name this region's own holds. */
+void kr_region_conflict(Kms__V1__RegionLinkRecord *l, const char *name);
+/* keyring_aliases.c, write lock held: key_id's aliases become the ones of
+ * in that name it; a name this region's own alias or key holds stays, a
+ * conflict of l. */
+int kr_aliases_set_for_key(kms_keyring *kr, const char *key_id, Kms__V1__AliasRecord *const *in,
+			   size_t n, Kms__V1__RegionLinkRecord *l, kms_err *err);
 /* RegionApply (dry: decide only). */
 int kr_apply_region_apply(kms_keyring *kr, const Kms__V1__RegionApplyCommand *c, int dry,
 			  kms_err *err);

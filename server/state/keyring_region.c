@@ -295,15 +295,19 @@ const char *kr_changed_key(const Kms__V1__Command *c)
 }
 
 
-void kr_region_touch(kms_keyring *kr, const char *key_id)
+void kr_region_touch_locked(kms_keyring *kr, const char *key_id)
 {
-	struct kr_entry *e;
+	struct kr_entry *e = key_id != NULL ? kr_find_entry(kr, key_id) : NULL;
 
-	pthread_rwlock_wrlock(&kr->lock);
-	e = key_id != NULL ? kr_find_entry(kr, key_id) : NULL;
 	/* A scalar of the record's block: changed in place, under the lock. */
 	if (e != NULL && e->rec->multi_region && strcmp(e->rec->home_region, kr->region) == 0)
 		e->rec->region_rev = ++kr->region_rev;
+}
+
+void kr_region_touch(kms_keyring *kr, const char *key_id)
+{
+	pthread_rwlock_wrlock(&kr->lock);
+	kr_region_touch_locked(kr, key_id);
 	pthread_rwlock_unlock(&kr->lock);
 }
 
@@ -459,6 +463,19 @@ static int replace_record(kms_keyring *kr, struct kr_entry *e, const Kms__V1__Ke
 	return rc;
 }
 
+void kr_region_conflict(Kms__V1__RegionLinkRecord *l, const char *name)
+{
+	char *id = kms_strdup(name);
+
+	l->conflicts++;
+	/* Out of memory: counted, the last name kept. */
+	if (id == NULL)
+		return;
+	if (l->last_conflict != NULL && l->last_conflict != protobuf_c_empty_string)
+		kms_free(l->last_conflict);
+	l->last_conflict = id;
+}
+
 /* One incoming record (write lock held): a new key, a newer state of one
  * already here, or a conflict or a stale copy, which change nothing. */
 static int apply_one(kms_keyring *kr, Kms__V1__RegionLinkRecord *l, const Kms__V1__KeyRecord *in,
@@ -478,16 +495,8 @@ static int apply_one(kms_keyring *kr, Kms__V1__RegionLinkRecord *l, const Kms__V
 		return rc;
 	}
 	if (!e->rec->multi_region || strcmp(e->rec->home_region, l->peer_region) != 0) {
-		char *id = kms_strdup(in->key_id);
-
 		/* This region's own key holds the id: it stays, and status shows it. */
-		if (id == NULL)
-			return kms_errf(err, KMS_ERR_NOMEM, "out of memory applying key '%s'",
-					in->key_id);
-		if (l->last_conflict != NULL && l->last_conflict != protobuf_c_empty_string)
-			kms_free(l->last_conflict);
-		l->last_conflict = id;
-		l->conflicts++;
+		kr_region_conflict(l, in->key_id);
 		return KMS_OK;
 	}
 	/*
@@ -499,6 +508,27 @@ static int apply_one(kms_keyring *kr, Kms__V1__RegionLinkRecord *l, const Kms__V
 	if (in->region_rev < e->rec->region_rev)
 		return KMS_OK;
 	return replace_record(kr, e, in, dropped, err);
+}
+
+/* Each alias a valid name of one of the command's keys, at most 4 a key. */
+static int incoming_aliases_check(const Kms__V1__RegionApplyCommand *c, kms_err *err)
+{
+	KMS_ENSURE(c->n_aliases <= (size_t)c->n_keys * KMS_REGION_ALIASES_PER_KEY, err,
+		   KMS_ERR_INVALID, "RegionApply holds %zu aliases for %zu keys", c->n_aliases,
+		   c->n_keys);
+	for (size_t i = 0; i < c->n_aliases; i++) {
+		const Kms__V1__AliasRecord *a = c->aliases[i];
+		int known = 0;
+
+		KMS_ENSURE(a != NULL, err, KMS_ERR_INVALID, "RegionApply holds an empty alias");
+		KMS_TRY(kms_alias_name_check(a->alias_name, err));
+		for (size_t k = 0; k < c->n_keys && !known; k++)
+			known = strcmp(c->keys[k]->key_id, a->key_id) == 0;
+		KMS_ENSURE(known, err, KMS_ERR_INVALID,
+			   "RegionApply: alias '%s' names key '%s', which it does not hold",
+			   a->alias_name, a->key_id);
+	}
+	return KMS_OK;
 }
 
 /* The versions of in, or of the copy held here when it has more (lock held). */
@@ -531,6 +561,7 @@ int kr_apply_region_apply(kms_keyring *kr, const Kms__V1__RegionApplyCommand *c,
 				   KMS_ERR_INVALID, "RegionApply holds key '%s' twice",
 				   c->keys[i]->key_id);
 	}
+	KMS_TRY(incoming_aliases_check(c, err));
 	kr_lock(kr, dry);
 	at = link_find(kr, c->peer_region);
 	if (at < 0 || kr->links[at]->role != KMS__V1__REGION_ROLE__REGION_ROLE_SECONDARY) {
@@ -567,9 +598,16 @@ int kr_apply_region_apply(kms_keyring *kr, const Kms__V1__RegionApplyCommand *c,
 	 */
 	for (size_t i = 0; i < c->n_keys && rc == KMS_OK; i++) {
 		size_t slots = slots_for(kr, c->keys[i]);
+		const struct kr_entry *e;
 
 		rc = apply_one(kr, l, c->keys[i], dropped + at_version, err);
 		at_version += slots;
+		/* The aliases of a key that is the primary's here (not a conflict). */
+		e = rc == KMS_OK ? kr_find_entry(kr, c->keys[i]->key_id) : NULL;
+		if (e != NULL && e->rec->multi_region &&
+		    strcmp(e->rec->home_region, c->peer_region) == 0)
+			rc = kr_aliases_set_for_key(kr, c->keys[i]->key_id, c->aliases,
+						    c->n_aliases, l, err);
 	}
 	if (rc == KMS_OK) {
 		if (c->cursor > l->cursor)
@@ -587,9 +625,10 @@ out:
 }
 
 int kms_keyring_cmd_region_apply(const char *peer_region, uint64_t epoch,
-				 Kms__V1__KeyRecord *const *keys, size_t n, uint64_t cursor,
-				 uint64_t peer_head, int64_t now_unix, uint32_t dk_generation,
-				 kms_buf *out, kms_err *err)
+				 Kms__V1__KeyRecord *const *keys, size_t n,
+				 Kms__V1__AliasRecord *const *aliases, size_t n_aliases,
+				 uint64_t cursor, uint64_t peer_head, int64_t now_unix,
+				 uint32_t dk_generation, kms_buf *out, kms_err *err)
 {
 	Kms__V1__RegionApplyCommand ra = KMS__V1__REGION_APPLY_COMMAND__INIT;
 	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
@@ -605,6 +644,9 @@ int kms_keyring_cmd_region_apply(const char *peer_region, uint64_t epoch,
 	ra.epoch = epoch;
 	ra.keys = (Kms__V1__KeyRecord **)keys;
 	ra.n_keys = n;
+	ra.aliases = (Kms__V1__AliasRecord **)aliases;
+	ra.n_aliases = n_aliases;
+	KMS_TRY(incoming_aliases_check(&ra, err));
 	ra.cursor = cursor;
 	ra.peer_head = peer_head;
 	ra.now_unix = now_unix;

@@ -541,7 +541,8 @@ static int ids_where(kms_keyring *kr, int (*due)(const Kms__V1__KeyRecord *, int
 	pthread_rwlock_rdlock(&kr->lock);
 	kr_index_first(&kr->keys, &cur);
 	while (got < max_n && (e = kr_cursor_next(&cur)) != NULL) {
-		if (!due(e->rec, now, arg))
+		/* A replicated key is rotated and destroyed in its home region. */
+		if (!due(e->rec, now, arg) || kr_home_check(kr, e->rec, NULL) != KMS_OK)
 			continue;
 		out[got] = kms_strdup(e->rec->key_id);
 		if (out[got] == NULL) {

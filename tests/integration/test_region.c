@@ -1,5 +1,7 @@
 /* test_region.c - two regions of real kmsd nodes, each with its own PKI, SoftHSM token and domain key, linked by quorum: multi-region keys reach the secondary, blobs cross both ways, the secondary refuses writes naming its primary, and the region calls refuse everyone else. */
 #include <check.h>
+#include <limits.h>
+#include <openssl/evp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -17,16 +19,21 @@
  * 200 ms; this only bounds a failing test. */
 #define REACH_MS 20000
 
+#define N_NODES 3
 static kms_test_env env_a, env_b, env_c;
-/* region-a (primary), region-b (its async secondary), region-c (its sync one) */
-static kms_test_node a, b, c;
+/* region-a (primary, 3 nodes), region-b (its async secondary, 3 nodes),
+ * region-c (its sync secondary, 1 node); a and b are their first nodes. */
+static kms_test_node na[N_NODES], nb[N_NODES], c;
+#define a (na[0])
+#define b (nb[0])
 
-static void link_half(kms_test_node *self, kms_test_node *peer, const char *peer_name,
+/* self's half of the link to the n_peer nodes of peer's region. */
+static void link_half(kms_test_node *self, kms_test_node *peer, int n_peer, const char *peer_name,
 		      Kms__V1__RegionRole role, Kms__V1__RegionMode mode)
 {
 	Kms__V1__RootOperation op = KMS__V1__ROOT_OPERATION__INIT;
 	Kms__V1__LinkRegionOperation lr = KMS__V1__LINK_REGION_OPERATION__INIT;
-	char *eps[1] = {peer->endpoint}, path[PATH_MAX];
+	char *eps[N_NODES], path[PATH_MAX];
 	Kms__V1__Proposal *p;
 	kms_rpc_status st;
 	size_t len;
@@ -37,8 +44,10 @@ static void link_half(kms_test_node *self, kms_test_node *peer, const char *peer
 	lr.peer_region = (char *)peer_name;
 	lr.role = role;
 	lr.mode = mode;
+	for (int i = 0; i < n_peer; i++)
+		eps[i] = peer[i].endpoint;
 	lr.peer_endpoints = eps;
-	lr.n_peer_endpoints = 1;
+	lr.n_peer_endpoints = (size_t)n_peer;
 	lr.peer_trust_domain = KMS_TEST_TD;
 	lr.peer_node_ca_pem.data = (uint8_t *)ca;
 	lr.peer_node_ca_pem.len = len;
@@ -53,25 +62,27 @@ static void link_half(kms_test_node *self, kms_test_node *peer, const char *peer
 
 static void regions_up(void)
 {
-	kms_test_cluster_up(&env_a, &a, 1, "--region region-a");
-	kms_test_cluster_up(&env_b, &b, 1, "--region region-b");
+	kms_test_cluster_up(&env_a, na, N_NODES, "--region region-a");
+	kms_test_cluster_up(&env_b, nb, N_NODES, "--region region-b");
 	kms_test_cluster_up(&env_c, &c, 1, "--region region-c");
-	link_half(&a, &b, "region-b", KMS__V1__REGION_ROLE__REGION_ROLE_PRIMARY,
+	link_half(&a, nb, N_NODES, "region-b", KMS__V1__REGION_ROLE__REGION_ROLE_PRIMARY,
 		  KMS__V1__REGION_MODE__REGION_MODE_ASYNC);
-	link_half(&b, &a, "region-a", KMS__V1__REGION_ROLE__REGION_ROLE_SECONDARY,
+	link_half(&b, na, N_NODES, "region-a", KMS__V1__REGION_ROLE__REGION_ROLE_SECONDARY,
 		  KMS__V1__REGION_MODE__REGION_MODE_ASYNC);
-	link_half(&a, &c, "region-c", KMS__V1__REGION_ROLE__REGION_ROLE_PRIMARY,
+	link_half(&a, &c, 1, "region-c", KMS__V1__REGION_ROLE__REGION_ROLE_PRIMARY,
 		  KMS__V1__REGION_MODE__REGION_MODE_SYNC);
-	link_half(&c, &a, "region-a", KMS__V1__REGION_ROLE__REGION_ROLE_SECONDARY,
+	link_half(&c, na, N_NODES, "region-a", KMS__V1__REGION_ROLE__REGION_ROLE_SECONDARY,
 		  KMS__V1__REGION_MODE__REGION_MODE_SYNC);
 }
 
 static void regions_down(void)
 {
-	if (a.pid > 0)
-		kms_test_node_signal(&a, SIGTERM);
-	if (b.pid > 0)
-		kms_test_node_signal(&b, SIGTERM);
+	for (int i = 0; i < N_NODES; i++) {
+		if (na[i].pid > 0)
+			kms_test_node_signal(&na[i], SIGTERM);
+		if (nb[i].pid > 0)
+			kms_test_node_signal(&nb[i], SIGTERM);
+	}
 	if (c.pid > 0)
 		kms_test_node_signal(&c, SIGTERM);
 	kms_test_env_destroy(&env_a);
@@ -234,6 +245,40 @@ START_TEST(the_secondary_refuses_writes_naming_its_primary)
 }
 END_TEST
 
+/* Aliases of a multi-region key travel with it; the secondary uses them. */
+START_TEST(an_alias_reaches_the_secondary_with_its_key)
+{
+	Kms__V1__CreateAliasRequest req = KMS__V1__CREATE_ALIAS_REQUEST__INIT;
+	Kms__V1__UpdateAliasRequest upd = KMS__V1__UPDATE_ALIAS_REQUEST__INIT;
+	ProtobufCMessage *r = NULL;
+	kms_test_blob blob;
+	kms_rpc_status st;
+	long until;
+
+	create(&a, "aliased", 1);
+	req.alias_name = "alias/billing";
+	req.key_id = "aliased";
+	ck_assert_msg(kms_test_call(&a, "admin", KM "CreateAlias", &req.base,
+				    &kms__v1__create_alias_response__descriptor, &r, &st) == 0,
+		      "%s", st.details);
+	protobuf_c_message_free_unpacked(r, NULL);
+	for (until = kms_test_now_ms() + REACH_MS;; kms_test_sleep_ms(100)) {
+		if (kms_test_make_blob(&b, "app", "alias/billing", &blob, &st) == 0)
+			break;
+		ck_assert_msg(kms_test_now_ms() < until, "alias/billing not usable in region-b: %s",
+			      st.details);
+	}
+	ck_assert_msg(kms_test_blob_decrypts(&a, "app", &blob, &st), "%s", st.details);
+	/* Twin: the secondary may not move it. */
+	upd.alias_name = "alias/billing";
+	upd.key_id = "local-b";
+	ck_assert_int_ne(kms_test_call(&b, "admin", KM "UpdateAlias", &upd.base,
+				       &kms__v1__update_alias_response__descriptor, &r, &st),
+			 0);
+	KMS_TEST_ASSERT_STATUS(st, 9, "primary region 'region-a'");
+}
+END_TEST
+
 /* A region's data leaves a key another region also holds (issue #7). */
 START_TEST(reencrypt_moves_blobs_to_a_regional_key_of_the_secondary)
 {
@@ -266,6 +311,46 @@ START_TEST(reencrypt_moves_blobs_to_a_regional_key_of_the_secondary)
 	 * caller may not use and one that does not exist answer alike). */
 	ck_assert(!kms_test_blob_decrypts(&a, "app", &moved, &st));
 	KMS_TEST_ASSERT_STATUS(st, 7, "key 'eu-only'");
+	/* The same in bulk: kmsctl rewrap in region-b. */
+	{
+		char in[PATH_MAX], outp[PATH_MAX], ct64[1024], pt64[64], out[1024], *p, *e;
+		char cmd_base[2 * PATH_MAX];
+		FILE *f;
+
+		ck_assert_int_gt(EVP_EncodeBlock((unsigned char *)ct64, blob.ct, (int)blob.ct_len),
+				 0);
+		ck_assert_int_gt(EVP_EncodeBlock((unsigned char *)pt64, blob.pt, 32), 0);
+		KMS_TEST_PATH(in, "%s/rewrap.in", env_b.root);
+		KMS_TEST_PATH(outp, "%s/rewrap.out", env_b.root);
+		f = fopen(in, "w");
+		ck_assert_ptr_nonnull(f);
+		fprintf(f, "{\"blob\": \"%s\"}\n", ct64);
+		fclose(f);
+		KMS_TEST_PATH(cmd_base,
+			      "'%s/kmsctl' --endpoint %s --ca '%s/node-ca.pem' --cert '%s/app.pem' "
+			      "--key '%s/app.key'",
+			      kms_test_builddir(), b.endpoint, env_b.pki, env_b.pki, env_b.pki);
+		ck_assert_msg(kms_test_sh_output(out, sizeof(out),
+						 "%s rewrap --in '%s' --out '%s' --to eu-only",
+						 cmd_base, in, outp) == 0,
+			      "%s", out);
+		ck_assert_int_eq(kms_test_sh_output(out, sizeof(out), "cat '%s'", outp), 0);
+		p = strstr(out, "\"blob\": \"");
+		if (p == NULL)
+			p = strstr(out, "\"blob\":\"");
+		ck_assert_msg(p != NULL, "%s", out);
+		p = strchr(p + 6, '"') + 1;
+		e = strchr(p, '"');
+		ck_assert_ptr_nonnull(e);
+		*e = '\0';
+		ck_assert_msg(strcmp(p, ct64) != 0, "rewrap left the blob as it was");
+		memmove(ct64, p, strlen(p) + 1);
+		ck_assert_msg(kms_test_sh_output(out, sizeof(out), "%s --json decrypt --blob '%s'",
+						 cmd_base, ct64) == 0,
+			      "%s", out);
+		ck_assert_msg(strstr(out, pt64) != NULL && strstr(out, "eu-only") != NULL, "%s",
+			      out);
+	}
 }
 END_TEST
 
@@ -333,6 +418,27 @@ START_TEST(region_status_shows_the_link_and_no_lag)
 	ck_assert_int_eq(r->links[0]->lag_seconds, 0);
 	ck_assert_uint_eq(r->links[0]->cursor, r->links[0]->peer_head);
 	protobuf_c_message_free_unpacked(&r->base, NULL);
+	/* kmsctl health shows the lag to an administrator, not to the app. */
+	{
+		char out[1024];
+
+		ck_assert_int_eq(kms_test_sh_output(out, sizeof(out),
+						    "'%s/kmsctl' --endpoint %s --ca '%s/node-ca.pem' "
+						    "--cert '%s/admin.pem' --key '%s/admin.key' health",
+						    kms_test_builddir(), b.endpoint, env_b.pki, env_b.pki,
+						    env_b.pki),
+				 0);
+		ck_assert_msg(strstr(out, "status: SERVING") != NULL &&
+				  strstr(out, "region-a 0 0") != NULL,
+			      "%s", out);
+		ck_assert_int_eq(kms_test_sh_output(out, sizeof(out),
+						    "'%s/kmsctl' --endpoint %s --ca '%s/node-ca.pem' "
+						    "--cert '%s/app.pem' --key '%s/app.key' health",
+						    kms_test_builddir(), b.endpoint, env_b.pki, env_b.pki,
+						    env_b.pki),
+				 0);
+		ck_assert_msg(strstr(out, "region-a") == NULL, "%s", out);
+	}
 }
 END_TEST
 
@@ -393,6 +499,181 @@ START_TEST(a_sync_write_without_its_secondary_says_so)
 	md = kms_test_describe(&c, "admin", "sync-after", &st);
 	ck_assert_msg(md != NULL, "%s", st.details);
 	protobuf_c_message_free_unpacked(&md->base, NULL);
+}
+END_TEST
+
+/* Waits until n describes id with key_state state (and period, when not 0). */
+static void wait_state(kms_test_node *n, const char *id, const char *state, uint64_t period)
+{
+	long until = kms_test_now_ms() + REACH_MS;
+	kms_rpc_status st = {0};
+
+	for (;; kms_test_sleep_ms(100)) {
+		Kms__V1__KeyMetadata *md = kms_test_describe(n, "admin", id, &st);
+		int done = md != NULL && strcmp(md->key_state, state) == 0 &&
+			   (period == 0 || md->rotation_period_seconds == period);
+
+		ck_assert_msg(done || kms_test_now_ms() < until, "key '%s' is %s, not %s, in %s; %s",
+			      id, md != NULL ? md->key_state : "missing", state, n->endpoint,
+			      st.details);
+		if (md != NULL)
+			protobuf_c_message_free_unpacked(&md->base, NULL);
+		if (done)
+			return;
+	}
+}
+
+/* An administrator's key call on n that must succeed. */
+static void admin_ok(kms_test_node *n, const char *method, const ProtobufCMessage *req,
+		     const ProtobufCMessageDescriptor *desc)
+{
+	ProtobufCMessage *r = NULL;
+	kms_rpc_status st;
+
+	ck_assert_msg(kms_test_call(n, "admin", method, req, desc, &r, &st) == 0, "%s: %s", method,
+		      st.details);
+	protobuf_c_message_free_unpacked(r, NULL);
+}
+
+/* Every kind of key change in region-a reaches region-b, on any of its nodes. */
+START_TEST(every_kind_of_key_change_reaches_the_secondary)
+{
+	Kms__V1__SetRotationPolicyRequest pol = KMS__V1__SET_ROTATION_POLICY_REQUEST__INIT;
+	Kms__V1__ScheduleKeyDeletionRequest del = KMS__V1__SCHEDULE_KEY_DELETION_REQUEST__INIT;
+	Kms__V1__CancelKeyDeletionRequest can = KMS__V1__CANCEL_KEY_DELETION_REQUEST__INIT;
+	Kms__V1__EnableKeyRequest en = KMS__V1__ENABLE_KEY_REQUEST__INIT;
+	Kms__V1__PutKeyPolicyRequest pp = KMS__V1__PUT_KEY_POLICY_REQUEST__INIT;
+	Kms__V1__KeyPolicy policy = KMS__V1__KEY_POLICY__INIT;
+	Kms__V1__Grant grant = KMS__V1__GRANT__INIT, *grants[1] = {&grant};
+	static char *ops[] = {"DescribeKey"};
+	kms_test_blob blob;
+	kms_rpc_status st;
+	long until;
+
+	create(&a, "changes", 1);
+	wait_state(&nb[1], "changes", "Enabled", 0);
+	pol.key_id = "changes";
+	pol.rotation_period_seconds = 86400;
+	admin_ok(&na[1], KM "SetRotationPolicy", &pol.base,
+		 &kms__v1__set_rotation_policy_response__descriptor);
+	wait_state(&nb[2], "changes", "Enabled", 86400);
+	del.key_id = "changes";
+	del.pending_window_days = 7;
+	admin_ok(&a, KM "ScheduleKeyDeletion", &del.base,
+		 &kms__v1__schedule_key_deletion_response__descriptor);
+	wait_state(&nb[0], "changes", "PendingDeletion", 0);
+	can.key_id = "changes";
+	admin_ok(&a, KM "CancelKeyDeletion", &can.base,
+		 &kms__v1__cancel_key_deletion_response__descriptor);
+	wait_state(&nb[1], "changes", "Disabled", 0);
+	en.key_id = "changes";
+	admin_ok(&a, KM "EnableKey", &en.base, &kms__v1__enable_key_response__descriptor);
+	wait_state(&nb[2], "changes", "Enabled", 0);
+	/* A narrower policy: the app may only describe it, there as here. */
+	grant.principal = KMS_TEST_APP;
+	grant.operations = ops;
+	grant.n_operations = 1;
+	policy.grants = grants;
+	policy.n_grants = 1;
+	pp.key_id = "changes";
+	pp.policy = &policy;
+	admin_ok(&a, KM "PutKeyPolicy", &pp.base, &kms__v1__put_key_policy_response__descriptor);
+	for (until = kms_test_now_ms() + REACH_MS;; kms_test_sleep_ms(100)) {
+		if (kms_test_make_blob(&nb[1], "app", "changes", &blob, &st) == 7)
+			break;
+		ck_assert_msg(kms_test_now_ms() < until, "region-b still lets the app encrypt: %s",
+			      st.details);
+	}
+}
+END_TEST
+
+/* A secondary that hangs (SIGSTOP, every node) holds no one else's writes:
+ * sync writes to region-c are still confirmed. */
+START_TEST(a_stopped_async_secondary_does_not_hold_sync_writes)
+{
+	/* Through the leader: its region thread is the one that asks region-b. */
+	int leader = kms_test_leader_index(na, N_NODES);
+	kms_client *admin = kms_test_client_with(&na[leader >= 0 ? leader : 0], "admin", NULL,
+						 15000);
+	Kms__V1__KeyMetadata *md;
+	kms_rpc_status st;
+	char id[32];
+
+	for (int i = 0; i < N_NODES; i++)
+		ck_assert_int_eq(kill(nb[i].pid, SIGSTOP), 0);
+	for (int i = 0; i < 3; i++) {
+		snprintf(id, sizeof(id), "b-stopped-%d", i);
+		ck_assert_msg(kms_test_create_key_scope(admin, id, KMS_TEST_APP, 1, &st) == 0,
+			      "%s: %s", id, st.details);
+		md = kms_test_describe(&c, "admin", id, &st);
+		ck_assert_msg(md != NULL, "%s", st.details);
+		protobuf_c_message_free_unpacked(&md->base, NULL);
+	}
+	for (int i = 0; i < N_NODES; i++)
+		ck_assert_int_eq(kill(nb[i].pid, SIGCONT), 0);
+	kms_client_close(admin);
+	md = wait_key(&b, "b-stopped-2", 1);
+	protobuf_c_message_free_unpacked(&md->base, NULL);
+}
+END_TEST
+
+/* Its twins of failure: the secondary down, the primary's leader killed. */
+START_TEST(a_secondary_killed_and_brought_back_catches_up)
+{
+	Kms__V1__KeyMetadata *md;
+	char id[32];
+
+	for (int i = 0; i < N_NODES; i++)
+		kms_test_node_signal(&nb[i], SIGKILL);
+	for (int i = 0; i < 20; i++) {
+		snprintf(id, sizeof(id), "while-b-down-%d", i);
+		create(&a, id, 1);
+	}
+	for (int i = 0; i < N_NODES; i++)
+		kms_test_node_spawn(&nb[i]);
+	for (int i = 0; i < N_NODES; i++)
+		ck_assert_msg(kms_test_node_wait_healthy(&nb[i], 60), "see %s", nb[i].log);
+	for (int i = 0; i < 20; i++) {
+		snprintf(id, sizeof(id), "while-b-down-%d", i);
+		md = wait_key(&nb[i % N_NODES], id, 1);
+		protobuf_c_message_free_unpacked(&md->base, NULL);
+	}
+}
+END_TEST
+
+START_TEST(the_primary_leader_killed_mid_stream)
+{
+	Kms__V1__KeyMetadata *md;
+	kms_rpc_status st;
+	kms_client *admin;
+	int leader = kms_test_leader_index(na, N_NODES), other = (leader + 1) % N_NODES, made = 0;
+	char id[32];
+
+	ck_assert_int_ge(leader, 0);
+	admin = kms_test_client_with(&na[other], "admin", NULL, 15000);
+	for (int i = 0; i < 40; i++) {
+		snprintf(id, sizeof(id), "mid-stream-%d", i);
+		if (i == 10)
+			kms_test_node_signal(&na[leader], SIGKILL);
+		/* Acknowledged or not while a new leader is elected: what was
+		 * acknowledged must reach region-b. */
+		if (kms_test_create_key_scope(admin, id, KMS_TEST_APP, 1, &st) == 0)
+			made |= 1 << (i % 31);
+		else
+			kms_test_sleep_ms(200);
+	}
+	kms_client_close(admin);
+	kms_test_node_start(&na[leader]);
+	for (int i = 0; i < 40; i++) {
+		snprintf(id, sizeof(id), "mid-stream-%d", i);
+		md = kms_test_describe(&na[other], "admin", id, &st);
+		if (md == NULL)
+			continue; /* never acknowledged, nor committed */
+		protobuf_c_message_free_unpacked(&md->base, NULL);
+		md = wait_key(&nb[i % N_NODES], id, 1);
+		protobuf_c_message_free_unpacked(&md->base, NULL);
+	}
+	ck_assert_int_ne(made, 0);
 }
 END_TEST
 
@@ -528,9 +809,22 @@ START_TEST(malformed_link_region_is_refused_at_proposal)
 	op.link_region = &lr;
 	ck_assert_ptr_null(kms_test_propose(&a, "admin", &op, 0, &st));
 	KMS_TEST_ASSERT_STATUS(st, 3, "region name 'Region C'");
-	lr.peer_region = "region-c";
+	lr.peer_region = "region-d";
 	ck_assert_ptr_null(kms_test_propose(&a, "admin", &op, 0, &st));
 	KMS_TEST_ASSERT_STATUS(st, 3, "no PEM certificate");
+	/* A peer named by this region's own node CA: its nodes could pass for ours. */
+	{
+		char path[PATH_MAX], *ca;
+		size_t len;
+
+		KMS_TEST_PATH(path, "%s/node-ca.pem", env_a.pki);
+		ca = kms_test_read_file(path, &len);
+		lr.peer_node_ca_pem.data = (uint8_t *)ca;
+		lr.peer_node_ca_pem.len = len;
+		ck_assert_ptr_null(kms_test_propose(&a, "admin", &op, 0, &st));
+		KMS_TEST_ASSERT_STATUS(st, 3, "this region's own node CA");
+		kms_free(ca);
+	}
 }
 END_TEST
 
@@ -544,11 +838,16 @@ static Suite *region_suite(void)
 	tcase_add_test(tc, a_multi_region_key_reaches_the_secondary_and_blobs_cross);
 	tcase_add_test(tc, a_rotation_reaches_the_secondary);
 	tcase_add_test(tc, the_secondary_refuses_writes_naming_its_primary);
+	tcase_add_test(tc, an_alias_reaches_the_secondary_with_its_key);
 	tcase_add_test(tc, reencrypt_moves_blobs_to_a_regional_key_of_the_secondary);
 	tcase_add_test(tc, a_disabled_key_is_disabled_in_the_secondary_too);
 	tcase_add_test(tc, region_status_shows_the_link_and_no_lag);
 	tcase_add_test(tc, a_sync_write_is_in_the_sync_secondary_when_it_is_answered);
 	tcase_add_test(tc, a_sync_write_without_its_secondary_says_so);
+	tcase_add_test(tc, every_kind_of_key_change_reaches_the_secondary);
+	tcase_add_test(tc, a_stopped_async_secondary_does_not_hold_sync_writes);
+	tcase_add_test(tc, a_secondary_killed_and_brought_back_catches_up);
+	tcase_add_test(tc, the_primary_leader_killed_mid_stream);
 	tcase_add_test(tc, region_calls_refuse_everyone_else);
 	tcase_add_test(tc, promotion_needs_the_quorum_and_fences_the_old_primary);
 	tcase_add_test(tc, malformed_link_region_is_refused_at_proposal);

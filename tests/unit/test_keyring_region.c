@@ -545,7 +545,7 @@ static int region_apply(Kms__V1__KeyRecord **recs, size_t n, uint64_t epoch, uin
 {
 	kms_buf cmd = {0};
 
-	ck_assert_int_eq(kms_keyring_cmd_region_apply("us-east", epoch, recs, n, cursor, cursor,
+	ck_assert_int_eq(kms_keyring_cmd_region_apply("us-east", epoch, recs, n, NULL, 0, cursor, cursor,
 						      NOW + 100, gen, &cmd, err),
 			 KMS_OK);
 	return apply(kr, &cmd, err);
@@ -598,6 +598,28 @@ START_TEST(region_apply_adds_and_replaces_keys)
 }
 END_TEST
 
+/* The upkeep of a secondary's leader leaves a replicated key to its home:
+ * no rotation due there, whatever its policy says. */
+START_TEST(upkeep_leaves_replicated_keys_to_their_home)
+{
+	Kms__V1__KeyRecord **recs;
+	uint64_t head = 0;
+	size_t n = 0, due = 9;
+	char **ids = NULL;
+	kms_err err = {0};
+
+	link_to_us_east(KMS__V1__REGION_ROLE__REGION_ROLE_SECONDARY);
+	recs = pulled_from_us_east(&n, &head);
+	recs[0]->rotation_period_seconds = 60;
+	ck_assert_int_eq(region_apply(recs, n, 1, head, 1, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_due_rotations(kr, NOW + 86400, 900, 16, &ids, &due, &err),
+			 KMS_OK);
+	ck_assert_uint_eq(due, 0);
+	kms_keyring_ids_free(ids, due);
+	kms_keyring_records_free(recs, n);
+}
+END_TEST
+
 START_TEST(region_apply_refusals_change_nothing)
 {
 	Kms__V1__KeyRecord **recs;
@@ -632,7 +654,7 @@ START_TEST(region_apply_refusals_change_nothing)
 	/* A key of a third region is not us-east's to send. */
 	home = recs[0]->home_region;
 	recs[0]->home_region = "ap-south";
-	ck_assert_int_eq(kms_keyring_cmd_region_apply("us-east", 1, recs, n, head, head, NOW, 1,
+	ck_assert_int_eq(kms_keyring_cmd_region_apply("us-east", 1, recs, n, NULL, 0, head, head, NOW, 1,
 						      &cmd, &err),
 			 KMS_ERR_INVALID);
 	ck_assert_msg(strstr(err.msg, "not a multi-region key of region 'us-east'") != NULL, "%s",
@@ -730,6 +752,95 @@ START_TEST(a_fenced_primary_becomes_a_secondary)
 }
 END_TEST
 
+/* A multi-region key's aliases travel with it: the secondary's aliases of
+ * the key become the primary's, and a name of the secondary's own stays. */
+START_TEST(aliases_travel_with_their_key)
+{
+	kms_keyring *east = NULL;
+	Kms__V1__KeyRecord **recs = NULL;
+	Kms__V1__AliasRecord **al = NULL;
+	Kms__V1__RegionLinkRecord *l;
+	kms_alias found;
+	kms_buf cmd = {0};
+	uint64_t head = 0, rev_before;
+	size_t n = 0, n_al = 0;
+	kms_err err = {0};
+
+	ck_assert_int_eq(kms_keyring_new(&east, &err), KMS_OK);
+	init_region(east, "us-east");
+	create_cmd("mr1", "us-east", &cmd);
+	apply_ok(east, &cmd);
+	create_cmd("east-local", NULL, &cmd);
+	apply_ok(east, &cmd);
+	ck_assert_uint_eq(kms_keyring_stream_rev(east, "mr1", &rev_before), 1);
+	/* An alias made, moved in and out: each a change of mr1. */
+	ck_assert_int_eq(kms_keyring_cmd_create_alias("alias/orders", "mr1", NOW, &cmd, &err),
+			 KMS_OK);
+	apply_ok(east, &cmd);
+	ck_assert_int_eq(kms_keyring_cmd_create_alias("alias/shared", "mr1", NOW, &cmd, &err),
+			 KMS_OK);
+	apply_ok(east, &cmd);
+	ck_assert_int_eq(kms_keyring_cmd_create_alias("alias/moved", "east-local", NOW, &cmd, &err),
+			 KMS_OK);
+	apply_ok(east, &cmd);
+	ck_assert_int_eq(kms_keyring_cmd_update_alias("alias/moved", "mr1", NOW, &cmd, &err),
+			 KMS_OK);
+	apply_ok(east, &cmd);
+	ck_assert_int_eq(kms_keyring_stream_rev(east, "mr1", &head), 1);
+	ck_assert_uint_eq(head, rev_before + 3);
+	/* The secondary holds its own alias/shared, on its own key. */
+	link_to_us_east(KMS__V1__REGION_ROLE__REGION_ROLE_SECONDARY);
+	create_cmd("west-local", NULL, &cmd);
+	apply_ok(kr, &cmd);
+	ck_assert_int_eq(kms_keyring_cmd_create_alias("alias/shared", "west-local", NOW, &cmd, &err),
+			 KMS_OK);
+	apply_ok(kr, &cmd);
+	ck_assert_int_eq(kms_keyring_region_changes(east, 0, 256, &recs, &n, &head, &err), KMS_OK);
+	ck_assert_uint_eq(n, 1);
+	ck_assert_int_eq(kms_keyring_aliases_of_keys(east, recs, n, &al, &n_al, &err), KMS_OK);
+	ck_assert_uint_eq(n_al, 3);
+	ck_assert_int_eq(kms_keyring_cmd_region_apply("us-east", 1, recs, n, al, n_al, head, head,
+						      NOW, 1, &cmd, &err),
+			 KMS_OK);
+	apply_ok(kr, &cmd);
+	ck_assert_int_eq(kms_keyring_alias(kr, "alias/orders", &found, &err), KMS_OK);
+	ck_assert_str_eq(found.key_id, "mr1");
+	ck_assert_int_eq(kms_keyring_alias(kr, "alias/moved", &found, &err), KMS_OK);
+	ck_assert_str_eq(found.key_id, "mr1");
+	ck_assert_int_eq(kms_keyring_alias(kr, "alias/shared", &found, &err), KMS_OK);
+	ck_assert_str_eq(found.key_id, "west-local");
+	l = the_link(kr);
+	ck_assert_uint_eq(l->conflicts, 1);
+	ck_assert_str_eq(l->last_conflict, "alias/shared");
+	kms__v1__region_link_record__free_unpacked(l, NULL);
+	kms_keyring_aliases_free(al, n_al);
+	kms_keyring_records_free(recs, n);
+	/* Deleted at the primary: gone here at the next apply. */
+	ck_assert_int_eq(kms_keyring_cmd_delete_alias("alias/orders", &cmd, &err), KMS_OK);
+	apply_ok(east, &cmd);
+	ck_assert_int_eq(kms_keyring_region_changes(east, head, 256, &recs, &n, &head, &err),
+			 KMS_OK);
+	ck_assert_uint_eq(n, 1);
+	ck_assert_int_eq(kms_keyring_aliases_of_keys(east, recs, n, &al, &n_al, &err), KMS_OK);
+	ck_assert_uint_eq(n_al, 2);
+	ck_assert_int_eq(kms_keyring_cmd_region_apply("us-east", 1, recs, n, al, n_al, head, head,
+						      NOW, 1, &cmd, &err),
+			 KMS_OK);
+	apply_ok(kr, &cmd);
+	ck_assert_int_eq(kms_keyring_alias(kr, "alias/orders", &found, &err), KMS_ERR_NOT_FOUND);
+	ck_assert_int_eq(kms_keyring_alias(kr, "alias/moved", &found, &err), KMS_OK);
+	/* Twin: an alias naming a key the command does not hold. */
+	al[0]->key_id[0] = 'x';
+	ck_assert_int_eq(kms_keyring_cmd_region_apply("us-east", 1, recs, n, al, n_al, head, head,
+						      NOW, 1, &cmd, &err),
+			 KMS_ERR_INVALID);
+	ck_assert_msg(strstr(err.msg, "which it does not hold") != NULL, "%s", err.msg);
+	kms_keyring_aliases_free(al, n_al);
+	kms_keyring_records_free(recs, n);
+	kms_keyring_free(east);
+}
+END_TEST
+
 static Suite *region_suite(void)
 {
 	Suite *s = suite_create("keyring_region");
@@ -746,7 +857,9 @@ static Suite *region_suite(void)
 	tcase_add_test(tc, changes_of_multi_region_keys_get_a_region_rev);
 	tcase_add_test(tc, region_apply_adds_and_replaces_keys);
 	tcase_add_test(tc, region_apply_refusals_change_nothing);
+	tcase_add_test(tc, upkeep_leaves_replicated_keys_to_their_home);
 	tcase_add_test(tc, a_fenced_primary_becomes_a_secondary);
+	tcase_add_test(tc, aliases_travel_with_their_key);
 	suite_add_tcase(s, tc);
 	return s;
 }

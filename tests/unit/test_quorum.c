@@ -755,7 +755,7 @@ static void receive_mr1(void)
 	ck_assert_int_eq(kms_keyring_apply(east, cmd.data, cmd.len, &err), KMS_OK);
 	kms_buf_free(&cmd);
 	ck_assert_int_eq(kms_keyring_region_changes(east, 0, 256, &krs, &n, &head, &err), KMS_OK);
-	ck_assert_int_eq(kms_keyring_cmd_region_apply("us-east", 1, krs, n, head, head, T0, 1, &cmd,
+	ck_assert_int_eq(kms_keyring_cmd_region_apply("us-east", 1, krs, n, NULL, 0, head, head, T0, 1, &cmd,
 						      &err),
 			 KMS_OK);
 	ck_assert_msg(apply(&cmd, &err) == KMS_OK, "%s", err.msg);
