@@ -30,12 +30,7 @@ static kms_test_env env, env2;
 static kms_test_node nodes[N], rnodes[2];
 static const char *custodians[3] = {"alice", "bob", "carol"};
 
-struct blob {
-	uint8_t ct[512];
-	size_t ct_len;
-	uint8_t pt[32];
-};
-static struct blob blobs[NBLOBS + 1];
+static kms_test_blob blobs[NBLOBS + 1];
 static int n_blobs;
 
 static void setup(void)
@@ -98,39 +93,18 @@ static void create_key(const char *id)
 
 static void make_blob(const char *key_id)
 {
-	Kms__V1__GenerateDataKeyRequest req = KMS__V1__GENERATE_DATA_KEY_REQUEST__INIT;
-	Kms__V1__GenerateDataKeyResponse *r = NULL;
 	kms_rpc_status st;
 
 	ck_assert_int_lt(n_blobs, NBLOBS + 1);
-	req.key_id = (char *)key_id;
-	req.number_of_bytes = 32;
-	ck_assert_msg(kms_test_call(&nodes[n_blobs % N], "app", KM "GenerateDataKey", &req.base,
-				    &kms__v1__generate_data_key_response__descriptor,
-				    (ProtobufCMessage **)&r, &st) == 0,
+	ck_assert_msg(kms_test_make_blob(&nodes[n_blobs % N], "app", key_id, &blobs[n_blobs],
+					 &st) == 0,
 		      "GenerateDataKey %s: %s", key_id, st.details);
-	ck_assert_uint_le(r->ciphertext_blob.len, sizeof(blobs[0].ct));
-	memcpy(blobs[n_blobs].ct, r->ciphertext_blob.data, r->ciphertext_blob.len);
-	blobs[n_blobs].ct_len = r->ciphertext_blob.len;
-	memcpy(blobs[n_blobs].pt, r->plaintext.data, 32);
 	n_blobs++;
-	FREE(r);
 }
 
-static int decrypts(kms_test_node *n, const struct blob *b, kms_rpc_status *st)
+static int decrypts(kms_test_node *n, const kms_test_blob *b, kms_rpc_status *st)
 {
-	Kms__V1__DecryptRequest req = KMS__V1__DECRYPT_REQUEST__INIT;
-	Kms__V1__DecryptResponse *r = NULL;
-	int ok;
-
-	req.ciphertext_blob.data = (uint8_t *)b->ct;
-	req.ciphertext_blob.len = b->ct_len;
-	if (kms_test_call(n, "app", KM "Decrypt", &req.base, &kms__v1__decrypt_response__descriptor,
-			  (ProtobufCMessage **)&r, st) != 0)
-		return 0;
-	ok = r->plaintext.len == 32 && memcmp(r->plaintext.data, b->pt, 32) == 0;
-	FREE(r);
-	return ok;
+	return kms_test_blob_decrypts(n, "app", b, st);
 }
 
 /* The environment kmsctl runs with, as the first cluster's administrator. */

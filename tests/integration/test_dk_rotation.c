@@ -32,12 +32,7 @@ enum {
 static kms_test_env env;
 static kms_test_node nodes[N];
 
-struct blob {
-	uint8_t ct[512];
-	size_t ct_len;
-	uint8_t pt[32];
-};
-static struct blob blobs[NBLOBS];
+static kms_test_blob blobs[NBLOBS];
 static int n_blobs;
 
 #define sleep_ms kms_test_sleep_ms
@@ -253,31 +248,22 @@ static void rotate_key(const char *id)
 static void make_blobs(int n)
 {
 	for (int i = 0; i < n && n_blobs < NBLOBS; i++) {
-		Kms__V1__GenerateDataKeyRequest req = KMS__V1__GENERATE_DATA_KEY_REQUEST__INIT;
-		Kms__V1__GenerateDataKeyResponse *r = NULL;
 		char id[16];
 		kms_rpc_status st;
 		long until = now_ms() + 10000;
+		int code;
 
 		snprintf(id, sizeof(id), "dk-key-%d", n_blobs % NKEYS);
-		req.key_id = id;
-		req.number_of_bytes = 32;
-		while (call(n_blobs % N, "app", KM "GenerateDataKey", &req.base,
-			    &kms__v1__generate_data_key_response__descriptor,
-			    (ProtobufCMessage **)&r, &st) != 0 &&
+		while ((code = kms_test_make_blob(&nodes[n_blobs % N], "app", id, &blobs[n_blobs],
+						  &st)) != 0 &&
 		       now_ms() < until)
 			sleep_ms(100);
-		ck_assert_msg(r != NULL, "GenerateDataKey: %s", st.details);
-		ck_assert_uint_le(r->ciphertext_blob.len, sizeof(blobs[0].ct));
-		memcpy(blobs[n_blobs].ct, r->ciphertext_blob.data, r->ciphertext_blob.len);
-		blobs[n_blobs].ct_len = r->ciphertext_blob.len;
-		memcpy(blobs[n_blobs].pt, r->plaintext.data, 32);
+		ck_assert_msg(code == 0, "GenerateDataKey: %s", st.details);
 		n_blobs++;
-		FREE(r);
 	}
 }
 
-static int decrypt_one(kms_client *c, const struct blob *b, kms_rpc_status *st)
+static int decrypt_one(kms_client *c, const kms_test_blob *b, kms_rpc_status *st)
 {
 	Kms__V1__DecryptRequest req = KMS__V1__DECRYPT_REQUEST__INIT;
 	Kms__V1__DecryptResponse *r = NULL;
