@@ -461,6 +461,7 @@ static const struct command commands[] = {
      "    rotate-domain-key\n"
      "    promote-region REGION (this region, a secondary of REGION, becomes\n"
      "               the primary of REGION's multi-region keys)\n"
+     "    unlink-region REGION (its nodes are refused from then on)\n"
      "    cancel-proposal ID\n"
      "    It expires after --ttl S seconds (default 3600, at most 86400).\n"
      "    Prints proposal_id and digest (the SHA-256 operators sign).\n"
@@ -691,6 +692,7 @@ struct cli {
 	Kms__V1__RotateDomainKeyOperation op_rotate;
 	Kms__V1__CancelProposalOperation op_cancel;
 	Kms__V1__PromoteRegionOperation op_promote;
+	Kms__V1__UnlinkRegionOperation op_unlink;
 };
 
 static void cli_free(struct cli *cli)
@@ -2767,6 +2769,14 @@ static int parse_operation(struct cli *cli, int n, char **args)
 		op->op_case = KMS__V1__ROOT_OPERATION__OP_PROMOTE_REGION;
 		op->promote_region = &cli->op_promote;
 		rest = 0;
+	} else if (strcmp(name, "unlink-region") == 0) {
+		if (rest != 1)
+			return usage_error("unlink-region needs the REGION to unlink");
+		kms__v1__unlink_region_operation__init(&cli->op_unlink);
+		cli->op_unlink.peer_region = args[1];
+		op->op_case = KMS__V1__ROOT_OPERATION__OP_UNLINK_REGION;
+		op->unlink_region = &cli->op_unlink;
+		rest = 0;
 	} else if (strcmp(name, "cancel-proposal") == 0) {
 		if (rest != 1)
 			return usage_error("cancel-proposal needs one proposal ID");
@@ -2778,7 +2788,7 @@ static int parse_operation(struct cli *cli, int n, char **args)
 	} else {
 		return usage_error("unknown operation '%s' (set-administrators, set-operators, "
 				   "add-member, remove-member, destroy-key, rotate-domain-key, "
-				   "promote-region, cancel-proposal)",
+				   "promote-region, unlink-region, cancel-proposal)",
 				   name);
 	}
 	if (rest > 0)
@@ -2960,6 +2970,10 @@ static int operation_json(json_t *o, const Kms__V1__RootOperation *op)
 	case KMS__V1__ROOT_OPERATION__OP_PROMOTE_REGION:
 		bad |= json_object_set_new(o, "peer_region",
 					   json_string(op->promote_region->peer_region));
+		break;
+	case KMS__V1__ROOT_OPERATION__OP_UNLINK_REGION:
+		bad |= json_object_set_new(o, "peer_region",
+					   json_string(op->unlink_region->peer_region));
 		break;
 	default:
 		break;

@@ -20,6 +20,7 @@
 const char kmsctl_region_usage[] =
     "usage: kmsctl [global options] region status\n"
     "       kmsctl [global options] region promote --peer NAME [--ttl S]\n"
+    "       kmsctl [global options] region unlink --peer NAME [--ttl S]\n"
     "       kmsctl [global options] region link --peer NAME --role primary|secondary\n"
     "                  --peer-endpoints HOST:PORT[,HOST:PORT...] --peer-trust-domain TD\n"
     "                  --peer-node-ca FILE [--mode async|sync] [--ttl S]\n"
@@ -42,6 +43,10 @@ const char kmsctl_region_usage[] =
     "    a secondary of NAME, becomes the primary of NAME's multi-region keys\n"
     "    and raises the link's epoch; NAME, when it learns that epoch, turns\n"
     "    itself into this region's secondary and refuses their writes.\n"
+    "    Prints proposal_id and digest.\n"
+    "  unlink: proposes unlink-region (M operators approve it): the link to\n"
+    "    NAME is removed and its nodes are refused from then on; keys homed\n"
+    "    in NAME stay here, read-only, until a new link and a promotion.\n"
     "    Prints proposal_id and digest.\n";
 
 enum { O_PEER = 1, O_ROLE, O_MODE, O_ENDPOINTS, O_TD, O_CA, O_TTL, O_HELP };
@@ -114,7 +119,7 @@ static int parse(int argc, char **argv, struct args *a)
 		}
 	}
 	if (optind >= argc)
-		return usage("no subcommand (status, link or promote)");
+		return usage("no subcommand (status, link, promote or unlink)");
 	a->sub = argv[optind++];
 	if (optind < argc)
 		return usage("unexpected argument");
@@ -124,14 +129,14 @@ static int parse(int argc, char **argv, struct args *a)
 			return usage("status takes no options but the global ones");
 		return EXIT_OK;
 	}
-	if (strcmp(a->sub, "promote") == 0) {
+	if (strcmp(a->sub, "promote") == 0 || strcmp(a->sub, "unlink") == 0) {
 		if (a->peer == NULL || a->role != NULL || a->mode != NULL || a->endpoints != NULL ||
 		    a->td != NULL || a->ca != NULL)
-			return usage("promote takes --peer NAME and --ttl S only");
+			return usage("promote and unlink take --peer NAME and --ttl S only");
 		return EXIT_OK;
 	}
 	if (strcmp(a->sub, "link") != 0)
-		return usage("unknown subcommand (status, link or promote)");
+		return usage("unknown subcommand (status, link, promote or unlink)");
 	if (a->peer == NULL || a->role == NULL || a->endpoints == NULL || a->td == NULL ||
 	    a->ca == NULL)
 		return usage("link needs --peer NAME --role primary|secondary --peer-endpoints "
@@ -230,15 +235,23 @@ out:
 	return rc;
 }
 
-static int promote(const struct args *a, kms_client *c, int json)
+/* promote-region or unlink-region of --peer. */
+static int peer_operation(const struct args *a, kms_client *c, int json)
 {
 	Kms__V1__PromoteRegionOperation pr = KMS__V1__PROMOTE_REGION_OPERATION__INIT;
+	Kms__V1__UnlinkRegionOperation ur = KMS__V1__UNLINK_REGION_OPERATION__INIT;
 	Kms__V1__RootOperation op = KMS__V1__ROOT_OPERATION__INIT;
 	kms_err err = {0};
 
-	pr.peer_region = (char *)a->peer;
-	op.op_case = KMS__V1__ROOT_OPERATION__OP_PROMOTE_REGION;
-	op.promote_region = &pr;
+	if (strcmp(a->sub, "promote") == 0) {
+		pr.peer_region = (char *)a->peer;
+		op.op_case = KMS__V1__ROOT_OPERATION__OP_PROMOTE_REGION;
+		op.promote_region = &pr;
+	} else {
+		ur.peer_region = (char *)a->peer;
+		op.op_case = KMS__V1__ROOT_OPERATION__OP_UNLINK_REGION;
+		op.unlink_region = &ur;
+	}
 	if (kms_root_operation_check(&op, &err) != KMS_OK)
 		return usage(err.msg);
 	return propose_and_print(c, &op, a->ttl, json);
@@ -357,8 +370,8 @@ int kmsctl_region(int argc, char **argv, const kms_client_opts *copts, int json)
 	}
 	if (strcmp(a.sub, "status") == 0)
 		rc = status(c, json);
-	else if (strcmp(a.sub, "promote") == 0)
-		rc = promote(&a, c, json);
+	else if (strcmp(a.sub, "promote") == 0 || strcmp(a.sub, "unlink") == 0)
+		rc = peer_operation(&a, c, json);
 	else
 		rc = link_region(&a, c, json);
 	kms_client_close(c);

@@ -261,6 +261,8 @@ int kr_aliases_set_for_key(kms_keyring *kr, const char *key_id, Kms__V1__AliasRe
 /* RegionApply (dry: decide only). */
 int kr_apply_region_apply(kms_keyring *kr, const Kms__V1__RegionApplyCommand *c, int dry,
 			  kms_err *err);
+/* An executed unlink-region proposal (no lock held). */
+int kr_exec_unlink_region(kms_keyring *kr, const char *peer, kms_err *err);
 /* An executed promote-region proposal (no lock held). */
 int kr_exec_promote_region(kms_keyring *kr, const char *peer, kms_err *err);
 /* RegionFollowed (dry: decide only). */

@@ -386,6 +386,8 @@ static int execute(kms_keyring *kr, const char *self_id, const Kms__V1__RootOper
 		return kr_exec_link_region(kr, op->link_region, self_id, now, err);
 	case KMS__V1__ROOT_OPERATION__OP_PROMOTE_REGION:
 		return kr_exec_promote_region(kr, op->promote_region->peer_region, err);
+	case KMS__V1__ROOT_OPERATION__OP_UNLINK_REGION:
+		return kr_exec_unlink_region(kr, op->unlink_region->peer_region, err);
 	default:
 		return kms_errf(err, KMS_ERR_INTERNAL, "%s does not run inside the state",
 				kms_root_operation_name(op));

@@ -830,3 +830,27 @@ int kms_keyring_cmd_region_followed(const char *peer_region, uint64_t epoch, kms
 	c.region_followed = &f;
 	return kr_command_pack(&c, out, err);
 }
+
+int kr_exec_unlink_region(kms_keyring *kr, const char *peer, kms_err *err)
+{
+	Kms__V1__RegionLinkRecord *gone = NULL;
+	long at;
+	int rc = KMS_OK;
+
+	KMS_TRY(kms_region_name_check(peer, err));
+	pthread_rwlock_wrlock(&kr->lock);
+	at = link_find(kr, peer);
+	if (at < 0) {
+		rc = kms_errf(err, KMS_ERR_NOT_FOUND, "region '%s' is not linked to region '%s'",
+			      kr->region[0] != '\0' ? kr->region : "unnamed", peer);
+	} else {
+		gone = kr->links[at];
+		memmove(&kr->links[at], &kr->links[at + 1],
+			(kr->n_links - (size_t)at - 1) * sizeof(*kr->links));
+		kr->n_links--;
+	}
+	pthread_rwlock_unlock(&kr->lock);
+	if (gone != NULL)
+		kr_pb_message_free(&gone->base);
+	return rc;
+}

@@ -131,6 +131,10 @@ int kms_root_operation_check(const Kms__V1__RootOperation *op, kms_err *err)
 		KMS_ENSURE(op->promote_region != NULL, err, KMS_ERR_INVALID,
 			   "promote-region is empty");
 		return kms_region_name_check(op->promote_region->peer_region, err);
+	case KMS__V1__ROOT_OPERATION__OP_UNLINK_REGION:
+		KMS_ENSURE(op->unlink_region != NULL, err, KMS_ERR_INVALID,
+			   "unlink-region is empty");
+		return kms_region_name_check(op->unlink_region->peer_region, err);
 	case KMS__V1__ROOT_OPERATION__OP__NOT_SET:
 	default:
 		return kms_errf(err, KMS_ERR_INVALID, "the proposal names no root operation");
@@ -160,6 +164,8 @@ const char *kms_root_operation_name(const Kms__V1__RootOperation *op)
 		return "link-region";
 	case KMS__V1__ROOT_OPERATION__OP_PROMOTE_REGION:
 		return "promote-region";
+	case KMS__V1__ROOT_OPERATION__OP_UNLINK_REGION:
+		return "unlink-region";
 	default:
 		return "unknown";
 	}
@@ -315,6 +321,9 @@ static void put_operation(struct enc *e, const Kms__V1__RootOperation *op)
 		break;
 	case KMS__V1__ROOT_OPERATION__OP_PROMOTE_REGION:
 		put_str(e, op->promote_region->peer_region);
+		break;
+	case KMS__V1__ROOT_OPERATION__OP_UNLINK_REGION:
+		put_str(e, op->unlink_region->peer_region);
 		break;
 	case KMS__V1__ROOT_OPERATION__OP_ROTATE_DOMAIN_KEY:
 	default:

@@ -780,6 +780,49 @@ START_TEST(promotion_needs_the_quorum_and_fences_the_old_primary)
 }
 END_TEST
 
+/* region-a unlinks region-c: region-c's pulls are refused from then on,
+ * and region-a's sync writes wait for no one. */
+START_TEST(an_unlinked_region_is_refused)
+{
+	Kms__V1__RootOperation op = KMS__V1__ROOT_OPERATION__INIT;
+	Kms__V1__UnlinkRegionOperation ur = KMS__V1__UNLINK_REGION_OPERATION__INIT;
+	Kms__V1__RegionStatusResponse *r;
+	Kms__V1__Proposal *p;
+	kms_rpc_status st;
+	long until;
+
+	ur.peer_region = "region-c";
+	op.op_case = KMS__V1__ROOT_OPERATION__OP_UNLINK_REGION;
+	op.unlink_region = &ur;
+	p = kms_test_quorum_run(&a, &op, &st);
+	ck_assert_msg(p != NULL, "%s", st.details);
+	ck_assert_msg(strcmp(p->state, "executed") == 0, "unlink-region %s: %s", p->state,
+		      p->result);
+	protobuf_c_message_free_unpacked(&p->base, NULL);
+	r = region_status(&a, "admin", &st);
+	ck_assert_ptr_nonnull(r);
+	for (size_t i = 0; i < r->n_links; i++)
+		ck_assert_str_ne(r->links[i]->peer_region, "region-c");
+	protobuf_c_message_free_unpacked(&r->base, NULL);
+	/* With region-c stopped, a write in region-a is answered at once. */
+	ck_assert_int_eq(kill(c.pid, SIGSTOP), 0);
+	create(&a, "after-unlink", 1);
+	ck_assert_int_eq(kill(c.pid, SIGCONT), 0);
+	/* region-c still pulls, and is refused. */
+	for (until = kms_test_now_ms() + REACH_MS;; kms_test_sleep_ms(200)) {
+		int refused;
+
+		r = region_status(&c, "admin", &st);
+		ck_assert_ptr_nonnull(r);
+		refused = r->n_links == 1 && r->links[0]->last_error[0] != '\0';
+		protobuf_c_message_free_unpacked(&r->base, NULL);
+		if (refused)
+			break;
+		ck_assert_msg(kms_test_now_ms() < until, "region-c's pulls are not refused");
+	}
+}
+END_TEST
+
 /* The twins of the calls themselves. */
 START_TEST(region_calls_refuse_everyone_else)
 {
@@ -860,6 +903,7 @@ static Suite *region_suite(void)
 	tcase_add_test(tc, a_stopped_async_secondary_does_not_hold_sync_writes);
 	tcase_add_test(tc, a_secondary_killed_and_brought_back_catches_up);
 	tcase_add_test(tc, the_primary_leader_killed_mid_stream);
+	tcase_add_test(tc, an_unlinked_region_is_refused);
 	tcase_add_test(tc, region_calls_refuse_everyone_else);
 	tcase_add_test(tc, promotion_needs_the_quorum_and_fences_the_old_primary);
 	tcase_add_test(tc, malformed_link_region_is_refused_at_proposal);

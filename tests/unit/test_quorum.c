@@ -823,6 +823,35 @@ START_TEST(promote_region_rehomes_its_keys_and_raises_the_epoch)
 }
 END_TEST
 
+START_TEST(unlink_region_removes_the_link)
+{
+	Kms__V1__RegionLinkRecord **links = NULL;
+	Kms__V1__UnlinkRegionOperation ur = KMS__V1__UNLINK_REGION_OPERATION__INIT;
+	Kms__V1__ProposalRecord *p = NULL;
+	size_t n = 9;
+	kms_err err = {0};
+
+	propose_and_approve(PID1, op_link("us-east"));
+	kms__v1__root_operation__init(&op);
+	ur.peer_region = "us-east";
+	op.op_case = KMS__V1__ROOT_OPERATION__OP_UNLINK_REGION;
+	op.unlink_region = &ur;
+	propose_and_approve(PID2, &op);
+	ck_assert_str_eq(state_of(PID2, T0 + 3), "executed");
+	ck_assert_int_eq(kms_keyring_region_links(kr, &links, &n, NULL, &err), KMS_OK);
+	ck_assert_uint_eq(n, 0);
+	/* Twins: not linked (any more); not a region name. */
+	propose_and_approve(PID3, &op);
+	ck_assert_int_eq(kms_keyring_proposal(kr, PID3, &p, &err), KMS_OK);
+	ck_assert_str_eq(kms_proposal_state_name(p, T0 + 3), "failed");
+	ck_assert_msg(strstr(p->result_message, "is not linked to region 'us-east'") != NULL, "%s",
+		      p->result_message);
+	kms_keyring_proposal_free(p);
+	ur.peer_region = "US";
+	ck_assert_int_eq(kms_root_operation_check(&op, &err), KMS_ERR_INVALID);
+}
+END_TEST
+
 START_TEST(snapshot_keeps_the_quorum)
 {
 	uint8_t d[32], sig[64];
@@ -900,6 +929,7 @@ static Suite *quorum_suite(void)
 	tcase_add_test(sm, link_region_is_recorded_when_approved);
 	tcase_add_test(sm, link_region_refusals);
 	tcase_add_test(sm, promote_region_rehomes_its_keys_and_raises_the_epoch);
+	tcase_add_test(sm, unlink_region_removes_the_link);
 	tcase_add_test(sm, init_once);
 	tcase_add_test(sm, no_operators_no_proposals);
 	suite_add_tcase(s, sm);
