@@ -100,6 +100,16 @@ static void region_status(void *app, kms_call *call, const uint8_t *data, size_t
 
 /* --- RegionPull --- */
 
+/* The certificate names the caller's region; the request must agree. */
+static int caller_region_check(const char *peer, const char *claimed, kms_err *err)
+{
+	if (strcmp(claimed, peer) != 0)
+		return kms_errf(err, KMS_ERR_PERMISSION,
+				"the caller is a node of region '%s', not of region '%s'", peer,
+				claimed);
+	return KMS_OK;
+}
+
 /* The link that makes this region the primary of peer, or NULL. */
 static const Kms__V1__RegionLinkRecord *primary_of(Kms__V1__RegionLinkRecord **links, size_t n,
 						   const char *peer)
@@ -178,13 +188,7 @@ static void region_pull(void *app, kms_call *call, const uint8_t *data, size_t l
 		kms_call_fail(call, KMS_ERR_INVALID, "malformed RegionPullRequest");
 		return;
 	}
-	/* The certificate names the caller's region; the request must agree. */
-	if (strcmp(req->region, peer) != 0) {
-		rc = kms_errf(&err, KMS_ERR_PERMISSION,
-			      "the caller is a node of region '%s', not of region '%s'", peer,
-			      req->region);
-		goto out;
-	}
+	KMS_TRY_GOTO(rc, caller_region_check(peer, req->region, &err), out);
 	KMS_TRY_GOTO(rc, kms_node_serving(node, &err), out);
 	KMS_TRY_GOTO(rc, kms_keyring_region_links(node->kr, &links, &n_links, NULL, &err), out);
 	link = primary_of(links, n_links, peer);
@@ -328,12 +332,7 @@ static void region_epoch(void *app, kms_call *call, const uint8_t *data, size_t 
 		kms_call_fail(call, KMS_ERR_INVALID, "malformed RegionEpochRequest");
 		return;
 	}
-	if (strcmp(req->region, peer) != 0) {
-		rc = kms_errf(&err, KMS_ERR_PERMISSION,
-			      "the caller is a node of region '%s', not of region '%s'", peer,
-			      req->region);
-		goto out;
-	}
+	KMS_TRY_GOTO(rc, caller_region_check(peer, req->region, &err), out);
 	KMS_TRY_GOTO(rc, kms_keyring_region_links(node->kr, &links, &n, NULL, &err), out);
 	kms_keyring_region(node->kr, region);
 	rc = kms_errf(&err, KMS_ERR_PERMISSION, "region '%s' is not linked to region '%s'",

@@ -512,6 +512,35 @@ static void refresh_identities(kms_region_sync *s, Kms__V1__RegionLinkRecord **l
 }
 
 /*
+ * RegionEpoch of the link's peer at the endpoint l->next, with a short
+ * deadline (a peer that hangs must not hold this thread's other work); the
+ * answer, or NULL and the next endpoint for the next ask.
+ */
+static Kms__V1__RegionEpochResponse *ask_epoch(kms_region_sync *s, struct link_slot *l,
+						const Kms__V1__RegionLinkRecord *link,
+						const char *region)
+{
+	Kms__V1__RegionEpochRequest req = KMS__V1__REGION_EPOCH_REQUEST__INIT;
+	Kms__V1__RegionEpochResponse *resp = NULL;
+	kms_rpc_status st = {0};
+	kms_err err = {0};
+
+	if (channels(s, l, link, &err) != KMS_OK) {
+		record(s, l, err.msg, 0);
+		return NULL;
+	}
+	req.region = (char *)region;
+	if (kms_peers_call(l->peers, link->peer_endpoints[l->next % link->n_peer_endpoints], 0,
+			   "/kms.v1.Internal/RegionEpoch", &req.base,
+			   &kms__v1__region_epoch_response__descriptor, (ProtobufCMessage **)&resp,
+			   SYNC_ASK_TIMEOUT_MS, &st) != 0) {
+		l->next++;
+		return NULL;
+	}
+	return resp;
+}
+
+/*
  * A primary's leader asks its secondary for the epoch of their link, once
  * a second: a secondary promoted since (PRIMARY at a higher epoch) fences
  * this region, which becomes its secondary (FenceRegion).
@@ -519,10 +548,8 @@ static void refresh_identities(kms_region_sync *s, Kms__V1__RegionLinkRecord **l
 static void watch_epoch(kms_region_sync *s, const Kms__V1__RegionLinkRecord *link,
 			const char *region)
 {
-	Kms__V1__RegionEpochRequest req = KMS__V1__REGION_EPOCH_REQUEST__INIT;
-	Kms__V1__RegionEpochResponse *resp = NULL;
+	Kms__V1__RegionEpochResponse *resp;
 	struct link_slot *l;
-	kms_rpc_status st = {0};
 	kms_buf cmd = {0};
 	kms_err err = {0};
 	int64_t now = now_unix();
@@ -533,20 +560,9 @@ static void watch_epoch(kms_region_sync *s, const Kms__V1__RegionLinkRecord *lin
 	if (l == NULL || now - l->epoch_asked < KMS_REGION_EPOCH_EVERY_S)
 		return;
 	l->epoch_asked = now;
-	if (channels(s, l, link, &err) != KMS_OK) {
-		record(s, l, err.msg, 0);
-		return;
-	}
-	req.region = (char *)region;
-	/*
-	 * One endpoint a look, the next one the next second, with a short
-	 * deadline: a secondary that is down must not hold this thread's other
-	 * work (the sync answers) for long.
-	 */
-	if (kms_peers_call(l->peers, link->peer_endpoints[l->next++ % link->n_peer_endpoints], 0,
-			   "/kms.v1.Internal/RegionEpoch", &req.base,
-			   &kms__v1__region_epoch_response__descriptor, (ProtobufCMessage **)&resp,
-			   SYNC_ASK_TIMEOUT_MS, &st) != 0)
+	/* One endpoint a look: another one the next second if it did not answer. */
+	resp = ask_epoch(s, l, link, region);
+	if (resp == NULL)
 		return; /* A secondary that cannot be reached promoted nothing we know of. */
 	if (link->awaiting_follow && strcmp(resp->role, "secondary") == 0 &&
 	    resp->epoch == link->epoch) {
@@ -584,23 +600,19 @@ static void watch_epoch(kms_region_sync *s, const Kms__V1__RegionLinkRecord *lin
 static void release_held(kms_region_sync *s, Kms__V1__RegionLinkRecord **links, size_t n,
 			 const char *region)
 {
-	Kms__V1__RegionEpochRequest req = KMS__V1__REGION_EPOCH_REQUEST__INIT;
 	uint64_t confirmed = UINT64_MAX;
 	char lagging[KMS_REGION_NAME_MAX + 1] = "";
 	struct held *ready = NULL, **pp, *h;
 	int64_t now = mono_ms();
-	kms_err err = {0};
 
 	pthread_mutex_lock(&s->mu);
 	h = s->held;
 	pthread_mutex_unlock(&s->mu);
 	if (h == NULL)
 		return;
-	req.region = (char *)region;
 	for (size_t i = 0; i < n; i++) {
 		Kms__V1__RegionEpochResponse *resp = NULL;
 		struct link_slot *l;
-		kms_rpc_status st = {0};
 		uint64_t c = 0;
 
 		/* A region promoted over, not following yet, is not waited for. */
@@ -612,15 +624,8 @@ static void release_held(kms_region_sync *s, Kms__V1__RegionLinkRecord **links, 
 		l = slot_for(s, links[i]->peer_region);
 		pthread_mutex_unlock(&s->mu);
 		/* The endpoint that answered last; another one next round if not. */
-		if (l != NULL && channels(s, l, links[i], &err) == KMS_OK &&
-		    kms_peers_call(l->peers,
-				   links[i]->peer_endpoints[l->next % links[i]->n_peer_endpoints], 0,
-				   "/kms.v1.Internal/RegionEpoch", &req.base,
-				   &kms__v1__region_epoch_response__descriptor,
-				   (ProtobufCMessage **)&resp, SYNC_ASK_TIMEOUT_MS, &st) != 0) {
-			resp = NULL;
-			l->next++;
-		}
+		if (l != NULL)
+			resp = ask_epoch(s, l, links[i], region);
 		if (resp != NULL && resp->epoch == links[i]->epoch &&
 		    strcmp(resp->role, "secondary") == 0)
 			c = resp->cursor;
