@@ -10,6 +10,12 @@
  * A record's scope: a multi-region key names a valid home region, and a
  * regional key names none, so that "homed here" has one reading.
  */
+/* The cluster's region for a message: a state from before regions names none. */
+static const char *region_name(const struct kms_keyring *kr)
+{
+	return kr->region[0] != '\0' ? kr->region : "unnamed";
+}
+
 int kr_scope_check(const Kms__V1__KeyRecord *rec, kms_err *err)
 {
 	const char *home = rec->home_region != NULL ? rec->home_region : "";
@@ -33,7 +39,7 @@ int kr_home_check(const struct kms_keyring *kr, const Kms__V1__KeyRecord *rec, k
 	return kms_errf(err, KMS_ERR_PRECONDITION,
 			"key '%s' is a multi-region key of primary region '%s' (this is region "
 			"'%s'): change it in region '%s'",
-			rec->key_id, rec->home_region, kr->region[0] != '\0' ? kr->region : "unnamed",
+			rec->key_id, rec->home_region, region_name(kr),
 			rec->home_region);
 }
 
@@ -567,7 +573,7 @@ int kr_apply_region_apply(kms_keyring *kr, const Kms__V1__RegionApplyCommand *c,
 	if (at < 0 || kr->links[at]->role != KMS__V1__REGION_ROLE__REGION_ROLE_SECONDARY) {
 		rc = kms_errf(err, KMS_ERR_PRECONDITION,
 			      "region '%s' is not linked as a secondary of region '%s'",
-			      kr->region[0] != '\0' ? kr->region : "unnamed", c->peer_region);
+			      region_name(kr), c->peer_region);
 		goto out;
 	}
 	l = kr->links[at];
@@ -695,7 +701,7 @@ int kr_exec_promote_region(kms_keyring *kr, const char *peer, kms_err *err)
 		rc = kms_errf(err, KMS_ERR_PRECONDITION,
 			      "region '%s' is not linked as a secondary of region '%s': nothing to "
 			      "promote",
-			      kr->region[0] != '\0' ? kr->region : "unnamed", peer);
+			      region_name(kr), peer);
 		goto out;
 	}
 	l = kr->links[at];
@@ -728,7 +734,7 @@ int kr_apply_fence_region(kms_keyring *kr, const Kms__V1__FenceRegionCommand *c,
 		rc = kms_errf(err, KMS_ERR_PRECONDITION,
 			      "region '%s' is not the primary of region '%s' below epoch %llu: "
 			      "nothing to fence",
-			      kr->region[0] != '\0' ? kr->region : "unnamed", c->peer_region,
+			      region_name(kr), c->peer_region,
 			      (unsigned long long)c->epoch);
 		goto out;
 	}
@@ -807,7 +813,7 @@ int kr_apply_region_followed(kms_keyring *kr, const Kms__V1__RegionFollowedComma
 	    kr->links[at]->epoch != c->epoch || !kr->links[at]->awaiting_follow)
 		rc = kms_errf(err, KMS_ERR_PRECONDITION,
 			      "region '%s' is not awaiting region '%s' to follow at epoch %llu",
-			      kr->region[0] != '\0' ? kr->region : "unnamed", c->peer_region,
+			      region_name(kr), c->peer_region,
 			      (unsigned long long)c->epoch);
 	else if (!dry)
 		kr->links[at]->awaiting_follow = 0;
@@ -842,7 +848,7 @@ int kr_exec_unlink_region(kms_keyring *kr, const char *peer, kms_err *err)
 	at = link_find(kr, peer);
 	if (at < 0) {
 		rc = kms_errf(err, KMS_ERR_NOT_FOUND, "region '%s' is not linked to region '%s'",
-			      kr->region[0] != '\0' ? kr->region : "unnamed", peer);
+			      region_name(kr), peer);
 	} else {
 		gone = kr->links[at];
 		memmove(&kr->links[at], &kr->links[at + 1],
