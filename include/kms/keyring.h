@@ -256,6 +256,7 @@ void kms_keyring_region_links_free(Kms__V1__RegionLinkRecord **links, size_t n);
  * The primary's side of the stream: copies of at most max multi-region
  * keys homed here whose region_rev is above after_rev, in region_rev
  * order (kms_keyring_records_free), and *head, the last region_rev given.
+ * KMS_ERR_UNAVAILABLE naming both when after_rev is past *head.
  */
 int kms_keyring_region_changes(kms_keyring *kr, uint64_t after_rev, size_t max,
 			       Kms__V1__KeyRecord ***out, size_t *n, uint64_t *head, kms_err *err);

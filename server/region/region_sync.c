@@ -371,8 +371,20 @@ static Kms__V1__RegionPullResponse *ask(kms_region_sync *s, struct link_slot *l,
 	return NULL;
 }
 
-/* One pull of one link; 1 when the primary has more right away. */
-static int pull_link(kms_region_sync *s, const Kms__V1__RegionLinkRecord *link,
+long kms_region_pull_wait_ms(int caught_up, size_t n_keys)
+{
+	if (!caught_up)
+		return 0;
+	/* A primary that is being written to has more by the time these are
+	 * applied; the floor keeps a pull's fixed cost (a carrier unwrapped
+	 * in the HSM, a Raft entry) from taking the CPU the writes need. */
+	return n_keys > 0 ? KMS_REGION_PULL_BUSY_MS : KMS_REGION_PULL_INTERVAL_MS;
+}
+
+/* One pull of one link; how long from now until the next one: what
+ * kms_region_pull_wait_ms leaves of its wait, the interval after a
+ * failure. */
+static long pull_link(kms_region_sync *s, const Kms__V1__RegionLinkRecord *link,
 		     const char *region)
 {
 	Kms__V1__RegionPullRequest req = KMS__V1__REGION_PULL_REQUEST__INIT;
@@ -383,21 +395,23 @@ static int pull_link(kms_region_sync *s, const Kms__V1__RegionLinkRecord *link,
 	uint32_t gen;
 	char msg[256] = "";
 	kms_err err = {0};
-	int more = 0, caught_up;
+	long more = KMS_REGION_PULL_INTERVAL_MS;
+	int caught_up;
+	int64_t t0, t1, t2;
 
 	pthread_mutex_lock(&s->mu);
 	l = slot_for(s, link->peer_region);
 	pthread_mutex_unlock(&s->mu);
 	if (l == NULL)
-		return 0;
+		return more;
 	if (s->priv == 0 && kms_hsm_transport_keypair(s->node->hsm, &s->priv, &s->pub, &s->modulus,
 						      &s->exponent, &err) != KMS_OK) {
 		record(s, l, err.msg, 0);
-		return 0;
+		return more;
 	}
 	if (channels(s, l, link, &err) != KMS_OK) {
 		record(s, l, err.msg, 0);
-		return 0;
+		return more;
 	}
 	req.region = (char *)region;
 	req.epoch = link->epoch;
@@ -407,10 +421,12 @@ static int pull_link(kms_region_sync *s, const Kms__V1__RegionLinkRecord *link,
 	req.rsa_modulus.len = s->modulus.len;
 	req.rsa_public_exponent.data = s->exponent.data;
 	req.rsa_public_exponent.len = s->exponent.len;
+	t0 = mono_ms();
 	resp = ask(s, l, link, &req, msg, sizeof(msg));
+	t1 = mono_ms();
 	if (resp == NULL) {
 		record(s, l, msg, 0);
-		return 0;
+		return more;
 	}
 	if (strcmp(resp->region, link->peer_region) != 0 || resp->epoch != link->epoch ||
 	    resp->n_keys > KMS_REGION_APPLY_MAX) {
@@ -432,17 +448,27 @@ static int pull_link(kms_region_sync *s, const Kms__V1__RegionLinkRecord *link,
 		goto out;
 	}
 	kms_dk_current(s->node, &dk, &gen);
-	if (import_keys(s, resp, dk, &err) != KMS_OK ||
-	    kms_keyring_cmd_region_apply(link->peer_region, link->epoch, resp->keys, resp->n_keys,
-					 resp->aliases, resp->n_aliases,
-					 resp->next_rev, resp->head_rev, now_unix(), gen, &cmd,
-					 &err) != KMS_OK ||
+	if (import_keys(s, resp, dk, &err) != KMS_OK) {
+		record(s, l, err.msg, 0);
+		goto out;
+	}
+	t2 = mono_ms();
+	if (kms_keyring_cmd_region_apply(link->peer_region, link->epoch, resp->keys, resp->n_keys,
+					 resp->aliases, resp->n_aliases, resp->next_rev,
+					 resp->head_rev, now_unix(), gen, &cmd, &err) != KMS_OK ||
 	    commit(s, &cmd, &err) != KMS_OK) {
 		record(s, l, err.msg, 0);
 		goto out;
 	}
 	record(s, l, NULL, caught_up);
-	more = !caught_up;
+	/* Where a pull's time goes, for tuning the lag ([log] level = debug). */
+	KMS_LOG_D("region: pulled %zu keys from region '%s' (%llu more): ask %lld ms, rewrap "
+		  "%lld ms, commit %lld ms",
+		  resp->n_keys, link->peer_region,
+		  (unsigned long long)(caught_up ? 0 : resp->head_rev - resp->next_rev),
+		  (long long)(t1 - t0), (long long)(t2 - t1), (long long)(mono_ms() - t2));
+	more = kms_region_pull_wait_ms(caught_up, resp->n_keys) - (long)(mono_ms() - t0);
+	more = more > 0 ? more : 0;
 out:
 	kms_buf_free(&cmd);
 	protobuf_c_message_free_unpacked(&resp->base, NULL);
@@ -682,17 +708,18 @@ static void sync_flags(kms_region_sync *s, Kms__V1__RegionLinkRecord **links, si
 	atomic_store(&s->sync_secondary, ss);
 }
 
-/* One round over the links this region is a secondary of. */
-static int pull_round(kms_region_sync *s)
+/* One round over the links; how long from now until the next one (the
+ * soonest any link needs). */
+static long pull_round(kms_region_sync *s)
 {
 	Kms__V1__RegionLinkRecord **links = NULL;
 	char region[KMS_REGION_NAME_MAX + 1];
 	size_t n = 0;
 	kms_err err = {0};
-	int more = 0;
+	long wait = KMS_REGION_PULL_INTERVAL_MS;
 
 	if (kms_keyring_region_links(s->node->kr, &links, &n, NULL, &err) != KMS_OK)
-		return 0;
+		return wait;
 	refresh_identities(s, links, n);
 	kms_keyring_region(s->node->kr, region);
 	sync_flags(s, links, n);
@@ -700,15 +727,18 @@ static int pull_round(kms_region_sync *s)
 	release_held(s, links, n, region);
 	if (!kms_raft_ready(s->node->raft) || atomic_load(&s->node->domain_key) == 0) {
 		kms_keyring_region_links_free(links, n);
-		return 0;
+		return wait;
 	}
 	for (size_t i = 0; i < n; i++)
-		if (links[i]->role == KMS__V1__REGION_ROLE__REGION_ROLE_SECONDARY)
-			more |= pull_link(s, links[i], region);
-		else
+		if (links[i]->role == KMS__V1__REGION_ROLE__REGION_ROLE_SECONDARY) {
+			long w = pull_link(s, links[i], region);
+
+			wait = w < wait ? w : wait;
+		} else {
 			watch_epoch(s, links[i], region);
+		}
 	kms_keyring_region_links_free(links, n);
-	return more;
+	return wait;
 }
 
 static void *sync_main(void *arg)
@@ -718,20 +748,20 @@ static void *sync_main(void *arg)
 	pthread_mutex_lock(&s->mu);
 	while (!s->stop) {
 		struct timespec until;
-		int more;
+		long wait;
 
 		pthread_mutex_unlock(&s->mu);
-		more = pull_round(s);
+		wait = pull_round(s);
 		pthread_mutex_lock(&s->mu);
-		if (more || s->stop)
+		/* Sync mode: held answers and sync pulls wait on this loop. */
+		if ((s->held != NULL || atomic_load(&s->sync_secondary)) &&
+		    wait > KMS_REGION_SYNC_POLL_MS)
+			wait = KMS_REGION_SYNC_POLL_MS;
+		if (wait <= 0 || s->stop)
 			continue;
 		clock_gettime(CLOCK_REALTIME, &until);
-		/* Sync mode: held answers and sync pulls wait on this loop. */
-		until.tv_nsec += (s->held != NULL || atomic_load(&s->sync_secondary)
-					  ? KMS_REGION_SYNC_POLL_MS
-					  : KMS_REGION_PULL_INTERVAL_MS) *
-				 1000000L;
-		if (until.tv_nsec >= 1000000000L) {
+		until.tv_nsec += wait * 1000000L;
+		while (until.tv_nsec >= 1000000000L) {
 			until.tv_sec++;
 			until.tv_nsec -= 1000000000L;
 		}

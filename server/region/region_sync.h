@@ -2,6 +2,7 @@
 #ifndef KMS_REGION_SYNC_H
 #define KMS_REGION_SYNC_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "kms/error.h"
@@ -11,9 +12,15 @@
 struct kms_node;
 typedef struct kms_region_sync kms_region_sync;
 
-/* Pulls run this often while a secondary is caught up, and at once
- * while its primary has more. */
+/* Pulls run this often while a secondary is caught up and nothing
+ * changes, at once while its primary has more than a page, and this soon
+ * (from the start of the last) while changes keep coming. */
 #define KMS_REGION_PULL_INTERVAL_MS 200
+#define KMS_REGION_PULL_BUSY_MS 50
+
+/* The wait before the next pull, from the start of one that went well:
+ * caught_up when it reached the primary's head, with n_keys keys. */
+long kms_region_pull_wait_ms(int caught_up, size_t n_keys);
 /* One pull's deadline: a primary that is gone costs at most this. */
 #define KMS_REGION_PULL_TIMEOUT_MS 3000
 /* How often a primary asks its secondaries whether one was promoted. */

@@ -351,6 +351,21 @@ int kms_keyring_region_changes(kms_keyring *kr, uint64_t after_rev, size_t max,
 	*n = 0;
 	pthread_rwlock_rdlock(&kr->lock);
 	*head = kr->region_rev;
+	/*
+	 * A cursor past the head: this node is behind the one that answered
+	 * before (another node may answer), or the region's state went back
+	 * (a restore). Answering "nothing new" would skip every change up to
+	 * the cursor once the head passes it.
+	 */
+	if (after_rev > kr->region_rev) {
+		rc = kms_errf(err, KMS_ERR_UNAVAILABLE,
+			      "the cursor %llu is past region '%s''s changes on this node (up to "
+			      "%llu): this node is behind, or the region's state went back (a "
+			      "restore: link the secondary anew)",
+			      (unsigned long long)after_rev, region_name(kr),
+			      (unsigned long long)kr->region_rev);
+		goto out;
+	}
 	/* A scan: the changes since a cursor are few, the keys many, and an
 	 * index by rev would cost every write for the sake of the pulls. */
 	for (kr_index_first(&kr->keys, &cur); (e = kr_cursor_next(&cur)) != NULL;) {

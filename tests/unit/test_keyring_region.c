@@ -14,6 +14,7 @@
 #include "kms/quorum.h"
 #include "kms/region.h"
 #include "kms/v1/state.pb-c.h"
+#include "region/region_sync.h"
 #include "check_run.h"
 #include "test_pki.h"
 
@@ -507,6 +508,21 @@ START_TEST(changes_of_multi_region_keys_get_a_region_rev)
 	kms_keyring_records_free(recs, 1);
 	recs = changes(kr, 3, 256, 0, 3);
 	ck_assert_ptr_null(recs);
+	/* Twin: a cursor past the head is not "nothing new" (the changes up
+	 * to it would never be sent). */
+	{
+		uint64_t head = 0;
+		size_t n = 99;
+
+		recs = NULL;
+		ck_assert_int_eq(kms_keyring_region_changes(kr, 4, 256, &recs, &n, &head, &err),
+				 KMS_ERR_UNAVAILABLE);
+		ck_assert_msg(strstr(err.msg, "cursor 4 is past region 'us-east''s changes") != NULL &&
+				      strstr(err.msg, "(up to 3)") != NULL,
+			      "%s", err.msg);
+		ck_assert_ptr_null(recs);
+		ck_assert_uint_eq(n, 0);
+	}
 	/* A snapshot keeps the revs, and the next change goes on from them. */
 	ck_assert_int_eq(kms_keyring_snapshot(kr, kms_malloc, &snap, &err), KMS_OK);
 	ck_assert_int_eq(kms_keyring_new(&again, &err), KMS_OK);
@@ -841,6 +857,17 @@ START_TEST(aliases_travel_with_their_key)
 }
 END_TEST
 
+/* A secondary pulls again at once while its primary has more than a page,
+ * soon while changes keep coming, and at the interval when nothing does. */
+START_TEST(the_next_pull_follows_the_changes)
+{
+	ck_assert_int_eq(kms_region_pull_wait_ms(0, KMS_REGION_APPLY_MAX), 0);
+	ck_assert_int_eq(kms_region_pull_wait_ms(1, 1), KMS_REGION_PULL_BUSY_MS);
+	ck_assert_int_eq(kms_region_pull_wait_ms(1, 0), KMS_REGION_PULL_INTERVAL_MS);
+	ck_assert_int_lt(KMS_REGION_PULL_BUSY_MS, KMS_REGION_PULL_INTERVAL_MS);
+}
+END_TEST
+
 static Suite *region_suite(void)
 {
 	Suite *s = suite_create("keyring_region");
@@ -860,6 +887,7 @@ static Suite *region_suite(void)
 	tcase_add_test(tc, upkeep_leaves_replicated_keys_to_their_home);
 	tcase_add_test(tc, a_fenced_primary_becomes_a_secondary);
 	tcase_add_test(tc, aliases_travel_with_their_key);
+	tcase_add_test(tc, the_next_pull_follows_the_changes);
 	suite_add_tcase(s, tc);
 	return s;
 }
