@@ -126,6 +126,7 @@ struct kms_keyring {
 	Kms__V1__RegionLinkRecord **links;
 	size_t n_links;
 	uint64_t region_rev;
+	struct kr_rev_ring *revs; /* the keys of the latest revs; NULL before the first */
 	kms_dk_state dk; /* the domain key's generation and rotation */
 };
 
@@ -251,6 +252,9 @@ const char *kr_changed_key(const Kms__V1__Command *c);
 void kr_region_touch(kms_keyring *kr, const char *key_id);
 /* kr_region_touch with the write lock held. */
 void kr_region_touch_locked(kms_keyring *kr, const char *key_id);
+/* Forgets the keys of the latest revs (write lock held, or kr unshared):
+ * a restored state gave its revs without them. */
+void kr_rev_ring_free(kms_keyring *kr);
 /* Counts a replicated key or alias whose name this region's own holds. */
 void kr_region_conflict(Kms__V1__RegionLinkRecord *l, const char *name);
 /* keyring_aliases.c, write lock held: key_id's aliases become the ones of
@@ -498,6 +502,7 @@ struct kr_quorum {
 	Kms__V1__RegionLinkRecord **links;
 	size_t n_links;
 	uint64_t region_rev;
+	struct kr_rev_ring *revs; /* the keys of the latest revs; NULL before the first */
 };
 int kr_quorum_build(const Kms__V1__KeyRingSnapshot *s, struct kr_quorum *out, kms_err *err);
 void kr_quorum_swap(kms_keyring *kr, struct kr_quorum *q);

@@ -301,13 +301,57 @@ const char *kr_changed_key(const Kms__V1__Command *c)
 }
 
 
+/*
+ * The keys of the latest KR_REV_RING revs, so that a pull that is not far
+ * behind reads its changes in O(changes) instead of scanning every key
+ * (under the read lock, which holds off Raft's writes). Not replicated:
+ * each node records the revs it applies; a rev missing from it (given
+ * before this process started, or by a restored snapshot) sends the pull
+ * to the scan.
+ */
+#define KR_REV_RING 4096
+
+struct kr_rev_ring {
+	struct {
+		uint64_t rev; /* 0: none recorded */
+		char key_id[KMS_KEY_ID_MAX + 1];
+	} slot[KR_REV_RING];
+};
+
+void kr_rev_ring_free(kms_keyring *kr)
+{
+	kms_free(kr->revs);
+	kr->revs = NULL;
+}
+
+/* Records that rev was given to key_id (write lock held). */
+static void rev_ring_note(kms_keyring *kr, uint64_t rev, const char *key_id)
+{
+	size_t len = strlen(key_id);
+
+	if (kr->revs == NULL)
+		kr->revs = kms_calloc(1, sizeof(*kr->revs));
+	/* Out of memory, or an id no record holds: the pulls scan. */
+	if (kr->revs == NULL || len > KMS_KEY_ID_MAX)
+		return;
+	kr->revs->slot[rev % KR_REV_RING].rev = rev;
+	memcpy(kr->revs->slot[rev % KR_REV_RING].key_id, key_id, len + 1);
+}
+
+/* The next region_rev, for e's record (write lock held). */
+static uint64_t next_rev(kms_keyring *kr, const struct kr_entry *e)
+{
+	rev_ring_note(kr, ++kr->region_rev, e->rec->key_id);
+	return kr->region_rev;
+}
+
 void kr_region_touch_locked(kms_keyring *kr, const char *key_id)
 {
 	struct kr_entry *e = key_id != NULL ? kr_find_entry(kr, key_id) : NULL;
 
 	/* A scalar of the record's block: changed in place, under the lock. */
 	if (e != NULL && e->rec->multi_region && strcmp(e->rec->home_region, kr->region) == 0)
-		e->rec->region_rev = ++kr->region_rev;
+		e->rec->region_rev = next_rev(kr, e);
 }
 
 void kr_region_touch(kms_keyring *kr, const char *key_id)
@@ -327,6 +371,42 @@ static int rev_cmp(const void *x, const void *y)
 	const struct rev_ref *a = x, *b = y;
 
 	return a->rev < b->rev ? -1 : a->rev > b->rev;
+}
+
+/*
+ * The changes after after_rev from the ring (read lock held), at most max,
+ * in rev order: 1 when it held every rev up to the head, 0 when the scan
+ * must answer, -1 out of memory. A key changed again since a rev has a
+ * newer one and is taken there.
+ */
+static int rev_ring_changes(const struct kms_keyring *kr, uint64_t after_rev, size_t max,
+			    struct rev_ref **out, size_t *n)
+{
+	struct rev_ref *refs;
+	size_t got = 0;
+
+	*n = 0;
+	if (kr->revs == NULL || kr->region_rev - after_rev > KR_REV_RING)
+		return 0;
+	for (uint64_t r = after_rev + 1; r <= kr->region_rev; r++)
+		if (kr->revs->slot[r % KR_REV_RING].rev != r)
+			return 0;
+	refs = kms_calloc(max > 0 ? max : 1, sizeof(*refs));
+	if (refs == NULL)
+		return -1;
+	for (uint64_t r = after_rev + 1; r <= kr->region_rev && got < max; r++) {
+		const struct kr_entry *e = kr_find_entry(kr, kr->revs->slot[r % KR_REV_RING].key_id);
+
+		if (e == NULL || !e->rec->multi_region || e->rec->region_rev != r ||
+		    strcmp(e->rec->home_region, kr->region) != 0)
+			continue;
+		refs[got].rev = r;
+		refs[got].rec = e->rec;
+		got++;
+	}
+	*out = refs;
+	*n = got;
+	return 1;
 }
 
 void kms_keyring_records_free(Kms__V1__KeyRecord **recs, size_t n)
@@ -361,13 +441,22 @@ int kms_keyring_region_changes(kms_keyring *kr, uint64_t after_rev, size_t max,
 		rc = kms_errf(err, KMS_ERR_UNAVAILABLE,
 			      "the cursor %llu is past region '%s''s changes on this node (up to "
 			      "%llu): this node is behind, or the region's state went back (a "
-			      "restore: link the secondary anew)",
+			      "restore)",
 			      (unsigned long long)after_rev, region_name(kr),
 			      (unsigned long long)kr->region_rev);
 		goto out;
 	}
-	/* A scan: the changes since a cursor are few, the keys many, and an
-	 * index by rev would cost every write for the sake of the pulls. */
+	/* Not far behind: the ring names the keys of the revs after the
+	 * cursor, and they come in rev order, so max of them are enough. */
+	switch (rev_ring_changes(kr, after_rev, max, &refs, &n_refs)) {
+	case 0:
+		break;
+	case 1:
+		goto copy;
+	default:
+		rc = kms_errf(err, KMS_ERR_NOMEM, "out of memory reading changes");
+		goto out;
+	}
 	for (kr_index_first(&kr->keys, &cur); (e = kr_cursor_next(&cur)) != NULL;) {
 		if (!e->rec->multi_region || e->rec->region_rev <= after_rev ||
 		    strcmp(e->rec->home_region, kr->region) != 0)
@@ -385,9 +474,11 @@ int kms_keyring_region_changes(kms_keyring *kr, uint64_t after_rev, size_t max,
 		refs[n_refs].rec = e->rec;
 		n_refs++;
 	}
+	if (n_refs > 0)
+		qsort(refs, n_refs, sizeof(*refs), rev_cmp);
+copy:
 	if (n_refs == 0)
 		goto out;
-	qsort(refs, n_refs, sizeof(*refs), rev_cmp);
 	take = n_refs < max ? n_refs : max;
 	copies = kms_calloc(take, sizeof(*copies));
 	if (copies == NULL) {
@@ -697,7 +788,7 @@ static int rehome(kms_keyring *kr, const char *from, const char *to, int revs, k
 			continue;
 		shape = *e->rec;
 		shape.home_region = (char *)to;
-		shape.region_rev = revs ? ++kr->region_rev : 0;
+		shape.region_rev = revs ? next_rev(kr, e) : 0;
 		KMS_TRY(kr_entry_rebuild(e, &shape, err));
 	}
 	return KMS_OK;

@@ -284,6 +284,7 @@ int kms_keyring_restore(kms_keyring *kr, const uint8_t *snap, size_t len, kms_er
 	kr->n_aliases = kr->cap_aliases = aliases.n;
 	memset(&aliases, 0, sizeof(aliases));
 	kr_quorum_swap(kr, &quorum); /* quorum now holds the old one */
+	kr_rev_ring_free(kr);
 	pthread_rwlock_unlock(&kr->lock);
 	kr_index_init(&fresh);
 	/*

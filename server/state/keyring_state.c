@@ -295,6 +295,7 @@ void kms_keyring_free(kms_keyring *kr)
 	kr_lru_free(kr);
 	kms_keyring_admins_free(kr->admins, kr->n_admins);
 	kr_quorum_free(kr);
+	kr_rev_ring_free(kr);
 	{
 		struct kr_alias_table t = {kr->aliases, kr->by_key, kr->n_aliases};
 

@@ -857,6 +857,116 @@ START_TEST(aliases_travel_with_their_key)
 }
 END_TEST
 
+/* The stream's answer for every cursor, in pages of 1 and 4: the keys
+ * whose newest rev is past the cursor, in rev order. */
+static void stream_is(kms_keyring *k, const char *const *ids, const uint64_t *revs, size_t n_ids,
+		      uint64_t head)
+{
+	for (uint64_t after = 0; after <= head; after++)
+		for (size_t max = 1; max <= 4; max += 3) {
+			Kms__V1__KeyRecord **recs;
+			const char *want[4];
+			uint64_t want_rev[4];
+			size_t n = 0;
+
+			/* The model: each rev past the cursor, lowest first. */
+			for (uint64_t r = after + 1; r <= head && n < max; r++)
+				for (size_t i = 0; i < n_ids; i++)
+					if (revs[i] == r) {
+						want[n] = ids[i];
+						want_rev[n++] = r;
+					}
+			recs = changes(k, after, max, n, head);
+			for (size_t i = 0; i < n; i++) {
+				ck_assert_str_eq(recs[i]->key_id, want[i]);
+				ck_assert_uint_eq(recs[i]->region_rev, want_rev[i]);
+			}
+			kms_keyring_records_free(recs, n);
+		}
+}
+
+/*
+ * The latest revs are read from the keys they name, older ones and a
+ * restored state's by a scan: the same stream either way, a key changed
+ * again only at its newest rev, a regional key never.
+ */
+START_TEST(the_stream_is_the_same_from_the_latest_revs_and_from_a_scan)
+{
+	static const char *const ids[] = {"mr0", "mr1", "mr2", "mr3", "mr4", "local"};
+	uint64_t revs[] = {1, 2, 3, 4, 5, 0};
+	kms_keyring *again = NULL;
+	kms_buf cmd = {0}, snap = {0};
+	kms_err err = {0};
+	char id[32];
+
+	init_region(kr, "us-east");
+	for (size_t i = 0; i < 6; i++) {
+		create_cmd(ids[i], i < 5 ? "us-east" : NULL, &cmd);
+		apply_ok(kr, &cmd);
+	}
+	rotate(kr, "mr1", 2);
+	rotate(kr, "mr3", 2);
+	rotate(kr, "mr1", 3);
+	ck_assert_int_eq(kms_keyring_cmd_set_key_enabled("local", 0, &cmd, &err), KMS_OK);
+	apply_ok(kr, &cmd);
+	revs[3] = 7;
+	revs[1] = 8;
+	stream_is(kr, ids, revs, 6, 8);
+	/* Restored: no rev is known from here, the scan answers. */
+	ck_assert_int_eq(kms_keyring_snapshot(kr, kms_malloc, &snap, &err), KMS_OK);
+	ck_assert_int_eq(kms_keyring_new(&again, &err), KMS_OK);
+	ck_assert_msg(kms_keyring_restore(again, snap.data, snap.len, &err) == KMS_OK, "%s",
+		      err.msg);
+	stream_is(again, ids, revs, 6, 8);
+	/* One change later: the revs before it are the scan's, the rest the ring's. */
+	rotate(again, "mr0", 2);
+	revs[0] = 9;
+	stream_is(again, ids, revs, 6, 9);
+	kms_keyring_free(again);
+	kms_buf_free(&snap);
+	/* Restored over a state that knew its revs, from another history
+	 * (the same head, other keys at each rev): they are forgotten. */
+	ck_assert_int_eq(kms_keyring_new(&again, &err), KMS_OK);
+	init_region(again, "us-east");
+	for (size_t i = 5; i-- > 0;) {
+		create_cmd(ids[i], "us-east", &cmd);
+		apply_ok(again, &cmd);
+	}
+	create_cmd("local", NULL, &cmd);
+	apply_ok(again, &cmd);
+	rotate(again, "mr0", 2);
+	rotate(again, "mr2", 2);
+	rotate(again, "mr0", 3);
+	ck_assert_int_eq(kms_keyring_snapshot(again, kms_malloc, &snap, &err), KMS_OK);
+	kms_keyring_free(again);
+	ck_assert_msg(kms_keyring_restore(kr, snap.data, snap.len, &err) == KMS_OK, "%s",
+		      err.msg);
+	kms_buf_free(&snap);
+	{
+		const uint64_t other[] = {8, 4, 7, 2, 1, 0};
+
+		stream_is(kr, ids, other, 6, 8);
+	}
+	/* Further behind than the latest revs reach: the scan, in pages. */
+	for (int i = 0; i < 4200; i++) {
+		snprintf(id, sizeof(id), "bulk-%04d", i);
+		create_cmd(id, "us-east", &cmd);
+		apply_ok(kr, &cmd);
+	}
+	{
+		Kms__V1__KeyRecord **recs = changes(kr, 8, 256, 256, 8 + 4200);
+
+		ck_assert_str_eq(recs[0]->key_id, "bulk-0000");
+		ck_assert_str_eq(recs[255]->key_id, "bulk-0255");
+		kms_keyring_records_free(recs, 256);
+		recs = changes(kr, 8 + 4198, 256, 2, 8 + 4200);
+		ck_assert_str_eq(recs[0]->key_id, "bulk-4198");
+		ck_assert_str_eq(recs[1]->key_id, "bulk-4199");
+		kms_keyring_records_free(recs, 2);
+	}
+}
+END_TEST
+
 /* A secondary pulls again at once while its primary has more than a page,
  * soon while changes keep coming, and at the interval when nothing does. */
 START_TEST(the_next_pull_follows_the_changes)
@@ -888,6 +998,7 @@ static Suite *region_suite(void)
 	tcase_add_test(tc, a_fenced_primary_becomes_a_secondary);
 	tcase_add_test(tc, aliases_travel_with_their_key);
 	tcase_add_test(tc, the_next_pull_follows_the_changes);
+	tcase_add_test(tc, the_stream_is_the_same_from_the_latest_revs_and_from_a_scan);
 	suite_add_tcase(s, tc);
 	return s;
 }
