@@ -462,7 +462,13 @@ static void kept_by_its_maker_and_served_by_every_member(const char *file)
 	ck_assert(access(got, F_OK) != 0);
 	kms_test_node_start(&nodes[h]);
 	ck_assert(kms_test_node_wait_healthy(&nodes[h], 30));
-	kms_test_sh("%s backup fetch %s --out '%s' >/dev/null", ctl, id, got);
+	/* The member asked reconnects within its 2 s reconnect backoff. */
+	for (long until = kms_test_now_ms() + 10000;
+	     kms_test_sh_output(out, sizeof(out), "%s backup fetch %s --out '%s' 2>&1", ctl, id,
+				got) != 0;
+	     kms_test_sleep_ms(250))
+		ck_assert_msg(kms_test_now_ms() < until, "fetch after node %d came back: %s", h + 1,
+			      out);
 	slurp(got, &b);
 	ck_assert(b.len == want.len && memcmp(b.data, want.data, want.len) == 0);
 	kms_buf_free(&b);
