@@ -2,6 +2,7 @@
 #include <arpa/inet.h>
 #include <check.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <stdlib.h>
@@ -212,4 +213,20 @@ char *kms_test_ca_pem(const char *cn, size_t *len)
 	unlink(key);
 	rmdir(dir);
 	return text;
+}
+
+void kms_test_issue_node_cert(const char *pki, const char *td, uint64_t id, const char *who)
+{
+	char uri[300], ca[PATH_MAX], ca_key[PATH_MAX], pem[PATH_MAX], key[PATH_MAX];
+	kms_test_san san = {KMS_TEST_SAN_URI, uri, 0};
+
+	ck_assert_int_lt(snprintf(uri, sizeof(uri), "%s/kmsd/node/%llu", td,
+				  (unsigned long long)id),
+			 (int)sizeof(uri));
+	ck_assert_int_lt(snprintf(ca, sizeof(ca), "%s/node-ca.pem", pki), (int)sizeof(ca));
+	ck_assert_int_lt(snprintf(ca_key, sizeof(ca_key), "%s/node-ca.key", pki),
+			 (int)sizeof(ca_key));
+	ck_assert_int_lt(snprintf(pem, sizeof(pem), "%s/%s.pem", pki, who), (int)sizeof(pem));
+	ck_assert_int_lt(snprintf(key, sizeof(key), "%s/%s.key", pki, who), (int)sizeof(key));
+	kms_test_issue_cert(ca, ca_key, pem, key, &san, 1, 1);
 }

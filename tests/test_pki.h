@@ -3,6 +3,7 @@
 #define KMS_TEST_PKI_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <openssl/types.h>
 
@@ -30,6 +31,12 @@ typedef struct kms_test_san {
  */
 void kms_test_issue_cert(const char *ca_pem, const char *ca_key, const char *out_pem,
 			 const char *out_key, const kms_test_san *sans, size_t n, int hours);
+
+/*
+ * A node certificate for node id of trust domain td ("spiffe://example.org")
+ * from pki/node-ca.pem, with its key in a file: pki/who.pem, pki/who.key.
+ */
+void kms_test_issue_node_cert(const char *pki, const char *td, uint64_t id, const char *who);
 
 /* A self-signed EC P-256 CA (pathlen 0) in out_pem/out_key, named cn. */
 void kms_test_make_ca(const char *out_pem, const char *out_key, const char *cn);

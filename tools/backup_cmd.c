@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include <grpc/support/log.h>
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
 
 #include "kms/alloc.h"
 #include "kms/backup_file.h"
@@ -139,27 +141,34 @@ static int read_all(const char *path, kms_buf *out)
 /* Pieces of a backup file per FetchBackup call: a file of any size fits. */
 #define FETCH_PIECE (4u << 20)
 
-/* The whole file of backup proposal id, piece by piece, into file. */
+/*
+ * The whole file of backup proposal id, piece by piece, into file: the
+ * pieces must add up to the size the first answer gives, and the whole to
+ * the SHA-256 the cluster recorded when the file was made.
+ */
 static int fetch_file(kms_client *c, const char *id, kms_buf *file)
 {
 	Kms__V1__FetchBackupRequest req = KMS__V1__FETCH_BACKUP_REQUEST__INIT;
+	uint8_t want[SHA256_DIGEST_LENGTH], got[SHA256_DIGEST_LENGTH];
 	uint64_t total = 0;
+	int has_sum = 0;
 	kms_rpc_status st;
 
 	req.proposal_id = (char *)id;
 	req.max_bytes = FETCH_PIECE;
 	do {
 		Kms__V1__FetchBackupResponse *resp = NULL;
-		uint8_t *grown;
 
 		req.offset = file->len;
 		if (kms_client_call(c, "/kms.v1.Operator/FetchBackup", &req.base,
 				    &kms__v1__fetch_backup_response__descriptor,
 				    (ProtobufCMessage **)&resp, &st) != 0)
 			return kmsctl_server_error(&st);
-		if ((file->len > 0 && resp->total_bytes != total) ||
+		if ((file->data != NULL && resp->total_bytes != total) ||
+		    resp->total_bytes > KMS_BACKUP_FILE_MAX ||
 		    resp->backup_file.len > resp->total_bytes - file->len ||
-		    (resp->backup_file.len == 0 && file->len < resp->total_bytes)) {
+		    (resp->backup_file.len == 0 && file->len < resp->total_bytes) ||
+		    (resp->sha256.len != 0 && resp->sha256.len != sizeof(want))) {
 			errmsg("backup: the server's pieces of the file do not add up (%zu bytes "
 			       "of %llu, then %zu more of %llu)",
 			       file->len, (unsigned long long)total, resp->backup_file.len,
@@ -167,19 +176,31 @@ static int fetch_file(kms_client *c, const char *id, kms_buf *file)
 			protobuf_c_message_free_unpacked(&resp->base, NULL);
 			return EXIT_SERVER;
 		}
-		total = resp->total_bytes;
-		grown = kms_realloc(file->data, file->len + resp->backup_file.len + 1);
-		if (grown == NULL) {
-			protobuf_c_message_free_unpacked(&resp->base, NULL);
-			errmsg("backup: out of memory for a file of %llu bytes",
-			       (unsigned long long)total);
-			return EXIT_LOCAL;
+		if (file->data == NULL) {
+			/* Once, at the size the file has: no copying as it grows. */
+			total = resp->total_bytes;
+			has_sum = resp->sha256.len == sizeof(want);
+			if (has_sum)
+				memcpy(want, resp->sha256.data, sizeof(want));
+			file->data = kms_malloc(total > 0 ? (size_t)total : 1);
+			if (file->data == NULL) {
+				protobuf_c_message_free_unpacked(&resp->base, NULL);
+				errmsg("backup: out of memory for a file of %llu bytes",
+				       (unsigned long long)total);
+				return EXIT_LOCAL;
+			}
 		}
-		file->data = grown;
 		memcpy(file->data + file->len, resp->backup_file.data, resp->backup_file.len);
 		file->len += resp->backup_file.len;
 		protobuf_c_message_free_unpacked(&resp->base, NULL);
 	} while (file->len < total);
+	if (has_sum && (SHA256(file->data, file->len, got) == NULL ||
+			CRYPTO_memcmp(got, want, sizeof(got)) != 0)) {
+		errmsg("backup: the file the server sent does not match the SHA-256 the cluster "
+		       "recorded when it was made: the copy on the node that keeps it was changed; "
+		       "nothing written");
+		return EXIT_SERVER;
+	}
 	return EXIT_OK;
 }
 

@@ -17,8 +17,21 @@
 /* The framing of docs/FORMAT.md "Backup files". */
 #define KMS_BACKUP_MAGIC "KMSDBAK1"
 #define KMS_BACKUP_SHARE_MAGIC "KMSDSHR1"
-/* A backup file larger than this is refused unread. */
-#define KMS_BACKUP_FILE_MAX (64u * 1024 * 1024)
+/*
+ * A backup file larger than this is refused unread: about 5,600,000 keys
+ * at 190 bytes a key. The file stays out of the replicated state (its
+ * maker keeps it on disk), so this bounds only what kmsctl and a restore
+ * read into memory.
+ */
+#define KMS_BACKUP_FILE_MAX (1024u * 1024 * 1024)
+
+/* Where a backup's file is: its maker's data directory, checked by size and SHA-256. */
+typedef struct kms_backup_ref {
+	uint8_t backup_id[KMS_BACKUP_ID_LEN];
+	uint64_t size;
+	uint8_t sha256[32];
+	uint64_t holder_node_id;
+} kms_backup_ref;
 
 /* A custodian: a name (the operator-name rules) and an X25519 public key. */
 typedef struct kms_backup_custodian {

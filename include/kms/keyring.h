@@ -315,20 +315,24 @@ int kms_keyring_cmd_cancel_proposal(const char *proposal_id, const char *princip
 				    int64_t now_unix, kms_buf *out, kms_err *err);
 int kms_keyring_cmd_proposal_result(const char *proposal_id, int status, const char *message,
 				    int64_t now_unix, kms_buf *out, kms_err *err);
-/* The same, with a backup-export's file (borrowed; file_len 0: none). */
-int kms_keyring_cmd_proposal_result_file(const char *proposal_id, int status, const char *message,
-					 int64_t now_unix, const uint8_t *file, size_t file_len,
-					 kms_buf *out, kms_err *err);
+/* A backup-export's success, with where its file is (ref borrowed). */
+int kms_keyring_cmd_proposal_result_backup(const char *proposal_id, int64_t now_unix,
+					   const kms_backup_ref *ref, kms_buf *out, kms_err *err);
 /* RestoreBackup of a backup's key ring (borrowed). */
 int kms_keyring_cmd_restore_backup(const uint8_t *key_ring, size_t len, kms_buf *out,
 				   kms_err *err);
 
 /*
- * A copy of the file of backup-export proposal_id (out->data kms_malloc'd,
- * the caller's). The state keeps only the last backup's file:
- * KMS_ERR_NOT_FOUND for any other proposal.
+ * Where the file of backup-export proposal_id is (*ref), or, for a backup
+ * made before files left the replicated state, a copy of the file itself
+ * (inline->data kms_malloc'd, the caller's; inline->len 0 otherwise). The
+ * state keeps only the last backup: KMS_ERR_NOT_FOUND for any other
+ * proposal.
  */
-int kms_keyring_backup_file(kms_keyring *kr, const char *proposal_id, kms_buf *out, kms_err *err);
+int kms_keyring_backup_find(kms_keyring *kr, const char *proposal_id, kms_backup_ref *ref,
+			    kms_buf *inline_file, kms_err *err);
+/* 1 with the last backup's ref when its file is kept out of the state. */
+int kms_keyring_last_backup_ref(kms_keyring *kr, kms_backup_ref *ref);
 
 /*
  * The part of the state a backup holds, packed as a kms.v1.KeyRingSnapshot

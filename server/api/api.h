@@ -37,6 +37,13 @@ int kms_api_link_region_check(struct kms_node *node, const Kms__V1__LinkRegionOp
 extern const kms_method kms_api_region_methods[];
 extern const size_t kms_api_region_n_methods;
 
+/* FetchBackup (Operator) and FetchBackupPiece (Internal), api_backup.c. */
+extern const kms_method kms_api_backup_methods[];
+extern const size_t kms_api_backup_n_methods;
+/* The method tables let only node identities (node CA) in; this asks
+ * whether that node is a member: its id, or 0 (and the call failed). */
+uint64_t kms_api_require_member_node(struct kms_node *node, kms_call *call);
+
 /* KMS_OK when this node can take a write now (kms_node_can_write), else
  * KMS_ERR_UNAVAILABLE saying why not. */
 int kms_api_can_write(struct kms_node *node, kms_err *err);

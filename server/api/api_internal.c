@@ -19,9 +19,7 @@
 #include "node/node.h"
 #include "rpc/wire_strings.h"
 
-/* The method tables let only node identities (node CA) in; this asks
- * whether that node is a member. 0 (and the call failed) if not. */
-static uint64_t require_member_node(kms_node *node, kms_call *call)
+uint64_t kms_api_require_member_node(kms_node *node, kms_call *call)
 {
 	const kms_peer *p = kms_call_peer(call);
 	kms_member m;
@@ -276,7 +274,7 @@ static void forward(void *app, kms_call *call, const uint8_t *data, size_t len)
 	}
 	/* The leader's record names the caller the follower served too. */
 	kms_call_audit_on_behalf_of(call, req->principal);
-	if (require_member_node(node, call) != 0)
+	if (kms_api_require_member_node(node, call) != 0)
 		forward_writes(node, call, &req, 1, 0);
 	kms__v1__forward_request__free_unpacked(req, NULL);
 }
@@ -293,7 +291,7 @@ static void forward_batch(void *app, kms_call *call, const uint8_t *data, size_t
 		kms_call_fail(call, KMS_ERR_INVALID, "malformed ForwardBatchRequest");
 		return;
 	}
-	if (require_member_node(node, call) == 0)
+	if (kms_api_require_member_node(node, call) == 0)
 		goto out;
 	if (req->n_writes == 0 || req->n_writes > KMS_FORWARD_BATCH_MAX) {
 		snprintf(msg, sizeof(msg), "a ForwardBatch holds 1 to %d writes, not %zu",
@@ -329,7 +327,7 @@ static void node_status(void *app, kms_call *call, const uint8_t *data, size_t l
 		return;
 	}
 	kms__v1__node_status_request__free_unpacked(req, NULL);
-	if (require_member_node(node, call) == 0)
+	if (kms_api_require_member_node(node, call) == 0)
 		return;
 	kms_node_local_status(node, &resp, reason);
 	kms_call_reply(call, &resp.base, 0);
@@ -363,7 +361,7 @@ static void read_index(void *app, kms_call *call, const uint8_t *data, size_t le
 		kms_call_fail(call, KMS_ERR_INVALID, "malformed ReadIndexRequest");
 		return;
 	}
-	if (require_member_node(node, call) == 0)
+	if (kms_api_require_member_node(node, call) == 0)
 		goto out;
 	kms_raft_view_get(node->raft, &v);
 	if (v.state != RAFT_LEADER) {
@@ -513,7 +511,7 @@ static void relay(void *app, kms_call *call, const uint8_t *data, size_t len)
 		kms_call_fail(call, KMS_ERR_INVALID, "malformed RelayRequest");
 		return;
 	}
-	if (require_member_node(node, call) == 0)
+	if (kms_api_require_member_node(node, call) == 0)
 		goto out;
 	op = kms_api_leader_op(req->method);
 	if (op == NULL) {

@@ -365,60 +365,6 @@ static void get_operation(void *app, kms_call *call, const uint8_t *data, size_t
 	kms__v1__get_operation_request__free_unpacked(req, NULL);
 }
 
-/* The largest piece of a backup file one FetchBackup answer carries: well
- * under the 10 MiB message limit of kmsctl and kmsd. */
-#define BACKUP_PIECE_MAX (8u << 20)
-
-/* The piece of file req asks for, into resp (it points into file). */
-static int backup_piece(const Kms__V1__FetchBackupRequest *req, const kms_buf *file,
-			Kms__V1__FetchBackupResponse *resp, kms_err *err)
-{
-	size_t total = file->len, left;
-
-	if (req->max_bytes > BACKUP_PIECE_MAX)
-		return kms_errf(err, KMS_ERR_INVALID, "max_bytes %u is over the limit of %u",
-				req->max_bytes, BACKUP_PIECE_MAX);
-	if (req->offset > total)
-		return kms_errf(err, KMS_ERR_INVALID,
-				"offset %llu is past the end of the backup file (%zu bytes)",
-				(unsigned long long)req->offset, total);
-	left = total - (size_t)req->offset;
-	if (req->max_bytes == 0 && left > BACKUP_PIECE_MAX)
-		return kms_errf(err, KMS_ERR_LIMIT,
-				"the backup file is %zu bytes, too large for one answer: ask for it "
-				"in pieces (max_bytes; kmsctl backup fetch does)",
-				total);
-	resp->backup_file.data = file->data + req->offset;
-	resp->backup_file.len = req->max_bytes == 0 || left < req->max_bytes ? left
-									      : req->max_bytes;
-	resp->total_bytes = total;
-	return KMS_OK;
-}
-
-static void fetch_backup(void *app, kms_call *call, const uint8_t *data, size_t len)
-{
-	kms_node *node = app;
-	Kms__V1__FetchBackupRequest *req = kms__v1__fetch_backup_request__unpack(NULL, len, data);
-	Kms__V1__FetchBackupResponse resp = KMS__V1__FETCH_BACKUP_RESPONSE__INIT;
-	kms_buf file = {0};
-	kms_err err = {0};
-
-	if (req == NULL) {
-		kms_call_fail(call, KMS_ERR_INVALID, "malformed FetchBackupRequest");
-		return;
-	}
-	kms_call_audit_proposal(call, req->proposal_id, NULL, 0);
-	if (kms_api_admin_check(node, kms_call_principal(call), &err) == KMS_OK &&
-	    kms_keyring_backup_file(node->kr, req->proposal_id, &file, &err) == KMS_OK &&
-	    backup_piece(req, &file, &resp, &err) == KMS_OK) {
-		kms_call_reply(call, &resp.base, 0);
-	} else {
-		kms_call_fail(call, err.code, err.msg);
-	}
-	kms_buf_free(&file);
-	kms__v1__fetch_backup_request__free_unpacked(req, NULL);
-}
-
 static void list_operations(void *app, kms_call *call, const uint8_t *data, size_t len)
 {
 	kms_node *node = app;
@@ -504,8 +450,6 @@ const kms_method kms_api_quorum_methods[] = {
 	 &kms__v1__cancel_operation_request__descriptor, 0},
 	{"/kms.v1.Operator/GetQuorum", get_quorum, KMS_CALLERS_SERVICES,
 	 &kms__v1__get_quorum_request__descriptor, 0},
-	{"/kms.v1.Operator/FetchBackup", fetch_backup, KMS_CALLERS_SERVICES,
-	 &kms__v1__fetch_backup_request__descriptor, 0},
 };
 const size_t kms_api_quorum_n_methods =
 	sizeof(kms_api_quorum_methods) / sizeof(kms_api_quorum_methods[0]);

@@ -636,7 +636,8 @@ static int start_rpc(kms_node *node, kms_err *err)
 	if (kms_api_keymgmt_n_methods + kms_api_keyadmin_n_methods + kms_api_batch_n_methods +
 		    kms_api_health_n_methods + kms_api_operator_n_methods +
 		    kms_api_quorum_n_methods + kms_api_internal_n_methods +
-		    kms_api_domain_key_n_methods + kms_api_region_n_methods >
+		    kms_api_domain_key_n_methods + kms_api_region_n_methods +
+		    kms_api_backup_n_methods >
 	    MAX_METHODS) {
 		kms_free(key);
 		return kms_errf(err, KMS_ERR_INTERNAL, "more gRPC methods than MAX_METHODS (%d)",
@@ -661,6 +662,8 @@ static int start_rpc(kms_node *node, kms_err *err)
 		methods[n_methods++] = kms_api_domain_key_methods[i];
 	for (size_t i = 0; i < kms_api_region_n_methods; i++)
 		methods[n_methods++] = kms_api_region_methods[i];
+	for (size_t i = 0; i < kms_api_backup_n_methods; i++)
+		methods[n_methods++] = kms_api_backup_methods[i];
 	memset(&o, 0, sizeof(o));
 	o.listen = node->cfg.grpc_listen;
 	o.tls = &node->tls;

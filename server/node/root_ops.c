@@ -13,6 +13,7 @@
 #include "kms/keyring.h"
 #include "kms/keyring_dk.h"
 #include "kms/log.h"
+#include "node/backup_store.h"
 #include "node/dk_rotation.h"
 #include "node/node.h"
 #include "node/root_ops.h"
@@ -40,20 +41,19 @@ int kms_root_rotate_domain_key(struct kms_node *node, const char *proposal_id, k
 	return KMS_OK;
 }
 
-int kms_root_backup_export(struct kms_node *node, const Kms__V1__ProposalRecord *p, kms_buf *file,
-			   kms_err *err)
+int kms_root_backup_export(struct kms_node *node, const Kms__V1__ProposalRecord *p,
+			   kms_backup_ref *ref, kms_err *err)
 {
 	kms_backup_custodian cust[KMS_BACKUP_CUSTODIANS_MAX];
 	Kms__V1__SetOperatorsOperation *ops = NULL;
 	uint8_t cid[KMS_CLUSTER_ID_LEN], key[KMS_BACKUP_KEY_LEN];
 	kms_backup_content c;
-	kms_buf ring = {0}, wrapped = {0};
+	kms_buf ring = {0}, wrapped = {0}, file = {0};
 	char idhex[2 * KMS_BACKUP_ID_LEN + 1];
 	uint32_t gen = 0;
 	int rc;
 
-	file->data = NULL;
-	file->len = 0;
+	memset(ref, 0, sizeof(*ref));
 	memset(&c, 0, sizeof(c));
 	KMS_TRY(kms_backup_export_check(p->operation->backup_export, cust, err));
 	KMS_TRY(kms_keyring_quorum(node->kr, cid, &ops, err));
@@ -85,13 +85,22 @@ int kms_root_backup_export(struct kms_node *node, const Kms__V1__ProposalRecord 
 	c.wrapped_domain_key_len = wrapped.len;
 	c.key_ring = ring.data;
 	c.key_ring_len = ring.len;
-	KMS_TRY_GOTO(rc, kms_backup_build(&c, key, file, err), out);
+	KMS_TRY_GOTO(rc, kms_backup_build(&c, key, &file, err), out);
+	/* The ring's copies go before the file is written: at a million keys each is 190 MB. */
+	kms_buf_free(&ring);
+	KMS_TRY_GOTO(rc,
+		     kms_backup_store_put(node->cfg.data_dir, c.backup_id, file.data, file.len, ref,
+					  err),
+		     out);
+	ref->holder_node_id = node->cfg.node_id;
 	kms_backup_id_hex(c.backup_id, idhex);
-	KMS_LOG_I("backup: proposal %s made backup %s (%zu bytes, %zu shares, %u to restore)",
-		  p->id, idhex, file->len, c.n_custodians, c.threshold);
+	KMS_LOG_I("backup: proposal %s made backup %s (%zu bytes, %zu shares, %u to restore), "
+		  "kept in %s/backups",
+		  p->id, idhex, file.len, c.n_custodians, c.threshold, node->cfg.data_dir);
 out:
 	kms_cleanse(key, sizeof(key));
 	kms_buf_free(&ring);
 	kms_buf_free(&wrapped);
+	kms_buf_free(&file);
 	return rc;
 }

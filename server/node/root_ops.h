@@ -2,6 +2,7 @@
 #ifndef KMS_ROOT_OPS_H
 #define KMS_ROOT_OPS_H
 
+#include "kms/backup_file.h"
 #include "kms/buf.h"
 #include "kms/error.h"
 #include "kms/v1/state.pb-c.h"
@@ -24,13 +25,14 @@ int kms_root_rotate_domain_key(struct kms_node *node, const char *proposal_id, k
  * as it is now (material wrapped under the domain key), the domain key
  * wrapped under a backup key made for it in this node's HSM and destroyed
  * there again, that key's shares sealed to p's custodians
- * (docs/FORMAT.md "Backup files"). file->data (kms_malloc'd, the caller's)
- * becomes the proposal's result: recorded once, it replaces the last
+ * (docs/FORMAT.md "Backup files"). The file goes to this node's data
+ * directory (node/backup_store.h), durably, and *ref, which says where it
+ * is, becomes the proposal's result: recorded once, it replaces the last
  * backup. A new leader that runs p again makes another backup (a new id,
- * a new key); only the one Raft records exists. Refused while a domain-key
- * rotation is in progress.
+ * a new key); only the one Raft records is served, and the others are
+ * removed. Refused while a domain-key rotation is in progress.
  */
-int kms_root_backup_export(struct kms_node *node, const Kms__V1__ProposalRecord *p, kms_buf *file,
-			   kms_err *err);
+int kms_root_backup_export(struct kms_node *node, const Kms__V1__ProposalRecord *p,
+			   kms_backup_ref *ref, kms_err *err);
 
 #endif

@@ -346,6 +346,7 @@ static void *supervisor_main(void *arg)
 			if (kms_key_prefetch_run(s->node->prefetch) > 0)
 				kick(s);
 			kms_dk_rotation_tick(s->node->dkrot);
+			kms_quorum_exec_tidy(s->qexec);
 			kms_raft_view_get(s->node->raft, &v);
 			if (v.state == RAFT_LEADER)
 				leader_bookkeeping(s);

@@ -20,6 +20,9 @@
 /* PEM files are small; anything bigger is not a certificate or a key. */
 #define PEM_MAX_BYTES (1024 * 1024)
 #define DEFAULT_TIMEOUT_MS 10000
+/* Reconnect backoff of every channel (see kms_client_open). */
+#define KMS_CLIENT_RECONNECT_INITIAL_MS 250
+#define KMS_CLIENT_RECONNECT_MAX_MS 2000
 
 struct kms_client {
 	grpc_channel *channel;
@@ -151,7 +154,7 @@ int kms_client_open(const kms_client_opts *opts, kms_client **out, kms_err *err)
 	size_t ca_cap = 0, cert_cap = 0, key_cap = 0;
 	grpc_ssl_pem_key_cert_pair pair;
 	grpc_channel_credentials *creds = NULL;
-	grpc_arg arg[2];
+	grpc_arg arg[4];
 	grpc_channel_args args = {0, arg};
 	kms_client *c = NULL;
 	int inited = 0;
@@ -230,12 +233,24 @@ int kms_client_open(const kms_client_opts *opts, kms_client **out, kms_err *err)
 	arg[0].type = GRPC_ARG_INTEGER;
 	arg[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
 	arg[0].value.integer = (int)KMS_RESPONSE_MAX;
-	args.num_args = 1;
+	/*
+	 * A call on a channel waiting out its reconnect backoff fails at once
+	 * (UNAVAILABLE). gRPC's backoff grows to 120 s, so a member that was
+	 * down a minute would stay unreachable from its peers for up to two
+	 * more after it is back: a few members, a short cap.
+	 */
+	arg[1].type = GRPC_ARG_INTEGER;
+	arg[1].key = (char *)GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS;
+	arg[1].value.integer = KMS_CLIENT_RECONNECT_INITIAL_MS;
+	arg[2].type = GRPC_ARG_INTEGER;
+	arg[2].key = (char *)GRPC_ARG_MAX_RECONNECT_BACKOFF_MS;
+	arg[2].value.integer = KMS_CLIENT_RECONNECT_MAX_MS;
+	args.num_args = 3;
 	if (opts->server_name != NULL && opts->server_name[0] != '\0') {
-		arg[1].type = GRPC_ARG_STRING;
-		arg[1].key = (char *)GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
-		arg[1].value.string = (char *)opts->server_name;
-		args.num_args = 2;
+		arg[3].type = GRPC_ARG_STRING;
+		arg[3].key = (char *)GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
+		arg[3].value.string = (char *)opts->server_name;
+		args.num_args = 4;
 	}
 	c->channel = grpc_channel_create(opts->target, creds, &args);
 	if (c->channel == NULL) {

@@ -463,18 +463,11 @@ int kms_keyring_cmd_cancel_proposal(const char *proposal_id, const char *princip
 	return kr_command_pack(&c, out, err);
 }
 
-int kms_keyring_cmd_proposal_result(const char *proposal_id, int status, const char *message,
-				    int64_t now_unix, kms_buf *out, kms_err *err)
-{
-	return kms_keyring_cmd_proposal_result_file(proposal_id, status, message, now_unix, NULL, 0,
-						    out, err);
-}
-
-int kms_keyring_cmd_proposal_result_file(const char *proposal_id, int status, const char *message,
-					 int64_t now_unix, const uint8_t *file, size_t file_len,
-					 kms_buf *out, kms_err *err)
+static int proposal_result(const char *proposal_id, int status, const char *message,
+			   int64_t now_unix, const kms_backup_ref *ref, kms_buf *out, kms_err *err)
 {
 	Kms__V1__ProposalResultCommand pr = KMS__V1__PROPOSAL_RESULT_COMMAND__INIT;
+	Kms__V1__BackupFileRef br = KMS__V1__BACKUP_FILE_REF__INIT;
 	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
 
 	out->data = NULL;
@@ -486,11 +479,30 @@ int kms_keyring_cmd_proposal_result_file(const char *proposal_id, int status, co
 	pr.status = (uint32_t)status;
 	pr.message = (char *)(message != NULL ? message : "");
 	pr.now_unix = now_unix;
-	pr.backup_file.data = (uint8_t *)file;
-	pr.backup_file.len = file != NULL ? file_len : 0;
+	if (ref != NULL) {
+		br.backup_id.data = (uint8_t *)ref->backup_id;
+		br.backup_id.len = KMS_BACKUP_ID_LEN;
+		br.size = ref->size;
+		br.sha256.data = (uint8_t *)ref->sha256;
+		br.sha256.len = sizeof(ref->sha256);
+		br.holder_node_id = ref->holder_node_id;
+		pr.backup_ref = &br;
+	}
 	c.cmd_case = KMS__V1__COMMAND__CMD_PROPOSAL_RESULT;
 	c.proposal_result = &pr;
 	return kr_command_pack(&c, out, err);
+}
+
+int kms_keyring_cmd_proposal_result(const char *proposal_id, int status, const char *message,
+				    int64_t now_unix, kms_buf *out, kms_err *err)
+{
+	return proposal_result(proposal_id, status, message, now_unix, NULL, out, err);
+}
+
+int kms_keyring_cmd_proposal_result_backup(const char *proposal_id, int64_t now_unix,
+					   const kms_backup_ref *ref, kms_buf *out, kms_err *err)
+{
+	return proposal_result(proposal_id, KMS_OK, "", now_unix, ref, out, err);
 }
 
 int kms_keyring_cmd_restore_backup(const uint8_t *key_ring, size_t len, kms_buf *out,

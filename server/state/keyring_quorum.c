@@ -547,7 +547,7 @@ out:
 	return rc;
 }
 
-/* The file of an executed backup-export replaces the last one (Raft thread). */
+/* An executed backup-export replaces the last one (Raft thread). */
 static int keep_backup(kms_keyring *kr, const Kms__V1__ProposalResultCommand *c)
 {
 	Kms__V1__BackupRecord rec = KMS__V1__BACKUP_RECORD__INIT, *copy = NULL, *old;
@@ -556,6 +556,7 @@ static int keep_backup(kms_keyring *kr, const Kms__V1__ProposalResultCommand *c)
 	rec.proposal_id = c->proposal_id;
 	rec.file = c->backup_file;
 	rec.created_at_unix = c->now_unix;
+	rec.ref = c->backup_ref;
 	/* Every node decides alike, but out of memory here is this node's alone. */
 	if (kr_message_dup(&rec.base, (ProtobufCMessage **)&copy, &err) != KMS_OK)
 		return KMS_ERR_NOMEM;
@@ -568,31 +569,74 @@ static int keep_backup(kms_keyring *kr, const Kms__V1__ProposalResultCommand *c)
 	return KMS_OK;
 }
 
-int kms_keyring_backup_file(kms_keyring *kr, const char *proposal_id, kms_buf *out, kms_err *err)
+static void ref_out(const Kms__V1__BackupFileRef *r, kms_backup_ref *out)
 {
+	memcpy(out->backup_id, r->backup_id.data, KMS_BACKUP_ID_LEN);
+	out->size = r->size;
+	memcpy(out->sha256, r->sha256.data, sizeof(out->sha256));
+	out->holder_node_id = r->holder_node_id;
+}
+
+int kms_keyring_backup_find(kms_keyring *kr, const char *proposal_id, kms_backup_ref *ref,
+			    kms_buf *inline_file, kms_err *err)
+{
+	const Kms__V1__BackupRecord *b;
 	int rc = KMS_OK;
 
-	out->data = NULL;
-	out->len = 0;
+	memset(ref, 0, sizeof(*ref));
+	inline_file->data = NULL;
+	inline_file->len = 0;
 	KMS_TRY(kms_proposal_id_check(proposal_id, err));
 	pthread_rwlock_rdlock(&kr->lock);
-	if (kr->last_backup == NULL || strcmp(kr->last_backup->proposal_id, proposal_id) != 0) {
+	b = kr->last_backup;
+	if (b == NULL || strcmp(b->proposal_id, proposal_id) != 0) {
 		rc = kms_errf(err, KMS_ERR_NOT_FOUND,
 			      "no backup file for proposal %s: it is not an executed backup-export, "
 			      "or a later backup replaced it (the cluster keeps the last one)",
 			      proposal_id);
 		goto out;
 	}
-	out->data = kms_malloc(kr->last_backup->file.len);
-	if (out->data == NULL) {
+	if (b->ref != NULL) {
+		ref_out(b->ref, ref);
+		goto out;
+	}
+	inline_file->data = kms_malloc(b->file.len > 0 ? b->file.len : 1);
+	if (inline_file->data == NULL) {
 		rc = kms_errf(err, KMS_ERR_NOMEM, "out of memory copying the backup file");
 		goto out;
 	}
-	memcpy(out->data, kr->last_backup->file.data, kr->last_backup->file.len);
-	out->len = kr->last_backup->file.len;
+	memcpy(inline_file->data, b->file.data, b->file.len);
+	inline_file->len = b->file.len;
 out:
 	pthread_rwlock_unlock(&kr->lock);
 	return rc;
+}
+
+int kms_keyring_last_backup_ref(kms_keyring *kr, kms_backup_ref *ref)
+{
+	int yes;
+
+	pthread_rwlock_rdlock(&kr->lock);
+	yes = kr->last_backup != NULL && kr->last_backup->ref != NULL;
+	if (yes)
+		ref_out(kr->last_backup->ref, ref);
+	pthread_rwlock_unlock(&kr->lock);
+	return yes;
+}
+
+/* A ref's shape: the id and digest sizes, a size a file can have, a maker. */
+static int ref_check(const Kms__V1__BackupFileRef *r, kms_err *err)
+{
+	KMS_ENSURE(r->backup_id.len == KMS_BACKUP_ID_LEN, err, KMS_ERR_INVALID,
+		   "a backup's id is %d bytes, not %zu", KMS_BACKUP_ID_LEN, r->backup_id.len);
+	KMS_ENSURE(r->sha256.len == 32, err, KMS_ERR_INVALID,
+		   "a backup file's SHA-256 is 32 bytes, not %zu", r->sha256.len);
+	KMS_ENSURE(r->size > 0 && r->size <= KMS_BACKUP_FILE_MAX, err, KMS_ERR_INVALID,
+		   "a backup file of %llu bytes is not in 1..%u", (unsigned long long)r->size,
+		   KMS_BACKUP_FILE_MAX);
+	KMS_ENSURE(r->holder_node_id != 0, err, KMS_ERR_INVALID,
+		   "a backup file's ref names no node that holds it");
+	return KMS_OK;
 }
 
 int kr_apply_proposal_result(kms_keyring *kr, const Kms__V1__ProposalResultCommand *c, int dry,
@@ -605,6 +649,10 @@ int kr_apply_proposal_result(kms_keyring *kr, const Kms__V1__ProposalResultComma
 	KMS_TRY(kms_proposal_id_check(c->proposal_id, err));
 	KMS_ENSURE(c->status < KMS_STATUS_COUNT, err, KMS_ERR_INVALID,
 		   "ProposalResult status %u is unknown", c->status);
+	KMS_ENSURE(c->backup_ref == NULL || c->backup_file.len == 0, err, KMS_ERR_INVALID,
+		   "a ProposalResult names a backup file or holds one, not both");
+	if (c->backup_ref != NULL)
+		KMS_TRY(ref_check(c->backup_ref, err));
 	pthread_rwlock_rdlock(&kr->lock);
 	p = proposal_find(kr, c->proposal_id);
 	if (p == NULL)
@@ -613,7 +661,7 @@ int kr_apply_proposal_result(kms_keyring *kr, const Kms__V1__ProposalResultComma
 		/* Exactly once: a result for a proposal that has one is refused. */
 		rc = kms_errf(err, KMS_ERR_PRECONDITION, "proposal %s is %s, not awaiting a result",
 			      p->id, kms_proposal_state_name(p, c->now_unix));
-	else if (c->backup_file.len > 0 &&
+	else if ((c->backup_file.len > 0 || c->backup_ref != NULL) &&
 		 (c->status != KMS_OK ||
 		  p->operation->op_case != KMS__V1__ROOT_OPERATION__OP_BACKUP_EXPORT))
 		rc = kms_errf(err, KMS_ERR_INVALID,
@@ -621,7 +669,7 @@ int kr_apply_proposal_result(kms_keyring *kr, const Kms__V1__ProposalResultComma
 	pthread_rwlock_unlock(&kr->lock);
 	if (rc != KMS_OK || dry)
 		return rc;
-	if (c->backup_file.len > 0)
+	if (c->backup_file.len > 0 || c->backup_ref != NULL)
 		KMS_TRY(keep_backup(kr, c));
 	record_result(kr, c->proposal_id, (int)c->status, c->message, c->now_unix);
 	return KMS_OK;

@@ -15,6 +15,7 @@
 #include "kms/v1/kms.pb-c.h"
 #include "kms/v1/state.pb-c.h"
 #include "node_fixture.h"
+#include "test_pki.h"
 #include "check_run.h"
 
 #define N 3
@@ -234,6 +235,7 @@ static void backup_again(const char *out_file)
 }
 
 static void slurp(const char *path, kms_buf *out);
+static void spill(const char *path, const kms_buf *b);
 
 /* One FetchBackup call of proposal id: the piece's bytes appended to out;
  * the status code (st) otherwise. */
@@ -301,6 +303,178 @@ static void pieces_add_up(const char *file)
 	kms_buf_free(&whole);
 	kms_buf_free(&got);
 	kms_buf_free(&one);
+}
+
+/* How many backup files node i keeps in its data directory; the last one's path in path. */
+static int kept_files(int i, char *path, size_t cap)
+{
+	char d[PATH_MAX];
+	struct dirent *e;
+	DIR *dp;
+	int n = 0;
+
+	KMS_TEST_PATH(d, "%s/data/backups", nodes[i].dir);
+	dp = opendir(d);
+	if (dp == NULL)
+		return 0;
+	while ((e = readdir(dp)) != NULL) {
+		size_t l = strlen(e->d_name);
+
+		if (l > 4 && strcmp(e->d_name + l - 4, ".kbk") == 0) {
+			n++;
+			ck_assert_int_lt(snprintf(path, cap, "%s/%s", d, e->d_name), (int)cap);
+		}
+	}
+	closedir(dp);
+	return n;
+}
+
+/* A node certificate from the cluster's node CA, its key in a file (who.pem, who.key). */
+static void issue_node_cert(uint64_t id, const char *who)
+{
+	kms_test_issue_node_cert(env.pki, KMS_TEST_TD, id, who);
+}
+
+/* Internal/FetchBackupPiece on node i as who: the status, the piece's length in *n. */
+static int piece_call(int i, const char *who, const uint8_t *id, size_t id_len, size_t *n,
+		      kms_rpc_status *st)
+{
+	Kms__V1__FetchBackupPieceRequest req = KMS__V1__FETCH_BACKUP_PIECE_REQUEST__INIT;
+	Kms__V1__FetchBackupResponse *r = NULL;
+	int rc;
+
+	req.backup_id.data = (uint8_t *)id;
+	req.backup_id.len = id_len;
+	req.max_bytes = 1000;
+	rc = kms_test_call(&nodes[i], who, "/kms.v1.Internal/FetchBackupPiece", &req.base,
+			   &kms__v1__fetch_backup_response__descriptor, (ProtobufCMessage **)&r, st);
+	*n = rc == 0 ? r->backup_file.len : 0;
+	if (r != NULL)
+		FREE(r);
+	return rc;
+}
+
+/*
+ * The file of the last backup stays out of the replicated state: only the
+ * node that made it keeps it (the first backup's file is gone), and every
+ * member serves it from there. A copy changed or cut short on that node,
+ * the node down, or a caller that is not a member: each refused, naming
+ * why; kmsctl writes nothing it cannot check.
+ */
+static void kept_by_its_maker_and_served_by_every_member(const char *file)
+{
+	char path[PATH_MAX], got[PATH_MAX], ctl[2048], out[2048], id[64], saved[PATH_MAX];
+	kms_buf want = {0}, kept = {0}, b = {0};
+	kms_backup bk;
+	kms_rpc_status st;
+	kms_err err = {0};
+	uint64_t total;
+	int h = -1, o, n_kept = 0;
+	size_t n;
+
+	/* The replaced file goes at the maker's next look (a tick of its supervisor). */
+	for (long until = kms_test_now_ms() + 5000; kms_test_now_ms() < until;
+	     kms_test_sleep_ms(100)) {
+		n_kept = 0;
+		for (int i = 0; i < N; i++) {
+			int k = kept_files(i, path, sizeof(path));
+
+			n_kept += k;
+			if (k == 1)
+				h = i;
+		}
+		if (n_kept == 1)
+			break;
+	}
+	ck_assert_msg(n_kept == 1 && h >= 0, "%d backup files kept, want 1 (the last backup's)",
+		      n_kept);
+	kept_files(h, path, sizeof(path));
+	slurp(file, &want);
+	slurp(path, &kept);
+	ck_assert(kept.len == want.len && memcmp(kept.data, want.data, want.len) == 0);
+	ck_assert_int_eq(kms_backup_parse(want.data, want.len, &bk, &err), KMS_OK);
+	snprintf(id, sizeof(id), "%s", bk.body->proposal_id);
+	o = (h + 1) % N;
+	/* From every member: the same bytes. */
+	for (int i = 0; i < N; i++) {
+		KMS_TEST_PATH(got, "%s/via%d.kbk", env.root, i);
+		kmsctl_env(ctl, sizeof(ctl), &nodes[i]);
+		kms_test_sh("%s backup fetch %s --out '%s' >/dev/null", ctl, id, got);
+		slurp(got, &b);
+		ck_assert_msg(b.len == want.len && memcmp(b.data, want.data, want.len) == 0,
+			      "the file fetched through node %d differs", i + 1);
+		kms_buf_free(&b);
+	}
+	/* Internal/FetchBackupPiece: members only, the last backup only, its maker only. */
+	issue_node_cert(nodes[o].id, "member-node");
+	issue_node_cert(9, "node9");
+	ck_assert_int_eq(piece_call(h, "member-node", bk.body->backup_id.data, KMS_BACKUP_ID_LEN,
+				    &n, &st),
+			 0);
+	ck_assert_uint_eq(n, 1000);
+	ck_assert_int_eq(piece_call(h, "node9", bk.body->backup_id.data, KMS_BACKUP_ID_LEN, &n,
+				    &st),
+			 S_DENIED);
+	ck_assert_msg(strstr(st.details, "not a member") != NULL, "%s", st.details);
+	ck_assert_int_eq(piece_call(h, "admin", bk.body->backup_id.data, KMS_BACKUP_ID_LEN, &n,
+				    &st),
+			 S_DENIED);
+	ck_assert_int_eq(piece_call(o, "member-node", bk.body->backup_id.data, KMS_BACKUP_ID_LEN,
+				    &n, &st),
+			 S_NOT_FOUND);
+	ck_assert_msg(strstr(st.details, "another node made it") != NULL, "%s", st.details);
+	ck_assert_int_eq(piece_call(h, "member-node", (const uint8_t *)"0123456789abcdef", 16, &n,
+				    &st),
+			 S_NOT_FOUND);
+	ck_assert_int_eq(piece_call(h, "member-node", bk.body->backup_id.data, 15, &n, &st),
+			 S_INVALID);
+	ck_assert_msg(strstr(st.details, "16 bytes") != NULL, "%s", st.details);
+
+	/* One byte of the kept copy changed: kmsctl checks the whole against the recorded SHA-256. */
+	kept.data[kept.len / 2] ^= 0x01;
+	spill(path, &kept);
+	kmsctl_env(ctl, sizeof(ctl), &nodes[o]);
+	KMS_TEST_PATH(got, "%s/changed-copy.kbk", env.root);
+	ck_assert_int_ne(kms_test_sh_output(out, sizeof(out), "%s backup fetch %s --out '%s' 2>&1",
+					    ctl, id, got),
+			 0);
+	ck_assert_msg(strstr(out, "does not match the SHA-256") != NULL, "%s", out);
+	ck_assert(access(got, F_OK) != 0);
+	/* Cut short: the node that keeps it refuses, and says so through the member asked. */
+	KMS_TEST_PATH(saved, "%s.saved", path);
+	kms_test_sh("cp '%s' '%s' && truncate -s 100 '%s'", path, saved, path);
+	ck_assert_int_eq(fetch_piece("admin", id, 0, 1000, &b, &total, &st), 9);
+	ck_assert_msg(strstr(st.details, "not the") != NULL &&
+			      strstr(st.details, "the cluster recorded") != NULL,
+		      "%s", st.details);
+	kms_buf_free(&b);
+	kept.data[kept.len / 2] ^= 0x01;
+	spill(path, &kept);
+	kms_test_sh("rm -f '%s'", saved);
+
+	/* Its maker down: UNAVAILABLE naming it; back up, the file is served again. */
+	kms_test_node_signal(&nodes[h], SIGKILL);
+	ck_assert_int_ne(kms_test_sh_output(out, sizeof(out), "%s backup fetch %s --out '%s' 2>&1",
+					    ctl, id, got),
+			 0);
+	ck_assert_msg(strstr(out, "UNAVAILABLE") != NULL && strstr(out, "which made it") != NULL,
+		      "%s", out);
+	ck_assert(access(got, F_OK) != 0);
+	kms_test_node_start(&nodes[h]);
+	ck_assert(kms_test_node_wait_healthy(&nodes[h], 30));
+	/* The member asked reconnects within its 2 s reconnect backoff. */
+	for (long until = kms_test_now_ms() + 10000;
+	     kms_test_sh_output(out, sizeof(out), "%s backup fetch %s --out '%s' 2>&1", ctl, id,
+				got) != 0;
+	     kms_test_sleep_ms(250))
+		ck_assert_msg(kms_test_now_ms() < until, "fetch after node %d came back: %s", h + 1,
+			      out);
+	slurp(got, &b);
+	ck_assert(b.len == want.len && memcmp(b.data, want.data, want.len) == 0);
+	kms_buf_free(&b);
+	kms_backup_free(&bk);
+	kms_buf_free(&want);
+	kms_buf_free(&kept);
 }
 
 static void unseal(const char *file, const char *who, const char *key_of, const char *out)
@@ -443,6 +617,7 @@ START_TEST(backup_restores_every_key_and_refuses_bad_inputs)
 	KMS_TEST_PATH(f2, "%s/backup2.kbk", env.root);
 	backup_again(f2);
 	pieces_add_up(f2);
+	kept_by_its_maker_and_served_by_every_member(f2);
 	KMS_TEST_PATH(sh_b2, "%s/bob2.share", env.root);
 	unseal(f2, "bob", "bob", sh_b2);
 

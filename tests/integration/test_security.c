@@ -195,15 +195,7 @@ END_TEST
  * joining node (the real one would keep its key in its HSM). */
 static void issue_node_cert(uint64_t id, const char *who)
 {
-	char uri[128], ca[PATH_MAX], ca_key[PATH_MAX], pem[PATH_MAX], key[PATH_MAX];
-	kms_test_san san = {KMS_TEST_SAN_URI, uri, 0};
-
-	snprintf(uri, sizeof(uri), KMS_TEST_TD "/kmsd/node/%llu", (unsigned long long)id);
-	KMS_TEST_PATH(ca, "%s/node-ca.pem", env.pki);
-	KMS_TEST_PATH(ca_key, "%s/node-ca.key", env.pki);
-	KMS_TEST_PATH(pem, "%s/%s.pem", env.pki, who);
-	KMS_TEST_PATH(key, "%s/%s.key", env.pki, who);
-	kms_test_issue_cert(ca, ca_key, pem, key, &san, 1, 1);
+	kms_test_issue_node_cert(env.pki, KMS_TEST_TD, id, who);
 }
 
 struct transport {

@@ -120,6 +120,25 @@ static Kms__V1__RootOperation *op_set_admins(void)
 	return &op;
 }
 
+static Kms__V1__BackupExportOperation bex;
+static Kms__V1__CustodianRecord cust, *cust_ptr = &cust;
+
+static Kms__V1__RootOperation *op_backup_export(void)
+{
+	kms__v1__root_operation__init(&op);
+	kms__v1__backup_export_operation__init(&bex);
+	kms__v1__custodian_record__init(&cust);
+	cust.name = (char *)"alice";
+	cust.public_key.data = pubs[0]; /* 32 bytes, as an X25519 key is */
+	cust.public_key.len = 32;
+	bex.custodians = &cust_ptr;
+	bex.n_custodians = 1;
+	bex.threshold = 1;
+	op.op_case = KMS__V1__ROOT_OPERATION__OP_BACKUP_EXPORT;
+	op.backup_export = &bex;
+	return &op;
+}
+
 static Kms__V1__RootOperation *op_rotate_dk(void)
 {
 	kms__v1__root_operation__init(&op);
@@ -463,6 +482,127 @@ START_TEST(outside_state_gets_one_result)
 	ck_assert_uint_eq(p->result_status, KMS_ERR_UNAVAILABLE);
 	ck_assert_uint_eq(p->n_approvals, 2);
 	kms_keyring_proposal_free(p);
+}
+END_TEST
+
+/* A ProposalResult that holds a file and names one (never written by kmsd). */
+static void result_file_and_ref(const char *id, const kms_backup_ref *ref, kms_buf *out)
+{
+	Kms__V1__ProposalResultCommand pr = KMS__V1__PROPOSAL_RESULT_COMMAND__INIT;
+	Kms__V1__BackupFileRef br = KMS__V1__BACKUP_FILE_REF__INIT;
+	Kms__V1__Command c = KMS__V1__COMMAND__INIT;
+	static uint8_t file[] = "KMSDBAK1 an older backup's file";
+
+	pr.proposal_id = (char *)id;
+	pr.now_unix = T0 + 5;
+	pr.backup_file.data = file;
+	pr.backup_file.len = sizeof(file);
+	if (ref != NULL) {
+		br.backup_id.data = (uint8_t *)ref->backup_id;
+		br.backup_id.len = KMS_BACKUP_ID_LEN;
+		br.size = ref->size;
+		br.sha256.data = (uint8_t *)ref->sha256;
+		br.sha256.len = 32;
+		br.holder_node_id = ref->holder_node_id;
+		pr.backup_ref = &br;
+	}
+	c.cmd_case = KMS__V1__COMMAND__CMD_PROPOSAL_RESULT;
+	c.proposal_result = &pr;
+	out->len = kms__v1__command__get_packed_size(&c);
+	out->data = kms_malloc(out->len);
+	ck_assert_ptr_nonnull(out->data);
+	kms__v1__command__pack(&c, out->data);
+}
+
+/*
+ * A backup-export's result names where its file is (the state holds no
+ * file); a bad ref, a ref for another operation, or a ref and a file
+ * together are refused and change nothing. A result an older kmsd wrote,
+ * with the file in it, still applies and is served as it was.
+ */
+START_TEST(backup_result_records_where_the_file_is)
+{
+	uint8_t d[32], d2[32], sig[64];
+	kms_backup_ref ref, got, bad;
+	kms_buf cmd = {0}, file = {0}, before;
+	kms_keyring *kr2;
+	kms_err err = {0};
+
+	memset(&ref, 0, sizeof(ref));
+	memset(ref.backup_id, 0xb1, sizeof(ref.backup_id));
+	memset(ref.sha256, 0x5a, sizeof(ref.sha256));
+	ref.size = 190000000;
+	ref.holder_node_id = 2;
+	ck_assert_int_eq(propose_as(PID1, op_backup_export(), CID, d, &err), KMS_OK);
+	ck_assert_int_eq(propose_as(PID2, op_rotate_dk(), CID, d2, &err), KMS_OK);
+	for (int i = 0; i < 2; i++) {
+		sign(i, d, sig);
+		ck_assert_int_eq(approve(PID1, names[i], sig, T0 + 1, &err), KMS_OK);
+		sign(i, d2, sig);
+		ck_assert_int_eq(approve(PID2, names[i], sig, T0 + 1, &err), KMS_OK);
+	}
+	ck_assert(!kms_keyring_last_backup_ref(kr, &got));
+	before = snap();
+	/* a ref naming no node, an empty or oversized file, a ref for a rotation */
+	bad = ref;
+	bad.holder_node_id = 0;
+	ck_assert_int_eq(kms_keyring_cmd_proposal_result_backup(PID1, T0 + 5, &bad, &cmd, &err),
+			 KMS_OK);
+	ck_assert_int_eq(apply(&cmd, &err), KMS_ERR_INVALID);
+	ASSERT_MSG_HAS(err, "names no node");
+	bad = ref;
+	bad.size = 0;
+	ck_assert_int_eq(kms_keyring_cmd_proposal_result_backup(PID1, T0 + 5, &bad, &cmd, &err),
+			 KMS_OK);
+	ck_assert_int_eq(apply(&cmd, &err), KMS_ERR_INVALID);
+	ASSERT_MSG_HAS(err, "a backup file of 0 bytes");
+	bad.size = (uint64_t)KMS_BACKUP_FILE_MAX + 1;
+	ck_assert_int_eq(kms_keyring_cmd_proposal_result_backup(PID1, T0 + 5, &bad, &cmd, &err),
+			 KMS_OK);
+	ck_assert_int_eq(apply(&cmd, &err), KMS_ERR_INVALID);
+	ck_assert_int_eq(kms_keyring_cmd_proposal_result_backup(PID2, T0 + 5, &ref, &cmd, &err),
+			 KMS_OK);
+	ck_assert_int_eq(apply(&cmd, &err), KMS_ERR_INVALID);
+	ASSERT_MSG_HAS(err, "only with the success of a backup-export");
+	result_file_and_ref(PID1, &ref, &cmd);
+	ck_assert_int_eq(apply(&cmd, &err), KMS_ERR_INVALID);
+	ASSERT_MSG_HAS(err, "not both");
+	assert_same(before, snap());
+	ck_assert_int_eq(kms_keyring_backup_find(kr, PID1, &got, &file, &err), KMS_ERR_NOT_FOUND);
+
+	ck_assert_int_eq(kms_keyring_cmd_proposal_result_backup(PID1, T0 + 5, &ref, &cmd, &err),
+			 KMS_OK);
+	ck_assert_msg(apply(&cmd, &err) == KMS_OK, "%s", err.msg);
+	ck_assert_str_eq(state_of(PID1, T0 + 5), "executed");
+	ck_assert_int_eq(kms_keyring_backup_find(kr, PID1, &got, &file, &err), KMS_OK);
+	ck_assert_uint_eq(file.len, 0);
+	ck_assert_mem_eq(&got, &ref, sizeof(ref));
+	ck_assert_int_eq(kms_keyring_backup_find(kr, PID2, &got, &file, &err), KMS_ERR_NOT_FOUND);
+	ASSERT_MSG_HAS(err, "no backup file for proposal " PID2);
+	/* Through a snapshot, as a restarted or joining node has it. */
+	before = snap();
+	ck_assert_int_eq(kms_keyring_new(&kr2, &err), KMS_OK);
+	ck_assert_msg(kms_keyring_restore(kr2, before.data, before.len, &err) == KMS_OK, "%s",
+		      err.msg);
+	ck_assert(kms_keyring_last_backup_ref(kr2, &got));
+	ck_assert_mem_eq(&got, &ref, sizeof(ref));
+	kms_keyring_free(kr2);
+	kms_buf_free(&before);
+
+	/* An older kmsd's result: the file itself, no ref. */
+	ck_assert_int_eq(propose_as(PID3, op_backup_export(), CID, d, &err), KMS_OK);
+	for (int i = 0; i < 2; i++) {
+		sign(i, d, sig);
+		ck_assert_int_eq(approve(PID3, names[i], sig, T0 + 1, &err), KMS_OK);
+	}
+	result_file_and_ref(PID3, NULL, &cmd);
+	ck_assert_msg(apply(&cmd, &err) == KMS_OK, "%s", err.msg);
+	ck_assert(!kms_keyring_last_backup_ref(kr, &got));
+	ck_assert_int_eq(kms_keyring_backup_find(kr, PID3, &got, &file, &err), KMS_OK);
+	ck_assert_uint_eq(file.len, sizeof("KMSDBAK1 an older backup's file"));
+	ck_assert_mem_eq(file.data, "KMSDBAK1", 8);
+	kms_buf_free(&file);
+	ck_assert_int_eq(kms_keyring_backup_find(kr, PID1, &got, &file, &err), KMS_ERR_NOT_FOUND);
 }
 END_TEST
 
@@ -921,6 +1061,7 @@ static Suite *quorum_suite(void)
 	tcase_add_test(sm, two_of_three_executes_once);
 	tcase_add_test(sm, refusals_write_nothing);
 	tcase_add_test(sm, outside_state_gets_one_result);
+	tcase_add_test(sm, backup_result_records_where_the_file_is);
 	tcase_add_test(sm, cancel_by_proposer_only);
 	tcase_add_test(sm, operators_cancel_with_a_proposal);
 	tcase_add_test(sm, set_operators_voids_other_approvals);
