@@ -306,6 +306,12 @@ int kms_keyring_cmd_region_followed(const char *peer_region, uint64_t epoch, kms
 int kms_keyring_command_key(const uint8_t *cmd, size_t len, char out[KMS_KEY_ID_MAX + 1]);
 /* 1 with its region_rev when key_id is a multi-region key homed here. */
 int kms_keyring_stream_rev(kms_keyring *kr, const char *key_id, uint64_t *rev);
+/* 1 with the proposal id in out when cmd is an Approve; 0 otherwise. */
+int kms_keyring_command_approval(const uint8_t *cmd, size_t len,
+				 char out[KMS_PROPOSAL_ID_HEX + 1]);
+/* 1 with its key in key_id when proposal_id is an executed destroy-key. */
+int kms_keyring_executed_destroy(kms_keyring *kr, const char *proposal_id,
+				 char key_id[KMS_KEY_ID_MAX + 1]);
 /* p: a pending proposal without approvals, its digest filled in. */
 int kms_keyring_cmd_propose(const Kms__V1__ProposalRecord *p, kms_buf *out, kms_err *err);
 int kms_keyring_cmd_approve(const char *proposal_id, const char *operator_name,

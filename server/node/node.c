@@ -461,13 +461,19 @@ int kms_node_sync_read(kms_node *node, const char *principal, const char *key_id
 
 /* --- writes: to Raft on the leader, forwarded from a follower --- */
 
-/* A write to a multi-region key, answered once the sync secondaries hold it. */
+/*
+ * A write to a multi-region key, answered once the sync secondaries hold
+ * it. An approval is one when it executes a destroy-key: a key destroyed
+ * here must not outlive its destruction in a region that could be
+ * promoted over this one.
+ */
 struct sync_hold {
 	kms_node *node;
 	kms_raft_done_fn done;
 	void *arg;
 	long deadline_ms;
 	char key_id[KMS_KEY_ID_MAX + 1];
+	char proposal_id[KMS_PROPOSAL_ID_HEX + 1]; /* an Approve's; "" otherwise */
 };
 
 static void sync_hold_done(void *arg, int status, const char *msg, uint64_t index)
@@ -475,7 +481,11 @@ static void sync_hold_done(void *arg, int status, const char *msg, uint64_t inde
 	struct sync_hold *h = arg;
 	uint64_t rev;
 
-	if (status == KMS_OK && kms_keyring_stream_rev(h->node->kr, h->key_id, &rev))
+	if (status == KMS_OK && h->proposal_id[0] != '\0' &&
+	    !kms_keyring_executed_destroy(h->node->kr, h->proposal_id, h->key_id))
+		h->key_id[0] = '\0';
+	if (status == KMS_OK && h->key_id[0] != '\0' &&
+	    kms_keyring_stream_rev(h->node->kr, h->key_id, &rev))
 		kms_region_sync_hold(h->node->region_sync, rev, h->deadline_ms, h->done, h->arg,
 				     index);
 	else
@@ -490,7 +500,8 @@ void kms_node_commit_deadline(kms_node *node, const char *principal, long deadli
 	if (kms_region_sync_acks(node->region_sync)) {
 		struct sync_hold *h = kms_calloc(1, sizeof(*h));
 
-		if (h != NULL && kms_keyring_command_key(cmd, len, h->key_id)) {
+		if (h != NULL && (kms_keyring_command_key(cmd, len, h->key_id) ||
+				  kms_keyring_command_approval(cmd, len, h->proposal_id))) {
 			h->node = node;
 			h->done = done;
 			h->arg = arg;

@@ -15,9 +15,9 @@
 struct kms_quorum_exec {
 	kms_node *node;
 	atomic_int in_flight; /* a result submitted, not yet answered */
-	/* The last backup the files on disk were pruned for (supervisor's thread). */
-	uint8_t pruned_for[KMS_BACKUP_ID_LEN];
-	int pruned;
+	/* The last backup the state named when tidy looked (supervisor's thread). */
+	uint8_t seen_id[KMS_BACKUP_ID_LEN];
+	int seen;
 };
 
 int kms_quorum_exec_new(kms_node *node, kms_quorum_exec **out, kms_err *err)
@@ -108,20 +108,26 @@ out:
 void kms_quorum_exec_tidy(kms_quorum_exec *q)
 {
 	kms_backup_ref ref;
-	int n;
+	int n, first;
 
-	/*
-	 * Only once the state names another backup: a file made by a pass
-	 * whose result is not applied yet is not the state's yet, and must
-	 * stay.
-	 */
 	if (!kms_keyring_last_backup_ref(q->node->kr, &ref) ||
-	    (q->pruned && memcmp(ref.backup_id, q->pruned_for, KMS_BACKUP_ID_LEN) == 0))
+	    (q->seen && memcmp(ref.backup_id, q->seen_id, KMS_BACKUP_ID_LEN) == 0))
+		return;
+	first = !q->seen;
+	memcpy(q->seen_id, ref.backup_id, KMS_BACKUP_ID_LEN);
+	q->seen = 1;
+	/*
+	 * Only when the state moves on to another backup while this node runs.
+	 * The first backup it sees may be an older one (a restarted node
+	 * replaying its log), and pruning for it would remove the newer file
+	 * the state names a moment later; and a file made by a pass whose
+	 * result is not applied yet is not the state's yet, and must stay. A
+	 * file replaced while this node was down waits for the next backup.
+	 */
+	if (first)
 		return;
 	n = kms_backup_store_prune(q->node->cfg.data_dir, ref.backup_id);
 	if (n > 0)
 		KMS_LOG_I("backup: removed %d backup file%s a later backup replaced", n,
 			  n == 1 ? "" : "s");
-	memcpy(q->pruned_for, ref.backup_id, KMS_BACKUP_ID_LEN);
-	q->pruned = 1;
 }

@@ -23,9 +23,9 @@ void kms_quorum_exec_free(kms_quorum_exec *q);
 void kms_quorum_exec_pass(kms_quorum_exec *q);
 
 /*
- * On every node (the supervisor's thread): once the state names a new
- * backup, removes the backup files this node made before it
- * (node/backup_store.h): the cluster serves only the last one.
+ * On every node (the supervisor's thread): when the state moves on to a
+ * new backup while this node runs, removes the backup files this node made
+ * before it (node/backup_store.h): the cluster serves only the last one.
  */
 void kms_quorum_exec_tidy(kms_quorum_exec *q);
 

@@ -677,6 +677,41 @@ int kr_apply_proposal_result(kms_keyring *kr, const Kms__V1__ProposalResultComma
 
 /* --- reads --- */
 
+int kms_keyring_command_approval(const uint8_t *cmd, size_t len,
+				 char out[KMS_PROPOSAL_ID_HEX + 1])
+{
+	struct pb_state st = {0};
+	ProtobufCAllocator a = {.alloc = kr_pb_alloc, .free = kr_pb_free, .allocator_data = &st};
+	Kms__V1__Command *c = kms__v1__command__unpack(&a, len, cmd);
+	int yes = c != NULL && c->cmd_case == KMS__V1__COMMAND__CMD_APPROVE &&
+		  kms_proposal_id_check(c->approve->proposal_id, NULL) == KMS_OK;
+
+	if (yes)
+		memcpy(out, c->approve->proposal_id, KMS_PROPOSAL_ID_HEX + 1);
+	if (c != NULL)
+		kr_pb_message_free(&c->base);
+	return yes;
+}
+
+int kms_keyring_executed_destroy(kms_keyring *kr, const char *proposal_id,
+				 char key_id[KMS_KEY_ID_MAX + 1])
+{
+	const Kms__V1__ProposalRecord *p;
+	int yes;
+
+	pthread_rwlock_rdlock(&kr->lock);
+	p = proposal_find(kr, proposal_id);
+	yes = p != NULL && p->state == KMS__V1__PROPOSAL_STATE__PROPOSAL_EXECUTED &&
+	      p->operation != NULL &&
+	      p->operation->op_case == KMS__V1__ROOT_OPERATION__OP_DESTROY_KEY &&
+	      strlen(p->operation->destroy_key->key_id) <= KMS_KEY_ID_MAX;
+	if (yes)
+		memcpy(key_id, p->operation->destroy_key->key_id,
+		       strlen(p->operation->destroy_key->key_id) + 1);
+	pthread_rwlock_unlock(&kr->lock);
+	return yes;
+}
+
 int kms_keyring_has_quorum(kms_keyring *kr)
 {
 	int yes;

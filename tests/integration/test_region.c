@@ -587,6 +587,69 @@ START_TEST(every_kind_of_key_change_reaches_the_secondary)
 }
 END_TEST
 
+/* A multi-region key of region-a, pending deletion everywhere. */
+static void pending_deletion(const char *id)
+{
+	Kms__V1__ScheduleKeyDeletionRequest del = KMS__V1__SCHEDULE_KEY_DELETION_REQUEST__INIT;
+
+	create(&a, id, 1);
+	del.key_id = (char *)id;
+	del.pending_window_days = 7;
+	admin_ok(&a, KM "ScheduleKeyDeletion", &del.base,
+		 &kms__v1__schedule_key_deletion_response__descriptor);
+	wait_state(&c, id, "PendingDeletion", 0);
+}
+
+/* The quorum's destroy-key of a key homed in region-a. */
+static Kms__V1__Proposal *destroy(const char *id, kms_rpc_status *st)
+{
+	Kms__V1__RootOperation op = KMS__V1__ROOT_OPERATION__INIT;
+	Kms__V1__DestroyKeyOperation dk = KMS__V1__DESTROY_KEY_OPERATION__INIT;
+
+	dk.key_id = (char *)id;
+	op.op_case = KMS__V1__ROOT_OPERATION__OP_DESTROY_KEY;
+	op.destroy_key = &dk;
+	return kms_test_quorum_run(&a, &op, st);
+}
+
+/*
+ * A destroyed key must not outlive its destruction in a region that could
+ * be promoted: the approval that executes a destroy-key answers once the
+ * sync secondary has destroyed the key too (the async one follows). Its
+ * twin: the sync secondary stopped, the approval answers UNAVAILABLE
+ * naming it, the key is destroyed in region-a and reaches region-c once it
+ * runs again.
+ */
+START_TEST(a_destroy_key_is_in_the_sync_secondary_when_it_is_answered)
+{
+	Kms__V1__KeyMetadata *md;
+	Kms__V1__Proposal *p;
+	kms_rpc_status st;
+
+	pending_deletion("shred-1");
+	pending_deletion("shred-2");
+	p = destroy("shred-1", &st);
+	ck_assert_msg(p != NULL, "destroy-key: %s", st.details);
+	ck_assert_msg(strcmp(p->state, "executed") == 0, "destroy-key %s: %s", p->state, p->result);
+	protobuf_c_message_free_unpacked(&p->base, NULL);
+	md = kms_test_describe(&c, "admin", "shred-1", &st);
+	ck_assert_msg(md != NULL, "%s", st.details);
+	ck_assert_msg(strcmp(md->key_state, "Destroyed") == 0,
+		      "region-c shows shred-1 %s when its destroy-key was answered", md->key_state);
+	protobuf_c_message_free_unpacked(&md->base, NULL);
+	wait_state(&nb[1], "shred-1", "Destroyed", 0);
+
+	ck_assert_int_eq(kill(c.pid, SIGSTOP), 0);
+	p = destroy("shred-2", &st);
+	ck_assert_int_eq(kill(c.pid, SIGCONT), 0);
+	ck_assert_msg(p == NULL, "the destroy-key was answered %s without region-c",
+		      p != NULL ? p->state : "");
+	KMS_TEST_ASSERT_STATUS(st, 14, "sync secondary 'region-c' has not confirmed it");
+	wait_state(&a, "shred-2", "Destroyed", 0);
+	wait_state(&c, "shred-2", "Destroyed", 0);
+}
+END_TEST
+
 /* A secondary that hangs (SIGSTOP, every node) holds no one else's writes:
  * sync writes to region-c are still confirmed. */
 START_TEST(a_stopped_async_secondary_does_not_hold_sync_writes)
@@ -900,6 +963,7 @@ static Suite *region_suite(void)
 	tcase_add_test(tc, a_sync_write_is_in_the_sync_secondary_when_it_is_answered);
 	tcase_add_test(tc, a_sync_write_without_its_secondary_says_so);
 	tcase_add_test(tc, every_kind_of_key_change_reaches_the_secondary);
+	tcase_add_test(tc, a_destroy_key_is_in_the_sync_secondary_when_it_is_answered);
 	tcase_add_test(tc, a_stopped_async_secondary_does_not_hold_sync_writes);
 	tcase_add_test(tc, a_secondary_killed_and_brought_back_catches_up);
 	tcase_add_test(tc, the_primary_leader_killed_mid_stream);

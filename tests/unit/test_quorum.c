@@ -606,6 +606,65 @@ START_TEST(backup_result_records_where_the_file_is)
 }
 END_TEST
 
+/*
+ * What a sync write waits for: an Approve names its proposal, and only an
+ * executed destroy-key names a key. Other commands, bytes that do not
+ * parse, a pending or unknown proposal, another operation: nothing.
+ */
+START_TEST(an_approval_names_the_key_it_destroys)
+{
+	static const uint8_t junk[] = {0xff, 0xff, 0xff};
+	Kms__V1__DestroyKeyOperation dko = KMS__V1__DESTROY_KEY_OPERATION__INIT;
+	Kms__V1__RootOperation dop = KMS__V1__ROOT_OPERATION__INIT;
+	char pid[KMS_PROPOSAL_ID_HEX + 1], key[KMS_KEY_ID_MAX + 1];
+	uint8_t d[32], d2[32], sig[64], w[40];
+	kms_buf cmd = {0};
+	kms_err err = {0};
+
+	memset(sig, 0, sizeof(sig));
+	ck_assert_int_eq(kms_keyring_cmd_approve(PID1, "alice", sig, sizeof(sig), T0, &cmd, &err),
+			 KMS_OK);
+	ck_assert(kms_keyring_command_approval(cmd.data, cmd.len, pid));
+	ck_assert_str_eq(pid, PID1);
+	kms_buf_free(&cmd);
+	ck_assert(!kms_keyring_command_approval(junk, sizeof(junk), pid));
+	ck_assert_int_eq(kms_keyring_cmd_proposal_result(PID1, KMS_OK, "", T0, &cmd, &err), KMS_OK);
+	ck_assert(!kms_keyring_command_approval(cmd.data, cmd.len, pid));
+	kms_buf_free(&cmd);
+
+	dko.key_id = (char *)"doomed";
+	dop.op_case = KMS__V1__ROOT_OPERATION__OP_DESTROY_KEY;
+	dop.destroy_key = &dko;
+	ck_assert_int_eq(propose_as(PID1, &dop, CID, d, &err), KMS_OK);
+	ck_assert_int_eq(propose_as(PID2, op_set_admins(), CID, d2, &err), KMS_OK);
+	ck_assert(!kms_keyring_executed_destroy(kr, PID1, key)); /* pending */
+	ck_assert(!kms_keyring_executed_destroy(kr, PID3, key)); /* unknown */
+	for (int i = 0; i < 2; i++) {
+		sign(i, d2, sig);
+		ck_assert_int_eq(approve(PID2, names[i], sig, T0 + 1, &err), KMS_OK);
+	}
+	ck_assert_str_eq(state_of(PID2, T0 + 1), "executed");
+	ck_assert(!kms_keyring_executed_destroy(kr, PID2, key)); /* not a destroy-key */
+	/* The key, pending deletion: the M-th approval destroys it. */
+	memset(w, 0x11, sizeof(w));
+	ck_assert_int_eq(kms_keyring_cmd_create_key("doomed", "", NULL, ADMIN, T0, w, sizeof(w),
+						    &cmd, &err),
+			 KMS_OK);
+	ck_assert_msg(apply(&cmd, &err) == KMS_OK, "%s", err.msg);
+	ck_assert_int_eq(kms_keyring_cmd_schedule_key_deletion("doomed", T0 + 7 * 86400, &cmd,
+							       &err),
+			 KMS_OK);
+	ck_assert_msg(apply(&cmd, &err) == KMS_OK, "%s", err.msg);
+	for (int i = 0; i < 2; i++) {
+		sign(i, d, sig);
+		ck_assert_msg(approve(PID1, names[i], sig, T0 + 2, &err) == KMS_OK, "%s", err.msg);
+	}
+	ck_assert_str_eq(state_of(PID1, T0 + 2), "executed");
+	ck_assert(kms_keyring_executed_destroy(kr, PID1, key));
+	ck_assert_str_eq(key, "doomed");
+}
+END_TEST
+
 START_TEST(cancel_by_proposer_only)
 {
 	uint8_t d[32], sig[64];
@@ -1062,6 +1121,7 @@ static Suite *quorum_suite(void)
 	tcase_add_test(sm, refusals_write_nothing);
 	tcase_add_test(sm, outside_state_gets_one_result);
 	tcase_add_test(sm, backup_result_records_where_the_file_is);
+	tcase_add_test(sm, an_approval_names_the_key_it_destroys);
 	tcase_add_test(sm, cancel_by_proposer_only);
 	tcase_add_test(sm, operators_cancel_with_a_proposal);
 	tcase_add_test(sm, set_operators_voids_other_approvals);
