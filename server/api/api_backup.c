@@ -15,32 +15,49 @@
 /* A piece from the maker takes a disk read and one message. */
 #define PIECE_TIMEOUT_MS 5000
 
+/*
+ * The bytes req may have of a file of total bytes, in *max: its offset
+ * within the file, at most KMS_BACKUP_PIECE_MAX of them (max_bytes 0, as
+ * older clients ask, is the whole rest, refused when larger than that).
+ */
+static int piece_bounds(const Kms__V1__FetchBackupRequest *req, uint64_t total, uint32_t *max,
+			kms_err *err)
+{
+	*max = req->max_bytes;
+	if (*max > KMS_BACKUP_PIECE_MAX)
+		return kms_errf(err, KMS_ERR_INVALID, "max_bytes %u is over the limit of %u", *max,
+				KMS_BACKUP_PIECE_MAX);
+	if (req->offset > total)
+		return kms_errf(err, KMS_ERR_INVALID,
+				"offset %llu is past the end of the backup file (%llu bytes)",
+				(unsigned long long)req->offset, (unsigned long long)total);
+	if (*max == 0) {
+		if (total - req->offset > KMS_BACKUP_PIECE_MAX)
+			return kms_errf(err, KMS_ERR_LIMIT,
+					"the backup file is %llu bytes, too large for one answer: "
+					"ask for it in pieces (max_bytes; kmsctl backup fetch does)",
+					(unsigned long long)total);
+		*max = KMS_BACKUP_PIECE_MAX;
+	}
+	return KMS_OK;
+}
+
 /* The piece of an in-state file (a backup made before files left the state) req asks for. */
 static int inline_piece(const Kms__V1__FetchBackupRequest *req, const kms_buf *file,
 			Kms__V1__FetchBackupResponse *resp, kms_buf *piece, kms_err *err)
 {
-	size_t total = file->len, left, n;
+	size_t left, n;
+	uint32_t max;
 
-	if (req->max_bytes > KMS_BACKUP_PIECE_MAX)
-		return kms_errf(err, KMS_ERR_INVALID, "max_bytes %u is over the limit of %u",
-				req->max_bytes, KMS_BACKUP_PIECE_MAX);
-	if (req->offset > total)
-		return kms_errf(err, KMS_ERR_INVALID,
-				"offset %llu is past the end of the backup file (%zu bytes)",
-				(unsigned long long)req->offset, total);
-	left = total - (size_t)req->offset;
-	if (req->max_bytes == 0 && left > KMS_BACKUP_PIECE_MAX)
-		return kms_errf(err, KMS_ERR_LIMIT,
-				"the backup file is %zu bytes, too large for one answer: ask for it "
-				"in pieces (max_bytes; kmsctl backup fetch does)",
-				total);
-	n = req->max_bytes == 0 || left < req->max_bytes ? left : req->max_bytes;
+	KMS_TRY(piece_bounds(req, file->len, &max, err));
+	left = file->len - (size_t)req->offset;
+	n = left < max ? left : max;
 	piece->data = kms_malloc(n > 0 ? n : 1);
 	if (piece->data == NULL)
 		return kms_errf(err, KMS_ERR_NOMEM, "out of memory for a piece of the backup file");
 	memcpy(piece->data, file->data + req->offset, n);
 	piece->len = n;
-	resp->total_bytes = total;
+	resp->total_bytes = file->len;
 	return KMS_OK;
 }
 
@@ -104,23 +121,9 @@ static int ref_piece(kms_node *node, const Kms__V1__FetchBackupRequest *req,
 		     const kms_backup_ref *ref, Kms__V1__FetchBackupResponse *resp, kms_buf *piece,
 		     kms_err *err)
 {
-	uint32_t max = req->max_bytes;
+	uint32_t max;
 
-	if (max > KMS_BACKUP_PIECE_MAX)
-		return kms_errf(err, KMS_ERR_INVALID, "max_bytes %u is over the limit of %u", max,
-				KMS_BACKUP_PIECE_MAX);
-	if (req->offset > ref->size)
-		return kms_errf(err, KMS_ERR_INVALID,
-				"offset %llu is past the end of the backup file (%llu bytes)",
-				(unsigned long long)req->offset, (unsigned long long)ref->size);
-	if (max == 0) {
-		if (ref->size - req->offset > KMS_BACKUP_PIECE_MAX)
-			return kms_errf(err, KMS_ERR_LIMIT,
-					"the backup file is %llu bytes, too large for one answer: "
-					"ask for it in pieces (max_bytes; kmsctl backup fetch does)",
-					(unsigned long long)ref->size);
-		max = KMS_BACKUP_PIECE_MAX;
-	}
+	KMS_TRY(piece_bounds(req, ref->size, &max, err));
 	if (ref->holder_node_id == node->cfg.node_id)
 		KMS_TRY(kms_backup_store_read(node->cfg.data_dir, ref, req->offset, max, piece,
 					      err));
